@@ -1,0 +1,234 @@
+// fcgi_server.cpp: the only file that includes fcgiapp.h. Accept loop and request adapter.
+#include "fcgi_server.h"
+
+#include <fcgiapp.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "clock.h"
+#include "http_router.h"
+#include "log.h"
+#include "test_record.h"
+
+namespace tdapi {
+
+namespace {
+
+std::atomic<bool> g_stopping{false};
+
+const char* param(FCGX_Request& req, const char* name) {
+  const char* v = FCGX_GetParam(name, req.envp);
+  return v ? v : "";
+}
+
+// Turns the FastCGI environment and stdin into a Request. Reads at most kMaxBodyBytes.
+Request read_request(FCGX_Request& fcgi) {
+  Request req;
+  req.method = param(fcgi, "REQUEST_METHOD");
+  std::string_view uri = param(fcgi, "REQUEST_URI");
+  size_t q = uri.find('?');
+  req.path = std::string(uri.substr(0, q));
+  if (q != std::string_view::npos) req.query = std::string(uri.substr(q + 1));
+  req.content_type = param(fcgi, "CONTENT_TYPE");
+  req.request_id = param(fcgi, "REQUEST_ID");
+
+  const char* length_text = param(fcgi, "CONTENT_LENGTH");
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long length = std::strtoull(length_text, &end, 10);
+  if (errno != 0 || end == length_text) length = 0;
+  if (length > kMaxBodyBytes) {
+    req.body_state = BodyState::kTooLarge;
+    return req;
+  }
+  req.body.resize(length);
+  size_t got = 0;
+  while (got < length) {
+    int n = FCGX_GetStr(&req.body[got], static_cast<int>(length - got), fcgi.in);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got < length) {
+    req.body.resize(got);
+    req.body_state = BodyState::kTruncated;
+  }
+  return req;
+}
+
+class FcgiOutput : public ResponseOutput {
+ public:
+  explicit FcgiOutput(FCGX_Stream* out) : out_(out) {}
+  bool write_head(const Response& r) override {
+    std::string head = "Status: " + std::to_string(r.status) + " " + reason_phrase(r.status) +
+                       "\r\nContent-Type: application/json\r\n";
+    for (const auto& [name, value] : r.headers) head += name + ": " + value + "\r\n";
+    head += "\r\n";
+    return write_body(head);
+  }
+  bool write_body(std::string_view chunk) override {
+    if (chunk.empty()) return true;
+    return FCGX_PutStr(chunk.data(), static_cast<int>(chunk.size()), out_) ==
+           static_cast<int>(chunk.size());
+  }
+
+ private:
+  FCGX_Stream* out_;
+};
+
+void serve_one(FCGX_Request& fcgi, Store& store) {
+  auto start = std::chrono::steady_clock::now();
+  Request req = read_request(fcgi);
+  Response resp = route_request(req, store);
+  FcgiOutput out(fcgi.out);
+  send_response(resp, out);
+
+  LogFields& f = resp.log;
+  f.request_id = req.request_id;
+  f.method = req.method;
+  f.path = req.path;
+  f.status = resp.status;
+  f.duration_ms = elapsed_ms(start);
+  LogLevel level = resp.status >= 500 ? LogLevel::kError
+                   : resp.status >= 400 ? LogLevel::kWarn
+                                        : LogLevel::kInfo;
+  log_event(level, "request", f);
+}
+
+void worker_loop(int listen_fd, Store& store) {
+  FCGX_Request fcgi;
+  FCGX_InitRequest(&fcgi, listen_fd, 0);
+  while (!g_stopping.load()) {
+    if (FCGX_Accept_r(&fcgi) < 0) {
+      if (g_stopping.load()) break;
+      LogFields f;
+      f.detail = "FCGX_Accept_r failed; retrying";
+      log_event(LogLevel::kWarn, "accept_failed", f);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
+    }
+    serve_one(fcgi, store);
+    FCGX_Finish_r(&fcgi);
+  }
+  FCGX_Free(&fcgi, 1);
+}
+
+// Creates the listening unix socket, mode 0600. Returns -1 (logged) on failure; refuses a
+// path where another server is still listening.
+int listen_unix(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  LogFields f;
+  f.detail = path;
+  if (path.size() >= sizeof addr.sun_path) {
+    f.reason = "socket path too long";
+    log_event(LogLevel::kError, "startup_failed", f);
+    return -1;
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool live = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    close(probe);
+    if (live) {
+      f.reason = "another server is listening on this socket";
+      log_event(LogLevel::kError, "startup_failed", f);
+      close(fd);
+      return -1;
+    }
+    unlink(path.c_str());  // stale socket of a previous run
+  }
+  mode_t old_mask = umask(0077);
+  int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  umask(old_mask);
+  if (rc != 0 || listen(fd, 1024) != 0) {
+    f.reason = std::string("cannot listen on socket: ") + std::strerror(errno);
+    log_event(LogLevel::kError, "startup_failed", f);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+void block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+int run_fcgi_server(const ServerOptions& options, Store& store) {
+  if (FCGX_Init() != 0) return 1;
+  int fd = listen_unix(options.socket_path);
+  if (fd < 0) return 1;
+
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  int running = options.threads;
+  std::vector<std::thread> workers;
+  for (int i = 0; i < options.threads; ++i) {
+    workers.emplace_back([&] {
+      worker_loop(fd, store);
+      std::lock_guard<std::mutex> lock(done_mu);
+      if (--running == 0) done_cv.notify_all();
+    });
+  }
+  LogFields ready;
+  ready.detail = options.socket_path;
+  ready.count = options.threads;
+  log_event(LogLevel::kInfo, "listening", ready);
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  int sig = 0;
+  while (sigwait(&set, &sig) == 0 && sig == SIGHUP) {
+  }
+  LogFields stopping;
+  stopping.reason = sig == SIGINT ? "SIGINT" : "SIGTERM";
+  log_event(LogLevel::kInfo, "stopping", stopping);
+
+  // Stop accepting: shutting the listening socket down wakes every thread blocked in accept.
+  g_stopping.store(true);
+  shutdown(fd, SHUT_RDWR);
+  unlink(options.socket_path.c_str());
+  bool finished;
+  {
+    std::unique_lock<std::mutex> lock(done_mu);
+    finished = done_cv.wait_for(lock, std::chrono::milliseconds(options.stop_timeout_ms),
+                                [&] { return running == 0; });
+  }
+  if (!finished) {
+    LogFields f;
+    f.reason = "in-flight requests did not finish in time";
+    log_event(LogLevel::kError, "stop_timeout", f);
+    _exit(1);  // committed data is durable already; nothing unacknowledged is lost by exiting
+  }
+  for (std::thread& t : workers) t.join();
+  close(fd);
+  return 0;
+}
+
+}  // namespace tdapi

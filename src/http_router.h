@@ -1,0 +1,13 @@
+// http_router.h: maps method + path onto a handler; 404 and 405 (with Allow) for the rest.
+#pragma once
+
+#include "http.h"
+#include "store.h"
+
+namespace tdapi {
+
+// Dispatches one request. Paths are percent-decoded before matching. This function can't
+// fail: every request gets a Response.
+Response route_request(const Request& request, Store& store);
+
+}  // namespace tdapi

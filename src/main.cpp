@@ -1,0 +1,88 @@
+// main.cpp: testdata-api entry point: options, store, FastCGI server, exit status.
+//
+// Usage: testdata-api --socket PATH --db PATH [--threads N]
+// Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when start-up fails (logged), 2 on
+// bad usage.
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "fcgi_server.h"
+#include "log.h"
+#include "store_sqlite.h"
+
+namespace {
+
+int usage(const char* why) {
+  std::cerr << "testdata-api: " << why
+            << "\nusage: testdata-api --socket PATH --db PATH [--threads N]\n";
+  return 2;
+}
+
+const char* hint_for(tdapi::StatusCode code) {
+  switch (code) {
+    case tdapi::StatusCode::kCorrupt:
+      return "the database file is damaged: stop here, keep a copy of it, and restore it from a "
+             "backup (or move it aside to start empty); see README 'Failure handling'";
+    case tdapi::StatusCode::kReadOnly:
+      return "check that DATA_DIR exists and that this user can write the directory and the "
+             "database file";
+    case tdapi::StatusCode::kBusy:
+      return "another process holds a lock on the database; stop it or wait";
+    default:
+      return "see the detail above";
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  tdapi::block_stop_signals();  // before any thread starts
+
+  tdapi::ServerOptions server;
+  tdapi::SqliteOptions storage;
+  unsigned cores = std::thread::hardware_concurrency();
+  server.threads = static_cast<int>(cores ? 8 * cores : 16);
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (i + 1 >= argc) return usage(("missing value for " + arg).c_str());
+    const char* value = argv[++i];
+    if (arg == "--socket") {
+      server.socket_path = value;
+    } else if (arg == "--db") {
+      storage.path = value;
+    } else if (arg == "--threads") {
+      server.threads = std::atoi(value);
+      if (server.threads < 1 || server.threads > 1024) return usage("--threads must be 1..1024");
+    } else {
+      return usage(("unknown option " + arg).c_str());
+    }
+  }
+  if (server.socket_path.empty() || storage.path.empty()) {
+    return usage("--socket and --db are required");
+  }
+
+  std::unique_ptr<tdapi::SqliteStore> store;
+  tdapi::Status s = tdapi::SqliteStore::open(storage, store);
+  if (!s.ok()) {
+    tdapi::LogFields f;
+    f.reason = s.name();
+    f.detail = s.message() + ". What to do: " + hint_for(s.code());
+    tdapi::log_event(tdapi::LogLevel::kError, "startup_failed", f);
+    return 1;
+  }
+  tdapi::LogFields started;
+  started.detail = "db=" + storage.path + " synchronous=" + storage.synchronous +
+                   " journal_mode=WAL";
+  tdapi::log_event(tdapi::LogLevel::kInfo, "store_opened", started);
+
+  int rc = tdapi::run_fcgi_server(server, *store);
+  store.reset();  // drains the writer, checkpoints and closes the database
+  tdapi::LogFields stopped;
+  stopped.status = rc;
+  tdapi::log_event(tdapi::LogLevel::kInfo, "stopped", stopped);
+  return rc;
+}

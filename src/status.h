@@ -1,0 +1,52 @@
+// status.h: the outcome of a storage operation, one value per HTTP-visible result.
+#pragma once
+
+#include <string>
+#include <utility>
+
+namespace tdapi {
+
+// Errors are values. Each code maps onto exactly one HTTP outcome (see http_status_for).
+enum class StatusCode {
+  kOk,         // 2xx
+  kDuplicate,  // 409: the test_id already exists; nothing was written
+  kNotFound,   // 404
+  kBusy,       // 503: the database stayed locked past busy_timeout
+  kFull,       // 507: disk or database size limit reached; rolled back
+  kCorrupt,    // 503: SQLite reported a malformed database; logged loudly
+  kReadOnly,   // 503: the database file or directory cannot be written
+  kInternal,   // 500: anything else; rolled back
+};
+
+class Status {
+ public:
+  Status() = default;
+  static Status Ok() { return Status(); }
+  static Status Duplicate(std::string m) { return Status(StatusCode::kDuplicate, std::move(m)); }
+  static Status NotFound(std::string m) { return Status(StatusCode::kNotFound, std::move(m)); }
+  static Status Busy(std::string m) { return Status(StatusCode::kBusy, std::move(m)); }
+  static Status Full(std::string m) { return Status(StatusCode::kFull, std::move(m)); }
+  static Status Corrupt(std::string m) { return Status(StatusCode::kCorrupt, std::move(m)); }
+  static Status ReadOnly(std::string m) { return Status(StatusCode::kReadOnly, std::move(m)); }
+  static Status Internal(std::string m) { return Status(StatusCode::kInternal, std::move(m)); }
+
+  bool ok() const { return code_ == StatusCode::kOk; }
+  StatusCode code() const { return code_; }
+  // Detail for logs (never sent to clients: it may name files). Empty when ok().
+  const std::string& message() const { return message_; }
+  // A short stable word for logs and metrics: "ok", "duplicate", "busy", "full", ...
+  const char* name() const;
+
+ private:
+  Status(StatusCode c, std::string m) : code_(c), message_(std::move(m)) {}
+  StatusCode code_ = StatusCode::kOk;
+  std::string message_;
+};
+
+// The HTTP status for a storage outcome: 200, 409, 404, 503, 507, 503, 503, 500.
+int http_status_for(StatusCode code);
+
+// The client-facing message for an error outcome (no file names, no internals).
+const char* client_message_for(StatusCode code);
+
+}  // namespace tdapi

@@ -1,0 +1,434 @@
+// store_sqlite.cpp: SQLite storage. The only file that includes sqlite3.h.
+//
+// Result codes and what they become (see status.h for the HTTP side):
+//   SQLITE_CONSTRAINT_PRIMARYKEY/UNIQUE -> Duplicate (409)
+//   SQLITE_BUSY, SQLITE_LOCKED          -> Busy (503)
+//   SQLITE_FULL, SQLITE_IOERR on write  -> Full (507)
+//   SQLITE_CORRUPT, SQLITE_NOTADB       -> Corrupt (503, logged at error level)
+//   SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_PERM -> ReadOnly (503)
+//   anything else                       -> Internal (500)
+#include "store_sqlite.h"
+
+#include <sqlite3.h>
+
+#include <cassert>
+#include <chrono>
+#include <utility>
+
+#include "clock.h"
+#include "log.h"
+
+namespace tdapi {
+
+namespace {
+
+Status status_from_sqlite(int rc, sqlite3* db, const std::string& what, bool writing) {
+  std::string msg = what + ": " + (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) + " (" +
+                    sqlite3_errstr(rc) + ", code " + std::to_string(rc) + ")";
+  switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+      if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE) {
+        return Status::Duplicate(msg);
+      }
+      return Status::Internal(msg);
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return Status::Busy(msg);
+    case SQLITE_FULL:
+      return Status::Full(msg);
+    case SQLITE_IOERR:
+      return writing ? Status::Full(msg) : Status::Internal(msg);
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return Status::Corrupt(msg);
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM:
+      return Status::ReadOnly(msg);
+    default:
+      return Status::Internal(msg);
+  }
+}
+
+// Logs storage failures that an operator must see; corruption loudly.
+void log_storage_failure(const Status& s, const char* event) {
+  if (s.ok() || s.code() == StatusCode::kDuplicate) return;
+  LogFields f;
+  f.reason = s.name();
+  f.detail = s.message();
+  log_event(s.code() == StatusCode::kCorrupt ? LogLevel::kError : LogLevel::kWarn, event, f);
+}
+
+const char kSchema[] =
+    "CREATE TABLE IF NOT EXISTS tests ("
+    "  test_id    TEXT PRIMARY KEY NOT NULL,"
+    "  patient_id TEXT NOT NULL,"
+    "  clinic_id  TEXT NOT NULL,"
+    "  test_type  TEXT NOT NULL,"
+    "  result     TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL"
+    ") STRICT;"
+    // Listing by clinic in insertion order: the index holds (clinic_id, rowid).
+    "CREATE INDEX IF NOT EXISTS tests_by_clinic ON tests (clinic_id);";
+
+const char kInsertSql[] =
+    "INSERT INTO tests (test_id, patient_id, clinic_id, test_type, result, created_at)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+const char kListSql[] =
+    "SELECT test_id, patient_id, clinic_id, test_type, result, created_at"
+    " FROM tests WHERE clinic_id = ?1 ORDER BY rowid";
+
+std::string_view column_view(sqlite3_stmt* stmt, int i) {
+  const unsigned char* text = sqlite3_column_text(stmt, i);
+  int n = sqlite3_column_bytes(stmt, i);
+  return text ? std::string_view(reinterpret_cast<const char*>(text), static_cast<size_t>(n))
+              : std::string_view();
+}
+
+}  // namespace
+
+// A connection with its prepared statements, used by one thread at a time.
+struct SqliteStore::Connection {
+  sqlite3* db = nullptr;
+  std::vector<sqlite3_stmt*> stmts;
+  sqlite3_stmt* insert = nullptr;
+  sqlite3_stmt* list = nullptr;
+  sqlite3_stmt* health = nullptr;
+
+  ~Connection() {
+    for (sqlite3_stmt* s : stmts) sqlite3_finalize(s);
+    if (db) sqlite3_close_v2(db);
+  }
+  // Prepares sql for reuse; the statement lives as long as the connection.
+  int prepare(const char* sql, sqlite3_stmt** out) {
+    int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, nullptr);
+    if (rc == SQLITE_OK) stmts.push_back(*out);
+    return rc;
+  }
+  int exec(const char* sql) { return sqlite3_exec(db, sql, nullptr, nullptr, nullptr); }
+};
+
+// One request's write, waiting in the queue for the writer thread.
+struct SqliteStore::WriteJob {
+  const TestRecord* records = nullptr;
+  size_t count = 0;
+  WriteOutcome outcome;
+  bool done = false;
+  std::condition_variable done_cv;
+};
+
+SqliteStore::SqliteStore(SqliteOptions options) : options_(std::move(options)) {}
+
+static int open_connection(const std::string& path, int flags, sqlite3** db) {
+  return sqlite3_open_v2(path.c_str(), db, flags | SQLITE_OPEN_NOMUTEX, nullptr);
+}
+
+Status SqliteStore::open(const SqliteOptions& options, std::unique_ptr<SqliteStore>& out) {
+  std::unique_ptr<SqliteStore> store(new SqliteStore(options));
+  Status s = store->open_writer();
+  if (!s.ok()) return s;
+  store->writer_thread_ = std::thread([raw = store.get()] { raw->writer_loop(); });
+  out = std::move(store);
+  return Status::Ok();
+}
+
+Status SqliteStore::open_writer() {
+  const std::string& path = options_.path;
+  auto conn = std::make_unique<Connection>();
+  int rc = open_connection(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &conn->db);
+  if (rc != SQLITE_OK) {
+    return status_from_sqlite(rc, conn->db, "cannot open database " + path, true);
+  }
+  sqlite3_extended_result_codes(conn->db, 1);
+  sqlite3_busy_timeout(conn->db, options_.busy_timeout_ms);
+
+  // Refuse a damaged file before touching it.
+  sqlite3_stmt* check = nullptr;
+  rc = sqlite3_prepare_v2(conn->db, "PRAGMA quick_check", -1, &check, nullptr);
+  std::string verdict;
+  if (rc == SQLITE_OK) {
+    rc = sqlite3_step(check);
+    if (rc == SQLITE_ROW) verdict = reinterpret_cast<const char*>(sqlite3_column_text(check, 0));
+  }
+  int check_rc = rc;
+  sqlite3_finalize(check);
+  if (check_rc != SQLITE_ROW) {
+    return status_from_sqlite(check_rc, conn->db, "cannot read database " + path, false);
+  }
+  if (verdict != "ok") {
+    return Status::Corrupt("database " + path + " failed PRAGMA quick_check: " + verdict);
+  }
+
+  std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" +
+                        options_.synchronous + ";";
+  if (options_.max_page_count > 0) {
+    pragmas += "PRAGMA max_page_count=" + std::to_string(options_.max_page_count) + ";";
+  }
+  rc = conn->exec(pragmas.c_str());
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "cannot configure " + path, true);
+
+  // Schema: created on first start, versioned by user_version for later migrations.
+  sqlite3_stmt* version_stmt = nullptr;
+  int version = -1;
+  if (sqlite3_prepare_v2(conn->db, "PRAGMA user_version", -1, &version_stmt, nullptr) ==
+          SQLITE_OK &&
+      sqlite3_step(version_stmt) == SQLITE_ROW) {
+    version = sqlite3_column_int(version_stmt, 0);
+  }
+  sqlite3_finalize(version_stmt);
+  if (version < 0) return status_from_sqlite(sqlite3_errcode(conn->db), conn->db, path, false);
+  if (version > kSchemaVersion) {
+    return Status::Internal("database " + path + " has schema version " +
+                            std::to_string(version) + ", newer than this binary's " +
+                            std::to_string(kSchemaVersion));
+  }
+  if (version < kSchemaVersion) {
+    std::string ddl = std::string("BEGIN IMMEDIATE;") + kSchema + "PRAGMA user_version=" +
+                      std::to_string(kSchemaVersion) + "; COMMIT;";
+    rc = conn->exec(ddl.c_str());
+    if (rc != SQLITE_OK) {
+      Status s = status_from_sqlite(rc, conn->db, "cannot create schema in " + path, true);
+      conn->exec("ROLLBACK");
+      return s;
+    }
+  }
+  rc = conn->prepare(kInsertSql, &conn->insert);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "prepare insert", false);
+  writer_ = std::move(conn);
+  return Status::Ok();
+}
+
+SqliteStore::~SqliteStore() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  if (writer_thread_.joinable()) writer_thread_.join();
+  idle_readers_.clear();
+  if (writer_) {
+    int rc = writer_->exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    LogFields f;
+    f.detail = options_.path;
+    f.reason = rc == SQLITE_OK ? "" : sqlite3_errstr(rc);
+    log_event(rc == SQLITE_OK ? LogLevel::kInfo : LogLevel::kWarn, "store_closed", f);
+  }
+}
+
+WriteOutcome SqliteStore::insert(const TestRecord& record) {
+  WriteJob job;
+  job.records = &record;
+  job.count = 1;
+  return submit(job);
+}
+
+WriteOutcome SqliteStore::submit(WriteJob& job) {
+  std::unique_lock<std::mutex> lock(queue_mu_);
+  if (stopping_) {
+    job.outcome.status = Status::Busy("store is shutting down");
+    return job.outcome;
+  }
+  queue_.push_back(&job);
+  queue_cv_.notify_one();
+  job.done_cv.wait(lock, [&] { return job.done; });
+  return job.outcome;
+}
+
+void SqliteStore::writer_loop() {
+  std::vector<WriteJob*> batch;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and everything queued has been answered
+      while (!queue_.empty() && batch.size() < options_.max_batch) {
+        batch.push_back(queue_.front());
+        queue_.pop_front();
+      }
+    }
+    commit_batch(batch);
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      for (WriteJob* job : batch) {
+        job->done = true;
+        job->done_cv.notify_one();
+      }
+    }
+    batch.clear();
+  }
+}
+
+void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
+  auto start = std::chrono::steady_clock::now();
+  sqlite3* db = writer_->db;
+  long long txn_id;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    txn_id = next_txn_id_++;
+  }
+  const std::string created_at = utc_timestamp_ms();
+  Status batch_status;  // a failure of the transaction as a whole
+
+  int rc = writer_->exec("BEGIN IMMEDIATE");
+  if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "BEGIN IMMEDIATE", true);
+
+  for (size_t j = 0; j < batch.size() && batch_status.ok(); ++j) {
+    WriteJob& job = *batch[j];
+    job.outcome.txn_id = txn_id;
+    rc = writer_->exec("SAVEPOINT job");
+    if (rc != SQLITE_OK) {
+      batch_status = status_from_sqlite(rc, db, "SAVEPOINT", true);
+      break;
+    }
+    for (size_t i = 0; i < job.count; ++i) {
+      const TestRecord& r = job.records[i];
+      sqlite3_stmt* st = writer_->insert;
+      sqlite3_bind_text(st, 1, r.test_id.data(), static_cast<int>(r.test_id.size()), SQLITE_STATIC);
+      sqlite3_bind_text(st, 2, r.patient_id.data(), static_cast<int>(r.patient_id.size()),
+                        SQLITE_STATIC);
+      sqlite3_bind_text(st, 3, r.clinic_id.data(), static_cast<int>(r.clinic_id.size()),
+                        SQLITE_STATIC);
+      sqlite3_bind_text(st, 4, r.test_type.data(), static_cast<int>(r.test_type.size()),
+                        SQLITE_STATIC);
+      sqlite3_bind_text(st, 5, r.result.data(), static_cast<int>(r.result.size()), SQLITE_STATIC);
+      sqlite3_bind_text(st, 6, created_at.data(), static_cast<int>(created_at.size()),
+                        SQLITE_STATIC);
+      rc = sqlite3_step(st);
+      int err = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(db);
+      Status s = rc == SQLITE_DONE ? Status::Ok() : status_from_sqlite(err, db, "INSERT", true);
+      sqlite3_reset(st);
+      sqlite3_clear_bindings(st);
+      if (s.ok()) continue;
+      if (s.code() == StatusCode::kDuplicate) {
+        job.outcome.duplicate_ids.push_back(r.test_id);
+        job.outcome.status = Status::Duplicate("test_id already exists");
+        continue;  // keep checking the job's other records, to name every duplicate
+      }
+      batch_status = s;
+      break;
+    }
+    if (!batch_status.ok()) break;
+    if (!job.outcome.status.ok()) {
+      rc = writer_->exec("ROLLBACK TO job");  // undo only this job
+      if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "ROLLBACK TO", true);
+    }
+    rc = writer_->exec("RELEASE job");
+    if (rc != SQLITE_OK && batch_status.ok()) {
+      batch_status = status_from_sqlite(rc, db, "RELEASE", true);
+    }
+  }
+
+  if (batch_status.ok()) {
+    rc = writer_->exec("COMMIT");
+    if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "COMMIT", true);
+  }
+  if (!batch_status.ok() && !sqlite3_get_autocommit(db)) writer_->exec("ROLLBACK");
+
+  // Answer: a failed transaction fails every job of it that was not a duplicate already.
+  for (WriteJob* job : batch) {
+    job->outcome.txn_id = txn_id;
+    if (!batch_status.ok() && job->outcome.status.code() != StatusCode::kDuplicate) {
+      job->outcome.status = batch_status;
+      job->outcome.duplicate_ids.clear();
+    }
+  }
+  LogFields f;
+  f.txn_id = txn_id;
+  f.count = static_cast<long long>(batch.size());
+  f.txn = batch_status.ok() ? "commit" : "rollback";
+  f.duration_ms = elapsed_ms(start);
+  if (!batch_status.ok()) {
+    f.reason = batch_status.name();
+    f.detail = batch_status.message();
+  }
+  LogLevel level = batch_status.ok() ? LogLevel::kInfo
+                   : batch_status.code() == StatusCode::kCorrupt ? LogLevel::kError
+                                                                 : LogLevel::kWarn;
+  log_event(level, "txn", f);
+
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  stats_.transactions++;
+  (batch_status.ok() ? stats_.commits : stats_.rollbacks)++;
+  stats_.jobs += static_cast<long long>(batch.size());
+}
+
+WriterStats SqliteStore::writer_stats() const {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  return stats_;
+}
+
+Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
+  auto conn = std::make_unique<Connection>();
+  int rc = open_connection(options_.path, SQLITE_OPEN_READWRITE, &conn->db);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "open reader", false);
+  sqlite3_extended_result_codes(conn->db, 1);
+  sqlite3_busy_timeout(conn->db, options_.busy_timeout_ms);
+  rc = conn->exec("PRAGMA query_only=1");
+  if (rc == SQLITE_OK) rc = conn->prepare(kListSql, &conn->list);
+  if (rc == SQLITE_OK) rc = conn->prepare("SELECT count(*) FROM sqlite_schema", &conn->health);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "prepare reader", false);
+  out = std::move(conn);
+  return Status::Ok();
+}
+
+std::unique_ptr<SqliteStore::Connection> SqliteStore::acquire_reader(Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(readers_mu_);
+    if (!idle_readers_.empty()) {
+      auto conn = std::move(idle_readers_.back());
+      idle_readers_.pop_back();
+      return conn;
+    }
+  }
+  std::unique_ptr<Connection> conn;
+  status = open_reader(conn);
+  return conn;
+}
+
+void SqliteStore::release_reader(std::unique_ptr<Connection> conn) {
+  std::lock_guard<std::mutex> lock(readers_mu_);
+  idle_readers_.push_back(std::move(conn));
+}
+
+Status SqliteStore::list_by_clinic(std::string_view clinic_id,
+                                   const std::function<bool(const StoredTestView&)>& on_row) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) {
+    log_storage_failure(status, "storage_error");
+    return status;
+  }
+  sqlite3_stmt* st = conn->list;
+  sqlite3_bind_text(st, 1, clinic_id.data(), static_cast<int>(clinic_id.size()), SQLITE_STATIC);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    StoredTestView row{column_view(st, 0), column_view(st, 1), column_view(st, 2),
+                       column_view(st, 3), column_view(st, 4), column_view(st, 5)};
+    if (!on_row(row)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list by clinic",
+                                false);
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  log_storage_failure(status, "storage_error");
+  release_reader(std::move(conn));
+  return status;
+}
+
+Status SqliteStore::check_health() {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) return status;
+  int rc = sqlite3_step(conn->health);
+  if (rc != SQLITE_ROW) status = status_from_sqlite(rc, conn->db, "health check", false);
+  sqlite3_reset(conn->health);
+  release_reader(std::move(conn));
+  return status;
+}
+
+}  // namespace tdapi

@@ -1,0 +1,89 @@
+// store_sqlite.h: the SQLite Store: one group-committing writer thread, pooled read connections.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace tdapi {
+
+struct SqliteOptions {
+  std::string path;                  // database file; created with the schema when missing
+  int busy_timeout_ms = 5000;        // bound on waiting for a lock held by another process
+  size_t max_batch = 256;            // most write jobs committed by one transaction
+  std::string synchronous = "FULL";  // FULL: a commit survives a power cut (fsync per COMMIT)
+  long long max_page_count = 0;      // > 0: cap the database size (tests of SQLITE_FULL)
+};
+
+// Counters a benchmark or /metrics can read. Monotonic since open.
+struct WriterStats {
+  long long transactions = 0;  // COMMIT or ROLLBACK of a whole batch
+  long long commits = 0;
+  long long rollbacks = 0;
+  long long jobs = 0;  // write requests handled
+};
+
+// Safe for concurrent use from several threads. Writes go through one writer thread that
+// commits whatever requests are queued in one transaction (group commit): BEGIN IMMEDIATE,
+// a SAVEPOINT per request (a duplicate rolls back only its own), COMMIT, then every request
+// of the batch is answered. A failed COMMIT answers every request of the batch with an error.
+// The batch closes when the queue is empty or max_batch is reached; a lone request never waits.
+class SqliteStore : public Store {
+ public:
+  // Opens or creates the database at options.path, refuses a damaged file (PRAGMA quick_check)
+  // or a schema newer than this binary, creates the schema on first start, sets WAL mode and
+  // options.synchronous, and starts the writer. On error `out` stays null and the Status says
+  // why (Corrupt, ReadOnly, Internal), with the file name in its message.
+  static Status open(const SqliteOptions& options, std::unique_ptr<SqliteStore>& out);
+
+  // Finishes queued writes, stops the writer, checkpoints the WAL and closes every connection.
+  ~SqliteStore() override;
+
+  WriteOutcome insert(const TestRecord& record) override;
+  Status list_by_clinic(std::string_view clinic_id,
+                        const std::function<bool(const StoredTestView&)>& on_row) override;
+  Status check_health() override;
+
+  WriterStats writer_stats() const;
+
+  static constexpr int kSchemaVersion = 1;
+
+ private:
+  struct WriteJob;
+  struct Connection;
+
+  explicit SqliteStore(SqliteOptions options);
+  Status open_writer();
+  Status open_reader(std::unique_ptr<Connection>& out);
+  std::unique_ptr<Connection> acquire_reader(Status& status);
+  void release_reader(std::unique_ptr<Connection> conn);
+  WriteOutcome submit(WriteJob& job);
+  void writer_loop();
+  void commit_batch(const std::vector<WriteJob*>& batch);
+
+  SqliteOptions options_;
+  std::unique_ptr<Connection> writer_;
+
+  mutable std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::deque<WriteJob*> queue_;
+  bool stopping_ = false;
+  long long next_txn_id_ = 1;
+  WriterStats stats_;
+  std::thread writer_thread_;
+
+  std::mutex readers_mu_;
+  std::vector<std::unique_ptr<Connection>> idle_readers_;
+};
+
+}  // namespace tdapi

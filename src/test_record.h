@@ -1,0 +1,25 @@
+// test_record.h: a medical test record as stored, and the limits a record must respect.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace tdapi {
+
+// The five fields a client submits. All are non-empty, valid UTF-8, within the limits below.
+struct TestRecord {
+  std::string test_id;
+  std::string patient_id;
+  std::string clinic_id;
+  std::string test_type;
+  std::string result;
+};
+
+// Limits, in Unicode code points (documented in the README and docs).
+constexpr size_t kMaxIdChars = 128;         // test_id, patient_id, clinic_id
+constexpr size_t kMaxTestTypeChars = 128;   // test_type
+constexpr size_t kMaxResultChars = 16384;   // result
+// Largest request body the app reads, in bytes; nginx's client_max_body_size is the same.
+constexpr size_t kMaxBodyBytes = 64 * 1024;
+
+}  // namespace tdapi

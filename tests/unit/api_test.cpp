@@ -1,0 +1,193 @@
+// api_test.cpp: routing and handlers, called directly (no FastCGI), on a temp database.
+#include <gtest/gtest.h>
+
+#include "api.h"
+#include "http_router.h"
+#include "json.h"
+#include "store_sqlite.h"
+#include "temp_dir.h"
+
+namespace tdapi {
+namespace {
+
+struct Sent : ResponseOutput {
+  bool write_head(const Response& r) override {
+    status = r.status;
+    headers = r.headers;
+    return true;
+  }
+  bool write_body(std::string_view chunk) override {
+    body += chunk;
+    chunks++;
+    return true;
+  }
+  int status = 0;
+  int chunks = 0;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+class Api : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SqliteOptions o;
+    o.path = dir_.file("api.db");
+    ASSERT_TRUE(SqliteStore::open(o, store_).ok());
+  }
+  Sent call(const std::string& method, const std::string& uri, const std::string& body = "",
+            const std::string& content_type = "application/json",
+            BodyState state = BodyState::kComplete) {
+    Request req;
+    req.method = method;
+    size_t q = uri.find('?');
+    req.path = uri.substr(0, q);
+    if (q != std::string::npos) req.query = uri.substr(q + 1);
+    req.body = body;
+    req.content_type = content_type;
+    req.body_state = state;
+    Response r = route_request(req, *store_);
+    Sent sent;
+    send_response(r, sent);
+    last_log_ = r.log;
+    return sent;
+  }
+  std::string header(const Sent& s, const std::string& name) {
+    for (const auto& [n, v] : s.headers)
+      if (n == name) return v;
+    return "";
+  }
+  TempDir dir_;
+  std::unique_ptr<SqliteStore> store_;
+  LogFields last_log_;
+};
+
+std::string record(const std::string& id, const std::string& clinic = "c1") {
+  return R"({"test_id":")" + id + R"(","patient_id":"p1","clinic_id":")" + clinic +
+         R"(","test_type":"blood","result":"ok"})";
+}
+
+TEST_F(Api, CreateThenList) {
+  Sent created = call("POST", "/tests", record("t/1"));
+  EXPECT_EQ(created.status, 201);
+  EXPECT_EQ(created.body, R"({"status":"success","test_id":"t/1"})");
+  EXPECT_EQ(header(created, "Location"), "/tests/t%2F1");
+  EXPECT_EQ(last_log_.txn, "commit");
+  EXPECT_EQ(last_log_.test_id, "t/1");
+
+  Sent listed = call("GET", "/tests?clinic_id=c1");
+  EXPECT_EQ(listed.status, 200);
+  JsonTree tree = parse_json_document(listed.body);
+  ASSERT_TRUE(tree) << listed.body;
+  EXPECT_EQ(cJSON_GetObjectItem(tree.get(), "count")->valueint, 1);
+  const cJSON* test = cJSON_GetArrayItem(cJSON_GetObjectItem(tree.get(), "tests"), 0);
+  EXPECT_STREQ(cJSON_GetObjectItem(test, "patient_id")->valuestring, "p1");
+  EXPECT_EQ(last_log_.count, 1);
+}
+
+TEST_F(Api, DuplicateIs409AndLoggedAsRollback) {
+  ASSERT_EQ(call("POST", "/tests", record("t1")).status, 201);
+  Sent dup = call("POST", "/tests", record("t1"));
+  EXPECT_EQ(dup.status, 409);
+  EXPECT_EQ(dup.body, R"({"status":"error","message":"test_id already exists"})");
+  EXPECT_EQ(last_log_.txn, "rollback");
+  EXPECT_EQ(last_log_.reason, "duplicate");
+}
+
+TEST_F(Api, BodyChecksTable) {
+  struct Case {
+    std::string content_type;
+    BodyState state;
+    std::string body;
+    int status;
+    std::string response;
+  } cases[] = {
+      {"application/json", BodyState::kTooLarge, "", 413,
+       R"({"status":"error","message":"request body is larger than 65536 bytes"})"},
+      {"text/plain", BodyState::kComplete, record("x"), 415,
+       R"({"status":"error","message":"Content-Type must be application/json"})"},
+      {"", BodyState::kComplete, record("x"), 415,
+       R"({"status":"error","message":"Content-Type must be application/json"})"},
+      {"application/json", BodyState::kTruncated, "{", 400,
+       R"({"status":"error","message":"request body is shorter than its Content-Length"})"},
+      {"application/json", BodyState::kComplete, "", 400,
+       R"({"status":"error","message":"request body is empty"})"},
+      {"application/json; charset=utf-8", BodyState::kComplete, R"({"test_id":"t"})", 400,
+       R"({"status":"error","message":"invalid test record","errors":[)"
+       R"({"field":"patient_id","message":"is required"},)"
+       R"({"field":"clinic_id","message":"is required"},)"
+       R"({"field":"test_type","message":"is required"},)"
+       R"({"field":"result","message":"is required"}]})"},
+  };
+  for (const Case& c : cases) {
+    Sent s = call("POST", "/tests", c.body, c.content_type, c.state);
+    EXPECT_EQ(s.status, c.status) << c.response;
+    EXPECT_EQ(s.body, c.response);
+  }
+}
+
+TEST_F(Api, ListQueryTable) {
+  struct Case {
+    std::string uri;
+    int status;
+    std::string response;
+  } cases[] = {
+      {"/tests", 400, R"({"status":"error","message":"clinic_id is required"})"},
+      {"/tests?clinic_id=", 400, R"({"status":"error","message":"clinic_id must not be empty"})"},
+      {"/tests?clinic_id=+", 400, R"({"status":"error","message":"clinic_id must not be empty"})"},
+      {"/tests?clinicid=c1", 400,
+       R"({"status":"error","message":"unknown query parameter: clinicid"})"},
+      {"/tests?clinic_id=c1&clinic_id=c2", 400,
+       R"({"status":"error","message":"clinic_id must be given once"})"},
+      {"/tests?clinic_id=%zz", 400,
+       R"({"status":"error","message":"malformed percent-encoding in query string"})"},
+      {"/tests?clinic_id=nobody", 200,
+       R"({"status":"success","clinic_id":"nobody","tests":[],"count":0})"},
+      {"/tests?clinic_id=a+b%2Fc", 200,
+       R"({"status":"success","clinic_id":"a b/c","tests":[],"count":0})"},
+  };
+  for (const Case& c : cases) {
+    Sent s = call("GET", c.uri);
+    EXPECT_EQ(s.status, c.status) << c.uri;
+    EXPECT_EQ(s.body, c.response) << c.uri;
+  }
+}
+
+TEST_F(Api, DecodedClinicIdMatchesStoredValue) {
+  ASSERT_EQ(call("POST", "/tests", record("t1", "a b/c")).status, 201);
+  Sent s = call("GET", "/tests?clinic_id=a+b%2Fc");
+  EXPECT_NE(s.body.find(R"("count":1)"), std::string::npos) << s.body;
+}
+
+TEST_F(Api, LargeListingIsStreamedInChunks) {
+  for (int i = 0; i < 600; ++i) {
+    ASSERT_EQ(call("POST", "/tests", record("bulk-" + std::to_string(i))).status, 201);
+  }
+  Sent s = call("GET", "/tests?clinic_id=c1");
+  EXPECT_EQ(s.status, 200);
+  EXPECT_GT(s.chunks, 1);
+  JsonTree tree = parse_json_document(s.body);
+  ASSERT_TRUE(tree);
+  EXPECT_EQ(cJSON_GetObjectItem(tree.get(), "count")->valueint, 600);
+  EXPECT_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(tree.get(), "tests")), 600);
+}
+
+TEST_F(Api, RoutingTable) {
+  struct Case {
+    std::string method, uri;
+    int status;
+    std::string allow;
+  } cases[] = {
+      {"GET", "/nope", 404, ""},          {"GET", "/tests/", 404, ""},
+      {"DELETE", "/tests", 405, "GET, POST"}, {"PUT", "/tests", 405, "GET, POST"},
+      {"GET", "/%74ests?clinic_id=c", 200, ""}, {"GET", "/te%zzsts", 400, ""},
+  };
+  for (const Case& c : cases) {
+    Sent s = call(c.method, c.uri);
+    EXPECT_EQ(s.status, c.status) << c.method << " " << c.uri;
+    EXPECT_EQ(header(s, "Allow"), c.allow) << c.method << " " << c.uri;
+    EXPECT_TRUE(parse_json_document(s.body)) << s.body;
+  }
+}
+
+}  // namespace
+}  // namespace tdapi
