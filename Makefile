@@ -1,0 +1,40 @@
+# testdata-api: `make run` serves on http://127.0.0.1:$(PORT); `make test` runs every test.
+# Both install missing Debian packages first (scripts/install-deps.sh) and build with CMake.
+
+PORT ?= 5000
+DATA_DIR ?= ./var
+export PORT DATA_DIR THREADS
+
+JOBS ?= 2
+BUILD_DIR := build
+TEST_BUILD_DIR := build-test
+SANITIZE ?= address,undefined
+
+.PHONY: all deps build run test clean format tidy
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD_DIR) -j $(JOBS)
+
+run: build
+	@exec scripts/run.sh
+
+# Unit and integration tests run against a build instrumented with ASan + UBSan.
+test: deps
+	@cmake -S . -B $(TEST_BUILD_DIR) -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=$(SANITIZE) >/dev/null
+	@cmake --build $(TEST_BUILD_DIR) -j $(JOBS)
+	@cd $(TEST_BUILD_DIR) && ctest --output-on-failure --timeout 600
+
+format:
+	@clang-format -i src/*.cpp src/*.h tests/unit/*.cpp tests/unit/*.h
+
+tidy: build
+	@clang-tidy -p $(BUILD_DIR) --quiet src/*.cpp
+
+clean:
+	rm -rf $(BUILD_DIR) $(TEST_BUILD_DIR)

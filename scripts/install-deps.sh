@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs the Debian packages testdata-api needs to build, run, test and benchmark; skips what
+# is installed already. Needs root (or prints the sudo command to run instead).
+set -euo pipefail
+
+packages=(
+  g++ make cmake pkg-config           # build
+  libfcgi-dev libcjson-dev libsqlite3-dev libgtest-dev
+  nginx-light                         # the web server in front
+  sqlite3 curl jq python3             # tests, smoke test, debugging
+  ${EXTRA_PACKAGES:-}
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: missing Debian packages: ${missing[*]}" >&2
+  echo "install-deps: run this once, then try again:" >&2
+  echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# Packages such as nginx start a system service on install; this project runs its own nginx.
+# policy-rc.d is Debian's switch for "do not start services now" (only added if absent).
+added_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  added_policy=1
+fi
+cleanup() { if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+trap cleanup EXIT
+
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then apt-get update -qq; fi
+if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/install-deps.log 2>&1; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/install-deps.log 2>&1 || {
+    tail -20 /tmp/install-deps.log >&2
+    echo "install-deps: apt-get install failed (full log: /tmp/install-deps.log)" >&2
+    exit 1
+  }
+fi

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Smoke test with curl against a running server: BASE_URL (default http://127.0.0.1:5000).
+# Exits non-zero at the first unexpected answer.
+set -euo pipefail
+BASE_URL=${BASE_URL:-http://127.0.0.1:5000}
+id="smoke-$(date +%s%N)-$$"
+clinic="smoke-clinic-$$"
+fails=0
+
+# check NAME EXPECTED_STATUS BODY_SUBSTRING curl-args...
+check() {
+  local name=$1 want=$2 needle=$3; shift 3
+  local out status body
+  out=$(curl -sS -w '\n%{http_code}' "$@") || { echo "FAIL $name: curl failed"; fails=$((fails+1)); return; }
+  status=${out##*$'\n'}
+  body=${out%$'\n'*}
+  if [ "$status" = "$want" ] && [[ "$body" == *"$needle"* ]]; then
+    echo "ok   $name ($status)"
+  else
+    echo "FAIL $name: got $status $body (want $want containing $needle)"
+    fails=$((fails+1))
+  fi
+}
+
+record="{\"test_id\":\"$id\",\"patient_id\":\"p1\",\"clinic_id\":\"$clinic\",\"test_type\":\"blood\",\"result\":\"ok\"}"
+check create    201 "\"test_id\":\"$id\"" -X POST "$BASE_URL/tests" -H 'Content-Type: application/json' -d "$record"
+check duplicate 409 'test_id already exists' -X POST "$BASE_URL/tests" -H 'Content-Type: application/json' -d "$record"
+check list      200 "\"count\":1" "$BASE_URL/tests?clinic_id=$clinic"
+check invalid   400 '"field":"patient_id"' -X POST "$BASE_URL/tests" -H 'Content-Type: application/json' -d '{"test_id":"x"}'
+check media     415 'application/json' -X POST "$BASE_URL/tests" -H 'Content-Type: text/plain' -d "$record"
+check no_clinic 400 'clinic_id is required' "$BASE_URL/tests"
+check not_found 404 'no such endpoint' "$BASE_URL/nope"
+check method    405 'method not allowed' -X DELETE "$BASE_URL/tests"
+
+[ "$fails" = 0 ] && echo "smoke: all passed" || { echo "smoke: $fails failed"; exit 1; }

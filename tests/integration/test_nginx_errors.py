@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""test_nginx_errors.py: nginx's own errors (502 app down, 504 app stuck, 413) in the API's JSON
+shape with X-Request-Id, and the supervisor bringing a killed app back."""
+
+import os
+import signal
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import Server, record  # noqa: E402
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class NginxErrors(unittest.TestCase):
+    def assert_json_error(self, r, status):
+        self.assertEqual(r.status, status, r)
+        self.assertEqual(r.headers.get("content-type"), "application/json")
+        self.assertRegex(r.headers.get("x-request-id", ""), r"^[0-9a-f]{32}$")
+        body = r.json()
+        self.assertEqual(body["status"], "error")
+        self.assertTrue(body["message"])
+
+    def test_502_while_app_is_down_then_supervisor_restarts_it(self):
+        with Server() as s:
+            supervisor = s.pid_of("supervisor")
+            app = s.pid_of("app")
+            os.kill(supervisor, signal.SIGSTOP)  # hold the supervisor so the app stays down
+            try:
+                os.kill(app, signal.SIGKILL)
+                self.assertTrue(wait_for(lambda: s.request("GET", "/tests?clinic_id=c").status == 502))
+                self.assert_json_error(s.request("POST", "/tests", record("down-1")), 502)
+            finally:
+                os.kill(supervisor, signal.SIGCONT)
+            started = time.monotonic()
+            self.assertTrue(wait_for(lambda: s.request("GET", "/tests?clinic_id=c").status == 200))
+            self.assertLess(time.monotonic() - started, 5.0)
+            self.assertNotEqual(s.pid_of("app"), app)
+            self.assertEqual(s.request("POST", "/tests", record("after-restart")).status, 201)
+            events = [l["event"] for l in s.json_lines("app.log")]
+            self.assertIn("app_restarted", events)
+
+    def test_504_when_app_does_not_answer(self):
+        with Server(FASTCGI_READ_TIMEOUT="1s") as s:
+            app = s.pid_of("app")
+            os.kill(app, signal.SIGSTOP)
+            try:
+                self.assert_json_error(s.request("GET", "/tests?clinic_id=c"), 504)
+            finally:
+                os.kill(app, signal.SIGCONT)
+            self.assertTrue(wait_for(lambda: s.request("GET", "/tests?clinic_id=c").status == 200))
+
+    def test_413_from_nginx_before_the_app_reads_anything(self):
+        with Server() as s:
+            r = s.request("POST", "/tests", "x" * (64 * 1024 + 1))
+            self.assert_json_error(r, 413)
+            self.assertEqual(r.json()["message"], "request body is larger than 65536 bytes")
+            self.assertEqual(s.request("POST", "/tests", "{" + " " * (64 * 1024 - 2) + "}").status, 400)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
