@@ -10,7 +10,7 @@ BUILD_DIR := build
 TEST_BUILD_DIR := build-test
 SANITIZE ?= address,undefined
 
-.PHONY: all deps build run test clean format tidy
+.PHONY: all deps build run test test-tsan fuzz clean format tidy
 
 all: build
 
@@ -29,6 +29,19 @@ test: deps
 	@cmake -S . -B $(TEST_BUILD_DIR) -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=$(SANITIZE) >/dev/null
 	@cmake --build $(TEST_BUILD_DIR) -j $(JOBS)
 	@cd $(TEST_BUILD_DIR) && ctest --output-on-failure --timeout 600
+	@$(MAKE) --no-print-directory test-tsan
+
+# The threaded parts (group-commit writer, reader pool, handlers) under ThreadSanitizer.
+test-tsan: deps
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=thread >/dev/null
+	@cmake --build build-tsan -j $(JOBS) --target unit_tests
+	@build-tsan/tests/unit_tests --gtest_brief=1 --gtest_filter='SqliteStore.*:Api.*' \
+	  2>build-tsan/unit_tests.stderr || { cat build-tsan/unit_tests.stderr; exit 1; }
+
+# libFuzzer targets over body validation and query decoding, FUZZ_SECONDS each (default 600).
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 format:
 	@clang-format -i src/*.cpp src/*.h tests/unit/*.cpp tests/unit/*.h
@@ -37,4 +50,4 @@ tidy: build
 	@clang-tidy -p $(BUILD_DIR) --quiet src/*.cpp
 
 clean:
-	rm -rf $(BUILD_DIR) $(TEST_BUILD_DIR)
+	rm -rf $(BUILD_DIR) $(TEST_BUILD_DIR) build-tsan build-fuzz

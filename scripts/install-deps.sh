@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   g++ make cmake pkg-config           # build
+  clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   libfcgi-dev libcjson-dev libsqlite3-dev libgtest-dev
   nginx-light                         # the web server in front
   sqlite3 curl jq python3             # tests, smoke test, debugging

@@ -3,7 +3,10 @@
 #
 # Environment: PORT (default 5000), DATA_DIR (default ./var: database, socket, pid files, logs,
 # nginx temp dirs), THREADS (app worker threads, default 8 per core), APP_BIN (default
-# build/testdata-api), FASTCGI_READ_TIMEOUT (how long nginx waits for the app, default 30s).
+# build/testdata-api), FASTCGI_READ_TIMEOUT (how long nginx waits for the app, default 30s),
+# BUSY_TIMEOUT_MS (how long a write waits for a database lock, default 5000), MAX_DB_PAGES
+# (cap on the database size in 4 KiB pages, default none), DB_PATH (default
+# $DATA_DIR/testdata.db).
 #
 # This script is the app's supervisor: if the app dies (crash, SIGKILL) it is restarted at once;
 # a start-up failure (exit 1, e.g. a damaged database) is not retried.
@@ -20,6 +23,7 @@ DATA_DIR=$(cd "$DATA_DIR" && pwd)
 mkdir -p "$DATA_DIR"/{run,logs,nginx}
 chmod 0700 "$DATA_DIR"
 SOCKET=$DATA_DIR/run/app.sock
+DB_PATH=${DB_PATH:-$DATA_DIR/testdata.db}
 APP_LOG=$DATA_DIR/logs/app.log
 
 # One JSON line, like the app's, to stderr and the app log.
@@ -49,7 +53,8 @@ stopping=0
 start_app() {
   # stderr: the terminal and logs/app.log. tee ignores INT/TERM so it outlives the app and
   # keeps its last lines.
-  "$APP_BIN" --socket "$SOCKET" --db "$DATA_DIR/testdata.db" ${THREADS:+--threads "$THREADS"} \
+  "$APP_BIN" --socket "$SOCKET" --db "$DB_PATH" ${THREADS:+--threads "$THREADS"} \
+    ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     2> >(trap '' INT TERM; exec tee -a "$APP_LOG" >&2) &
   app_pid=$!
   echo "$app_pid" >"$DATA_DIR/run/app.pid"

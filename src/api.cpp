@@ -79,6 +79,18 @@ Response handle_create_test(const Request& req, Store& store) {
   return e;
 }
 
+Response handle_health(const Request&, Store& store) {
+  Status s = store.check_health();
+  if (!s.ok()) {
+    Response r = error_response(503, client_message_for(s.code()));
+    r.log.reason = s.name();
+    return r;
+  }
+  Response r;
+  r.body = R"({"status":"ok"})";
+  return r;
+}
+
 Response handle_list_tests(const Request& req, Store& store) {
   QueryParams params;
   std::string problem;

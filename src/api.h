@@ -13,6 +13,10 @@ Response handle_create_test(const Request& request, Store& store);
 // 400 for a missing/empty clinic_id, a repeated or unknown parameter, a malformed query.
 Response handle_list_tests(const Request& request, Store& store);
 
+// GET /healthz: 200 {"status":"ok"} when the database answers a real query and no corruption
+// has been seen since start; otherwise 503 with the error shape.
+Response handle_health(const Request& request, Store& store);
+
 // Size of the chunks a streamed listing is written in.
 constexpr size_t kStreamChunkBytes = 32 * 1024;
 

@@ -18,6 +18,7 @@ struct Route {
 const Route kRoutes[] = {
     {"/tests", "GET", handle_list_tests},
     {"/tests", "POST", handle_create_test},
+    {"/healthz", "GET", handle_health},
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 // main.cpp: testdata-api entry point: options, store, FastCGI server, exit status.
 //
-// Usage: testdata-api --socket PATH --db PATH [--threads N]
+// Usage: testdata-api --socket PATH --db PATH [--threads N] [--busy-timeout-ms N]
+//                     [--max-db-pages N]
 // Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when start-up fails (logged), 2 on
 // bad usage.
 #include <cstdlib>
@@ -18,7 +19,8 @@ namespace {
 
 int usage(const char* why) {
   std::cerr << "testdata-api: " << why
-            << "\nusage: testdata-api --socket PATH --db PATH [--threads N]\n";
+            << "\nusage: testdata-api --socket PATH --db PATH [--threads N] [--busy-timeout-ms N]"
+               " [--max-db-pages N]\n";
   return 2;
 }
 
@@ -57,6 +59,11 @@ int main(int argc, char** argv) {
     } else if (arg == "--threads") {
       server.threads = std::atoi(value);
       if (server.threads < 1 || server.threads > 1024) return usage("--threads must be 1..1024");
+    } else if (arg == "--busy-timeout-ms") {
+      storage.busy_timeout_ms = std::atoi(value);
+      if (storage.busy_timeout_ms < 0) return usage("--busy-timeout-ms must be >= 0");
+    } else if (arg == "--max-db-pages") {
+      storage.max_page_count = std::atoll(value);
     } else {
       return usage(("unknown option " + arg).c_str());
     }
@@ -76,7 +83,7 @@ int main(int argc, char** argv) {
   }
   tdapi::LogFields started;
   started.detail = "db=" + storage.path + " synchronous=" + storage.synchronous +
-                   " journal_mode=WAL";
+                   " journal_mode=WAL busy_timeout_ms=" + std::to_string(storage.busy_timeout_ms);
   tdapi::log_event(tdapi::LogLevel::kInfo, "store_opened", started);
 
   int rc = tdapi::run_fcgi_server(server, *store);

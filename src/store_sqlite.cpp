@@ -50,15 +50,6 @@ Status status_from_sqlite(int rc, sqlite3* db, const std::string& what, bool wri
   }
 }
 
-// Logs storage failures that an operator must see; corruption loudly.
-void log_storage_failure(const Status& s, const char* event) {
-  if (s.ok() || s.code() == StatusCode::kDuplicate) return;
-  LogFields f;
-  f.reason = s.name();
-  f.detail = s.message();
-  log_event(s.code() == StatusCode::kCorrupt ? LogLevel::kError : LogLevel::kWarn, event, f);
-}
-
 const char kSchema[] =
     "CREATE TABLE IF NOT EXISTS tests ("
     "  test_id    TEXT PRIMARY KEY NOT NULL,"
@@ -77,6 +68,11 @@ const char kInsertSql[] =
 const char kListSql[] =
     "SELECT test_id, patient_id, clinic_id, test_type, result, created_at"
     " FROM tests WHERE clinic_id = ?1 ORDER BY rowid";
+
+// Reads the schema page and the first page of the tests table: a real query, but O(1).
+const char kHealthSql[] =
+    "SELECT (SELECT count(*) FROM sqlite_schema) + (SELECT count(*) FROM"
+    " (SELECT 1 FROM tests LIMIT 1))";
 
 std::string_view column_view(sqlite3_stmt* stmt, int i) {
   const unsigned char* text = sqlite3_column_text(stmt, i);
@@ -118,6 +114,22 @@ struct SqliteStore::WriteJob {
 };
 
 SqliteStore::SqliteStore(SqliteOptions options) : options_(std::move(options)) {}
+
+void SqliteStore::note_failure(const Status& s, const char* event) {
+  if (s.ok() || s.code() == StatusCode::kDuplicate) return;
+  LogFields f;
+  f.reason = s.name();
+  f.detail = s.message();
+  if (s.code() == StatusCode::kCorrupt) {
+    corrupt_seen_.store(true);
+    f.detail = "DATABASE CORRUPTION in " + options_.path + ": " + s.message() +
+               ". The service now reports unhealthy (GET /healthz 503). Stop it, keep a copy of "
+               "the file, and restore from a backup; see README 'Failure handling'";
+    log_event(LogLevel::kError, "database_corrupt", f);
+    return;
+  }
+  log_event(LogLevel::kWarn, event, f);
+}
 
 static int open_connection(const std::string& path, int flags, sqlite3** db) {
   return sqlite3_open_v2(path.c_str(), db, flags | SQLITE_OPEN_NOMUTEX, nullptr);
@@ -332,6 +344,7 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
       job->outcome.duplicate_ids.clear();
     }
   }
+  note_failure(batch_status, "storage_error");
   LogFields f;
   f.txn_id = txn_id;
   f.count = static_cast<long long>(batch.size());
@@ -365,7 +378,7 @@ Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
   sqlite3_busy_timeout(conn->db, options_.busy_timeout_ms);
   rc = conn->exec("PRAGMA query_only=1");
   if (rc == SQLITE_OK) rc = conn->prepare(kListSql, &conn->list);
-  if (rc == SQLITE_OK) rc = conn->prepare("SELECT count(*) FROM sqlite_schema", &conn->health);
+  if (rc == SQLITE_OK) rc = conn->prepare(kHealthSql, &conn->health);
   if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "prepare reader", false);
   out = std::move(conn);
   return Status::Ok();
@@ -395,7 +408,7 @@ Status SqliteStore::list_by_clinic(std::string_view clinic_id,
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);
   if (!conn) {
-    log_storage_failure(status, "storage_error");
+    note_failure(status, "storage_error");
     return status;
   }
   sqlite3_stmt* st = conn->list;
@@ -415,19 +428,25 @@ Status SqliteStore::list_by_clinic(std::string_view clinic_id,
   }
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
-  log_storage_failure(status, "storage_error");
+  note_failure(status, "storage_error");
   release_reader(std::move(conn));
   return status;
 }
 
 Status SqliteStore::check_health() {
+  if (corrupt_seen_.load()) {
+    return Status::Corrupt("database " + options_.path + " reported corruption since start");
+  }
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);
   if (!conn) return status;
   int rc = sqlite3_step(conn->health);
-  if (rc != SQLITE_ROW) status = status_from_sqlite(rc, conn->db, "health check", false);
+  if (rc != SQLITE_ROW) {
+    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "health check", false);
+  }
   sqlite3_reset(conn->health);
   release_reader(std::move(conn));
+  note_failure(status, "storage_error");
   return status;
 }
 

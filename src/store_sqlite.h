@@ -1,6 +1,7 @@
 // store_sqlite.h: the SQLite Store: one group-committing writer thread, pooled read connections.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -52,6 +53,7 @@ class SqliteStore : public Store {
   WriteOutcome insert(const TestRecord& record) override;
   Status list_by_clinic(std::string_view clinic_id,
                         const std::function<bool(const StoredTestView&)>& on_row) override;
+  // Ok when a real query answers and no operation has met a damaged database since open.
   Status check_health() override;
 
   WriterStats writer_stats() const;
@@ -70,8 +72,11 @@ class SqliteStore : public Store {
   WriteOutcome submit(WriteJob& job);
   void writer_loop();
   void commit_batch(const std::vector<WriteJob*>& batch);
+  // Logs a storage failure (corruption loudly, once marking the store unhealthy).
+  void note_failure(const Status& status, const char* event);
 
   SqliteOptions options_;
+  std::atomic<bool> corrupt_seen_{false};
   std::unique_ptr<Connection> writer_;
 
   mutable std::mutex queue_mu_;

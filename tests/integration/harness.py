@@ -85,6 +85,7 @@ class Server:
         """SIGKILL to the whole process group: run.sh, the app and nginx at once."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        self.output.close()
         # nginx workers are in the group too; give the kernel a moment to release the port.
         time.sleep(0.2)
 

@@ -180,6 +180,7 @@ TEST_F(Api, RoutingTable) {
       {"GET", "/nope", 404, ""},          {"GET", "/tests/", 404, ""},
       {"DELETE", "/tests", 405, "GET, POST"}, {"PUT", "/tests", 405, "GET, POST"},
       {"GET", "/%74ests?clinic_id=c", 200, ""}, {"GET", "/te%zzsts", 400, ""},
+      {"GET", "/healthz", 200, ""},       {"POST", "/healthz", 405, "GET"},
   };
   for (const Case& c : cases) {
     Sent s = call(c.method, c.uri);

@@ -1,0 +1,344 @@
+#!/usr/bin/env python3
+"""test_failures.py: each fault produced for real (no mocks): crashes under load, a damaged
+database, a full disk, a locked or read-only database, hostile clients, graceful stop."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import uuid
+
+sys.path.insert(0, os.path.dirname(__file__))
+import fcgi_client  # noqa: E402
+from harness import Server, record  # noqa: E402
+
+IS_ROOT = os.geteuid() == 0
+
+
+def expected(test_id, clinic):
+    return record(test_id, clinic=clinic, patient="pt-" + test_id, test_type="panel",
+                  result=("R:" + test_id + ";") * 20)
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class Writers:
+    """Concurrent clients posting unique records until stopped (bounded in count and time)."""
+
+    def __init__(self, server, clinic, threads=16, max_each=3000, max_seconds=20):
+        self.server, self.clinic = server, clinic
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+        self.acked, self.statuses, self.errors = [], {}, 0
+        self.deadline = time.monotonic() + max_seconds
+        self.threads = [threading.Thread(target=self._run, args=(n, max_each)) for n in range(threads)]
+
+    def _run(self, n, max_each):
+        for i in range(max_each):
+            if self.stop_flag.is_set() or time.monotonic() > self.deadline:
+                return
+            tid = f"{self.clinic}-{n}-{i}"
+            try:
+                r = self.server.request("POST", "/tests", expected(tid, self.clinic), timeout=15)
+                status = r.status
+            except OSError:
+                status = "conn_error"
+                time.sleep(0.01)
+            with self.lock:
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+                if status == 201:
+                    self.acked.append(tid)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join()
+
+    def count(self):
+        with self.lock:
+            return len(self.acked)
+
+
+def assert_all_acknowledged_intact(tc, server, clinic, acked):
+    r = server.request("GET", "/tests?clinic_id=" + clinic)
+    tc.assertEqual(r.status, 200, r)
+    rows = {}
+    for t in r.json()["tests"]:
+        t.pop("created_at")
+        rows[t["test_id"]] = t
+    missing = [a for a in acked if a not in rows]
+    tc.assertEqual(missing, [], f"{len(missing)} acknowledged records lost")
+    torn = [i for i, t in rows.items() if t != expected(i, clinic)]
+    tc.assertEqual(torn, [], "rows not whole")
+    for tid in acked[:50] + acked[-50:]:
+        tc.assertEqual(server.request("POST", "/tests", expected(tid, clinic)).status, 409, tid)
+    return len(rows)
+
+
+class Crash(unittest.TestCase):
+    def test_sigkill_of_the_app_mid_writes_loses_no_acknowledged_record(self):
+        with Server() as s:
+            with Writers(s, "crash1") as w:
+                self.assertTrue(wait_for(lambda: w.count() >= 300))
+                os.kill(s.pid_of("app"), signal.SIGKILL)  # the supervisor restarts it
+                before = w.count()
+                self.assertTrue(wait_for(lambda: w.count() >= before + 300))
+            print("statuses", w.statuses, file=sys.stderr)
+            self.assertEqual(set(w.statuses) - {201, 502, "conn_error"}, set())
+            n = assert_all_acknowledged_intact(self, s, "crash1", w.acked)
+            self.assertGreaterEqual(n, len(w.acked))
+
+    def test_sigkill_of_app_and_nginx_together_then_restart(self):
+        data_dir = tempfile.mkdtemp(prefix="tdapi-crash-")
+        try:
+            s = Server(data_dir=data_dir).start()
+            with Writers(s, "crash2") as w:
+                self.assertTrue(wait_for(lambda: w.count() >= 500))
+                s.kill_all()  # run.sh, app and nginx at once
+            self.assertGreater(len(w.acked), 0)
+            with Server(data_dir=data_dir) as s2:
+                assert_all_acknowledged_intact(self, s2, "crash2", w.acked)
+        finally:
+            subprocess.run(["rm", "-rf", data_dir])
+
+
+class Corruption(unittest.TestCase):
+    def test_refuses_to_start_on_a_damaged_file(self):
+        with tempfile.TemporaryDirectory(prefix="tdapi-corrupt-") as d:
+            db = os.path.join(d, "testdata.db")
+            with open(db, "wb") as f:
+                f.write(b"this is not a database" * 500)
+            s = Server(data_dir=d)
+            s.start(wait=False)
+            rc = s.proc.wait(30)
+            s.output.close()
+            self.assertEqual(rc, 1)
+            failed = [l for l in s.json_lines("app.log") if l["event"] == "startup_failed"]
+            self.assertEqual(len(failed), 1)
+            self.assertEqual(failed[0]["level"], "error")
+            self.assertIn(db, failed[0]["detail"])
+            self.assertIn("What to do", failed[0]["detail"])
+
+    def test_corruption_at_run_time_is_a_503_a_loud_log_and_unhealthy(self):
+        with Server() as s:
+            for i in range(200):
+                self.assertEqual(s.request("POST", "/tests", expected(f"cor-{i}", "cor")).status, 201)
+            self.assertEqual(s.request("GET", "/healthz").json(), {"status": "ok"})
+            db = os.path.join(s.data_dir, "testdata.db")
+            conn = sqlite3.connect(db)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
+            size = os.path.getsize(db)
+            self.assertGreater(size, 10 * 4096)
+            with open(db, "r+b") as f:  # keep page 1 (the schema), overwrite every other page
+                f.seek(4096)
+                f.write(b"\xab" * (size - 4096))
+            post = s.request("POST", "/tests", expected("cor-new", "cor"))
+            self.assertIn(post.status, (201, 503), post)
+            r = s.request("GET", "/tests?clinic_id=cor")
+            self.assertEqual(r.status, 503, r)
+            self.assertEqual(r.json()["status"], "error")
+            health = s.request("GET", "/healthz")
+            self.assertEqual(health.status, 503, health)
+            loud = [l for l in s.json_lines("app.log") if l["event"] == "database_corrupt"]
+            self.assertGreater(len(loud), 0)
+            self.assertEqual(loud[0]["level"], "error")
+            self.assertIn(db, loud[0]["detail"])
+
+
+class DiskFull(unittest.TestCase):
+    def fill_until_507(self, s, clinic):
+        acked, full = [], None
+        for i in range(2000):
+            rec = expected(f"{clinic}-{i}", clinic)
+            rec["result"] = ("x" * 1000 + str(i)) * 15
+            r = s.request("POST", "/tests", rec)
+            if r.status == 201:
+                acked.append(rec)
+                continue
+            full = r
+            break
+        self.assertIsNotNone(full, "never filled up")
+        self.assertEqual(full.status, 507, full)
+        self.assertEqual(full.json(), {"status": "error", "message": "storage is full"})
+        return acked
+
+    def check_still_serving(self, s, clinic, acked):
+        r = s.request("GET", "/tests?clinic_id=" + clinic)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([t["test_id"] for t in r.json()["tests"]], [a["test_id"] for a in acked])
+        self.assertEqual(s.request("GET", "/healthz").status, 200)
+
+    @unittest.skipUnless(IS_ROOT, "needs root to mount a small tmpfs; the max_page_count variant runs instead")
+    def test_full_tmpfs_then_space_freed(self):
+        mnt = tempfile.mkdtemp(prefix="tdapi-full-")
+        logs = tempfile.mkdtemp(prefix="tdapi-full-logs-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+        try:
+            os.symlink(logs, os.path.join(mnt, "logs"))  # logs stay writable while the disk is full
+            filler = os.path.join(mnt, "filler")
+            with open(filler, "wb") as f:
+                f.write(b"\0" * (2 * 1024 * 1024))
+            with Server(data_dir=mnt) as s:
+                acked = self.fill_until_507(s, "full")
+                self.check_still_serving(s, "full", acked)
+                os.remove(filler)
+                after = expected("full-after", "full")
+                self.assertEqual(s.request("POST", "/tests", after).status, 201)
+                self.check_still_serving(s, "full", acked + [after])
+                lines = s.json_lines("app.log")
+                self.assertTrue(any(l.get("event") == "txn" and l.get("reason") == "full" for l in lines))
+        finally:
+            subprocess.run(["umount", "-l", mnt])
+            subprocess.run(["rm", "-rf", mnt, logs])
+
+    def test_database_size_cap_then_raised(self):
+        with tempfile.TemporaryDirectory(prefix="tdapi-cap-") as d:
+            with Server(data_dir=d, MAX_DB_PAGES=60) as s:
+                acked = self.fill_until_507(s, "cap")
+                self.check_still_serving(s, "cap", acked)
+            with Server(data_dir=d, MAX_DB_PAGES=100000) as s:
+                self.check_still_serving(s, "cap", acked)
+                self.assertEqual(s.request("POST", "/tests", expected("cap-after", "cap")).status, 201)
+
+
+class LockedAndReadOnly(unittest.TestCase):
+    def test_locked_database_is_a_bounded_503_and_reads_keep_working(self):
+        with Server(BUSY_TIMEOUT_MS=300) as s:
+            self.assertEqual(s.request("POST", "/tests", expected("lk-0", "lk")).status, 201)
+            holder = sqlite3.connect(os.path.join(s.data_dir, "testdata.db"), isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            try:
+                r = s.request("POST", "/tests", expected("lk-1", "lk"), timeout=10)
+                self.assertEqual(r.status, 503, r)
+                self.assertEqual(r.json()["message"], "storage is busy, retry later")
+                self.assertEqual(s.request("GET", "/tests?clinic_id=lk").json()["count"], 1)
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            self.assertEqual(s.request("POST", "/tests", expected("lk-1", "lk")).status, 201)
+
+    def test_read_only_database_is_a_clear_startup_error(self):
+        with tempfile.TemporaryDirectory(prefix="tdapi-ro-") as d:
+            with Server(data_dir=d) as s:
+                self.assertEqual(s.request("POST", "/tests", expected("ro-0", "ro")).status, 201)
+            ro = tempfile.mkdtemp(prefix="tdapi-ro-db-")
+            os.rmdir(ro)
+            os.mkdir(ro)
+            for name in os.listdir(d):
+                if name.startswith("testdata.db"):
+                    subprocess.run(["cp", os.path.join(d, name), ro], check=True)
+            mounted = False
+            try:
+                if IS_ROOT:  # root ignores file modes: make the filesystem itself read-only
+                    subprocess.run(["mount", "--bind", ro, ro], check=True)
+                    subprocess.run(["mount", "-o", "remount,ro,bind", ro], check=True)
+                    mounted = True
+                else:
+                    for name in os.listdir(ro):
+                        os.chmod(os.path.join(ro, name), 0o400)
+                    os.chmod(ro, 0o500)
+                with tempfile.TemporaryDirectory(prefix="tdapi-ro-run-") as run_dir:
+                    s = Server(data_dir=run_dir, DB_PATH=os.path.join(ro, "testdata.db"))
+                    s.start(wait=False)
+                    rc = s.proc.wait(30)
+                    s.output.close()
+                    self.assertEqual(rc, 1)
+                    failed = [l for l in s.json_lines("app.log") if l["event"] == "startup_failed"]
+                    self.assertEqual(len(failed), 1, s.run_output())
+                    self.assertIn(os.path.join(ro, "testdata.db"), failed[0]["detail"])
+                    self.assertIn("can write", failed[0]["detail"])
+            finally:
+                if mounted:
+                    subprocess.run(["umount", ro])
+                os.chmod(ro, 0o700)
+                subprocess.run(["rm", "-rf", ro])
+
+
+class HostileClients(unittest.TestCase):
+    def test_stalled_bodies_never_reach_the_app(self):
+        with Server(THREADS=4) as s:
+            import socket
+            stalled = []
+            for i in range(20):  # more stalled clients than the app has threads
+                c = socket.create_connection(("127.0.0.1", s.port))
+                c.sendall(b"POST /tests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 1000\r\n\r\n{\"test_id\":")
+                stalled.append(c)
+            try:
+                for i in range(20):
+                    r = s.request("POST", "/tests", expected(f"hc-{i}", "hc"), timeout=5)
+                    self.assertEqual(r.status, 201, r)
+            finally:
+                for c in stalled:
+                    c.close()
+            # a body cut short by the client: nginx drops it (400 in its log); the app never sees it
+            c = socket.create_connection(("127.0.0.1", s.port))
+            c.sendall(b"POST /tests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"a\":1")
+            c.shutdown(socket.SHUT_WR)
+            c.recv(100)
+            c.close()
+            time.sleep(0.3)
+            app_posts = [l for l in s.json_lines("app.log") if l.get("event") == "request" and l.get("method") == "POST"]
+            self.assertEqual(len(app_posts), 20)
+            self.assertIn(400, [l["status"] for l in s.json_lines("access.log")])
+
+    def test_app_answers_400_and_413_itself_when_the_body_does_not_match(self):
+        with Server() as s:
+            sock = os.path.join(s.data_dir, "run", "app.sock")
+            base = {"REQUEST_METHOD": "POST", "REQUEST_URI": "/tests", "CONTENT_TYPE": "application/json",
+                    "REQUEST_ID": "direct-1"}
+            status, _, body = fcgi_client.request(sock, dict(base, CONTENT_LENGTH="100"), b'{"a":1')
+            self.assertEqual((status, body), (400, b'{"status":"error","message":"request body is shorter than its Content-Length"}'))
+            status, _, body = fcgi_client.request(sock, dict(base, CONTENT_LENGTH="70000"), b"x" * 1000)
+            self.assertEqual(status, 413)
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+
+
+class GracefulStop(unittest.TestCase):
+    def test_sigterm_finishes_in_flight_checkpoints_and_exits_0(self):
+        data_dir = tempfile.mkdtemp(prefix="tdapi-stop-")
+        try:
+            s = Server(data_dir=data_dir).start()
+            with Writers(s, "stop") as w:
+                self.assertTrue(wait_for(lambda: w.count() >= 300))
+                started = time.monotonic()
+                rc = s.stop(timeout=20)
+                took = time.monotonic() - started
+            s.output.close()
+            print(f"stop took {took:.3f}s; statuses {w.statuses}", file=sys.stderr)
+            self.assertEqual(rc, 0, s.run_output()[-2000:])
+            self.assertEqual(set(w.statuses) - {201, 502, "conn_error"}, set())
+            events = [l["event"] for l in s.json_lines("app.log")]
+            for e in ("stopping", "store_closed", "stopped"):
+                self.assertIn(e, events)
+            closed = [l for l in s.json_lines("app.log") if l["event"] == "store_closed"][-1]
+            self.assertEqual(closed["level"], "info")  # the final checkpoint succeeded
+            wal = os.path.join(data_dir, "testdata.db-wal")
+            self.assertTrue(not os.path.exists(wal) or os.path.getsize(wal) == 0)
+            with Server(data_dir=data_dir) as s2:
+                assert_all_acknowledged_intact(self, s2, "stop", w.acked)
+        finally:
+            subprocess.run(["rm", "-rf", data_dir])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
