@@ -10,7 +10,7 @@ BUILD_DIR := build
 TEST_BUILD_DIR := build-test
 SANITIZE ?= address,undefined
 
-.PHONY: all deps build run test test-tsan fuzz clean format tidy
+.PHONY: all deps build run test test-tsan fuzz bench clean format tidy
 
 all: build
 
@@ -26,6 +26,7 @@ run: build
 
 # Unit and integration tests run against a build instrumented with ASan + UBSan.
 test: deps
+	@scripts/install-npm-tools.sh
 	@cmake -S . -B $(TEST_BUILD_DIR) -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=$(SANITIZE) >/dev/null
 	@cmake --build $(TEST_BUILD_DIR) -j $(JOBS)
 	@cd $(TEST_BUILD_DIR) && ctest --output-on-failure --timeout 600
@@ -37,6 +38,11 @@ test-tsan: deps
 	@cmake --build build-tsan -j $(JOBS) --target unit_tests
 	@build-tsan/tests/unit_tests --gtest_brief=1 --gtest_filter='SqliteStore.*:Api.*' \
 	  2>build-tsan/unit_tests.stderr || { cat build-tsan/unit_tests.stderr; exit 1; }
+
+# Throughput and latency against the FastCGI ceiling, measured with wrk; prints a table and
+# writes bench/results/latest.md. BENCH_SECONDS per run (4), BENCH_ROUNDS (3), BENCH_BIG_ROWS.
+bench: build
+	@python3 bench/bench.py
 
 # libFuzzer targets over body validation and query decoding, FUZZ_SECONDS each (default 600).
 FUZZ_SECONDS ?= 600

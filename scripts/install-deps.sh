@@ -3,17 +3,23 @@
 # is installed already. Needs root (or prints the sudo command to run instead).
 set -euo pipefail
 
+# A package, or package:command when any install providing that command will do (Node.js and
+# npm may come from elsewhere than Debian).
 packages=(
   g++ make cmake pkg-config           # build
-  clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   libfcgi-dev libcjson-dev libsqlite3-dev libgtest-dev
   nginx-light                         # the web server in front
   sqlite3 curl jq python3             # tests, smoke test, debugging
+  clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
+  nodejs:node npm:npm                 # the OpenAPI linter and newman (npm packages)
+  wrk                                 # make bench
   ${EXTRA_PACKAGES:-}
 )
 
 missing=()
-for p in "${packages[@]}"; do
+for entry in "${packages[@]}"; do
+  p=${entry%%:*}
+  if [ "$entry" != "$p" ] && command -v "${entry#*:}" >/dev/null 2>&1; then continue; fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -44,7 +44,8 @@ user_directive=""
 if [ "$(id -u)" = 0 ]; then user_directive="user root root;"; fi
 sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@SOCKET@|$SOCKET|g" \
     -e "s|@USER_DIRECTIVE@|$user_directive|g" \
-    -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" "$here/nginx.conf" >"$DATA_DIR/nginx.conf"
+    -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" -e "s|@PROJECT_DIR@|$here|g" \
+    "$here/nginx.conf" >"$DATA_DIR/nginx.conf"
 
 app_pid=""
 nginx_pid=""

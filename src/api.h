@@ -3,21 +3,40 @@
 
 #include "http.h"
 #include "store.h"
+#include "test_record.h"
 
 namespace tdapi {
 
 // POST /tests: 201 + Location, 409, 400 (every field problem), 413, 415, or 5xx from storage.
 Response handle_create_test(const Request& request, Store& store);
 
-// GET /tests?clinic_id=: every test of the clinic, oldest first, streamed in chunks.
-// 400 for a missing/empty clinic_id, a repeated or unknown parameter, a malformed query.
+// POST /tests/batch: a JSON array of 1..kMaxBatchRecords records, stored all or nothing.
+// 201 with the stored ids; 400 with every invalid item's index and field errors; 409 naming
+// every id that exists already or appears twice; 413, 415, 5xx as for one record.
+Response handle_create_batch(const Request& request, Store& store);
+
+// GET /tests?clinic_id=[&patient_id=][&test_type=][&limit=][&cursor=]: the clinic's tests,
+// oldest first, streamed in chunks. With limit or cursor the answer carries next_cursor
+// (null on the last page). 400 for a missing/empty clinic_id, a repeated or unknown parameter,
+// a bad limit, a malformed or tampered cursor, a malformed query.
 Response handle_list_tests(const Request& request, Store& store);
+
+// GET /tests/{test_id}: 200 {"status":"success","test":{…}} or 404.
+Response handle_get_test(const Request& request, Store& store);
 
 // GET /healthz: 200 {"status":"ok"} when the database answers a real query and no corruption
 // has been seen since start; otherwise 503 with the error shape.
 Response handle_health(const Request& request, Store& store);
 
+// GET /metrics: Prometheus text format (see metrics.h).
+Response handle_metrics(const Request& request, Store& store);
+
 // Size of the chunks a streamed listing is written in.
 constexpr size_t kStreamChunkBytes = 32 * 1024;
+// Batch limits: records per batch, and body bytes (nginx's limit for /tests/batch too).
+constexpr size_t kMaxBatchRecords = 1000;
+constexpr size_t kMaxBatchBodyBytes = kMaxRequestBodyBytes;
+// The most a page may hold.
+constexpr long long kMaxPageLimit = 1000;
 
 }  // namespace tdapi

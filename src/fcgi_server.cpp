@@ -21,6 +21,7 @@
 #include "clock.h"
 #include "http_router.h"
 #include "log.h"
+#include "metrics.h"
 #include "test_record.h"
 
 namespace tdapi {
@@ -50,7 +51,8 @@ Request read_request(FCGX_Request& fcgi) {
   errno = 0;
   unsigned long long length = std::strtoull(length_text, &end, 10);
   if (errno != 0 || end == length_text) length = 0;
-  if (length > kMaxBodyBytes) {
+  req.content_length = static_cast<size_t>(length);
+  if (length > kMaxRequestBodyBytes) {
     req.body_state = BodyState::kTooLarge;
     return req;
   }
@@ -73,7 +75,7 @@ class FcgiOutput : public ResponseOutput {
   explicit FcgiOutput(FCGX_Stream* out) : out_(out) {}
   bool write_head(const Response& r) override {
     std::string head = "Status: " + std::to_string(r.status) + " " + reason_phrase(r.status) +
-                       "\r\nContent-Type: application/json\r\n";
+                       "\r\nContent-Type: " + r.content_type + "\r\n";
     for (const auto& [name, value] : r.headers) head += name + ": " + value + "\r\n";
     head += "\r\n";
     return write_body(head);
@@ -101,10 +103,11 @@ void serve_one(FCGX_Request& fcgi, Store& store) {
   f.path = req.path;
   f.status = resp.status;
   f.duration_ms = elapsed_ms(start);
-  LogLevel level = resp.status >= 500 ? LogLevel::kError
+  LogLevel level = resp.status >= 500   ? LogLevel::kError
                    : resp.status >= 400 ? LogLevel::kWarn
                                         : LogLevel::kInfo;
   log_event(level, "request", f);
+  global_metrics().record(resp.route, resp.status, f.duration_ms);
 }
 
 void worker_loop(int listen_fd, Store& store) {

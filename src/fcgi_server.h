@@ -8,8 +8,8 @@
 namespace tdapi {
 
 struct ServerOptions {
-  std::string socket_path;  // unix socket nginx connects to; created with mode 0600
-  int threads = 16;         // worker threads, each accepting and answering requests
+  std::string socket_path;      // unix socket nginx connects to; created with mode 0600
+  int threads = 16;             // worker threads, each accepting and answering requests
   int stop_timeout_ms = 10000;  // bound on finishing in-flight requests after SIGTERM
 };
 

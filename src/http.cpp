@@ -72,7 +72,8 @@ Response field_errors_response(std::string_view message, const std::vector<Field
   w.begin_array();
   for (const FieldError& e : errors) {
     w.begin_object();
-    w.field("field", e.field);
+    if (e.index >= 0) w.field("index", e.index);
+    if (!e.field.empty()) w.field("field", e.field);
     w.field("message", e.message);
     w.end_object();
   }
@@ -83,17 +84,28 @@ Response field_errors_response(std::string_view message, const std::vector<Field
 
 const char* reason_phrase(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 413: return "Payload Too Large";
-    case 415: return "Unsupported Media Type";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    case 507: return "Insufficient Storage";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 400:
+      return "Bad Request";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 409:
+      return "Conflict";
+    case 413:
+      return "Payload Too Large";
+    case 415:
+      return "Unsupported Media Type";
+    case 500:
+      return "Internal Server Error";
+    case 503:
+      return "Service Unavailable";
+    case 507:
+      return "Insufficient Storage";
   }
   return "Unknown";
 }
@@ -215,7 +227,7 @@ bool is_valid_utf8(std::string_view s) {
       cp = (cp << 6) | (p[i] & 0x3F);
     }
     if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)) return false;  // overlong
-    if (cp >= 0xD800 && cp <= 0xDFFF) return false;                           // surrogate
+    if (cp >= 0xD800 && cp <= 0xDFFF) return false;                            // surrogate
     if (cp > 0x10FFFF) return false;
     p += len;
   }

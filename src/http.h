@@ -25,8 +25,10 @@ struct Request {
   std::string query;         // raw query string, without '?'
   std::string content_type;  // as sent, may be empty
   std::string body;
+  size_t content_length = 0;  // as announced by the client (CONTENT_LENGTH)
   BodyState body_state = BodyState::kComplete;
   std::string request_id;  // nginx's $request_id
+  std::string path_param;  // the decoded {test_id} segment, set by the router
 };
 
 // Receives a streamed response body chunk by chunk. write returns false when the client is gone.
@@ -38,6 +40,7 @@ class BodyWriter {
 
 struct Response {
   int status = 200;
+  std::string content_type = "application/json";
   std::vector<std::pair<std::string, std::string>> headers;  // besides Content-Type
   std::string body;                                          // used when stream is empty
   // When set, the body is produced by calling stream, which writes chunks and may add to the
@@ -45,14 +48,15 @@ struct Response {
   // so a failure before any chunk still becomes a proper error response; a failure after it
   // can only cut the body short (and is logged).
   std::function<Status(BodyWriter&, LogFields&)> stream;
-  LogFields log;  // ids and transaction outcome for this request's log line
+  LogFields log;                    // ids and transaction outcome for this request's log line
+  std::string route = "unmatched";  // the route that answered ("GET /tests"), for metrics
 };
 
 // Where a response is written: implemented by the FastCGI adapter and by tests.
 class ResponseOutput {
  public:
   virtual ~ResponseOutput() = default;
-  // Writes the status line and headers (Content-Type: application/json is implied).
+  // Writes the status line and headers (Content-Type from the response).
   virtual bool write_head(const Response& response) = 0;
   // Writes body bytes; false when the client is gone.
   virtual bool write_body(std::string_view chunk) = 0;
@@ -70,9 +74,11 @@ Response error_response(int status, std::string_view message);
 struct FieldError {
   std::string field;
   std::string message;
+  int index = -1;  // position of the record in a batch; -1 for a single record
 };
 
 // {"status":"error","message":message,"errors":[{"field":…,"message":…},…]}, HTTP 400.
+// Errors of batch items also carry "index".
 Response field_errors_response(std::string_view message, const std::vector<FieldError>& errors);
 
 // The reason phrase for an HTTP status ("Created" for 201); "Unknown" for codes not used here.

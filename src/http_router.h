@@ -6,8 +6,9 @@
 
 namespace tdapi {
 
-// Dispatches one request. Paths are percent-decoded before matching. This function can't
+// Dispatches one request. Path segments are percent-decoded before matching; the {test_id}
+// segment is stored in request.path_param. This function can't
 // fail: every request gets a Response.
-Response route_request(const Request& request, Store& store);
+Response route_request(Request& request, Store& store);
 
 }  // namespace tdapi

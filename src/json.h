@@ -29,24 +29,73 @@ void append_json_string(std::string& out, std::string_view s);
 class JsonWriter {
  public:
   explicit JsonWriter(std::string& out) : out_(out) {}
-  void begin_object() { comma(); out_ += '{'; first_ = true; }
-  void end_object() { out_ += '}'; first_ = false; }
-  void begin_array() { comma(); out_ += '['; first_ = true; }
-  void end_array() { out_ += ']'; first_ = false; }
-  void key(std::string_view k) { comma(); append_json_string(out_, k); out_ += ':'; first_ = true; }
-  void string(std::string_view v) { comma(); append_json_string(out_, v); }
-  void number(long long v) { comma(); out_ += std::to_string(v); }
+  void begin_object() {
+    comma();
+    out_ += '{';
+    first_ = true;
+  }
+  void end_object() {
+    out_ += '}';
+    first_ = false;
+  }
+  void begin_array() {
+    comma();
+    out_ += '[';
+    first_ = true;
+  }
+  void end_array() {
+    out_ += ']';
+    first_ = false;
+  }
+  void key(std::string_view k) {
+    comma();
+    append_json_string(out_, k);
+    out_ += ':';
+    first_ = true;
+  }
+  void string(std::string_view v) {
+    comma();
+    append_json_string(out_, v);
+  }
+  void number(long long v) {
+    comma();
+    out_ += std::to_string(v);
+  }
   void number(double v);  // fixed, 3 decimals: durations in ms
-  void boolean(bool v) { comma(); out_ += v ? "true" : "false"; }
-  void null() { comma(); out_ += "null"; }
+  void boolean(bool v) {
+    comma();
+    out_ += v ? "true" : "false";
+  }
+  void null() {
+    comma();
+    out_ += "null";
+  }
   // Appends already-serialised JSON as the next value.
-  void raw(std::string_view json) { comma(); out_ += json; }
+  void raw(std::string_view json) {
+    comma();
+    out_ += json;
+  }
 
-  void field(std::string_view k, std::string_view v) { key(k); string(v); }
-  void field(std::string_view k, const char* v) { key(k); string(v); }
-  void field(std::string_view k, long long v) { key(k); number(v); }
-  void field(std::string_view k, int v) { key(k); number(static_cast<long long>(v)); }
-  void field(std::string_view k, double v) { key(k); number(v); }
+  void field(std::string_view k, std::string_view v) {
+    key(k);
+    string(v);
+  }
+  void field(std::string_view k, const char* v) {
+    key(k);
+    string(v);
+  }
+  void field(std::string_view k, long long v) {
+    key(k);
+    number(v);
+  }
+  void field(std::string_view k, int v) {
+    key(k);
+    number(static_cast<long long>(v));
+  }
+  void field(std::string_view k, double v) {
+    key(k);
+    number(v);
+  }
 
  private:
   void comma() {

@@ -15,8 +15,8 @@ struct LogFields {
   // Request context.
   std::string request_id;
   std::string method;
-  std::string path;  // path only, never the query string (filters may carry patient ids)
-  int status = 0;    // 0: absent
+  std::string path;         // path only, never the query string (filters may carry patient ids)
+  int status = 0;           // 0: absent
   double duration_ms = -1;  // < 0: absent
   // Record ids (ids are not patient data).
   std::string test_id;

@@ -5,42 +5,66 @@ namespace tdapi {
 
 const char* Status::name() const {
   switch (code_) {
-    case StatusCode::kOk: return "ok";
-    case StatusCode::kDuplicate: return "duplicate";
-    case StatusCode::kNotFound: return "not_found";
-    case StatusCode::kBusy: return "busy";
-    case StatusCode::kFull: return "full";
-    case StatusCode::kCorrupt: return "corrupt";
-    case StatusCode::kReadOnly: return "read_only";
-    case StatusCode::kInternal: return "internal";
+    case StatusCode::kOk:
+      return "ok";
+    case StatusCode::kDuplicate:
+      return "duplicate";
+    case StatusCode::kNotFound:
+      return "not_found";
+    case StatusCode::kBusy:
+      return "busy";
+    case StatusCode::kFull:
+      return "full";
+    case StatusCode::kCorrupt:
+      return "corrupt";
+    case StatusCode::kReadOnly:
+      return "read_only";
+    case StatusCode::kInternal:
+      return "internal";
   }
   return "internal";
 }
 
 int http_status_for(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return 200;
-    case StatusCode::kDuplicate: return 409;
-    case StatusCode::kNotFound: return 404;
-    case StatusCode::kBusy: return 503;
-    case StatusCode::kFull: return 507;
-    case StatusCode::kCorrupt: return 503;
-    case StatusCode::kReadOnly: return 503;
-    case StatusCode::kInternal: return 500;
+    case StatusCode::kOk:
+      return 200;
+    case StatusCode::kDuplicate:
+      return 409;
+    case StatusCode::kNotFound:
+      return 404;
+    case StatusCode::kBusy:
+      return 503;
+    case StatusCode::kFull:
+      return 507;
+    case StatusCode::kCorrupt:
+      return 503;
+    case StatusCode::kReadOnly:
+      return 503;
+    case StatusCode::kInternal:
+      return 500;
   }
   return 500;
 }
 
 const char* client_message_for(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "ok";
-    case StatusCode::kDuplicate: return "test_id already exists";
-    case StatusCode::kNotFound: return "not found";
-    case StatusCode::kBusy: return "storage is busy, retry later";
-    case StatusCode::kFull: return "storage is full";
-    case StatusCode::kCorrupt: return "storage is unavailable (database damaged)";
-    case StatusCode::kReadOnly: return "storage is unavailable (read-only)";
-    case StatusCode::kInternal: return "internal storage error";
+    case StatusCode::kOk:
+      return "ok";
+    case StatusCode::kDuplicate:
+      return "test_id already exists";
+    case StatusCode::kNotFound:
+      return "not found";
+    case StatusCode::kBusy:
+      return "storage is busy, retry later";
+    case StatusCode::kFull:
+      return "storage is full";
+    case StatusCode::kCorrupt:
+      return "storage is unavailable (database damaged)";
+    case StatusCode::kReadOnly:
+      return "storage is unavailable (read-only)";
+    case StatusCode::kInternal:
+      return "internal storage error";
   }
   return "internal error";
 }

@@ -13,9 +13,11 @@
 
 #include <cassert>
 #include <chrono>
+#include <filesystem>
 #include <utility>
 
 #include "clock.h"
+#include "json.h"
 #include "log.h"
 
 namespace tdapi {
@@ -50,24 +52,58 @@ Status status_from_sqlite(int rc, sqlite3* db, const std::string& what, bool wri
   }
 }
 
+// Rows are never updated: `doc` is the test's JSON object exactly as the API returns it, built
+// once by the writer, so a listing copies bytes from SQLite's pages to the response. `seq` is
+// the insertion order (equal to the rowid, taken as max(rowid)+1 inside the INSERT).
 const char kSchema[] =
     "CREATE TABLE IF NOT EXISTS tests ("
     "  test_id    TEXT PRIMARY KEY NOT NULL,"
+    "  seq        INTEGER NOT NULL,"
     "  patient_id TEXT NOT NULL,"
     "  clinic_id  TEXT NOT NULL,"
     "  test_type  TEXT NOT NULL,"
     "  result     TEXT NOT NULL,"
-    "  created_at TEXT NOT NULL"
+    "  created_at TEXT NOT NULL,"
+    "  doc        TEXT NOT NULL"
     ") STRICT;"
-    // Listing by clinic in insertion order: the index holds (clinic_id, rowid).
-    "CREATE INDEX IF NOT EXISTS tests_by_clinic ON tests (clinic_id);";
+    // The listing, covered: clinic, then insertion order, then the document.
+    "CREATE INDEX IF NOT EXISTS tests_by_clinic ON tests (clinic_id, seq, doc);"
+    // The filters of GET /tests.
+    "CREATE INDEX IF NOT EXISTS tests_by_patient ON tests (clinic_id, patient_id, seq);"
+    "CREATE INDEX IF NOT EXISTS tests_by_type ON tests (clinic_id, test_type, seq);"
+    // Instance secrets: the key that signs paging cursors.
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) STRICT;"
+    "INSERT OR IGNORE INTO meta (name, value) VALUES ('cursor_key', randomblob(16));";
 
 const char kInsertSql[] =
-    "INSERT INTO tests (test_id, patient_id, clinic_id, test_type, result, created_at)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-const char kListSql[] =
-    "SELECT test_id, patient_id, clinic_id, test_type, result, created_at"
-    " FROM tests WHERE clinic_id = ?1 ORDER BY rowid";
+    "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at,"
+    " doc) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7"
+    " FROM (SELECT coalesce(max(rowid), 0) + 1 AS m FROM tests)";
+
+// One listing statement per combination of filters: index 1 patient_id, 2 test_type.
+std::string list_sql(bool by_patient, bool by_type) {
+  std::string sql = "SELECT doc, seq FROM tests WHERE clinic_id = ?1";
+  if (by_patient) sql += " AND patient_id = ?2";
+  if (by_type) sql += " AND test_type = ?3";
+  return sql + " AND seq > ?4 ORDER BY seq LIMIT ?5";
+}
+
+// The stored document of a record, as GET returns it.
+std::string test_document(const TestRecord& r, const std::string& created_at) {
+  std::string doc;
+  doc.reserve(r.test_id.size() + r.patient_id.size() + r.clinic_id.size() + r.test_type.size() +
+              r.result.size() + 128);
+  JsonWriter w(doc);
+  w.begin_object();
+  w.field("test_id", r.test_id);
+  w.field("patient_id", r.patient_id);
+  w.field("clinic_id", r.clinic_id);
+  w.field("test_type", r.test_type);
+  w.field("result", r.result);
+  w.field("created_at", created_at);
+  w.end_object();
+  return doc;
+}
 
 // Reads the schema page and the first page of the tests table: a real query, but O(1).
 const char kHealthSql[] =
@@ -88,8 +124,9 @@ struct SqliteStore::Connection {
   sqlite3* db = nullptr;
   std::vector<sqlite3_stmt*> stmts;
   sqlite3_stmt* insert = nullptr;
-  sqlite3_stmt* list = nullptr;
+  sqlite3_stmt* list[4] = {};  // by (patient filter, type filter): see list_sql
   sqlite3_stmt* health = nullptr;
+  sqlite3_stmt* get = nullptr;
 
   ~Connection() {
     for (sqlite3_stmt* s : stmts) sqlite3_finalize(s);
@@ -116,7 +153,7 @@ struct SqliteStore::WriteJob {
 SqliteStore::SqliteStore(SqliteOptions options) : options_(std::move(options)) {}
 
 void SqliteStore::note_failure(const Status& s, const char* event) {
-  if (s.ok() || s.code() == StatusCode::kDuplicate) return;
+  if (s.ok() || s.code() == StatusCode::kDuplicate || s.code() == StatusCode::kNotFound) return;
   LogFields f;
   f.reason = s.name();
   f.detail = s.message();
@@ -171,8 +208,7 @@ Status SqliteStore::open_writer() {
     return Status::Corrupt("database " + path + " failed PRAGMA quick_check: " + verdict);
   }
 
-  std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" +
-                        options_.synchronous + ";";
+  std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + options_.synchronous + ";";
   if (options_.max_page_count > 0) {
     pragmas += "PRAGMA max_page_count=" + std::to_string(options_.max_page_count) + ";";
   }
@@ -190,19 +226,29 @@ Status SqliteStore::open_writer() {
   sqlite3_finalize(version_stmt);
   if (version < 0) return status_from_sqlite(sqlite3_errcode(conn->db), conn->db, path, false);
   if (version > kSchemaVersion) {
-    return Status::Internal("database " + path + " has schema version " +
-                            std::to_string(version) + ", newer than this binary's " +
-                            std::to_string(kSchemaVersion));
+    return Status::Internal("database " + path + " has schema version " + std::to_string(version) +
+                            ", newer than this binary's " + std::to_string(kSchemaVersion));
   }
   if (version < kSchemaVersion) {
-    std::string ddl = std::string("BEGIN IMMEDIATE;") + kSchema + "PRAGMA user_version=" +
-                      std::to_string(kSchemaVersion) + "; COMMIT;";
+    std::string ddl = std::string("BEGIN IMMEDIATE;") + kSchema +
+                      "PRAGMA user_version=" + std::to_string(kSchemaVersion) + "; COMMIT;";
     rc = conn->exec(ddl.c_str());
     if (rc != SQLITE_OK) {
       Status s = status_from_sqlite(rc, conn->db, "cannot create schema in " + path, true);
       conn->exec("ROLLBACK");
       return s;
     }
+  }
+  sqlite3_stmt* key_stmt = nullptr;
+  rc = sqlite3_prepare_v2(conn->db, "SELECT value FROM meta WHERE name = 'cursor_key'", -1,
+                          &key_stmt, nullptr);
+  if (rc == SQLITE_OK && (rc = sqlite3_step(key_stmt)) == SQLITE_ROW) {
+    secret_.assign(static_cast<const char*>(sqlite3_column_blob(key_stmt, 0)),
+                   static_cast<size_t>(sqlite3_column_bytes(key_stmt, 0)));
+  }
+  sqlite3_finalize(key_stmt);
+  if (secret_.size() != 16) {
+    return Status::Internal("database " + path + " has no cursor key in its meta table");
   }
   rc = conn->prepare(kInsertSql, &conn->insert);
   if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "prepare insert", false);
@@ -231,6 +277,14 @@ WriteOutcome SqliteStore::insert(const TestRecord& record) {
   WriteJob job;
   job.records = &record;
   job.count = 1;
+  return submit(job);
+}
+
+WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records) {
+  assert(!records.empty());
+  WriteJob job;
+  job.records = records.data();
+  job.count = records.size();
   return submit(job);
 }
 
@@ -305,6 +359,8 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
       sqlite3_bind_text(st, 5, r.result.data(), static_cast<int>(r.result.size()), SQLITE_STATIC);
       sqlite3_bind_text(st, 6, created_at.data(), static_cast<int>(created_at.size()),
                         SQLITE_STATIC);
+      std::string doc = test_document(r, created_at);
+      sqlite3_bind_text(st, 7, doc.data(), static_cast<int>(doc.size()), SQLITE_STATIC);
       rc = sqlite3_step(st);
       int err = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(db);
       Status s = rc == SQLITE_DONE ? Status::Ok() : status_from_sqlite(err, db, "INSERT", true);
@@ -354,7 +410,7 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
     f.reason = batch_status.name();
     f.detail = batch_status.message();
   }
-  LogLevel level = batch_status.ok() ? LogLevel::kInfo
+  LogLevel level = batch_status.ok()                             ? LogLevel::kInfo
                    : batch_status.code() == StatusCode::kCorrupt ? LogLevel::kError
                                                                  : LogLevel::kWarn;
   log_event(level, "txn", f);
@@ -362,12 +418,21 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
   std::lock_guard<std::mutex> lock(queue_mu_);
   stats_.transactions++;
   (batch_status.ok() ? stats_.commits : stats_.rollbacks)++;
-  stats_.jobs += static_cast<long long>(batch.size());
+  stats_.writes += static_cast<long long>(batch.size());
 }
 
-WriterStats SqliteStore::writer_stats() const {
-  std::lock_guard<std::mutex> lock(queue_mu_);
-  return stats_;
+StoreStats SqliteStore::stats() const {
+  StoreStats s;
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    s = stats_;
+  }
+  std::error_code ec;
+  for (const std::string& file : {options_.path, options_.path + "-wal"}) {
+    auto size = std::filesystem::file_size(file, ec);
+    if (!ec) s.database_bytes += static_cast<long long>(size);
+  }
+  return s;
 }
 
 Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
@@ -377,8 +442,11 @@ Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
   sqlite3_extended_result_codes(conn->db, 1);
   sqlite3_busy_timeout(conn->db, options_.busy_timeout_ms);
   rc = conn->exec("PRAGMA query_only=1");
-  if (rc == SQLITE_OK) rc = conn->prepare(kListSql, &conn->list);
+  for (int i = 0; i < 4 && rc == SQLITE_OK; ++i) {
+    rc = conn->prepare(list_sql(i & 1, i & 2).c_str(), &conn->list[i]);
+  }
   if (rc == SQLITE_OK) rc = conn->prepare(kHealthSql, &conn->health);
+  if (rc == SQLITE_OK) rc = conn->prepare("SELECT doc FROM tests WHERE test_id = ?1", &conn->get);
   if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "prepare reader", false);
   out = std::move(conn);
   return Status::Ok();
@@ -403,28 +471,59 @@ void SqliteStore::release_reader(std::unique_ptr<Connection> conn) {
   idle_readers_.push_back(std::move(conn));
 }
 
-Status SqliteStore::list_by_clinic(std::string_view clinic_id,
-                                   const std::function<bool(const StoredTestView&)>& on_row) {
+Status SqliteStore::list_tests(
+    const ListQuery& q, const std::function<bool(std::string_view json, long long seq)>& on_row) {
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);
   if (!conn) {
     note_failure(status, "storage_error");
     return status;
   }
-  sqlite3_stmt* st = conn->list;
-  sqlite3_bind_text(st, 1, clinic_id.data(), static_cast<int>(clinic_id.size()), SQLITE_STATIC);
+  sqlite3_stmt* st = conn->list[(q.patient_id ? 1 : 0) | (q.test_type ? 2 : 0)];
+  sqlite3_bind_text(st, 1, q.clinic_id.data(), static_cast<int>(q.clinic_id.size()), SQLITE_STATIC);
+  if (q.patient_id) {
+    sqlite3_bind_text(st, 2, q.patient_id->data(), static_cast<int>(q.patient_id->size()),
+                      SQLITE_STATIC);
+  }
+  if (q.test_type) {
+    sqlite3_bind_text(st, 3, q.test_type->data(), static_cast<int>(q.test_type->size()),
+                      SQLITE_STATIC);
+  }
+  sqlite3_bind_int64(st, 4, q.after_seq);
+  sqlite3_bind_int64(st, 5, q.limit);
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    StoredTestView row{column_view(st, 0), column_view(st, 1), column_view(st, 2),
-                       column_view(st, 3), column_view(st, 4), column_view(st, 5)};
-    if (!on_row(row)) {
+    if (!on_row(column_view(st, 0), sqlite3_column_int64(st, 1))) {
       rc = SQLITE_DONE;
       break;
     }
   }
   if (rc != SQLITE_DONE) {
-    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list by clinic",
-                                false);
+    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list tests", false);
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  note_failure(status, "storage_error");
+  release_reader(std::move(conn));
+  return status;
+}
+
+Status SqliteStore::get_test(std::string_view test_id, std::string& json) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) {
+    note_failure(status, "storage_error");
+    return status;
+  }
+  sqlite3_stmt* st = conn->get;
+  sqlite3_bind_text(st, 1, test_id.data(), static_cast<int>(test_id.size()), SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    json.assign(column_view(st, 0));
+  } else if (rc == SQLITE_DONE) {
+    status = Status::NotFound("no such test");
+  } else {
+    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "get test", false);
   }
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
@@ -442,7 +541,8 @@ Status SqliteStore::check_health() {
   if (!conn) return status;
   int rc = sqlite3_step(conn->health);
   if (rc != SQLITE_ROW) {
-    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "health check", false);
+    status =
+        status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "health check", false);
   }
   sqlite3_reset(conn->health);
   release_reader(std::move(conn));

@@ -26,14 +26,6 @@ struct SqliteOptions {
   long long max_page_count = 0;      // > 0: cap the database size (tests of SQLITE_FULL)
 };
 
-// Counters a benchmark or /metrics can read. Monotonic since open.
-struct WriterStats {
-  long long transactions = 0;  // COMMIT or ROLLBACK of a whole batch
-  long long commits = 0;
-  long long rollbacks = 0;
-  long long jobs = 0;  // write requests handled
-};
-
 // Safe for concurrent use from several threads. Writes go through one writer thread that
 // commits whatever requests are queued in one transaction (group commit): BEGIN IMMEDIATE,
 // a SAVEPOINT per request (a duplicate rolls back only its own), COMMIT, then every request
@@ -51,12 +43,17 @@ class SqliteStore : public Store {
   ~SqliteStore() override;
 
   WriteOutcome insert(const TestRecord& record) override;
-  Status list_by_clinic(std::string_view clinic_id,
-                        const std::function<bool(const StoredTestView&)>& on_row) override;
+  WriteOutcome insert_all(const std::vector<TestRecord>& records) override;
+  Status get_test(std::string_view test_id, std::string& json) override;
+  Status list_tests(
+      const ListQuery& query,
+      const std::function<bool(std::string_view json, long long seq)>& on_row) override;
   // Ok when a real query answers and no operation has met a damaged database since open.
   Status check_health() override;
 
-  WriterStats writer_stats() const;
+  const std::string& instance_secret() const override { return secret_; }
+
+  StoreStats stats() const override;
 
   static constexpr int kSchemaVersion = 1;
 
@@ -77,6 +74,7 @@ class SqliteStore : public Store {
 
   SqliteOptions options_;
   std::atomic<bool> corrupt_seen_{false};
+  std::string secret_;
   std::unique_ptr<Connection> writer_;
 
   mutable std::mutex queue_mu_;
@@ -84,7 +82,7 @@ class SqliteStore : public Store {
   std::deque<WriteJob*> queue_;
   bool stopping_ = false;
   long long next_txn_id_ = 1;
-  WriterStats stats_;
+  StoreStats stats_;
   std::thread writer_thread_;
 
   std::mutex readers_mu_;

@@ -16,10 +16,13 @@ struct TestRecord {
 };
 
 // Limits, in Unicode code points (documented in the README and docs).
-constexpr size_t kMaxIdChars = 128;         // test_id, patient_id, clinic_id
-constexpr size_t kMaxTestTypeChars = 128;   // test_type
-constexpr size_t kMaxResultChars = 16384;   // result
-// Largest request body the app reads, in bytes; nginx's client_max_body_size is the same.
+constexpr size_t kMaxIdChars = 128;        // test_id, patient_id, clinic_id
+constexpr size_t kMaxTestTypeChars = 128;  // test_type
+constexpr size_t kMaxResultChars = 16384;  // result
+// Largest POST /tests body, in bytes; nginx's client_max_body_size is the same.
 constexpr size_t kMaxBodyBytes = 64 * 1024;
+// Largest body the FastCGI adapter reads for any route (POST /tests/batch); each handler
+// enforces its own limit below it.
+constexpr size_t kMaxRequestBodyBytes = 4 * 1024 * 1024;
 
 }  // namespace tdapi

@@ -92,11 +92,13 @@ std::string check_body_bytes(std::string_view body) {
   return "";
 }
 
-bool validate_record_object(const cJSON* object, std::string_view prefix, TestRecord& record,
-                            std::vector<FieldError>& errors) {
+// Validates the fields of one parsed JSON object; appends problems (tagged with index) to
+// errors. Returns true and fills record when there were none.
+static bool validate_record_object(const cJSON* object, int index, TestRecord& record,
+                                   std::vector<FieldError>& errors) {
   size_t errors_before = errors.size();
   auto add = [&](std::string_view field, std::string message) {
-    errors.push_back({std::string(prefix) + std::string(field), std::move(message)});
+    errors.push_back({std::string(field), std::move(message), index});
   };
   // Keys: duplicates and unknown names, in document order.
   std::set<std::string_view> seen;
@@ -126,27 +128,64 @@ bool validate_record_object(const cJSON* object, std::string_view prefix, TestRe
   return errors.size() == errors_before;
 }
 
-RecordValidation validate_test_record(std::string_view body) {
-  RecordValidation v;
+// The checks every JSON body gets: not blank, bytes fine, one JSON document. Returns the tree,
+// or null with message set.
+static JsonTree parse_body(std::string_view body, std::string& message) {
   bool blank = true;
   for (char c : body) blank = blank && is_json_space(c);
   if (blank) {
-    v.message = "request body is empty";
-    return v;
+    message = "request body is empty";
+    return nullptr;
   }
-  v.message = check_body_bytes(body);
-  if (!v.message.empty()) return v;
+  message = check_body_bytes(body);
+  if (!message.empty()) return nullptr;
   JsonTree tree = parse_json_document(body);
-  if (!tree) {
-    v.message = "request body is not valid JSON";
-    return v;
-  }
+  if (!tree) message = "request body is not valid JSON";
+  return tree;
+}
+
+RecordValidation validate_test_record(std::string_view body) {
+  RecordValidation v;
+  JsonTree tree = parse_body(body, v.message);
+  if (!tree) return v;
   if (!cJSON_IsObject(tree.get())) {
     v.message = "request body must be a JSON object";
     return v;
   }
-  if (!validate_record_object(tree.get(), "", v.record, v.errors)) {
+  if (!validate_record_object(tree.get(), -1, v.record, v.errors)) {
     v.message = "invalid test record";
+    return v;
+  }
+  v.ok = true;
+  return v;
+}
+
+BatchValidation validate_test_batch(std::string_view body, size_t max_records) {
+  BatchValidation v;
+  JsonTree tree = parse_body(body, v.message);
+  if (!tree) return v;
+  if (!cJSON_IsArray(tree.get())) {
+    v.message = "request body must be a JSON array of test records";
+    return v;
+  }
+  size_t n = static_cast<size_t>(cJSON_GetArraySize(tree.get()));
+  if (n == 0 || n > max_records) {
+    v.message =
+        "a batch holds 1 to " + std::to_string(max_records) + " records, not " + std::to_string(n);
+    return v;
+  }
+  v.records.resize(n);
+  int index = 0;
+  for (const cJSON* item = tree->child; item != nullptr; item = item->next, ++index) {
+    if (!cJSON_IsObject(item)) {
+      v.errors.push_back({"", "must be a JSON object", index});
+      continue;
+    }
+    validate_record_object(item, index, v.records[static_cast<size_t>(index)], v.errors);
+  }
+  if (!v.errors.empty()) {
+    v.message = "invalid test records";
+    v.records.clear();
     return v;
   }
   v.ok = true;

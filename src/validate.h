@@ -25,11 +25,16 @@ struct RecordValidation {
 // This function can't fail: every input yields ok or a message with errors.
 RecordValidation validate_test_record(std::string_view body);
 
-// Validates the fields of one already-parsed JSON object (used for single records and batches).
-// Appends problems to errors, with field names prefixed by field_prefix ("" or "[3].").
-// Returns true and fills record when there were none.
-bool validate_record_object(const cJSON* object, std::string_view field_prefix, TestRecord& record,
-                            std::vector<FieldError>& errors);
+struct BatchValidation {
+  bool ok = false;
+  std::vector<TestRecord> records;  // filled when ok
+  std::string message;              // when !ok
+  std::vector<FieldError> errors;   // when !ok: every problem of every item, with its index
+};
+
+// Validates a POST /tests/batch body: a JSON array of 1..max_records objects, each checked as
+// validate_test_record checks one. This function can't fail.
+BatchValidation validate_test_batch(std::string_view body, size_t max_records);
 
 // Checks raw body bytes before JSON parsing: UTF-8, no NUL byte, no \u0000 escape in a string.
 // Returns an empty string when fine, otherwise the client message.

@@ -1,9 +1,11 @@
 // api_test.cpp: routing and handlers, called directly (no FastCGI), on a temp database.
+#include "api.h"
+
 #include <gtest/gtest.h>
 
-#include "api.h"
 #include "http_router.h"
 #include "json.h"
+#include "metrics.h"
 #include "store_sqlite.h"
 #include "temp_dir.h"
 
@@ -46,6 +48,7 @@ class Api : public ::testing::Test {
     req.content_type = content_type;
     req.body_state = state;
     Response r = route_request(req, *store_);
+    last_route_ = r.route;
     Sent sent;
     send_response(r, sent);
     last_log_ = r.log;
@@ -59,6 +62,7 @@ class Api : public ::testing::Test {
   TempDir dir_;
   std::unique_ptr<SqliteStore> store_;
   LogFields last_log_;
+  std::string last_route_;
 };
 
 std::string record(const std::string& id, const std::string& clinic = "c1") {
@@ -171,16 +175,157 @@ TEST_F(Api, LargeListingIsStreamedInChunks) {
   EXPECT_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(tree.get(), "tests")), 600);
 }
 
+TEST_F(Api, GetOneTestByDecodedId) {
+  ASSERT_EQ(call("POST", "/tests", record("a/b c")).status, 201);
+  Sent s = call("GET", "/tests/a%2Fb%20c");
+  EXPECT_EQ(s.status, 200);
+  JsonTree tree = parse_json_document(s.body);
+  ASSERT_TRUE(tree) << s.body;
+  EXPECT_STREQ(cJSON_GetObjectItem(tree.get(), "status")->valuestring, "success");
+  const cJSON* test = cJSON_GetObjectItem(tree.get(), "test");
+  EXPECT_STREQ(cJSON_GetObjectItem(test, "test_id")->valuestring, "a/b c");
+  EXPECT_TRUE(cJSON_GetObjectItem(test, "created_at"));
+  Sent missing = call("GET", "/tests/nope");
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_EQ(missing.body, R"({"status":"error","message":"test not found"})");
+}
+
+TEST_F(Api, BatchIsAllOrNothing) {
+  Sent ok = call("POST", "/tests/batch", "[" + record("b1") + "," + record("b2") + "]");
+  EXPECT_EQ(ok.status, 201);
+  EXPECT_EQ(ok.body, R"({"status":"success","count":2,"test_ids":["b1","b2"]})");
+  Sent dup = call("POST", "/tests/batch",
+                  "[" + record("b3") + "," + record("b1") + "," + record("b3") + "]");
+  EXPECT_EQ(dup.status, 409);
+  EXPECT_EQ(dup.body,
+            R"({"status":"error","message":"test_ids already exist or appear twice in the )"
+            R"(batch; nothing was stored","test_ids":["b1","b3"]})");
+  Sent bad = call("POST", "/tests/batch", "[" + record("b4") + R"(,{"test_id":"b5"},7])");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_EQ(bad.body, R"({"status":"error","message":"invalid test records","errors":[)"
+                      R"({"index":1,"field":"patient_id","message":"is required"},)"
+                      R"({"index":1,"field":"clinic_id","message":"is required"},)"
+                      R"({"index":1,"field":"test_type","message":"is required"},)"
+                      R"({"index":1,"field":"result","message":"is required"},)"
+                      R"({"index":2,"message":"must be a JSON object"}]})");
+  EXPECT_EQ(call("POST", "/tests/batch", "[]").body,
+            R"({"status":"error","message":"a batch holds 1 to 1000 records, not 0"})");
+  EXPECT_EQ(call("POST", "/tests/batch", record("x")).status, 400);
+  Sent listed = call("GET", "/tests?clinic_id=c1");
+  EXPECT_NE(listed.body.find(R"("count":2)"), std::string::npos) << listed.body;
+}
+
+TEST_F(Api, CursorWalkVisitsEveryTestOnceWhileTestsAreAdded) {
+  for (int i = 0; i < 7; ++i)
+    ASSERT_EQ(call("POST", "/tests", record("p" + std::to_string(i))).status, 201);
+  std::vector<std::string> seen;
+  std::string uri = "/tests?clinic_id=c1&limit=3";
+  int added = 0;
+  for (int guard = 0; guard < 20; ++guard) {
+    Sent s = call("GET", uri);
+    ASSERT_EQ(s.status, 200) << s.body;
+    JsonTree tree = parse_json_document(s.body);
+    ASSERT_TRUE(tree) << s.body;
+    const cJSON* tests = cJSON_GetObjectItem(tree.get(), "tests");
+    for (int i = 0; i < cJSON_GetArraySize(tests); ++i) {
+      seen.push_back(cJSON_GetObjectItem(cJSON_GetArrayItem(tests, i), "test_id")->valuestring);
+    }
+    if (added < 2) {  // new tests arrive while the client pages
+      ASSERT_EQ(call("POST", "/tests", record("late" + std::to_string(added++))).status, 201);
+    }
+    const cJSON* next = cJSON_GetObjectItem(tree.get(), "next_cursor");
+    ASSERT_TRUE(next);
+    if (cJSON_IsNull(next)) break;
+    uri = std::string("/tests?clinic_id=c1&limit=3&cursor=") + next->valuestring;
+  }
+  EXPECT_EQ(seen,
+            (std::vector<std::string>{"p0", "p1", "p2", "p3", "p4", "p5", "p6", "late0", "late1"}));
+}
+
+TEST_F(Api, PagingAndFilterErrors) {
+  ASSERT_EQ(call("POST", "/tests", record("e1")).status, 201);
+  Sent first = call("GET", "/tests?clinic_id=c1&limit=1");
+  EXPECT_NE(first.body.find(R"("next_cursor":null)"), std::string::npos) << first.body;
+  struct Case {
+    std::string uri;
+    std::string message;
+  } cases[] = {
+      {"/tests?clinic_id=c1&limit=0", "limit must be an integer from 1 to 1000"},
+      {"/tests?clinic_id=c1&limit=1001", "limit must be an integer from 1 to 1000"},
+      {"/tests?clinic_id=c1&limit=-1", "limit must be an integer from 1 to 1000"},
+      {"/tests?clinic_id=c1&limit=ten", "limit must be an integer from 1 to 1000"},
+      {"/tests?clinic_id=c1&limit=", "limit must be an integer from 1 to 1000"},
+      {"/tests?clinic_id=c1&cursor=garbage", "cursor is malformed, altered, or for another query"},
+      {"/tests?clinic_id=c1&cursor=AAAAAAAAAAAAAAAAAAAAAA",
+       "cursor is malformed, altered, or for another query"},
+      {"/tests?clinic_id=c1&patient_id=", "patient_id must not be empty"},
+      {"/tests?clinic_id=c1&test_type=a&test_type=b", "test_type must be given once"},
+  };
+  for (const Case& c : cases) {
+    Sent s = call("GET", c.uri);
+    EXPECT_EQ(s.status, 400) << c.uri;
+    EXPECT_EQ(s.body, R"({"status":"error","message":")" + c.message + R"("})") << c.uri;
+  }
+}
+
+TEST_F(Api, FiltersNarrowTheListing) {
+  ASSERT_EQ(
+      call(
+          "POST", "/tests",
+          R"({"test_id":"x1","patient_id":"p 1","clinic_id":"c1","test_type":"blood","result":"r"})")
+          .status,
+      201);
+  ASSERT_EQ(
+      call(
+          "POST", "/tests",
+          R"({"test_id":"x2","patient_id":"p2","clinic_id":"c1","test_type":"blood","result":"r"})")
+          .status,
+      201);
+  ASSERT_EQ(
+      call(
+          "POST", "/tests",
+          R"({"test_id":"x3","patient_id":"p 1","clinic_id":"c1","test_type":"urine","result":"r"})")
+          .status,
+      201);
+  EXPECT_NE(call("GET", "/tests?clinic_id=c1&patient_id=p+1").body.find(R"("count":2)"),
+            std::string::npos);
+  EXPECT_NE(call("GET", "/tests?clinic_id=c1&test_type=blood").body.find(R"("count":2)"),
+            std::string::npos);
+  Sent both = call("GET", "/tests?clinic_id=c1&patient_id=p%201&test_type=urine");
+  EXPECT_NE(both.body.find(R"("test_id":"x3")"), std::string::npos) << both.body;
+  EXPECT_NE(both.body.find(R"("count":1)"), std::string::npos) << both.body;
+  EXPECT_EQ(last_log_.clinic_id, "c1");  // the patient filter is never logged
+}
+
+TEST_F(Api, MetricsAreRenderedAsPrometheusText) {
+  global_metrics().record("GET /tests", 200, 0.7);
+  Sent s = call("GET", "/metrics");
+  EXPECT_EQ(s.status, 200);
+  EXPECT_NE(s.body.find("# TYPE tdapi_requests_total counter"), std::string::npos);
+  EXPECT_NE(s.body.find(R"(tdapi_request_duration_seconds_bucket{route="GET /tests",le="0.001"})"),
+            std::string::npos);
+  EXPECT_NE(s.body.find("tdapi_database_size_bytes "), std::string::npos);
+  EXPECT_NE(s.body.find("tdapi_commits_total "), std::string::npos);
+}
+
 TEST_F(Api, RoutingTable) {
   struct Case {
     std::string method, uri;
     int status;
     std::string allow;
   } cases[] = {
-      {"GET", "/nope", 404, ""},          {"GET", "/tests/", 404, ""},
-      {"DELETE", "/tests", 405, "GET, POST"}, {"PUT", "/tests", 405, "GET, POST"},
-      {"GET", "/%74ests?clinic_id=c", 200, ""}, {"GET", "/te%zzsts", 400, ""},
-      {"GET", "/healthz", 200, ""},       {"POST", "/healthz", 405, "GET"},
+      {"GET", "/nope", 404, ""},
+      {"GET", "/tests/", 404, ""},
+      {"DELETE", "/tests", 405, "GET, POST"},
+      {"PUT", "/tests", 405, "GET, POST"},
+      {"GET", "/%74ests?clinic_id=c", 200, ""},
+      {"GET", "/te%zzsts", 400, ""},
+      {"GET", "/healthz", 200, ""},
+      {"POST", "/healthz", 405, "GET"},
+      {"PUT", "/tests/x", 405, "GET"},
+      {"GET", "/tests/batch", 404, ""},
+      {"DELETE", "/tests/batch", 405, "POST, GET"},
+      {"GET", "/tests/a/b", 404, ""},
   };
   for (const Case& c : cases) {
     Sent s = call(c.method, c.uri);

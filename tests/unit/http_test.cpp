@@ -13,12 +13,12 @@ TEST(PercentDecode, Table) {
     bool ok;
     const char* out;
   } cases[] = {
-      {"abc", true, true, "abc"},           {"a%20b", true, true, "a b"},
-      {"a+b", true, true, "a b"},           {"a+b", false, true, "a+b"},
-      {"%41%62", true, true, "Ab"},         {"%e2%82%AC", true, true, "\xe2\x82\xac"},
-      {"%", true, false, ""},               {"%4", true, false, ""},
-      {"%zz", true, false, ""},             {"a%2", true, false, ""},
-      {"%2B", true, true, "+"},             {"", true, true, ""},
+      {"abc", true, true, "abc"},   {"a%20b", true, true, "a b"},
+      {"a+b", true, true, "a b"},   {"a+b", false, true, "a+b"},
+      {"%41%62", true, true, "Ab"}, {"%e2%82%AC", true, true, "\xe2\x82\xac"},
+      {"%", true, false, ""},       {"%4", true, false, ""},
+      {"%zz", true, false, ""},     {"a%2", true, false, ""},
+      {"%2B", true, true, "+"},     {"", true, true, ""},
   };
   for (const Case& c : cases) {
     std::string out;
@@ -74,17 +74,17 @@ TEST(Utf8, Table) {
     bool valid;
   } cases[] = {
       {"plain", true},
-      {"\xc3\xa9", true},                 // é
-      {"\xe2\x82\xac", true},             // €
-      {"\xf0\x9f\x98\x80", true},         // emoji
-      {"\xc3", false},                    // truncated
-      {"\x80", false},                    // lone continuation
-      {"\xc0\xaf", false},                // overlong /
-      {"\xe0\x80\xaf", false},            // overlong 3-byte
-      {"\xed\xa0\x80", false},            // surrogate D800
-      {"\xf4\x90\x80\x80", false},        // above U+10FFFF
+      {"\xc3\xa9", true},           // é
+      {"\xe2\x82\xac", true},       // €
+      {"\xf0\x9f\x98\x80", true},   // emoji
+      {"\xc3", false},              // truncated
+      {"\x80", false},              // lone continuation
+      {"\xc0\xaf", false},          // overlong /
+      {"\xe0\x80\xaf", false},      // overlong 3-byte
+      {"\xed\xa0\x80", false},      // surrogate D800
+      {"\xf4\x90\x80\x80", false},  // above U+10FFFF
       {"\xff", false},
-      {std::string("a\0b", 3), true},     // NUL is valid UTF-8 (rejected elsewhere)
+      {std::string("a\0b", 3), true},  // NUL is valid UTF-8 (rejected elsewhere)
   };
   for (const Case& c : cases) EXPECT_EQ(is_valid_utf8(c.s), c.valid) << c.s;
 }
@@ -138,10 +138,9 @@ TEST(ErrorResponses, ShapeAndFieldList) {
   Response r = field_errors_response("invalid test record",
                                      {{"test_id", "is required"}, {"x\"y", "unknown field"}});
   EXPECT_EQ(r.status, 400);
-  EXPECT_EQ(r.body,
-            R"({"status":"error","message":"invalid test record","errors":[)"
-            R"({"field":"test_id","message":"is required"},)"
-            R"({"field":"x\"y","message":"unknown field"}]})");
+  EXPECT_EQ(r.body, R"({"status":"error","message":"invalid test record","errors":[)"
+                    R"({"field":"test_id","message":"is required"},)"
+                    R"({"field":"x\"y","message":"unknown field"}]})");
 }
 
 }  // namespace

@@ -65,8 +65,7 @@ const std::string kLongResult(16385, 'r');
 INSTANTIATE_TEST_SUITE_P(
     Table, ValidateRejects,
     ::testing::Values(
-        Case{"empty", "", "request body is empty"},
-        Case{"blank", " \n ", "request body is empty"},
+        Case{"empty", "", "request body is empty"}, Case{"blank", " \n ", "request body is empty"},
         Case{"not_json", "test_id=t1", "request body is not valid JSON"},
         Case{"truncated", R"({"test_id":"t1")", "request body is not valid JSON"},
         Case{"trailing_bytes", std::string(kGood) + "x", "request body is not valid JSON"},
@@ -94,11 +93,13 @@ INSTANTIATE_TEST_SUITE_P(
              "invalid test record | patient_id: must not be empty"},
         Case{"whitespace_only", with("clinic_id", R"(" \t ")"),
              "invalid test record | clinic_id: must not be only whitespace"},
-        Case{"unknown_field", R"({"test_id":"t","patient_id":"p","clinic_id":"c",)"
-                              R"("test_type":"x","result":"r","notes":"n","Extra":1})",
+        Case{"unknown_field",
+             R"({"test_id":"t","patient_id":"p","clinic_id":"c",)"
+             R"("test_type":"x","result":"r","notes":"n","Extra":1})",
              "invalid test record | notes: unknown field | Extra: unknown field"},
-        Case{"duplicate_key", R"({"test_id":"t","test_id":"u","patient_id":"p","clinic_id":"c",)"
-                              R"("test_type":"x","result":"r"})",
+        Case{"duplicate_key",
+             R"({"test_id":"t","test_id":"u","patient_id":"p","clinic_id":"c",)"
+             R"("test_type":"x","result":"r"})",
              "invalid test record | test_id: duplicate key"},
         Case{"control_in_id", with("test_id", R"("t\u0001")"),
              "invalid test record | test_id: must not contain control characters"},
@@ -111,8 +112,9 @@ INSTANTIATE_TEST_SUITE_P(
              "invalid test record | test_id: must be at most 128 characters"},
         Case{"result_too_long", with("result", "\"" + kLongResult + "\""),
              "invalid test record | result: must be at most 16384 characters"},
-        Case{"several_problems", R"({"test_id":"","patient_id":5,"test_type":"x","result":"r",)"
-                                 R"("clinic":"c"})",
+        Case{"several_problems",
+             R"({"test_id":"","patient_id":5,"test_type":"x","result":"r",)"
+             R"("clinic":"c"})",
              "invalid test record | clinic: unknown field | test_id: must not be empty | "
              "patient_id: must be a string | clinic_id: is required"}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.name; });

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""bench.py: `make bench`. Starts the service (scripts/run.sh) and the ceilings (nginx `return
+200`, nginx + bench/fcgi_null) on a temp data dir and free ports, measures each case with wrk,
+interleaved over several rounds, and prints medians and ratios to the matching ceiling.
+Writes the table to bench/results/latest.md. Reports only: nothing here asserts a timing."""
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from harness import Server, free_port  # noqa: E402
+
+BUILD = os.environ.get("BUILD_DIR", os.path.join(ROOT, "build"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "4"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+THREADS = int(os.environ.get("THREADS", str(8 * (os.cpu_count() or 2))))
+BIG = int(os.environ.get("BENCH_BIG_ROWS", "1000000"))
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def parse_wrk(out):
+    def dur(s):
+        m = re.match(r"([\d.]+)(us|ms|s|m)", s)
+        v, u = float(m.group(1)), m.group(2)
+        return v * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[u]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = dur(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = dur(re.search(r"\s99%\s+(\S+)", out).group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    non2xx = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = sum(int(x) for x in m.groups()) if m else 0
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50": p50, "p99": p99, "non2xx": non2xx + errors, "total": total}
+
+
+def wrk(url, conns, script=None, args=()):
+    cmd = ["wrk", "-t", str(min(2, conns)), "-c", str(conns), "-d", f"{SECONDS}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(url)
+    if args:
+        cmd += ["--"] + list(args)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS + 60).stdout
+    return parse_wrk(out)
+
+
+def render(template, data_dir, port, socket):
+    user = "user root root;" if os.geteuid() == 0 else ""
+    with open(template) as f:
+        text = f.read()
+    text = (text.replace("@PORT@", str(port)).replace("@DATA_DIR@", data_dir)
+            .replace("@SOCKET@", socket).replace("@USER_DIRECTIVE@", user))
+    path = os.path.join(data_dir, "nginx-ceiling.conf")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def seed_direct(db, clinic, n, batch=50000):
+    """Bulk rows written straight into SQLite (the app is running; WAL lets both work)."""
+    conn = sqlite3.connect(db, timeout=30)
+    now = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    for start in range(0, n, batch):
+        rows = ((f"{clinic}-{i}", f"patient-{i}", clinic, "blood", f"result value {i}", now)
+                for i in range(start, min(n, start + batch)))
+        with conn:
+            conn.executemany("INSERT INTO tests VALUES (?,?,?,?,?,?)", rows)
+    conn.close()
+
+
+def rss_kb(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def timed(cmd):
+    t = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return time.monotonic() - t, r.stdout
+
+
+def big_listing(server, db, clinic):
+    app = server.pid_of("app")
+    url = f"http://127.0.0.1:{server.port}/tests?clinic_id={clinic}"
+    peak = [rss_kb(app, "VmRSS")]
+    before = peak[0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kb(app, "VmRSS"))
+            time.sleep(0.005)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    secs, out = timed(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{http_code}", url])
+    done.set()
+    t.join()
+    size, code = out.split()
+    sql = ("SELECT test_id, patient_id, clinic_id, test_type, result, created_at FROM tests "
+           f"WHERE clinic_id='{clinic}' ORDER BY rowid")
+    sqlite_secs, _ = timed(["sh", "-c", f"sqlite3 -json {db} \"{sql}\" > /dev/null"])
+    return {"secs": secs, "bytes": int(size), "code": code, "rss_before_kb": before,
+            "rss_peak_kb": peak[0], "sqlite_secs": sqlite_secs}
+
+
+def batch_stats(app_log, offset):
+    with open(app_log, "rb") as f:
+        f.seek(offset)
+        lines = [json.loads(l) for l in f.read().decode().splitlines() if l.startswith("{")]
+    txns = [l for l in lines if l.get("event") == "txn"]
+    jobs = sum(l.get("count", 0) for l in txns)
+    return {"transactions": len(txns), "jobs": jobs, "mean": jobs / len(txns) if txns else 0,
+            "max": max((l.get("count", 0) for l in txns), default=0),
+            "rollbacks": sum(1 for l in txns if l.get("txn") != "commit")}
+
+
+def main():
+    data_dir = tempfile.mkdtemp(prefix="tdapi-bench-")
+    procs = []
+    try:
+        server = Server(data_dir=data_dir, APP_BIN=os.path.join(BUILD, "testdata-api"),
+                        THREADS=THREADS).start()
+        db = os.path.join(data_dir, "testdata.db")
+        log(f"service on :{server.port}, {THREADS} threads, data in {data_dir}")
+        for clinic, n in (("bench-10", 10), ("bench-1000", 1000)):
+            for i in range(n):
+                r = server.request("POST", "/tests", {"test_id": f"{clinic}-{i}", "patient_id": f"p{i}",
+                                                      "clinic_id": clinic, "test_type": "blood",
+                                                      "result": f"result value {i}"})
+                assert r.status == 201, r
+        listing_1000 = len(server.request("GET", "/tests?clinic_id=bench-1000").body)
+        log(f"seeding {BIG} rows for the big clinic...")
+        seed_direct(db, "bench-1m", BIG)
+
+        null_sock = os.path.join(data_dir, "run", "null.sock")
+        procs.append(subprocess.Popen([os.path.join(BUILD, "bench", "fcgi_null"), "--socket", null_sock,
+                                       "--threads", str(THREADS), "--large-bytes", str(listing_1000)]))
+        ceiling_port = free_port()
+        conf = render(os.path.join(ROOT, "bench", "nginx-ceiling.conf"), data_dir, ceiling_port, null_sock)
+        time.sleep(0.3)
+        procs.append(subprocess.Popen(["nginx", "-p", data_dir, "-c", conf, "-e",
+                                       os.path.join(data_dir, "logs", "nginx-ceiling-error.log")]))
+        time.sleep(0.5)
+
+        app = f"http://127.0.0.1:{server.port}"
+        ceil = f"http://127.0.0.1:{ceiling_port}"
+        post = os.path.join(ROOT, "bench", "post.lua")
+        cases = [
+            # name, url, conns, script, ceiling name
+            ("nginx return 200", ceil + "/return200", 32, None, None),
+            ("FastCGI ceiling, small body", ceil + "/small", 32, None, None),
+            ("FastCGI ceiling, small body, 1 conn", ceil + "/small", 1, None, None),
+            ("FastCGI ceiling, 1,000-test-size body", ceil + "/large", 32, None, None),
+            ("FastCGI ceiling, 1,000-test-size body, 1 conn", ceil + "/large", 1, None, None),
+            ("POST /tests (durable), 32 conns", app + "/tests", 32, post, "FastCGI ceiling, small body"),
+            ("POST /tests (durable), 1 conn", app + "/tests", 1, post, "FastCGI ceiling, small body, 1 conn"),
+            ("GET clinic of 10, 32 conns", app + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body"),
+            ("GET clinic of 10, 1 conn", app + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn"),
+            ("GET clinic of 1,000, 32 conns", app + "/tests?clinic_id=bench-1000", 32, None, "FastCGI ceiling, 1,000-test-size body"),
+            ("GET clinic of 1,000, 1 conn", app + "/tests?clinic_id=bench-1000", 1, None, "FastCGI ceiling, 1,000-test-size body, 1 conn"),
+        ]
+        results = {c[0]: [] for c in cases}
+        batches = []
+        app_log = os.path.join(data_dir, "logs", "app.log")
+        for rnd in range(ROUNDS):
+            for name, url, conns, script, _ in cases:
+                offset = os.path.getsize(app_log)
+                r = wrk(url, conns, script, args=(f"r{rnd}c{conns}",) if script else ())
+                results[name].append(r)
+                if script and conns == 32:
+                    batches.append(batch_stats(app_log, offset))
+                log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
+
+        big = [big_listing(server, db, "bench-1m") for _ in range(3)]
+        # The app's restart-free peak over its whole life, for the record.
+        hwm = rss_kb(server.pid_of("app"), "VmHWM")
+
+        med = {}
+        for name, rs in results.items():
+            med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
+            med[name]["non2xx"] = sum(r["non2xx"] for r in rs)
+            med[name]["total"] = sum(r["total"] for r in rs)
+        lines = []
+        lines.append(f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+                     f"Linux {platform.release()}; {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC")
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+        lines.append(f"CPU: {model}. wrk on the same box; {SECONDS} s per run, median of {ROUNDS} "
+                     f"interleaved rounds; app threads {THREADS}. Command: `make bench`.")
+        lines.append("")
+        lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for name, _, _, _, ceiling in cases:
+            m = med[name]
+            ratio = f"{m['rps'] / med[ceiling]['rps']:.2f} × {ceiling}" if ceiling else "—"
+            lines.append(f"| {name} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
+                         f"{m['non2xx']} of {m['total']:,} | {ratio} |")
+        b = sorted(big, key=lambda x: x["secs"])[1]
+        lines.append("")
+        lines.append(f"One GET of a {BIG:,}-test clinic (median of 3): {b['secs']:.2f} s, "
+                     f"{b['bytes'] / 1e6:.0f} MB, {b['bytes'] / 1e6 / b['secs']:.0f} MB/s, HTTP {b['code']}; "
+                     f"app RSS {b['rss_before_kb'] / 1024:.1f} MB before, peak {max(x['rss_peak_kb'] for x in big) / 1024:.1f} MB "
+                     f"during (VmHWM over the app's life {hwm / 1024:.1f} MB). "
+                     f"`sqlite3 -json` on the same rows: {sorted(x['sqlite_secs'] for x in big)[1]:.2f} s "
+                     f"(ratio {b['secs'] / sorted(x['sqlite_secs'] for x in big)[1]:.2f}).")
+        mean = statistics.mean(x["mean"] for x in batches) if batches else 0
+        lines.append("")
+        lines.append(f"Durability: WAL, synchronous=FULL (fsync per COMMIT), group commit. Under the "
+                     f"32-connection POST load: {sum(x['transactions'] for x in batches):,} transactions for "
+                     f"{sum(x['jobs'] for x in batches):,} writes, mean batch {mean:.1f}, largest "
+                     f"{max((x['max'] for x in batches), default=0)}, rollbacks "
+                     f"{sum(x['rollbacks'] for x in batches)}.")
+        table = "\n".join(lines)
+        print(table)
+        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+        with open(os.path.join(ROOT, "bench", "results", "latest.md"), "w") as f:
+            f.write("# make bench: latest results\n\n" + table + "\n")
+        server.stop()
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGQUIT if "nginx" in str(p.args[0]) else signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if not os.environ.get("KEEP_DATA"):
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
