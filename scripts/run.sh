@@ -31,8 +31,8 @@ log_json() {  # level event detail
   local line
   line=$(printf '{"ts":"%s","level":"%s","event":"%s","detail":"%s"}' \
     "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$1" "$2" "$3")
-  printf '%s\n' "$line" >&2
   printf '%s\n' "$line" >>"$APP_LOG"
+  [ -n "${tail_pid:-}" ] || printf '%s\n' "$line" >&2
 }
 
 [ -x "$APP_BIN" ] || { echo "run.sh: $APP_BIN is missing; run 'make build' first" >&2; exit 1; }
@@ -52,11 +52,10 @@ nginx_pid=""
 stopping=0
 
 start_app() {
-  # stderr: the terminal and logs/app.log. tee ignores INT/TERM so it outlives the app and
-  # keeps its last lines.
+  # stderr goes straight to logs/app.log (appended; one write per line keeps lines whole).
   "$APP_BIN" --socket "$SOCKET" --db "$DB_PATH" ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
-    2> >(trap '' INT TERM; exec tee -a "$APP_LOG" >&2) &
+    2>>"$APP_LOG" &
   app_pid=$!
   echo "$app_pid" >"$DATA_DIR/run/app.pid"
   for _ in $(seq 1 200); do
@@ -77,13 +76,20 @@ trap stop_all INT TERM
 
 rm -f "$SOCKET"
 if ! start_app; then
-  echo "run.sh: the app did not start; its last log line says why (also in $APP_LOG)" >&2
+  echo "run.sh: the app did not start; its last log line says why ($APP_LOG):" >&2
+  tail -n 1 "$APP_LOG" >&2
   exit 1
 fi
 "$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e "$DATA_DIR/logs/nginx-error.log" &
 nginx_pid=$!
 echo "$$" >"$DATA_DIR/run/supervisor.pid"
 echo "testdata-api: serving on http://127.0.0.1:$PORT (data in $DATA_DIR; Ctrl-C stops)" >&2
+# On a terminal, show the app's log lines as they come (tail, not a pipe in the app's path).
+tail_pid=""
+if [ -t 2 ]; then
+  tail -n 0 -F "$APP_LOG" >&2 2>/dev/null &
+  tail_pid=$!
+fi
 
 status=0
 while :; do
@@ -119,4 +125,5 @@ while :; do
     start_app || { status=1; stop_all; }
   fi
 done
+if [ -n "$tail_pid" ]; then kill "$tail_pid" 2>/dev/null || true; fi
 exit "$status"

@@ -139,6 +139,20 @@ struct SqliteStore::Connection {
     return rc;
   }
   int exec(const char* sql) { return sqlite3_exec(db, sql, nullptr, nullptr, nullptr); }
+  // Runs a prepared statement that returns no rows; SQLITE_OK on success.
+  static int run(sqlite3_stmt* stmt) {
+    int rc = sqlite3_step(stmt);
+    sqlite3_reset(stmt);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+  }
+
+  // The writer's transaction control, prepared once.
+  sqlite3_stmt* begin = nullptr;
+  sqlite3_stmt* savepoint = nullptr;
+  sqlite3_stmt* release = nullptr;
+  sqlite3_stmt* rollback_to = nullptr;
+  sqlite3_stmt* commit = nullptr;
+  sqlite3_stmt* rollback = nullptr;
 };
 
 // One request's write, waiting in the queue for the writer thread.
@@ -176,7 +190,10 @@ Status SqliteStore::open(const SqliteOptions& options, std::unique_ptr<SqliteSto
   std::unique_ptr<SqliteStore> store(new SqliteStore(options));
   Status s = store->open_writer();
   if (!s.ok()) return s;
+  s = store->open_reader(store->checkpointer_);
+  if (!s.ok()) return s;
   store->writer_thread_ = std::thread([raw = store.get()] { raw->writer_loop(); });
+  store->checkpoint_thread_ = std::thread([raw = store.get()] { raw->checkpoint_loop(); });
   out = std::move(store);
   return Status::Ok();
 }
@@ -250,10 +267,55 @@ Status SqliteStore::open_writer() {
   if (secret_.size() != 16) {
     return Status::Internal("database " + path + " has no cursor key in its meta table");
   }
-  rc = conn->prepare(kInsertSql, &conn->insert);
-  if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "prepare insert", false);
+  const std::pair<const char*, sqlite3_stmt**> statements[] = {
+      {kInsertSql, &conn->insert},
+      {"BEGIN IMMEDIATE", &conn->begin},
+      {"SAVEPOINT job", &conn->savepoint},
+      {"RELEASE job", &conn->release},
+      {"ROLLBACK TO job", &conn->rollback_to},
+      {"COMMIT", &conn->commit},
+      {"ROLLBACK", &conn->rollback}};
+  for (const auto& [sql, stmt] : statements) {
+    rc = conn->prepare(sql, stmt);
+    if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, sql, false);
+  }
+  // Checkpoints run on their own thread and connection, off the commit path: the writer only
+  // tells it how large the WAL has grown.
+  sqlite3_wal_hook(conn->db, &SqliteStore::on_wal_commit, this);
   writer_ = std::move(conn);
   return Status::Ok();
+}
+
+int SqliteStore::on_wal_commit(void* self, sqlite3* db, const char*, int wal_pages) {
+  auto* store = static_cast<SqliteStore*>(self);
+  if (wal_pages >= kCheckpointPages * 4) {
+    // Under a steady stream of commits the log can only restart from the beginning when the
+    // writer itself finishes a checkpoint between two transactions. The checkpoint thread has
+    // copied nearly everything by now, so this one is short.
+    sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+  } else if (wal_pages >= kCheckpointPages) {
+    std::lock_guard<std::mutex> lock(store->checkpoint_mu_);
+    store->checkpoint_wanted_ = true;
+    store->checkpoint_cv_.notify_one();
+  }
+  return SQLITE_OK;
+}
+
+void SqliteStore::checkpoint_loop() {
+  std::unique_lock<std::mutex> lock(checkpoint_mu_);
+  for (;;) {
+    checkpoint_cv_.wait(lock, [&] { return checkpoint_wanted_ || checkpoint_stop_; });
+    if (checkpoint_stop_) return;
+    checkpoint_wanted_ = false;
+    lock.unlock();
+    // PASSIVE: copies what no reader still needs, never blocks the writer or readers.
+    int rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                       nullptr, nullptr);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+      note_failure(status_from_sqlite(rc, checkpointer_->db, "checkpoint", true), "storage_error");
+    }
+    lock.lock();
+  }
 }
 
 SqliteStore::~SqliteStore() {
@@ -263,6 +325,13 @@ SqliteStore::~SqliteStore() {
   }
   queue_cv_.notify_all();
   if (writer_thread_.joinable()) writer_thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(checkpoint_mu_);
+    checkpoint_stop_ = true;
+  }
+  checkpoint_cv_.notify_all();
+  if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
+  checkpointer_.reset();
   idle_readers_.clear();
   if (writer_) {
     int rc = writer_->exec("PRAGMA wal_checkpoint(TRUNCATE)");
@@ -335,13 +404,13 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
   const std::string created_at = utc_timestamp_ms();
   Status batch_status;  // a failure of the transaction as a whole
 
-  int rc = writer_->exec("BEGIN IMMEDIATE");
+  int rc = Connection::run(writer_->begin);
   if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "BEGIN IMMEDIATE", true);
 
   for (size_t j = 0; j < batch.size() && batch_status.ok(); ++j) {
     WriteJob& job = *batch[j];
     job.outcome.txn_id = txn_id;
-    rc = writer_->exec("SAVEPOINT job");
+    rc = Connection::run(writer_->savepoint);
     if (rc != SQLITE_OK) {
       batch_status = status_from_sqlite(rc, db, "SAVEPOINT", true);
       break;
@@ -377,20 +446,20 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
     }
     if (!batch_status.ok()) break;
     if (!job.outcome.status.ok()) {
-      rc = writer_->exec("ROLLBACK TO job");  // undo only this job
+      rc = Connection::run(writer_->rollback_to);  // undo only this job
       if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "ROLLBACK TO", true);
     }
-    rc = writer_->exec("RELEASE job");
+    rc = Connection::run(writer_->release);
     if (rc != SQLITE_OK && batch_status.ok()) {
       batch_status = status_from_sqlite(rc, db, "RELEASE", true);
     }
   }
 
   if (batch_status.ok()) {
-    rc = writer_->exec("COMMIT");
+    rc = Connection::run(writer_->commit);
     if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "COMMIT", true);
   }
-  if (!batch_status.ok() && !sqlite3_get_autocommit(db)) writer_->exec("ROLLBACK");
+  if (!batch_status.ok() && !sqlite3_get_autocommit(db)) Connection::run(writer_->rollback);
 
   // Answer: a failed transaction fails every job of it that was not a duplicate already.
   for (WriteJob* job : batch) {

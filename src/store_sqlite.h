@@ -56,6 +56,9 @@ class SqliteStore : public Store {
   StoreStats stats() const override;
 
   static constexpr int kSchemaVersion = 1;
+  // WAL size (pages) at which the checkpoint thread is woken; at four times this the writer
+  // finishes the checkpoint itself, so the WAL restarts and stays bounded.
+  static constexpr int kCheckpointPages = 1000;
 
  private:
   struct WriteJob;
@@ -69,6 +72,8 @@ class SqliteStore : public Store {
   WriteOutcome submit(WriteJob& job);
   void writer_loop();
   void commit_batch(const std::vector<WriteJob*>& batch);
+  void checkpoint_loop();
+  static int on_wal_commit(void* self, sqlite3* db, const char* name, int wal_pages);
   // Logs a storage failure (corruption loudly, once marking the store unhealthy).
   void note_failure(const Status& status, const char* event);
 
@@ -84,6 +89,13 @@ class SqliteStore : public Store {
   long long next_txn_id_ = 1;
   StoreStats stats_;
   std::thread writer_thread_;
+
+  std::unique_ptr<Connection> checkpointer_;
+  std::mutex checkpoint_mu_;
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_wanted_ = false;
+  bool checkpoint_stop_ = false;
+  std::thread checkpoint_thread_;
 
   std::mutex readers_mu_;
   std::vector<std::unique_ptr<Connection>> idle_readers_;

@@ -165,6 +165,16 @@ class Server:
             return ""
 
 
+def wait_for(predicate, timeout=10.0):
+    """Polls predicate until it is true (returns True) or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def record(test_id, clinic="c1", patient="p1", test_type="blood", result="ok"):
     return {"test_id": test_id, "patient_id": patient, "clinic_id": clinic,
             "test_type": test_type, "result": result}

@@ -15,7 +15,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fcgi_client  # noqa: E402
-from harness import Server, record  # noqa: E402
+from harness import Server, record, wait_for  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 
@@ -23,15 +23,6 @@ IS_ROOT = os.geteuid() == 0
 def expected(test_id, clinic):
     return record(test_id, clinic=clinic, patient="pt-" + test_id, test_type="panel",
                   result=("R:" + test_id + ";") * 20)
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class Writers:

@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 #include <vector>
@@ -124,6 +125,24 @@ TEST(SqliteStore, ConcurrentWritersAreAllStoredInFewerTransactions) {
   EXPECT_EQ(stats.rollbacks, 0);
   EXPECT_LE(stats.transactions, stats.writes);
   EXPECT_GT(stats.database_bytes, 0);
+}
+
+TEST(SqliteStore, TheWalStaysBoundedUnderAStreamOfCommits) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  auto store = open_store(path);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 2500; ++i) {
+        store->insert(make_record("wal" + std::to_string(t) + "-" + std::to_string(i)));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_GT(store->stats().commits, SqliteStore::kCheckpointPages * 4 / 8);
+  auto wal_bytes = std::filesystem::file_size(path + "-wal");
+  EXPECT_LT(wal_bytes, 2u * 4 * SqliteStore::kCheckpointPages * 4096) << "the WAL never restarted";
 }
 
 TEST(SqliteStore, RacingOnOneIdExactlyOneWins) {
