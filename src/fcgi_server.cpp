@@ -156,9 +156,10 @@ int listen_unix(const std::string& path) {
     }
     unlink(path.c_str());  // stale socket of a previous run
   }
-  mode_t old_mask = umask(0077);
+  mode_t old_mask = umask(0077);  // never reachable by others, not even for a moment
   int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
   umask(old_mask);
+  if (rc == 0) rc = chmod(path.c_str(), 0600);
   if (rc != 0 || listen(fd, 1024) != 0) {
     f.reason = std::string("cannot listen on socket: ") + std::strerror(errno);
     log_event(LogLevel::kError, "startup_failed", f);

@@ -49,7 +49,8 @@ class Server:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, wait=True):
         self.output = open(os.path.join(self.data_dir, "run-output.log"), "ab")
-        self.proc = subprocess.Popen([os.path.join(ROOT, "scripts", "run.sh")], env=self.env,
+        script = self.env.get("RUN_SCRIPT", os.path.join(ROOT, "scripts", "run.sh"))
+        self.proc = subprocess.Popen([script], env=self.env,
                                      stdout=self.output, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         if wait:
