@@ -187,6 +187,10 @@ static int open_connection(const std::string& path, int flags, sqlite3** db) {
 }
 
 Status SqliteStore::open(const SqliteOptions& options, std::unique_ptr<SqliteStore>& out) {
+  // Memory statistics cost a global mutex on every SQLite allocation, shared by all threads;
+  // nothing here reads them. Only possible before SQLite initialises (later calls are no-ops).
+  static const int configured = sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+  (void)configured;
   std::unique_ptr<SqliteStore> store(new SqliteStore(options));
   Status s = store->open_writer();
   if (!s.ok()) return s;
@@ -279,8 +283,8 @@ Status SqliteStore::open_writer() {
     rc = conn->prepare(sql, stmt);
     if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, sql, false);
   }
-  // Checkpoints run on their own thread and connection, off the commit path: the writer only
-  // tells it how large the WAL has grown.
+  // Checkpoints mostly run on their own thread and connection, off the commit path: the hook
+  // tells that thread how large the WAL has grown (see on_wal_commit).
   sqlite3_wal_hook(conn->db, &SqliteStore::on_wal_commit, this);
   writer_ = std::move(conn);
   return Status::Ok();
