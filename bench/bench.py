@@ -26,7 +26,7 @@ from harness import Server, free_port  # noqa: E402
 BUILD = os.environ.get("BUILD_DIR", os.path.join(ROOT, "build"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "4"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-THREADS = int(os.environ.get("THREADS") or 8 * (os.cpu_count() or 2))
+THREADS = int(os.environ.get("THREADS") or 32 * (os.cpu_count() or 2))
 BIG = int(os.environ.get("BENCH_BIG_ROWS", "1000000"))
 
 
@@ -149,6 +149,7 @@ def batch_stats(app_log, offset):
 def main():
     data_dir = tempfile.mkdtemp(prefix="tdapi-bench-")
     procs = []
+    server = None
     try:
         server = Server(data_dir=data_dir, APP_BIN=os.path.join(BUILD, "testdata-api"),
                         THREADS=THREADS).start()
@@ -256,8 +257,9 @@ def main():
         os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
         with open(os.path.join(ROOT, "bench", "results", "latest.md"), "w") as f:
             f.write("# make bench: latest results\n\n" + table + "\n")
-        server.stop()
     finally:
+        if server is not None:
+            server.stop()
         for p in procs:
             p.send_signal(signal.SIGQUIT if "nginx" in str(p.args[0]) else signal.SIGTERM)
         for p in procs:

@@ -2,7 +2,7 @@
 # Runs testdata-api and nginx in the foreground; Ctrl-C or SIGTERM stops both cleanly.
 #
 # Environment: PORT (default 5000), DATA_DIR (default ./var: database, socket, pid files, logs,
-# nginx temp dirs), THREADS (app worker threads, default 8 per core), APP_BIN (default
+# nginx temp dirs), THREADS (app worker threads, default 32 per core), APP_BIN (default
 # build/testdata-api), FASTCGI_READ_TIMEOUT (how long nginx waits for the app, default 30s),
 # BUSY_TIMEOUT_MS (how long a write waits for a database lock, default 5000), MAX_DB_PAGES
 # (cap on the database size in 4 KiB pages, default none), DB_PATH (default
@@ -42,9 +42,17 @@ log_json() {  # level event detail
 # same user. As root that means 'user root', which grants them nothing the app lacks.
 user_directive=""
 if [ "$(id -u)" = 0 ]; then user_directive="user root root;"; fi
+# Idle kept-alive connections per nginx worker (one per core): each parks an app thread, so at
+# most a quarter of the app's threads (default 32 per core) may be parked.
+cores=$(nproc 2>/dev/null || echo 2)
+threads=${THREADS:-$((32 * cores))}
+keepalive=$((threads / (4 * cores)))
+[ "$keepalive" -ge 1 ] || keepalive=1
+[ "$keepalive" -le 8 ] || keepalive=8
 sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@SOCKET@|$SOCKET|g" \
     -e "s|@USER_DIRECTIVE@|$user_directive|g" \
     -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" -e "s|@PROJECT_DIR@|$here|g" \
+    -e "s|@KEEPALIVE@|$keepalive|g" \
     "$here/nginx.conf" >"$DATA_DIR/nginx.conf"
 
 app_pid=""

@@ -110,11 +110,24 @@ void serve_one(FCGX_Request& fcgi, Store& store) {
   global_metrics().record(resp.route, resp.status, f.duration_ms);
 }
 
-void worker_loop(int listen_fd, Store& store) {
+// One worker thread: accepts, answers, repeats until the server stops. With nginx's
+// fastcgi_keep_conn the connection stays open after a request and FCGX_Accept_r blocks reading
+// the next one from it, where a shut-down listening socket cannot wake it: the worker publishes
+// that connection in idle_fd while it waits, so that a stop can shut it down (see
+// wake_idle_workers). Publish-then-check of g_stopping pairs with the stopper's
+// set-then-scan (both sequentially consistent): either this thread sees the stop or the stopper
+// sees the connection.
+void worker_loop(int listen_fd, Store& store, std::atomic<int>& idle_fd) {
   FCGX_Request fcgi;
   FCGX_InitRequest(&fcgi, listen_fd, 0);
-  while (!g_stopping.load()) {
-    if (FCGX_Accept_r(&fcgi) < 0) {
+  for (;;) {
+    const int kept = fcgi.ipcFd;  // >= 0: a kept-alive connection from the last request
+    idle_fd.store(kept);
+    if (g_stopping.load()) break;
+    int accepted = FCGX_Accept_r(&fcgi);
+    int expected = kept;
+    idle_fd.compare_exchange_strong(expected, -1);  // -1 already if a stop took it
+    if (accepted < 0) {
       if (g_stopping.load()) break;
       LogFields f;
       f.detail = "FCGX_Accept_r failed; retrying";
@@ -125,7 +138,17 @@ void worker_loop(int listen_fd, Store& store) {
     serve_one(fcgi, store);
     FCGX_Finish_r(&fcgi);
   }
+  idle_fd.store(-1);
   FCGX_Free(&fcgi, 1);
+}
+
+// Wakes workers waiting on kept-alive connections by shutting those connections down. Call after
+// g_stopping is set and the listening socket is shut down (so no fd number is reused meanwhile).
+void wake_idle_workers(std::vector<std::atomic<int>>& idle_fds) {
+  for (std::atomic<int>& slot : idle_fds) {
+    int fd = slot.exchange(-1);
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+  }
 }
 
 // Creates the listening unix socket, mode 0600. Returns -1 (logged) on failure; refuses a
@@ -189,10 +212,11 @@ int run_fcgi_server(const ServerOptions& options, Store& store) {
   std::mutex done_mu;
   std::condition_variable done_cv;
   int running = options.threads;
+  std::vector<std::atomic<int>> idle_fds(static_cast<size_t>(options.threads));
   std::vector<std::thread> workers;
   for (int i = 0; i < options.threads; ++i) {
-    workers.emplace_back([&] {
-      worker_loop(fd, store);
+    workers.emplace_back([&, i] {
+      worker_loop(fd, store, idle_fds[static_cast<size_t>(i)]);
       std::lock_guard<std::mutex> lock(done_mu);
       if (--running == 0) done_cv.notify_all();
     });
@@ -217,6 +241,7 @@ int run_fcgi_server(const ServerOptions& options, Store& store) {
   // Stop accepting: shutting the listening socket down wakes every thread blocked in accept.
   g_stopping.store(true);
   shutdown(fd, SHUT_RDWR);
+  wake_idle_workers(idle_fds);
   unlink(options.socket_path.c_str());
   bool finished;
   {

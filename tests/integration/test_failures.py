@@ -331,5 +331,24 @@ class GracefulStop(unittest.TestCase):
             subprocess.run(["rm", "-rf", data_dir])
 
 
+class GracefulStopWithKeptAliveConnections(unittest.TestCase):
+    def test_sigterm_to_the_app_alone_wakes_threads_parked_on_idle_connections(self):
+        with Server() as s:
+            # Leave nginx with idle kept-alive connections to the app (each parks an app thread).
+            with Writers(s, "ka", threads=8) as w:
+                self.assertTrue(wait_for(lambda: w.count() >= 200))
+            app = s.pid_of("app")
+            os.kill(app, signal.SIGTERM)
+            self.assertTrue(wait_for(lambda: s.pid_of("app") != app, timeout=8),
+                            "the app did not stop (threads parked on idle connections?)")
+            self.assertTrue(wait_for(lambda: s.request("GET", "/healthz").status == 200))
+            lines = s.json_lines("app.log")
+            self.assertNotIn("stop_timeout", [l["event"] for l in lines])
+            restarted = [l for l in lines if l["event"] == "app_restarted"]
+            self.assertEqual(len(restarted), 1)
+            self.assertIn("status 0", restarted[0]["detail"])
+            assert_all_acknowledged_intact(self, s, "ka", w.acked)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
