@@ -61,12 +61,13 @@ def wrk(url, conns, script=None, args=()):
     return parse_wrk(out)
 
 
-def render(template, data_dir, port, port_keepalive, socket, socket_keepalive):
+def render(template, data_dir, port, port_plain, socket, socket_plain, keepalive):
     user = "user root root;" if os.geteuid() == 0 else ""
     with open(template) as f:
         text = f.read()
-    text = (text.replace("@PORT@", str(port)).replace("@PORT_KEEPALIVE@", str(port_keepalive))
-            .replace("@DATA_DIR@", data_dir).replace("@SOCKET_KEEPALIVE@", socket_keepalive)
+    text = (text.replace("@PORT@", str(port)).replace("@PORT_PLAIN@", str(port_plain))
+            .replace("@DATA_DIR@", data_dir).replace("@SOCKET_PLAIN@", socket_plain)
+            .replace("@KEEPALIVE@", str(keepalive))
             .replace("@SOCKET@", socket).replace("@USER_DIRECTIVE@", user))
     path = os.path.join(data_dir, "nginx-ceiling.conf")
     with open(path, "w") as f:
@@ -93,6 +94,7 @@ def seed_direct(db, clinic, n, batch=50000):
             conn.executemany("INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type,"
                              " result, created_at, doc) VALUES (?,?,?,?,?,?,?,?,?)",
                              (row(i) for i in range(start, min(n, start + batch))))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # start the runs from a database at rest
     conn.close()
 
 
@@ -168,15 +170,15 @@ def main():
         null_sock = os.path.join(data_dir, "run", "null.sock")
         procs.append(subprocess.Popen([os.path.join(BUILD, "bench", "fcgi_null"), "--socket", null_sock,
                                        "--threads", str(THREADS), "--large-bytes", str(listing_1000)]))
-        # A second responder for the keep-alive measurement: kept-alive connections park its
-        # threads (libfcgi reads the next request on the same connection, blocking), and that
-        # must not starve the ceiling the other cases are compared with.
-        keep_sock = os.path.join(data_dir, "run", "null-keepalive.sock")
-        procs.append(subprocess.Popen([os.path.join(BUILD, "bench", "fcgi_null"), "--socket", keep_sock,
+        # A second responder, reached with a new connection per request, for reference.
+        plain_sock = os.path.join(data_dir, "run", "null-plain.sock")
+        procs.append(subprocess.Popen([os.path.join(BUILD, "bench", "fcgi_null"), "--socket", plain_sock,
                                        "--threads", str(THREADS)]))
-        ceiling_port, keepalive_port = free_port(), free_port()
+        ceiling_port, plain_port = free_port(), free_port()
+        cores = os.cpu_count() or 2
+        keepalive = max(1, min(8, THREADS // (4 * cores)))  # as scripts/run.sh computes it
         conf = render(os.path.join(ROOT, "bench", "nginx-ceiling.conf"), data_dir, ceiling_port,
-                      keepalive_port, null_sock, keep_sock)
+                      plain_port, null_sock, plain_sock, keepalive)
         time.sleep(0.3)
         procs.append(subprocess.Popen(["nginx", "-p", data_dir, "-c", conf, "-e",
                                        os.path.join(data_dir, "logs", "nginx-ceiling-error.log")]))
@@ -184,14 +186,14 @@ def main():
 
         app = f"http://127.0.0.1:{server.port}"
         ceil = f"http://127.0.0.1:{ceiling_port}"
-        keep = f"http://127.0.0.1:{keepalive_port}"
+        plain = f"http://127.0.0.1:{plain_port}"
         post = os.path.join(ROOT, "bench", "post.lua")
         cases = [
             # name, url, conns, script, ceiling name
             ("nginx return 200", ceil + "/return200", 32, None, None),
             ("FastCGI ceiling, small body", ceil + "/small", 32, None, None),
             ("FastCGI ceiling, small body, 1 conn", ceil + "/small", 1, None, None),
-            ("FastCGI ceiling, small body, nginx-app keep-alive", keep + "/small", 32, None, "FastCGI ceiling, small body"),
+            ("FastCGI ceiling without keep-alive, small body", plain + "/small", 32, None, "FastCGI ceiling, small body"),
             ("FastCGI ceiling, 1,000-test-size body", ceil + "/large", 32, None, None),
             ("FastCGI ceiling, 1,000-test-size body, 1 conn", ceil + "/large", 1, None, None),
             ("POST /tests (durable), 32 conns", app + "/tests", 32, post, "FastCGI ceiling, small body"),
@@ -228,7 +230,8 @@ def main():
         with open("/proc/cpuinfo") as f:
             model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
         lines.append(f"CPU: {model}. wrk on the same box; {SECONDS} s per run, median of {ROUNDS} "
-                     f"interleaved rounds; app threads {THREADS}. Command: `make bench`.")
+                     f"interleaved rounds; app and ceiling threads {THREADS}; nginx keeps {keepalive} "
+                     f"idle FastCGI connections per worker for both. Command: `make bench`.")
         lines.append("")
         lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling |")
         lines.append("|---|---:|---:|---:|---:|---:|")
