@@ -74,9 +74,20 @@ class FcgiOutput : public ResponseOutput {
  public:
   explicit FcgiOutput(FCGX_Stream* out) : out_(out) {}
   bool write_head(const Response& r) override {
-    std::string head = "Status: " + std::to_string(r.status) + " " + reason_phrase(r.status) +
-                       "\r\nContent-Type: " + r.content_type + "\r\n";
-    for (const auto& [name, value] : r.headers) head += name + ": " + value + "\r\n";
+    std::string head = "Status: ";
+    head.reserve(128);
+    head += std::to_string(r.status);
+    head += ' ';
+    head += reason_phrase(r.status);
+    head += "\r\nContent-Type: ";
+    head += r.content_type;
+    head += "\r\n";
+    for (const auto& [name, value] : r.headers) {
+      head += name;
+      head += ": ";
+      head += value;
+      head += "\r\n";
+    }
     head += "\r\n";
     return write_body(head);
   }

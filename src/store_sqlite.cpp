@@ -263,11 +263,15 @@ Status SqliteStore::open_writer() {
   sqlite3_stmt* key_stmt = nullptr;
   rc = sqlite3_prepare_v2(conn->db, "SELECT value FROM meta WHERE name = 'cursor_key'", -1,
                           &key_stmt, nullptr);
-  if (rc == SQLITE_OK && (rc = sqlite3_step(key_stmt)) == SQLITE_ROW) {
+  if (rc == SQLITE_OK) rc = sqlite3_step(key_stmt);
+  if (rc == SQLITE_ROW) {
     secret_.assign(static_cast<const char*>(sqlite3_column_blob(key_stmt, 0)),
                    static_cast<size_t>(sqlite3_column_bytes(key_stmt, 0)));
   }
   sqlite3_finalize(key_stmt);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return status_from_sqlite(rc, conn->db, "cannot read the meta table of " + path, false);
+  }
   if (secret_.size() != 16) {
     return Status::Internal("database " + path + " has no cursor key in its meta table");
   }
