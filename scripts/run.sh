@@ -11,6 +11,9 @@
 # This script is the app's supervisor: if the app dies (crash, SIGKILL) it is restarted at once;
 # a start-up failure (exit 1, e.g. a damaged database) is not retried.
 set -euo pipefail
+# Job control: the app and nginx each run in their own process group, so a Ctrl-C on the terminal
+# reaches this script (which stops them in order) rather than racing it to them.
+set -m
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 PORT=${PORT:-5000}

@@ -21,6 +21,13 @@ def free_port():
         return s.getsockname()[1]
 
 
+def _default_signals():
+    # As on a terminal: SIGINT/SIGQUIT at their defaults even if this runner ignores them
+    # (a shell's background jobs do), so run.sh's Ctrl-C handling is what gets tested.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class Reply:
     def __init__(self, status, headers, body):
         self.status = status
@@ -52,7 +59,7 @@ class Server:
         script = self.env.get("RUN_SCRIPT", os.path.join(ROOT, "scripts", "run.sh"))
         self.proc = subprocess.Popen([script], env=self.env,
                                      stdout=self.output, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_default_signals)
         if wait:
             self.wait_ready()
         return self
@@ -78,13 +85,19 @@ class Server:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            self.kill_all()
             raise
 
     def kill_all(self):
-        """SIGKILL to the whole process group: run.sh, the app and nginx at once."""
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        """SIGKILL to run.sh, the app and nginx (master and workers) at once."""
+        groups = [self.proc.pid, self.pid_of("app")]
+        with open(os.path.join(self.data_dir, "run", "nginx.pid")) as f:
+            groups.append(int(f.read().strip()))
+        for pgid in groups:  # run.sh runs the app and nginx as jobs: a process group each
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait()
         self.output.close()
         # nginx workers are in the group too; give the kernel a moment to release the port.

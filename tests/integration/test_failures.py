@@ -331,6 +331,22 @@ class GracefulStop(unittest.TestCase):
             subprocess.run(["rm", "-rf", data_dir])
 
 
+class CtrlC(unittest.TestCase):
+    def test_ctrl_c_stops_the_app_and_nginx_and_exits_0(self):
+        s = Server().start()
+        try:
+            self.assertEqual(s.request("POST", "/tests", record("cc-1")).status, 201)
+            app, nginx = s.pid_of("app"), s.pid_of("nginx")
+            os.killpg(s.proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+            self.assertEqual(s.proc.wait(20), 0, s.run_output()[-2000:])
+            for pid in (app, nginx):
+                self.assertFalse(os.path.exists(f"/proc/{pid}"), f"process {pid} still running")
+            events = [l["event"] for l in s.json_lines("app.log")]
+            self.assertEqual(events[-3:], ["stopping", "store_closed", "stopped"])
+        finally:
+            s.__exit__(None, None, None)
+
+
 class GracefulStopWithKeptAliveConnections(unittest.TestCase):
     def test_sigterm_to_the_app_alone_wakes_threads_parked_on_idle_connections(self):
         with Server() as s:
