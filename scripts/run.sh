@@ -68,7 +68,7 @@ start_app() {
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     2>>"$APP_LOG" &
   app_pid=$!
-  echo "$app_pid" >"$DATA_DIR/run/app.pid"
+  echo "$app_pid" >"$DATA_DIR/run/app.pid.tmp" && mv -f "$DATA_DIR/run/app.pid.tmp" "$DATA_DIR/run/app.pid"
   for _ in $(seq 1 200); do
     [ -S "$SOCKET" ] && return 0
     kill -0 "$app_pid" 2>/dev/null || { wait "$app_pid" || return $?; return 1; }
