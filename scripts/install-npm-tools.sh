@@ -11,5 +11,9 @@ echo "install-npm-tools: npm ci in tests/api-tools" >&2
 npm ci --no-audit --no-fund --loglevel=error >/tmp/install-npm-tools.log 2>&1 || {
   tail -20 /tmp/install-npm-tools.log >&2
   echo "install-npm-tools: npm ci failed (full log: /tmp/install-npm-tools.log)" >&2
+  if grep -q 'CERT' /tmp/install-npm-tools.log; then
+    echo "install-npm-tools: a TLS certificate was refused: if this network inspects TLS with its" >&2
+    echo "  own CA, give it to Node.js: NODE_EXTRA_CA_CERTS=/path/to/that-ca.crt make test" >&2
+  fi
   exit 1
 }
