@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-600}
 out=${FUZZ_BUILD_DIR:-build-fuzz}
 mkdir -p "$out"
-srcs=(src/validate.cpp src/json.cpp src/http.cpp src/status.cpp src/log.cpp src/clock.cpp)
+srcs=(src/validate.cpp src/test_record.cpp src/json.cpp src/http.cpp src/status.cpp src/log.cpp src/clock.cpp)
 for target in validate query; do
   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     -Isrc "tests/fuzz/fuzz_$target.cpp" "${srcs[@]}" -lcjson -o "$out/fuzz_$target"

@@ -1,7 +1,7 @@
 // log.h: structured logging, one JSON object per line on stderr, written with one write(2).
 //
 // Only the fields of LogFields can appear in a line. There is deliberately no free-form
-// key/value API: patient_id and result values must never reach a log, and the way to
+// key/value API: patient ids and test results must never reach a log, and the way to
 // guarantee that is to have no field that could carry them.
 #pragma once
 

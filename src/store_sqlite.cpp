@@ -17,7 +17,6 @@
 #include <utility>
 
 #include "clock.h"
-#include "json.h"
 #include "log.h"
 
 namespace tdapi {
@@ -86,23 +85,6 @@ std::string list_sql(bool by_patient, bool by_type) {
   if (by_patient) sql += " AND patient_id = ?2";
   if (by_type) sql += " AND test_type = ?3";
   return sql + " AND seq > ?4 ORDER BY seq LIMIT ?5";
-}
-
-// The stored document of a record, as GET returns it.
-std::string test_document(const TestRecord& r, const std::string& created_at) {
-  std::string doc;
-  doc.reserve(r.test_id.size() + r.patient_id.size() + r.clinic_id.size() + r.test_type.size() +
-              r.result.size() + 128);
-  JsonWriter w(doc);
-  w.begin_object();
-  w.field("test_id", r.test_id);
-  w.field("patient_id", r.patient_id);
-  w.field("clinic_id", r.clinic_id);
-  w.field("test_type", r.test_type);
-  w.field("result", r.result);
-  w.field("created_at", created_at);
-  w.end_object();
-  return doc;
 }
 
 // Reads the schema page and the first page of the tests table: a real query, but O(1).
@@ -436,7 +418,7 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
       sqlite3_bind_text(st, 5, r.result.data(), static_cast<int>(r.result.size()), SQLITE_STATIC);
       sqlite3_bind_text(st, 6, created_at.data(), static_cast<int>(created_at.size()),
                         SQLITE_STATIC);
-      std::string doc = test_document(r, created_at);
+      std::string doc = test_record_json(r, created_at);
       sqlite3_bind_text(st, 7, doc.data(), static_cast<int>(doc.size()), SQLITE_STATIC);
       rc = sqlite3_step(st);
       int err = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(db);

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <string>
+#include <string_view>
 
 namespace tdapi {
 
@@ -14,6 +15,10 @@ struct TestRecord {
   std::string test_type;
   std::string result;
 };
+
+// The record as a JSON object (the five fields, then created_at unless it is empty), exactly as
+// the API returns it. This function can't fail.
+std::string test_record_json(const TestRecord& record, std::string_view created_at);
 
 // Limits, in Unicode code points (documented in the README and docs).
 constexpr size_t kMaxIdChars = 128;        // test_id, patient_id, clinic_id

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "json.h"
+#include "test_record.h"
 #include "validate.h"
 
 using tdapi::TestRecord;
@@ -34,16 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check_field(r.test_type, tdapi::kMaxTestTypeChars);
   check_field(r.result, tdapi::kMaxResultChars);
 
-  std::string again;
-  tdapi::JsonWriter w(again);
-  w.begin_object();
-  w.field("test_id", r.test_id);
-  w.field("patient_id", r.patient_id);
-  w.field("clinic_id", r.clinic_id);
-  w.field("test_type", r.test_type);
-  w.field("result", r.result);
-  w.end_object();
-  tdapi::RecordValidation v2 = tdapi::validate_test_record(again);
+  tdapi::RecordValidation v2 = tdapi::validate_test_record(tdapi::test_record_json(r, ""));
   assert(v2.ok);
   assert(v2.record.test_id == r.test_id && v2.record.patient_id == r.patient_id &&
          v2.record.clinic_id == r.clinic_id && v2.record.test_type == r.test_type &&
