@@ -30,6 +30,10 @@ class NginxErrors(unittest.TestCase):
                 os.kill(app, signal.SIGKILL)
                 self.assertTrue(wait_for(lambda: s.request("GET", "/tests?clinic_id=c").status == 502))
                 self.assert_json_error(s.request("POST", "/tests", record("down-1")), 502)
+                # nginx's error log quotes the request line, query string included: it must not
+                # carry a patient id from a filter.
+                secret = "PATIENT-" + str(os.getpid()) + "-secret"
+                self.assert_json_error(s.request("GET", "/tests?clinic_id=c&patient_id=" + secret), 502)
             finally:
                 os.kill(supervisor, signal.SIGCONT)
             started = time.monotonic()
@@ -39,6 +43,8 @@ class NginxErrors(unittest.TestCase):
             self.assertEqual(s.request("POST", "/tests", record("after-restart")).status, 201)
             events = [l["event"] for l in s.json_lines("app.log")]
             self.assertIn("app_restarted", events)
+            for name in ("nginx-error.log", "access.log", "app.log"):
+                self.assertNotIn(secret, s.read_log(name).decode(errors="replace"), name)
 
     def test_504_when_app_does_not_answer(self):
         with Server(FASTCGI_READ_TIMEOUT="1s") as s:
