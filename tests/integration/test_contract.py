@@ -79,7 +79,7 @@ CASES = [
     ("list_unknown_clinic", "GET", "/tests?clinic_id=nobody-here", {}, None, 200,
      {"status": "success", "clinic_id": "nobody-here", "count": 0, "tests": []}),
     ("unknown_path", "GET", "/nope", {}, None, 404, err("no such endpoint")),
-    ("wrong_method", "DELETE", "/tests", {}, None, 405, err("method not allowed; allowed: GET, POST")),
+    ("wrong_method", "DELETE", "/tests", {}, None, 405, err("method not allowed; allowed: GET, HEAD, POST")),
 ]
 
 
@@ -109,7 +109,7 @@ class Contract(unittest.TestCase):
                 if expected is not None:
                     self.assertEqual(r.json(), expected)
                 if status == 405:
-                    self.assertEqual(r.headers.get("allow"), "GET, POST")
+                    self.assertEqual(r.headers.get("allow"), "GET, HEAD, POST")
 
     def test_02_created_record_reads_back_whole(self):
         rec = record("rb-1", clinic="clinic a/b", patient="P\u00e9", result="line1\nline2 \u20ac")
@@ -216,7 +216,13 @@ class Contract(unittest.TestCase):
             self.assertNotIn(secret_result, text, name)
         self.assertNotIn(secret_patient, self.server.run_output())
 
-    def test_08_nginx_errors_are_json(self):
+    def test_08_head_is_get_without_a_body(self):
+        for path in ("/healthz", "/tests?clinic_id=c1", "/tests/k-1"):
+            r = self.server.request("HEAD", path)
+            self.assertEqual((r.status, r.body), (200, b""), path)
+            self.assertRegex(r.headers.get("x-request-id", ""), r"^[0-9a-f]{32}$")
+
+    def test_09_nginx_errors_are_json(self):
         r = self.server.raw(b"GARBAGE\r\n\r\n")
         self.assertIn(b" 400 ", r.split(b"\r\n")[0])
         self.assertIn(b'{"status":"error","message":"bad request"}', r)

@@ -316,15 +316,16 @@ TEST_F(Api, RoutingTable) {
   } cases[] = {
       {"GET", "/nope", 404, ""},
       {"GET", "/tests/", 404, ""},
-      {"DELETE", "/tests", 405, "GET, POST"},
-      {"PUT", "/tests", 405, "GET, POST"},
+      {"DELETE", "/tests", 405, "GET, HEAD, POST"},
+      {"PUT", "/tests", 405, "GET, HEAD, POST"},
       {"GET", "/%74ests?clinic_id=c", 200, ""},
       {"GET", "/te%zzsts", 400, ""},
       {"GET", "/healthz", 200, ""},
-      {"POST", "/healthz", 405, "GET"},
-      {"PUT", "/tests/x", 405, "GET"},
+      {"POST", "/healthz", 405, "GET, HEAD"},
+      {"PUT", "/tests/x", 405, "GET, HEAD"},
       {"GET", "/tests/batch", 404, ""},
-      {"DELETE", "/tests/batch", 405, "POST, GET"},
+      {"DELETE", "/tests/batch", 405, "POST, GET, HEAD"},
+      {"HEAD", "/healthz", 200, ""},
       {"GET", "/tests/a/b", 404, ""},
   };
   for (const Case& c : cases) {
