@@ -35,7 +35,9 @@ const char* param(FCGX_Request& req, const char* name) {
   return v ? v : "";
 }
 
-// Turns the FastCGI environment and stdin into a Request. Reads at most kMaxBodyBytes.
+// Turns the FastCGI environment and stdin into a Request. Reads at most kMaxRequestBodyBytes.
+// A request whose stdin is not read to its end must not leave its kept-alive connection open
+// (its leftover records would be read as the next request), so it closes the connection.
 Request read_request(FCGX_Request& fcgi) {
   Request req;
   req.method = param(fcgi, "REQUEST_METHOD");
@@ -54,6 +56,7 @@ Request read_request(FCGX_Request& fcgi) {
   req.content_length = static_cast<size_t>(length);
   if (length > kMaxRequestBodyBytes) {
     req.body_state = BodyState::kTooLarge;
+    fcgi.keepConnection = 0;
     return req;
   }
   req.body.resize(length);
@@ -66,6 +69,7 @@ Request read_request(FCGX_Request& fcgi) {
   if (got < length) {
     req.body.resize(got);
     req.body_state = BodyState::kTruncated;
+    fcgi.keepConnection = 0;
   }
   return req;
 }

@@ -24,12 +24,14 @@ def _params(params):
     return out
 
 
-def request(socket_path, params, stdin=b"", timeout=10):
-    """Sends one request; returns (status_code, headers_text, body_bytes)."""
+def request(socket_path, params, stdin=b"", timeout=10, keep_conn=False, closed_after=None):
+    """Sends one request; returns (status_code, headers_text, body_bytes). With keep_conn, asks
+    the app to keep the connection (FCGI_KEEP_CONN); closed_after, a list, then receives whether
+    the app closed the connection after answering."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(socket_path)
-        msg = _record(FCGI_BEGIN_REQUEST, struct.pack(">HB5x", 1, 0))  # responder, no keep-conn
+        msg = _record(FCGI_BEGIN_REQUEST, struct.pack(">HB5x", 1, 1 if keep_conn else 0))
         msg += _record(FCGI_PARAMS, _params(params)) + _record(FCGI_PARAMS, b"")
         if stdin:
             msg += _record(FCGI_STDIN, stdin)
@@ -53,5 +55,11 @@ def request(socket_path, params, stdin=b"", timeout=10):
                 elif rtype == FCGI_END_REQUEST:
                     head, _, body = out.partition(b"\r\n\r\n")
                     status = int(head.split(b"Status: ")[1][:3])
+                    if closed_after is not None:
+                        s.settimeout(1)
+                        try:
+                            closed_after.append(s.recv(1) == b"")
+                        except socket.timeout:
+                            closed_after.append(False)
                     return status, head.decode(), body
     raise RuntimeError("no FCGI_END_REQUEST")

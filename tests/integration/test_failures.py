@@ -301,6 +301,16 @@ class HostileClients(unittest.TestCase):
             self.assertEqual((status, body), (400, b'{"status":"error","message":"request body is shorter than its Content-Length"}'))
             status, _, body = fcgi_client.request(sock, dict(base, CONTENT_LENGTH="70000"), b"x" * 1000)
             self.assertEqual(status, 413)
+            # On a kept-alive connection, a body left unread must close the connection (its
+            # leftover records would otherwise be read as the next request); a whole one not.
+            closed = []
+            status, _, _ = fcgi_client.request(sock, dict(base, CONTENT_LENGTH=str(5 * 1024 * 1024)),
+                                               b"x" * 1000, keep_conn=True, closed_after=closed)
+            self.assertEqual((status, closed), (413, [True]))
+            closed = []
+            status, _, _ = fcgi_client.request(sock, dict(base, REQUEST_METHOD="GET", REQUEST_URI="/healthz"),
+                                               keep_conn=True, closed_after=closed)
+            self.assertEqual((status, closed), (200, [False]))
             self.assertEqual(s.request("GET", "/healthz").status, 200)
 
 
