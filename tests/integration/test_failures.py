@@ -97,8 +97,7 @@ class Crash(unittest.TestCase):
             self.assertGreaterEqual(n, len(w.acked))
 
     def test_sigkill_of_app_and_nginx_together_then_restart(self):
-        data_dir = tempfile.mkdtemp(prefix="tdapi-crash-")
-        try:
+        with tempfile.TemporaryDirectory(prefix="tdapi-crash-") as data_dir:
             s = Server(data_dir=data_dir).start()
             with Writers(s, "crash2") as w:
                 self.assertTrue(wait_for(lambda: w.count() >= 500))
@@ -106,8 +105,6 @@ class Crash(unittest.TestCase):
             self.assertGreater(len(w.acked), 0)
             with Server(data_dir=data_dir) as s2:
                 assert_all_acknowledged_intact(self, s2, "crash2", w.acked)
-        finally:
-            subprocess.run(["rm", "-rf", data_dir])
 
 
 class Corruption(unittest.TestCase):
@@ -316,8 +313,7 @@ class HostileClients(unittest.TestCase):
 
 class GracefulStop(unittest.TestCase):
     def test_sigterm_finishes_in_flight_checkpoints_and_exits_0(self):
-        data_dir = tempfile.mkdtemp(prefix="tdapi-stop-")
-        try:
+        with tempfile.TemporaryDirectory(prefix="tdapi-stop-") as data_dir:
             s = Server(data_dir=data_dir).start()
             with Writers(s, "stop") as w:
                 self.assertTrue(wait_for(lambda: w.count() >= 300))
@@ -337,8 +333,6 @@ class GracefulStop(unittest.TestCase):
             self.assertTrue(not os.path.exists(wal) or os.path.getsize(wal) == 0)
             with Server(data_dir=data_dir) as s2:
                 assert_all_acknowledged_intact(self, s2, "stop", w.acked)
-        finally:
-            subprocess.run(["rm", "-rf", data_dir])
 
 
 class CtrlC(unittest.TestCase):
