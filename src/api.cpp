@@ -39,12 +39,18 @@ bool is_blank(std::string_view s) {
   return true;
 }
 
-Response storage_error(const Status& s, LogFields log) {
-  Response e = error_response(http_status_for(s.code()), client_message_for(s.code()));
+// A write that was rolled back: the storage error, logged with the request's ids.
+Response rolled_back(const Status& s, LogFields log) {
+  Response e = storage_error_response(s);
+  log.reason = std::move(e.log.reason);
+  log.txn = "rollback";
   e.log = std::move(log);
-  e.log.txn = "rollback";
-  e.log.reason = s.name();
   return e;
+}
+
+// 400 for a body that failed validation, with the field errors when there are any.
+Response invalid_body(const std::string& message, const std::vector<FieldError>& errors) {
+  return errors.empty() ? error_response(400, message) : field_errors_response(message, errors);
 }
 
 // Parses limit: decimal digits only, 1..kMaxPageLimit.
@@ -65,16 +71,13 @@ Response handle_create_test(const Request& req, Store& store) {
   Response error;
   if (!check_json_body(req, kMaxBodyBytes, error)) return error;
   RecordValidation v = validate_test_record(req.body);
-  if (!v.ok) {
-    return v.errors.empty() ? error_response(400, v.message)
-                            : field_errors_response(v.message, v.errors);
-  }
+  if (!v.ok) return invalid_body(v.message, v.errors);
   WriteOutcome w = store.insert(v.record);
   LogFields log;
   log.test_id = v.record.test_id;
   log.clinic_id = v.record.clinic_id;
   log.txn_id = w.txn_id;
-  if (!w.status.ok()) return storage_error(w.status, std::move(log));
+  if (!w.status.ok()) return rolled_back(w.status, std::move(log));
   Response r;
   r.status = 201;
   r.headers.emplace_back("Location", "/tests/" + percent_encode(v.record.test_id));
@@ -92,10 +95,7 @@ Response handle_create_batch(const Request& req, Store& store) {
   Response error;
   if (!check_json_body(req, kMaxBatchBodyBytes, error)) return error;
   BatchValidation v = validate_test_batch(req.body, kMaxBatchRecords);
-  if (!v.ok) {
-    return v.errors.empty() ? error_response(400, v.message)
-                            : field_errors_response(v.message, v.errors);
-  }
+  if (!v.ok) return invalid_body(v.message, v.errors);
   WriteOutcome w = store.insert_all(v.records);
   LogFields log;
   log.count = static_cast<long long>(v.records.size());
@@ -106,7 +106,7 @@ Response handle_create_batch(const Request& req, Store& store) {
     for (const std::string& id : w.duplicate_ids) {
       if (seen.insert(id).second) ids.push_back(id);
     }
-    Response r = storage_error(w.status, std::move(log));
+    Response r = rolled_back(w.status, std::move(log));
     r.body.clear();
     JsonWriter j(r.body);
     j.begin_object();
@@ -119,7 +119,7 @@ Response handle_create_batch(const Request& req, Store& store) {
     j.end_object();
     return r;
   }
-  if (!w.status.ok()) return storage_error(w.status, std::move(log));
+  if (!w.status.ok()) return rolled_back(w.status, std::move(log));
   Response r;
   r.status = 201;
   JsonWriter j(r.body);
@@ -242,11 +242,7 @@ Response handle_get_test(const Request& req, Store& store) {
     r.log.test_id = req.path_param;
     return r;
   }
-  if (!s.ok()) {
-    Response r = error_response(http_status_for(s.code()), client_message_for(s.code()));
-    r.log.reason = s.name();
-    return r;
-  }
+  if (!s.ok()) return storage_error_response(s);
   Response r;
   r.body.reserve(json.size() + 32);
   r.body = "{\"status\":\"success\",\"test\":";

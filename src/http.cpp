@@ -54,11 +54,17 @@ void send_response(Response& response, ResponseOutput& out) {
     response.log.detail = "response cut short: " + s.message();
     return;
   }
-  Response error = error_response(http_status_for(s.code()), client_message_for(s.code()));
+  Response error = storage_error_response(s);
   response.status = error.status;
   response.body = std::move(error.body);
   response.stream = nullptr;
   if (out.write_head(response)) out.write_body(response.body);
+}
+
+Response storage_error_response(const Status& status) {
+  Response r = error_response(http_status_for(status.code()), client_message_for(status.code()));
+  r.log.reason = status.name();
+  return r;
 }
 
 Response field_errors_response(std::string_view message, const std::vector<FieldError>& errors) {

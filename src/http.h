@@ -70,6 +70,10 @@ void send_response(Response& response, ResponseOutput& out);
 // {"status":"error","message":message} with the given HTTP status.
 Response error_response(int status, std::string_view message);
 
+// The JSON error for a storage outcome that is not ok: its HTTP status and client message
+// (status.h), with the outcome's name as the log reason.
+Response storage_error_response(const Status& status);
+
 // One problem with one field of a submitted record.
 struct FieldError {
   std::string field;

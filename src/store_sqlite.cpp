@@ -148,7 +148,7 @@ struct SqliteStore::WriteJob {
 
 SqliteStore::SqliteStore(SqliteOptions options) : options_(std::move(options)) {}
 
-void SqliteStore::note_failure(const Status& s, const char* event) {
+void SqliteStore::note_failure(const Status& s) {
   if (s.ok() || s.code() == StatusCode::kDuplicate || s.code() == StatusCode::kNotFound) return;
   LogFields f;
   f.reason = s.name();
@@ -161,7 +161,7 @@ void SqliteStore::note_failure(const Status& s, const char* event) {
     log_event(LogLevel::kError, "database_corrupt", f);
     return;
   }
-  log_event(LogLevel::kWarn, event, f);
+  log_event(LogLevel::kWarn, "storage_error", f);
 }
 
 static int open_connection(const std::string& path, int flags, sqlite3** db) {
@@ -302,7 +302,7 @@ void SqliteStore::checkpoint_loop() {
     int rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
                                        nullptr, nullptr);
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
-      note_failure(status_from_sqlite(rc, checkpointer_->db, "checkpoint", true), "storage_error");
+      note_failure(status_from_sqlite(rc, checkpointer_->db, "checkpoint", true));
     }
     lock.lock();
   }
@@ -459,7 +459,7 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
       job->outcome.duplicate_ids.clear();
     }
   }
-  note_failure(batch_status, "storage_error");
+  note_failure(batch_status);
   LogFields f;
   f.txn_id = txn_id;
   f.count = static_cast<long long>(batch.size());
@@ -535,7 +535,7 @@ Status SqliteStore::list_tests(
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);
   if (!conn) {
-    note_failure(status, "storage_error");
+    note_failure(status);
     return status;
   }
   sqlite3_stmt* st = conn->list[(q.patient_id ? 1 : 0) | (q.test_type ? 2 : 0)];
@@ -562,7 +562,7 @@ Status SqliteStore::list_tests(
   }
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
-  note_failure(status, "storage_error");
+  note_failure(status);
   release_reader(std::move(conn));
   return status;
 }
@@ -571,7 +571,7 @@ Status SqliteStore::get_test(std::string_view test_id, std::string& json) {
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);
   if (!conn) {
-    note_failure(status, "storage_error");
+    note_failure(status);
     return status;
   }
   sqlite3_stmt* st = conn->get;
@@ -586,7 +586,7 @@ Status SqliteStore::get_test(std::string_view test_id, std::string& json) {
   }
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
-  note_failure(status, "storage_error");
+  note_failure(status);
   release_reader(std::move(conn));
   return status;
 }
@@ -605,7 +605,7 @@ Status SqliteStore::check_health() {
   }
   sqlite3_reset(conn->health);
   release_reader(std::move(conn));
-  note_failure(status, "storage_error");
+  note_failure(status);
   return status;
 }
 

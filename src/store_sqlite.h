@@ -75,7 +75,7 @@ class SqliteStore : public Store {
   void checkpoint_loop();
   static int on_wal_commit(void* self, sqlite3* db, const char* name, int wal_pages);
   // Logs a storage failure (corruption loudly, once marking the store unhealthy).
-  void note_failure(const Status& status, const char* event);
+  void note_failure(const Status& status);
 
   SqliteOptions options_;
   std::atomic<bool> corrupt_seen_{false};
