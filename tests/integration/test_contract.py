@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""test_contract.py: the API contract of DESIGN.md through real nginx in front of the real
+"""test_contract.py: the API contract of docs/design.md through real nginx in front of the real
 binary, as a table of (request, expected status, expected body); plus concurrency and logs."""
 
 import json
