@@ -8,6 +8,7 @@ set -euo pipefail
 packages=(
   g++ make cmake pkg-config           # build
   libfcgi-dev libcjson-dev libsqlite3-dev libgtest-dev
+  libssl-dev                          # libcrypto: SHA-256 and CSPRNG for access keys
   nginx-light                         # the web server in front
   sqlite3 curl jq python3             # tests, smoke test, debugging
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets

@@ -1,0 +1,53 @@
+// audit.h: audit trail entries and their hash chain. Pure: no storage here (the stores write
+// and read entries; this file says what an entry is and how the chain is computed and checked).
+//
+// Chain: hash(n) = SHA-256(hash(n-1) + "\n" + canonical(n)), hash(0) = 64 zeros. canonical(n)
+// is a fixed-order JSON rendering of every field but the hash. Changing, removing or inserting
+// any entry breaks every later hash link, and verify names the first entry that does not match.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace tdapi {
+
+struct AuditEntry {
+  long long seq = 0;       // position in the chain, from 1, no gaps
+  std::string ts;          // UTC, ms
+  std::string request_id;  // nginx's $request_id ("" for command-line access)
+  std::string key_id;      // the key that made the request, or "anonymous" (auth off)
+  std::string action;      // create, batch, list, search, get, audit_read
+  std::string clinic_id;   // the clinic touched ("" when not known, e.g. an unknown test id)
+  std::string detail;      // a JSON object: test ids written or read, filters, page, count
+  int outcome = 0;         // the HTTP status answered (201, 200, 401, 403, 404, 409, …)
+  std::string prev_hash;   // the previous entry's hash (kAuditGenesis for seq 1)
+  std::string hash;        // audit_hash(prev_hash, *this)
+};
+
+// The prev_hash of the first entry.
+extern const char kAuditGenesis[65];
+
+// Fixed-order JSON of every field but hash (detail is embedded as the JSON it holds).
+std::string audit_canonical(const AuditEntry& entry);
+
+// The entry's hash, chained on entry.prev_hash. This function can't fail.
+std::string audit_hash(const AuditEntry& entry);
+
+// Checks entries one at a time, in seq order. feed() returns false at the first entry that
+// breaks the chain (wrong seq, prev_hash not the previous hash, or hash not matching its
+// content), with problem saying which and how.
+class AuditChainVerifier {
+ public:
+  bool feed(const AuditEntry& entry, std::string& problem);
+  long long checked() const { return checked_; }
+  const std::string& last_hash() const { return last_hash_; }
+
+ private:
+  long long checked_ = 0;
+  std::string last_hash_ = kAuditGenesis;
+};
+
+// The whole entry as one JSON object (for GET /audit and `audit export`).
+std::string audit_entry_json(const AuditEntry& entry);
+
+}  // namespace tdapi
