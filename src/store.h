@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "audit.h"
 #include "status.h"
 #include "test_record.h"
 
@@ -19,6 +20,25 @@ struct ListQuery {
   std::optional<std::string> test_type;   // exact match when set
   long long after_seq = 0;                // only tests stored after this position (paging)
   long long limit = -1;                   // at most this many; < 0: all
+};
+
+// An access key as stored: the hash of its secret, never the secret.
+struct ApiKey {
+  std::string key_id;  // 16 hex digits (auth.h)
+  std::string name;
+  std::vector<std::string> scopes;
+  std::string secret_hash;  // SHA-256 hex of the secret
+  std::string created_at;
+  std::string revoked_at;  // empty while the key is valid
+};
+
+// Which audit entries to list: oldest first, optionally narrowed.
+struct AuditQuery {
+  std::optional<std::string> since;      // ts >= since (UTC ISO 8601, compared as text)
+  std::optional<std::string> until;      // ts < until
+  std::optional<std::string> clinic_id;  // exact match
+  long long after_seq = 0;               // only entries after this position (paging)
+  long long limit = -1;                  // at most this many; < 0: all
 };
 
 // Counters since open, and the size of the database files.
@@ -45,12 +65,38 @@ class Store {
   // Stores one record durably. Returns Ok only after COMMIT succeeded; Duplicate when the
   // test_id exists (the stored record is untouched); Busy, Full, Corrupt, ReadOnly or Internal
   // when storage failed (rolled back: nothing of this record was written).
-  virtual WriteOutcome insert(const TestRecord& record) = 0;
+  WriteOutcome insert(const TestRecord& record) { return insert(record, nullptr); }
 
   // Stores all records in one transaction, or none: Ok after COMMIT; Duplicate with every
   // test_id that exists already or repeats within records (nothing written); other errors as
   // insert. records must not be empty.
-  virtual WriteOutcome insert_all(const std::vector<TestRecord>& records) = 0;
+  WriteOutcome insert_all(const std::vector<TestRecord>& records) {
+    return insert_all(records, nullptr);
+  }
+
+  // As insert, and records `audit` in the same transaction: its outcome is set to 201 when the
+  // record is stored or 409 for a duplicate (so the audit entry commits with the data), and
+  // its seq, prev_hash and hash are filled in. audit may be null.
+  virtual WriteOutcome insert(const TestRecord& record, AuditEntry* audit) = 0;
+  virtual WriteOutcome insert_all(const std::vector<TestRecord>& records, AuditEntry* audit) = 0;
+
+  // Appends one audit entry (its outcome set by the caller) to the chain durably: Ok only after
+  // COMMIT, with seq, prev_hash and hash filled in; otherwise a storage error.
+  virtual Status append_audit(AuditEntry& entry) = 0;
+
+  // Calls on_entry for every audit entry matching query, oldest first, until it returns false.
+  // Ok or the storage error that stopped the listing.
+  virtual Status list_audit(const AuditQuery& query,
+                            const std::function<bool(const AuditEntry&)>& on_entry) = 0;
+
+  // Access keys. create_key: Ok, Duplicate (the key_id exists), or a storage error.
+  virtual Status create_key(const ApiKey& key) = 0;
+  // Every key, oldest first (with its hash: callers must not show it).
+  virtual Status list_keys(std::vector<ApiKey>& out) = 0;
+  // Marks the key revoked at `when`. Ok (also when it was revoked already), NotFound.
+  virtual Status revoke_key(std::string_view key_id, const std::string& when) = 0;
+  // Fetches one key. Ok, NotFound, or a storage error.
+  virtual Status find_key(std::string_view key_id, ApiKey& out) = 0;
 
   // Fetches one test's stored JSON object into json. Ok, NotFound, or a storage error.
   virtual Status get_test(std::string_view test_id, std::string& json) = 0;

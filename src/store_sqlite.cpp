@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "clock.h"
+#include "json.h"
 #include "log.h"
 
 namespace tdapi {
@@ -74,6 +75,42 @@ const char kSchema[] =
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) STRICT;"
     "INSERT OR IGNORE INTO meta (name, value) VALUES ('cursor_key', randomblob(16));";
 
+// Version 2: access keys (only hashes of their secrets) and the audit trail, a hash chain
+// (audit.h) appended by the writer in the transactions of the writes it records.
+const char kSecuritySchema[] =
+    "CREATE TABLE IF NOT EXISTS api_keys ("
+    "  key_id      TEXT PRIMARY KEY NOT NULL,"
+    "  name        TEXT NOT NULL,"
+    "  scopes      TEXT NOT NULL,"  // JSON array of strings
+    "  secret_hash TEXT NOT NULL,"
+    "  created_at  TEXT NOT NULL,"
+    "  revoked_at  TEXT"
+    ") STRICT;"
+    "CREATE TABLE IF NOT EXISTS audit ("
+    "  seq        INTEGER PRIMARY KEY NOT NULL,"
+    "  ts         TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL,"
+    "  key_id     TEXT NOT NULL,"
+    "  action     TEXT NOT NULL,"
+    "  clinic_id  TEXT NOT NULL,"
+    "  detail     TEXT NOT NULL,"
+    "  outcome    INTEGER NOT NULL,"
+    "  prev_hash  TEXT NOT NULL,"
+    "  hash       TEXT NOT NULL"
+    ") STRICT;";
+
+// The schema, one migration per version, applied in order at start (each in a transaction).
+const char* const kMigrations[] = {kSchema, kSecuritySchema};
+
+const char kAuditInsertSql[] =
+    "INSERT INTO audit (seq, ts, request_id, key_id, action, clinic_id, detail, outcome,"
+    " prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+const char kAuditListSql[] =
+    "SELECT seq, ts, request_id, key_id, action, clinic_id, detail, outcome, prev_hash, hash"
+    " FROM audit WHERE seq > ?1 AND (?2 IS NULL OR ts >= ?2) AND (?3 IS NULL OR ts < ?3)"
+    " AND (?4 IS NULL OR clinic_id = ?4) ORDER BY seq LIMIT ?5";
+
 const char kInsertSql[] =
     "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at,"
     " doc) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7"
@@ -109,6 +146,10 @@ struct SqliteStore::Connection {
   sqlite3_stmt* list[4] = {};  // by (patient filter, type filter): see list_sql
   sqlite3_stmt* health = nullptr;
   sqlite3_stmt* get = nullptr;
+  sqlite3_stmt* audit_insert = nullptr;
+  sqlite3_stmt* audit_list = nullptr;
+  sqlite3_stmt* audit_head = nullptr;
+  sqlite3_stmt* key_get = nullptr;
 
   ~Connection() {
     for (sqlite3_stmt* s : stmts) sqlite3_finalize(s);
@@ -140,7 +181,8 @@ struct SqliteStore::Connection {
 // One request's write, waiting in the queue for the writer thread.
 struct SqliteStore::WriteJob {
   const TestRecord* records = nullptr;
-  size_t count = 0;
+  size_t count = 0;           // 0: an audit entry alone
+  AuditEntry* audit = nullptr;  // recorded in the same transaction, after the records
   WriteOutcome outcome;
   bool done = false;
   std::condition_variable done_cv;
@@ -232,12 +274,15 @@ Status SqliteStore::open_writer() {
     return Status::Internal("database " + path + " has schema version " + std::to_string(version) +
                             ", newer than this binary's " + std::to_string(kSchemaVersion));
   }
-  if (version < kSchemaVersion) {
-    std::string ddl = std::string("BEGIN IMMEDIATE;") + kSchema +
-                      "PRAGMA user_version=" + std::to_string(kSchemaVersion) + "; COMMIT;";
+  static_assert(sizeof kMigrations / sizeof kMigrations[0] == kSchemaVersion);
+  for (int next = version + 1; next <= kSchemaVersion; ++next) {
+    std::string ddl = std::string("BEGIN IMMEDIATE;") + kMigrations[next - 1] +
+                      "PRAGMA user_version=" + std::to_string(next) + "; COMMIT;";
     rc = conn->exec(ddl.c_str());
     if (rc != SQLITE_OK) {
-      Status s = status_from_sqlite(rc, conn->db, "cannot create schema in " + path, true);
+      Status s = status_from_sqlite(rc, conn->db,
+                                    "cannot migrate " + path + " to version " + std::to_string(next),
+                                    true);
       conn->exec("ROLLBACK");
       return s;
     }
@@ -259,6 +304,8 @@ Status SqliteStore::open_writer() {
   }
   const std::pair<const char*, sqlite3_stmt**> statements[] = {
       {kInsertSql, &conn->insert},
+      {kAuditInsertSql, &conn->audit_insert},
+      {"SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &conn->audit_head},
       {"BEGIN IMMEDIATE", &conn->begin},
       {"SAVEPOINT job", &conn->savepoint},
       {"RELEASE job", &conn->release},
@@ -323,6 +370,7 @@ SqliteStore::~SqliteStore() {
   if (checkpoint_thread_.joinable()) checkpoint_thread_.join();
   checkpointer_.reset();
   idle_readers_.clear();
+  if (admin_) sqlite3_close_v2(admin_);
   if (writer_) {
     int rc = writer_->exec("PRAGMA wal_checkpoint(TRUNCATE)");
     LogFields f;
@@ -332,19 +380,73 @@ SqliteStore::~SqliteStore() {
   }
 }
 
-WriteOutcome SqliteStore::insert(const TestRecord& record) {
+WriteOutcome SqliteStore::insert(const TestRecord& record, AuditEntry* audit) {
   WriteJob job;
   job.records = &record;
   job.count = 1;
+  job.audit = audit;
   return submit(job);
 }
 
-WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records) {
+WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records, AuditEntry* audit) {
   assert(!records.empty());
   WriteJob job;
   job.records = records.data();
   job.count = records.size();
+  job.audit = audit;
   return submit(job);
+}
+
+Status SqliteStore::append_audit(AuditEntry& entry) {
+  WriteJob job;
+  job.audit = &entry;
+  return submit(job).status;
+}
+
+int SqliteStore::write_audit(AuditEntry& e, const std::string& now) {
+  if (e.ts.empty()) e.ts = now;
+  e.seq = audit_seq_ + 1;
+  e.prev_hash = audit_head_;
+  e.hash = audit_hash(e);
+  sqlite3_stmt* st = writer_->audit_insert;
+  sqlite3_bind_int64(st, 1, e.seq);
+  const std::string* texts[] = {&e.ts,        &e.request_id, &e.key_id, &e.action,
+                                &e.clinic_id, &e.detail};
+  int i = 2;
+  for (const std::string* t : texts) {
+    sqlite3_bind_text(st, i++, t->data(), static_cast<int>(t->size()), SQLITE_STATIC);
+  }
+  sqlite3_bind_int(st, 8, e.outcome);
+  sqlite3_bind_text(st, 9, e.prev_hash.data(), static_cast<int>(e.prev_hash.size()),
+                    SQLITE_STATIC);
+  sqlite3_bind_text(st, 10, e.hash.data(), static_cast<int>(e.hash.size()), SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  int err = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(writer_->db);
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (err != SQLITE_OK) return err;
+  audit_seq_ = e.seq;
+  audit_head_ = e.hash;
+  return SQLITE_OK;
+}
+
+// Reads the end of the audit chain (inside the writer's transaction, so it is current even if
+// another process appended).
+Status SqliteStore::load_audit_head() {
+  sqlite3_stmt* st = writer_->audit_head;
+  int rc = sqlite3_step(st);
+  Status s;
+  if (rc == SQLITE_ROW) {
+    audit_seq_ = sqlite3_column_int64(st, 0);
+    audit_head_.assign(column_view(st, 1));
+  } else if (rc == SQLITE_DONE) {
+    audit_seq_ = 0;
+    audit_head_ = kAuditGenesis;
+  } else {
+    s = status_from_sqlite(sqlite3_extended_errcode(writer_->db), writer_->db, "audit head", true);
+  }
+  sqlite3_reset(st);
+  return s;
 }
 
 WriteOutcome SqliteStore::submit(WriteJob& job) {
@@ -396,6 +498,9 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
 
   int rc = Connection::run(writer_->begin);
   if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "BEGIN IMMEDIATE", true);
+  bool audited = false;
+  for (const WriteJob* job : batch) audited = audited || job->audit;
+  if (batch_status.ok() && audited) batch_status = load_audit_head();
 
   for (size_t j = 0; j < batch.size() && batch_status.ok(); ++j) {
     WriteJob& job = *batch[j];
@@ -438,6 +543,11 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
     if (!job.outcome.status.ok()) {
       rc = Connection::run(writer_->rollback_to);  // undo only this job
       if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "ROLLBACK TO", true);
+    }
+    if (job.audit && batch_status.ok()) {
+      if (job.count > 0) job.audit->outcome = job.outcome.status.ok() ? 201 : 409;
+      rc = write_audit(*job.audit, created_at);
+      if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "INSERT audit", true);
     }
     rc = Connection::run(writer_->release);
     if (rc != SQLITE_OK && batch_status.ok()) {
@@ -506,6 +616,13 @@ Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
   }
   if (rc == SQLITE_OK) rc = conn->prepare(kHealthSql, &conn->health);
   if (rc == SQLITE_OK) rc = conn->prepare("SELECT doc FROM tests WHERE test_id = ?1", &conn->get);
+  if (rc == SQLITE_OK) rc = conn->prepare(kAuditListSql, &conn->audit_list);
+  if (rc == SQLITE_OK) {
+    rc = conn->prepare(
+        "SELECT key_id, name, scopes, secret_hash, created_at, coalesce(revoked_at, '')"
+        " FROM api_keys WHERE key_id = ?1",
+        &conn->key_get);
+  }
   if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "prepare reader", false);
   out = std::move(conn);
   return Status::Ok();
@@ -606,6 +723,204 @@ Status SqliteStore::check_health() {
   sqlite3_reset(conn->health);
   release_reader(std::move(conn));
   note_failure(status);
+  return status;
+}
+
+namespace {
+
+std::string scopes_json(const std::vector<std::string>& scopes) {
+  std::string out;
+  JsonWriter w(out);
+  w.begin_array();
+  for (const std::string& scope : scopes) w.string(scope);
+  w.end_array();
+  return out;
+}
+
+std::vector<std::string> scopes_from_json(std::string_view text) {
+  std::vector<std::string> out;
+  JsonTree tree = parse_json_document(text);
+  if (!tree || !cJSON_IsArray(tree.get())) return out;
+  for (const cJSON* item = tree->child; item != nullptr; item = item->next) {
+    if (cJSON_IsString(item)) out.emplace_back(item->valuestring);
+  }
+  return out;
+}
+
+void bind_optional(sqlite3_stmt* st, int index, const std::optional<std::string>& value) {
+  if (value) {
+    sqlite3_bind_text(st, index, value->data(), static_cast<int>(value->size()), SQLITE_STATIC);
+  } else {
+    sqlite3_bind_null(st, index);
+  }
+}
+
+}  // namespace
+
+Status SqliteStore::list_audit(const AuditQuery& q,
+                               const std::function<bool(const AuditEntry&)>& on_entry) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) {
+    note_failure(status);
+    return status;
+  }
+  sqlite3_stmt* st = conn->audit_list;
+  sqlite3_bind_int64(st, 1, q.after_seq);
+  bind_optional(st, 2, q.since);
+  bind_optional(st, 3, q.until);
+  bind_optional(st, 4, q.clinic_id);
+  sqlite3_bind_int64(st, 5, q.limit);
+  int rc;
+  AuditEntry e;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    e.seq = sqlite3_column_int64(st, 0);
+    e.ts.assign(column_view(st, 1));
+    e.request_id.assign(column_view(st, 2));
+    e.key_id.assign(column_view(st, 3));
+    e.action.assign(column_view(st, 4));
+    e.clinic_id.assign(column_view(st, 5));
+    e.detail.assign(column_view(st, 6));
+    e.outcome = sqlite3_column_int(st, 7);
+    e.prev_hash.assign(column_view(st, 8));
+    e.hash.assign(column_view(st, 9));
+    if (!on_entry(e)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list audit", false);
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  note_failure(status);
+  release_reader(std::move(conn));
+  return status;
+}
+
+Status SqliteStore::find_key(std::string_view key_id, ApiKey& out) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) {
+    note_failure(status);
+    return status;
+  }
+  sqlite3_stmt* st = conn->key_get;
+  sqlite3_bind_text(st, 1, key_id.data(), static_cast<int>(key_id.size()), SQLITE_STATIC);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    out.key_id.assign(column_view(st, 0));
+    out.name.assign(column_view(st, 1));
+    out.scopes = scopes_from_json(column_view(st, 2));
+    out.secret_hash.assign(column_view(st, 3));
+    out.created_at.assign(column_view(st, 4));
+    out.revoked_at.assign(column_view(st, 5));
+  } else if (rc == SQLITE_DONE) {
+    status = Status::NotFound("no such key");
+  } else {
+    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "find key", false);
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  note_failure(status);
+  release_reader(std::move(conn));
+  return status;
+}
+
+Status SqliteStore::admin_write(const std::function<int(sqlite3*)>& fn, const char* what) {
+  std::lock_guard<std::mutex> lock(admin_mu_);
+  if (!admin_) {
+    int rc = open_connection(options_.path, SQLITE_OPEN_READWRITE, &admin_);
+    if (rc != SQLITE_OK) {
+      Status s = status_from_sqlite(rc, admin_, "open admin connection", true);
+      sqlite3_close_v2(admin_);
+      admin_ = nullptr;
+      return s;
+    }
+    sqlite3_extended_result_codes(admin_, 1);
+    sqlite3_busy_timeout(admin_, options_.busy_timeout_ms);
+  }
+  int rc = sqlite3_exec(admin_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+  if (rc == SQLITE_OK) rc = fn(admin_);
+  if (rc == SQLITE_OK) rc = sqlite3_exec(admin_, "COMMIT", nullptr, nullptr, nullptr);
+  if (rc == SQLITE_OK) return Status::Ok();
+  Status s = status_from_sqlite(sqlite3_extended_errcode(admin_), admin_, what, true);
+  if (!sqlite3_get_autocommit(admin_)) sqlite3_exec(admin_, "ROLLBACK", nullptr, nullptr, nullptr);
+  note_failure(s);
+  return s;
+}
+
+// Runs one statement with text parameters on db; SQLITE_OK when it completed. changes, when
+// given, receives the number of rows it changed.
+static int run_text_statement(sqlite3* db, const char* sql, const std::vector<std::string>& params,
+                              int* changes = nullptr) {
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &st, nullptr);
+  if (rc != SQLITE_OK) return rc;
+  int i = 1;
+  for (const std::string& p : params) {
+    sqlite3_bind_text(st, i++, p.data(), static_cast<int>(p.size()), SQLITE_TRANSIENT);
+  }
+  rc = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return sqlite3_extended_errcode(db);
+  if (changes) *changes = sqlite3_changes(db);
+  return SQLITE_OK;
+}
+
+Status SqliteStore::create_key(const ApiKey& key) {
+  return admin_write(
+      [&](sqlite3* db) {
+        return run_text_statement(db,
+                                  "INSERT INTO api_keys (key_id, name, scopes, secret_hash,"
+                                  " created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                  {key.key_id, key.name, scopes_json(key.scopes), key.secret_hash,
+                                   key.created_at});
+      },
+      "create key");
+}
+
+Status SqliteStore::revoke_key(std::string_view key_id, const std::string& when) {
+  bool found = false;
+  Status s = admin_write(
+      [&](sqlite3* db) {
+        int changes = 0;
+        int rc = run_text_statement(
+            db, "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?2) WHERE key_id = ?1",
+            {std::string(key_id), when}, &changes);
+        found = changes > 0;
+        return rc;
+      },
+      "revoke key");
+  if (s.ok() && !found) return Status::NotFound("no such key");
+  return s;
+}
+
+Status SqliteStore::list_keys(std::vector<ApiKey>& out) {
+  out.clear();
+  std::vector<std::string> ids;
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) return status;
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(conn->db, "SELECT key_id FROM api_keys ORDER BY created_at, key_id",
+                              -1, &st, nullptr);
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    ids.emplace_back(column_view(st, 0));
+    rc = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list keys", false);
+  }
+  release_reader(std::move(conn));
+  for (const std::string& id : ids) {
+    if (!status.ok()) break;
+    ApiKey k;
+    status = find_key(id, k);
+    if (status.ok()) out.push_back(std::move(k));
+  }
   return status;
 }
 

@@ -42,8 +42,17 @@ class SqliteStore : public Store {
   // Finishes queued writes, stops the writer, checkpoints the WAL and closes every connection.
   ~SqliteStore() override;
 
-  WriteOutcome insert(const TestRecord& record) override;
-  WriteOutcome insert_all(const std::vector<TestRecord>& records) override;
+  using Store::insert;
+  using Store::insert_all;
+  WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override;
+  WriteOutcome insert_all(const std::vector<TestRecord>& records, AuditEntry* audit) override;
+  Status append_audit(AuditEntry& entry) override;
+  Status list_audit(const AuditQuery& query,
+                    const std::function<bool(const AuditEntry&)>& on_entry) override;
+  Status create_key(const ApiKey& key) override;
+  Status list_keys(std::vector<ApiKey>& out) override;
+  Status revoke_key(std::string_view key_id, const std::string& when) override;
+  Status find_key(std::string_view key_id, ApiKey& out) override;
   Status get_test(std::string_view test_id, std::string& json) override;
   Status list_tests(
       const ListQuery& query,
@@ -55,7 +64,7 @@ class SqliteStore : public Store {
 
   StoreStats stats() const override;
 
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
   // WAL size (pages) at which the checkpoint thread is woken; at four times this the writer
   // finishes the checkpoint itself, so the WAL restarts and stays bounded.
   static constexpr int kCheckpointPages = 1000;
@@ -72,6 +81,11 @@ class SqliteStore : public Store {
   WriteOutcome submit(WriteJob& job);
   void writer_loop();
   void commit_batch(const std::vector<WriteJob*>& batch);
+  // Inserts entry as the next link of the audit chain inside the writer's open transaction.
+  int write_audit(AuditEntry& entry, const std::string& now);
+  Status load_audit_head();
+  // Runs fn on the admin connection (key management) inside BEGIN IMMEDIATE ... COMMIT.
+  Status admin_write(const std::function<int(sqlite3*)>& fn, const char* what);
   void checkpoint_loop();
   static int on_wal_commit(void* self, sqlite3* db, const char* name, int wal_pages);
   // Logs a storage failure (corruption loudly, once marking the store unhealthy).
@@ -81,6 +95,11 @@ class SqliteStore : public Store {
   std::atomic<bool> corrupt_seen_{false};
   std::string secret_;
   std::unique_ptr<Connection> writer_;
+  // The audit chain's end: used and advanced only by the writer thread (and open()).
+  long long audit_seq_ = 0;
+  std::string audit_head_;
+  std::mutex admin_mu_;
+  sqlite3* admin_ = nullptr;  // key management writes; opened on first use
 
   mutable std::mutex queue_mu_;
   std::condition_variable queue_cv_;

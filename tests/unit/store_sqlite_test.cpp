@@ -167,7 +167,7 @@ TEST(SqliteStore, RacingOnOneIdExactlyOneWins) {
 
 TEST(SqliteStore, FullDatabaseRollsBackAndKeepsEveryAcknowledgedRecord) {
   TempDir dir;
-  auto store = open_store(dir.file("t.db"), /*max_pages=*/8);
+  auto store = open_store(dir.file("t.db"), /*max_pages=*/16);
   std::vector<std::string> acknowledged;
   Status last;
   for (int i = 0; i < 2000; ++i) {
