@@ -2,6 +2,7 @@
 #include "api.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <set>
 
 #include "cursor.h"
@@ -65,14 +66,87 @@ bool parse_limit(const std::string& text, long long& out) {
   return v >= 1 && v <= kMaxPageLimit;
 }
 
+// Records an access in the audit trail, durably (when the audit trail is on). Ok when done.
+Status record_access(const Request& req, Store& store, AuditEntry& entry) {
+  if (!req.audit) return Status::Ok();
+  Status s = store.append_audit(entry);
+  if (s.ok()) global_metrics().record_audit_write();
+  return s;
+}
+
+// 403 for a key without the scope, recorded in the audit trail; nothing was read or written.
+Response forbidden(const Request& req, Store& store, const char* action, const std::string& clinic,
+                   std::string detail, std::string_view message) {
+  global_metrics().record_auth_denial(403);
+  AuditEntry a = audit_entry(req, action, clinic);
+  a.outcome = 403;
+  a.detail = std::move(detail);
+  Status s = record_access(req, store, a);
+  if (!s.ok()) return storage_error_response(s);
+  Response r = error_response(403, message);
+  r.log.reason = "forbidden";
+  r.log.clinic_id = clinic;
+  return r;
+}
+
+// {"test_ids":[…]} (and "clinics" when given), the detail of a write's audit entry.
+std::string written_detail(const std::vector<TestRecord>& records,
+                           const std::vector<std::string>& clinics) {
+  std::string out;
+  JsonWriter j(out);
+  j.begin_object();
+  j.key("test_ids");
+  j.begin_array();
+  for (const TestRecord& r : records) j.string(r.test_id);
+  j.end_array();
+  if (!clinics.empty()) {
+    j.key("clinics");
+    j.begin_array();
+    for (const std::string& c : clinics) j.string(c);
+    j.end_array();
+  }
+  j.end_object();
+  return out;
+}
+
+// The detail of a listing's audit entry: its filters and page.
+std::string listing_detail(const ListQuery& q, long long page) {
+  std::string out;
+  JsonWriter j(out);
+  j.begin_object();
+  if (q.patient_id) j.field("patient_id", *q.patient_id);
+  if (q.test_type) j.field("test_type", *q.test_type);
+  if (page > 0) j.field("limit", page);
+  if (q.after_seq > 0) j.field("after_seq", q.after_seq);
+  j.end_object();
+  return out;
+}
+
 }  // namespace
+
+AuditEntry audit_entry(const Request& req, const char* action, std::string clinic_id) {
+  AuditEntry a;
+  a.request_id = req.request_id;
+  a.key_id = req.principal.key_id;
+  a.action = action;
+  a.clinic_id = std::move(clinic_id);
+  return a;
+}
 
 Response handle_create_test(const Request& req, Store& store) {
   Response error;
   if (!check_json_body(req, kMaxBodyBytes, error)) return error;
   RecordValidation v = validate_test_record(req.body);
   if (!v.ok) return invalid_body(v.message, v.errors);
-  WriteOutcome w = store.insert(v.record);
+  std::string detail = written_detail({v.record}, {});
+  if (!req.principal.may(Access::kWrite, v.record.clinic_id)) {
+    return forbidden(req, store, "create", v.record.clinic_id, std::move(detail),
+                     "this access key may not write tests of clinic " + v.record.clinic_id);
+  }
+  AuditEntry audit = audit_entry(req, "create", v.record.clinic_id);
+  audit.detail = std::move(detail);
+  WriteOutcome w = store.insert(v.record, req.audit ? &audit : nullptr);
+  if (req.audit && w.status.ok()) global_metrics().record_audit_write();
   LogFields log;
   log.test_id = v.record.test_id;
   log.clinic_id = v.record.clinic_id;
@@ -96,7 +170,27 @@ Response handle_create_batch(const Request& req, Store& store) {
   if (!check_json_body(req, kMaxBatchBodyBytes, error)) return error;
   BatchValidation v = validate_test_batch(req.body, kMaxBatchRecords);
   if (!v.ok) return invalid_body(v.message, v.errors);
-  WriteOutcome w = store.insert_all(v.records);
+  std::set<std::string> clinic_set;
+  for (const TestRecord& rec : v.records) clinic_set.insert(rec.clinic_id);
+  std::vector<std::string> clinics(clinic_set.begin(), clinic_set.end());
+  // One clinic: the entry is that clinic's; several: "*" with every clinic in the detail.
+  const std::string audit_clinic = clinics.size() == 1 ? clinics[0] : "*";
+  std::string detail = written_detail(v.records, clinics);
+  std::string denied;
+  for (const std::string& c : clinics) {
+    if (req.principal.may(Access::kWrite, c)) continue;
+    denied += denied.empty() ? "" : ", ";
+    denied += c;
+  }
+  if (!denied.empty()) {
+    return forbidden(
+        req, store, "batch", audit_clinic, std::move(detail),
+        "this access key may not write tests of clinic(s) " + denied + "; nothing was stored");
+  }
+  AuditEntry audit = audit_entry(req, "batch", audit_clinic);
+  audit.detail = std::move(detail);
+  WriteOutcome w = store.insert_all(v.records, req.audit ? &audit : nullptr);
+  if (req.audit && w.status.ok()) global_metrics().record_audit_write();
   LogFields log;
   log.count = static_cast<long long>(v.records.size());
   log.txn_id = w.txn_id;
@@ -183,6 +277,16 @@ Response handle_list_tests(const Request& req, Store& store) {
   }
   const bool paged = limit_text || cursor;
   q.limit = page > 0 ? page + 1 : -1;  // one more than the page: is there a next one?
+  if (!req.principal.may(Access::kRead, q.clinic_id)) {
+    return forbidden(req, store, "list", q.clinic_id, listing_detail(q, page),
+                     "this access key may not read tests of clinic " + q.clinic_id);
+  }
+  // The access is on record, durably, before the first byte of patient data leaves.
+  AuditEntry audit = audit_entry(req, "list", q.clinic_id);
+  audit.outcome = 200;
+  audit.detail = listing_detail(q, page);
+  Status recorded = record_access(req, store, audit);
+  if (!recorded.ok()) return storage_error_response(recorded);
 
   Response r;
   r.log.clinic_id = q.clinic_id;
@@ -237,12 +341,32 @@ Response handle_list_tests(const Request& req, Store& store) {
 Response handle_get_test(const Request& req, Store& store) {
   std::string json;
   Status s = store.get_test(req.path_param, json);
-  if (s.code() == StatusCode::kNotFound) {
+  if (!s.ok() && s.code() != StatusCode::kNotFound) return storage_error_response(s);
+  std::string clinic;
+  if (s.ok()) {
+    JsonTree doc = parse_json_document(json);
+    const cJSON* c = doc ? cJSON_GetObjectItemCaseSensitive(doc.get(), "clinic_id") : nullptr;
+    if (cJSON_IsString(c)) clinic = c->valuestring;
+  }
+  // A test of a clinic the key may not read is answered exactly as an unknown id.
+  const bool readable = s.ok() && req.principal.may(Access::kRead, clinic);
+  std::string detail;
+  JsonWriter dj(detail);
+  dj.begin_object();
+  dj.field("test_id", req.path_param);
+  if (s.ok() && !readable) dj.field("denied", "no read scope for the clinic");
+  dj.end_object();
+  AuditEntry audit = audit_entry(req, "get", clinic);
+  audit.outcome = readable ? 200 : 404;
+  audit.detail = std::move(detail);
+  Status recorded = record_access(req, store, audit);
+  if (!recorded.ok()) return storage_error_response(recorded);
+  if (!readable) {
+    if (s.ok()) global_metrics().record_auth_denial(403);
     Response r = error_response(404, "test not found");
     r.log.test_id = req.path_param;
     return r;
   }
-  if (!s.ok()) return storage_error_response(s);
   Response r;
   r.body.reserve(json.size() + 32);
   r.body = "{\"status\":\"success\",\"test\":";
@@ -264,10 +388,118 @@ Response handle_health(const Request&, Store& store) {
   return r;
 }
 
-Response handle_metrics(const Request&, Store& store) {
+Response handle_metrics(const Request& req, Store& store) {
+  if (!req.principal.holds("metrics")) {
+    global_metrics().record_auth_denial(403);
+    Response e = error_response(403, "this access key may not read metrics (scope metrics)");
+    e.log.reason = "forbidden";
+    return e;
+  }
   Response r;
   r.content_type = "text/plain; version=0.0.4; charset=utf-8";
   r.body = global_metrics().render(store.stats());
+  return r;
+}
+
+namespace {
+
+// A time bound of GET /audit: the leading part of a UTC timestamp ("2026-11-28",
+// "2026-11-28T10:00:00.000Z"): digits and - : T . Z only.
+bool is_time_bound(const std::string& v) {
+  if (v.empty() || v.size() > 32) return false;
+  for (char c : v) {
+    if (!((c >= '0' && c <= '9') || c == '-' || c == ':' || c == 'T' || c == '.' || c == 'Z')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+Response handle_audit(const Request& req, Store& store) {
+  QueryParams params;
+  std::string problem;
+  if (!parse_query(req.query, params, problem)) return error_response(400, problem);
+  AuditQuery q;
+  long long page = 100;
+  std::set<std::string_view> given;
+  for (const auto& [name, value] : params) {
+    if (!given.insert(name).second) return error_response(400, name + " must be given once");
+    if (name == "since" || name == "until") {
+      if (!is_time_bound(value)) {
+        return error_response(400, name + " must be a UTC time such as 2026-11-28T10:00:00Z");
+      }
+      (name == "since" ? q.since : q.until) = value;
+    } else if (name == "clinic_id") {
+      if (is_blank(value)) return error_response(400, "clinic_id must not be empty");
+      q.clinic_id = value;
+    } else if (name == "limit") {
+      if (!parse_limit(value, page)) {
+        return error_response(
+            400, "limit must be an integer from 1 to " + std::to_string(kMaxPageLimit));
+      }
+    } else if (name == "cursor") {
+      char* end = nullptr;
+      long long after = std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || value.size() > 18 || *end != '\0' || after < 0 ||
+          value.find_first_not_of("0123456789") != std::string::npos) {
+        return error_response(400, "cursor is malformed");
+      }
+      q.after_seq = after;
+    } else {
+      return error_response(400, "unknown query parameter: " + name);
+    }
+  }
+  std::string detail;
+  JsonWriter dj(detail);
+  dj.begin_object();
+  if (q.since) dj.field("since", *q.since);
+  if (q.until) dj.field("until", *q.until);
+  if (q.clinic_id) dj.field("clinic_id", *q.clinic_id);
+  dj.field("limit", page);
+  if (q.after_seq > 0) dj.field("after_seq", q.after_seq);
+  dj.end_object();
+  const std::string clinic = q.clinic_id.value_or("");
+  if (!req.principal.holds("audit")) {
+    return forbidden(req, store, "audit_read", clinic, std::move(detail),
+                     "this access key may not read the audit trail (scope audit)");
+  }
+  q.limit = page + 1;
+  Response r;
+  JsonWriter j(r.body);
+  j.begin_object();
+  j.field("status", "success");
+  j.key("entries");
+  j.begin_array();
+  long long count = 0, last_seq = q.after_seq;
+  bool more = false;
+  Status s = store.list_audit(q, [&](const AuditEntry& e) {
+    if (count == page) {
+      more = true;
+      return false;
+    }
+    j.raw(audit_entry_json(e));
+    ++count;
+    last_seq = e.seq;
+    return true;
+  });
+  if (!s.ok()) return storage_error_response(s);
+  j.end_array();
+  j.field("count", count);
+  j.key("next_cursor");
+  if (more) {
+    j.string(std::to_string(last_seq));
+  } else {
+    j.null();
+  }
+  j.end_object();
+  AuditEntry audit = audit_entry(req, "audit_read", clinic);
+  audit.outcome = 200;
+  audit.detail = std::move(detail);
+  Status recorded = record_access(req, store, audit);
+  if (!recorded.ok()) return storage_error_response(recorded);
+  r.log.count = count;
   return r;
 }
 

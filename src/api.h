@@ -28,6 +28,15 @@ Response handle_get_test(const Request& request, Store& store);
 // has been seen since start; otherwise 503 with the error shape.
 Response handle_health(const Request& request, Store& store);
 
+// GET /audit?since=&until=&clinic_id=&limit=&cursor=: one page of the audit trail, oldest first
+// (scope `audit`): {"status":"success","entries":[…],"count":N,"next_cursor":…}. limit 1..1000
+// (default 100); since/until compare with the entries' UTC timestamps (until exclusive).
+Response handle_audit(const Request& request, Store& store);
+
+// An audit entry for this request (request id, key id, action, clinic); the caller sets
+// detail and, for reads and denials, outcome.
+AuditEntry audit_entry(const Request& request, const char* action, std::string clinic_id);
+
 // GET /metrics: Prometheus text format (see metrics.h).
 Response handle_metrics(const Request& request, Store& store);
 

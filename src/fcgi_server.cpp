@@ -47,6 +47,7 @@ Request read_request(FCGX_Request& fcgi) {
   if (q != std::string_view::npos) req.query = std::string(uri.substr(q + 1));
   req.content_type = param(fcgi, "CONTENT_TYPE");
   req.request_id = param(fcgi, "REQUEST_ID");
+  req.authorization = param(fcgi, "HTTP_AUTHORIZATION");
 
   const char* length_text = param(fcgi, "CONTENT_LENGTH");
   char* end = nullptr;
@@ -105,10 +106,10 @@ class FcgiOutput : public ResponseOutput {
   FCGX_Stream* out_;
 };
 
-void serve_one(FCGX_Request& fcgi, Store& store) {
+void serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
   auto start = std::chrono::steady_clock::now();
   Request req = read_request(fcgi);
-  Response resp = route_request(req, store);
+  Response resp = route_request(req, store, auth);
   FcgiOutput out(fcgi.out);
   send_response(resp, out);
 
@@ -132,7 +133,7 @@ void serve_one(FCGX_Request& fcgi, Store& store) {
 // wake_idle_workers). Publish-then-check of g_stopping pairs with the stopper's
 // set-then-scan (both sequentially consistent): either this thread sees the stop or the stopper
 // sees the connection.
-void worker_loop(int listen_fd, Store& store, std::atomic<int>& idle_fd) {
+void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<int>& idle_fd) {
   FCGX_Request fcgi;
   FCGX_InitRequest(&fcgi, listen_fd, 0);
   for (;;) {
@@ -150,7 +151,7 @@ void worker_loop(int listen_fd, Store& store, std::atomic<int>& idle_fd) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
       continue;
     }
-    serve_one(fcgi, store);
+    serve_one(fcgi, store, auth);
     FCGX_Finish_r(&fcgi);
   }
   idle_fd.store(-1);
@@ -220,6 +221,7 @@ void block_stop_signals() {
 }
 
 int run_fcgi_server(const ServerOptions& options, Store& store) {
+  Authenticator auth(options.access);
   if (FCGX_Init() != 0) return 1;
   int fd = listen_unix(options.socket_path);
   if (fd < 0) return 1;
@@ -231,7 +233,7 @@ int run_fcgi_server(const ServerOptions& options, Store& store) {
   std::vector<std::thread> workers;
   for (int i = 0; i < options.threads; ++i) {
     workers.emplace_back([&, i] {
-      worker_loop(fd, store, idle_fds[static_cast<size_t>(i)]);
+      worker_loop(fd, store, auth, idle_fds[static_cast<size_t>(i)]);
       std::lock_guard<std::mutex> lock(done_mu);
       if (--running == 0) done_cv.notify_all();
     });

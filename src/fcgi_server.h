@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "access_control.h"
 #include "store.h"
 
 namespace tdapi {
@@ -11,6 +12,7 @@ struct ServerOptions {
   std::string socket_path;      // unix socket nginx connects to; created with mode 0600
   int threads = 16;             // worker threads, each accepting and answering requests
   int stop_timeout_ms = 10000;  // bound on finishing in-flight requests after SIGTERM
+  AccessOptions access;         // authentication and the audit trail
 };
 
 // Blocks SIGTERM, SIGINT, SIGHUP and ignores SIGPIPE for the calling thread and every thread it

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "auth.h"
 #include "log.h"
 #include "status.h"
 
@@ -27,8 +28,13 @@ struct Request {
   std::string body;
   size_t content_length = 0;  // as announced by the client (CONTENT_LENGTH)
   BodyState body_state = BodyState::kComplete;
-  std::string request_id;  // nginx's $request_id
-  std::string path_param;  // the decoded {test_id} segment, set by the router
+  std::string request_id;     // nginx's $request_id
+  std::string path_param;     // the decoded {test_id} segment, set by the router
+  std::string authorization;  // the Authorization header, as sent
+  // Set by the router: who is asking (unrestricted `anonymous` with auth off), and whether
+  // accesses to patient data are recorded in the audit trail.
+  Principal principal;
+  bool audit = false;
 };
 
 // Receives a streamed response body chunk by chunk. write returns false when the client is gone.

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "api.h"
+#include "metrics.h"
 
 namespace tdapi {
 
@@ -17,16 +18,47 @@ struct Route {
   const char* method;
   const char* name;  // for metrics
   Handler handler;
+  bool open;                 // answered without authentication (says only up or down)
+  const char* audit_action;  // patient data: the audit trail's action; null otherwise
 };
 
 const Route kRoutes[] = {
-    {"/tests", "GET", "GET /tests", handle_list_tests},
-    {"/tests", "POST", "POST /tests", handle_create_test},
-    {"/tests/batch", "POST", "POST /tests/batch", handle_create_batch},
-    {"/tests/{test_id}", "GET", "GET /tests/{test_id}", handle_get_test},
-    {"/healthz", "GET", "GET /healthz", handle_health},
-    {"/metrics", "GET", "GET /metrics", handle_metrics},
+    {"/tests", "GET", "GET /tests", handle_list_tests, false, "list"},
+    {"/tests", "POST", "POST /tests", handle_create_test, false, "create"},
+    {"/tests/batch", "POST", "POST /tests/batch", handle_create_batch, false, "batch"},
+    {"/tests/{test_id}", "GET", "GET /tests/{test_id}", handle_get_test, false, "get"},
+    {"/audit", "GET", "GET /audit", handle_audit, false, "audit_read"},
+    {"/healthz", "GET", "GET /healthz", handle_health, true, nullptr},
+    {"/metrics", "GET", "GET /metrics", handle_metrics, false, nullptr},
 };
+
+// The 401 for a request without valid credentials; recorded in the audit trail when the route
+// serves patient data.
+Response unauthenticated(const Request& req, const Route& route, AuthOutcome why, Store& store) {
+  const char* message = why == AuthOutcome::kMissing   ? "authentication required: send "
+                                                         "Authorization: Bearer <token>"
+                        : why == AuthOutcome::kRevoked ? "the access key has been revoked"
+                                                       : "invalid access token";
+  Response r = error_response(401, message);
+  r.headers.emplace_back("WWW-Authenticate", why == AuthOutcome::kMissing
+                                                 ? "Bearer realm=\"testdata-api\""
+                                                 : "Bearer realm=\"testdata-api\", "
+                                                   "error=\"invalid_token\"");
+  r.log.key_id = req.principal.key_id;
+  r.log.reason = why == AuthOutcome::kMissing     ? "no_token"
+                 : why == AuthOutcome::kMalformed ? "malformed_token"
+                 : why == AuthOutcome::kRevoked   ? "revoked_key"
+                                                  : "unknown_key";
+  global_metrics().record_auth_denial(401);
+  if (route.audit_action && req.audit) {
+    AuditEntry a = audit_entry(req, route.audit_action, "");
+    a.outcome = 401;
+    a.detail = "{\"denied\":\"" + r.log.reason + "\"}";
+    Status s = store.append_audit(a);
+    if (!s.ok()) return storage_error_response(s);
+  }
+  return r;
+}
 
 // Splits a raw path on '/' and percent-decodes each segment (so %2F stays inside a segment).
 bool decode_segments(const std::string& raw, std::vector<std::string>& out) {
@@ -62,6 +94,11 @@ bool matches(const char* pattern, const std::vector<std::string>& segments, std:
 }  // namespace
 
 Response route_request(Request& req, Store& store) {
+  static Authenticator local_mode(AccessOptions{});
+  return route_request(req, store, local_mode);
+}
+
+Response route_request(Request& req, Store& store, Authenticator& auth) {
   std::vector<std::string> segments;
   if (!decode_segments(req.path, segments)) return error_response(400, "malformed path");
   std::string allow;
@@ -72,8 +109,25 @@ Response route_request(Request& req, Store& store) {
     bool head_of_get = req.method == "HEAD" && std::string_view(route.method) == "GET";
     if (req.method == route.method || head_of_get) {
       req.path_param = std::move(param);
+      req.audit = auth.options().audit;
+      if (!route.open) {
+        Status storage_error;
+        AuthOutcome outcome =
+            auth.authenticate(req.authorization, store, req.principal, storage_error);
+        if (outcome == AuthOutcome::kStorageError) {
+          Response r = storage_error_response(storage_error);
+          r.route = route.name;
+          return r;
+        }
+        if (outcome != AuthOutcome::kOk) {
+          Response r = unauthenticated(req, route, outcome, store);
+          r.route = route.name;
+          return r;
+        }
+      }
       Response r = route.handler(req, store);
       r.route = route.name;
+      if (r.log.key_id.empty() && !req.principal.unrestricted) r.log.key_id = req.principal.key_id;
       return r;
     }
     if (allow.find(route.method) == std::string::npos) {

@@ -35,6 +35,7 @@ std::string render_log_line(LogLevel level, const char* event, const LogFields& 
   if (!f.path.empty()) w.field("path", f.path);
   if (f.status != 0) w.field("status", f.status);
   if (f.duration_ms >= 0) w.field("duration_ms", f.duration_ms);
+  if (!f.key_id.empty()) w.field("key_id", f.key_id);
   if (!f.test_id.empty()) w.field("test_id", f.test_id);
   if (!f.clinic_id.empty()) w.field("clinic_id", f.clinic_id);
   if (f.count >= 0) w.field("count", f.count);

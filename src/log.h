@@ -18,6 +18,7 @@ struct LogFields {
   std::string path;         // path only, never the query string (filters may carry patient ids)
   int status = 0;           // 0: absent
   double duration_ms = -1;  // < 0: absent
+  std::string key_id;       // the access key that made the request (its public id, never the token)
   // Record ids (ids are not patient data).
   std::string test_id;
   std::string clinic_id;

@@ -1,7 +1,8 @@
 // main.cpp: testdata-api entry point: options, store, FastCGI server, exit status.
 //
 // Usage: testdata-api --socket PATH --db PATH [--threads N] [--busy-timeout-ms N]
-//                     [--max-db-pages N]
+//                     [--max-db-pages N] [--auth on|off] [--audit on|off]
+//        testdata-api keys|audit …   (administration: see cli.h)
 // Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when start-up fails (logged), 2 on
 // bad usage.
 #include <cstdlib>
@@ -11,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "cli.h"
 #include "fcgi_server.h"
 #include "log.h"
 #include "store_sqlite.h"
@@ -20,7 +22,8 @@ namespace {
 int usage(const char* why) {
   std::cerr << "testdata-api: " << why
             << "\nusage: testdata-api --socket PATH --db PATH [--threads N] [--busy-timeout-ms N]"
-               " [--max-db-pages N]\n";
+               " [--max-db-pages N] [--auth on|off] [--audit on|off]\n"
+               "       testdata-api keys|audit ... (run 'testdata-api keys' for details)\n";
   return 2;
 }
 
@@ -42,6 +45,7 @@ const char* hint_for(tdapi::StatusCode code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (tdapi::is_admin_command(argc, argv)) return tdapi::run_admin_command(argc, argv);
   tdapi::block_stop_signals();  // before any thread starts
 
   tdapi::ServerOptions server;
@@ -64,6 +68,10 @@ int main(int argc, char** argv) {
     } else if (arg == "--busy-timeout-ms") {
       storage.busy_timeout_ms = std::atoi(value);
       if (storage.busy_timeout_ms < 0) return usage("--busy-timeout-ms must be >= 0");
+    } else if (arg == "--auth" || arg == "--audit") {
+      std::string v = value;
+      if (v != "on" && v != "off") return usage((arg + " must be on or off").c_str());
+      (arg == "--auth" ? server.access.auth : server.access.audit) = v == "on";
     } else if (arg == "--max-db-pages") {
       storage.max_page_count = std::atoll(value);
     } else {
@@ -74,6 +82,9 @@ int main(int argc, char** argv) {
     return usage("--socket and --db are required");
   }
 
+  if (server.access.auth && !server.access.audit) {
+    return usage("--audit off is only allowed with --auth off (the local mode)");
+  }
   std::unique_ptr<tdapi::SqliteStore> store;
   tdapi::Status s = tdapi::SqliteStore::open(storage, store);
   if (!s.ok()) {
@@ -88,6 +99,13 @@ int main(int argc, char** argv) {
                    " journal_mode=WAL busy_timeout_ms=" + std::to_string(storage.busy_timeout_ms);
   tdapi::log_event(tdapi::LogLevel::kInfo, "store_opened", started);
 
+  if (!server.access.auth) {
+    tdapi::LogFields off;
+    off.detail =
+        "authorization is off: every client may read and write every clinic. Allowed "
+        "only while nginx listens on loopback; set AUTH=on for anything else";
+    tdapi::log_event(tdapi::LogLevel::kWarn, "auth_off", off);
+  }
   int rc = tdapi::run_fcgi_server(server, *store);
   store.reset();  // drains the writer, checkpoints and closes the database
   tdapi::LogFields stopped;

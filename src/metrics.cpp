@@ -25,6 +25,16 @@ void Metrics::record(const std::string& route, int status, double duration_ms) {
   h.count++;
 }
 
+void Metrics::record_auth_denial(int status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auth_denials_[status]++;
+}
+
+void Metrics::record_audit_write() {
+  std::lock_guard<std::mutex> lock(mu_);
+  audit_writes_++;
+}
+
 static std::string number(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.6g", v);
@@ -60,6 +70,14 @@ std::string Metrics::render(const StoreStats& store) const {
     out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name +
            " " + std::to_string(v) + "\n";
   };
+  out += "# HELP tdapi_auth_denials_total Requests refused by access control, by status.\n";
+  out += "# TYPE tdapi_auth_denials_total counter\n";
+  for (int status : {401, 403}) {
+    auto it = auth_denials_.find(status);
+    out += "tdapi_auth_denials_total{status=\"" + std::to_string(status) + "\"} " +
+           std::to_string(it == auth_denials_.end() ? 0 : it->second) + "\n";
+  }
+  counter("tdapi_audit_writes_total", "Audit trail entries written.", audit_writes_);
   counter("tdapi_commits_total", "Group-commit transactions committed.", store.commits);
   counter("tdapi_rollbacks_total", "Group-commit transactions rolled back as a whole.",
           store.rollbacks);

@@ -17,6 +17,11 @@ class Metrics {
   // Counts one answered request. route is a fixed route name ("GET /tests", "unmatched").
   void record(const std::string& route, int status, double duration_ms);
 
+  // Counts a request refused by access control (401 or 403).
+  void record_auth_denial(int status);
+  // Counts an audit entry written.
+  void record_audit_write();
+
   // Renders every metric, plus the store's counters and sizes. This function can't fail.
   std::string render(const StoreStats& store) const;
 
@@ -32,6 +37,8 @@ class Metrics {
   mutable std::mutex mu_;
   std::map<std::pair<std::string, int>, long long> requests_;
   std::map<std::string, Histogram> latency_;
+  std::map<int, long long> auth_denials_;
+  long long audit_writes_ = 0;
 };
 
 // The process's metrics.

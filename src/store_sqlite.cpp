@@ -181,7 +181,7 @@ struct SqliteStore::Connection {
 // One request's write, waiting in the queue for the writer thread.
 struct SqliteStore::WriteJob {
   const TestRecord* records = nullptr;
-  size_t count = 0;           // 0: an audit entry alone
+  size_t count = 0;             // 0: an audit entry alone
   AuditEntry* audit = nullptr;  // recorded in the same transaction, after the records
   WriteOutcome outcome;
   bool done = false;
@@ -280,9 +280,8 @@ Status SqliteStore::open_writer() {
                       "PRAGMA user_version=" + std::to_string(next) + "; COMMIT;";
     rc = conn->exec(ddl.c_str());
     if (rc != SQLITE_OK) {
-      Status s = status_from_sqlite(rc, conn->db,
-                                    "cannot migrate " + path + " to version " + std::to_string(next),
-                                    true);
+      Status s = status_from_sqlite(
+          rc, conn->db, "cannot migrate " + path + " to version " + std::to_string(next), true);
       conn->exec("ROLLBACK");
       return s;
     }
@@ -410,15 +409,14 @@ int SqliteStore::write_audit(AuditEntry& e, const std::string& now) {
   e.hash = audit_hash(e);
   sqlite3_stmt* st = writer_->audit_insert;
   sqlite3_bind_int64(st, 1, e.seq);
-  const std::string* texts[] = {&e.ts,        &e.request_id, &e.key_id, &e.action,
-                                &e.clinic_id, &e.detail};
+  const std::string* texts[] = {&e.ts,     &e.request_id, &e.key_id,
+                                &e.action, &e.clinic_id,  &e.detail};
   int i = 2;
   for (const std::string* t : texts) {
     sqlite3_bind_text(st, i++, t->data(), static_cast<int>(t->size()), SQLITE_STATIC);
   }
   sqlite3_bind_int(st, 8, e.outcome);
-  sqlite3_bind_text(st, 9, e.prev_hash.data(), static_cast<int>(e.prev_hash.size()),
-                    SQLITE_STATIC);
+  sqlite3_bind_text(st, 9, e.prev_hash.data(), static_cast<int>(e.prev_hash.size()), SQLITE_STATIC);
   sqlite3_bind_text(st, 10, e.hash.data(), static_cast<int>(e.hash.size()), SQLITE_STATIC);
   int rc = sqlite3_step(st);
   int err = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(writer_->db);
@@ -872,11 +870,11 @@ static int run_text_statement(sqlite3* db, const char* sql, const std::vector<st
 Status SqliteStore::create_key(const ApiKey& key) {
   return admin_write(
       [&](sqlite3* db) {
-        return run_text_statement(db,
-                                  "INSERT INTO api_keys (key_id, name, scopes, secret_hash,"
-                                  " created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                                  {key.key_id, key.name, scopes_json(key.scopes), key.secret_hash,
-                                   key.created_at});
+        return run_text_statement(
+            db,
+            "INSERT INTO api_keys (key_id, name, scopes, secret_hash,"
+            " created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            {key.key_id, key.name, scopes_json(key.scopes), key.secret_hash, key.created_at});
       },
       "create key");
 }

@@ -1,0 +1,212 @@
+// cli.cpp: `testdata-api keys …` and `testdata-api audit …`.
+#include "cli.h"
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "auth.h"
+#include "clock.h"
+#include "http.h"
+#include "json.h"
+#include "store_sqlite.h"
+
+namespace tdapi {
+
+namespace {
+
+const char kUsage[] =
+    "usage: testdata-api keys create --db PATH --name NAME --scope SCOPE [--scope SCOPE...]\n"
+    "       testdata-api keys list --db PATH\n"
+    "       testdata-api keys revoke --db PATH KEY_ID\n"
+    "       testdata-api audit verify --db PATH\n"
+    "       testdata-api audit export --db PATH\n"
+    "scopes: read:<clinic_id> write:<clinic_id> read:* write:* audit metrics\n";
+
+int usage(const std::string& why) {
+  std::cerr << "testdata-api: " << why << "\n" << kUsage;
+  return 2;
+}
+
+int fail(const std::string& why) {
+  std::cerr << "testdata-api: " << why << "\n";
+  return 1;
+}
+
+// Parsed arguments after the two command words.
+struct Args {
+  std::string db;
+  std::string name;
+  std::vector<std::string> scopes;
+  std::vector<std::string> positional;
+};
+
+bool parse_args(int argc, char** argv, Args& a, std::string& error) {
+  for (int i = 3; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--db" || arg == "--name" || arg == "--scope") {
+      if (i + 1 >= argc) {
+        error = "missing value for " + arg;
+        return false;
+      }
+      std::string value = argv[++i];
+      if (arg == "--db") a.db = value;
+      if (arg == "--name") a.name = value;
+      if (arg == "--scope") a.scopes.push_back(value);
+    } else if (arg.rfind("--", 0) == 0) {
+      error = "unknown option " + arg;
+      return false;
+    } else {
+      a.positional.push_back(arg);
+    }
+  }
+  if (a.db.empty()) {
+    error = "--db PATH is required";
+    return false;
+  }
+  return true;
+}
+
+void print_line(const std::string& json) {
+  std::fwrite((json + "\n").data(), 1, json.size() + 1, stdout);
+}
+
+std::string key_json(const ApiKey& k) {
+  std::string out;
+  JsonWriter w(out);
+  w.begin_object();
+  w.field("key_id", k.key_id);
+  w.field("name", k.name);
+  w.key("scopes");
+  w.begin_array();
+  for (const std::string& s : k.scopes) w.string(s);
+  w.end_array();
+  w.field("created_at", k.created_at);
+  w.key("revoked_at");
+  if (k.revoked_at.empty()) {
+    w.null();
+  } else {
+    w.string(k.revoked_at);
+  }
+  w.end_object();
+  return out;
+}
+
+bool is_key_name(const std::string& name) {
+  if (name.empty() || name.size() > 128 || !is_valid_utf8(name)) return false;
+  for (char ch : name) {
+    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) return false;
+  }
+  return true;
+}
+
+int keys_create(Store& store, const Args& a) {
+  if (!is_key_name(a.name)) return usage("--name must be 1..128 printable characters");
+  if (a.scopes.empty()) return usage("at least one --scope is required");
+  for (const std::string& s : a.scopes) {
+    if (!is_valid_scope(s)) return usage("invalid scope: " + s);
+  }
+  NewKey nk;
+  if (!generate_key(nk)) return fail("the random number generator failed; no key was created");
+  ApiKey key{nk.key_id, a.name, a.scopes, nk.secret_hash, utc_timestamp_ms(), ""};
+  Status s = store.create_key(key);
+  if (!s.ok()) return fail("cannot store the key: " + s.message());
+  std::string out;
+  JsonWriter w(out);
+  w.begin_object();
+  w.field("key_id", nk.key_id);
+  w.field("token", nk.token);
+  w.key("scopes");
+  w.begin_array();
+  for (const std::string& scope : a.scopes) w.string(scope);
+  w.end_array();
+  w.end_object();
+  print_line(out);
+  return 0;
+}
+
+int keys_list(Store& store) {
+  std::vector<ApiKey> keys;
+  Status s = store.list_keys(keys);
+  if (!s.ok()) return fail("cannot list keys: " + s.message());
+  for (const ApiKey& k : keys) print_line(key_json(k));
+  return 0;
+}
+
+int keys_revoke(Store& store, const Args& a) {
+  if (a.positional.size() != 1) return usage("keys revoke takes one KEY_ID");
+  const std::string& id = a.positional[0];
+  if (!is_key_id(id)) return usage("a key id is 16 hex digits: " + id);
+  Status s = store.revoke_key(id, utc_timestamp_ms());
+  if (s.code() == StatusCode::kNotFound) return fail("no such key: " + id);
+  if (!s.ok()) return fail("cannot revoke the key: " + s.message());
+  ApiKey k;
+  s = store.find_key(id, k);
+  if (!s.ok()) return fail("revoked, but cannot read the key back: " + s.message());
+  print_line(key_json(k));
+  return 0;
+}
+
+int audit_verify(Store& store) {
+  AuditChainVerifier v;
+  std::string problem;
+  Status s = store.list_audit({}, [&](const AuditEntry& e) { return v.feed(e, problem); });
+  if (!s.ok()) return fail("cannot read the audit trail: " + s.message());
+  std::string out;
+  JsonWriter w(out);
+  w.begin_object();
+  w.field("status", problem.empty() ? "ok" : "broken");
+  w.field("verified_entries", v.checked());
+  if (problem.empty()) {
+    w.field("last_hash", v.last_hash());
+  } else {
+    w.field("problem", problem);
+  }
+  w.end_object();
+  print_line(out);
+  return problem.empty() ? 0 : 1;
+}
+
+int audit_export(Store& store) {
+  Status s = store.list_audit({}, [&](const AuditEntry& e) {
+    print_line(audit_entry_json(e));
+    return true;
+  });
+  if (!s.ok()) return fail("cannot read the audit trail: " + s.message());
+  return std::fflush(stdout) == 0 ? 0 : fail("cannot write the export");
+}
+
+}  // namespace
+
+bool is_admin_command(int argc, char** argv) {
+  if (argc < 2) return false;
+  std::string cmd = argv[1];
+  return cmd == "keys" || cmd == "audit";
+}
+
+int run_admin_command(int argc, char** argv) {
+  if (argc < 3) return usage("missing subcommand");
+  const std::string group = argv[1], verb = argv[2];
+  const bool known =
+      (group == "keys" && (verb == "create" || verb == "list" || verb == "revoke")) ||
+      (group == "audit" && (verb == "verify" || verb == "export"));
+  if (!known) return usage("unknown command: " + group + " " + verb);
+  Args a;
+  std::string error;
+  if (!parse_args(argc, argv, a, error)) return usage(error);
+  if (verb != "revoke" && !a.positional.empty()) return usage("unexpected " + a.positional[0]);
+  SqliteOptions options;
+  options.path = a.db;
+  std::unique_ptr<SqliteStore> store;
+  Status s = SqliteStore::open(options, store);
+  if (!s.ok()) return fail("cannot open " + a.db + ": " + s.message());
+  if (verb == "create") return keys_create(*store, a);
+  if (verb == "list") return keys_list(*store);
+  if (verb == "revoke") return keys_revoke(*store, a);
+  if (verb == "verify") return audit_verify(*store);
+  return audit_export(*store);
+}
+
+}  // namespace tdapi

@@ -1,0 +1,21 @@
+// cli.h: the administration commands of the testdata-api binary: access keys and the audit
+// trail, run against the database directly (also while the service runs).
+#pragma once
+
+namespace tdapi {
+
+// True when argv[1] names an administration command (`keys`, `audit`).
+bool is_admin_command(int argc, char** argv);
+
+// Runs it:
+//   keys create --db PATH --name NAME --scope SCOPE [--scope SCOPE…]
+//       prints {"key_id":…,"token":…,"scopes":[…]}: the only time the token is shown
+//   keys list --db PATH        prints one JSON object per key (never a secret or its hash)
+//   keys revoke --db PATH KEY_ID
+//   audit verify --db PATH     checks the whole hash chain; names the first broken entry
+//   audit export --db PATH     prints every audit entry as one JSON line, oldest first
+// Returns the exit status: 0 done, 1 failed (named on stderr: unknown key, broken chain,
+// storage error), 2 bad usage.
+int run_admin_command(int argc, char** argv);
+
+}  // namespace tdapi
