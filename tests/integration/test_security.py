@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""test_security.py: access keys, scopes and the audit trail through real nginx and the real
+binary with AUTH=on: a matrix of key scope x endpoint x clinic, 401/403/404 answers, revocation
+without a restart, the audit trail's content and its tamper evidence, and no token in any log."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import APP_BIN, Server, record, wait_for  # noqa: E402
+
+
+def admin(*args, check=True):
+    """Runs `testdata-api keys|audit ...`; returns (exit status, stdout lines parsed as JSON)."""
+    p = subprocess.run([APP_BIN, *args], capture_output=True, text=True, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args}: exit {p.returncode}: {p.stderr}")
+    lines = [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+    return p.returncode, lines
+
+
+class Security(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server(AUTH="on").start()
+        cls.db = os.path.join(cls.server.data_dir, "testdata.db")
+        cls.keys = {}
+        for name, scopes in {
+            "w1": ["write:c1"], "r1": ["read:c1"], "rw1": ["read:c1", "write:c1"],
+            "rall": ["read:*"], "wall": ["write:*"], "aud": ["audit"], "met": ["metrics"],
+        }.items():
+            args = ["keys", "create", "--db", cls.db, "--name", name]
+            for s in scopes:
+                args += ["--scope", s]
+            _, out = admin(*args)
+            cls.keys[name] = out[0]
+        # one test per clinic, written by the write-everything key
+        for tid, clinic in (("sec-c1", "c1"), ("sec-c2", "c2")):
+            r = cls.req("wall", "POST", "/tests", record(tid, clinic=clinic, patient="P-" + tid))
+            assert r.status == 201, r
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.__exit__(None, None, None)
+
+    @classmethod
+    def req(cls, key, method, path, body=None, headers=None):
+        h = dict(headers or {})
+        if key:
+            h["Authorization"] = "Bearer " + cls.keys[key]["token"]
+        return cls.server.request(method, path, body, headers=h)
+
+    def assert_error(self, r, status):
+        self.assertEqual(r.status, status, r)
+        self.assertEqual(r.headers.get("content-type"), "application/json")
+        self.assertEqual(r.json()["status"], "error")
+
+    # -- the matrix ---------------------------------------------------------------------------
+    def test_scope_matrix(self):
+        n = [0]
+
+        def fresh(clinic):
+            n[0] += 1
+            return record(f"m{n[0]}-{os.getpid()}", clinic=clinic)
+
+        def may(key, action, clinic):
+            scopes = {"w1": ["write:c1"], "r1": ["read:c1"], "rw1": ["read:c1", "write:c1"],
+                      "rall": ["read:*"], "wall": ["write:*"], "aud": ["audit"],
+                      "met": ["metrics"]}[key]
+            return f"{action}:{clinic}" in scopes or f"{action}:*" in scopes
+
+        for key in self.keys:
+            for clinic in ("c1", "c2"):
+                with self.subTest(key=key, clinic=clinic):
+                    # POST /tests
+                    body = fresh(clinic)
+                    r = self.req(key, "POST", "/tests", body)
+                    self.assertEqual(r.status, 201 if may(key, "write", clinic) else 403, r)
+                    stored = self.req("rall", "GET", "/tests/" + body["test_id"]).status
+                    self.assertEqual(stored, 200 if may(key, "write", clinic) else 404)
+                    # POST /tests/batch, one clinic
+                    batch = [fresh(clinic), fresh(clinic)]
+                    r = self.req(key, "POST", "/tests/batch", batch)
+                    self.assertEqual(r.status, 201 if may(key, "write", clinic) else 403, r)
+                    # GET /tests?clinic_id=
+                    r = self.req(key, "GET", "/tests?clinic_id=" + clinic)
+                    self.assertEqual(r.status, 200 if may(key, "read", clinic) else 403, r)
+                    if r.status == 200:
+                        self.assertTrue(all(t["clinic_id"] == clinic for t in r.json()["tests"]))
+                    # GET /tests/{id}: a foreign clinic's test is a 404, exactly like no test
+                    r = self.req(key, "GET", "/tests/sec-" + clinic)
+                    self.assertEqual(r.status, 200 if may(key, "read", clinic) else 404, r)
+                    if r.status == 404:
+                        self.assertEqual(r.body, self.req(key, "GET", "/tests/no-such-id").body)
+            with self.subTest(key=key, endpoint="metrics/audit"):
+                self.assertEqual(self.req(key, "GET", "/metrics").status, 200 if key == "met" else 403)
+                self.assertEqual(self.req(key, "GET", "/audit").status, 200 if key == "aud" else 403)
+
+    def test_a_batch_with_one_foreign_clinic_writes_nothing(self):
+        batch = [record("fb-1", clinic="c1"), record("fb-2", clinic="c2")]
+        r = self.req("w1", "POST", "/tests/batch", batch)
+        self.assert_error(r, 403)
+        self.assertIn("c2", r.json()["message"])
+        for tid in ("fb-1", "fb-2"):
+            self.assertEqual(self.req("rall", "GET", "/tests/" + tid).status, 404)
+
+    def test_no_malformed_or_unknown_token_is_401_with_www_authenticate(self):
+        bad = {
+            None: None,
+            "malformed": "Bearer nonsense",
+            "basic": "Basic dXNlcjpwYXNz",
+            "unknown": "Bearer tdk_" + "0" * 16 + "_" + "1" * 64,
+            "wrong secret": "Bearer " + self.keys["rall"]["token"][:-1]
+                            + ("0" if self.keys["rall"]["token"][-1] != "0" else "1"),
+        }
+        for name, header in bad.items():
+            for method, path, body in (("GET", "/tests?clinic_id=c1", None),
+                                       ("POST", "/tests", record("x-" + str(name))),
+                                       ("GET", "/tests/sec-c1", None), ("GET", "/metrics", None),
+                                       ("GET", "/audit", None)):
+                with self.subTest(token=name, path=path):
+                    h = {"Authorization": header} if header else {}
+                    r = self.server.request(method, path, body, headers=h)
+                    self.assert_error(r, 401)
+                    self.assertTrue(r.headers.get("www-authenticate", "").startswith("Bearer"), r.headers)
+        # /healthz stays open
+        self.assertEqual(self.server.request("GET", "/healthz").status, 200)
+
+    def test_a_new_key_works_and_a_revoked_key_stops_within_a_second_without_restart(self):
+        _, out = admin("keys", "create", "--db", self.db, "--name", "temp", "--scope", "read:c1")
+        token = out[0]["token"]
+        h = {"Authorization": "Bearer " + token}
+        created = time.monotonic()
+        self.assertTrue(wait_for(lambda: self.server.request("GET", "/tests?clinic_id=c1", headers=h).status == 200, 10))
+        admin("keys", "revoke", "--db", self.db, out[0]["key_id"])
+        revoked = time.monotonic()
+        self.assertTrue(wait_for(lambda: self.server.request("GET", "/tests?clinic_id=c1", headers=h).status == 401, 10))
+        took = time.monotonic() - revoked
+        print(f"\nkey usable {0:.0f} s after create; revocation felt after {took:.3f} s", file=sys.stderr)
+        del created
+        _, listed = admin("keys", "list", "--db", self.db)
+        mine = [k for k in listed if k["key_id"] == out[0]["key_id"]][0]
+        self.assertIsNotNone(mine["revoked_at"])
+        for k in listed:
+            self.assertEqual(set(k), {"key_id", "name", "scopes", "created_at", "revoked_at"})
+
+    def test_the_audit_trail_records_who_what_and_outcome_and_detects_tampering(self):
+        rid_ok = self.req("r1", "GET", "/tests?clinic_id=c1&patient_id=P-sec-c1").headers["x-request-id"]
+        rid_denied = self.req("r1", "GET", "/tests?clinic_id=c2").headers["x-request-id"]
+        rid_get = self.req("r1", "GET", "/tests/sec-c2").headers["x-request-id"]
+        rid_401 = self.server.request("GET", "/tests?clinic_id=c1").headers["x-request-id"]
+        entries, cursor = [], None
+        for _ in range(1000):
+            path = "/audit?limit=500" + ("&cursor=" + cursor if cursor else "")
+            r = self.req("aud", "GET", path)
+            self.assertEqual(r.status, 200, r)
+            page = r.json()
+            entries += page["entries"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        by_rid = {e["request_id"]: e for e in entries}
+        ok = by_rid[rid_ok]
+        self.assertEqual((ok["key_id"], ok["action"], ok["clinic_id"], ok["outcome"]),
+                         (self.keys["r1"]["key_id"], "list", "c1", 200))
+        self.assertEqual(ok["detail"]["patient_id"], "P-sec-c1")  # the audit trail may hold filters
+        self.assertEqual(by_rid[rid_denied]["outcome"], 403)
+        self.assertEqual(by_rid[rid_get]["outcome"], 404)
+        self.assertEqual(by_rid[rid_get]["detail"]["test_id"], "sec-c2")
+        self.assertEqual(by_rid[rid_401]["outcome"], 401)
+        seqs = [e["seq"] for e in entries]
+        self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
+        # audit entries of writes commit with the data
+        created = [e for e in entries if e["action"] == "create" and e["outcome"] == 201]
+        self.assertTrue(any(e["detail"]["test_ids"] == ["sec-c1"] for e in created))
+
+        rc, out = admin("audit", "verify", "--db", self.db)
+        self.assertEqual((rc, out[0]["status"]), (0, "ok"))
+        rc, exported = admin("audit", "export", "--db", self.db)
+        self.assertGreaterEqual(len(exported), len(entries))
+        # tamper with one row behind the service's back: verify names it
+        victim = by_rid[rid_denied]["seq"]
+        with sqlite3.connect(self.db) as db:
+            db.execute("UPDATE audit SET outcome = 200 WHERE seq = ?", (victim,))
+        try:
+            rc, out = admin("audit", "verify", "--db", self.db, check=False)
+            self.assertEqual(rc, 1)
+            self.assertEqual(out[0]["status"], "broken")
+            self.assertTrue(out[0]["problem"].startswith(f"entry {victim}:"), out[0])
+        finally:
+            with sqlite3.connect(self.db) as db:
+                db.execute("UPDATE audit SET outcome = 403 WHERE seq = ?", (victim,))
+        self.assertEqual(admin("audit", "verify", "--db", self.db)[0], 0)
+
+    def test_denials_are_logged_with_the_key_id_and_counted_and_no_token_is_logged(self):
+        r = self.req("r1", "POST", "/tests", record("denied-write", clinic="c1"))
+        self.assert_error(r, 403)
+        rid = r.headers["x-request-id"]
+        self.assertTrue(wait_for(lambda: any(l.get("request_id") == rid for l in self.server.json_lines("app.log"))))
+        line = [l for l in self.server.json_lines("app.log") if l.get("request_id") == rid][0]
+        self.assertEqual((line["status"], line["key_id"]), (403, self.keys["r1"]["key_id"]))
+        metrics = self.req("met", "GET", "/metrics").body.decode()
+        self.assertRegex(metrics, r'tdapi_auth_denials_total\{status="403"\} [1-9]')
+        self.assertRegex(metrics, r'tdapi_auth_denials_total\{status="401"\} [0-9]')
+        for name in ("app.log", "access.log", "nginx-error.log"):
+            text = self.server.read_log(name).decode(errors="replace")
+            for k in self.keys.values():
+                secret = k["token"].split("_")[2]
+                self.assertNotIn(secret, text, name)
+            self.assertNotIn("P-sec-c1", text, name)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
