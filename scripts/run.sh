@@ -21,6 +21,7 @@ DATA_DIR=${DATA_DIR:-./var}
 APP_BIN=${APP_BIN:-$here/build/testdata-api}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 
+AUTH=${AUTH:-off}
 mkdir -p "$DATA_DIR"
 DATA_DIR=$(cd "$DATA_DIR" && pwd)
 mkdir -p "$DATA_DIR"/{run,logs,nginx}
@@ -65,7 +66,7 @@ stopping=0
 start_app() {
   # stderr goes straight to logs/app.log (appended; one write per line keeps lines whole).
   "$APP_BIN" --socket "$SOCKET" --db "$DB_PATH" ${THREADS:+--threads "$THREADS"} \
-    ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
+    ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     2>>"$APP_LOG" &
   app_pid=$!
   echo "$app_pid" >"$DATA_DIR/run/app.pid.tmp" && mv -f "$DATA_DIR/run/app.pid.tmp" "$DATA_DIR/run/app.pid"
