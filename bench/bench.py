@@ -50,8 +50,10 @@ def parse_wrk(out):
     return {"rps": rps, "p50": p50, "p99": p99, "non2xx": non2xx + errors, "total": total}
 
 
-def wrk(url, conns, script=None, args=()):
+def wrk(url, conns, script=None, args=(), token=None):
     cmd = ["wrk", "-t", str(min(2, conns)), "-c", str(conns), "-d", f"{SECONDS}s", "--latency"]
+    if token and not script:
+        cmd += ["-H", "Authorization: Bearer " + token]
     if script:
         cmd += ["-s", script]
     cmd.append(url)
@@ -151,10 +153,26 @@ def batch_stats(app_log, offset):
 def main():
     data_dir = tempfile.mkdtemp(prefix="tdapi-bench-")
     procs = []
-    server = None
+    server = secure = None
+    secure_dir = tempfile.mkdtemp(prefix="tdapi-bench-auth-")
     try:
+        # The seed's local mode without the audit trail (as earlier tables), and beside it the
+        # service as deployed: keys checked on every request, every access audited.
         server = Server(data_dir=data_dir, APP_BIN=os.path.join(BUILD, "testdata-api"),
-                        THREADS=THREADS).start()
+                        THREADS=THREADS, AUTH="off", AUDIT="off").start()
+        secure = Server(data_dir=secure_dir, APP_BIN=os.path.join(BUILD, "testdata-api"),
+                        THREADS=THREADS, AUTH="on").start()
+        key = json.loads(subprocess.run(
+            [os.path.join(BUILD, "testdata-api"), "keys", "create", "--db",
+             os.path.join(secure_dir, "testdata.db"), "--name", "bench", "--scope", "read:*",
+             "--scope", "write:*"], capture_output=True, text=True, check=True).stdout)
+        token = key["token"]
+        for i in range(10):
+            r = secure.request("POST", "/tests", {"test_id": f"bench-10-{i}", "patient_id": f"p{i}",
+                                                  "clinic_id": "bench-10", "test_type": "blood",
+                                                  "result": f"result value {i}"},
+                               headers={"Authorization": "Bearer " + token})
+            assert r.status == 201, r
         db = os.path.join(data_dir, "testdata.db")
         log(f"service on :{server.port}, {THREADS} threads, data in {data_dir}")
         for clinic, n in (("bench-10", 10), ("bench-1000", 1000)):
@@ -185,11 +203,12 @@ def main():
         time.sleep(0.5)
 
         app = f"http://127.0.0.1:{server.port}"
+        sec = f"http://127.0.0.1:{secure.port}"
         ceil = f"http://127.0.0.1:{ceiling_port}"
         plain = f"http://127.0.0.1:{plain_port}"
         post = os.path.join(ROOT, "bench", "post.lua")
         cases = [
-            # name, url, conns, script, ceiling name
+            # name, url, conns, script, ceiling name[, token]
             ("nginx return 200", ceil + "/return200", 32, None, None),
             ("FastCGI ceiling, small body", ceil + "/small", 32, None, None),
             ("FastCGI ceiling, small body, 1 conn", ceil + "/small", 1, None, None),
@@ -202,16 +221,22 @@ def main():
             ("GET clinic of 10, 1 conn", app + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn"),
             ("GET clinic of 1,000, 32 conns", app + "/tests?clinic_id=bench-1000", 32, None, "FastCGI ceiling, 1,000-test-size body"),
             ("GET clinic of 1,000, 1 conn", app + "/tests?clinic_id=bench-1000", 1, None, "FastCGI ceiling, 1,000-test-size body, 1 conn"),
+            ("POST /tests (durable), auth + audit on, 32 conns", sec + "/tests", 32, post, "FastCGI ceiling, small body", token),
+            ("POST /tests (durable), auth + audit on, 1 conn", sec + "/tests", 1, post, "FastCGI ceiling, small body, 1 conn", token),
+            ("GET clinic of 10, auth + audit on, 32 conns", sec + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body", token),
+            ("GET clinic of 10, auth + audit on, 1 conn", sec + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn", token),
         ]
         results = {c[0]: [] for c in cases}
         batches = []
         app_log = os.path.join(data_dir, "logs", "app.log")
         for rnd in range(ROUNDS):
-            for name, url, conns, script, _ in cases:
+            for name, url, conns, script, _, *tok in cases:
+                token_arg = tok[0] if tok else None
                 offset = os.path.getsize(app_log)
-                r = wrk(url, conns, script, args=(f"r{rnd}c{conns}",) if script else ())
+                args = ((f"r{rnd}c{conns}",) + ((token_arg,) if token_arg else ())) if script else ()
+                r = wrk(url, conns, script, args=args, token=token_arg)
                 results[name].append(r)
-                if script and conns == 32:
+                if script and conns == 32 and not token_arg:
                     batches.append(batch_stats(app_log, offset))
                 log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
 
@@ -231,11 +256,13 @@ def main():
             model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
         lines.append(f"CPU: {model}. wrk on the same box; {SECONDS} s per run, median of {ROUNDS} "
                      f"interleaved rounds; app and ceiling threads {THREADS}; nginx keeps {keepalive} "
-                     f"idle FastCGI connections per worker for both. Command: `make bench`.")
+                     f"idle FastCGI connections per worker for both. Cases without a note: AUTH=off "
+                     f"AUDIT=off (the seed's local mode); 'auth + audit on': AUTH=on with a bearer key "
+                     f"on every request, every access audited durably. Command: `make bench`.")
         lines.append("")
         lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling |")
         lines.append("|---|---:|---:|---:|---:|---:|")
-        for name, _, _, _, ceiling in cases:
+        for name, _, _, _, ceiling, *_ in cases:
             m = med[name]
             ratio = (f"{m['rps'] / med[ceiling]['rps']:.2f} × {ceiling}" if ceiling and med[ceiling]['rps'] else "—")
             lines.append(f"| {name} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
@@ -261,6 +288,9 @@ def main():
         with open(os.path.join(ROOT, "bench", "results", "latest.md"), "w") as f:
             f.write("# make bench: latest results\n\n" + table + "\n")
     finally:
+        if secure is not None:
+            secure.stop()
+            shutil.rmtree(secure_dir, ignore_errors=True)
         if server is not None:
             server.stop()
         for p in procs:

@@ -1,5 +1,5 @@
 -- post.lua: wrk script: POST /tests with a test_id unique per request (run prefix from args,
--- thread number, counter), so every answer should be a 201.
+-- thread number, counter), so every answer should be a 201. Args: run prefix [, token].
 local threads = 0
 
 function setup(thread)
@@ -10,6 +10,8 @@ end
 function init(args)
   prefix = (args[1] or "bench") .. "-" .. thread_no .. "-"
   counter = 0
+  headers = { ["Content-Type"] = "application/json" }
+  if args[2] then headers["Authorization"] = "Bearer " .. args[2] end  -- AUTH=on runs
 end
 
 function request()
@@ -17,5 +19,5 @@ function request()
   local id = prefix .. counter
   local body = '{"test_id":"' .. id .. '","patient_id":"p-' .. counter ..
       '","clinic_id":"bench-post","test_type":"blood","result":"negative"}'
-  return wrk.format("POST", "/tests", { ["Content-Type"] = "application/json" }, body)
+  return wrk.format("POST", "/tests", headers, body)
 end
