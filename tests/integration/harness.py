@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -45,7 +46,10 @@ class Server:
     """One running instance: `with Server() as s: s.request(...)`."""
 
     def __init__(self, data_dir=None, **env):
-        self.port = free_port()
+        # TLS_CA (not passed on): the CA file that makes requests go over HTTPS.
+        self.tls_ca = env.pop("TLS_CA", None)
+        listen = env.get("LISTEN")
+        self.port = int(listen.rsplit(":", 1)[1]) if listen else free_port()
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="tdapi-it-")
         self.env = dict(os.environ, PORT=str(self.port), DATA_DIR=self.data_dir, APP_BIN=APP_BIN)
@@ -121,7 +125,11 @@ class Server:
 
     # -- HTTP ------------------------------------------------------------------------------
     def request(self, method, path, body=None, headers=None, timeout=30):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        if self.tls_ca:
+            ctx = ssl.create_default_context(cafile=self.tls_ca)
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             if isinstance(body, (dict, list)):
                 body = json.dumps(body)

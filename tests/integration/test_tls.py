@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""test_tls.py: transport security and the listener rules: HTTPS only with TLS_CERT/TLS_KEY
+(TLS 1.2 and 1.3, HSTS; TLS 1.0 and 1.1 refused), a throwaway CA made with openssl; AUTH=off
+and plaintext refused on a non-loopback LISTEN; rate limits per key answered 429 with
+Retry-After; security headers on every answer."""
+
+import http.client
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import APP_BIN, ROOT, Server, free_port, record  # noqa: E402
+
+
+def make_ca_and_cert(d):
+    """A throwaway CA and a certificate for 127.0.0.1/localhost signed by it."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+    ca_key, ca_crt = os.path.join(d, "ca.key"), os.path.join(d, "ca.crt")
+    key, csr, crt = os.path.join(d, "srv.key"), os.path.join(d, "srv.csr"), os.path.join(d, "srv.crt")
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca_crt,
+        "-days", "2", "-subj", "/CN=testdata-api test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    ext = os.path.join(d, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", crt, "-days", "2", "-extfile", ext)
+    return ca_crt, crt, key
+
+
+def run_sh(env, timeout=20):
+    """Runs scripts/run.sh expecting it to refuse; returns (exit status, output)."""
+    p = subprocess.run([os.path.join(ROOT, "scripts", "run.sh")], env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr
+
+
+class Tls(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="tdapi-tls-")
+        cls.ca, cls.crt, cls.key = make_ca_and_cert(cls.tmp.name)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def https(self, port, method, path, body=None, headers=None, ctx=None):
+        ctx = ctx or ssl.create_default_context(cafile=self.ca)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=15)
+        try:
+            hdrs = dict(headers or {})
+            if body is not None:
+                body = json.dumps(body)
+                hdrs["Content-Type"] = "application/json"
+            conn.request(method, path, body=body, headers=hdrs)
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def test_https_only_modern_protocols_and_hsts(self):
+        port = free_port()
+        with Server(LISTEN=f"127.0.0.1:{port}", TLS_CERT=self.crt, TLS_KEY=self.key,
+                    TLS_CA=self.ca) as s:
+            status, headers, _ = self.https(port, "POST", "/tests", record("tls-1"))
+            self.assertEqual(status, 201)
+            self.assertIn("max-age=", headers.get("strict-transport-security", ""))
+            self.assertEqual(headers.get("x-content-type-options"), "nosniff")
+            status, headers, body = self.https(port, "GET", "/tests?clinic_id=c1")
+            self.assertEqual(status, 200)
+            self.assertEqual(headers.get("cache-control"), "no-store")
+            for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+                ctx = ssl.create_default_context(cafile=self.ca)
+                ctx.minimum_version = ctx.maximum_version = version
+                self.assertEqual(self.https(port, "GET", "/healthz", ctx=ctx)[0], 200, version)
+            # TLS 1.0 and 1.1: the client is allowed them (security level 0), the server refuses
+            for flag in ("-tls1", "-tls1_1"):
+                p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", flag,
+                                    "-cipher", "DEFAULT@SECLEVEL=0", "-CAfile", self.ca],
+                                   input="", capture_output=True, text=True, timeout=30)
+                self.assertNotEqual(p.returncode, 0, flag)
+                self.assertNotIn("BEGIN CERTIFICATE", p.stdout, flag)
+            # plain HTTP to the TLS port: a JSON error, never data
+            raw = s.raw(b"GET /tests?clinic_id=c1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertIn(b"application/json", raw)
+            self.assertNotIn(b"tls-1", raw)
+
+    def test_non_loopback_listener_rules(self):
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=tempfile.mkdtemp(dir=self.tmp.name),
+                   LISTEN=f"0.0.0.0:{free_port()}")
+        rc, out = run_sh(dict(env, AUTH="off", ALLOW_PLAINTEXT="1"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("AUTH=off", out)
+        rc, out = run_sh(env)  # AUTH defaults to on; no certificate and no ALLOW_PLAINTEXT
+        self.assertNotEqual(rc, 0)
+        self.assertIn("TLS_CERT", out)
+        rc, out = run_sh(dict(env, LISTEN="127.0.0.1:" + str(free_port()), TLS_CERT=self.crt))
+        self.assertNotEqual(rc, 0)  # a certificate without its key
+        self.assertIn("TLS_KEY", out)
+
+    def test_plaintext_behind_a_proxy_with_auth_on_by_default(self):
+        port = free_port()
+        # listens on every address; traffic goes to the loopback address only
+        with Server(LISTEN=f"0.0.0.0:{port}", ALLOW_PLAINTEXT="1") as s:
+            r = s.request("GET", "/tests?clinic_id=c1")
+            self.assertEqual(r.status, 401)  # AUTH is on by default off loopback
+            self.assertIn("plaintext", s.read_log("app.log").decode() + s.run_output())
+
+    def test_rate_limit_per_key_is_429_json_with_retry_after(self):
+        with Server(AUTH="on", KEY_RATE="2r/s", KEY_BURST="3") as s:
+            db = os.path.join(s.data_dir, "testdata.db")
+            out = subprocess.run([APP_BIN, "keys", "create", "--db", db, "--name", "t", "--scope",
+                                  "read:*"], capture_output=True, text=True, check=True).stdout
+            h = {"Authorization": "Bearer " + json.loads(out)["token"]}
+            replies = [s.request("GET", "/tests?clinic_id=c1", headers=h) for _ in range(12)]
+            limited = [r for r in replies if r.status == 429]
+            self.assertTrue(limited, [r.status for r in replies])
+            self.assertTrue(any(r.status == 200 for r in replies))
+            self.assertEqual(limited[0].json()["status"], "error")
+            self.assertTrue(limited[0].headers.get("retry-after", "").isdigit(), limited[0].headers)
+            # another key is not limited by the first one's traffic
+            out = subprocess.run([APP_BIN, "keys", "create", "--db", db, "--name", "u", "--scope",
+                                  "read:*"], capture_output=True, text=True, check=True).stdout
+            h2 = {"Authorization": "Bearer " + json.loads(out)["token"]}
+            self.assertEqual(s.request("GET", "/tests?clinic_id=c1", headers=h2).status, 200)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
