@@ -23,6 +23,7 @@ const Route kRoutes[] = {
     {"/tests", "GET", "GET /tests", handle_list_tests},
     {"/tests", "POST", "POST /tests", handle_create_test},
     {"/tests/batch", "POST", "POST /tests/batch", handle_create_batch},
+    {"/tests/search", "POST", "POST /tests/search", handle_search_tests},
     {"/tests/{test_id}", "GET", "GET /tests/{test_id}", handle_get_test},
     {"/healthz", "GET", "GET /healthz", handle_health},
     {"/metrics", "GET", "GET /metrics", handle_metrics},
