@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (clang, ASan + UBSan) and runs each for SECONDS (default 600).
+# Inputs up to 4 KiB, batch bodies up to 64 KiB (room for several records, long strings, deep
+# nesting and the value budget).
 # Usage: scripts/fuzz.sh [SECONDS]. New inputs go to $FUZZ_BUILD_DIR/corpus-*; the seeds in
 # tests/fuzz/corpus/ are read, never written. A crash leaves its input in $FUZZ_BUILD_DIR.
 set -euo pipefail
@@ -8,17 +10,19 @@ seconds=${1:-600}
 out=${FUZZ_BUILD_DIR:-build-fuzz}
 mkdir -p "$out"
 srcs=(src/validate.cpp src/test_record.cpp src/json.cpp src/http.cpp src/status.cpp src/log.cpp src/clock.cpp)
-for target in validate query; do
+for target in validate query batch; do
   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     -Isrc "tests/fuzz/fuzz_$target.cpp" "${srcs[@]}" -lcjson -o "$out/fuzz_$target"
 done
 status=0
-for target in validate query; do
+for target in validate query batch; do
   mkdir -p "$out/corpus-$target"
   dict=()
-  [ "$target" = validate ] && dict=(-dict=tests/fuzz/json.dict)
+  [ "$target" != query ] && dict=(-dict=tests/fuzz/json.dict)
+  max_len=4096
+  [ "$target" = batch ] && max_len=65536
   echo "fuzz_$target: ${seconds}s"
-  if ! "$out/fuzz_$target" -max_total_time="$seconds" -print_final_stats=1 -max_len=4096 \
+  if ! "$out/fuzz_$target" -max_total_time="$seconds" -print_final_stats=1 -max_len="$max_len" \
       -artifact_prefix="$out/crash-$target-" "${dict[@]}" \
       "$out/corpus-$target" "tests/fuzz/corpus/$target" >"$out/fuzz_$target.log" 2>&1; then
     status=1

@@ -2,7 +2,9 @@
 #include "api.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <set>
 
 #include "cursor.h"
@@ -14,6 +16,24 @@ namespace tdapi {
 
 namespace {
 
+// True for no Content-Encoding or "identity" (any case, blanks around): the only encodings the
+// app reads. A compressed body would otherwise be parsed as if it were the JSON itself.
+bool is_identity_encoding(std::string_view encoding) {
+  while (!encoding.empty() && (encoding.front() == ' ' || encoding.front() == '\t')) {
+    encoding.remove_prefix(1);
+  }
+  while (!encoding.empty() && (encoding.back() == ' ' || encoding.back() == '\t')) {
+    encoding.remove_suffix(1);
+  }
+  if (encoding.empty()) return true;
+  static constexpr std::string_view kIdentity = "identity";
+  if (encoding.size() != kIdentity.size()) return false;
+  for (size_t i = 0; i < kIdentity.size(); ++i) {
+    if ((encoding[i] | 0x20) != kIdentity[i]) return false;
+  }
+  return true;
+}
+
 // Checks what every JSON-body endpoint needs before parsing: size, media type, completeness.
 // Returns true when the body can be parsed; otherwise sets error.
 bool check_json_body(const Request& req, size_t limit, Response& error) {
@@ -24,6 +44,10 @@ bool check_json_body(const Request& req, size_t limit, Response& error) {
   }
   if (!is_json_content_type(req.content_type)) {
     error = error_response(415, "Content-Type must be application/json");
+    return false;
+  }
+  if (!is_identity_encoding(req.content_encoding)) {
+    error = error_response(415, "Content-Encoding is not supported; send the body uncompressed");
     return false;
   }
   if (req.body_state == BodyState::kTruncated) {
@@ -230,59 +254,73 @@ Response handle_create_batch(const Request& req, Store& store) {
   return r;
 }
 
-Response handle_list_tests(const Request& req, Store& store) {
-  QueryParams params;
-  std::string problem;
-  if (!parse_query(req.query, params, problem)) return error_response(400, problem);
+namespace {
+
+// Parses limit text: decimal digits only. Returns a value outside 1..kMaxPageLimit for anything
+// else, so the shared range check answers it.
+long long parse_limit_text(const std::string& text) {
+  if (text.empty() || text.size() > 4) return 0;
+  long long v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return 0;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
+// A listing request as either parser (GET /tests query, POST /tests/search body) found it;
+// list_tests_response checks the values, so both answer the same problems alike.
+struct ListRequest {
+  std::optional<std::string> clinic_id;
+  std::optional<std::string> patient_id;
+  std::optional<std::string> test_type;
+  std::optional<std::string> cursor;
+  std::optional<long long> limit;  // outside 1..kMaxPageLimit when the given value was not one
+};
+
+// The listing both GET /tests and POST /tests/search answer: 400 for a bad value, else the
+// clinic's tests streamed oldest first, paged when limit or cursor is given.
+Response list_tests_response(const Request& req, const char* action, ListRequest in, Store& store) {
   ListQuery q;
-  const std::string* clinic = nullptr;
-  const std::string* cursor = nullptr;
-  const std::string* limit_text = nullptr;
-  std::set<std::string_view> given;
-  for (const auto& [name, value] : params) {
-    const std::string** slot = nullptr;
-    std::optional<std::string>* filter = nullptr;
-    if (name == "clinic_id")
-      slot = &clinic;
-    else if (name == "cursor")
-      slot = &cursor;
-    else if (name == "limit")
-      slot = &limit_text;
-    else if (name == "patient_id")
-      filter = &q.patient_id;
-    else if (name == "test_type")
-      filter = &q.test_type;
-    else
-      return error_response(400, "unknown query parameter: " + name);
-    if (!given.insert(name).second) return error_response(400, name + " must be given once");
-    if (filter) {
-      if (is_blank(value)) return error_response(400, name + " must not be empty");
-      *filter = value;
-    } else {
-      *slot = &value;
-    }
+  if (!in.clinic_id) return error_response(400, "clinic_id is required");
+  struct {
+    const char* name;
+    std::optional<std::string>& value;
+    size_t max_chars;
+  } const filters[] = {{"clinic_id", in.clinic_id, kMaxIdChars},
+                       {"patient_id", in.patient_id, kMaxIdChars},
+                       {"test_type", in.test_type, kMaxTestTypeChars}};
+  for (const auto& f : filters) {
+    if (!f.value) continue;
+    if (is_blank(*f.value)) return error_response(400, std::string(f.name) + " must not be empty");
+    // The body's rules: a value that can't be stored can't match, and must not reach a log.
+    std::string problem = check_id_text(*f.value, f.max_chars);
+    if (!problem.empty()) return error_response(400, std::string(f.name) + " " + problem);
   }
-  if (!clinic) return error_response(400, "clinic_id is required");
-  if (is_blank(*clinic)) return error_response(400, "clinic_id must not be empty");
-  q.clinic_id = *clinic;
+  q.clinic_id = std::move(*in.clinic_id);
+  q.patient_id = std::move(in.patient_id);
+  q.test_type = std::move(in.test_type);
   long long page = -1;
-  if (limit_text && !parse_limit(*limit_text, page)) {
-    return error_response(400,
-                          "limit must be an integer from 1 to " + std::to_string(kMaxPageLimit));
+  if (in.limit) {
+    if (*in.limit < 1 || *in.limit > kMaxPageLimit) {
+      return error_response(400,
+                            "limit must be an integer from 1 to " + std::to_string(kMaxPageLimit));
+    }
+    page = *in.limit;
   }
-  if (cursor) {
-    std::optional<long long> after = decode_cursor(*cursor, q, store.instance_secret());
+  if (in.cursor) {
+    std::optional<long long> after = decode_cursor(*in.cursor, q, store.instance_secret());
     if (!after) return error_response(400, "cursor is malformed, altered, or for another query");
     q.after_seq = *after;
   }
-  const bool paged = limit_text || cursor;
+  const bool paged = in.limit || in.cursor;
   q.limit = page > 0 ? page + 1 : -1;  // one more than the page: is there a next one?
   if (!req.principal.may(Access::kRead, q.clinic_id)) {
-    return forbidden(req, store, "list", q.clinic_id, listing_detail(q, page),
+    return forbidden(req, store, action, q.clinic_id, listing_detail(q, page),
                      "this access key may not read tests of clinic " + q.clinic_id);
   }
   // The access is on record, durably, before the first byte of patient data leaves.
-  AuditEntry audit = audit_entry(req, "list", q.clinic_id);
+  AuditEntry audit = audit_entry(req, action, q.clinic_id);
   audit.outcome = 200;
   audit.detail = listing_detail(q, page);
   Status recorded = record_access(req, store, audit);
@@ -336,6 +374,74 @@ Response handle_list_tests(const Request& req, Store& store) {
     return Status::Ok();
   };
   return r;
+}
+
+}  // namespace
+
+Response handle_list_tests(const Request& req, Store& store) {
+  QueryParams params;
+  std::string problem;
+  if (!parse_query(req.query, params, problem)) return error_response(400, problem);
+  ListRequest in;
+  for (auto& [name, value] : params) {
+    std::optional<std::string>* slot = nullptr;
+    if (name == "clinic_id")
+      slot = &in.clinic_id;
+    else if (name == "patient_id")
+      slot = &in.patient_id;
+    else if (name == "test_type")
+      slot = &in.test_type;
+    else if (name == "cursor")
+      slot = &in.cursor;
+    else if (name != "limit")
+      return error_response(400, "unknown query parameter: " + name);
+    bool repeated = slot ? slot->has_value() : in.limit.has_value();
+    if (repeated) return error_response(400, name + " must be given once");
+    if (slot) {
+      *slot = std::move(value);
+    } else {
+      in.limit = parse_limit_text(value);
+    }
+  }
+  return list_tests_response(req, "list", std::move(in), store);
+}
+
+Response handle_search_tests(const Request& req, Store& store) {
+  Response error;
+  if (!check_json_body(req, kMaxBodyBytes, error)) return error;
+  std::string message;
+  JsonTree tree = parse_json_body(req.body, kMaxJsonValuesPerRecord, message);
+  if (!tree) return error_response(400, message);
+  if (!cJSON_IsObject(tree.get())) return error_response(400, "request body must be a JSON object");
+  ListRequest in;
+  std::set<std::string_view> seen;
+  for (const cJSON* item = tree->child; item != nullptr; item = item->next) {
+    std::string_view name(item->string);
+    std::optional<std::string>* slot = nullptr;
+    if (name == "clinic_id")
+      slot = &in.clinic_id;
+    else if (name == "patient_id")
+      slot = &in.patient_id;
+    else if (name == "test_type")
+      slot = &in.test_type;
+    else if (name == "cursor")
+      slot = &in.cursor;
+    else if (name != "limit")
+      return error_response(400, "unknown field: " + std::string(name));
+    if (!seen.insert(name).second) {
+      return error_response(400, std::string(name) + " must be given once");
+    }
+    if (slot) {
+      if (!cJSON_IsString(item))
+        return error_response(400, std::string(name) + " must be a string");
+      *slot = std::string(item->valuestring);
+      continue;
+    }
+    double v = cJSON_IsNumber(item) ? item->valuedouble : 0;
+    bool integral = std::isfinite(v) && std::floor(v) == v && std::fabs(v) < 1e15;
+    in.limit = integral ? static_cast<long long>(v) : 0;
+  }
+  return list_tests_response(req, "search", std::move(in), store);
 }
 
 Response handle_get_test(const Request& req, Store& store) {

@@ -7,7 +7,8 @@
 
 namespace tdapi {
 
-// POST /tests: 201 + Location, 409, 400 (every field problem), 413, 415, or 5xx from storage.
+// POST /tests: 201 + Location, 409, 400 (every field problem), 413, 415 (Content-Type not JSON,
+// or a Content-Encoding other than identity), or 5xx from storage.
 Response handle_create_test(const Request& request, Store& store);
 
 // POST /tests/batch: a JSON array of 1..kMaxBatchRecords records, stored all or nothing.
@@ -20,6 +21,12 @@ Response handle_create_batch(const Request& request, Store& store);
 // (null on the last page). 400 for a missing/empty clinic_id, a repeated or unknown parameter,
 // a bad limit, a malformed or tampered cursor, a malformed query.
 Response handle_list_tests(const Request& request, Store& store);
+
+// POST /tests/search with {"clinic_id":…[,"patient_id":…][,"test_type":…][,"limit":N]
+// [,"cursor":…]}: GET /tests with the filters in the body (FHIR's _search), so patient ids
+// stay out of URLs. Same listing, answers and paging as GET /tests (one shared function); the
+// body is strict: unknown fields, repeated keys and wrong types are 400; 413, 415 as for POST.
+Response handle_search_tests(const Request& request, Store& store);
 
 // GET /tests/{test_id}: 200 {"status":"success","test":{…}} or 404.
 Response handle_get_test(const Request& request, Store& store);

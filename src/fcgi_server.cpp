@@ -46,6 +46,7 @@ Request read_request(FCGX_Request& fcgi) {
   req.path = std::string(uri.substr(0, q));
   if (q != std::string_view::npos) req.query = std::string(uri.substr(q + 1));
   req.content_type = param(fcgi, "CONTENT_TYPE");
+  req.content_encoding = param(fcgi, "CONTENT_ENCODING");
   req.request_id = param(fcgi, "REQUEST_ID");
   req.authorization = param(fcgi, "HTTP_AUTHORIZATION");
 

@@ -25,6 +25,8 @@ struct Request {
   std::string path;          // raw (still percent-encoded) path, without the query string
   std::string query;         // raw query string, without '?'
   std::string content_type;  // as sent, may be empty
+  // Content-Encoding as sent, may be empty; handlers read only identity bodies (else 415).
+  std::string content_encoding;
   std::string body;
   size_t content_length = 0;  // as announced by the client (CONTENT_LENGTH)
   BodyState body_state = BodyState::kComplete;

@@ -26,6 +26,7 @@ const Route kRoutes[] = {
     {"/tests", "GET", "GET /tests", handle_list_tests, false, "list"},
     {"/tests", "POST", "POST /tests", handle_create_test, false, "create"},
     {"/tests/batch", "POST", "POST /tests/batch", handle_create_batch, false, "batch"},
+    {"/tests/search", "POST", "POST /tests/search", handle_search_tests, false, "search"},
     {"/tests/{test_id}", "GET", "GET /tests/{test_id}", handle_get_test, false, "get"},
     {"/audit", "GET", "GET /audit", handle_audit, false, "audit_read"},
     {"/healthz", "GET", "GET /healthz", handle_health, true, nullptr},

@@ -15,13 +15,44 @@ struct CjsonDeleter {
 // Owns a parsed cJSON tree.
 using JsonTree = std::unique_ptr<cJSON, CjsonDeleter>;
 
+// What a syntax check of a JSON text found, without building anything (no allocation).
+struct JsonScan {
+  enum class Outcome {
+    kOk,       // one RFC 8259 JSON value, optionally surrounded by whitespace
+    kInvalid,  // a syntax error, bytes after the value, or whitespace JSON does not allow
+    kTooDeep,  // containers nested deeper than max_depth (scanning stopped there)
+  };
+  Outcome outcome = Outcome::kInvalid;
+  char root = 0;          // first byte of the root value: '{', '[', '"', 't', 'f', 'n', '-', digit
+  size_t values = 0;      // every value in the text, containers included
+  size_t root_items = 0;  // elements of a root array, or members of a root object
+};
+
+// The deepest nesting scan_json can check.
+constexpr size_t kMaxJsonScanDepth = 64;
+
+// Checks `text` against the JSON grammar in one pass over the bytes and counts what a parse would
+// build, so that oversized or over-deep documents can be refused before cJSON allocates a tree.
+// Stricter than cJSON where cJSON is lax: only space, tab, LF and CR are whitespace (cJSON
+// skips every byte up to 0x20), and numbers must have JSON's form (no "+1", "01", ".5", "1.").
+// Like cJSON it does not check string contents beyond escapes (callers check UTF-8 and NULs).
+// max_depth is capped at kMaxJsonScanDepth. This function can't fail.
+JsonScan scan_json(std::string_view text, size_t max_depth);
+
 // Parses exactly `text` as one JSON document: leading/trailing whitespace is allowed, any other
-// byte after the document is not. Returns null on any syntax error. cJSON decodes \u escapes;
-// a \u0000 inside a string would silently cut it, so callers reject those first (see validate).
+// byte after the document is not. Returns null on any syntax error, including what scan_json
+// rejects (it runs first, with depth kMaxJsonScanDepth). cJSON decodes \u escapes; a \u0000
+// inside a string would silently cut it, so callers reject those first (see validate).
 JsonTree parse_json_document(std::string_view text);
 
-// Appends `s` as a JSON string literal (with quotes). Escapes ", \ and all control characters;
-// other bytes are copied as they are (callers pass valid UTF-8). This function can't fail.
+// Length of the well-formed UTF-8 sequence starting at s[i] (1-4), or 0 when the bytes there are
+// not one (a stray continuation byte, an overlong form, a surrogate, above U+10FFFF, cut short).
+size_t utf8_sequence_length(std::string_view s, size_t i);
+
+// Appends `s` as a JSON string literal (with quotes). Escapes ", \ and all control characters
+// (and DEL); well-formed UTF-8 is copied as it is, and every byte that is not part of a
+// well-formed sequence becomes U+FFFD, so the output is always valid UTF-8 JSON whatever the
+// input (a raw request path, say). This function can't fail.
 void append_json_string(std::string& out, std::string_view s);
 
 // Builds one JSON value into a string, tracking commas. Not thread-safe; cheap to create.

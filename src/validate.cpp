@@ -40,34 +40,70 @@ size_t count_chars(std::string_view s) {
   return n;
 }
 
-bool has_forbidden_control(std::string_view s, bool multiline) {
-  for (char ch : s) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    if (c == 0x7f) return true;
-    if (c >= 0x20) continue;
-    if (multiline && (c == '\n' || c == '\r' || c == '\t')) continue;
-    return true;
+// Decodes the code point of the well-formed UTF-8 sequence at s[i]; advances i past it.
+char32_t next_code_point(std::string_view s, size_t& i) {
+  unsigned char c = static_cast<unsigned char>(s[i]);
+  size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+  char32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+  for (size_t k = 1; k < len && i + k < s.size(); ++k) {
+    cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
   }
-  return false;
+  i += len;
+  return cp;
+}
+
+// C0 controls, DEL and C1 controls (U+0080..U+009F, e.g. NEL).
+bool is_control(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
+
+// Characters that break or reorder lines when shown: U+2028/U+2029 (line and paragraph
+// separators) and the bidirectional controls (ALM, LRM, RLM, U+202A..U+202E embeddings and
+// overrides, U+2066..U+2069 isolates). In an id they forge log and UI text.
+bool is_layout_control(char32_t cp) {
+  return cp == 0x061C || cp == 0x200E || cp == 0x200F || (cp >= 0x2028 && cp <= 0x202E) ||
+         (cp >= 0x2066 && cp <= 0x2069);
 }
 
 // Validates one field value; returns the problem or "" when fine.
 std::string check_field(const cJSON* value, const FieldSpec& spec) {
   if (!cJSON_IsString(value)) return "must be a string";
   std::string_view s(value->valuestring);
-  if (s.empty()) return "must not be empty";
-  if (only_whitespace(s)) return "must not be only whitespace";
-  if (count_chars(s) > spec.max_chars) {
-    return "must be at most " + std::to_string(spec.max_chars) + " characters";
+  if (spec.multiline) {
+    if (s.empty()) return "must not be empty";
+    if (only_whitespace(s)) return "must not be only whitespace";
+    if (count_chars(s) > spec.max_chars) {
+      return "must be at most " + std::to_string(spec.max_chars) + " characters";
+    }
+    for (char ch : s) {
+      unsigned char c = static_cast<unsigned char>(ch);
+      if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f) {
+        return "must not contain control characters other than tab and newline";
+      }
+    }
+    return "";
   }
-  if (has_forbidden_control(s, spec.multiline)) {
-    return spec.multiline ? "must not contain control characters other than tab and newline"
-                          : "must not contain control characters";
+  std::string problem = check_id_text(s, spec.max_chars);
+  if (problem.empty() && spec.member == &TestRecord::test_id && (s == "." || s == "..")) {
+    return R"(must not be "." or "..")";
   }
-  return "";
+  return problem;
 }
 
 }  // namespace
+
+std::string check_id_text(std::string_view s, size_t max_chars) {
+  if (s.empty()) return "must not be empty";
+  if (only_whitespace(s)) return "must not be only whitespace";
+  if (count_chars(s) > max_chars)
+    return "must be at most " + std::to_string(max_chars) + " characters";
+  bool layout = false;
+  for (size_t i = 0; i < s.size();) {
+    char32_t cp = next_code_point(s, i);
+    if (is_control(cp)) return "must not contain control characters";
+    layout = layout || is_layout_control(cp);
+  }
+  if (layout) return "must not contain line separators or bidirectional controls";
+  return "";
+}
 
 std::string check_body_bytes(std::string_view body) {
   if (body.find('\0') != std::string_view::npos) return "request body contains a NUL character";
@@ -128,17 +164,50 @@ static bool validate_record_object(const cJSON* object, int index, TestRecord& r
   return errors.size() == errors_before;
 }
 
-// The checks every JSON body gets: not blank, bytes fine, one JSON document. Returns the tree,
-// or null with message set.
-static JsonTree parse_body(std::string_view body, std::string& message) {
+// The checks every JSON body gets before cJSON sees it: not blank, bytes fine, and one JSON
+// document (scan_json: strict whitespace, at most kMaxBodyDepth levels). Nothing is allocated
+// here, so a hostile body costs no more than its own bytes. Returns false with message set.
+static bool precheck_body(std::string_view body, JsonScan& scan, std::string& message) {
   bool blank = true;
   for (char c : body) blank = blank && is_json_space(c);
   if (blank) {
     message = "request body is empty";
-    return nullptr;
+    return false;
   }
   message = check_body_bytes(body);
-  if (!message.empty()) return nullptr;
+  if (!message.empty()) return false;
+  scan = scan_json(body, kMaxBodyDepth);
+  if (scan.outcome == JsonScan::Outcome::kTooDeep) {
+    message = "request body is nested more than " + std::to_string(kMaxBodyDepth) + " levels deep";
+    return false;
+  }
+  if (scan.outcome != JsonScan::Outcome::kOk) {
+    message = "request body is not valid JSON";
+    return false;
+  }
+  return true;
+}
+
+// After precheck_body and the caller's shape checks: the value budget, then the tree.
+static JsonTree parse_within_budget(std::string_view body, const JsonScan& scan, size_t records,
+                                    std::string& message) {
+  if (scan.values > 1 + records * kMaxJsonValuesPerRecord) {
+    message = "request body holds too many JSON values (at most " +
+              std::to_string(kMaxJsonValuesPerRecord) + " per record)";
+    return nullptr;
+  }
+  JsonTree tree = parse_json_document(body);
+  if (!tree) message = "request body is not valid JSON";
+  return tree;
+}
+
+JsonTree parse_json_body(std::string_view body, size_t max_values, std::string& message) {
+  JsonScan scan;
+  if (!precheck_body(body, scan, message)) return nullptr;
+  if (scan.values > max_values) {
+    message = "request body holds more than " + std::to_string(max_values) + " JSON values";
+    return nullptr;
+  }
   JsonTree tree = parse_json_document(body);
   if (!tree) message = "request body is not valid JSON";
   return tree;
@@ -146,12 +215,15 @@ static JsonTree parse_body(std::string_view body, std::string& message) {
 
 RecordValidation validate_test_record(std::string_view body) {
   RecordValidation v;
-  JsonTree tree = parse_body(body, v.message);
-  if (!tree) return v;
-  if (!cJSON_IsObject(tree.get())) {
+  JsonScan scan;
+  if (!precheck_body(body, scan, v.message)) return v;
+  if (scan.root != '{') {
     v.message = "request body must be a JSON object";
     return v;
   }
+  // The object itself is one of the record's values.
+  JsonTree tree = parse_within_budget(body, scan, 1, v.message);
+  if (!tree) return v;
   if (!validate_record_object(tree.get(), -1, v.record, v.errors)) {
     v.message = "invalid test record";
     return v;
@@ -162,18 +234,21 @@ RecordValidation validate_test_record(std::string_view body) {
 
 BatchValidation validate_test_batch(std::string_view body, size_t max_records) {
   BatchValidation v;
-  JsonTree tree = parse_body(body, v.message);
-  if (!tree) return v;
-  if (!cJSON_IsArray(tree.get())) {
+  JsonScan scan;
+  if (!precheck_body(body, scan, v.message)) return v;
+  if (scan.root != '[') {
     v.message = "request body must be a JSON array of test records";
     return v;
   }
-  size_t n = static_cast<size_t>(cJSON_GetArraySize(tree.get()));
+  // Counted on the bytes: an over-long batch is refused before any tree is built.
+  size_t n = scan.root_items;
   if (n == 0 || n > max_records) {
     v.message =
         "a batch holds 1 to " + std::to_string(max_records) + " records, not " + std::to_string(n);
     return v;
   }
+  JsonTree tree = parse_within_budget(body, scan, n, v.message);
+  if (!tree) return v;
   v.records.resize(n);
   int index = 0;
   for (const cJSON* item = tree->child; item != nullptr; item = item->next, ++index) {

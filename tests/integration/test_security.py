@@ -92,6 +92,9 @@ class Security(unittest.TestCase):
                     self.assertEqual(r.status, 200 if may(key, "read", clinic) else 403, r)
                     if r.status == 200:
                         self.assertTrue(all(t["clinic_id"] == clinic for t in r.json()["tests"]))
+                    # POST /tests/search
+                    r = self.req(key, "POST", "/tests/search", {"clinic_id": clinic})
+                    self.assertEqual(r.status, 200 if may(key, "read", clinic) else 403, r)
                     # GET /tests/{id}: a foreign clinic's test is a 404, exactly like no test
                     r = self.req(key, "GET", "/tests/sec-" + clinic)
                     self.assertEqual(r.status, 200 if may(key, "read", clinic) else 404, r)
@@ -121,6 +124,7 @@ class Security(unittest.TestCase):
         for name, header in bad.items():
             for method, path, body in (("GET", "/tests?clinic_id=c1", None),
                                        ("POST", "/tests", record("x-" + str(name))),
+                                       ("POST", "/tests/search", {"clinic_id": "c1"}),
                                        ("GET", "/tests/sec-c1", None), ("GET", "/metrics", None),
                                        ("GET", "/audit", None)):
                 with self.subTest(token=name, path=path):
@@ -151,6 +155,7 @@ class Security(unittest.TestCase):
 
     def test_the_audit_trail_records_who_what_and_outcome_and_detects_tampering(self):
         rid_ok = self.req("r1", "GET", "/tests?clinic_id=c1&patient_id=P-sec-c1").headers["x-request-id"]
+        rid_search = self.req("r1", "POST", "/tests/search", {"clinic_id": "c1"}).headers["x-request-id"]
         rid_denied = self.req("r1", "GET", "/tests?clinic_id=c2").headers["x-request-id"]
         rid_get = self.req("r1", "GET", "/tests/sec-c2").headers["x-request-id"]
         rid_401 = self.server.request("GET", "/tests?clinic_id=c1").headers["x-request-id"]
@@ -169,6 +174,7 @@ class Security(unittest.TestCase):
         self.assertEqual((ok["key_id"], ok["action"], ok["clinic_id"], ok["outcome"]),
                          (self.keys["r1"]["key_id"], "list", "c1", 200))
         self.assertEqual(ok["detail"]["patient_id"], "P-sec-c1")  # the audit trail may hold filters
+        self.assertEqual((by_rid[rid_search]["action"], by_rid[rid_search]["outcome"]), ("search", 200))
         self.assertEqual(by_rid[rid_denied]["outcome"], 403)
         self.assertEqual(by_rid[rid_get]["outcome"], 404)
         self.assertEqual(by_rid[rid_get]["detail"]["test_id"], "sec-c2")

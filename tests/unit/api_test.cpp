@@ -2,6 +2,10 @@
 #include "api.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
 
 #include "http_router.h"
 #include "json.h"
@@ -38,8 +42,9 @@ class Api : public ::testing::Test {
   }
   Sent call(const std::string& method, const std::string& uri, const std::string& body = "",
             const std::string& content_type = "application/json",
-            BodyState state = BodyState::kComplete) {
+            BodyState state = BodyState::kComplete, const std::string& content_encoding = "") {
     Request req;
+    req.content_encoding = content_encoding;
     req.method = method;
     size_t q = uri.find('?');
     req.path = uri.substr(0, q);
@@ -52,6 +57,11 @@ class Api : public ::testing::Test {
     Sent sent;
     send_response(r, sent);
     last_log_ = r.log;
+    // What the FastCGI adapter logs for every request (fcgi_server.cpp serve_one).
+    last_log_.method = method;
+    last_log_.path = req.path;
+    last_log_.status = r.status;
+    if (write_logs_) log_event(LogLevel::kInfo, "request", last_log_);
     return sent;
   }
   std::string header(const Sent& s, const std::string& name) {
@@ -63,6 +73,7 @@ class Api : public ::testing::Test {
   std::unique_ptr<SqliteStore> store_;
   LogFields last_log_;
   std::string last_route_;
+  bool write_logs_ = false;  // call() writes each request's log line, as serve_one does
 };
 
 std::string record(const std::string& id, const std::string& clinic = "c1") {
@@ -294,7 +305,159 @@ TEST_F(Api, FiltersNarrowTheListing) {
   Sent both = call("GET", "/tests?clinic_id=c1&patient_id=p%201&test_type=urine");
   EXPECT_NE(both.body.find(R"("test_id":"x3")"), std::string::npos) << both.body;
   EXPECT_NE(both.body.find(R"("count":1)"), std::string::npos) << both.body;
-  EXPECT_EQ(last_log_.clinic_id, "c1");  // the patient filter is never logged
+  EXPECT_EQ(last_log_.clinic_id, "c1");
+}
+
+// Sends stderr (where log_event writes) to a temp file while alive; text() reads what arrived.
+class StderrCapture {
+ public:
+  explicit StderrCapture(std::string path) : path_(std::move(path)) {
+    fflush(stderr);
+    saved_ = dup(STDERR_FILENO);
+    FILE* f = fopen(path_.c_str(), "w");
+    dup2(fileno(f), STDERR_FILENO);
+    fclose(f);
+  }
+  ~StderrCapture() { restore(); }
+  std::string text() {
+    restore();
+    std::ifstream in(path_);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+
+ private:
+  void restore() {
+    if (saved_ < 0) return;
+    fflush(stderr);
+    dup2(saved_, STDERR_FILENO);
+    close(saved_);
+    saved_ = -1;
+  }
+  std::string path_;
+  int saved_ = -1;
+};
+
+TEST_F(Api, LogLinesCarryNoPatientIdsOrResults) {
+  const std::string patient = "PATIENT-7731";
+  const std::string result = "RESULT-5519";
+  auto rec = [&](const std::string& id) {
+    return R"({"test_id":")" + id + R"(","patient_id":")" + patient +
+           R"(","clinic_id":"lc","test_type":"blood","result":")" + result + R"("})";
+  };
+  std::string log;
+  {
+    StderrCapture capture(dir_.file("stderr.log"));
+    write_logs_ = true;
+    ASSERT_EQ(call("POST", "/tests", rec("l1")).status, 201);
+    ASSERT_EQ(call("POST", "/tests", rec("l1")).status, 409);
+    ASSERT_EQ(call("POST", "/tests/batch", "[" + rec("l2") + "," + rec("l3") + "]").status, 201);
+    ASSERT_EQ(call("POST", "/tests/batch", "[" + rec("l2") + "]").status, 409);
+    Sent listed = call("GET", "/tests?clinic_id=lc&patient_id=" + patient);
+    ASSERT_NE(listed.body.find(R"("count":3)"), std::string::npos) << listed.body;
+    Sent found =
+        call("POST", "/tests/search", R"({"clinic_id":"lc","patient_id":")" + patient + R"("})");
+    ASSERT_NE(found.body.find(R"("count":3)"), std::string::npos) << found.body;
+    ASSERT_EQ(call("GET", "/tests/l1").status, 200);
+    ASSERT_EQ(call("POST", "/tests/search",
+                   R"({"clinic_id":"lc","patient_id":")" + patient + R"(","x":1})")
+                  .status,
+              400);
+    log = capture.text();
+  }
+  // The lines are really there (request lines with ids, the writer's txn lines) ...
+  EXPECT_NE(log.find(R"("event":"request")"), std::string::npos) << log;
+  EXPECT_NE(log.find(R"("test_id":"l1")"), std::string::npos) << log;
+  EXPECT_NE(log.find(R"("path":"/tests/search")"), std::string::npos) << log;
+  EXPECT_NE(log.find(R"("event":"txn")"), std::string::npos) << log;
+  // ... and hold neither patient ids nor results.
+  EXPECT_EQ(log.find(patient), std::string::npos) << log;
+  EXPECT_EQ(log.find(result), std::string::npos) << log;
+}
+
+TEST_F(Api, SearchIsGetTestsWithTheFiltersInABody) {
+  for (const char* id : {"s1", "s2", "s3"})
+    ASSERT_EQ(call("POST", "/tests", record(id)).status, 201);
+  Sent got = call("GET", "/tests?clinic_id=c1&patient_id=p1&test_type=blood&limit=2");
+  Sent searched = call("POST", "/tests/search",
+                       R"({"clinic_id":"c1","patient_id":"p1","test_type":"blood","limit":2})");
+  EXPECT_EQ(searched.status, 200);
+  EXPECT_EQ(last_route_, "POST /tests/search");
+  EXPECT_EQ(searched.body, got.body);
+  JsonTree tree = parse_json_document(searched.body);
+  ASSERT_TRUE(tree);
+  std::string cursor = cJSON_GetObjectItem(tree.get(), "next_cursor")->valuestring;
+  Sent next =
+      call("POST", "/tests/search",
+           R"({"clinic_id":"c1","patient_id":"p1","test_type":"blood","limit":2,"cursor":")" +
+               cursor + R"("})");
+  EXPECT_NE(next.body.find(R"("tests":[{"test_id":"s3")"), std::string::npos) << next.body;
+  EXPECT_NE(next.body.find(R"("next_cursor":null)"), std::string::npos) << next.body;
+  struct Case {
+    std::string body;
+    int status;
+    std::string message;
+  } cases[] = {
+      {R"({"clinic_id":"c1","x":1})", 400, "unknown field: x"},
+      {R"({"clinic_id":"c1","limit":2,"limit":3})", 400, "limit must be given once"},
+      {R"({"clinic_id":true})", 400, "clinic_id must be a string"},
+      {R"({"clinic_id":"c1","test_type":5})", 400, "test_type must be a string"},
+      {R"({"clinic_id":"c1","limit":"2"})", 400, "limit must be an integer from 1 to 1000"},
+      {R"({"clinic_id":"c1","limit":2.5})", 400, "limit must be an integer from 1 to 1000"},
+      {R"({"clinic_id":"c1","limit":-1})", 400, "limit must be an integer from 1 to 1000"},
+      {R"({})", 400, "clinic_id is required"},
+      {R"({"clinic_id":""})", 400, "clinic_id must not be empty"},
+      {R"([])", 400, "request body must be a JSON object"},
+      {"", 400, "request body is empty"},
+  };
+  for (const Case& c : cases) {
+    Sent s = call("POST", "/tests/search", c.body);
+    EXPECT_EQ(s.status, c.status) << c.body;
+    EXPECT_EQ(s.body, R"({"status":"error","message":")" + c.message + R"("})") << c.body;
+  }
+  EXPECT_EQ(call("POST", "/tests/search", R"({"clinic_id":"c1"})", "text/plain").status, 415);
+}
+
+TEST_F(Api, ContentEncodingOtherThanIdentityIs415) {
+  const std::string message =
+      R"({"status":"error","message":"Content-Encoding is not supported; send the body uncompressed"})";
+  for (const char* enc : {"gzip", "br", "x-gzip", "identity,gzip"}) {
+    for (const char* path : {"/tests", "/tests/batch", "/tests/search"}) {
+      Sent s = call("POST", path, record("ce"), "application/json", BodyState::kComplete, enc);
+      EXPECT_EQ(s.status, 415) << enc << " " << path;
+      EXPECT_EQ(s.body, message);
+    }
+  }
+  for (const char* enc : {"", "identity", " IDENTITY "}) {
+    EXPECT_NE(call("POST", "/tests", record(std::string("ce-") + enc), "application/json",
+                   BodyState::kComplete, enc)
+                  .status,
+              415)
+        << enc;
+  }
+}
+
+TEST_F(Api, QueryFiltersHaveTheBodyLimits) {
+  const std::string long_id(129, 'x');
+  struct Case {
+    std::string uri;
+    std::string message;
+  } cases[] = {
+      {"/tests?clinic_id=" + std::string(7000, 'c'), "clinic_id must be at most 128 characters"},
+      {"/tests?clinic_id=c1&patient_id=" + long_id, "patient_id must be at most 128 characters"},
+      {"/tests?clinic_id=c1&test_type=" + long_id, "test_type must be at most 128 characters"},
+      {"/tests?clinic_id=c%01", "clinic_id must not contain control characters"},
+      {"/tests?clinic_id=c1&patient_id=%E2%80%AE1",
+       "patient_id must not contain line separators or bidirectional controls"},
+  };
+  for (const Case& c : cases) {
+    Sent s = call("GET", c.uri);
+    EXPECT_EQ(s.status, 400) << c.uri;
+    EXPECT_EQ(s.body, R"({"status":"error","message":")" + c.message + R"("})") << c.uri;
+    EXPECT_EQ(last_log_.clinic_id, "");  // a refused value is not logged
+  }
+  EXPECT_EQ(call("GET", "/tests?clinic_id=" + std::string(128, 'c')).status, 200);
 }
 
 TEST_F(Api, MetricsAreRenderedAsPrometheusText) {
@@ -325,6 +488,8 @@ TEST_F(Api, RoutingTable) {
       {"PUT", "/tests/x", 405, "GET, HEAD"},
       {"GET", "/tests/batch", 404, ""},
       {"DELETE", "/tests/batch", 405, "POST, GET, HEAD"},
+      {"GET", "/tests/search", 404, ""},
+      {"PUT", "/tests/search", 405, "POST, GET, HEAD"},
       {"HEAD", "/healthz", 200, ""},
       {"GET", "/tests/a/b", 404, ""},
   };

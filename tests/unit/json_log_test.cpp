@@ -1,6 +1,7 @@
 // json_log_test.cpp: JSON escaping, document parsing, and the shape of log lines.
 #include <gtest/gtest.h>
 
+#include "http.h"
 #include "json.h"
 #include "log.h"
 
@@ -11,6 +12,105 @@ TEST(JsonString, EscapesQuotesBackslashAndControls) {
   std::string out;
   append_json_string(out, "a\"b\\c\nd\te\x01\x7f\xc3\xa9");
   EXPECT_EQ(out, "\"a\\\"b\\\\c\\nd\\te\\u0001\\u007f\xc3\xa9\"");
+}
+
+TEST(JsonString, ReplacesBytesThatAreNotUtf8) {
+  struct Case {
+    std::string in, out;
+  } cases[] = {
+      {"\xff", "\xef\xbf\xbd"},                                  // never valid
+      {"a\xc3(", "a\xef\xbf\xbd("},                              // lead byte without continuation
+      {"\xe2\x82", "\xef\xbf\xbd\xef\xbf\xbd"},                  // cut short at the end
+      {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},                  // overlong '/'
+      {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},  // a surrogate
+      {"\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},  // > U+10FFFF
+      {"\x80\"", "\xef\xbf\xbd\\\""},  // stray continuation, then a quote
+      {"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"},  // kept
+  };
+  for (const Case& c : cases) {
+    std::string out;
+    append_json_string(out, c.in);
+    EXPECT_EQ(out, "\"" + c.out + "\"");
+    EXPECT_TRUE(is_valid_utf8(out));
+  }
+}
+
+TEST(JsonString, EveryByteStringBecomesValidUtf8Json) {
+  // All 2-byte strings, and 3-byte strings over the bytes that matter for UTF-8.
+  const unsigned char probe[] = {0x00, 0x1f, 0x22, 0x41, 0x5c, 0x7f, 0x80, 0xa0, 0xbf, 0xc0,
+                                 0xc2, 0xdf, 0xe0, 0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xff};
+  for (unsigned char a : probe) {
+    for (unsigned char b : probe) {
+      for (unsigned char c : probe) {
+        std::string in{static_cast<char>(a), static_cast<char>(b), static_cast<char>(c)};
+        std::string out;
+        append_json_string(out, in);
+        ASSERT_TRUE(is_valid_utf8(out)) << int(a) << " " << int(b) << " " << int(c);
+        JsonTree tree = parse_json_document(out);
+        ASSERT_TRUE(tree) << out;
+        if (is_valid_utf8(in) && in.find('\0') == std::string::npos) {
+          EXPECT_EQ(std::string(tree->valuestring), in);
+        }
+      }
+    }
+  }
+}
+
+TEST(LogLine, RawPathBytesBecomeValidUtf8) {
+  LogFields f;
+  f.path = "/tests/\xff\xfe";
+  f.test_id = "\xc3";
+  std::string line = render_log_line(LogLevel::kWarn, "request", f);
+  EXPECT_TRUE(is_valid_utf8(line));
+  JsonTree tree = parse_json_document(line);
+  ASSERT_TRUE(tree) << line;
+  EXPECT_STREQ(cJSON_GetObjectItem(tree.get(), "path")->valuestring,
+               "/tests/\xef\xbf\xbd\xef\xbf\xbd");
+  EXPECT_STREQ(cJSON_GetObjectItem(tree.get(), "test_id")->valuestring, "\xef\xbf\xbd");
+}
+
+TEST(JsonScan, AcceptsOnlyJsonWhitespace) {
+  EXPECT_EQ(scan_json(" \t\r\n{ \"a\" :\t[ 1 , 2 ] }\n", 8).outcome, JsonScan::Outcome::kOk);
+  for (std::string bad : {"\x01{}", "{}\x0b",
+                          "{\"a\":\x0c"
+                          "1}",
+                          "[1\x1f]",
+                          "[1,\x1f"
+                          "2]",
+                          "\x7f[]"}) {
+    EXPECT_EQ(scan_json(bad, 8).outcome, JsonScan::Outcome::kInvalid) << bad;
+    EXPECT_FALSE(parse_json_document(bad)) << bad;
+  }
+}
+
+TEST(JsonScan, FollowsTheGrammar) {
+  for (std::string ok :
+       {"0", "-0", "12", "-1.5e+10", "1E-2", "0.25", "true", "false", "null",
+        R"("a\"\\\/\b\f\n\r\t\u00e9")", "[]", "{}", R"({"a":[{"b":null}],"c":1})", "[[],[{}]]"}) {
+    EXPECT_EQ(scan_json(ok, 8).outcome, JsonScan::Outcome::kOk) << ok;
+  }
+  for (std::string bad :
+       {"",     " ",   "+1",       "01",        ".5",          "1.",       "1e",          "-",
+        "--1",  "tru", "nul",      "True",      R"("a)",       R"("\x")",  R"("\u12g4")", "[1,]",
+        "[,1]", "{,}", R"({"a"})", R"({"a":})", R"({"a":1,})", R"({1:2})", "[1 2]",       "{}{}",
+        "[}",   "{]",  "[",        "]",         "1 2",         "'a'"}) {
+    EXPECT_EQ(scan_json(bad, 8).outcome, JsonScan::Outcome::kInvalid) << bad;
+  }
+}
+
+TEST(JsonScan, CountsValuesRootItemsAndDepth) {
+  JsonScan s = scan_json(R"([{"a":1,"b":[2,3]},"x",[],{}])", 8);
+  ASSERT_EQ(s.outcome, JsonScan::Outcome::kOk);
+  EXPECT_EQ(s.root, '[');
+  EXPECT_EQ(s.values, 9u);  // array, object, 1, [2,3], 2, 3, "x", [], {}
+  EXPECT_EQ(s.root_items, 4u);
+  s = scan_json(R"({"a":1,"b":{"c":2}})", 8);
+  EXPECT_EQ(s.root, '{');
+  EXPECT_EQ(s.root_items, 2u);
+  EXPECT_EQ(scan_json("[[[]]]", 3).outcome, JsonScan::Outcome::kOk);
+  EXPECT_EQ(scan_json("[[[[]]]]", 3).outcome, JsonScan::Outcome::kTooDeep);
+  EXPECT_EQ(scan_json(std::string(100000, '['), 1000).outcome, JsonScan::Outcome::kTooDeep);
+  EXPECT_EQ(scan_json("7", 0).outcome, JsonScan::Outcome::kOk);
 }
 
 TEST(JsonDocument, RejectsTrailingBytesAllowsWhitespace) {

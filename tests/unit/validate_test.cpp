@@ -112,6 +112,40 @@ INSTANTIATE_TEST_SUITE_P(
              "invalid test record | test_id: must be at most 128 characters"},
         Case{"result_too_long", with("result", "\"" + kLongResult + "\""),
              "invalid test record | result: must be at most 16384 characters"},
+        Case{"control_byte_as_whitespace", "\x01" + std::string(kGood),
+             "request body is not valid JSON"},
+        Case{"vertical_tab_between_tokens", with("result", "\x0b\"r\""),
+             "request body is not valid JSON"},
+        Case{"json_plus_number", with("result", "+1"), "request body is not valid JSON"},
+        Case{"too_deep", with("result", std::string(17, '[') + std::string(17, ']')),
+             "request body is nested more than 16 levels deep"},
+        Case{"long_number_is_one_value", with("result", "[" + std::string(40, '1') + "]"),
+             "invalid test record | result: must be a string"},
+        Case{"too_many_values_for_a_record",
+             with("result",
+                  "[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28]"),
+             "request body holds too many JSON values (at most 32 per record)"},
+        Case{"line_separator_in_id", with("test_id", R"("a\u2028b")"),
+             "invalid test record | test_id: must not contain line separators or bidirectional "
+             "controls"},
+        Case{"paragraph_separator_raw",
+             with("patient_id",
+                  "\"a\xe2\x80\xa9"
+                  "b\""),
+             "invalid test record | patient_id: must not contain line separators or bidirectional "
+             "controls"},
+        Case{"bidi_override_in_type", with("test_type", R"("\u202eevil")"),
+             "invalid test record | test_type: must not contain line separators or bidirectional "
+             "controls"},
+        Case{"bidi_isolate_in_clinic", with("clinic_id", R"("c\u2066")"),
+             "invalid test record | clinic_id: must not contain line separators or bidirectional "
+             "controls"},
+        Case{"c1_control_in_id", with("clinic_id", R"("c\u0085")"),
+             "invalid test record | clinic_id: must not contain control characters"},
+        Case{"dot_id", with("test_id", R"(".")"),
+             R"(invalid test record | test_id: must not be "." or "..")"},
+        Case{"dotdot_id", with("test_id", R"("..")"),
+             R"(invalid test record | test_id: must not be "." or "..")"},
         Case{"several_problems",
              R"({"test_id":"","patient_id":5,"test_type":"x","result":"r",)"
              R"("clinic":"c"})",
@@ -131,6 +165,67 @@ TEST(Validate, EscapedBackslashBeforeU0000IsNotANul) {
   RecordValidation v = validate_test_record(with("result", R"("a\\u0000")"));
   ASSERT_TRUE(v.ok) << render_errors(v);
   EXPECT_EQ(v.record.result, "a\\u0000");
+}
+
+TEST(Validate, SeparatorsAndBidiControlsAreTextInResult) {
+  RecordValidation v = validate_test_record(with("result", R"("a\u2028b\u202ec\u2066")"));
+  EXPECT_TRUE(v.ok) << render_errors(v);
+  v = validate_test_record(with("patient_id", R"("...")"));  // dots are fine elsewhere
+  EXPECT_TRUE(v.ok) << render_errors(v);
+  v = validate_test_record(with("test_id", R"("...")"));
+  EXPECT_TRUE(v.ok) << render_errors(v);
+}
+
+TEST(CheckIdText, SharedByBodiesAndQueryFilters) {
+  EXPECT_EQ(check_id_text("c1", 128), "");
+  EXPECT_EQ(check_id_text("", 128), "must not be empty");
+  EXPECT_EQ(check_id_text(" \t", 128), "must not be only whitespace");
+  EXPECT_EQ(check_id_text(std::string(129, 'x'), 128), "must be at most 128 characters");
+  EXPECT_EQ(check_id_text("a\x7f", 128), "must not contain control characters");
+  EXPECT_EQ(check_id_text("a\xe2\x81\xa9", 128),  // U+2069
+            "must not contain line separators or bidirectional controls");
+  EXPECT_EQ(check_id_text("a\xe2\x80\x8f", 128),  // U+200F RLM
+            "must not contain line separators or bidirectional controls");
+  EXPECT_EQ(check_id_text("\xe2\x80\xaf\xe2\x81\xaa", 128), "");  // U+202F, U+206A: not bidi
+}
+
+std::string batch_of(size_t n, const std::string& item) {
+  std::string out = "[";
+  for (size_t i = 0; i < n; ++i) out += (i ? "," : "") + item;
+  return out + "]";
+}
+
+TEST(ValidateBatch, CountsRecordsOnTheBytes) {
+  EXPECT_EQ(validate_test_batch(batch_of(1001, "0"), 1000).message,
+            "a batch holds 1 to 1000 records, not 1001");
+  EXPECT_EQ(validate_test_batch(batch_of(5, "{}"), 4).message,
+            "a batch holds 1 to 4 records, not 5");
+  EXPECT_EQ(validate_test_batch("[]", 4).message, "a batch holds 1 to 4 records, not 0");
+  EXPECT_EQ(validate_test_batch("[\x01]", 4).message, "request body is not valid JSON");
+}
+
+TEST(ValidateBatch, ValueBudgetRefusesHostileShapesButNamesUnknownFields) {
+  // One record holding 100,000 values: refused before a tree is built.
+  EXPECT_EQ(validate_test_batch("[" + batch_of(100000, "0") + "]", 1000).message,
+            "request body holds too many JSON values (at most 32 per record)");
+  std::string wide = "[{";
+  for (int i = 0; i < 40; ++i) wide += std::string(i ? "," : "") + "\"a\":0";
+  EXPECT_EQ(validate_test_batch(wide + "}]", 1000).message,
+            "request body holds too many JSON values (at most 32 per record)");
+  // 1,000 records, each with five unknown fields (one nested): every one named.
+  std::string item = std::string(kGood).substr(0, sizeof kGood - 2) +
+                     R"(,"a":1,"b":"x","c":null,"d":[1,2],"e":{"f":[true]}})";
+  BatchValidation v = validate_test_batch(batch_of(1000, item), 1000);
+  ASSERT_FALSE(v.ok);
+  EXPECT_EQ(v.message, "invalid test records");
+  EXPECT_EQ(v.errors.size(), 5000u);
+  EXPECT_EQ(v.errors.back().index, 999);
+  EXPECT_EQ(v.errors.back().field, "e");
+  EXPECT_EQ(v.errors.back().message, "unknown field");
+  // Over-deep nesting is refused at the limit, whatever the length.
+  EXPECT_EQ(
+      validate_test_batch(std::string(2000000, '[') + std::string(2000000, ']'), 1000).message,
+      "request body is nested more than 16 levels deep");
 }
 
 }  // namespace
