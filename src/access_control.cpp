@@ -1,6 +1,8 @@
 // access_control.cpp: bearer-token authentication with a short-lived key cache.
 #include "access_control.h"
 
+#include <iterator>
+
 namespace tdapi {
 
 namespace {
@@ -45,7 +47,13 @@ AuthOutcome Authenticator::authenticate(std::string_view header, Store& store, P
     entry.found = s.ok();
     entry.fetched = now;
     std::lock_guard<std::mutex> lock(mu_);
-    if (cache_.size() >= kMaxCachedKeys) cache_.clear();
+    if (cache_.size() >= kMaxCachedKeys) {
+      // Unknown ids (a flood of made-up tokens) go first, so real keys stay cached.
+      for (auto it = cache_.begin(); it != cache_.end();) {
+        it = it->second.found ? std::next(it) : cache_.erase(it);
+      }
+      if (cache_.size() >= kMaxCachedKeys) cache_.clear();
+    }
     cache_[key_id] = entry;
   }
   if (!entry.found || !secret_matches(secret, entry.key.secret_hash)) {

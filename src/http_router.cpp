@@ -51,7 +51,11 @@ Response unauthenticated(const Request& req, const Route& route, AuthOutcome why
                  : why == AuthOutcome::kRevoked   ? "revoked_key"
                                                   : "unknown_key";
   global_metrics().record_auth_denial(401);
-  if (route.audit_action && req.audit) {
+  // A token that names a key is recorded (who tried, with what). Requests with no token or a
+  // malformed one name nobody: they are logged and counted, not written to the audit trail,
+  // so anonymous traffic cannot grow it (nginx rate-limits them per address besides).
+  const bool names_a_key = why == AuthOutcome::kUnknownKey || why == AuthOutcome::kRevoked;
+  if (route.audit_action && req.audit && names_a_key) {
     AuditEntry a = audit_entry(req, route.audit_action, "");
     a.outcome = 401;
     a.detail = "{\"denied\":\"" + r.log.reason + "\"}";

@@ -78,7 +78,10 @@ class Store {
   // record is stored or 409 for a duplicate (so the audit entry commits with the data), and
   // its seq, prev_hash and hash are filled in. audit may be null.
   virtual WriteOutcome insert(const TestRecord& record, AuditEntry* audit) = 0;
-  virtual WriteOutcome insert_all(const std::vector<TestRecord>& records, AuditEntry* audit) = 0;
+  // As insert_all, and records every entry of `audits` (one per clinic the batch touches) in
+  // the same transaction, each with outcome 201 or 409. audits may be null.
+  virtual WriteOutcome insert_all(const std::vector<TestRecord>& records,
+                                  std::vector<AuditEntry>* audits) = 0;
 
   // Appends one audit entry (its outcome set by the caller) to the chain durably: Ok only after
   // COMMIT, with seq, prev_hash and hash filled in; otherwise a storage error.

@@ -181,8 +181,9 @@ struct SqliteStore::Connection {
 // One request's write, waiting in the queue for the writer thread.
 struct SqliteStore::WriteJob {
   const TestRecord* records = nullptr;
-  size_t count = 0;             // 0: an audit entry alone
-  AuditEntry* audit = nullptr;  // recorded in the same transaction, after the records
+  size_t count = 0;             // 0: audit entries alone
+  AuditEntry* audit = nullptr;  // audit_count entries, recorded in the same transaction
+  size_t audit_count = 0;
   WriteOutcome outcome;
   bool done = false;
   std::condition_variable done_cv;
@@ -384,21 +385,27 @@ WriteOutcome SqliteStore::insert(const TestRecord& record, AuditEntry* audit) {
   job.records = &record;
   job.count = 1;
   job.audit = audit;
+  job.audit_count = audit ? 1 : 0;
   return submit(job);
 }
 
-WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records, AuditEntry* audit) {
+WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records,
+                                     std::vector<AuditEntry>* audits) {
   assert(!records.empty());
   WriteJob job;
   job.records = records.data();
   job.count = records.size();
-  job.audit = audit;
+  if (audits && !audits->empty()) {
+    job.audit = audits->data();
+    job.audit_count = audits->size();
+  }
   return submit(job);
 }
 
 Status SqliteStore::append_audit(AuditEntry& entry) {
   WriteJob job;
   job.audit = &entry;
+  job.audit_count = 1;
   return submit(job).status;
 }
 
@@ -497,7 +504,7 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
   int rc = Connection::run(writer_->begin);
   if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "BEGIN IMMEDIATE", true);
   bool audited = false;
-  for (const WriteJob* job : batch) audited = audited || job->audit;
+  for (const WriteJob* job : batch) audited = audited || job->audit_count > 0;
   if (batch_status.ok() && audited) batch_status = load_audit_head();
 
   for (size_t j = 0; j < batch.size() && batch_status.ok(); ++j) {
@@ -542,9 +549,10 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
       rc = Connection::run(writer_->rollback_to);  // undo only this job
       if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "ROLLBACK TO", true);
     }
-    if (job.audit && batch_status.ok()) {
-      if (job.count > 0) job.audit->outcome = job.outcome.status.ok() ? 201 : 409;
-      rc = write_audit(*job.audit, created_at);
+    for (size_t a = 0; a < job.audit_count && batch_status.ok(); ++a) {
+      AuditEntry& entry = job.audit[a];
+      if (job.count > 0) entry.outcome = job.outcome.status.ok() ? 201 : 409;
+      rc = write_audit(entry, created_at);
       if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "INSERT audit", true);
     }
     rc = Connection::run(writer_->release);

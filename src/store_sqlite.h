@@ -45,7 +45,8 @@ class SqliteStore : public Store {
   using Store::insert;
   using Store::insert_all;
   WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override;
-  WriteOutcome insert_all(const std::vector<TestRecord>& records, AuditEntry* audit) override;
+  WriteOutcome insert_all(const std::vector<TestRecord>& records,
+                          std::vector<AuditEntry>* audits) override;
   Status append_audit(AuditEntry& entry) override;
   Status list_audit(const AuditQuery& query,
                     const std::function<bool(const AuditEntry&)>& on_entry) override;

@@ -158,7 +158,10 @@ class Security(unittest.TestCase):
         rid_search = self.req("r1", "POST", "/tests/search", {"clinic_id": "c1"}).headers["x-request-id"]
         rid_denied = self.req("r1", "GET", "/tests?clinic_id=c2").headers["x-request-id"]
         rid_get = self.req("r1", "GET", "/tests/sec-c2").headers["x-request-id"]
-        rid_401 = self.server.request("GET", "/tests?clinic_id=c1").headers["x-request-id"]
+        rid_anon = self.server.request("GET", "/tests?clinic_id=c1").headers["x-request-id"]
+        forged = "tdk_" + "e" * 16 + "_" + "1" * 64
+        rid_401 = self.server.request("GET", "/tests?clinic_id=c1",
+                                      headers={"Authorization": "Bearer " + forged}).headers["x-request-id"]
         entries, cursor = [], None
         for _ in range(1000):
             path = "/audit?limit=500" + ("&cursor=" + cursor if cursor else "")
@@ -178,7 +181,9 @@ class Security(unittest.TestCase):
         self.assertEqual(by_rid[rid_denied]["outcome"], 403)
         self.assertEqual(by_rid[rid_get]["outcome"], 404)
         self.assertEqual(by_rid[rid_get]["detail"]["test_id"], "sec-c2")
-        self.assertEqual(by_rid[rid_401]["outcome"], 401)
+        self.assertEqual((by_rid[rid_401]["outcome"], by_rid[rid_401]["key_id"]), (401, "e" * 16))
+        # no token names nobody: logged and counted, not written to the trail
+        self.assertNotIn(rid_anon, by_rid)
         seqs = [e["seq"] for e in entries]
         self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
         # audit entries of writes commit with the data
