@@ -475,7 +475,10 @@ TEST(SqliteStore, OneJobFailingForItsOwnReasonLeavesTheRestOfItsBatchCommitted) 
   bool shared = false;
   for (int round = 0; round < 5 && !shared; ++round) {
     std::string r = std::to_string(round);
-    hold = true;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      hold = true;
+    }
     std::thread first([&] { EXPECT_TRUE(store->insert(make_record("first" + r)).status.ok()); });
     std::vector<WriteOutcome> outcomes(9);
     std::vector<std::thread> threads;
