@@ -78,7 +78,7 @@ Request read_request(FCGX_Request& fcgi) {
 
 class FcgiOutput : public ResponseOutput {
  public:
-  explicit FcgiOutput(FCGX_Stream* out) : out_(out) {}
+  explicit FcgiOutput(FCGX_Request& fcgi) : fcgi_(fcgi) {}
   bool write_head(const Response& r) override {
     std::string head = "Status: ";
     head.reserve(128);
@@ -99,19 +99,26 @@ class FcgiOutput : public ResponseOutput {
   }
   bool write_body(std::string_view chunk) override {
     if (chunk.empty()) return true;
-    return FCGX_PutStr(chunk.data(), static_cast<int>(chunk.size()), out_) ==
+    return FCGX_PutStr(chunk.data(), static_cast<int>(chunk.size()), fcgi_.out) ==
            static_cast<int>(chunk.size());
+  }
+  // Closes the connection without FastCGI's end-of-request: nginx sees the upstream close
+  // early and breaks the client's response (no final chunk) instead of completing it. What
+  // FCGX_Finish_r then writes fails harmlessly (SIGPIPE is ignored), and it closes the fd.
+  void abort() override {
+    if (fcgi_.ipcFd >= 0) shutdown(fcgi_.ipcFd, SHUT_RDWR);
+    fcgi_.keepConnection = 0;
   }
 
  private:
-  FCGX_Stream* out_;
+  FCGX_Request& fcgi_;
 };
 
 void serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
   auto start = std::chrono::steady_clock::now();
   Request req = read_request(fcgi);
   Response resp = route_request(req, store, auth);
-  FcgiOutput out(fcgi.out);
+  FcgiOutput out(fcgi);
   send_response(resp, out);
 
   LogFields& f = resp.log;
@@ -120,9 +127,9 @@ void serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
   f.path = req.path;
   f.status = resp.status;
   f.duration_ms = elapsed_ms(start);
-  LogLevel level = resp.status >= 500   ? LogLevel::kError
-                   : resp.status >= 400 ? LogLevel::kWarn
-                                        : LogLevel::kInfo;
+  LogLevel level = resp.status >= 500 || resp.aborted ? LogLevel::kError
+                   : resp.status >= 400               ? LogLevel::kWarn
+                                                      : LogLevel::kInfo;
   log_event(level, "request", f);
   global_metrics().record(resp.route, resp.status, f.duration_ms);
 }

@@ -49,11 +49,14 @@ void send_response(Response& response, ResponseOutput& out) {
   HeadFirstWriter writer(response, out);
   Status s = response.stream(writer, response.log);
   if (s.ok()) return;
-  response.log.reason = s.name();
   if (writer.head_sent()) {
-    response.log.detail = "response cut short: " + s.message();
+    response.aborted = true;
+    response.log.reason = "response_aborted";
+    response.log.detail = std::string(s.name()) + " after the head was sent: " + s.message();
+    out.abort();
     return;
   }
+  response.log.reason = s.name();
   Response error = storage_error_response(s);
   response.status = error.status;
   response.body = std::move(error.body);

@@ -54,8 +54,12 @@ struct Response {
   // When set, the body is produced by calling stream, which writes chunks and may add to the
   // log fields. It returns the storage outcome. The head goes out just before the first chunk,
   // so a failure before any chunk still becomes a proper error response; a failure after it
-  // can only cut the body short (and is logged).
+  // aborts the response (ResponseOutput::abort), so the client sees a failed transfer rather
+  // than a short body, and is logged.
   std::function<Status(BodyWriter&, LogFields&)> stream;
+  // Set by send_response when the response was aborted after its head went out: `status` is
+  // what the head said, but the request failed (log it as an error).
+  bool aborted = false;
   LogFields log;                    // ids and transaction outcome for this request's log line
   std::string route = "unmatched";  // the route that answered ("GET /tests"), for metrics
 };
@@ -68,11 +72,16 @@ class ResponseOutput {
   virtual bool write_head(const Response& response) = 0;
   // Writes body bytes; false when the client is gone.
   virtual bool write_body(std::string_view chunk) = 0;
+  // Ends the response as a failure after its head was sent: the client must see the transfer
+  // break (a connection closed before the body's end), never a complete-looking short body.
+  // Nothing may be written afterwards.
+  virtual void abort() = 0;
 };
 
 // Sends `response` to `out`: head then body, or for a streamed body, head then chunks. When a
-// stream fails before its first chunk, the matching JSON error is sent instead. Afterwards
-// response.status and response.log describe what was actually sent.
+// stream fails before its first chunk, the matching JSON error is sent instead; when it fails
+// after, the response is aborted (out.abort(), response.aborted, log reason
+// "response_aborted"). Afterwards response.status and response.log describe what was sent.
 void send_response(Response& response, ResponseOutput& out);
 
 // {"status":"error","message":message} with the given HTTP status.

@@ -19,6 +19,8 @@ const char* Status::name() const {
       return "corrupt";
     case StatusCode::kReadOnly:
       return "read_only";
+    case StatusCode::kIoError:
+      return "io_error";
     case StatusCode::kInternal:
       return "internal";
   }
@@ -40,6 +42,8 @@ int http_status_for(StatusCode code) {
     case StatusCode::kCorrupt:
       return 503;
     case StatusCode::kReadOnly:
+      return 503;
+    case StatusCode::kIoError:
       return 503;
     case StatusCode::kInternal:
       return 500;
@@ -63,6 +67,8 @@ const char* client_message_for(StatusCode code) {
       return "storage is unavailable (database damaged)";
     case StatusCode::kReadOnly:
       return "storage is unavailable (read-only)";
+    case StatusCode::kIoError:
+      return "storage I/O error";
     case StatusCode::kInternal:
       return "internal storage error";
   }

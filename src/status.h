@@ -15,6 +15,7 @@ enum class StatusCode {
   kFull,       // 507: disk or database size limit reached; rolled back
   kCorrupt,    // 503: SQLite reported a malformed database; logged loudly
   kReadOnly,   // 503: the database file or directory cannot be written
+  kIoError,    // 503: the disk failed a read or write (not for lack of space); rolled back
   kInternal,   // 500: anything else; rolled back
 };
 
@@ -28,6 +29,7 @@ class Status {
   static Status Full(std::string m) { return Status(StatusCode::kFull, std::move(m)); }
   static Status Corrupt(std::string m) { return Status(StatusCode::kCorrupt, std::move(m)); }
   static Status ReadOnly(std::string m) { return Status(StatusCode::kReadOnly, std::move(m)); }
+  static Status IoError(std::string m) { return Status(StatusCode::kIoError, std::move(m)); }
   static Status Internal(std::string m) { return Status(StatusCode::kInternal, std::move(m)); }
 
   bool ok() const { return code_ == StatusCode::kOk; }
@@ -43,7 +45,7 @@ class Status {
   std::string message_;
 };
 
-// The HTTP status for a storage outcome: 200, 409, 404, 503, 507, 503, 503, 500.
+// The HTTP status for a storage outcome: 200, 409, 404, 503, 507, 503, 503, 503, 500.
 int http_status_for(StatusCode code);
 
 // The client-facing message for an error outcome (no file names, no internals).

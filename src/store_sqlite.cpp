@@ -3,14 +3,19 @@
 // Result codes and what they become (see status.h for the HTTP side):
 //   SQLITE_CONSTRAINT_PRIMARYKEY/UNIQUE -> Duplicate (409)
 //   SQLITE_BUSY, SQLITE_LOCKED          -> Busy (503)
-//   SQLITE_FULL, SQLITE_IOERR on write  -> Full (507)
+//   SQLITE_FULL                         -> Full (507)
+//   SQLITE_IOERR on write               -> Full (507) when the filesystem is out of space
+//                                          (statvfs), else IoError (503)
+//   SQLITE_IOERR on read                -> IoError (503)
 //   SQLITE_CORRUPT, SQLITE_NOTADB       -> Corrupt (503, logged at error level)
 //   SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_PERM -> ReadOnly (503)
 //   anything else                       -> Internal (500)
 #include "store_sqlite.h"
 
 #include <sqlite3.h>
+#include <sys/statvfs.h>
 
+#include <algorithm>
 #include <cassert>
 #include <chrono>
 #include <filesystem>
@@ -22,7 +27,27 @@
 
 namespace tdapi {
 
+StatusCode classify_write_io_error(const struct statvfs& fs) {
+  unsigned long long free_bytes =
+      static_cast<unsigned long long>(fs.f_bavail) * static_cast<unsigned long long>(fs.f_frsize);
+  bool no_inodes = fs.f_files > 0 && fs.f_favail == 0;
+  return free_bytes < kMinFreeBytes || no_inodes ? StatusCode::kFull : StatusCode::kIoError;
+}
+
 namespace {
+
+// An SQLITE_IOERR while writing: a full disk (507, freeing space helps) or a failing one (503).
+// SQLite reports ENOSPC as SQLITE_FULL on most paths but as an IOERR on some (e.g. growing the
+// shared-memory file), so the filesystem of the database is asked.
+Status write_io_error(sqlite3* db, std::string msg) {
+  const char* file = db ? sqlite3_db_filename(db, "main") : nullptr;
+  struct statvfs fs;
+  if (file && *file && statvfs(file, &fs) == 0 &&
+      classify_write_io_error(fs) == StatusCode::kFull) {
+    return Status::Full(msg + "; the filesystem is out of space");
+  }
+  return Status::IoError(msg);
+}
 
 Status status_from_sqlite(int rc, sqlite3* db, const std::string& what, bool writing) {
   std::string msg = what + ": " + (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)) + " (" +
@@ -39,7 +64,8 @@ Status status_from_sqlite(int rc, sqlite3* db, const std::string& what, bool wri
     case SQLITE_FULL:
       return Status::Full(msg);
     case SQLITE_IOERR:
-      return writing ? Status::Full(msg) : Status::Internal(msg);
+      if (rc == SQLITE_IOERR_NOMEM) return Status::Internal(msg);
+      return writing ? write_io_error(db, msg) : Status::IoError(msg);
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
       return Status::Corrupt(msg);
@@ -54,8 +80,11 @@ Status status_from_sqlite(int rc, sqlite3* db, const std::string& what, bool wri
 
 // Rows are never updated: `doc` is the test's JSON object exactly as the API returns it, built
 // once by the writer, so a listing copies bytes from SQLite's pages to the response. `seq` is
-// the insertion order (equal to the rowid, taken as max(rowid)+1 inside the INSERT).
-const char kSchema[] =
+// the insertion order (equal to the rowid): see kInsertSql.
+//
+// Schema version 1, as it was created by the first release; migrations (kMigrations) bring it
+// to kSchemaVersion.
+const char kSchemaV1[] =
     "CREATE TABLE IF NOT EXISTS tests ("
     "  test_id    TEXT PRIMARY KEY NOT NULL,"
     "  seq        INTEGER NOT NULL,"
@@ -75,7 +104,7 @@ const char kSchema[] =
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) STRICT;"
     "INSERT OR IGNORE INTO meta (name, value) VALUES ('cursor_key', randomblob(16));";
 
-// Version 2: access keys (only hashes of their secrets) and the audit trail, a hash chain
+// Version 3: access keys (only hashes of their secrets) and the audit trail, a hash chain
 // (audit.h) appended by the writer in the transactions of the writes it records.
 const char kSecuritySchema[] =
     "CREATE TABLE IF NOT EXISTS api_keys ("
@@ -99,8 +128,19 @@ const char kSecuritySchema[] =
     "  hash       TEXT NOT NULL"
     ") STRICT;";
 
-// The schema, one migration per version, applied in order at start (each in a transaction).
-const char* const kMigrations[] = {kSchema, kSecuritySchema};
+// kMigrations[v - 1] takes the schema from version v to v + 1.
+const char* const kMigrations[] = {
+    // 1 -> 2: `seq` was max(rowid)+1, so deleting the newest row would hand its number to the
+    // next test and break cursors. counters.last_seq is the highest seq ever committed.
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)"
+    " STRICT, WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO counters (name, value)"
+    " SELECT 'last_seq', coalesce(max(rowid), 0) FROM tests;",
+    // 2 -> 3: access keys and the audit trail.
+    kSecuritySchema,
+};
+static_assert(sizeof kMigrations / sizeof kMigrations[0] == SqliteStore::kSchemaVersion - 1,
+              "one migration per schema version");
 
 const char kAuditInsertSql[] =
     "INSERT INTO audit (seq, ts, request_id, key_id, action, clinic_id, detail, outcome,"
@@ -111,10 +151,31 @@ const char kAuditListSql[] =
     " FROM audit WHERE seq > ?1 AND (?2 IS NULL OR ts >= ?2) AND (?3 IS NULL OR ts < ?3)"
     " AND (?4 IS NULL OR clinic_id = ?4) ORDER BY seq LIMIT ?5";
 
+// A new test's seq: one more than anything committed before, whether or not that row is still
+// there (counters.last_seq) or anything earlier in this transaction (max(rowid)).
 const char kInsertSql[] =
     "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at,"
     " doc) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7"
-    " FROM (SELECT coalesce(max(rowid), 0) + 1 AS m FROM tests)";
+    " FROM (SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"
+    " coalesce((SELECT value FROM counters WHERE name = 'last_seq'), 0)) + 1 AS m)";
+// Run in every write transaction before COMMIT: remembers the highest seq committed.
+const char kBumpSeqSql[] =
+    "UPDATE counters SET value = (SELECT max(rowid) FROM tests)"
+    " WHERE name = 'last_seq' AND value < (SELECT coalesce(max(rowid), 0) FROM tests)";
+
+// A listing reads at most this many rows, or this many bytes of documents, per read
+// transaction, then ends it before the rows are sent: a client that reads slowly never holds
+// a snapshot, which would keep checkpoints from restarting the WAL.
+constexpr long long kListPageRows = 1000;
+constexpr size_t kListPageBytes = 256 * 1024;
+
+// Write failures that say the write path is broken (GET /healthz 503 for kWriteFailureWindow
+// or until a write commits). Full and Busy are not: they pass, and reads still work.
+bool breaks_write_path(StatusCode code) {
+  return code == StatusCode::kIoError || code == StatusCode::kReadOnly ||
+         code == StatusCode::kCorrupt || code == StatusCode::kInternal;
+}
+constexpr auto kWriteFailureWindow = std::chrono::seconds(60);
 
 // One listing statement per combination of filters: index 1 patient_id, 2 test_type.
 std::string list_sql(bool by_patient, bool by_type) {
@@ -176,6 +237,7 @@ struct SqliteStore::Connection {
   sqlite3_stmt* rollback_to = nullptr;
   sqlite3_stmt* commit = nullptr;
   sqlite3_stmt* rollback = nullptr;
+  sqlite3_stmt* bump_seq = nullptr;
 };
 
 // One request's write, waiting in the queue for the writer thread.
@@ -254,11 +316,7 @@ Status SqliteStore::open_writer() {
     return Status::Corrupt("database " + path + " failed PRAGMA quick_check: " + verdict);
   }
 
-  std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + options_.synchronous + ";";
-  if (options_.max_page_count > 0) {
-    pragmas += "PRAGMA max_page_count=" + std::to_string(options_.max_page_count) + ";";
-  }
-  rc = conn->exec(pragmas.c_str());
+  rc = conn->exec(writer_pragmas().c_str());
   if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "cannot configure " + path, true);
 
   // Schema: created on first start, versioned by user_version for later migrations.
@@ -275,17 +333,9 @@ Status SqliteStore::open_writer() {
     return Status::Internal("database " + path + " has schema version " + std::to_string(version) +
                             ", newer than this binary's " + std::to_string(kSchemaVersion));
   }
-  static_assert(sizeof kMigrations / sizeof kMigrations[0] == kSchemaVersion);
-  for (int next = version + 1; next <= kSchemaVersion; ++next) {
-    std::string ddl = std::string("BEGIN IMMEDIATE;") + kMigrations[next - 1] +
-                      "PRAGMA user_version=" + std::to_string(next) + "; COMMIT;";
-    rc = conn->exec(ddl.c_str());
-    if (rc != SQLITE_OK) {
-      Status s = status_from_sqlite(
-          rc, conn->db, "cannot migrate " + path + " to version " + std::to_string(next), true);
-      conn->exec("ROLLBACK");
-      return s;
-    }
+  if (version < kSchemaVersion) {
+    Status s = migrate_schema(conn->db, version);
+    if (!s.ok()) return s;
   }
   sqlite3_stmt* key_stmt = nullptr;
   rc = sqlite3_prepare_v2(conn->db, "SELECT value FROM meta WHERE name = 'cursor_key'", -1,
@@ -302,25 +352,103 @@ Status SqliteStore::open_writer() {
   if (secret_.size() != 16) {
     return Status::Internal("database " + path + " has no cursor key in its meta table");
   }
+  Status s = prepare_writer(*conn);
+  if (!s.ok()) return s;
+  writer_ = std::move(conn);
+  return Status::Ok();
+}
+
+std::string SqliteStore::writer_pragmas() const {
+  std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + options_.synchronous + ";";
+  if (options_.max_page_count > 0) {
+    pragmas += "PRAGMA max_page_count=" + std::to_string(options_.max_page_count) + ";";
+  }
+  return pragmas;
+}
+
+Status SqliteStore::migrate_schema(sqlite3* db, int version) {
+  const std::string& path = options_.path;
+  std::string ddl = "BEGIN IMMEDIATE;";
+  if (version == 0) ddl += kSchemaV1;
+  for (int v = std::max(version, 1); v < kSchemaVersion; ++v) ddl += kMigrations[v - 1];
+  ddl += "PRAGMA user_version=" + std::to_string(kSchemaVersion) + "; COMMIT;";
+  int rc = sqlite3_exec(db, ddl.c_str(), nullptr, nullptr, nullptr);
+  if (rc != SQLITE_OK) {
+    Status s = status_from_sqlite(
+        rc, db,
+        "cannot " + std::string(version == 0 ? "create" : "migrate") + " the schema of " + path,
+        true);
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    return s;
+  }
+  if (version > 0) {
+    LogFields f;
+    f.detail = path + ": schema version " + std::to_string(version) + " -> " +
+               std::to_string(kSchemaVersion);
+    log_event(LogLevel::kInfo, "schema_migrated", f);
+  }
+  return Status::Ok();
+}
+
+Status SqliteStore::prepare_writer(Connection& conn) {
   const std::pair<const char*, sqlite3_stmt**> statements[] = {
-      {kInsertSql, &conn->insert},
-      {kAuditInsertSql, &conn->audit_insert},
-      {"SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &conn->audit_head},
-      {"BEGIN IMMEDIATE", &conn->begin},
-      {"SAVEPOINT job", &conn->savepoint},
-      {"RELEASE job", &conn->release},
-      {"ROLLBACK TO job", &conn->rollback_to},
-      {"COMMIT", &conn->commit},
-      {"ROLLBACK", &conn->rollback}};
+      {kInsertSql, &conn.insert},
+      {"BEGIN IMMEDIATE", &conn.begin},
+      {"SAVEPOINT job", &conn.savepoint},
+      {"RELEASE job", &conn.release},
+      {"ROLLBACK TO job", &conn.rollback_to},
+      {"COMMIT", &conn.commit},
+      {"ROLLBACK", &conn.rollback},
+      {kBumpSeqSql, &conn.bump_seq},
+      {kAuditInsertSql, &conn.audit_insert},
+      {"SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &conn.audit_head}};
   for (const auto& [sql, stmt] : statements) {
-    rc = conn->prepare(sql, stmt);
-    if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, sql, false);
+    int rc = conn.prepare(sql, stmt);
+    if (rc != SQLITE_OK) return status_from_sqlite(rc, conn.db, sql, false);
   }
   // Checkpoints mostly run on their own thread and connection, off the commit path: the hook
   // tells that thread how large the WAL has grown (see on_wal_commit).
-  sqlite3_wal_hook(conn->db, &SqliteStore::on_wal_commit, this);
+  sqlite3_wal_hook(conn.db, &SqliteStore::on_wal_commit, this);
+  return Status::Ok();
+}
+
+Status SqliteStore::reopen_writer() {
+  writer_.reset();  // closing a connection rolls back whatever transaction it still had open
+  auto conn = std::make_unique<Connection>();
+  int rc = open_connection(options_.path, SQLITE_OPEN_READWRITE, &conn->db);
+  if (rc == SQLITE_OK) {
+    sqlite3_extended_result_codes(conn->db, 1);
+    sqlite3_busy_timeout(conn->db, options_.busy_timeout_ms);
+    rc = conn->exec(writer_pragmas().c_str());
+  }
+  if (rc != SQLITE_OK) {
+    return status_from_sqlite(rc, conn->db, "cannot reopen database " + options_.path, true);
+  }
+  Status s = prepare_writer(*conn);
+  if (!s.ok()) return s;
   writer_ = std::move(conn);
   return Status::Ok();
+}
+
+int SqliteStore::run_step(sqlite3_stmt* stmt, const char* step) {
+  if (options_.fault_hook) {
+    int rc = options_.fault_hook(step);
+    if (rc != SQLITE_OK) return rc;
+  }
+  return Connection::run(stmt);
+}
+
+void SqliteStore::end_failed_transaction() {
+  if (!writer_ || sqlite3_get_autocommit(writer_->db)) return;
+  int rc = run_step(writer_->rollback, "ROLLBACK");
+  if (rc == SQLITE_OK && sqlite3_get_autocommit(writer_->db)) return;
+  // Still inside the transaction: every later BEGIN would fail. Start over on a new connection.
+  LogFields f;
+  f.reason = "rollback_failed";
+  f.detail = std::string("ROLLBACK: ") + sqlite3_errstr(rc) + "; reopening the writer connection";
+  log_event(LogLevel::kWarn, "writer_reset", f);
+  Status s = reopen_writer();
+  if (!s.ok()) note_failure(s);  // writer_ stays null; the next batch tries again
 }
 
 int SqliteStore::on_wal_commit(void* self, sqlite3* db, const char*, int wal_pages) {
@@ -492,17 +620,21 @@ void SqliteStore::writer_loop() {
 
 void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
   auto start = std::chrono::steady_clock::now();
-  sqlite3* db = writer_->db;
   long long txn_id;
   {
     std::lock_guard<std::mutex> lock(queue_mu_);
     txn_id = next_txn_id_++;
   }
   const std::string created_at = utc_timestamp_ms();
-  Status batch_status;  // a failure of the transaction as a whole
+  Status batch_status;   // a failure of the transaction as a whole
+  Status storage_error;  // a failure of one job that says storage is failing (for check_health)
 
-  int rc = Connection::run(writer_->begin);
-  if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "BEGIN IMMEDIATE", true);
+  if (!writer_) batch_status = reopen_writer();  // a reset after a failed ROLLBACK failed too
+  sqlite3* db = writer_ ? writer_->db : nullptr;
+  if (batch_status.ok()) {
+    int rc = run_step(writer_->begin, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "BEGIN IMMEDIATE", true);
+  }
   bool audited = false;
   for (const WriteJob* job : batch) audited = audited || job->audit_count > 0;
   if (batch_status.ok() && audited) batch_status = load_audit_head();
@@ -510,11 +642,12 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
   for (size_t j = 0; j < batch.size() && batch_status.ok(); ++j) {
     WriteJob& job = *batch[j];
     job.outcome.txn_id = txn_id;
-    rc = Connection::run(writer_->savepoint);
+    int rc = run_step(writer_->savepoint, "SAVEPOINT");
     if (rc != SQLITE_OK) {
       batch_status = status_from_sqlite(rc, db, "SAVEPOINT", true);
       break;
     }
+    Status job_error;  // a failure of this job's own insert, other than a duplicate
     for (size_t i = 0; i < job.count; ++i) {
       const TestRecord& r = job.records[i];
       sqlite3_stmt* st = writer_->insert;
@@ -541,36 +674,59 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
         job.outcome.status = Status::Duplicate("test_id already exists");
         continue;  // keep checking the job's other records, to name every duplicate
       }
-      batch_status = s;
+      job_error = s;
       break;
     }
-    if (!batch_status.ok()) break;
+    if (!job_error.ok()) {
+      job.outcome.status = job_error;
+      job.outcome.duplicate_ids.clear();
+      note_failure(job_error);
+      if (job_error.code() != StatusCode::kInternal && breaks_write_path(job_error.code())) {
+        storage_error = job_error;
+      }
+      if (sqlite3_get_autocommit(db)) {
+        // SQLite rolled the whole transaction back (it may, on I/O errors): the jobs before
+        // this one are gone too.
+        batch_status = job_error;
+        break;
+      }
+    }
     if (!job.outcome.status.ok()) {
-      rc = Connection::run(writer_->rollback_to);  // undo only this job
+      rc = run_step(writer_->rollback_to, "ROLLBACK TO");  // undo only this job
       if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "ROLLBACK TO", true);
     }
-    for (size_t a = 0; a < job.audit_count && batch_status.ok(); ++a) {
+    // The job's audit entries, in its savepoint: a stored write (201) or a duplicate (409). A
+    // job that failed on its own storage error gets none (that failure is in the log): its
+    // audit row would likely fail the same way and take the whole batch with it.
+    for (size_t a = 0; a < job.audit_count && batch_status.ok() && job_error.ok(); ++a) {
       AuditEntry& entry = job.audit[a];
       if (job.count > 0) entry.outcome = job.outcome.status.ok() ? 201 : 409;
       rc = write_audit(entry, created_at);
       if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "INSERT audit", true);
     }
-    rc = Connection::run(writer_->release);
+    rc = run_step(writer_->release, "RELEASE");
     if (rc != SQLITE_OK && batch_status.ok()) {
       batch_status = status_from_sqlite(rc, db, "RELEASE", true);
     }
   }
 
   if (batch_status.ok()) {
-    rc = Connection::run(writer_->commit);
+    int rc = Connection::run(writer_->bump_seq);
+    if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "UPDATE counters", true);
+  }
+  if (batch_status.ok()) {
+    int rc = run_step(writer_->commit, "COMMIT");
     if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "COMMIT", true);
   }
-  if (!batch_status.ok() && !sqlite3_get_autocommit(db)) Connection::run(writer_->rollback);
+  if (!batch_status.ok()) end_failed_transaction();
 
-  // Answer: a failed transaction fails every job of it that was not a duplicate already.
+  // Answer: a failed transaction fails every job of it that had not failed on its own.
   for (WriteJob* job : batch) {
     job->outcome.txn_id = txn_id;
-    if (!batch_status.ok() && job->outcome.status.code() != StatusCode::kDuplicate) {
+    // Duplicates too: their 409 and its audit entry were rolled back with the rest.
+    const bool failed_alone =
+        !job->outcome.status.ok() && job->outcome.status.code() != StatusCode::kDuplicate;
+    if (!batch_status.ok() && !failed_alone) {
       job->outcome.status = batch_status;
       job->outcome.duplicate_ids.clear();
     }
@@ -594,6 +750,13 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
   stats_.transactions++;
   (batch_status.ok() ? stats_.commits : stats_.rollbacks)++;
   stats_.writes += static_cast<long long>(batch.size());
+  if (!batch_status.ok() && breaks_write_path(batch_status.code())) storage_error = batch_status;
+  if (!storage_error.ok()) {
+    write_failure_ = storage_error;
+    write_failure_at_ = std::chrono::steady_clock::now();
+  } else if (batch_status.ok()) {
+    write_failure_ = Status::Ok();
+  }
 }
 
 StoreStats SqliteStore::stats() const {
@@ -671,19 +834,50 @@ Status SqliteStore::list_tests(
     sqlite3_bind_text(st, 3, q.test_type->data(), static_cast<int>(q.test_type->size()),
                       SQLITE_STATIC);
   }
-  sqlite3_bind_int64(st, 4, q.after_seq);
-  sqlite3_bind_int64(st, 5, q.limit);
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    if (!on_row(column_view(st, 0), sqlite3_column_int64(st, 1))) {
-      rc = SQLITE_DONE;
-      break;
+  // Page by page: read a page into `docs` inside a read transaction, end the transaction
+  // (reset), then deliver it, and continue after the page's last seq. seq only grows, so the
+  // order is the same and every test is delivered once, also while others are added.
+  std::string docs;                                // the page's documents, back to back
+  std::vector<std::pair<size_t, long long>> ends;  // per row: end offset in docs, seq
+  long long after = q.after_seq;
+  long long remaining = q.limit;  // < 0: no limit
+  bool more = remaining != 0;
+  while (more) {
+    const long long want = remaining < 0 ? kListPageRows : std::min(remaining, kListPageRows);
+    sqlite3_bind_int64(st, 4, after);
+    sqlite3_bind_int64(st, 5, want);
+    docs.clear();
+    ends.clear();
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      docs.append(column_view(st, 0));
+      ends.emplace_back(docs.size(), sqlite3_column_int64(st, 1));
+      if (docs.size() >= kListPageBytes) break;
+    }
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+      status =
+          status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list tests", false);
+    }
+    sqlite3_reset(st);  // ends the read transaction before anything is sent
+    if (!status.ok()) break;
+    const long long got = static_cast<long long>(ends.size());
+    // Done when the query ran out of rows before the page's row limit.
+    more = rc == SQLITE_ROW || got == want;
+    size_t begin = 0;
+    for (const auto& [end, seq] : ends) {
+      if (!on_row(std::string_view(docs).substr(begin, end - begin), seq)) {
+        more = false;
+        break;
+      }
+      begin = end;
+    }
+    if (got == 0) break;
+    after = ends.back().second;
+    if (remaining > 0) {
+      remaining -= got;
+      if (remaining <= 0) more = false;
     }
   }
-  if (rc != SQLITE_DONE) {
-    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list tests", false);
-  }
-  sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   note_failure(status);
   release_reader(std::move(conn));
@@ -717,6 +911,13 @@ Status SqliteStore::get_test(std::string_view test_id, std::string& json) {
 Status SqliteStore::check_health() {
   if (corrupt_seen_.load()) {
     return Status::Corrupt("database " + options_.path + " reported corruption since start");
+  }
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (!write_failure_.ok() &&
+        std::chrono::steady_clock::now() - write_failure_at_ < kWriteFailureWindow) {
+      return write_failure_;
+    }
   }
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);

@@ -2,9 +2,11 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -15,6 +17,7 @@
 
 struct sqlite3;
 struct sqlite3_stmt;
+struct statvfs;
 
 namespace tdapi {
 
@@ -24,12 +27,26 @@ struct SqliteOptions {
   size_t max_batch = 256;            // most write jobs committed by one transaction
   std::string synchronous = "FULL";  // FULL: a commit survives a power cut (fsync per COMMIT)
   long long max_page_count = 0;      // > 0: cap the database size (tests of SQLITE_FULL)
+  // Test seam, never set by the service: called before the writer runs each transaction-control
+  // step ("BEGIN IMMEDIATE", "SAVEPOINT", "ROLLBACK TO", "RELEASE", "COMMIT", "ROLLBACK"). A
+  // non-zero SQLite result code it returns is taken as that step's failure; the step is not run.
+  std::function<int(const char* step)> fault_hook;
 };
+
+// With fewer bytes than this free on the database's filesystem, an SQLITE_IOERR on a write
+// is a full disk (kFull, 507) rather than a failing one (kIoError, 503).
+constexpr unsigned long long kMinFreeBytes = 1024 * 1024;
+
+// What an SQLITE_IOERR on a write means, given statvfs of the database's filesystem: kFull when
+// less than kMinFreeBytes or no inode is free (for unprivileged use), else kIoError.
+StatusCode classify_write_io_error(const struct statvfs& fs);
 
 // Safe for concurrent use from several threads. Writes go through one writer thread that
 // commits whatever requests are queued in one transaction (group commit): BEGIN IMMEDIATE,
-// a SAVEPOINT per request (a duplicate rolls back only its own), COMMIT, then every request
-// of the batch is answered. A failed COMMIT answers every request of the batch with an error.
+// a SAVEPOINT per request (a request whose insert fails, as a duplicate or otherwise, rolls
+// back only its own), COMMIT, then every request of the batch is answered. Only a failure of
+// the transaction itself (BEGIN, COMMIT, or an error after which SQLite ended the transaction)
+// answers every request of the batch with that error.
 // The batch closes when the queue is empty or max_batch is reached; a lone request never waits.
 class SqliteStore : public Store {
  public:
@@ -58,14 +75,18 @@ class SqliteStore : public Store {
   Status list_tests(
       const ListQuery& query,
       const std::function<bool(std::string_view json, long long seq)>& on_row) override;
-  // Ok when a real query answers and no operation has met a damaged database since open.
+  // Ok when a real query answers, no operation has met a damaged database since open, and the
+  // write path is not failing: a write transaction that failed with an I/O, read-only,
+  // corruption or internal error within the last minute, with no commit since, is reported.
   Status check_health() override;
 
   const std::string& instance_secret() const override { return secret_; }
 
   StoreStats stats() const override;
 
-  static constexpr int kSchemaVersion = 2;
+  // 1: the first release. 2: counters.last_seq, so a seq is never handed out twice.
+  // 3: api_keys and the audit trail.
+  static constexpr int kSchemaVersion = 3;
   // WAL size (pages) at which the checkpoint thread is woken; at four times this the writer
   // finishes the checkpoint itself, so the WAL restarts and stays bounded.
   static constexpr int kCheckpointPages = 1000;
@@ -76,6 +97,18 @@ class SqliteStore : public Store {
 
   explicit SqliteStore(SqliteOptions options);
   Status open_writer();
+  std::string writer_pragmas() const;
+  // Creates (version 0) or upgrades the schema to kSchemaVersion in one transaction.
+  Status migrate_schema(sqlite3* db, int version);
+  // Prepares the writer's statements and installs its WAL hook.
+  Status prepare_writer(Connection& conn);
+  // Closes the writer connection (rolling back anything open on it) and opens a new one.
+  Status reopen_writer();
+  // Runs one transaction-control statement of the writer (see SqliteOptions::fault_hook).
+  int run_step(sqlite3_stmt* stmt, const char* step);
+  // After a failed batch: rolls back, and reopens the connection if it is still in a
+  // transaction.
+  void end_failed_transaction();
   Status open_reader(std::unique_ptr<Connection>& out);
   std::unique_ptr<Connection> acquire_reader(Status& status);
   void release_reader(std::unique_ptr<Connection> conn);
@@ -94,6 +127,10 @@ class SqliteStore : public Store {
 
   SqliteOptions options_;
   std::atomic<bool> corrupt_seen_{false};
+  // The latest write failure that breaks the write path (see check_health), and when; cleared
+  // by a commit. Guarded by queue_mu_.
+  Status write_failure_;
+  std::chrono::steady_clock::time_point write_failure_at_;
   std::string secret_;
   std::unique_ptr<Connection> writer_;
   // The audit chain's end: used and advanced only by the writer thread (and open()).

@@ -27,6 +27,8 @@ struct Sent : ResponseOutput {
     chunks++;
     return true;
   }
+  void abort() override { aborted = true; }
+  bool aborted = false;
   int status = 0;
   int chunks = 0;
   std::vector<std::pair<std::string, std::string>> headers;

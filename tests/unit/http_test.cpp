@@ -92,16 +92,20 @@ TEST(Utf8, Table) {
 class StringOutput : public ResponseOutput {
  public:
   bool write_head(const Response& r) override {
+    EXPECT_FALSE(aborted) << "head after abort";
     heads++;
     status = r.status;
     return true;
   }
   bool write_body(std::string_view chunk) override {
+    EXPECT_FALSE(aborted) << "body after abort";
     body += chunk;
     return true;
   }
+  void abort() override { aborted = true; }
   int heads = 0;
   int status = 0;
+  bool aborted = false;
   std::string body;
 };
 
@@ -115,21 +119,44 @@ TEST(SendResponse, StreamFailureBeforeFirstChunkBecomesErrorResponse) {
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(out.body, R"({"status":"error","message":"storage is busy, retry later"})");
   EXPECT_EQ(r.log.reason, "busy");
+  EXPECT_FALSE(out.aborted);
+  EXPECT_FALSE(r.aborted);
 }
 
-TEST(SendResponse, StreamFailureAfterFirstChunkCutsBodyAndLogs) {
+TEST(SendResponse, StreamFailureAfterFirstChunkAbortsTheResponse) {
   Response r;
   r.stream = [](BodyWriter& w, LogFields&) {
     w.write("{\"partial\":");
-    return Status::Corrupt("malformed");
+    return Status::IoError("disk I/O error");
   };
   StringOutput out;
   send_response(r, out);
   EXPECT_EQ(out.heads, 1);
   EXPECT_EQ(out.status, 200);
   EXPECT_EQ(out.body, "{\"partial\":");
-  EXPECT_EQ(r.log.reason, "corrupt");
-  EXPECT_NE(r.log.detail.find("cut short"), std::string::npos);
+  EXPECT_TRUE(out.aborted) << "a cut-short body must not look complete to the client";
+  EXPECT_TRUE(r.aborted);
+  EXPECT_EQ(r.status, 200);  // what the head said
+  EXPECT_EQ(r.log.reason, "response_aborted");
+  EXPECT_NE(r.log.detail.find("io_error"), std::string::npos) << r.log.detail;
+}
+
+TEST(SendResponse, CompleteStreamAndPlainBodyAreNotAborted) {
+  Response r;
+  r.stream = [](BodyWriter& w, LogFields&) {
+    w.write("{}");
+    return Status::Ok();
+  };
+  StringOutput out;
+  send_response(r, out);
+  EXPECT_EQ(out.body, "{}");
+  EXPECT_FALSE(out.aborted);
+  EXPECT_FALSE(r.aborted);
+  Response plain = error_response(404, "no");
+  StringOutput out2;
+  send_response(plain, out2);
+  EXPECT_EQ(out2.status, 404);
+  EXPECT_FALSE(out2.aborted);
 }
 
 TEST(ErrorResponses, ShapeAndFieldList) {

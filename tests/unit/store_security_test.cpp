@@ -138,6 +138,33 @@ TEST(StoreAudit, ListsFilterByClinicTimeAndPage) {
   EXPECT_EQ(one[0].seq, 5);
 }
 
+TEST(StoreAudit, NoAnswerAboutStoredDataGoesOutWithoutItsAuditEntry) {
+  // A full database: the audit entry of a duplicate cannot be written, so the duplicate must
+  // not be answered 409 (its entry rolled back with the transaction): it gets the storage error.
+  TempDir dir;
+  SqliteOptions o;
+  o.path = dir.file("t.db");
+  o.max_page_count = 24;
+  std::unique_ptr<SqliteStore> store;
+  ASSERT_TRUE(SqliteStore::open(o, store).ok());
+  TestRecord first{"first", "p", "c1", "x", "y"};
+  AuditEntry a = entry("create", "c1");
+  ASSERT_TRUE(store->insert(first, &a).status.ok());
+  for (size_t pad : {2000, 200, 20, 0}) {  // fill every last byte
+    for (int i = 0; i < 5000; ++i) {
+      AuditEntry fill = entry("list", "c1");
+      fill.outcome = 200;
+      fill.detail = "{\"pad\":\"" + std::string(pad, 'x') + "\"}";
+      if (!store->append_audit(fill).ok()) break;
+    }
+  }
+  AuditEntry dup = entry("create", "c1");
+  dup.request_id = "the-duplicate";
+  WriteOutcome w = store->insert(first, &dup);
+  EXPECT_EQ(w.status.code(), StatusCode::kFull) << w.status.message();
+  for (const AuditEntry& e : all_audit(*store)) EXPECT_NE(e.request_id, "the-duplicate");
+}
+
 TEST(StoreKeys, CreateFindListRevoke) {
   TempDir dir;
   auto store = open_at(dir.file("t.db"));
