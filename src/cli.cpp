@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -21,7 +22,7 @@ const char kUsage[] =
     "usage: testdata-api keys create --db PATH --name NAME --scope SCOPE [--scope SCOPE...]\n"
     "       testdata-api keys list --db PATH\n"
     "       testdata-api keys revoke --db PATH KEY_ID\n"
-    "       testdata-api audit verify --db PATH\n"
+    "       testdata-api audit verify --db PATH [--expect-head SEQ:HASH]\n"
     "       testdata-api audit export --db PATH\n"
     "scopes: read:<clinic_id> write:<clinic_id> read:* write:* audit metrics\n";
 
@@ -40,13 +41,14 @@ struct Args {
   std::string db;
   std::string name;
   std::vector<std::string> scopes;
+  std::string expect_head;  // audit verify: SEQ:HASH an earlier verify printed
   std::vector<std::string> positional;
 };
 
 bool parse_args(int argc, char** argv, Args& a, std::string& error) {
   for (int i = 3; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg == "--db" || arg == "--name" || arg == "--scope") {
+    if (arg == "--db" || arg == "--name" || arg == "--scope" || arg == "--expect-head") {
       if (i + 1 >= argc) {
         error = "missing value for " + arg;
         return false;
@@ -55,6 +57,7 @@ bool parse_args(int argc, char** argv, Args& a, std::string& error) {
       if (arg == "--db") a.db = value;
       if (arg == "--name") a.name = value;
       if (arg == "--scope") a.scopes.push_back(value);
+      if (arg == "--expect-head") a.expect_head = value;
     } else if (arg.rfind("--", 0) == 0) {
       error = "unknown option " + arg;
       return false;
@@ -149,18 +152,48 @@ int keys_revoke(Store& store, const Args& a) {
   return 0;
 }
 
-int audit_verify(Store& store) {
+// Checks the whole chain. With expect_head (SEQ:HASH, printed as "head" by an earlier verify
+// and kept elsewhere), also checks that entry SEQ still has HASH: the chain alone cannot tell
+// that its end was cut off, or that it was rewritten from some entry on.
+int audit_verify(Store& store, const std::string& expect_head) {
+  long long expect_seq = 0;
+  std::string expect_hash;
+  if (!expect_head.empty()) {
+    size_t colon = expect_head.find(':');
+    char* end = nullptr;
+    expect_seq = colon == std::string::npos ? 0 : std::strtoll(expect_head.c_str(), &end, 10);
+    if (expect_seq < 1 || end != expect_head.c_str() + colon) {
+      return usage("--expect-head takes SEQ:HASH as printed by audit verify");
+    }
+    expect_hash = expect_head.substr(colon + 1);
+  }
   AuditChainVerifier v;
   std::string problem;
-  Status s = store.list_audit({}, [&](const AuditEntry& e) { return v.feed(e, problem); });
+  bool head_seen = expect_seq == 0;
+  Status s = store.list_audit({}, [&](const AuditEntry& e) {
+    if (!v.feed(e, problem)) return false;
+    if (e.seq == expect_seq) {
+      head_seen = true;
+      if (e.hash != expect_hash) {
+        problem = "entry " + std::to_string(e.seq) +
+                  ": hash differs from the expected head (the chain was rewritten)";
+        return false;
+      }
+    }
+    return true;
+  });
   if (!s.ok()) return fail("cannot read the audit trail: " + s.message());
+  if (problem.empty() && !head_seen) {
+    problem = "entry " + std::to_string(expect_seq) + ": missing (the chain ends at entry " +
+              std::to_string(v.checked()) + "; entries were removed from its end)";
+  }
   std::string out;
   JsonWriter w(out);
   w.begin_object();
   w.field("status", problem.empty() ? "ok" : "broken");
   w.field("verified_entries", v.checked());
   if (problem.empty()) {
-    w.field("last_hash", v.last_hash());
+    w.field("head", std::to_string(v.checked()) + ":" + v.last_hash());
   } else {
     w.field("problem", problem);
   }
@@ -199,13 +232,14 @@ int run_admin_command(int argc, char** argv) {
   if (verb != "revoke" && !a.positional.empty()) return usage("unexpected " + a.positional[0]);
   SqliteOptions options;
   options.path = a.db;
+  options.create_if_missing = false;
   std::unique_ptr<SqliteStore> store;
   Status s = SqliteStore::open(options, store);
   if (!s.ok()) return fail("cannot open " + a.db + ": " + s.message());
   if (verb == "create") return keys_create(*store, a);
   if (verb == "list") return keys_list(*store);
   if (verb == "revoke") return keys_revoke(*store, a);
-  if (verb == "verify") return audit_verify(*store);
+  if (verb == "verify") return audit_verify(*store, a.expect_head);
   return audit_export(*store);
 }
 

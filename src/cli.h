@@ -12,7 +12,9 @@ bool is_admin_command(int argc, char** argv);
 //       prints {"key_id":…,"token":…,"scopes":[…]}: the only time the token is shown
 //   keys list --db PATH        prints one JSON object per key (never a secret or its hash)
 //   keys revoke --db PATH KEY_ID
-//   audit verify --db PATH     checks the whole hash chain; names the first broken entry
+//   audit verify --db PATH [--expect-head SEQ:HASH]
+//       checks the whole hash chain and names the first broken entry; prints the head
+//       (SEQ:HASH) to keep elsewhere, and with --expect-head checks an earlier head is intact
 //   audit export --db PATH     prints every audit entry as one JSON line, oldest first
 // Returns the exit status: 0 done, 1 failed (named on stderr: unknown key, broken chain,
 // storage error), 2 bad usage.

@@ -292,7 +292,13 @@ Status SqliteStore::open(const SqliteOptions& options, std::unique_ptr<SqliteSto
 Status SqliteStore::open_writer() {
   const std::string& path = options_.path;
   auto conn = std::make_unique<Connection>();
-  int rc = open_connection(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &conn->db);
+  if (!options_.create_if_missing && !std::filesystem::exists(path)) {
+    return Status::ReadOnly("no database at " + path +
+                            " (it is created by the service's first start)");
+  }
+  int rc = open_connection(
+      path, SQLITE_OPEN_READWRITE | (options_.create_if_missing ? SQLITE_OPEN_CREATE : 0),
+      &conn->db);
   if (rc != SQLITE_OK) {
     return status_from_sqlite(rc, conn->db, "cannot open database " + path, true);
   }

@@ -192,6 +192,8 @@ class Security(unittest.TestCase):
 
         rc, out = admin("audit", "verify", "--db", self.db)
         self.assertEqual((rc, out[0]["status"]), (0, "ok"))
+        head = out[0]["head"]
+        self.assertEqual(admin("audit", "verify", "--db", self.db, "--expect-head", head)[0], 0)
         rc, exported = admin("audit", "export", "--db", self.db)
         self.assertGreaterEqual(len(exported), len(entries))
         # tamper with one row behind the service's back: verify names it
@@ -207,6 +209,31 @@ class Security(unittest.TestCase):
             with sqlite3.connect(self.db) as db:
                 db.execute("UPDATE audit SET outcome = 403 WHERE seq = ?", (victim,))
         self.assertEqual(admin("audit", "verify", "--db", self.db)[0], 0)
+
+    def test_a_cut_off_chain_is_found_with_a_kept_head(self):
+        # A private copy: entries are removed from its end, which the chain alone cannot see.
+        copy = os.path.join(self.server.data_dir, "audit-copy.db")
+        with sqlite3.connect(self.db) as src, sqlite3.connect(copy) as dst:
+            src.backup(dst)
+        rc, out = admin("audit", "verify", "--db", copy)
+        head = out[0]["head"]
+        seq = int(head.split(":")[0])
+        with sqlite3.connect(copy) as db:
+            db.execute("DELETE FROM audit WHERE seq > ?", (seq - 2,))
+        self.assertEqual(admin("audit", "verify", "--db", copy)[0], 0)  # still a valid chain
+        rc, out = admin("audit", "verify", "--db", copy, "--expect-head", head, check=False)
+        self.assertEqual(rc, 1)
+        self.assertIn(f"entry {seq}: missing", out[0]["problem"])
+
+    def test_admin_commands_never_create_a_database(self):
+        typo = os.path.join(self.server.data_dir, "typo.db")
+        for args in (("keys", "list"), ("audit", "verify"),
+                     ("keys", "create", "--name", "x", "--scope", "read:c1")):
+            p = subprocess.run([APP_BIN, *args[:2], "--db", typo, *args[2:]],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 1, args)
+            self.assertIn("no database", p.stderr)
+            self.assertFalse(os.path.exists(typo))
 
     def test_denials_are_logged_with_the_key_id_and_counted_and_no_token_is_logged(self):
         r = self.req("r1", "POST", "/tests", record("denied-write", clinic="c1"))
