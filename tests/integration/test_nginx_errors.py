@@ -11,6 +11,20 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import Server, record, wait_for  # noqa: E402
 
 
+def stopped(pid):
+    """True once every thread of pid is in the stopped state (SIGSTOP takes effect
+    asynchronously: until then a thread woken by a request can still answer it)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        states = []
+        for t in tasks:
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+    except OSError:
+        return False
+    return all(st in ("T", "t") for st in states)
+
+
 class NginxErrors(unittest.TestCase):
     def assert_json_error(self, r, status):
         self.assertEqual(r.status, status, r)
@@ -26,6 +40,7 @@ class NginxErrors(unittest.TestCase):
             app = s.pid_of("app")
             os.kill(supervisor, signal.SIGSTOP)  # hold the supervisor so the app stays down
             try:
+                self.assertTrue(wait_for(lambda: stopped(supervisor)))
                 os.kill(app, signal.SIGKILL)
                 self.assertTrue(wait_for(lambda: s.request("GET", "/tests?clinic_id=c").status == 502))
                 self.assert_json_error(s.request("POST", "/tests", record("down-1")), 502)
@@ -48,6 +63,7 @@ class NginxErrors(unittest.TestCase):
             app = s.pid_of("app")
             os.kill(app, signal.SIGSTOP)
             try:
+                self.assertTrue(wait_for(lambda: stopped(app)))
                 self.assert_json_error(s.request("GET", "/tests?clinic_id=c"), 504)
             finally:
                 os.kill(app, signal.SIGCONT)
