@@ -91,7 +91,11 @@ if ! start_app; then
   tail -n 1 "$APP_LOG" >&2
   exit 1
 fi
-"$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e "$DATA_DIR/logs/nginx-error.log" &
+# nginx's error log goes to stderr, through a redactor (query strings and the Referer out: they
+# can carry patient ids) into logs/nginx-error.log; the redactor ignores Ctrl-C and ends when
+# nginx does.
+"$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e stderr 2> >(trap '' INT TERM QUIT
+  exec sed -u -E -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g' >>"$DATA_DIR/logs/nginx-error.log") &
 nginx_pid=$!
 echo "$$" >"$DATA_DIR/run/supervisor.pid"
 echo "testdata-api: serving on http://127.0.0.1:$PORT (data in $DATA_DIR; Ctrl-C stops)" >&2
