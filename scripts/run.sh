@@ -56,6 +56,7 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@SOCKET@|$SOCKET|g
     -e "s|@USER_DIRECTIVE@|$user_directive|g" \
     -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" -e "s|@PROJECT_DIR@|$here|g" \
     -e "s|@KEEPALIVE@|$keepalive|g" \
+    -e "s|@LISTING_SPOOL_MAX@|${LISTING_SPOOL_MAX:-1024m}|g" \
     "$here/nginx.conf" >"$DATA_DIR/nginx.conf"
 
 app_pid=""
