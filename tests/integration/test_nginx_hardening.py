@@ -217,6 +217,107 @@ class SlowReaders(unittest.TestCase):
             self.assertEqual(s.request("GET", "/healthz", timeout=15).status, 200)
 
 
+class OneAddressMisbehaves(unittest.TestCase):
+    """Item: per-address connection and rate limits; bounded body buffering."""
+
+    def test_trickled_uploads_from_one_address_get_429_and_others_are_served(self):
+        with Server(CONN_LIMIT_PER_ADDR=20) as s:
+            attackers, probes = [], {"ok": 0, "failed": 0}
+            stop = threading.Event()
+
+            def probe():
+                for i in range(200):
+                    if stop.is_set():
+                        return
+                    try:
+                        if i % 2:
+                            status, _, _ = request_from(s.port, "127.0.0.1", "GET", "/healthz", timeout=10)
+                            ok = status == 200
+                        else:
+                            status, _, _ = request_from(s.port, "127.0.0.1", "POST", "/tests",
+                                                        record(f"probe-{i}", clinic="pr"), timeout=10)
+                            ok = status == 201
+                    except OSError:
+                        ok = False
+                    probes["ok" if ok else "failed"] += 1
+                    time.sleep(0.02)
+
+            prober = threading.Thread(target=probe)
+            try:
+                for _ in range(300):
+                    c = connect_from(s.port, ATTACKER)
+                    c.sendall(b"POST /tests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: 1000\r\n\r\n{")
+                    attackers.append(c)
+                prober.start()
+                for _ in range(3):  # one byte per connection per second, for a few seconds
+                    time.sleep(1)
+                    for c in attackers:
+                        try:
+                            c.send(b" ")
+                        except OSError:
+                            pass
+                replies = [parse_response(read_available(c, 0.05)) for c in attackers]
+            finally:
+                stop.set()
+                if prober.ident:
+                    prober.join(30)
+                for c in attackers:
+                    c.close()
+            limited = [r for r in replies if r and r[0] == 429]
+            print(f"\n  300 trickled uploads from {ATTACKER} (limit 20): {len(limited)} answered 429; "
+                  f"probes from 127.0.0.1: {probes['ok']} of {probes['ok'] + probes['failed']} served",
+                  file=sys.stderr)
+            self.assertGreaterEqual(len(limited), 250)
+            for status, headers, body in limited:
+                assert_json_error(self, status, headers, body, 429)
+                self.assertEqual(headers.get("retry-after"), "1")
+            total = probes["ok"] + probes["failed"]
+            self.assertGreaterEqual(total, 20)
+            self.assertGreaterEqual(probes["ok"] / total, 0.95)
+            self.assertIn(429, [l["status"] for l in s.json_lines("access.log") if l["remote_addr"] == ATTACKER])
+
+    def test_request_rate_per_address_is_limited(self):
+        with Server(RATE_LIMIT_PER_ADDR=5) as s:
+            statuses, limited = [], None
+            for _ in range(30):
+                status, headers, body = request_from(s.port, ATTACKER, "GET", "/healthz")
+                statuses.append(status)
+                if status == 429:
+                    limited = (status, headers, body)
+            self.assertIn(200, statuses)
+            self.assertGreaterEqual(statuses.count(429), 15, statuses)
+            assert_json_error(self, *limited, 429)
+            self.assertEqual(limited[1].get("retry-after"), "1")
+            # another address has its own allowance
+            for i in range(3):
+                self.assertEqual(request_from(s.port, "127.0.0.1", "POST", "/tests",
+                                              record(f"other-{i}"))[0], 201)
+
+    def test_big_uploads_held_open_do_not_grow_nginx_memory(self):
+        with Server() as s:
+            for i in range(5):  # warm the workers up
+                s.request("POST", "/tests/batch", [record(f"warm-{i}")])
+            before = nginx_worker_rss_kb(s)
+            held = []
+            try:
+                for _ in range(40):  # 40 batch uploads of 4,000,000 bytes, all but 100 KB sent
+                    c = connect_from(s.port, ATTACKER)
+                    c.sendall(b"POST /tests/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: 4000000\r\n\r\n[" + b" " * 3_899_999)
+                    held.append(c)
+                # nginx has read every byte sent (nothing waits in its sockets)
+                self.assertTrue(wait_for(lambda: tcp_queues(s.port, ATTACKER) == (0, 0), timeout=30))
+                after = nginx_worker_rss_kb(s)
+            finally:
+                for c in held:
+                    c.close()
+            grown_mb = (after - before) / 1024
+            print(f"\n  nginx workers' RSS {before / 1024:.1f} MB -> {after / 1024:.1f} MB with 40 uploads of "
+                  f"3.9 MB held open", file=sys.stderr)
+            self.assertLess(grown_mb, 40)  # 156 MB if nginx held the bodies in memory
+
+
 class NginxErrorLog(unittest.TestCase):
     """Item: nginx's operational errors are recorded; patient ids never are."""
 
