@@ -405,5 +405,69 @@ class AccessLogUtf8(unittest.TestCase):
             self.assertEqual(by_id[sent["quote"]]["path"], "/tests/a\"b\\")
 
 
+class NginxOwnErrorsAreJson(unittest.TestCase):
+    """Item: every status nginx produces itself comes back as the contract's JSON error."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server().start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.__exit__(None, None, None)
+
+    def raw(self, data, expected_status, message=None):
+        reply = self.server.raw(data)
+        parsed = parse_response(reply)
+        self.assertIsNotNone(parsed, reply)
+        doc = assert_json_error(self, *parsed, expected_status)
+        if message:
+            self.assertEqual(doc["message"], message)
+        return parsed
+
+    def test_400_malformed_request(self):
+        self.raw(b"GARBAGE\r\n\r\n", 400, "bad request")
+        self.raw(b"GET /tests HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400)
+        self.raw(b"POST /tests HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400)
+
+    def test_400_request_header_too_large(self):  # nginx's 494
+        self.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 400,
+                 "request header or cookie too large")
+
+    def test_404_for_nginx_internal_locations(self):
+        self.raw(b"GET /_errors/400.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 404)
+
+    def test_405_with_allow(self):
+        _, headers, _ = self.raw(b"TRACE /tests HTTP/1.1\r\nHost: x\r\n\r\n", 405)
+        self.assertEqual(headers.get("allow"), "GET, HEAD, POST")
+        _, headers, _ = self.raw(b"POST /openapi.yaml HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n", 405)
+        self.assertEqual(headers.get("allow"), "GET, HEAD")
+
+    def test_412_and_416_on_the_static_file(self):
+        self.raw(b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\nIf-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"
+                 b"Connection: close\r\n\r\n", 412)
+        self.raw(b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\nRange: bytes=999999999-\r\nConnection: close\r\n\r\n", 416)
+
+    def test_414_uri_too_long(self):
+        self.raw(b"GET /tests?clinic_id=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414)
+
+    def test_501_unknown_transfer_encoding(self):
+        self.raw(b"POST /tests HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501)
+
+    def test_505_http_version(self):
+        self.raw(b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505)
+
+    def test_every_error_page_nginx_can_produce_is_configured(self):
+        # Statuses nginx can answer itself (ngx_http_special_response.c, limit_conn/limit_req):
+        # each must have an error_page, so none can come back as nginx's HTML.
+        with open(os.path.join(ROOT, "nginx.conf")) as f:
+            conf = f.read()
+        for code in (400, 401, 402, 403, 404, 405, 406, 408, 409, 410, 411, 412, 413, 414, 415, 416,
+                     421, 429, 494, 495, 496, 497, 500, 501, 502, 503, 504, 505, 507):
+            self.assertIn(f"error_page {code} /_errors/{code}.json;", conf)
+            self.assertIn(f"location = /_errors/{code}.json {{", conf)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
