@@ -53,10 +53,16 @@ threads=${THREADS:-$((32 * cores))}
 keepalive=$((threads / (4 * cores)))
 [ "$keepalive" -ge 1 ] || keepalive=1
 [ "$keepalive" -le 8 ] || keepalive=8
+# Open files per nginx worker (half of them connections): 16384, or the hard limit if lower.
+nofile=16384; [ "$(id -u)" = 0 ] || [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile" ] || nofile=$(ulimit -Hn)
 sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@SOCKET@|$SOCKET|g" \
     -e "s|@USER_DIRECTIVE@|$user_directive|g" \
     -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" -e "s|@PROJECT_DIR@|$here|g" \
     -e "s|@KEEPALIVE@|$keepalive|g" \
+    -e "s|@NOFILE@|$nofile|g" -e "s|@WORKER_CONNECTIONS@|$((nofile / 2))|g" \
+    -e "s|@CONN_LIMIT_PER_ADDR@|${CONN_LIMIT_PER_ADDR:-256}|g" \
+    -e "s|@RATE_LIMIT_PER_ADDR@|${RATE_LIMIT_PER_ADDR:-50000}|g" \
+    -e "s|@LISTING_SPOOL_MAX@|${LISTING_SPOOL_MAX:-1024m}|g" \
     "$here/nginx.conf" >"$DATA_DIR/nginx.conf"
 
 app_pid=""
@@ -92,7 +98,11 @@ if ! start_app; then
   tail -n 1 "$APP_LOG" >&2
   exit 1
 fi
-"$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e "$DATA_DIR/logs/nginx-error.log" &
+# nginx's error log goes to stderr, through a redactor (query strings and the Referer out: they
+# can carry patient ids) into logs/nginx-error.log; the redactor ignores Ctrl-C and ends when
+# nginx does.
+"$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e stderr 2> >(trap '' INT TERM QUIT
+  exec sed -u -E -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g' >>"$DATA_DIR/logs/nginx-error.log") &
 nginx_pid=$!
 echo "$$" >"$DATA_DIR/run/supervisor.pid"
 echo "testdata-api: serving on http://127.0.0.1:$PORT (data in $DATA_DIR; Ctrl-C stops)" >&2
