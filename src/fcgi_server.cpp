@@ -178,10 +178,11 @@ struct AcceptHealth {
       if (last_log_ms < 0 || now - last_log_ms >= 1000) {
         LogFields f;
         f.count = unlogged;
-        f.reason = code == -9999 ? std::string("FCGX_Accept_r failed")
-                                 : std::string(std::strerror(-code));
-        f.detail = "accepting a connection failed (count: failures since the last such line); "
-                   "retrying with back-off";
+        f.reason =
+            code == -9999 ? std::string("FCGX_Accept_r failed") : std::string(std::strerror(-code));
+        f.detail =
+            "accepting a connection failed (count: failures since the last such line); "
+            "retrying with back-off";
         log_event(LogLevel::kWarn, "accept_failed", f);
         last_log_ms = now;
         unlogged = 0;

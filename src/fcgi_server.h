@@ -23,9 +23,9 @@ struct ServerOptions {
 // What run_fcgi_server returns. A stop that times out does not return: it _exits with
 // kServeStopTimeoutExit (committed data is durable already; threads may be stuck in writes).
 enum ServeResult {
-  kServeStopped = 0,        // SIGTERM/SIGINT, every in-flight request finished
-  kServeSocketFailed = 1,   // the listening socket could not be created (logged): start-up
-  kServeAcceptBroken = 2,   // accepting kept failing for accept_give_up_ms (logged)
+  kServeStopped = 0,       // SIGTERM/SIGINT, every in-flight request finished
+  kServeSocketFailed = 1,  // the listening socket could not be created (logged): start-up
+  kServeAcceptBroken = 2,  // accepting kept failing for accept_give_up_ms (logged)
 };
 constexpr int kServeStopTimeoutExit = 1;
 

@@ -84,8 +84,8 @@ bool ensure_open_files(int threads, std::string& error) {
   }
   lim.rlim_cur = static_cast<rlim_t>(need);
   if (setrlimit(RLIMIT_NOFILE, &lim) != 0) {
-    error = std::string("cannot raise the open files limit (RLIMIT_NOFILE): ") +
-            std::strerror(errno);
+    error =
+        std::string("cannot raise the open files limit (RLIMIT_NOFILE): ") + std::strerror(errno);
     return false;
   }
   return true;

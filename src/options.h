@@ -6,13 +6,13 @@
 namespace tdapi {
 
 // Exit statuses of testdata-api (scripts/run.sh acts on them).
-constexpr int kExitOk = 0;              // clean stop (SIGTERM/SIGINT)
-constexpr int kExitFailure = 1;         // failed while serving (stop timeout, accept loop
-                                        // broken): the supervisor restarts the app
-constexpr int kExitUsage = 2;           // bad command line: not restarted
-constexpr int kExitStartupFailure = 78; // start-up failed (sysexits' EX_CONFIG: damaged or
-                                        // unwritable database, socket, user, descriptors,
-                                        // log file): not restarted
+constexpr int kExitOk = 0;               // clean stop (SIGTERM/SIGINT)
+constexpr int kExitFailure = 1;          // failed while serving (stop timeout, accept loop
+                                         // broken): the supervisor restarts the app
+constexpr int kExitUsage = 2;            // bad command line: not restarted
+constexpr int kExitStartupFailure = 78;  // start-up failed (sysexits' EX_CONFIG: damaged or
+                                         // unwritable database, socket, user, descriptors,
+                                         // log file): not restarted
 
 // Worker threads by default: 32 per core (they mostly wait), at most kMaxDefaultThreads: each
 // thread may hold a reader connection and a FastCGI connection (descriptors, memory).

@@ -16,10 +16,10 @@ bool parse(std::vector<const char*> extra, AppOptions& out, std::string& error,
 }
 
 TEST(Options, RejectsMalformedNumbers) {
-  const char* bad[] = {"5s", "", " 5", "5 ", "+5", "1e3", "0x10", "5.0", "abc", "-",
-                       "99999999999999999999999"};
-  for (const char* flag : {"--busy-timeout-ms", "--threads", "--max-db-pages",
-                           "--stop-timeout-ms"}) {
+  const char* bad[] = {
+      "5s", "", " 5", "5 ", "+5", "1e3", "0x10", "5.0", "abc", "-", "99999999999999999999999"};
+  for (const char* flag :
+       {"--busy-timeout-ms", "--threads", "--max-db-pages", "--stop-timeout-ms"}) {
     for (const char* value : bad) {
       AppOptions o;
       std::string error;
