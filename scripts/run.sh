@@ -27,6 +27,9 @@ DATA_DIR=${DATA_DIR:-./var}
 APP_BIN=${APP_BIN:-$here/build/testdata-api}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 START_TIMEOUT=${START_TIMEOUT:-600}
+case $START_TIMEOUT in ''|*[!0-9]*) echo "run.sh: START_TIMEOUT must be whole seconds" >&2; exit 2 ;; esac
+stop_timeout_ms=10000
+case ${STOP_TIMEOUT_MS:-} in ''|*[!0-9]*) ;; *) stop_timeout_ms=$STOP_TIMEOUT_MS ;; esac
 
 mkdir -p "$DATA_DIR"
 DATA_DIR=$(cd "$DATA_DIR" && pwd)
@@ -92,7 +95,9 @@ cp "$here/docs/openapi.yaml" "$DATA_DIR/openapi.yaml"
 cores=$(nproc 2>/dev/null || echo 2)
 default_threads=$((32 * cores))
 [ "$default_threads" -le 256 ] || default_threads=256
-threads=${THREADS:-$default_threads}
+threads=$default_threads
+case ${THREADS:-} in ''|*[!0-9]*) ;; *) threads=$THREADS ;; esac  # the app refuses a bad one
+[ "$threads" -ge 1 ] 2>/dev/null || threads=$default_threads
 keepalive=$((threads / (4 * cores)))
 [ "$keepalive" -ge 1 ] || keepalive=1
 [ "$keepalive" -le 8 ] || keepalive=8
@@ -151,7 +156,7 @@ kill_app() {
   [ -n "$app_pid" ] || return 0
   kill -TERM "$app_pid" 2>/dev/null || true
   local i
-  for i in $(seq 1 $(( ${STOP_TIMEOUT_MS:-10000} / 50 + 100 ))); do
+  for i in $(seq 1 $((stop_timeout_ms / 50 + 100))); do
     kill -0 "$app_pid" 2>/dev/null || break
     sleep 0.05
   done
