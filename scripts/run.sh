@@ -56,7 +56,8 @@ if [ "$(id -u)" = 0 ]; then
   service_group=$(id -gn "$service_user")
   user_directive="user $service_user $service_group;"
   if [ "$service_user" != root ]; then
-    chown -R "$service_user:$service_group" "$DATA_DIR"
+    # -H: also through symbolic links named here (e.g. logs/ on another disk)
+    chown -R -H "$service_user:$service_group" "$DATA_DIR" "$DATA_DIR"/{run,logs,nginx}
     if ! setpriv --reuid="$service_user" --regid="$service_group" --clear-groups \
         test -w "$DATA_DIR" -a -x "$DATA_DIR"; then
       echo "run.sh: user $service_user cannot reach $DATA_DIR (a parent directory is closed to" \
