@@ -2,26 +2,84 @@
 # Runs testdata-api and nginx in the foreground; Ctrl-C or SIGTERM stops both cleanly.
 #
 # Environment: PORT (default 5000), DATA_DIR (default ./var: database, socket, pid files, logs,
-# nginx temp dirs), THREADS (app worker threads, default 32 per core), APP_BIN (default
-# build/testdata-api), FASTCGI_READ_TIMEOUT (how long nginx waits for the app, default 30s),
-# BUSY_TIMEOUT_MS (how long a write waits for a database lock, default 5000), MAX_DB_PAGES
+# nginx temp dirs), THREADS (app worker threads, default 32 per core, at most 256), APP_BIN
+# (default build/testdata-api), FASTCGI_READ_TIMEOUT (how long nginx waits for the app, default
+# 30s), BUSY_TIMEOUT_MS (how long a write waits for a database lock, default 5000), MAX_DB_PAGES
 # (cap on the database size in 4 KiB pages, default none), DB_PATH (default
-# $DATA_DIR/testdata.db).
+# $DATA_DIR/testdata.db), START_TIMEOUT (seconds to wait for the app to be ready, default 600;
+# 0 waits as long as the app is alive), STOP_TIMEOUT_MS (how long the app lets in-flight
+# requests finish on a stop, default 10000), SERVICE_USER (as root: the user the app and nginx's
+# workers run as, default testdata-api, created as a system user if missing).
+# Security (README "Security"): LISTEN (address:port nginx listens on, default 127.0.0.1:PORT),
+# AUTH (on|off; default off on a loopback LISTEN, on otherwise, where off is refused), AUDIT
+# (on|off, default on; off only with AUTH=off), TLS_CERT and TLS_KEY (PEM files: HTTPS only),
+# ALLOW_PLAINTEXT (1: a non-loopback LISTEN without TLS, behind a TLS-terminating proxy),
+# KEY_RATE/KEY_BURST (per access key) and ANON_RATE/ANON_BURST (per address, requests without a
+# key) for nginx's rate limits.
 #
-# This script is the app's supervisor: if the app dies (crash, SIGKILL) it is restarted at once;
-# a start-up failure (exit 1, e.g. a damaged database) is not retried.
+# This script is the app's supervisor: if the app dies (crash, SIGKILL, stop timeout) it is
+# restarted at once. Not restarted: exit status 78 (start-up failure, e.g. a damaged database)
+# and 2 (bad usage); see src/main.cpp.
 set -euo pipefail
 # Job control: the app and nginx each run in their own process group, so a Ctrl-C on the terminal
 # reaches this script (which stops them in order) rather than racing it to them.
 set -m
+# Every file and directory this script, the app and nginx create: 0600 / 0700.
+umask 077
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 PORT=${PORT:-5000}
 DATA_DIR=${DATA_DIR:-./var}
 APP_BIN=${APP_BIN:-$here/build/testdata-api}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
+START_TIMEOUT=${START_TIMEOUT:-600}
+case $START_TIMEOUT in ''|*[!0-9]*) echo "run.sh: START_TIMEOUT must be whole seconds" >&2; exit 2 ;; esac
+stop_timeout_ms=10000
+case ${STOP_TIMEOUT_MS:-} in ''|*[!0-9]*) ;; *) stop_timeout_ms=$STOP_TIMEOUT_MS ;; esac
 
-AUTH=${AUTH:-off}
+# Where nginx listens, and what that demands. Refusals exit 78, like the app's start-up failures.
+refuse() { echo "run.sh: $*" >&2; exit 78; }
+LISTEN=${LISTEN:-127.0.0.1:$PORT}
+listen_host=${LISTEN%:*}
+case ${LISTEN##*:} in ''|*[!0-9]*) refuse "LISTEN must be address:port, not '$LISTEN'" ;; esac
+case $listen_host in
+  127.*|localhost|'[::1]') loopback=1 ;;
+  *) loopback=0 ;;
+esac
+AUTH=${AUTH:-$([ "$loopback" = 1 ] && echo off || echo on)}
+case $AUTH in on|off) ;; *) refuse "AUTH must be on or off, not '$AUTH'" ;; esac
+if [ "$loopback" = 0 ] && [ "$AUTH" = off ]; then
+  refuse "AUTH=off is allowed only while nginx listens on loopback, and LISTEN=$LISTEN is not:"     "every client could read every clinic. Use AUTH=on and give clients keys (make key)"
+fi
+listen_ssl=""
+tls=""
+hsts=""
+if [ -n "${TLS_CERT:-}${TLS_KEY:-}" ]; then
+  [ -n "${TLS_CERT:-}" ] && [ -r "$TLS_CERT" ] || refuse "TLS_CERT must name a readable PEM certificate (with TLS_KEY)"
+  [ -n "${TLS_KEY:-}" ] && [ -r "$TLS_KEY" ] || refuse "TLS_KEY must name the readable PEM key of TLS_CERT"
+  listen_ssl=" ssl"
+  hsts='add_header Strict-Transport-Security "max-age=63072000" always;'
+  tls="ssl_certificate $TLS_CERT; ssl_certificate_key $TLS_KEY; ssl_protocols TLSv1.2 TLSv1.3;"
+  tls+=" ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;"
+  tls+=" ssl_prefer_server_ciphers off; ssl_session_cache shared:tdapi_tls:10m; ssl_session_timeout 1d;"
+  tls+=" ssl_session_tickets off; $hsts"
+elif [ "$loopback" = 0 ] && [ "${ALLOW_PLAINTEXT:-}" != 1 ]; then
+  refuse "LISTEN=$LISTEN is not loopback: set TLS_CERT and TLS_KEY for HTTPS, or ALLOW_PLAINTEXT=1"     "if a load balancer in front terminates TLS"
+fi
+scheme=$([ -n "$listen_ssl" ] && echo https || echo http)
+# Rate limits: per key; per address for requests without a key (only with AUTH=on: in the local
+# mode every request is keyless, and the per-address limits of nginx.conf apply).
+KEY_RATE=${KEY_RATE:-50000r/s}
+KEY_BURST=${KEY_BURST:-50000}
+if [ "$AUTH" = on ]; then ANON_RATE=${ANON_RATE:-100r/s}; ANON_BURST=${ANON_BURST:-200}
+else ANON_RATE=${ANON_RATE:-50000r/s}; ANON_BURST=${ANON_BURST:-50000}; fi
+for v in KEY_RATE ANON_RATE; do
+  case ${!v} in *[0-9]r/s|*[0-9]r/m) ;; *) refuse "$v must look like 100r/s or 600r/m, not '${!v}'" ;; esac
+done
+for v in KEY_BURST ANON_BURST; do
+  case ${!v} in ''|*[!0-9]*) refuse "$v must be a whole number, not '${!v}'" ;; esac
+done
+
 mkdir -p "$DATA_DIR"
 DATA_DIR=$(cd "$DATA_DIR" && pwd)
 mkdir -p "$DATA_DIR"/{run,logs,nginx}
@@ -30,26 +88,66 @@ SOCKET=$DATA_DIR/run/app.sock
 DB_PATH=${DB_PATH:-$DATA_DIR/testdata.db}
 APP_LOG=$DATA_DIR/logs/app.log
 
+[ -x "$APP_BIN" ] || { echo "run.sh: $APP_BIN is missing; run 'make build' first" >&2; exit 1; }
+[ -x "$NGINX_BIN" ] || { echo "run.sh: nginx is missing; run 'make deps' first" >&2; exit 1; }
+
+# Started as root, the app and nginx's workers run as an unprivileged system user that owns
+# DATA_DIR (the app drops to it itself with --user, so its binary may stay in a root-only
+# checkout). Otherwise everything runs as the invoking user. SERVICE_USER=root opts out.
+service_user=""
+user_directive=""
+if [ "$(id -u)" = 0 ]; then
+  service_user=${SERVICE_USER:-testdata-api}
+  if [ "$service_user" != root ] && ! id -u "$service_user" >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin "$service_user" 2>/dev/null || id -u "$service_user" >/dev/null
+  fi
+  service_group=$(id -gn "$service_user")
+  user_directive="user $service_user $service_group;"
+  if [ "$service_user" != root ]; then
+    # -H: also through symbolic links named here (e.g. logs/ on another disk)
+    chown -R -H "$service_user:$service_group" "$DATA_DIR" "$DATA_DIR"/{run,logs,nginx}
+    if ! setpriv --reuid="$service_user" --regid="$service_group" --clear-groups \
+        test -w "$DATA_DIR" -a -x "$DATA_DIR"; then
+      echo "run.sh: user $service_user cannot reach $DATA_DIR (a parent directory is closed to" \
+        "it); use a DATA_DIR it can reach, e.g. DATA_DIR=/var/lib/testdata-api" >&2
+      exit 1
+    fi
+  else
+    service_user=""
+  fi
+fi
+
+# The app's log file exists, owned by the user the app runs as, before anything writes to it
+# (the app reopens it by name on SIGHUP, after a rotation renamed it).
+ensure_app_log() {
+  [ -e "$APP_LOG" ] && return 0
+  : >>"$APP_LOG"
+  [ -z "$service_user" ] || chown "$service_user:$service_group" "$APP_LOG"
+}
+
 # One JSON line, like the app's, to stderr and the app log.
 log_json() {  # level event detail
   local line
   line=$(printf '{"ts":"%s","level":"%s","event":"%s","detail":"%s"}' \
     "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$1" "$2" "$3")
+  ensure_app_log
   printf '%s\n' "$line" >>"$APP_LOG"
   [ -n "${tail_pid:-}" ] || printf '%s\n' "$line" >&2
 }
 
-[ -x "$APP_BIN" ] || { echo "run.sh: $APP_BIN is missing; run 'make build' first" >&2; exit 1; }
-[ -x "$NGINX_BIN" ] || { echo "run.sh: nginx is missing; run 'make deps' first" >&2; exit 1; }
-
-# nginx workers must reach the app's socket (mode 0600, owned by this user): they run as this
-# same user. As root that means 'user root', which grants them nothing the app lacks.
-user_directive=""
-if [ "$(id -u)" = 0 ]; then user_directive="user root root;"; fi
+# nginx's workers must reach the app's socket (mode 0600, owned by the app's user): they run as
+# that same user. The API description is served from DATA_DIR, which they can read.
+cp "$here/docs/openapi.yaml" "$DATA_DIR/openapi.yaml"
+[ -z "$service_user" ] || chown "$service_user:$service_group" "$DATA_DIR/openapi.yaml"
 # Idle kept-alive connections per nginx worker (one per core): each parks an app thread, so at
-# most a quarter of the app's threads (default 32 per core) may be parked.
+# most a quarter of the app's threads (default 32 per core, at most 256) may be parked.
 cores=$(nproc 2>/dev/null || echo 2)
-threads=${THREADS:-$((32 * cores))}
+default_threads=$((32 * cores))
+[ "$default_threads" -le 256 ] || default_threads=256
+threads=$default_threads
+case ${THREADS:-} in ''|*[!0-9]*) ;; *) threads=$THREADS ;; esac  # the app refuses a bad one
+[ "$threads" -ge 1 ] 2>/dev/null || threads=$default_threads
 keepalive=$((threads / (4 * cores)))
 [ "$keepalive" -ge 1 ] || keepalive=1
 [ "$keepalive" -le 8 ] || keepalive=8
@@ -63,26 +161,68 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@SOCKET@|$SOCKET|g
     -e "s|@CONN_LIMIT_PER_ADDR@|${CONN_LIMIT_PER_ADDR:-256}|g" \
     -e "s|@RATE_LIMIT_PER_ADDR@|${RATE_LIMIT_PER_ADDR:-50000}|g" \
     -e "s|@LISTING_SPOOL_MAX@|${LISTING_SPOOL_MAX:-1024m}|g" \
+    -e "s|@LISTEN@|$LISTEN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" -e "s|@TLS@|$tls|g" \
+    -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
+    -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
     "$here/nginx.conf" >"$DATA_DIR/nginx.conf"
 
 app_pid=""
 nginx_pid=""
 stopping=0
 
+# Starts the app and waits until it is ready. Sets start_result: ready, died (start_status
+# holds its exit status), timeout (it was stopped) or stopping (this script is stopping).
 start_app() {
-  # stderr goes straight to logs/app.log (appended; one write per line keeps lines whole).
-  "$APP_BIN" --socket "$SOCKET" --db "$DB_PATH" ${THREADS:+--threads "$THREADS"} \
-    ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
+  rm -f "$SOCKET"
+  ensure_app_log
+  # The app writes its log to --log-file (reopened on SIGHUP); stderr is appended to the same
+  # file for what it says before that (bad usage). One write per line keeps lines whole.
+  "$APP_BIN" --socket "$SOCKET" --db "$DB_PATH" --log-file "$APP_LOG" \
+    --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} \
+    ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
+    ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
+    ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
     2>>"$APP_LOG" &
   app_pid=$!
+  app_started=$EPOCHSECONDS
   echo "$app_pid" >"$DATA_DIR/run/app.pid.tmp" && mv -f "$DATA_DIR/run/app.pid.tmp" "$DATA_DIR/run/app.pid"
-  for _ in $(seq 1 200); do
-    [ -S "$SOCKET" ] && return 0
-    kill -0 "$app_pid" 2>/dev/null || { wait "$app_pid" || return $?; return 1; }
+  # Ready when the socket exists: the app creates it only once the database is open (which,
+  # after an unclean stop, includes the integrity check, O(database size)). No fixed cap: as
+  # long as it is alive, up to START_TIMEOUT.
+  local waited=0
+  start_status=0
+  while :; do
+    if [ -S "$SOCKET" ]; then start_result=ready; return 0; fi
+    if ! kill -0 "$app_pid" 2>/dev/null; then
+      wait "$app_pid" || start_status=$?
+      app_pid=""
+      start_result=died
+      return 0
+    fi
+    if [ "$stopping" = 1 ]; then start_result=stopping; return 0; fi
+    if [ "$START_TIMEOUT" != 0 ] && [ "$waited" -ge $((START_TIMEOUT * 20)) ]; then
+      log_json error start_timeout "the app was not ready within START_TIMEOUT=${START_TIMEOUT}s; stopping it"
+      kill_app
+      start_result=timeout
+      return 0
+    fi
+    sleep 0.05
+    waited=$((waited + 1))
+  done
+}
+
+# Stops the app: SIGTERM, then SIGKILL if it is still there after its stop timeout and a margin.
+kill_app() {
+  [ -n "$app_pid" ] || return 0
+  kill -TERM "$app_pid" 2>/dev/null || true
+  local i
+  for i in $(seq 1 $((stop_timeout_ms / 50 + 100))); do
+    kill -0 "$app_pid" 2>/dev/null || break
     sleep 0.05
   done
-  echo "run.sh: the app did not create $SOCKET within 10 s" >&2
-  return 1
+  kill -KILL "$app_pid" 2>/dev/null || true
+  wait "$app_pid" 2>/dev/null || true
+  app_pid=""
 }
 
 stop_all() {
@@ -92,12 +232,21 @@ stop_all() {
 }
 trap stop_all INT TERM
 
-rm -f "$SOCKET"
-if ! start_app; then
-  echo "run.sh: the app did not start; its last log line says why ($APP_LOG):" >&2
-  tail -n 1 "$APP_LOG" >&2
-  exit 1
-fi
+# Exit statuses of the app that are not worth a restart: it would fail the same way.
+not_restarted() { [ "$1" = 78 ] || [ "$1" = 2 ]; }
+
+start_app
+case $start_result in
+  ready) ;;
+  stopping)
+    wait "$app_pid" 2>/dev/null || true
+    exit 0 ;;
+  *)
+    echo "run.sh: the app did not start; its last log line says why ($APP_LOG):" >&2
+    tail -n 1 "$APP_LOG" >&2
+    if [ "$start_result" = died ] && [ "$start_status" != 0 ]; then exit "$start_status"; fi
+    exit 1 ;;
+esac
 # nginx's error log goes to stderr, through a redactor (query strings and the Referer out: they
 # can carry patient ids) into logs/nginx-error.log; the redactor ignores Ctrl-C and ends when
 # nginx does.
@@ -105,7 +254,10 @@ fi
   exec sed -u -E -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g' >>"$DATA_DIR/logs/nginx-error.log") &
 nginx_pid=$!
 echo "$$" >"$DATA_DIR/run/supervisor.pid"
-echo "testdata-api: serving on http://127.0.0.1:$PORT (data in $DATA_DIR; Ctrl-C stops)" >&2
+if [ -z "$listen_ssl" ] && [ "$loopback" = 0 ]; then
+  log_json warn plaintext "LISTEN=$LISTEN without TLS (ALLOW_PLAINTEXT=1): a TLS-terminating proxy in front must carry every request"
+fi
+echo "testdata-api: serving on $scheme://$LISTEN, authorization $AUTH (data in $DATA_DIR; Ctrl-C stops)" >&2
 # On a terminal, show the app's log lines as they come (tail, not a pipe in the app's path).
 tail_pid=""
 if [ -t 2 ]; then
@@ -113,15 +265,26 @@ if [ -t 2 ]; then
   tail_pid=$!
 fi
 
+stop_nginx() {
+  kill -QUIT "$nginx_pid" 2>/dev/null || true
+  wait "$nginx_pid" 2>/dev/null || true
+}
+
 status=0
+quick_exits=0
 while :; do
-  set +e
-  wait -n "$app_pid" "$nginx_pid"
-  rc=$?
-  set -e
+  rc=0
+  if [ -n "$app_pid" ]; then
+    set +e
+    wait -n "$app_pid" "$nginx_pid"
+    rc=$?
+    set -e
+  else
+    rc=$start_status
+  fi
   if [ "$stopping" = 1 ]; then
     app_rc=0
-    wait "$app_pid" 2>/dev/null || app_rc=$?
+    if [ -n "$app_pid" ]; then wait "$app_pid" 2>/dev/null || app_rc=$?; fi
     wait "$nginx_pid" 2>/dev/null || true
     [ "$app_rc" = 0 ] || status=$app_rc
     break
@@ -129,23 +292,30 @@ while :; do
   if ! kill -0 "$nginx_pid" 2>/dev/null; then
     echo "run.sh: nginx exited (status $rc); see $DATA_DIR/logs/nginx-error.log:" >&2
     tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
-    kill -TERM "$app_pid" 2>/dev/null || true
-    wait "$app_pid" 2>/dev/null || true
+    kill_app
     status=1
     break
   fi
-  if ! kill -0 "$app_pid" 2>/dev/null; then
-    if [ "$rc" = 1 ] || [ "$rc" = 2 ]; then
-      log_json error app_exited "the app exited with status $rc and is not restarted; see the line above"
-      kill -QUIT "$nginx_pid" 2>/dev/null || true
-      wait "$nginx_pid" 2>/dev/null || true
-      status=$rc
-      break
-    fi
-    log_json warn app_restarted "the app exited with status $rc; restarting it"
-    rm -f "$SOCKET"
-    start_app || { status=1; stop_all; }
+  if [ -n "$app_pid" ] && kill -0 "$app_pid" 2>/dev/null; then continue; fi
+  if not_restarted "$rc"; then
+    log_json error app_exited "the app exited with status $rc and is not restarted; see the line above"
+    stop_nginx
+    status=$rc
+    break
   fi
+  # Restart at once; a crash loop (each run shorter than 2 s) backs off up to 5 s.
+  if [ $((EPOCHSECONDS - app_started)) -lt 2 ]; then quick_exits=$((quick_exits + 1)); else quick_exits=0; fi
+  log_json warn app_restarted "the app exited with status $rc; restarting it"
+  if [ "$quick_exits" -gt 1 ]; then sleep $((quick_exits > 6 ? 5 : quick_exits - 1)); fi
+  [ "$stopping" = 0 ] || { status=0; stop_nginx; break; }
+  start_app
+  case $start_result in
+    ready|died|stopping) ;;  # died: handled (restart or not) by the next round
+    timeout)
+      stop_nginx
+      status=1
+      break ;;
+  esac
 done
 if [ -n "$tail_pid" ]; then kill "$tail_pid" 2>/dev/null || true; fi
 exit "$status"

@@ -232,7 +232,7 @@ int run_admin_command(int argc, char** argv) {
   if (verb != "revoke" && !a.positional.empty()) return usage("unexpected " + a.positional[0]);
   SqliteOptions options;
   options.path = a.db;
-  options.create_if_missing = false;
+  options.admin_tool = true;
   std::unique_ptr<SqliteStore> store;
   Status s = SqliteStore::open(options, store);
   if (!s.ok()) return fail("cannot open " + a.db + ": " + s.message());

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -72,7 +73,24 @@ Request read_request(FCGX_Request& fcgi) {
     req.body.resize(got);
     req.body_state = BodyState::kTruncated;
     fcgi.keepConnection = 0;
+    return req;
   }
+  // Read stdin to its end, the empty FCGI_STDIN record, which may come in a later read than
+  // the body: left unread on a kept-alive connection, it would be taken for the start of the
+  // next request, and that request would be lost. Bytes beyond CONTENT_LENGTH are dropped; past
+  // a bound, or on a read error, the connection is closed instead.
+  char sink[4096];
+  size_t extra = 0;
+  for (;;) {
+    int n = FCGX_GetStr(sink, sizeof sink, fcgi.in);
+    if (n <= 0) break;
+    extra += static_cast<size_t>(n);
+    if (extra > kMaxRequestBodyBytes) {
+      fcgi.keepConnection = 0;
+      break;
+    }
+  }
+  if (FCGX_GetError(fcgi.in) != 0) fcgi.keepConnection = 0;
   return req;
 }
 
@@ -134,6 +152,63 @@ void serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
   global_metrics().record(resp.route, resp.status, f.duration_ms);
 }
 
+long long now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Health of accepting new connections, shared by the workers. A failing accept (descriptors
+// exhausted, or libfcgi's shutdownPending set by a stray signal before its handlers were
+// replaced) must neither spin nor flood the log nor leave a live process that answers nobody:
+// each worker backs off, failures are logged at most once a second (with how many there were),
+// and when no new connection has been accepted for accept_give_up_ms while accepts kept
+// failing, the server gives up (the supervisor restarts it).
+struct AcceptHealth {
+  int give_up_ms = 10000;
+  std::atomic<long long> failing_since_ms{-1};  // -1: the last fresh accept succeeded
+  std::atomic<bool> broken{false};
+  std::mutex log_mu;
+  long long last_log_ms = -1;
+  long long unlogged = 0;
+
+  void succeeded() {
+    if (failing_since_ms.load(std::memory_order_relaxed) != -1) failing_since_ms.store(-1);
+  }
+  // Returns how long the calling worker should wait before its next accept.
+  int failed(int code, int previous_backoff_ms) {
+    long long now = now_ms();
+    long long expected = -1;
+    failing_since_ms.compare_exchange_strong(expected, now);
+    long long since = failing_since_ms.load();
+    {
+      std::lock_guard<std::mutex> lock(log_mu);
+      ++unlogged;
+      if (last_log_ms < 0 || now - last_log_ms >= 1000) {
+        LogFields f;
+        f.count = unlogged;
+        f.reason =
+            code == -9999 ? std::string("FCGX_Accept_r failed") : std::string(std::strerror(-code));
+        f.detail =
+            "accepting a connection failed (count: failures since the last such line); "
+            "retrying with back-off";
+        log_event(LogLevel::kWarn, "accept_failed", f);
+        last_log_ms = now;
+        unlogged = 0;
+      }
+    }
+    if (since >= 0 && now - since >= give_up_ms && !broken.exchange(true)) {
+      LogFields f;
+      f.duration_ms = static_cast<double>(now - since);
+      f.detail = "no new connection could be accepted for " + std::to_string(now - since) +
+                 " ms; stopping so that the supervisor restarts the app";
+      log_event(LogLevel::kError, "accept_broken", f);
+      kill(getpid(), SIGTERM);  // the signal thread runs the graceful stop
+    }
+    return previous_backoff_ms <= 0 ? 10 : std::min(previous_backoff_ms * 2, 1000);
+  }
+};
+
 // One worker thread: accepts, answers, repeats until the server stops. With nginx's
 // fastcgi_keep_conn the connection stays open after a request and FCGX_Accept_r blocks reading
 // the next one from it, where a shut-down listening socket cannot wake it: the worker publishes
@@ -141,9 +216,11 @@ void serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
 // wake_idle_workers). Publish-then-check of g_stopping pairs with the stopper's
 // set-then-scan (both sequentially consistent): either this thread sees the stop or the stopper
 // sees the connection.
-void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<int>& idle_fd) {
+void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<int>& idle_fd,
+                 AcceptHealth& health) {
   FCGX_Request fcgi;
   FCGX_InitRequest(&fcgi, listen_fd, 0);
+  int backoff_ms = 0;
   for (;;) {
     const int kept = fcgi.ipcFd;  // >= 0: a kept-alive connection from the last request
     idle_fd.store(kept);
@@ -153,11 +230,14 @@ void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<i
     idle_fd.compare_exchange_strong(expected, -1);  // -1 already if a stop took it
     if (accepted < 0) {
       if (g_stopping.load()) break;
-      LogFields f;
-      f.detail = "FCGX_Accept_r failed; retrying";
-      log_event(LogLevel::kWarn, "accept_failed", f);
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (kept >= 0) continue;  // the kept-alive connection ended; accept a new one
+      backoff_ms = health.failed(accepted, backoff_ms);
+      std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
       continue;
+    }
+    if (kept < 0) {
+      health.succeeded();
+      backoff_ms = 0;
     }
     serve_one(fcgi, store, auth);
     FCGX_Finish_r(&fcgi);
@@ -216,24 +296,46 @@ int listen_unix(const std::string& path) {
   return fd;
 }
 
+const int kHandledSignals[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE};
+
+void ignore_signal(int) {}
+
+// FCGX_Init installs libfcgi's own handlers for SIGTERM, SIGUSR1 (even over SIG_IGN) and
+// SIGPIPE; its SIGUSR1/SIGTERM handler sets a flag that makes every later accept fail. Every
+// such signal is blocked in all threads and taken by sigwait, so no handler should ever run;
+// these dispositions make sure none of libfcgi's can, and that a stray SIGUSR1/SIGUSR2 can
+// neither kill the process nor deafen it.
+void replace_libfcgi_signal_handlers() {
+  struct sigaction sa {};
+  sigemptyset(&sa.sa_mask);
+  sa.sa_handler = SIG_DFL;
+  sigaction(SIGTERM, &sa, nullptr);
+  sa.sa_handler = ignore_signal;
+  sigaction(SIGUSR1, &sa, nullptr);
+  sigaction(SIGUSR2, &sa, nullptr);
+  sa.sa_handler = SIG_IGN;
+  sigaction(SIGPIPE, &sa, nullptr);
+}
+
 }  // namespace
 
 void block_stop_signals() {
   sigset_t set;
   sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
+  for (int sig : kHandledSignals) sigaddset(&set, sig);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 }
 
-int run_fcgi_server(const ServerOptions& options, Store& store) {
+ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   Authenticator auth(options.access);
-  if (FCGX_Init() != 0) return 1;
+  if (FCGX_Init() != 0) return kServeSocketFailed;
+  replace_libfcgi_signal_handlers();
   int fd = listen_unix(options.socket_path);
-  if (fd < 0) return 1;
+  if (fd < 0) return kServeSocketFailed;
 
+  AcceptHealth health;
+  health.give_up_ms = options.accept_give_up_ms;
   std::mutex done_mu;
   std::condition_variable done_cv;
   int running = options.threads;
@@ -241,7 +343,7 @@ int run_fcgi_server(const ServerOptions& options, Store& store) {
   std::vector<std::thread> workers;
   for (int i = 0; i < options.threads; ++i) {
     workers.emplace_back([&, i] {
-      worker_loop(fd, store, auth, idle_fds[static_cast<size_t>(i)]);
+      worker_loop(fd, store, auth, idle_fds[static_cast<size_t>(i)], health);
       std::lock_guard<std::mutex> lock(done_mu);
       if (--running == 0) done_cv.notify_all();
     });
@@ -253,14 +355,24 @@ int run_fcgi_server(const ServerOptions& options, Store& store) {
 
   sigset_t set;
   sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
+  for (int s : kHandledSignals) sigaddset(&set, s);
   int sig = 0;
-  while (sigwait(&set, &sig) == 0 && sig == SIGHUP) {
+  for (;;) {
+    if (sigwait(&set, &sig) != 0) continue;
+    if (sig == SIGTERM || sig == SIGINT) break;
+    if (sig == SIGHUP) {
+      if (options.on_hangup) options.on_hangup();
+      continue;
+    }
+    if (sig == SIGPIPE) continue;  // a write to a closed connection: its EPIPE is handled there
+    LogFields f;
+    f.reason = sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2";
+    f.detail = "signal ignored: it changes nothing about serving";
+    log_event(LogLevel::kWarn, "signal_ignored", f);
   }
+  bool broken = health.broken.load();
   LogFields stopping;
-  stopping.reason = sig == SIGINT ? "SIGINT" : "SIGTERM";
+  stopping.reason = broken ? "accept_broken" : sig == SIGINT ? "SIGINT" : "SIGTERM";
   log_event(LogLevel::kInfo, "stopping", stopping);
 
   // Stop accepting: shutting the listening socket down wakes every thread blocked in accept.
@@ -277,12 +389,15 @@ int run_fcgi_server(const ServerOptions& options, Store& store) {
   if (!finished) {
     LogFields f;
     f.reason = "in-flight requests did not finish in time";
+    f.status = kServeStopTimeoutExit;
+    f.detail = "exiting with status 1; the supervisor restarts the app";
     log_event(LogLevel::kError, "stop_timeout", f);
-    _exit(1);  // committed data is durable already; nothing unacknowledged is lost by exiting
+    // Committed data is durable already; nothing acknowledged is lost by exiting.
+    _exit(kServeStopTimeoutExit);
   }
   for (std::thread& t : workers) t.join();
   close(fd);
-  return 0;
+  return broken ? kServeAcceptBroken : kServeStopped;
 }
 
 }  // namespace tdapi

@@ -1,9 +1,11 @@
 // log.cpp: renders LogFields as one JSON line and writes it to stderr atomically.
 #include "log.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "clock.h"
 #include "json.h"
@@ -61,6 +63,22 @@ void log_event(LogLevel level, const char* event, const LogFields& fields) {
     p += n;
     left -= static_cast<size_t>(n);
   }
+}
+
+bool open_log_file(const std::string& path, std::string& error) {
+  int fd = open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    error = "cannot open log file " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  int rc = fd == STDERR_FILENO ? 0 : dup2(fd, STDERR_FILENO);
+  int saved = errno;
+  if (fd != STDERR_FILENO) close(fd);
+  if (rc < 0) {
+    error = "cannot redirect stderr to " + path + ": " + std::strerror(saved);
+    return false;
+  }
+  return true;
 }
 
 }  // namespace tdapi

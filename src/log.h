@@ -35,6 +35,12 @@ struct LogFields {
 // Safe to call from several threads. Errors writing stderr are ignored: this function can't fail.
 void log_event(LogLevel level, const char* event, const LogFields& fields);
 
+// Opens `path` for appending (created mode 0600, O_CLOEXEC) and puts it in place of stderr
+// with dup2, which is atomic for concurrent log_event calls: each line goes whole to the old
+// file or whole to the new one. Called at start and on SIGHUP (after the file was renamed for
+// rotation). On failure stderr is left as it was and `error` says why.
+bool open_log_file(const std::string& path, std::string& error);
+
 // Renders the line log_event would write (without writing it). For tests.
 std::string render_log_line(LogLevel level, const char* event, const LogFields& fields);
 

@@ -1,12 +1,32 @@
-// main.cpp: testdata-api entry point: options, store, FastCGI server, exit status.
+// main.cpp: testdata-api entry point: options, privileges, limits, store, FastCGI server.
 //
 // Usage: testdata-api --socket PATH --db PATH [--threads N] [--busy-timeout-ms N]
-//                     [--max-db-pages N] [--auth on|off] [--audit on|off]
-//        testdata-api keys|audit …   (administration: see cli.h)
-// Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 when start-up fails (logged), 2 on
-// bad usage.
+//                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
+//                     [--auth on|off] [--audit on|off]
+//        testdata-api keys|audit ...   (administration of keys and the audit trail: cli.h)
+//
+// Exit statuses (scripts/run.sh, the supervisor, acts on them):
+//   0   clean stop (SIGTERM/SIGINT; in-flight requests finished). Restarted unless the
+//       supervisor itself is stopping.
+//   1   failed while serving: in-flight work did not finish within --stop-timeout-ms
+//       (stop_timeout), or no connection could be accepted for a long time (accept_broken).
+//       Restarted.
+//   2   bad usage (unknown option, malformed number). Not restarted.
+//   78  start-up failure (sysexits' EX_CONFIG), logged as startup_failed with what to do:
+//       damaged or unwritable database, socket, unknown user, too few descriptors, log file.
+//       Not restarted: it would fail the same way.
+//   anything else (a signal, a sanitizer report): restarted.
+//
+// Files are created 0600 and directories 0700 (umask 077). Run as root with --user NAME, the
+// app drops to that user (groups, gid, uid) before it opens the log file or the database.
+#include <grp.h>
 #include <malloc.h>
+#include <pwd.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -17,16 +37,26 @@
 #include "cli.h"
 #include "fcgi_server.h"
 #include "log.h"
+#include "options.h"
 #include "store_sqlite.h"
 
 namespace {
 
-int usage(const char* why) {
+int usage(const std::string& why) {
   std::cerr << "testdata-api: " << why
             << "\nusage: testdata-api --socket PATH --db PATH [--threads N] [--busy-timeout-ms N]"
-               " [--max-db-pages N] [--auth on|off] [--audit on|off]\n"
+               " [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]"
+               " [--auth on|off] [--audit on|off]\n"
                "       testdata-api keys|audit ... (run 'testdata-api keys' for details)\n";
-  return 2;
+  return tdapi::kExitUsage;
+}
+
+int startup_failed(const std::string& reason, const std::string& detail) {
+  tdapi::LogFields f;
+  f.reason = reason;
+  f.detail = detail;
+  tdapi::log_event(tdapi::LogLevel::kError, "startup_failed", f);
+  return tdapi::kExitStartupFailure;
 }
 
 const char* hint_for(tdapi::StatusCode code) {
@@ -44,9 +74,61 @@ const char* hint_for(tdapi::StatusCode code) {
   }
 }
 
+// Makes sure `threads` workers cannot run out of descriptors (which shows as storage errors):
+// raises the soft RLIMIT_NOFILE up to the hard one as needed, refuses when the hard is too low.
+bool ensure_open_files(int threads, std::string& error) {
+  long long need = tdapi::required_open_files(threads);
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return true;
+  if (lim.rlim_cur != RLIM_INFINITY && static_cast<long long>(lim.rlim_cur) >= need) return true;
+  if (lim.rlim_cur == RLIM_INFINITY) return true;
+  if (lim.rlim_max != RLIM_INFINITY && static_cast<long long>(lim.rlim_max) < need) {
+    error = "the open files limit (RLIMIT_NOFILE, hard) is " + std::to_string(lim.rlim_max) +
+            ", but " + std::to_string(threads) + " threads need " + std::to_string(need) +
+            ". What to do: raise it (ulimit -n " + std::to_string(need) +
+            " as root, or LimitNOFILE) or lower THREADS";
+    return false;
+  }
+  lim.rlim_cur = static_cast<rlim_t>(need);
+  if (setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+    error =
+        std::string("cannot raise the open files limit (RLIMIT_NOFILE): ") + std::strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+// Switches to `name` (supplementary groups, gid, uid), irrevocably. Not root: allowed only
+// when `name` is the current user.
+bool drop_privileges(const std::string& name, std::string& error) {
+  errno = 0;
+  passwd* pw = getpwnam(name.c_str());
+  if (pw == nullptr) {
+    error = "no such user: " + name + ". What to do: create it (scripts/run.sh does, as root)";
+    return false;
+  }
+  uid_t uid = pw->pw_uid;
+  gid_t gid = pw->pw_gid;
+  if (geteuid() != 0) {
+    if (uid == geteuid()) return true;
+    error = "cannot switch to user " + name + ": not running as root";
+    return false;
+  }
+  if (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+    error = "cannot switch to user " + name + ": " + std::strerror(errno);
+    return false;
+  }
+  if (uid != 0 && setuid(0) == 0) {
+    error = "switched to user " + name + " but could regain root";
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  umask(077);
   if (tdapi::is_admin_command(argc, argv)) return tdapi::run_admin_command(argc, argv);
   tdapi::block_stop_signals();  // before any thread starts
   // Bodies of up to 4 MiB: a fixed mmap threshold keeps every allocation over 256 KiB in its own
@@ -54,66 +136,63 @@ int main(int argc, char** argv) {
   // such free, and then 20 concurrent 4 MiB bodies stayed in per-thread arenas (RSS held).
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
-  tdapi::ServerOptions server;
-  tdapi::SqliteOptions storage;
-  unsigned cores = std::thread::hardware_concurrency();
-  // Threads mostly wait: on nginx, or on the group commit. More of them make bigger batches
-  // (measured: 16 -> 96 threads on 2 cores, mean batch 5 -> 10, POST/s +8%).
-  server.threads = static_cast<int>(cores ? 32 * cores : 64);
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (i + 1 >= argc) return usage(("missing value for " + arg).c_str());
-    const char* value = argv[++i];
-    if (arg == "--socket") {
-      server.socket_path = value;
-    } else if (arg == "--db") {
-      storage.path = value;
-    } else if (arg == "--threads") {
-      server.threads = std::atoi(value);
-      if (server.threads < 1 || server.threads > 1024) return usage("--threads must be 1..1024");
-    } else if (arg == "--busy-timeout-ms") {
-      storage.busy_timeout_ms = std::atoi(value);
-      if (storage.busy_timeout_ms < 0) return usage("--busy-timeout-ms must be >= 0");
-    } else if (arg == "--auth" || arg == "--audit") {
-      std::string v = value;
-      if (v != "on" && v != "off") return usage((arg + " must be on or off").c_str());
-      (arg == "--auth" ? server.access.auth : server.access.audit) = v == "on";
-    } else if (arg == "--max-db-pages") {
-      storage.max_page_count = std::atoll(value);
-    } else {
-      return usage(("unknown option " + arg).c_str());
-    }
+  tdapi::AppOptions opt;
+  std::string error;
+  if (!tdapi::parse_options(argc, argv, std::thread::hardware_concurrency(), opt, error)) {
+    return usage(error);
   }
-  if (server.socket_path.empty() || storage.path.empty()) {
-    return usage("--socket and --db are required");
+  if (!ensure_open_files(opt.threads, error)) return startup_failed("open_files", error);
+  if (!opt.user.empty() && !drop_privileges(opt.user, error)) {
+    return startup_failed("user", error);
+  }
+  if (!opt.log_file.empty() && !tdapi::open_log_file(opt.log_file, error)) {
+    return startup_failed("log_file", error);
   }
 
-  if (server.access.auth && !server.access.audit) {
-    return usage("--audit off is only allowed with --auth off (the local mode)");
-  }
+  tdapi::SqliteOptions storage;
+  storage.path = opt.db_path;
+  storage.busy_timeout_ms = opt.busy_timeout_ms;
+  storage.max_page_count = opt.max_db_pages;
   std::unique_ptr<tdapi::SqliteStore> store;
   tdapi::Status s = tdapi::SqliteStore::open(storage, store);
-  if (!s.ok()) {
-    tdapi::LogFields f;
-    f.reason = s.name();
-    f.detail = s.message() + ". What to do: " + hint_for(s.code());
-    tdapi::log_event(tdapi::LogLevel::kError, "startup_failed", f);
-    return 1;
-  }
+  if (!s.ok()) return startup_failed(s.name(), s.message() + ". What to do: " + hint_for(s.code()));
   tdapi::LogFields started;
+  started.count = opt.threads;
   started.detail = "db=" + storage.path + " synchronous=" + storage.synchronous +
-                   " journal_mode=WAL busy_timeout_ms=" + std::to_string(storage.busy_timeout_ms);
+                   " journal_mode=WAL busy_timeout_ms=" + std::to_string(storage.busy_timeout_ms) +
+                   " uid=" + std::to_string(geteuid());
   tdapi::log_event(tdapi::LogLevel::kInfo, "store_opened", started);
 
-  if (!server.access.auth) {
+  tdapi::ServerOptions server;
+  server.socket_path = opt.socket_path;
+  server.threads = opt.threads;
+  server.stop_timeout_ms = opt.stop_timeout_ms;
+  server.access.auth = opt.auth;
+  server.access.audit = opt.audit;
+  if (!opt.auth) {
     tdapi::LogFields off;
     off.detail =
-        "authorization is off: every client may read and write every clinic. Allowed "
-        "only while nginx listens on loopback; set AUTH=on for anything else";
+        "authorization is off: every client may read and write every clinic. Allowed only "
+        "while nginx listens on loopback; set AUTH=on for anything else";
     tdapi::log_event(tdapi::LogLevel::kWarn, "auth_off", off);
   }
-  int rc = tdapi::run_fcgi_server(server, *store);
+  if (!opt.log_file.empty()) {
+    server.on_hangup = [path = opt.log_file] {
+      std::string why;
+      tdapi::LogFields f;
+      f.detail = path;
+      if (tdapi::open_log_file(path, why)) {
+        tdapi::log_event(tdapi::LogLevel::kInfo, "log_reopened", f);
+      } else {
+        f.detail = why + "; still writing to the previous file";
+        tdapi::log_event(tdapi::LogLevel::kError, "log_reopen_failed", f);
+      }
+    };
+  }
+  tdapi::ServeResult result = tdapi::run_fcgi_server(server, *store);
+  if (result == tdapi::kServeSocketFailed) return tdapi::kExitStartupFailure;  // logged
   store.reset();  // drains the writer, checkpoints and closes the database
+  int rc = result == tdapi::kServeStopped ? tdapi::kExitOk : tdapi::kExitFailure;
   tdapi::LogFields stopped;
   stopped.status = rc;
   tdapi::log_event(tdapi::LogLevel::kInfo, "stopped", stopped);

@@ -27,9 +27,11 @@ struct SqliteOptions {
   size_t max_batch = 256;            // most write jobs committed by one transaction
   std::string synchronous = "FULL";  // FULL: a commit survives a power cut (fsync per COMMIT)
   long long max_page_count = 0;      // > 0: cap the database size (tests of SQLITE_FULL)
-  // false: a missing file is an error (ReadOnly, "no such database") instead of a new database
-  // (the administration commands: a mistyped --db must not create one).
-  bool create_if_missing = true;
+  // The administration commands (keys, audit) open a database the service may be running on:
+  // a missing file is an error (a mistyped --db must not create one), the clean-stop marker is
+  // neither taken nor written (it belongs to the service), the O(size) integrity check is
+  // skipped, and nothing is logged for the open and close.
+  bool admin_tool = false;
   // Test seam, never set by the service: called before the writer runs each transaction-control
   // step ("BEGIN IMMEDIATE", "SAVEPOINT", "ROLLBACK TO", "RELEASE", "COMMIT", "ROLLBACK"). A
   // non-zero SQLite result code it returns is taken as that step's failure; the step is not run.

@@ -1,0 +1,49 @@
+// options.h: the app's command line, exit statuses and resource sizing. Pure: unit-tested.
+#pragma once
+
+#include <string>
+
+namespace tdapi {
+
+// Exit statuses of testdata-api (scripts/run.sh acts on them).
+constexpr int kExitOk = 0;               // clean stop (SIGTERM/SIGINT)
+constexpr int kExitFailure = 1;          // failed while serving (stop timeout, accept loop
+                                         // broken): the supervisor restarts the app
+constexpr int kExitUsage = 2;            // bad command line: not restarted
+constexpr int kExitStartupFailure = 78;  // start-up failed (sysexits' EX_CONFIG: damaged or
+                                         // unwritable database, socket, user, descriptors,
+                                         // log file): not restarted
+
+// Worker threads by default: 32 per core (they mostly wait), at most kMaxDefaultThreads: each
+// thread may hold a reader connection and a FastCGI connection (descriptors, memory).
+constexpr int kMaxDefaultThreads = 256;
+constexpr int kMaxThreads = 1024;
+int default_thread_count(unsigned cores);
+
+// Descriptors the app may need with `threads` workers: per worker one FastCGI connection and
+// one SQLite reader connection (database and WAL file), plus the writer, checkpointer,
+// listening socket, log and headroom.
+long long required_open_files(int threads);
+
+struct AppOptions {
+  std::string socket_path;
+  std::string db_path;
+  int threads = 0;
+  int busy_timeout_ms = 5000;
+  long long max_db_pages = 0;
+  int stop_timeout_ms = 10000;
+  std::string user;      // --user: drop to this user after start (as root)
+  std::string log_file;  // --log-file: append the log here (reopened on SIGHUP)
+  bool auth = false;     // --auth on|off: bearer keys required (off: the local mode)
+  bool audit = true;     // --audit on|off: the audit trail (off only with --auth off)
+};
+
+// Parses argv into `out` (defaults first, threads from `cores`). Numbers must be whole decimal
+// integers in range ("5s", "", "1e3", "0x10" are refused). Returns false with `error` set.
+bool parse_options(int argc, const char* const* argv, unsigned cores, AppOptions& out,
+                   std::string& error);
+
+// Strict decimal integer in [min, max]; false for anything else (sign, spaces, units, overflow).
+bool parse_integer(const char* text, long long min, long long max, long long& out);
+
+}  // namespace tdapi
