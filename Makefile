@@ -10,7 +10,8 @@ BUILD_DIR := build
 TEST_BUILD_DIR := build-test
 SANITIZE ?= address,undefined
 
-.PHONY: all deps build run test test-tsan fuzz bench clean format tidy
+.PHONY: all deps build run test test-tsan fuzz bench clean format tidy key keys revoke-key \
+        audit-verify
 
 all: build
 
@@ -23,6 +24,26 @@ build: deps
 
 run: build
 	@exec scripts/run.sh
+
+# Access keys and the audit trail on the default database (DB_PATH, else DATA_DIR/testdata.db;
+# the service creates it on its first start). Also while the service runs.
+#   make key SCOPE=write:c1 NAME=lab        (SCOPES="read:c1 read:c2" for several scopes)
+#   make keys                               (list: ids, names, scopes, created, revoked)
+#   make revoke-key KEY_ID=3f2a9c0d41b7e865
+#   make audit-verify                       (checks the audit trail's hash chain)
+DB_FILE = $(or $(DB_PATH),$(DATA_DIR)/testdata.db)
+key: build
+	@test -n "$(NAME)" || { echo "make key: NAME=... is required (who the key is for)" >&2; exit 2; }
+	@test -n "$(SCOPE)$(SCOPES)" || { echo "make key: SCOPE=... (or SCOPES=\"... ...\") is required" >&2; exit 2; }
+	@$(BUILD_DIR)/testdata-api keys create --db "$(DB_FILE)" --name "$(NAME)" \
+	  $(foreach s,$(SCOPE) $(SCOPES),--scope "$(s)")
+keys: build
+	@$(BUILD_DIR)/testdata-api keys list --db "$(DB_FILE)"
+revoke-key: build
+	@test -n "$(KEY_ID)" || { echo "make revoke-key: KEY_ID=... is required" >&2; exit 2; }
+	@$(BUILD_DIR)/testdata-api keys revoke --db "$(DB_FILE)" "$(KEY_ID)"
+audit-verify: build
+	@$(BUILD_DIR)/testdata-api audit verify --db "$(DB_FILE)"
 
 # Unit and integration tests run against a build instrumented with ASan + UBSan.
 test: deps

@@ -9,16 +9,18 @@ cd "$(dirname "$0")/.."
 seconds=${1:-600}
 out=${FUZZ_BUILD_DIR:-build-fuzz}
 mkdir -p "$out"
-srcs=(src/validate.cpp src/test_record.cpp src/json.cpp src/http.cpp src/status.cpp src/log.cpp src/clock.cpp)
-for target in validate query batch; do
+srcs=(src/validate.cpp src/test_record.cpp src/json.cpp src/http.cpp src/status.cpp src/log.cpp src/clock.cpp
+  src/auth.cpp src/crypto.cpp)
+targets=(validate query batch auth)
+for target in "${targets[@]}"; do
   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    -Isrc "tests/fuzz/fuzz_$target.cpp" "${srcs[@]}" -lcjson -o "$out/fuzz_$target"
+    -Isrc "tests/fuzz/fuzz_$target.cpp" "${srcs[@]}" -lcjson -lcrypto -o "$out/fuzz_$target"
 done
 status=0
-for target in validate query batch; do
+for target in "${targets[@]}"; do
   mkdir -p "$out/corpus-$target"
   dict=()
-  [ "$target" != query ] && dict=(-dict=tests/fuzz/json.dict)
+  [ "$target" = validate ] || [ "$target" = batch ] && dict=(-dict=tests/fuzz/json.dict)
   max_len=4096
   [ "$target" = batch ] && max_len=65536
   echo "fuzz_$target: ${seconds}s"

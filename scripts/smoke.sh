@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Smoke test with curl against a running server: BASE_URL (default http://127.0.0.1:5000).
-# Exits non-zero at the first unexpected answer.
+# Smoke test with curl against a running server: BASE_URL (default http://127.0.0.1:5000). With
+# AUTH=on, TOKEN is a key with scopes write:* and read:* (testdata-api keys create), sent on
+# every request, and a request without it must get 401. Exits non-zero if any answer is wrong.
 set -euo pipefail
 BASE_URL=${BASE_URL:-http://127.0.0.1:5000}
 id="smoke-$(date +%s%N)-$$"
@@ -11,7 +12,8 @@ fails=0
 check() {
   local name=$1 want=$2 needle=$3; shift 3
   local out status body
-  out=$(curl -sS -w '\n%{http_code}' "$@") || { echo "FAIL $name: curl failed"; fails=$((fails+1)); return; }
+  out=$(curl -sS -w '\n%{http_code}' ${TOKEN:+-H "Authorization: Bearer $TOKEN"} "$@") ||
+    { echo "FAIL $name: curl failed"; fails=$((fails+1)); return; }
   status=${out##*$'\n'}
   body=${out%$'\n'*}
   if [ "$status" = "$want" ] && [[ "$body" == *"$needle"* ]]; then
@@ -31,5 +33,11 @@ check media     415 'application/json' -X POST "$BASE_URL/tests" -H 'Content-Typ
 check no_clinic 400 'clinic_id is required' "$BASE_URL/tests"
 check not_found 404 'no such endpoint' "$BASE_URL/nope"
 check method    405 'method not allowed' -X DELETE "$BASE_URL/tests"
+check search    200 "\"count\":1" -X POST "$BASE_URL/tests/search" -H 'Content-Type: application/json' \
+  -d "{\"clinic_id\":\"$clinic\"}"
+if [ -n "${TOKEN:-}" ]; then
+  # without the key: 401 (TOKEN= empties it for this one request)
+  TOKEN='' check no_token 401 'authentication required' "$BASE_URL/tests?clinic_id=$clinic"
+fi
 
 [ "$fails" = 0 ] && echo "smoke: all passed" || { echo "smoke: $fails failed"; exit 1; }
