@@ -26,23 +26,28 @@ run: build
 	@exec scripts/run.sh
 
 # Access keys and the audit trail on the default database (DB_PATH, else DATA_DIR/testdata.db;
-# the service creates it on its first start). Also while the service runs.
+# the service creates it on its first start). Also while the service runs. The build's output
+# goes to stderr, so stdout is only the command's JSON.
 #   make key SCOPE=write:c1 NAME=lab        (SCOPES="read:c1 read:c2" for several scopes)
 #   make keys                               (list: ids, names, scopes, created, revoked)
 #   make revoke-key KEY_ID=3f2a9c0d41b7e865
 #   make audit-verify                       (checks the audit trail's hash chain)
 DB_FILE = $(or $(DB_PATH),$(DATA_DIR)/testdata.db)
-key: build
+key:
+	@$(MAKE) --no-print-directory build >&2
 	@test -n "$(NAME)" || { echo "make key: NAME=... is required (who the key is for)" >&2; exit 2; }
 	@test -n "$(SCOPE)$(SCOPES)" || { echo "make key: SCOPE=... (or SCOPES=\"... ...\") is required" >&2; exit 2; }
 	@$(BUILD_DIR)/testdata-api keys create --db "$(DB_FILE)" --name "$(NAME)" \
 	  $(foreach s,$(SCOPE) $(SCOPES),--scope "$(s)")
-keys: build
+keys:
+	@$(MAKE) --no-print-directory build >&2
 	@$(BUILD_DIR)/testdata-api keys list --db "$(DB_FILE)"
-revoke-key: build
+revoke-key:
+	@$(MAKE) --no-print-directory build >&2
 	@test -n "$(KEY_ID)" || { echo "make revoke-key: KEY_ID=... is required" >&2; exit 2; }
 	@$(BUILD_DIR)/testdata-api keys revoke --db "$(DB_FILE)" "$(KEY_ID)"
-audit-verify: build
+audit-verify:
+	@$(MAKE) --no-print-directory build >&2
 	@$(BUILD_DIR)/testdata-api audit verify --db "$(DB_FILE)"
 
 # Unit and integration tests run against a build instrumented with ASan + UBSan.
