@@ -209,19 +209,28 @@ class DiskFull(unittest.TestCase):
 
 class LockedAndReadOnly(unittest.TestCase):
     def test_locked_database_is_a_bounded_503_and_reads_keep_working(self):
-        with Server(BUSY_TIMEOUT_MS=300) as s:
-            self.assertEqual(s.request("POST", "/tests", expected("lk-0", "lk")).status, 201)
-            holder = sqlite3.connect(os.path.join(s.data_dir, "testdata.db"), isolation_level=None)
-            holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-            try:
-                r = s.request("POST", "/tests", expected("lk-1", "lk"), timeout=10)
-                self.assertEqual(r.status, 503, r)
-                self.assertEqual(r.json()["message"], "storage is busy, retry later")
-                self.assertEqual(s.request("GET", "/tests?clinic_id=lk").json()["count"], 1)
-            finally:
-                holder.execute("ROLLBACK")
-                holder.close()
-            self.assertEqual(s.request("POST", "/tests", expected("lk-1", "lk")).status, 201)
+        # With the audit trail on (the default), a read's audit entry is a write: under another
+        # process's lock reads get the same bounded 503 (nothing is served unrecorded). Without
+        # it (AUDIT=off, local mode only), reads keep working under the lock (WAL).
+        for audit in ("on", "off"):
+            with self.subTest(audit=audit), Server(BUSY_TIMEOUT_MS=300, AUDIT=audit) as s:
+                self.assertEqual(s.request("POST", "/tests", expected("lk-0", "lk")).status, 201)
+                holder = sqlite3.connect(os.path.join(s.data_dir, "testdata.db"), isolation_level=None)
+                holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+                try:
+                    r = s.request("POST", "/tests", expected("lk-1", "lk"), timeout=10)
+                    self.assertEqual(r.status, 503, r)
+                    self.assertEqual(r.json()["message"], "storage is busy, retry later")
+                    r = s.request("GET", "/tests?clinic_id=lk", timeout=10)
+                    if audit == "on":
+                        self.assertEqual((r.status, r.json()["message"]), (503, "storage is busy, retry later"))
+                    else:
+                        self.assertEqual(r.json()["count"], 1)
+                finally:
+                    holder.execute("ROLLBACK")
+                    holder.close()
+                self.assertEqual(s.request("POST", "/tests", expected("lk-1", "lk")).status, 201)
+                self.assertEqual(s.request("GET", "/tests?clinic_id=lk").json()["count"], 2)
 
     def test_read_only_database_is_a_clear_startup_error(self):
         with tempfile.TemporaryDirectory(prefix="tdapi-ro-") as d:

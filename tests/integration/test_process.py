@@ -102,9 +102,10 @@ def writer_script(body):
 
 class ExitStatuses(unittest.TestCase):
     def test_a_stop_timeout_is_restarted_not_taken_for_a_start_up_failure(self):
-        # A listing that cannot finish: its client never reads, so the app's thread is stuck
-        # writing when SIGTERM comes, and the stop times out.
-        with Server(STOP_TIMEOUT_MS=1000) as s:
+        # A listing that cannot finish: larger than nginx may spool (LISTING_SPOOL_MAX) and its
+        # client never reads, so the app's thread is stuck writing when SIGTERM comes, and the
+        # stop times out.
+        with Server(STOP_TIMEOUT_MS=1000, LISTING_SPOOL_MAX="1m") as s:
             big = "x" * 16000
             for b in range(10):
                 batch = [record(f"st-{b}-{i}", clinic="st", result=big) for i in range(200)]
