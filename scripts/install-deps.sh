@@ -11,6 +11,7 @@ packages=(
   libssl-dev                          # libcrypto: SHA-256 and CSPRNG for access keys
   nginx-light                         # the web server in front
   sqlite3 curl jq python3             # tests, smoke test, debugging
+  acl                                 # setfacl: as root, lets the service user reach DATA_DIR
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   nodejs:node npm:npm                 # the OpenAPI linter and newman (npm packages)
   wrk                                 # make bench

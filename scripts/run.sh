@@ -81,7 +81,12 @@ for v in KEY_BURST ANON_BURST; do
 done
 
 mkdir -p "$DATA_DIR"
-DATA_DIR=$(cd "$DATA_DIR" && pwd)
+DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
+# One supervisor per DATA_DIR: a second one would take the first one's socket away. The lock is
+# on the directory itself (nothing to create or follow), held by this script and inherited by
+# the app and nginx, so it is free only once all of them have gone.
+exec 9<"$DATA_DIR"
+flock -n 9 || refuse "another run.sh (or what it started) is serving DATA_DIR=$DATA_DIR; stop it first"
 mkdir -p "$DATA_DIR"/{run,logs,nginx}
 chmod 0700 "$DATA_DIR"
 SOCKET=$DATA_DIR/run/app.sock
@@ -105,25 +110,59 @@ if [ "$(id -u)" = 0 ]; then
   service_group=$(id -gn "$service_user")
   user_directive="user $service_user $service_group;"
   if [ "$service_user" != root ]; then
-    # -H: also through symbolic links named here (e.g. logs/ on another disk)
-    chown -R -H "$service_user:$service_group" "$DATA_DIR" "$DATA_DIR"/{run,logs,nginx}
-    if ! setpriv --reuid="$service_user" --regid="$service_group" --clear-groups \
-        test -w "$DATA_DIR" -a -x "$DATA_DIR"; then
+    # -P: never through a symbolic link (one planted by the service user must not make root
+    # hand it a file elsewhere)
+    chown -R -P "$service_user:$service_group" "$DATA_DIR"
+    as_service() { setpriv --reuid="$service_user" --regid="$service_group" --clear-groups "$@"; }
+    # A DATA_DIR under a closed directory (a checkout in /root, mode 0700): give the service user
+    # search permission (x, no listing) on exactly the directories in the way, with a POSIX ACL,
+    # and say so. Nothing else of those directories becomes readable to it.
+    if ! as_service test -w "$DATA_DIR" -a -x "$DATA_DIR"; then
+      dir=$DATA_DIR
+      while [ "$dir" != / ]; do
+        dir=$(dirname "$dir")
+        if ! as_service test -x "$dir"; then
+          setfacl -m "u:$service_user:--x" "$dir" 2>/dev/null &&
+            echo "run.sh: granted $service_user search permission (ACL u:$service_user:--x) on $dir" \
+              "so it can reach DATA_DIR" >&2
+        fi
+      done
+    fi
+    if ! as_service test -w "$DATA_DIR" -a -x "$DATA_DIR"; then
       echo "run.sh: user $service_user cannot reach $DATA_DIR (a parent directory is closed to" \
-        "it); use a DATA_DIR it can reach, e.g. DATA_DIR=/var/lib/testdata-api" >&2
-      exit 1
+        "it, and no ACL could open it); use a DATA_DIR it can reach, e.g." \
+        "DATA_DIR=/var/lib/testdata-api" >&2
+      exit 78
     fi
   else
     service_user=""
   fi
 fi
 
+# Writes into DATA_DIR (owned by the service user when started as root) never follow a link
+# the service user could have planted: appends run as that user (as_owner); whole files are
+# written to a fresh temp file and renamed into place (put_file), which replaces a link rather
+# than writing through it.
+as_owner() {
+  if [ -n "$service_user" ]; then
+    setpriv --reuid="$service_user" --regid="$service_group" --clear-groups "$@"
+  else
+    "$@"
+  fi
+}
+put_file() {  # put_file PATH < content
+  local tmp
+  tmp=$(mktemp "$(dirname "$1")/.put.XXXXXX")
+  cat >"$tmp"
+  [ -z "$service_user" ] || chown "$service_user:$service_group" "$tmp"
+  mv -fT "$tmp" "$1"
+}
+
 # The app's log file exists, owned by the user the app runs as, before anything writes to it
 # (the app reopens it by name on SIGHUP, after a rotation renamed it).
 ensure_app_log() {
   [ -e "$APP_LOG" ] && return 0
-  : >>"$APP_LOG"
-  [ -z "$service_user" ] || chown "$service_user:$service_group" "$APP_LOG"
+  as_owner sh -c ': >>"$1"' sh "$APP_LOG"
 }
 
 # One JSON line, like the app's, to stderr and the app log.
@@ -132,14 +171,13 @@ log_json() {  # level event detail
   line=$(printf '{"ts":"%s","level":"%s","event":"%s","detail":"%s"}' \
     "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$1" "$2" "$3")
   ensure_app_log
-  printf '%s\n' "$line" >>"$APP_LOG"
+  printf '%s\n' "$line" | as_owner sh -c 'cat >>"$1"' sh "$APP_LOG"
   [ -n "${tail_pid:-}" ] || printf '%s\n' "$line" >&2
 }
 
 # nginx's workers must reach the app's socket (mode 0600, owned by the app's user): they run as
 # that same user. The API description is served from DATA_DIR, which they can read.
-cp "$here/docs/openapi.yaml" "$DATA_DIR/openapi.yaml"
-[ -z "$service_user" ] || chown "$service_user:$service_group" "$DATA_DIR/openapi.yaml"
+put_file "$DATA_DIR/openapi.yaml" <"$here/docs/openapi.yaml"
 # Idle kept-alive connections per nginx worker (one per core): each parks an app thread, so at
 # most a quarter of the app's threads (default 32 per core, at most 256) may be parked.
 cores=$(nproc 2>/dev/null || echo 2)
@@ -149,14 +187,17 @@ threads=$default_threads
 case ${THREADS:-} in ''|*[!0-9]*) ;; *) threads=$THREADS ;; esac  # the app refuses a bad one
 [ "$threads" -ge 1 ] 2>/dev/null || threads=$default_threads
 keepalive=$((threads / (4 * cores)))
-[ "$keepalive" -ge 1 ] || keepalive=1
 [ "$keepalive" -le 8 ] || keepalive=8
+# Fewer threads than 4 per core: parked connections (at least one per nginx worker) could hold
+# every thread, and a new request would wait for FASTCGI_READ_TIMEOUT. No keep-alive then.
+keep_conn=on
+if [ "$keepalive" -lt 1 ]; then keepalive=1; keep_conn=off; fi
 # Open files per nginx worker (half of them connections): 16384, or the hard limit if lower.
 nofile=16384; [ "$(id -u)" = 0 ] || [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile" ] || nofile=$(ulimit -Hn)
 sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@SOCKET@|$SOCKET|g" \
     -e "s|@USER_DIRECTIVE@|$user_directive|g" \
     -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" -e "s|@PROJECT_DIR@|$here|g" \
-    -e "s|@KEEPALIVE@|$keepalive|g" \
+    -e "s|@KEEPALIVE@|$keepalive|g" -e "s|@KEEP_CONN@|$keep_conn|g" \
     -e "s|@NOFILE@|$nofile|g" -e "s|@WORKER_CONNECTIONS@|$((nofile / 2))|g" \
     -e "s|@CONN_LIMIT_PER_ADDR@|${CONN_LIMIT_PER_ADDR:-256}|g" \
     -e "s|@RATE_LIMIT_PER_ADDR@|${RATE_LIMIT_PER_ADDR:-50000}|g" \
@@ -164,7 +205,7 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@SOCKET@|$SOCKET|g
     -e "s|@LISTEN@|$LISTEN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" -e "s|@TLS@|$tls|g" \
     -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
     -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
-    "$here/nginx.conf" >"$DATA_DIR/nginx.conf"
+    "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf"
 
 app_pid=""
 nginx_pid=""
@@ -185,7 +226,7 @@ start_app() {
     2>>"$APP_LOG" &
   app_pid=$!
   app_started=$EPOCHSECONDS
-  echo "$app_pid" >"$DATA_DIR/run/app.pid.tmp" && mv -f "$DATA_DIR/run/app.pid.tmp" "$DATA_DIR/run/app.pid"
+  echo "$app_pid" | put_file "$DATA_DIR/run/app.pid"
   # Ready when the socket exists: the app creates it only once the database is open (which,
   # after an unclean stop, includes the integrity check, O(database size)). No fixed cap: as
   # long as it is alive, up to START_TIMEOUT.
@@ -231,10 +272,25 @@ stop_all() {
   [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null || true
 }
 trap stop_all INT TERM
+# SIGHUP to the supervisor (a log rotation aimed at the wrong pid) is passed on as the reopen
+# signals: HUP to the app, USR1 to nginx. USR1/USR2 are ignored: the supervisor must not die
+# and leave its children unsupervised.
+forward_reopen() {
+  [ -n "$app_pid" ] && kill -HUP "$app_pid" 2>/dev/null || true
+  [ -n "$nginx_pid" ] && kill -USR1 "$nginx_pid" 2>/dev/null || true
+}
+trap forward_reopen HUP
+trap '' USR1 USR2
 
 # Exit statuses of the app that are not worth a restart: it would fail the same way.
 not_restarted() { [ "$1" = 78 ] || [ "$1" = 2 ]; }
 
+# nginx's master opens its pid file, access log and temp directories as root (and makes the temp
+# directories its workers'): none of them may be a link the service user planted.
+for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/logs/access.log" \
+    "$DATA_DIR"/nginx/{client_body,fastcgi,proxy,uwsgi,scgi}; do
+  [ ! -L "$path" ] || refuse "$path is a symbolic link; nginx (root) will not follow it: remove it"
+done
 start_app
 case $start_result in
   ready) ;;
@@ -251,9 +307,10 @@ esac
 # can carry patient ids) into logs/nginx-error.log; the redactor ignores Ctrl-C and ends when
 # nginx does.
 "$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e stderr 2> >(trap '' INT TERM QUIT
-  exec sed -u -E -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g' >>"$DATA_DIR/logs/nginx-error.log") &
+  as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \
+    -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &
 nginx_pid=$!
-echo "$$" >"$DATA_DIR/run/supervisor.pid"
+echo "$$" | put_file "$DATA_DIR/run/supervisor.pid"
 if [ -z "$listen_ssl" ] && [ "$loopback" = 0 ]; then
   log_json warn plaintext "LISTEN=$LISTEN without TLS (ALLOW_PLAINTEXT=1): a TLS-terminating proxy in front must carry every request"
 fi

@@ -2,6 +2,7 @@
 #include "fcgi_server.h"
 
 #include <fcgiapp.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -30,6 +31,7 @@ namespace tdapi {
 namespace {
 
 std::atomic<bool> g_stopping{false};
+constexpr size_t kTrimAfterBodyBytes = 256 * 1024;
 
 const char* param(FCGX_Request& req, const char* name) {
   const char* v = FCGX_GetParam(name, req.envp);
@@ -132,7 +134,8 @@ class FcgiOutput : public ResponseOutput {
   FCGX_Request& fcgi_;
 };
 
-void serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
+// Serves one request; returns whether its body was large (see worker_loop).
+bool serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
   auto start = std::chrono::steady_clock::now();
   Request req = read_request(fcgi);
   Response resp = route_request(req, store, auth);
@@ -150,6 +153,7 @@ void serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
                                                       : LogLevel::kInfo;
   log_event(level, "request", f);
   global_metrics().record(resp.route, resp.status, f.duration_ms);
+  return req.body.size() >= kTrimAfterBodyBytes;
 }
 
 long long now_ms() {
@@ -239,7 +243,9 @@ void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<i
       health.succeeded();
       backoff_ms = 0;
     }
-    serve_one(fcgi, store, auth);
+    // After a large body (a batch: its tree and answer were many small allocations in this
+    // thread's arena), hand free memory back to the OS, so hostile batches leave none behind.
+    if (serve_one(fcgi, store, auth)) malloc_trim(0);
     FCGX_Finish_r(&fcgi);
   }
   idle_fd.store(-1);

@@ -329,8 +329,7 @@ Status SqliteStore::open_writer() {
                             " (it is created by the service's first start)");
   }
   int rc = open_connection(
-      path, SQLITE_OPEN_READWRITE | (options_.admin_tool ? 0 : SQLITE_OPEN_CREATE),
-      &conn->db);
+      path, SQLITE_OPEN_READWRITE | (options_.admin_tool ? 0 : SQLITE_OPEN_CREATE), &conn->db);
   if (rc != SQLITE_OK) {
     return status_from_sqlite(rc, conn->db, "cannot open database " + path, true);
   }

@@ -132,9 +132,13 @@ std::string check_body_bytes(std::string_view body) {
 // errors. Returns true and fills record when there were none.
 static bool validate_record_object(const cJSON* object, int index, TestRecord& record,
                                    std::vector<FieldError>& errors) {
-  size_t errors_before = errors.size();
+  bool problems = false;
   auto add = [&](std::string_view field, std::string message) {
-    errors.push_back({std::string(field), std::move(message), index});
+    // A hostile body could name tens of thousands of problems: the answer lists the first
+    // kMaxFieldErrors (validate.h), and the caller says how many more there were.
+    problems = true;
+    if (errors.size() < kMaxFieldErrors)
+      errors.push_back({std::string(field), std::move(message), index});
   };
   // Keys: duplicates and unknown names, in document order.
   std::set<std::string_view> seen;
@@ -161,7 +165,7 @@ static bool validate_record_object(const cJSON* object, int index, TestRecord& r
     }
     record.*spec.member = value->valuestring;
   }
-  return errors.size() == errors_before;
+  return !problems;
 }
 
 // The checks every JSON body gets before cJSON sees it: not blank, bytes fine, and one JSON
@@ -253,13 +257,17 @@ BatchValidation validate_test_batch(std::string_view body, size_t max_records) {
   int index = 0;
   for (const cJSON* item = tree->child; item != nullptr; item = item->next, ++index) {
     if (!cJSON_IsObject(item)) {
-      v.errors.push_back({"", "must be a JSON object", index});
+      if (v.errors.size() < kMaxFieldErrors)
+        v.errors.push_back({"", "must be a JSON object", index});
       continue;
     }
     validate_record_object(item, index, v.records[static_cast<size_t>(index)], v.errors);
   }
   if (!v.errors.empty()) {
-    v.message = "invalid test records";
+    v.message = v.errors.size() < kMaxFieldErrors
+                    ? "invalid test records"
+                    : "invalid test records (the first " + std::to_string(kMaxFieldErrors) +
+                          " problems are listed)";
     v.records.clear();
     return v;
   }

@@ -11,6 +11,11 @@
 
 namespace tdapi {
 
+// The most field problems one answer lists: every problem of any sensible batch (six per record
+// of a full one), while a hostile batch within the value budget (30 unknown fields in each of
+// 1,000 records) cannot make the app build and send tens of thousands.
+constexpr size_t kMaxFieldErrors = 6000;
+
 struct RecordValidation {
   bool ok = false;
   TestRecord record;               // filled when ok

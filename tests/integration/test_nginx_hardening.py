@@ -277,6 +277,20 @@ class OneAddressMisbehaves(unittest.TestCase):
             self.assertGreaterEqual(probes["ok"] / total, 0.95)
             self.assertIn(429, [l["status"] for l in s.json_lines("access.log") if l["remote_addr"] == ATTACKER])
 
+    def test_batch_location_answers_nginx_errors_as_json_too(self):
+        # /tests/batch has its own error_page (413): the rest of the list must be there as well.
+        with Server(RATE_LIMIT_PER_ADDR=1) as s:
+            limited = None
+            for i in range(12):
+                status, headers, body = request_from(s.port, ATTACKER, "POST", "/tests/batch",
+                                                     [record(f"rl-{i}")])
+                if status == 429:
+                    limited = (status, headers, body)
+                    break
+            self.assertIsNotNone(limited)
+            assert_json_error(self, *limited, 429)
+            self.assertEqual(limited[1].get("retry-after"), "1")
+
     def test_request_rate_per_address_is_limited(self):
         with Server(RATE_LIMIT_PER_ADDR=5) as s:
             statuses, limited = [], None

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""test_supervisor.py: run.sh against the ways an operator (or a compromised service account)
+can trip it: a second run.sh on the same DATA_DIR, SIGHUP to the supervisor, very few threads,
+a symbolic link planted where nginx (root) writes, a planted link where run.sh writes."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import APP_BIN, ROOT, Server, free_port, record, wait_for  # noqa: E402
+
+
+def run_sh(env, timeout=30):
+    p = subprocess.run([os.path.join(ROOT, "scripts", "run.sh")], env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    return p.returncode, p.stdout + p.stderr
+
+
+class Supervisor(unittest.TestCase):
+    def test_a_second_run_sh_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(self):
+        with Server() as s:
+            env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=s.data_dir, PORT=str(free_port()))
+            rc, out = run_sh(env)
+            self.assertEqual(rc, 78, out)
+            self.assertIn("another run.sh", out)
+            self.assertEqual(s.request("POST", "/tests", record("second-run")).status, 201)
+            self.assertEqual(s.request("GET", "/tests/second-run").status, 200)
+
+    def test_sighup_to_the_supervisor_reopens_logs_and_supervision_goes_on(self):
+        with Server() as s:
+            os.kill(s.pid_of("supervisor"), signal.SIGHUP)
+            self.assertTrue(wait_for(lambda: any(l.get("event") == "log_reopened"
+                                                 for l in s.json_lines("app.log")), 10))
+            self.assertIsNone(s.proc.poll())
+            app = s.pid_of("app")
+            os.kill(app, signal.SIGKILL)  # still supervised: restarted
+            self.assertTrue(wait_for(lambda: s.pid_of("app") != app, 20))
+            self.assertTrue(wait_for(lambda: s.request("GET", "/healthz").status == 200, 20))
+
+    def test_one_thread_never_leaves_requests_waiting_for_a_parked_connection(self):
+        with Server(THREADS=1, FASTCGI_READ_TIMEOUT="4s") as s:
+            statuses = [s.request("GET", "/healthz", timeout=20).status for _ in range(10)]
+            self.assertEqual(statuses, [200] * 10)  # a parked connection would give a 504
+
+    def test_links_planted_where_root_writes_are_refused_or_replaced(self):
+        d = tempfile.mkdtemp(prefix="tdapi-links-")
+        victim = os.path.join(tempfile.mkdtemp(prefix="tdapi-victim-"), "victim")
+        with open(victim, "w") as f:
+            f.write("untouched\n")
+        with Server(data_dir=d):
+            pass
+        # nginx's master opens access.log: a link there is refused before anything starts
+        os.makedirs(os.path.join(d, "logs"), exist_ok=True)
+        access = os.path.join(d, "logs", "access.log")
+        os.replace(access, access + ".old") if os.path.exists(access) else None
+        os.symlink(victim, access)
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=d, PORT=str(free_port()))
+        rc, out = run_sh(env)
+        self.assertEqual(rc, 78, out)
+        self.assertIn("symbolic link", out)
+        os.unlink(access)
+        # run.sh's own files (nginx.conf, openapi.yaml, pid files) replace a link, never write
+        # through it
+        os.unlink(os.path.join(d, "openapi.yaml"))
+        os.symlink(victim, os.path.join(d, "openapi.yaml"))
+        with Server(data_dir=d) as s:
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+            self.assertFalse(os.path.islink(os.path.join(d, "openapi.yaml")))
+        with open(victim) as f:
+            self.assertEqual(f.read(), "untouched\n")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
