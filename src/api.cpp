@@ -284,6 +284,16 @@ struct ListRequest {
   std::optional<long long> limit;  // outside 1..kMaxPageLimit when the given value was not one
 };
 
+// Where a listing parameter given as text goes (both parsers share the names); null for limit
+// (a number) and for unknown names.
+std::optional<std::string>* text_slot(ListRequest& in, std::string_view name) {
+  if (name == "clinic_id") return &in.clinic_id;
+  if (name == "patient_id") return &in.patient_id;
+  if (name == "test_type") return &in.test_type;
+  if (name == "cursor") return &in.cursor;
+  return nullptr;
+}
+
 // The listing both GET /tests and POST /tests/search answer: 400 for a bad value, else the
 // clinic's tests streamed oldest first, paged when limit or cursor is given.
 Response list_tests_response(const Request& req, const char* action, ListRequest in, Store& store) {
@@ -390,17 +400,8 @@ Response handle_list_tests(const Request& req, Store& store) {
   if (!parse_query(req.query, params, problem)) return error_response(400, problem);
   ListRequest in;
   for (auto& [name, value] : params) {
-    std::optional<std::string>* slot = nullptr;
-    if (name == "clinic_id")
-      slot = &in.clinic_id;
-    else if (name == "patient_id")
-      slot = &in.patient_id;
-    else if (name == "test_type")
-      slot = &in.test_type;
-    else if (name == "cursor")
-      slot = &in.cursor;
-    else if (name != "limit")
-      return error_response(400, "unknown query parameter: " + name);
+    std::optional<std::string>* slot = text_slot(in, name);
+    if (!slot && name != "limit") return error_response(400, "unknown query parameter: " + name);
     bool repeated = slot ? slot->has_value() : in.limit.has_value();
     if (repeated) return error_response(400, name + " must be given once");
     if (slot) {
@@ -423,17 +424,8 @@ Response handle_search_tests(const Request& req, Store& store) {
   std::set<std::string_view> seen;
   for (const cJSON* item = tree->child; item != nullptr; item = item->next) {
     std::string_view name(item->string);
-    std::optional<std::string>* slot = nullptr;
-    if (name == "clinic_id")
-      slot = &in.clinic_id;
-    else if (name == "patient_id")
-      slot = &in.patient_id;
-    else if (name == "test_type")
-      slot = &in.test_type;
-    else if (name == "cursor")
-      slot = &in.cursor;
-    else if (name != "limit")
-      return error_response(400, "unknown field: " + std::string(name));
+    std::optional<std::string>* slot = text_slot(in, name);
+    if (!slot && name != "limit") return error_response(400, "unknown field: " + std::string(name));
     if (!seen.insert(name).second) {
       return error_response(400, std::string(name) + " must be given once");
     }
