@@ -110,9 +110,15 @@ if [ "$(id -u)" = 0 ]; then
   service_group=$(id -gn "$service_user")
   user_directive="user $service_user $service_group;"
   if [ "$service_user" != root ]; then
-    # -P: never through a symbolic link (one planted by the service user must not make root
-    # hand it a file elsewhere)
-    chown -R -P "$service_user:$service_group" "$DATA_DIR"
+    # Never through, nor of, a symbolic link: one planted by the service user must not make
+    # root hand it a file elsewhere. A link of root's own for run/, logs/ or nginx/ (e.g. logs on
+    # another disk) is the operator's: its target is given to the service user too.
+    find "$DATA_DIR" ! -type l -exec chown "$service_user:$service_group" {} +
+    for d in run logs nginx; do
+      if [ -L "$DATA_DIR/$d" ] && [ "$(stat -c %u "$DATA_DIR/$d")" = 0 ]; then
+        chown -R -P "$service_user:$service_group" "$(readlink -f "$DATA_DIR/$d")"
+      fi
+    done
     as_service() { setpriv --reuid="$service_user" --regid="$service_group" --clear-groups "$@"; }
     # A DATA_DIR under a closed directory (a checkout in /root, mode 0700): give the service user
     # search permission (x, no listing) on exactly the directories in the way, with a POSIX ACL,
@@ -285,11 +291,15 @@ trap '' USR1 USR2
 # Exit statuses of the app that are not worth a restart: it would fail the same way.
 not_restarted() { [ "$1" = 78 ] || [ "$1" = 2 ]; }
 
+echo "$$" | put_file "$DATA_DIR/run/supervisor.pid"
 # nginx's master opens its pid file, access log and temp directories as root (and makes the temp
 # directories its workers'): none of them may be a link the service user planted.
+# (A link this script's own user made, e.g. logs/ on another disk, is the operator's choice.)
 for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/logs/access.log" \
     "$DATA_DIR"/nginx/{client_body,fastcgi,proxy,uwsgi,scgi}; do
-  [ ! -L "$path" ] || refuse "$path is a symbolic link; nginx (root) will not follow it: remove it"
+  if [ -L "$path" ] && [ "$(stat -c %u "$path")" != "$(id -u)" ]; then
+    refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx (root) will not follow it: remove it"
+  fi
 done
 start_app
 case $start_result in
@@ -310,7 +320,6 @@ esac
   as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \
     -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &
 nginx_pid=$!
-echo "$$" | put_file "$DATA_DIR/run/supervisor.pid"
 if [ -z "$listen_ssl" ] && [ "$loopback" = 0 ]; then
   log_json warn plaintext "LISTEN=$LISTEN without TLS (ALLOW_PLAINTEXT=1): a TLS-terminating proxy in front must carry every request"
 fi

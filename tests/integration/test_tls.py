@@ -14,7 +14,7 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, ROOT, Server, free_port, record  # noqa: E402
+from harness import APP_BIN, ROOT, Server, free_port, record, wait_for  # noqa: E402
 
 
 def make_ca_and_cert(d):
@@ -34,11 +34,19 @@ def make_ca_and_cert(d):
     return ca_crt, crt, key
 
 
-def run_sh(env, timeout=20):
-    """Runs scripts/run.sh expecting it to refuse; returns (exit status, output)."""
-    p = subprocess.run([os.path.join(ROOT, "scripts", "run.sh")], env=env, capture_output=True,
-                       text=True, timeout=timeout)
-    return p.returncode, p.stdout + p.stderr
+def run_sh(env, timeout=30):
+    """Runs scripts/run.sh expecting it to refuse; returns (exit status, output). Should it serve
+    instead, it is stopped with SIGTERM (which stops the app and nginx it started) and the test
+    fails on its exit status."""
+    p = subprocess.Popen([os.path.join(ROOT, "scripts", "run.sh")], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.terminate()
+        out, _ = p.communicate(timeout=30)
+        return "served instead of refusing", out
+    return p.returncode, out
 
 
 class Tls(unittest.TestCase):
@@ -111,7 +119,7 @@ class Tls(unittest.TestCase):
         with Server(LISTEN=f"0.0.0.0:{port}", ALLOW_PLAINTEXT="1") as s:
             r = s.request("GET", "/tests?clinic_id=c1")
             self.assertEqual(r.status, 401)  # AUTH is on by default off loopback
-            self.assertIn("plaintext", s.read_log("app.log").decode() + s.run_output())
+            self.assertTrue(wait_for(lambda: "plaintext" in s.read_log("app.log").decode() + s.run_output(), 10))
 
     def test_rate_limit_per_key_is_429_json_with_retry_after(self):
         with Server(AUTH="on", KEY_RATE="2r/s", KEY_BURST="3") as s:
