@@ -12,6 +12,8 @@
 #include "clock.h"
 #include "http.h"
 #include "json.h"
+#include "migrate.h"
+#include "store_pg.h"
 #include "store_sqlite.h"
 
 namespace tdapi {
@@ -19,11 +21,13 @@ namespace tdapi {
 namespace {
 
 const char kUsage[] =
-    "usage: testdata-api keys create --db PATH --name NAME --scope SCOPE [--scope SCOPE...]\n"
-    "       testdata-api keys list --db PATH\n"
-    "       testdata-api keys revoke --db PATH KEY_ID\n"
-    "       testdata-api audit verify --db PATH [--expect-head SEQ:HASH]\n"
-    "       testdata-api audit export --db PATH\n"
+    "usage: testdata-api keys create --db DB --name NAME --scope SCOPE [--scope SCOPE...]\n"
+    "       testdata-api keys list --db DB\n"
+    "       testdata-api keys revoke --db DB KEY_ID\n"
+    "       testdata-api audit verify --db DB [--expect-head SEQ:HASH]\n"
+    "       testdata-api audit export --db DB\n"
+    "       testdata-api migrate --from PATH.db --to postgresql://...\n"
+    "DB: an SQLite file, or a PostgreSQL URL (postgresql://...; also --database-url URL)\n"
     "scopes: read:<clinic_id> write:<clinic_id> read:* write:* audit metrics\n";
 
 int usage(const std::string& why) {
@@ -48,13 +52,14 @@ struct Args {
 bool parse_args(int argc, char** argv, Args& a, std::string& error) {
   for (int i = 3; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg == "--db" || arg == "--name" || arg == "--scope" || arg == "--expect-head") {
+    if (arg == "--db" || arg == "--database-url" || arg == "--name" || arg == "--scope" ||
+        arg == "--expect-head") {
       if (i + 1 >= argc) {
         error = "missing value for " + arg;
         return false;
       }
       std::string value = argv[++i];
-      if (arg == "--db") a.db = value;
+      if (arg == "--db" || arg == "--database-url") a.db = value;
       if (arg == "--name") a.name = value;
       if (arg == "--scope") a.scopes.push_back(value);
       if (arg == "--expect-head") a.expect_head = value;
@@ -66,7 +71,7 @@ bool parse_args(int argc, char** argv, Args& a, std::string& error) {
     }
   }
   if (a.db.empty()) {
-    error = "--db PATH is required";
+    error = "--db PATH (or a PostgreSQL URL) is required";
     return false;
   }
   return true;
@@ -216,10 +221,11 @@ int audit_export(Store& store) {
 bool is_admin_command(int argc, char** argv) {
   if (argc < 2) return false;
   std::string cmd = argv[1];
-  return cmd == "keys" || cmd == "audit";
+  return cmd == "keys" || cmd == "audit" || cmd == "migrate";
 }
 
 int run_admin_command(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "migrate") return run_migrate_command(argc, argv);
   if (argc < 3) return usage("missing subcommand");
   const std::string group = argv[1], verb = argv[2];
   const bool known =
@@ -230,12 +236,24 @@ int run_admin_command(int argc, char** argv) {
   std::string error;
   if (!parse_args(argc, argv, a, error)) return usage(error);
   if (verb != "revoke" && !a.positional.empty()) return usage("unexpected " + a.positional[0]);
-  SqliteOptions options;
-  options.path = a.db;
-  options.admin_tool = true;
-  std::unique_ptr<SqliteStore> store;
-  Status s = SqliteStore::open(options, store);
-  if (!s.ok()) return fail("cannot open " + a.db + ": " + s.message());
+  std::unique_ptr<Store> store;
+  Status s;
+  if (is_postgres_url(a.db)) {
+    PgOptions options;
+    options.url = a.db;
+    options.admin_tool = true;
+    std::unique_ptr<PgStore> pg;
+    s = PgStore::open(options, pg);
+    store = std::move(pg);
+  } else {
+    SqliteOptions options;
+    options.path = a.db;
+    options.admin_tool = true;
+    std::unique_ptr<SqliteStore> sqlite;
+    s = SqliteStore::open(options, sqlite);
+    store = std::move(sqlite);
+  }
+  if (!s.ok()) return fail("cannot open " + redact_url(a.db) + ": " + s.message());
   if (verb == "create") return keys_create(*store, a);
   if (verb == "list") return keys_list(*store);
   if (verb == "revoke") return keys_revoke(*store, a);

@@ -1,6 +1,7 @@
 // main.cpp: testdata-api entry point: options, privileges, limits, store, FastCGI server.
 //
-// Usage: testdata-api --socket PATH --db PATH [--threads N] [--busy-timeout-ms N]
+// Usage: testdata-api --socket PATH (--db PATH | --database-url URL) [--threads N]
+// [--busy-timeout-ms N]
 //                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
 //                     [--auth on|off] [--audit on|off]
 //        testdata-api keys|audit ...   (administration of keys and the audit trail: cli.h)
@@ -26,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -38,13 +40,15 @@
 #include "fcgi_server.h"
 #include "log.h"
 #include "options.h"
+#include "store_pg.h"
 #include "store_sqlite.h"
 
 namespace {
 
 int usage(const std::string& why) {
   std::cerr << "testdata-api: " << why
-            << "\nusage: testdata-api --socket PATH --db PATH [--threads N] [--busy-timeout-ms N]"
+            << "\nusage: testdata-api --socket PATH (--db PATH | --database-url URL) [--threads N] "
+               "[--busy-timeout-ms N]"
                " [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]"
                " [--auth on|off] [--audit on|off]\n"
                "       testdata-api keys|audit ... (run 'testdata-api keys' for details)\n";
@@ -69,6 +73,9 @@ const char* hint_for(tdapi::StatusCode code) {
              "database file";
     case tdapi::StatusCode::kBusy:
       return "another process holds a lock on the database; stop it or wait";
+    case tdapi::StatusCode::kUnavailable:
+      return "check that the PostgreSQL server named by DATABASE_URL runs and accepts this "
+             "user (and the password, if any), and that the database exists";
     default:
       return "see the detail above";
   }
@@ -149,18 +156,43 @@ int main(int argc, char** argv) {
     return startup_failed("log_file", error);
   }
 
-  tdapi::SqliteOptions storage;
-  storage.path = opt.db_path;
-  storage.busy_timeout_ms = opt.busy_timeout_ms;
-  storage.max_page_count = opt.max_db_pages;
-  std::unique_ptr<tdapi::SqliteStore> store;
-  tdapi::Status s = tdapi::SqliteStore::open(storage, store);
-  if (!s.ok()) return startup_failed(s.name(), s.message() + ". What to do: " + hint_for(s.code()));
+  std::unique_ptr<tdapi::Store> store;
   tdapi::LogFields started;
   started.count = opt.threads;
-  started.detail = "db=" + storage.path + " synchronous=" + storage.synchronous +
-                   " journal_mode=WAL busy_timeout_ms=" + std::to_string(storage.busy_timeout_ms) +
-                   " uid=" + std::to_string(geteuid());
+  if (!opt.database_url.empty()) {
+    tdapi::PgOptions storage;
+    storage.url = opt.database_url;
+    storage.lock_timeout_ms = opt.busy_timeout_ms;
+    // One reader connection per worker would be threads x nodes connections on the server;
+    // a listing holds one only while a page is read, so a quarter of the workers is plenty.
+    storage.max_readers = static_cast<size_t>(std::max(4, opt.threads / 4));
+    std::unique_ptr<tdapi::PgStore> pg;
+    tdapi::Status s = tdapi::PgStore::open(storage, pg);
+    if (!s.ok()) {
+      return startup_failed(s.name(), s.message() + ". What to do: " + hint_for(s.code()));
+    }
+    store = std::move(pg);
+    started.detail =
+        "postgresql=" + tdapi::redact_url(storage.url) +
+        " synchronous_commit=on lock_timeout_ms=" + std::to_string(storage.lock_timeout_ms) +
+        " max_connections=" + std::to_string(storage.max_readers + 1) +
+        " uid=" + std::to_string(geteuid());
+  } else {
+    tdapi::SqliteOptions storage;
+    storage.path = opt.db_path;
+    storage.busy_timeout_ms = opt.busy_timeout_ms;
+    storage.max_page_count = opt.max_db_pages;
+    std::unique_ptr<tdapi::SqliteStore> sqlite;
+    tdapi::Status s = tdapi::SqliteStore::open(storage, sqlite);
+    if (!s.ok()) {
+      return startup_failed(s.name(), s.message() + ". What to do: " + hint_for(s.code()));
+    }
+    store = std::move(sqlite);
+    started.detail =
+        "db=" + storage.path + " synchronous=" + storage.synchronous +
+        " journal_mode=WAL busy_timeout_ms=" + std::to_string(storage.busy_timeout_ms) +
+        " uid=" + std::to_string(geteuid());
+  }
   tdapi::log_event(tdapi::LogLevel::kInfo, "store_opened", started);
 
   tdapi::ServerOptions server;

@@ -51,6 +51,8 @@ bool parse_options(int argc, const char* const* argv, unsigned cores, AppOptions
       out.socket_path = value;
     } else if (arg == "--db") {
       out.db_path = value;
+    } else if (arg == "--database-url") {
+      out.database_url = value;
     } else if (arg == "--threads") {
       if (!number(1, kMaxThreads)) return false;
       out.threads = static_cast<int>(n);
@@ -79,8 +81,8 @@ bool parse_options(int argc, const char* const* argv, unsigned cores, AppOptions
       return false;
     }
   }
-  if (out.socket_path.empty() || out.db_path.empty()) {
-    error = "--socket and --db are required";
+  if (out.socket_path.empty() || out.db_path.empty() == out.database_url.empty()) {
+    error = "--socket and one of --db (SQLite) or --database-url (PostgreSQL) are required";
     return false;
   }
   if (out.auth && !out.audit) {

@@ -27,7 +27,8 @@ long long required_open_files(int threads);
 
 struct AppOptions {
   std::string socket_path;
-  std::string db_path;
+  std::string db_path;       // --db: the SQLite database file
+  std::string database_url;  // --database-url: PostgreSQL (libpq URI or keywords) instead
   int threads = 0;
   int busy_timeout_ms = 5000;
   long long max_db_pages = 0;

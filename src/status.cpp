@@ -21,6 +21,8 @@ const char* Status::name() const {
       return "read_only";
     case StatusCode::kIoError:
       return "io_error";
+    case StatusCode::kUnavailable:
+      return "unavailable";
     case StatusCode::kInternal:
       return "internal";
   }
@@ -44,6 +46,8 @@ int http_status_for(StatusCode code) {
     case StatusCode::kReadOnly:
       return 503;
     case StatusCode::kIoError:
+      return 503;
+    case StatusCode::kUnavailable:
       return 503;
     case StatusCode::kInternal:
       return 500;
@@ -69,6 +73,8 @@ const char* client_message_for(StatusCode code) {
       return "storage is unavailable (read-only)";
     case StatusCode::kIoError:
       return "storage I/O error";
+    case StatusCode::kUnavailable:
+      return "storage is unavailable (database unreachable), retry later";
     case StatusCode::kInternal:
       return "internal storage error";
   }

@@ -8,15 +8,17 @@ namespace tdapi {
 
 // Errors are values. Each code maps onto exactly one HTTP outcome (see http_status_for).
 enum class StatusCode {
-  kOk,         // 2xx
-  kDuplicate,  // 409: the test_id already exists; nothing was written
-  kNotFound,   // 404
-  kBusy,       // 503: the database stayed locked past busy_timeout
-  kFull,       // 507: disk or database size limit reached; rolled back
-  kCorrupt,    // 503: SQLite reported a malformed database; logged loudly
-  kReadOnly,   // 503: the database file or directory cannot be written
-  kIoError,    // 503: the disk failed a read or write (not for lack of space); rolled back
-  kInternal,   // 500: anything else; rolled back
+  kOk,           // 2xx
+  kDuplicate,    // 409: the test_id already exists; nothing was written
+  kNotFound,     // 404
+  kBusy,         // 503: the database stayed locked past busy_timeout
+  kFull,         // 507: disk or database size limit reached; rolled back
+  kCorrupt,      // 503: SQLite reported a malformed database; logged loudly
+  kReadOnly,     // 503: the database file or directory cannot be written
+  kIoError,      // 503: the disk failed a read or write (not for lack of space); rolled back
+  kUnavailable,  // 503: the database server cannot be reached (PostgreSQL: connection lost,
+                 // server restarting or shutting down, too many connections)
+  kInternal,     // 500: anything else; rolled back
 };
 
 class Status {
@@ -30,6 +32,9 @@ class Status {
   static Status Corrupt(std::string m) { return Status(StatusCode::kCorrupt, std::move(m)); }
   static Status ReadOnly(std::string m) { return Status(StatusCode::kReadOnly, std::move(m)); }
   static Status IoError(std::string m) { return Status(StatusCode::kIoError, std::move(m)); }
+  static Status Unavailable(std::string m) {
+    return Status(StatusCode::kUnavailable, std::move(m));
+  }
   static Status Internal(std::string m) { return Status(StatusCode::kInternal, std::move(m)); }
 
   bool ok() const { return code_ == StatusCode::kOk; }
@@ -45,7 +50,7 @@ class Status {
   std::string message_;
 };
 
-// The HTTP status for a storage outcome: 200, 409, 404, 503, 507, 503, 503, 503, 500.
+// The HTTP status for a storage outcome: 200, 409, 404, 503, 507, 503, 503, 503, 503, 500.
 int http_status_for(StatusCode code);
 
 // The client-facing message for an error outcome (no file names, no internals).

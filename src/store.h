@@ -1,4 +1,5 @@
-// store.h: the storage interface handlers use; SqliteStore (store_sqlite.h) implements it.
+// store.h: the storage interface handlers use; SqliteStore (store_sqlite.h) and PgStore
+// (store_pg.h) implement it.
 #pragma once
 
 #include <functional>
@@ -39,6 +40,12 @@ struct AuditQuery {
   std::optional<std::string> clinic_id;  // exact match
   long long after_seq = 0;               // only entries after this position (paging)
   long long limit = -1;                  // at most this many; < 0: all
+};
+
+// One row of the tests table with every column, for copying between stores (migrate).
+struct StoredTest {
+  long long seq = 0;
+  std::string test_id, patient_id, clinic_id, test_type, result, created_at, doc;
 };
 
 // Counters since open, and the size of the database files.
@@ -112,6 +119,11 @@ class Store {
   virtual Status list_tests(
       const ListQuery& query,
       const std::function<bool(std::string_view json, long long seq)>& on_row) = 0;
+
+  // Every test after after_seq, in seq order, at most limit rows, until on_row returns false
+  // (migrate copies and checks stores with it). Ok or the storage error.
+  virtual Status list_all_tests(long long after_seq, long long limit,
+                                const std::function<bool(const StoredTest&)>& on_row) = 0;
 
   // 16 random bytes created with the database and kept in it: the key that signs paging
   // cursors, so cursors stay valid across restarts. This function can't fail.

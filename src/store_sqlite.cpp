@@ -957,6 +957,40 @@ Status SqliteStore::get_test(std::string_view test_id, std::string& json) {
   return status;
 }
 
+Status SqliteStore::list_all_tests(long long after_seq, long long limit,
+                                   const std::function<bool(const StoredTest&)>& on_row) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) return status;
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(conn->db,
+                              "SELECT seq, test_id, patient_id, clinic_id, test_type, result,"
+                              " created_at, doc FROM tests WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                              -1, &st, nullptr);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, after_seq);
+    sqlite3_bind_int64(st, 2, limit);
+    StoredTest t;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      t.seq = sqlite3_column_int64(st, 0);
+      std::string* texts[] = {&t.test_id, &t.patient_id, &t.clinic_id, &t.test_type,
+                              &t.result,  &t.created_at, &t.doc};
+      for (int i = 0; i < 7; ++i) texts[i]->assign(column_view(st, i + 1));
+      if (!on_row(t)) {
+        rc = SQLITE_DONE;
+        break;
+      }
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    status =
+        status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list all tests", false);
+  }
+  sqlite3_finalize(st);
+  release_reader(std::move(conn));
+  return status;
+}
+
 Status SqliteStore::check_health() {
   if (corrupt_seen_.load()) {
     return Status::Corrupt("database " + options_.path + " reported corruption since start");

@@ -84,6 +84,8 @@ class SqliteStore : public Store {
   // write path is not failing: a write transaction that failed with an I/O, read-only,
   // corruption or internal error within the last minute, with no commit since, is reported.
   Status check_health() override;
+  Status list_all_tests(long long after_seq, long long limit,
+                        const std::function<bool(const StoredTest&)>& on_row) override;
 
   const std::string& instance_secret() const override { return secret_; }
 

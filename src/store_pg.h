@@ -1,0 +1,139 @@
+// store_pg.h: the PostgreSQL Store (libpq): one group-committing writer connection per app
+// process, a bounded pool of reader connections, many app processes on one database.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store.h"
+
+namespace tdapi {
+
+struct PgOptions {
+  std::string url;             // libpq URI (postgresql://…) or keyword/value string
+  size_t max_batch = 256;      // most write jobs committed by one transaction
+  int lock_timeout_ms = 5000;  // bound on waiting for a lock (the write lock, a row)
+  int statement_timeout_ms = 30000;
+  int connect_timeout_s = 5;
+  size_t max_readers = 16;  // reader connections of this process at most
+  // The administration commands: the schema must exist already (a mistyped URL must not get
+  // one), nothing is logged for open and close.
+  bool admin_tool = false;
+};
+
+// Safe for concurrent use from several threads, and from several processes on one database.
+// Writes go through one writer thread per process that commits whatever requests are queued in
+// one transaction (group commit) under a transaction-scoped advisory lock: write transactions of
+// all processes take turns, so `seq` (an identity column) grows in commit order, which keeps
+// keyset cursors complete, and the audit chain has one end. A request's records are inserted
+// with ON CONFLICT DO NOTHING, so the database decides duplicates (racing inserts of one id
+// wait for each other) and names every one; a multi-record request that met a duplicate, or
+// any request that failed on its own, is rolled back to its savepoint. 201 only after COMMIT
+// returned, with synchronous_commit on.
+// A connection lost (server restart, network) fails what was in flight with kUnavailable (503)
+// and is reopened by the next operation.
+class PgStore : public Store {
+ public:
+  // Connects, applies the migrations this binary knows in one transaction (recorded in
+  // schema_migrations; a newer database is refused), reads the cursor key, starts the writer.
+  static Status open(const PgOptions& options, std::unique_ptr<PgStore>& out);
+  ~PgStore() override;
+
+  using Store::insert;
+  using Store::insert_all;
+  WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override;
+  WriteOutcome insert_all(const std::vector<TestRecord>& records,
+                          std::vector<AuditEntry>* audits) override;
+  Status append_audit(AuditEntry& entry) override;
+  Status list_audit(const AuditQuery& query,
+                    const std::function<bool(const AuditEntry&)>& on_entry) override;
+  Status create_key(const ApiKey& key) override;
+  Status list_keys(std::vector<ApiKey>& out) override;
+  Status revoke_key(std::string_view key_id, const std::string& when) override;
+  Status find_key(std::string_view key_id, ApiKey& out) override;
+  Status get_test(std::string_view test_id, std::string& json) override;
+  Status list_tests(
+      const ListQuery& query,
+      const std::function<bool(std::string_view json, long long seq)>& on_row) override;
+  Status check_health() override;
+  const std::string& instance_secret() const override { return secret_; }
+  StoreStats stats() const override;
+
+  // For migrate: copies rows as they are (seq, created_at, doc kept) in one transaction, rows
+  // whose test_id exists already skipped; moves the identity past the highest seq.
+  Status import_tests(const std::vector<StoredTest>& rows);
+  // Audit entries as they are (seq and hashes kept); entries whose seq exists are skipped.
+  Status import_audit(const std::vector<AuditEntry>& entries);
+  // Keys as they are; keys whose id exists are skipped.
+  Status import_keys(const std::vector<ApiKey>& keys);
+  // Replaces the cursor key (so cursors issued by the source stay valid).
+  Status set_instance_secret(const std::string& secret);
+  Status list_all_tests(long long after_seq, long long limit,
+                        const std::function<bool(const StoredTest&)>& on_row) override;
+  // The highest seq of the tests and of the audit trail (0 when empty).
+  Status max_seqs(long long& tests_seq, long long& audit_seq);
+
+  // Migrations, oldest first; kSchemaVersion is their count.
+  static constexpr int kSchemaVersion = 2;
+
+  struct Connection;  // a libpq connection and the statements prepared on it
+
+ private:
+  struct WriteJob;
+
+  explicit PgStore(PgOptions options);
+  Status connect(std::unique_ptr<Connection>& out) const;
+  Status migrate(Connection& conn);
+  Status load_secret(Connection& conn);
+  std::unique_ptr<Connection> acquire_reader(Status& status);
+  void release_reader(std::unique_ptr<Connection> conn);
+  WriteOutcome submit(WriteJob& job);
+  void writer_loop();
+  void commit_batch(const std::vector<WriteJob*>& batch);
+  void note_failure(const Status& status);
+  // Runs fn on a reader connection (returned to the pool when it is still healthy).
+  // A read whose connection turned out to be gone is run once more on a new connection
+  // (retry_when_lost); a write is not.
+  Status with_reader(const char* what, const std::function<Status(Connection&)>& fn,
+                     bool retry_when_lost = true);
+
+  PgOptions options_;
+  std::string secret_;
+  std::unique_ptr<Connection> writer_;  // used by the writer thread only (and open)
+
+  mutable std::mutex queue_mu_;
+  std::condition_variable queue_cv_;
+  std::deque<WriteJob*> queue_;
+  bool stopping_ = false;
+  long long next_txn_id_ = 1;
+  StoreStats stats_;
+  Status write_failure_;
+  std::chrono::steady_clock::time_point write_failure_at_;
+  std::thread writer_thread_;
+
+  std::mutex readers_mu_;
+  std::condition_variable readers_cv_;
+  std::vector<std::unique_ptr<Connection>> idle_readers_;
+  size_t open_readers_ = 0;
+
+  mutable std::mutex size_mu_;
+  mutable long long database_bytes_ = 0;
+  mutable std::chrono::steady_clock::time_point size_read_at_;
+};
+
+// True when `target` names a PostgreSQL database (postgresql:// or postgres:// URI, or a
+// libpq keyword/value string with dbname= or host=) rather than an SQLite file.
+bool is_postgres_url(const std::string& target);
+
+// `url` with any password replaced by "***", for logs.
+std::string redact_url(const std::string& url);
+
+}  // namespace tdapi
