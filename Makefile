@@ -25,14 +25,15 @@ build: deps
 run: build
 	@exec scripts/run.sh
 
-# Access keys and the audit trail on the default database (DB_PATH, else DATA_DIR/testdata.db;
+# Access keys and the audit trail on the default database (DATABASE_URL, else DB_PATH, else
+# DATA_DIR/testdata.db;
 # the service creates it on its first start). Also while the service runs. The build's output
 # goes to stderr, so stdout is only the command's JSON.
 #   make key SCOPE=write:c1 NAME=lab        (SCOPES="read:c1 read:c2" for several scopes)
 #   make keys                               (list: ids, names, scopes, created, revoked)
 #   make revoke-key KEY_ID=3f2a9c0d41b7e865
 #   make audit-verify                       (checks the audit trail's hash chain)
-DB_FILE = $(or $(DB_PATH),$(DATA_DIR)/testdata.db)
+DB_FILE = $(or $(DATABASE_URL),$(DB_PATH),$(DATA_DIR)/testdata.db)
 key:
 	@$(MAKE) --no-print-directory build >&2
 	@test -n "$(NAME)" || { echo "make key: NAME=... is required (who the key is for)" >&2; exit 2; }

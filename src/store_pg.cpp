@@ -341,10 +341,14 @@ Status PgStore::migrate(Connection& c) {
     return Status::ReadOnly("no testdata-api schema in " + where +
                             " (it is created by the service's first start)");
   }
-  r = c.exec(
-      "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
-      " description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
-      "SELECT coalesce(max(version), 0) FROM schema_migrations");
+  if (!exists) {
+    r = c.exec(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+        " description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())");
+    if (!result_ok(r)) return fail(r, "create schema_migrations");
+  }
+  // Nothing else is written when the schema is current: a read-only standby can be opened.
+  r = c.exec("SELECT coalesce(max(version), 0) FROM schema_migrations");
   if (!result_ok(r)) return fail(r, "read schema_migrations");
   const int version = static_cast<int>(value_int(r.get(), 0, 0));
   if (version > kSchemaVersion) {
@@ -375,16 +379,22 @@ Status PgStore::migrate(Connection& c) {
 }
 
 Status PgStore::load_secret(Connection& c) {
-  std::string fresh;
-  if (!random_bytes(16, fresh)) return Status::Internal("cannot draw a cursor key");
-  const std::string hex = "\\x" + to_hex(fresh);
-  PgResult r = c.run("secret_init",
-                     "INSERT INTO meta (name, value) VALUES ('cursor_key', $1::bytea)"
-                     " ON CONFLICT (name) DO NOTHING",
-                     {hex.c_str()});
-  if (!result_ok(r)) return c.error(r.get(), "store the cursor key");
-  r = c.exec("SELECT encode(value, 'hex') FROM meta WHERE name = 'cursor_key'");
-  if (!result_ok(r) || PQntuples(r.get()) != 1) return c.error(r.get(), "read the cursor key");
+  // Read first: on a read-only standby the key exists already and nothing may be written.
+  PgResult r = c.exec("SELECT encode(value, 'hex') FROM meta WHERE name = 'cursor_key'");
+  if (!result_ok(r)) return c.error(r.get(), "read the cursor key");
+  if (PQntuples(r.get()) == 0) {
+    std::string fresh;
+    if (!random_bytes(16, fresh)) return Status::Internal("cannot draw a cursor key");
+    const std::string hex = "\\x" + to_hex(fresh);
+    r = c.run("secret_init",
+              "INSERT INTO meta (name, value) VALUES ('cursor_key', $1::bytea)"
+              " ON CONFLICT (name) DO NOTHING",
+              {hex.c_str()});
+    if (!result_ok(r)) return c.error(r.get(), "store the cursor key");
+    r = c.exec("SELECT encode(value, 'hex') FROM meta WHERE name = 'cursor_key'");
+    if (!result_ok(r)) return c.error(r.get(), "read the cursor key");
+  }
+  if (PQntuples(r.get()) != 1) return Status::Internal("no cursor key in the meta table");
   std::string_view stored = value_view(r.get(), 0, 0);
   secret_.clear();
   for (size_t i = 0; i + 1 < stored.size(); i += 2) {
