@@ -9,8 +9,10 @@ packages=(
   g++ make cmake pkg-config           # build
   libfcgi-dev libcjson-dev libsqlite3-dev libgtest-dev
   libssl-dev                          # libcrypto: SHA-256 and CSPRNG for access keys
+  libpq-dev                           # the PostgreSQL backend (--database-url)
   nginx-light                         # the web server in front
   sqlite3 curl jq python3             # tests, smoke test, debugging
+  postgresql                          # tests: a private server per build (scripts/pg-test-server.sh)
   acl                                 # setfacl: as root, lets the service user reach DATA_DIR
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   nodejs:node npm:npm                 # the OpenAPI linter and newman (npm packages)
@@ -35,8 +37,9 @@ fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-# Packages such as nginx start a system service on install; this project runs its own nginx.
-# policy-rc.d is Debian's switch for "do not start services now" (only added if absent).
+# Packages such as nginx and postgresql start a system service on install; this project runs its
+# own nginx, and the tests their own PostgreSQL server (as an unprivileged user, on a socket in
+# /tmp). policy-rc.d is Debian's switch for "do not start services now" (only added if absent).
 added_policy=0
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
@@ -45,6 +48,10 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 cleanup() { if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
 trap cleanup EXIT
+# PostgreSQL clusters already running (the system's own, say): left alone. Any other that is
+# running after the install (a policy-rc.d that allows starts) is stopped again below.
+online_clusters() { command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | awk '$4 == "online" {print $1, $2}' || true; }
+clusters_before=$(online_clusters)
 
 if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then apt-get update -qq; fi
 if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/install-deps.log 2>&1; then
@@ -55,3 +62,11 @@ if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/instal
     exit 1
   }
 fi
+# Installing postgresql creates the system cluster (when Debian's createcluster.conf says so) and
+# may have started it: stop what this install started. Nothing here needs that cluster, or any.
+online_clusters | while read -r version cluster; do
+  if ! grep -qxF "$version $cluster" <<<"$clusters_before"; then
+    echo "install-deps: stopping PostgreSQL cluster $version/$cluster (started by its install)" >&2
+    pg_ctlcluster "$version" "$cluster" stop || true
+  fi
+done

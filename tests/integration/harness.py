@@ -1,12 +1,22 @@
 """harness.py: starts the real service (scripts/run.sh: nginx + the app) on a free port and a
-temp data dir, and talks HTTP to it. Used by every integration test."""
+temp data dir, and talks HTTP to it. Used by every integration test.
 
+Storage: SQLite (DATA_DIR/testdata.db) by default. With TEST_PG_HOST set (the socket directory
+of scripts/pg-test-server.sh; CTest sets it for the `postgresql` label), every Server without an
+explicit DATABASE_URL gets a PostgreSQL database of its own, one per data dir (a Server stopped
+and started again on the same data dir finds its data), passed to run.sh as DATABASE_URL.
+database_target(server) is what the admin CLI takes as --db on either backend."""
+
+import atexit
+import glob
+import hashlib
 import http.client
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import tempfile
@@ -14,6 +24,67 @@ import time
 
 ROOT = os.environ.get("PROJECT_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 APP_BIN = os.environ.get("APP_BIN", os.path.join(ROOT, "build", "testdata-api"))
+
+
+PG_HOST = os.environ.get("TEST_PG_HOST") or None
+PG_USER = "tdapi"
+SQLITE_ONLY = "SQLite-specific: "  # unittest.skipIf(PG_HOST, SQLITE_ONLY + "why")
+
+
+def _pg_tool(name):
+    """The newest installed PostgreSQL client binary (no need for Debian's pg_wrapper)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    return found[-1] if found else name
+
+
+def pg_url(name):
+    return f"postgresql://{PG_USER}@/{name}?host={PG_HOST}"
+
+
+def psql(sql, database="postgres"):
+    """Runs SQL on the test PostgreSQL server (a database name or URL); returns its output."""
+    p = subprocess.run([_pg_tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                        "-h", PG_HOST, "-U", PG_USER, "-d", database, "-c", sql],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"psql on {PG_HOST} ({database}): {sql}: {p.stderr.strip()}")
+    return p.stdout
+
+
+# Databases this process created (dropped at exit unless KEEP_DATA is set). A data dir's first
+# start in this process always gets a fresh one, whatever a crashed earlier run left behind.
+_pg_databases = set()
+
+
+def _pg_drop(name):
+    psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_fresh_database(name):
+    """Creates database `name` on the test server, empty (dropping a leftover of that name)."""
+    _pg_drop(name)
+    psql(f'CREATE DATABASE "{name}"')
+    _pg_databases.add(name)
+
+
+def _pg_drop_all():
+    if os.environ.get("KEEP_DATA"):
+        return
+    for name in sorted(_pg_databases):
+        try:
+            _pg_drop(name)
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            pass  # the server and its directory go at the end of the run anyway
+
+
+atexit.register(_pg_drop_all)
+
+
+def pg_database_for(data_dir):
+    """The database name of a data dir: derived from its real path, so the same on a restart."""
+    digest = hashlib.sha256(os.path.realpath(data_dir).encode()).hexdigest()
+    return "tdapi_it_" + digest[:20]
 
 
 def free_port():
@@ -54,19 +125,38 @@ class Server:
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="tdapi-it-")
         self.env = dict(os.environ, PORT=str(self.port), DATA_DIR=self.data_dir, APP_BIN=APP_BIN)
         self.env.update({k: str(v) for k, v in env.items()})
+        # On PostgreSQL: this data dir's own database (created on the first start).
+        self.pg_database = None
+        if PG_HOST and "DATABASE_URL" not in env:
+            self.pg_database = pg_database_for(self.data_dir)
+            self.env["DATABASE_URL"] = pg_url(self.pg_database)
         self.proc = None
         self.output = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, wait=True):
+        if self.pg_database and self.pg_database not in _pg_databases:
+            pg_fresh_database(self.pg_database)
         self.output = open(os.path.join(self.data_dir, "run-output.log"), "ab")
         script = self.env.get("RUN_SCRIPT", os.path.join(ROOT, "scripts", "run.sh"))
         self.proc = subprocess.Popen([script], env=self.env,
                                      stdout=self.output, stderr=subprocess.STDOUT,
                                      start_new_session=True, preexec_fn=_default_signals)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+                self.check_backend()
+            except BaseException:
+                self.__exit__(None, None, None)  # not left running for want of a `with`
+                raise
         return self
+
+    def check_backend(self):
+        """On PostgreSQL, a SQLite file in the data dir means DATABASE_URL was not used: the
+        test would pass on the wrong backend."""
+        if self.pg_database and os.path.exists(os.path.join(self.data_dir, "testdata.db")):
+            raise RuntimeError(f"DATABASE_URL={self.env['DATABASE_URL']} was given, yet the app "
+                               f"made a SQLite file in {self.data_dir}: run.sh did not pass it on")
 
     def wait_ready(self, timeout=20.0):
         deadline = time.monotonic() + timeout
@@ -185,6 +275,43 @@ class Server:
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def database_target(server):
+    """What the admin CLI takes as --db for this server's data: its PostgreSQL URL, or the
+    SQLite file (DB_PATH, else DATA_DIR/testdata.db)."""
+    return (server.env.get("DATABASE_URL") or server.env.get("DB_PATH")
+            or os.path.join(server.data_dir, "testdata.db"))
+
+
+def run_sql(target, sql):
+    """Runs SQL behind the service's back on a database_target() (a test's tampering)."""
+    if target.startswith("postgresql://"):
+        psql(sql, database=target)
+    else:
+        with sqlite3.connect(target) as db:
+            db.execute(sql)
+        db.close()
+
+
+def copy_database(target, name):
+    """A private copy of a database_target(): database `name` on PostgreSQL (pg_dump into it),
+    else the SQLite file `name` next to the original (online backup). Returns the copy's target."""
+    if target.startswith("postgresql://"):
+        pg_fresh_database(name)
+        dump = subprocess.run([_pg_tool("pg_dump"), "--no-owner", "-d", target],
+                              capture_output=True, text=True, timeout=120, check=True).stdout
+        p = subprocess.run([_pg_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", pg_url(name)],
+                           input=dump, capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"restoring a copy of {target} into {name}: {p.stderr.strip()}")
+        return pg_url(name)
+    copy = os.path.join(os.path.dirname(target), name)
+    with sqlite3.connect(target) as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    return copy
 
 
 def wait_for(predicate, timeout=10.0):

@@ -15,7 +15,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fcgi_client  # noqa: E402
-from harness import Server, record, wait_for  # noqa: E402
+from harness import PG_HOST, SQLITE_ONLY, Server, record, wait_for  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 
@@ -108,6 +108,7 @@ class Crash(unittest.TestCase):
 
 
 class Corruption(unittest.TestCase):
+    @unittest.skipIf(PG_HOST, SQLITE_ONLY + "a damaged SQLite file at start")
     def test_refuses_to_start_on_a_damaged_file(self):
         with tempfile.TemporaryDirectory(prefix="tdapi-corrupt-") as d:
             db = os.path.join(d, "testdata.db")
@@ -124,6 +125,7 @@ class Corruption(unittest.TestCase):
             self.assertIn(db, failed[0]["detail"])
             self.assertIn("What to do", failed[0]["detail"])
 
+    @unittest.skipIf(PG_HOST, SQLITE_ONLY + "the SQLite file's pages overwritten while it serves")
     def test_corruption_at_run_time_is_a_503_a_loud_log_and_unhealthy(self):
         with Server() as s:
             for i in range(200):
@@ -174,6 +176,7 @@ class DiskFull(unittest.TestCase):
         self.assertEqual([t["test_id"] for t in r.json()["tests"]], [a["test_id"] for a in acked])
         self.assertEqual(s.request("GET", "/healthz").status, 200)
 
+    @unittest.skipIf(PG_HOST, SQLITE_ONLY + "a full tmpfs under the SQLite file (DATA_DIR)")
     @unittest.skipUnless(IS_ROOT, "needs root to mount a small tmpfs; the max_page_count variant runs instead")
     def test_full_tmpfs_then_space_freed(self):
         mnt = tempfile.mkdtemp(prefix="tdapi-full-")
@@ -197,6 +200,7 @@ class DiskFull(unittest.TestCase):
             subprocess.run(["umount", "-l", mnt])
             subprocess.run(["rm", "-rf", mnt, logs])
 
+    @unittest.skipIf(PG_HOST, SQLITE_ONLY + "MAX_DB_PAGES caps the SQLite file's page count")
     def test_database_size_cap_then_raised(self):
         with tempfile.TemporaryDirectory(prefix="tdapi-cap-") as d:
             with Server(data_dir=d, MAX_DB_PAGES=60) as s:
@@ -208,6 +212,7 @@ class DiskFull(unittest.TestCase):
 
 
 class LockedAndReadOnly(unittest.TestCase):
+    @unittest.skipIf(PG_HOST, SQLITE_ONLY + "another process holds the SQLite file's write lock")
     def test_locked_database_is_a_bounded_503_and_reads_keep_working(self):
         # With the audit trail on (the default), a read's audit entry is a write: under another
         # process's lock reads get the same bounded 503 (nothing is served unrecorded). Without
@@ -232,6 +237,7 @@ class LockedAndReadOnly(unittest.TestCase):
                 self.assertEqual(s.request("POST", "/tests", expected("lk-1", "lk")).status, 201)
                 self.assertEqual(s.request("GET", "/tests?clinic_id=lk").json()["count"], 2)
 
+    @unittest.skipIf(PG_HOST, SQLITE_ONLY + "a SQLite file on a read-only mount as DB_PATH")
     def test_read_only_database_is_a_clear_startup_error(self):
         with tempfile.TemporaryDirectory(prefix="tdapi-ro-") as d:
             with Server(data_dir=d) as s:
@@ -340,8 +346,9 @@ class GracefulStop(unittest.TestCase):
                 self.assertIn(e, events)
             closed = [l for l in s.json_lines("app.log") if l["event"] == "store_closed"][-1]
             self.assertEqual(closed["level"], "info")  # the final checkpoint succeeded
-            wal = os.path.join(data_dir, "testdata.db-wal")
-            self.assertTrue(not os.path.exists(wal) or os.path.getsize(wal) == 0)
+            if not PG_HOST:  # SQLite: the final checkpoint emptied the WAL
+                wal = os.path.join(data_dir, "testdata.db-wal")
+                self.assertTrue(not os.path.exists(wal) or os.path.getsize(wal) == 0)
             with Server(data_dir=data_dir) as s2:
                 assert_all_acknowledged_intact(self, s2, "stop", w.acked)
 

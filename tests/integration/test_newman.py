@@ -9,7 +9,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, ROOT, Server  # noqa: E402
+from harness import APP_BIN, ROOT, Server, database_target  # noqa: E402
 
 NEWMAN = os.path.join(ROOT, "tests", "api-tools", "node_modules", ".bin", "newman")
 
@@ -31,7 +31,7 @@ class Newman(unittest.TestCase):
 
     def test_postman_collection_passes_with_auth_on(self):
         with Server(AUTH="on") as s:
-            out = subprocess.run([APP_BIN, "keys", "create", "--db", os.path.join(s.data_dir, "testdata.db"),
+            out = subprocess.run([APP_BIN, "keys", "create", "--db", database_target(s),
                                   "--name", "newman", "--scope", "read:*", "--scope", "write:*",
                                   "--scope", "audit", "--scope", "metrics"],
                                  capture_output=True, text=True, check=True, timeout=60).stdout

@@ -55,7 +55,10 @@ class NormalUser(unittest.TestCase):
                 with open(wrapper, "w") as f:
                     f.write("#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups "
                             f"--reset-env env PATH=/usr/sbin:/usr/bin:/sbin:/bin PORT=\"$PORT\" "
-                            f"DATA_DIR=\"$DATA_DIR\" APP_BIN=\"$APP_BIN\" {project}/scripts/run.sh\n")
+                            f"DATA_DIR=\"$DATA_DIR\" APP_BIN=\"$APP_BIN\" "
+                            # on PostgreSQL (harness), the database goes through too
+                            f"${{DATABASE_URL:+\"DATABASE_URL=$DATABASE_URL\"}} "
+                            f"{project}/scripts/run.sh\n")
                 os.chmod(wrapper, 0o755)
                 env["RUN_SCRIPT"] = wrapper
             s = Server(data_dir=data, **env)

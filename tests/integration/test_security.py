@@ -5,14 +5,14 @@ without a restart, the audit trail's content and its tamper evidence, and no tok
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, Server, record, wait_for  # noqa: E402
+from harness import (APP_BIN, PG_HOST, Server, copy_database, database_target, pg_url,  # noqa: E402
+                     psql, record, run_sql, wait_for)
 
 
 def admin(*args, check=True):
@@ -28,7 +28,15 @@ class Security(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server(AUTH="on").start()
-        cls.db = os.path.join(cls.server.data_dir, "testdata.db")
+        try:
+            cls.set_up_keys_and_tests()
+        except BaseException:
+            cls.server.__exit__(None, None, None)  # tearDownClass does not run after a failure
+            raise
+
+    @classmethod
+    def set_up_keys_and_tests(cls):
+        cls.db = database_target(cls.server)  # the SQLite file or the PostgreSQL URL
         cls.keys = {}
         for name, scopes in {
             "w1": ["write:c1"], "r1": ["read:c1"], "rw1": ["read:c1", "write:c1"],
@@ -198,28 +206,23 @@ class Security(unittest.TestCase):
         self.assertGreaterEqual(len(exported), len(entries))
         # tamper with one row behind the service's back: verify names it
         victim = by_rid[rid_denied]["seq"]
-        with sqlite3.connect(self.db) as db:
-            db.execute("UPDATE audit SET outcome = 200 WHERE seq = ?", (victim,))
+        run_sql(self.db, f"UPDATE audit SET outcome = 200 WHERE seq = {int(victim)}")
         try:
             rc, out = admin("audit", "verify", "--db", self.db, check=False)
             self.assertEqual(rc, 1)
             self.assertEqual(out[0]["status"], "broken")
             self.assertTrue(out[0]["problem"].startswith(f"entry {victim}:"), out[0])
         finally:
-            with sqlite3.connect(self.db) as db:
-                db.execute("UPDATE audit SET outcome = 403 WHERE seq = ?", (victim,))
+            run_sql(self.db, f"UPDATE audit SET outcome = 403 WHERE seq = {int(victim)}")
         self.assertEqual(admin("audit", "verify", "--db", self.db)[0], 0)
 
     def test_a_cut_off_chain_is_found_with_a_kept_head(self):
         # A private copy: entries are removed from its end, which the chain alone cannot see.
-        copy = os.path.join(self.server.data_dir, "audit-copy.db")
-        with sqlite3.connect(self.db) as src, sqlite3.connect(copy) as dst:
-            src.backup(dst)
+        copy = copy_database(self.db, f"audit_copy_{os.getpid()}" if PG_HOST else "audit-copy.db")
         rc, out = admin("audit", "verify", "--db", copy)
         head = out[0]["head"]
         seq = int(head.split(":")[0])
-        with sqlite3.connect(copy) as db:
-            db.execute("DELETE FROM audit WHERE seq > ?", (seq - 2,))
+        run_sql(copy, f"DELETE FROM audit WHERE seq > {seq - 2}")
         self.assertEqual(admin("audit", "verify", "--db", copy)[0], 0)  # still a valid chain
         rc, out = admin("audit", "verify", "--db", copy, "--expect-head", head, check=False)
         self.assertEqual(rc, 1)
@@ -234,6 +237,14 @@ class Security(unittest.TestCase):
             self.assertEqual(p.returncode, 1, args)
             self.assertIn("no database", p.stderr)
             self.assertFalse(os.path.exists(typo))
+        if PG_HOST:  # the same for a URL naming a database that does not exist
+            name = f"tdapi_typo_{os.getpid()}"
+            for args in (("keys", "list"), ("audit", "verify"),
+                         ("keys", "create", "--name", "x", "--scope", "read:c1")):
+                p = subprocess.run([APP_BIN, *args[:2], "--db", pg_url(name), *args[2:]],
+                                   capture_output=True, text=True, timeout=60)
+                self.assertEqual(p.returncode, 1, (args, p.stderr))
+                self.assertEqual(psql(f"SELECT count(*) FROM pg_database WHERE datname = '{name}'").strip(), "0")
 
     def test_denials_are_logged_with_the_key_id_and_counted_and_no_token_is_logged(self):
         r = self.req("r1", "POST", "/tests", record("denied-write", clinic="c1"))

@@ -9,7 +9,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, ROOT, Server  # noqa: E402
+from harness import APP_BIN, ROOT, Server, database_target  # noqa: E402
 
 
 class Smoke(unittest.TestCase):
@@ -24,7 +24,7 @@ class Smoke(unittest.TestCase):
 
     def test_smoke_script_passes_with_auth_on(self):
         with Server(AUTH="on") as s:
-            out = subprocess.run([APP_BIN, "keys", "create", "--db", os.path.join(s.data_dir, "testdata.db"),
+            out = subprocess.run([APP_BIN, "keys", "create", "--db", database_target(s),
                                   "--name", "smoke", "--scope", "read:*", "--scope", "write:*"],
                                  capture_output=True, text=True, check=True, timeout=60).stdout
             env = dict(os.environ, BASE_URL=f"http://127.0.0.1:{s.port}", TOKEN=json.loads(out)["token"])

@@ -14,7 +14,7 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, ROOT, Server, free_port, record, wait_for  # noqa: E402
+from harness import APP_BIN, ROOT, Server, database_target, free_port, record, wait_for  # noqa: E402
 
 
 def make_ca_and_cert(d):
@@ -123,7 +123,7 @@ class Tls(unittest.TestCase):
 
     def test_rate_limit_per_key_is_429_json_with_retry_after(self):
         with Server(AUTH="on", KEY_RATE="2r/s", KEY_BURST="3") as s:
-            db = os.path.join(s.data_dir, "testdata.db")
+            db = database_target(s)
             out = subprocess.run([APP_BIN, "keys", "create", "--db", db, "--name", "t", "--scope",
                                   "read:*"], capture_output=True, text=True, check=True).stdout
             h = {"Authorization": "Bearer " + json.loads(out)["token"]}

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# A private, throwaway PostgreSQL server for the tests (issue 10): unix socket only, in DIR.
+#
+#   scripts/pg-test-server.sh start DIR     a fresh cluster in DIR/data, serving on DIR/.s.PGSQL.5432
+#   scripts/pg-test-server.sh restart DIR   a fast restart (in-flight sessions are cut off)
+#   scripts/pg-test-server.sh status DIR    exit 0 while it runs, non-zero otherwise
+#   scripts/pg-test-server.sh stop DIR      stops it and removes DIR
+#
+# Clients connect as the superuser role tdapi, without a password (local trust), e.g.
+#   psql -h DIR -U tdapi -d postgres     or     postgresql://tdapi@/NAME?host=DIR
+# Any local user may connect: the app may run as the service user while the tests run as root.
+# PostgreSQL refuses to run as root: started as root, the server runs as the `postgres` system
+# user (created by Debian's postgresql package), which must be able to reach DIR (use /tmp).
+# Binaries: PG_BIN, else the newest /usr/lib/postgresql/*/bin. Connection slots:
+# PG_MAX_CONNECTIONS (default: room for four apps at the default THREADS, at least 300).
+set -euo pipefail
+
+usage() { echo "usage: $0 start|stop|restart|status DIR" >&2; exit 2; }
+[ $# = 2 ] || usage
+cmd=$1
+case $2 in /*) dir=$2 ;; *) dir=$PWD/$2 ;; esac
+dir=${dir%/}
+data=$dir/data
+log=$dir/postgres.log
+marker=$dir/.tdapi-pg-test-server  # DIR is ours to remove only if it holds this
+
+fail() {
+  echo "pg-test-server: $*" >&2
+  if [ -s "$log" ]; then
+    echo "pg-test-server: last lines of $log:" >&2
+    tail -n 30 "$log" >&2
+  fi
+  exit 1
+}
+
+PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+need_binaries() {
+  if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/postgres" ]; then
+    fail "no PostgreSQL server binaries in ${PG_BIN:-/usr/lib/postgresql/*/bin}; run 'make deps' (Debian package postgresql)"
+  fi
+}
+
+# As root, the server's own commands (initdb, pg_ctl) run as the postgres system user.
+run_as_owner=()
+if [ "$(id -u)" = 0 ]; then
+  id -u postgres >/dev/null 2>&1 || fail "started as root, but there is no 'postgres' user to run the server as"
+  run_as_owner=(setpriv --reuid=postgres --regid=postgres --init-groups)
+fi
+# cd: the server's tools complain about a working directory they cannot read (e.g. /root).
+as_owner() { (cd / && "${run_as_owner[@]}" "$@"); }
+pg_ctl() { as_owner "$PG_BIN/pg_ctl" -D "$data" "$@"; }
+
+# Answers a real query as tdapi, waiting up to 30 s for the server to accept connections.
+wait_ready() {
+  local _
+  for _ in $(seq 1 300); do
+    if "$PG_BIN/psql" -h "$dir" -U tdapi -d postgres -XqAt -c 'select 1' >/dev/null 2>&1; then
+      return 0
+    fi
+    pg_ctl status >/dev/null 2>&1 || fail "the server in $dir is not running"
+    sleep 0.1
+  done
+  fail "the server in $dir did not accept connections within 30 s"
+}
+
+# Stops a server left in DIR (a test run that was killed) and removes DIR, if DIR is ours.
+remove_dir() {
+  [ -e "$dir" ] || return 0
+  [ -e "$marker" ] || [ -z "$(ls -A "$dir")" ] ||
+    fail "$dir exists and was not made by this script; not touching it"
+  if [ -f "$data/postmaster.pid" ]; then
+    need_binaries
+    pg_ctl stop -m fast -w -t 30 >/dev/null 2>&1 || pg_ctl stop -m immediate -w -t 30 >/dev/null 2>&1 || true
+  fi
+  rm -rf "$dir"
+}
+
+start() {
+  need_binaries
+  remove_dir  # always a fresh cluster
+  mkdir -p "$dir"
+  : >"$marker"
+  # The socket directory: searchable by every local user (the socket itself is 0777).
+  chmod 0755 "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres: "$dir" "$marker"
+    as_owner test -w "$dir" -a -x "$dir" ||
+      fail "user postgres cannot reach $dir (a parent directory is closed to it); use a directory under /tmp"
+  fi
+  as_owner sh -c ': >"$1"' sh "$log"  # the server appends to it as its owner
+  # tdapi is the bootstrap superuser; local (unix socket) connections are trusted, nothing else.
+  # --no-sync: only initdb's own final flush is skipped; the server itself runs with fsync on.
+  as_owner "$PG_BIN/initdb" -D "$data" -U tdapi --auth-local=trust --auth-host=reject \
+    --encoding=UTF8 --locale=C --no-sync >>"$log" 2>&1 || fail "initdb failed"
+  printf 'local all all trust\n' | as_owner sh -c 'cat >"$1"' sh "$data/pg_hba.conf"
+  # Default THREADS is 32 per core (at most 256); an app holds about one connection per thread
+  # plus its writer's, and a test may run two apps at once (CTest may run suites in parallel).
+  local cores threads conns
+  cores=$(nproc 2>/dev/null || echo 2)
+  threads=$((32 * cores > 256 ? 256 : 32 * cores))
+  conns=$((4 * (threads + 8)))
+  [ "$conns" -ge 300 ] || conns=300
+  as_owner sh -c 'cat >>"$1"' sh "$data/postgresql.conf" <<EOF
+
+# pg-test-server.sh: a private test server, unix socket only
+listen_addresses = ''
+unix_socket_directories = '$dir'
+unix_socket_permissions = 0777
+max_connections = ${PG_MAX_CONNECTIONS:-$conns}
+shared_buffers = 128MB
+# durability as in production (these are the defaults; tests check that nothing acknowledged is lost)
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+huge_pages = off
+lc_messages = 'C'
+timezone = 'UTC'
+log_line_prefix = '%m [%p] %q%u@%d '
+EOF
+  pg_ctl start -w -t 30 -l "$log" >/dev/null 2>&1 || fail "the server in $dir did not start"
+  wait_ready
+  echo "pg-test-server: PostgreSQL $("$PG_BIN/postgres" -V | awk '{print $3}') serving in $dir (psql -h $dir -U tdapi)"
+}
+
+case $cmd in
+  start) start ;;
+  restart)
+    need_binaries
+    [ -f "$data/PG_VERSION" ] || fail "no server in $dir; use start"
+    pg_ctl restart -m fast -w -t 30 -l "$log" >/dev/null 2>&1 || fail "the server in $dir did not restart"
+    wait_ready ;;
+  status)
+    need_binaries
+    if pg_ctl status >/dev/null 2>&1; then echo "pg-test-server: running in $dir"
+    else echo "pg-test-server: not running in $dir"; exit 3; fi ;;
+  stop) remove_dir ;;
+  *) usage ;;
+esac
