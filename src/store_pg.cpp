@@ -24,6 +24,7 @@
 
 #include "clock.h"
 #include "crypto.h"
+#include "http.h"
 #include "json.h"
 #include "log.h"
 
@@ -511,6 +512,11 @@ Status PgStore::with_reader(const char* what, const std::function<Status(Connect
 
 Status PgStore::list_tests(const ListQuery& q,
                            const std::function<bool(std::string_view, long long)>& on_row) {
+  // As in get_test: a filter that is not UTF-8 matches nothing stored.
+  if (!is_valid_utf8(q.clinic_id) || (q.patient_id && !is_valid_utf8(*q.patient_id)) ||
+      (q.test_type && !is_valid_utf8(*q.test_type))) {
+    return Status::Ok();
+  }
   const int variant = (q.patient_id ? 1 : 0) | (q.test_type ? 2 : 0);
   const std::string sql = list_sql(q.patient_id.has_value(), q.test_type.has_value());
   long long after = q.after_seq;
@@ -602,6 +608,9 @@ Status PgStore::max_seqs(long long& tests_seq, long long& audit_seq) {
 }
 
 Status PgStore::get_test(std::string_view test_id, std::string& json) {
+  // The database holds UTF-8 only and refuses to compare with anything else; stored ids are
+  // valid UTF-8 (validate.h), so no other id can name a test.
+  if (!is_valid_utf8(test_id)) return Status::NotFound("no such test");
   const std::string id(test_id);
   return with_reader("get test", [&](Connection& c) {
     PgResult r = c.run("get", "SELECT doc FROM tests WHERE test_id = $1", {id.c_str()});
@@ -651,6 +660,7 @@ StoreStats PgStore::stats() const {
 // -- keys and the audit trail ------------------------------------------------------------------
 
 Status PgStore::find_key(std::string_view key_id, ApiKey& out) {
+  if (!is_valid_utf8(key_id)) return Status::NotFound("no such key");
   const std::string id(key_id);
   const std::string sql = std::string(kKeyColumns) + " WHERE key_id = $1";
   return with_reader("find key", [&](Connection& c) {
@@ -691,6 +701,7 @@ Status PgStore::create_key(const ApiKey& key) {
 }
 
 Status PgStore::revoke_key(std::string_view key_id, const std::string& when) {
+  if (!is_valid_utf8(key_id)) return Status::NotFound("no such key");
   const std::string id(key_id);
   return with_reader(
       "revoke key",
