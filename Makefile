@@ -59,12 +59,16 @@ test: deps
 	@cd $(TEST_BUILD_DIR) && ctest --output-on-failure --timeout 600
 	@$(MAKE) --no-print-directory test-tsan
 
-# The threaded parts (group-commit writer, reader pool, handlers) under ThreadSanitizer.
+# The threaded parts (group-commit writers, reader pools, handlers) under ThreadSanitizer; the
+# PostgreSQL store's against a private server of its own (scripts/pg-test-server.sh).
 test-tsan: deps
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DSANITIZE=thread >/dev/null
 	@cmake --build build-tsan -j $(JOBS) --target unit_tests
-	@build-tsan/tests/unit_tests --gtest_brief=1 --gtest_filter='SqliteStore.*:Api.*' \
-	  2>build-tsan/unit_tests.stderr || { cat build-tsan/unit_tests.stderr; exit 1; }
+	@pg=/tmp/tdapi-pg-tsan-$$$$; scripts/pg-test-server.sh start $$pg >/dev/null || exit 1; \
+	  TEST_PG_HOST=$$pg build-tsan/tests/unit_tests --gtest_brief=1 \
+	    --gtest_filter='SqliteStore.*:Api.*:PgStore*' 2>build-tsan/unit_tests.stderr; rc=$$?; \
+	  scripts/pg-test-server.sh stop $$pg; \
+	  [ $$rc = 0 ] || { cat build-tsan/unit_tests.stderr; exit 1; }
 
 # Throughput and latency against the FastCGI ceiling, measured with wrk; prints a table and
 # writes bench/results/latest.md. BENCH_SECONDS per run (4), BENCH_ROUNDS (3), BENCH_BIG_ROWS.

@@ -21,6 +21,7 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import harness  # noqa: E402
 from harness import Server, free_port  # noqa: E402
 
 BUILD = os.environ.get("BUILD_DIR", os.path.join(ROOT, "build"))
@@ -28,6 +29,9 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "4"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 THREADS = int(os.environ.get("THREADS") or 32 * (os.cpu_count() or 2))
 BIG = int(os.environ.get("BENCH_BIG_ROWS", "1000000"))
+# BENCH_PG=0 leaves PostgreSQL out (it needs the postgresql package: make deps installs it).
+PG = os.environ.get("BENCH_PG", "1") != "0"
+PG_DIR = f"/tmp/tdapi-bench-pg-{os.getpid()}"
 
 
 def log(*a):
@@ -150,10 +154,30 @@ def batch_stats(app_log, offset):
             "rollbacks": sum(1 for l in txns if l.get("txn") != "commit")}
 
 
+def seed_over_http(server, clinics=(("bench-10", 10), ("bench-1000", 1000))):
+    for clinic, n in clinics:
+        for i in range(n):
+            r = server.request("POST", "/tests", {"test_id": f"{clinic}-{i}", "patient_id": f"p{i}",
+                                                  "clinic_id": clinic, "test_type": "blood",
+                                                  "result": f"result value {i}"})
+            assert r.status == 201, r
+
+
+def pg_settings():
+    """The server settings that matter for the numbers, as the bench's server has them."""
+    names = ("synchronous_commit", "fsync", "wal_sync_method", "shared_buffers", "max_connections",
+             "commit_delay", "server_version")
+    rows = harness.psql("SELECT name || '=' || setting || coalesce(unit, '') FROM pg_settings "
+                        f"WHERE name IN ({', '.join(repr(n) for n in names)}) ORDER BY name")
+    return ", ".join(rows.split())
+
+
 def main():
     data_dir = tempfile.mkdtemp(prefix="tdapi-bench-")
     procs = []
     server = secure = None
+    pg_servers = []
+    pg_started = False
     secure_dir = tempfile.mkdtemp(prefix="tdapi-bench-auth-")
     try:
         # The seed's local mode without the audit trail (as earlier tables), and beside it the
@@ -175,12 +199,25 @@ def main():
             assert r.status == 201, r
         db = os.path.join(data_dir, "testdata.db")
         log(f"service on :{server.port}, {THREADS} threads, data in {data_dir}")
-        for clinic, n in (("bench-10", 10), ("bench-1000", 1000)):
-            for i in range(n):
-                r = server.request("POST", "/tests", {"test_id": f"{clinic}-{i}", "patient_id": f"p{i}",
-                                                      "clinic_id": clinic, "test_type": "blood",
-                                                      "result": f"result value {i}"})
-                assert r.status == 201, r
+        seed_over_http(server)
+        # PostgreSQL on the same machine (a private server on a unix socket, fsync and
+        # synchronous_commit on), behind one app process and behind three.
+        pg_urls = {}
+        if PG:
+            subprocess.run([os.path.join(ROOT, "scripts", "pg-test-server.sh"), "start", PG_DIR], check=True)
+            pg_started = True
+            harness.PG_HOST = PG_DIR
+            for nodes in (1, 3):
+                name = f"bench_{nodes}"
+                harness.pg_fresh_database(name)
+                pg = Server(data_dir=tempfile.mkdtemp(prefix=f"tdapi-bench-pg{nodes}-"),
+                            APP_BIN=os.path.join(BUILD, "testdata-api"), THREADS=THREADS,
+                            AUTH="off", AUDIT="off", DATABASE_URL=harness.pg_url(name),
+                            APP_NODES=nodes).start()
+                pg_servers.append(pg)
+                seed_over_http(pg)
+                pg_urls[nodes] = f"http://127.0.0.1:{pg.port}"
+                log(f"PostgreSQL, {nodes} app node(s) on :{pg.port}")
         listing_1000 = len(server.request("GET", "/tests?clinic_id=bench-1000").body)
         log(f"seeding {BIG} rows for the big clinic...")
         seed_direct(db, "bench-1m", BIG)
@@ -226,6 +263,16 @@ def main():
             ("GET clinic of 10, auth + audit on, 32 conns", sec + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body", token),
             ("GET clinic of 10, auth + audit on, 1 conn", sec + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn", token),
         ]
+        for nodes, url in pg_urls.items():
+            pgn = f"PostgreSQL, {nodes} node{'s' if nodes > 1 else ''}"
+            cases += [
+                (f"{pgn}: POST /tests (durable), 32 conns", url + "/tests", 32, post, "FastCGI ceiling, small body"),
+                (f"{pgn}: POST /tests (durable), 1 conn", url + "/tests", 1, post, "FastCGI ceiling, small body, 1 conn"),
+                (f"{pgn}: GET clinic of 10, 32 conns", url + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body"),
+                (f"{pgn}: GET clinic of 10, 1 conn", url + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn"),
+                (f"{pgn}: GET clinic of 1,000, 32 conns", url + "/tests?clinic_id=bench-1000", 32, None, "FastCGI ceiling, 1,000-test-size body"),
+                (f"{pgn}: GET clinic of 1,000, 1 conn", url + "/tests?clinic_id=bench-1000", 1, None, "FastCGI ceiling, 1,000-test-size body, 1 conn"),
+            ]
         results = {c[0]: [] for c in cases}
         batches = []
         app_log = os.path.join(data_dir, "logs", "app.log")
@@ -236,7 +283,7 @@ def main():
                 args = ((f"r{rnd}c{conns}",) + ((token_arg,) if token_arg else ())) if script else ()
                 r = wrk(url, conns, script, args=args, token=token_arg)
                 results[name].append(r)
-                if script and conns == 32 and not token_arg:
+                if script and conns == 32 and not token_arg and url.startswith(app):
                     batches.append(batch_stats(app_log, offset))
                 log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
 
@@ -259,6 +306,11 @@ def main():
                      f"idle FastCGI connections per worker for both. Cases without a note: AUTH=off "
                      f"AUDIT=off (the seed's local mode); 'auth + audit on': AUTH=on with a bearer key "
                      f"on every request, every access audited durably. Command: `make bench`.")
+        if pg_urls:
+            lines.append("")
+            lines.append(f"PostgreSQL rows: the same service with DATABASE_URL (libpq, unix socket) to a "
+                         f"private server on the same 2 cores ({pg_settings()}); APP_NODES app "
+                         f"processes of {THREADS} threads each behind one nginx upstream; AUTH=off AUDIT=off.")
         lines.append("")
         lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling |")
         lines.append("|---|---:|---:|---:|---:|---:|")
@@ -288,6 +340,11 @@ def main():
         with open(os.path.join(ROOT, "bench", "results", "latest.md"), "w") as f:
             f.write("# make bench: latest results\n\n" + table + "\n")
     finally:
+        for pg in pg_servers:
+            pg.stop()
+            shutil.rmtree(pg.data_dir, ignore_errors=True)
+        if pg_started:
+            subprocess.run([os.path.join(ROOT, "scripts", "pg-test-server.sh"), "stop", PG_DIR])
         if secure is not None:
             secure.stop()
             shutil.rmtree(secure_dir, ignore_errors=True)
