@@ -10,6 +10,10 @@
 # 0 waits as long as the app is alive), STOP_TIMEOUT_MS (how long the app lets in-flight
 # requests finish on a stop, default 10000), SERVICE_USER (as root: the user the app and nginx's
 # workers run as, default testdata-api, created as a system user if missing).
+# Storage: DATABASE_URL (a libpq connection string, postgresql://... or key=value words: the app
+# uses PostgreSQL; unset, SQLite at DB_PATH), APP_NODES (app processes behind nginx, default 1,
+# at most 16; more than 1 only with DATABASE_URL: SQLite is served by one process). Each node has
+# its own socket (one node: run/app.sock; several: run/app-K.sock) and THREADS threads.
 # Security (README "Security"): LISTEN (address:port nginx listens on, default 127.0.0.1:PORT),
 # AUTH (on|off; default off on a loopback LISTEN, on otherwise, where off is refused), AUDIT
 # (on|off, default on; off only with AUTH=off), TLS_CERT and TLS_KEY (PEM files: HTTPS only),
@@ -19,7 +23,8 @@
 #
 # This script is the app's supervisor: if the app dies (crash, SIGKILL, stop timeout) it is
 # restarted at once. Not restarted: exit status 78 (start-up failure, e.g. a damaged database)
-# and 2 (bad usage); see src/main.cpp.
+# and 2 (bad usage); see src/main.cpp. With several nodes each is supervised on its own: one that
+# dies is restarted while nginx serves from the others; a 78 or 2 from any of them stops all.
 set -euo pipefail
 # Job control: the app and nginx each run in their own process group, so a Ctrl-C on the terminal
 # reaches this script (which stops them in order) rather than racing it to them.
@@ -80,6 +85,43 @@ for v in KEY_BURST ANON_BURST; do
   case ${!v} in ''|*[!0-9]*) refuse "$v must be a whole number, not '${!v}'" ;; esac
 done
 
+# Storage and nodes.
+DATABASE_URL=${DATABASE_URL:-}
+APP_NODES=${APP_NODES:-1}
+case $APP_NODES in
+  [1-9]|1[0-6]) ;;
+  *) echo "run.sh: APP_NODES must be a whole number from 1 to 16, not '$APP_NODES'" >&2; exit 2 ;;
+esac
+if [ "$APP_NODES" -gt 1 ] && [ -z "$DATABASE_URL" ]; then
+  refuse "APP_NODES=$APP_NODES needs DATABASE_URL (PostgreSQL): SQLite serves from one app" \
+    "process, so without DATABASE_URL APP_NODES must be 1"
+fi
+# DATABASE_URL as it may be shown (logs, the terminal): every password replaced by ***. In a URI,
+# the password of user:password@ (everything from the first ':' to the last '@' after '//', which
+# may hide more than the password, never less) and the value of a password parameter (or of any
+# parameter with a %-escape in its name); in key=value words, password's value, quoted ('...',
+# with \' escapes) or not (with \ escapes), and a URI given as a value (dbname=postgresql://...).
+redacted_url() {
+  local s=$1 rest userinfo
+  case $s in
+    postgresql://*|postgres://*)
+      rest=${s#*://}
+      if [[ $rest == *@* ]]; then
+        userinfo=${rest%@*}
+        [[ $userinfo != *:* ]] || s="${s%%://*}://${userinfo%%:*}:***@${rest##*@}"
+      fi
+      printf '%s\n' "$s" | sed -E 's/([?&]([^=&]*%[^=&]*|password)=)[^&]*/\1***/gI' ;;
+    *)
+      # Quoted values first, then unquoted ones; a quote left open hides the rest.
+      printf '%s\n' "$s" | sed -E \
+        -e "s/(^|[[:space:]])(password[[:space:]]*=[[:space:]]*)'([^'\\\\]|\\\\.)*'/\\1\\2***/gI" \
+        -e "s/(^|[[:space:]])(password[[:space:]]*=[[:space:]]*)([^'[:space:]\\\\]|\\\\.)([^[:space:]\\\\]|\\\\.)*\\\\?/\\1\\2***/gI" \
+        -e "s/(^|[[:space:]])(password[[:space:]]*=[[:space:]]*)'.*$/\\1\\2***/I" \
+        -e 's#(postgres(ql)?://[^:/?@[:space:]]*):.*@#\1:***@#gI' \
+        -e 's/([?&]([^=&[:space:]]*%[^=&[:space:]]*|password)=)[^&]*/\1***/gI' ;;
+  esac
+}
+
 mkdir -p "$DATA_DIR"
 DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
 # One supervisor per DATA_DIR: a second one would take the first one's socket away. The lock is
@@ -89,8 +131,21 @@ exec 9<"$DATA_DIR"
 flock -n 9 || refuse "another run.sh (or what it started) is serving DATA_DIR=$DATA_DIR; stop it first"
 mkdir -p "$DATA_DIR"/{run,logs,nginx}
 chmod 0700 "$DATA_DIR"
-SOCKET=$DATA_DIR/run/app.sock
 DB_PATH=${DB_PATH:-$DATA_DIR/testdata.db}
+if [ -n "$DATABASE_URL" ]; then storage=(--database-url "$DATABASE_URL"); else storage=(--db "$DB_PATH"); fi
+# The app's nodes, 1..APP_NODES: node k listens on sock[k]. One node keeps the names it always
+# had (run/app.sock, and run/app.pid for its pid); several have run/app-K.sock and run/app-K.pid,
+# and run/app.pid lists every node's pid, one a line (kill -HUP $(cat run/app.pid) reaches all).
+mapfile -t nodes < <(seq 1 "$APP_NODES")
+declare -a sock pid last_pid started start_ms quick state due_ms label
+for k in "${nodes[@]}"; do
+  if [ "$APP_NODES" = 1 ]; then
+    sock[k]=$DATA_DIR/run/app.sock label[k]=""
+  else
+    sock[k]=$DATA_DIR/run/app-$k.sock label[k]="node $k: "
+  fi
+  pid[k]="" last_pid[k]="" quick[k]=0 state[k]=down
+done
 APP_LOG=$DATA_DIR/logs/app.log
 
 [ -x "$APP_BIN" ] || { echo "run.sh: $APP_BIN is missing; run 'make build' first" >&2; exit 1; }
@@ -173,9 +228,11 @@ ensure_app_log() {
 
 # One JSON line, like the app's, to stderr and the app log.
 log_json() {  # level event detail
-  local line
+  local line detail=${3//\\/\\\\}
+  detail=${detail//\"/\\\"}
+  detail=${detail//[[:cntrl:]]/?}
   line=$(printf '{"ts":"%s","level":"%s","event":"%s","detail":"%s"}' \
-    "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$1" "$2" "$3")
+    "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$1" "$2" "$detail")
   ensure_app_log
   printf '%s\n' "$line" | as_owner sh -c 'cat >>"$1"' sh "$APP_LOG"
   [ -n "${tail_pid:-}" ] || printf '%s\n' "$line" >&2
@@ -200,7 +257,16 @@ keep_conn=on
 if [ "$keepalive" -lt 1 ]; then keepalive=1; keep_conn=off; fi
 # Open files per nginx worker (half of them connections): 16384, or the hard limit if lower.
 nofile=16384; [ "$(id -u)" = 0 ] || [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile" ] || nofile=$(ulimit -Hn)
-sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@SOCKET@|$SOCKET|g" \
+# nginx's upstream, a server line per node (in place of the line that is only the placeholder,
+# at its indentation). Two failed tries within 2 s (connection refused, error, timeout, invalid
+# header) take a node out for 2 s; then one request tries it again. (With one node nginx ignores
+# both: it never takes its only server out.)
+upstream_servers=""
+for k in "${nodes[@]}"; do
+  upstream_servers+="${upstream_servers:+\\n}\\1server unix:${sock[k]} max_fails=2 fail_timeout=2s;"
+done
+sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
+    -e "s|^\\([[:space:]]*\\)@UPSTREAM_SERVERS@\$|$upstream_servers|" \
     -e "s|@USER_DIRECTIVE@|$user_directive|g" \
     -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" -e "s|@PROJECT_DIR@|$here|g" \
     -e "s|@KEEPALIVE@|$keepalive|g" -e "s|@KEEP_CONN@|$keep_conn|g" \
@@ -213,83 +279,111 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" -e "s|@SOCKET@|$SOCKET|g
     -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
     "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf"
 
-app_pid=""
 nginx_pid=""
 stopping=0
+now_ms=0
+declare -a exit_rc
+# now_ms: milliseconds since the epoch (EPOCHREALTIME without its separator, in any locale).
+tick() { now_ms=$((${EPOCHREALTIME//[!0-9]/} / 1000)); }
 
-# Starts the app and waits until it is ready. Sets start_result: ready, died (start_status
-# holds its exit status), timeout (it was stopped) or stopping (this script is stopping).
-start_app() {
-  rm -f "$SOCKET"
+# Starts node k without waiting for it: state[k] is starting until its socket appears (the app
+# creates it only once the database is open, which for SQLite after an unclean stop includes the
+# integrity check, O(database size)), then ready.
+launch_node() {
+  local k=$1 j pids=""
+  rm -f "${sock[k]}"
   ensure_app_log
   # The app writes its log to --log-file (reopened on SIGHUP); stderr is appended to the same
-  # file for what it says before that (bad usage). One write per line keeps lines whole.
-  "$APP_BIN" --socket "$SOCKET" --db "$DB_PATH" --log-file "$APP_LOG" \
+  # file for what it says before that (bad usage). One write per line keeps lines whole, also
+  # with several nodes appending to the one file.
+  "$APP_BIN" --socket "${sock[k]}" "${storage[@]}" --log-file "$APP_LOG" \
     --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} \
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
     2>>"$APP_LOG" &
-  app_pid=$!
-  app_started=$EPOCHSECONDS
-  echo "$app_pid" | put_file "$DATA_DIR/run/app.pid"
-  # Ready when the socket exists: the app creates it only once the database is open (which,
-  # after an unclean stop, includes the integrity check, O(database size)). No fixed cap: as
-  # long as it is alive, up to START_TIMEOUT.
-  local waited=0
-  start_status=0
-  while :; do
-    if [ -S "$SOCKET" ]; then start_result=ready; return 0; fi
-    if ! kill -0 "$app_pid" 2>/dev/null; then
-      wait "$app_pid" || start_status=$?
-      app_pid=""
-      start_result=died
-      return 0
-    fi
-    if [ "$stopping" = 1 ]; then start_result=stopping; return 0; fi
-    if [ "$START_TIMEOUT" != 0 ] && [ "$waited" -ge $((START_TIMEOUT * 20)) ]; then
-      log_json error start_timeout "the app was not ready within START_TIMEOUT=${START_TIMEOUT}s; stopping it"
-      kill_app
-      start_result=timeout
-      return 0
-    fi
-    sleep 0.05
-    waited=$((waited + 1))
-  done
+  pid[k]=$!
+  # A stop that came before pid[k] was set has not reached this node.
+  [ "$stopping" = 0 ] || kill -TERM "${pid[k]}" 2>/dev/null || true
+  last_pid[k]=${pid[k]}
+  started[k]=$EPOCHSECONDS
+  tick
+  start_ms[k]=$now_ms state[k]=starting
+  if [ "$APP_NODES" = 1 ]; then
+    echo "${pid[k]}" | put_file "$DATA_DIR/run/app.pid"
+  else
+    echo "${pid[k]}" | put_file "$DATA_DIR/run/app-$k.pid"
+    for j in "${nodes[@]}"; do [ -z "${last_pid[j]}" ] || pids+="${last_pid[j]}"$'\n'; done
+    printf '%s' "$pids" | put_file "$DATA_DIR/run/app.pid"
+  fi
 }
 
-# Stops the app: SIGTERM, then SIGKILL if it is still there after its stop timeout and a margin.
-kill_app() {
-  [ -n "$app_pid" ] || return 0
-  kill -TERM "$app_pid" 2>/dev/null || true
-  local i
-  for i in $(seq 1 $((stop_timeout_ms / 50 + 100))); do
-    kill -0 "$app_pid" 2>/dev/null || break
+# Stops the nodes given (default: every node): SIGTERM, then SIGKILL to those still there after
+# their stop timeout and a margin.
+kill_nodes() {
+  local k _ left
+  [ $# -gt 0 ] || set -- "${nodes[@]}"
+  for k in "$@"; do
+    if [ -n "${pid[k]}" ]; then kill -TERM "${pid[k]}" 2>/dev/null || true; fi
+  done
+  for _ in $(seq 1 $((stop_timeout_ms / 50 + 100))); do
+    left=0
+    for k in "$@"; do
+      if [ -n "${pid[k]}" ] && kill -0 "${pid[k]}" 2>/dev/null; then left=1; fi
+    done
+    [ "$left" = 1 ] || break
     sleep 0.05
   done
-  kill -KILL "$app_pid" 2>/dev/null || true
-  wait "$app_pid" 2>/dev/null || true
-  app_pid=""
+  for k in "$@"; do
+    if [ -n "${pid[k]}" ]; then
+      kill -KILL "${pid[k]}" 2>/dev/null || true
+      wait "${pid[k]}" 2>/dev/null || true
+    fi
+    pid[k]="" state[k]=down
+  done
 }
 
 stop_all() {
+  local k
   stopping=1
-  [ -n "$app_pid" ] && kill -TERM "$app_pid" 2>/dev/null || true
-  [ -n "$nginx_pid" ] && kill -QUIT "$nginx_pid" 2>/dev/null || true
+  for k in "${nodes[@]}"; do
+    if [ -n "${pid[k]}" ]; then kill -TERM "${pid[k]}" 2>/dev/null || true; fi
+  done
+  if [ -n "$nginx_pid" ]; then kill -QUIT "$nginx_pid" 2>/dev/null || true; fi
 }
 trap stop_all INT TERM
 # SIGHUP to the supervisor (a log rotation aimed at the wrong pid) is passed on as the reopen
-# signals: HUP to the app, USR1 to nginx. USR1/USR2 are ignored: the supervisor must not die
+# signals: HUP to every node, USR1 to nginx. USR1/USR2 are ignored: the supervisor must not die
 # and leave its children unsupervised.
 forward_reopen() {
-  [ -n "$app_pid" ] && kill -HUP "$app_pid" 2>/dev/null || true
-  [ -n "$nginx_pid" ] && kill -USR1 "$nginx_pid" 2>/dev/null || true
+  local k
+  for k in "${nodes[@]}"; do
+    if [ -n "${pid[k]}" ]; then kill -HUP "${pid[k]}" 2>/dev/null || true; fi
+  done
+  if [ -n "$nginx_pid" ]; then kill -USR1 "$nginx_pid" 2>/dev/null || true; fi
 }
 trap forward_reopen HUP
 trap '' USR1 USR2
 
 # Exit statuses of the app that are not worth a restart: it would fail the same way.
 not_restarted() { [ "$1" = 78 ] || [ "$1" = 2 ]; }
+
+# Node k exited with status rc, not on a stop: returns 1 if the status is not worth a restart;
+# else schedules the restart, at once or, in a crash loop (each run shorter than 2 s), after a
+# pause growing to 5 s. The other nodes serve meanwhile.
+node_exited() {
+  local k=$1 rc=$2 delay=0
+  pid[k]="" state[k]=down
+  if not_restarted "$rc"; then
+    log_json error app_exited "${label[k]}the app exited with status $rc and is not restarted; see the line above"
+    return 1
+  fi
+  if [ $((EPOCHSECONDS - started[k])) -lt 2 ]; then quick[k]=$((quick[k] + 1)); else quick[k]=0; fi
+  log_json warn app_restarted "${label[k]}the app exited with status $rc; restarting it"
+  if [ "${quick[k]}" -gt 1 ]; then delay=$((quick[k] > 6 ? 5 : quick[k] - 1)); fi
+  tick
+  due_ms[k]=$((now_ms + delay * 1000)) state[k]=backoff
+}
 
 echo "$$" | put_file "$DATA_DIR/run/supervisor.pid"
 # nginx's master opens its pid file, access log and temp directories as root (and makes the temp
@@ -301,15 +395,54 @@ for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/lo
     refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx (root) will not follow it: remove it"
   fi
 done
-start_app
+# Sockets and pid files of the nodes of a previous run with another APP_NODES.
+rm -f "$DATA_DIR"/run/app-*.sock "$DATA_DIR"/run/app-*.pid
+[ "$APP_NODES" = 1 ] || rm -f "$DATA_DIR/run/app.sock"
+storage_note=""
+if [ -n "$DATABASE_URL" ]; then
+  storage_note=", PostgreSQL $(redacted_url "$DATABASE_URL") with $APP_NODES app node$([ "$APP_NODES" = 1 ] || echo s)"
+  log_json info storage "PostgreSQL at $(redacted_url "$DATABASE_URL"), $APP_NODES app node(s)"
+fi
+
+# Every node ready before nginx starts; no fixed cap: as long as they are alive, up to
+# START_TIMEOUT. A node that does not start stops them all.
+for k in "${nodes[@]}"; do launch_node "$k"; done
+start_result="" start_status=0 failed=""
+while [ -z "$start_result" ]; do
+  if [ "$stopping" = 1 ]; then start_result=stopping; break; fi
+  tick
+  ready=0
+  for k in "${nodes[@]}"; do
+    if [ -S "${sock[k]}" ]; then state[k]=ready ready=$((ready + 1)); continue; fi
+    if ! kill -0 "${pid[k]}" 2>/dev/null; then
+      wait "${pid[k]}" || start_status=$?
+      pid[k]="" failed=$k start_result=died
+      break
+    fi
+    if [ "$START_TIMEOUT" != 0 ] && [ $((now_ms - start_ms[k])) -ge $((START_TIMEOUT * 1000)) ]; then
+      failed=$k start_result=timeout
+      break
+    fi
+  done
+  if [ -z "$start_result" ] && [ "$ready" = "$APP_NODES" ]; then start_result=ready; fi
+  [ -n "$start_result" ] || sleep 0.05
+done
 case $start_result in
   ready) ;;
   stopping)
-    wait "$app_pid" 2>/dev/null || true
+    for k in "${nodes[@]}"; do
+      if [ -n "${pid[k]}" ]; then wait "${pid[k]}" 2>/dev/null || true; fi
+    done
     exit 0 ;;
   *)
-    echo "run.sh: the app did not start; its last log line says why ($APP_LOG):" >&2
-    tail -n 1 "$APP_LOG" >&2
+    if [ "$start_result" = timeout ]; then
+      log_json error start_timeout "${label[failed]}the app was not ready within START_TIMEOUT=${START_TIMEOUT}s; stopping it"
+      kill_nodes "$failed"
+    fi
+    last_line=$(tail -n 1 "$APP_LOG" || true)  # before the other nodes' stop lines
+    kill_nodes
+    echo "run.sh: ${label[failed]}the app did not start; its last log line says why ($APP_LOG):" >&2
+    printf '%s\n' "$last_line" >&2
     if [ "$start_result" = died ] && [ "$start_status" != 0 ]; then exit "$start_status"; fi
     exit 1 ;;
 esac
@@ -323,7 +456,7 @@ nginx_pid=$!
 if [ -z "$listen_ssl" ] && [ "$loopback" = 0 ]; then
   log_json warn plaintext "LISTEN=$LISTEN without TLS (ALLOW_PLAINTEXT=1): a TLS-terminating proxy in front must carry every request"
 fi
-echo "testdata-api: serving on $scheme://$LISTEN, authorization $AUTH (data in $DATA_DIR; Ctrl-C stops)" >&2
+echo "testdata-api: serving on $scheme://$LISTEN, authorization $AUTH$storage_note (data in $DATA_DIR; Ctrl-C stops)" >&2
 # On a terminal, show the app's log lines as they come (tail, not a pipe in the app's path).
 tail_pid=""
 if [ -t 2 ]; then
@@ -336,52 +469,89 @@ stop_nginx() {
   wait "$nginx_pid" 2>/dev/null || true
 }
 
+# Supervision. exit_rc[k]: node k's exit status, reaped but not yet acted on; nginx_rc: nginx's.
 status=0
-quick_exits=0
+nginx_rc=""
 while :; do
-  rc=0
-  if [ -n "$app_pid" ]; then
-    set +e
-    wait -n "$app_pid" "$nginx_pid"
-    rc=$?
-    set -e
-  else
-    rc=$start_status
-  fi
   if [ "$stopping" = 1 ]; then
-    app_rc=0
-    if [ -n "$app_pid" ]; then wait "$app_pid" 2>/dev/null || app_rc=$?; fi
-    wait "$nginx_pid" 2>/dev/null || true
-    [ "$app_rc" = 0 ] || status=$app_rc
+    for k in "${nodes[@]}"; do
+      rc=${exit_rc[k]:-0}
+      if [ -n "${pid[k]}" ]; then rc=0; wait "${pid[k]}" 2>/dev/null || rc=$?; pid[k]=""; fi
+      if [ "$rc" != 0 ] && [ "$status" = 0 ]; then status=$rc; fi
+    done
+    [ -n "$nginx_rc" ] || wait "$nginx_pid" 2>/dev/null || true
     break
   fi
-  if ! kill -0 "$nginx_pid" 2>/dev/null; then
-    echo "run.sh: nginx exited (status $rc); see $DATA_DIR/logs/nginx-error.log:" >&2
+  if [ -n "$nginx_rc" ] || ! kill -0 "$nginx_pid" 2>/dev/null; then
+    if [ -z "$nginx_rc" ]; then nginx_rc=0; wait "$nginx_pid" 2>/dev/null || nginx_rc=$?; fi
+    echo "run.sh: nginx exited (status $nginx_rc); see $DATA_DIR/logs/nginx-error.log:" >&2
     tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
-    kill_app
+    kill_nodes
     status=1
     break
   fi
-  if [ -n "$app_pid" ] && kill -0 "$app_pid" 2>/dev/null; then continue; fi
-  if not_restarted "$rc"; then
-    log_json error app_exited "the app exited with status $rc and is not restarted; see the line above"
+  # Nodes that exited: each restarted on its own, or (78, 2) everything stops.
+  fatal=""
+  for k in "${nodes[@]}"; do
+    if [ -n "${pid[k]}" ] && ! kill -0 "${pid[k]}" 2>/dev/null; then
+      exit_rc[k]=0
+      wait "${pid[k]}" 2>/dev/null || exit_rc[k]=$?
+    fi
+    if [ -n "${exit_rc[k]:-}" ]; then
+      rc=${exit_rc[k]}
+      unset 'exit_rc[k]'
+      if ! node_exited "$k" "$rc"; then fatal=$rc; break; fi
+    fi
+  done
+  if [ -n "$fatal" ]; then
+    kill_nodes
     stop_nginx
-    status=$rc
+    status=$fatal
     break
   fi
-  # Restart at once; a crash loop (each run shorter than 2 s) backs off up to 5 s.
-  if [ $((EPOCHSECONDS - app_started)) -lt 2 ]; then quick_exits=$((quick_exits + 1)); else quick_exits=0; fi
-  log_json warn app_restarted "the app exited with status $rc; restarting it"
-  if [ "$quick_exits" -gt 1 ]; then sleep $((quick_exits > 6 ? 5 : quick_exits - 1)); fi
-  [ "$stopping" = 0 ] || { status=0; stop_nginx; break; }
-  start_app
-  case $start_result in
-    ready|died|stopping) ;;  # died: handled (restart or not) by the next round
-    timeout)
-      stop_nginx
-      status=1
-      break ;;
-  esac
+  # Restarts that are due; restarted nodes becoming ready (or not within START_TIMEOUT: then
+  # everything stops, exit 1).
+  tick
+  busy=0 timed_out=""
+  for k in "${nodes[@]}"; do
+    case ${state[k]} in
+      backoff)
+        busy=1
+        if [ "$now_ms" -ge "${due_ms[k]}" ] && [ "$stopping" = 0 ]; then launch_node "$k"; fi ;;
+      starting)
+        if [ -S "${sock[k]}" ]; then
+          state[k]=ready
+        elif [ "$START_TIMEOUT" != 0 ] && [ $((now_ms - start_ms[k])) -ge $((START_TIMEOUT * 1000)) ]; then
+          timed_out=$k
+          break
+        else
+          busy=1
+        fi ;;
+    esac
+  done
+  if [ -n "$timed_out" ]; then
+    log_json error start_timeout "${label[timed_out]}the app was not ready within START_TIMEOUT=${START_TIMEOUT}s; stopping it"
+    kill_nodes
+    stop_nginx
+    status=1
+    break
+  fi
+  if [ "$busy" = 1 ]; then sleep 0.05; continue; fi
+  # Every node is up: wait for one of them or nginx to exit, or for a signal.
+  live=()
+  for k in "${nodes[@]}"; do [ -z "${pid[k]}" ] || live+=("${pid[k]}"); done
+  done_pid=""
+  set +e
+  wait -n -p done_pid "${live[@]}" "$nginx_pid"
+  rc=$?
+  set -e
+  if [ "${done_pid:-}" = "$nginx_pid" ]; then
+    nginx_rc=$rc
+  elif [ -n "${done_pid:-}" ]; then
+    for k in "${nodes[@]}"; do
+      if [ "${pid[k]}" = "$done_pid" ]; then exit_rc[k]=$rc pid[k]=""; fi
+    done
+  fi
 done
 if [ -n "$tail_pid" ]; then kill "$tail_pid" 2>/dev/null || true; fi
 exit "$status"

@@ -184,7 +184,9 @@ class Server:
 
     def kill_all(self):
         """SIGKILL to run.sh, the app and nginx (master and workers) at once."""
-        groups = [self.proc.pid, self.pid_of("app")]
+        # run/app.pid: the app's pid; with APP_NODES > 1 every node's, one a line
+        with open(os.path.join(self.data_dir, "run", "app.pid")) as f:
+            groups = [self.proc.pid] + [int(p) for p in f.read().split()]
         with open(os.path.join(self.data_dir, "run", "nginx.pid")) as f:
             groups.append(int(f.read().strip()))
         for pgid in groups:  # run.sh runs the app and nginx as jobs: a process group each
