@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -168,6 +169,18 @@ int main(int argc, char** argv) {
     storage.max_readers = static_cast<size_t>(std::max(4, opt.threads / 4));
     std::unique_ptr<tdapi::PgStore> pg;
     tdapi::Status s = tdapi::PgStore::open(storage, pg);
+    // A server that is starting, restarting or failing over is waited for (a minute), not
+    // taken for a configuration error.
+    for (int waited = 0; s.code() == tdapi::StatusCode::kUnavailable && waited < 60; ++waited) {
+      if (waited % 5 == 0) {
+        tdapi::LogFields f;
+        f.reason = s.name();
+        f.detail = s.message() + "; retrying for up to 60 s";
+        tdapi::log_event(tdapi::LogLevel::kWarn, "database_unavailable", f);
+      }
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      s = tdapi::PgStore::open(storage, pg);
+    }
     if (!s.ok()) {
       return startup_failed(s.name(), s.message() + ". What to do: " + hint_for(s.code()));
     }

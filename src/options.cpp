@@ -85,6 +85,10 @@ bool parse_options(int argc, const char* const* argv, unsigned cores, AppOptions
     error = "--socket and one of --db (SQLite) or --database-url (PostgreSQL) are required";
     return false;
   }
+  if (!out.database_url.empty() && out.max_db_pages > 0) {
+    error = "--max-db-pages caps an SQLite file; PostgreSQL's size is the server's to manage";
+    return false;
+  }
   if (out.auth && !out.audit) {
     error = "--audit off is only allowed with --auth off (the local mode)";
     return false;

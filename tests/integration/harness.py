@@ -212,8 +212,10 @@ class Server:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def pid_of(self, name):
+        """The pid in run/NAME.pid; for the app with APP_NODES > 1, node 1's (the file lists
+        every node's, one per line)."""
         with open(os.path.join(self.data_dir, "run", name + ".pid")) as f:
-            return int(f.read().strip())
+            return int(f.read().split()[0])
 
     # -- HTTP ------------------------------------------------------------------------------
     def request(self, method, path, body=None, headers=None, timeout=30):

@@ -53,6 +53,21 @@ TEST(Options, AcceptsWellFormedValues) {
   EXPECT_EQ(o.log_file, "/l");
 }
 
+TEST(Options, TakesExactlyOneDatabase) {
+  AppOptions o;
+  std::string error;
+  const char* pg[] = {"testdata-api", "--socket", "/s", "--database-url", "postgresql:///x"};
+  ASSERT_TRUE(parse_options(5, pg, 2, o, error)) << error;
+  EXPECT_EQ(o.database_url, "postgresql:///x");
+  EXPECT_TRUE(o.db_path.empty());
+  // Both, or an SQLite-only option with PostgreSQL: refused.
+  EXPECT_FALSE(parse({"--database-url", "postgresql:///x"}, o, error));
+  const char* capped[] = {"testdata-api", "--socket",       "/s", "--database-url",
+                          "postgresql:///x", "--max-db-pages", "10"};
+  EXPECT_FALSE(parse_options(7, capped, 2, o, error));
+  EXPECT_NE(error.find("--max-db-pages"), std::string::npos) << error;
+}
+
 TEST(Options, RequiresSocketAndDbAndKnownOptions) {
   AppOptions o;
   std::string error;
