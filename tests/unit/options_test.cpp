@@ -62,7 +62,7 @@ TEST(Options, TakesExactlyOneDatabase) {
   EXPECT_TRUE(o.db_path.empty());
   // Both, or an SQLite-only option with PostgreSQL: refused.
   EXPECT_FALSE(parse({"--database-url", "postgresql:///x"}, o, error));
-  const char* capped[] = {"testdata-api", "--socket",       "/s", "--database-url",
+  const char* capped[] = {"testdata-api",    "--socket",       "/s", "--database-url",
                           "postgresql:///x", "--max-db-pages", "10"};
   EXPECT_FALSE(parse_options(7, capped, 2, o, error));
   EXPECT_NE(error.find("--max-db-pages"), std::string::npos) << error;
