@@ -362,6 +362,13 @@ TEST(PgStoreUrl, PasswordsAreRedacted) {
   EXPECT_EQ(redact_url("host=h password=secret dbname=d"), "host=h password=*** dbname=d");
   EXPECT_EQ(redact_url("postgresql://u@h/db?password=s&x=1"),
             "postgresql://u@h/db?password=***&x=1");
+  EXPECT_EQ(redact_url("host=h port=1 user=lab password='s3 Wp9x\\' q' dbname=d"),
+            "host=h port=1 user=lab password=*** dbname=d");
+  EXPECT_EQ(redact_url("host=h password = s3 dbname=d"), "host=h password = *** dbname=d");
+  EXPECT_EQ(redact_url("postgres://h:5/d?user=lab&PassWord=s3&x=1"),
+            "postgres://h:5/d?user=lab&PassWord=***&x=1");
+  EXPECT_EQ(redact_url("postgres://h/d?pass%77ord=s3"), "postgres://h/d?pass%77ord=***");
+  EXPECT_EQ(redact_url("postgresql://u:p@ss@h/db"), "postgresql://u:***@h/db");
   EXPECT_TRUE(is_postgres_url("postgresql://u@h/db"));
   EXPECT_TRUE(is_postgres_url("postgres://h/db"));
   EXPECT_FALSE(is_postgres_url("var/testdata.db"));
