@@ -242,6 +242,7 @@ int run_admin_command(int argc, char** argv) {
     PgOptions options;
     options.url = a.db;
     options.admin_tool = true;
+    options.application_name = "testdata-api-admin";
     std::unique_ptr<PgStore> pg;
     s = PgStore::open(options, pg);
     store = std::move(pg);

@@ -333,6 +333,15 @@ void block_stop_signals() {
   signal(SIGPIPE, SIG_IGN);
 }
 
+bool wait_for_stop_signal(int timeout_ms) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  timespec timeout{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
+  return sigtimedwait(&set, nullptr, &timeout) > 0;
+}
+
 ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   Authenticator auth(options.access);
   if (FCGX_Init() != 0) return kServeSocketFailed;

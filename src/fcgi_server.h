@@ -36,6 +36,10 @@ constexpr int kServeStopTimeoutExit = 1;
 // Call first thing in main, before any thread exists.
 void block_stop_signals();
 
+// Waits up to timeout_ms for SIGTERM or SIGINT (blocked by block_stop_signals) and takes it.
+// True when one came: the caller should stop. For waits before the server runs.
+bool wait_for_stop_signal(int timeout_ms);
+
 // Serves requests until SIGTERM or SIGINT: then stops accepting, lets in-flight requests
 // finish (at most stop_timeout_ms) and returns kServeStopped. SIGHUP calls on_hangup; SIGUSR1,
 // SIGUSR2 are logged and change nothing (libfcgi's own handlers, which would stop every later

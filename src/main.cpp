@@ -169,16 +169,24 @@ int main(int argc, char** argv) {
     storage.max_readers = static_cast<size_t>(std::max(4, opt.threads / 4));
     std::unique_ptr<tdapi::PgStore> pg;
     tdapi::Status s = tdapi::PgStore::open(storage, pg);
-    // A server that is starting, restarting or failing over is waited for (a minute), not
-    // taken for a configuration error.
-    for (int waited = 0; s.code() == tdapi::StatusCode::kUnavailable && waited < 60; ++waited) {
+    // A server that is starting, restarting or failing over is waited for (a minute, a stop
+    // signal ends the wait), then the app exits 1: the supervisor starts it again, so the
+    // service comes back with the database. Anything else is a start-up failure (78).
+    for (int waited = 0; s.code() == tdapi::StatusCode::kUnavailable; ++waited) {
+      if (waited == 60) {
+        tdapi::LogFields f;
+        f.reason = s.name();
+        f.detail = s.message() + ". Exiting to be restarted";
+        tdapi::log_event(tdapi::LogLevel::kError, "database_unavailable", f);
+        return tdapi::kExitFailure;
+      }
       if (waited % 5 == 0) {
         tdapi::LogFields f;
         f.reason = s.name();
-        f.detail = s.message() + "; retrying for up to 60 s";
+        f.detail = s.message() + "; retrying";
         tdapi::log_event(tdapi::LogLevel::kWarn, "database_unavailable", f);
       }
-      std::this_thread::sleep_for(std::chrono::seconds(1));
+      if (tdapi::wait_for_stop_signal(1000)) return tdapi::kExitOk;
       s = tdapi::PgStore::open(storage, pg);
     }
     if (!s.ok()) {

@@ -114,10 +114,21 @@ int run_migrate_command(int argc, char** argv) {
   if (!s.ok()) return fail("cannot open " + from + ": " + s.message());
   PgOptions target_options;
   target_options.url = to;
+  target_options.application_name = "testdata-api-migrate";
   std::unique_ptr<PgStore> target;
   s = PgStore::open(target_options, target);  // creates or migrates the schema
   if (!s.ok()) return fail("cannot open " + redact_url(to) + ": " + s.message());
 
+  // A service on the target would hand out seqs and cursors (under the key replaced below)
+  // while the copy writes its own: copy first, then start the service.
+  long long sessions = 0;
+  s = target->count_service_sessions(sessions);
+  if (!s.ok()) return fail(s.message());
+  if (sessions > 0) {
+    return fail(std::to_string(sessions) +
+                " connections of a running testdata-api service are on the target: stop it "
+                "(every node) before migrating into that database");
+  }
   long long tests_done = 0, audit_done = 0;
   s = target->max_seqs(tests_done, audit_done);
   if (!s.ok()) return fail(s.message());

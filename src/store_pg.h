@@ -18,12 +18,16 @@
 namespace tdapi {
 
 struct PgOptions {
-  std::string url;             // libpq URI (postgresql://…) or keyword/value string
-  size_t max_batch = 256;      // most write jobs committed by one transaction
-  int lock_timeout_ms = 5000;  // bound on waiting for a lock (the write lock, a row)
+  std::string url;                  // libpq URI (postgresql://…) or keyword/value string
+  size_t max_batch = 256;           // most write jobs committed by one transaction
+  size_t max_batch_records = 4000;  // most records in one transaction (past its first job)
+  int lock_timeout_ms = 5000;       // bound on waiting for a lock (the write lock, a row)
   int statement_timeout_ms = 30000;
   int connect_timeout_s = 5;
   size_t max_readers = 16;  // reader connections of this process at most
+  // application_name of its connections: migrate refuses to copy while connections of a
+  // running service (testdata-api) are on the target; also what pg_stat_activity shows.
+  std::string application_name = "testdata-api";
   // The administration commands: the schema must exist already (a mistyped URL must not get
   // one), nothing is logged for open and close.
   bool admin_tool = false;
@@ -78,6 +82,8 @@ class PgStore : public Store {
   Status set_instance_secret(const std::string& secret);
   Status list_all_tests(long long after_seq, long long limit,
                         const std::function<bool(const StoredTest&)>& on_row) override;
+  // Connections of running services (application_name testdata-api) to this database.
+  Status count_service_sessions(long long& n);
   // The highest seq of the tests and of the audit trail (0 when empty).
   Status max_seqs(long long& tests_seq, long long& audit_seq);
 
