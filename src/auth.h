@@ -44,6 +44,11 @@ bool is_key_id(std::string_view s);
 // valid UTF-8, no control characters, not only whitespace).
 bool is_valid_scope(std::string_view scope);
 
+// A key's scopes as the stores keep them: a JSON array of strings, and back (what is not such
+// an array reads as no scopes). These functions can't fail.
+std::string scopes_json(const std::vector<std::string>& scopes);
+std::vector<std::string> scopes_from_json(std::string_view text);
+
 enum class Access { kRead, kWrite };
 
 // What an authenticated caller may do. Auth off: `anonymous` with every permission.

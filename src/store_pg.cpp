@@ -23,6 +23,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "auth.h"
 #include "clock.h"
 #include "crypto.h"
 #include "http.h"
@@ -228,25 +229,6 @@ bool breaks_write_path(StatusCode code) {
 }
 constexpr auto kWriteFailureWindow = std::chrono::seconds(60);
 constexpr auto kSizeRefresh = std::chrono::seconds(10);
-
-std::string scopes_json(const std::vector<std::string>& scopes) {
-  std::string out;
-  JsonWriter w(out);
-  w.begin_array();
-  for (const std::string& scope : scopes) w.string(scope);
-  w.end_array();
-  return out;
-}
-
-std::vector<std::string> scopes_from_json(std::string_view text) {
-  std::vector<std::string> out;
-  JsonTree tree = parse_json_document(text);
-  if (!tree || !cJSON_IsArray(tree.get())) return out;
-  for (const cJSON* item = tree->child; item != nullptr; item = item->next) {
-    if (cJSON_IsString(item)) out.emplace_back(item->valuestring);
-  }
-  return out;
-}
 
 void read_key(const PGresult* r, int row, ApiKey& out) {
   out.key_id.assign(value_view(r, row, 0));

@@ -19,6 +19,7 @@
 #include "json.h"
 #include "migrate.h"
 #include "store_sqlite.h"
+#include "store_test_util.h"
 #include "temp_dir.h"
 #include "test_record.h"
 
@@ -83,36 +84,6 @@ class PgStoreTest : public ::testing::Test {
   }
   std::string db_;
 };
-
-TestRecord make_record(const std::string& id, const std::string& clinic = "c1",
-                       const std::string& type = "blood") {
-  return TestRecord{id, "patient-" + id, clinic, type, "result of " + id};
-}
-
-std::string field_of(std::string_view json, const char* name) {
-  JsonTree tree = parse_json_document(json);
-  const cJSON* v = tree ? cJSON_GetObjectItemCaseSensitive(tree.get(), name) : nullptr;
-  return v && cJSON_IsString(v) ? v->valuestring : "<missing>";
-}
-
-std::vector<std::string> list_ids(Store& store, ListQuery q) {
-  std::vector<std::string> ids;
-  long long last = q.after_seq;
-  Status s = store.list_tests(q, [&](std::string_view json, long long seq) {
-    EXPECT_GT(seq, last);
-    last = seq;
-    ids.push_back(field_of(json, "test_id"));
-    return true;
-  });
-  EXPECT_TRUE(s.ok()) << s.message();
-  return ids;
-}
-
-std::vector<std::string> list_ids(Store& store, const std::string& clinic) {
-  ListQuery q;
-  q.clinic_id = clinic;
-  return list_ids(store, q);
-}
 
 TEST_F(PgStoreTest, StoresReadsAndRefusesADuplicateLeavingTheFirstUntouched) {
   auto store = open();
