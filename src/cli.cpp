@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "auth.h"
+#include "backup.h"
 #include "clock.h"
 #include "http.h"
 #include "json.h"
@@ -27,6 +28,8 @@ const char kUsage[] =
     "       testdata-api audit verify --db DB [--expect-head SEQ:HASH]\n"
     "       testdata-api audit export --db DB\n"
     "       testdata-api migrate --from PATH.db --to postgresql://...\n"
+    "       testdata-api backup [--db PATH] (--to FILE | --to-dir DIR [--keep N])\n"
+    "       testdata-api restore --from FILE [--db PATH]\n"
     "DB: an SQLite file, or a PostgreSQL URL (postgresql://...; also --database-url URL)\n"
     "scopes: read:<clinic_id> write:<clinic_id> read:* write:* audit metrics\n";
 
@@ -221,11 +224,13 @@ int audit_export(Store& store) {
 bool is_admin_command(int argc, char** argv) {
   if (argc < 2) return false;
   std::string cmd = argv[1];
-  return cmd == "keys" || cmd == "audit" || cmd == "migrate";
+  return cmd == "keys" || cmd == "audit" || cmd == "migrate" || cmd == "backup" || cmd == "restore";
 }
 
 int run_admin_command(int argc, char** argv) {
   if (argc >= 2 && std::string(argv[1]) == "migrate") return run_migrate_command(argc, argv);
+  if (argc >= 2 && std::string(argv[1]) == "backup") return run_backup_command(argc, argv);
+  if (argc >= 2 && std::string(argv[1]) == "restore") return run_restore_command(argc, argv);
   if (argc < 3) return usage("missing subcommand");
   const std::string group = argv[1], verb = argv[2];
   const bool known =

@@ -4,7 +4,8 @@
 
 namespace tdapi {
 
-// True when argv[1] names an administration command (`keys`, `audit`).
+// True when argv[1] names an administration command (`keys`, `audit`, `migrate`, `backup`,
+// `restore`).
 bool is_admin_command(int argc, char** argv);
 
 // Runs it:
@@ -16,6 +17,7 @@ bool is_admin_command(int argc, char** argv);
 //       checks the whole hash chain and names the first broken entry; prints the head
 //       (SEQ:HASH) to keep elsewhere, and with --expect-head checks an earlier head is intact
 //   audit export --db PATH     prints every audit entry as one JSON line, oldest first
+//   migrate, backup, restore   see migrate.h and backup.h
 // Returns the exit status: 0 done, 1 failed (named on stderr: unknown key, broken chain,
 // storage error), 2 bad usage.
 int run_admin_command(int argc, char** argv);

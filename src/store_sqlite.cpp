@@ -20,10 +20,12 @@
 #include <algorithm>
 #include <cassert>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <utility>
 
 #include "auth.h"
+#include "backup.h"
 #include "clock.h"
 #include "json.h"
 #include "log.h"
@@ -378,7 +380,30 @@ Status SqliteStore::open_writer() {
   if (version < 0) return status_from_sqlite(sqlite3_errcode(conn->db), conn->db, path, false);
   if (version > kSchemaVersion) {
     return Status::Internal("database " + path + " has schema version " + std::to_string(version) +
-                            ", newer than this binary's " + std::to_string(kSchemaVersion));
+                            ", newer than this binary's " + std::to_string(kSchemaVersion) +
+                            ": it was written by a newer release of testdata-api, and this one "
+                            "refuses to read or change it (no downgrades). Run that release, or "
+                            "restore a backup taken by this one");
+  }
+  if (version > 0 && version < kSchemaVersion) {
+    // An upgrade: a verified copy of the database as it is comes first, beside it.
+    BackupResult backup;
+    std::string dest = pre_migration_backup_path(path, version);
+    Status s = backup_database(path, dest, backup);
+    if (!s.ok()) {
+      return Status::Internal("cannot back up " + path + " before migrating its schema from " +
+                              std::to_string(version) + " to " + std::to_string(kSchemaVersion) +
+                              ", so it was not migrated: " + s.message() +
+                              ". What to do: make room (the copy is about as large as the "
+                              "database) or fix what the message names, then start again");
+    }
+    LogFields f;
+    f.detail = "schema version " + std::to_string(version) + " -> " +
+               std::to_string(kSchemaVersion) + ": " + path + " copied to " + dest + " first (" +
+               std::to_string(backup.facts.tests) + " tests, verified)";
+    f.count = backup.facts.tests;
+    f.duration_ms = backup.seconds * 1000;
+    log_event(LogLevel::kInfo, "schema_backup", f);
   }
   if (version < kSchemaVersion) {
     Status s = migrate_schema(conn->db, version);
@@ -1198,6 +1223,212 @@ Status SqliteStore::list_keys(std::vector<ApiKey>& out) {
     if (status.ok()) out.push_back(std::move(k));
   }
   return status;
+}
+
+}  // namespace tdapi
+
+// ---- Whole-file operations: backup, check, settle (see store_sqlite.h) --------------------
+
+namespace tdapi {
+
+namespace {
+
+// Pages per sqlite3_backup_step: 1 MiB of 4 KiB pages. The source's read transaction is held
+// across steps, so the chunk size bounds only how long one call runs, not what writers see.
+constexpr int kBackupStepPages = 256;
+
+struct DbHandle {
+  sqlite3* db = nullptr;
+  ~DbHandle() {
+    if (db) sqlite3_close_v2(db);
+  }
+};
+
+// Runs sql and puts the first column of its first row into out ("" for no row). SQLITE_OK or
+// the extended error code.
+int query_one(sqlite3* db, const char* sql, std::string& out) {
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &st, nullptr);
+  if (rc != SQLITE_OK) return sqlite3_extended_errcode(db);
+  rc = sqlite3_step(st);
+  out.clear();
+  if (rc == SQLITE_ROW) out.assign(column_view(st, 0));
+  rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(db);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+// Counts the facts of db (inside whatever transaction is open on it).
+int count_facts(sqlite3* db, DatabaseFacts& f) {
+  std::string v;
+  int rc = query_one(db, "PRAGMA user_version", v);
+  if (rc != SQLITE_OK) return rc;
+  f.schema_version = std::atoi(v.c_str());
+  rc = query_one(db, "SELECT count(*) FROM tests", v);
+  if (rc != SQLITE_OK) return rc;
+  f.tests = std::atoll(v.c_str());
+  if (f.schema_version < 3) return SQLITE_OK;  // no keys, no audit trail yet
+  rc = query_one(db, "SELECT count(*) FROM api_keys", v);
+  if (rc != SQLITE_OK) return rc;
+  f.keys = std::atoll(v.c_str());
+  rc = query_one(db, "SELECT count(*) FROM audit", v);
+  if (rc != SQLITE_OK) return rc;
+  f.audit_entries = std::atoll(v.c_str());
+  return query_one(db, "SELECT seq || ':' || hash FROM audit ORDER BY seq DESC LIMIT 1",
+                   f.audit_head);
+}
+
+}  // namespace
+
+Status sqlite_backup_file(const std::string& source, const std::string& dest,
+                          DatabaseFacts& snapshot) {
+  snapshot = DatabaseFacts();
+  if (!std::filesystem::exists(source)) return Status::ReadOnly("no database at " + source);
+  DbHandle src, dst;
+  int rc = open_connection(source, SQLITE_OPEN_READWRITE, &src.db);
+  if (rc != SQLITE_OK) {
+    return status_from_sqlite(rc, src.db, "cannot open database " + source, false);
+  }
+  sqlite3_extended_result_codes(src.db, 1);
+  sqlite3_busy_timeout(src.db, 5000);
+  // The snapshot: the first read of this transaction starts it; it is held until the copy is
+  // done. In WAL mode it blocks no writer; commits made meanwhile are not in the copy.
+  rc = sqlite3_exec(src.db, "PRAGMA query_only=1; BEGIN", nullptr, nullptr, nullptr);
+  if (rc == SQLITE_OK) rc = count_facts(src.db, snapshot);
+  if (rc != SQLITE_OK) {
+    return status_from_sqlite(sqlite3_extended_errcode(src.db), src.db,
+                              "cannot read database " + source, false);
+  }
+  rc = open_connection(dest, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &dst.db);
+  if (rc == SQLITE_OK) {
+    sqlite3_extended_result_codes(dst.db, 1);
+    // The copy is fsynced and checked as a whole afterwards: no journal, no syncs meanwhile.
+    rc = sqlite3_exec(dst.db, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF", nullptr, nullptr,
+                      nullptr);
+  }
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, dst.db, "cannot create " + dest, true);
+  sqlite3_backup* b = sqlite3_backup_init(dst.db, "main", src.db, "main");
+  if (!b) {
+    return status_from_sqlite(sqlite3_extended_errcode(dst.db), dst.db,
+                              "cannot start the backup into " + dest, true);
+  }
+  int remaining = -1, busy = 0;
+  do {
+    rc = sqlite3_backup_step(b, kBackupStepPages);
+    ++snapshot.backup_steps;
+    int now = sqlite3_backup_remaining(b);
+    if (remaining >= 0 && now > remaining) ++snapshot.restarts;
+    remaining = now;
+    if ((rc == SQLITE_BUSY || rc == SQLITE_LOCKED) && ++busy <= 500) {
+      sqlite3_sleep(10);
+      rc = SQLITE_OK;
+    }
+  } while (rc == SQLITE_OK);
+  int finish_rc = sqlite3_backup_finish(b);
+  if (rc != SQLITE_DONE || finish_rc != SQLITE_OK) {
+    int code = rc != SQLITE_DONE ? rc : finish_rc;
+    // The destination's message when it failed there (a full disk), else the source's.
+    sqlite3* which = sqlite3_errcode(dst.db) != SQLITE_OK ? dst.db : src.db;
+    return status_from_sqlite(code, which, "backup of " + source + " into " + dest, true);
+  }
+  return Status::Ok();
+}
+
+Status sqlite_check_file(const std::string& path, DatabaseFacts& out) {
+  out = DatabaseFacts();
+  if (!std::filesystem::exists(path)) return Status::ReadOnly("no file at " + path);
+  DbHandle h;
+  int rc = open_connection(path, SQLITE_OPEN_READWRITE, &h.db);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot open " + path, false);
+  sqlite3_extended_result_codes(h.db, 1);
+  sqlite3_busy_timeout(h.db, 1000);
+  std::string mode;
+  rc = query_one(h.db, "PRAGMA journal_mode=DELETE", mode);
+  if (rc != SQLITE_OK)
+    return status_from_sqlite(rc, h.db, path + " is not a usable database", false);
+  if (mode != "delete") return Status::Internal("cannot take " + path + " out of WAL mode");
+
+  sqlite3_stmt* st = nullptr;
+  rc = sqlite3_prepare_v2(h.db, "PRAGMA integrity_check(10)", -1, &st, nullptr);
+  std::string verdict;
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    verdict += (verdict.empty() ? "" : "; ") + std::string(column_view(st, 0));
+    rc = SQLITE_OK;
+  }
+  if (rc != SQLITE_DONE) rc = sqlite3_extended_errcode(h.db);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    return status_from_sqlite(rc, h.db, path + " failed PRAGMA integrity_check", false);
+  }
+  if (verdict != "ok") return Status::Corrupt(path + " failed PRAGMA integrity_check: " + verdict);
+
+  std::string v;
+  rc = query_one(h.db, "PRAGMA user_version", v);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot read " + path, false);
+  const int version = std::atoi(v.c_str());
+  if (version > SqliteStore::kSchemaVersion) {
+    return Status::Internal(path + " has schema version " + v +
+                            ": it was written by a newer release of testdata-api than this one "
+                            "(schema " +
+                            std::to_string(SqliteStore::kSchemaVersion) + ")");
+  }
+  if (version < 1) {
+    return Status::Internal(path + " has schema version " + v +
+                            ": it is not a testdata-api database");
+  }
+  rc = query_one(h.db, "SELECT length(value) FROM meta WHERE name = 'cursor_key'", v);
+  if (rc != SQLITE_OK || v != "16") {
+    return Status::Corrupt(path + " has no cursor key in its meta table");
+  }
+  rc = count_facts(h.db, out);
+  if (rc != SQLITE_OK)
+    return status_from_sqlite(rc, h.db, "cannot count the rows of " + path, false);
+  if (version < 3) return Status::Ok();
+
+  // The audit chain, entry by entry (one SHA-256 each).
+  AuditChainVerifier verifier;
+  std::string problem;
+  rc = sqlite3_prepare_v2(h.db,
+                          "SELECT seq, ts, request_id, key_id, action, clinic_id, detail, outcome,"
+                          " prev_hash, hash FROM audit ORDER BY seq",
+                          -1, &st, nullptr);
+  AuditEntry e;
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    e.seq = sqlite3_column_int64(st, 0);
+    std::string* texts[] = {&e.ts, &e.request_id, &e.key_id, &e.action, &e.clinic_id, &e.detail};
+    for (int i = 0; i < 6; ++i) texts[i]->assign(column_view(st, i + 1));
+    e.outcome = sqlite3_column_int(st, 7);
+    e.prev_hash.assign(column_view(st, 8));
+    e.hash.assign(column_view(st, 9));
+    rc = verifier.feed(e, problem) ? SQLITE_OK : SQLITE_DONE;
+  }
+  if (rc != SQLITE_DONE) rc = sqlite3_extended_errcode(h.db);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return status_from_sqlite(rc, h.db, "cannot read the audit trail", false);
+  if (!problem.empty()) return Status::Corrupt(path + ": the audit chain is broken: " + problem);
+  const std::string head = verifier.checked() == 0
+                               ? std::string()
+                               : std::to_string(verifier.checked()) + ":" + verifier.last_hash();
+  if (verifier.checked() != out.audit_entries || head != out.audit_head) {
+    return Status::Corrupt(path + ": the audit chain does not end at its newest entry");
+  }
+  return Status::Ok();
+}
+
+Status sqlite_settle_unused(const std::string& path) {
+  DbHandle h;
+  int rc = open_connection(path, SQLITE_OPEN_READWRITE, &h.db);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot open " + path, true);
+  sqlite3_extended_result_codes(h.db, 1);
+  sqlite3_busy_timeout(h.db, 0);  // a lock held by a running service is the answer, not a wait
+  std::string mode;
+  rc = query_one(h.db, "PRAGMA journal_mode=DELETE", mode);
+  if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
+    return Status::Busy(path + " is open in another process (the service is running on it)");
+  }
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot settle " + path, true);
+  if (mode != "delete") return Status::Internal("cannot take " + path + " out of WAL mode");
+  return Status::Ok();
 }
 
 }  // namespace tdapi

@@ -1,0 +1,67 @@
+// backup.h: online backup and restore of the SQLite database: the `testdata-api backup` and
+// `testdata-api restore` commands, the nightly rotation (--to-dir, --keep), and the backup the
+// store takes before it migrates a schema. PostgreSQL has its own tools (pg_dump,
+// pg_basebackup): both commands refuse a PostgreSQL URL and say so.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "store_sqlite.h"
+
+namespace tdapi {
+
+struct BackupResult {
+  std::string file;     // the verified copy
+  DatabaseFacts facts;  // counted in the copy (equal to the source's at the snapshot)
+  long long bytes = 0;
+  double copy_seconds = 0;    // the online copy (sqlite_backup_file)
+  double verify_seconds = 0;  // integrity_check, counts, audit chain, fsync
+  double seconds = 0;         // all of it
+};
+
+// Takes a consistent online copy of the SQLite database `db` (the service may be writing to it)
+// into `dest`, which must not exist: copies into a temp file beside dest, settles and checks the
+// copy (sqlite_check_file) and compares its counts and audit head with the snapshot's, fsyncs
+// it, moves it to dest without replacing anything, and fsyncs the directory. On error nothing is
+// left at dest nor beside it, and the Status says why.
+Status backup_database(const std::string& db, const std::string& dest, BackupResult& out);
+
+// The name --to-dir gives a backup taken at utc_timestamp ("2026-11-30T01:02:03.456Z"):
+// "testdata-20261130T010203.456Z.db". Names in this form sort by time.
+std::string backup_file_name(const std::string& utc_timestamp);
+// True for exactly the names backup_file_name makes: the only files rotate_backups removes.
+bool is_backup_file_name(const std::string& name);
+
+// Where the store keeps the copy it takes before migrating db from schema version `from`:
+// "<db>.pre-migration-v<from>-<YYYYMMDDTHHMMSS.mmmZ>", beside db.
+std::string pre_migration_backup_path(const std::string& db, int from);
+
+// Keeps the `keep` (>= 1) newest backups in dir and removes the older ones (files named by
+// backup_file_name only; anything else in dir is left alone). `removed` lists what went.
+Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed);
+
+struct RestoreResult {
+  std::string replaced;  // where the database that was at the target now is ("" if none)
+  DatabaseFacts facts;   // counted in the restored copy
+  double seconds = 0;
+};
+
+// Puts the backup `from` in place of the database `db`. Refuses (Busy, nothing changed) while
+// another process has db open: the running service. Copies `from` into a temp file beside db,
+// fsyncs and checks it (sqlite_check_file: integrity, a schema version this binary knows, the
+// audit chain): a damaged or foreign file is refused (Corrupt/Internal) and nothing changes.
+// Then settles the database at db (its WAL checkpointed into it; a damaged one keeps its -wal
+// beside it), keeps it as db.replaced-<time>, moves the copy to db (atomically: db is never
+// missing), removes the clean-stop marker so the first start checks the file, and fsyncs the
+// directory. Run as root, the restored file gets the owner of the file it replaces (or of the
+// directory).
+Status restore_database(const std::string& from, const std::string& db, RestoreResult& out);
+
+// The commands (argv[1] is "backup" or "restore"); see kBackupUsage in backup.cpp. Exit status:
+// 0 done (one JSON object on stdout), 1 failed (why on stderr; nothing changed), 2 bad usage,
+// including a PostgreSQL database (which these commands do not copy: the message says what does).
+int run_backup_command(int argc, char** argv);
+int run_restore_command(int argc, char** argv);
+
+}  // namespace tdapi
