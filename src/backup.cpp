@@ -326,22 +326,42 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
   }
 
   // The database being replaced: its WAL checkpointed into it, so the file kept aside is
-  // whole. SQLite's own lock says whether anyone still has it open.
-  bool move_sidecars = false;
+  // whole. SQLite's own lock says whether anyone still has it open. A WAL is copied aside first:
+  // if the database turns out damaged, the copy stays beside the kept file, unread.
+  if (had_db) out.replaced = db + ".replaced-" + compact_timestamp(utc_timestamp_ms());
+  const std::string wal = db + "-wal", kept_wal = out.replaced + "-wal";
+  bool wal_kept = false;
+  if (had_db && file_size(wal) > 0) {
+    int wfd = ::open(kept_wal.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (wfd < 0 || !copy_into(wal, wfd, error)) {
+      if (wfd >= 0) ::close(wfd);
+      ::unlink(kept_wal.c_str());
+      remove_temp(tmp);
+      return Status::ReadOnly("cannot keep a copy of " + wal + ": " +
+                              (error.empty() ? errno_text() : error));
+    }
+    ::close(wfd);
+    wal_kept = true;
+  }
   if (had_db) {
     s = sqlite_settle_unused(db);
     if (s.code() == StatusCode::kBusy) {
+      if (wal_kept) ::unlink(kept_wal.c_str());
       remove_temp(tmp);
       return Status::Busy(s.message() +
                           ": stop it first (systemctl stop testdata-api, or Ctrl-C "
                           "on make run)");
     }
-    move_sidecars = !s.ok();  // damaged: keep its -wal with it, unread
+    if (s.ok() && wal_kept) {
+      ::unlink(kept_wal.c_str());  // checkpointed into the file kept aside
+      wal_kept = false;
+    }
   }
   // Run as root (e.g. sudo), the service user must still own its database.
   struct stat owner {};
   if (geteuid() == 0 && (::stat(had_db ? db.c_str() : dir_of(db).c_str(), &owner) == 0)) {
     if (::chown(tmp.c_str(), owner.st_uid, owner.st_gid) != 0) {
+      if (wal_kept) ::unlink(kept_wal.c_str());
       remove_temp(tmp);
       return Status::ReadOnly("cannot give " + tmp + " to the owner of " + db + ": " +
                               errno_text());
@@ -351,18 +371,15 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
   // checked (PRAGMA quick_check) on the service's first start.
   ::unlink((db + "-clean").c_str());
   if (had_db) {
-    out.replaced = db + ".replaced-" + compact_timestamp(utc_timestamp_ms());
     if (::link(db.c_str(), out.replaced.c_str()) != 0) {
+      if (wal_kept) ::unlink(kept_wal.c_str());
       remove_temp(tmp);
       return Status::ReadOnly("cannot keep " + db + " aside as " + out.replaced + ": " +
                               errno_text());
     }
-    if (move_sidecars && exists(db + "-wal") &&
-        ::rename((db + "-wal").c_str(), (out.replaced + "-wal").c_str()) != 0) {
-      remove_temp(tmp);
-      return Status::ReadOnly("cannot move " + db + "-wal aside: " + errno_text());
-    }
-    ::unlink((db + "-shm").c_str());  // rebuilt from nothing by the next open
+    // Nothing of the old database may be replayed into the restored one.
+    ::unlink(wal.c_str());
+    ::unlink((db + "-shm").c_str());
   }
   if (::rename(tmp.c_str(), db.c_str()) != 0) {
     s = Status::ReadOnly("cannot move the restored copy to " + db + ": " + errno_text());

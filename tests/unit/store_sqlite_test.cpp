@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -597,6 +598,18 @@ const char kSchemaV1[] =
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) STRICT;"
     "INSERT OR IGNORE INTO meta (name, value) VALUES ('cursor_key', randomblob(16));";
 
+// The copies the store took before migrating path (see pre_migration_backup_path).
+std::vector<std::string> pre_migration_copies(const std::string& path) {
+  std::vector<std::string> found;
+  std::string prefix = std::filesystem::path(path).filename().string() + ".pre-migration-v";
+  for (const auto& e :
+       std::filesystem::directory_iterator(std::filesystem::path(path).parent_path())) {
+    std::string name = e.path().filename().string();
+    if (name.rfind(prefix, 0) == 0) found.push_back(e.path().string());
+  }
+  return found;
+}
+
 TEST(SqliteStore, MigratesAVersion1DatabaseAtStart) {
   TempDir dir;
   std::string path = dir.file("t.db");
@@ -621,6 +634,12 @@ TEST(SqliteStore, MigratesAVersion1DatabaseAtStart) {
   ASSERT_TRUE(store);
   EXPECT_EQ(sql_on(path, "PRAGMA user_version"), std::to_string(SqliteStore::kSchemaVersion));
   EXPECT_EQ(sql_on(path, "SELECT value FROM counters WHERE name = 'last_seq'"), "2");
+  // A verified copy of the version-1 database was taken first, beside it.
+  std::vector<std::string> copies = pre_migration_copies(path);
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(sql_on(copies[0], "PRAGMA user_version"), "1");
+  EXPECT_EQ(sql_on(copies[0], "SELECT group_concat(test_id) FROM tests"), "a,b");
+  EXPECT_EQ(sql_on(copies[0], "PRAGMA journal_mode"), "delete");
   ListQuery q;
   q.clinic_id = "c1";
   EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"a", "b"}));
@@ -630,8 +649,49 @@ TEST(SqliteStore, MigratesAVersion1DatabaseAtStart) {
   EXPECT_EQ(rows.back().second, 3);  // v1 had already forgotten c's 3; from now on none is lost
   EXPECT_EQ(sql_on(path, "SELECT hex(value) FROM meta WHERE name = 'cursor_key'"), key);
   store.reset();
-  store = open_store(path);  // opening a current database again changes nothing
+  store = open_store(path);  // opening a current database again changes nothing (no new copy)
   EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"a", "b", "d"}));
+  EXPECT_EQ(pre_migration_copies(path).size(), 1u);
+}
+
+// A migration that fails half-way leaves the database exactly as it was: one transaction.
+TEST(SqliteStore, AFailedMigrationChangesNothing) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  // Version 1, plus a stray table named like the one migration 1 -> 2 creates, with other
+  // columns: its CREATE TABLE IF NOT EXISTS passes, its INSERT fails.
+  sql_on(path, std::string("PRAGMA journal_mode=WAL; BEGIN;") + kSchemaV1 +
+                   "CREATE TABLE counters (x INTEGER); PRAGMA user_version=1; COMMIT;");
+  std::string schema_before = sql_on(path, "SELECT group_concat(sql, ';') FROM sqlite_schema");
+  SqliteOptions o;
+  o.path = path;
+  std::unique_ptr<SqliteStore> store;
+  Status s = SqliteStore::open(o, store);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("cannot migrate the schema"), std::string::npos) << s.message();
+  EXPECT_EQ(sql_on(path, "PRAGMA user_version"), "1");
+  EXPECT_EQ(sql_on(path, "SELECT group_concat(sql, ';') FROM sqlite_schema"), schema_before);
+  EXPECT_EQ(pre_migration_copies(path).size(), 1u);  // the copy was taken before
+}
+
+// No copy, no migration: an older database whose copy cannot be written stays as it is.
+TEST(SqliteStore, NoMigrationWithoutABackupFirst) {
+  TempDir dir;
+  std::string sub = dir.file("db");
+  std::filesystem::create_directory(sub);
+  std::string path = sub + "/t.db";
+  sql_on(path, std::string("BEGIN;") + kSchemaV1 + "PRAGMA user_version=1; COMMIT;");
+  std::filesystem::permissions(
+      sub, std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec);
+  if (access(sub.c_str(), W_OK) == 0) GTEST_SKIP() << "running as root: permissions not enforced";
+  SqliteOptions o;
+  o.path = path;
+  std::unique_ptr<SqliteStore> store;
+  Status s = SqliteStore::open(o, store);
+  std::filesystem::permissions(sub, std::filesystem::perms::owner_all);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("before migrating"), std::string::npos) << s.message();
+  EXPECT_EQ(sql_on(path, "PRAGMA user_version"), "1");
 }
 
 TEST(SqliteStore, RefusesAFileThatIsNotADatabase) {

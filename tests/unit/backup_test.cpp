@@ -1,0 +1,247 @@
+// backup_test.cpp: backup_database, restore_database, rotate_backups and sqlite_check_file on
+// real files (the commands end to end, under a real service, are in tests/integration).
+#include "backup.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "store_sqlite.h"
+#include "store_test_util.h"
+#include "temp_dir.h"
+
+namespace tdapi {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::unique_ptr<SqliteStore> open_store(const std::string& path) {
+  SqliteOptions o;
+  o.path = path;
+  std::unique_ptr<SqliteStore> store;
+  Status s = SqliteStore::open(o, store);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return store;
+}
+
+// The first column of the first row of sql on its own connection to path.
+std::string query(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr),
+            SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  std::string first;
+  char* err = nullptr;
+  int rc = sqlite3_exec(
+      db, sql.c_str(),
+      [](void* out, int n, char** values, char**) {
+        auto* s = static_cast<std::string*>(out);
+        if (s->empty() && n > 0 && values[0]) *s = values[0];
+        return 0;
+      },
+      &first, &err);
+  EXPECT_EQ(rc, SQLITE_OK) << sql << ": " << (err ? err : "");
+  sqlite3_free(err);
+  sqlite3_close(db);
+  return first;
+}
+
+std::set<std::string> names_in(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
+std::string bytes_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+// A store with n tests in clinic c1 and one audit entry per test.
+std::unique_ptr<SqliteStore> store_with_tests(const std::string& path, int n) {
+  auto store = open_store(path);
+  for (int i = 0; i < n; ++i) {
+    AuditEntry audit;
+    audit.key_id = "anonymous";
+    audit.action = "create";
+    audit.clinic_id = "c1";
+    EXPECT_TRUE(store->insert(make_record("t" + std::to_string(i)), &audit).status.ok());
+  }
+  return store;
+}
+
+TEST(Backup, CopiesALiveStoreAndVerifiesTheCopy) {
+  TempDir dir;
+  auto store = store_with_tests(dir.file("live.db"), 50);
+  BackupResult r;
+  Status s = backup_database(dir.file("live.db"), dir.file("copy.db"), r);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(r.file, dir.file("copy.db"));
+  EXPECT_EQ(r.facts.tests, 50);
+  EXPECT_EQ(r.facts.audit_entries, 50);
+  EXPECT_EQ(r.facts.schema_version, SqliteStore::kSchemaVersion);
+  EXPECT_EQ(r.facts.restarts, 0);
+  EXPECT_GT(r.bytes, 0);
+  // Self-contained: no WAL mode, nothing beside it, and the service's store opens it.
+  EXPECT_EQ(query(r.file, "PRAGMA journal_mode"), "delete");
+  EXPECT_EQ(query(r.file, "PRAGMA integrity_check"), "ok");
+  EXPECT_FALSE(fs::exists(r.file + "-wal"));
+  EXPECT_EQ(names_in(dir.file("")).count("copy.db"), 1u);
+  for (const std::string& name : names_in(dir.file(""))) {
+    EXPECT_NE(name.rfind(".copy.db.tmp", 0), 0u) << "temp file left: " << name;
+  }
+  // Writes after the backup are not in it; the store goes on.
+  ASSERT_TRUE(store->insert(make_record("later")).status.ok());
+  EXPECT_EQ(query(r.file, "SELECT count(*) FROM tests"), "50");
+  store.reset();
+  auto copy = open_store(r.file);
+  EXPECT_EQ(list_ids(*copy, "c1").size(), 50u);
+}
+
+TEST(Backup, NeverReplacesAFileAndLeavesNothingOnFailure) {
+  TempDir dir;
+  auto store = store_with_tests(dir.file("live.db"), 3);
+  write_bytes(dir.file("copy.db"), "keep me");
+  auto before = names_in(dir.file(""));
+  BackupResult r;
+  Status s = backup_database(dir.file("live.db"), dir.file("copy.db"), r);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(bytes_of(dir.file("copy.db")), "keep me");
+  s = backup_database(dir.file("missing.db"), dir.file("copy2.db"), r);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("missing.db"), std::string::npos) << s.message();
+  EXPECT_EQ(names_in(dir.file("")), before);
+}
+
+TEST(Restore, RefusesWhileTheStoreIsOpenAndChangesNothing) {
+  TempDir dir;
+  auto store = store_with_tests(dir.file("live.db"), 5);
+  BackupResult b;
+  ASSERT_TRUE(backup_database(dir.file("live.db"), dir.file("copy.db"), b).ok());
+  auto before = names_in(dir.file(""));
+  RestoreResult r;
+  Status s = restore_database(dir.file("copy.db"), dir.file("live.db"), r);
+  EXPECT_EQ(s.code(), StatusCode::kBusy) << s.message();
+  EXPECT_EQ(names_in(dir.file("")), before);
+  ASSERT_TRUE(store->insert(make_record("still-served")).status.ok());
+}
+
+TEST(Restore, RefusesADamagedOrForeignBackupAndChangesNothing) {
+  TempDir dir;
+  store_with_tests(dir.file("live.db"), 200).reset();
+  BackupResult b;
+  ASSERT_TRUE(backup_database(dir.file("live.db"), dir.file("copy.db"), b).ok());
+  std::string good = bytes_of(dir.file("copy.db"));
+  ASSERT_GT(good.size(), 16384u);
+  std::string flipped = good;
+  for (size_t i = good.size() / 2 - 2048; i < good.size() / 2 + 2048; ++i) flipped[i] ^= 0x5a;
+  write_bytes(dir.file("flipped.db"), flipped);
+  write_bytes(dir.file("truncated.db"), good.substr(0, good.size() / 2));
+  write_bytes(dir.file("text.db"), std::string(8192, 'x'));
+  // A database that is not one of ours (no schema version).
+  query(dir.file("other.db"), "CREATE TABLE t (x)");
+  // The audit trail rewritten: one entry's detail changed, every page still well-formed.
+  write_bytes(dir.file("forged.db"), good);
+  query(dir.file("forged.db"), "UPDATE audit SET detail = '{\"forged\":1}' WHERE seq = 7");
+  // Written by a newer release.
+  write_bytes(dir.file("newer.db"), good);
+  query(dir.file("newer.db"), "PRAGMA user_version = 99");
+
+  std::string target = bytes_of(dir.file("live.db"));
+  auto before = names_in(dir.file(""));
+  for (const char* name :
+       {"flipped.db", "truncated.db", "text.db", "other.db", "forged.db", "newer.db"}) {
+    RestoreResult r;
+    Status s = restore_database(dir.file(name), dir.file("live.db"), r);
+    EXPECT_FALSE(s.ok()) << name << " was restored";
+    EXPECT_NE(s.message().find(dir.file(name)), std::string::npos) << s.message();
+    EXPECT_EQ(bytes_of(dir.file("live.db")), target) << name;
+    EXPECT_EQ(names_in(dir.file("")), before) << name;
+  }
+  RestoreResult r;
+  Status s = restore_database(dir.file("forged.db"), dir.file("live.db"), r);
+  EXPECT_NE(s.message().find("audit chain"), std::string::npos) << s.message();
+  s = restore_database(dir.file("newer.db"), dir.file("live.db"), r);
+  EXPECT_NE(s.message().find("newer release"), std::string::npos) << s.message();
+}
+
+TEST(Restore, SwapsInTheBackupAndKeepsTheReplacedDatabaseAside) {
+  TempDir dir;
+  auto store = store_with_tests(dir.file("live.db"), 10);
+  BackupResult b;
+  ASSERT_TRUE(backup_database(dir.file("live.db"), dir.file("copy.db"), b).ok());
+  ASSERT_TRUE(store->insert(make_record("after-backup")).status.ok());
+  store.reset();  // a clean stop: the marker says so
+  ASSERT_TRUE(fs::exists(dir.file("live.db-clean")));
+
+  RestoreResult r;
+  Status s = restore_database(dir.file("copy.db"), dir.file("live.db"), r);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(r.facts.tests, 10);
+  ASSERT_FALSE(r.replaced.empty());
+  EXPECT_EQ(r.replaced.rfind(dir.file("live.db.replaced-"), 0), 0u) << r.replaced;
+  // The replaced database, whole by itself, with the test written after the backup.
+  EXPECT_EQ(query(r.replaced, "SELECT count(*) FROM tests"), "11");
+  EXPECT_FALSE(fs::exists(dir.file("live.db-wal")));
+  // The restored file is checked on the next start: the old marker is gone.
+  EXPECT_FALSE(fs::exists(dir.file("live.db-clean")));
+  store = open_store(dir.file("live.db"));
+  ASSERT_TRUE(store);
+  EXPECT_EQ(list_ids(*store, "c1").size(), 10u);
+  ASSERT_TRUE(store->insert(make_record("after-restore")).status.ok());
+}
+
+TEST(Restore, MovesADamagedDatabaseAsideWithItsWal) {
+  TempDir dir;
+  store_with_tests(dir.file("live.db"), 3).reset();
+  BackupResult b;
+  ASSERT_TRUE(backup_database(dir.file("live.db"), dir.file("copy.db"), b).ok());
+  write_bytes(dir.file("live.db"), std::string(8192, 'g'));
+  write_bytes(dir.file("live.db-wal"), "stale wal");
+  RestoreResult r;
+  Status s = restore_database(dir.file("copy.db"), dir.file("live.db"), r);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(bytes_of(r.replaced), std::string(8192, 'g'));
+  EXPECT_EQ(bytes_of(r.replaced + "-wal"), "stale wal");
+  EXPECT_FALSE(fs::exists(dir.file("live.db-wal")));
+  EXPECT_EQ(query(dir.file("live.db"), "SELECT count(*) FROM tests"), "3");
+}
+
+TEST(Rotation, KeepsTheNewestBackupsAndNothingElseIsTouched) {
+  EXPECT_EQ(backup_file_name("2026-11-30T01:02:03.456Z"), "testdata-20261130T010203.456Z.db");
+  EXPECT_TRUE(is_backup_file_name("testdata-20261130T010203.456Z.db"));
+  for (const char* other :
+       {"testdata.db", "testdata-20261130T010203.456Z.db-wal", "testdata-2026113XT010203.456Z.db",
+        "xtestdata-20261130T010203.456Z.db", ".testdata-20261130T010203.456Z.db.tmp-abc123"}) {
+    EXPECT_FALSE(is_backup_file_name(other)) << other;
+  }
+  TempDir dir;
+  std::vector<std::string> made;
+  for (int day = 10; day < 15; ++day) {
+    made.push_back(backup_file_name("2026-11-" + std::to_string(day) + "T02:00:00.000Z"));
+    write_bytes(dir.file(made.back()), "backup");
+  }
+  write_bytes(dir.file("notes.txt"), "mine");
+  write_bytes(dir.file("testdata-manual.db"), "mine too");
+  std::vector<std::string> removed;
+  ASSERT_TRUE(rotate_backups(dir.file(""), 3, removed).ok());
+  EXPECT_EQ(removed, (std::vector<std::string>{made[0], made[1]}));
+  EXPECT_EQ(names_in(dir.file("")),
+            (std::set<std::string>{made[2], made[3], made[4], "notes.txt", "testdata-manual.db"}));
+  ASSERT_TRUE(rotate_backups(dir.file(""), 3, removed).ok());
+  EXPECT_TRUE(removed.empty());
+}
+
+}  // namespace
+}  // namespace tdapi
