@@ -1236,6 +1236,8 @@ namespace {
 // Pages per sqlite3_backup_step: 1 MiB of 4 KiB pages. The source's read transaction is held
 // across steps, so the chunk size bounds only how long one call runs, not what writers see.
 constexpr int kBackupStepPages = 256;
+// Steps between two fdatasync calls on the copy: 16 MiB of dirty pages at most.
+constexpr long long kBackupSyncSteps = 16;
 
 struct DbHandle {
   sqlite3* db = nullptr;
@@ -1312,10 +1314,15 @@ Status sqlite_backup_file(const std::string& source, const std::string& dest,
     return status_from_sqlite(sqlite3_extended_errcode(dst.db), dst.db,
                               "cannot start the backup into " + dest, true);
   }
+  // The copy is written back to disk as it goes, a chunk at a time: left to the end, the
+  // flush of the whole file made the service's own commit fsyncs wait about a second (measured
+  // on a 570 MB database under a POST load).
+  int sync_fd = ::open(dest.c_str(), O_RDONLY | O_CLOEXEC);
   int remaining = -1, busy = 0;
   do {
     rc = sqlite3_backup_step(b, kBackupStepPages);
     ++snapshot.backup_steps;
+    if (sync_fd >= 0 && snapshot.backup_steps % kBackupSyncSteps == 0) fdatasync(sync_fd);
     int now = sqlite3_backup_remaining(b);
     if (remaining >= 0 && now > remaining) ++snapshot.restarts;
     remaining = now;
@@ -1325,6 +1332,10 @@ Status sqlite_backup_file(const std::string& source, const std::string& dest,
     }
   } while (rc == SQLITE_OK);
   int finish_rc = sqlite3_backup_finish(b);
+  if (sync_fd >= 0) {
+    fdatasync(sync_fd);
+    ::close(sync_fd);  // no SQLite lock of this process is on dest: closing drops nothing
+  }
   if (rc != SQLITE_DONE || finish_rc != SQLITE_OK) {
     int code = rc != SQLITE_DONE ? rc : finish_rc;
     // The destination's message when it failed there (a full disk), else the source's.
