@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""test_backup.py: `testdata-api backup` and `restore` against the real service (scripts/run.sh:
+nginx + the app, SQLite): a backup taken during a POST load holds every test acknowledged before
+it started and passes integrity_check; a service started on the restored copy serves them with
+working cursors; restore refuses while the service runs and refuses damaged backups, changing
+nothing; --to-dir/--keep rotation; PostgreSQL is refused with advice."""
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import APP_BIN, Server, record  # noqa: E402
+
+
+def cli(*args, env=None):
+    return subprocess.run([APP_BIN, *args], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **(env or {})))
+
+
+def ids_in(path):
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in db.execute("SELECT test_id FROM tests")}
+    finally:
+        db.close()
+
+
+def sql_one(path, sql):
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute(sql).fetchone()[0]
+    finally:
+        db.close()
+
+
+def snapshot_dir(path):
+    """Every file in a directory with a hash of its bytes: what 'nothing changed' means."""
+    out = {}
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if os.path.isfile(full):
+            with open(full, "rb") as f:
+                out[name] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def walk_clinic(server, clinic, limit=7):
+    """Every test_id of a clinic, page by page through next_cursor."""
+    ids, cursor, pages = [], None, 0
+    while True:
+        path = f"/tests?clinic_id={clinic}&limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        r = server.request("GET", path)
+        assert r.status == 200, r
+        body = r.json()
+        ids += [t["test_id"] for t in body["tests"]]
+        cursor = body["next_cursor"]
+        pages += 1
+        assert pages < 10000
+        if cursor is None:
+            return ids
+
+
+class Writers:
+    """Writer threads POSTing single tests through nginx until stopped (bounded in count and
+    time); every 201 is kept with the monotonic time its answer arrived."""
+
+    def __init__(self, server, threads=6, per_thread=3000, seconds=90):
+        self.server, self.acks, self.errors = server, [], []
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.deadline = time.monotonic() + seconds
+        self.threads = [threading.Thread(target=self.run, args=(k, per_thread)) for k in range(threads)]
+
+    def run(self, k, count):
+        for i in range(count):
+            if self.stop_event.is_set() or time.monotonic() > self.deadline:
+                return
+            test_id = f"load-{k}-{i}"
+            try:
+                r = self.server.request("POST", "/tests", record(test_id, clinic=f"c{i % 3}"))
+            except OSError as e:
+                with self.lock:
+                    self.errors.append(repr(e))
+                continue
+            now = time.monotonic()
+            with self.lock:
+                if r.status == 201:
+                    self.acks.append((test_id, now))
+                else:
+                    self.errors.append(f"{test_id}: {r.status}")
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(120)
+
+    def acked(self):
+        with self.lock:
+            return list(self.acks)
+
+
+class BackupRestore(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="tdapi-it-backup-")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_backup_under_load_then_restore_and_serve(self):
+        backup = os.path.join(self.tmp, "under-load.db")
+        with Server() as s:
+            db = os.path.join(s.data_dir, "testdata.db")
+            # Some 20 MB, so the copy takes many steps while commits go on.
+            preloaded = set()
+            for b in range(20):
+                batch = [record(f"pre-{b}-{i}", clinic=f"c{i % 3}", result="r" * 400)
+                         for i in range(1000)]
+                self.assertEqual(s.request("POST", "/tests/batch", batch).status, 201)
+                preloaded |= {t["test_id"] for t in batch}
+            with Writers(s) as w:
+                self.assertTrue(wait_for_count(w, 300, 60), "the writers got too few 201s")
+                started = time.monotonic()
+                p = cli("backup", "--db", db, "--to", backup)
+                finished = time.monotonic()
+                # Writers keep going while and after the copy is made.
+                wait_for_count(w, len(w.acked()) + 50, 30)
+            acks = w.acked()
+            self.assertEqual(w.errors, [])
+            self.assertEqual(p.returncode, 0, p.stderr)
+            summary = json.loads(p.stdout)
+            before = {i for i, t in acks if t < started}
+            during = {i for i, t in acks if started <= t <= finished}
+            after = {i for i, t in acks if t > finished}
+            self.assertGreater(len(after), 0, "no write was acknowledged after the backup")
+            print(f"backup under load: {summary}; {len(before)} acknowledged before it, "
+                  f"{len(during)} while it ran, {len(after)} after", flush=True)
+            self.assertEqual(summary["restarts"], 0)
+            self.assertEqual(summary["file"], backup)
+            self.assertEqual(sql_one(backup, "PRAGMA integrity_check"), "ok")
+            self.assertEqual(sql_one(backup, "PRAGMA journal_mode"), "delete")
+            self.assertFalse(os.path.exists(backup + "-wal"))
+            in_backup = ids_in(backup)
+            self.assertEqual(summary["tests"], len(in_backup))
+            expected = before | preloaded
+            self.assertEqual(expected - in_backup, set(), "acknowledged before the backup, missing")
+            self.assertEqual(in_backup & after, set(), "acknowledged after the backup, yet in it")
+
+            # While the service runs, restore refuses and changes nothing.
+            r = cli("restore", "--from", backup, "--db", db)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn("the service is running", r.stderr)
+            self.assertIn("Nothing was changed", r.stderr)
+            leftovers = [n for n in os.listdir(s.data_dir) if "replaced" in n or "restore" in n]
+            self.assertEqual(leftovers, [])
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+
+        # A new service (fresh DATA_DIR) on the restored copy serves exactly the backup.
+        data_dir = os.path.join(self.tmp, "restored")
+        os.mkdir(data_dir, 0o700)
+        r = cli("restore", "--from", backup, "--db", os.path.join(data_dir, "testdata.db"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIsNone(json.loads(r.stdout)["replaced"])
+        with Server(data_dir=data_dir) as s2:
+            served = []
+            for clinic in ("c0", "c1", "c2"):
+                ids = walk_clinic(s2, clinic)
+                self.assertEqual(len(ids), len(set(ids)), f"{clinic}: a test came twice")
+                served += ids
+            self.assertEqual(set(served), in_backup)
+            one = sorted(before)[0]
+            self.assertEqual(s2.request("GET", f"/tests/{one}").status, 200)
+            self.assertEqual(s2.request("POST", "/tests", record("after-restore")).status, 201)
+            checked = [e for e in s2.json_lines("app.log") if e.get("event") == "integrity_check"]
+            self.assertEqual(checked[0]["reason"], "quick_check")
+            v = cli("audit", "verify", "--db", os.path.join(data_dir, "testdata.db"))
+            self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
+
+    def test_restore_over_a_stopped_service_keeps_the_replaced_database(self):
+        backup = os.path.join(self.tmp, "b.db")
+        data_dir = os.path.join(self.tmp, "data")
+        os.mkdir(data_dir, 0o700)
+        db = os.path.join(data_dir, "testdata.db")
+        with Server(data_dir=data_dir) as s:
+            for i in range(5):
+                self.assertEqual(s.request("POST", "/tests", record(f"old-{i}")).status, 201)
+            self.assertEqual(cli("backup", "--db", db, "--to", backup).returncode, 0)
+            for i in range(3):
+                self.assertEqual(s.request("POST", "/tests", record(f"late-{i}")).status, 201)
+        owner = os.stat(db).st_uid
+        r = cli("restore", "--from", backup, "--db", db)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out = json.loads(r.stdout)
+        replaced = out["replaced"]
+        self.assertTrue(replaced.startswith(db + ".replaced-"), replaced)
+        # Kept aside whole: the tests written after the backup are in it, without a -wal.
+        self.assertEqual(len(ids_in(replaced)), 8)
+        self.assertFalse(os.path.exists(replaced + "-wal"))
+        self.assertEqual(os.stat(db).st_uid, owner, "the restored file changed owner")
+        self.assertFalse(os.path.exists(db + "-clean"), "the old clean-stop marker was kept")
+        with Server(data_dir=data_dir) as s:
+            self.assertEqual(sorted(walk_clinic(s, "c1", limit=2)), [f"old-{i}" for i in range(5)])
+            self.assertEqual(s.request("GET", "/tests/late-0").status, 404)
+            checked = [e for e in s.json_lines("app.log") if e.get("event") == "integrity_check"]
+            self.assertEqual(checked[-1]["reason"], "quick_check")
+
+    def test_damaged_backups_are_refused_and_nothing_changes(self):
+        backup = os.path.join(self.tmp, "good.db")
+        data_dir = os.path.join(self.tmp, "data")
+        os.mkdir(data_dir, 0o700)
+        db = os.path.join(data_dir, "testdata.db")
+        with Server(data_dir=data_dir) as s:
+            batch = [record(f"t{i}", result="r" * 200) for i in range(400)]
+            self.assertEqual(s.request("POST", "/tests/batch", batch).status, 201)
+            self.assertEqual(cli("backup", "--db", db, "--to", backup).returncode, 0)
+        with open(backup, "rb") as f:
+            good = f.read()
+        mid = len(good) // 2
+        damaged = {
+            "flipped.db": good[:mid - 4096] + bytes(b ^ 0xA5 for b in good[mid - 4096:mid + 4096])
+            + good[mid + 4096:],
+            "truncated.db": good[:mid],
+            "empty.db": b"",
+            "text.db": b"not a database\n" * 1000,
+        }
+        before = snapshot_dir(data_dir)
+        for name, content in damaged.items():
+            path = os.path.join(self.tmp, name)
+            with open(path, "wb") as f:
+                f.write(content)
+            r = cli("restore", "--from", path, "--db", db)
+            self.assertEqual(r.returncode, 1, f"{name}: {r.stdout} {r.stderr}")
+            self.assertIn("refused", r.stderr, name)
+            self.assertIn(path, r.stderr, name)
+            self.assertIn("Nothing was changed", r.stderr, name)
+            self.assertEqual(snapshot_dir(data_dir), before, f"{name} changed the data dir")
+        with Server(data_dir=data_dir) as s:
+            self.assertEqual(len(walk_clinic(s, "c1", limit=100)), 400)
+
+    def test_to_dir_keeps_the_newest(self):
+        backups = os.path.join(self.tmp, "backups")
+        os.mkdir(backups, 0o700)
+        with open(os.path.join(backups, "notes.txt"), "w") as f:
+            f.write("not a backup")
+        with Server() as s:
+            db = os.path.join(s.data_dir, "testdata.db")
+            made = []
+            for i in range(5):
+                self.assertEqual(s.request("POST", "/tests", record(f"t{i}")).status, 201)
+                if i < 4:
+                    p = cli("backup", "--db", db, "--to-dir", backups, "--keep", "3")
+                else:  # the timer's way: everything from the environment
+                    p = cli("backup", env={"DB_PATH": db, "BACKUP_DIR": backups, "BACKUP_KEEP": "3"})
+                self.assertEqual(p.returncode, 0, p.stderr)
+                out = json.loads(p.stdout)
+                made.append(os.path.basename(out["file"]))
+                self.assertEqual(out["tests"], i + 1)
+                self.assertEqual(out["keep"], 3)
+                time.sleep(0.01)  # names carry milliseconds
+            self.assertEqual(out["removed"], [made[1]])
+        self.assertEqual(sorted(os.listdir(backups)), sorted(made[2:] + ["notes.txt"]))
+
+    def test_postgresql_is_refused_with_advice(self):
+        url = "postgresql://tdapi:secret@127.0.0.1:1/none"
+        for args, env in [(["backup", "--db", url, "--to", os.path.join(self.tmp, "x.db")], None),
+                          (["backup", "--to-dir", self.tmp], {"DATABASE_URL": url}),
+                          (["restore", "--from", os.path.join(self.tmp, "x.db"), "--db", url], None),
+                          (["restore", "--from", os.path.join(self.tmp, "x.db")], {"DATABASE_URL": url})]:
+            p = cli(*args, env=env)
+            self.assertEqual(p.returncode, 2, f"{args}: {p.stderr}")
+            self.assertIn("pg_dump", p.stderr)
+            self.assertIn("pg_basebackup", p.stderr)
+            self.assertNotIn("secret", p.stderr)
+        self.assertEqual(os.listdir(self.tmp), [])
+
+
+def wait_for_count(writers, n, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(writers.acked()) >= n:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
