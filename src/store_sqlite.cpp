@@ -365,9 +365,6 @@ Status SqliteStore::open_writer() {
   checked.duration_ms = elapsed_ms(check_start);
   if (!options_.admin_tool) log_event(LogLevel::kInfo, "integrity_check", checked);
 
-  rc = conn->exec(writer_pragmas().c_str());
-  if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "cannot configure " + path, true);
-
   // Schema: created on first start, versioned by user_version for later migrations.
   sqlite3_stmt* version_stmt = nullptr;
   int version = -1;
@@ -385,6 +382,9 @@ Status SqliteStore::open_writer() {
                             "refuses to read or change it (no downgrades). Run that release, or "
                             "restore a backup taken by this one");
   }
+  // Only now is the file written to (WAL mode): a newer one was refused untouched.
+  rc = conn->exec(writer_pragmas().c_str());
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "cannot configure " + path, true);
   if (version > 0 && version < kSchemaVersion) {
     // An upgrade: a verified copy of the database as it is comes first, beside it.
     BackupResult backup;
