@@ -11,7 +11,7 @@ TEST_BUILD_DIR := build-test
 SANITIZE ?= address,undefined
 
 .PHONY: all deps build run test test-tsan fuzz bench clean format tidy key keys revoke-key \
-        audit-verify
+        audit-verify backup restore
 
 all: build
 
@@ -50,6 +50,22 @@ revoke-key:
 audit-verify:
 	@$(MAKE) --no-print-directory build >&2
 	@$(BUILD_DIR)/testdata-api audit verify --db "$(DB_FILE)"
+
+# Backup and restore of the SQLite database (README "Backup and restore"); PostgreSQL
+# (DATABASE_URL) is refused with what to use instead (pg_dump, pg_basebackup).
+#   make backup TO=/srv/backups/today.db    a verified copy, taken while the service runs
+#   make backup                             into BACKUP_DIR (default DATA_DIR/backups) as
+#                                           testdata-<time>.db, keeping the BACKUP_KEEP (7) newest
+#   make restore FROM=/srv/backups/today.db refused while the service runs and for a damaged
+#                                           file; the replaced database is kept beside it
+backup:
+	@$(MAKE) --no-print-directory build >&2
+	@$(BUILD_DIR)/testdata-api backup --db "$(DB_FILE)" $(if $(TO),--to "$(TO)",\
+	  --to-dir "$(or $(BACKUP_DIR),$(DATA_DIR)/backups)" --keep "$(or $(BACKUP_KEEP),7)")
+restore:
+	@$(MAKE) --no-print-directory build >&2
+	@test -n "$(FROM)" || { echo "make restore: FROM=... is required (a backup file)" >&2; exit 2; }
+	@$(BUILD_DIR)/testdata-api restore --from "$(FROM)" --db "$(DB_FILE)"
 
 # Unit and integration tests run against a build instrumented with ASan + UBSan.
 test: deps
