@@ -680,15 +680,26 @@ TEST(SqliteStore, NoMigrationWithoutABackupFirst) {
   std::string sub = dir.file("db");
   std::filesystem::create_directory(sub);
   std::string path = sub + "/t.db";
-  sql_on(path, std::string("BEGIN;") + kSchemaV1 + "PRAGMA user_version=1; COMMIT;");
+  sql_on(path, std::string("PRAGMA journal_mode=WAL; BEGIN;") + kSchemaV1 +
+                   "PRAGMA user_version=1; COMMIT;");
+  // Another connection keeps the -wal and -shm files there, so the store can open the database
+  // in a directory where nothing new can be created: no room for the copy.
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "SELECT count(*) FROM tests", nullptr, nullptr, nullptr),
+            SQLITE_OK);
   std::filesystem::permissions(
       sub, std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec);
-  if (access(sub.c_str(), W_OK) == 0) GTEST_SKIP() << "running as root: permissions not enforced";
+  if (access(sub.c_str(), W_OK) == 0) {
+    sqlite3_close(other);
+    GTEST_SKIP() << "running as root: permissions not enforced";
+  }
   SqliteOptions o;
   o.path = path;
   std::unique_ptr<SqliteStore> store;
   Status s = SqliteStore::open(o, store);
   std::filesystem::permissions(sub, std::filesystem::perms::owner_all);
+  sqlite3_close(other);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("before migrating"), std::string::npos) << s.message();
   EXPECT_EQ(sql_on(path, "PRAGMA user_version"), "1");
