@@ -95,8 +95,10 @@ Status sqlite_settle_unused(const std::string& path);
 class SqliteStore : public Store {
  public:
   // Opens or creates the database at options.path, refuses a damaged file (PRAGMA quick_check)
-  // or a schema newer than this binary, creates the schema on first start, sets WAL mode and
-  // options.synchronous, and starts the writer. On error `out` stays null and the Status says
+  // or a schema newer than this binary (before writing anything to it), creates the schema on
+  // first start, sets WAL mode and options.synchronous, and starts the writer. An older schema
+  // is first copied beside the file (backup_database, to pre_migration_backup_path; no copy, no
+  // migration), then migrated in one transaction. On error `out` stays null and the Status says
   // why (Corrupt, ReadOnly, Internal), with the file name in its message.
   static Status open(const SqliteOptions& options, std::unique_ptr<SqliteStore>& out);
 
