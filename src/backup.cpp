@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -126,6 +127,16 @@ long holder_pid(const std::string& db) {
   if (fcntl(fd, F_GETLK, &lk) == 0 && lk.l_type != F_UNLCK) pid = lk.l_pid;
   ::close(fd);
   return pid;
+}
+
+// True when another process holds an flock on dir: scripts/run.sh holds one on its DATA_DIR
+// for as long as it supervises the service, also while it restarts a crashed app.
+bool dir_locked(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool locked = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);  // releases the shared lock, if taken
+  return locked;
 }
 
 // Copies the bytes of `from` into the open descriptor `to` and fsyncs it.
@@ -287,6 +298,11 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
                             "backup. Take a backup of it with testdata-api backup");
   }
   // A running service first: nothing is copied while it runs.
+  if (dir_locked(dir_of(db))) {
+    return Status::Busy(dir_of(db) +
+                        " is locked by scripts/run.sh (make run): the service is running on "
+                        "it; stop it first (Ctrl-C)");
+  }
   const bool had_db = exists(db);
   if (had_db) {
     long pid = holder_pid(db);

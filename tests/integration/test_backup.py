@@ -217,6 +217,25 @@ class BackupRestore(unittest.TestCase):
             checked = [e for e in s.json_lines("app.log") if e.get("event") == "integrity_check"]
             self.assertEqual(checked[-1]["reason"], "quick_check")
 
+    def test_restore_refuses_while_the_app_has_the_database_open(self):
+        """DB_PATH in a directory of its own: no run.sh lock on that directory, so SQLite's own
+        lock held by the app is what restore finds (as with the app under systemd)."""
+        data_dir = os.path.join(self.tmp, "data")
+        db_dir = os.path.join(data_dir, "db")
+        os.makedirs(db_dir, 0o700)
+        db = os.path.join(db_dir, "testdata.db")
+        backup = os.path.join(self.tmp, "b.db")
+        with Server(data_dir=data_dir, DB_PATH=db) as s:
+            self.assertEqual(s.request("POST", "/tests", record("t1")).status, 201)
+            self.assertEqual(cli("backup", "--db", db, "--to", backup).returncode, 0)
+            before = sorted(os.listdir(db_dir))
+            r = cli("restore", "--from", backup, "--db", db)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIn(f"is open in process {s.pid_of('app')}", r.stderr)
+            self.assertIn("the service is running", r.stderr)
+            self.assertEqual(sorted(os.listdir(db_dir)), before)
+            self.assertEqual(s.request("POST", "/tests", record("t2")).status, 201)
+
     def test_damaged_backups_are_refused_and_nothing_changes(self):
         backup = os.path.join(self.tmp, "good.db")
         data_dir = os.path.join(self.tmp, "data")
