@@ -4,7 +4,7 @@
 // [--busy-timeout-ms N]
 //                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
 //                     [--auth on|off] [--audit on|off]
-//        testdata-api keys|audit ...   (administration of keys and the audit trail: cli.h)
+//        testdata-api keys|audit|migrate|backup|restore ...   (administration: cli.h, backup.h)
 //
 // Exit statuses (scripts/run.sh, the supervisor, acts on them):
 //   0   clean stop (SIGTERM/SIGINT; in-flight requests finished). Restarted unless the
