@@ -1,7 +1,7 @@
 // main.cpp: testdata-api entry point: options, privileges, limits, store, FastCGI server.
 //
-// Usage: testdata-api --socket PATH (--db PATH | --database-url URL) [--threads N]
-// [--busy-timeout-ms N]
+// Usage: testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
+//                     [--threads N] [--busy-timeout-ms N]
 //                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
 //                     [--auth on|off] [--audit on|off]
 //        testdata-api keys|audit ...   (administration of keys and the audit trail: cli.h)
@@ -48,8 +48,8 @@ namespace {
 
 int usage(const std::string& why) {
   std::cerr << "testdata-api: " << why
-            << "\nusage: testdata-api --socket PATH (--db PATH | --database-url URL) [--threads N] "
-               "[--busy-timeout-ms N]"
+            << "\nusage: testdata-api --socket PATH (--db PATH | --database-url URL)"
+               " [--socket-mode 0600|0660] [--threads N] [--busy-timeout-ms N]"
                " [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]"
                " [--auth on|off] [--audit on|off]\n"
                "       testdata-api keys|audit ... (run 'testdata-api keys' for details)\n";
@@ -218,6 +218,7 @@ int main(int argc, char** argv) {
 
   tdapi::ServerOptions server;
   server.socket_path = opt.socket_path;
+  server.socket_mode = opt.socket_mode;
   server.threads = opt.threads;
   server.stop_timeout_ms = opt.stop_timeout_ms;
   server.access.auth = opt.auth;
