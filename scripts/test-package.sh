@@ -99,12 +99,25 @@ cleanup() {
   done
   for m in dev/pts dev proc; do umount -l "$R/$m" 2>/dev/null; done
   umount -l "$R" 2>/dev/null
-  rm -rf "$work"
+  umount -l "$work/rw" 2>/dev/null
+  # Never remove through a mount that is still there (a bound /dev).
+  if grep -qF " $work/" /proc/mounts; then
+    echo "test-package: $work still has mounts; left in place" >&2
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
-mkdir -p "$work/upper" "$work/wd" "$R"
-mount -t overlay overlay -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/wd" "$R" ||
-  die "overlay mount failed"
+# The overlay's writable half on a tmpfs: an upper directory may not be on overlayfs itself
+# (as /var/tmp is when this runs inside a container or chroot with an overlay root). Where no
+# overlay can be mounted, a copy of the base serves.
+mkdir -p "$work/rw" "$R"
+mount -t tmpfs -o size=4g,mode=0755 tmpfs "$work/rw" || die "tmpfs mount failed"
+mkdir "$work/rw/upper" "$work/rw/wd"
+if ! mount -t overlay overlay -o "lowerdir=$base,upperdir=$work/rw/upper,workdir=$work/rw/wd" "$R" 2>/dev/null; then
+  say "no overlay mount here: copying the clean root instead"
+  cp -a "$base/." "$R/" || die "could not copy the clean root"
+fi
 mount -t proc proc "$R/proc"
 mount --bind /dev "$R/dev"
 mount -t devpts devpts "$R/dev/pts" 2>/dev/null || true
@@ -224,8 +237,10 @@ api() {  # api EXPECTED_STATUS curl-args...: prints the body
   printf '%s\n' "${out%$'\n'*}"
 }
 
-# 1. Install from the package file: apt pulls its dependencies from the mirror.
+# 1. Install from the package file: apt pulls its dependencies from the mirror (lists fresh:
+# the cached root may be old).
 t1=$EPOCHSECONDS
+apt_in_root update
 apt_in_root install "/tmp/testdata-api_${version}.deb"
 say "installed $version with its dependencies in $((EPOCHSECONDS - t1)) s"
 [ "$(in_root dpkg-query -W -f='${Status}' testdata-api)" = "install ok installed" ] || fail "not installed"
@@ -276,7 +291,19 @@ stop_app
 in_root nginx -s quit || true
 for _ in $(seq 1 100); do [ -e "$R/run/nginx.pid" ] || break; sleep 0.1; done
 
-# 4. Purge: the package's files, configuration and data go; the system user stays (README).
+# 4. Remove (not purge): service files go, the site is disabled, data and settings stay; a
+# reinstall enables the site again.
+apt_in_root remove testdata-api
+[ ! -e "$R/usr/bin/testdata-api" ] || fail "remove left the binary"
+[ ! -L "$R/etc/nginx/sites-enabled/testdata-api" ] || fail "remove left the site enabled"
+[ -e "$R/var/lib/testdata-api/testdata.db" ] || fail "remove deleted the database"
+[ -e "$R/etc/testdata-api/testdata-api.env" ] || fail "remove deleted the settings"
+in_root nginx -t -q || fail "nginx -t fails after remove"
+apt_in_root install "/tmp/testdata-api_${next}.deb"
+[ -L "$R/etc/nginx/sites-enabled/testdata-api" ] || fail "a reinstall did not enable the site again"
+say "remove kept data and settings and disabled the site; a reinstall enabled it again"
+
+# 5. Purge: the package's files, configuration and data go; the system user stays (README).
 apt_in_root purge testdata-api
 in_root dpkg-query -W -f='${Status}' testdata-api 2>/dev/null | grep -q installed && fail "still installed after purge"
 for p in /usr/bin/testdata-api /lib/systemd/system/testdata-api.service /etc/testdata-api \
