@@ -5,6 +5,7 @@
 //                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
 //                     [--auth on|off] [--audit on|off]
 //        testdata-api keys|audit ...   (administration of keys and the audit trail: cli.h)
+//        testdata-api --version        (the build's version: the Debian package's)
 //
 // Exit statuses (scripts/run.sh, the supervisor, acts on them):
 //   0   clean stop (SIGTERM/SIGINT; in-flight requests finished). Restarted unless the
@@ -137,6 +138,10 @@ bool drop_privileges(const std::string& name, std::string& error) {
 
 int main(int argc, char** argv) {
   umask(077);
+  if (argc == 2 && std::strcmp(argv[1], "--version") == 0) {
+    std::cout << "testdata-api " << TDAPI_VERSION << "\n";
+    return tdapi::kExitOk;
+  }
   if (tdapi::is_admin_command(argc, argv)) return tdapi::run_admin_command(argc, argv);
   tdapi::block_stop_signals();  // before any thread starts
   // Bodies of up to 4 MiB: a fixed mmap threshold keeps every allocation over 256 KiB in its own
