@@ -11,7 +11,7 @@ TEST_BUILD_DIR := build-test
 SANITIZE ?= address,undefined
 
 .PHONY: all deps build run test test-tsan fuzz bench clean format tidy key keys revoke-key \
-        audit-verify backup restore
+        audit-verify backup restore deb
 
 all: build
 
@@ -86,6 +86,12 @@ test-tsan: deps
 	  scripts/pg-test-server.sh stop $$pg; \
 	  [ $$rc = 0 ] || { cat build-tsan/unit_tests.stderr; exit 1; }
 
+# The Debian package (README "Install"): dist/testdata-api_<version>_<arch>.deb, built by
+# dpkg-buildpackage from a copy of the sources; its tests (lintian, systemd-analyze verify, an
+# install, upgrade and purge in a clean Debian 12 root) are CTest's package_* tests.
+deb: deps
+	@JOBS=$(JOBS) scripts/build-deb.sh dist
+
 # Throughput and latency against the FastCGI ceiling, measured with wrk; prints a table and
 # writes bench/results/latest.md. BENCH_SECONDS per run (4), BENCH_ROUNDS (3), BENCH_BIG_ROWS.
 bench: build
@@ -103,4 +109,4 @@ tidy: build
 	@clang-tidy -p $(BUILD_DIR) --quiet src/*.cpp
 
 clean:
-	rm -rf $(BUILD_DIR) $(TEST_BUILD_DIR) build-tsan build-fuzz
+	rm -rf $(BUILD_DIR) $(TEST_BUILD_DIR) build-tsan build-fuzz dist

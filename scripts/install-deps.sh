@@ -17,6 +17,9 @@ packages=(
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   nodejs:node npm:npm                 # the OpenAPI linter and newman (npm packages)
   wrk                                 # make bench
+  debhelper dpkg-dev lintian          # make deb (dpkg-buildpackage) and its lintian check
+  debootstrap                         # the package's install test: a clean Debian 12 root
+  systemd                             # systemd-analyze verify/security on the units
   ${EXTRA_PACKAGES:-}
 )
 

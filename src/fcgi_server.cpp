@@ -261,9 +261,9 @@ void wake_idle_workers(std::vector<std::atomic<int>>& idle_fds) {
   }
 }
 
-// Creates the listening unix socket, mode 0600. Returns -1 (logged) on failure; refuses a
-// path where another server is still listening.
-int listen_unix(const std::string& path) {
+// Creates the listening unix socket with `mode` (0600 or 0660). Returns -1 (logged) on
+// failure; refuses a path where another server is still listening.
+int listen_unix(const std::string& path, int mode) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   LogFields f;
@@ -292,7 +292,7 @@ int listen_unix(const std::string& path) {
   mode_t old_mask = umask(0077);  // never reachable by others, not even for a moment
   int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
   umask(old_mask);
-  if (rc == 0) rc = chmod(path.c_str(), 0600);
+  if (rc == 0) rc = chmod(path.c_str(), static_cast<mode_t>(mode));
   if (rc != 0 || listen(fd, 1024) != 0) {
     f.reason = std::string("cannot listen on socket: ") + std::strerror(errno);
     log_event(LogLevel::kError, "startup_failed", f);
@@ -346,7 +346,7 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   Authenticator auth(options.access);
   if (FCGX_Init() != 0) return kServeSocketFailed;
   replace_libfcgi_signal_handlers();
-  int fd = listen_unix(options.socket_path);
+  int fd = listen_unix(options.socket_path, options.socket_mode);
   if (fd < 0) return kServeSocketFailed;
 
   AcceptHealth health;

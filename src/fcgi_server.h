@@ -10,7 +10,8 @@
 namespace tdapi {
 
 struct ServerOptions {
-  std::string socket_path;      // unix socket nginx connects to; created with mode 0600
+  std::string socket_path;      // unix socket nginx connects to; created with socket_mode
+  int socket_mode = 0600;       // 0600, or 0660: nginx's workers reach it through the group
   int threads = 16;             // worker threads, each accepting and answering requests
   int stop_timeout_ms = 10000;  // bound on finishing in-flight requests after SIGTERM
   AccessOptions access;         // authentication and the audit trail

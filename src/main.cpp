@@ -1,10 +1,11 @@
 // main.cpp: testdata-api entry point: options, privileges, limits, store, FastCGI server.
 //
-// Usage: testdata-api --socket PATH (--db PATH | --database-url URL) [--threads N]
-// [--busy-timeout-ms N]
+// Usage: testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
+//                     [--threads N] [--busy-timeout-ms N]
 //                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
 //                     [--auth on|off] [--audit on|off]
 //        testdata-api keys|audit|migrate|backup|restore ...   (administration: cli.h, backup.h)
+//        testdata-api --version        (the build's version: the Debian package's)
 //
 // Exit statuses (scripts/run.sh, the supervisor, acts on them):
 //   0   clean stop (SIGTERM/SIGINT; in-flight requests finished). Restarted unless the
@@ -48,8 +49,8 @@ namespace {
 
 int usage(const std::string& why) {
   std::cerr << "testdata-api: " << why
-            << "\nusage: testdata-api --socket PATH (--db PATH | --database-url URL) [--threads N] "
-               "[--busy-timeout-ms N]"
+            << "\nusage: testdata-api --socket PATH (--db PATH | --database-url URL)"
+               " [--socket-mode 0600|0660] [--threads N] [--busy-timeout-ms N]"
                " [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]"
                " [--auth on|off] [--audit on|off]\n"
                "       testdata-api keys|audit ... (run 'testdata-api keys' for details)\n";
@@ -137,6 +138,10 @@ bool drop_privileges(const std::string& name, std::string& error) {
 
 int main(int argc, char** argv) {
   umask(077);
+  if (argc == 2 && std::strcmp(argv[1], "--version") == 0) {
+    std::cout << "testdata-api " << TDAPI_VERSION << "\n";
+    return tdapi::kExitOk;
+  }
   if (tdapi::is_admin_command(argc, argv)) return tdapi::run_admin_command(argc, argv);
   tdapi::block_stop_signals();  // before any thread starts
   // Bodies of up to 4 MiB: a fixed mmap threshold keeps every allocation over 256 KiB in its own
@@ -218,6 +223,7 @@ int main(int argc, char** argv) {
 
   tdapi::ServerOptions server;
   server.socket_path = opt.socket_path;
+  server.socket_mode = opt.socket_mode;
   server.threads = opt.threads;
   server.stop_timeout_ms = opt.stop_timeout_ms;
   server.access.auth = opt.auth;

@@ -49,6 +49,17 @@ bool parse_options(int argc, const char* const* argv, unsigned cores, AppOptions
     };
     if (arg == "--socket") {
       out.socket_path = value;
+    } else if (arg == "--socket-mode") {
+      // Octal; the owner always reads and writes, the group may, others never.
+      std::string v = value;
+      if (v == "0600" || v == "600") {
+        out.socket_mode = 0600;
+      } else if (v == "0660" || v == "660") {
+        out.socket_mode = 0660;
+      } else {
+        error = "--socket-mode must be 0600 or 0660 (group may connect), not '" + v + "'";
+        return false;
+      }
     } else if (arg == "--db") {
       out.db_path = value;
     } else if (arg == "--database-url") {

@@ -27,6 +27,7 @@ long long required_open_files(int threads);
 
 struct AppOptions {
   std::string socket_path;
+  int socket_mode = 0600;    // --socket-mode: 0600, or 0660 for a web server in the group
   std::string db_path;       // --db: the SQLite database file
   std::string database_url;  // --database-url: PostgreSQL (libpq URI or keywords) instead
   int threads = 0;

@@ -53,6 +53,21 @@ TEST(Options, AcceptsWellFormedValues) {
   EXPECT_EQ(o.log_file, "/l");
 }
 
+TEST(Options, SocketModeIsOwnerOnlyOrGroup) {
+  AppOptions o;
+  std::string error;
+  ASSERT_TRUE(parse({}, o, error)) << error;
+  EXPECT_EQ(o.socket_mode, 0600);
+  ASSERT_TRUE(parse({"--socket-mode", "0660"}, o, error)) << error;
+  EXPECT_EQ(o.socket_mode, 0660);
+  ASSERT_TRUE(parse({"--socket-mode", "0600"}, o, error)) << error;
+  EXPECT_EQ(o.socket_mode, 0600);
+  for (const char* bad : {"0666", "0777", "660x", "", "0640", "438"}) {
+    EXPECT_FALSE(parse({"--socket-mode", bad}, o, error)) << bad;
+    EXPECT_NE(error.find("--socket-mode"), std::string::npos) << error;
+  }
+}
+
 TEST(Options, TakesExactlyOneDatabase) {
   AppOptions o;
   std::string error;
