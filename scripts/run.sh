@@ -470,6 +470,8 @@ render_forwarder_conf() {
 # processInternalMessages: rsyslog's own messages go to logs/forwarder.log (below), not to the
 # system log.
 global(workDirectory="$DATA_DIR/rsyslog/work" maxMessageSize="64k" processInternalMessages="on")
+# What the inputs took in but the forwarding queue has not yet: saved too on a stop.
+main_queue(queue.type="LinkedList" queue.filename="main" queue.saveOnShutdown="on")
 module(load="imfile" mode="inotify")
 module(load="imuxsock" sysSock.use="off")
 $([ "$fwd_scheme" = relp ] && echo 'module(load="omrelp")')
