@@ -453,7 +453,7 @@ done
 # from where it stopped after a restart; state in rsyslog/) and receives nginx's access lines on
 # run/syslog.sock (imuxsock), and forwards both in RFC 5424 to the collector (omrelp or omfwd)
 # through a disk-assisted queue: while the collector is unreachable, lines wait in memory and
-# beyond 1,000 of them on disk (rsyslog/queue, at most LOG_FORWARD_QUEUE_MAX; a stop saves the
+# beyond 12,000 of them on disk (rsyslog/queue, at most LOG_FORWARD_QUEUE_MAX; a stop saves the
 # queue there). Its own messages (collector unreachable, resumed) go to logs/forwarder.log.
 # The local files stay as they are: forwarding only adds a copy.
 fwd_pid="" fwd_state=down fwd_started=0 fwd_due_ms=0
@@ -487,8 +487,8 @@ template(name="tdapi_rfc5424" type="list") {
 }
 ruleset(name="forward") {
   action($action template="tdapi_rfc5424"
-         queue.type="LinkedList" queue.size="100000"
-         queue.highWatermark="1000" queue.lowWatermark="500"
+         queue.type="LinkedList" queue.size="20000"
+         queue.highWatermark="12000" queue.lowWatermark="4000"
          queue.filename="forward" queue.spoolDirectory="$DATA_DIR/rsyslog/queue"
          queue.maxFileSize="16m" queue.maxDiskSpace="$LOG_FORWARD_QUEUE_MAX"
          queue.saveOnShutdown="on" queue.timeoutEnqueue="60000"

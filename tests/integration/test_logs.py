@@ -273,7 +273,7 @@ class Forwarding(unittest.TestCase):
                 down_from = line_counts(s)
                 before = load.count()
                 self.assertTrue(wait_for(lambda: load.count() >= before + 300, timeout=60))
-                time.sleep(3)  # and stays down a while longer under load
+                time.sleep(5)  # and stays down a while longer under load
                 down_until = line_counts(s)
                 c.start()
                 before = load.count()
