@@ -35,7 +35,7 @@ class Collector:
     root), on free loopback ports, writing into its own temp dir."""
 
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="tdapi-collector-")
+        self.dir = tempfile.mkdtemp(prefix="tdapi-it-collector-")
         self.relp_port = free_port()
         self.tcp_port = free_port()
         self.proc = None
@@ -416,7 +416,7 @@ class Refusals(unittest.TestCase):
     def test_a_bad_log_forward_is_a_start_up_failure(self):
         for value in ("udp://127.0.0.1:514", "tcp://127.0.0.1", "relp://host:0", "tcp://:514",
                       "tcp://a b:1", "relp://127.0.0.1:65536", 'tcp://x":1'):
-            with tempfile.TemporaryDirectory(prefix="tdapi-fwdbad-") as d:
+            with tempfile.TemporaryDirectory(prefix="tdapi-it-fwdbad-") as d:
                 s = Server(data_dir=d, LOG_FORWARD=value)
                 s.start(wait=False)
                 try:
