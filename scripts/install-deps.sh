@@ -20,6 +20,7 @@ packages=(
   debhelper dpkg-dev lintian          # make deb (dpkg-buildpackage) and its lintian check
   debootstrap                         # the package's install test: a clean Debian 12 root
   systemd                             # systemd-analyze verify/security on the units
+  rsyslog rsyslog-relp logrotate      # LOG_FORWARD and the log collector (ops/rsyslog), rotation
   ${EXTRA_PACKAGES:-}
 )
 

@@ -20,6 +20,10 @@
 # ALLOW_PLAINTEXT (1: a non-loopback LISTEN without TLS, behind a TLS-terminating proxy),
 # KEY_RATE/KEY_BURST (per access key) and ANON_RATE/ANON_BURST (per address, requests without a
 # key) for nginx's rate limits.
+# Centralized logs (README "Operations"): LOG_FORWARD (relp://HOST:PORT or tcp://HOST:PORT: a
+# local rsyslogd, supervised here, ships logs/app.log and nginx's access log to that syslog
+# collector; unset: nothing is forwarded), LOG_FORWARD_QUEUE_MAX (disk the forwarding queue may
+# fill while the collector is unreachable, default 1g).
 #
 # This script is the app's supervisor: if the app dies (crash, SIGKILL, stop timeout) it is
 # restarted at once. Not restarted: exit status 78 (start-up failure, e.g. a damaged database)
@@ -84,6 +88,29 @@ done
 for v in KEY_BURST ANON_BURST; do
   case ${!v} in ''|*[!0-9]*) refuse "$v must be a whole number, not '${!v}'" ;; esac
 done
+
+# Centralized logs: LOG_FORWARD names the collector. relp:// is RELP (every message acknowledged
+# by the collector, so one that dies loses nothing in flight); tcp:// is plain syslog over TCP,
+# octet-counted (RFC 6587), for collectors without RELP. Both carry RFC 5424 messages.
+LOG_FORWARD=${LOG_FORWARD:-}
+LOG_FORWARD_QUEUE_MAX=${LOG_FORWARD_QUEUE_MAX:-1g}
+fwd_scheme="" fwd_host="" fwd_port=""
+if [ -n "$LOG_FORWARD" ]; then
+  fwd_re='^(relp|tcp)://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$'
+  if [[ $LOG_FORWARD =~ $fwd_re ]] && [ $((10#${BASH_REMATCH[4]})) -ge 1 ] &&
+      [ $((10#${BASH_REMATCH[4]})) -le 65535 ]; then
+    fwd_scheme=${BASH_REMATCH[1]} fwd_host=${BASH_REMATCH[2]} fwd_port=$((10#${BASH_REMATCH[4]}))
+    fwd_host=${fwd_host#[} fwd_host=${fwd_host%]}
+  else
+    refuse "LOG_FORWARD must be relp://HOST:PORT or tcp://HOST:PORT (HOST a name, an IPv4" \
+      "address or an [IPv6] address; PORT 1-65535), not '$LOG_FORWARD'"
+  fi
+  [[ $LOG_FORWARD_QUEUE_MAX =~ ^[1-9][0-9]*[kmgKMG]?$ ]] ||
+    refuse "LOG_FORWARD_QUEUE_MAX must be a size such as 512m or 2g, not '$LOG_FORWARD_QUEUE_MAX'"
+  RSYSLOGD_BIN=${RSYSLOGD_BIN:-$(command -v rsyslogd || echo /usr/sbin/rsyslogd)}
+  [ -x "$RSYSLOGD_BIN" ] ||
+    refuse "LOG_FORWARD needs rsyslogd (Debian packages rsyslog and rsyslog-relp; run 'make deps')"
+fi
 
 # Storage and nodes.
 DATABASE_URL=${DATABASE_URL:-}
@@ -257,6 +284,14 @@ keep_conn=on
 if [ "$keepalive" -lt 1 ]; then keepalive=1; keep_conn=off; fi
 # Open files per nginx worker (half of them connections): 16384, or the hard limit if lower.
 nofile=16384; [ "$(id -u)" = 0 ] || [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile" ] || nofile=$(ulimit -Hn)
+# With LOG_FORWARD, nginx also sends each access line to the local rsyslog (see below), as
+# syslog over a unix datagram socket: nginx's own syslog client (tag, no host name: rsyslog
+# knows it).
+access_log_forward=""
+syslog_sock=$DATA_DIR/run/syslog.sock
+if [ -n "$LOG_FORWARD" ]; then
+  access_log_forward="access_log syslog:server=unix:$syslog_sock,facility=local7,severity=info,tag=testdata_api_access,nohostname json;"
+fi
 # nginx's upstream, a server line per node (in place of the line that is only the placeholder,
 # at its indentation). Two failed tries within 2 s (connection refused, error, timeout, invalid
 # header) take a node out for 2 s; then one request tries it again. (With one node nginx ignores
@@ -277,6 +312,7 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
     -e "s|@LISTEN@|$LISTEN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" -e "s|@TLS@|$tls|g" \
     -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
     -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
+    -e "s|@ACCESS_LOG_FORWARD@|$access_log_forward|g" \
     "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf"
 
 nginx_pid=""
@@ -361,6 +397,8 @@ forward_reopen() {
     if [ -n "${pid[k]}" ]; then kill -HUP "${pid[k]}" 2>/dev/null || true; fi
   done
   if [ -n "$nginx_pid" ]; then kill -USR1 "$nginx_pid" 2>/dev/null || true; fi
+  # The log forwarder reopens logs/forwarder.log (imfile follows app.log's rename by itself).
+  if [ -n "${fwd_pid:-}" ]; then kill -HUP "$fwd_pid" 2>/dev/null || true; fi
 }
 trap forward_reopen HUP
 trap '' USR1 USR2
@@ -386,6 +424,21 @@ node_exited() {
 }
 
 echo "$$" | put_file "$DATA_DIR/run/supervisor.pid"
+# The log forwarder exited while serving: restarted at once, or after 5 s if it ran less than
+# 2 s (a crash loop). imfile goes on from where it stopped; nginx's access lines sent meanwhile
+# are only in logs/access.log.
+forwarder_exited() {
+  local rc=$1 delay=0
+  fwd_pid="" fwd_state=backoff
+  [ $((EPOCHSECONDS - fwd_started)) -ge 2 ] || delay=5
+  log_json warn log_forwarder_restarted "rsyslogd (LOG_FORWARD) exited with status $rc; restarting it$([ "$delay" = 0 ] || echo " in $delay s")"
+  tick
+  fwd_due_ms=$((now_ms + delay * 1000))
+}
+# nginx's access log is the service user's like every other log (nginx's master opens it as root
+# and would create it root-owned; its reopen, SIGUSR1, gives a new one to the worker user), so
+# logrotate can rotate it as that user.
+[ -e "$DATA_DIR/logs/access.log" ] || as_owner sh -c ': >>"$1"' sh "$DATA_DIR/logs/access.log"
 # nginx's master opens its pid file, access log and temp directories as root (and makes the temp
 # directories its workers'): none of them may be a link the service user planted.
 # (A link this script's own user made, e.g. logs/ on another disk, is the operator's choice.)
@@ -395,6 +448,118 @@ for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/lo
     refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx (root) will not follow it: remove it"
   fi
 done
+# Centralized logs (LOG_FORWARD): a local rsyslogd of this instance, run as the service user
+# and supervised like the app, reads logs/app.log (imfile: it follows a rename and carries on
+# from where it stopped after a restart; state in rsyslog/) and receives nginx's access lines on
+# run/syslog.sock (imuxsock), and forwards both in RFC 5424 to the collector (omrelp or omfwd)
+# through a disk-assisted queue: while the collector is unreachable, lines wait in memory and
+# beyond 12,000 of them on disk (rsyslog/queue, at most LOG_FORWARD_QUEUE_MAX; a stop saves the
+# queue there). Its own messages (collector unreachable, resumed) go to logs/forwarder.log.
+# The local files stay as they are: forwarding only adds a copy.
+fwd_pid="" fwd_state=down fwd_started=0 fwd_due_ms=0
+fwd_conf=$DATA_DIR/rsyslog/rsyslog.conf
+render_forwarder_conf() {
+  local action
+  if [ "$fwd_scheme" = relp ]; then
+    action="type=\"omrelp\" target=\"$fwd_host\" port=\"$fwd_port\""
+  else
+    action="type=\"omfwd\" target=\"$fwd_host\" port=\"$fwd_port\" protocol=\"tcp\" tcp_framing=\"octet-counted\""
+  fi
+  cat <<EOF
+# Written by scripts/run.sh at every start with LOG_FORWARD=$LOG_FORWARD; edits are lost.
+# processInternalMessages: rsyslog's own messages go to logs/forwarder.log (below), not to the
+# system log.
+global(workDirectory="$DATA_DIR/rsyslog/work" maxMessageSize="64k" processInternalMessages="on")
+# What the inputs took in but the forwarding queue has not yet: saved too on a stop.
+main_queue(queue.type="LinkedList" queue.filename="main" queue.saveOnShutdown="on")
+module(load="imfile" mode="inotify")
+module(load="imuxsock" sysSock.use="off")
+$([ "$fwd_scheme" = relp ] && echo 'module(load="omrelp")')
+
+# RFC 5424: <PRI>1 TIMESTAMP HOST APP-NAME - - - MSG, where APP-NAME names the stream
+# (testdata-api: the app's log; testdata-api-access: nginx's) and MSG is the JSON line itself.
+template(name="tdapi_rfc5424" type="list") {
+  constant(value="<") property(name="pri") constant(value=">1 ")
+  property(name="timereported" dateFormat="rfc3339") constant(value=" ")
+  property(name="hostname") constant(value=" ")
+  property(name="\$.stream") constant(value=" - - - ")
+  property(name="\$.line")
+}
+ruleset(name="forward") {
+  action($action template="tdapi_rfc5424"
+         queue.type="LinkedList" queue.size="20000"
+         queue.highWatermark="12000" queue.lowWatermark="4000"
+         queue.filename="forward" queue.spoolDirectory="$DATA_DIR/rsyslog/queue"
+         queue.maxFileSize="16m" queue.maxDiskSpace="$LOG_FORWARD_QUEUE_MAX"
+         queue.saveOnShutdown="on" queue.timeoutEnqueue="60000"
+         action.resumeRetryCount="-1" action.resumeInterval="1" action.resumeIntervalMax="30"
+         action.reportSuspension="on")
+}
+# A line is sent as it was written (imfile drops only the newline; nginx's syslog client puts
+# a space before it, taken off here).
+ruleset(name="app") { set \$.stream = "testdata-api"; set \$.line = ltrim(\$msg); call forward }
+ruleset(name="access") { set \$.stream = "testdata-api-access"; set \$.line = ltrim(\$msg); call forward }
+input(type="imfile" file="$APP_LOG" tag="testdata-api" facility="local0" severity="info"
+      reopenOnTruncate="on" ruleset="app")
+input(type="imuxsock" socket="$syslog_sock" rateLimit.interval="0" ruleset="access")
+
+# rsyslog's own messages, as JSON lines.
+template(name="tdapi_internal" type="list") {
+  constant(value="{\"ts\":\"") property(name="timegenerated" dateFormat="rfc3339" date.inUTC="on")
+  constant(value="\",\"level\":\"") property(name="\$.level")
+  constant(value="\",\"event\":\"log_forwarder\",") property(name="msg" format="jsonf" outname="detail")
+  constant(value="}\n")
+}
+if \$syslogseverity <= 3 then set \$.level = "error";
+else if \$syslogseverity == 4 then set \$.level = "warn";
+else set \$.level = "info";
+action(type="omfile" file="$DATA_DIR/logs/forwarder.log" template="tdapi_internal" fileCreateMode="0600")
+EOF
+}
+# Starts rsyslogd without waiting for it; fwd_state is starting until its socket appears.
+launch_forwarder() {
+  local cmd=("$RSYSLOGD_BIN" -n -f "$fwd_conf" -i "$DATA_DIR/run/rsyslogd.pid")
+  rm -f "$syslog_sock"
+  if [ -n "$service_user" ]; then
+    cmd=(setpriv --reuid="$service_user" --regid="$service_group" --clear-groups "${cmd[@]}")
+  fi
+  "${cmd[@]}" &
+  fwd_pid=$! fwd_started=$EPOCHSECONDS fwd_state=starting
+}
+stop_forwarder() {
+  [ -n "$fwd_pid" ] || return 0
+  kill -TERM "$fwd_pid" 2>/dev/null || true
+  # It saves what it could not send yet (queue.saveOnShutdown); a stuck one is killed after 20 s.
+  for _ in $(seq 1 400); do kill -0 "$fwd_pid" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$fwd_pid" 2>/dev/null || true
+  wait "$fwd_pid" 2>/dev/null || true
+  fwd_pid="" fwd_state=down
+}
+if [ -n "$LOG_FORWARD" ]; then
+  case $DATA_DIR in *[\"\\]*) refuse "LOG_FORWARD: DATA_DIR must not contain '\"' or '\\' (it goes into rsyslog's config)" ;; esac
+  mkdir -p "$DATA_DIR/rsyslog/work" "$DATA_DIR/rsyslog/queue"
+  [ -z "$service_user" ] || chown -R -P "$service_user:$service_group" "$DATA_DIR/rsyslog"
+  ensure_app_log
+  render_forwarder_conf | put_file "$fwd_conf"
+  if ! check=$(as_owner "$RSYSLOGD_BIN" -N1 -f "$fwd_conf" 2>&1); then
+    refuse "LOG_FORWARD: rsyslogd refuses its configuration ($fwd_conf):"$'\n'"$check"
+  fi
+  trap stop_forwarder EXIT
+  launch_forwarder
+  # Ready once its socket exists, so nginx's first access lines reach it.
+  for _ in $(seq 1 400); do
+    [ ! -S "$syslog_sock" ] || break
+    kill -0 "$fwd_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ ! -S "$syslog_sock" ]; then
+    stop_forwarder
+    refuse "LOG_FORWARD: the log forwarder (rsyslogd) did not start; its messages are above"
+  fi
+  fwd_state=ready
+  log_json info log_forwarding "app and access logs forwarded to $LOG_FORWARD ($fwd_scheme, RFC 5424) by rsyslogd (queue in $DATA_DIR/rsyslog/queue, at most $LOG_FORWARD_QUEUE_MAX)"
+fi
+
 # Sockets and pid files of the nodes of a previous run with another APP_NODES.
 rm -f "$DATA_DIR"/run/app-*.sock "$DATA_DIR"/run/app-*.pid
 [ "$APP_NODES" = 1 ] || rm -f "$DATA_DIR/run/app.sock"
@@ -509,10 +674,19 @@ while :; do
     status=$fatal
     break
   fi
+  if [ -n "$fwd_pid" ] && ! kill -0 "$fwd_pid" 2>/dev/null; then
+    rc=0
+    wait "$fwd_pid" 2>/dev/null || rc=$?
+    forwarder_exited "$rc"
+  fi
   # Restarts that are due; restarted nodes becoming ready (or not within START_TIMEOUT: then
   # everything stops, exit 1).
   tick
   busy=0 timed_out=""
+  if [ "$fwd_state" = backoff ]; then
+    busy=1
+    if [ "$now_ms" -ge "$fwd_due_ms" ] && [ "$stopping" = 0 ]; then launch_forwarder; fwd_state=ready; fi
+  fi
   for k in "${nodes[@]}"; do
     case ${state[k]} in
       backoff)
@@ -542,11 +716,13 @@ while :; do
   for k in "${nodes[@]}"; do [ -z "${pid[k]}" ] || live+=("${pid[k]}"); done
   done_pid=""
   set +e
-  wait -n -p done_pid "${live[@]}" "$nginx_pid"
+  wait -n -p done_pid "${live[@]}" "$nginx_pid" ${fwd_pid:+"$fwd_pid"}
   rc=$?
   set -e
   if [ "${done_pid:-}" = "$nginx_pid" ]; then
     nginx_rc=$rc
+  elif [ -n "${done_pid:-}" ] && [ "$done_pid" = "$fwd_pid" ]; then
+    forwarder_exited "$rc"
   elif [ -n "${done_pid:-}" ]; then
     for k in "${nodes[@]}"; do
       if [ "${pid[k]}" = "$done_pid" ]; then exit_rc[k]=$rc pid[k]=""; fi
@@ -554,4 +730,7 @@ while :; do
   fi
 done
 if [ -n "$tail_pid" ]; then kill "$tail_pid" 2>/dev/null || true; fi
+# The app's and the supervisor's last lines are read (inotify) before the forwarder stops; what
+# it has not read yet, it reads at its next start.
+if [ -n "$fwd_pid" ]; then sleep 0.5; stop_forwarder; fi
 exit "$status"

@@ -37,6 +37,8 @@ VALUES = {
     "KEY_BURST": "50000",
     "ANON_RATE": "100r/s",
     "ANON_BURST": "200",
+    # Forwarding the access log (LOG_FORWARD) is make run's; the package logs to files.
+    "ACCESS_LOG_FORWARD": "",
 }
 # Only in the main context, which is dropped.
 MAIN_ONLY = {"USER_DIRECTIVE", "NOFILE", "WORKER_CONNECTIONS", "PORT", "PROJECT_DIR"}
