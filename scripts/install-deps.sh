@@ -17,6 +17,7 @@ packages=(
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   nodejs:node npm:npm                 # the OpenAPI linter and newman (npm packages)
   wrk                                 # make bench
+  prometheus                          # make observe; promtool: rule and config tests
   ${EXTRA_PACKAGES:-}
 )
 
