@@ -53,11 +53,11 @@ Response unauthenticated(const Request& req, const Route& route, AuthOutcome why
                  : why == AuthOutcome::kMalformed ? "malformed_token"
                  : why == AuthOutcome::kRevoked   ? "revoked_key"
                                                   : "unknown_key";
-  global_metrics().record_auth_denial(401, why == AuthOutcome::kMissing ? DenialReason::kNoToken
-                                           : why == AuthOutcome::kMalformed
-                                               ? DenialReason::kMalformedToken
-                                           : why == AuthOutcome::kRevoked ? DenialReason::kRevokedKey
-                                                                          : DenialReason::kUnknownKey);
+  global_metrics().record_auth_denial(
+      401, why == AuthOutcome::kMissing     ? DenialReason::kNoToken
+           : why == AuthOutcome::kMalformed ? DenialReason::kMalformedToken
+           : why == AuthOutcome::kRevoked   ? DenialReason::kRevokedKey
+                                            : DenialReason::kUnknownKey);
   // A token that names a key is recorded (who tried, with what). Requests with no token or a
   // malformed one name nobody: they are logged and counted, not written to the audit trail,
   // so anonymous traffic cannot grow it (nginx rate-limits them per address besides).

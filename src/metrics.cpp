@@ -25,8 +25,7 @@ std::string bound(double v) {
 }
 
 double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 // Label values as Prometheus' text format wants them: \ " and newline escaped.
@@ -75,7 +74,7 @@ struct DenialLabel {
 };
 // Indexed by DenialReason.
 constexpr DenialLabel kDenials[] = {
-    {401, "no_token"}, {401, "malformed_token"}, {401, "unknown_key"},
+    {401, "no_token"},    {401, "malformed_token"}, {401, "unknown_key"},
     {401, "revoked_key"}, {403, "forbidden"},
 };
 
@@ -101,8 +100,7 @@ void Histogram::observe(double value) {
   count_.fetch_add(1, std::memory_order_relaxed);
 }
 
-void Histogram::render(std::string& out, const std::string& name,
-                       const std::string& labels) const {
+void Histogram::render(std::string& out, const std::string& name, const std::string& labels) const {
   const std::string sep = labels.empty() ? "" : ",";
   uint64_t cumulative = 0;
   for (size_t i = 0; i <= bounds_.size(); ++i) {
@@ -282,7 +280,8 @@ std::string Metrics::render(const StoreStats& store, const Status& health) const
   single(out, "tdapi_rollbacks_total", "counter",
          "Group-commit transactions rolled back as a whole.", std::to_string(store.rollbacks));
   single(out, "tdapi_writes_total", "counter",
-         "Write requests handled by the writer (records or batches).", std::to_string(store.writes));
+         "Write requests handled by the writer (records or batches).",
+         std::to_string(store.writes));
   header(out, "tdapi_commit_batch_size", "histogram",
          "Write requests per group-commit transaction (committed or rolled back).");
   batch_size_.render(out, "tdapi_commit_batch_size", "");

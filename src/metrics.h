@@ -109,8 +109,8 @@ class Metrics {
 
   std::mutex add_mu_;  // taken only to add a route seen for the first time
   std::array<std::atomic<RouteSlot*>, kMaxRoutes + 1> slots_{};  // the last: "other"
-  std::vector<std::unique_ptr<RouteSlot>> owned_;                 // guarded by add_mu_
-  std::array<std::atomic<uint64_t>, 5> denials_{};                // by DenialReason
+  std::vector<std::unique_ptr<RouteSlot>> owned_;                // guarded by add_mu_
+  std::array<std::atomic<uint64_t>, 5> denials_{};               // by DenialReason
   std::atomic<uint64_t> audit_writes_{0};
   Histogram batch_size_;
   Histogram commit_seconds_;

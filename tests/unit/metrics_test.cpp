@@ -73,10 +73,10 @@ TEST(Metrics, RequestsByRouteAndStatusWithLatency) {
   std::string text = m.render(StoreStats(), Status::Ok());
   EXPECT_EQ(value_of(text, R"(tdapi_requests_total{route="GET /tests",status="200"})"), 2);
   EXPECT_EQ(value_of(text, R"(tdapi_requests_total{route="POST /tests",status="503"})"), 1);
-  EXPECT_EQ(value_of(text, R"(tdapi_request_duration_seconds_bucket{route="GET /tests",le="0.001"})"),
-            1);
-  EXPECT_EQ(value_of(text, R"(tdapi_request_duration_seconds_bucket{route="GET /tests",le="0.05"})"),
-            2);
+  EXPECT_EQ(
+      value_of(text, R"(tdapi_request_duration_seconds_bucket{route="GET /tests",le="0.001"})"), 1);
+  EXPECT_EQ(
+      value_of(text, R"(tdapi_request_duration_seconds_bucket{route="GET /tests",le="0.05"})"), 2);
   EXPECT_NEAR(value_of(text, R"(tdapi_request_duration_seconds_sum{route="GET /tests"})"), 0.0307,
               1e-9);
   EXPECT_EQ(text.find("status=\"404\""), std::string::npos);  // nothing rendered for zero
@@ -151,9 +151,8 @@ TEST(Metrics, TransactionsFeedBatchSizeCommitTimeAndTheLastCommit) {
   EXPECT_EQ(value_of(text, "tdapi_commit_batch_size_sum"), 44);
   EXPECT_EQ(value_of(text, R"(tdapi_commit_duration_seconds_bucket{le="0.00025"})"), 1);
   EXPECT_EQ(value_of(text, "tdapi_commit_duration_seconds_count"), 3);
-  const double now = std::chrono::duration<double>(
-                         std::chrono::system_clock::now().time_since_epoch())
-                         .count();
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   EXPECT_NEAR(value_of(text, "tdapi_last_commit_timestamp_seconds"), now, 60);
   EXPECT_EQ(value_of(text, "tdapi_writes_pending"), 2);
 }
@@ -177,9 +176,8 @@ TEST(Metrics, WorkersProcessAndBuildInfo) {
       value_of(text, R"(testdata_api_build_info{version="1.2.3",backend="postgresql",node="2"})"),
       1);
   EXPECT_EQ(value_of(text, "tdapi_node_starts"), 3);
-  const double now = std::chrono::duration<double>(
-                         std::chrono::system_clock::now().time_since_epoch())
-                         .count();
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   double started = value_of(text, "process_start_time_seconds");
   EXPECT_LE(started, now);
   EXPECT_GT(started, now - 60);
