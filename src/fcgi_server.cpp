@@ -245,9 +245,9 @@ void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<i
       health.succeeded();
       backoff_ms = 0;
     }
+    global_metrics().worker_busy();
     // After a large body (a batch: its tree and answer were many small allocations in this
     // thread's arena), hand free memory back to the OS, so hostile batches leave none behind.
-    global_metrics().worker_busy();
     if (serve_one(fcgi, store, auth)) malloc_trim(0);
     FCGX_Finish_r(&fcgi);
     global_metrics().worker_done();
