@@ -19,9 +19,19 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, PG_HOST, ROOT, Server, database_target, free_port, record, wait_for  # noqa: E402
+from harness import APP_BIN, PG_HOST, ROOT, Server, database_target, free_port, record  # noqa: E402
 
 DASHBOARD = os.path.join(ROOT, "ops", "grafana", "testdata-api.json")
+
+
+def wait_for(predicate, timeout, interval=0.2):
+    """Polls predicate (queries to Prometheus: not too often) until true or timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
 
 
 def admin(*args):
