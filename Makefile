@@ -11,7 +11,7 @@ TEST_BUILD_DIR := build-test
 SANITIZE ?= address,undefined
 
 .PHONY: all deps build run test test-tsan fuzz bench clean format tidy key keys revoke-key \
-        audit-verify backup restore deb
+        audit-verify backup restore deb observe
 
 all: build
 
@@ -66,6 +66,12 @@ restore:
 	@$(MAKE) --no-print-directory build >&2
 	@test -n "$(FROM)" || { echo "make restore: FROM=... is required (a backup file)" >&2; exit 2; }
 	@$(BUILD_DIR)/testdata-api restore --from "$(FROM)" --db "$(DB_FILE)"
+
+# Prometheus on OBSERVE_PORT (default 9090, loopback) scraping the service that `make run` runs
+# (same PORT and DATA_DIR), with ops/prometheus's config, rules and console; creates a key of
+# scope metrics on first use. Prints the console's URL; Ctrl-C stops it. Data in DATA_DIR/observe.
+observe: build
+	@DB="$(DB_FILE)" APP_BIN="$(BUILD_DIR)/testdata-api" exec scripts/observe.sh
 
 # Unit and integration tests run against a build instrumented with ASan + UBSan.
 test: deps

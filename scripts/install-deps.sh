@@ -21,6 +21,7 @@ packages=(
   debootstrap                         # the package's install test: a clean Debian 12 root
   systemd                             # systemd-analyze verify/security on the units
   rsyslog rsyslog-relp logrotate      # LOG_FORWARD and the log collector (ops/rsyslog), rotation
+  prometheus                          # make observe; promtool: rule and config tests
   ${EXTRA_PACKAGES:-}
 )
 

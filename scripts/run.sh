@@ -164,14 +164,14 @@ if [ -n "$DATABASE_URL" ]; then storage=(--database-url "$DATABASE_URL"); else s
 # had (run/app.sock, and run/app.pid for its pid); several have run/app-K.sock and run/app-K.pid,
 # and run/app.pid lists every node's pid, one a line (kill -HUP $(cat run/app.pid) reaches all).
 mapfile -t nodes < <(seq 1 "$APP_NODES")
-declare -a sock pid last_pid started start_ms quick state due_ms label
+declare -a sock pid last_pid started start_ms quick state due_ms label starts
 for k in "${nodes[@]}"; do
   if [ "$APP_NODES" = 1 ]; then
     sock[k]=$DATA_DIR/run/app.sock label[k]=""
   else
     sock[k]=$DATA_DIR/run/app-$k.sock label[k]="node $k: "
   fi
-  pid[k]="" last_pid[k]="" quick[k]=0 state[k]=down
+  pid[k]="" last_pid[k]="" quick[k]=0 state[k]=down starts[k]=0
 done
 APP_LOG=$DATA_DIR/logs/app.log
 
@@ -297,11 +297,14 @@ fi
 # header) take a node out for 2 s; then one request tries it again. (With one node nginx ignores
 # both: it never takes its only server out.)
 upstream_servers=""
+node_metrics=""
 for k in "${nodes[@]}"; do
   upstream_servers+="${upstream_servers:+\\n}\\1server unix:${sock[k]} max_fails=2 fail_timeout=2s;"
+  node_metrics+="${node_metrics:+\\n}\\1location = /metrics/node/$k { fastcgi_pass unix:${sock[k]}; }"
 done
 sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
     -e "s|^\\([[:space:]]*\\)@UPSTREAM_SERVERS@\$|$upstream_servers|" \
+    -e "s|^\\([[:space:]]*\\)@NODE_METRICS_LOCATIONS@\$|$node_metrics|" \
     -e "s|@USER_DIRECTIVE@|$user_directive|g" \
     -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" -e "s|@PROJECT_DIR@|$here|g" \
     -e "s|@KEEPALIVE@|$keepalive|g" -e "s|@KEEP_CONN@|$keep_conn|g" \
@@ -329,9 +332,12 @@ launch_node() {
   local k=$1 j pids=""
   rm -f "${sock[k]}"
   ensure_app_log
+  starts[k]=$((starts[k] + 1))
   # The app writes its log to --log-file (reopened on SIGHUP); stderr is appended to the same
   # file for what it says before that (bad usage). One write per line keeps lines whole, also
   # with several nodes appending to the one file.
+  # TDAPI_NODE and TDAPI_STARTS: which node this is and how often it was started, for /metrics.
+  TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} \
   "$APP_BIN" --socket "${sock[k]}" "${storage[@]}" --log-file "$APP_LOG" \
     --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} \
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \

@@ -102,7 +102,7 @@ Status record_access(const Request& req, Store& store, AuditEntry& entry) {
 // nothing was read or written.
 Response forbidden(const Request& req, Store& store, std::vector<AuditEntry> entries,
                    std::string_view message) {
-  global_metrics().record_auth_denial(403);
+  global_metrics().record_auth_denial(403, DenialReason::kForbidden);
   for (AuditEntry& a : entries) {
     a.outcome = 403;
     Status s = record_access(req, store, a);
@@ -494,15 +494,21 @@ Response handle_health(const Request&, Store& store) {
 }
 
 Response handle_metrics(const Request& req, Store& store) {
+  // GET /metrics/node/K: only node K answers (nginx routes it there; any other node was
+  // reached by mistake, and its numbers would be taken for K's).
+  if (!req.path_param.empty() && req.path_param != global_metrics().node()) {
+    return error_response(404, "no such endpoint");
+  }
   if (!req.principal.holds("metrics")) {
-    global_metrics().record_auth_denial(403);
+    global_metrics().record_auth_denial(403, DenialReason::kForbidden);
     Response e = error_response(403, "this access key may not read metrics (scope metrics)");
     e.log.reason = "forbidden";
     return e;
   }
   Response r;
   r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-  r.body = global_metrics().render(store.stats());
+  Status health = store.check_health();
+  r.body = global_metrics().render(store.stats(), health);
   return r;
 }
 

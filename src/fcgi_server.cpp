@@ -137,6 +137,7 @@ class FcgiOutput : public ResponseOutput {
 // Serves one request; returns whether its body was large (see worker_loop).
 bool serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
   auto start = std::chrono::steady_clock::now();
+  global_metrics().request_started();
   Request req = read_request(fcgi);
   Response resp = route_request(req, store, auth);
   FcgiOutput out(fcgi);
@@ -153,6 +154,7 @@ bool serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
                                                       : LogLevel::kInfo;
   log_event(level, "request", f);
   global_metrics().record(resp.route, resp.status, f.duration_ms);
+  global_metrics().request_finished();
   return req.body.size() >= kTrimAfterBodyBytes;
 }
 
@@ -243,10 +245,12 @@ void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<i
       health.succeeded();
       backoff_ms = 0;
     }
+    global_metrics().worker_busy();
     // After a large body (a batch: its tree and answer were many small allocations in this
     // thread's arena), hand free memory back to the OS, so hostile batches leave none behind.
     if (serve_one(fcgi, store, auth)) malloc_trim(0);
     FCGX_Finish_r(&fcgi);
+    global_metrics().worker_done();
   }
   idle_fd.store(-1);
   FCGX_Free(&fcgi, 1);

@@ -31,6 +31,9 @@ const Route kRoutes[] = {
     {"/audit", "GET", "GET /audit", handle_audit, false, "audit_read"},
     {"/healthz", "GET", "GET /healthz", handle_health, true, nullptr},
     {"/metrics", "GET", "GET /metrics", handle_metrics, false, nullptr},
+    // One node's metrics when several run behind nginx (APP_NODES): nginx sends
+    // /metrics/node/K to node K's socket; a node answers only for its own K.
+    {"/metrics/node/{test_id}", "GET", "GET /metrics", handle_metrics, false, nullptr},
 };
 
 // The 401 for a request without valid credentials; recorded in the audit trail when the route
@@ -50,7 +53,11 @@ Response unauthenticated(const Request& req, const Route& route, AuthOutcome why
                  : why == AuthOutcome::kMalformed ? "malformed_token"
                  : why == AuthOutcome::kRevoked   ? "revoked_key"
                                                   : "unknown_key";
-  global_metrics().record_auth_denial(401);
+  global_metrics().record_auth_denial(
+      401, why == AuthOutcome::kMissing     ? DenialReason::kNoToken
+           : why == AuthOutcome::kMalformed ? DenialReason::kMalformedToken
+           : why == AuthOutcome::kRevoked   ? DenialReason::kRevokedKey
+                                            : DenialReason::kUnknownKey);
   // A token that names a key is recorded (who tried, with what). Requests with no token or a
   // malformed one name nobody: they are logged and counted, not written to the audit trail,
   // so anonymous traffic cannot grow it (nginx rate-limits them per address besides).

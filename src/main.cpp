@@ -41,6 +41,7 @@
 #include "cli.h"
 #include "fcgi_server.h"
 #include "log.h"
+#include "metrics.h"
 #include "options.h"
 #include "store_pg.h"
 #include "store_sqlite.h"
@@ -81,6 +82,16 @@ const char* hint_for(tdapi::StatusCode code) {
     default:
       return "see the detail above";
   }
+}
+
+// The environment variable `name` when it is 1 to 6 decimal digits, else `fallback`.
+std::string digits_from_env(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0' || std::strlen(v) > 6) return fallback;
+  for (const char* p = v; *p; ++p) {
+    if (*p < '0' || *p > '9') return fallback;
+  }
+  return v;
 }
 
 // Makes sure `threads` workers cannot run out of descriptors (which shows as storage errors):
@@ -144,6 +155,7 @@ int main(int argc, char** argv) {
   }
   if (tdapi::is_admin_command(argc, argv)) return tdapi::run_admin_command(argc, argv);
   tdapi::block_stop_signals();  // before any thread starts
+  tdapi::global_metrics();      // process_start_time_seconds: now
   // Bodies of up to 4 MiB: a fixed mmap threshold keeps every allocation over 256 KiB in its own
   // mapping, returned to the OS on free. glibc's default raises the threshold after the first
   // such free, and then 20 concurrent 4 MiB bodies stayed in per-thread arenas (RSS held).
@@ -220,6 +232,18 @@ int main(int argc, char** argv) {
         " uid=" + std::to_string(geteuid());
   }
   tdapi::log_event(tdapi::LogLevel::kInfo, "store_opened", started);
+
+  // What /metrics tells about this process. TDAPI_NODE and TDAPI_STARTS come from the
+  // supervisor (scripts/run.sh): which of APP_NODES this is, and how often it was started.
+  tdapi::ProcessInfo info;
+#ifdef TDAPI_VERSION
+  info.version = TDAPI_VERSION;
+#endif
+  info.backend = opt.database_url.empty() ? "sqlite" : "postgresql";
+  info.node = digits_from_env("TDAPI_NODE", "1");
+  info.starts = std::stoll(digits_from_env("TDAPI_STARTS", "1"));
+  info.worker_threads = opt.threads;
+  tdapi::global_metrics().set_process_info(info);
 
   tdapi::ServerOptions server;
   server.socket_path = opt.socket_path;

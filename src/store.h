@@ -55,6 +55,12 @@ struct StoreStats {
   long long rollbacks = 0;
   long long writes = 0;          // write requests handled (single records and batches)
   long long database_bytes = 0;  // the database file plus its WAL
+  // -1 where the backend has no such thing (PostgreSQL: the server's files are its own).
+  long long wal_bytes = -1;               // SQLite: WAL content since its last restart
+  long long database_pages = -1;          // SQLite: page_count after the last commit
+  long long max_pages = -1;               // SQLite: max_page_count (MAX_DB_PAGES or SQLite's)
+  long long filesystem_bytes = -1;        // SQLite: size of the database's filesystem
+  long long filesystem_avail_bytes = -1;  // SQLite: free bytes on it for this user
 };
 
 // What happened to one write.

@@ -29,6 +29,7 @@
 #include "http.h"
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 
 namespace tdapi {
 
@@ -882,7 +883,9 @@ WriteOutcome PgStore::submit(WriteJob& job) {
   }
   queue_.push_back(&job);
   queue_cv_.notify_one();
+  global_metrics().add_pending_writes(1);
   job.done_cv.wait(lock, [&] { return job.done; });
+  global_metrics().add_pending_writes(-1);
   return job.outcome;
 }
 
@@ -1064,6 +1067,7 @@ void PgStore::commit_batch(const std::vector<WriteJob*>& batch) {
                    : batch_status.code() == StatusCode::kCorrupt ? LogLevel::kError
                                                                  : LogLevel::kWarn;
   log_event(level, "txn", f);
+  global_metrics().record_transaction(batch.size(), f.duration_ms / 1000.0, batch_status.ok());
 
   std::lock_guard<std::mutex> lock(queue_mu_);
   stats_.transactions++;

@@ -29,6 +29,7 @@
 #include "clock.h"
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 
 namespace tdapi {
 
@@ -243,6 +244,7 @@ struct SqliteStore::Connection {
   sqlite3_stmt* commit = nullptr;
   sqlite3_stmt* rollback = nullptr;
   sqlite3_stmt* bump_seq = nullptr;
+  sqlite3_stmt* page_count = nullptr;  // for metrics, after each commit
 };
 
 // One request's write, waiting in the queue for the writer thread.
@@ -473,11 +475,24 @@ Status SqliteStore::prepare_writer(Connection& conn) {
       {"ROLLBACK", &conn.rollback},
       {kBumpSeqSql, &conn.bump_seq},
       {kAuditInsertSql, &conn.audit_insert},
-      {"SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &conn.audit_head}};
+      {"SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &conn.audit_head},
+      {"PRAGMA page_count", &conn.page_count}};
   for (const auto& [sql, stmt] : statements) {
     int rc = conn.prepare(sql, stmt);
     if (rc != SQLITE_OK) return status_from_sqlite(rc, conn.db, sql, false);
   }
+  // The database's page size and page cap, for metrics (MAX_DB_PAGES is set by now).
+  for (const auto& [sql, target] :
+       {std::pair<const char*, std::atomic<long long>*>{"PRAGMA page_size", &page_size_},
+        {"PRAGMA max_page_count", &max_pages_}}) {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(conn.db, sql, -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      target->store(sqlite3_column_int64(st, 0), std::memory_order_relaxed);
+    }
+    sqlite3_finalize(st);
+  }
+  read_page_count(conn);
   // Checkpoints mostly run on their own thread and connection, off the commit path: the hook
   // tells that thread how large the WAL has grown (see on_wal_commit).
   sqlite3_wal_hook(conn.db, &SqliteStore::on_wal_commit, this);
@@ -523,8 +538,16 @@ void SqliteStore::end_failed_transaction() {
   if (!s.ok()) note_failure(s);  // writer_ stays null; the next batch tries again
 }
 
+void SqliteStore::read_page_count(Connection& conn) {
+  if (sqlite3_step(conn.page_count) == SQLITE_ROW) {
+    page_count_.store(sqlite3_column_int64(conn.page_count, 0), std::memory_order_relaxed);
+  }
+  sqlite3_reset(conn.page_count);
+}
+
 int SqliteStore::on_wal_commit(void* self, sqlite3* db, const char*, int wal_pages) {
   auto* store = static_cast<SqliteStore*>(self);
+  store->wal_pages_.store(wal_pages, std::memory_order_relaxed);
   if (wal_pages >= kCheckpointPages * 4) {
     // Under a steady stream of commits the log can only restart from the beginning when the
     // writer itself finishes a checkpoint between two transactions. The checkpoint thread has
@@ -665,7 +688,9 @@ WriteOutcome SqliteStore::submit(WriteJob& job) {
   }
   queue_.push_back(&job);
   queue_cv_.notify_one();
+  global_metrics().add_pending_writes(1);
   job.done_cv.wait(lock, [&] { return job.done; });
+  global_metrics().add_pending_writes(-1);
   return job.outcome;
 }
 
@@ -794,6 +819,7 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
     if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "COMMIT", true);
   }
   if (!batch_status.ok()) end_failed_transaction();
+  if (batch_status.ok()) read_page_count(*writer_);
 
   // Answer: a failed transaction fails every job of it that had not failed on its own.
   for (WriteJob* job : batch) {
@@ -820,6 +846,7 @@ void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
                    : batch_status.code() == StatusCode::kCorrupt ? LogLevel::kError
                                                                  : LogLevel::kWarn;
   log_event(level, "txn", f);
+  global_metrics().record_transaction(batch.size(), f.duration_ms / 1000.0, batch_status.ok());
 
   std::lock_guard<std::mutex> lock(queue_mu_);
   stats_.transactions++;
@@ -844,6 +871,16 @@ StoreStats SqliteStore::stats() const {
   for (const std::string& file : {options_.path, options_.path + "-wal"}) {
     auto size = std::filesystem::file_size(file, ec);
     if (!ec) s.database_bytes += static_cast<long long>(size);
+  }
+  const long long page_size = page_size_.load(std::memory_order_relaxed);
+  s.wal_bytes = wal_pages_.load(std::memory_order_relaxed) * page_size;
+  s.database_pages = page_count_.load(std::memory_order_relaxed);
+  s.max_pages = max_pages_.load(std::memory_order_relaxed);
+  struct statvfs fs;
+  if (statvfs(options_.path.c_str(), &fs) == 0) {
+    s.filesystem_bytes = static_cast<long long>(fs.f_blocks) * static_cast<long long>(fs.f_frsize);
+    s.filesystem_avail_bytes =
+        static_cast<long long>(fs.f_bavail) * static_cast<long long>(fs.f_frsize);
   }
   return s;
 }

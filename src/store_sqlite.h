@@ -172,9 +172,16 @@ class SqliteStore : public Store {
   static int on_wal_commit(void* self, sqlite3* db, const char* name, int wal_pages);
   // Logs a storage failure (corruption loudly, once marking the store unhealthy).
   void note_failure(const Status& status);
+  // Reads PRAGMA page_count on conn (the writer) into page_count_, for metrics.
+  void read_page_count(Connection& conn);
 
   SqliteOptions options_;
   std::atomic<bool> corrupt_seen_{false};
+  // For metrics (stats()): set by the writer thread, read by any.
+  std::atomic<long long> wal_pages_{0};    // frames in the WAL after the last commit
+  std::atomic<long long> page_count_{-1};  // PRAGMA page_count after the last commit
+  std::atomic<long long> max_pages_{-1};   // PRAGMA max_page_count
+  std::atomic<long long> page_size_{4096};
   // The latest write failure that breaks the write path (see check_health), and when; cleared
   // by a commit. Guarded by queue_mu_.
   Status write_failure_;

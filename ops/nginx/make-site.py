@@ -39,6 +39,8 @@ VALUES = {
     "ANON_BURST": "200",
     # Forwarding the access log (LOG_FORWARD) is make run's; the package logs to files.
     "ACCESS_LOG_FORWARD": "",
+    # One app process in the package: /metrics needs no per-node paths.
+    "NODE_METRICS_LOCATIONS": "",
 }
 # Only in the main context, which is dropped.
 MAIN_ONLY = {"USER_DIRECTIVE", "NOFILE", "WORKER_CONNECTIONS", "PORT", "PROJECT_DIR"}

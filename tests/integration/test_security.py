@@ -254,8 +254,8 @@ class Security(unittest.TestCase):
         line = [l for l in self.server.json_lines("app.log") if l.get("request_id") == rid][0]
         self.assertEqual((line["status"], line["key_id"]), (403, self.keys["r1"]["key_id"]))
         metrics = self.req("met", "GET", "/metrics").body.decode()
-        self.assertRegex(metrics, r'tdapi_auth_denials_total\{status="403"\} [1-9]')
-        self.assertRegex(metrics, r'tdapi_auth_denials_total\{status="401"\} [0-9]')
+        self.assertRegex(metrics, r'tdapi_auth_denials_total\{status="403",reason="forbidden"\} [1-9]')
+        self.assertRegex(metrics, r'tdapi_auth_denials_total\{status="401",reason="[a-z_]+"\} [0-9]')
         for name in ("app.log", "access.log", "nginx-error.log"):
             text = self.server.read_log(name).decode(errors="replace")
             for k in self.keys.values():

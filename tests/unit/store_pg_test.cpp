@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <set>
 #include <thread>
@@ -17,6 +18,7 @@
 
 #include "audit.h"
 #include "json.h"
+#include "metrics.h"
 #include "migrate.h"
 #include "store_sqlite.h"
 #include "store_test_util.h"
@@ -196,6 +198,27 @@ TEST_F(PgStoreTest, ConcurrentWritersAreAllStoredInFewerTransactions) {
   EXPECT_EQ(s.rollbacks, 0);
   EXPECT_LT(s.transactions, 400);
   std::cout << "400 writes in " << s.transactions << " transactions\n";
+}
+
+// The PostgreSQL writer feeds the same transaction histograms as SQLite's (metrics.h).
+TEST_F(PgStoreTest, CommitsFeedTheMetricsHistograms) {
+  auto store = open();
+  auto count = [](const char* series) {
+    std::string text = global_metrics().render(StoreStats(), Status::Ok());
+    size_t at = text.find(std::string("\n") + series + " ");
+    return at == std::string::npos ? -1.0 : std::stod(text.substr(at + std::strlen(series) + 2));
+  };
+  double batches = count("tdapi_commit_batch_size_count");
+  double commits = count("tdapi_commit_duration_seconds_count");
+  ASSERT_TRUE(store->insert(make_record("pm1")).status.ok());
+  ASSERT_TRUE(store->insert_all({make_record("pm2"), make_record("pm3")}).status.ok());
+  EXPECT_EQ(count("tdapi_commit_batch_size_count") - batches, 2);
+  EXPECT_EQ(count("tdapi_commit_duration_seconds_count") - commits, 2);
+  EXPECT_GT(count("tdapi_last_commit_timestamp_seconds"), 0);
+  EXPECT_EQ(count("tdapi_writes_pending"), 0);
+  StoreStats s = store->stats();
+  EXPECT_EQ(s.wal_bytes, -1);
+  EXPECT_EQ(s.database_pages, -1);
 }
 
 // Two stores on one database are two app nodes: the database decides, exactly one wins.
