@@ -16,7 +16,9 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -33,9 +35,48 @@ namespace {
 std::atomic<bool> g_stopping{false};
 constexpr size_t kTrimAfterBodyBytes = 256 * 1024;
 
-const char* param(FCGX_Request& req, const char* name) {
-  const char* v = FCGX_GetParam(name, req.envp);
-  return v ? v : "";
+// The request's FastCGI parameters the service reads, in one pass over the environment
+// (FCGX_GetParam scans all of it per name). The first of a repeated name counts, as with
+// FCGX_GetParam.
+struct RequestParams {
+  const char* method = "";
+  const char* uri = "";
+  const char* content_type = "";
+  const char* content_encoding = "";
+  const char* content_length = "";
+  const char* request_id = "";
+  const char* authorization = "";
+};
+
+RequestParams read_params(char** envp) {
+  RequestParams p;
+  struct Slot {
+    std::string_view name;
+    const char* RequestParams::*field;
+  };
+  static constexpr Slot kSlots[] = {
+      {"REQUEST_METHOD", &RequestParams::method},
+      {"REQUEST_URI", &RequestParams::uri},
+      {"CONTENT_TYPE", &RequestParams::content_type},
+      {"CONTENT_ENCODING", &RequestParams::content_encoding},
+      {"CONTENT_LENGTH", &RequestParams::content_length},
+      {"REQUEST_ID", &RequestParams::request_id},
+      {"HTTP_AUTHORIZATION", &RequestParams::authorization},
+  };
+  unsigned found = 0;
+  for (char** e = envp; e != nullptr && *e != nullptr; ++e) {
+    const char* eq = std::strchr(*e, '=');
+    if (eq == nullptr) continue;
+    std::string_view name(*e, static_cast<size_t>(eq - *e));
+    for (unsigned k = 0; k < std::size(kSlots); ++k) {
+      if ((found & (1u << k)) == 0 && name == kSlots[k].name) {
+        p.*kSlots[k].field = eq + 1;
+        found |= 1u << k;
+        break;
+      }
+    }
+  }
+  return p;
 }
 
 // Turns the FastCGI environment and stdin into a Request. Reads at most kMaxRequestBodyBytes.
@@ -43,17 +84,18 @@ const char* param(FCGX_Request& req, const char* name) {
 // (its leftover records would be read as the next request), so it closes the connection.
 Request read_request(FCGX_Request& fcgi) {
   Request req;
-  req.method = param(fcgi, "REQUEST_METHOD");
-  std::string_view uri = param(fcgi, "REQUEST_URI");
+  const RequestParams params = read_params(fcgi.envp);
+  req.method = params.method;
+  std::string_view uri = params.uri;
   size_t q = uri.find('?');
   req.path = std::string(uri.substr(0, q));
   if (q != std::string_view::npos) req.query = std::string(uri.substr(q + 1));
-  req.content_type = param(fcgi, "CONTENT_TYPE");
-  req.content_encoding = param(fcgi, "CONTENT_ENCODING");
-  req.request_id = param(fcgi, "REQUEST_ID");
-  req.authorization = param(fcgi, "HTTP_AUTHORIZATION");
+  req.content_type = params.content_type;
+  req.content_encoding = params.content_encoding;
+  req.request_id = params.request_id;
+  req.authorization = params.authorization;
 
-  const char* length_text = param(fcgi, "CONTENT_LENGTH");
+  const char* length_text = params.content_length;
   char* end = nullptr;
   errno = 0;
   unsigned long long length = std::strtoull(length_text, &end, 10);

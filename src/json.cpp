@@ -1,6 +1,8 @@
 // json.cpp: the JSON syntax pre-scan, cJSON document parsing, and JSON string escaping.
 #include "json.h"
 
+#include <charconv>
+#include <cmath>
 #include <cstdio>
 
 namespace tdapi {
@@ -244,7 +246,30 @@ void append_json_string(std::string& out, std::string_view s) {
 
 void JsonWriter::number(double v) {
   comma();
-  char buf[32];
+  // Three decimals (a log line's durations), formatted by hand where the value fits: snprintf's
+  // "%.3f" was a twentieth of a small read's CPU.
+  if (!std::isfinite(v)) {
+    out_ += "null";  // JSON has no NaN or infinity
+    return;
+  }
+  if (std::fabs(v) < 1e15) {
+    long long thousandths = std::llround(v * 1000.0);
+    unsigned long long magnitude = thousandths < 0
+                                       ? 0ULL - static_cast<unsigned long long>(thousandths)
+                                       : static_cast<unsigned long long>(thousandths);
+    if (thousandths < 0) out_ += '-';
+    char digits[24];
+    auto [end, ec] = std::to_chars(digits, digits + sizeof digits, magnitude / 1000);
+    (void)ec;  // cannot fail: 20 digits at most
+    out_.append(digits, static_cast<size_t>(end - digits));
+    unsigned fraction = static_cast<unsigned>(magnitude % 1000);
+    const char tail[] = {'.', static_cast<char>('0' + fraction / 100),
+                         static_cast<char>('0' + fraction / 10 % 10),
+                         static_cast<char>('0' + fraction % 10)};
+    out_.append(tail, sizeof tail);
+    return;
+  }
+  char buf[352];  // "%.3f" of DBL_MAX is 313 characters
   int n = std::snprintf(buf, sizeof buf, "%.3f", v);
   out_.append(buf, static_cast<size_t>(n));
 }

@@ -551,7 +551,10 @@ int SqliteStore::on_wal_commit(void* self, sqlite3* db, const char*, int wal_pag
   if (wal_pages >= kCheckpointPages * 4) {
     // Under a steady stream of commits the log can only restart from the beginning when the
     // writer itself finishes a checkpoint between two transactions. The checkpoint thread has
-    // copied nearly everything by now, so this one is short.
+    // copied nearly everything by now, so this one is short. It waits for a checkpoint the
+    // thread is running: skipped instead (SQLITE_BUSY), the log missed its restart at random
+    // and grew to hundreds of MB under a stream of commits (release build, 20,000 inserts).
+    std::lock_guard<std::mutex> run(store->checkpoint_run_mu_);
     sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
   } else if (wal_pages >= kCheckpointPages) {
     std::lock_guard<std::mutex> lock(store->checkpoint_mu_);
@@ -569,8 +572,12 @@ void SqliteStore::checkpoint_loop() {
     checkpoint_wanted_ = false;
     lock.unlock();
     // PASSIVE: copies what no reader still needs, never blocks the writer or readers.
-    int rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                       nullptr, nullptr);
+    int rc;
+    {
+      std::lock_guard<std::mutex> run(checkpoint_run_mu_);
+      rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                     nullptr);
+    }
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
       note_failure(status_from_sqlite(rc, checkpointer_->db, "checkpoint", true));
     }

@@ -92,6 +92,22 @@ std::string check_field(const cJSON* value, const FieldSpec& spec) {
 
 std::string check_id_text(std::string_view s, size_t max_chars) {
   if (s.empty()) return "must not be empty";
+  // Printable ASCII, the usual case, in one pass: no controls or layout characters possible.
+  bool printable_ascii = true;
+  bool visible = false;
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c > 0x7e) {
+      printable_ascii = false;
+      break;
+    }
+    visible = visible || c != ' ';
+  }
+  if (printable_ascii) {
+    if (!visible) return "must not be only whitespace";
+    if (s.size() > max_chars) return "must be at most " + std::to_string(max_chars) + " characters";
+    return "";
+  }
   if (only_whitespace(s)) return "must not be only whitespace";
   if (count_chars(s) > max_chars)
     return "must be at most " + std::to_string(max_chars) + " characters";

@@ -1,6 +1,12 @@
 // json_log_test.cpp: JSON escaping, document parsing, and the shape of log lines.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <regex>
+
+#include "clock.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
@@ -146,6 +152,49 @@ TEST(LogLine, IsOneJsonObjectWithOnlySetFields) {
   std::string ts = cJSON_GetObjectItem(tree.get(), "ts")->valuestring;
   EXPECT_EQ(ts.size(), 24u);  // 2026-11-27T14:20:44.123Z
   EXPECT_EQ(ts.back(), 'Z');
+}
+
+TEST(JsonNumber, ThreeDecimalsLikePrintfAndNullWhenNotFinite) {
+  auto render = [](double v) {
+    std::string out;
+    JsonWriter w(out);
+    w.number(v);
+    return out;
+  };
+  EXPECT_EQ(render(1.5), "1.500");
+  EXPECT_EQ(render(0.0), "0.000");
+  EXPECT_EQ(render(0.0004), "0.000");
+  EXPECT_EQ(render(0.0126), "0.013");
+  EXPECT_EQ(render(-2.25), "-2.250");
+  EXPECT_EQ(render(12345.678), "12345.678");
+  EXPECT_EQ(render(999.9996), "1000.000");
+  // Past the hand-formatted range: printf's "%.3f", whole.
+  char expected[400];
+  std::snprintf(expected, sizeof expected, "%.3f", 1e300);
+  EXPECT_EQ(render(1e300), expected);
+  EXPECT_EQ(render(std::nan("")), "null");
+  EXPECT_EQ(render(HUGE_VAL), "null");
+}
+
+TEST(Timestamp, IsUtcWithMillisecondsAndFollowsTheClock) {
+  const std::regex shape(R"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z)");
+  std::string first = utc_timestamp_ms();
+  EXPECT_TRUE(std::regex_match(first, shape)) << first;
+  auto second_of = [](time_t t) {
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char text[32];
+    strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%S", &tm);
+    return std::string(text);
+  };
+  std::string before = second_of(time(nullptr));
+  std::string again = utc_timestamp_ms();
+  std::string after = second_of(time(nullptr));
+  EXPECT_TRUE(std::regex_match(again, shape)) << again;
+  // The cached second is the clock's: between the seconds read just before and just after.
+  EXPECT_GE(again.substr(0, 19), before) << again;
+  EXPECT_LE(again.substr(0, 19), after) << again;
+  EXPECT_GE(again, first);
 }
 
 }  // namespace
