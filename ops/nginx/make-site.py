@@ -37,8 +37,6 @@ VALUES = {
     "KEY_BURST": "50000",
     "ANON_RATE": "100r/s",
     "ANON_BURST": "200",
-    # Forwarding the access log (LOG_FORWARD) is make run's; the package logs to files.
-    "ACCESS_LOG_FORWARD": "",
     # One app process in the package: /metrics needs no per-node paths.
     "NODE_METRICS_LOCATIONS": "",
 }

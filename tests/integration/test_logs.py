@@ -132,7 +132,9 @@ class Load:
     """POSTs from a few threads, bounded in count and time; acked holds every 201's test_id.
     pause()/resume() hold the threads between requests."""
 
-    def __init__(self, server, prefix, threads=4, max_requests=4000, seconds=60):
+    # Long enough for every phase of a test on a loaded CI machine (phases wait for counts, not
+    # times); the pause between requests keeps a fast machine from using the count up early.
+    def __init__(self, server, prefix, threads=4, max_requests=20000, seconds=240):
         self.server, self.prefix = server, prefix
         self.acked, self.failed = [], []
         self.lock = threading.Lock()
@@ -158,7 +160,7 @@ class Load:
             with self.lock:
                 self.busy -= 1
                 (self.acked if getattr(r, "status", None) == 201 else self.failed).append((tid, r))
-            time.sleep(0.002)  # bounded rate: a few hundred requests a second at most
+            time.sleep(0.01)  # bounded rate: 400 requests a second at most
 
     def start(self):
         for t in self.threads:
@@ -301,17 +303,15 @@ class Forwarding(unittest.TestCase):
                 before = load.count()
                 self.assertTrue(wait_for(lambda: load.count() >= before + 300, timeout=60))
                 # The local rsyslogd stopped while lines wait: it saves its queue to disk, and
-                # run.sh starts it again. (nginx writes its access line just after the answer:
-                # every one is out before the forwarder goes, else it would reach no socket.)
+                # run.sh starts it again.
                 load.pause()
                 self.assertTrue(wait_for(lambda: self._posts_logged(s) == load.count() + len(load.failed),
                                          timeout=30))
                 restart_from = line_counts(s)
                 fwd = s.pid_of("rsyslogd")
                 os.kill(fwd, signal.SIGTERM)
-                self.assertTrue(wait_for(lambda: self._pid(s) not in (None, fwd) and
-                                         os.path.exists(os.path.join(s.data_dir, "run", "syslog.sock")),
-                                         timeout=30), s.read_log("app.log")[-1000:])
+                self.assertTrue(wait_for(lambda: self._pid(s) not in (None, fwd), timeout=30),
+                                s.read_log("app.log")[-1000:])
                 queue = os.listdir(os.path.join(s.data_dir, "rsyslog", "queue"))
                 self.assertTrue(any(f.startswith("forward") for f in queue), queue)
                 load.resume()
