@@ -404,6 +404,7 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
     remove_temp(tmp);
     return s;
   }
+  out.swapped = true;
   if (!fsync_dir(dir_of(db))) {
     return Status::IoError("restored, but cannot fsync the directory of " + db + ": " +
                            errno_text());
@@ -539,6 +540,13 @@ int run_restore_command(int argc, char** argv) {
   if (from.empty()) return usage("restore: --from FILE is required");
   RestoreResult r;
   Status s = restore_database(from, db, r);
+  if (!s.ok() && r.swapped) {
+    // In place, but its rename may not survive a crash yet: not "nothing changed".
+    return fail("restore",
+                s.message() + ". The backup is in place at " + db +
+                    (r.replaced.empty() ? "" : "; the replaced database is " + r.replaced) +
+                    "; run sync, then check it");
+  }
   if (!s.ok()) {
     return fail("restore",
                 "refused: " + s.message() + ". Nothing was changed" +

@@ -45,6 +45,7 @@ struct RestoreResult {
   std::string replaced;  // where the database that was at the target now is ("" if none)
   DatabaseFacts facts;   // counted in the restored copy
   double seconds = 0;
+  bool swapped = false;  // the backup is at db (also when the last step, an fsync, failed)
 };
 
 // Puts the backup `from` in place of the database `db`. Refuses (Busy, nothing changed) while

@@ -166,6 +166,7 @@ TEST(Restore, RefusesADamagedOrForeignBackupAndChangesNothing) {
     RestoreResult r;
     Status s = restore_database(dir.file(name), dir.file("live.db"), r);
     EXPECT_FALSE(s.ok()) << name << " was restored";
+    EXPECT_FALSE(r.swapped) << name;
     EXPECT_NE(s.message().find(dir.file(name)), std::string::npos) << s.message();
     EXPECT_EQ(bytes_of(dir.file("live.db")), target) << name;
     EXPECT_EQ(names_in(dir.file("")), before) << name;
@@ -234,6 +235,7 @@ TEST(Restore, SwapsInTheBackupAndKeepsTheReplacedDatabaseAside) {
   RestoreResult r;
   Status s = restore_database(dir.file("copy.db"), dir.file("live.db"), r);
   ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(r.swapped);
   EXPECT_EQ(r.facts.tests, 10);
   ASSERT_FALSE(r.replaced.empty());
   EXPECT_EQ(r.replaced.rfind(dir.file("live.db.replaced-"), 0), 0u) << r.replaced;
