@@ -438,10 +438,13 @@ forwarder_exited() {
 # nginx's master opens its pid file, access log and temp directories as root (and makes the temp
 # directories its workers'): none of them may be a link the service user planted.
 # (A link this script's own user made, e.g. logs/ on another disk, is the operator's choice.)
+# The same for the log forwarder's directories (LOG_FORWARD), which this script makes and
+# writes into: through a planted rsyslog -> /etc/logrotate.d, root would put a file there that
+# the service user owns, and so root's next logrotate would run the service user's commands.
 for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/logs/access.log" \
-    "$DATA_DIR"/nginx/{client_body,fastcgi,proxy,uwsgi,scgi}; do
+    "$DATA_DIR"/nginx/{client_body,fastcgi,proxy,uwsgi,scgi} "$DATA_DIR"/rsyslog{,/work,/queue}; do
   if [ -L "$path" ] && [ "$(stat -c %u "$path")" != "$(id -u)" ]; then
-    refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx (root) will not follow it: remove it"
+    refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx and run.sh (root) will not follow it: remove it"
   fi
 done
 # Centralized logs (LOG_FORWARD): a local rsyslogd of this instance, run as the service user
@@ -535,10 +538,16 @@ stop_forwarder() {
 }
 if [ -n "$LOG_FORWARD" ]; then
   case $DATA_DIR in *[\"\\]*) refuse "LOG_FORWARD: DATA_DIR must not contain '\"' or '\\' (it goes into rsyslog's config)" ;; esac
-  mkdir -p "$DATA_DIR/rsyslog/work" "$DATA_DIR/rsyslog/queue"
-  [ -z "$service_user" ] || chown -R -P "$service_user:$service_group" "$DATA_DIR/rsyslog"
+  # Made and written as the service user (its files, in its directory): nothing here can be
+  # led elsewhere by a link it planted meanwhile. chown -P (of a previous run's root-owned
+  # directories) changes a link itself, never its target.
+  if [ -n "$service_user" ] && { [ -e "$DATA_DIR/rsyslog" ] || [ -L "$DATA_DIR/rsyslog" ]; }; then
+    chown -R -P "$service_user:$service_group" "$DATA_DIR/rsyslog"
+  fi
+  as_owner mkdir -p "$DATA_DIR/rsyslog/work" "$DATA_DIR/rsyslog/queue"
   ensure_app_log
-  render_forwarder_conf | put_file "$fwd_conf"
+  render_forwarder_conf |
+    as_owner sh -c 'umask 077; t=$(mktemp "$1.XXXXXX") && cat >"$t" && mv -fT "$t" "$1"' sh "$fwd_conf"
   if ! check=$(as_owner "$RSYSLOGD_BIN" -N1 -f "$fwd_conf" 2>&1); then
     refuse "LOG_FORWARD: rsyslogd refuses its configuration ($fwd_conf):"$'\n'"$check"
   fi

@@ -249,6 +249,9 @@ in_root id testdata-api >/dev/null || fail "no user testdata-api"
 in_root id -nG www-data | tr ' ' '\n' | grep -qx testdata-api || fail "www-data is not in group testdata-api"
 [ "$(in_root stat -c %a:%U /var/lib/testdata-api)" = "700:testdata-api" ] || fail "/var/lib/testdata-api: $(in_root stat -c %a:%U /var/lib/testdata-api)"
 [ "$(in_root stat -c %a:%U /etc/testdata-api/testdata-api.env)" = "600:root" ] || fail "env file: $(in_root stat -c %a:%U /etc/testdata-api/testdata-api.env)"
+for f in /var/log/nginx/testdata-api.access.log /var/log/nginx/testdata-api.error.log; do
+  [ "$(in_root stat -c %a:%U:%G "$f")" = "640:www-data:adm" ] || fail "$f: $(in_root stat -c %a:%U:%G "$f") (want 640:www-data:adm, as nginx's own logs)"
+done
 [ "$(readlink "$R/etc/nginx/sites-enabled/testdata-api")" = ../sites-available/testdata-api ] || fail "the nginx site is not enabled"
 in_root dpkg-query -W -f='${Conffiles}\n' testdata-api | grep -q /etc/testdata-api/testdata-api.env || fail "env file is not a conffile"
 # The operator's part: Debian's default site (port 80) off, our site on the test's port. A

@@ -217,7 +217,9 @@ Status backup_database(const std::string& db, const std::string& dest, BackupRes
   Status s = sqlite_backup_file(db, tmp, snapshot);
   out.copy_seconds = seconds_since(start);
   auto verify_start = std::chrono::steady_clock::now();
-  if (s.ok()) s = sqlite_check_file(tmp, out.facts);
+  // What the service has been running on is copied as it is (a schema changed by hand shows at a
+  // restore, which refuses it).
+  if (s.ok()) s = sqlite_check_file(tmp, false, out.facts);
   if (s.ok() &&
       (out.facts.schema_version != snapshot.schema_version || out.facts.tests != snapshot.tests ||
        out.facts.keys != snapshot.keys || out.facts.audit_entries != snapshot.audit_entries ||
@@ -328,7 +330,7 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
     remove_temp(tmp);
     return Status::IoError(error.empty() ? "cannot open " + tmp + ": " + errno_text() : error);
   }
-  Status s = sqlite_check_file(tmp, out.facts);
+  Status s = sqlite_check_file(tmp, true, out.facts);
   if (!s.ok()) {
     remove_temp(tmp);
     // Name the backup, not the temp copy the check ran on.
@@ -402,6 +404,7 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
     remove_temp(tmp);
     return s;
   }
+  out.swapped = true;
   if (!fsync_dir(dir_of(db))) {
     return Status::IoError("restored, but cannot fsync the directory of " + db + ": " +
                            errno_text());
@@ -537,6 +540,13 @@ int run_restore_command(int argc, char** argv) {
   if (from.empty()) return usage("restore: --from FILE is required");
   RestoreResult r;
   Status s = restore_database(from, db, r);
+  if (!s.ok() && r.swapped) {
+    // In place, but its rename may not survive a crash yet: not "nothing changed".
+    return fail("restore",
+                s.message() + ". The backup is in place at " + db +
+                    (r.replaced.empty() ? "" : "; the replaced database is " + r.replaced) +
+                    "; run sync, then check it");
+  }
   if (!s.ok()) {
     return fail("restore",
                 "refused: " + s.message() + ". Nothing was changed" +

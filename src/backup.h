@@ -45,12 +45,14 @@ struct RestoreResult {
   std::string replaced;  // where the database that was at the target now is ("" if none)
   DatabaseFacts facts;   // counted in the restored copy
   double seconds = 0;
+  bool swapped = false;  // the backup is at db (also when the last step, an fsync, failed)
 };
 
 // Puts the backup `from` in place of the database `db`. Refuses (Busy, nothing changed) while
 // another process has db open: the running service. Copies `from` into a temp file beside db,
-// fsyncs and checks it (sqlite_check_file: integrity, a schema version this binary knows, the
-// audit chain): a damaged or foreign file is refused (Corrupt/Internal) and nothing changes.
+// fsyncs and checks it (sqlite_check_file: integrity, a schema version this binary knows and
+// exactly its schema, the audit chain): a damaged, foreign or altered file is refused
+// (Corrupt/Internal) and nothing changes.
 // Then settles the database at db (its WAL checkpointed into it; a damaged one keeps its -wal
 // beside it), keeps it as db.replaced-<time>, moves the copy to db (atomically: db is never
 // missing), removes the clean-stop marker so the first start checks the file, and fsyncs the

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <iterator>
 #include <utility>
 
 #include "auth.h"
@@ -1324,6 +1325,75 @@ int count_facts(sqlite3* db, DatabaseFacts& f) {
                    f.audit_head);
 }
 
+// The schema objects of db other than SQLite's own (type, name, table and DDL, its whitespace
+// runs made one space), sorted: what a file's schema is compared by.
+int schema_objects(sqlite3* db, std::vector<std::string>& out) {
+  out.clear();
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(db,
+                              "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema"
+                              " WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+                              -1, &st, nullptr);
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    std::string object;
+    for (int i = 0; i < 4; ++i) {
+      if (i > 0) object += ' ';
+      bool space = false;
+      for (char c : column_view(st, i)) {
+        const bool blank = c == ' ' || c == '\t' || c == '\n' || c == '\r';
+        if (blank && !space) object += ' ';
+        if (!blank) object += c;
+        space = blank;
+      }
+    }
+    out.push_back(std::move(object));
+    rc = SQLITE_OK;
+  }
+  if (rc != SQLITE_DONE) rc = sqlite3_extended_errcode(db);
+  sqlite3_finalize(st);
+  std::sort(out.begin(), out.end());
+  return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+// Ok when db's schema is exactly the one this binary creates for `version` (1 to
+// kSchemaVersion): no other table, index, view or trigger, no table defined differently. A
+// trigger or a changed table would run inside the service once the file is restored, e.g.
+// dropping every insert (RAISE(IGNORE)) while the API answers 201, or replacing a test on a
+// duplicate id instead of answering 409; a view would run at the first count below.
+Status check_schema(sqlite3* db, int version, const std::string& path) {
+  DbHandle ref;
+  std::string ddl = kSchemaV1;
+  for (int v = 1; v < version; ++v) ddl += kMigrations[v - 1];
+  if (sqlite3_open_v2(":memory:", &ref.db, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK ||
+      sqlite3_exec(ref.db, ddl.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return Status::Internal("cannot build the reference schema: " +
+                            std::string(ref.db ? sqlite3_errmsg(ref.db) : "out of memory"));
+  }
+  std::vector<std::string> want, have;
+  int rc = schema_objects(ref.db, want);
+  if (rc == SQLITE_OK) rc = schema_objects(db, have);
+  if (rc != SQLITE_OK)
+    return status_from_sqlite(rc, db, "cannot read the schema of " + path, false);
+  std::vector<std::string> extra, missing;
+  std::set_difference(have.begin(), have.end(), want.begin(), want.end(),
+                      std::back_inserter(extra));
+  std::set_difference(want.begin(), want.end(), have.begin(), have.end(),
+                      std::back_inserter(missing));
+  if (extra.empty() && missing.empty()) return Status::Ok();
+  auto name_of = [](const std::string& object) {  // "table tests", "trigger drop_writes"
+    size_t first = object.find(' ');
+    return object.substr(0, object.find(' ', first + 1));
+  };
+  std::string why;
+  for (const std::string& o : extra)
+    why += (why.empty() ? "" : ", ") + std::string("unexpected ") + name_of(o);
+  for (const std::string& o : missing)
+    why += (why.empty() ? "" : ", ") + std::string("expected ") + name_of(o);
+  return Status::Internal(path + " does not have the schema testdata-api creates for version " +
+                          std::to_string(version) + " (" + why +
+                          "): it was changed outside testdata-api");
+}
+
 }  // namespace
 
 Status sqlite_backup_file(const std::string& source, const std::string& dest,
@@ -1389,7 +1459,7 @@ Status sqlite_backup_file(const std::string& source, const std::string& dest,
   return Status::Ok();
 }
 
-Status sqlite_check_file(const std::string& path, DatabaseFacts& out) {
+Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFacts& out) {
   out = DatabaseFacts();
   if (!std::filesystem::exists(path)) return Status::ReadOnly("no file at " + path);
   DbHandle h;
@@ -1430,6 +1500,10 @@ Status sqlite_check_file(const std::string& path, DatabaseFacts& out) {
   if (version < 1) {
     return Status::Internal(path + " has schema version " + v +
                             ": it is not a testdata-api database");
+  }
+  if (exact_schema) {
+    Status schema = check_schema(h.db, version, path);
+    if (!schema.ok()) return schema;
   }
   rc = query_one(h.db, "SELECT length(value) FROM meta WHERE name = 'cursor_key'", v);
   if (rc != SQLITE_OK || v != "16") {

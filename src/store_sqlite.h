@@ -75,8 +75,11 @@ Status sqlite_backup_file(const std::string& source, const std::string& dest,
 // integrity_check, requires a schema version from 1 to SqliteStore::kSchemaVersion with a cursor
 // key, counts tests, audit entries and keys, and verifies the audit chain (audit.h). Corrupt for
 // a damaged file, a file that is not a database or a broken audit chain; Internal for a schema
-// this binary does not know. Ok fills `out`.
-Status sqlite_check_file(const std::string& path, DatabaseFacts& out);
+// this binary does not know. Ok fills `out`. With exact_schema (restore), also Internal for a
+// schema other than the one this binary creates for that version (an extra trigger, view, table
+// or index, a table defined otherwise): it would run inside the service once restored. Checked
+// before anything reads the tables.
+Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFacts& out);
 
 // Takes the database at `path` out of service (restore): Busy when another process has it open
 // (a WAL connection holds a shared lock on the file for as long as it is open, so leaving WAL

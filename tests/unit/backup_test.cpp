@@ -11,6 +11,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "store_sqlite.h"
@@ -165,6 +166,7 @@ TEST(Restore, RefusesADamagedOrForeignBackupAndChangesNothing) {
     RestoreResult r;
     Status s = restore_database(dir.file(name), dir.file("live.db"), r);
     EXPECT_FALSE(s.ok()) << name << " was restored";
+    EXPECT_FALSE(r.swapped) << name;
     EXPECT_NE(s.message().find(dir.file(name)), std::string::npos) << s.message();
     EXPECT_EQ(bytes_of(dir.file("live.db")), target) << name;
     EXPECT_EQ(names_in(dir.file("")), before) << name;
@@ -174,6 +176,51 @@ TEST(Restore, RefusesADamagedOrForeignBackupAndChangesNothing) {
   EXPECT_NE(s.message().find("audit chain"), std::string::npos) << s.message();
   s = restore_database(dir.file("newer.db"), dir.file("live.db"), r);
   EXPECT_NE(s.message().find("newer release"), std::string::npos) << s.message();
+}
+
+// A backup whose schema was changed outside testdata-api: what it adds would run inside the
+// service after the restore (a trigger that drops every insert while the API answers 201, a
+// tests table that replaces a test on a duplicate id instead of refusing it).
+TEST(Restore, RefusesABackupWithASchemaTestdataApiDidNotCreate) {
+  TempDir dir;
+  store_with_tests(dir.file("live.db"), 5).reset();
+  BackupResult b;
+  ASSERT_TRUE(backup_database(dir.file("live.db"), dir.file("copy.db"), b).ok());
+  const std::string good = bytes_of(dir.file("copy.db"));
+  const std::pair<const char*, const char*> changes[] = {
+      {"trigger.db",
+       "CREATE TRIGGER drop_writes BEFORE INSERT ON tests BEGIN SELECT RAISE(IGNORE); END"},
+      {"view.db", "CREATE VIEW v AS SELECT * FROM tests"},
+      {"table.db", "CREATE TABLE extra (x)"},
+      {"index.db", "CREATE INDEX extra ON tests (result)"},
+      {"replace.db",
+       "PRAGMA writable_schema=ON; UPDATE sqlite_schema SET sql = replace(sql, 'test_id    TEXT "
+       "PRIMARY KEY NOT NULL', 'test_id TEXT PRIMARY KEY ON CONFLICT REPLACE NOT NULL') WHERE "
+       "name = 'tests'"},
+  };
+  for (const auto& [name, sql] : changes) {
+    write_bytes(dir.file(name), good);
+    query(dir.file(name), sql);
+  }
+  ASSERT_NE(query(dir.file("replace.db"), "SELECT sql FROM sqlite_schema WHERE name = 'tests'")
+                .find("ON CONFLICT REPLACE"),
+            std::string::npos);
+  const std::string target = bytes_of(dir.file("live.db"));
+  const auto before = names_in(dir.file(""));
+  for (const auto& [name, sql] : changes) {
+    RestoreResult r;
+    Status s = restore_database(dir.file(name), dir.file("live.db"), r);
+    EXPECT_EQ(s.code(), StatusCode::kInternal) << name << ": " << s.message();
+    EXPECT_NE(s.message().find("schema"), std::string::npos) << s.message();
+    EXPECT_EQ(bytes_of(dir.file("live.db")), target) << name;
+    EXPECT_EQ(names_in(dir.file("")), before) << name;
+  }
+  RestoreResult r;
+  Status s = restore_database(dir.file("trigger.db"), dir.file("live.db"), r);
+  EXPECT_NE(s.message().find("unexpected trigger drop_writes"), std::string::npos) << s.message();
+  // The unchanged copy is still restored.
+  s = restore_database(dir.file("copy.db"), dir.file("live.db"), r);
+  EXPECT_TRUE(s.ok()) << s.message();
 }
 
 TEST(Restore, SwapsInTheBackupAndKeepsTheReplacedDatabaseAside) {
@@ -188,6 +235,7 @@ TEST(Restore, SwapsInTheBackupAndKeepsTheReplacedDatabaseAside) {
   RestoreResult r;
   Status s = restore_database(dir.file("copy.db"), dir.file("live.db"), r);
   ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(r.swapped);
   EXPECT_EQ(r.facts.tests, 10);
   ASSERT_FALSE(r.replaced.empty());
   EXPECT_EQ(r.replaced.rfind(dir.file("live.db.replaced-"), 0), 0u) << r.replaced;
