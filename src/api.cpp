@@ -345,7 +345,11 @@ Response list_tests_response(const Request& req, const char* action, ListRequest
   Response r;
   r.log.clinic_id = q.clinic_id;
   r.stream = [&store, q = std::move(q), page, paged](BodyWriter& out, LogFields& log) -> Status {
-    std::string buf;
+    // Holds up to one of the store's pages (about 256 KB) before it is sent: kept per thread
+    // across listings, as growing a fresh one to a page's size each time cost more than the
+    // page's query (callgrind: +11% instructions for a 1,000-test listing).
+    thread_local std::string buf;
+    buf.clear();
     buf.reserve(kStreamChunkBytes + 4096);
     buf += "{\"status\":\"success\",\"clinic_id\":";
     append_json_string(buf, q.clinic_id);
@@ -354,7 +358,9 @@ Response list_tests_response(const Request& req, const char* action, ListRequest
     long long last_seq = q.after_seq;
     bool more = false;
     bool client_gone = false;
-    Status s = store.list_tests(q, [&](std::string_view json, long long seq) {
+    // Rows only go into buf (the store may hold its read snapshot meanwhile); what they made is
+    // sent after each of the store's pages, with the snapshot released.
+    auto on_row = [&](std::string_view json, long long seq) {
       if (page > 0 && count == page) {
         more = true;  // the extra row: only says a next page exists
         return false;
@@ -363,12 +369,16 @@ Response list_tests_response(const Request& req, const char* action, ListRequest
       buf.append(json);
       ++count;
       last_seq = seq;
+      return true;
+    };
+    auto on_page_end = [&] {
       if (buf.size() >= kStreamChunkBytes) {
         client_gone = !out.write(buf);
         buf.clear();
       }
       return !client_gone;
-    });
+    };
+    Status s = store.list_tests(q, on_row, on_page_end);
     log.count = count;
     if (!s.ok()) return s;
     if (client_gone) {

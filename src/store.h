@@ -120,11 +120,19 @@ class Store {
   // Calls on_row for every test matching query, oldest first, until on_row returns false.
   // on_row gets the stored JSON object of the test (the five fields and created_at) and its
   // position `seq` (strictly increasing in insertion order); the view is valid only during the
-  // call. Returns Ok (also when nothing matches) or the storage error that stopped the listing;
-  // rows already delivered stay delivered.
-  virtual Status list_tests(
-      const ListQuery& query,
-      const std::function<bool(std::string_view json, long long seq)>& on_row) = 0;
+  // call. The rows come page by page (at most 1,000 rows or about 256 KB of documents): on_row may
+  // be called while the store holds the page's read snapshot, so it must not wait (keep the row in
+  // memory); after each page, with the snapshot released, the store calls on_page_end (when given):
+  // the place to send what the rows made, and to stop the listing by returning false. Returns Ok
+  // (also when nothing matches) or the storage error that stopped the listing; rows already
+  // delivered stay delivered.
+  using RowFn = std::function<bool(std::string_view json, long long seq)>;
+  using PageEndFn = std::function<bool()>;
+  virtual Status list_tests(const ListQuery& query, const RowFn& on_row,
+                            const PageEndFn& on_page_end) = 0;
+  Status list_tests(const ListQuery& query, const RowFn& on_row) {
+    return list_tests(query, on_row, nullptr);
+  }
 
   // Every test after after_seq, in seq order, at most limit rows, until on_row returns false
   // (migrate copies and checks stores with it). Ok or the storage error.

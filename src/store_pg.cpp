@@ -584,8 +584,7 @@ Status PgStore::with_reader(const char* what, const std::function<Status(Connect
   return status;
 }
 
-Status PgStore::list_tests(const ListQuery& q,
-                           const std::function<bool(std::string_view, long long)>& on_row) {
+Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEndFn& on_page_end) {
   // As in get_test: a filter that is not UTF-8 matches nothing stored.
   if (!is_valid_utf8(q.clinic_id) || (q.patient_id && !is_valid_utf8(*q.patient_id)) ||
       (q.test_type && !is_valid_utf8(*q.test_type))) {
@@ -621,15 +620,16 @@ Status PgStore::list_tests(const ListQuery& q,
     const int got = PQntuples(page.get());
     more = got == want;
     size_t bytes = 0;
+    bool stopped = false;
     for (int i = 0; i < got; ++i) {
       std::string_view doc = value_view(page.get(), i, 0);
       bytes += doc.size();
       if (!on_row(doc, value_int(page.get(), i, 1))) {
-        more = false;
+        stopped = true;
         break;
       }
     }
-    if (got == 0) break;
+    if (got == 0 || stopped) break;
     after = value_int(page.get(), got - 1, 1);
     if (remaining > 0) {
       remaining -= got;
@@ -639,6 +639,7 @@ Status PgStore::list_tests(const ListQuery& q,
     const long long average = std::max<long long>(1, static_cast<long long>(bytes) / got);
     page_rows =
         std::clamp<long long>(static_cast<long long>(kListPageBytes) / average, 1, kListPageRows);
+    if (on_page_end && !on_page_end()) break;
   }
   return status;
 }

@@ -64,9 +64,9 @@ class PgStore : public Store {
   Status revoke_key(std::string_view key_id, const std::string& when) override;
   Status find_key(std::string_view key_id, ApiKey& out) override;
   Status get_test(std::string_view test_id, std::string& json) override;
-  Status list_tests(
-      const ListQuery& query,
-      const std::function<bool(std::string_view json, long long seq)>& on_row) override;
+  using Store::list_tests;
+  Status list_tests(const ListQuery& query, const RowFn& on_row,
+                    const PageEndFn& on_page_end) override;
   Status check_health() override;
   const std::string& instance_secret() const override { return secret_; }
   StoreStats stats() const override;

@@ -121,9 +121,9 @@ class SqliteStore : public Store {
   Status revoke_key(std::string_view key_id, const std::string& when) override;
   Status find_key(std::string_view key_id, ApiKey& out) override;
   Status get_test(std::string_view test_id, std::string& json) override;
-  Status list_tests(
-      const ListQuery& query,
-      const std::function<bool(std::string_view json, long long seq)>& on_row) override;
+  using Store::list_tests;
+  Status list_tests(const ListQuery& query, const RowFn& on_row,
+                    const PageEndFn& on_page_end) override;
   // Ok when a real query answers, no operation has met a damaged database since open, and the
   // write path is not failing: a write transaction that failed with an I/O, read-only,
   // corruption or internal error within the last minute, with no commit since, is reported.

@@ -329,16 +329,25 @@ TEST(SqliteStore, AStalledListingDoesNotKeepTheWalFromRestarting) {
   std::thread lister([&] {
     ListQuery q;
     q.clinic_id = "c1";
-    Status s = store->list_tests(q, [&](std::string_view json, long long seq) {
-      rows.emplace_back(field_of(json, "test_id"), seq);
-      if (rows.size() == 1) {  // a client that stops reading after the first rows
-        std::unique_lock<std::mutex> lock(mu);
-        stalled = true;
-        cv.notify_all();
-        cv.wait(lock, [&] { return release; });
-      }
-      return true;
-    });
+    bool first_page = true;
+    Status s = store->list_tests(
+        q,
+        [&](std::string_view json, long long seq) {
+          rows.emplace_back(field_of(json, "test_id"), seq);
+          return true;
+        },
+        [&] {
+          // The handler sends after each page: a client that stops reading after the first
+          // page stalls it here.
+          if (first_page) {
+            first_page = false;
+            std::unique_lock<std::mutex> lock(mu);
+            stalled = true;
+            cv.notify_all();
+            cv.wait(lock, [&] { return release; });
+          }
+          return true;
+        });
     EXPECT_TRUE(s.ok()) << s.message();
   });
   {
