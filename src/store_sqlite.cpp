@@ -173,6 +173,8 @@ const char kBumpSeqSql[] =
 // A listing reads at most this many rows, or this many bytes of documents, per read
 // transaction, then ends it before the rows are sent: a client that reads slowly never holds
 // a snapshot, which would keep checkpoints from restarting the WAL.
+// How long the writer's own checkpoint waits for one the checkpoint thread is running.
+constexpr std::chrono::milliseconds kWriterCheckpointWait{5};
 constexpr long long kListPageRows = 1000;
 constexpr size_t kListPageBytes = 256 * 1024;
 
@@ -552,11 +554,20 @@ int SqliteStore::on_wal_commit(void* self, sqlite3* db, const char*, int wal_pag
   if (wal_pages >= kCheckpointPages * 4) {
     // Under a steady stream of commits the log can only restart from the beginning when the
     // writer itself finishes a checkpoint between two transactions. The checkpoint thread has
-    // copied nearly everything by now, so this one is short. It waits for a checkpoint the
-    // thread is running: skipped instead (SQLITE_BUSY), the log missed its restart at random
-    // and grew to hundreds of MB under a stream of commits (release build, 20,000 inserts).
-    std::lock_guard<std::mutex> run(store->checkpoint_run_mu_);
-    sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    // copied nearly everything by now, so this one is short. SQLite runs one checkpoint at a
+    // time (a second PASSIVE one fails SQLITE_BUSY at once): skipped whenever the thread was
+    // running one, the log missed its restart at random and grew to hundreds of MB under a
+    // stream of commits (release build, 20,000 inserts). So the writer waits for the thread's
+    // pass, but at most kWriterCheckpointWait (a commit is not held for a whole pass over a
+    // large database); past that it calls off the pass asked for next and tries again after
+    // its next commit.
+    std::unique_lock<std::timed_mutex> run(store->checkpoint_run_mu_, std::defer_lock);
+    if (run.try_lock_for(kWriterCheckpointWait)) {
+      sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    } else {
+      std::lock_guard<std::mutex> lock(store->checkpoint_mu_);
+      store->checkpoint_wanted_ = false;
+    }
   } else if (wal_pages >= kCheckpointPages) {
     std::lock_guard<std::mutex> lock(store->checkpoint_mu_);
     store->checkpoint_wanted_ = true;
@@ -575,7 +586,7 @@ void SqliteStore::checkpoint_loop() {
     // PASSIVE: copies what no reader still needs, never blocks the writer or readers.
     int rc;
     {
-      std::lock_guard<std::mutex> run(checkpoint_run_mu_);
+      std::lock_guard<std::timed_mutex> run(checkpoint_run_mu_);
       rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
                                      nullptr);
     }
