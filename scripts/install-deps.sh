@@ -17,7 +17,8 @@ packages=(
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   nodejs:node npm:npm                 # the OpenAPI linter and newman (npm packages)
   wrk                                 # make bench
-  debhelper dpkg-dev lintian          # make deb (dpkg-buildpackage) and its lintian check
+  build-essential debhelper dpkg-dev  # make deb (dpkg-buildpackage checks build-essential)
+  lintian                             # the package's lintian check
   debootstrap                         # the package's install test: a clean Debian 12 root
   systemd                             # systemd-analyze verify/security on the units
   rsyslog rsyslog-relp logrotate      # LOG_FORWARD and the log collector (ops/rsyslog), rotation

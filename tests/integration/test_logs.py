@@ -39,15 +39,20 @@ class Collector:
         self.relp_port = free_port()
         self.tcp_port = free_port()
         self.proc = None
+        # The configuration is read from a copy: as nobody, rsyslogd cannot read the checkout
+        # when it lies under a closed directory (/root on a fresh machine).
+        self.conf_dir = tempfile.mkdtemp(prefix="tdapi-it-collector-conf-")
+        self.conf = os.path.join(self.conf_dir, "collector.conf")
+        shutil.copyfile(os.path.join(ROOT, "ops", "rsyslog", "collector.conf"), self.conf)
         if IS_ROOT:
             nobody = pwd.getpwnam("nobody")
-            os.chown(self.dir, nobody.pw_uid, nobody.pw_gid)
+            for path in (self.dir, self.conf_dir, self.conf):
+                os.chown(path, nobody.pw_uid, nobody.pw_gid)
 
     def start(self):
         env = dict(os.environ, COLLECTOR_DIR=self.dir, COLLECTOR_ADDRESS="127.0.0.1",
                    COLLECTOR_RELP_PORT=str(self.relp_port), COLLECTOR_TCP_PORT=str(self.tcp_port))
-        cmd = [RSYSLOGD, "-n", "-f", os.path.join(ROOT, "ops", "rsyslog", "collector.conf"),
-               "-i", os.path.join(self.dir, "collector.pid")]
+        cmd = [RSYSLOGD, "-n", "-f", self.conf, "-i", os.path.join(self.dir, "collector.pid")]
         if IS_ROOT:
             cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] + cmd
         self.out = open(os.path.join(tempfile.gettempdir(), os.path.basename(self.dir) + ".out"), "ab")
@@ -89,6 +94,7 @@ class Collector:
         self.stop()
         if not os.environ.get("KEEP_DATA"):
             shutil.rmtree(self.dir, ignore_errors=True)
+            shutil.rmtree(self.conf_dir, ignore_errors=True)
             try:
                 os.unlink(self.out.name)
             except (OSError, AttributeError):
