@@ -471,7 +471,11 @@ render_forwarder_conf() {
 global(workDirectory="$DATA_DIR/rsyslog/work" maxMessageSize="64k" processInternalMessages="on")
 # What the inputs took in but the forwarding queue has not yet: saved too on a stop.
 main_queue(queue.type="LinkedList" queue.filename="main" queue.saveOnShutdown="on")
-module(load="imfile" mode="inotify")
+# Polling once a second, not inotify: at a rotation imfile reads the renamed file to its end and
+# then moves to the new one; with inotify that happened as soon as nginx's master had created
+# the new access.log, while a worker could still append a line to the old one (lost for the
+# collector). Polled, the old file is finished a moment later, after the workers reopened.
+module(load="imfile" mode="polling" pollingInterval="1")
 $([ "$fwd_scheme" = relp ] && echo 'module(load="omrelp")')
 
 # RFC 5424: <PRI>1 TIMESTAMP HOST APP-NAME - - - MSG, where APP-NAME names the stream
@@ -739,7 +743,7 @@ while :; do
   fi
 done
 if [ -n "$tail_pid" ]; then kill "$tail_pid" 2>/dev/null || true; fi
-# The app's and the supervisor's last lines are read (inotify) before the forwarder stops; what
-# it has not read yet, it reads at its next start.
-if [ -n "$fwd_pid" ]; then sleep 0.5; stop_forwarder; fi
+# The app's and the supervisor's last lines are read (imfile polls every second) before the
+# forwarder stops; what it has not read yet, it reads at its next start.
+if [ -n "$fwd_pid" ]; then sleep 1.5; stop_forwarder; fi
 exit "$status"

@@ -209,7 +209,7 @@ class SqliteStore : public Store {
   std::mutex checkpoint_mu_;
   // Held while a checkpoint runs, by the checkpoint thread and by the writer's own: SQLite lets
   // one checkpoint run at a time and answers a second PASSIVE one with SQLITE_BUSY at once.
-  std::timed_mutex checkpoint_run_mu_;
+  std::mutex checkpoint_run_mu_;
   std::condition_variable checkpoint_cv_;
   bool checkpoint_wanted_ = false;
   bool checkpoint_stop_ = false;
