@@ -5,6 +5,7 @@ a symbolic link planted where nginx (root) writes, a planted link where run.sh w
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,7 +59,10 @@ class Supervisor(unittest.TestCase):
 
     def test_links_planted_where_root_writes_are_refused_or_replaced(self):
         d = tempfile.mkdtemp(prefix="tdapi-links-")
-        victim = os.path.join(tempfile.mkdtemp(prefix="tdapi-victim-"), "victim")
+        victim_dir = tempfile.mkdtemp(prefix="tdapi-victim-")
+        self.addCleanup(shutil.rmtree, d, True)
+        self.addCleanup(shutil.rmtree, victim_dir, True)
+        victim = os.path.join(victim_dir, "victim")
         with open(victim, "w") as f:
             f.write("untouched\n")
         with Server(data_dir=d):
