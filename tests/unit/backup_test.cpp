@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "sqlite_test_util.h"
 #include "store_sqlite.h"
 #include "store_test_util.h"
 #include "temp_dir.h"
@@ -22,37 +23,6 @@ namespace tdapi {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::unique_ptr<SqliteStore> open_store(const std::string& path) {
-  SqliteOptions o;
-  o.path = path;
-  std::unique_ptr<SqliteStore> store;
-  Status s = SqliteStore::open(o, store);
-  EXPECT_TRUE(s.ok()) << s.message();
-  return store;
-}
-
-// The first column of the first row of sql on its own connection to path.
-std::string query(const std::string& path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr),
-            SQLITE_OK);
-  sqlite3_busy_timeout(db, 5000);
-  std::string first;
-  char* err = nullptr;
-  int rc = sqlite3_exec(
-      db, sql.c_str(),
-      [](void* out, int n, char** values, char**) {
-        auto* s = static_cast<std::string*>(out);
-        if (s->empty() && n > 0 && values[0]) *s = values[0];
-        return 0;
-      },
-      &first, &err);
-  EXPECT_EQ(rc, SQLITE_OK) << sql << ": " << (err ? err : "");
-  sqlite3_free(err);
-  sqlite3_close(db);
-  return first;
-}
 
 std::set<std::string> names_in(const std::string& dir) {
   std::set<std::string> names;
@@ -71,7 +41,7 @@ void write_bytes(const std::string& path, const std::string& bytes) {
 
 // A store with n tests in clinic c1 and one audit entry per test.
 std::unique_ptr<SqliteStore> store_with_tests(const std::string& path, int n) {
-  auto store = open_store(path);
+  auto store = open_sqlite_at(path);
   for (int i = 0; i < n; ++i) {
     AuditEntry audit;
     audit.key_id = "anonymous";
@@ -95,8 +65,8 @@ TEST(Backup, CopiesALiveStoreAndVerifiesTheCopy) {
   EXPECT_EQ(r.facts.restarts, 0);
   EXPECT_GT(r.bytes, 0);
   // Self-contained: no WAL mode, nothing beside it, and the service's store opens it.
-  EXPECT_EQ(query(r.file, "PRAGMA journal_mode"), "delete");
-  EXPECT_EQ(query(r.file, "PRAGMA integrity_check"), "ok");
+  EXPECT_EQ(sql_on(r.file, "PRAGMA journal_mode"), "delete");
+  EXPECT_EQ(sql_on(r.file, "PRAGMA integrity_check"), "ok");
   EXPECT_FALSE(fs::exists(r.file + "-wal"));
   EXPECT_EQ(names_in(dir.file("")).count("copy.db"), 1u);
   for (const std::string& name : names_in(dir.file(""))) {
@@ -104,9 +74,9 @@ TEST(Backup, CopiesALiveStoreAndVerifiesTheCopy) {
   }
   // Writes after the backup are not in it; the store goes on.
   ASSERT_TRUE(store->insert(make_record("later")).status.ok());
-  EXPECT_EQ(query(r.file, "SELECT count(*) FROM tests"), "50");
+  EXPECT_EQ(sql_on(r.file, "SELECT count(*) FROM tests"), "50");
   store.reset();
-  auto copy = open_store(r.file);
+  auto copy = open_sqlite_at(r.file);
   EXPECT_EQ(list_ids(*copy, "c1").size(), 50u);
 }
 
@@ -151,13 +121,13 @@ TEST(Restore, RefusesADamagedOrForeignBackupAndChangesNothing) {
   write_bytes(dir.file("truncated.db"), good.substr(0, good.size() / 2));
   write_bytes(dir.file("text.db"), std::string(8192, 'x'));
   // A database that is not one of ours (no schema version).
-  query(dir.file("other.db"), "CREATE TABLE t (x)");
+  sql_on(dir.file("other.db"), "CREATE TABLE t (x)");
   // The audit trail rewritten: one entry's detail changed, every page still well-formed.
   write_bytes(dir.file("forged.db"), good);
-  query(dir.file("forged.db"), "UPDATE audit SET detail = '{\"forged\":1}' WHERE seq = 7");
+  sql_on(dir.file("forged.db"), "UPDATE audit SET detail = '{\"forged\":1}' WHERE seq = 7");
   // Written by a newer release.
   write_bytes(dir.file("newer.db"), good);
-  query(dir.file("newer.db"), "PRAGMA user_version = 99");
+  sql_on(dir.file("newer.db"), "PRAGMA user_version = 99");
 
   std::string target = bytes_of(dir.file("live.db"));
   auto before = names_in(dir.file(""));
@@ -200,9 +170,9 @@ TEST(Restore, RefusesABackupWithASchemaTestdataApiDidNotCreate) {
   };
   for (const auto& [name, sql] : changes) {
     write_bytes(dir.file(name), good);
-    query(dir.file(name), sql);
+    sql_on(dir.file(name), sql);
   }
-  ASSERT_NE(query(dir.file("replace.db"), "SELECT sql FROM sqlite_schema WHERE name = 'tests'")
+  ASSERT_NE(sql_on(dir.file("replace.db"), "SELECT sql FROM sqlite_schema WHERE name = 'tests'")
                 .find("ON CONFLICT REPLACE"),
             std::string::npos);
   const std::string target = bytes_of(dir.file("live.db"));
@@ -240,11 +210,11 @@ TEST(Restore, SwapsInTheBackupAndKeepsTheReplacedDatabaseAside) {
   ASSERT_FALSE(r.replaced.empty());
   EXPECT_EQ(r.replaced.rfind(dir.file("live.db.replaced-"), 0), 0u) << r.replaced;
   // The replaced database, whole by itself, with the test written after the backup.
-  EXPECT_EQ(query(r.replaced, "SELECT count(*) FROM tests"), "11");
+  EXPECT_EQ(sql_on(r.replaced, "SELECT count(*) FROM tests"), "11");
   EXPECT_FALSE(fs::exists(dir.file("live.db-wal")));
   // The restored file is checked on the next start: the old marker is gone.
   EXPECT_FALSE(fs::exists(dir.file("live.db-clean")));
-  store = open_store(dir.file("live.db"));
+  store = open_sqlite_at(dir.file("live.db"));
   ASSERT_TRUE(store);
   EXPECT_EQ(list_ids(*store, "c1").size(), 10u);
   ASSERT_TRUE(store->insert(make_record("after-restore")).status.ok());
@@ -263,7 +233,7 @@ TEST(Restore, MovesADamagedDatabaseAsideWithItsWal) {
   EXPECT_EQ(bytes_of(r.replaced), std::string(8192, 'g'));
   EXPECT_EQ(bytes_of(r.replaced + "-wal"), "stale wal");
   EXPECT_FALSE(fs::exists(dir.file("live.db-wal")));
-  EXPECT_EQ(query(dir.file("live.db"), "SELECT count(*) FROM tests"), "3");
+  EXPECT_EQ(sql_on(dir.file("live.db"), "SELECT count(*) FROM tests"), "3");
 }
 
 TEST(Rotation, KeepsTheNewestBackupsAndNothingElseIsTouched) {

@@ -7,20 +7,12 @@
 #include <vector>
 
 #include "auth.h"
+#include "sqlite_test_util.h"
 #include "store_sqlite.h"
 #include "temp_dir.h"
 
 namespace tdapi {
 namespace {
-
-std::unique_ptr<SqliteStore> open_at(const std::string& path) {
-  SqliteOptions o;
-  o.path = path;
-  std::unique_ptr<SqliteStore> store;
-  Status s = SqliteStore::open(o, store);
-  EXPECT_TRUE(s.ok()) << s.message();
-  return store;
-}
 
 AuditEntry entry(const std::string& action, const std::string& clinic) {
   AuditEntry e;
@@ -51,7 +43,7 @@ std::string verify(Store& store) {
 
 TEST(StoreAudit, WritesCarryTheirOutcomeAndTheChainVerifies) {
   TempDir dir;
-  auto store = open_at(dir.file("t.db"));
+  auto store = open_sqlite_at(dir.file("t.db"));
   TestRecord r{"t1", "p1", "c1", "blood", "neg"};
   AuditEntry a = entry("create", "c1");
   ASSERT_TRUE(store->insert(r, &a).status.ok());
@@ -74,7 +66,7 @@ TEST(StoreAudit, WritesCarryTheirOutcomeAndTheChainVerifies) {
 TEST(StoreAudit, TheChainContinuesAcrossRestartsAndUnderConcurrency) {
   TempDir dir;
   {
-    auto store = open_at(dir.file("t.db"));
+    auto store = open_sqlite_at(dir.file("t.db"));
     std::vector<std::thread> threads;
     for (int t = 0; t < 8; ++t) {
       threads.emplace_back([&, t] {
@@ -87,7 +79,7 @@ TEST(StoreAudit, TheChainContinuesAcrossRestartsAndUnderConcurrency) {
     }
     for (auto& th : threads) th.join();
   }
-  auto store = open_at(dir.file("t.db"));
+  auto store = open_sqlite_at(dir.file("t.db"));
   AuditEntry a = entry("get", "c1");
   a.outcome = 404;
   ASSERT_TRUE(store->append_audit(a).ok());
@@ -97,7 +89,7 @@ TEST(StoreAudit, TheChainContinuesAcrossRestartsAndUnderConcurrency) {
 
 TEST(StoreAudit, AnEditedRowIsFoundByVerify) {
   TempDir dir;
-  auto store = open_at(dir.file("t.db"));
+  auto store = open_sqlite_at(dir.file("t.db"));
   for (int i = 0; i < 5; ++i) {
     AuditEntry a = entry("list", "c" + std::to_string(i));
     a.outcome = 200;
@@ -114,7 +106,7 @@ TEST(StoreAudit, AnEditedRowIsFoundByVerify) {
 
 TEST(StoreAudit, ListsFilterByClinicTimeAndPage) {
   TempDir dir;
-  auto store = open_at(dir.file("t.db"));
+  auto store = open_sqlite_at(dir.file("t.db"));
   for (int i = 0; i < 6; ++i) {
     AuditEntry a = entry("list", i % 2 ? "odd" : "even");
     a.outcome = 200;
@@ -167,7 +159,7 @@ TEST(StoreAudit, NoAnswerAboutStoredDataGoesOutWithoutItsAuditEntry) {
 
 TEST(StoreKeys, CreateFindListRevoke) {
   TempDir dir;
-  auto store = open_at(dir.file("t.db"));
+  auto store = open_sqlite_at(dir.file("t.db"));
   NewKey nk;
   ASSERT_TRUE(generate_key(nk));
   ApiKey k{nk.key_id, "lab", {"write:c1", "read:c1"}, nk.secret_hash, "2026-11-28T00:00:00Z", ""};
@@ -208,7 +200,7 @@ TEST(StoreKeys, AVersionOneDatabaseIsMigrated) {
               SQLITE_OK);
     sqlite3_close(db);
   }
-  auto store = open_at(dir.file("t.db"));
+  auto store = open_sqlite_at(dir.file("t.db"));
   ASSERT_TRUE(store);
   AuditEntry a = entry("list", "c1");
   a.outcome = 200;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "json.h"
+#include "sqlite_test_util.h"
 #include "store_test_util.h"
 #include "temp_dir.h"
 #include "test_record.h"
@@ -40,27 +41,6 @@ std::unique_ptr<SqliteStore> open_store(const SqliteOptions& o) {
   Status s = SqliteStore::open(o, store);
   EXPECT_TRUE(s.ok()) << s.message();
   return store;
-}
-
-// Runs sql on its own connection to path; returns the first column of the first row, if any.
-std::string sql_on(const std::string& path, const std::string& sql) {
-  sqlite3* db = nullptr;
-  EXPECT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_busy_timeout(db, 5000);
-  std::string first;
-  char* err = nullptr;
-  int rc = sqlite3_exec(
-      db, sql.c_str(),
-      [](void* out, int n, char** values, char**) {
-        auto* s = static_cast<std::string*>(out);
-        if (s->empty() && n > 0 && values[0]) *s = values[0];
-        return 0;
-      },
-      &first, &err);
-  EXPECT_EQ(rc, SQLITE_OK) << sql << ": " << (err ? err : "");
-  sqlite3_free(err);
-  sqlite3_close(db);
-  return first;
 }
 
 // Every (test_id, seq) of a clinic, in listing order.
