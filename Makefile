@@ -99,7 +99,8 @@ deb: deps
 	@JOBS=$(JOBS) scripts/build-deb.sh dist
 
 # Throughput and latency against the FastCGI ceiling, measured with wrk; prints a table and
-# writes bench/results/latest.md. BENCH_SECONDS per run (4), BENCH_ROUNDS (3), BENCH_BIG_ROWS.
+# writes bench/results/latest.md. BENCH_SECONDS per run (4), BENCH_ROUNDS (3), BENCH_BIG_ROWS,
+# BENCH_IDLE_CONNS (1000); BENCH_PROFILE=1 also writes perf profiles (bench/results/perf-*.txt).
 bench: build
 	@python3 bench/bench.py
 

@@ -31,6 +31,10 @@ THREADS = int(os.environ.get("THREADS") or 32 * (os.cpu_count() or 2))
 BIG = int(os.environ.get("BENCH_BIG_ROWS", "1000000"))
 # BENCH_PG=0 leaves PostgreSQL out (it needs the postgresql package: make deps installs it).
 PG = os.environ.get("BENCH_PG", "1") != "0"
+# BENCH_PROFILE=1: `perf record -g` on the app during the first round of the 32-connection POST
+# and 10-test GET cases (AUTH=off and on); top symbols to bench/results/profile-*.txt.
+PROFILE = os.environ.get("BENCH_PROFILE", "0") != "0"
+IDLE = int(os.environ.get("BENCH_IDLE_CONNS", "1000"))
 PG_DIR = f"/tmp/tdapi-bench-pg-{os.getpid()}"
 
 
@@ -112,6 +116,61 @@ def rss_kb(pid, field):
     return 0
 
 
+def cpu_ticks(pid):
+    """utime + stime of a process (all its threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def profile_start(pid, name):
+    if not PROFILE or not shutil.which("perf"):
+        return None
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    out = os.path.join(ROOT, "bench", "results", "perf-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))
+    p = subprocess.Popen(["perf", "record", "-F", "997", "-g", "-p", str(pid), "-o", out + ".data",
+                          "--", "sleep", str(SECONDS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p, out
+
+
+def profile_finish(prof):
+    """Writes the profile's shares by library and its top symbols next to the table."""
+    if prof is None:
+        return
+    p, out = prof
+    p.wait(SECONDS + 60)
+    parts = []
+    for title, sort in (("by library (dso)", "dso"), ("top symbols (self)", "dso,sym")):
+        r = subprocess.run(["perf", "report", "-i", out + ".data", "--no-children", "--stdio",
+                            "--sort", sort, "-g", "none"], capture_output=True, text=True)
+        rows = [l for l in r.stdout.splitlines() if l.strip() and not l.startswith("#")][:45]
+        parts.append(f"## {title}\n" + "\n".join(rows))
+    r = subprocess.run(["perf", "report", "-i", out + ".data", "--children", "--stdio", "--sort",
+                        "sym", "-g", "none"], capture_output=True, text=True)
+    calls = [l for l in r.stdout.splitlines() if re.search(r"__x64_sys_\w+|do_syscall_64|__schedule$", l)][:20]
+    parts.append("## system calls and scheduling (children, inclusive)\n" + "\n".join(calls))
+    with open(out + ".txt", "w") as f:
+        f.write(f"# perf record -F 997 -g -p <app> for {SECONDS} s under the bench load\n\n" +
+                "\n\n".join(parts) + "\n")
+    os.unlink(out + ".data")
+
+
+def idle_connections(port, n, path):
+    """Opens n kept-alive client connections, each after one GET, and leaves them idle."""
+    import socket
+    socks, ok = [], 0
+    for _ in range(n):
+        try:
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            if c.recv(65536).startswith(b"HTTP/1.1 200"):
+                ok += 1
+            socks.append(c)
+        except OSError:
+            break
+    return socks, ok
+
+
 def timed(cmd):
     t = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -141,6 +200,20 @@ def big_listing(server, db, clinic):
     sqlite_secs, _ = timed(["sh", "-c", f"sqlite3 -json {db} \"{sql}\" > /dev/null"])
     return {"secs": secs, "bytes": int(size), "code": code, "rss_before_kb": before,
             "rss_peak_kb": peak[0], "sqlite_secs": sqlite_secs}
+
+
+def nginx_workers(port):
+    """PIDs of the nginx workers serving 127.0.0.1:port: the listeners whose parent listens too."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    listeners = {int(p) for p in re.findall(r"pid=(\d+)", out)}
+
+    def ppid(pid):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return next(int(l.split()[1]) for l in f if l.startswith("PPid:"))
+        except OSError:
+            return -1
+    return {p for p in listeners if ppid(p) in listeners}
 
 
 def batch_stats(app_log, offset):
@@ -274,6 +347,10 @@ def main():
                 (f"{pgn}: GET clinic of 1,000, 1 conn", url + "/tests?clinic_id=bench-1000", 1, None, "FastCGI ceiling, 1,000-test-size body, 1 conn"),
             ]
         results = {c[0]: [] for c in cases}
+        app_pids = {app: server.pid_of("app"), sec: secure.pid_of("app")}
+        cpu = {c[0]: [] for c in cases}  # app CPU µs per request (user, sys), per round
+        rss = {c[0]: 0 for c in cases}  # app VmRSS after the case, kB (largest of the rounds)
+        tck = os.sysconf("SC_CLK_TCK")
         batches = []
         app_log = os.path.join(data_dir, "logs", "app.log")
         for rnd in range(ROUNDS):
@@ -281,12 +358,33 @@ def main():
                 token_arg = tok[0] if tok else None
                 offset = os.path.getsize(app_log)
                 args = ((f"r{rnd}c{conns}",) + ((token_arg,) if token_arg else ())) if script else ()
+                base = next((b for b in app_pids if url.startswith(b + "/")), None)
+                pid = app_pids.get(base)
+                before = cpu_ticks(pid) if pid else None
+                prof = (profile_start(pid, name) if pid and rnd == 0 and conns == 32 and
+                        ("POST" in name or "clinic of 10," in name) else None)
                 r = wrk(url, conns, script, args=args, token=token_arg)
+                profile_finish(prof)
+                if pid:
+                    after = cpu_ticks(pid)
+                    n = max(1, r["total"])
+                    cpu[name].append(tuple((a - b) * 1e6 / tck / n for a, b in zip(after, before)))
+                    rss[name] = max(rss[name], rss_kb(pid, "VmRSS"))
                 results[name].append(r)
                 if script and conns == 32 and not token_arg and url.startswith(app):
                     batches.append(batch_stats(app_log, offset))
                 log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
 
+        idle = {}
+        for base, label in ((app, "AUTH=off"), (sec, "AUTH=on")):
+            pid = app_pids[base]
+            port = int(base.rsplit(":", 1)[1])
+            socks, ok = idle_connections(port, IDLE, "/healthz")
+            time.sleep(1)
+            idle[label] = (len(socks), ok, rss_kb(pid, "VmRSS"),
+                           sum(rss_kb(p, "VmRSS") for p in nginx_workers(port)))
+            for c in socks:
+                c.close()
         big = [big_listing(server, db, "bench-1m") for _ in range(3)]
         # The app's restart-free peak over its whole life, for the record.
         hwm = rss_kb(server.pid_of("app"), "VmHWM")
@@ -312,13 +410,27 @@ def main():
                          f"private server on the same 2 cores ({pg_settings()}); APP_NODES app "
                          f"processes of {THREADS} threads each behind one nginx upstream; AUTH=off AUDIT=off.")
         lines.append("")
-        lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
+        lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling | app CPU µs/req user+sys | app RSS MB |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name, _, _, _, ceiling, *_ in cases:
             m = med[name]
             ratio = (f"{m['rps'] / med[ceiling]['rps']:.2f} × {ceiling}" if ceiling and med[ceiling]['rps'] else "—")
+            if cpu[name]:
+                u = statistics.median(x[0] for x in cpu[name])
+                k = statistics.median(x[1] for x in cpu[name])
+                cpu_text, rss_text = f"{u:.0f} + {k:.0f}", f"{rss[name] / 1024:.1f}"
+            else:
+                cpu_text = rss_text = "—"
             lines.append(f"| {name} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
-                         f"{m['non2xx']} of {m['total']:,} | {ratio} |")
+                         f"{m['non2xx']} of {m['total']:,} | {ratio} | {cpu_text} | {rss_text} |")
+        lines.append("")
+        lines.append("App CPU per request: the app process's utime + stime over the run (all its threads: "
+                     "workers, the writer, the checkpointer) divided by the requests wrk counted; "
+                     "SQLite rows only (PostgreSQL's server is another process).")
+        for label, (opened, ok, app_rss, nginx_rss) in idle.items():
+            lines.append(f"Idle connections, {label}: {opened} kept-alive client connections opened "
+                         f"({ok} answered 200, then left idle): app RSS {app_rss / 1024:.1f} MB, "
+                         f"nginx workers' RSS {nginx_rss / 1024:.1f} MB in all.")
         b = sorted(big, key=lambda x: x["secs"])[1]
         lines.append("")
         lines.append(f"One GET of a {BIG:,}-test clinic (median of 3): {b['secs']:.2f} s, "

@@ -21,10 +21,10 @@
 #include <algorithm>
 #include <cassert>
 #include <chrono>
-#include <thread>
 #include <cstdlib>
 #include <filesystem>
 #include <iterator>
+#include <thread>
 #include <utility>
 
 #include "auth.h"
