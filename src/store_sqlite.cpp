@@ -177,7 +177,6 @@ const char kBumpSeqSql[] =
 // a snapshot, which would keep checkpoints from restarting the WAL.
 // How long the writer's own checkpoint waits for one the checkpoint thread is running.
 constexpr std::chrono::milliseconds kWriterCheckpointWait{5};
-constexpr long long kWriterCacheKiB = 64 * 1024;
 constexpr long long kListPageRows = 1000;
 constexpr size_t kListPageBytes = 256 * 1024;
 
@@ -448,13 +447,7 @@ Status SqliteStore::open_writer() {
 }
 
 std::string SqliteStore::writer_pragmas() const {
-  // The writer's page cache: every insert walks five B-trees (the table, its test_id key and
-  // three indexes), and with SQLite's default 2 MiB a database past a few hundred thousand tests
-  // no longer keeps their upper levels cached, so commits wait on reads of pages they touched
-  // moments before. Only the writer changes pages, so its cache stays valid between
-  // transactions (a reader's is dropped at every commit, which is why theirs stay small).
-  std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + options_.synchronous +
-                        "; PRAGMA cache_size=-" + std::to_string(kWriterCacheKiB) + ";";
+  std::string pragmas = "PRAGMA journal_mode=WAL; PRAGMA synchronous=" + options_.synchronous + ";";
   if (options_.max_page_count > 0) {
     pragmas += "PRAGMA max_page_count=" + std::to_string(options_.max_page_count) + ";";
   }
