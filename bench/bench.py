@@ -148,7 +148,8 @@ def profile_finish(prof):
     r = subprocess.run(["perf", "report", "-i", out + ".data", "--children", "--stdio", "--sort",
                         "sym", "-g", "none"], capture_output=True, text=True)
     calls = [l for l in r.stdout.splitlines() if re.search(r"__x64_sys_\w+|do_syscall_64|__schedule$", l)][:20]
-    parts.append("## system calls and scheduling (children, inclusive)\n" + "\n".join(calls))
+    if calls:
+        parts.append("## system calls and scheduling (children, inclusive)\n" + "\n".join(calls))
     with open(out + ".txt", "w") as f:
         f.write(f"# perf record -F 997 -g -p <app> for {SECONDS} s under the bench load\n\n" +
                 "\n\n".join(parts) + "\n")
