@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -723,11 +724,11 @@ WriteOutcome SqliteStore::submit(WriteJob& job) {
     return job.outcome;
   }
   queue_.push_back(&job);
+  global_metrics().add_pending_writes(1);
   queue_cv_.notify_one();
   lock.unlock();
-  global_metrics().add_pending_writes(1);
   while (sem_wait(&job.done) != 0) {
-    // EINTR only: the signals this service handles are blocked in its threads
+    if (errno != EINTR) std::abort();  // EINVAL: a broken semaphore; never wait on it blindly
   }
   global_metrics().add_pending_writes(-1);
   return job.outcome;
