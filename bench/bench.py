@@ -11,6 +11,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ BIG = int(os.environ.get("BENCH_BIG_ROWS", "1000000"))
 # BENCH_PG=0 leaves PostgreSQL out (it needs the postgresql package: make deps installs it).
 PG = os.environ.get("BENCH_PG", "1") != "0"
 # BENCH_PROFILE=1: `perf record -g` on the app during the first round of the 32-connection POST
-# and 10-test GET cases (AUTH=off and on); top symbols to bench/results/profile-*.txt.
+# and 10-test GET cases (AUTH=off and on); top symbols to bench/results/perf-*.txt.
 PROFILE = os.environ.get("BENCH_PROFILE", "0") != "0"
 IDLE = int(os.environ.get("BENCH_IDLE_CONNS", "1000"))
 PG_DIR = f"/tmp/tdapi-bench-pg-{os.getpid()}"
@@ -158,7 +159,6 @@ def profile_finish(prof):
 
 def idle_connections(port, n, path):
     """Opens n kept-alive client connections, each after one GET, and leaves them idle."""
-    import socket
     socks, ok = [], 0
     for _ in range(n):
         try:
