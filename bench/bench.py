@@ -146,11 +146,6 @@ def profile_finish(prof):
                             "--sort", sort, "-g", "none"], capture_output=True, text=True)
         rows = [l for l in r.stdout.splitlines() if l.strip() and not l.startswith("#")][:45]
         parts.append(f"## {title}\n" + "\n".join(rows))
-    r = subprocess.run(["perf", "report", "-i", out + ".data", "--children", "--stdio", "--sort",
-                        "sym", "-g", "none"], capture_output=True, text=True)
-    calls = [l for l in r.stdout.splitlines() if re.search(r"__x64_sys_\w+|do_syscall_64|__schedule$", l)][:20]
-    if calls:
-        parts.append("## system calls and scheduling (children, inclusive)\n" + "\n".join(calls))
     with open(out + ".txt", "w") as f:
         f.write(f"# perf record -F 997 -g -p <app> for {SECONDS} s under the bench load\n\n" +
                 "\n\n".join(parts) + "\n")
