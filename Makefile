@@ -101,8 +101,12 @@ deb: deps
 # Throughput and latency against the FastCGI ceiling, measured with wrk; prints a table and
 # writes bench/results/latest.md. BENCH_SECONDS per run (4), BENCH_ROUNDS (3), BENCH_BIG_ROWS,
 # BENCH_IDLE_CONNS (1000); BENCH_PROFILE=1 also writes perf profiles (bench/results/perf-*.txt).
+# Then the scale case (bench/scale.py, bench/results/scale.md): POST, GET and start-up on an
+# empty database and grown by SQL to BENCH_SCALE_SIZES (1000000,10000000: ~6 GB in the temp
+# dir, ~8 minutes; 0 skips it).
 bench: build
 	@python3 bench/bench.py
+	@python3 bench/scale.py
 
 # libFuzzer targets over body validation and query decoding, FUZZ_SECONDS each (default 600).
 FUZZ_SECONDS ?= 600

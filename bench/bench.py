@@ -72,6 +72,33 @@ def wrk(url, conns, script=None, args=(), token=None):
     return parse_wrk(out)
 
 
+def pgbench(database, script, conns, variables=()):
+    """A do-nothing libpq client (pgbench, prepared statements) running SCRIPT on the bench's
+    PostgreSQL server for SECONDS; per-transaction latencies from its log (-l)."""
+    logdir = tempfile.mkdtemp(prefix="tdapi-bench-pgbench-")
+    try:
+        cmd = [harness._pg_tool("pgbench"), "-n", "-M", "prepared", "-c", str(conns),
+               "-j", str(min(2, conns)), "-T", str(SECONDS), "-f", script, "-l",
+               "--log-prefix", os.path.join(logdir, "tx"), "-h", harness.PG_HOST, "-U", harness.PG_USER]
+        for v in variables:
+            cmd += ["-D", v]
+        p = subprocess.run(cmd + [database], capture_output=True, text=True, timeout=SECONDS + 60)
+        if p.returncode != 0:
+            raise RuntimeError(f"pgbench {script}: {p.stderr.strip()[-500:]}")
+        lat = []
+        for name in os.listdir(logdir):
+            with open(os.path.join(logdir, name)) as f:
+                lat += [int(line.split()[2]) / 1000 for line in f if line.strip()]
+        lat.sort()
+        m = re.search(r"number of failed transactions: (\d+)", p.stdout)
+        return {"rps": float(re.search(r"tps = ([\d.]+)", p.stdout).group(1)),
+                "p50": lat[len(lat) // 2] if lat else 0.0,
+                "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0,
+                "non2xx": int(m.group(1)) if m else 0, "total": len(lat)}
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
 def render(template, data_dir, port, port_plain, socket, socket_plain, keepalive):
     user = "user root root;" if os.geteuid() == 0 else ""
     with open(template) as f:
@@ -152,13 +179,15 @@ def profile_finish(prof):
     os.unlink(out + ".data")
 
 
-def idle_connections(port, n, path):
-    """Opens n kept-alive client connections, each after one GET, and leaves them idle."""
+def idle_connections(port, n, path, token=None):
+    """Opens n kept-alive client connections, each after one GET (with the bearer token, if
+    given: keyless requests are rate-limited per address with AUTH=on), and leaves them idle."""
     socks, ok = [], 0
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     for _ in range(n):
         try:
             c = socket.create_connection(("127.0.0.1", port), timeout=5)
-            c.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            c.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n".encode())
             if c.recv(65536).startswith(b"HTTP/1.1 200"):
                 ok += 1
             socks.append(c)
@@ -332,15 +361,30 @@ def main():
             ("GET clinic of 10, auth + audit on, 32 conns", sec + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body", token),
             ("GET clinic of 10, auth + audit on, 1 conn", sec + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn", token),
         ]
+        if pg_urls:
+            # PostgreSQL's own ceiling: the app's statements from a do-nothing libpq client
+            # (pgbench), on the 1-node service's database, with as many connections as wrk.
+            after = harness.psql("SELECT seq FROM tests WHERE clinic_id = 'bench-1000' ORDER BY seq "
+                                 "LIMIT 1 OFFSET 15", database="bench_1").strip()
+            pgb = os.path.join(ROOT, "bench", "pgbench")
+            for conns, suffix in ((32, "32 clients"), (1, "1 client")):
+                cases += [
+                    (f"PostgreSQL ceiling: the POST's INSERT, {suffix}", "pgbench:bench_1", conns,
+                     os.path.join(pgb, "post.sql"), None),
+                    (f"PostgreSQL ceiling: the GET of 10's SELECT, {suffix}", "pgbench:bench_1", conns,
+                     os.path.join(pgb, "get10.sql"), None, None, ("clinic=bench-10",)),
+                    (f"PostgreSQL ceiling: the GET of 1,000's SELECTs, {suffix}", "pgbench:bench_1", conns,
+                     os.path.join(pgb, "get1000.sql"), None, None, ("clinic=bench-1000", f"after={after}")),
+                ]
         for nodes, url in pg_urls.items():
             pgn = f"PostgreSQL, {nodes} node{'s' if nodes > 1 else ''}"
             cases += [
-                (f"{pgn}: POST /tests (durable), 32 conns", url + "/tests", 32, post, "FastCGI ceiling, small body"),
-                (f"{pgn}: POST /tests (durable), 1 conn", url + "/tests", 1, post, "FastCGI ceiling, small body, 1 conn"),
-                (f"{pgn}: GET clinic of 10, 32 conns", url + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body"),
-                (f"{pgn}: GET clinic of 10, 1 conn", url + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn"),
-                (f"{pgn}: GET clinic of 1,000, 32 conns", url + "/tests?clinic_id=bench-1000", 32, None, "FastCGI ceiling, 1,000-test-size body"),
-                (f"{pgn}: GET clinic of 1,000, 1 conn", url + "/tests?clinic_id=bench-1000", 1, None, "FastCGI ceiling, 1,000-test-size body, 1 conn"),
+                (f"{pgn}: POST /tests (durable), 32 conns", url + "/tests", 32, post, "PostgreSQL ceiling: the POST's INSERT, 32 clients"),
+                (f"{pgn}: POST /tests (durable), 1 conn", url + "/tests", 1, post, "PostgreSQL ceiling: the POST's INSERT, 1 client"),
+                (f"{pgn}: GET clinic of 10, 32 conns", url + "/tests?clinic_id=bench-10", 32, None, "PostgreSQL ceiling: the GET of 10's SELECT, 32 clients"),
+                (f"{pgn}: GET clinic of 10, 1 conn", url + "/tests?clinic_id=bench-10", 1, None, "PostgreSQL ceiling: the GET of 10's SELECT, 1 client"),
+                (f"{pgn}: GET clinic of 1,000, 32 conns", url + "/tests?clinic_id=bench-1000", 32, None, "PostgreSQL ceiling: the GET of 1,000's SELECTs, 32 clients"),
+                (f"{pgn}: GET clinic of 1,000, 1 conn", url + "/tests?clinic_id=bench-1000", 1, None, "PostgreSQL ceiling: the GET of 1,000's SELECTs, 1 client"),
             ]
         results = {c[0]: [] for c in cases}
         app_pids = {app: server.pid_of("app"), sec: secure.pid_of("app")}
@@ -350,8 +394,13 @@ def main():
         batches = []
         app_log = os.path.join(data_dir, "logs", "app.log")
         for rnd in range(ROUNDS):
-            for name, url, conns, script, _, *tok in cases:
-                token_arg = tok[0] if tok else None
+            for name, url, conns, script, _, *more in cases:
+                token_arg = more[0] if more else None
+                if url.startswith("pgbench:"):
+                    r = pgbench(url.split(":", 1)[1], script, conns, more[1] if len(more) > 1 else ())
+                    results[name].append(r)
+                    log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} tx/s p99 {r['p99']:.2f} ms failed {r['non2xx']}")
+                    continue
                 offset = os.path.getsize(app_log)
                 args = ((f"r{rnd}c{conns}",) + ((token_arg,) if token_arg else ())) if script else ()
                 base = next((b for b in app_pids if url.startswith(b + "/")), None)
@@ -372,10 +421,10 @@ def main():
                 log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
 
         idle = {}
-        for base, label in ((app, "AUTH=off"), (sec, "AUTH=on")):
+        for base, label, tok in ((app, "AUTH=off", None), (sec, "AUTH=on", token)):
             pid = app_pids[base]
             port = int(base.rsplit(":", 1)[1])
-            socks, ok = idle_connections(port, IDLE, "/healthz")
+            socks, ok = idle_connections(port, IDLE, "/tests?clinic_id=bench-10", tok)
             time.sleep(1)
             idle[label] = (len(socks), ok, rss_kb(pid, "VmRSS"),
                            sum(rss_kb(p, "VmRSS") for p in nginx_workers(port)))
@@ -404,7 +453,13 @@ def main():
             lines.append("")
             lines.append(f"PostgreSQL rows: the same service with DATABASE_URL (libpq, unix socket) to a "
                          f"private server on the same 2 cores ({pg_settings()}); APP_NODES app "
-                         f"processes of {THREADS} threads each behind one nginx upstream; AUTH=off AUDIT=off.")
+                         f"processes of {THREADS} threads each behind one nginx upstream; AUTH=off AUDIT=off. "
+                         f"'PostgreSQL ceiling' rows: the app's own statements (bench/pgbench/*.sql) from a "
+                         f"do-nothing libpq client, pgbench -M prepared, with as many connections as wrk has "
+                         f"in the rows compared to them (req/s there is transactions/s; non-2xx, failed "
+                         f"transactions). The POST's is an autocommitted INSERT per client connection, "
+                         f"where the app sends its batches through one writer connection under an "
+                         f"advisory lock (the lock that lets several app nodes write).")
         lines.append("")
         lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling | app CPU µs/req user+sys | app RSS MB |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""scale.py: the scale case of `make bench`. Does the cost of a request grow with the data?
+
+One service as deployed (AUTH=on, every access audited), on SQLite, measured on an empty
+database and again after it is grown to each size of BENCH_SCALE_SIZES (default 1,000,000 and
+10,000,000 tests in 5,000 clinics; BENCH_SCALE_SIZES=0 skips the case). The rows are generated
+by SQL inside SQLite with the service stopped (as the app writes them: same row format, seq in
+insertion order, clinics interleaved, test_ids in random order), then the service is started
+again and its start-up timed. At each size: durable POSTs spread over the 5,000 clinics with
+random test_ids (bench/post-spread.lua), the 10-test clinic's listing and one test by id, 32
+connections, median of BENCH_ROUNDS interleaved rounds; the commits' mean duration and batch
+from the app's txn log lines; the app's read system calls per POST (pages SQLite had to read
+back: the page cache's misses) and RSS. Writes bench/results/scale.md. Reports only."""
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (wrk, cpu_ticks, rss_kb, ...)
+from bench import ROOT, BUILD, THREADS, ROUNDS, log  # noqa: E402
+from harness import Server  # noqa: E402
+
+SIZES = [int(s) for s in os.environ.get("BENCH_SCALE_SIZES", "1000000,10000000").split(",") if s.strip()]
+# BENCH_SCALE_BUILDS=dirA,dirB: several builds of the app measured side by side on the same data
+# (each started in turn on it at each size); default the one build of `make bench`.
+BUILDS = [b for b in os.environ.get("BENCH_SCALE_BUILDS", BUILD).split(",") if b.strip()]
+CLINICS = 5000
+CHUNK = 1_000_000  # rows per generating transaction
+
+
+def app_io(pid):
+    """(read system calls, write system calls, bytes written) of a process, from /proc/PID/io."""
+    with open(f"/proc/{pid}/io") as f:
+        fields = dict(line.split(": ") for line in f.read().splitlines())
+    return int(fields["syscr"]), int(fields["syscw"]), int(fields["wchar"])
+
+
+def grow(db, lo, hi):
+    """Appends tests number lo..hi-1 (the service is stopped). Each is a row as the app writes
+    it: seq = rowid = the next number, `doc` the record's JSON in the API's key order. Clinics
+    interleave (clinic i % 5,000); test_ids are a bijective scramble of i in front of i, so they
+    are unique and land all over the test_id index; patients scatter within a clinic."""
+    conn = sqlite3.connect(db, isolation_level=None, timeout=60)
+    # One writer, no readers: no WAL while generating (the service sets WAL again on start).
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-2000000")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    base = conn.execute("SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"
+                        " coalesce((SELECT value FROM counters WHERE name = 'last_seq'), 0))").fetchone()[0]
+    for start in range(lo, hi, CHUNK):
+        end = min(hi, start + CHUNK)
+        conn.execute("BEGIN")
+        conn.execute(
+            "WITH RECURSIVE g(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM g WHERE i + 1 < ?2),"
+            " r AS (SELECT i, printf('%08x-%d', (i * 2654435761) % 4294967296, i) AS tid,"
+            "        'patient-' || ((i * 40503) % 100003) AS pid, 'scale-' || (i % ?4) AS cid,"
+            "        CASE i % 3 WHEN 0 THEN 'blood' WHEN 1 THEN 'urine' ELSE 'xray' END AS tt,"
+            "        'result value ' || i AS res FROM g)"
+            " INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result,"
+            "                    created_at, doc)"
+            " SELECT ?3 + 1 + i - ?1, ?3 + 1 + i - ?1, tid, pid, cid, tt, res, ?5,"
+            "        json_object('test_id', tid, 'patient_id', pid, 'clinic_id', cid,"
+            "                    'test_type', tt, 'result', res, 'created_at', ?5) FROM r",
+            (start, end, base + start - lo, CLINICS, now))
+        conn.execute("COMMIT")
+        log(f"  {end:,} of {hi:,} tests")
+    conn.execute("UPDATE counters SET value = (SELECT max(rowid) FROM tests) WHERE name = 'last_seq'")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+
+
+def commits(app_log, offset):
+    """Mean duration (ms) and mean size of the write transactions logged since offset."""
+    with open(app_log, "rb") as f:
+        f.seek(offset)
+        txns = [json.loads(l) for l in f.read().decode().splitlines()
+                if l.startswith("{") and '"event":"txn"' in l]
+    if not txns:
+        return 0.0, 0.0
+    return (statistics.mean(t.get("duration_ms", 0) for t in txns),
+            statistics.mean(t.get("count", 0) for t in txns))
+
+
+def start_timed(server):
+    """Starts the service; seconds from run.sh's launch to the first 200 from /healthz."""
+    t = time.monotonic()
+    server.start(wait=False)
+    server.wait_ready(timeout=900)
+    return time.monotonic() - t
+
+
+def measure(server, token, target, label):
+    """The three cases at one size, ROUNDS interleaved rounds; medians and the POSTs' extras."""
+    base = f"http://127.0.0.1:{server.port}"
+    post = os.path.join(ROOT, "bench", "post-spread.lua")
+    pid = server.pid_of("app")
+    app_log = server.log_path("app.log")
+    cases = [("POST", base + "/tests", post), ("GET10", base + "/tests?clinic_id=bench-10", None),
+             ("GET1", base + "/tests/bench-10-3", None)]
+    res = {c[0]: [] for c in cases}
+    extra = {"commit_ms": [], "batch": [], "reads_per_post": [], "writes_per_post": [], "kb_per_post": [],
+             "cpu": []}
+    tck = os.sysconf("SC_CLK_TCK")
+    for rnd in range(ROUNDS):
+        for name, url, script in cases:
+            offset = os.path.getsize(app_log)
+            io0, cpu0 = app_io(pid), bench.cpu_ticks(pid)
+            r = bench.wrk(url, 32, script, args=(f"s{target}{label}r{rnd}", token) if script else (),
+                          token=token)
+            io1, cpu1 = app_io(pid), bench.cpu_ticks(pid)
+            res[name].append(r)
+            if name == "POST":
+                ms, batch = commits(app_log, offset)
+                extra["commit_ms"].append(ms)
+                extra["batch"].append(batch)
+                # less the one read of each request's FastCGI records
+                n = max(1, r["total"])
+                extra["reads_per_post"].append((io1[0] - io0[0]) / n - 1)
+                # less the answer's write and the request's log line
+                extra["writes_per_post"].append((io1[1] - io0[1]) / n - 2)
+                extra["kb_per_post"].append((io1[2] - io0[2]) / n / 1024)
+                extra["cpu"].append(sum(b - a for a, b in zip(cpu0, cpu1)) * 1e6 / tck / max(1, r["total"]))
+            log(f"{target:,} generated, {label}, round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s "
+                f"p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
+    med = {n: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p99")} for n, rs in res.items()}
+    return {"med": med, "rss_mb": bench.rss_kb(pid, "VmRSS") / 1024,
+            "non2xx": sum(x["non2xx"] for rs in res.values() for x in rs),
+            "total": sum(x["total"] for rs in res.values() for x in rs),
+            **{k: statistics.median(v) for k, v in extra.items()}}
+
+
+def main():
+    if not SIZES or SIZES == [0]:
+        log("scale case skipped (BENCH_SCALE_SIZES=0)")
+        return
+    data_dir = tempfile.mkdtemp(prefix="tdapi-bench-scale-")
+    db = os.path.join(data_dir, "testdata.db")
+    labels = [os.path.basename(os.path.normpath(b)) for b in BUILDS]
+    servers = [Server(data_dir=data_dir, APP_BIN=os.path.join(b, "testdata-api"), THREADS=THREADS,
+                      AUTH="on") for b in BUILDS]
+    rows = []
+    try:
+        app_bin = os.path.join(BUILDS[0], "testdata-api")
+        start_timed(servers[0])
+        token = json.loads(subprocess.run(
+            [app_bin, "keys", "create", "--db", db, "--name", "bench", "--scope", "read:*",
+             "--scope", "write:*"], capture_output=True, text=True, check=True).stdout)["token"]
+        auth = {"Authorization": "Bearer " + token}
+        for i in range(10):
+            r = servers[0].request("POST", "/tests", {"test_id": f"bench-10-{i}", "patient_id": f"p{i}",
+                                                      "clinic_id": "bench-10", "test_type": "blood",
+                                                      "result": f"result value {i}"}, headers=auth)
+            assert r.status == 201, r
+        servers[0].stop()
+        generated = 0
+        for target in [0] + SIZES:
+            gen_secs = 0.0
+            if target > generated:
+                log(f"growing the database to {target:,} generated tests...")
+                t = time.monotonic()
+                grow(db, generated, target)
+                gen_secs = time.monotonic() - t
+                generated = target
+            for server, label in zip(servers, labels):
+                startup = start_timed(server)
+                row = measure(server, token, target, label)
+                # A start after a crash (everything SIGKILLed): no clean-stop marker, so the app
+                # runs PRAGMA quick_check over the whole file first.
+                server.kill_all()
+                row["startup_crash"] = start_timed(server)
+                server.stop()
+                ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                tests = ro.execute("SELECT count(*) FROM tests").fetchone()[0]
+                ro.close()
+                row.update(target=target, label=label, tests=tests, gen_secs=gen_secs,
+                           startup=startup, db_gb=os.path.getsize(db) / 1e9)
+                rows.append(row)
+
+        empty = {r["label"]: r["med"] for r in rows if r["target"] == 0}
+        lines = [f"Machine: {os.cpu_count()} cores, Linux {platform.release()}; "
+                 f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC. SQLite, AUTH=on (a bearer key on every "
+                 f"request, every access audited), {THREADS} threads, wrk 32 connections, {bench.SECONDS} s "
+                 f"per run, median of {ROUNDS} interleaved rounds. Tests generated by SQL in {CLINICS:,} "
+                 f"clinics; POSTs spread over those clinics with random test_ids (bench/post-spread.lua). "
+                 f"Command: `make bench` (bench/scale.py).", "",
+                 "| tests | build | generated in s | start-up s, after a crash | DB GB | POST/s (× empty) "
+                 "| POST p99 ms | commit ms, mean batch | app reads, writes, KB written per POST "
+                 "| app CPU µs per POST | GET10/s (× empty) | GET1/s (× empty) | app RSS MB | non-2xx |",
+                 "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            m, e = r["med"], empty[r["label"]]
+            lines.append(
+                f"| {r['tests']:,} | {r['label']} | {r['gen_secs']:.0f} | {r['startup']:.2f}, {r['startup_crash']:.2f} | "
+                f"{r['db_gb']:.2f} | {m['POST']['rps']:,.0f} ({m['POST']['rps'] / e['POST']['rps']:.2f}) | "
+                f"{m['POST']['p99']:.2f} | {r['commit_ms']:.2f}, {r['batch']:.1f} | "
+                f"{r['reads_per_post']:.1f}, {r['writes_per_post']:.1f}, {r['kb_per_post']:.0f} | {r['cpu']:.0f} | "
+                f"{m['GET10']['rps']:,.0f} ({m['GET10']['rps'] / e['GET10']['rps']:.2f}) | "
+                f"{m['GET1']['rps']:,.0f} ({m['GET1']['rps'] / e['GET1']['rps']:.2f}) | {r['rss_mb']:.1f} | "
+                f"{r['non2xx']} of {r['total']:,} |")
+        lines += ["", "tests: rows after that size's runs (the generated ones, the 10-test clinic, and "
+                  "every POST so far). app reads, writes, KB written per POST: the app's read and "
+                  "write system calls and bytes written (/proc/PID/io syscr, syscw, wchar; all its "
+                  "threads, the checkpoint thread's too) over the POST runs per request, less the "
+                  "request's own read, its answer and its log line: pages of the database and the "
+                  "WAL read back (the file itself is in the OS cache) and WAL frames and checkpoint "
+                  "pages written. start-up: run.sh's launch to the first 200 from /healthz; after a "
+                  "crash (everything SIGKILLed), the app checks the whole file first (PRAGMA "
+                  "quick_check). "
+                  "GET10: the listing of a 10-test clinic; GET1: one test by id."]
+        table = "\n".join(lines)
+        print(table)
+        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+        with open(os.path.join(ROOT, "bench", "results", "scale.md"), "w") as f:
+            f.write("# make bench: scale (bench/scale.py)\n\n" + table + "\n")
+    finally:
+        for server in servers:
+            server.stop()
+        if not os.environ.get("KEEP_DATA"):
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
