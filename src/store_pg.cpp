@@ -319,7 +319,8 @@ struct PgStore::WriteJob {
   std::condition_variable done_cv;
 };
 
-PgStore::PgStore(PgOptions options) : options_(std::move(options)) {}
+PgStore::PgStore(PgOptions options)
+    : options_(std::move(options)), readers_(options_.max_readers) {}
 
 Status PgStore::connect(std::unique_ptr<Connection>& out) const {
   // Our defaults first: what the URL says wins (only the first dbname is expanded, and later
@@ -495,7 +496,7 @@ PgStore::~PgStore() {
   queue_cv_.notify_all();
   const bool was_open = writer_thread_.joinable();
   if (was_open) writer_thread_.join();
-  idle_readers_.clear();
+  readers_.drop_idle();
   writer_.reset();
   if (!options_.admin_tool && was_open) {
     LogFields f;
@@ -521,42 +522,30 @@ void PgStore::note_failure(const Status& s) {
 // -- readers ---------------------------------------------------------------------------------
 
 std::unique_ptr<PgStore::Connection> PgStore::acquire_reader(Status& status) {
-  std::unique_lock<std::mutex> lock(readers_mu_);
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.lock_timeout_ms);
-  while (idle_readers_.empty() && open_readers_ >= options_.max_readers) {
-    if (readers_cv_.wait_until(lock, deadline) == std::cv_status::timeout &&
-        idle_readers_.empty() && open_readers_ >= options_.max_readers) {
+  std::unique_ptr<Connection> conn;
+  switch (readers_.acquire(conn, deadline)) {
+    case FifoPool<Connection>::Got::kIdle:
+      return conn;
+    case FifoPool<Connection>::Got::kTimeout:
       status = Status::Busy("all " + std::to_string(options_.max_readers) +
                             " PostgreSQL connections of this process stayed busy");
       return nullptr;
-    }
+    case FifoPool<Connection>::Got::kOpenNew:
+      break;
   }
-  if (!idle_readers_.empty()) {
-    auto conn = std::move(idle_readers_.back());
-    idle_readers_.pop_back();
-    return conn;
-  }
-  ++open_readers_;
-  lock.unlock();
-  std::unique_ptr<Connection> conn;
   status = connect(conn);
   if (!status.ok()) {
-    lock.lock();
-    --open_readers_;
-    readers_cv_.notify_one();
+    readers_.release(nullptr, false);  // the slot, to the next waiter
+    return nullptr;
   }
   return conn;
 }
 
 void PgStore::release_reader(std::unique_ptr<Connection> conn) {
-  std::lock_guard<std::mutex> lock(readers_mu_);
-  if (conn && conn->healthy() && !conn->in_transaction()) {
-    idle_readers_.push_back(std::move(conn));
-  } else {
-    --open_readers_;  // dropped: a new one is opened when needed
-  }
-  readers_cv_.notify_one();
+  const bool keep = conn && conn->healthy() && !conn->in_transaction();
+  readers_.release(std::move(conn), keep);  // dropped: a new one is opened when needed
 }
 
 Status PgStore::with_reader(const char* what, const std::function<Status(Connection&)>& fn,
@@ -574,10 +563,7 @@ Status PgStore::with_reader(const char* what, const std::function<Status(Connect
     if (!lost || status.ok()) break;
     // The server went away, and the idle connections with it: drop them all, so the retry
     // (and every request after it) runs on a new connection.
-    std::lock_guard<std::mutex> lock(readers_mu_);
-    open_readers_ -= idle_readers_.size();
-    idle_readers_.clear();
-    readers_cv_.notify_all();
+    readers_.drop_idle();
   }
   (void)what;
   note_failure(status);

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "fifo_pool.h"
 #include "store.h"
 
 namespace tdapi {
@@ -125,10 +126,7 @@ class PgStore : public Store {
   std::chrono::steady_clock::time_point write_failure_at_;
   std::thread writer_thread_;
 
-  std::mutex readers_mu_;
-  std::condition_variable readers_cv_;
-  std::vector<std::unique_ptr<Connection>> idle_readers_;
-  size_t open_readers_ = 0;
+  FifoPool<Connection> readers_;  // at most options_.max_readers, first come first served
 
   mutable std::mutex size_mu_;
   mutable long long database_bytes_ = 0;
