@@ -88,7 +88,8 @@ def pgbench(database, script, conns, variables=()):
         lat = []
         for name in os.listdir(logdir):
             with open(os.path.join(logdir, name)) as f:
-                lat += [int(line.split()[2]) / 1000 for line in f if line.strip()]
+                # client, transaction, latency µs (or "failed"/"skipped"), script, epoch s, µs
+                lat += [int(w[2]) / 1000 for w in map(str.split, f) if len(w) > 2 and w[2].isdigit()]
         lat.sort()
         m = re.search(r"number of failed transactions: (\d+)", p.stdout)
         return {"rps": float(re.search(r"tps = ([\d.]+)", p.stdout).group(1)),

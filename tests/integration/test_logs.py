@@ -174,8 +174,9 @@ class Load:
         return self
 
     def pause(self):
+        """Holds the threads; whether every request in flight has ended."""
         self.go.clear()
-        wait_for(lambda: self.busy == 0, timeout=60)
+        return wait_for(lambda: self.busy == 0, timeout=60)
 
     def resume(self):
         self.go.set()
@@ -370,17 +371,18 @@ class Rotation(unittest.TestCase):
                 load = Load(s, "rot").start()
                 try:
                     for n in range(2):  # two rotations: app.log.1 becomes app.log.2
-                        before = load.count()
-                        self.assertTrue(wait_for(lambda: load.count() >= before + 200, timeout=60))
                         # The forwarder is on the file the last rotation made before the next
                         # one renames it: imfile polls once a second, so a file that lived
                         # less than a poll between two rotations is never seen (seen in CI,
                         # rotations 0.8 s apart; a real rotation is daily or at 100 MB). The
-                        # load pauses meanwhile (the newest lines are always a poll behind),
-                        # and the rotation runs under load again.
-                        load.pause()
+                        # load pauses meanwhile (the newest lines are always a poll behind).
+                        self.assertTrue(load.pause(), "the load did not pause")
                         wait_until_arrived(self, c, s)
                         load.resume()
+                        # Then the rotation runs under load, with the forwarder up to a poll
+                        # behind: it has the renamed file's last lines still to read.
+                        before = load.count()
+                        self.assertTrue(wait_for(lambda: load.count() >= before + 200, timeout=60))
                         p = subprocess.run([LOGROTATE, "-f", "-s", state, conf],
                                            capture_output=True, text=True, timeout=60)
                         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
