@@ -21,7 +21,9 @@
 
 namespace tdapi {
 
-template <class T>
+// CondVar: std::condition_variable; a test seam (tests/unit/fifo_pool_test.cpp delays woken
+// waiters with it, the scheduling under which a pool without the hand-off lets others barge in).
+template <class T, class CondVar = std::condition_variable>
 class FifoPool {
  public:
   enum class Got {
@@ -35,6 +37,7 @@ class FifoPool {
   FifoPool& operator=(const FifoPool&) = delete;
 
   Got acquire(std::unique_ptr<T>& out, std::chrono::steady_clock::time_point deadline) {
+    out.reset();  // not under the lock
     std::unique_lock<std::mutex> lock(mu_);
     if (waiters_.empty()) {
       if (!idle_.empty()) {
@@ -106,7 +109,7 @@ class FifoPool {
 
  private:
   struct Waiter {
-    std::condition_variable cv;
+    CondVar cv;
     bool served = false;
     std::unique_ptr<T> conn;
   };
