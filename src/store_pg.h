@@ -109,6 +109,7 @@ class PgStore : public Store {
   // Runs fn on a reader connection (returned to the pool when it is still healthy).
   // A read whose connection turned out to be gone is run once more on a new connection
   // (retry_when_lost); a write is not.
+  void open_readers();  // the whole reader pool, at open (service only)
   Status with_reader(const char* what, const std::function<Status(Connection&)>& fn,
                      bool retry_when_lost = true);
 
