@@ -1,12 +1,10 @@
 // fifo_pool.h: a bounded pool of connections handed out first come, first served.
 //
 // With a plain mutex + condition variable, a connection given back goes to whichever thread
-// takes the mutex next: under load that is usually a thread arriving with its next request, not
-// the one woken for it, which finds the pool empty again and goes back to sleep. Some waiters
-// starved for seconds that way (PostgreSQL, 10-test GETs on 32 connections, 16 readers: p99
-// 0.5-1 s, and requests of 2.7 s that wrk timed out). Here a returned connection, or the slot of
-// one that was dropped, goes straight to the longest waiter; a thread that arrives while others
-// wait queues behind them.
+// takes the mutex next: under load often a thread arriving with its next request, not the one
+// woken for it, which finds the pool empty again and goes back to sleep. Here a returned
+// connection, or the slot of one that was dropped, goes straight to the longest waiter; a thread
+// that arrives while others wait queues behind them.
 #pragma once
 
 #include <algorithm>

@@ -184,6 +184,7 @@ int main(int argc, char** argv) {
     // One reader connection per worker would be threads x nodes connections on the server;
     // a listing holds one only while a page is read, so a quarter of the workers is plenty.
     storage.max_readers = static_cast<size_t>(std::max(4, opt.threads / 4));
+    storage.open_readers_at_start = true;
     std::unique_ptr<tdapi::PgStore> pg;
     tdapi::Status s = tdapi::PgStore::open(storage, pg);
     // A server that is starting, restarting or failing over is waited for (a minute, a stop

@@ -385,7 +385,7 @@ Status PgStore::open(const PgOptions& options, std::unique_ptr<PgStore>& out) {
   if (!s.ok()) return s;
   s = store->load_secret(*store->writer_);
   if (!s.ok()) return s;
-  if (!options.admin_tool) store->open_readers();
+  if (options.open_readers_at_start) store->open_readers();
   store->writer_thread_ = std::thread([raw = store.get()] { raw->writer_loop(); });
   out = std::move(store);
   return Status::Ok();
@@ -547,20 +547,33 @@ std::unique_ptr<PgStore::Connection> PgStore::acquire_reader(Status& status) {
 // Opens the whole reader pool before the first request. Opened on demand instead, the first
 // burst of reads after a start (32 connections, 16 readers) waited for new server processes on
 // a busy machine: up to 1.6 s, past wrk's 2 s for some (make bench's first PostgreSQL round).
-// A reader that cannot be opened now is opened on demand later, as after a server restart.
+// A reader that cannot be opened now is opened on demand later, as after a server restart; the
+// shortfall is logged (the server's max_connections must allow every node its writer and
+// max_readers readers: the store_opened line names the number).
 void PgStore::open_readers() {
   std::vector<std::unique_ptr<Connection>> opened;
+  Status failed;
   for (size_t i = 0; i < options_.max_readers; ++i) {
     std::unique_ptr<Connection> conn;
     if (readers_.acquire(conn, std::chrono::steady_clock::now()) !=
         FifoPool<Connection>::Got::kOpenNew) {
       break;
     }
-    if (!connect(conn).ok()) {
+    failed = connect(conn);
+    if (!failed.ok()) {
       readers_.release(nullptr, false);
       break;
     }
     opened.push_back(std::move(conn));
+  }
+  if (!failed.ok()) {
+    LogFields f;
+    f.count = static_cast<long long>(opened.size());
+    f.reason = failed.name();
+    f.detail = "opened " + std::to_string(opened.size()) + " of " +
+               std::to_string(options_.max_readers) +
+               " reader connections at start; the rest are opened when needed: " + failed.message();
+    log_event(LogLevel::kWarn, "readers_short", f);
   }
   for (auto& conn : opened) readers_.release(std::move(conn), true);
 }

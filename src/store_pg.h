@@ -32,6 +32,9 @@ struct PgOptions {
   // The administration commands: the schema must exist already (a mistyped URL must not get
   // one), nothing is logged for open and close.
   bool admin_tool = false;
+  // The service: open all max_readers reader connections at open, not on demand (see
+  // PgStore::open_readers); the commands (keys, audit, migrate) open them as they need them.
+  bool open_readers_at_start = false;
 };
 
 // Safe for concurrent use from several threads, and from several processes on one database.
