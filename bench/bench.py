@@ -253,13 +253,35 @@ def batch_stats(app_log, offset):
             "rollbacks": sum(1 for l in txns if l.get("txn") != "commit")}
 
 
-def seed_over_http(server, clinics=(("bench-10", 10), ("bench-1000", 1000))):
+def seed_over_http(server, clinics=(("bench-10", 10), ("bench-1000", 1000)), token=None):
+    headers = {"Authorization": "Bearer " + token} if token else None
     for clinic, n in clinics:
         for i in range(n):
             r = server.request("POST", "/tests", {"test_id": f"{clinic}-{i}", "patient_id": f"p{i}",
                                                   "clinic_id": clinic, "test_type": "blood",
-                                                  "result": f"result value {i}"})
+                                                  "result": f"result value {i}"}, headers=headers)
             assert r.status == 201, r
+
+
+def create_key(app_bin, db):
+    """The token of a new key that may read and write every clinic (the AUTH=on cases)."""
+    out = subprocess.run([app_bin, "keys", "create", "--db", db, "--name", "bench", "--scope", "read:*",
+                          "--scope", "write:*"], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["token"]
+
+
+def cpu_us_per_request(before, after, requests):
+    """(user, system) µs per request of a process between two cpu_ticks() readings."""
+    tck = os.sysconf("SC_CLK_TCK")
+    return tuple((a - b) * 1e6 / tck / max(1, requests) for a, b in zip(after, before))
+
+
+def write_results(name, title, table):
+    """Prints a results table and writes it to bench/results/NAME under a title."""
+    print(table)
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
+        f.write(f"# {title}\n\n{table}\n")
 
 
 def pg_settings():
@@ -285,17 +307,8 @@ def main():
                         THREADS=THREADS, AUTH="off", AUDIT="off").start()
         secure = Server(data_dir=secure_dir, APP_BIN=os.path.join(BUILD, "testdata-api"),
                         THREADS=THREADS, AUTH="on").start()
-        key = json.loads(subprocess.run(
-            [os.path.join(BUILD, "testdata-api"), "keys", "create", "--db",
-             os.path.join(secure_dir, "testdata.db"), "--name", "bench", "--scope", "read:*",
-             "--scope", "write:*"], capture_output=True, text=True, check=True).stdout)
-        token = key["token"]
-        for i in range(10):
-            r = secure.request("POST", "/tests", {"test_id": f"bench-10-{i}", "patient_id": f"p{i}",
-                                                  "clinic_id": "bench-10", "test_type": "blood",
-                                                  "result": f"result value {i}"},
-                               headers={"Authorization": "Bearer " + token})
-            assert r.status == 201, r
+        token = create_key(os.path.join(BUILD, "testdata-api"), os.path.join(secure_dir, "testdata.db"))
+        seed_over_http(secure, (("bench-10", 10),), token)
         db = os.path.join(data_dir, "testdata.db")
         log(f"service on :{server.port}, {THREADS} threads, data in {data_dir}")
         seed_over_http(server)
@@ -391,7 +404,6 @@ def main():
         app_pids = {app: server.pid_of("app"), sec: secure.pid_of("app")}
         cpu = {c[0]: [] for c in cases}  # app CPU µs per request (user, sys), per round
         rss = {c[0]: 0 for c in cases}  # app VmRSS after the case, kB (largest of the rounds)
-        tck = os.sysconf("SC_CLK_TCK")
         batches = []
         app_log = os.path.join(data_dir, "logs", "app.log")
         for rnd in range(ROUNDS):
@@ -412,9 +424,7 @@ def main():
                 r = wrk(url, conns, script, args=args, token=token_arg)
                 profile_finish(prof)
                 if pid:
-                    after = cpu_ticks(pid)
-                    n = max(1, r["total"])
-                    cpu[name].append(tuple((a - b) * 1e6 / tck / n for a, b in zip(after, before)))
+                    cpu[name].append(cpu_us_per_request(before, cpu_ticks(pid), r["total"]))
                     rss[name] = max(rss[name], rss_kb(pid, "VmRSS"))
                 results[name].append(r)
                 if script and conns == 32 and not token_arg and url.startswith(app):
@@ -498,11 +508,7 @@ def main():
                      f"{sum(x['jobs'] for x in batches):,} writes, mean batch {mean:.1f}, largest "
                      f"{max((x['max'] for x in batches), default=0)}, rollbacks "
                      f"{sum(x['rollbacks'] for x in batches)}.")
-        table = "\n".join(lines)
-        print(table)
-        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-        with open(os.path.join(ROOT, "bench", "results", "latest.md"), "w") as f:
-            f.write("# make bench: latest results\n\n" + table + "\n")
+        write_results("latest.md", "make bench: latest results", "\n".join(lines))
     finally:
         for pg in pg_servers:
             pg.stop()

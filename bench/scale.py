@@ -19,7 +19,6 @@ import platform
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -110,7 +109,6 @@ def measure(server, token, target, label):
     res = {c[0]: [] for c in cases}
     extra = {"commit_ms": [], "batch": [], "reads_per_post": [], "writes_per_post": [], "kb_per_post": [],
              "cpu": []}
-    tck = os.sysconf("SC_CLK_TCK")
     for rnd in range(ROUNDS):
         for name, url, script in cases:
             offset = os.path.getsize(app_log)
@@ -129,7 +127,7 @@ def measure(server, token, target, label):
                 # less the answer's write and the request's log line
                 extra["writes_per_post"].append((io1[1] - io0[1]) / n - 2)
                 extra["kb_per_post"].append((io1[2] - io0[2]) / n / 1024)
-                extra["cpu"].append(sum(b - a for a, b in zip(cpu0, cpu1)) * 1e6 / tck / max(1, r["total"]))
+                extra["cpu"].append(sum(bench.cpu_us_per_request(cpu0, cpu1, r["total"])))
             log(f"{target:,} generated, {label}, round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s "
                 f"p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
     med = {n: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p99")} for n, rs in res.items()}
@@ -150,17 +148,9 @@ def main():
                       AUTH="on") for b in BUILDS]
     rows = []
     try:
-        app_bin = os.path.join(BUILDS[0], "testdata-api")
         start_timed(servers[0])
-        token = json.loads(subprocess.run(
-            [app_bin, "keys", "create", "--db", db, "--name", "bench", "--scope", "read:*",
-             "--scope", "write:*"], capture_output=True, text=True, check=True).stdout)["token"]
-        auth = {"Authorization": "Bearer " + token}
-        for i in range(10):
-            r = servers[0].request("POST", "/tests", {"test_id": f"bench-10-{i}", "patient_id": f"p{i}",
-                                                      "clinic_id": "bench-10", "test_type": "blood",
-                                                      "result": f"result value {i}"}, headers=auth)
-            assert r.status == 201, r
+        token = bench.create_key(os.path.join(BUILDS[0], "testdata-api"), db)
+        bench.seed_over_http(servers[0], (("bench-10", 10),), token)
         servers[0].stop()
         generated = 0
         for target in [0] + SIZES:
@@ -220,11 +210,7 @@ def main():
                   "the whole file first (PRAGMA quick_check). With several builds, each later one "
                   "also has the POSTs of those before it. "
                   "GET10: the listing of a 10-test clinic; GET1: one test by id."]
-        table = "\n".join(lines)
-        print(table)
-        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-        with open(os.path.join(ROOT, "bench", "results", "scale.md"), "w") as f:
-            f.write("# make bench: scale (bench/scale.py)\n\n" + table + "\n")
+        bench.write_results("scale.md", "make bench: scale (bench/scale.py)", "\n".join(lines))
     finally:
         for server in servers:
             server.stop()
