@@ -94,6 +94,14 @@ bool waiting_reaches(const P& pool, size_t n) {
   return pool.waiting() == n;
 }
 
+// Takes the one slot of a pool of one and opens "connection" 1 in it.
+template <class P>
+std::unique_ptr<int> take_the_only_slot(P& pool) {
+  std::unique_ptr<int> held;
+  EXPECT_EQ(pool.acquire(held, in(0)), P::Got::kOpenNew);
+  return std::make_unique<int>(1);
+}
+
 TEST(FifoPool, OpensUpToItsBoundThenReusesWhatIsReturned) {
   Pool pool(2);
   std::unique_ptr<int> a, b, c;
@@ -110,9 +118,7 @@ TEST(FifoPool, OpensUpToItsBoundThenReusesWhatIsReturned) {
 
 TEST(FifoPool, AReturnedConnectionGoesToTheWaiterNotToAThreadArrivingAfterIt) {
   GatedPool pool(1);
-  std::unique_ptr<int> held;
-  EXPECT_EQ(pool.acquire(held, in(0)), GatedPool::Got::kOpenNew);
-  held = std::make_unique<int>(1);
+  std::unique_ptr<int> held = take_the_only_slot(pool);
   GatedPool::Got got_by_waiter{};
   int value_seen = 0;
   Joiner joiner;
@@ -138,9 +144,7 @@ TEST(FifoPool, AReturnedConnectionGoesToTheWaiterNotToAThreadArrivingAfterIt) {
 
 TEST(FifoPool, ADroppedConnectionsSlotGoesToTheWaiterToOpenANewOne) {
   GatedPool pool(1);
-  std::unique_ptr<int> held;
-  EXPECT_EQ(pool.acquire(held, in(0)), GatedPool::Got::kOpenNew);
-  held = std::make_unique<int>(1);
+  std::unique_ptr<int> held = take_the_only_slot(pool);
   GatedPool::Got got{};
   bool got_null = false;
   Joiner joiner;
@@ -165,9 +169,7 @@ TEST(FifoPool, ADroppedConnectionsSlotGoesToTheWaiterToOpenANewOne) {
 
 TEST(FifoPool, WaitersAreServedInArrivalOrder) {
   Pool pool(1);
-  std::unique_ptr<int> held;
-  EXPECT_EQ(pool.acquire(held, in(0)), Pool::Got::kOpenNew);
-  held = std::make_unique<int>(1);
+  std::unique_ptr<int> held = take_the_only_slot(pool);
   std::mutex order_mu;
   std::vector<int> order;
   Joiner joiner;
