@@ -10,7 +10,14 @@ again and its start-up timed. At each size: durable POSTs spread over the 5,000 
 random test_ids (bench/post-spread.lua), the 10-test clinic's listing and one test by id, 32
 connections, median of BENCH_ROUNDS interleaved rounds; the commits' mean duration and batch
 from the app's txn log lines; the app's read system calls per POST (pages SQLite had to read
-back: the page cache's misses) and RSS. Writes bench/results/scale.md. Reports only."""
+back: the page cache's misses) and RSS. Writes bench/results/scale.md. Reports only.
+
+The OS page cache decides much of a POST's cost at 10M tests: each POST lands on a random leaf
+of the test_id and patient indexes, and a leaf the kernel has dropped is a disk read inside
+the writer's transaction. So at each size the database file is first dropped from the OS
+cache (posix_fadvise DONTNEED) for one POST run ("cold"), then read through once ("warm")
+before the rounds, and the share of the file still cached after them is reported, with the
+kernel's own reclaim policy (DAMON) when it has one."""
 
 import datetime
 import json
@@ -19,6 +26,7 @@ import platform
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +49,63 @@ def app_io(pid):
     with open(f"/proc/{pid}/io") as f:
         fields = dict(line.split(": ") for line in f.read().splitlines())
     return int(fields["syscr"]), int(fields["syscw"]), int(fields["wchar"])
+
+
+def resident_share(path):
+    """The share of path's pages in the OS page cache (fincore, util-linux), or None."""
+    try:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
+                             capture_output=True, text=True, timeout=60).stdout.split()
+        return int(out[0]) / max(1, os.path.getsize(path))
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def drop_from_cache(path):
+    """Asks the kernel to drop path's clean pages from the OS page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_through(path):
+    """Reads path once (into the OS page cache); seconds taken."""
+    t = time.monotonic()
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+    return time.monotonic() - t
+
+
+def mem_total_gb():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024 / 1024
+    return 0.0
+
+
+def kernel_reclaim():
+    """The kernel's proactive reclaim of idle pages (DAMON schemes), as a phrase, or ''."""
+    root = "/sys/kernel/mm/damon/admin/kdamonds"
+    found = []
+    try:
+        for k in sorted(os.listdir(root)):
+            if not k.isdigit() or open(f"{root}/{k}/state").read().strip() != "on":
+                continue
+            ctxs = f"{root}/{k}/contexts"
+            for c in sorted(x for x in os.listdir(ctxs) if x.isdigit()):
+                aggr_us = int(open(f"{ctxs}/{c}/monitoring_attrs/intervals/aggr_us").read())
+                schemes = f"{ctxs}/{c}/schemes"
+                for sc in sorted(x for x in os.listdir(schemes) if x.isdigit()):
+                    action = open(f"{schemes}/{sc}/action").read().strip()
+                    age = int(open(f"{schemes}/{sc}/access_pattern/age/min").read())
+                    found.append(f"DAMON {action} of pages idle for {age * aggr_us / 1e6:.0f} s")
+    except (OSError, ValueError):
+        pass
+    return "; ".join(found)
 
 
 def grow(db, lo, hi):
@@ -106,6 +171,13 @@ def measure(server, token, target, label):
     app_log = server.log_path("app.log")
     cases = [("POST", base + "/tests", post), ("GET10", base + "/tests?clinic_id=bench-10", None),
              ("GET1", base + "/tests/bench-10-3", None)]
+    # Cold: the database file dropped from the OS cache, one POST run.
+    drop_from_cache(os.path.join(server.data_dir, "testdata.db"))
+    cold = bench.wrk(base + "/tests", 32, post, args=(f"s{target}{label}cold", token), token=token)
+    log(f"{target:,} generated, {label}, file out of the OS cache, POST: {cold['rps']:.0f} req/s "
+        f"p99 {cold['p99']:.2f} ms non-2xx {cold['non2xx']}")
+    # Warm: the whole file read once, then the rounds.
+    read_through(os.path.join(server.data_dir, "testdata.db"))
     res = {c[0]: [] for c in cases}
     extra = {"commit_ms": [], "batch": [], "reads_per_post": [], "writes_per_post": [], "kb_per_post": [],
              "cpu": []}
@@ -131,9 +203,10 @@ def measure(server, token, target, label):
             log(f"{target:,} generated, {label}, round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s "
                 f"p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
     med = {n: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p99")} for n, rs in res.items()}
-    return {"med": med, "rss_mb": bench.rss_kb(pid, "VmRSS") / 1024,
-            "non2xx": sum(x["non2xx"] for rs in res.values() for x in rs),
-            "total": sum(x["total"] for rs in res.values() for x in rs),
+    return {"med": med, "rss_mb": bench.rss_kb(pid, "VmRSS") / 1024, "cold": cold,
+            "resident_after": resident_share(os.path.join(server.data_dir, "testdata.db")),
+            "non2xx": cold["non2xx"] + sum(x["non2xx"] for rs in res.values() for x in rs),
+            "total": cold["total"] + sum(x["total"] for rs in res.values() for x in rs),
             **{k: statistics.median(v) for k, v in extra.items()}}
 
 
@@ -182,13 +255,18 @@ def main():
                  f"request, every access audited), {THREADS} threads, wrk 32 connections, {bench.SECONDS} s "
                  f"per run, median of {ROUNDS} interleaved rounds. Tests generated by SQL in {CLINICS:,} "
                  f"clinics; POSTs spread over those clinics with random test_ids (bench/post-spread.lua). "
+                 f"Memory {mem_total_gb():.0f} GB; the kernel's "
+                 f"reclaim of idle pages: {kernel_reclaim() or 'none found'}. "
                  f"Command: `make bench` (bench/scale.py).", "",
                  "| tests | build | generated in s | start-up s, after a crash | DB GB | POST/s (× empty) "
                  "| POST p99 ms | commit ms, mean batch | app reads, writes, KB written per POST "
-                 "| app CPU µs per POST | GET10/s (× empty) | GET1/s (× empty) | app RSS MB | non-2xx |",
-                 "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                 "| app CPU µs per POST | GET10/s (× empty) | GET1/s (× empty) | app RSS MB "
+                 "| POST/s cold (× empty cold) | file in OS cache after | non-2xx |",
+                 "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        empty_cold = {r["label"]: r["cold"]["rps"] for r in rows if r["target"] == 0}
         for r in rows:
             m, e = r["med"], empty[r["label"]]
+            cached = "n/a" if r["resident_after"] is None else f"{r['resident_after'] * 100:.0f}%"
             lines.append(
                 f"| {r['tests']:,} | {r['label']} | {r['gen_secs']:.0f} | {r['startup']:.2f}, {r['startup_crash']:.2f} | "
                 f"{r['db_gb']:.2f} | {m['POST']['rps']:,.0f} ({m['POST']['rps'] / e['POST']['rps']:.2f}) | "
@@ -196,6 +274,7 @@ def main():
                 f"{r['reads_per_post']:.1f}, {r['writes_per_post']:.1f}, {r['kb_per_post']:.0f} | {r['cpu']:.0f} | "
                 f"{m['GET10']['rps']:,.0f} ({m['GET10']['rps'] / e['GET10']['rps']:.2f}) | "
                 f"{m['GET1']['rps']:,.0f} ({m['GET1']['rps'] / e['GET1']['rps']:.2f}) | {r['rss_mb']:.1f} | "
+                f"{r['cold']['rps']:,.0f} ({r['cold']['rps'] / empty_cold[r['label']]:.2f}) | {cached} | "
                 f"{r['non2xx']} of {r['total']:,} |")
         lines += ["", "tests: rows after that size's runs (the generated ones, the 10-test clinic, and "
                   "every POST so far). app reads, writes, KB written per POST: the app's read and "
@@ -203,10 +282,15 @@ def main():
                   "threads, the checkpoint thread's too) over the POST runs per request; the read "
                   "and write counts less one read for the request and two writes for its answer and "
                   "log line (assumed, not measured), the KB all bytes written: what is left is pages "
-                  "of the database and the WAL read back (the file itself is in the OS cache), and "
-                  "WAL frames, checkpoint pages and txn log lines written. start-up: run.sh's "
-                  "launch to the first 200 from /healthz, with the database file in the OS cache "
-                  "(this machine has 24 GB); after a crash (everything SIGKILLed), the app checks "
+                  "of the database and the WAL read back, and WAL frames, checkpoint pages and txn "
+                  "log lines written. Every column but the cold one is measured after the database "
+                  "file was read through once (warm: in the OS cache, unless the kernel reclaimed "
+                  "it since; 'file in OS cache after' is the share still cached after the rounds, "
+                  "fincore). POST/s cold: one POST run right after the file was dropped from the "
+                  "OS cache (posix_fadvise DONTNEED), so the random index leaves each POST lands "
+                  "on are disk reads until they are cached again. start-up: run.sh's launch to the "
+                  "first 200 from /healthz, with as much of the file in the OS cache as generating "
+                  "it left there; after a crash (everything SIGKILLed), the app checks "
                   "the whole file first (PRAGMA quick_check). With several builds, each later one "
                   "also has the POSTs of those before it. "
                   "GET10: the listing of a 10-test clinic; GET1: one test by id."]
