@@ -88,6 +88,10 @@ Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFac
 // whole database and can be kept aside. Another error (Corrupt, ...) when it cannot be read.
 Status sqlite_settle_unused(const std::string& path);
 
+// The statement of SqliteStore::list_all_tests (?1 the seq to start after, ?2 the page size);
+// here for its query-plan test.
+extern const char kListAllTestsSql[];
+
 // Safe for concurrent use from several threads. Writes go through one writer thread that
 // commits whatever requests are queued in one transaction (group commit): BEGIN IMMEDIATE,
 // a SAVEPOINT per request (a request whose insert fails, as a duplicate or otherwise, rolls

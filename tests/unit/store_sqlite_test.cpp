@@ -261,6 +261,56 @@ TEST(SqliteStore, TheListingIsServedByTheCoveringIndex) {
   EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << plan;  // no sort step
 }
 
+// The statement migrate pages through every test with: a range of the table's rowids, not a
+// scan and a sort of the whole table per page.
+TEST(SqliteStore, EveryTestIsPagedByARangeOfTheTable) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  auto store = open_store(path);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, (std::string("EXPLAIN QUERY PLAN ") + kListAllTestsSql).c_str(),
+                               -1, &st, nullptr),
+            SQLITE_OK);
+  std::string plan;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    plan += reinterpret_cast<const char*>(sqlite3_column_text(st, 3));
+    plan += "\n";
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  EXPECT_NE(plan.find("SEARCH tests USING INTEGER PRIMARY KEY (rowid>?)"), std::string::npos)
+      << plan;
+  EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << plan;
+}
+
+// Pages of list_all_tests come in seq order, each after the last one's seq, and end.
+TEST(SqliteStore, ListAllTestsPagesInSeqOrder) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"));
+  std::vector<std::string> written;
+  for (int i = 0; i < 7; ++i) {
+    written.push_back("t" + std::to_string(i));
+    ASSERT_TRUE(store->insert(make_record(written.back(), i % 2 ? "c1" : "c2")).status.ok());
+  }
+  std::vector<std::string> paged;
+  long long last = 0;
+  auto on_row = [&](const StoredTest& t) {
+    EXPECT_GT(t.seq, last);
+    last = t.seq;
+    paged.push_back(t.test_id);
+    return true;
+  };
+  for (int page = 0; page < 10; ++page) {
+    size_t before = paged.size();
+    Status s = store->list_all_tests(last, 3, on_row);
+    ASSERT_TRUE(s.ok()) << s.message();
+    if (paged.size() - before < 3) break;
+  }
+  EXPECT_EQ(paged, written);
+}
+
 TEST(SqliteStore, DataSurvivesReopenAndSchemaIsVersioned) {
   TempDir dir;
   std::string path = dir.file("t.db");
