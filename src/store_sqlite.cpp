@@ -211,12 +211,17 @@ std::string_view column_view(sqlite3_stmt* stmt, int i) {
 
 }  // namespace
 
-// By rowid, which kInsertSql keeps equal to seq: a range of the table's own b-tree. `WHERE seq >
-// ?1 ORDER BY seq` had no index to use, so each page scanned and sorted the whole table
-// (migrate and its verification read 1,000 rows a page: quadratic in the table's size).
+// By rowid, which every insert sets equal to seq (kInsertSql): a range of the table's own
+// b-tree. `WHERE seq > ?1 ORDER BY seq` has no index to use, so each page scans and sorts the
+// whole table (migrate and its verification read 1,000 rows a page: quadratic in the table's
+// size). SQLite does not promise to keep an implicit rowid (VACUUM may renumber one), so the
+// store checks once that rowid = seq in every row and falls back to kListAllTestsBySeqSql.
 const char kListAllTestsSql[] =
     "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc FROM tests"
     " WHERE rowid > ?1 ORDER BY rowid LIMIT ?2";
+const char kListAllTestsBySeqSql[] =
+    "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc FROM tests"
+    " WHERE seq > ?1 ORDER BY seq LIMIT ?2";
 
 // A connection with its prepared statements, used by one thread at a time.
 struct SqliteStore::Connection {
@@ -1063,8 +1068,25 @@ Status SqliteStore::list_all_tests(long long after_seq, long long limit,
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);
   if (!conn) return status;
+  if (rowid_is_seq_.load() < 0) {
+    // One scan of the table, once per store (a page by seq would cost as much every time).
+    sqlite3_stmt* check = nullptr;
+    int rc =
+        sqlite3_prepare_v2(conn->db, "SELECT NOT EXISTS (SELECT 1 FROM tests WHERE rowid <> seq)",
+                           -1, &check, nullptr);
+    if (rc == SQLITE_OK) rc = sqlite3_step(check);
+    if (rc == SQLITE_ROW) rowid_is_seq_.store(sqlite3_column_int(check, 0) == 1 ? 1 : 0);
+    sqlite3_finalize(check);
+    if (rc != SQLITE_ROW) {
+      status =
+          status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list all tests", false);
+      release_reader(std::move(conn));
+      return status;
+    }
+  }
+  const char* sql = rowid_is_seq_.load() == 1 ? kListAllTestsSql : kListAllTestsBySeqSql;
   sqlite3_stmt* st = nullptr;
-  int rc = sqlite3_prepare_v2(conn->db, kListAllTestsSql, -1, &st, nullptr);
+  int rc = sqlite3_prepare_v2(conn->db, sql, -1, &st, nullptr);
   if (rc == SQLITE_OK) {
     sqlite3_bind_int64(st, 1, after_seq);
     sqlite3_bind_int64(st, 2, limit);

@@ -184,6 +184,9 @@ class SqliteStore : public Store {
 
   SqliteOptions options_;
   std::atomic<bool> corrupt_seen_{false};
+  // Whether every test's rowid equals its seq (list_all_tests pages by rowid then): -1 not
+  // checked yet, 0 no, 1 yes.
+  std::atomic<int> rowid_is_seq_{-1};
   // For metrics (stats()): set by the writer thread, read by any.
   std::atomic<long long> wal_pages_{0};    // frames in the WAL after the last commit
   std::atomic<long long> page_count_{-1};  // PRAGMA page_count after the last commit

@@ -311,6 +311,40 @@ TEST(SqliteStore, ListAllTestsPagesInSeqOrder) {
   EXPECT_EQ(paged, written);
 }
 
+// SQLite may renumber an implicit rowid (VACUUM): then the pages still come in seq order.
+TEST(SqliteStore, ListAllTestsKeepsSeqOrderWhenARowidWasRenumbered) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  std::vector<std::string> written;
+  {
+    auto store = open_store(path);
+    for (int i = 0; i < 5; ++i) {
+      written.push_back("t" + std::to_string(i));
+      ASSERT_TRUE(store->insert(make_record(written.back())).status.ok());
+    }
+  }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE tests SET rowid = 100 WHERE test_id = 't0'", nullptr, nullptr,
+                         nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto store = open_store(path);
+  std::vector<std::string> paged;
+  long long last = 0;
+  for (int page = 0; page < 10; ++page) {
+    size_t before = paged.size();
+    Status s = store->list_all_tests(last, 2, [&](const StoredTest& t) {
+      last = t.seq;
+      paged.push_back(t.test_id);
+      return true;
+    });
+    ASSERT_TRUE(s.ok()) << s.message();
+    if (paged.size() - before < 2) break;
+  }
+  EXPECT_EQ(paged, written);
+}
+
 TEST(SqliteStore, DataSurvivesReopenAndSchemaIsVersioned) {
   TempDir dir;
   std::string path = dir.file("t.db");
