@@ -52,7 +52,8 @@ def app_io(pid):
 
 
 def resident_share(path):
-    """The share of path's pages in the OS page cache (fincore, util-linux), or None."""
+    """The share of path's pages in the OS page cache (fincore, Debian's util-linux-extra), or
+    None."""
     try:
         out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
                              capture_output=True, text=True, timeout=60).stdout.split()
@@ -62,9 +63,11 @@ def resident_share(path):
 
 
 def drop_from_cache(path):
-    """Asks the kernel to drop path's clean pages from the OS page cache."""
+    """Drops path's pages from the OS page cache: written back first (fsync), since the kernel
+    drops only clean pages, and grow() writes with synchronous=OFF."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
@@ -92,6 +95,12 @@ def kernel_reclaim():
     root = "/sys/kernel/mm/damon/admin/kdamonds"
     found = []
     try:
+        with open("/sys/module/damon_reclaim/parameters/enabled") as f:
+            if f.read().strip() in ("Y", "1"):
+                found.append("DAMON_RECLAIM module enabled")
+    except OSError:
+        pass
+    try:
         for k in sorted(os.listdir(root)):
             if not k.isdigit() or open(f"{root}/{k}/state").read().strip() != "on":
                 continue
@@ -103,6 +112,8 @@ def kernel_reclaim():
                     action = open(f"{schemes}/{sc}/action").read().strip()
                     age = int(open(f"{schemes}/{sc}/access_pattern/age/min").read())
                     found.append(f"DAMON {action} of pages idle for {age * aggr_us / 1e6:.0f} s")
+    except PermissionError:
+        found.append("DAMON settings not readable (run as root to see them)")
     except (OSError, ValueError):
         pass
     return "; ".join(found)
@@ -171,13 +182,18 @@ def measure(server, token, target, label):
     app_log = server.log_path("app.log")
     cases = [("POST", base + "/tests", post), ("GET10", base + "/tests?clinic_id=bench-10", None),
              ("GET1", base + "/tests/bench-10-3", None)]
-    # Cold: the database file dropped from the OS cache, one POST run.
-    drop_from_cache(os.path.join(server.data_dir, "testdata.db"))
+    db = os.path.join(server.data_dir, "testdata.db")
+    # Cold: one POST run after the database file was dropped from the OS cache; a POST run
+    # first, so that the cold one is not also the first after the start.
+    pre = bench.wrk(base + "/tests", 32, post, args=(f"s{target}{label}pre", token), token=token)
+    drop_from_cache(db)
+    dropped_to = resident_share(db)
     cold = bench.wrk(base + "/tests", 32, post, args=(f"s{target}{label}cold", token), token=token)
-    log(f"{target:,} generated, {label}, file out of the OS cache, POST: {cold['rps']:.0f} req/s "
-        f"p99 {cold['p99']:.2f} ms non-2xx {cold['non2xx']}")
+    log(f"{target:,} generated, {label}, file out of the OS cache "
+        f"({'?' if dropped_to is None else f'{dropped_to * 100:.0f}%'} of it left), POST: "
+        f"{cold['rps']:.0f} req/s p99 {cold['p99']:.2f} ms non-2xx {cold['non2xx']}")
     # Warm: the whole file read once, then the rounds.
-    read_through(os.path.join(server.data_dir, "testdata.db"))
+    log(f"{target:,} generated, {label}, file read through in {read_through(db):.1f} s")
     res = {c[0]: [] for c in cases}
     extra = {"commit_ms": [], "batch": [], "reads_per_post": [], "writes_per_post": [], "kb_per_post": [],
              "cpu": []}
@@ -204,9 +220,9 @@ def measure(server, token, target, label):
                 f"p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
     med = {n: {k: statistics.median(x[k] for x in rs) for k in ("rps", "p99")} for n, rs in res.items()}
     return {"med": med, "rss_mb": bench.rss_kb(pid, "VmRSS") / 1024, "cold": cold,
-            "resident_after": resident_share(os.path.join(server.data_dir, "testdata.db")),
-            "non2xx": cold["non2xx"] + sum(x["non2xx"] for rs in res.values() for x in rs),
-            "total": cold["total"] + sum(x["total"] for rs in res.values() for x in rs),
+            "resident_after": resident_share(db),
+            "non2xx": pre["non2xx"] + cold["non2xx"] + sum(x["non2xx"] for rs in res.values() for x in rs),
+            "total": pre["total"] + cold["total"] + sum(x["total"] for rs in res.values() for x in rs),
             **{k: statistics.median(v) for k, v in extra.items()}}
 
 
@@ -261,9 +277,8 @@ def main():
                  "| tests | build | generated in s | start-up s, after a crash | DB GB | POST/s (× empty) "
                  "| POST p99 ms | commit ms, mean batch | app reads, writes, KB written per POST "
                  "| app CPU µs per POST | GET10/s (× empty) | GET1/s (× empty) | app RSS MB "
-                 "| POST/s cold (× empty cold) | file in OS cache after | non-2xx |",
+                 "| POST/s cold (× warm) | file in OS cache after | non-2xx |",
                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        empty_cold = {r["label"]: r["cold"]["rps"] for r in rows if r["target"] == 0}
         for r in rows:
             m, e = r["med"], empty[r["label"]]
             cached = "n/a" if r["resident_after"] is None else f"{r['resident_after'] * 100:.0f}%"
@@ -274,7 +289,7 @@ def main():
                 f"{r['reads_per_post']:.1f}, {r['writes_per_post']:.1f}, {r['kb_per_post']:.0f} | {r['cpu']:.0f} | "
                 f"{m['GET10']['rps']:,.0f} ({m['GET10']['rps'] / e['GET10']['rps']:.2f}) | "
                 f"{m['GET1']['rps']:,.0f} ({m['GET1']['rps'] / e['GET1']['rps']:.2f}) | {r['rss_mb']:.1f} | "
-                f"{r['cold']['rps']:,.0f} ({r['cold']['rps'] / empty_cold[r['label']]:.2f}) | {cached} | "
+                f"{r['cold']['rps']:,.0f} ({r['cold']['rps'] / m['POST']['rps']:.2f}) | {cached} | "
                 f"{r['non2xx']} of {r['total']:,} |")
         lines += ["", "tests: rows after that size's runs (the generated ones, the 10-test clinic, and "
                   "every POST so far). app reads, writes, KB written per POST: the app's read and "
@@ -283,12 +298,15 @@ def main():
                   "and write counts less one read for the request and two writes for its answer and "
                   "log line (assumed, not measured), the KB all bytes written: what is left is pages "
                   "of the database and the WAL read back, and WAL frames, checkpoint pages and txn "
-                  "log lines written. Every column but the cold one is measured after the database "
-                  "file was read through once (warm: in the OS cache, unless the kernel reclaimed "
-                  "it since; 'file in OS cache after' is the share still cached after the rounds, "
-                  "fincore). POST/s cold: one POST run right after the file was dropped from the "
-                  "OS cache (posix_fadvise DONTNEED), so the random index leaves each POST lands "
-                  "on are disk reads until they are cached again. start-up: run.sh's launch to the "
+                  "log lines written. The rates, latencies and per-POST columns are measured after "
+                  "the database file was read through once (warm: in the OS cache, unless the kernel "
+                  "reclaimed it since; 'file in OS cache after' is the share still cached after the "
+                  "rounds, fincore). POST/s cold: one POST run right after the file was written back "
+                  "and dropped from the OS cache (fsync, posix_fadvise DONTNEED; a POST run before "
+                  "it, so that it is not the first after the start), × the warm median at that "
+                  "size: the random index leaves each POST lands on are disk reads until they are "
+                  "cached again. It is a short run while the cache refills, not a steady state. "
+                  "non-2xx counts every run, the cold one and the one before it too. start-up: run.sh's launch to the "
                   "first 200 from /healthz, with as much of the file in the OS cache as generating "
                   "it left there; after a crash (everything SIGKILLed), the app checks "
                   "the whole file first (PRAGMA quick_check). With several builds, each later one "

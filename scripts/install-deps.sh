@@ -17,6 +17,7 @@ packages=(
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   nodejs:node npm:npm                 # the OpenAPI linter and newman (npm packages)
   wrk                                 # make bench
+  util-linux-extra:fincore            # make bench: the scale case's share of the file in the OS cache
   linux-perf:perf                     # make bench BENCH_PROFILE=1 (perf record on the app)
   build-essential debhelper dpkg-dev  # make deb (dpkg-buildpackage checks build-essential)
   lintian                             # the package's lintian check

@@ -214,8 +214,9 @@ std::string_view column_view(sqlite3_stmt* stmt, int i) {
 // By rowid, which every insert sets equal to seq (kInsertSql): a range of the table's own
 // b-tree. `WHERE seq > ?1 ORDER BY seq` has no index to use, so each page scans and sorts the
 // whole table (migrate and its verification read 1,000 rows a page: quadratic in the table's
-// size). SQLite does not promise to keep an implicit rowid (VACUUM may renumber one), so the
-// store checks once that rowid = seq in every row and falls back to kListAllTestsBySeqSql.
+// size). SQLite does not promise to keep an implicit rowid (a reload from `.dump` renumbers
+// it, and so may VACUUM), so the store checks once that rowid = seq in every row and falls back
+// to kListAllTestsBySeqSql.
 const char kListAllTestsSql[] =
     "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc FROM tests"
     " WHERE rowid > ?1 ORDER BY rowid LIMIT ?2";
@@ -1084,7 +1085,7 @@ Status SqliteStore::list_all_tests(long long after_seq, long long limit,
       return status;
     }
   }
-  const char* sql = rowid_is_seq_.load() == 1 ? kListAllTestsSql : kListAllTestsBySeqSql;
+  const char* sql = pages_all_tests_by_rowid() ? kListAllTestsSql : kListAllTestsBySeqSql;
   sqlite3_stmt* st = nullptr;
   int rc = sqlite3_prepare_v2(conn->db, sql, -1, &st, nullptr);
   if (rc == SQLITE_OK) {

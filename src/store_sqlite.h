@@ -134,6 +134,9 @@ class SqliteStore : public Store {
   Status check_health() override;
   Status list_all_tests(long long after_seq, long long limit,
                         const std::function<bool(const StoredTest&)>& on_row) override;
+  // Whether list_all_tests pages by rowid (every row's rowid equals its seq, checked on its
+  // first call) rather than by seq. For tests.
+  bool pages_all_tests_by_rowid() const { return rowid_is_seq_.load() == 1; }
 
   const std::string& instance_secret() const override { return secret_; }
 
