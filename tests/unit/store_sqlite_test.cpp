@@ -238,25 +238,30 @@ TEST(SqliteStore, FiltersAndPagesInInsertionOrder) {
             (std::vector<std::string>{"f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9"}));
 }
 
-TEST(SqliteStore, TheListingIsServedByTheCoveringIndex) {
-  TempDir dir;
-  std::string path = dir.file("t.db");
-  auto store = open_store(path);
+// The EXPLAIN QUERY PLAN of sql on the database at path, one line per step ("" on failure).
+std::string query_plan(const std::string& path, const std::string& sql) {
   sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  EXPECT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
   sqlite3_stmt* st = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(db,
-                               "EXPLAIN QUERY PLAN SELECT doc, seq FROM tests WHERE clinic_id = 'c'"
-                               " AND seq > 0 ORDER BY seq LIMIT -1",
-                               -1, &st, nullptr),
+  EXPECT_EQ(sqlite3_prepare_v2(db, ("EXPLAIN QUERY PLAN " + sql).c_str(), -1, &st, nullptr),
             SQLITE_OK);
   std::string plan;
-  while (sqlite3_step(st) == SQLITE_ROW) {
+  while (st && sqlite3_step(st) == SQLITE_ROW) {
     plan += reinterpret_cast<const char*>(sqlite3_column_text(st, 3));
     plan += "\n";
   }
   sqlite3_finalize(st);
   sqlite3_close(db);
+  return plan;
+}
+
+TEST(SqliteStore, TheListingIsServedByTheCoveringIndex) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  auto store = open_store(path);
+  std::string plan = query_plan(path,
+                                "SELECT doc, seq FROM tests WHERE clinic_id = 'c'"
+                                " AND seq > 0 ORDER BY seq LIMIT -1");
   EXPECT_NE(plan.find("USING COVERING INDEX tests_by_clinic"), std::string::npos) << plan;
   EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << plan;  // no sort step
 }
@@ -267,22 +272,29 @@ TEST(SqliteStore, EveryTestIsPagedByARangeOfTheTable) {
   TempDir dir;
   std::string path = dir.file("t.db");
   auto store = open_store(path);
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  sqlite3_stmt* st = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(db, (std::string("EXPLAIN QUERY PLAN ") + kListAllTestsSql).c_str(),
-                               -1, &st, nullptr),
-            SQLITE_OK);
-  std::string plan;
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    plan += reinterpret_cast<const char*>(sqlite3_column_text(st, 3));
-    plan += "\n";
-  }
-  sqlite3_finalize(st);
-  sqlite3_close(db);
+  std::string plan = query_plan(path, kListAllTestsSql);
   EXPECT_NE(plan.find("SEARCH tests USING INTEGER PRIMARY KEY (rowid>?)"), std::string::npos)
       << plan;
   EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << plan;
+}
+
+// Every test_id list_all_tests returns, paging page_size at a time after the last seq seen,
+// each page's seqs rising.
+std::vector<std::string> page_all_tests(SqliteStore& store, long long page_size) {
+  std::vector<std::string> paged;
+  long long last = 0;
+  for (int page = 0; page < 10; ++page) {
+    size_t before = paged.size();
+    Status s = store.list_all_tests(last, page_size, [&](const StoredTest& t) {
+      EXPECT_GT(t.seq, last);
+      last = t.seq;
+      paged.push_back(t.test_id);
+      return true;
+    });
+    EXPECT_TRUE(s.ok()) << s.message();
+    if (!s.ok() || paged.size() - before < static_cast<size_t>(page_size)) break;
+  }
+  return paged;
 }
 
 // Pages of list_all_tests come in seq order, each after the last one's seq, and end.
@@ -294,21 +306,7 @@ TEST(SqliteStore, ListAllTestsPagesInSeqOrder) {
     written.push_back("t" + std::to_string(i));
     ASSERT_TRUE(store->insert(make_record(written.back(), i % 2 ? "c1" : "c2")).status.ok());
   }
-  std::vector<std::string> paged;
-  long long last = 0;
-  auto on_row = [&](const StoredTest& t) {
-    EXPECT_GT(t.seq, last);
-    last = t.seq;
-    paged.push_back(t.test_id);
-    return true;
-  };
-  for (int page = 0; page < 10; ++page) {
-    size_t before = paged.size();
-    Status s = store->list_all_tests(last, 3, on_row);
-    ASSERT_TRUE(s.ok()) << s.message();
-    if (paged.size() - before < 3) break;
-  }
-  EXPECT_EQ(paged, written);
+  EXPECT_EQ(page_all_tests(*store, 3), written);
   EXPECT_TRUE(store->pages_all_tests_by_rowid());  // the range of kListAllTestsSql, not a sort
 }
 
@@ -333,19 +331,7 @@ TEST(SqliteStore, ListAllTestsKeepsSeqOrderWhenARowidWasRenumbered) {
     ASSERT_EQ(sqlite3_exec(db, renumber, nullptr, nullptr, nullptr), SQLITE_OK);
     sqlite3_close(db);
     auto store = open_store(path);
-    std::vector<std::string> paged;
-    long long last = 0;
-    for (int page = 0; page < 10; ++page) {
-      size_t before = paged.size();
-      Status s = store->list_all_tests(last, 2, [&](const StoredTest& t) {
-        last = t.seq;
-        paged.push_back(t.test_id);
-        return true;
-      });
-      ASSERT_TRUE(s.ok()) << s.message();
-      if (paged.size() - before < 2) break;
-    }
-    EXPECT_EQ(paged, written);
+    EXPECT_EQ(page_all_tests(*store, 2), written);
     EXPECT_FALSE(store->pages_all_tests_by_rowid());
   }
 }
