@@ -325,8 +325,10 @@ Response list_tests_response(const Request& req, const char* action, ListRequest
     page = *in.limit;
   }
   if (in.cursor) {
-    std::optional<long long> after = decode_cursor(*in.cursor, q, store.instance_secret());
-    if (!after) return error_response(400, "cursor is malformed, altered, or for another query");
+    std::string_view problem;
+    std::optional<long long> after =
+        decode_cursor(*in.cursor, q, store.instance_secret(), &problem);
+    if (!after) return error_response(400, std::string(problem));
     q.after_seq = *after;
   }
   const bool paged = in.limit || in.cursor;
@@ -390,7 +392,9 @@ Response list_tests_response(const Request& req, const char* action, ListRequest
     if (paged) {
       buf += ",\"next_cursor\":";
       if (more) {
-        append_json_string(buf, encode_cursor(last_seq, q, store.instance_secret()));
+        const std::string cursor = encode_cursor(last_seq, q, store.instance_secret());
+        if (cursor.empty()) return Status::Internal("cannot encrypt the next page's cursor");
+        append_json_string(buf, cursor);
       } else {
         buf += "null";
       }
@@ -544,6 +548,7 @@ Response handle_audit(const Request& req, Store& store) {
   if (!parse_query(req.query, params, problem)) return error_response(400, problem);
   AuditQuery q;
   long long page = 100;
+  std::optional<std::string> cursor;
   std::set<std::string_view> given;
   for (const auto& [name, value] : params) {
     if (!given.insert(name).second) return error_response(400, name + " must be given once");
@@ -561,16 +566,17 @@ Response handle_audit(const Request& req, Store& store) {
             400, "limit must be an integer from 1 to " + std::to_string(kMaxPageLimit));
       }
     } else if (name == "cursor") {
-      char* end = nullptr;
-      long long after = std::strtoll(value.c_str(), &end, 10);
-      if (value.empty() || value.size() > 18 || *end != '\0' || after < 0 ||
-          value.find_first_not_of("0123456789") != std::string::npos) {
-        return error_response(400, "cursor is malformed");
-      }
-      q.after_seq = after;
+      cursor = value;  // decoded below, once every filter it is bound to is known
     } else {
       return error_response(400, "unknown query parameter: " + name);
     }
+  }
+  if (cursor) {
+    std::string_view problem;
+    std::optional<long long> after =
+        decode_audit_cursor(*cursor, q, store.instance_secret(), &problem);
+    if (!after) return error_response(400, std::string(problem));
+    q.after_seq = *after;
   }
   std::string detail;
   JsonWriter dj(detail);
@@ -610,7 +616,9 @@ Response handle_audit(const Request& req, Store& store) {
   j.field("count", count);
   j.key("next_cursor");
   if (more) {
-    j.string(std::to_string(last_seq));
+    const std::string next = encode_audit_cursor(last_seq, q, store.instance_secret());
+    if (next.empty()) return error_response(500, "cannot encrypt the next page's cursor");
+    j.string(next);
   } else {
     j.null();
   }

@@ -1,23 +1,100 @@
-// cursor.cpp: SipHash-2-4, base64url, and the cursor format.
+// cursor.cpp: base64url and the cursor format (the cryptography is libcrypto's, in crypto.cpp).
 #include "cursor.h"
 
+#include <cstdint>
 #include <cstring>
+
+#include "crypto.h"
 
 namespace tdapi {
 
 namespace {
 
-uint64_t rotl(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
-
-uint64_t load_le64(const unsigned char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
+constexpr unsigned char kCursorVersion = 2;
+constexpr size_t kSeqBytes = 8;
+constexpr size_t kSealedBytes = 16 + kSeqBytes;                  // SIV tag + encrypted seq
+constexpr size_t kCursorChars = (1 + kSealedBytes) * 4 / 3 + 1;  // 25 bytes: 34 characters
+constexpr size_t kOldCursorChars = 22;  // version 1: seq + SipHash tag, clear
 
 const char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-std::string base64url(const unsigned char* data, size_t n) {
+// The AES-256-SIV key for cursors, derived from the database's cursor key (kept per thread for
+// the last key seen: a process serves one database). Empty when libcrypto fails.
+const std::string& cipher_key(std::string_view key) {
+  thread_local std::string from, derived;
+  if (derived.empty() || from != key) {
+    from.assign(key);
+    if (!hkdf_sha256(key, "tdapi paging cursor v2 AES-256-SIV", 64, derived)) from.clear();
+  }
+  return derived;
+}
+
+// Appends a field of the associated data: present or not, then its length and bytes, so that
+// no two different queries give the same text.
+void add_field(std::string& out, const std::optional<std::string>& value) {
+  if (!value) {
+    out += '-';
+    return;
+  }
+  out += '+';
+  const uint64_t n = value->size();
+  for (int i = 7; i >= 0; --i) out += static_cast<char>((n >> (8 * i)) & 0xff);
+  out += *value;
+}
+
+std::string tests_aad(const ListQuery& q) {
+  std::string aad = "tests";
+  add_field(aad, q.clinic_id);
+  add_field(aad, q.patient_id);
+  add_field(aad, q.test_type);
+  return aad;
+}
+
+std::string audit_aad(const AuditQuery& q) {
+  std::string aad = "audit";
+  add_field(aad, q.since);
+  add_field(aad, q.until);
+  add_field(aad, q.clinic_id);
+  return aad;
+}
+
+std::string seal_cursor(long long after_seq, const std::string& aad, std::string_view key) {
+  const std::string& k = cipher_key(key);
+  if (k.empty()) return "";
+  std::string plain(kSeqBytes, '\0');
+  const uint64_t seq = static_cast<uint64_t>(after_seq);
+  for (size_t i = 0; i < kSeqBytes; ++i) {
+    plain[i] = static_cast<char>((seq >> (56 - 8 * i)) & 0xff);
+  }
+  std::string sealed;
+  if (!siv_seal(k, aad, plain, sealed)) return "";
+  return base64url(std::string(1, static_cast<char>(kCursorVersion)) + sealed);
+}
+
+std::optional<long long> open_cursor(std::string_view cursor, const std::string& aad,
+                                     std::string_view key) {
+  std::string raw, plain;
+  if (cursor.size() != kCursorChars || !unbase64url(cursor, raw) ||
+      raw.size() != 1 + kSealedBytes || static_cast<unsigned char>(raw[0]) != kCursorVersion) {
+    return std::nullopt;
+  }
+  const std::string& k = cipher_key(key);
+  if (k.empty() || !siv_open(k, aad, std::string_view(raw).substr(1), plain) ||
+      plain.size() != kSeqBytes) {
+    return std::nullopt;
+  }
+  uint64_t seq = 0;
+  for (char c : plain) seq = (seq << 8) | static_cast<unsigned char>(c);
+  const long long position = static_cast<long long>(seq);
+  if (position < 0) return std::nullopt;
+  return position;
+}
+
+}  // namespace
+
+std::string base64url(std::string_view in) {
+  const auto* data = reinterpret_cast<const unsigned char*>(in.data());
+  const size_t n = in.size();
   std::string out;
   for (size_t i = 0; i < n; i += 3) {
     uint32_t v = static_cast<uint32_t>(data[i]) << 16;
@@ -31,10 +108,9 @@ std::string base64url(const unsigned char* data, size_t n) {
   return out;
 }
 
-// Decodes unpadded base64url; false on any character outside the alphabet or a bad length.
 bool unbase64url(std::string_view in, std::string& out) {
-  if (in.size() % 4 == 1) return false;
   out.clear();
+  if (in.size() % 4 == 1) return false;
   uint32_t acc = 0;
   int bits = 0;
   for (char c : in) {
@@ -50,90 +126,36 @@ bool unbase64url(std::string_view in, std::string& out) {
   return (acc & ((1u << bits) - 1)) == 0;  // unused trailing bits must be zero (canonical)
 }
 
-std::string tagged_text(long long seq, const ListQuery& q) {
-  std::string t = "tdapi-cursor-v1";
-  t += '\0';
-  t += std::to_string(seq);
-  t += '\0';
-  t += q.clinic_id;
-  t += '\0';
-  t += q.patient_id ? "p:" + *q.patient_id : "-";
-  t += '\0';
-  t += q.test_type ? "t:" + *q.test_type : "-";
-  return t;
-}
-
-}  // namespace
-
-uint64_t siphash24(std::string_view key, std::string_view data) {
-  unsigned char k[16] = {};
-  std::memcpy(k, key.data(), key.size() < 16 ? key.size() : 16);
-  uint64_t k0 = load_le64(k), k1 = load_le64(k + 8);
-  uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
-  uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
-  auto round = [&] {
-    v0 += v1;
-    v1 = rotl(v1, 13);
-    v1 ^= v0;
-    v0 = rotl(v0, 32);
-    v2 += v3;
-    v3 = rotl(v3, 16);
-    v3 ^= v2;
-    v0 += v3;
-    v3 = rotl(v3, 21);
-    v3 ^= v0;
-    v2 += v1;
-    v1 = rotl(v1, 17);
-    v1 ^= v2;
-    v2 = rotl(v2, 32);
-  };
-  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-  size_t n = data.size();
-  size_t full = n / 8 * 8;
-  for (size_t i = 0; i < full; i += 8) {
-    uint64_t m = load_le64(p + i);
-    v3 ^= m;
-    round();
-    round();
-    v0 ^= m;
-  }
-  uint64_t last = static_cast<uint64_t>(n & 0xff) << 56;
-  for (size_t i = 0; i < n - full; ++i) last |= static_cast<uint64_t>(p[full + i]) << (8 * i);
-  v3 ^= last;
-  round();
-  round();
-  v0 ^= last;
-  v2 ^= 0xff;
-  round();
-  round();
-  round();
-  round();
-  return v0 ^ v1 ^ v2 ^ v3;
-}
-
 std::string encode_cursor(long long after_seq, const ListQuery& query, std::string_view key) {
-  unsigned char raw[16];
-  uint64_t seq = static_cast<uint64_t>(after_seq);
-  uint64_t tag = siphash24(key, tagged_text(after_seq, query));
-  for (int i = 0; i < 8; ++i) {
-    raw[i] = static_cast<unsigned char>(seq >> (56 - 8 * i));
-    raw[8 + i] = static_cast<unsigned char>(tag >> (56 - 8 * i));
-  }
-  return base64url(raw, sizeof raw);
+  return seal_cursor(after_seq, tests_aad(query), key);
 }
 
 std::optional<long long> decode_cursor(std::string_view cursor, const ListQuery& query,
-                                       std::string_view key) {
-  std::string raw;
-  if (cursor.size() != 22 || !unbase64url(cursor, raw) || raw.size() != 16) return std::nullopt;
-  uint64_t seq = 0, tag = 0;
-  for (int i = 0; i < 8; ++i) {
-    seq = (seq << 8) | static_cast<unsigned char>(raw[i]);
-    tag = (tag << 8) | static_cast<unsigned char>(raw[8 + i]);
+                                       std::string_view key, std::string_view* problem) {
+  std::optional<long long> position = open_cursor(cursor, tests_aad(query), key);
+  if (!position && problem) {
+    // Version 1 (22 characters of base64url): refused, as it showed the position in clear.
+    std::string raw;
+    const bool old = cursor.size() == kOldCursorChars && unbase64url(cursor, raw);
+    *problem = old ? kCursorOutdated : kCursorInvalid;
   }
-  long long position = static_cast<long long>(seq);
-  if (position < 0) return std::nullopt;
-  if (siphash24(key, tagged_text(position, query)) != tag) return std::nullopt;
+  return position;
+}
+
+std::string encode_audit_cursor(long long after_seq, const AuditQuery& query,
+                                std::string_view key) {
+  return seal_cursor(after_seq, audit_aad(query), key);
+}
+
+std::optional<long long> decode_audit_cursor(std::string_view cursor, const AuditQuery& query,
+                                             std::string_view key, std::string_view* problem) {
+  std::optional<long long> position = open_cursor(cursor, audit_aad(query), key);
+  if (!position && problem) {
+    // Earlier, GET /audit's cursor was the seq in decimal.
+    const bool old = !cursor.empty() && cursor.size() <= 18 &&
+                     cursor.find_first_not_of("0123456789") == std::string_view::npos;
+    *problem = old ? kCursorOutdated : kCursorInvalid;
+  }
   return position;
 }
 

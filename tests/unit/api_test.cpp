@@ -269,8 +269,11 @@ TEST_F(Api, PagingAndFilterErrors) {
       {"/tests?clinic_id=c1&limit=ten", "limit must be an integer from 1 to 1000"},
       {"/tests?clinic_id=c1&limit=", "limit must be an integer from 1 to 1000"},
       {"/tests?clinic_id=c1&cursor=garbage", "cursor is malformed, altered, or for another query"},
-      {"/tests?clinic_id=c1&cursor=AAAAAAAAAAAAAAAAAAAAAA",
+      {"/tests?clinic_id=c1&cursor=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
        "cursor is malformed, altered, or for another query"},
+      {"/tests?clinic_id=c1&cursor=AAAAAAAAAAAAAAAAAAAAAA",  // the earlier, readable format
+       "cursor is from an earlier version of the service; start the listing again without a "
+       "cursor"},
       {"/tests?clinic_id=c1&patient_id=", "patient_id must not be empty"},
       {"/tests?clinic_id=c1&test_type=a&test_type=b", "test_type must be given once"},
   };
