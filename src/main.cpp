@@ -214,7 +214,7 @@ int main(int argc, char** argv) {
     started.detail =
         "postgresql=" + tdapi::redact_url(storage.url) +
         " synchronous_commit=on lock_timeout_ms=" + std::to_string(storage.lock_timeout_ms) +
-        " max_connections=" + std::to_string(storage.max_readers + 1) +
+        " max_connections=" + std::to_string(storage.max_readers + 2) +
         " uid=" + std::to_string(geteuid());
   } else {
     tdapi::SqliteOptions storage;

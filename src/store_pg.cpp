@@ -499,6 +499,7 @@ PgStore::~PgStore() {
   if (was_open) writer_thread_.join();
   readers_.drop_idle();
   writer_.reset();
+  health_conn_.reset();
   if (!options_.admin_tool && was_open) {
     LogFields f;
     f.detail = redact_url(options_.url);
@@ -743,17 +744,43 @@ Status PgStore::check_health() {
     std::lock_guard<std::mutex> lock(size_mu_);
     return std::chrono::steady_clock::now() - size_read_at_ >= kSizeRefresh;
   }();
-  return with_reader("health check", [&](Connection& c) {
+  // On a connection of its own, not a reader: with every reader held by slow listings, the
+  // check waited for one and answered 503 (busy) while the server was fine. Checks take turns
+  // on it (each one query, bounded by statement_timeout).
+  std::unique_lock<std::timed_mutex> lock(health_mu_, std::defer_lock);
+  if (!lock.try_lock_for(std::chrono::milliseconds(options_.lock_timeout_ms))) {
+    return Status::Busy("the previous health check is still waiting for PostgreSQL");
+  }
+  Status status;
+  // A connection lost while idle (the server restarted) is replaced once, as a read's is.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (!health_conn_ || !health_conn_->healthy()) {
+      health_conn_.reset();
+      status = connect(health_conn_);
+      if (!status.ok()) {
+        health_conn_.reset();
+        break;
+      }
+    }
+    Connection& c = *health_conn_;
     PgResult r =
         refresh_size ? c.exec("SELECT pg_database_size(current_database())") : c.exec("SELECT 0");
-    if (!result_ok(r)) return c.error(r.get(), "health check");
+    if (!result_ok(r)) {
+      status = c.error(r.get(), "health check");
+      if (c.healthy()) break;
+      health_conn_.reset();
+      continue;
+    }
     if (refresh_size) {
-      std::lock_guard<std::mutex> lock(size_mu_);
+      std::lock_guard<std::mutex> size_lock(size_mu_);
       database_bytes_ = value_int(r.get(), 0, 0);
       size_read_at_ = std::chrono::steady_clock::now();
     }
-    return Status::Ok();
-  });
+    status = Status::Ok();
+    break;
+  }
+  note_failure(status);
+  return status;
 }
 
 StoreStats PgStore::stats() const {

@@ -132,6 +132,11 @@ class PgStore : public Store {
 
   FifoPool<Connection> readers_;  // at most options_.max_readers, first come first served
 
+  // check_health's own connection (opened by the first check, reopened when lost): the check
+  // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.
+  std::timed_mutex health_mu_;
+  std::unique_ptr<Connection> health_conn_;
+
   mutable std::mutex size_mu_;
   mutable long long database_bytes_ = 0;
   mutable std::chrono::steady_clock::time_point size_read_at_;

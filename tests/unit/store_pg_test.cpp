@@ -377,6 +377,66 @@ TEST_F(PgStoreTest, AReadOnlyDatabaseRefusesWritesWithA503) {
   EXPECT_EQ(http_status_for(out.status.code()), 503);
 }
 
+// GET /healthz's check must not wait for a reader: with every reader held by a slow read, it
+// waited lock_timeout_ms for one and failed busy (a 503 from a server that was fine).
+TEST_F(PgStoreTest, TheHealthCheckAnswersWhileSlowReadsHoldEveryReader) {
+  PgOptions o;
+  o.max_readers = 2;
+  o.lock_timeout_ms = 1000;  // also how long an operation waits for a free reader
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->insert(make_record("held")).status.ok());
+  // Reads of `tests` now go through a view that waits until the test lets them go (at most
+  // 30 s; each statement of a volatile function sees the latest commit).
+  ASSERT_EQ(sql("CREATE TABLE hold_release (go boolean);"
+                "CREATE FUNCTION hold_reads() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$"
+                " BEGIN FOR i IN 1..3000 LOOP"
+                "   IF EXISTS (SELECT 1 FROM hold_release) THEN RETURN true; END IF;"
+                "   PERFORM pg_sleep(0.01);"
+                " END LOOP; RETURN true; END $$;"
+                "ALTER TABLE tests RENAME TO tests_stored;"
+                "CREATE VIEW tests AS SELECT * FROM tests_stored WHERE hold_reads();"),
+            "");
+  std::vector<Status> reads(o.max_readers);
+  std::vector<std::thread> readers;
+  for (size_t i = 0; i < o.max_readers; ++i) {
+    readers.emplace_back([&, i] {
+      std::string json;
+      reads[i] = store->get_test("held", json);
+    });
+  }
+  // Wait (at most 10 s) until every reader is inside its held read on the server.
+  auto active_reads = [&] {
+    PGconn* c = PQconnectdb(url().c_str());
+    PGresult* r = PQexec(c,
+                         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND state = 'active' AND query LIKE 'SELECT doc FROM tests%'");
+    int n = PQresultStatus(r) == PGRES_TUPLES_OK ? std::atoi(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    PQfinish(c);
+    return n;
+  };
+  int held = 0;
+  for (int i = 0; i < 200 && held < static_cast<int>(o.max_readers); ++i) {
+    held = active_reads();
+    if (held < static_cast<int>(o.max_readers)) usleep(50 * 1000);
+  }
+  EXPECT_EQ(held, static_cast<int>(o.max_readers));
+  Status health = store->check_health();
+  EXPECT_TRUE(health.ok()) << health.name() << ": " << health.message();
+  EXPECT_TRUE(store->check_health().ok());  // and again, on the same connection
+  EXPECT_EQ(sql("INSERT INTO hold_release VALUES (true)"), "");
+  for (auto& t : readers) t.join();
+  for (const Status& s : reads) EXPECT_TRUE(s.ok()) << s.message();
+  // A lost health connection is replaced by the next check.
+  ASSERT_EQ(admin_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" +
+                      db_ + "' AND pid <> pg_backend_pid()"),
+            "");
+  usleep(100 * 1000);
+  health = store->check_health();
+  EXPECT_TRUE(health.ok()) << health.name() << ": " << health.message();
+}
+
 TEST(PgStoreUrl, PasswordsAreRedacted) {
   EXPECT_EQ(redact_url("postgresql://u:secret@h/db"), "postgresql://u:***@h/db");
   EXPECT_EQ(redact_url("host=h password=secret dbname=d"), "host=h password=*** dbname=d");
