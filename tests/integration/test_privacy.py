@@ -3,7 +3,8 @@
 real binary with AUTH=on: paging cursors show nothing of the position (the global seq, which
 would count every clinic's writes) and work only for their own listing; cursors of the earlier
 format are refused with a clear message; GET /audit's cursors are opaque and bound to their
-filters too."""
+filters too; a 409 is the same, byte for byte, whether the id is held by the caller's clinic or
+another, and its audit entry records nothing of the other clinic."""
 
 import base64
 import json
@@ -171,6 +172,42 @@ class Privacy(unittest.TestCase):
         r = self.req("aud", "GET", "/audit?limit=1&clinic_id=c1-kind&cursor=" + listing)
         self.assertEqual(r.status, 400, r)
 
+
+    def test_a_409_is_the_same_whether_the_id_is_held_by_the_own_clinic_or_another(self):
+        # Same-length ids, so the batch bodies (which name the caller's own ids) can be compared.
+        self.post("w1", record("dup-own-1", clinic="c1"))
+        self.post("w2", record("dup-frn-1", clinic="c2", patient="P-secret"))
+        replies = {}
+        for tid in ("dup-own-1", "dup-frn-1"):
+            one = self.req("w1", "POST", "/tests", record(tid, clinic="c1"))
+            batch = self.req("w1", "POST", "/tests/batch", [record(tid, clinic="c1")])
+            replies[tid] = (one, batch)
+        own, foreign = replies["dup-own-1"], replies["dup-frn-1"]
+        varying = {"x-request-id", "date"}  # per request, whatever the answer
+        for o, f in zip(own, foreign):
+            self.assertEqual(o.status, 409, o)
+            self.assertEqual(f.status, 409, f)
+            self.assertEqual(o.body.replace(b"dup-own-1", b"dup-XXX-1"),
+                             f.body.replace(b"dup-frn-1", b"dup-XXX-1"))
+            self.assertEqual({k: v for k, v in o.headers.items() if k not in varying},
+                             {k: v for k, v in f.headers.items() if k not in varying})
+            self.assertNotIn(b"c2", f.body)
+        self.assertEqual(own[0].json(), {"status": "error", "message": "test_id already exists"})
+        # The 409s' audit entries: the caller's key, clinic and ids; nothing of c2 or its key.
+        by_rid = {e["request_id"]: e for e in self.audit_entries()}
+        shapes = []
+        for tid, (one, batch) in replies.items():
+            for reply, action in ((one, "create"), (batch, "batch")):
+                e = by_rid[reply.headers["x-request-id"]]
+                self.assertEqual((e["key_id"], e["action"], e["clinic_id"], e["outcome"], e["detail"]),
+                                 (self.keys["w1"]["key_id"], action, "c1", 409, {"test_ids": [tid]}))
+                # (hashes, request id and time are hex and digits of their own)
+                text = json.dumps({k: v for k, v in e.items()
+                                   if k not in ("hash", "prev_hash", "request_id", "ts", "seq")})
+                for other in ("c2", "P-secret", self.keys["w2"]["key_id"]):
+                    self.assertNotIn(other, text)
+                shapes.append(sorted(e))
+        self.assertEqual(len({tuple(s) for s in shapes}), 1)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
