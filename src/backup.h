@@ -4,6 +4,7 @@
 // pg_basebackup): both commands refuse a PostgreSQL URL and say so.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,9 +38,14 @@ bool is_backup_file_name(const std::string& name);
 // "<db>.pre-migration-v<from>-<YYYYMMDDTHHMMSS.mmmZ>", beside db.
 std::string pre_migration_backup_path(const std::string& db, int from);
 
-// Keeps the `keep` (>= 1) newest backups in dir and removes the older ones (files named by
-// backup_file_name only; anything else in dir is left alone). `removed` lists what went.
-Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed);
+// Keeps the `keep` (>= 1) newest backups in dir and removes the older ones. Backups are the
+// regular files of this user named by backup_file_name (a link is neither followed nor removed;
+// anything else in dir is left alone), ranked by modification time, not by the time in their
+// names (a clock that went back, or a planted name, must not outrank a new copy). `just_made`
+// (a name in dir, the copy just taken) is never removed and counts as the newest. `removed`
+// lists what went.
+Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed,
+                      const std::string& just_made = "");
 
 struct RestoreResult {
   std::string replaced;  // where the database that was at the target now is ("" if none)
@@ -58,7 +64,10 @@ struct RestoreResult {
 // missing), removes the clean-stop marker so the first start checks the file, and fsyncs the
 // directory. Run as root, the restored file gets the owner of the file it replaces (or of the
 // directory).
-Status restore_database(const std::string& from, const std::string& db, RestoreResult& out);
+// after_check: a test seam, never set by the commands: called with the temp copy's path once
+// it is checked (what another user who can write db's directory could do to it then).
+Status restore_database(const std::string& from, const std::string& db, RestoreResult& out,
+                        const std::function<void(const std::string& tmp)>& after_check = nullptr);
 
 // The commands (argv[1] is "backup" or "restore"); see kBackupUsage in backup.cpp. Exit status:
 // 0 done (one JSON object on stdout), 1 failed (why on stderr; nothing changed), 2 bad usage,
