@@ -1500,6 +1500,39 @@ Status check_schema(sqlite3* db, int version, const std::string& path, bool extr
                           "): it was changed outside testdata-api");
 }
 
+// The largest document a record the API accepts can have: every character of its fields
+// escaped as a UTF-16 surrogate pair (12 bytes), plus names, punctuation and created_at.
+constexpr long long kMaxDocBytes =
+    12 * static_cast<long long>(3 * kMaxIdChars + kMaxTestTypeChars + kMaxResultChars) + 1024;
+
+// The first test whose stored document (what GET /tests/{id} serves) disagrees with its columns
+// (what listings and authorization read), or that is larger than the API accepts (validate.cpp's
+// limits): exactly the keys test_record_json writes, each a string equal to its column.
+std::string rows_check_sql() {
+  const std::string n = "(5 + (created_at != ''))";  // keys a document has
+  std::string sql =
+      "SELECT seq FROM tests WHERE length(test_id) > " + std::to_string(kMaxIdChars) +
+      " OR length(patient_id) > " + std::to_string(kMaxIdChars) + " OR length(clinic_id) > " +
+      std::to_string(kMaxIdChars) + " OR length(test_type) > " + std::to_string(kMaxTestTypeChars) +
+      " OR length(result) > " + std::to_string(kMaxResultChars) +
+      " OR length(created_at) > 64 OR length(CAST(doc AS BLOB)) > " + std::to_string(kMaxDocBytes) +
+      " OR CASE WHEN NOT json_valid(doc) OR json_type(doc) IS NOT 'object' THEN 1 ELSE ("
+      "(SELECT count(*) FROM json_each(doc)) != " +
+      n +
+      " OR (SELECT count(DISTINCT key) FROM json_each(doc) WHERE key IN ('test_id', "
+      "'patient_id', 'clinic_id', 'test_type', 'result', 'created_at')) != " +
+      n;
+  for (const char* column : {"test_id", "patient_id", "clinic_id", "test_type", "result"}) {
+    const std::string c = column;
+    sql += " OR json_type(doc, '$." + c + "') IS NOT 'text' OR json_extract(doc, '$." + c +
+           "') IS NOT " + c;
+  }
+  sql +=
+      " OR (created_at != '' AND (json_type(doc, '$.created_at') IS NOT 'text' OR "
+      "json_extract(doc, '$.created_at') IS NOT created_at))) END LIMIT 1";
+  return sql;
+}
+
 }  // namespace
 
 Status sqlite_backup_file(const std::string& source, const std::string& dest,
@@ -1615,6 +1648,18 @@ Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFac
   rc = query_one(h.db, "SELECT length(value) FROM meta WHERE name = 'cursor_key'", v);
   if (rc != SQLITE_OK || v != "16") {
     return Status::Corrupt(path + " has no cursor key in its meta table");
+  }
+  if (exact_schema) {
+    const std::string sql = rows_check_sql();
+    rc = query_one(h.db, sql.c_str(), v);
+    if (rc != SQLITE_OK)
+      return status_from_sqlite(rc, h.db, "cannot check the tests of " + path, false);
+    if (!v.empty()) {
+      return Status::Corrupt(path + ": the test with seq " + v +
+                             " has a stored document that disagrees with its columns (test_id, "
+                             "patient_id, clinic_id, test_type, result, created_at) or is larger "
+                             "than the API accepts: it was changed outside testdata-api");
+    }
   }
   rc = count_facts(h.db, out);
   if (rc != SQLITE_OK)

@@ -272,6 +272,74 @@ TEST(Restore, TheServiceRefusesToStartOnAFileEditedInPlace) {
   EXPECT_TRUE(open_sqlite_at(dir.file("live.db")));
 }
 
+// A row whose stored document (what GET /tests/{id} serves) disagrees with its columns (what
+// listings and authorization by clinic read), or larger than the API accepts: restore took them
+// (a test in clinic c2 served to a read:c1 key; a 150 MB row). Refused, naming the row by seq.
+TEST(Restore, RefusesRowsWhoseDocumentDisagreesWithTheColumnsOrTooLarge) {
+  TempDir dir;
+  store_with_tests(dir.file("live.db"), 5).reset();
+  BackupResult b;
+  ASSERT_TRUE(backup_database(dir.file("live.db"), dir.file("copy.db"), b).ok());
+  const std::string good = bytes_of(dir.file("copy.db"));
+  const std::string big_result(16385, 'r');
+  const std::pair<const char*, std::string> edits[] = {
+      {"clinic column", "UPDATE tests SET clinic_id = 'c2' WHERE test_id = 't3'"},
+      {"clinic in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.clinic_id', 'c9') WHERE test_id = 't3'"},
+      {"test_id in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.test_id', 't4') WHERE test_id = 't3'"},
+      {"patient in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.patient_id', 'p9') WHERE test_id = 't3'"},
+      {"type in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.test_type', 'x') WHERE test_id = 't3'"},
+      {"result in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.result', 'x') WHERE test_id = 't3'"},
+      {"created_at in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.created_at', '1999') WHERE test_id = 't3'"},
+      {"number for a string",
+       "UPDATE tests SET clinic_id = '5', doc = json_set(doc, '$.clinic_id', 5) WHERE test_id = "
+       "'t3'"},
+      {"extra key", "UPDATE tests SET doc = json_set(doc, '$.extra', 1) WHERE test_id = 't3'"},
+      {"duplicate key",
+       "UPDATE tests SET doc = substr(doc, 1, length(doc) - 1) || ',\"clinic_id\":\"c2\"}' WHERE "
+       "test_id = 't3'"},
+      {"not json", "UPDATE tests SET doc = 'not json' WHERE test_id = 't3'"},
+      {"not an object", "UPDATE tests SET doc = '[]' WHERE test_id = 't3'"},
+      {"result too long", "UPDATE tests SET result = '" + big_result +
+                              "', doc = json_set(doc, '$.result', '" + big_result +
+                              "') WHERE test_id = 't3'"},
+      {"id too long", "UPDATE tests SET test_id = '" + std::string(129, 'i') +
+                          "', doc = json_set(doc, '$.test_id', '" + std::string(129, 'i') +
+                          "') WHERE test_id = 't3'"},
+      {"padded document",
+       "UPDATE tests SET doc = '{' || printf('%.*c', 300000, ' ') || substr(doc, 2) WHERE test_id "
+       "= 't3'"},
+  };
+  const std::string target = bytes_of(dir.file("live.db"));
+  const auto before = names_in(dir.file(""));
+  for (const auto& [what, sql] : edits) {
+    write_bytes(dir.file("edited.db"), good);
+    sql_on(dir.file("edited.db"), sql);
+    RestoreResult r;
+    Status s = restore_database(dir.file("edited.db"), dir.file("live.db"), r);
+    EXPECT_FALSE(s.ok()) << what << ": restored";
+    EXPECT_FALSE(r.swapped) << what;
+    EXPECT_NE(s.message().find("seq 4"), std::string::npos) << what << ": " << s.message();
+    EXPECT_EQ(bytes_of(dir.file("live.db")), target) << what;
+    ::unlink(dir.file("edited.db").c_str());
+    EXPECT_EQ(names_in(dir.file("")), before) << what;
+  }
+  // The unchanged copy, and one whose document escapes characters the columns hold as they
+  // are, are restored.
+  write_bytes(dir.file("escaped.db"), good);
+  sql_on(
+      dir.file("escaped.db"),
+      "UPDATE tests SET doc = replace(doc, '\"c1\"', '\"\\u0063\\u0031\"') WHERE test_id = 't3'");
+  RestoreResult r;
+  Status s = restore_database(dir.file("escaped.db"), dir.file("live.db"), r);
+  EXPECT_TRUE(s.ok()) << s.message();
+}
+
 TEST(Restore, SwapsInTheBackupAndKeepsTheReplacedDatabaseAside) {
   TempDir dir;
   auto store = store_with_tests(dir.file("live.db"), 10);
