@@ -25,7 +25,10 @@ struct BackupResult {
 // into `dest`, which must not exist: copies into a temp file beside dest, settles and checks the
 // copy (sqlite_check_file) and compares its counts and audit head with the snapshot's, fsyncs
 // it, moves it to dest without replacing anything, and fsyncs the directory. On error nothing is
-// left at dest nor beside it, and the Status says why.
+// left at dest nor beside it, and the Status says why. Run as root, refused (Internal) when
+// dest's directory, or one above it, is owned by another user, writable by a group or everyone
+// (without the sticky bit), or reached through another user's link: SQLite writes the temp copy
+// by name (run_backup_command first becomes that directory's owner).
 Status backup_database(const std::string& db, const std::string& dest, BackupResult& out);
 
 // The name --to-dir gives a backup taken at utc_timestamp ("2026-11-30T01:02:03.456Z"):
@@ -62,8 +65,10 @@ struct RestoreResult {
 // Then settles the database at db (its WAL checkpointed into it; a damaged one keeps its -wal
 // beside it), keeps it as db.replaced-<time>, moves the copy to db (atomically: db is never
 // missing), removes the clean-stop marker so the first start checks the file, and fsyncs the
-// directory. Run as root, the restored file gets the owner of the file it replaces (or of the
-// directory).
+// directory. Run as root: refused (Internal) in a directory another user owns or could change
+// (run_restore_command first becomes that user); otherwise the temp copy is held open from its
+// creation (O_EXCL) to its rename, given the owner of the file it replaces (or of the directory)
+// with fchown/fchmod, and renamed only while its name still leads to it.
 // after_check: a test seam, never set by the commands: called with the temp copy's path once
 // it is checked (what another user who can write db's directory could do to it then).
 Status restore_database(const std::string& from, const std::string& db, RestoreResult& out,
