@@ -71,4 +71,25 @@ bool AuditChainVerifier::feed(const AuditEntry& e, std::string& problem) {
   return true;
 }
 
+Status verify_audit_trail(const AuditTrail& trail, AuditChainVerifier& verifier,
+                          std::string& problem,
+                          const std::function<bool(const AuditEntry&, std::string&)>& on_verified) {
+  problem.clear();
+  Status s = trail.list_all([&](const AuditEntry& e) {
+    if (!verifier.feed(e, problem)) return false;
+    return !on_verified || on_verified(e, problem);
+  });
+  if (!s.ok() || !problem.empty()) return s;
+  long long rows = 0;
+  s = trail.count_up_to(verifier.checked(), rows);
+  if (!s.ok()) return s;
+  if (rows != verifier.checked()) {
+    problem = "the audit table holds " + std::to_string(rows) + " entries up to seq " +
+              std::to_string(verifier.checked()) + ", the chain " +
+              std::to_string(verifier.checked()) + " (an entry outside the chain, e.g. seq 0 or " +
+              "below, was not listed)";
+  }
+  return Status::Ok();
+}
+
 }  // namespace tdapi

@@ -6,8 +6,11 @@
 // any entry breaks every later hash link, and verify names the first entry that does not match.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
+
+#include "status.h"
 
 namespace tdapi {
 
@@ -46,6 +49,25 @@ class AuditChainVerifier {
   long long checked_ = 0;
   std::string last_hash_ = kAuditGenesis;
 };
+
+// A whole trail to verify, as `audit verify`, backup and restore reach it.
+struct AuditTrail {
+  // Calls on_entry for every row of the audit table, lowest seq first, with no lower bound (a
+  // listing that starts after seq 0 leaves out an entry numbered 0 or below), until it returns
+  // false.
+  std::function<Status(const std::function<bool(const AuditEntry&)>& on_entry)> list_all;
+  // The number of rows with seq <= up_to.
+  std::function<Status(long long up_to, long long& rows)> count_up_to;
+};
+
+// The one verifier of a whole trail (`audit verify`, backup, restore): feeds every row to
+// `verifier`, then compares the table's count of rows up to the last verified seq with the
+// number verified (a row the listing did not show is a problem too). Returns the error that kept
+// it from reading, else Ok with `problem` "" (intact) or the first problem. on_verified
+// (optional) sees each verified entry; returning false stops, with the problem it set.
+Status verify_audit_trail(
+    const AuditTrail& trail, AuditChainVerifier& verifier, std::string& problem,
+    const std::function<bool(const AuditEntry&, std::string&)>& on_verified = nullptr);
 
 // The whole entry as one JSON object (for GET /audit and `audit export`).
 std::string audit_entry_json(const AuditEntry& entry);

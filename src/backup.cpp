@@ -4,6 +4,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -76,7 +78,6 @@ bool fsync_fd_path(const std::string& path, int flags) {
   return ok;
 }
 
-bool fsync_file(const std::string& path) { return fsync_fd_path(path, O_RDONLY); }
 bool fsync_dir(const std::string& dir) { return fsync_fd_path(dir, O_RDONLY | O_DIRECTORY); }
 
 // Removes a temp database and whatever SQLite may have left beside it.
@@ -86,16 +87,126 @@ void remove_temp(const std::string& path) {
   }
 }
 
-// Creates an empty 0600 file "DIR/.NAME.TAG-XXXXXX" beside path; false with errno.
-bool make_temp_beside(const std::string& path, const char* tag, std::string& out) {
+// Creates an empty 0600 file "DIR/.NAME.TAG-XXXXXX" beside path (O_CREAT|O_EXCL: never through
+// a link) and returns its open descriptor, or -1 with errno. The descriptor is what the temp file
+// is: the name may be changed by whoever can write DIR, the descriptor not.
+int make_temp_beside(const std::string& path, const char* tag, std::string& out) {
   std::string tmpl = dir_of(path) + "/." + base_of(path) + "." + tag + "-XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
-  int fd = mkstemp(buf.data());
-  if (fd < 0) return false;
-  ::close(fd);
+  int fd = mkostemp(buf.data(), O_CLOEXEC);
+  if (fd < 0) return -1;
   out.assign(buf.data());
-  return true;
+  return fd;
+}
+
+// True when path (not followed if a link) is the file open as fd.
+bool still_names(const std::string& path, int fd) {
+  struct stat named {
+  }, opened{};
+  return ::lstat(path.c_str(), &named) == 0 && fstat(fd, &opened) == 0 && S_ISREG(named.st_mode) &&
+         named.st_dev == opened.st_dev && named.st_ino == opened.st_ino;
+}
+
+// Run as root: who else can change what the directory `dir` names. `owner` is the user other
+// than root who owns it or a directory above it (0: nobody but root). Internal when root must not
+// work there at all: a directory on the way writable by its group or by everyone (without the
+// sticky bit), two such users on the way, or a symbolic link on the way owned by another user.
+Status who_else_changes(const std::string& dir, uid_t& owner) {
+  owner = 0;
+  std::string absolute = dir;
+  if (absolute.empty() || absolute[0] != '/') {
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) return Status::ReadOnly("cannot resolve " + dir);
+    absolute = std::string(cwd) + "/" + dir;
+  }
+  char real[PATH_MAX];
+  if (!realpath(absolute.c_str(), real)) {
+    return Status::ReadOnly("cannot resolve " + dir + ": " + errno_text());
+  }
+  auto judge = [&](const std::string& path) -> Status {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) {
+      return Status::ReadOnly("cannot inspect " + path + ": " + errno_text());
+    }
+    if (S_ISLNK(st.st_mode)) {
+      if (st.st_uid == 0) return Status::Ok();
+      return Status::Internal(path + " is a symbolic link owned by user " +
+                              std::to_string(st.st_uid) + ": root does not follow it");
+    }
+    if (!S_ISDIR(st.st_mode)) return Status::ReadOnly(path + " is not a directory");
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0) {
+      return Status::Internal(path +
+                              " can be written by users other than its owner (group or everyone): "
+                              "root does not work in it");
+    }
+    if (st.st_uid != 0) {
+      if (owner != 0 && owner != st.st_uid) {
+        return Status::Internal(path +
+                                " and a directory above it belong to different users: "
+                                "root does not work in it");
+      }
+      owner = st.st_uid;
+    }
+    return Status::Ok();
+  };
+  // Every directory and link as written, then as resolved.
+  for (const std::string& path : {absolute, std::string(real)}) {
+    std::string prefix;
+    size_t at = 0;
+    Status s = judge("/");
+    while (s.ok() && at < path.size()) {
+      size_t next = path.find('/', at);
+      if (next == std::string::npos) next = path.size();
+      std::string part = path.substr(at, next - at);
+      at = next + 1;
+      if (part.empty() || part == ".") continue;
+      prefix += "/" + part;
+      s = judge(prefix);
+    }
+    if (!s.ok()) return s;
+  }
+  return Status::Ok();
+}
+
+// Run as root, the library functions work only where root alone can change names.
+Status only_root_changes(const std::string& dir, const char* what) {
+  if (geteuid() != 0) return Status::Ok();
+  uid_t owner = 0;
+  Status s = who_else_changes(dir, owner);
+  if (s.ok() && owner != 0) {
+    s = Status::Internal(dir + " (or a directory above it) belongs to user " +
+                         std::to_string(owner) + ", who could change what its names lead to");
+  }
+  if (s.ok()) return s;
+  return Status::Internal(std::string("as root, ") + what + " works only in a directory no other " +
+                          "user can change: " + s.message() +
+                          ". Run it as that directory's owner (the command does so itself)");
+}
+
+// Drops root for good: becomes uid (its primary group, no supplementary groups).
+Status become_user(uid_t uid, gid_t fallback_gid) {
+  struct passwd* pw = getpwuid(uid);
+  gid_t gid = pw ? pw->pw_gid : fallback_gid;
+  if (setgroups(0, nullptr) != 0 || setresgid(gid, gid, gid) != 0 ||
+      setresuid(uid, uid, uid) != 0) {
+    return Status::Internal("cannot become user " + std::to_string(uid) + ": " + errno_text());
+  }
+  return Status::Ok();
+}
+
+// As root, a command that writes in `dir` works as the user who can change it: what it makes is
+// that user's, and a link that user planted leads nowhere that user could not go. Refused where
+// root must not work (who_else_changes).
+Status act_as_owner_of(const std::string& dir) {
+  if (geteuid() != 0) return Status::Ok();
+  uid_t owner = 0;
+  Status s = who_else_changes(dir, owner);
+  if (!s.ok()) return s;
+  if (owner == 0) return Status::Ok();
+  struct stat st {};
+  gid_t gid = ::stat(dir.c_str(), &st) == 0 ? st.st_gid : owner;
+  return become_user(owner, gid);
 }
 
 long long file_size(const std::string& path) {
@@ -139,13 +250,9 @@ bool dir_locked(const std::string& dir) {
   return locked;
 }
 
-// Copies the bytes of `from` into the open descriptor `to` and fsyncs it.
-bool copy_into(const std::string& from, int to, std::string& error) {
-  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
-  if (in < 0) {
-    error = "cannot read " + from + ": " + errno_text();
-    return false;
-  }
+// Copies the bytes of the open descriptor `in` (named `from`) into the open descriptor `to` and
+// fsyncs it.
+bool copy_fd(int in, const std::string& from, int to, std::string& error) {
   std::vector<char> buf(1 << 20);
   bool ok = true;
   for (;;) {
@@ -169,11 +276,22 @@ bool copy_into(const std::string& from, int to, std::string& error) {
     }
     if (!ok) break;
   }
-  ::close(in);
   if (ok && fsync(to) != 0) {
     error = "cannot fsync the copy: " + errno_text();
     ok = false;
   }
+  return ok;
+}
+
+// The same from a file named `from` (never through a link at its name).
+bool copy_into(const std::string& from, int to, std::string& error) {
+  int in = ::open(from.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (in < 0) {
+    error = "cannot read " + from + ": " + errno_text();
+    return false;
+  }
+  bool ok = copy_fd(in, from, to, error);
+  ::close(in);
   return ok;
 }
 
@@ -209,10 +327,12 @@ Status backup_database(const std::string& db, const std::string& dest, BackupRes
   out = BackupResult();
   auto start = std::chrono::steady_clock::now();
   if (exists(dest)) return Status::Internal(dest + " exists already; backup never replaces a file");
+  // SQLite writes the copy by name: as root only where no other user can change names.
+  Status where = only_root_changes(dir_of(dest), "backup");
+  if (!where.ok()) return where;
   std::string tmp;
-  if (!make_temp_beside(dest, "tmp", tmp)) {
-    return Status::ReadOnly("cannot create a file beside " + dest + ": " + errno_text());
-  }
+  int fd = make_temp_beside(dest, "tmp", tmp);
+  if (fd < 0) return Status::ReadOnly("cannot create a file beside " + dest + ": " + errno_text());
   DatabaseFacts snapshot;
   Status s = sqlite_backup_file(db, tmp, snapshot);
   out.copy_seconds = seconds_since(start);
@@ -227,11 +347,15 @@ Status backup_database(const std::string& db, const std::string& dest, BackupRes
     s = Status::Internal("the copy differs from the snapshot it was taken from: " +
                          facts_json(out.facts) + " instead of " + facts_json(snapshot));
   }
-  if (s.ok() && !fsync_file(tmp)) s = Status::IoError("cannot fsync " + tmp + ": " + errno_text());
+  if (s.ok() && !still_names(tmp, fd)) {
+    s = Status::Internal(tmp + " was replaced while the copy was made");
+  }
+  if (s.ok() && fsync(fd) != 0) s = Status::IoError("cannot fsync " + tmp + ": " + errno_text());
   // link() fails rather than replace a file that appeared at dest meanwhile.
   if (s.ok() && ::link(tmp.c_str(), dest.c_str()) != 0) {
     s = Status::Internal("cannot move the copy to " + dest + ": " + errno_text());
   }
+  ::close(fd);
   remove_temp(tmp);
   if (s.ok() && !fsync_dir(dir_of(dest))) {
     s = Status::IoError("cannot fsync the directory of " + dest + ": " + errno_text());
@@ -266,32 +390,63 @@ bool is_backup_file_name(const std::string& name) {
   return true;
 }
 
-Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed) {
+Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed,
+                      const std::string& just_made) {
   removed.clear();
   DIR* d = ::opendir(dir.c_str());
   if (!d) return Status::ReadOnly("cannot list " + dir + ": " + errno_text());
-  std::vector<std::string> names;
+  const int dfd = dirfd(d);
+  // What the files are, not what their names say: regular files (a link is neither followed nor
+  // counted) of this user, newest modification first.
+  struct Candidate {
+    std::string name;
+    struct timespec mtime;
+  };
+  std::vector<Candidate> older;
+  bool made_here = false;
   while (dirent* e = ::readdir(d)) {
-    if (is_backup_file_name(e->d_name)) names.emplace_back(e->d_name);
-  }
-  ::closedir(d);
-  std::sort(names.begin(), names.end());  // oldest first
-  for (size_t i = 0; i + static_cast<size_t>(keep) < names.size(); ++i) {
-    std::string path = dir + "/" + names[i];
-    if (::unlink(path.c_str()) != 0) {
-      return Status::ReadOnly("cannot remove the old backup " + path + ": " + errno_text());
+    if (!is_backup_file_name(e->d_name)) continue;
+    struct stat st {};
+    if (fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_uid != geteuid()) {
+      continue;
     }
-    removed.push_back(names[i]);
+    if (e->d_name == just_made) {
+      made_here = true;  // never removed, and the newest of all
+      continue;
+    }
+    older.push_back({e->d_name, st.st_mtim});
   }
-  if (!removed.empty()) fsync_dir(dir);
-  return Status::Ok();
+  std::sort(older.begin(), older.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.mtime.tv_sec != b.mtime.tv_sec) return a.mtime.tv_sec > b.mtime.tv_sec;
+    if (a.mtime.tv_nsec != b.mtime.tv_nsec) return a.mtime.tv_nsec > b.mtime.tv_nsec;
+    return a.name > b.name;
+  });
+  const size_t kept = static_cast<size_t>(keep) - (made_here ? 1 : 0);
+  Status status;
+  for (size_t i = older.size(); i-- > kept;) {  // oldest first
+    if (unlinkat(dfd, older[i].name.c_str(), 0) != 0) {
+      status = Status::ReadOnly("cannot remove the old backup " + dir + "/" + older[i].name + ": " +
+                                errno_text());
+      break;
+    }
+    removed.push_back(older[i].name);
+  }
+  if (!removed.empty()) fsync(dfd);
+  ::closedir(d);
+  return status;
 }
 
-Status restore_database(const std::string& from, const std::string& db, RestoreResult& out) {
+namespace {
+
+// restore_database on the backup open as from_fd (named `from`, for messages).
+Status restore_from_fd(int from_fd, const std::string& from, const std::string& db,
+                       RestoreResult& out,
+                       const std::function<void(const std::string& tmp)>& after_check) {
   out = RestoreResult();
   auto start = std::chrono::steady_clock::now();
   struct stat from_st {};
-  if (::stat(from.c_str(), &from_st) != 0 || !S_ISREG(from_st.st_mode)) {
+  if (fstat(from_fd, &from_st) != 0 || !S_ISREG(from_st.st_mode)) {
     return Status::ReadOnly("no backup file at " + from);
   }
   if (exists(from + "-wal")) {
@@ -299,6 +454,10 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
                             " has a -wal file beside it: it is a live database, not a "
                             "backup. Take a backup of it with testdata-api backup");
   }
+  // Every step below works by name in db's directory: as root only where no other user can
+  // change names (the command first becomes the directory's owner).
+  Status where = only_root_changes(dir_of(db), "restore");
+  if (!where.ok()) return where;
   // A running service first: nothing is copied while it runs.
   if (dir_locked(dir_of(db))) {
     return Status::Busy(dir_of(db) +
@@ -318,30 +477,31 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
                             ": move it away first (it would be replayed into the restored file)");
   }
 
+  // The temp copy is held open from its creation to its rename: it is given its owner through
+  // the descriptor, and its name must still lead to it after the check and before the rename.
   std::string tmp;
-  if (!make_temp_beside(db, "restore", tmp)) {
-    return Status::ReadOnly("cannot create a file beside " + db + ": " + errno_text());
-  }
-  std::string error;
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CLOEXEC);
-  bool copied = fd >= 0 && copy_into(from, fd, error);
-  if (fd >= 0) ::close(fd);
-  if (!copied) {
+  int fd = make_temp_beside(db, "restore", tmp);
+  if (fd < 0) return Status::ReadOnly("cannot create a file beside " + db + ": " + errno_text());
+  auto give_up = [&](Status why) {
+    ::close(fd);
     remove_temp(tmp);
-    return Status::IoError(error.empty() ? "cannot open " + tmp + ": " + errno_text() : error);
-  }
+    return why;
+  };
+  std::string error;
+  if (!copy_fd(from_fd, from, fd, error)) return give_up(Status::IoError(error));
   Status s = sqlite_check_file(tmp, true, out.facts);
   if (!s.ok()) {
-    remove_temp(tmp);
     // Name the backup, not the temp copy the check ran on.
     std::string why = s.message();
     for (size_t at; (at = why.find(tmp)) != std::string::npos;) why.replace(at, tmp.size(), from);
-    return s.code() == StatusCode::kInternal ? Status::Internal(why) : Status::Corrupt(why);
+    return give_up(s.code() == StatusCode::kInternal ? Status::Internal(why)
+                                                     : Status::Corrupt(why));
   }
-  if (!fsync_file(tmp)) {
-    remove_temp(tmp);
-    return Status::IoError("cannot fsync " + tmp + ": " + errno_text());
-  }
+  if (after_check) after_check(tmp);
+  const Status replaced_meanwhile = Status::Internal(
+      tmp + " was replaced while it was checked (by a user who can write " + dir_of(db) + ")");
+  if (!still_names(tmp, fd)) return give_up(replaced_meanwhile);
+  if (fsync(fd) != 0) return give_up(Status::IoError("cannot fsync " + tmp + ": " + errno_text()));
 
   // The database being replaced: its WAL checkpointed into it, so the file kept aside is
   // whole. SQLite's own lock says whether anyone still has it open. A WAL is copied aside first:
@@ -354,9 +514,8 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
     if (wfd < 0 || !copy_into(wal, wfd, error)) {
       if (wfd >= 0) ::close(wfd);
       ::unlink(kept_wal.c_str());
-      remove_temp(tmp);
-      return Status::ReadOnly("cannot keep a copy of " + wal + ": " +
-                              (error.empty() ? errno_text() : error));
+      return give_up(Status::ReadOnly("cannot keep a copy of " + wal + ": " +
+                                      (error.empty() ? errno_text() : error)));
     }
     ::close(wfd);
     wal_kept = true;
@@ -365,24 +524,25 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
     s = sqlite_settle_unused(db);
     if (s.code() == StatusCode::kBusy) {
       if (wal_kept) ::unlink(kept_wal.c_str());
-      remove_temp(tmp);
-      return Status::Busy(s.message() +
-                          ": stop it first (systemctl stop testdata-api, or Ctrl-C "
-                          "on make run)");
+      return give_up(Status::Busy(s.message() +
+                                  ": stop it first (systemctl stop testdata-api, or Ctrl-C "
+                                  "on make run)"));
     }
     if (s.ok() && wal_kept) {
       ::unlink(kept_wal.c_str());  // checkpointed into the file kept aside
       wal_kept = false;
     }
   }
-  // Run as root (e.g. sudo), the service user must still own its database.
+  // Run as root (e.g. sudo), the service user must still own its database: given through the
+  // descriptor (never by name), to the owner of the file it replaces (not followed if a link),
+  // else of the directory.
   struct stat owner {};
-  if (geteuid() == 0 && (::stat(had_db ? db.c_str() : dir_of(db).c_str(), &owner) == 0)) {
-    if (::chown(tmp.c_str(), owner.st_uid, owner.st_gid) != 0) {
+  if (geteuid() == 0 && ((had_db && ::lstat(db.c_str(), &owner) == 0 && S_ISREG(owner.st_mode)) ||
+                         ::stat(dir_of(db).c_str(), &owner) == 0)) {
+    if (fchown(fd, owner.st_uid, owner.st_gid) != 0 || fchmod(fd, 0600) != 0) {
       if (wal_kept) ::unlink(kept_wal.c_str());
-      remove_temp(tmp);
-      return Status::ReadOnly("cannot give " + tmp + " to the owner of " + db + ": " +
-                              errno_text());
+      return give_up(
+          Status::ReadOnly("cannot give " + tmp + " to the owner of " + db + ": " + errno_text()));
     }
   }
   // The marker says the last stop was clean, of the file it belonged to: the restored file is
@@ -391,26 +551,42 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
   if (had_db) {
     if (::link(db.c_str(), out.replaced.c_str()) != 0) {
       if (wal_kept) ::unlink(kept_wal.c_str());
-      remove_temp(tmp);
-      return Status::ReadOnly("cannot keep " + db + " aside as " + out.replaced + ": " +
-                              errno_text());
+      return give_up(Status::ReadOnly("cannot keep " + db + " aside as " + out.replaced + ": " +
+                                      errno_text()));
     }
     // Nothing of the old database may be replayed into the restored one.
     ::unlink(wal.c_str());
     ::unlink((db + "-shm").c_str());
   }
+  if (!still_names(tmp, fd)) return give_up(replaced_meanwhile);
   if (::rename(tmp.c_str(), db.c_str()) != 0) {
-    s = Status::ReadOnly("cannot move the restored copy to " + db + ": " + errno_text());
-    remove_temp(tmp);
-    return s;
+    return give_up(
+        Status::ReadOnly("cannot move the restored copy to " + db + ": " + errno_text()));
   }
   out.swapped = true;
+  const bool ours = still_names(db, fd);
+  ::close(fd);
+  if (!ours) {
+    return Status::Internal(db + " was replaced right after the restored copy was moved there");
+  }
   if (!fsync_dir(dir_of(db))) {
     return Status::IoError("restored, but cannot fsync the directory of " + db + ": " +
                            errno_text());
   }
   out.seconds = seconds_since(start);
   return Status::Ok();
+}
+
+}  // namespace
+
+Status restore_database(const std::string& from, const std::string& db, RestoreResult& out,
+                        const std::function<void(const std::string& tmp)>& after_check) {
+  out = RestoreResult();
+  int fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::ReadOnly("no backup file at " + from);
+  Status s = restore_from_fd(fd, from, db, out, after_check);
+  ::close(fd);
+  return s;
 }
 
 namespace {
@@ -482,6 +658,15 @@ int run_backup_command(int argc, char** argv) {
       return usage("backup: BACKUP_KEEP must be a whole number from 1 to 100000");
     }
   }
+  while (to_dir.size() > 1 && to_dir.back() == '/') to_dir.pop_back();
+  // Run as root into a directory another user owns (DATA_DIR/backups is the service user's): the
+  // backup is made as that user (see act_as_owner_of). A directory yet to be made is judged by
+  // the one it is made in, and made by that user.
+  struct stat dir_st {};
+  Status as = act_as_owner_of(to_dir.empty()                          ? dir_of(to)
+                              : ::lstat(to_dir.c_str(), &dir_st) == 0 ? to_dir
+                                                                      : dir_of(to_dir));
+  if (!as.ok()) return fail("backup", "refused: " + as.message() + ". Nothing was written");
   if (!to_dir.empty()) {
     if (::mkdir(to_dir.c_str(), 0700) != 0 && errno != EEXIST) {
       return fail("backup", "cannot create " + to_dir + ": " + errno_text());
@@ -492,8 +677,9 @@ int run_backup_command(int argc, char** argv) {
   Status s = backup_database(db, to, r);
   if (!s.ok()) return fail("backup", s.message() + ". Nothing was written");
   std::vector<std::string> removed;
-  Status rotated =
-      to_dir.empty() ? Status::Ok() : rotate_backups(to_dir, static_cast<int>(keep), removed);
+  Status rotated = to_dir.empty()
+                       ? Status::Ok()
+                       : rotate_backups(to_dir, static_cast<int>(keep), removed, base_of(r.file));
   std::string out;
   JsonWriter w(out);
   w.begin_object();
@@ -538,8 +724,23 @@ int run_restore_command(int argc, char** argv) {
   int rc = 0;
   if (!resolve_db("restore", db, rc)) return rc;
   if (from.empty()) return usage("restore: --from FILE is required");
+  // The backup is opened by the caller (root may read a root-only copy); the work in the
+  // database's directory is done as its owner when that is another user (act_as_owner_of).
+  int from_fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (from_fd < 0) {
+    return fail("restore", "refused: no backup file at " + from + " (" + errno_text() +
+                               "). Nothing was changed");
+  }
+  if (exists(from + "-wal")) {
+    return fail("restore", "refused: " + from +
+                               " has a -wal file beside it: it is a live database, not a backup. "
+                               "Take a backup of it with testdata-api backup. Nothing was changed");
+  }
+  Status as = act_as_owner_of(dir_of(db));
+  if (!as.ok()) return fail("restore", "refused: " + as.message() + ". Nothing was changed");
   RestoreResult r;
-  Status s = restore_database(from, db, r);
+  Status s = restore_from_fd(from_fd, from, db, r, nullptr);
+  ::close(from_fd);
   if (!s.ok() && r.swapped) {
     // In place, but its rename may not survive a crash yet: not "nothing changed".
     return fail("restore",

@@ -4,6 +4,7 @@
 // pg_basebackup): both commands refuse a PostgreSQL URL and say so.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,10 @@ struct BackupResult {
 // into `dest`, which must not exist: copies into a temp file beside dest, settles and checks the
 // copy (sqlite_check_file) and compares its counts and audit head with the snapshot's, fsyncs
 // it, moves it to dest without replacing anything, and fsyncs the directory. On error nothing is
-// left at dest nor beside it, and the Status says why.
+// left at dest nor beside it, and the Status says why. Run as root, refused (Internal) when
+// dest's directory, or one above it, is owned by another user, writable by a group or everyone
+// (without the sticky bit), or reached through another user's link: SQLite writes the temp copy
+// by name (run_backup_command first becomes that directory's owner).
 Status backup_database(const std::string& db, const std::string& dest, BackupResult& out);
 
 // The name --to-dir gives a backup taken at utc_timestamp ("2026-11-30T01:02:03.456Z"):
@@ -37,9 +41,14 @@ bool is_backup_file_name(const std::string& name);
 // "<db>.pre-migration-v<from>-<YYYYMMDDTHHMMSS.mmmZ>", beside db.
 std::string pre_migration_backup_path(const std::string& db, int from);
 
-// Keeps the `keep` (>= 1) newest backups in dir and removes the older ones (files named by
-// backup_file_name only; anything else in dir is left alone). `removed` lists what went.
-Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed);
+// Keeps the `keep` (>= 1) newest backups in dir and removes the older ones. Backups are the
+// regular files of this user named by backup_file_name (a link is neither followed nor removed;
+// anything else in dir is left alone), ranked by modification time, not by the time in their
+// names (a clock that went back, or a planted name, must not outrank a new copy). `just_made`
+// (a name in dir, the copy just taken) is never removed and counts as the newest. `removed`
+// lists what went.
+Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed,
+                      const std::string& just_made = "");
 
 struct RestoreResult {
   std::string replaced;  // where the database that was at the target now is ("" if none)
@@ -56,9 +65,14 @@ struct RestoreResult {
 // Then settles the database at db (its WAL checkpointed into it; a damaged one keeps its -wal
 // beside it), keeps it as db.replaced-<time>, moves the copy to db (atomically: db is never
 // missing), removes the clean-stop marker so the first start checks the file, and fsyncs the
-// directory. Run as root, the restored file gets the owner of the file it replaces (or of the
-// directory).
-Status restore_database(const std::string& from, const std::string& db, RestoreResult& out);
+// directory. Run as root: refused (Internal) in a directory another user owns or could change
+// (run_restore_command first becomes that user); otherwise the temp copy is held open from its
+// creation (O_EXCL) to its rename, given the owner of the file it replaces (or of the directory)
+// with fchown/fchmod, and renamed only while its name still leads to it.
+// after_check: a test seam, never set by the commands: called with the temp copy's path once
+// it is checked (what another user who can write db's directory could do to it then).
+Status restore_database(const std::string& from, const std::string& db, RestoreResult& out,
+                        const std::function<void(const std::string& tmp)>& after_check = nullptr);
 
 // The commands (argv[1] is "backup" or "restore"); see kBackupUsage in backup.cpp. Exit status:
 // 0 done (one JSON object on stdout), 1 failed (why on stderr; nothing changed), 2 bad usage,

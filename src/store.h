@@ -104,6 +104,9 @@ class Store {
   // Ok or the storage error that stopped the listing.
   virtual Status list_audit(const AuditQuery& query,
                             const std::function<bool(const AuditEntry&)>& on_entry) = 0;
+  // The number of audit entries with seq <= up_to (`audit verify` compares it with the chain it
+  // verified: an entry the listing did not show is a problem too).
+  virtual Status count_audit(long long up_to, long long& rows) = 0;
 
   // Access keys. create_key: Ok, Duplicate (the key_id exists), or a storage error.
   virtual Status create_key(const ApiKey& key) = 0;

@@ -893,6 +893,17 @@ Status PgStore::list_audit(const AuditQuery& q,
   return status;
 }
 
+Status PgStore::count_audit(long long up_to, long long& rows) {
+  const std::string up_to_text = std::to_string(up_to);
+  return with_reader("count audit", [&](Connection& c) {
+    PgResult r =
+        c.run("audit_count", "SELECT count(*) FROM audit WHERE seq <= $1", {up_to_text.c_str()});
+    if (!result_ok(r)) return c.error(r.get(), "count audit");
+    rows = value_int(r.get(), 0, 0);
+    return Status::Ok();
+  });
+}
+
 // -- writes ----------------------------------------------------------------------------------
 
 WriteOutcome PgStore::insert(const TestRecord& record, AuditEntry* audit) {

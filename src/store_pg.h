@@ -63,6 +63,7 @@ class PgStore : public Store {
   Status append_audit(AuditEntry& entry) override;
   Status list_audit(const AuditQuery& query,
                     const std::function<bool(const AuditEntry&)>& on_entry) override;
+  Status count_audit(long long up_to, long long& rows) override;
   Status create_key(const ApiKey& key) override;
   Status list_keys(std::vector<ApiKey>& out) override;
   Status revoke_key(std::string_view key_id, const std::string& when) override;

@@ -334,6 +334,10 @@ static void write_clean_marker(const std::string& db_path) {
   if (ok) fsync_parent_dir(marker);
 }
 
+namespace {
+Status check_schema(sqlite3* db, int version, const std::string& path, bool extras_only);
+}  // namespace
+
 static int open_connection(const std::string& path, int flags, sqlite3** db) {
   return sqlite3_open_v2(path.c_str(), db, flags | SQLITE_OPEN_NOMUTEX, nullptr);
 }
@@ -412,6 +416,13 @@ Status SqliteStore::open_writer() {
                             "refuses to read or change it (no downgrades). Run that release, or "
                             "restore a backup taken by this one");
   }
+  // A file edited in place (a trigger, view, table or index testdata-api did not make, or a
+  // table defined otherwise) would run inside the service: refused before anything runs on it.
+  // An older file is checked once migrated (below).
+  if (version == kSchemaVersion) {
+    Status schema = check_schema(conn->db, version, path, true);
+    if (!schema.ok()) return schema;
+  }
   // Only now is the file written to (WAL mode): a newer one was refused untouched.
   rc = conn->exec(writer_pragmas().c_str());
   if (rc != SQLITE_OK) return status_from_sqlite(rc, conn->db, "cannot configure " + path, true);
@@ -438,6 +449,10 @@ Status SqliteStore::open_writer() {
   if (version < kSchemaVersion) {
     Status s = migrate_schema(conn->db, version);
     if (!s.ok()) return s;
+  }
+  if (version >= 1 && version < kSchemaVersion) {
+    Status schema = check_schema(conn->db, kSchemaVersion, path, true);
+    if (!schema.ok()) return schema;
   }
   sqlite3_stmt* key_stmt = nullptr;
   rc = sqlite3_prepare_v2(conn->db, "SELECT value FROM meta WHERE name = 'cursor_key'", -1,
@@ -1191,6 +1206,31 @@ Status SqliteStore::list_audit(const AuditQuery& q,
   return status;
 }
 
+Status SqliteStore::count_audit(long long up_to, long long& rows) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) {
+    note_failure(status);
+    return status;
+  }
+  sqlite3_stmt* st = nullptr;
+  int rc =
+      sqlite3_prepare_v2(conn->db, "SELECT count(*) FROM audit WHERE seq <= ?1", -1, &st, nullptr);
+  if (rc == SQLITE_OK) {
+    sqlite3_bind_int64(st, 1, up_to);
+    rc = sqlite3_step(st);
+  }
+  if (rc == SQLITE_ROW) {
+    rows = sqlite3_column_int64(st, 0);
+  } else {
+    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "count audit", false);
+  }
+  sqlite3_finalize(st);
+  note_failure(status);
+  release_reader(std::move(conn));
+  return status;
+}
+
 Status SqliteStore::find_key(std::string_view key_id, ApiKey& out) {
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);
@@ -1376,18 +1416,35 @@ int count_facts(sqlite3* db, DatabaseFacts& f) {
 int schema_objects(sqlite3* db, std::vector<std::string>& out) {
   out.clear();
   sqlite3_stmt* st = nullptr;
-  int rc = sqlite3_prepare_v2(db,
-                              "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema"
-                              " WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-                              -1, &st, nullptr);
+  // Skipped: only what SQLite itself makes, by name and type (the index of a PRIMARY KEY or
+  // UNIQUE constraint, AUTOINCREMENT's counters, ANALYZE's statistics). Anything else named
+  // sqlite_% was written with PRAGMA writable_schema and is compared like the rest: a trigger
+  // named sqlite_x runs inside the service like any other.
+  int rc = sqlite3_prepare_v2(
+      db,
+      "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema WHERE NOT ("
+      " (type = 'index' AND sql IS NULL AND substr(name, 1, 17) = 'sqlite_autoindex_'"
+      "  AND substr(name, 18) = tbl_name || '_' ||"
+      "      CAST(CAST(substr(name, 19 + length(tbl_name)) AS INTEGER) AS TEXT))"
+      " OR (type = 'table' AND name IN ('sqlite_sequence', 'sqlite_stat1', 'sqlite_stat2',"
+      "     'sqlite_stat3', 'sqlite_stat4')))",
+      -1, &st, nullptr);
   while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
     std::string object;
+    // Whitespace that cannot change the meaning of the DDL (runs, and any next to a
+    // parenthesis or a comma) is dropped: the same schema typed otherwise compares equal.
     for (int i = 0; i < 4; ++i) {
       if (i > 0) object += ' ';
       bool space = false;
+      const size_t field_start = object.size();
       for (char c : column_view(st, i)) {
         const bool blank = c == ' ' || c == '\t' || c == '\n' || c == '\r';
-        if (blank && !space) object += ' ';
+        const bool tight = c == '(' || c == ')' || c == ',';
+        if (tight && object.size() > field_start && object.back() == ' ') object.pop_back();
+        if (blank && !space && object.size() > field_start &&
+            std::string_view("(,").find(object.back()) == std::string_view::npos) {
+          object += ' ';
+        }
         if (!blank) object += c;
         space = blank;
       }
@@ -1405,8 +1462,9 @@ int schema_objects(sqlite3* db, std::vector<std::string>& out) {
 // kSchemaVersion): no other table, index, view or trigger, no table defined differently. A
 // trigger or a changed table would run inside the service once the file is restored, e.g.
 // dropping every insert (RAISE(IGNORE)) while the API answers 201, or replacing a test on a
-// duplicate id instead of answering 409; a view would run at the first count below.
-Status check_schema(sqlite3* db, int version, const std::string& path) {
+// duplicate id instead of answering 409; a view would run at the first count below. With
+// extras_only (the service's start), only what is there beyond that schema is refused.
+Status check_schema(sqlite3* db, int version, const std::string& path, bool extras_only) {
   DbHandle ref;
   std::string ddl = kSchemaV1;
   for (int v = 1; v < version; ++v) ddl += kMigrations[v - 1];
@@ -1423,8 +1481,10 @@ Status check_schema(sqlite3* db, int version, const std::string& path) {
   std::vector<std::string> extra, missing;
   std::set_difference(have.begin(), have.end(), want.begin(), want.end(),
                       std::back_inserter(extra));
-  std::set_difference(want.begin(), want.end(), have.begin(), have.end(),
-                      std::back_inserter(missing));
+  if (!extras_only) {
+    std::set_difference(want.begin(), want.end(), have.begin(), have.end(),
+                        std::back_inserter(missing));
+  }
   if (extra.empty() && missing.empty()) return Status::Ok();
   auto name_of = [](const std::string& object) {  // "table tests", "trigger drop_writes"
     size_t first = object.find(' ');
@@ -1438,6 +1498,39 @@ Status check_schema(sqlite3* db, int version, const std::string& path) {
   return Status::Internal(path + " does not have the schema testdata-api creates for version " +
                           std::to_string(version) + " (" + why +
                           "): it was changed outside testdata-api");
+}
+
+// The largest document a record the API accepts can have: every character of its fields
+// escaped as a UTF-16 surrogate pair (12 bytes), plus names, punctuation and created_at.
+constexpr long long kMaxDocBytes =
+    12 * static_cast<long long>(3 * kMaxIdChars + kMaxTestTypeChars + kMaxResultChars) + 1024;
+
+// The first test whose stored document (what GET /tests/{id} serves) disagrees with its columns
+// (what listings and authorization read), or that is larger than the API accepts (validate.cpp's
+// limits): exactly the keys test_record_json writes, each a string equal to its column.
+std::string rows_check_sql() {
+  const std::string n = "(5 + (created_at != ''))";  // keys a document has
+  std::string sql =
+      "SELECT seq FROM tests WHERE length(test_id) > " + std::to_string(kMaxIdChars) +
+      " OR length(patient_id) > " + std::to_string(kMaxIdChars) + " OR length(clinic_id) > " +
+      std::to_string(kMaxIdChars) + " OR length(test_type) > " + std::to_string(kMaxTestTypeChars) +
+      " OR length(result) > " + std::to_string(kMaxResultChars) +
+      " OR length(created_at) > 64 OR length(CAST(doc AS BLOB)) > " + std::to_string(kMaxDocBytes) +
+      " OR CASE WHEN NOT json_valid(doc) OR json_type(doc) IS NOT 'object' THEN 1 ELSE ("
+      "(SELECT count(*) FROM json_each(doc)) != " +
+      n +
+      " OR (SELECT count(DISTINCT key) FROM json_each(doc) WHERE key IN ('test_id', "
+      "'patient_id', 'clinic_id', 'test_type', 'result', 'created_at')) != " +
+      n;
+  for (const char* column : {"test_id", "patient_id", "clinic_id", "test_type", "result"}) {
+    const std::string c = column;
+    sql += " OR json_type(doc, '$." + c + "') IS NOT 'text' OR json_extract(doc, '$." + c +
+           "') IS NOT " + c;
+  }
+  sql +=
+      " OR (created_at != '' AND (json_type(doc, '$.created_at') IS NOT 'text' OR "
+      "json_extract(doc, '$.created_at') IS NOT created_at))) END LIMIT 1";
+  return sql;
 }
 
 }  // namespace
@@ -1461,7 +1554,8 @@ Status sqlite_backup_file(const std::string& source, const std::string& dest,
     return status_from_sqlite(sqlite3_extended_errcode(src.db), src.db,
                               "cannot read database " + source, false);
   }
-  rc = open_connection(dest, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &dst.db);
+  rc = open_connection(dest, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW,
+                       &dst.db);
   if (rc == SQLITE_OK) {
     sqlite3_extended_result_codes(dst.db, 1);
     // The copy is fsynced and checked as a whole afterwards: no journal, no syncs meanwhile.
@@ -1509,7 +1603,7 @@ Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFac
   out = DatabaseFacts();
   if (!std::filesystem::exists(path)) return Status::ReadOnly("no file at " + path);
   DbHandle h;
-  int rc = open_connection(path, SQLITE_OPEN_READWRITE, &h.db);
+  int rc = open_connection(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, &h.db);
   if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot open " + path, false);
   sqlite3_extended_result_codes(h.db, 1);
   sqlite3_busy_timeout(h.db, 1000);
@@ -1548,38 +1642,65 @@ Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFac
                             ": it is not a testdata-api database");
   }
   if (exact_schema) {
-    Status schema = check_schema(h.db, version, path);
+    Status schema = check_schema(h.db, version, path, false);
     if (!schema.ok()) return schema;
   }
   rc = query_one(h.db, "SELECT length(value) FROM meta WHERE name = 'cursor_key'", v);
   if (rc != SQLITE_OK || v != "16") {
     return Status::Corrupt(path + " has no cursor key in its meta table");
   }
+  if (exact_schema) {
+    const std::string sql = rows_check_sql();
+    rc = query_one(h.db, sql.c_str(), v);
+    if (rc != SQLITE_OK)
+      return status_from_sqlite(rc, h.db, "cannot check the tests of " + path, false);
+    if (!v.empty()) {
+      return Status::Corrupt(path + ": the test with seq " + v +
+                             " has a stored document that disagrees with its columns (test_id, "
+                             "patient_id, clinic_id, test_type, result, created_at) or is larger "
+                             "than the API accepts: it was changed outside testdata-api");
+    }
+  }
   rc = count_facts(h.db, out);
   if (rc != SQLITE_OK)
     return status_from_sqlite(rc, h.db, "cannot count the rows of " + path, false);
   if (version < 3) return Status::Ok();
 
-  // The audit chain, entry by entry (one SHA-256 each).
+  // The audit chain, entry by entry (one SHA-256 each): the verifier of `audit verify` too.
   AuditChainVerifier verifier;
   std::string problem;
-  rc = sqlite3_prepare_v2(h.db,
-                          "SELECT seq, ts, request_id, key_id, action, clinic_id, detail, outcome,"
-                          " prev_hash, hash FROM audit ORDER BY seq",
-                          -1, &st, nullptr);
-  AuditEntry e;
-  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-    e.seq = sqlite3_column_int64(st, 0);
-    std::string* texts[] = {&e.ts, &e.request_id, &e.key_id, &e.action, &e.clinic_id, &e.detail};
-    for (int i = 0; i < 6; ++i) texts[i]->assign(column_view(st, i + 1));
-    e.outcome = sqlite3_column_int(st, 7);
-    e.prev_hash.assign(column_view(st, 8));
-    e.hash.assign(column_view(st, 9));
-    rc = verifier.feed(e, problem) ? SQLITE_OK : SQLITE_DONE;
-  }
-  if (rc != SQLITE_DONE) rc = sqlite3_extended_errcode(h.db);
-  sqlite3_finalize(st);
-  if (rc != SQLITE_DONE) return status_from_sqlite(rc, h.db, "cannot read the audit trail", false);
+  AuditTrail trail;
+  trail.list_all = [&](const std::function<bool(const AuditEntry&)>& on_entry) {
+    sqlite3_stmt* st = nullptr;
+    int rc = sqlite3_prepare_v2(h.db,
+                                "SELECT seq, ts, request_id, key_id, action, clinic_id, detail,"
+                                " outcome, prev_hash, hash FROM audit ORDER BY seq",
+                                -1, &st, nullptr);
+    AuditEntry e;
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+      e.seq = sqlite3_column_int64(st, 0);
+      std::string* texts[] = {&e.ts, &e.request_id, &e.key_id, &e.action, &e.clinic_id, &e.detail};
+      for (int i = 0; i < 6; ++i) texts[i]->assign(column_view(st, i + 1));
+      e.outcome = sqlite3_column_int(st, 7);
+      e.prev_hash.assign(column_view(st, 8));
+      e.hash.assign(column_view(st, 9));
+      rc = on_entry(e) ? SQLITE_OK : SQLITE_DONE;
+    }
+    if (rc != SQLITE_DONE) rc = sqlite3_extended_errcode(h.db);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? Status::Ok()
+                             : status_from_sqlite(rc, h.db, "cannot read the audit trail", false);
+  };
+  trail.count_up_to = [&](long long up_to, long long& rows) {
+    std::string n;
+    const std::string sql = "SELECT count(*) FROM audit WHERE seq <= " + std::to_string(up_to);
+    int rc = query_one(h.db, sql.c_str(), n);
+    rows = std::atoll(n.c_str());
+    return rc == SQLITE_OK ? Status::Ok()
+                           : status_from_sqlite(rc, h.db, "cannot count the audit trail", false);
+  };
+  Status chain = verify_audit_trail(trail, verifier, problem);
+  if (!chain.ok()) return chain;
   if (!problem.empty()) return Status::Corrupt(path + ": the audit chain is broken: " + problem);
   const std::string head = verifier.checked() == 0
                                ? std::string()

@@ -78,7 +78,10 @@ Status sqlite_backup_file(const std::string& source, const std::string& dest,
 // this binary does not know. Ok fills `out`. With exact_schema (restore), also Internal for a
 // schema other than the one this binary creates for that version (an extra trigger, view, table
 // or index, a table defined otherwise): it would run inside the service once restored. Checked
-// before anything reads the tables.
+// before anything reads the tables. Only what SQLite makes itself is skipped (sqlite_autoindex_*
+// indexes, sqlite_sequence, sqlite_stat1..4 tables); anything else named sqlite_* is compared.
+// The audit chain is checked by verify_audit_trail (audit.h), as `audit verify` checks it.
+// The file is opened with SQLITE_OPEN_NOFOLLOW (never through a link at its name).
 Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFacts& out);
 
 // Takes the database at `path` out of service (restore): Busy when another process has it open
@@ -101,8 +104,10 @@ extern const char kListAllTestsSql[];
 // The batch closes when the queue is empty or max_batch is reached; a lone request never waits.
 class SqliteStore : public Store {
  public:
-  // Opens or creates the database at options.path, refuses a damaged file (PRAGMA quick_check)
-  // or a schema newer than this binary (before writing anything to it), creates the schema on
+  // Opens or creates the database at options.path, refuses a damaged file (PRAGMA quick_check),
+  // a schema newer than this binary (before writing anything to it) or one with objects this
+  // binary does not make (a file edited in place: a trigger, view, table or index, also one named
+  // like SQLite's own, or a table defined otherwise; Internal naming them), creates the schema on
   // first start, sets WAL mode and options.synchronous, and starts the writer. An older schema
   // is first copied beside the file (backup_database, to pre_migration_backup_path; no copy, no
   // migration), then migrated in one transaction. On error `out` stays null and the Status says
@@ -120,6 +125,7 @@ class SqliteStore : public Store {
   Status append_audit(AuditEntry& entry) override;
   Status list_audit(const AuditQuery& query,
                     const std::function<bool(const AuditEntry&)>& on_entry) override;
+  Status count_audit(long long up_to, long long& rows) override;
   Status create_key(const ApiKey& key) override;
   Status list_keys(std::vector<ApiKey>& out) override;
   Status revoke_key(std::string_view key_id, const std::string& when) override;

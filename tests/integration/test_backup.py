@@ -8,6 +8,7 @@ nothing; --to-dir/--keep rotation; PostgreSQL is refused with advice."""
 import hashlib
 import json
 import os
+import pwd
 import shutil
 import sqlite3
 import subprocess
@@ -19,6 +20,9 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import APP_BIN, Server, record  # noqa: E402
+
+IS_ROOT = os.geteuid() == 0
+SERVICE_USER = "testdata-api"  # the user run.sh (as root) runs the service as and gives DATA_DIR
 
 
 def cli(*args, env=None):
@@ -291,6 +295,138 @@ class BackupRestore(unittest.TestCase):
                 time.sleep(0.01)  # names carry milliseconds
             self.assertEqual(out["removed"], [made[1]])
         self.assertEqual(sorted(os.listdir(backups)), sorted(made[2:] + ["notes.txt"]))
+
+    @unittest.skipUnless(IS_ROOT, "root-specific (CI runs as root): root acting on the service user's files")
+    def test_as_root_backup_and_restore_work_as_the_owner_of_the_data_dir(self):
+        """`make backup` / `make restore` as root into DATA_DIR, which the service user owns (and
+        can change under root's feet: a link swapped in for a temp name made root create any path
+        holding the database, or chown a root file). The commands now work there as that user:
+        what they write is the service user's, and a link it planted leads nowhere it could not
+        go itself."""
+        data_dir = os.path.join(self.tmp, "data")
+        os.mkdir(data_dir, 0o700)
+        db = os.path.join(data_dir, "testdata.db")
+        with Server(data_dir=data_dir) as s:
+            self.assertEqual(s.request("POST", "/tests", record("t1")).status, 201)
+            svc = pwd.getpwnam(SERVICE_USER).pw_uid
+            self.assertEqual(os.stat(data_dir).st_uid, svc)
+            p = cli("backup", "--db", db, "--to-dir", os.path.join(data_dir, "backups"))
+            self.assertEqual(p.returncode, 0, p.stderr)
+            made = json.loads(p.stdout)["file"]
+            self.assertEqual(os.stat(made).st_uid, svc, "root wrote the backup in the service user's directory")
+            self.assertEqual(os.stat(os.path.dirname(made)).st_uid, svc)
+        # A root-only backup (root's 0700 directory, 0600 file) restored into the service user's
+        # DATA_DIR: read as root, written as the service user.
+        backup = os.path.join(self.tmp, "root-only.db")
+        self.assertEqual(cli("backup", "--db", db, "--to", backup).returncode, 0)
+        self.assertEqual(os.stat(backup).st_uid, 0)
+        # The service user plants testdata.db as a link to a root-owned database in WAL mode:
+        # restore settles "the database being replaced" by name, and root used to convert
+        # root's file (its header rewritten, its WAL checkpointed).
+        victim_dir = os.path.join(self.tmp, "root-only")
+        os.mkdir(victim_dir, 0o700)
+        victim = os.path.join(victim_dir, "root.db")
+        v = sqlite3.connect(victim)
+        v.execute("PRAGMA journal_mode=WAL")
+        v.execute("CREATE TABLE secrets (x)")
+        v.commit()
+        v.close()
+        with open(victim, "rb") as f:
+            victim_bytes = f.read()
+        self.assertEqual(victim_bytes[18:20], b"\x02\x02")  # WAL mode in its header
+        os.rename(db, db + ".moved")
+        os.symlink(victim, db)
+        os.lchown(db, svc, svc)
+        r = cli("restore", "--from", backup, "--db", db)
+        with open(victim, "rb") as f:
+            self.assertEqual(f.read(), victim_bytes, "root's database was changed through the link")
+        self.assertEqual(os.stat(victim).st_uid, 0)
+        self.assertEqual(sorted(os.listdir(victim_dir)), ["root.db"])
+        self.assertEqual(r.returncode, 0, r.stderr)  # the link itself is what was replaced
+        self.assertFalse(os.path.islink(db))
+        self.assertEqual(os.stat(db).st_uid, svc)
+        self.assertEqual(ids_in(db), {"t1"})
+
+    def test_keep_never_removes_the_backup_just_taken(self):
+        """Files named in the future (a clock that went back, or planted) used to outrank the
+        backup just taken: --keep 1 removed it, exit 0."""
+        backups = os.path.join(self.tmp, "backups")
+        os.mkdir(backups, 0o700)
+        planted = ["testdata-20991231T235959.000Z.db", "testdata-20990101T000000.000Z.db"]
+        for name in planted:
+            with open(os.path.join(backups, name), "w") as f:
+                f.write("planted")
+            os.utime(os.path.join(backups, name), (1700000000, 1700000000))
+        with Server() as s:
+            self.assertEqual(s.request("POST", "/tests", record("t1")).status, 201)
+            db = os.path.join(s.data_dir, "testdata.db")
+            p = cli("backup", "--db", db, "--to-dir", backups, "--keep", "1")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        out = json.loads(p.stdout)
+        self.assertTrue(os.path.exists(out["file"]), "the backup just taken was removed")
+        self.assertEqual(ids_in(out["file"]), {"t1"})
+        self.assertEqual(sorted(out["removed"]), sorted(planted))
+        self.assertEqual(os.listdir(backups), [os.path.basename(out["file"])])
+
+    def test_a_database_edited_in_place_is_refused_at_start(self):
+        """A trigger named like SQLite's own (sqlite_x, written with writable_schema) drops every
+        insert while the API answers 201: the service refuses to start on such a file."""
+        data_dir = os.path.join(self.tmp, "data")
+        os.mkdir(data_dir, 0o700)
+        db = os.path.join(data_dir, "testdata.db")
+        with Server(data_dir=data_dir) as s:
+            self.assertEqual(s.request("POST", "/tests", record("t1")).status, 201)
+        edit = sqlite3.connect(db)
+        edit.execute("PRAGMA writable_schema=ON")
+        edit.execute("INSERT INTO sqlite_schema (type, name, tbl_name, rootpage, sql) VALUES "
+                     "('trigger', 'sqlite_x', 'tests', 0, 'CREATE TRIGGER sqlite_x BEFORE INSERT "
+                     "ON tests BEGIN SELECT RAISE(IGNORE); END')")
+        edit.commit()
+        edit.close()
+        s = Server(data_dir=data_dir)
+        try:
+            s.start(wait=False)
+            self.assertEqual(s.proc.wait(60), 78, s.run_output())
+        finally:
+            s.__exit__(None, None, None)
+        failed = [e for e in s.json_lines("app.log") if e.get("event") == "startup_failed"]
+        self.assertEqual(len(failed), 1, s.read_log("app.log"))
+        self.assertIn("unexpected trigger sqlite_x", failed[0]["detail"])
+        # The same file is refused by restore.
+        r = cli("restore", "--from", db, "--db", os.path.join(self.tmp, "restored.db"))
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("unexpected trigger sqlite_x", r.stderr)
+
+    def test_audit_verify_covers_every_row(self):
+        """An entry with seq 0 (or below) was outside `audit verify`'s listing, which said ok,
+        while backup and restore refused the same file: one verifier, every row, counts
+        compared."""
+        data_dir = os.path.join(self.tmp, "data")
+        os.mkdir(data_dir, 0o700)
+        db = os.path.join(data_dir, "testdata.db")
+        with Server(data_dir=data_dir) as s:
+            for i in range(3):
+                self.assertEqual(s.request("POST", "/tests", record(f"t{i}")).status, 201)
+        ok = cli("audit", "verify", "--db", db)
+        self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
+        self.assertEqual(json.loads(ok.stdout)["verified_entries"], 3)
+        for seq in (0, -5):
+            edit = sqlite3.connect(db)
+            edit.execute("INSERT INTO audit SELECT ?, ts, request_id, key_id, action, clinic_id, "
+                         "detail, outcome, prev_hash, hash FROM audit WHERE seq = 1", (seq,))
+            edit.commit()
+            edit.close()
+            v = cli("audit", "verify", "--db", db)
+            self.assertEqual(v.returncode, 1, f"seq {seq}: {v.stdout} {v.stderr}")
+            self.assertEqual(json.loads(v.stdout)["status"], "broken")
+            self.assertIn(f"entry {seq}", json.loads(v.stdout)["problem"])
+            b = cli("backup", "--db", db, "--to", os.path.join(self.tmp, f"b{seq}.db"))
+            self.assertEqual(b.returncode, 1, b.stdout + b.stderr)
+            edit = sqlite3.connect(db)
+            edit.execute("DELETE FROM audit WHERE seq = ?", (seq,))
+            edit.commit()
+            edit.close()
+        self.assertEqual(cli("audit", "verify", "--db", db).returncode, 0)
 
     def test_postgresql_is_refused_with_advice(self):
         url = "postgresql://tdapi:secret@127.0.0.1:1/none"

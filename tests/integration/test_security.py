@@ -228,6 +228,20 @@ class Security(unittest.TestCase):
         self.assertEqual(rc, 1)
         self.assertIn(f"entry {seq}: missing", out[0]["problem"])
 
+    def test_an_entry_outside_the_chain_is_found(self):
+        # An entry numbered 0 or below was outside audit verify's listing (it started after seq
+        # 0), which said ok: every row is read now, and the table's count is compared.
+        copy = copy_database(self.db, f"audit_outside_{os.getpid()}" if PG_HOST else "audit-outside.db")
+        self.assertEqual(admin("audit", "verify", "--db", copy)[0], 0)
+        for seq in (0, -7):
+            run_sql(copy, f"INSERT INTO audit SELECT {seq}, ts, request_id, key_id, action, clinic_id,"
+                          f" detail, outcome, prev_hash, hash FROM audit WHERE seq = 1")
+            rc, out = admin("audit", "verify", "--db", copy, check=False)
+            self.assertEqual((rc, out[0]["status"]), (1, "broken"), f"seq {seq}: {out}")
+            self.assertTrue(out[0]["problem"].startswith(f"entry {seq}:"), out[0])
+            run_sql(copy, f"DELETE FROM audit WHERE seq = {seq}")
+        self.assertEqual(admin("audit", "verify", "--db", copy)[0], 0)
+
     def test_admin_commands_never_create_a_database(self):
         typo = os.path.join(self.server.data_dir, "typo.db")
         for args in (("keys", "list"), ("audit", "verify"),

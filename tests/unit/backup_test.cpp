@@ -2,8 +2,11 @@
 // real files (the commands end to end, under a real service, are in tests/integration).
 #include "backup.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -11,9 +14,11 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "clock.h"
 #include "sqlite_test_util.h"
 #include "store_sqlite.h"
 #include "store_test_util.h"
@@ -193,6 +198,148 @@ TEST(Restore, RefusesABackupWithASchemaTestdataApiDidNotCreate) {
   EXPECT_TRUE(s.ok()) << s.message();
 }
 
+// Objects named like SQLite's own, written with PRAGMA writable_schema: the schema check used
+// to skip every sqlite_% name, so a trigger named sqlite_x (dropping every insert while the API
+// answers 201) was restored, and integrity_check says ok. Only what SQLite itself makes is
+// skipped, by name and type; the service refuses such a file at start too.
+const std::pair<const char*, const char*> kSqliteNamedObjects[] = {
+    {"trigger sqlite_x",
+     "PRAGMA writable_schema=ON; INSERT INTO sqlite_schema (type, name, tbl_name, rootpage, sql) "
+     "VALUES ('trigger', 'sqlite_x', 'tests', 0, 'CREATE TRIGGER sqlite_x BEFORE INSERT ON tests "
+     "BEGIN SELECT RAISE(IGNORE); END')"},
+    {"view sqlite_v",
+     "PRAGMA writable_schema=ON; INSERT INTO sqlite_schema (type, name, tbl_name, rootpage, sql) "
+     "VALUES ('view', 'sqlite_v', 'sqlite_v', 0, 'CREATE VIEW sqlite_v AS SELECT * FROM tests')"},
+    {"trigger sqlite_autoindex_tests_9",
+     "PRAGMA writable_schema=ON; INSERT INTO sqlite_schema (type, name, tbl_name, rootpage, sql) "
+     "VALUES ('trigger', 'sqlite_autoindex_tests_9', 'tests', 0, 'CREATE TRIGGER "
+     "sqlite_autoindex_tests_9 BEFORE INSERT ON tests BEGIN SELECT RAISE(IGNORE); END')"},
+    {"trigger sqlite_stat1",
+     "PRAGMA writable_schema=ON; INSERT INTO sqlite_schema (type, name, tbl_name, rootpage, sql) "
+     "VALUES ('trigger', 'sqlite_stat1', 'tests', 0, 'CREATE TRIGGER sqlite_stat1 BEFORE INSERT "
+     "ON tests BEGIN SELECT RAISE(IGNORE); END')"},
+};
+
+TEST(Restore, RefusesObjectsNamedLikeSqlitesOwn) {
+  TempDir dir;
+  store_with_tests(dir.file("live.db"), 5).reset();
+  BackupResult b;
+  ASSERT_TRUE(backup_database(dir.file("live.db"), dir.file("copy.db"), b).ok());
+  const std::string good = bytes_of(dir.file("copy.db"));
+  const std::string target = bytes_of(dir.file("live.db"));
+  const auto before = names_in(dir.file(""));
+  for (const auto& [object, sql] : kSqliteNamedObjects) {
+    write_bytes(dir.file("edited.db"), good);
+    sql_on(dir.file("edited.db"), sql);
+    RestoreResult r;
+    Status s = restore_database(dir.file("edited.db"), dir.file("live.db"), r);
+    EXPECT_EQ(s.code(), StatusCode::kInternal) << object << ": " << s.message();
+    EXPECT_NE(s.message().find("unexpected " + std::string(object)), std::string::npos)
+        << s.message();
+    EXPECT_EQ(bytes_of(dir.file("live.db")), target) << object;
+    ::unlink(dir.file("edited.db").c_str());
+    EXPECT_EQ(names_in(dir.file("")), before) << object;
+  }
+  // What SQLite makes itself is not refused: ANALYZE's sqlite_stat1 (and the autoindexes).
+  write_bytes(dir.file("analyzed.db"), good);
+  sql_on(dir.file("analyzed.db"), "ANALYZE");
+  ASSERT_EQ(sql_on(dir.file("analyzed.db"),
+                   "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_stat1'"),
+            "1");
+  RestoreResult r;
+  Status s = restore_database(dir.file("analyzed.db"), dir.file("live.db"), r);
+  EXPECT_TRUE(s.ok()) << s.message();
+}
+
+TEST(Restore, TheServiceRefusesToStartOnAFileEditedInPlace) {
+  for (const auto& [object, sql] : kSqliteNamedObjects) {
+    TempDir dir;
+    store_with_tests(dir.file("live.db"), 2).reset();
+    sql_on(dir.file("live.db"), sql);
+    SqliteOptions options;
+    options.path = dir.file("live.db");
+    std::unique_ptr<SqliteStore> store;
+    Status s = SqliteStore::open(options, store);
+    EXPECT_FALSE(s.ok()) << object << ": the service started on it";
+    EXPECT_EQ(store, nullptr);
+    EXPECT_NE(s.message().find("unexpected " + std::string(object)), std::string::npos)
+        << s.message();
+  }
+  // An unchanged file (and one ANALYZE ran on) still opens.
+  TempDir dir;
+  store_with_tests(dir.file("live.db"), 2).reset();
+  sql_on(dir.file("live.db"), "ANALYZE");
+  EXPECT_TRUE(open_sqlite_at(dir.file("live.db")));
+}
+
+// A row whose stored document (what GET /tests/{id} serves) disagrees with its columns (what
+// listings and authorization by clinic read), or larger than the API accepts: restore took them
+// (a test in clinic c2 served to a read:c1 key; a 150 MB row). Refused, naming the row by seq.
+TEST(Restore, RefusesRowsWhoseDocumentDisagreesWithTheColumnsOrTooLarge) {
+  TempDir dir;
+  store_with_tests(dir.file("live.db"), 5).reset();
+  BackupResult b;
+  ASSERT_TRUE(backup_database(dir.file("live.db"), dir.file("copy.db"), b).ok());
+  const std::string good = bytes_of(dir.file("copy.db"));
+  const std::string big_result(16385, 'r');
+  const std::pair<const char*, std::string> edits[] = {
+      {"clinic column", "UPDATE tests SET clinic_id = 'c2' WHERE test_id = 't3'"},
+      {"clinic in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.clinic_id', 'c9') WHERE test_id = 't3'"},
+      {"test_id in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.test_id', 't4') WHERE test_id = 't3'"},
+      {"patient in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.patient_id', 'p9') WHERE test_id = 't3'"},
+      {"type in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.test_type', 'x') WHERE test_id = 't3'"},
+      {"result in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.result', 'x') WHERE test_id = 't3'"},
+      {"created_at in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.created_at', '1999') WHERE test_id = 't3'"},
+      {"number for a string",
+       "UPDATE tests SET clinic_id = '5', doc = json_set(doc, '$.clinic_id', 5) WHERE test_id = "
+       "'t3'"},
+      {"extra key", "UPDATE tests SET doc = json_set(doc, '$.extra', 1) WHERE test_id = 't3'"},
+      {"duplicate key",
+       "UPDATE tests SET doc = substr(doc, 1, length(doc) - 1) || ',\"clinic_id\":\"c2\"}' WHERE "
+       "test_id = 't3'"},
+      {"not json", "UPDATE tests SET doc = 'not json' WHERE test_id = 't3'"},
+      {"not an object", "UPDATE tests SET doc = '[]' WHERE test_id = 't3'"},
+      {"result too long", "UPDATE tests SET result = '" + big_result +
+                              "', doc = json_set(doc, '$.result', '" + big_result +
+                              "') WHERE test_id = 't3'"},
+      {"id too long", "UPDATE tests SET test_id = '" + std::string(129, 'i') +
+                          "', doc = json_set(doc, '$.test_id', '" + std::string(129, 'i') +
+                          "') WHERE test_id = 't3'"},
+      {"padded document",
+       "UPDATE tests SET doc = '{' || printf('%.*c', 300000, ' ') || substr(doc, 2) WHERE test_id "
+       "= 't3'"},
+  };
+  const std::string target = bytes_of(dir.file("live.db"));
+  const auto before = names_in(dir.file(""));
+  for (const auto& [what, sql] : edits) {
+    write_bytes(dir.file("edited.db"), good);
+    sql_on(dir.file("edited.db"), sql);
+    RestoreResult r;
+    Status s = restore_database(dir.file("edited.db"), dir.file("live.db"), r);
+    EXPECT_FALSE(s.ok()) << what << ": restored";
+    EXPECT_FALSE(r.swapped) << what;
+    EXPECT_NE(s.message().find("seq 4"), std::string::npos) << what << ": " << s.message();
+    EXPECT_EQ(bytes_of(dir.file("live.db")), target) << what;
+    ::unlink(dir.file("edited.db").c_str());
+    EXPECT_EQ(names_in(dir.file("")), before) << what;
+  }
+  // The unchanged copy, and one whose document escapes characters the columns hold as they
+  // are, are restored.
+  write_bytes(dir.file("escaped.db"), good);
+  sql_on(
+      dir.file("escaped.db"),
+      "UPDATE tests SET doc = replace(doc, '\"c1\"', '\"\\u0063\\u0031\"') WHERE test_id = 't3'");
+  RestoreResult r;
+  Status s = restore_database(dir.file("escaped.db"), dir.file("live.db"), r);
+  EXPECT_TRUE(s.ok()) << s.message();
+}
+
 TEST(Restore, SwapsInTheBackupAndKeepsTheReplacedDatabaseAside) {
   TempDir dir;
   auto store = store_with_tests(dir.file("live.db"), 10);
@@ -236,6 +383,79 @@ TEST(Restore, MovesADamagedDatabaseAsideWithItsWal) {
   EXPECT_EQ(sql_on(dir.file("live.db"), "SELECT count(*) FROM tests"), "3");
 }
 
+// Run as root (sudo, make restore), restore must not act by name on what another user can
+// change: the service user owns the data directory and swaps the checked temp copy for a link
+// to a root-owned file before the restored file is given its owner. Before, root chowned the
+// link's target to the service user (exit 0, "restored").
+TEST(Restore, AsRootNeverChangesAFileSwappedInForTheTempCopy) {
+  if (geteuid() != 0) GTEST_SKIP() << "root-specific (CI runs as root)";
+  TempDir dir;
+  store_with_tests(dir.file("live.db"), 3).reset();
+  BackupResult b;
+  ASSERT_TRUE(backup_database(dir.file("live.db"), dir.file("copy.db"), b).ok());
+  ASSERT_EQ(chown(dir.file("live.db").c_str(), 65534, 65534), 0);  // the service user's database
+  write_bytes(dir.file("victim"), "root's own");
+  ASSERT_EQ(chmod(dir.file("victim").c_str(), 0600), 0);
+  const std::string target = bytes_of(dir.file("live.db"));
+  RestoreResult r;
+  Status s =
+      restore_database(dir.file("copy.db"), dir.file("live.db"), r, [&](const std::string& tmp) {
+        ASSERT_EQ(unlink(tmp.c_str()), 0);
+        ASSERT_EQ(symlink(dir.file("victim").c_str(), tmp.c_str()), 0);
+      });
+  EXPECT_FALSE(s.ok()) << "restored through a link swapped in for the temp copy";
+  EXPECT_FALSE(r.swapped);
+  struct stat st {};
+  ASSERT_EQ(lstat(dir.file("victim").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u) << "root's file was given to the service user";
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(bytes_of(dir.file("victim")), "root's own");
+  ASSERT_EQ(lstat(dir.file("live.db").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(bytes_of(dir.file("live.db")), target);
+  // Unswapped, the restored file is the service user's, like the one it replaces.
+  s = restore_database(dir.file("copy.db"), dir.file("live.db"), r);
+  ASSERT_TRUE(s.ok()) << s.message();
+  ASSERT_EQ(lstat(dir.file("live.db").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+}
+
+// Run as root, backup and restore refuse to work by name in a directory another user can
+// change (the service user owns DATA_DIR and DATA_DIR/backups): SQLite creates the temp copy
+// by name, and a link swapped in for it made root create any path holding the whole database.
+// (The commands first become that user: see test_backup.py.)
+TEST(Backup, AsRootRefusesADirectoryAnotherUserCanChange) {
+  if (geteuid() != 0) GTEST_SKIP() << "root-specific (CI runs as root)";
+  TempDir dir;
+  store_with_tests(dir.file("live.db"), 3).reset();
+  for (const auto& [name, uid, mode] :
+       {std::make_tuple("service", 65534, 0700), std::make_tuple("everyone", 0, 0777),
+        std::make_tuple("group", 0, 0770)}) {
+    ASSERT_EQ(mkdir(dir.file(name).c_str(), 0700), 0);
+    ASSERT_EQ(chown(dir.file(name).c_str(), uid, uid), 0);
+    ASSERT_EQ(chmod(dir.file(name).c_str(), mode), 0);
+    BackupResult r;
+    Status s = backup_database(dir.file("live.db"), dir.file(name) + "/copy.db", r);
+    EXPECT_FALSE(s.ok()) << name << ": backed up as root into a directory another user can change";
+    EXPECT_NE(s.message().find(dir.file(name)), std::string::npos) << s.message();
+    EXPECT_TRUE(names_in(dir.file(name)).empty()) << name;
+    // Nor restored there.
+    RestoreResult rr;
+    s = restore_database(dir.file("live.db"), dir.file(name) + "/restored.db", rr);
+    EXPECT_FALSE(s.ok()) << name << ": restored as root into a directory another user can change";
+    EXPECT_TRUE(names_in(dir.file(name)).empty()) << name;
+  }
+  // A link on the way owned by another user is refused too; root's own directory is fine.
+  ASSERT_EQ(symlink(dir.file("service").c_str(), dir.file("link").c_str()), 0);
+  ASSERT_EQ(lchown(dir.file("link").c_str(), 65534, 65534), 0);
+  BackupResult r;
+  EXPECT_FALSE(backup_database(dir.file("live.db"), dir.file("link") + "/copy.db", r).ok());
+  ASSERT_EQ(mkdir(dir.file("root").c_str(), 0700), 0);
+  Status s = backup_database(dir.file("live.db"), dir.file("root/copy.db"), r);
+  EXPECT_TRUE(s.ok()) << s.message();
+}
+
 TEST(Rotation, KeepsTheNewestBackupsAndNothingElseIsTouched) {
   EXPECT_EQ(backup_file_name("2026-11-30T01:02:03.456Z"), "testdata-20261130T010203.456Z.db");
   EXPECT_TRUE(is_backup_file_name("testdata-20261130T010203.456Z.db"));
@@ -259,6 +479,33 @@ TEST(Rotation, KeepsTheNewestBackupsAndNothingElseIsTouched) {
             (std::set<std::string>{made[2], made[3], made[4], "notes.txt", "testdata-manual.db"}));
   ASSERT_TRUE(rotate_backups(dir.file(""), 3, removed).ok());
   EXPECT_TRUE(removed.empty());
+}
+
+// --keep ranks what the files are (modification time of regular files), not the time in their
+// names: two files named in the future (a clock that went back, or planted) made it remove the
+// backup it had just taken, exit 0. A link named like a backup is neither followed nor removed.
+TEST(Rotation, RanksByModificationTimeNeverByTheNameAndNeverFollowsLinks) {
+  TempDir dir;
+  const std::string now = backup_file_name(utc_timestamp_ms());
+  write_bytes(dir.file(now), "just made");
+  const std::string future1 = "testdata-20991231T235959.000Z.db";
+  const std::string future2 = "testdata-20990101T000000.000Z.db";
+  for (const std::string& name : {future1, future2}) {
+    write_bytes(dir.file(name), "planted");
+    struct timespec old[2] = {{1700000000, 0}, {1700000000, 0}};  // 2023
+    ASSERT_EQ(utimensat(AT_FDCWD, dir.file(name).c_str(), old, 0), 0);
+  }
+  TempDir elsewhere;
+  write_bytes(elsewhere.file("precious"), "not a backup");
+  const std::string link = "testdata-19990101T000000.000Z.db";
+  ASSERT_EQ(symlink(elsewhere.file("precious").c_str(), dir.file(link).c_str()), 0);
+  std::vector<std::string> removed;
+  ASSERT_TRUE(rotate_backups(dir.file(""), 1, removed).ok());
+  EXPECT_EQ(bytes_of(dir.file(now)), "just made") << "the backup just taken was removed";
+  EXPECT_EQ(std::set<std::string>(removed.begin(), removed.end()),
+            (std::set<std::string>{future1, future2}));
+  EXPECT_EQ(names_in(dir.file("")), (std::set<std::string>{now, link}));
+  EXPECT_EQ(bytes_of(elsewhere.file("precious")), "not a backup");
 }
 
 }  // namespace

@@ -492,9 +492,6 @@ TEST(SqliteStore, OneJobFailingForItsOwnReasonLeavesTheRestOfItsBatchCommitted) 
   TempDir dir;
   std::string path = dir.file("t.db");
   open_store(path).reset();  // create the schema
-  sql_on(path,
-         "CREATE TRIGGER refuse_poison BEFORE INSERT ON tests WHEN NEW.test_id LIKE 'poison%'"
-         " BEGIN SELECT RAISE(ABORT, 'refused'); END");
   std::mutex mu;
   std::condition_variable cv;
   bool hold = true;
@@ -510,6 +507,11 @@ TEST(SqliteStore, OneJobFailingForItsOwnReasonLeavesTheRestOfItsBatchCommitted) 
     return SQLITE_OK;
   };
   auto store = open_store(o);
+  // Added once the store is open (it refuses to start on a schema it did not make); its
+  // statements are prepared again with the trigger on their next step.
+  sql_on(path,
+         "CREATE TRIGGER refuse_poison BEFORE INSERT ON tests WHEN NEW.test_id LIKE 'poison%'"
+         " BEGIN SELECT RAISE(ABORT, 'refused'); END");
   bool shared = false;
   for (int round = 0; round < 5 && !shared; ++round) {
     std::string r = std::to_string(round);
