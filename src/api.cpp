@@ -366,7 +366,7 @@ Response list_tests_response(const Request& req, const char* action, ListRequest
         return false;
       }
       if (count > 0) buf += ',';
-      buf.append(json);
+      append_json_text(buf, json);  // documents stored before output escaping hold raw U+2028
       ++count;
       last_seq = seq;
       return true;
@@ -485,7 +485,7 @@ Response handle_get_test(const Request& req, Store& store) {
   Response r;
   r.body.reserve(json.size() + 32);
   r.body = "{\"status\":\"success\",\"test\":";
-  r.body += json;
+  append_json_text(r.body, json);  // documents stored before output escaping hold raw U+2028
   r.body += '}';
   r.log.test_id = req.path_param;
   return r;
