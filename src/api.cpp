@@ -98,27 +98,54 @@ Status record_access(const Request& req, Store& store, AuditEntry& entry) {
   return s;
 }
 
-// 403 for a key without the scope, each entry recorded in the audit trail with that outcome;
-// nothing was read or written.
-Response forbidden(const Request& req, Store& store, std::vector<AuditEntry> entries,
-                   std::string_view message) {
+// 403 for a key without the scope, recorded in the audit trail with that outcome as exactly one
+// entry, whatever the request touched (its detail bounded by the caller); nothing was read or
+// written.
+Response forbidden(const Request& req, Store& store, const char* action, const std::string& clinic,
+                   std::string detail, std::string_view message) {
   global_metrics().record_auth_denial(403, DenialReason::kForbidden);
-  for (AuditEntry& a : entries) {
-    a.outcome = 403;
-    Status s = record_access(req, store, a);
-    if (!s.ok()) return storage_error_response(s);
-  }
+  AuditEntry a = audit_entry(req, action, clinic);
+  a.detail = std::move(detail);
+  a.outcome = 403;
+  Status s = record_access(req, store, a);
+  if (!s.ok()) return storage_error_response(s);
   Response r = error_response(403, message);
   r.log.reason = "forbidden";
-  if (entries.size() == 1) r.log.clinic_id = entries[0].clinic_id;
+  r.log.clinic_id = clinic;
   return r;
 }
 
-Response forbidden(const Request& req, Store& store, const char* action, const std::string& clinic,
-                   std::string detail, std::string_view message) {
-  AuditEntry a = audit_entry(req, action, clinic);
-  a.detail = std::move(detail);
-  return forbidden(req, store, std::vector<AuditEntry>{std::move(a)}, message);
+// How many ids or clinics a denied request's audit entry and answer name; the rest are counted.
+constexpr size_t kMaxNamedInDenial = 5;
+
+// The detail of a denied batch's one audit entry: the first few test ids, clinics and denied
+// clinics, and how many there are of each, so that its size does not grow with the batch.
+std::string denied_batch_detail(const std::vector<TestRecord>& records,
+                                const std::set<std::string>& clinics,
+                                const std::vector<std::string>& denied) {
+  std::string out;
+  JsonWriter j(out);
+  j.begin_object();
+  j.key("test_ids");
+  j.begin_array();
+  for (size_t i = 0; i < records.size() && i < kMaxNamedInDenial; ++i) j.string(records[i].test_id);
+  j.end_array();
+  j.field("test_count", static_cast<long long>(records.size()));
+  j.key("clinics");
+  j.begin_array();
+  size_t named = 0;
+  for (auto c = clinics.begin(); c != clinics.end() && named < kMaxNamedInDenial; ++c, ++named) {
+    j.string(*c);
+  }
+  j.end_array();
+  j.field("clinic_count", static_cast<long long>(clinics.size()));
+  j.key("denied");
+  j.begin_array();
+  for (size_t i = 0; i < denied.size() && i < kMaxNamedInDenial; ++i) j.string(denied[i]);
+  j.end_array();
+  j.field("denied_count", static_cast<long long>(denied.size()));
+  j.end_object();
+  return out;
 }
 
 // {"test_ids":[…]}: the detail of a write's audit entry, for the records of one clinic (all
@@ -198,24 +225,34 @@ Response handle_create_batch(const Request& req, Store& store) {
   if (!check_json_body(req, kMaxBatchBodyBytes, error)) return error;
   BatchValidation v = validate_test_batch(req.body, kMaxBatchRecords);
   if (!v.ok) return invalid_body(v.message, v.errors);
-  // One audit entry per clinic the batch touches, naming that clinic's test ids, so the trail
-  // of each clinic is complete.
   std::set<std::string> clinics;
   for (const TestRecord& rec : v.records) clinics.insert(rec.clinic_id);
-  std::vector<AuditEntry> audits, denied;
-  std::string denied_names;
+  std::vector<std::string> denied;
+  for (const std::string& c : clinics) {
+    if (!req.principal.may(Access::kWrite, c)) denied.push_back(c);
+  }
+  if (!denied.empty()) {
+    // One entry, whatever the batch's size: on the denied clinic when there is one, else on none
+    // (its detail names the first few). The answer names the first few too.
+    std::string names;
+    for (size_t i = 0; i < denied.size() && i < kMaxNamedInDenial; ++i) {
+      names += (i ? ", " : "") + denied[i];
+    }
+    if (denied.size() > kMaxNamedInDenial) {
+      names += " and " + std::to_string(denied.size() - kMaxNamedInDenial) + " more";
+    }
+    return forbidden(
+        req, store, "batch", denied.size() == 1 ? denied[0] : std::string(),
+        denied_batch_detail(v.records, clinics, denied),
+        "this access key may not write tests of clinic(s) " + names + "; nothing was stored");
+  }
+  // One audit entry per clinic the batch touches, naming that clinic's test ids, so the trail
+  // of each clinic is complete.
+  std::vector<AuditEntry> audits;
   for (const std::string& c : clinics) {
     AuditEntry a = audit_entry(req, "batch", c);
     a.detail = written_detail(v.records, &c);
-    audits.push_back(a);
-    if (req.principal.may(Access::kWrite, c)) continue;
-    denied_names += denied_names.empty() ? "" : ", ";
-    denied_names += c;
-  }
-  if (!denied_names.empty()) {
-    return forbidden(req, store, std::move(audits),
-                     "this access key may not write tests of clinic(s) " + denied_names +
-                         "; nothing was stored");
+    audits.push_back(std::move(a));
   }
   WriteOutcome w = store.insert_all(v.records, req.audit ? &audits : nullptr);
   if (req.audit && w.status.ok()) {
@@ -368,7 +405,7 @@ Response list_tests_response(const Request& req, const char* action, ListRequest
         return false;
       }
       if (count > 0) buf += ',';
-      buf.append(json);
+      append_json_text(buf, json);  // documents stored before output escaping hold raw U+2028
       ++count;
       last_seq = seq;
       return true;
@@ -457,15 +494,17 @@ Response handle_search_tests(const Request& req, Store& store) {
 }
 
 Response handle_get_test(const Request& req, Store& store) {
+  // An id that breaks the rules every stored test_id kept can name no test: answered exactly as
+  // an unknown id, before it is looked up, recorded or logged (it might be 7 KB long, or carry
+  // characters that forge lines or reorder text).
+  if (!check_test_id(req.path_param).empty()) return error_response(404, "test not found");
   std::string json;
-  Status s = store.get_test(req.path_param, json);
-  if (!s.ok() && s.code() != StatusCode::kNotFound) return storage_error_response(s);
+  // Access follows the row's clinic_id column, as listings do, not the clinic its document says:
+  // the two disagree only in a row edited behind the service's back.
   std::string clinic;
-  if (s.ok()) {
-    JsonTree doc = parse_json_document(json);
-    const cJSON* c = doc ? cJSON_GetObjectItemCaseSensitive(doc.get(), "clinic_id") : nullptr;
-    if (cJSON_IsString(c)) clinic = c->valuestring;
-  }
+  Status s = store.get_test(req.path_param, json, clinic);
+  if (!s.ok() && s.code() != StatusCode::kNotFound) return storage_error_response(s);
+  if (!s.ok()) clinic.clear();
   // A test of a clinic the key may not read is answered exactly as an unknown id.
   const bool readable = s.ok() && req.principal.may(Access::kRead, clinic);
   std::string detail;
@@ -489,7 +528,7 @@ Response handle_get_test(const Request& req, Store& store) {
   Response r;
   r.body.reserve(json.size() + 32);
   r.body = "{\"status\":\"success\",\"test\":";
-  r.body += json;
+  append_json_text(r.body, json);  // documents stored before output escaping hold raw U+2028
   r.body += '}';
   r.log.test_id = req.path_param;
   return r;
@@ -559,6 +598,10 @@ Response handle_audit(const Request& req, Store& store) {
       (name == "since" ? q.since : q.until) = value;
     } else if (name == "clinic_id") {
       if (is_blank(value)) return error_response(400, "clinic_id must not be empty");
+      // The id rules: a clinic id that can't be stored matches nothing, and is refused before
+      // it reaches the trail or a log.
+      std::string id_problem = check_id_text(value, kMaxIdChars);
+      if (!id_problem.empty()) return error_response(400, "clinic_id " + id_problem);
       q.clinic_id = value;
     } else if (name == "limit") {
       if (!parse_limit(value, page)) {

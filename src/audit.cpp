@@ -27,7 +27,9 @@ void write_fields(JsonWriter& w, const AuditEntry& e) {
 
 std::string audit_canonical(const AuditEntry& e) {
   std::string out;
-  JsonWriter w(out);
+  // The form hashes were always computed over (C1 controls, U+2028 and U+2029 as they are):
+  // entries written before exports escaped them still verify.
+  JsonWriter w(out, JsonForm::kAuditHash);
   w.begin_object();
   write_fields(w, e);
   w.end_object();

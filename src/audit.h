@@ -30,7 +30,8 @@ struct AuditEntry {
 // The prev_hash of the first entry.
 extern const char kAuditGenesis[65];
 
-// Fixed-order JSON of every field but hash (detail is embedded as the JSON it holds).
+// Fixed-order JSON of every field but hash (detail is embedded as the JSON it holds), in
+// JsonForm::kAuditHash: C1 controls, U+2028 and U+2029 are not escaped here, as they never were.
 std::string audit_canonical(const AuditEntry& entry);
 
 // The entry's hash, chained on entry.prev_hash. This function can't fail.
@@ -69,7 +70,8 @@ Status verify_audit_trail(
     const AuditTrail& trail, AuditChainVerifier& verifier, std::string& problem,
     const std::function<bool(const AuditEntry&, std::string&)>& on_verified = nullptr);
 
-// The whole entry as one JSON object (for GET /audit and `audit export`).
+// The whole entry as one JSON object (for GET /audit and `audit export`), escaped for output
+// (JsonForm::kOutput): one line for any line reader.
 std::string audit_entry_json(const AuditEntry& entry);
 
 }  // namespace tdapi

@@ -73,6 +73,8 @@ Response unauthenticated(const Request& req, const Route& route, AuthOutcome why
 }
 
 // Splits a raw path on '/' and percent-decodes each segment (so %2F stays inside a segment).
+// False for a malformed escape, and for a NUL (%00) in any segment: a C string (libpq's) would
+// end there, and name something else than the segment does.
 bool decode_segments(const std::string& raw, std::vector<std::string>& out) {
   out.clear();
   if (raw.empty() || raw[0] != '/') return false;
@@ -81,6 +83,7 @@ bool decode_segments(const std::string& raw, std::vector<std::string>& out) {
     size_t slash = raw.find('/', pos);
     std::string seg;
     if (!percent_decode(std::string_view(raw).substr(pos, slash - pos), false, seg)) return false;
+    if (seg.find('\0') != std::string::npos) return false;
     out.push_back(std::move(seg));
     if (slash == std::string::npos) return true;
     pos = slash + 1;

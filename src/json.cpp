@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 namespace tdapi {
 
@@ -193,8 +194,70 @@ size_t utf8_sequence_length(std::string_view s, size_t i) {
   return len;
 }
 
-void append_json_string(std::string& out, std::string_view s) {
-  static const char kHex[] = "0123456789abcdef";
+namespace {
+
+const char kHexDigits[] = "0123456789abcdef";
+
+// Writes into esc the escape of the well-formed sequence of len bytes at p when a Unicode line
+// reader would break a line at it: a C1 control (C2 80..C2 9F) as \u00XX, U+2028 and U+2029
+// (E2 80 A8, E2 80 A9) as \u2028 and \u2029. Returns the escape's length, 0 for any other
+// sequence.
+size_t line_break_escape(const unsigned char* p, size_t len, char (&esc)[6]) {
+  if (len == 2 && p[0] == 0xC2 && p[1] < 0xA0) {
+    esc[2] = '0';
+    esc[3] = '0';
+    esc[4] = kHexDigits[p[1] >> 4];
+    esc[5] = kHexDigits[p[1] & 0xf];
+  } else if (len == 3 && p[0] == 0xE2 && p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9)) {
+    esc[2] = '2';
+    esc[3] = '0';
+    esc[4] = '2';
+    esc[5] = p[2] == 0xA8 ? '8' : '9';
+  } else {
+    return 0;
+  }
+  esc[0] = '\\';
+  esc[1] = 'u';
+  return sizeof esc;
+}
+
+}  // namespace
+
+void append_json_text(std::string& out, std::string_view json, JsonForm form) {
+  if (form == JsonForm::kAuditHash) {
+    out.append(json);
+    return;
+  }
+  // Every sequence to escape starts with C2 or E2: memchr finds those (a stored document is
+  // mostly ASCII), and what lies between is copied in runs.
+  const auto* begin = reinterpret_cast<const unsigned char*>(json.data());
+  const unsigned char* end = begin + json.size();
+  auto next = [end](const unsigned char* from, int byte) {
+    const void* hit = std::memchr(from, byte, static_cast<size_t>(end - from));
+    return hit ? static_cast<const unsigned char*>(hit) : end;
+  };
+  const unsigned char* run = begin;
+  const unsigned char* c2 = next(begin, 0xC2);
+  const unsigned char* e2 = next(begin, 0xE2);
+  while (c2 != end || e2 != end) {
+    const bool at_c2 = c2 < e2;
+    const unsigned char*& at = at_c2 ? c2 : e2;
+    const size_t len = at_c2 ? 2 : 3;
+    char esc[6];
+    size_t n = static_cast<size_t>(end - at) >= len ? line_break_escape(at, len, esc) : 0;
+    if (n == 0) {
+      at = next(at + 1, at_c2 ? 0xC2 : 0xE2);
+      continue;
+    }
+    out.append(reinterpret_cast<const char*>(run), static_cast<size_t>(at - run));
+    out.append(esc, n);
+    run = at + len;
+    at = next(run, at_c2 ? 0xC2 : 0xE2);
+  }
+  out.append(reinterpret_cast<const char*>(run), static_cast<size_t>(end - run));
+}
+
+void append_json_string(std::string& out, std::string_view s, JsonForm form) {
   out.reserve(out.size() + s.size() + 2);
   out += '"';
   size_t run = 0;  // start of the current run of bytes that need no escaping
@@ -204,6 +267,16 @@ void append_json_string(std::string& out, std::string_view s) {
     if (c >= 0x80) {
       size_t len = utf8_sequence_length(s, i);
       if (len > 0) {
+        char esc[6];
+        size_t n =
+            form == JsonForm::kOutput
+                ? line_break_escape(reinterpret_cast<const unsigned char*>(s.data()) + i, len, esc)
+                : 0;
+        if (n > 0) {
+          out.append(s.data() + run, i - run);
+          out.append(esc, n);
+          run = i + len;
+        }
         i += len;
         continue;
       }
@@ -236,8 +309,8 @@ void append_json_string(std::string& out, std::string_view s) {
         break;
       default:
         out += "\\u00";
-        out += kHex[c >> 4];
-        out += kHex[c & 0xf];
+        out += kHexDigits[c >> 4];
+        out += kHexDigits[c & 0xf];
     }
   }
   out.append(s.data() + run, s.size() - run);

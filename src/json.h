@@ -49,17 +49,37 @@ JsonTree parse_json_document(std::string_view text);
 // not one (a stray continuation byte, an overlong form, a surrogate, above U+10FFFF, cut short).
 size_t utf8_sequence_length(std::string_view s, size_t i);
 
+// How JSON text is written (append_json_string, append_json_text, JsonWriter).
+enum class JsonForm {
+  // Every output of the app (responses, logs, the CLI's lines, audit exports): besides what JSON
+  // requires, the C1 controls (U+0080..U+009F, NEL among them) and U+2028, U+2029 are escaped
+  // (\u0085, \u2028): JSON allows them raw, but Unicode-aware line readers (JavaScript, Python's
+  // splitlines) break a line at them, so one JSON line would read as several.
+  kOutput,
+  // The audit trail's canonical form, which entry hashes are computed over: those characters
+  // are copied as they are, as they always were, so that entries written before still verify.
+  kAuditHash,
+};
+
 // Appends `s` as a JSON string literal (with quotes). Escapes ", \ and all control characters
-// (and DEL); well-formed UTF-8 is copied as it is, and every byte that is not part of a
-// well-formed sequence becomes U+FFFD, so the output is always valid UTF-8 JSON whatever the
-// input (a raw request path, say). This function can't fail.
-void append_json_string(std::string& out, std::string_view s);
+// (and DEL), and in kOutput form the C1 controls, U+2028 and U+2029; other well-formed UTF-8 is
+// copied as it is, and every byte that is not part of a well-formed sequence becomes U+FFFD, so
+// the output is always valid UTF-8 JSON whatever the input (a raw request path, say). This
+// function can't fail.
+void append_json_string(std::string& out, std::string_view s, JsonForm form = JsonForm::kOutput);
+
+// Appends already-serialised JSON text (a stored document, an audit entry's detail). In kOutput
+// form each raw C1 control, U+2028 and U+2029 in it becomes its \u escape (JSON text can hold
+// them only inside strings, so the value is unchanged); kAuditHash copies the text as it is.
+// This function can't fail.
+void append_json_text(std::string& out, std::string_view json, JsonForm form = JsonForm::kOutput);
 
 // Builds one JSON value into a string, tracking commas. Not thread-safe; cheap to create.
 // Usage: w.begin_object(); w.key("a"); w.string("x"); w.end_object();
 class JsonWriter {
  public:
-  explicit JsonWriter(std::string& out) : out_(out) {}
+  explicit JsonWriter(std::string& out, JsonForm form = JsonForm::kOutput)
+      : out_(out), form_(form) {}
   void begin_object() {
     comma();
     out_ += '{';
@@ -80,13 +100,13 @@ class JsonWriter {
   }
   void key(std::string_view k) {
     comma();
-    append_json_string(out_, k);
+    append_json_string(out_, k, form_);
     out_ += ':';
     first_ = true;
   }
   void string(std::string_view v) {
     comma();
-    append_json_string(out_, v);
+    append_json_string(out_, v, form_);
   }
   void number(long long v) {
     comma();
@@ -101,10 +121,10 @@ class JsonWriter {
     comma();
     out_ += "null";
   }
-  // Appends already-serialised JSON as the next value.
+  // Appends already-serialised JSON as the next value (append_json_text).
   void raw(std::string_view json) {
     comma();
-    out_ += json;
+    append_json_text(out_, json, form_);
   }
 
   void field(std::string_view k, std::string_view v) {
@@ -134,6 +154,7 @@ class JsonWriter {
     first_ = false;
   }
   std::string& out_;
+  JsonForm form_;
   bool first_ = true;
 };
 

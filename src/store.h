@@ -117,8 +117,15 @@ class Store {
   // Fetches one key. Ok, NotFound, or a storage error.
   virtual Status find_key(std::string_view key_id, ApiKey& out) = 0;
 
-  // Fetches one test's stored JSON object into json. Ok, NotFound, or a storage error.
-  virtual Status get_test(std::string_view test_id, std::string& json) = 0;
+  // Fetches one test's stored JSON object into json, and its row's clinic_id column into
+  // clinic_id (what access to it is decided by, as for listings). Ok, NotFound, or a storage
+  // error.
+  virtual Status get_test(std::string_view test_id, std::string& json, std::string& clinic_id) = 0;
+  // The same without the clinic.
+  Status get_test(std::string_view test_id, std::string& json) {
+    std::string clinic_id;
+    return get_test(test_id, json, clinic_id);
+  }
 
   // Calls on_row for every test matching query, oldest first, until on_row returns false.
   // on_row gets the stored JSON object of the test (the five fields and created_at) and its

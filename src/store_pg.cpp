@@ -718,16 +718,20 @@ Status PgStore::count_service_sessions(long long& n) {
   });
 }
 
-Status PgStore::get_test(std::string_view test_id, std::string& json) {
+Status PgStore::get_test(std::string_view test_id, std::string& json, std::string& clinic_id) {
   // The database holds UTF-8 only and refuses to compare with anything else; stored ids are
-  // valid UTF-8 (validate.h), so no other id can name a test.
-  if (!is_valid_utf8(test_id)) return Status::NotFound("no such test");
+  // valid UTF-8 (validate.h), so no other id can name a test. Nor can one holding a NUL, which
+  // libpq would read as the id's end (another id's name).
+  if (!is_valid_utf8(test_id) || test_id.find('\0') != std::string_view::npos) {
+    return Status::NotFound("no such test");
+  }
   const std::string id(test_id);
   return with_reader("get test", [&](Connection& c) {
-    PgResult r = c.run("get", "SELECT doc FROM tests WHERE test_id = $1", {id.c_str()});
+    PgResult r = c.run("get", "SELECT doc, clinic_id FROM tests WHERE test_id = $1", {id.c_str()});
     if (!result_ok(r)) return c.error(r.get(), "get test");
     if (PQntuples(r.get()) == 0) return Status::NotFound("no such test");
     json.assign(value_view(r.get(), 0, 0));
+    clinic_id.assign(value_view(r.get(), 0, 1));
     return Status::Ok();
   });
 }

@@ -958,7 +958,8 @@ Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
     rc = conn->prepare(list_sql(i & 1, i & 2).c_str(), &conn->list[i]);
   }
   if (rc == SQLITE_OK) rc = conn->prepare(kHealthSql, &conn->health);
-  if (rc == SQLITE_OK) rc = conn->prepare("SELECT doc FROM tests WHERE test_id = ?1", &conn->get);
+  if (rc == SQLITE_OK)
+    rc = conn->prepare("SELECT doc, clinic_id FROM tests WHERE test_id = ?1", &conn->get);
   if (rc == SQLITE_OK) rc = conn->prepare(kAuditListSql, &conn->audit_list);
   if (rc == SQLITE_OK) {
     rc = conn->prepare(
@@ -1055,7 +1056,7 @@ Status SqliteStore::list_tests(const ListQuery& q, const RowFn& on_row,
   return status;
 }
 
-Status SqliteStore::get_test(std::string_view test_id, std::string& json) {
+Status SqliteStore::get_test(std::string_view test_id, std::string& json, std::string& clinic_id) {
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);
   if (!conn) {
@@ -1067,6 +1068,7 @@ Status SqliteStore::get_test(std::string_view test_id, std::string& json) {
   int rc = sqlite3_step(st);
   if (rc == SQLITE_ROW) {
     json.assign(column_view(st, 0));
+    clinic_id.assign(column_view(st, 1));
   } else if (rc == SQLITE_DONE) {
     status = Status::NotFound("no such test");
   } else {

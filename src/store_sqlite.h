@@ -130,7 +130,8 @@ class SqliteStore : public Store {
   Status list_keys(std::vector<ApiKey>& out) override;
   Status revoke_key(std::string_view key_id, const std::string& when) override;
   Status find_key(std::string_view key_id, ApiKey& out) override;
-  Status get_test(std::string_view test_id, std::string& json) override;
+  using Store::get_test;
+  Status get_test(std::string_view test_id, std::string& json, std::string& clinic_id) override;
   using Store::list_tests;
   Status list_tests(const ListQuery& query, const RowFn& on_row,
                     const PageEndFn& on_page_end) override;

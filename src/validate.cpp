@@ -81,14 +81,18 @@ std::string check_field(const cJSON* value, const FieldSpec& spec) {
     }
     return "";
   }
-  std::string problem = check_id_text(s, spec.max_chars);
-  if (problem.empty() && spec.member == &TestRecord::test_id && (s == "." || s == "..")) {
-    return R"(must not be "." or "..")";
-  }
-  return problem;
+  if (spec.member == &TestRecord::test_id) return check_test_id(s);
+  return check_id_text(s, spec.max_chars);
 }
 
 }  // namespace
+
+std::string check_test_id(std::string_view s) {
+  if (!is_valid_utf8(s)) return "must be valid UTF-8";
+  std::string problem = check_id_text(s, kMaxIdChars);
+  if (problem.empty() && (s == "." || s == "..")) return R"(must not be "." or "..")";
+  return problem;
+}
 
 std::string check_id_text(std::string_view s, size_t max_chars) {
   if (s.empty()) return "must not be empty";

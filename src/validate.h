@@ -57,6 +57,11 @@ constexpr size_t kMaxJsonValuesPerRecord = 32;
 // `s` must be valid UTF-8. Returns "" when fine, otherwise the problem ("must not be empty").
 std::string check_id_text(std::string_view s, size_t max_chars);
 
+// The rules of a stored test_id (validate_test_record's) for an id named in a request path, whose
+// bytes nothing checked yet: valid UTF-8, then check_id_text with kMaxIdChars, and not "." or
+// "..". An id that fails them can name no stored test. Returns "" when fine, else the problem.
+std::string check_test_id(std::string_view s);
+
 // The checks every JSON body gets, then the tree: not blank; check_body_bytes; strict JSON
 // syntax (scan_json); at most kMaxBodyDepth levels and max_values values, counted on the bytes
 // before cJSON allocates anything. Returns the tree, or null with the client message set.

@@ -11,6 +11,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
+import fcgi_client  # noqa: E402
 from harness import (APP_BIN, PG_HOST, Server, copy_database, database_target, pg_url,  # noqa: E402
                      psql, record, run_sql, wait_for)
 
@@ -241,6 +242,99 @@ class Security(unittest.TestCase):
             self.assertTrue(out[0]["problem"].startswith(f"entry {seq}:"), out[0])
             run_sql(copy, f"DELETE FROM audit WHERE seq = {seq}")
         self.assertEqual(admin("audit", "verify", "--db", copy)[0], 0)
+
+    # -- what hostile ids and denied requests cost the trail ----------------------------------
+    def trail(self):
+        """Every audit entry, from `audit export` (each line parsed: one entry per line)."""
+        return admin("audit", "export", "--db", self.db)[1]
+
+    def test_a_denied_request_costs_one_bounded_audit_entry(self):
+        before = len(self.trail())
+        # one forbidden batch over 1,000 clinics: one entry, not 1,000
+        batch = [record(f"deny-{i}-" + "t" * 100, clinic=f"{i}-" + "c" * 120) for i in range(1000)]
+        r = self.req("met", "POST", "/tests/batch", batch)
+        self.assert_error(r, 403)
+        self.assertLess(len(r.body), 4096)
+        # a 7 KB id or filter can never be stored: refused before it is recorded
+        r = self.req("met", "GET", "/tests/" + "x" * 7000)
+        self.assert_error(r, 404)
+        self.assertEqual(r.body, self.req("met", "GET", "/tests/no-such-id").body)
+        r = self.req("met", "GET", "/audit?clinic_id=" + "c" * 7000)
+        self.assert_error(r, 400)
+        after = self.trail()
+        self.assertEqual(len(after), before + 2)  # the batch, and the 404 of no-such-id
+        e = [x for x in after[before:] if x["action"] == "batch"][0]
+        self.assertEqual((e["outcome"], e["key_id"]), (403, self.keys["met"]["key_id"]))
+        self.assertLess(len(json.dumps(e)), 4096)
+        self.assertEqual((e["detail"]["clinic_count"], e["detail"]["test_count"]), (1000, 1000))
+
+    def test_ids_that_cannot_be_stored_are_refused_and_never_recorded(self):
+        unknown = self.req("r1", "GET", "/tests/no-such-id").body
+        before = len(self.trail())
+        bad = ["a%E2%80%A8b", "a%E2%80%A9b", "a%E2%80%AEb", "a%E2%81%A6b", "a%C2%85b", "a%C2%9Bb",
+               "a%0Db", "x" * 7000]
+        for tid in bad:
+            with self.subTest(id=tid[:20]):
+                r = self.req("r1", "GET", "/tests/" + tid)
+                self.assertEqual((r.status, r.body), (404, unknown))
+                for key in ("aud", "met"):
+                    self.assert_error(self.req(key, "GET", "/audit?clinic_id=" + tid), 400)
+                self.assert_error(self.req("r1", "GET", "/tests?clinic_id=" + tid), 400)
+        self.assertEqual(len(self.trail()), before)
+        self.assertEqual(self.req("aud", "GET", "/audit?clinic_id=a%E2%80%AEb").json()["message"],
+                         "clinic_id must not contain line separators or bidirectional controls")
+
+    def test_a_nul_in_a_path_segment_is_refused_on_the_fastcgi_socket(self):
+        # nginx refuses %00 itself; the app's own socket must too (PostgreSQL reads C strings:
+        # /tests/sec-c1%00x was served as sec-c1 and recorded as another id).
+        sock = os.path.join(self.server.data_dir, "run", "app.sock")
+        before = len(self.trail())
+        for n, (key, uri) in enumerate((("rall", "/tests/sec-c1%00x"), ("rall", "/tests/sec-c1%00"),
+                                        ("rall", "/tests%00/sec-c1"), ("rall", "/tests?clinic_id=c1%00x"),
+                                        ("aud", "/audit?clinic_id=c1%00"), ("met", "/metrics%00"))):
+            with self.subTest(uri=uri):
+                status, _, body = fcgi_client.request(sock, {
+                    "REQUEST_METHOD": "GET", "REQUEST_URI": uri, "REQUEST_ID": f"nul-{n}",
+                    "HTTP_AUTHORIZATION": "Bearer " + self.keys[key]["token"]})
+                self.assertEqual(status, 400, body)
+                self.assertNotIn(b"P-sec-c1", body)
+        self.assertEqual(len(self.trail()), before)
+
+    def test_get_authorizes_by_the_rows_clinic_column_not_its_document(self):
+        _, out = admin("keys", "create", "--db", self.db, "--name", "rdc1", "--scope", "read:dc1")
+        h = {"Authorization": "Bearer " + out[0]["token"]}
+        self.assertEqual(self.req("wall", "POST", "/tests", record("doctored", clinic="dc1")).status, 201)
+        self.assertEqual(self.server.request("GET", "/tests/doctored", headers=h).status, 200)
+        # the row moves to clinic dc2 behind the service's back; its document still says dc1
+        run_sql(self.db, "UPDATE tests SET clinic_id = 'dc2' WHERE test_id = 'doctored'")
+        r = self.server.request("GET", "/tests/doctored", headers=h)
+        self.assertEqual((r.status, r.body),
+                         (404, self.server.request("GET", "/tests/no-such-id", headers=h).body))
+        self.assertEqual(self.req("rall", "GET", "/tests/doctored").status, 200)
+        entry = [e for e in self.trail() if e["request_id"] == r.headers["x-request-id"]][0]
+        self.assertEqual((entry["clinic_id"], entry["outcome"]), ("dc2", 404))
+
+    def test_output_escapes_what_unicode_line_readers_take_for_line_breaks(self):
+        # U+2028, U+2029 and NEL are text in a result, but raw in JSON they split a line for
+        # Python's splitlines or a JavaScript reader: every output writes them as \\uXXXX.
+        result = "one\u2028two\u2029three\x85four"
+        r = self.req("wall", "POST", "/tests", record("sep-1", clinic="c1", result=result))
+        self.assertEqual(r.status, 201, r)
+        for path in ("/tests/sep-1", "/tests?clinic_id=c1"):
+            body = self.req("r1", "GET", path).body
+            for raw in ("\u2028", "\u2029", "\x85"):
+                self.assertNotIn(raw.encode(), body, path)
+        self.assertEqual(self.req("r1", "GET", "/tests/sep-1").json()["test"]["result"], result)
+        # a raw U+2028 in a request's path reaches the app's log line as an escape
+        reply = self.server.raw(b"GET /nope/a\xe2\x80\xa8b\xc2\x85 HTTP/1.1\r\nHost: localhost\r\n"
+                                b"Connection: close\r\n\r\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 40"), reply[:100])
+        self.assertTrue(wait_for(lambda: any(l.get("path") == "/nope/a\u2028b\x85"
+                                             for l in self.server.json_lines("app.log"))))
+        # a key name may hold one (names are free text): `keys list` still prints a line per key
+        admin("keys", "create", "--db", self.db, "--name", "two\u2028lines", "--scope", "read:c9")
+        _, listed = admin("keys", "list", "--db", self.db)
+        self.assertIn("two\u2028lines", [k["name"] for k in listed])
 
     def test_admin_commands_never_create_a_database(self):
         typo = os.path.join(self.server.data_dir, "typo.db")

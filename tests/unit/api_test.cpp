@@ -7,9 +7,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "access_control.h"
+#include "auth.h"
 #include "http_router.h"
 #include "json.h"
 #include "metrics.h"
+#include "sqlite_test_util.h"
 #include "store_sqlite.h"
 #include "temp_dir.h"
 
@@ -54,7 +57,9 @@ class Api : public ::testing::Test {
     req.body = body;
     req.content_type = content_type;
     req.body_state = state;
-    Response r = route_request(req, *store_);
+    req.authorization = authorization_;
+    Response r =
+        authorization_.empty() ? route_request(req, *store_) : route_request(req, *store_, keyed_);
     last_route_ = r.route;
     Sent sent;
     send_response(r, sent);
@@ -71,8 +76,30 @@ class Api : public ::testing::Test {
       if (n == name) return v;
     return "";
   }
+  // Stores a key with these scopes; call() then sends its token, with AUTH on.
+  void use_key(const std::vector<std::string>& scopes) {
+    NewKey nk;
+    ASSERT_TRUE(generate_key(nk));
+    ApiKey key{nk.key_id, "test", scopes, nk.secret_hash, "2026-01-01T00:00:00.000Z", ""};
+    ASSERT_TRUE(store_->create_key(key).ok());
+    authorization_ = "Bearer " + nk.token;
+  }
+  // Every entry of the audit trail, oldest first.
+  std::vector<AuditEntry> audit_trail() {
+    std::vector<AuditEntry> out;
+    EXPECT_TRUE(store_
+                    ->list_audit({},
+                                 [&](const AuditEntry& e) {
+                                   out.push_back(e);
+                                   return true;
+                                 })
+                    .ok());
+    return out;
+  }
   TempDir dir_;
   std::unique_ptr<SqliteStore> store_;
+  Authenticator keyed_{AccessOptions{true, true}};
+  std::string authorization_;  // empty: the local mode (auth off)
   LogFields last_log_;
   std::string last_route_;
   bool write_logs_ = false;  // call() writes each request's log line, as serve_one does
@@ -503,6 +530,130 @@ TEST_F(Api, RoutingTable) {
     EXPECT_EQ(s.status, c.status) << c.method << " " << c.uri;
     EXPECT_EQ(header(s, "Allow"), c.allow) << c.method << " " << c.uri;
     EXPECT_TRUE(parse_json_document(s.body)) << s.body;
+  }
+}
+
+TEST_F(Api, ADeniedRequestCostsOneBoundedAuditEntry) {
+  use_key({"metrics"});
+  // A batch over 1,000 clinics the key may not write: one entry, not one per clinic, and a
+  // detail that names a few clinics and ids and counts the rest.
+  std::string batch = "[";
+  for (int i = 0; i < 1000; ++i) {
+    std::string clinic = std::to_string(i) + std::string(120, 'c');
+    batch += (i ? "," : "") + record("deny-" + std::to_string(i) + std::string(100, 't'), clinic);
+  }
+  batch += "]";
+  size_t before = audit_trail().size();
+  Sent denied = call("POST", "/tests/batch", batch);
+  EXPECT_EQ(denied.status, 403);
+  EXPECT_LT(denied.body.size(), 4096u);
+  std::vector<AuditEntry> trail = audit_trail();
+  ASSERT_EQ(trail.size(), before + 1);
+  const AuditEntry& e = trail.back();
+  EXPECT_EQ((e.action + " " + std::to_string(e.outcome)), "batch 403");
+  EXPECT_LT(e.detail.size() + e.clinic_id.size(), 4096u);
+  JsonTree detail = parse_json_document(e.detail);
+  ASSERT_TRUE(detail) << e.detail;
+  EXPECT_EQ(cJSON_GetObjectItem(detail.get(), "clinic_count")->valueint, 1000);
+  EXPECT_EQ(cJSON_GetObjectItem(detail.get(), "test_count")->valueint, 1000);
+  // An id or filter that could never be stored is refused before anything is recorded.
+  EXPECT_EQ(call("GET", "/tests/" + std::string(7000, 'x')).status, 404);
+  EXPECT_EQ(call("GET", "/audit?clinic_id=" + std::string(7000, 'c')).status, 400);
+  EXPECT_EQ(call("GET", "/tests?clinic_id=" + std::string(7000, 'c')).status, 400);
+  EXPECT_EQ(audit_trail().size(), before + 1);
+  // A denied batch of one clinic keeps that clinic on its entry.
+  EXPECT_EQ(call("POST", "/tests/batch", "[" + record("one-a", "c9") + "]").status, 403);
+  EXPECT_EQ(audit_trail().back().clinic_id, "c9");
+}
+
+TEST_F(Api, IdsThatCannotBeStoredAreRefusedBeforeTheyAreRecordedOrLogged) {
+  ASSERT_EQ(call("POST", "/tests", record("t1")).status, 201);
+  const std::string unknown = call("GET", "/tests/no-such-id").body;
+  size_t before = audit_trail().size();
+  const std::string bad_ids[] = {
+      "a%E2%80%A8b",                               // U+2028 LINE SEPARATOR
+      "a%E2%80%A9b",                               // U+2029
+      "a%E2%80%AEb",                               // U+202E RIGHT-TO-LEFT OVERRIDE
+      "a%E2%81%A6b",                               // U+2066 LEFT-TO-RIGHT ISOLATE
+      "a%C2%85b",                                  // U+0085 NEXT LINE, a C1 control
+      "a%0Ab",                                     // LF
+      "a%FFb",                                     // not UTF-8
+      "%20",                                       // only whitespace
+      "..",          std::string(12 * 1024, 'x'),  // longer than 128 characters
+  };
+  for (const std::string& id : bad_ids) {
+    Sent s = call("GET", "/tests/" + id);
+    EXPECT_EQ(s.status, 404) << id;
+    EXPECT_EQ(s.body, unknown) << id;  // exactly as an unknown id
+    EXPECT_EQ(last_log_.test_id, "") << id;
+    Sent q = call("GET", "/audit?clinic_id=" + id);
+    EXPECT_EQ(q.status, id == ".." ? 200 : 400) << id;
+    EXPECT_EQ(last_log_.clinic_id, "") << id;
+  }
+  // Only the audit read of clinic ".." (a clinic id that can be stored) was recorded.
+  std::vector<AuditEntry> trail = audit_trail();
+  ASSERT_EQ(trail.size(), before + 1);
+  EXPECT_EQ(trail.back().clinic_id, "..");
+  EXPECT_EQ(call("GET", "/audit?clinic_id=%E2%80%A8").body,
+            R"({"status":"error","message":"clinic_id must not contain line separators or )"
+            R"(bidirectional controls"})");
+}
+
+TEST_F(Api, ANulInAnyPathSegmentIs400) {
+  ASSERT_EQ(call("POST", "/tests", record("t1")).status, 201);
+  size_t before = audit_trail().size();
+  for (const char* uri :
+       {"/tests/t1%00x", "/tests/t1%00", "/tests%00/t1", "/metrics/node/1%00", "/healthz%00"}) {
+    Sent s = call("GET", uri);
+    EXPECT_EQ(s.status, 400) << uri;
+    EXPECT_EQ(s.body, R"({"status":"error","message":"malformed path"})") << uri;
+  }
+  EXPECT_EQ(audit_trail().size(), before);
+}
+
+TEST_F(Api, GetAuthorizesByTheRowsClinicColumnNotItsDocument) {
+  ASSERT_EQ(call("POST", "/tests", record("doctored", "c1")).status, 201);
+  // A row edited behind the service's back (or restored so): its document still says c1.
+  sql_on(dir_.file("api.db"), "UPDATE tests SET clinic_id = 'c2' WHERE test_id = 'doctored'");
+  use_key({"read:c1"});
+  Sent c1 = call("GET", "/tests/doctored");
+  EXPECT_EQ(c1.status, 404);
+  EXPECT_EQ(audit_trail().back().clinic_id, "c2");
+  EXPECT_EQ(audit_trail().back().outcome, 404);
+  use_key({"read:c2"});
+  EXPECT_EQ(call("GET", "/tests/doctored").status, 200);
+  EXPECT_EQ(audit_trail().back().clinic_id, "c2");
+  EXPECT_EQ(audit_trail().back().outcome, 200);
+}
+
+TEST_F(Api, ResponsesEscapeWhatUnicodeLineReadersTakeForLineBreaks) {
+  // Allowed in a result (it is text), but a raw U+2028, U+2029 or NEL would split a response
+  // or log line for a Unicode-aware line reader.
+  const std::string result =
+      "one\xe2\x80\xa8two\xe2\x80\xa9three\xc2\x85"
+      "four";
+  std::string body = R"({"test_id":"sep","patient_id":"p1","clinic_id":"c1",)"
+                     R"("test_type":"blood","result":"one\u2028two\u2029three\u0085four"})";
+  ASSERT_EQ(call("POST", "/tests", body).status, 201);
+  // A document stored by an earlier version holds them raw; it is served escaped all the same.
+  ASSERT_EQ(call("POST", "/tests", record("old")).status, 201);
+  sql_on(dir_.file("api.db"), "UPDATE tests SET doc = replace(doc, '\"ok\"', '\"" + result +
+                                  "\"') WHERE test_id = 'old'");
+  ASSERT_NE(sql_on(dir_.file("api.db"), "SELECT doc FROM tests WHERE test_id = 'old'").find(result),
+            std::string::npos);
+  for (const char* uri : {"/tests/sep", "/tests/old", "/tests?clinic_id=c1"}) {
+    Sent s = call("GET", uri);
+    EXPECT_EQ(s.status, 200) << uri;
+    for (const char* raw : {"\xe2\x80\xa8", "\xe2\x80\xa9", "\xc2\x85"}) {
+      EXPECT_EQ(s.body.find(raw), std::string::npos) << uri << ": " << s.body;
+    }
+    EXPECT_NE(s.body.find(R"(one\u2028two\u2029three\u0085four)"), std::string::npos) << s.body;
+  }
+  for (const char* uri : {"/tests/sep", "/tests/old"}) {
+    JsonTree tree = parse_json_document(call("GET", uri).body);
+    ASSERT_TRUE(tree) << uri;
+    const cJSON* test = cJSON_GetObjectItem(tree.get(), "test");
+    EXPECT_EQ(std::string(cJSON_GetObjectItem(test, "result")->valuestring), result) << uri;
   }
 }
 

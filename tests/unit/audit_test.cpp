@@ -54,6 +54,27 @@ TEST(Audit, CanonicalFormIsFixedOrderJson) {
                                     std::string(64, '0') + "\"}");
 }
 
+TEST(Audit, ExportsEscapeLineBreakersWhileTheHashedFormKeepsItsBytes) {
+  // An entry written before ids were checked may hold a raw U+2028 or NEL: its export must stay
+  // one line, and its hash (computed over the canonical form as it was) must still verify.
+  auto entries = chain(2);
+  AuditEntry& e = entries[1];
+  e.clinic_id = "c\xe2\x80\xa8x";
+  e.detail = "{\"test_id\":\"t\xc2\x85\xe2\x80\xa9\"}";
+  e.hash = audit_hash(e);
+  const std::string canonical = audit_canonical(e);
+  EXPECT_NE(canonical.find("\"clinic_id\":\"c\xe2\x80\xa8x\""), std::string::npos) << canonical;
+  EXPECT_NE(canonical.find("\"detail\":{\"test_id\":\"t\xc2\x85\xe2\x80\xa9\"}"), std::string::npos)
+      << canonical;
+  const std::string json = audit_entry_json(e);
+  for (const char* raw : {"\xe2\x80\xa8", "\xe2\x80\xa9", "\xc2\x85"}) {
+    EXPECT_EQ(json.find(raw), std::string::npos) << json;
+  }
+  EXPECT_NE(json.find(R"("clinic_id":"c\u2028x")"), std::string::npos) << json;
+  EXPECT_NE(json.find(R"("detail":{"test_id":"t\u0085\u2029"})"), std::string::npos) << json;
+  EXPECT_EQ(verify(entries), "");
+}
+
 TEST(Audit, EditingAnyFieldIsNamedAtThatEntry) {
   for (int field = 0; field < 7; ++field) {
     auto entries = chain(5);

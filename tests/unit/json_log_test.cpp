@@ -20,6 +20,36 @@ TEST(JsonString, EscapesQuotesBackslashAndControls) {
   EXPECT_EQ(out, "\"a\\\"b\\\\c\\nd\\te\\u0001\\u007f\xc3\xa9\"");
 }
 
+TEST(JsonString, EscapesWhatUnicodeLineReadersTakeForLineBreaks) {
+  // U+2028, U+2029 and the C1 controls (NEL U+0085 among them) are legal raw in JSON, but a
+  // Unicode-aware line reader (Python's splitlines, JavaScript) splits a line at them.
+  std::string out;
+  append_json_string(out,
+                     "a\xe2\x80\xa8"
+                     "b\xe2\x80\xa9"
+                     "c\xc2\x85"
+                     "d\xc2\x80\xc2\x9f\xc2\xa0");
+  EXPECT_EQ(out, "\"a\\u2028b\\u2029c\\u0085d\\u0080\\u009f\xc2\xa0\"");
+  // Their neighbours are copied as they are.
+  out.clear();
+  append_json_string(out, "\xe2\x80\xa7\xe2\x80\xaa\xe2\x82\xac");
+  EXPECT_EQ(out, "\"\xe2\x80\xa7\xe2\x80\xaa\xe2\x82\xac\"");
+  // Already-serialised JSON a writer passes on (a stored document, an audit detail) too.
+  out.clear();
+  JsonWriter w(out);
+  w.begin_array();
+  w.raw("{\"r\":\"x\xe2\x80\xa8y\xc2\x85z\"}");
+  w.end_array();
+  EXPECT_EQ(out, "[{\"r\":\"x\\u2028y\\u0085z\"}]");
+  // A log line stays one line for such readers.
+  LogFields f;
+  f.path = "/tests/\xe2\x80\xa8\xe2\x80\xa9\xc2\x85";
+  std::string line = render_log_line(LogLevel::kInfo, "request", f);
+  EXPECT_EQ(line.find("\xe2\x80"), std::string::npos) << line;
+  EXPECT_EQ(line.find("\xc2\x85"), std::string::npos) << line;
+  EXPECT_NE(line.find(R"("path":"/tests/\u2028\u2029\u0085")"), std::string::npos) << line;
+}
+
 TEST(JsonString, ReplacesBytesThatAreNotUtf8) {
   struct Case {
     std::string in, out;

@@ -189,6 +189,30 @@ TEST(CheckIdText, SharedByBodiesAndQueryFilters) {
   EXPECT_EQ(check_id_text("\xe2\x80\xaf\xe2\x81\xaa", 128), "");  // U+202F, U+206A: not bidi
 }
 
+TEST(CheckTestId, IsWhatTheBodyRulesAllowAsATestId) {
+  // Ids named in a path have not been checked at all: the body's test_id rules, UTF-8 first.
+  EXPECT_EQ(check_test_id("t1"), "");
+  EXPECT_EQ(check_test_id("a/b c\xc3\xa9"), "");
+  EXPECT_EQ(check_test_id(std::string(128, 'x')), "");
+  EXPECT_EQ(check_test_id("..."), "");
+  EXPECT_EQ(check_test_id("a\xff"), "must be valid UTF-8");
+  EXPECT_EQ(check_test_id("a\xed\xa0\x80"), "must be valid UTF-8");  // a surrogate
+  EXPECT_EQ(check_test_id(std::string("t1\0x", 4)), "must not contain control characters");
+  EXPECT_EQ(check_test_id("a\xc2\x85"), "must not contain control characters");  // NEL
+  EXPECT_EQ(check_test_id("a\xe2\x80\xa8"),
+            "must not contain line separators or bidirectional controls");
+  EXPECT_EQ(check_test_id(std::string(129, 'x')), "must be at most 128 characters");
+  EXPECT_EQ(check_test_id(" "), "must not be only whitespace");
+  EXPECT_EQ(check_test_id(""), "must not be empty");
+  EXPECT_EQ(check_test_id("."), R"(must not be "." or "..")");
+  EXPECT_EQ(check_test_id(".."), R"(must not be "." or "..")");
+  // The same answer as a body's test_id gets.
+  RecordValidation v = validate_test_record(
+      R"({"test_id":"..","patient_id":"p","clinic_id":"c","test_type":"t","result":"r"})");
+  ASSERT_EQ(v.errors.size(), 1u);
+  EXPECT_EQ(v.errors[0].message, check_test_id(".."));
+}
+
 std::string batch_of(size_t n, const std::string& item) {
   std::string out = "[";
   for (size_t i = 0; i < n; ++i) out += (i ? "," : "") + item;
