@@ -288,6 +288,26 @@ nofile=16384; [ "$(id -u)" = 0 ] || [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulim
 # at its indentation). Two failed tries within 2 s (connection refused, error, timeout, invalid
 # header) take a node out for 2 s; then one request tries it again. (With one node nginx ignores
 # both: it never takes its only server out.)
+# nginx's temp files (request bodies, spooled listings): NGINX_TEMP_DIR, default DATA_DIR/nginx.
+# Put it on a filesystem of its own (README "Security"): then clients' uploads and listings can
+# never take the database's space.
+nginx_temp_dir=${NGINX_TEMP_DIR:-$DATA_DIR/nginx}
+case $nginx_temp_dir in
+  /*) ;;
+  *) refuse "NGINX_TEMP_DIR must be an absolute path, not '$nginx_temp_dir'" ;;
+esac
+case $nginx_temp_dir in
+  *[\|\&\;\\\"\'\#\{\}\$[:space:][:cntrl:]]*) refuse "NGINX_TEMP_DIR must not contain spaces or any of | & ; \\ \" ' # { } \$" ;;
+esac
+if [ "$nginx_temp_dir" != "$DATA_DIR/nginx" ]; then
+  [ ! -L "$nginx_temp_dir" ] || refuse "NGINX_TEMP_DIR=$nginx_temp_dir is a symbolic link; name the directory itself"
+  mkdir -p "$nginx_temp_dir"
+  chmod 0700 "$nginx_temp_dir"
+  [ -z "$service_user" ] || chown "$service_user:$service_group" "$nginx_temp_dir"
+fi
+# With AUTH=on nginx checks the key before it reads a request body (nginx.conf, /_auth).
+auth_request="auth_request off;"
+[ "$AUTH" = off ] || auth_request="auth_request /_auth;"
 upstream_servers=""
 node_metrics=""
 for k in "${nodes[@]}"; do
@@ -307,6 +327,7 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
     -e "s|@LISTEN@|$LISTEN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" -e "s|@TLS@|$tls|g" \
     -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
     -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
+    -e "s|@NGINX_TEMP_DIR@|$nginx_temp_dir|g" -e "s|@AUTH_REQUEST@|$auth_request|g" \
     "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf"
 
 nginx_pid=""
@@ -331,6 +352,7 @@ launch_node() {
   TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} \
   "$APP_BIN" --socket "${sock[k]}" "${storage[@]}" --log-file "$APP_LOG" \
     --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} \
+    --auth-failure-rate "$ANON_RATE" --auth-failure-burst "$ANON_BURST" \
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
@@ -442,7 +464,7 @@ forwarder_exited() {
 # writes into: through a planted rsyslog -> /etc/logrotate.d, root would put a file there that
 # the service user owns, and so root's next logrotate would run the service user's commands.
 for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/logs/access.log" \
-    "$DATA_DIR"/nginx/{client_body,fastcgi,proxy,uwsgi,scgi} "$DATA_DIR"/rsyslog{,/work,/queue}; do
+    "$nginx_temp_dir"/{client_body,fastcgi,proxy,uwsgi,scgi} "$DATA_DIR"/rsyslog{,/work,/queue}; do
   if [ -L "$path" ] && [ "$(stat -c %u "$path")" != "$(id -u)" ]; then
     refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx and run.sh (root) will not follow it: remove it"
   fi

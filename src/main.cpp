@@ -253,6 +253,8 @@ int main(int argc, char** argv) {
   server.stop_timeout_ms = opt.stop_timeout_ms;
   server.access.auth = opt.auth;
   server.access.audit = opt.audit;
+  server.access.failure_rate_per_minute = opt.auth_failure_rate_per_minute;
+  server.access.failure_burst = opt.auth_failure_burst;
   if (!opt.auth) {
     tdapi::LogFields off;
     off.detail =

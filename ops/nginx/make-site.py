@@ -37,11 +37,15 @@ VALUES = {
     "KEY_BURST": "50000",
     "ANON_RATE": "100r/s",
     "ANON_BURST": "200",
+    # The key check before a request body is read (AUTH=on).
+    "AUTH_REQUEST": "auth_request /_auth;",
     # One app process in the package: /metrics needs no per-node paths.
     "NODE_METRICS_LOCATIONS": "",
 }
 # Only in the main context, which is dropped.
 MAIN_ONLY = {"USER_DIRECTIVE", "NOFILE", "WORKER_CONNECTIONS", "PORT", "PROJECT_DIR"}
+# Only in the *_temp_path directives, which are dropped.
+MAIN_ONLY |= {"NGINX_TEMP_DIR"}
 HTTP_LEVEL = {"map", "log_format", "limit_conn_zone", "limit_req_zone", "upstream", "geo",
               "split_clients"}
 ACCESS_LOG = "/var/log/nginx/testdata-api.access.log"

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +26,7 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, ROOT, Server, record, wait_for  # noqa: E402
+from harness import APP_BIN, ROOT, Server, database_target, record, wait_for  # noqa: E402
 
 ATTACKER = "127.0.0.2"
 
@@ -330,6 +331,81 @@ class OneAddressMisbehaves(unittest.TestCase):
             print(f"\n  nginx workers' RSS {before / 1024:.1f} MB -> {after / 1024:.1f} MB with 40 uploads of "
                   f"3.9 MB held open", file=sys.stderr)
             self.assertLess(grown_mb, 40)  # 156 MB if nginx held the bodies in memory
+
+
+def files_under(server, path):
+    """Files below path that nginx's workers hold open: nginx unlinks a temp file as soon as it
+    has opened it, so these are what takes space there (listed with their links' "(deleted)")."""
+    master, found = server.pid_of("nginx"), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                ppid = int([l for l in f if l.startswith("PPid:")][0].split()[1])
+            if ppid != master:
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith(path.rstrip("/") + "/"):
+                    found.append(target)
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+class KeylessBodies(unittest.TestCase):
+    """With AUTH=on nginx checks the key before it reads a body: a client without a valid key
+    gets its 401 at once and nothing of its body is buffered; nginx's temp files go to
+    NGINX_TEMP_DIR (a filesystem of their own), not next to the database."""
+
+    def test_no_or_bad_token_gets_401_before_the_body_and_nothing_is_buffered(self):
+        temp = tempfile.mkdtemp(prefix="tdapi-it-nginx-temp-")
+        try:
+            with Server(AUTH="on", NGINX_TEMP_DIR=temp) as s:
+                p = subprocess.run([APP_BIN, "keys", "create", "--db", database_target(s), "--name", "w",
+                                    "--scope", "write:c1"], capture_output=True, text=True, timeout=60)
+                token = json.loads(p.stdout)["token"]
+                own_dir = os.path.join(s.data_dir, "nginx")
+                head = (b"POST /tests/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 4000000\r\n")
+                for name, auth in (("no token", b""), ("malformed", b"Authorization: Bearer nonsense\r\n"),
+                                   ("made up", b"Authorization: Bearer tdk_" + os.urandom(8).hex().encode()
+                                    + b"_" + os.urandom(32).hex().encode() + b"\r\n")):
+                    with self.subTest(token=name):
+                        c = connect_from(s.port, ATTACKER)
+                        try:
+                            # The headers and a few bytes of a 4 MB body: the 401 comes without
+                            # waiting for the rest (client_body_timeout is 10 s).
+                            c.sendall(head + auth + b"\r\n[")
+                            reply = parse_response(read_available(c, 5))
+                            self.assertIsNotNone(reply, "no answer before the body was complete")
+                            assert_json_error(self, *reply, 401)
+                            self.assertTrue(reply[1].get("www-authenticate", "").startswith("Bearer"), reply[1])
+                            # More of the body: read and dropped, never stored.
+                            try:
+                                c.sendall(b" " * 300_000)
+                            except OSError:
+                                pass
+                            time.sleep(0.5)
+                            self.assertEqual(files_under(s, temp) + files_under(s, own_dir), [])
+                        finally:
+                            c.close()
+                # A valid key's big batch is buffered, in NGINX_TEMP_DIR only, and accepted.
+                c = connect_from(s.port, ATTACKER)
+                try:
+                    # Past what nginx keeps in memory (256k, and a quarter more for a body that
+                    # fits then): whitespace is valid JSON.
+                    body = b"[" + b" " * 400_000 + json.dumps(record("kb-1"))[:].encode() + b"]"
+                    c.sendall(head.replace(b"4000000", str(len(body)).encode())
+                              + b"Authorization: Bearer " + token.encode() + b"\r\n\r\n" + body[:-1])
+                    self.assertTrue(wait_for(lambda: files_under(s, os.path.join(temp, "client_body")), 10))
+                    self.assertEqual(files_under(s, own_dir), [])
+                    c.sendall(body[-1:])
+                    reply = parse_response(read_available(c, 30))
+                    self.assertEqual(reply[0] if reply else None, 201, reply)
+                finally:
+                    c.close()
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 class NginxErrorLog(unittest.TestCase):
