@@ -305,6 +305,23 @@ if [ "$nginx_temp_dir" != "$DATA_DIR/nginx" ]; then
   chmod 0700 "$nginx_temp_dir"
   [ -z "$service_user" ] || chown "$service_user:$service_group" "$nginx_temp_dir"
 fi
+# The stream proxy in front of the HTTP server (nginx.conf): nginx's stream module, built in or
+# a dynamic module (Debian: libnginx-mod-stream, installed by 'make deps').
+load_stream_module=""
+if "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
+  stream_so=""
+  for f in /usr/lib/nginx/modules/ngx_stream_module.so /usr/share/nginx/modules/ngx_stream_module.so; do
+    [ -r "$f" ] && { stream_so=$f; break; }
+  done
+  [ -n "$stream_so" ] || refuse "nginx's stream module is missing (Debian package libnginx-mod-stream; run 'make deps')"
+  load_stream_module="load_module $stream_so;"
+elif ! "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-stream\( \|$\)'; then
+  refuse "$NGINX_BIN is built without the stream module, which the front door needs"
+fi
+tcp_conn_limit=${TCP_CONN_LIMIT_PER_ADDR:-512}
+case $tcp_conn_limit in ''|*[!0-9]*|0*) refuse "TCP_CONN_LIMIT_PER_ADDR must be a whole number from 1, not '$tcp_conn_limit'" ;; esac
+# The HTTP server's socket, behind the stream proxy; a stale one (nginx killed) would stop it.
+rm -f "$DATA_DIR/run/nginx-http.sock"
 # With AUTH=on nginx checks the key before it reads a request body (nginx.conf, /_auth).
 auth_request="auth_request off;"
 [ "$AUTH" = off ] || auth_request="auth_request /_auth;"
@@ -328,6 +345,10 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
     -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
     -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
     -e "s|@NGINX_TEMP_DIR@|$nginx_temp_dir|g" -e "s|@AUTH_REQUEST@|$auth_request|g" \
+    -e "s|@LOAD_STREAM_MODULE@|$load_stream_module|g" \
+    -e "s|@TCP_CONN_LIMIT_PER_ADDR@|$tcp_conn_limit|g" \
+    -e "s|@HTTP_LISTEN@|unix:$DATA_DIR/run/nginx-http.sock proxy_protocol|g" \
+    -e "s|@REAL_IP@|set_real_ip_from unix:; real_ip_header proxy_protocol;|g" \
     "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf"
 
 nginx_pid=""

@@ -408,12 +408,56 @@ class KeylessBodies(unittest.TestCase):
             shutil.rmtree(temp, ignore_errors=True)
 
 
+class HalfSentHeaders(unittest.TestCase):
+    """Connections that never finish their request headers are bounded per address before the
+    HTTP server (nginx's stream limit_conn, TCP_CONN_LIMIT_PER_ADDR): one address cannot take
+    nginx's connections, and a client on another address is served meanwhile."""
+
+    def test_half_sent_headers_from_one_address_are_capped_and_others_are_served(self):
+        with Server(TCP_CONN_LIMIT_PER_ADDR=50) as s:
+            held = []
+            try:
+                for _ in range(300):
+                    c = connect_from(s.port, ATTACKER, timeout=5)
+                    try:
+                        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+                    except OSError:
+                        pass  # closed already: over the cap
+                    held.append(c)
+                # A client on another address is served while they are held.
+                status, _, _ = request_from(s.port, "127.0.0.1", "GET", "/healthz", timeout=5)
+                self.assertEqual(status, 200)
+
+                def closed(c):
+                    try:
+                        ready, _, _ = select.select([c], [], [], 0)
+                        return bool(ready) and c.recv(1) == b""
+                    except OSError:
+                        return True
+                # nginx closes those over the cap at once (client_header_timeout is 10 s).
+                wait_for(lambda: sum(map(closed, held)) >= 250, timeout=5)
+                open_ = sum(1 for c in held if not closed(c))
+            finally:
+                for c in held:
+                    c.close()
+            print(f"\n  300 half-sent request headers from {ATTACKER} (cap 50): {open_} held by nginx, "
+                  f"{300 - open_} closed at once; 127.0.0.1 served", file=sys.stderr)
+            self.assertLessEqual(open_, 50)
+            # Behind the cap, nginx still sees (and logs, and limits) the client's own address.
+            self.assertTrue(wait_for(lambda: any(l["remote_addr"] == "127.0.0.1" and l["path"] == "/healthz"
+                                                 for l in s.json_lines("access.log"))))
+            self.assertFalse([l for l in s.json_lines("access.log") if not l["remote_addr"].startswith("127.")])
+
+
 class NginxErrorLog(unittest.TestCase):
     """Item: nginx's operational errors are recorded; patient ids never are."""
 
     def test_connection_exhaustion_is_logged_without_query_strings(self):
         # A copy of the project whose nginx has one worker and a tiny connection pool (no
-        # kept-alive app connections, so each proxied request needs a second connection).
+        # kept-alive app connections, so each proxied request needs a second connection). Each
+        # client connection takes 3 (the stream proxy's two, the HTTP server's one) and the
+        # listeners 2: with 18, the fifth held connection leaves a probe everything but its app
+        # connection, so the HTTP server (which quotes the request line) is the one that runs out.
         top = tempfile.mkdtemp(prefix="tdapi-exhaust-")
         try:
             os.makedirs(os.path.join(top, "scripts"))
@@ -421,7 +465,7 @@ class NginxErrorLog(unittest.TestCase):
             with open(os.path.join(ROOT, "nginx.conf")) as f:
                 conf = f.read()
             for old, new in ((r"worker_processes \S+;", "worker_processes 1;"),
-                             (r"worker_connections \S+;", "worker_connections 16;"),
+                             (r"worker_connections \S+;", "worker_connections 19;"),
                              (r"keepalive @KEEPALIVE@;", ""), (r"fastcgi_keep_conn @KEEP_CONN@;", "")):
                 conf, n = re.subn(old, new, conf)
                 self.assertEqual(n, 1, old)
