@@ -19,7 +19,9 @@
 # (on|off, default on; off only with AUTH=off), TLS_CERT and TLS_KEY (PEM files: HTTPS only),
 # ALLOW_PLAINTEXT (1: a non-loopback LISTEN without TLS, behind a TLS-terminating proxy),
 # KEY_RATE/KEY_BURST (per access key) and ANON_RATE/ANON_BURST (per address, requests without a
-# key) for nginx's rate limits.
+# key) for nginx's rate limits (ANON_RATE/ANON_BURST also bound failed authentications per address,
+# in the app), TCP_CONN_LIMIT_PER_ADDR (open connections per client address, default 512),
+# NGINX_TEMP_DIR (nginx's temp files: request bodies, spooled listings; default DATA_DIR/nginx).
 # Centralized logs (README "Operations"): LOG_FORWARD (relp://HOST:PORT or tcp://HOST:PORT: a
 # local rsyslogd, supervised here, ships logs/app.log and nginx's access log to that syslog
 # collector; unset: nothing is forwarded), LOG_FORWARD_QUEUE_MAX (disk the forwarding queue may

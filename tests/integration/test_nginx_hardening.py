@@ -465,7 +465,7 @@ class NginxErrorLog(unittest.TestCase):
             with open(os.path.join(ROOT, "nginx.conf")) as f:
                 conf = f.read()
             for old, new in ((r"worker_processes \S+;", "worker_processes 1;"),
-                             (r"worker_connections \S+;", "worker_connections 19;"),
+                             (r"worker_connections \S+;", "worker_connections 18;"),
                              (r"keepalive @KEEPALIVE@;", ""), (r"fastcgi_keep_conn @KEEP_CONN@;", "")):
                 conf, n = re.subn(old, new, conf)
                 self.assertEqual(n, 1, old)
