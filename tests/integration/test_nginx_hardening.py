@@ -408,6 +408,30 @@ class KeylessBodies(unittest.TestCase):
             shutil.rmtree(temp, ignore_errors=True)
 
 
+    def test_the_batch_key_check_answers_429_past_the_limit_and_the_apps_own_timeout(self):
+        with Server(AUTH="on", ANON_RATE="1r/m", ANON_BURST="2", FASTCGI_READ_TIMEOUT="2s") as s:
+            statuses = []
+            for _ in range(4):
+                made_up = "Bearer tdk_" + os.urandom(8).hex() + "_" + os.urandom(32).hex()
+                status, headers, body = request_from(s.port, ATTACKER, "POST", "/tests/batch", [record("kc")],
+                                                     headers={"Authorization": made_up})
+                statuses.append(status)
+                assert_json_error(self, status, headers, body, status)
+                if status == 429:
+                    self.assertEqual(headers.get("retry-after"), "1")
+                    self.assertIn("failed authentications", json.loads(body)["message"])
+            self.assertEqual(statuses, [401, 401, 429, 429])
+            # The app not answering the key check: its 504, not auth_request's 500.
+            app = s.pid_of("app")
+            os.kill(app, signal.SIGSTOP)
+            try:
+                status, headers, body = request_from(s.port, "127.0.0.1", "POST", "/tests/batch", [record("kc")],
+                                                     headers={"Authorization": "Bearer tdk_" + "1" * 16 + "_" + "2" * 64})
+            finally:
+                os.kill(app, signal.SIGCONT)
+            assert_json_error(self, status, headers, body, 504)
+
+
 class HalfSentHeaders(unittest.TestCase):
     """Connections that never finish their request headers are bounded per address before the
     HTTP server (nginx's stream limit_conn, TCP_CONN_LIMIT_PER_ADDR): one address cannot take
