@@ -319,5 +319,18 @@ class FailedAuthentication(unittest.TestCase):
             self.assertEqual(admin("audit", "verify", "--db", db)[0], 0)
 
 
+    def test_wrong_secrets_for_a_real_key_id_do_not_use_up_that_keys_rate(self):
+        # Key ids are public (logs, the audit trail): guessing at a key's secret must not
+        # exhaust the key's own allowance (KEY_RATE/KEY_BURST) for its holder.
+        with Server(AUTH="on", KEY_RATE="1r/m", KEY_BURST="3") as server:
+            key = admin("keys", "create", "--db", database_target(server), "--name", "k",
+                        "--scope", "read:c1")[1][0]
+            wrong = "Bearer tdk_" + key["key_id"] + "_" + "0" * 64
+            for _ in range(6):
+                self.assertIn(server.request("GET", "/tests?clinic_id=c1", headers={"Authorization": wrong}).status,
+                              (401, 429))
+            r = server.request("GET", "/tests?clinic_id=c1", headers={"Authorization": "Bearer " + key["token"]})
+            self.assertEqual(r.status, 200, r)
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
