@@ -304,9 +304,10 @@ def main():
         # The seed's local mode without the audit trail (as earlier tables), and beside it the
         # service as deployed: keys checked on every request, every access audited.
         server = Server(data_dir=data_dir, APP_BIN=os.path.join(BUILD, "testdata-api"),
-                        THREADS=THREADS, AUTH="off", AUDIT="off").start()
+                        THREADS=THREADS, AUTH="off", AUDIT="off",
+                        TCP_CONN_LIMIT_PER_ADDR=IDLE + 64).start()  # idle conns from one address
         secure = Server(data_dir=secure_dir, APP_BIN=os.path.join(BUILD, "testdata-api"),
-                        THREADS=THREADS, AUTH="on").start()
+                        THREADS=THREADS, AUTH="on", TCP_CONN_LIMIT_PER_ADDR=IDLE + 64).start()
         token = create_key(os.path.join(BUILD, "testdata-api"), os.path.join(secure_dir, "testdata.db"))
         seed_over_http(secure, (("bench-10", 10),), token)
         db = os.path.join(data_dir, "testdata.db")

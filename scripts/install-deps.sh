@@ -11,6 +11,7 @@ packages=(
   libssl-dev                          # libcrypto: SHA-256 and CSPRNG for access keys
   libpq-dev                           # the PostgreSQL backend (--database-url)
   nginx-light                         # the web server in front
+  libnginx-mod-stream                 # its stream module: the per-address TCP cap (nginx.conf)
   sqlite3 curl jq python3             # tests, smoke test, debugging
   postgresql                          # tests: a private server per build (scripts/pg-test-server.sh)
   acl                                 # setfacl: as root, lets the service user reach DATA_DIR

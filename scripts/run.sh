@@ -19,7 +19,9 @@
 # (on|off, default on; off only with AUTH=off), TLS_CERT and TLS_KEY (PEM files: HTTPS only),
 # ALLOW_PLAINTEXT (1: a non-loopback LISTEN without TLS, behind a TLS-terminating proxy),
 # KEY_RATE/KEY_BURST (per access key) and ANON_RATE/ANON_BURST (per address, requests without a
-# key) for nginx's rate limits.
+# key) for nginx's rate limits (ANON_RATE/ANON_BURST also bound failed authentications per address,
+# in the app), TCP_CONN_LIMIT_PER_ADDR (open connections per client address, default 512),
+# NGINX_TEMP_DIR (nginx's temp files: request bodies, spooled listings; default DATA_DIR/nginx).
 # Centralized logs (README "Operations"): LOG_FORWARD (relp://HOST:PORT or tcp://HOST:PORT: a
 # local rsyslogd, supervised here, ships logs/app.log and nginx's access log to that syslog
 # collector; unset: nothing is forwarded), LOG_FORWARD_QUEUE_MAX (disk the forwarding queue may
@@ -288,6 +290,43 @@ nofile=16384; [ "$(id -u)" = 0 ] || [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulim
 # at its indentation). Two failed tries within 2 s (connection refused, error, timeout, invalid
 # header) take a node out for 2 s; then one request tries it again. (With one node nginx ignores
 # both: it never takes its only server out.)
+# nginx's temp files (request bodies, spooled listings): NGINX_TEMP_DIR, default DATA_DIR/nginx.
+# Put it on a filesystem of its own (README "Security"): then clients' uploads and listings can
+# never take the database's space.
+nginx_temp_dir=${NGINX_TEMP_DIR:-$DATA_DIR/nginx}
+case $nginx_temp_dir in
+  /*) ;;
+  *) refuse "NGINX_TEMP_DIR must be an absolute path, not '$nginx_temp_dir'" ;;
+esac
+case $nginx_temp_dir in
+  *[\|\&\;\\\"\'\#\{\}\$[:space:][:cntrl:]]*) refuse "NGINX_TEMP_DIR must not contain spaces or any of | & ; \\ \" ' # { } \$" ;;
+esac
+if [ "$nginx_temp_dir" != "$DATA_DIR/nginx" ]; then
+  [ ! -L "$nginx_temp_dir" ] || refuse "NGINX_TEMP_DIR=$nginx_temp_dir is a symbolic link; name the directory itself"
+  mkdir -p "$nginx_temp_dir"
+  chmod 0700 "$nginx_temp_dir"
+  [ -z "$service_user" ] || chown "$service_user:$service_group" "$nginx_temp_dir"
+fi
+# The stream proxy in front of the HTTP server (nginx.conf): nginx's stream module, built in or
+# a dynamic module (Debian: libnginx-mod-stream, installed by 'make deps').
+load_stream_module=""
+if "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
+  stream_so=""
+  for f in /usr/lib/nginx/modules/ngx_stream_module.so /usr/share/nginx/modules/ngx_stream_module.so; do
+    [ -r "$f" ] && { stream_so=$f; break; }
+  done
+  [ -n "$stream_so" ] || refuse "nginx's stream module is missing (Debian package libnginx-mod-stream; run 'make deps')"
+  load_stream_module="load_module $stream_so;"
+elif ! "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-stream\( \|$\)'; then
+  refuse "$NGINX_BIN is built without the stream module, which the front door needs"
+fi
+tcp_conn_limit=${TCP_CONN_LIMIT_PER_ADDR:-512}
+case $tcp_conn_limit in ''|*[!0-9]*|0*) refuse "TCP_CONN_LIMIT_PER_ADDR must be a whole number from 1, not '$tcp_conn_limit'" ;; esac
+# The HTTP server's socket, behind the stream proxy; a stale one (nginx killed) would stop it.
+rm -f "$DATA_DIR/run/nginx-http.sock"
+# With AUTH=on nginx checks the key before it reads a request body (nginx.conf, /_auth).
+auth_request="auth_request off;"
+[ "$AUTH" = off ] || auth_request="auth_request /_auth;"
 upstream_servers=""
 node_metrics=""
 for k in "${nodes[@]}"; do
@@ -307,6 +346,11 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
     -e "s|@LISTEN@|$LISTEN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" -e "s|@TLS@|$tls|g" \
     -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
     -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
+    -e "s|@NGINX_TEMP_DIR@|$nginx_temp_dir|g" -e "s|@AUTH_REQUEST@|$auth_request|g" \
+    -e "s|@LOAD_STREAM_MODULE@|$load_stream_module|g" \
+    -e "s|@TCP_CONN_LIMIT_PER_ADDR@|$tcp_conn_limit|g" \
+    -e "s|@HTTP_LISTEN@|unix:$DATA_DIR/run/nginx-http.sock proxy_protocol|g" \
+    -e "s|@REAL_IP@|set_real_ip_from unix:; real_ip_header proxy_protocol;|g" \
     "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf"
 
 nginx_pid=""
@@ -331,6 +375,7 @@ launch_node() {
   TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} \
   "$APP_BIN" --socket "${sock[k]}" "${storage[@]}" --log-file "$APP_LOG" \
     --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} \
+    --auth-failure-rate "$ANON_RATE" --auth-failure-burst "$ANON_BURST" \
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
@@ -442,7 +487,7 @@ forwarder_exited() {
 # writes into: through a planted rsyslog -> /etc/logrotate.d, root would put a file there that
 # the service user owns, and so root's next logrotate would run the service user's commands.
 for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/logs/access.log" \
-    "$DATA_DIR"/nginx/{client_body,fastcgi,proxy,uwsgi,scgi} "$DATA_DIR"/rsyslog{,/work,/queue}; do
+    "$nginx_temp_dir"/{client_body,fastcgi,proxy,uwsgi,scgi} "$DATA_DIR"/rsyslog{,/work,/queue}; do
   if [ -L "$path" ] && [ "$(stat -c %u "$path")" != "$(id -u)" ]; then
     refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx and run.sh (root) will not follow it: remove it"
   fi

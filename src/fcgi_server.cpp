@@ -46,6 +46,7 @@ struct RequestParams {
   const char* content_length = "";
   const char* request_id = "";
   const char* authorization = "";
+  const char* remote_addr = "";
 };
 
 RequestParams read_params(char** envp) {
@@ -62,6 +63,7 @@ RequestParams read_params(char** envp) {
       {"CONTENT_LENGTH", &RequestParams::content_length},
       {"REQUEST_ID", &RequestParams::request_id},
       {"HTTP_AUTHORIZATION", &RequestParams::authorization},
+      {"REMOTE_ADDR", &RequestParams::remote_addr},
   };
   unsigned found = 0;
   for (char** e = envp; e != nullptr && *e != nullptr; ++e) {
@@ -94,6 +96,7 @@ Request read_request(FCGX_Request& fcgi) {
   req.content_encoding = params.content_encoding;
   req.request_id = params.request_id;
   req.authorization = params.authorization;
+  req.remote_addr = params.remote_addr;
 
   const char* length_text = params.content_length;
   char* end = nullptr;
@@ -194,7 +197,9 @@ bool serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
   LogLevel level = resp.status >= 500 || resp.aborted ? LogLevel::kError
                    : resp.status >= 400               ? LogLevel::kWarn
                                                       : LogLevel::kInfo;
-  log_event(level, "request", f);
+  // A passed key check (nginx's auth_request before a body) is not a line of its own: the
+  // request it let through logs one with the same request id right after.
+  if (!(resp.status == 204 && resp.route == "GET /_auth")) log_event(level, "request", f);
   global_metrics().record(resp.route, resp.status, f.duration_ms);
   global_metrics().request_finished();
   return req.body.size() >= kTrimAfterBodyBytes;
@@ -348,6 +353,25 @@ int listen_unix(const std::string& path, int mode) {
   return fd;
 }
 
+// Writes the audit entries of failed authentications whose minute is over (every one with all).
+void write_failure_tallies(Authenticator& auth, Store& store, bool all) {
+  const auto wall = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count();
+  for (AuditEntry& a : auth.failures().take_due(wall, all)) {
+    if (!auth.options().audit) continue;
+    Status s = store.append_audit(a);
+    if (s.ok()) {
+      global_metrics().record_audit_write();
+    } else {
+      LogFields f;
+      f.reason = s.name();
+      f.detail = "the tally of failed authentications of one address and minute was not recorded";
+      log_event(LogLevel::kError, "audit_failed", f);
+    }
+  }
+}
+
 const int kHandledSignals[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE};
 
 void ignore_signal(int) {}
@@ -390,6 +414,7 @@ bool wait_for_stop_signal(int timeout_ms) {
 
 ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   Authenticator auth(options.access);
+  int sig = 0;
   if (FCGX_Init() != 0) return kServeSocketFailed;
   replace_libfcgi_signal_handlers();
   int fd = listen_unix(options.socket_path, options.socket_mode);
@@ -417,9 +442,14 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   sigset_t set;
   sigemptyset(&set);
   for (int s : kHandledSignals) sigaddset(&set, s);
-  int sig = 0;
   for (;;) {
-    if (sigwait(&set, &sig) != 0) continue;
+    // Once a second, the tallies of failed authentications of minutes that are over.
+    timespec second{1, 0};
+    sig = sigtimedwait(&set, nullptr, &second);
+    if (sig < 0) {
+      write_failure_tallies(auth, store, false);
+      continue;
+    }
     if (sig == SIGTERM || sig == SIGINT) break;
     if (sig == SIGHUP) {
       if (options.on_hangup) options.on_hangup();
@@ -458,6 +488,7 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   }
   for (std::thread& t : workers) t.join();
   close(fd);
+  write_failure_tallies(auth, store, true);
   return broken ? kServeAcceptBroken : kServeStopped;
 }
 

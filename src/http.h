@@ -33,6 +33,7 @@ struct Request {
   std::string request_id;     // nginx's $request_id
   std::string path_param;     // the decoded {test_id} segment, set by the router
   std::string authorization;  // the Authorization header, as sent
+  std::string remote_addr;    // the client's address as nginx saw it ($remote_addr)
   // Set by the router: who is asking (unrestricted `anonymous` with auth off), and whether
   // accesses to patient data are recorded in the audit trail.
   Principal principal;

@@ -1,6 +1,8 @@
 // http_router.cpp: the route table.
 #include "http_router.h"
 
+#include <algorithm>
+#include <chrono>
 #include <string_view>
 #include <vector>
 
@@ -10,6 +12,14 @@
 namespace tdapi {
 
 namespace {
+
+// 204: the request's token authenticated (the router checked it before calling this).
+Response handle_auth_check(const Request&, Store&) {
+  Response r;
+  r.status = 204;
+  r.content_type = "application/json";
+  return r;
+}
 
 using Handler = Response (*)(const Request&, Store&);
 
@@ -30,15 +40,51 @@ const Route kRoutes[] = {
     {"/tests/{test_id}", "GET", "GET /tests/{test_id}", handle_get_test, false, "get"},
     {"/audit", "GET", "GET /audit", handle_audit, false, "audit_read"},
     {"/healthz", "GET", "GET /healthz", handle_health, true, nullptr},
+    // nginx's key check (auth_request) before it reads a request body: 204 for a valid key,
+    // else what the request itself would get (401; 403 over the failed-authentication limit).
+    // nginx answers a client's own /_auth with 404 (an internal location).
+    {"/_auth", "GET", "GET /_auth", handle_auth_check, false, nullptr},
     {"/metrics", "GET", "GET /metrics", handle_metrics, false, nullptr},
     // One node's metrics when several run behind nginx (APP_NODES): nginx sends
     // /metrics/node/K to node K's socket; a node answers only for its own K.
     {"/metrics/node/{test_id}", "GET", "GET /metrics", handle_metrics, false, nullptr},
 };
 
-// The 401 for a request without valid credentials; recorded in the audit trail when the route
-// serves patient data.
-Response unauthenticated(const Request& req, const Route& route, AuthOutcome why, Store& store) {
+// The 401 for a request without valid credentials, or a 429 when its address is over the limit
+// of failed authentications (AccessOptions). Failures are counted (metrics) and tallied per
+// address and minute (AuthFailures: one audit entry per address and minute, written by the
+// server), never appended to the audit trail one by one: made-up tokens cannot grow it, and a
+// wrong secret for a real key id is not recorded under that key.
+Response unauthenticated(const Request& req, AuthOutcome why, Authenticator& auth) {
+  const char* reason = why == AuthOutcome::kMissing       ? "no_token"
+                       : why == AuthOutcome::kMalformed   ? "malformed_token"
+                       : why == AuthOutcome::kRevoked     ? "revoked_key"
+                       : why == AuthOutcome::kWrongSecret ? "wrong_secret"
+                                                          : "unknown_key";
+  const auto steady = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  const auto wall = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count();
+  // A request without a token is tallied nowhere (it names nobody: logged and counted only),
+  // but it takes from the same per-address allowance as a failed token.
+  const bool named = why != AuthOutcome::kMissing;
+  const bool allowed = auth.failures().note(
+      req.remote_addr, reason,
+      named && why != AuthOutcome::kMalformed ? std::string_view(req.principal.key_id) : "",
+      req.request_id, steady, wall, named);
+  if (!allowed) {
+    Response r =
+        error_response(429, "too many failed authentications from this address; retry later");
+    long long per_minute = std::max(1LL, auth.options().failure_rate_per_minute);
+    r.headers.emplace_back("Retry-After",
+                           std::to_string(std::max(1LL, (60 + per_minute - 1) / per_minute)));
+    r.log.key_id = req.principal.key_id;
+    r.log.reason = "auth_rate_limited";
+    global_metrics().record_auth_denial(429, DenialReason::kAuthRateLimited);
+    return r;
+  }
   const char* message = why == AuthOutcome::kMissing   ? "authentication required: send "
                                                          "Authorization: Bearer <token>"
                         : why == AuthOutcome::kRevoked ? "the access key has been revoked"
@@ -49,26 +95,13 @@ Response unauthenticated(const Request& req, const Route& route, AuthOutcome why
                                                  : "Bearer realm=\"testdata-api\", "
                                                    "error=\"invalid_token\"");
   r.log.key_id = req.principal.key_id;
-  r.log.reason = why == AuthOutcome::kMissing     ? "no_token"
-                 : why == AuthOutcome::kMalformed ? "malformed_token"
-                 : why == AuthOutcome::kRevoked   ? "revoked_key"
-                                                  : "unknown_key";
+  // The client is told no more than "invalid": a wrong secret logs and counts as unknown_key.
+  r.log.reason = why == AuthOutcome::kWrongSecret ? "unknown_key" : reason;
   global_metrics().record_auth_denial(
       401, why == AuthOutcome::kMissing     ? DenialReason::kNoToken
            : why == AuthOutcome::kMalformed ? DenialReason::kMalformedToken
            : why == AuthOutcome::kRevoked   ? DenialReason::kRevokedKey
                                             : DenialReason::kUnknownKey);
-  // A token that names a key is recorded (who tried, with what). Requests with no token or a
-  // malformed one name nobody: they are logged and counted, not written to the audit trail,
-  // so anonymous traffic cannot grow it (nginx rate-limits them per address besides).
-  const bool names_a_key = why == AuthOutcome::kUnknownKey || why == AuthOutcome::kRevoked;
-  if (route.audit_action && req.audit && names_a_key) {
-    AuditEntry a = audit_entry(req, route.audit_action, "");
-    a.outcome = 401;
-    a.detail = "{\"denied\":\"" + r.log.reason + "\"}";
-    Status s = store.append_audit(a);
-    if (!s.ok()) return storage_error_response(s);
-  }
   return r;
 }
 
@@ -135,8 +168,14 @@ Response route_request(Request& req, Store& store, Authenticator& auth) {
           return r;
         }
         if (outcome != AuthOutcome::kOk) {
-          Response r = unauthenticated(req, route, outcome, store);
+          Response r = unauthenticated(req, outcome, auth);
           r.route = route.name;
+          // nginx's auth_request takes only 2xx, 401 and 403 from the key check: over the
+          // limit it gets a 403 that says so, and answers the client 429 (nginx.conf).
+          if (route.handler == handle_auth_check && r.status == 429) {
+            r.status = 403;
+            r.headers.emplace_back("X-Tdapi-Auth", "rate_limited");
+          }
           return r;
         }
       }

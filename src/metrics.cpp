@@ -75,7 +75,7 @@ struct DenialLabel {
 // Indexed by DenialReason.
 constexpr DenialLabel kDenials[] = {
     {401, "no_token"},    {401, "malformed_token"}, {401, "unknown_key"},
-    {401, "revoked_key"}, {403, "forbidden"},
+    {401, "revoked_key"}, {403, "forbidden"},       {429, "auth_rate_limited"},
 };
 
 }  // namespace

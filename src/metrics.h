@@ -40,11 +40,12 @@ class Histogram {
 
 // Why access control refused a request (the reason label of tdapi_auth_denials_total).
 enum class DenialReason {
-  kNoToken,         // 401: no Authorization header
-  kMalformedToken,  // 401
-  kUnknownKey,      // 401
-  kRevokedKey,      // 401
-  kForbidden,       // 403: a valid key without the scope
+  kNoToken,          // 401: no Authorization header
+  kMalformedToken,   // 401
+  kUnknownKey,       // 401
+  kRevokedKey,       // 401
+  kForbidden,        // 403: a valid key without the scope
+  kAuthRateLimited,  // 429: too many failed authentications from the client's address
 };
 
 // The process's identity and configuration, shown as labels and gauges. Set once at start.
@@ -110,7 +111,7 @@ class Metrics {
   std::mutex add_mu_;  // taken only to add a route seen for the first time
   std::array<std::atomic<RouteSlot*>, kMaxRoutes + 1> slots_{};  // the last: "other"
   std::vector<std::unique_ptr<RouteSlot>> owned_;                // guarded by add_mu_
-  std::array<std::atomic<uint64_t>, 5> denials_{};               // by DenialReason
+  std::array<std::atomic<uint64_t>, 6> denials_{};               // by DenialReason
   std::atomic<uint64_t> audit_writes_{0};
   Histogram batch_size_;
   Histogram commit_seconds_;

@@ -29,6 +29,18 @@ bool parse_integer(const char* text, long long min, long long max, long long& ou
   return true;
 }
 
+bool parse_rate_per_minute(const std::string& text, long long& per_minute) {
+  if (text.size() < 4) return false;
+  std::string unit = text.substr(text.size() - 3);
+  if (unit != "r/s" && unit != "r/m") return false;
+  std::string digits = text.substr(0, text.size() - 3);
+  if (digits.empty() || digits[0] == '-') return false;
+  long long n = 0;
+  if (!parse_integer(digits.c_str(), 1, 1000000, n)) return false;
+  per_minute = unit == "r/s" ? n * 60 : n;
+  return true;
+}
+
 bool parse_options(int argc, const char* const* argv, unsigned cores, AppOptions& out,
                    std::string& error) {
   out = AppOptions{};
@@ -76,6 +88,14 @@ bool parse_options(int argc, const char* const* argv, unsigned cores, AppOptions
     } else if (arg == "--stop-timeout-ms") {
       if (!number(0, 3600000)) return false;
       out.stop_timeout_ms = static_cast<int>(n);
+    } else if (arg == "--auth-failure-rate") {
+      if (!parse_rate_per_minute(value, out.auth_failure_rate_per_minute)) {
+        error = arg + " must look like 100r/s or 600r/m (1 to 1000000), not '" + value + "'";
+        return false;
+      }
+    } else if (arg == "--auth-failure-burst") {
+      if (!number(0, 1000000)) return false;
+      out.auth_failure_burst = n;
     } else if (arg == "--user") {
       out.user = value;
     } else if (arg == "--log-file") {

@@ -38,7 +38,15 @@ struct AppOptions {
   std::string log_file;  // --log-file: append the log here (reopened on SIGHUP)
   bool auth = false;     // --auth on|off: bearer keys required (off: the local mode)
   bool audit = true;     // --audit on|off: the audit trail (off only with --auth off)
+  // --auth-failure-rate NNNr/s|NNNr/m and --auth-failure-burst N: failed authentications
+  // allowed per client address (nginx's ANON_RATE/ANON_BURST); past them, 429.
+  long long auth_failure_rate_per_minute = 6000;
+  long long auth_failure_burst = 200;
 };
+
+// Parses a rate as nginx writes it, "100r/s" or "600r/m", into requests per minute (1 to
+// 60,000,000). False for anything else.
+bool parse_rate_per_minute(const std::string& text, long long& per_minute);
 
 // Parses argv into `out` (defaults first, threads from `cores`). Numbers must be whole decimal
 // integers in range ("5s", "", "1e3", "0x10" are refused). Returns false with `error` set.

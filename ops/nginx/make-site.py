@@ -20,6 +20,10 @@ import sys
 SOCKET = "/run/testdata-api/app.sock"
 VALUES = {
     "LISTEN": "127.0.0.1:5000",
+    # No stream proxy in front (it is in the main context, which Debian's nginx.conf owns): the
+    # server listens on LISTEN itself and the client's address is the connection's.
+    "HTTP_LISTEN": "127.0.0.1:5000",
+    "REAL_IP": "",
     "LISTEN_SSL": "",
     "TLS": "",
     "HSTS": "",
@@ -37,11 +41,17 @@ VALUES = {
     "KEY_BURST": "50000",
     "ANON_RATE": "100r/s",
     "ANON_BURST": "200",
+    # The key check before a request body is read (AUTH=on).
+    "AUTH_REQUEST": "auth_request /_auth;",
     # One app process in the package: /metrics needs no per-node paths.
     "NODE_METRICS_LOCATIONS": "",
 }
 # Only in the main context, which is dropped.
 MAIN_ONLY = {"USER_DIRECTIVE", "NOFILE", "WORKER_CONNECTIONS", "PORT", "PROJECT_DIR"}
+# Only in the *_temp_path directives, which are dropped.
+MAIN_ONLY |= {"NGINX_TEMP_DIR"}
+# The stream proxy (main context, dropped).
+MAIN_ONLY |= {"LOAD_STREAM_MODULE", "TCP_CONN_LIMIT_PER_ADDR"}
 HTTP_LEVEL = {"map", "log_format", "limit_conn_zone", "limit_req_zone", "upstream", "geo",
               "split_clients"}
 ACCESS_LOG = "/var/log/nginx/testdata-api.access.log"

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +26,7 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, ROOT, Server, record, wait_for  # noqa: E402
+from harness import APP_BIN, ROOT, Server, database_target, record, wait_for  # noqa: E402
 
 ATTACKER = "127.0.0.2"
 
@@ -332,12 +333,155 @@ class OneAddressMisbehaves(unittest.TestCase):
             self.assertLess(grown_mb, 40)  # 156 MB if nginx held the bodies in memory
 
 
+def files_under(server, path):
+    """Files below path that nginx's workers hold open: nginx unlinks a temp file as soon as it
+    has opened it, so these are what takes space there (listed with their links' "(deleted)")."""
+    master, found = server.pid_of("nginx"), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                ppid = int([l for l in f if l.startswith("PPid:")][0].split()[1])
+            if ppid != master:
+                continue
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith(path.rstrip("/") + "/"):
+                    found.append(target)
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+class KeylessBodies(unittest.TestCase):
+    """With AUTH=on nginx checks the key before it reads a body: a client without a valid key
+    gets its 401 at once and nothing of its body is buffered; nginx's temp files go to
+    NGINX_TEMP_DIR (a filesystem of their own), not next to the database."""
+
+    def test_no_or_bad_token_gets_401_before_the_body_and_nothing_is_buffered(self):
+        temp = tempfile.mkdtemp(prefix="tdapi-it-nginx-temp-")
+        try:
+            with Server(AUTH="on", NGINX_TEMP_DIR=temp) as s:
+                p = subprocess.run([APP_BIN, "keys", "create", "--db", database_target(s), "--name", "w",
+                                    "--scope", "write:c1"], capture_output=True, text=True, timeout=60)
+                token = json.loads(p.stdout)["token"]
+                own_dir = os.path.join(s.data_dir, "nginx")
+                head = (b"POST /tests/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 4000000\r\n")
+                for name, auth in (("no token", b""), ("malformed", b"Authorization: Bearer nonsense\r\n"),
+                                   ("made up", b"Authorization: Bearer tdk_" + os.urandom(8).hex().encode()
+                                    + b"_" + os.urandom(32).hex().encode() + b"\r\n")):
+                    with self.subTest(token=name):
+                        c = connect_from(s.port, ATTACKER)
+                        try:
+                            # The headers and a few bytes of a 4 MB body: the 401 comes without
+                            # waiting for the rest (client_body_timeout is 10 s).
+                            c.sendall(head + auth + b"\r\n[")
+                            reply = parse_response(read_available(c, 5))
+                            self.assertIsNotNone(reply, "no answer before the body was complete")
+                            assert_json_error(self, *reply, 401)
+                            self.assertTrue(reply[1].get("www-authenticate", "").startswith("Bearer"), reply[1])
+                            # More of the body: read and dropped, never stored.
+                            try:
+                                c.sendall(b" " * 300_000)
+                            except OSError:
+                                pass
+                            time.sleep(0.5)
+                            self.assertEqual(files_under(s, temp) + files_under(s, own_dir), [])
+                        finally:
+                            c.close()
+                # A valid key's big batch is buffered, in NGINX_TEMP_DIR only, and accepted.
+                c = connect_from(s.port, ATTACKER)
+                try:
+                    # Past what nginx keeps in memory (256k, and a quarter more for a body that
+                    # fits then): whitespace is valid JSON.
+                    body = b"[" + b" " * 400_000 + json.dumps(record("kb-1"))[:].encode() + b"]"
+                    c.sendall(head.replace(b"4000000", str(len(body)).encode())
+                              + b"Authorization: Bearer " + token.encode() + b"\r\n\r\n" + body[:-1])
+                    self.assertTrue(wait_for(lambda: files_under(s, os.path.join(temp, "client_body")), 10))
+                    self.assertEqual(files_under(s, own_dir), [])
+                    c.sendall(body[-1:])
+                    reply = parse_response(read_available(c, 30))
+                    self.assertEqual(reply[0] if reply else None, 201, reply)
+                finally:
+                    c.close()
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+    def test_the_batch_key_check_answers_429_past_the_limit_and_the_apps_own_timeout(self):
+        with Server(AUTH="on", ANON_RATE="1r/m", ANON_BURST="2", FASTCGI_READ_TIMEOUT="2s") as s:
+            statuses = []
+            for _ in range(4):
+                made_up = "Bearer tdk_" + os.urandom(8).hex() + "_" + os.urandom(32).hex()
+                status, headers, body = request_from(s.port, ATTACKER, "POST", "/tests/batch", [record("kc")],
+                                                     headers={"Authorization": made_up})
+                statuses.append(status)
+                assert_json_error(self, status, headers, body, status)
+                if status == 429:
+                    self.assertEqual(headers.get("retry-after"), "1")
+                    self.assertIn("failed authentications", json.loads(body)["message"])
+            self.assertEqual(statuses, [401, 401, 429, 429])
+            # The app not answering the key check: its 504, not auth_request's 500.
+            app = s.pid_of("app")
+            os.kill(app, signal.SIGSTOP)
+            try:
+                status, headers, body = request_from(s.port, "127.0.0.1", "POST", "/tests/batch", [record("kc")],
+                                                     headers={"Authorization": "Bearer tdk_" + "1" * 16 + "_" + "2" * 64})
+            finally:
+                os.kill(app, signal.SIGCONT)
+            assert_json_error(self, status, headers, body, 504)
+
+
+class HalfSentHeaders(unittest.TestCase):
+    """Connections that never finish their request headers are bounded per address before the
+    HTTP server (nginx's stream limit_conn, TCP_CONN_LIMIT_PER_ADDR): one address cannot take
+    nginx's connections, and a client on another address is served meanwhile."""
+
+    def test_half_sent_headers_from_one_address_are_capped_and_others_are_served(self):
+        with Server(TCP_CONN_LIMIT_PER_ADDR=50) as s:
+            held = []
+            try:
+                for _ in range(300):
+                    c = connect_from(s.port, ATTACKER, timeout=5)
+                    try:
+                        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+                    except OSError:
+                        pass  # closed already: over the cap
+                    held.append(c)
+                # A client on another address is served while they are held.
+                status, _, _ = request_from(s.port, "127.0.0.1", "GET", "/healthz", timeout=5)
+                self.assertEqual(status, 200)
+
+                def closed(c):
+                    try:
+                        ready, _, _ = select.select([c], [], [], 0)
+                        return bool(ready) and c.recv(1) == b""
+                    except OSError:
+                        return True
+                # nginx closes those over the cap at once (client_header_timeout is 10 s).
+                wait_for(lambda: sum(map(closed, held)) >= 250, timeout=5)
+                open_ = sum(1 for c in held if not closed(c))
+            finally:
+                for c in held:
+                    c.close()
+            print(f"\n  300 half-sent request headers from {ATTACKER} (cap 50): {open_} held by nginx, "
+                  f"{300 - open_} closed at once; 127.0.0.1 served", file=sys.stderr)
+            self.assertLessEqual(open_, 50)
+            # Behind the cap, nginx still sees (and logs, and limits) the client's own address.
+            self.assertTrue(wait_for(lambda: any(l["remote_addr"] == "127.0.0.1" and l["path"] == "/healthz"
+                                                 for l in s.json_lines("access.log"))))
+            self.assertFalse([l for l in s.json_lines("access.log") if not l["remote_addr"].startswith("127.")])
+
+
 class NginxErrorLog(unittest.TestCase):
     """Item: nginx's operational errors are recorded; patient ids never are."""
 
     def test_connection_exhaustion_is_logged_without_query_strings(self):
         # A copy of the project whose nginx has one worker and a tiny connection pool (no
-        # kept-alive app connections, so each proxied request needs a second connection).
+        # kept-alive app connections, so each proxied request needs a second connection). Each
+        # client connection takes 3 (the stream proxy's two, the HTTP server's one) and the
+        # listeners 2: with 18, the fifth held connection leaves a probe everything but its app
+        # connection, so the HTTP server (which quotes the request line) is the one that runs out.
         top = tempfile.mkdtemp(prefix="tdapi-exhaust-")
         try:
             os.makedirs(os.path.join(top, "scripts"))
@@ -345,7 +489,7 @@ class NginxErrorLog(unittest.TestCase):
             with open(os.path.join(ROOT, "nginx.conf")) as f:
                 conf = f.read()
             for old, new in ((r"worker_processes \S+;", "worker_processes 1;"),
-                             (r"worker_connections \S+;", "worker_connections 16;"),
+                             (r"worker_connections \S+;", "worker_connections 18;"),
                              (r"keepalive @KEEPALIVE@;", ""), (r"fastcgi_keep_conn @KEEP_CONN@;", "")):
                 conf, n = re.subn(old, new, conf)
                 self.assertEqual(n, 1, old)

@@ -190,7 +190,8 @@ class Security(unittest.TestCase):
         self.assertEqual(by_rid[rid_denied]["outcome"], 403)
         self.assertEqual(by_rid[rid_get]["outcome"], 404)
         self.assertEqual(by_rid[rid_get]["detail"]["test_id"], "sec-c2")
-        self.assertEqual((by_rid[rid_401]["outcome"], by_rid[rid_401]["key_id"]), (401, "e" * 16))
+        # a made-up token is not appended under the key id it names (FailedAuthentication)
+        self.assertFalse([e for e in entries if e["key_id"] == "e" * 16], rid_401)
         # no token names nobody: logged and counted, not written to the trail
         self.assertNotIn(rid_anon, by_rid)
         seqs = [e["seq"] for e in entries]
@@ -371,6 +372,73 @@ class Security(unittest.TestCase):
                 self.assertNotIn(secret, text, name)
             self.assertNotIn("P-sec-c1", text, name)
 
+
+class FailedAuthentication(unittest.TestCase):
+    """Made-up tokens and wrong secrets: as anonymous as no token (the per-address limit of
+    ANON_RATE/ANON_BURST, then 429), counted in metrics, and in the audit trail as one tally per
+    address and minute instead of an entry per request."""
+
+    def test_made_up_tokens_and_wrong_secrets_are_limited_and_tallied_not_appended(self):
+        # 1 request a minute after a burst of 5: the 60 failures below take well under a minute.
+        server = Server(AUTH="on", ANON_RATE="1r/m", ANON_BURST="5")
+        with server:
+            db = database_target(server)
+            keys = {}
+            for name, scope in (("real", "read:c1"), ("met", "metrics")):
+                keys[name] = admin("keys", "create", "--db", db, "--name", name, "--scope", scope)[1][0]
+            real = keys["real"]
+            wrong = "Bearer tdk_" + real["key_id"] + "_" + "0" * 64
+            statuses = []
+            for i in range(60):
+                made_up = "Bearer tdk_" + os.urandom(8).hex() + "_" + os.urandom(32).hex()
+                r = server.request("GET", "/tests?clinic_id=c1",
+                                   headers={"Authorization": wrong if i % 3 == 0 else made_up})
+                statuses.append(r.status)
+                if r.status == 429:
+                    self.assertEqual(r.json()["status"], "error")
+                    self.assertTrue(r.headers.get("retry-after", "").isdigit(), r.headers)
+            print(f"\n60 failed authentications from one address: {statuses.count(401)} x 401, "
+                  f"{statuses.count(429)} x 429", file=sys.stderr)
+            self.assertEqual(statuses[:5], [401] * 5)
+            self.assertEqual(set(statuses[5:]), {429}, statuses)
+            # A real key from the same address is still served: only failures are limited.
+            ok = server.request("GET", "/tests?clinic_id=c1",
+                                headers={"Authorization": "Bearer " + real["token"]})
+            self.assertEqual(ok.status, 200, ok)
+            metrics = server.request("GET", "/metrics",
+                                     headers={"Authorization": "Bearer " + keys["met"]["token"]}).body.decode()
+            self.assertRegex(metrics, r'tdapi_auth_denials_total\{status="429",reason="auth_rate_limited"\} 55\b')
+            self.assertRegex(metrics, r'tdapi_auth_denials_total\{status="401",reason="unknown_key"\} 5\b')
+            # The tallies are written when their minute is over, or at the latest on a stop.
+            self.assertEqual(server.stop(), 0)
+            _, entries = admin("audit", "export", "--db", db)
+            self.assertFalse([e for e in entries if e["outcome"] in (401, 429) and e["action"] != "auth_failed"])
+            # A wrong secret is never recorded under the real key.
+            self.assertFalse([e for e in entries if e["key_id"] == real["key_id"] and e["outcome"] != 200])
+            tallies = [e for e in entries if e["action"] == "auth_failed"]
+            self.assertTrue(1 <= len(tallies) <= 2, tallies)  # one per address and minute
+            self.assertEqual(sum(e["detail"]["failures"] for e in tallies), 60)
+            self.assertEqual(sum(e["detail"]["limited"] for e in tallies), 55)
+            self.assertEqual(sum(e["detail"]["reasons"].get("wrong_secret", 0) for e in tallies), 20)
+            for e in tallies:
+                self.assertEqual((e["key_id"], e["outcome"], e["detail"]["remote_addr"]),
+                                 ("unauthenticated", 401, "127.0.0.1"))
+                self.assertLessEqual(len(e["detail"]["key_ids"]), 4)
+            self.assertEqual(admin("audit", "verify", "--db", db)[0], 0)
+
+
+    def test_wrong_secrets_for_a_real_key_id_do_not_use_up_that_keys_rate(self):
+        # Key ids are public (logs, the audit trail): guessing at a key's secret must not
+        # exhaust the key's own allowance (KEY_RATE/KEY_BURST) for its holder.
+        with Server(AUTH="on", KEY_RATE="1r/m", KEY_BURST="3") as server:
+            key = admin("keys", "create", "--db", database_target(server), "--name", "k",
+                        "--scope", "read:c1")[1][0]
+            wrong = "Bearer tdk_" + key["key_id"] + "_" + "0" * 64
+            for _ in range(6):
+                self.assertIn(server.request("GET", "/tests?clinic_id=c1", headers={"Authorization": wrong}).status,
+                              (401, 429))
+            r = server.request("GET", "/tests?clinic_id=c1", headers={"Authorization": "Bearer " + key["token"]})
+            self.assertEqual(r.status, 200, r)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -5,7 +5,10 @@
 
 #include <set>
 
+#include "access_control.h"
 #include "crypto.h"
+#include "json.h"
+#include "options.h"
 
 namespace tdapi {
 namespace {
@@ -115,6 +118,71 @@ TEST(Auth, ScopesGrantExactlyWhatTheySay) {
   EXPECT_TRUE(off.may(Access::kWrite, "c9"));
   EXPECT_TRUE(off.holds("audit"));
   EXPECT_EQ(off.key_id, "anonymous");
+}
+
+TEST(AuthFailures, TheBucketAllowsTheBurstThenTheRatePerAddress) {
+  AuthFailures f(60, 3);  // one a second, a burst of 3
+  const int64_t wall = 60000 * 1000;
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(f.note("10.0.0.1", "unknown_key", "k", "r", 0, wall));
+  EXPECT_FALSE(f.note("10.0.0.1", "unknown_key", "k", "r", 10, wall));
+  EXPECT_TRUE(f.note("10.0.0.2", "unknown_key", "k", "r", 10, wall));    // its own allowance
+  EXPECT_TRUE(f.note("10.0.0.1", "unknown_key", "k", "r", 1010, wall));  // refilled one
+  EXPECT_FALSE(f.note("10.0.0.1", "unknown_key", "k", "r", 1020, wall));
+  // Without a tally (no token): the same allowance.
+  EXPECT_FALSE(f.note("10.0.0.1", "no_token", "", "r", 1030, wall, false));
+}
+
+TEST(AuthFailures, OneEntryPerAddressAndMinuteWithTheCount) {
+  AuthFailures f(60, 1);
+  const int64_t minute = 29000000LL * 60000;  // a whole minute, in ms
+  for (int i = 0; i < 50; ++i) {
+    f.note("10.0.0.1", i % 2 ? "wrong_secret" : "unknown_key", "k" + std::to_string(i % 6),
+           "req" + std::to_string(i), i, minute + i);
+  }
+  f.note("10.0.0.2", "malformed_token", "", "other", 0, minute);
+  EXPECT_TRUE(f.take_due(minute + 59999, false).empty());  // the minute is not over
+  std::vector<AuditEntry> due = f.take_due(minute + 60000, false);
+  ASSERT_EQ(due.size(), 2u);
+  const AuditEntry& a = due[0];
+  EXPECT_EQ(a.key_id, "unauthenticated");
+  EXPECT_EQ(a.action, "auth_failed");
+  EXPECT_EQ(a.outcome, 401);
+  EXPECT_EQ(a.request_id, "req0");
+  JsonTree d = parse_json_document(a.detail);
+  ASSERT_TRUE(d);
+  EXPECT_STREQ(cJSON_GetObjectItem(d.get(), "remote_addr")->valuestring, "10.0.0.1");
+  EXPECT_EQ(cJSON_GetObjectItem(d.get(), "failures")->valueint, 50);
+  EXPECT_EQ(cJSON_GetObjectItem(d.get(), "limited")->valueint, 49);
+  const cJSON* reasons = cJSON_GetObjectItem(d.get(), "reasons");
+  EXPECT_EQ(cJSON_GetObjectItem(reasons, "wrong_secret")->valueint, 25);
+  EXPECT_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(d.get(), "key_ids")), 4);
+  EXPECT_TRUE(cJSON_IsTrue(cJSON_GetObjectItem(d.get(), "more_key_ids")));
+  EXPECT_TRUE(f.take_due(minute + 120000, true).empty());  // taken once
+  // A failure in a later minute moves the earlier tally out at once.
+  f.note("10.0.0.1", "unknown_key", "", "a", 0, minute);
+  f.note("10.0.0.1", "unknown_key", "", "b", 0, minute + 60000);
+  EXPECT_EQ(f.take_due(minute + 60000, false).size(), 1u);
+  EXPECT_EQ(f.take_due(minute + 60000, true).size(), 1u);  // a stop takes the current one
+}
+
+TEST(AuthFailures, AddressesBeyondTheBoundAreTalliedTogether) {
+  AuthFailures f(6000, 10);
+  for (size_t i = 0; i < AuthFailures::kMaxTallies + 500; ++i) {
+    f.note("a" + std::to_string(i), "unknown_key", "", "r", 0, 0);
+  }
+  std::vector<AuditEntry> due = f.take_due(0, true);
+  EXPECT_EQ(due.size(), AuthFailures::kMaxTallies + 1);
+}
+
+TEST(Options, AuthFailureRates) {
+  long long n = 0;
+  EXPECT_TRUE(parse_rate_per_minute("100r/s", n));
+  EXPECT_EQ(n, 6000);
+  EXPECT_TRUE(parse_rate_per_minute("600r/m", n));
+  EXPECT_EQ(n, 600);
+  for (const char* bad : {"", "r/s", "0r/s", "-1r/s", "10 r/s", "10r/h", "1e3r/s"}) {
+    EXPECT_FALSE(parse_rate_per_minute(bad, n)) << bad;
+  }
 }
 
 }  // namespace
