@@ -152,8 +152,10 @@ redacted_url() {
 mkdir -p "$DATA_DIR"
 DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
 # One supervisor per DATA_DIR: a second one would take the first one's socket away. The lock is
-# on the directory itself (nothing to create or follow), held by this script and inherited by
-# the app and nginx, so it is free only once all of them have gone.
+# on the directory itself (nothing to create or follow), held by this script alone: every process
+# it starts gets fd 9 closed (9<&-), so none of them keeps it after the supervisor has gone. They
+# go with it: the app and nginx are killed when this script dies (a parent-death signal), so a
+# lock that is free means nothing of the previous instance serves.
 exec 9<"$DATA_DIR"
 flock -n 9 || refuse "another run.sh (or what it started) is serving DATA_DIR=$DATA_DIR; stop it first"
 mkdir -p "$DATA_DIR"/{run,logs,nginx}
@@ -328,13 +330,14 @@ launch_node() {
   # file for what it says before that (bad usage). One write per line keeps lines whole, also
   # with several nodes appending to the one file.
   # TDAPI_NODE and TDAPI_STARTS: which node this is and how often it was started, for /metrics.
-  TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} \
+  # TDAPI_SUPERVISOR_PID: the app dies (SIGKILL) with this script.
+  TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} TDAPI_SUPERVISOR_PID=$$ \
   "$APP_BIN" --socket "${sock[k]}" "${storage[@]}" --log-file "$APP_LOG" \
     --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} \
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
-    2>>"$APP_LOG" &
+    9<&- 2>>"$APP_LOG" &
   pid[k]=$!
   # A stop that came before pid[k] was set has not reached this node.
   [ "$stopping" = 0 ] || kill -TERM "${pid[k]}" 2>/dev/null || true
@@ -526,9 +529,11 @@ launch_forwarder() {
   local cmd=("$RSYSLOGD_BIN" -n -f "$fwd_conf" -i "$DATA_DIR/run/rsyslogd.pid")
   rm -f "$DATA_DIR/run/rsyslogd.pid"
   if [ -n "$service_user" ]; then
-    cmd=(setpriv --reuid="$service_user" --regid="$service_group" --clear-groups "${cmd[@]}")
+    cmd=(setpriv --reuid="$service_user" --regid="$service_group" --clear-groups --pdeathsig TERM "${cmd[@]}")
+  else
+    cmd=(setpriv --pdeathsig TERM "${cmd[@]}")
   fi
-  "${cmd[@]}" &
+  "${cmd[@]}" 9<&- &
   fwd_pid=$! fwd_started=$EPOCHSECONDS fwd_state=starting
 }
 stop_forwarder() {
@@ -624,13 +629,62 @@ case $start_result in
     if [ "$start_result" = died ] && [ "$start_status" != 0 ]; then exit "$start_status"; fi
     exit 1 ;;
 esac
+# nginx is supervised like the app: restarted when its master exits (SIGKILL, the OOM killer,
+# SIGQUIT, SIGTERM), or everything stops if it keeps exiting at once (NGINX_QUICK_MAX times in a
+# row, each run shorter than 2 s: a bad configuration, a port taken by another program).
+# It runs under a keeper, a small sh that is this script's child and nginx's master's parent,
+# alone with them in a process group of its own (set -m) and nothing else:
+# - this script dies (kill -9): the keeper gets SIGTERM (parent-death signal) and kills its whole
+#   group, master and workers, at once. (nginx's workers outlive a killed master: nothing else
+#   ends them.)
+# - nginx's master exits: the keeper exits with its status, and this script kills what is left
+#   of the group (the workers of a killed master, still holding the port) before a new nginx.
+# - QUIT (stop), USR1 (reopen) and HUP (reload) to the keeper are passed on to the master.
 # nginx's error log goes to stderr, through a redactor (query strings and the Referer out: they
 # can carry patient ids) into logs/nginx-error.log; the redactor ignores Ctrl-C and ends when
 # nginx does.
-"$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e stderr 2> >(trap '' INT TERM QUIT
-  as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \
-    -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &
-nginx_pid=$!
+NGINX_QUICK_MAX=5
+nginx_keeper='sup=$1; shift
+trap "kill -KILL 0" TERM
+[ "$PPID" = "$sup" ] || kill -KILL 0
+"$@" &
+m=$!
+trap "got=1; kill -QUIT $m 2>/dev/null" QUIT
+trap "got=1; kill -USR1 $m 2>/dev/null" USR1
+trap "got=1; kill -HUP $m 2>/dev/null" HUP
+while :; do got=0; wait "$m"; rc=$?; [ "$got" = 1 ] || exit "$rc"; done'
+nginx_pid="" nginx_state=down nginx_started=0 nginx_due_ms=0 nginx_quick=0
+launch_nginx() {
+  setpriv --pdeathsig TERM sh -c "$nginx_keeper" sh "$$" \
+    "$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e stderr 9<&- 2> >(exec 9<&-
+    trap '' INT TERM QUIT
+    as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \
+      -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &
+  nginx_pid=$! nginx_started=$EPOCHSECONDS nginx_state=up
+}
+# Ends whatever is left of nginx's process group (after its keeper exited).
+end_nginx_group() {
+  [ -z "$nginx_pid" ] || kill -KILL -- "-$nginx_pid" 2>/dev/null || true
+  nginx_pid="" nginx_state=down
+}
+# nginx (its keeper) exited with status rc while serving: schedules a new one, or returns 1 if
+# it keeps exiting at once.
+nginx_exited() {
+  local rc=$1 delay=0
+  end_nginx_group
+  if [ $((EPOCHSECONDS - nginx_started)) -lt 2 ]; then nginx_quick=$((nginx_quick + 1)); else nginx_quick=0; fi
+  echo "run.sh: nginx exited (status $rc); see $DATA_DIR/logs/nginx-error.log:" >&2
+  tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
+  if [ "$nginx_quick" -ge "$NGINX_QUICK_MAX" ]; then
+    log_json error nginx_exited "nginx exited with status $rc, $nginx_quick times in a row within 2 s of its start; stopping (see logs/nginx-error.log)"
+    return 1
+  fi
+  log_json warn nginx_restarted "nginx exited with status $rc; restarting it"
+  [ "$nginx_quick" -lt 2 ] || delay=$((nginx_quick - 1))
+  tick
+  nginx_due_ms=$((now_ms + delay * 1000)) nginx_state=backoff
+}
+launch_nginx
 if [ -z "$listen_ssl" ] && [ "$loopback" = 0 ]; then
   log_json warn plaintext "LISTEN=$LISTEN without TLS (ALLOW_PLAINTEXT=1): a TLS-terminating proxy in front must carry every request"
 fi
@@ -638,13 +692,15 @@ echo "testdata-api: serving on $scheme://$LISTEN, authorization $AUTH$storage_no
 # On a terminal, show the app's log lines as they come (tail, not a pipe in the app's path).
 tail_pid=""
 if [ -t 2 ]; then
-  tail -n 0 -F "$APP_LOG" >&2 2>/dev/null &
+  setpriv --pdeathsig KILL tail -n 0 -F "$APP_LOG" 9<&- >&2 2>/dev/null &
   tail_pid=$!
 fi
 
 stop_nginx() {
+  [ -n "$nginx_pid" ] || return 0
   kill -QUIT "$nginx_pid" 2>/dev/null || true
   wait "$nginx_pid" 2>/dev/null || true
+  end_nginx_group
 }
 
 # Supervision. exit_rc[k]: node k's exit status, reaped but not yet acted on; nginx_rc: nginx's.
@@ -657,16 +713,20 @@ while :; do
       if [ -n "${pid[k]}" ]; then rc=0; wait "${pid[k]}" 2>/dev/null || rc=$?; pid[k]=""; fi
       if [ "$rc" != 0 ] && [ "$status" = 0 ]; then status=$rc; fi
     done
-    [ -n "$nginx_rc" ] || wait "$nginx_pid" 2>/dev/null || true
+    if [ -n "$nginx_pid" ]; then
+      [ -n "$nginx_rc" ] || wait "$nginx_pid" 2>/dev/null || true
+      end_nginx_group
+    fi
     break
   fi
-  if [ -n "$nginx_rc" ] || ! kill -0 "$nginx_pid" 2>/dev/null; then
+  if [ -n "$nginx_rc" ] || { [ -n "$nginx_pid" ] && ! kill -0 "$nginx_pid" 2>/dev/null; }; then
     if [ -z "$nginx_rc" ]; then nginx_rc=0; wait "$nginx_pid" 2>/dev/null || nginx_rc=$?; fi
-    echo "run.sh: nginx exited (status $nginx_rc); see $DATA_DIR/logs/nginx-error.log:" >&2
-    tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
-    kill_nodes
-    status=1
-    break
+    rc=$nginx_rc nginx_rc=""
+    if ! nginx_exited "$rc"; then
+      kill_nodes
+      status=1
+      break
+    fi
   fi
   # Nodes that exited: each restarted on its own, or (78, 2) everything stops.
   fatal=""
@@ -696,6 +756,10 @@ while :; do
   # everything stops, exit 1).
   tick
   busy=0 timed_out=""
+  if [ "$nginx_state" = backoff ]; then
+    busy=1
+    if [ "$now_ms" -ge "$nginx_due_ms" ] && [ "$stopping" = 0 ]; then launch_nginx; fi
+  fi
   if [ "$fwd_state" = backoff ]; then
     busy=1
     if [ "$now_ms" -ge "$fwd_due_ms" ] && [ "$stopping" = 0 ]; then launch_forwarder; fwd_state=ready; fi
@@ -729,10 +793,10 @@ while :; do
   for k in "${nodes[@]}"; do [ -z "${pid[k]}" ] || live+=("${pid[k]}"); done
   done_pid=""
   set +e
-  wait -n -p done_pid "${live[@]}" "$nginx_pid" ${fwd_pid:+"$fwd_pid"}
+  wait -n -p done_pid "${live[@]}" ${nginx_pid:+"$nginx_pid"} ${fwd_pid:+"$fwd_pid"}
   rc=$?
   set -e
-  if [ "${done_pid:-}" = "$nginx_pid" ]; then
+  if [ -n "${done_pid:-}" ] && [ "$done_pid" = "$nginx_pid" ]; then
     nginx_rc=$rc
   elif [ -n "${done_pid:-}" ] && [ "$done_pid" = "$fwd_pid" ]; then
     forwarder_exited "$rc"

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""test_signals.py: every process of an instance killed or stopped from outside (an operator's
+signal, the OOM killer), one at a time: nginx's master (SIGKILL, SIGQUIT, SIGTERM), the
+supervisor run.sh (SIGKILL), the app (SIGKILL). After each, either the service serves again
+under the same supervisor, or nothing of the instance is left (no worker holding the port, no
+process holding DATA_DIR's lock) and a new run.sh starts on the same DATA_DIR. Then a full disk
+under the supervisor: the app killed while nothing can be written, and a start on a full disk."""
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import PG_HOST, SQLITE_ONLY, Server, record, wait_for  # noqa: E402
+
+IS_ROOT = os.geteuid() == 0
+
+
+def stat_fields(pid):
+    """(state, ppid, pgid) of a process, or None once it is gone (or a zombie: it holds nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def alive(pid):
+    return stat_fields(pid) is not None
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def all_pids():
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def workers_of(master):
+    """nginx's worker processes of a master: its children, or (once it is gone) the orphans
+    left in its process group."""
+    out = []
+    for pid in all_pids():
+        f = stat_fields(pid)
+        if f and (f[1] == master or f[2] == master) and "nginx: worker process" in cmdline(pid):
+            out.append(pid)
+    return out
+
+
+def holds_dir(pid, path):
+    """True if the process has a descriptor open on the directory `path` (run.sh's lock)."""
+    real = os.path.realpath(path)
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == real:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def port_refuses(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except OSError:
+        return True
+
+
+class Instance:
+    """The processes of a running Server: supervisor, app, nginx's master and workers."""
+
+    def __init__(self, s):
+        self.supervisor = s.proc.pid
+        self.app = s.pid_of("app")
+        self.master = s.pid_of("nginx")
+        self.workers = workers_of(self.master)
+
+    def everything(self):
+        return [self.supervisor, self.app, self.master] + self.workers
+
+
+def nginx_pid(s):
+    """nginx's master pid from run/nginx.pid; None while there is none (a restart)."""
+    try:
+        return s.pid_of("nginx")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def serving(s):
+    try:
+        return s.request("GET", "/healthz", timeout=5).status == 200
+    except OSError:
+        return False
+
+
+class NginxSignals(unittest.TestCase):
+    def check_nginx_comes_back(self, sig):
+        with Server(AUTH="on") as s:
+            before = Instance(s)
+            self.assertGreater(len(before.workers), 0)
+            os.kill(before.master, sig)
+            # a new master, serving, under the same supervisor; the app untouched
+            self.assertTrue(wait_for(lambda: nginx_pid(s) not in (None, before.master) and serving(s), 30),
+                            s.run_output()[-3000:])
+            self.assertIsNone(s.proc.poll(), s.run_output()[-3000:])
+            # no worker of the old master is left holding the port
+            self.assertTrue(wait_for(lambda: not any(alive(w) for w in before.workers), 10),
+                            [(w, cmdline(w)) for w in before.workers if alive(w)])
+            self.assertEqual(s.pid_of("app"), before.app)
+            self.assertTrue(alive(before.app))
+            # keyless requests reach the app (401 under AUTH=on), not a 502 from nginx
+            self.assertEqual(s.request("GET", "/tests?clinic_id=c1").status, 401)
+            self.assertIn("nginx_restarted", s.read_log("app.log").decode())
+            # and what runs nginx now is supervised again: the same signal once more
+            again = Instance(s)
+            os.kill(again.master, sig)
+            self.assertTrue(wait_for(lambda: nginx_pid(s) not in (None, again.master) and serving(s), 30),
+                            s.run_output()[-3000:])
+            self.assertEqual(s.stop(), 0)
+            for pid in Instance.everything(again):
+                self.assertTrue(wait_for(lambda: not alive(pid), 10), (pid, cmdline(pid)))
+
+    def test_sigkill_to_nginx_master_restarts_nginx_and_ends_its_orphaned_workers(self):
+        self.check_nginx_comes_back(signal.SIGKILL)
+
+    def test_sigquit_to_nginx_master_restarts_nginx(self):
+        self.check_nginx_comes_back(signal.SIGQUIT)
+
+    def test_sigterm_to_nginx_master_restarts_nginx(self):
+        self.check_nginx_comes_back(signal.SIGTERM)
+
+    def test_sigkill_to_the_process_above_nginx_restarts_nginx(self):
+        # Whatever run.sh puts between itself and nginx's master is supervised too.
+        with Server(AUTH="on") as s:
+            before = Instance(s)
+            parent = stat_fields(before.master)[1]
+            if parent == before.supervisor:
+                return  # nginx's master is run.sh's own child: the test above covers it
+            os.kill(parent, signal.SIGKILL)
+            self.assertTrue(wait_for(lambda: nginx_pid(s) not in (None, before.master) and serving(s), 30),
+                            s.run_output()[-3000:])
+            self.assertTrue(wait_for(lambda: not alive(before.master)
+                                     and not any(alive(w) for w in before.workers), 10))
+            self.assertIsNone(s.proc.poll())
+
+
+class SupervisorSignals(unittest.TestCase):
+    def test_no_child_holds_the_lock_on_data_dir(self):
+        with Server(AUTH="on") as s:
+            inst = Instance(s)
+            self.assertTrue(holds_dir(inst.supervisor, s.data_dir))
+            for pid in [inst.app, inst.master] + inst.workers:
+                self.assertFalse(holds_dir(pid, s.data_dir), (pid, cmdline(pid)))
+
+    def test_sigkill_to_run_sh_leaves_nothing_serving_and_a_new_run_sh_starts(self):
+        d = tempfile.mkdtemp(prefix="tdapi-sig-")
+        self.addCleanup(subprocess.run, ["rm", "-rf", d])
+        s = Server(data_dir=d, AUTH="off").start()
+        try:
+            self.assertEqual(s.request("POST", "/tests", record("sig-1", clinic="sig")).status, 201)
+            inst = Instance(s)
+            os.kill(inst.supervisor, signal.SIGKILL)
+            s.proc.wait(10)
+            left = lambda: [(p, cmdline(p)) for p in inst.everything() if alive(p)]  # noqa: E731
+            self.assertTrue(wait_for(lambda: not left(), 10), left())
+            self.assertTrue(port_refuses(s.port))
+        finally:
+            s.output.close()
+            for pid in inst.everything():  # the test's own cleanup, should the fix fail
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        with Server(data_dir=d) as s2:
+            self.assertEqual(s2.request("GET", "/tests/sig-1").status, 200)
+
+    def test_sigkill_to_the_app_restarts_it(self):
+        with Server(AUTH="on") as s:
+            before = Instance(s)
+            os.kill(before.app, signal.SIGKILL)
+            self.assertTrue(wait_for(lambda: s.pid_of("app") != before.app and serving(s), 30))
+            self.assertEqual(s.pid_of("nginx"), before.master)
+            self.assertIsNone(s.proc.poll())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
