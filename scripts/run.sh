@@ -48,13 +48,40 @@ case ${STOP_TIMEOUT_MS:-} in ''|*[!0-9]*) ;; *) stop_timeout_ms=$STOP_TIMEOUT_MS
 
 # Where nginx listens, and what that demands. Refusals exit 78, like the app's start-up failures.
 refuse() { echo "run.sh: $*" >&2; exit 78; }
+# LISTEN goes into nginx.conf as it is, so it must be exactly one ADDR:PORT: an IPv4 address
+# (four decimal octets 0-255, no leading zeros), an [IPv6] address, or a host name; PORT 1-65535.
+# Loopback (AUTH may be off, no TLS needed) is 127.0.0.0/8, [::1] and the name localhost only:
+# any other name is not, whatever it starts with or resolves to.
 LISTEN=${LISTEN:-127.0.0.1:$PORT}
-listen_host=${LISTEN%:*}
-case ${LISTEN##*:} in ''|*[!0-9]*) refuse "LISTEN must be address:port, not '$LISTEN'" ;; esac
-case $listen_host in
-  127.*|localhost|'[::1]') loopback=1 ;;
-  *) loopback=0 ;;
-esac
+listen_usage="LISTEN must be ADDR:PORT (ADDR an IPv4 address, an [IPv6] address or a host name; PORT 1-65535), not '$LISTEN'"
+octet='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])'
+label='[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+[[ $LISTEN =~ ^(.+):([0-9]{1,5})$ ]] || refuse "$listen_usage"
+listen_host=${BASH_REMATCH[1]} listen_port=$((10#${BASH_REMATCH[2]}))
+[ "$listen_port" -ge 1 ] && [ "$listen_port" -le 65535 ] || refuse "$listen_usage"
+if [[ $listen_host =~ ^$octet\.$octet\.$octet\.$octet$ ]]; then
+  loopback=$([ "${BASH_REMATCH[1]}" = 127 ] && echo 1 || echo 0)
+elif [[ $listen_host =~ ^\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]$ ]] && [ ${#listen_host} -le 47 ]; then
+  loopback=$([ "$listen_host" = '[::1]' ] && echo 1 || echo 0)
+elif [[ $listen_host =~ ^$label(\.$label)*$ ]] && [[ ! $listen_host =~ ^[0-9.]+$ ]] &&
+    [ ${#listen_host} -le 253 ]; then
+  loopback=$([ "$listen_host" = localhost ] && echo 1 || echo 0)
+else
+  refuse "$listen_usage"
+fi
+LISTEN=$listen_host:$listen_port
+# The other values that go into nginx.conf as they are: their own syntax only.
+[[ ${FASTCGI_READ_TIMEOUT:-30s} =~ ^[0-9]{1,9}(ms|s|m|h)?$ ]] ||
+  refuse "FASTCGI_READ_TIMEOUT must be a time such as 30s or 2m, not '$FASTCGI_READ_TIMEOUT'"
+for v in CONN_LIMIT_PER_ADDR RATE_LIMIT_PER_ADDR; do
+  [[ ${!v:-1} =~ ^[0-9]{1,9}$ ]] || refuse "$v must be a whole number, not '${!v}'"
+done
+[[ ${LISTING_SPOOL_MAX:-1m} =~ ^[0-9]{1,12}[kmgKMG]?$ ]] ||
+  refuse "LISTING_SPOOL_MAX must be a size such as 1024m or 2g, not '$LISTING_SPOOL_MAX'"
+for v in TLS_CERT TLS_KEY; do
+  [[ ${!v:-/} =~ ^[A-Za-z0-9_./@+,=-]+$ ]] ||
+    refuse "$v must be a path of letters, digits and _ . / @ + , = - only, not '${!v}'"
+done
 AUTH=${AUTH:-$([ "$loopback" = 1 ] && echo off || echo on)}
 case $AUTH in on|off) ;; *) refuse "AUTH must be on or off, not '$AUTH'" ;; esac
 if [ "$loopback" = 0 ] && [ "$AUTH" = off ]; then
