@@ -257,9 +257,11 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 # Writes into DATA_DIR (owned by the service user when started as root) never follow a link
-# the service user could have planted: appends run as that user (as_owner); whole files are
-# written to a fresh temp file and renamed into place (put_file), which replaces a link rather
-# than writing through it.
+# the service user could have planted: root opens nothing there for writing. Appends run as that
+# user (as_owner); whole files are written as that user too, to a fresh temp file renamed into
+# place (put_file), which replaces a link rather than writing through it.
+# Every write after the checks is best-effort (a full disk must not stop the supervisor):
+# put_file returns 1 if the file could not be written and does not already hold that content.
 as_owner() {
   if [ -n "$service_user" ]; then
     setpriv --reuid="$service_user" --regid="$service_group" --clear-groups "$@"
@@ -268,18 +270,27 @@ as_owner() {
   fi
 }
 put_file() {  # put_file PATH < content
-  local tmp
-  tmp=$(mktemp "$(dirname "$1")/.put.XXXXXX")
-  cat >"$tmp"
-  [ -z "$service_user" ] || chown "$service_user:$service_group" "$tmp"
-  mv -fT "$tmp" "$1"
+  local content
+  content=$(cat; echo .) || return 1
+  content=${content%.}
+  printf '%s' "$content" | as_owner sh -c 'umask 077; t=$(mktemp "${1%/*}/.put.XXXXXX") || exit 1
+    cat >"$t" && mv -fT "$t" "$1" && exit 0; rm -f "$t"; exit 1' sh "$1" 2>/dev/null && return 0
+  # Not written (a full disk): fine if it already says the same (a restart with the same settings).
+  printf '%s' "$content" | as_owner sh -c 'test -f "$1" && ! test -L "$1" && cmp -s - "$1"' sh "$1"
+}
+# A pid file, best-effort: one that cannot be written is removed rather than left naming a
+# process that is gone (e.g. for a kill -HUP $(cat run/app.pid)).
+put_pid_file() {  # put_pid_file PATH < content
+  put_file "$1" && return 0
+  as_owner rm -f "$1" 2>/dev/null || true
+  echo "run.sh: could not write $1 (disk full?); it is removed until it can be written" >&2
 }
 
 # The app's log file exists, owned by the user the app runs as, before anything writes to it
 # (the app reopens it by name on SIGHUP, after a rotation renamed it).
 ensure_app_log() {
   [ -e "$APP_LOG" ] && return 0
-  as_owner sh -c ': >>"$1"' sh "$APP_LOG"
+  as_owner sh -c ': >>"$1"' sh "$APP_LOG" 2>/dev/null || true
 }
 
 # One JSON line, like the app's, to stderr and the app log.
@@ -290,13 +301,17 @@ log_json() {  # level event detail
   line=$(printf '{"ts":"%s","level":"%s","event":"%s","detail":"%s"}' \
     "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$1" "$2" "$detail")
   ensure_app_log
-  printf '%s\n' "$line" | as_owner sh -c 'cat >>"$1"' sh "$APP_LOG"
-  [ -n "${tail_pid:-}" ] || printf '%s\n' "$line" >&2
+  # Not in the app log (a full disk): on stderr in any case.
+  if ! printf '%s\n' "$line" | as_owner sh -c 'cat >>"$1"' sh "$APP_LOG" 2>/dev/null ||
+      [ -z "${tail_pid:-}" ]; then
+    printf '%s\n' "$line" >&2
+  fi
 }
 
 # nginx's workers must reach the app's socket (mode 0600, owned by the app's user): they run as
 # that same user. The API description is served from DATA_DIR, which they can read.
-put_file "$DATA_DIR/openapi.yaml" <"$here/docs/openapi.yaml"
+put_file "$DATA_DIR/openapi.yaml" <"$here/docs/openapi.yaml" ||
+  echo "run.sh: could not write $DATA_DIR/openapi.yaml (disk full?): /openapi.yaml serves the copy there, if any" >&2
 # Idle kept-alive connections per nginx worker (one per core): each parks an app thread, so at
 # most a quarter of the app's threads (default 32 per core, at most 256) may be parked.
 cores=$(nproc 2>/dev/null || echo 2)
@@ -336,7 +351,8 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
     -e "s|@LISTEN@|$LISTEN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" -e "s|@TLS@|$tls|g" \
     -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
     -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
-    "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf"
+    "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf" ||
+  refuse "could not write $DATA_DIR/nginx.conf (disk full?), and the one there is of other settings: free some space"
 
 nginx_pid=""
 stopping=0
@@ -354,8 +370,10 @@ launch_node() {
   ensure_app_log
   starts[k]=$((starts[k] + 1))
   # The app writes its log to --log-file (reopened on SIGHUP); stderr is appended to the same
-  # file for what it says before that (bad usage). One write per line keeps lines whole, also
-  # with several nodes appending to the one file.
+  # file for what it says before that (bad usage), through a pipe to a cat run as the service
+  # user: root never opens the log by name (a link planted there is followed only with that
+  # user's rights). One write per line keeps lines whole, also with several nodes appending to
+  # the one file (a pipe passes each write of up to 4 KiB whole).
   # TDAPI_NODE and TDAPI_STARTS: which node this is and how often it was started, for /metrics.
   # TDAPI_SUPERVISOR_PID: the app dies (SIGKILL) with this script.
   TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} TDAPI_SUPERVISOR_PID=$$ \
@@ -364,7 +382,9 @@ launch_node() {
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
-    9<&- 2>>"$APP_LOG" &
+    9<&- 2> >(exec 9<&-
+      trap '' INT TERM QUIT
+      as_owner sh -c 'exec cat >>"$1"' sh "$APP_LOG") &
   pid[k]=$!
   # A stop that came before pid[k] was set has not reached this node.
   [ "$stopping" = 0 ] || kill -TERM "${pid[k]}" 2>/dev/null || true
@@ -373,11 +393,11 @@ launch_node() {
   tick
   start_ms[k]=$now_ms state[k]=starting
   if [ "$APP_NODES" = 1 ]; then
-    echo "${pid[k]}" | put_file "$DATA_DIR/run/app.pid"
+    echo "${pid[k]}" | put_pid_file "$DATA_DIR/run/app.pid"
   else
-    echo "${pid[k]}" | put_file "$DATA_DIR/run/app-$k.pid"
+    echo "${pid[k]}" | put_pid_file "$DATA_DIR/run/app-$k.pid"
     for j in "${nodes[@]}"; do [ -z "${last_pid[j]}" ] || pids+="${last_pid[j]}"$'\n'; done
-    printf '%s' "$pids" | put_file "$DATA_DIR/run/app.pid"
+    printf '%s' "$pids" | put_pid_file "$DATA_DIR/run/app.pid"
   fi
 }
 
@@ -450,7 +470,7 @@ node_exited() {
   due_ms[k]=$((now_ms + delay * 1000)) state[k]=backoff
 }
 
-echo "$$" | put_file "$DATA_DIR/run/supervisor.pid"
+echo "$$" | put_pid_file "$DATA_DIR/run/supervisor.pid"
 # The log forwarder exited while serving: restarted at once, or after 5 s if it ran less than
 # 2 s (a crash loop). imfile goes on in both files from where it stopped.
 forwarder_exited() {
@@ -471,7 +491,7 @@ forwarder_exited() {
 # The same for the log forwarder's directories (LOG_FORWARD), which this script makes and
 # writes into: through a planted rsyslog -> /etc/logrotate.d, root would put a file there that
 # the service user owns, and so root's next logrotate would run the service user's commands.
-for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/logs/access.log" \
+for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/logs/access.log" "$APP_LOG" \
     "$DATA_DIR"/nginx/{client_body,fastcgi,proxy,uwsgi,scgi} "$DATA_DIR"/rsyslog{,/work,/queue}; do
   if [ -L "$path" ] && [ "$(stat -c %u "$path")" != "$(id -u)" ]; then
     refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx and run.sh (root) will not follow it: remove it"

@@ -17,7 +17,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import PG_HOST, SQLITE_ONLY, Server, record, wait_for  # noqa: E402
+from harness import PG_HOST, SQLITE_ONLY, Server, free_port, record, wait_for  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 
@@ -199,6 +199,75 @@ class SupervisorSignals(unittest.TestCase):
             self.assertTrue(wait_for(lambda: s.pid_of("app") != before.app and serving(s), 30))
             self.assertEqual(s.pid_of("nginx"), before.master)
             self.assertIsNone(s.proc.poll())
+
+
+def app_pids(s):
+    """The app processes run.sh started (its children running the app binary)."""
+    out = []
+    for pid in all_pids():
+        f = stat_fields(pid)
+        if f and f[1] == s.proc.pid and "--socket" in cmdline(pid):
+            out.append(pid)
+    return out
+
+
+@unittest.skipIf(PG_HOST, SQLITE_ONLY + "the SQLite file on a full tmpfs")
+@unittest.skipUnless(IS_ROOT, "needs root to mount a small tmpfs")
+class FullDisk(unittest.TestCase):
+    """DATA_DIR on a 4 MiB tmpfs filled to the last byte: database, logs, pid files, nginx.conf."""
+
+    def setUp(self):
+        self.mnt = tempfile.mkdtemp(prefix="tdapi-fulldisk-")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", self.mnt], check=True)
+        self.addCleanup(subprocess.run, ["rm", "-rf", self.mnt])
+        self.addCleanup(subprocess.run, ["umount", "-l", self.mnt])
+        # The same settings at every start. AUDIT=off: with the audit trail on, a read is a write
+        # too (its audit entry), and 507 on a full disk.
+        self.settings = {"LISTEN": f"127.0.0.1:{free_port()}", "AUDIT": "off"}
+
+    def fill(self):
+        with open(os.path.join(self.mnt, "filler"), "ab", buffering=0) as f:
+            for _ in range(100000):
+                try:
+                    f.write(b"\0" * 4096)
+                except OSError as e:
+                    self.assertEqual(e.errno, errno.ENOSPC)
+                    break
+            for _ in range(4096):  # the last bytes of a partly used page
+                try:
+                    f.write(b"\0")
+                except OSError:
+                    break
+        self.assertEqual(os.statvfs(self.mnt).f_bavail, 0)
+
+    def test_an_app_crash_on_a_full_disk_is_restarted_and_supervision_goes_on(self):
+        with Server(data_dir=self.mnt, **self.settings) as s:
+            self.assertEqual(s.request("POST", "/tests", record("fd-1", clinic="fd")).status, 201)
+            self.fill()
+            for _ in range(2):
+                before = app_pids(s)
+                self.assertEqual(len(before), 1, before)
+                os.kill(before[0], signal.SIGKILL)
+                self.assertTrue(wait_for(lambda: app_pids(s) not in ([], before) and serving(s), 30),
+                                s.run_output()[-3000:])
+                self.assertIsNone(s.proc.poll(), s.run_output()[-3000:])
+                self.assertEqual(s.request("GET", "/tests/fd-1").status, 200)
+            # writes: 507 while full, not a dead service
+            self.assertEqual(s.request("POST", "/tests", record("fd-2", clinic="fd")).status, 507)
+            os.remove(os.path.join(self.mnt, "filler"))
+            self.assertEqual(s.request("POST", "/tests", record("fd-3", clinic="fd")).status, 201)
+            self.assertEqual(s.stop(), 0, s.run_output()[-3000:])
+
+    def test_a_start_on_a_full_disk_serves_reads(self):
+        s = Server(data_dir=self.mnt, **self.settings).start()
+        self.assertEqual(s.request("POST", "/tests", record("fs-1", clinic="fs")).status, 201)
+        self.fill()
+        s.kill_all()  # as a crash or a power cut would leave it, on a full disk
+        with Server(data_dir=self.mnt, **self.settings) as s2:
+            self.assertEqual(s2.request("GET", "/tests/fs-1").status, 200)
+            self.assertEqual(s2.request("POST", "/tests", record("fs-2", clinic="fs")).status, 507)
+            os.remove(os.path.join(self.mnt, "filler"))
+            self.assertEqual(s2.request("POST", "/tests", record("fs-3", clinic="fs")).status, 201)
 
 
 if __name__ == "__main__":

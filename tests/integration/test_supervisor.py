@@ -91,6 +91,40 @@ class Supervisor(unittest.TestCase):
         with open(victim) as f:
             self.assertEqual(f.read(), "untouched\n")
 
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_a_link_planted_at_the_app_log_is_never_written_through_by_root(self):
+        victim_dir = tempfile.mkdtemp(prefix="tdapi-victim-")
+        self.addCleanup(shutil.rmtree, victim_dir, True)
+        victim = os.path.join(victim_dir, "victim")
+        with open(victim, "w") as f:
+            f.write("untouched\n")
+        service = pwd.getpwnam("testdata-api")
+        with Server() as s:
+            app_log = s.log_path("app.log")
+            # the service user swaps its log for a link to a root file, then the app restarts
+            os.replace(app_log, app_log + ".old")
+            os.symlink(victim, app_log)
+            os.lchown(app_log, service.pw_uid, service.pw_gid)
+            os.kill(s.pid_of("app"), signal.SIGKILL)
+            # the app cannot open its log (78, not restarted): the service stops
+            self.assertEqual(s.proc.wait(60), 78, s.run_output()[-2000:])
+        with open(victim) as f:
+            self.assertEqual(f.read(), "untouched\n")
+        # and a start with the link still there is refused, naming it
+        os.unlink(victim)  # (not even created through it)
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=s.data_dir, PORT=str(free_port()))
+        d = tempfile.mkdtemp(prefix="tdapi-applog-")
+        self.addCleanup(shutil.rmtree, d, True)
+        with Server(data_dir=d):
+            pass
+        os.replace(os.path.join(d, "logs", "app.log"), os.path.join(d, "logs", "app.log.old"))
+        os.symlink(victim, os.path.join(d, "logs", "app.log"))
+        os.lchown(os.path.join(d, "logs", "app.log"), service.pw_uid, service.pw_gid)
+        rc, out = run_sh(dict(env, DATA_DIR=d))
+        self.assertEqual(rc, 78, out)
+        self.assertIn("symbolic link", out)
+        self.assertFalse(os.path.exists(victim))
+
     def test_listen_is_one_address_and_port_and_only_loopback_counts_as_loopback(self):
         d = tempfile.mkdtemp(prefix="tdapi-listen-")
         self.addCleanup(shutil.rmtree, d, True)
