@@ -193,7 +193,7 @@ if [ -n "$DATABASE_URL" ]; then storage=(--database-url "$DATABASE_URL"); else s
 # had (run/app.sock, and run/app.pid for its pid); several have run/app-K.sock and run/app-K.pid,
 # and run/app.pid lists every node's pid, one a line (kill -HUP $(cat run/app.pid) reaches all).
 mapfile -t nodes < <(seq 1 "$APP_NODES")
-declare -a sock pid last_pid started start_ms quick state due_ms label starts
+declare -a sock pid last_pid started start_ms quick state due_ms label starts err_pid
 for k in "${nodes[@]}"; do
   if [ "$APP_NODES" = 1 ]; then
     sock[k]=$DATA_DIR/run/app.sock label[k]=""
@@ -365,7 +365,7 @@ tick() { now_ms=$((${EPOCHREALTIME//[!0-9]/} / 1000)); }
 # creates it only once the database is open, which for SQLite after an unclean stop includes the
 # integrity check, O(database size)), then ready.
 launch_node() {
-  local k=$1 j pids=""
+  local k=$1 j pids="" err
   rm -f "${sock[k]}"
   ensure_app_log
   starts[k]=$((starts[k] + 1))
@@ -373,7 +373,12 @@ launch_node() {
   # file for what it says before that (bad usage), through a pipe to a cat run as the service
   # user: root never opens the log by name (a link planted there is followed only with that
   # user's rights). One write per line keeps lines whole, also with several nodes appending to
-  # the one file (a pipe passes each write of up to 4 KiB whole).
+  # the one file (a pipe passes each write of up to 4 KiB whole). err_pid[k]: that writer, which
+  # ends once the app has its log open (or has exited).
+  exec {err}> >(exec 9<&-
+    trap '' INT TERM QUIT
+    as_owner sh -c 'exec cat >>"$1"' sh "$APP_LOG")
+  err_pid[k]=$!
   # TDAPI_NODE and TDAPI_STARTS: which node this is and how often it was started, for /metrics.
   # TDAPI_SUPERVISOR_PID: the app dies (SIGKILL) with this script.
   TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} TDAPI_SUPERVISOR_PID=$$ \
@@ -382,10 +387,9 @@ launch_node() {
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
-    9<&- 2> >(exec 9<&-
-      trap '' INT TERM QUIT
-      as_owner sh -c 'exec cat >>"$1"' sh "$APP_LOG") &
+    9<&- 2>&"$err" {err}>&- &
   pid[k]=$!
+  exec {err}>&-
   # A stop that came before pid[k] was set has not reached this node.
   [ "$stopping" = 0 ] || kill -TERM "${pid[k]}" 2>/dev/null || true
   last_pid[k]=${pid[k]}
@@ -399,6 +403,14 @@ launch_node() {
     for j in "${nodes[@]}"; do [ -z "${last_pid[j]}" ] || pids+="${last_pid[j]}"$'\n'; done
     printf '%s' "$pids" | put_pid_file "$DATA_DIR/run/app.pid"
   fi
+}
+
+# Waits (up to 2 s) until what node k said on stderr is in the app log: before its last lines
+# are read or followed by the supervisor's own.
+app_err_written() {
+  local p=${err_pid[$1]:-} _
+  [ -n "$p" ] || return 0
+  for _ in $(seq 1 40); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.05; done
 }
 
 # Stops the nodes given (default: every node): SIGTERM, then SIGKILL to those still there after
@@ -443,7 +455,7 @@ forward_reopen() {
   for k in "${nodes[@]}"; do
     if [ -n "${pid[k]}" ]; then kill -HUP "${pid[k]}" 2>/dev/null || true; fi
   done
-  if [ -n "$nginx_pid" ]; then kill -USR1 "$nginx_pid" 2>/dev/null || true; fi
+  if [ -n "$nginx_pid" ]; then kill -HUP "$nginx_pid" 2>/dev/null || true; fi  # USR1 to nginx
   # The log forwarder reopens logs/forwarder.log (imfile follows app.log's rename by itself).
   if [ -n "${fwd_pid:-}" ]; then kill -HUP "$fwd_pid" 2>/dev/null || true; fi
 }
@@ -460,6 +472,7 @@ node_exited() {
   local k=$1 rc=$2 delay=0
   pid[k]="" state[k]=down
   if not_restarted "$rc"; then
+    app_err_written "$k"
     log_json error app_exited "${label[k]}the app exited with status $rc and is not restarted; see the line above"
     return 1
   fi
@@ -669,6 +682,7 @@ case $start_result in
       log_json error start_timeout "${label[failed]}the app was not ready within START_TIMEOUT=${START_TIMEOUT}s; stopping it"
       kill_nodes "$failed"
     fi
+    app_err_written "$failed"
     last_line=$(tail -n 1 "$APP_LOG" || true)  # before the other nodes' stop lines
     kill_nodes
     echo "run.sh: ${label[failed]}the app did not start; its last log line says why ($APP_LOG):" >&2
@@ -686,7 +700,10 @@ esac
 #   ends them.)
 # - nginx's master exits: the keeper exits with its status, and this script kills what is left
 #   of the group (the workers of a killed master, still holding the port) before a new nginx.
-# - QUIT (stop), USR1 (reopen) and HUP (reload) to the keeper are passed on to the master.
+# - QUIT to the keeper (stop) is passed on to the master, HUP as USR1 (reopen the logs). The
+#   keeper starts with every signal at its default (env --default-signal): one ignored here
+#   (USR1), or by whatever started this script (QUIT for a background job), could not be
+#   trapped by sh.
 # nginx's error log goes to stderr, through a redactor (query strings and the Referer out: they
 # can carry patient ids) into logs/nginx-error.log; the redactor ignores Ctrl-C and ends when
 # nginx does.
@@ -697,12 +714,11 @@ trap "kill -KILL 0" TERM
 "$@" &
 m=$!
 trap "got=1; kill -QUIT $m 2>/dev/null" QUIT
-trap "got=1; kill -USR1 $m 2>/dev/null" USR1
-trap "got=1; kill -HUP $m 2>/dev/null" HUP
+trap "got=1; kill -USR1 $m 2>/dev/null" HUP
 while :; do got=0; wait "$m"; rc=$?; [ "$got" = 1 ] || exit "$rc"; done'
 nginx_pid="" nginx_state=down nginx_started=0 nginx_due_ms=0 nginx_quick=0
 launch_nginx() {
-  setpriv --pdeathsig TERM sh -c "$nginx_keeper" sh "$$" \
+  setpriv --pdeathsig TERM env --default-signal sh -c "$nginx_keeper" sh "$$" \
     "$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e stderr 9<&- 2> >(exec 9<&-
     trap '' INT TERM QUIT
     as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \

@@ -17,7 +17,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import PG_HOST, SQLITE_ONLY, Server, free_port, record, wait_for  # noqa: E402
+from harness import PG_HOST, ROOT, SQLITE_ONLY, Server, free_port, record, wait_for  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 
@@ -191,6 +191,24 @@ class SupervisorSignals(unittest.TestCase):
                     os.kill(pid, signal.SIGKILL)
         with Server(data_dir=d) as s2:
             self.assertEqual(s2.request("GET", "/tests/sig-1").status, 200)
+
+    def test_a_stop_ends_nginx_also_when_run_sh_was_started_ignoring_signals(self):
+        # A background job of a script starts with SIGINT and SIGQUIT ignored; run.sh itself
+        # ignores SIGUSR1. The stop (QUIT) and the reopen (SIGHUP: USR1 to nginx) must still
+        # reach nginx's master through whatever runs it.
+        fd, script = tempfile.mkstemp(prefix="tdapi-run-", suffix=".sh")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"#!/bin/sh\ntrap '' INT QUIT USR1\nexec {os.path.join(ROOT, 'scripts', 'run.sh')}\n")
+        os.chmod(script, 0o755)
+        self.addCleanup(os.remove, script)
+        with Server(RUN_SCRIPT=script) as s:
+            inst = Instance(s)
+            os.rename(s.log_path("access.log"), s.log_path("access.log.1"))
+            os.kill(inst.supervisor, signal.SIGHUP)
+            self.assertTrue(wait_for(lambda: os.path.exists(s.log_path("access.log")), 10))
+            self.assertEqual(s.stop(), 0)
+            for pid in inst.everything():
+                self.assertTrue(wait_for(lambda: not alive(pid), 10), (pid, cmdline(pid)))
 
     def test_sigkill_to_the_app_restarts_it(self):
         with Server(AUTH="on") as s:
