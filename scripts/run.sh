@@ -691,8 +691,9 @@ case $start_result in
     exit 1 ;;
 esac
 # nginx is supervised like the app: restarted when its master exits (SIGKILL, the OOM killer,
-# SIGQUIT, SIGTERM), or everything stops if it keeps exiting at once (NGINX_QUICK_MAX times in a
-# row, each run shorter than 2 s: a bad configuration, a port taken by another program).
+# SIGQUIT, SIGTERM), or everything stops if it keeps exiting soon (NGINX_QUICK_MAX times in a
+# row, each run shorter than 10 s: a bad configuration, a port taken by another program, for
+# which nginx itself retries for 2.5 s).
 # It runs under a keeper, a small sh that is this script's child and nginx's master's parent,
 # alone with them in a process group of its own (set -m) and nothing else:
 # - this script dies (kill -9): the keeper gets SIGTERM (parent-death signal) and kills its whole
@@ -735,11 +736,11 @@ end_nginx_group() {
 nginx_exited() {
   local rc=$1 delay=0
   end_nginx_group
-  if [ $((EPOCHSECONDS - nginx_started)) -lt 2 ]; then nginx_quick=$((nginx_quick + 1)); else nginx_quick=0; fi
+  if [ $((EPOCHSECONDS - nginx_started)) -lt 10 ]; then nginx_quick=$((nginx_quick + 1)); else nginx_quick=0; fi
   echo "run.sh: nginx exited (status $rc); see $DATA_DIR/logs/nginx-error.log:" >&2
   tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
   if [ "$nginx_quick" -ge "$NGINX_QUICK_MAX" ]; then
-    log_json error nginx_exited "nginx exited with status $rc, $nginx_quick times in a row within 2 s of its start; stopping (see logs/nginx-error.log)"
+    log_json error nginx_exited "nginx exited with status $rc, $nginx_quick times in a row within 10 s of its start; stopping (see logs/nginx-error.log)"
     return 1
   fi
   log_json warn nginx_restarted "nginx exited with status $rc; restarting it"

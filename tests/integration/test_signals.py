@@ -149,6 +149,26 @@ class NginxSignals(unittest.TestCase):
     def test_sigterm_to_nginx_master_restarts_nginx(self):
         self.check_nginx_comes_back(signal.SIGTERM)
 
+    def test_nginx_that_cannot_start_stops_everything_instead_of_retrying_forever(self):
+        # The port is taken by another program: nginx exits (after its own retries) each time.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            s = Server(LISTEN=f"127.0.0.1:{port}")
+            s.start(wait=False)
+            try:
+                self.assertTrue(wait_for(lambda: os.path.exists(os.path.join(s.data_dir, "run", "app.pid")), 60))
+                app = s.pid_of("app")
+                rc = s.proc.wait(180)
+                out = s.run_output()
+            finally:
+                s.__exit__(None, None, None)
+            self.assertEqual(rc, 1, out[-3000:])
+            self.assertIn("nginx_exited", out)
+            self.assertEqual(out.count("nginx_restarted"), 4, out[-3000:])
+            self.assertFalse(alive(app))  # the app it started is stopped too
+
     def test_sigkill_to_the_process_above_nginx_restarts_nginx(self):
         # Whatever run.sh puts between itself and nginx's master is supervised too.
         with Server(AUTH="on") as s:
