@@ -29,6 +29,9 @@
 # restarted at once. Not restarted: exit status 78 (start-up failure, e.g. a damaged database)
 # and 2 (bad usage); see src/main.cpp. With several nodes each is supervised on its own: one that
 # dies is restarted while nginx serves from the others; a 78 or 2 from any of them stops all.
+# nginx is supervised too (restarted when its master exits: see launch_nginx below), and nothing
+# this script starts outlives it: killed (SIGKILL), it takes the app, nginx (master and workers)
+# and the log forwarder with it, and its lock on DATA_DIR is free only then.
 set -euo pipefail
 # Job control: the app and nginx each run in their own process group, so a Ctrl-C on the terminal
 # reaches this script (which stops them in order) rather than racing it to them.
