@@ -288,6 +288,34 @@ put_pid_file() {  # put_pid_file PATH < content
   as_owner rm -f "$1" 2>/dev/null || true
   echo "run.sh: could not write $1 (disk full?); it is removed until it can be written" >&2
 }
+# nginx's configuration. Started as root, nginx's master (root) reads it from a directory only
+# root can write, /run/tdapi-run-sh/<hash of DATA_DIR>/nginx.conf: DATA_DIR belongs to the service
+# user, who could otherwise give root's nginx a configuration of its own (load_module, user root)
+# for its next start. DATA_DIR/nginx.conf is then a copy, for reading (best-effort).
+nginx_conf=$DATA_DIR/nginx.conf
+if [ -n "$service_user" ]; then
+  nginx_conf=/run/tdapi-run-sh/$(printf '%s' "$DATA_DIR" | sha256sum | cut -c1-16)/nginx.conf
+fi
+# Removed at exit (what a kill -9 leaves is replaced at the next start on this DATA_DIR).
+remove_nginx_conf() { [ -z "$service_user" ] || rm -rf -- "${nginx_conf%/*}"; }
+trap remove_nginx_conf EXIT
+write_nginx_conf() {  # < the rendered configuration
+  local content dir=${nginx_conf%/*}
+  content=$(cat; echo .) || return 1
+  content=${content%.}
+  if [ -z "$service_user" ]; then
+    printf '%s' "$content" | put_file "$nginx_conf" && return 0
+    echo "run.sh: could not write $nginx_conf (disk full?), and the one there is of other settings: free some space" >&2
+    return 1
+  fi
+  if ! mkdir -p "$dir" || [ -L "$dir" ] || [ "$(stat -c %u "$dir")" != 0 ] ||
+      ! printf '%s' "$content" >"$dir/.nginx.conf.tmp" || ! mv -f "$dir/.nginx.conf.tmp" "$nginx_conf"; then
+    echo "run.sh: could not write nginx's configuration to $nginx_conf (a directory only root may write)" >&2
+    return 1
+  fi
+  printf '%s' "$content" | put_file "$DATA_DIR/nginx.conf" ||
+    echo "run.sh: could not write the copy $DATA_DIR/nginx.conf (disk full?); nginx reads $nginx_conf" >&2
+}
 
 # The app's log file exists, owned by the user the app runs as, before anything writes to it
 # (the app reopens it by name on SIGHUP, after a rotation renamed it).
@@ -354,8 +382,7 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
     -e "s|@LISTEN@|$LISTEN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" -e "s|@TLS@|$tls|g" \
     -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
     -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
-    "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf" ||
-  refuse "could not write $DATA_DIR/nginx.conf (disk full?), and the one there is of other settings: free some space"
+    "$here/nginx.conf" | write_nginx_conf || refuse "nginx's configuration could not be written (see above)"
 
 nginx_pid=""
 stopping=0
@@ -623,7 +650,7 @@ if [ -n "$LOG_FORWARD" ]; then
   if ! check=$(as_owner "$RSYSLOGD_BIN" -N1 -f "$fwd_conf" 2>&1); then
     refuse "LOG_FORWARD: rsyslogd refuses its configuration ($fwd_conf):"$'\n'"$check"
   fi
-  trap stop_forwarder EXIT
+  trap 'stop_forwarder; remove_nginx_conf' EXIT
   launch_forwarder
   # Started once it has written its pid file (after reading its configuration). Lines written
   # before it reads the files are not missed: imfile starts a file it has no state for at its
@@ -723,7 +750,7 @@ while :; do got=0; wait "$m"; rc=$?; [ "$got" = 1 ] || exit "$rc"; done'
 nginx_pid="" nginx_state=down nginx_started=0 nginx_due_ms=0 nginx_quick=0
 launch_nginx() {
   setpriv --pdeathsig TERM env --default-signal sh -c "$nginx_keeper" sh "$$" \
-    "$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e stderr 9<&- 2> >(exec 9<&-
+    "$NGINX_BIN" -p "$DATA_DIR" -c "$nginx_conf" -e stderr 9<&- 2> >(exec 9<&-
     trap '' INT TERM QUIT
     as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \
       -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &

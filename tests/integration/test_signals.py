@@ -169,6 +169,26 @@ class NginxSignals(unittest.TestCase):
             self.assertEqual(out.count("nginx_restarted"), 4, out[-3000:])
             self.assertFalse(alive(app))  # the app it started is stopped too
 
+    @unittest.skipUnless(IS_ROOT, "the boundary is root (nginx's master) vs the service user")
+    def test_a_restarted_nginx_never_reads_a_configuration_the_service_user_wrote(self):
+        with Server() as s:
+            # DATA_DIR/nginx.conf belongs to the service user: it writes one of its own (here a
+            # second listener; it could as well load a module into root's nginx)
+            conf = os.path.join(s.data_dir, "nginx.conf")
+            planted = free_port()
+            with open(conf) as f:
+                text = f.read()
+            self.assertIn("\nhttp {\n", text)
+            text = text.replace("\nhttp {\n", "\nhttp {\n    server { listen 127.0.0.1:%d; "
+                                "location / { return 200 \"planted\\n\"; } }\n" % planted, 1)
+            with open(conf, "w") as f:
+                f.write(text)
+            before = Instance(s)
+            os.kill(before.master, signal.SIGKILL)  # the next start of nginx (here a restart)
+            self.assertTrue(wait_for(lambda: nginx_pid(s) not in (None, before.master) and serving(s), 30),
+                            s.run_output()[-3000:])
+            self.assertTrue(port_refuses(planted))
+
     def test_sigkill_to_the_process_above_nginx_restarts_nginx(self):
         # Whatever run.sh puts between itself and nginx's master is supervised too.
         with Server(AUTH="on") as s:
