@@ -882,12 +882,15 @@ while :; do
     break
   fi
   if [ "$busy" = 1 ]; then sleep 0.05; continue; fi
-  # Every node is up: wait for one of them or nginx to exit, or for a signal.
+  # Every node is up: wait for one of them or nginx to exit, or for a signal; at most a second
+  # (ticker): a child that exited just before the wait, and that bash had already reported as
+  # done, would not end it, and the checks above find it at the next round.
   live=()
   for k in "${nodes[@]}"; do [ -z "${pid[k]}" ] || live+=("${pid[k]}"); done
+  if [ -z "${ticker:-}" ] || ! kill -0 "$ticker" 2>/dev/null; then sleep 1 9<&- & ticker=$!; fi
   done_pid=""
   set +e
-  wait -n -p done_pid "${live[@]}" ${nginx_pid:+"$nginx_pid"} ${fwd_pid:+"$fwd_pid"}
+  wait -n -p done_pid "${live[@]}" ${nginx_pid:+"$nginx_pid"} ${fwd_pid:+"$fwd_pid"} "$ticker"
   rc=$?
   set -e
   if [ -n "${done_pid:-}" ] && [ "$done_pid" = "$nginx_pid" ]; then

@@ -106,6 +106,18 @@ def nginx_pid(s):
         return None
 
 
+def process_table(s):
+    """The instance's processes (for a failure message): run.sh's descendants."""
+    rows, parents = [], {s.proc.pid}
+    for _ in range(4):
+        for pid in all_pids():
+            f = stat_fields(pid)
+            if f and f[1] in parents and pid not in parents:
+                parents.add(pid)
+                rows.append(f"{pid} ppid={f[1]} pgid={f[2]} {f[0]} {cmdline(pid)[:100]}")
+    return "\n".join(rows)
+
+
 def serving(s):
     try:
         return s.request("GET", "/healthz", timeout=5).status == 200
@@ -121,7 +133,7 @@ class NginxSignals(unittest.TestCase):
             os.kill(before.master, sig)
             # a new master, serving, under the same supervisor; the app untouched
             self.assertTrue(wait_for(lambda: nginx_pid(s) not in (None, before.master) and serving(s), 30),
-                            s.run_output()[-3000:])
+                            s.run_output()[-3000:] + process_table(s) + s.read_log("nginx-error.log").decode()[-2000:])
             self.assertIsNone(s.proc.poll(), s.run_output()[-3000:])
             # no worker of the old master is left holding the port
             self.assertTrue(wait_for(lambda: not any(alive(w) for w in before.workers), 10),
@@ -135,7 +147,7 @@ class NginxSignals(unittest.TestCase):
             again = Instance(s)
             os.kill(again.master, sig)
             self.assertTrue(wait_for(lambda: nginx_pid(s) not in (None, again.master) and serving(s), 30),
-                            s.run_output()[-3000:])
+                            s.run_output()[-3000:] + process_table(s) + s.read_log("nginx-error.log").decode()[-2000:])
             self.assertEqual(s.stop(), 0)
             for pid in Instance.everything(again):
                 self.assertTrue(wait_for(lambda: not alive(pid), 10), (pid, cmdline(pid)))
