@@ -31,6 +31,9 @@
 # restarted at once. Not restarted: exit status 78 (start-up failure, e.g. a damaged database)
 # and 2 (bad usage); see src/main.cpp. With several nodes each is supervised on its own: one that
 # dies is restarted while nginx serves from the others; a 78 or 2 from any of them stops all.
+# nginx is supervised too (restarted when its master exits: see launch_nginx below), and nothing
+# this script starts outlives it: killed (SIGKILL), it takes the app, nginx (master and workers)
+# and the log forwarder with it, and its lock on DATA_DIR is free only then.
 set -euo pipefail
 # Job control: the app and nginx each run in their own process group, so a Ctrl-C on the terminal
 # reaches this script (which stops them in order) rather than racing it to them.
@@ -50,13 +53,40 @@ case ${STOP_TIMEOUT_MS:-} in ''|*[!0-9]*) ;; *) stop_timeout_ms=$STOP_TIMEOUT_MS
 
 # Where nginx listens, and what that demands. Refusals exit 78, like the app's start-up failures.
 refuse() { echo "run.sh: $*" >&2; exit 78; }
+# LISTEN goes into nginx.conf as it is, so it must be exactly one ADDR:PORT: an IPv4 address
+# (four decimal octets 0-255, no leading zeros), an [IPv6] address, or a host name; PORT 1-65535.
+# Loopback (AUTH may be off, no TLS needed) is 127.0.0.0/8, [::1] and the name localhost only:
+# any other name is not, whatever it starts with or resolves to.
 LISTEN=${LISTEN:-127.0.0.1:$PORT}
-listen_host=${LISTEN%:*}
-case ${LISTEN##*:} in ''|*[!0-9]*) refuse "LISTEN must be address:port, not '$LISTEN'" ;; esac
-case $listen_host in
-  127.*|localhost|'[::1]') loopback=1 ;;
-  *) loopback=0 ;;
-esac
+listen_usage="LISTEN must be ADDR:PORT (ADDR an IPv4 address, an [IPv6] address or a host name; PORT 1-65535), not '$LISTEN'"
+octet='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])'
+label='[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
+[[ $LISTEN =~ ^(.+):([0-9]{1,5})$ ]] || refuse "$listen_usage"
+listen_host=${BASH_REMATCH[1]} listen_port=$((10#${BASH_REMATCH[2]}))
+[ "$listen_port" -ge 1 ] && [ "$listen_port" -le 65535 ] || refuse "$listen_usage"
+if [[ $listen_host =~ ^$octet\.$octet\.$octet\.$octet$ ]]; then
+  loopback=$([ "${BASH_REMATCH[1]}" = 127 ] && echo 1 || echo 0)
+elif [[ $listen_host =~ ^\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]$ ]] && [ ${#listen_host} -le 47 ]; then
+  loopback=$([ "$listen_host" = '[::1]' ] && echo 1 || echo 0)
+elif [[ $listen_host =~ ^$label(\.$label)*$ ]] && [[ ! $listen_host =~ ^[0-9.]+$ ]] &&
+    [ ${#listen_host} -le 253 ]; then
+  loopback=$([ "$listen_host" = localhost ] && echo 1 || echo 0)
+else
+  refuse "$listen_usage"
+fi
+LISTEN=$listen_host:$listen_port
+# The other values that go into nginx.conf as they are: their own syntax only.
+[[ ${FASTCGI_READ_TIMEOUT:-30s} =~ ^[0-9]{1,9}(ms|s|m|h)?$ ]] ||
+  refuse "FASTCGI_READ_TIMEOUT must be a time such as 30s or 2m, not '$FASTCGI_READ_TIMEOUT'"
+for v in CONN_LIMIT_PER_ADDR RATE_LIMIT_PER_ADDR; do
+  [[ ${!v:-1} =~ ^[0-9]{1,9}$ ]] || refuse "$v must be a whole number, not '${!v}'"
+done
+[[ ${LISTING_SPOOL_MAX:-1m} =~ ^[0-9]{1,12}[kmgKMG]?$ ]] ||
+  refuse "LISTING_SPOOL_MAX must be a size such as 1024m or 2g, not '$LISTING_SPOOL_MAX'"
+for v in TLS_CERT TLS_KEY; do
+  [[ ${!v:-/} =~ ^[A-Za-z0-9_./@+,=-]+$ ]] ||
+    refuse "$v must be a path of letters, digits and _ . / @ + , = - only, not '${!v}'"
+done
 AUTH=${AUTH:-$([ "$loopback" = 1 ] && echo off || echo on)}
 case $AUTH in on|off) ;; *) refuse "AUTH must be on or off, not '$AUTH'" ;; esac
 if [ "$loopback" = 0 ] && [ "$AUTH" = off ]; then
@@ -154,8 +184,10 @@ redacted_url() {
 mkdir -p "$DATA_DIR"
 DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
 # One supervisor per DATA_DIR: a second one would take the first one's socket away. The lock is
-# on the directory itself (nothing to create or follow), held by this script and inherited by
-# the app and nginx, so it is free only once all of them have gone.
+# on the directory itself (nothing to create or follow), held by this script alone: every process
+# it starts gets fd 9 closed (9<&-), so none of them keeps it after the supervisor has gone. They
+# go with it: the app and nginx are killed when this script dies (a parent-death signal), so a
+# lock that is free means nothing of the previous instance serves.
 exec 9<"$DATA_DIR"
 flock -n 9 || refuse "another run.sh (or what it started) is serving DATA_DIR=$DATA_DIR; stop it first"
 mkdir -p "$DATA_DIR"/{run,logs,nginx}
@@ -166,7 +198,7 @@ if [ -n "$DATABASE_URL" ]; then storage=(--database-url "$DATABASE_URL"); else s
 # had (run/app.sock, and run/app.pid for its pid); several have run/app-K.sock and run/app-K.pid,
 # and run/app.pid lists every node's pid, one a line (kill -HUP $(cat run/app.pid) reaches all).
 mapfile -t nodes < <(seq 1 "$APP_NODES")
-declare -a sock pid last_pid started start_ms quick state due_ms label starts
+declare -a sock pid last_pid started start_ms quick state due_ms label starts err_pid
 for k in "${nodes[@]}"; do
   if [ "$APP_NODES" = 1 ]; then
     sock[k]=$DATA_DIR/run/app.sock label[k]=""
@@ -230,9 +262,11 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 # Writes into DATA_DIR (owned by the service user when started as root) never follow a link
-# the service user could have planted: appends run as that user (as_owner); whole files are
-# written to a fresh temp file and renamed into place (put_file), which replaces a link rather
-# than writing through it.
+# the service user could have planted: root opens nothing there for writing. Appends run as that
+# user (as_owner); whole files are written as that user too, to a fresh temp file renamed into
+# place (put_file), which replaces a link rather than writing through it.
+# Every write after the checks is best-effort (a full disk must not stop the supervisor):
+# put_file returns 1 if the file could not be written and does not already hold that content.
 as_owner() {
   if [ -n "$service_user" ]; then
     setpriv --reuid="$service_user" --regid="$service_group" --clear-groups "$@"
@@ -241,18 +275,55 @@ as_owner() {
   fi
 }
 put_file() {  # put_file PATH < content
-  local tmp
-  tmp=$(mktemp "$(dirname "$1")/.put.XXXXXX")
-  cat >"$tmp"
-  [ -z "$service_user" ] || chown "$service_user:$service_group" "$tmp"
-  mv -fT "$tmp" "$1"
+  local content
+  content=$(cat; echo .) || return 1
+  content=${content%.}
+  printf '%s' "$content" | as_owner sh -c 'umask 077; t=$(mktemp "${1%/*}/.put.XXXXXX") || exit 1
+    cat >"$t" && mv -fT "$t" "$1" && exit 0; rm -f "$t"; exit 1' sh "$1" 2>/dev/null && return 0
+  # Not written (a full disk): fine if it already says the same (a restart with the same settings).
+  printf '%s' "$content" | as_owner sh -c 'test -f "$1" && ! test -L "$1" && cmp -s - "$1"' sh "$1"
+}
+# A pid file, best-effort: one that cannot be written is removed rather than left naming a
+# process that is gone (e.g. for a kill -HUP $(cat run/app.pid)).
+put_pid_file() {  # put_pid_file PATH < content
+  put_file "$1" && return 0
+  as_owner rm -f "$1" 2>/dev/null || true
+  echo "run.sh: could not write $1 (disk full?); it is removed until it can be written" >&2
+}
+# nginx's configuration. Started as root, nginx's master (root) reads it from a directory only
+# root can write, /run/tdapi-run-sh/<hash of DATA_DIR>/nginx.conf: DATA_DIR belongs to the service
+# user, who could otherwise give root's nginx a configuration of its own (load_module, user root)
+# for its next start. DATA_DIR/nginx.conf is then a copy, for reading (best-effort).
+nginx_conf=$DATA_DIR/nginx.conf
+if [ -n "$service_user" ]; then
+  nginx_conf=/run/tdapi-run-sh/$(printf '%s' "$DATA_DIR" | sha256sum | cut -c1-16)/nginx.conf
+fi
+# Removed at exit (what a kill -9 leaves is replaced at the next start on this DATA_DIR).
+remove_nginx_conf() { [ -z "$service_user" ] || rm -rf -- "${nginx_conf%/*}"; }
+trap remove_nginx_conf EXIT
+write_nginx_conf() {  # < the rendered configuration
+  local content dir=${nginx_conf%/*}
+  content=$(cat; echo .) || return 1
+  content=${content%.}
+  if [ -z "$service_user" ]; then
+    printf '%s' "$content" | put_file "$nginx_conf" && return 0
+    echo "run.sh: could not write $nginx_conf (disk full?), and the one there is of other settings: free some space" >&2
+    return 1
+  fi
+  if ! mkdir -p "$dir" || [ -L "$dir" ] || [ "$(stat -c %u "$dir")" != 0 ] ||
+      ! printf '%s' "$content" >"$dir/.nginx.conf.tmp" || ! mv -f "$dir/.nginx.conf.tmp" "$nginx_conf"; then
+    echo "run.sh: could not write nginx's configuration to $nginx_conf (a directory only root may write)" >&2
+    return 1
+  fi
+  printf '%s' "$content" | put_file "$DATA_DIR/nginx.conf" ||
+    echo "run.sh: could not write the copy $DATA_DIR/nginx.conf (disk full?); nginx reads $nginx_conf" >&2
 }
 
 # The app's log file exists, owned by the user the app runs as, before anything writes to it
 # (the app reopens it by name on SIGHUP, after a rotation renamed it).
 ensure_app_log() {
   [ -e "$APP_LOG" ] && return 0
-  as_owner sh -c ': >>"$1"' sh "$APP_LOG"
+  as_owner sh -c ': >>"$1"' sh "$APP_LOG" 2>/dev/null || true
 }
 
 # One JSON line, like the app's, to stderr and the app log.
@@ -263,13 +334,17 @@ log_json() {  # level event detail
   line=$(printf '{"ts":"%s","level":"%s","event":"%s","detail":"%s"}' \
     "$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)" "$1" "$2" "$detail")
   ensure_app_log
-  printf '%s\n' "$line" | as_owner sh -c 'cat >>"$1"' sh "$APP_LOG"
-  [ -n "${tail_pid:-}" ] || printf '%s\n' "$line" >&2
+  # Not in the app log (a full disk): on stderr in any case.
+  if ! printf '%s\n' "$line" | as_owner sh -c 'cat >>"$1"' sh "$APP_LOG" 2>/dev/null ||
+      [ -z "${tail_pid:-}" ]; then
+    printf '%s\n' "$line" >&2
+  fi
 }
 
 # nginx's workers must reach the app's socket (mode 0600, owned by the app's user): they run as
 # that same user. The API description is served from DATA_DIR, which they can read.
-put_file "$DATA_DIR/openapi.yaml" <"$here/docs/openapi.yaml"
+put_file "$DATA_DIR/openapi.yaml" <"$here/docs/openapi.yaml" ||
+  echo "run.sh: could not write $DATA_DIR/openapi.yaml (disk full?): /openapi.yaml serves the copy there, if any" >&2
 # Idle kept-alive connections per nginx worker (one per core): each parks an app thread, so at
 # most a quarter of the app's threads (default 32 per core, at most 256) may be parked.
 cores=$(nproc 2>/dev/null || echo 2)
@@ -351,7 +426,7 @@ sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
     -e "s|@TCP_CONN_LIMIT_PER_ADDR@|$tcp_conn_limit|g" \
     -e "s|@HTTP_LISTEN@|unix:$DATA_DIR/run/nginx-http.sock proxy_protocol|g" \
     -e "s|@REAL_IP@|set_real_ip_from unix:; real_ip_header proxy_protocol;|g" \
-    "$here/nginx.conf" | put_file "$DATA_DIR/nginx.conf"
+    "$here/nginx.conf" | write_nginx_conf || refuse "nginx's configuration could not be written (see above)"
 
 nginx_pid=""
 stopping=0
@@ -364,23 +439,32 @@ tick() { now_ms=$((${EPOCHREALTIME//[!0-9]/} / 1000)); }
 # creates it only once the database is open, which for SQLite after an unclean stop includes the
 # integrity check, O(database size)), then ready.
 launch_node() {
-  local k=$1 j pids=""
+  local k=$1 j pids="" err
   rm -f "${sock[k]}"
   ensure_app_log
   starts[k]=$((starts[k] + 1))
   # The app writes its log to --log-file (reopened on SIGHUP); stderr is appended to the same
-  # file for what it says before that (bad usage). One write per line keeps lines whole, also
-  # with several nodes appending to the one file.
+  # file for what it says before that (bad usage), through a pipe to a cat run as the service
+  # user: root never opens the log by name (a link planted there is followed only with that
+  # user's rights). One write per line keeps lines whole, also with several nodes appending to
+  # the one file (a pipe passes each write of up to 4 KiB whole). err_pid[k]: that writer, which
+  # ends once the app has its log open (or has exited).
+  exec {err}> >(exec 9<&-
+    trap '' INT TERM QUIT
+    as_owner sh -c 'exec cat >>"$1"' sh "$APP_LOG")
+  err_pid[k]=$!
   # TDAPI_NODE and TDAPI_STARTS: which node this is and how often it was started, for /metrics.
-  TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} \
+  # TDAPI_SUPERVISOR_PID: the app dies (SIGKILL) with this script.
+  TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} TDAPI_SUPERVISOR_PID=$$ \
   "$APP_BIN" --socket "${sock[k]}" "${storage[@]}" --log-file "$APP_LOG" \
     --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} \
     --auth-failure-rate "$ANON_RATE" --auth-failure-burst "$ANON_BURST" \
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
-    2>>"$APP_LOG" &
+    9<&- 2>&"$err" {err}>&- &
   pid[k]=$!
+  exec {err}>&-
   # A stop that came before pid[k] was set has not reached this node.
   [ "$stopping" = 0 ] || kill -TERM "${pid[k]}" 2>/dev/null || true
   last_pid[k]=${pid[k]}
@@ -388,12 +472,20 @@ launch_node() {
   tick
   start_ms[k]=$now_ms state[k]=starting
   if [ "$APP_NODES" = 1 ]; then
-    echo "${pid[k]}" | put_file "$DATA_DIR/run/app.pid"
+    echo "${pid[k]}" | put_pid_file "$DATA_DIR/run/app.pid"
   else
-    echo "${pid[k]}" | put_file "$DATA_DIR/run/app-$k.pid"
+    echo "${pid[k]}" | put_pid_file "$DATA_DIR/run/app-$k.pid"
     for j in "${nodes[@]}"; do [ -z "${last_pid[j]}" ] || pids+="${last_pid[j]}"$'\n'; done
-    printf '%s' "$pids" | put_file "$DATA_DIR/run/app.pid"
+    printf '%s' "$pids" | put_pid_file "$DATA_DIR/run/app.pid"
   fi
+}
+
+# Waits (up to 2 s) until what node k said on stderr is in the app log: before its last lines
+# are read or followed by the supervisor's own.
+app_err_written() {
+  local p=${err_pid[$1]:-} _
+  [ -n "$p" ] || return 0
+  for _ in $(seq 1 40); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.05; done
 }
 
 # Stops the nodes given (default: every node): SIGTERM, then SIGKILL to those still there after
@@ -438,7 +530,7 @@ forward_reopen() {
   for k in "${nodes[@]}"; do
     if [ -n "${pid[k]}" ]; then kill -HUP "${pid[k]}" 2>/dev/null || true; fi
   done
-  if [ -n "$nginx_pid" ]; then kill -USR1 "$nginx_pid" 2>/dev/null || true; fi
+  if [ -n "$nginx_pid" ]; then kill -HUP "$nginx_pid" 2>/dev/null || true; fi  # USR1 to nginx
   # The log forwarder reopens logs/forwarder.log (imfile follows app.log's rename by itself).
   if [ -n "${fwd_pid:-}" ]; then kill -HUP "$fwd_pid" 2>/dev/null || true; fi
 }
@@ -455,6 +547,7 @@ node_exited() {
   local k=$1 rc=$2 delay=0
   pid[k]="" state[k]=down
   if not_restarted "$rc"; then
+    app_err_written "$k"
     log_json error app_exited "${label[k]}the app exited with status $rc and is not restarted; see the line above"
     return 1
   fi
@@ -465,7 +558,7 @@ node_exited() {
   due_ms[k]=$((now_ms + delay * 1000)) state[k]=backoff
 }
 
-echo "$$" | put_file "$DATA_DIR/run/supervisor.pid"
+echo "$$" | put_pid_file "$DATA_DIR/run/supervisor.pid"
 # The log forwarder exited while serving: restarted at once, or after 5 s if it ran less than
 # 2 s (a crash loop). imfile goes on in both files from where it stopped.
 forwarder_exited() {
@@ -486,7 +579,7 @@ forwarder_exited() {
 # The same for the log forwarder's directories (LOG_FORWARD), which this script makes and
 # writes into: through a planted rsyslog -> /etc/logrotate.d, root would put a file there that
 # the service user owns, and so root's next logrotate would run the service user's commands.
-for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/logs/access.log" \
+for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/logs/access.log" "$APP_LOG" \
     "$nginx_temp_dir"/{client_body,fastcgi,proxy,uwsgi,scgi} "$DATA_DIR"/rsyslog{,/work,/queue}; do
   if [ -L "$path" ] && [ "$(stat -c %u "$path")" != "$(id -u)" ]; then
     refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx and run.sh (root) will not follow it: remove it"
@@ -571,9 +664,11 @@ launch_forwarder() {
   local cmd=("$RSYSLOGD_BIN" -n -f "$fwd_conf" -i "$DATA_DIR/run/rsyslogd.pid")
   rm -f "$DATA_DIR/run/rsyslogd.pid"
   if [ -n "$service_user" ]; then
-    cmd=(setpriv --reuid="$service_user" --regid="$service_group" --clear-groups "${cmd[@]}")
+    cmd=(setpriv --reuid="$service_user" --regid="$service_group" --clear-groups --pdeathsig TERM "${cmd[@]}")
+  else
+    cmd=(setpriv --pdeathsig TERM "${cmd[@]}")
   fi
-  "${cmd[@]}" &
+  "${cmd[@]}" 9<&- &
   fwd_pid=$! fwd_started=$EPOCHSECONDS fwd_state=starting
 }
 stop_forwarder() {
@@ -600,7 +695,7 @@ if [ -n "$LOG_FORWARD" ]; then
   if ! check=$(as_owner "$RSYSLOGD_BIN" -N1 -f "$fwd_conf" 2>&1); then
     refuse "LOG_FORWARD: rsyslogd refuses its configuration ($fwd_conf):"$'\n'"$check"
   fi
-  trap stop_forwarder EXIT
+  trap 'stop_forwarder; remove_nginx_conf' EXIT
   launch_forwarder
   # Started once it has written its pid file (after reading its configuration). Lines written
   # before it reads the files are not missed: imfile starts a file it has no state for at its
@@ -662,6 +757,7 @@ case $start_result in
       log_json error start_timeout "${label[failed]}the app was not ready within START_TIMEOUT=${START_TIMEOUT}s; stopping it"
       kill_nodes "$failed"
     fi
+    app_err_written "$failed"
     last_line=$(tail -n 1 "$APP_LOG" || true)  # before the other nodes' stop lines
     kill_nodes
     echo "run.sh: ${label[failed]}the app did not start; its last log line says why ($APP_LOG):" >&2
@@ -669,13 +765,67 @@ case $start_result in
     if [ "$start_result" = died ] && [ "$start_status" != 0 ]; then exit "$start_status"; fi
     exit 1 ;;
 esac
+# nginx is supervised like the app: restarted when its master exits (SIGKILL, the OOM killer,
+# SIGQUIT, SIGTERM), or everything stops if it keeps exiting soon (NGINX_QUICK_MAX times in a
+# row, each run shorter than 10 s: a bad configuration, a port taken by another program, for
+# which nginx itself retries for 2.5 s).
+# It runs under a keeper, a small sh that is this script's child and nginx's master's parent,
+# alone with them in a process group of its own (set -m) and nothing else:
+# - this script dies (kill -9): the keeper gets SIGTERM (parent-death signal) and kills its whole
+#   group, master and workers, at once. (nginx's workers outlive a killed master: nothing else
+#   ends them.)
+# - nginx's master exits: the keeper exits with its status, and this script kills what is left
+#   of the group (the workers of a killed master, still holding the port) before a new nginx.
+# - QUIT to the keeper (stop) is passed on to the master, HUP as USR1 (reopen the logs). The
+#   keeper starts with every signal at its default (env --default-signal): one ignored here
+#   (USR1), or by whatever started this script (QUIT for a background job), could not be
+#   trapped by sh.
 # nginx's error log goes to stderr, through a redactor (query strings and the Referer out: they
 # can carry patient ids) into logs/nginx-error.log; the redactor ignores Ctrl-C and ends when
 # nginx does.
-"$NGINX_BIN" -p "$DATA_DIR" -c "$DATA_DIR/nginx.conf" -e stderr 2> >(trap '' INT TERM QUIT
-  as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \
-    -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &
-nginx_pid=$!
+NGINX_QUICK_MAX=5
+nginx_keeper='sup=$1; shift
+trap "kill -KILL 0" TERM
+[ "$PPID" = "$sup" ] || kill -KILL 0
+"$@" &
+m=$!
+trap "got=1; kill -QUIT $m 2>/dev/null" QUIT
+trap "got=1; kill -USR1 $m 2>/dev/null" HUP
+while :; do got=0; wait "$m"; rc=$?; [ "$got" = 1 ] || exit "$rc"; done'
+nginx_pid="" nginx_state=down nginx_started=0 nginx_due_ms=0 nginx_quick=0
+launch_nginx() {
+  # The HTTP server's socket behind the stream proxy: one left by a killed nginx would stop it.
+  rm -f "$DATA_DIR/run/nginx-http.sock"
+  setpriv --pdeathsig TERM env --default-signal sh -c "$nginx_keeper" sh "$$" \
+    "$NGINX_BIN" -p "$DATA_DIR" -c "$nginx_conf" -e stderr 9<&- 2> >(exec 9<&-
+    trap '' INT TERM QUIT
+    as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \
+      -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &
+  nginx_pid=$! nginx_started=$EPOCHSECONDS nginx_state=up
+}
+# Ends whatever is left of nginx's process group (after its keeper exited).
+end_nginx_group() {
+  [ -z "$nginx_pid" ] || kill -KILL -- "-$nginx_pid" 2>/dev/null || true
+  nginx_pid="" nginx_state=down
+}
+# nginx (its keeper) exited with status rc while serving: schedules a new one, or returns 1 if
+# it keeps exiting at once.
+nginx_exited() {
+  local rc=$1 delay=0
+  end_nginx_group
+  if [ $((EPOCHSECONDS - nginx_started)) -lt 10 ]; then nginx_quick=$((nginx_quick + 1)); else nginx_quick=0; fi
+  echo "run.sh: nginx exited (status $rc); see $DATA_DIR/logs/nginx-error.log:" >&2
+  tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
+  if [ "$nginx_quick" -ge "$NGINX_QUICK_MAX" ]; then
+    log_json error nginx_exited "nginx exited with status $rc, $nginx_quick times in a row within 10 s of its start; stopping (see logs/nginx-error.log)"
+    return 1
+  fi
+  log_json warn nginx_restarted "nginx exited with status $rc; restarting it"
+  [ "$nginx_quick" -lt 2 ] || delay=$((nginx_quick - 1))
+  tick
+  nginx_due_ms=$((now_ms + delay * 1000)) nginx_state=backoff
+}
+launch_nginx
 if [ -z "$listen_ssl" ] && [ "$loopback" = 0 ]; then
   log_json warn plaintext "LISTEN=$LISTEN without TLS (ALLOW_PLAINTEXT=1): a TLS-terminating proxy in front must carry every request"
 fi
@@ -683,13 +833,15 @@ echo "testdata-api: serving on $scheme://$LISTEN, authorization $AUTH$storage_no
 # On a terminal, show the app's log lines as they come (tail, not a pipe in the app's path).
 tail_pid=""
 if [ -t 2 ]; then
-  tail -n 0 -F "$APP_LOG" >&2 2>/dev/null &
+  setpriv --pdeathsig KILL tail -n 0 -F "$APP_LOG" 9<&- >&2 2>/dev/null &
   tail_pid=$!
 fi
 
 stop_nginx() {
+  [ -n "$nginx_pid" ] || return 0
   kill -QUIT "$nginx_pid" 2>/dev/null || true
   wait "$nginx_pid" 2>/dev/null || true
+  end_nginx_group
 }
 
 # Supervision. exit_rc[k]: node k's exit status, reaped but not yet acted on; nginx_rc: nginx's.
@@ -702,16 +854,20 @@ while :; do
       if [ -n "${pid[k]}" ]; then rc=0; wait "${pid[k]}" 2>/dev/null || rc=$?; pid[k]=""; fi
       if [ "$rc" != 0 ] && [ "$status" = 0 ]; then status=$rc; fi
     done
-    [ -n "$nginx_rc" ] || wait "$nginx_pid" 2>/dev/null || true
+    if [ -n "$nginx_pid" ]; then
+      [ -n "$nginx_rc" ] || wait "$nginx_pid" 2>/dev/null || true
+      end_nginx_group
+    fi
     break
   fi
-  if [ -n "$nginx_rc" ] || ! kill -0 "$nginx_pid" 2>/dev/null; then
+  if [ -n "$nginx_rc" ] || { [ -n "$nginx_pid" ] && ! kill -0 "$nginx_pid" 2>/dev/null; }; then
     if [ -z "$nginx_rc" ]; then nginx_rc=0; wait "$nginx_pid" 2>/dev/null || nginx_rc=$?; fi
-    echo "run.sh: nginx exited (status $nginx_rc); see $DATA_DIR/logs/nginx-error.log:" >&2
-    tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
-    kill_nodes
-    status=1
-    break
+    rc=$nginx_rc nginx_rc=""
+    if ! nginx_exited "$rc"; then
+      kill_nodes
+      status=1
+      break
+    fi
   fi
   # Nodes that exited: each restarted on its own, or (78, 2) everything stops.
   fatal=""
@@ -741,6 +897,10 @@ while :; do
   # everything stops, exit 1).
   tick
   busy=0 timed_out=""
+  if [ "$nginx_state" = backoff ]; then
+    busy=1
+    if [ "$now_ms" -ge "$nginx_due_ms" ] && [ "$stopping" = 0 ]; then launch_nginx; fi
+  fi
   if [ "$fwd_state" = backoff ]; then
     busy=1
     if [ "$now_ms" -ge "$fwd_due_ms" ] && [ "$stopping" = 0 ]; then launch_forwarder; fwd_state=ready; fi
@@ -769,15 +929,18 @@ while :; do
     break
   fi
   if [ "$busy" = 1 ]; then sleep 0.05; continue; fi
-  # Every node is up: wait for one of them or nginx to exit, or for a signal.
+  # Every node is up: wait for one of them or nginx to exit, or for a signal; at most a second
+  # (ticker): a child that exited just before the wait, and that bash had already reported as
+  # done, would not end it, and the checks above find it at the next round.
   live=()
   for k in "${nodes[@]}"; do [ -z "${pid[k]}" ] || live+=("${pid[k]}"); done
+  if [ -z "${ticker:-}" ] || ! kill -0 "$ticker" 2>/dev/null; then sleep 1 9<&- & ticker=$!; fi
   done_pid=""
   set +e
-  wait -n -p done_pid "${live[@]}" "$nginx_pid" ${fwd_pid:+"$fwd_pid"}
+  wait -n -p done_pid "${live[@]}" ${nginx_pid:+"$nginx_pid"} ${fwd_pid:+"$fwd_pid"} "$ticker"
   rc=$?
   set -e
-  if [ "${done_pid:-}" = "$nginx_pid" ]; then
+  if [ -n "${done_pid:-}" ] && [ "$done_pid" = "$nginx_pid" ]; then
     nginx_rc=$rc
   elif [ -n "${done_pid:-}" ] && [ "$done_pid" = "$fwd_pid" ]; then
     forwarder_exited "$rc"

@@ -22,9 +22,13 @@
 //
 // Files are created 0600 and directories 0700 (umask 077). Run as root with --user NAME, the
 // app drops to that user (groups, gid, uid) before it opens the log file or the database.
+//
+// Environment: TDAPI_SUPERVISOR_PID (set by scripts/run.sh to its own pid): the app dies
+// (SIGKILL) when that process, its parent, does, so a killed supervisor leaves no app behind.
 #include <grp.h>
 #include <malloc.h>
 #include <pwd.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,6 +36,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -147,6 +152,16 @@ bool drop_privileges(const std::string& name, std::string& error) {
   return true;
 }
 
+// Under scripts/run.sh (TDAPI_SUPERVISOR_PID names it): SIGKILL when the supervisor dies, never
+// an app serving on unsupervised. Set after the switch of user, which clears it; a supervisor
+// already gone by then (no longer the parent) ends the app at once.
+void die_with_supervisor() {
+  const char* supervisor = std::getenv("TDAPI_SUPERVISOR_PID");
+  if (supervisor == nullptr || *supervisor == '\0') return;
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (std::to_string(getppid()) != supervisor) raise(SIGKILL);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -172,6 +187,7 @@ int main(int argc, char** argv) {
   if (!opt.user.empty() && !drop_privileges(opt.user, error)) {
     return startup_failed("user", error);
   }
+  die_with_supervisor();
   if (!opt.log_file.empty() && !tdapi::open_log_file(opt.log_file, error)) {
     return startup_failed("log_file", error);
   }

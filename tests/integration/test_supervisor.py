@@ -91,6 +91,81 @@ class Supervisor(unittest.TestCase):
         with open(victim) as f:
             self.assertEqual(f.read(), "untouched\n")
 
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_a_link_planted_at_the_app_log_is_never_written_through_by_root(self):
+        victim_dir = tempfile.mkdtemp(prefix="tdapi-victim-")
+        self.addCleanup(shutil.rmtree, victim_dir, True)
+        victim = os.path.join(victim_dir, "victim")
+        with open(victim, "w") as f:
+            f.write("untouched\n")
+        service = pwd.getpwnam("testdata-api")
+        with Server() as s:
+            app_log = s.log_path("app.log")
+            # the service user swaps its log for a link to a root file, then the app restarts
+            os.replace(app_log, app_log + ".old")
+            os.symlink(victim, app_log)
+            os.lchown(app_log, service.pw_uid, service.pw_gid)
+            os.kill(s.pid_of("app"), signal.SIGKILL)
+            # the app cannot open its log (78, not restarted): the service stops
+            self.assertEqual(s.proc.wait(60), 78, s.run_output()[-2000:])
+        with open(victim) as f:
+            self.assertEqual(f.read(), "untouched\n")
+        # and a start with the link still there is refused, naming it
+        os.unlink(victim)  # (not even created through it)
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=s.data_dir, PORT=str(free_port()))
+        d = tempfile.mkdtemp(prefix="tdapi-applog-")
+        self.addCleanup(shutil.rmtree, d, True)
+        with Server(data_dir=d):
+            pass
+        os.replace(os.path.join(d, "logs", "app.log"), os.path.join(d, "logs", "app.log.old"))
+        os.symlink(victim, os.path.join(d, "logs", "app.log"))
+        os.lchown(os.path.join(d, "logs", "app.log"), service.pw_uid, service.pw_gid)
+        rc, out = run_sh(dict(env, DATA_DIR=d))
+        self.assertEqual(rc, 78, out)
+        self.assertIn("symbolic link", out)
+        self.assertFalse(os.path.exists(victim))
+
+    def test_listen_is_one_address_and_port_and_only_loopback_counts_as_loopback(self):
+        d = tempfile.mkdtemp(prefix="tdapi-listen-")
+        self.addCleanup(shutil.rmtree, d, True)
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=d, PORT=str(free_port()))
+        p1, p2 = free_port(), free_port()
+        # a second listener (or anything else) smuggled into nginx's listen line, bad ports and
+        # addresses: refused before anything starts
+        for listen in (f"127.0.0.1:{p1}; listen 127.0.0.2:{p2}", f"127.0.0.1:{p1} ssl",
+                       f"127.0.0.1:{p1}\nlisten 0.0.0.0:{p2}", f"127.0.0.1:{p1};",
+                       "256.0.0.1:8080", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:",
+                       f":{p1}", f"[::1]{p1}", f"[::1;]:{p1}", f"127.0.0.1:{p1}x", "127.1:8080",
+                       f"-h.example.com:{p1}", f"[::1]:{p1}:{p2}", f"127.0.0.01:{p1}"):
+            rc, out = run_sh(dict(env, LISTEN=listen), timeout=15)
+            self.assertEqual(rc, 78, (listen, out))
+            self.assertIn("LISTEN", out, listen)
+        # a name is never loopback (except localhost), whatever it starts with: AUTH=off and
+        # plaintext are refused for it
+        for listen in (f"127.0.0.1.example.com:{p1}", f"localhost.example.com:{p1}"):
+            rc, out = run_sh(dict(env, LISTEN=listen, AUTH="off"), timeout=15)
+            self.assertEqual(rc, 78, (listen, out))
+            self.assertIn("AUTH=off", out, listen)
+            rc, out = run_sh(dict(env, LISTEN=listen), timeout=15)
+            self.assertEqual(rc, 78, (listen, out))
+            self.assertIn("TLS_CERT", out, listen)
+        # values that go into nginx.conf as they are: only their own syntax
+        for name, value in (("FASTCGI_READ_TIMEOUT", f"30s; listen 0.0.0.0:{p2}"),
+                            ("CONN_LIMIT_PER_ADDR", "256; listen 0.0.0.0:1"),
+                            ("RATE_LIMIT_PER_ADDR", "5r/s"), ("LISTING_SPOOL_MAX", "1g;"),
+                            ("TLS_CERT", os.path.join(d, "c.pem; listen 0.0.0.0:1"))):
+            extra = {}
+            if name == "TLS_CERT":  # a readable file, named to smuggle a directive
+                with open(value, "w") as f:
+                    f.write("not a certificate\n")
+                extra = {"TLS_KEY": value}
+            rc, out = run_sh(dict(env, **extra, **{name: value}), timeout=15)
+            self.assertEqual(rc, 78, (name, out))
+            self.assertIn(name, out)
+        # the loopback forms serve without keys or TLS
+        with Server(LISTEN=f"localhost:{p1}") as s:
+            self.assertEqual(s.request("GET", "/tests?clinic_id=c1").status, 200)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
