@@ -212,9 +212,9 @@ APP_LOG=$DATA_DIR/logs/app.log
 [ -x "$APP_BIN" ] || { echo "run.sh: $APP_BIN is missing; run 'make build' first" >&2; exit 1; }
 [ -x "$NGINX_BIN" ] || { echo "run.sh: nginx is missing; run 'make deps' first" >&2; exit 1; }
 
-# Started as root, the app and nginx's workers run as an unprivileged system user that owns
-# DATA_DIR (the app drops to it itself with --user, so its binary may stay in a root-only
-# checkout). Otherwise everything runs as the invoking user. SERVICE_USER=root opts out.
+# Started as root, the app and nginx (master and workers) run as an unprivileged system user
+# that owns DATA_DIR (the app drops to it itself with --user, so its binary may stay in a
+# root-only checkout). Otherwise everything runs as the invoking user. SERVICE_USER=root opts out.
 service_user=""
 user_directive=""
 if [ "$(id -u)" = 0 ]; then
@@ -224,7 +224,9 @@ if [ "$(id -u)" = 0 ]; then
       --shell /usr/sbin/nologin "$service_user" 2>/dev/null || id -u "$service_user" >/dev/null
   fi
   service_group=$(id -gn "$service_user")
-  user_directive="user $service_user $service_group;"
+  # SERVICE_USER=root: nginx's workers run as root too (nginx's default would be nobody, who
+  # cannot reach the app's socket). Otherwise nginx runs as the service user from its start.
+  [ "$service_user" != root ] || user_directive="user root root;"
   if [ "$service_user" != root ]; then
     # Never through, nor of, a symbolic link: one planted by the service user must not make
     # root hand it a file elsewhere. A link of root's own for run/, logs/ or nginx/ (e.g. logs on
@@ -290,10 +292,15 @@ put_pid_file() {  # put_pid_file PATH < content
   as_owner rm -f "$1" 2>/dev/null || true
   echo "run.sh: could not write $1 (disk full?); it is removed until it can be written" >&2
 }
-# nginx's configuration. Started as root, nginx's master (root) reads it from a directory only
-# root can write, /run/tdapi-run-sh/<hash of DATA_DIR>/nginx.conf: DATA_DIR belongs to the service
-# user, who could otherwise give root's nginx a configuration of its own (load_module, user root)
-# for its next start. DATA_DIR/nginx.conf is then a copy, for reading (best-effort).
+# nginx's configuration. Started as root, nginx (master and workers) runs as the service user,
+# with only CAP_NET_BIND_SERVICE for a LISTEN port below 1024: no root process ever opens a file
+# in DATA_DIR by name (the access log at each reopen, the pid file, the temp directories), so a
+# link the service user plants there leads nowhere it could not reach itself. Its configuration
+# comes from a directory only root can write, /run/tdapi-run-sh/<hash of DATA_DIR>/nginx.conf
+# (root:service group, 0640), so the service user cannot give it another one (a listener LISTEN
+# does not name) for its next start; DATA_DIR/nginx.conf is then a copy, for reading
+# (best-effort). TLS_CERT and TLS_KEY are copied beside it the same way (0640, removed at exit),
+# as nginx reads them as the service user.
 nginx_conf=$DATA_DIR/nginx.conf
 if [ -n "$service_user" ]; then
   nginx_conf=/run/tdapi-run-sh/$(printf '%s' "$DATA_DIR" | sha256sum | cut -c1-16)/nginx.conf
@@ -301,6 +308,23 @@ fi
 # Removed at exit (what a kill -9 leaves is replaced at the next start on this DATA_DIR).
 remove_nginx_conf() { [ -z "$service_user" ] || rm -rf -- "${nginx_conf%/*}"; }
 trap remove_nginx_conf EXIT
+# Writes stdin to DIR/NAME in the root-only directory of nginx's configuration: root's, readable
+# by the service group (0640); DIR and its parent 0711 (passable, not listable).
+root_file() {  # root_file PATH < content
+  local dir=${1%/*}
+  mkdir -p "$dir" && [ ! -L "$dir" ] && [ ! -L "${dir%/*}" ] && [ "$(stat -c %u "$dir")" = 0 ] &&
+    [ "$(stat -c %u "${dir%/*}")" = 0 ] && chmod 0711 "${dir%/*}" "$dir" &&
+    cat >"$dir/.tmp" && chgrp "$service_group" "$dir/.tmp" && chmod 0640 "$dir/.tmp" &&
+    mv -f "$dir/.tmp" "$1"
+}
+# TLS_CERT and TLS_KEY as nginx (the service user) reads them: copies beside its configuration.
+if [ -n "$service_user" ] && [ -n "$listen_ssl" ]; then
+  root_file "${nginx_conf%/*}/tls-cert.pem" <"$TLS_CERT" &&
+    root_file "${nginx_conf%/*}/tls-key.pem" <"$TLS_KEY" ||
+    refuse "could not copy TLS_CERT and TLS_KEY to ${nginx_conf%/*} for nginx"
+  tls=${tls/"ssl_certificate $TLS_CERT;"/"ssl_certificate ${nginx_conf%/*}/tls-cert.pem;"}
+  tls=${tls/"ssl_certificate_key $TLS_KEY;"/"ssl_certificate_key ${nginx_conf%/*}/tls-key.pem;"}
+fi
 write_nginx_conf() {  # < the rendered configuration
   local content dir=${nginx_conf%/*}
   content=$(cat; echo .) || return 1
@@ -310,8 +334,7 @@ write_nginx_conf() {  # < the rendered configuration
     echo "run.sh: could not write $nginx_conf (disk full?), and the one there is of other settings: free some space" >&2
     return 1
   fi
-  if ! mkdir -p "$dir" || [ -L "$dir" ] || [ "$(stat -c %u "$dir")" != 0 ] ||
-      ! printf '%s' "$content" >"$dir/.nginx.conf.tmp" || ! mv -f "$dir/.nginx.conf.tmp" "$nginx_conf"; then
+  if ! root_file "$dir/nginx.conf" < <(printf '%s' "$content"); then
     echo "run.sh: could not write nginx's configuration to $nginx_conf (a directory only root may write)" >&2
     return 1
   fi
@@ -360,7 +383,7 @@ keepalive=$((threads / (4 * cores)))
 keep_conn=on
 if [ "$keepalive" -lt 1 ]; then keepalive=1; keep_conn=off; fi
 # Open files per nginx worker (half of them connections): 16384, or the hard limit if lower.
-nofile=16384; [ "$(id -u)" = 0 ] || [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile" ] || nofile=$(ulimit -Hn)
+nofile=16384; [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile" ] || nofile=$(ulimit -Hn)
 # nginx's upstream, a server line per node (in place of the line that is only the placeholder,
 # at its indentation). Two failed tries within 2 s (connection refused, error, timeout, invalid
 # header) take a node out for 2 s; then one request tries it again. (With one node nginx ignores
@@ -569,12 +592,12 @@ forwarder_exited() {
   tick
   fwd_due_ms=$((now_ms + delay * 1000))
 }
-# nginx's access log is the service user's like every other log (nginx's master opens it as root
-# and would create it root-owned; its reopen, SIGUSR1, gives a new one to the worker user), so
+# nginx's access log is the service user's like every other log (nginx runs as that user), so
 # logrotate can rotate it as that user.
 [ -e "$DATA_DIR/logs/access.log" ] || as_owner sh -c ': >>"$1"' sh "$DATA_DIR/logs/access.log"
-# nginx's master opens its pid file, access log and temp directories as root (and makes the temp
-# directories its workers'): none of them may be a link the service user planted.
+# Where nginx opens its pid file, access log and temp directories, and where the app's log is:
+# none of them may be a link the service user planted (nginx runs as that user, so such a link
+# could not reach further than the user can; refused all the same, to say so at once).
 # (A link this script's own user made, e.g. logs/ on another disk, is the operator's choice.)
 # The same for the log forwarder's directories (LOG_FORWARD), which this script makes and
 # writes into: through a planted rsyslog -> /etc/logrotate.d, root would put a file there that
@@ -793,11 +816,17 @@ trap "got=1; kill -QUIT $m 2>/dev/null" QUIT
 trap "got=1; kill -USR1 $m 2>/dev/null" HUP
 while :; do got=0; wait "$m"; rc=$?; [ "$got" = 1 ] || exit "$rc"; done'
 nginx_pid="" nginx_state=down nginx_started=0 nginx_due_ms=0 nginx_quick=0
+# Started as root: nginx runs as the service user, with CAP_NET_BIND_SERVICE only (see nginx_conf).
+as_nginx=()
+if [ -n "$service_user" ]; then
+  as_nginx=(setpriv --reuid="$service_user" --regid="$service_group" --clear-groups
+    --inh-caps=+net_bind_service --ambient-caps=+net_bind_service)
+fi
 launch_nginx() {
   # The HTTP server's socket behind the stream proxy: one left by a killed nginx would stop it.
   rm -f "$DATA_DIR/run/nginx-http.sock"
   setpriv --pdeathsig TERM env --default-signal sh -c "$nginx_keeper" sh "$$" \
-    "$NGINX_BIN" -p "$DATA_DIR" -c "$nginx_conf" -e stderr 9<&- 2> >(exec 9<&-
+    "${as_nginx[@]}" "$NGINX_BIN" -p "$DATA_DIR" -c "$nginx_conf" -e stderr 9<&- 2> >(exec 9<&-
     trap '' INT TERM QUIT
     as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \
       -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &

@@ -31,6 +31,14 @@ def run_sh(env, timeout=30):
     return p.returncode, out
 
 
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("PPid:"))
+    except (OSError, StopIteration):
+        return None
+
+
 class Supervisor(unittest.TestCase):
     def test_a_second_run_sh_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(self):
         with Server() as s:
@@ -90,6 +98,43 @@ class Supervisor(unittest.TestCase):
             self.assertFalse(os.path.islink(os.path.join(d, "openapi.yaml")))
         with open(victim) as f:
             self.assertEqual(f.read(), "untouched\n")
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_nginx_runs_as_the_service_user_so_a_link_at_its_access_log_leads_nowhere(self):
+        # nginx's master reopens logs/access.log by name at every reopen (SIGHUP to run.sh, as
+        # logrotate sends): were it root, a link the service user swapped in there would make
+        # root append to (and hand over) any file. It runs as the service user instead.
+        victim_dir = tempfile.mkdtemp(prefix="tdapi-victim-")
+        self.addCleanup(shutil.rmtree, victim_dir, True)
+        victim = os.path.join(victim_dir, "victim")
+        with open(victim, "w") as f:
+            f.write("untouched\n")
+        os.chmod(victim, 0o600)
+        service = pwd.getpwnam("testdata-api")
+        with Server() as s:
+            master = s.pid_of("nginx")
+            nginx = [master] + [int(p) for p in os.listdir("/proc") if p.isdigit()
+                                and _ppid(int(p)) == master]
+            self.assertGreater(len(nginx), 1)
+            for pid in nginx:
+                self.assertEqual(os.stat(f"/proc/{pid}").st_uid, service.pw_uid, pid)
+            access = s.log_path("access.log")
+            os.replace(access, access + ".old")
+            os.symlink(victim, access)
+            os.lchown(access, service.pw_uid, service.pw_gid)
+            os.kill(s.pid_of("supervisor"), signal.SIGHUP)  # reopen: USR1 to nginx
+            self.assertTrue(wait_for(lambda: any(l.get("event") == "log_reopened"
+                                                 for l in s.json_lines("app.log")), 10))
+            for _ in range(5):
+                s.request("GET", "/healthz")
+            # nginx (the service user) cannot open the link's target: it says so in its log
+            changed = lambda: os.stat(victim).st_uid != 0 or os.path.getsize(victim) != 10
+            wait_for(lambda: b"access.log" in s.read_log("nginx-error.log") or changed(), 10)
+            st = os.stat(victim)
+            self.assertEqual((st.st_uid, st.st_mode & 0o777), (0, 0o600))
+            with open(victim) as f:
+                self.assertEqual(f.read(), "untouched\n")
+            os.unlink(access)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_link_planted_at_the_app_log_is_never_written_through_by_root(self):
