@@ -231,7 +231,9 @@ if [ "$(id -u)" = 0 ]; then
     # Never through, nor of, a symbolic link: one planted by the service user must not make
     # root hand it a file elsewhere. A link of root's own for run/, logs/ or nginx/ (e.g. logs on
     # another disk) is the operator's: its target is given to the service user too.
-    find "$DATA_DIR" ! -type l -exec chown "$service_user:$service_group" {} +
+    # chown -h: a file swapped for a link between find's look and chown's changes the link
+    # itself, never what it points at.
+    find "$DATA_DIR" ! -type l -exec chown -h "$service_user:$service_group" {} +
     for d in run logs nginx; do
       if [ -L "$DATA_DIR/$d" ] && [ "$(stat -c %u "$DATA_DIR/$d")" = 0 ]; then
         chown -R -P "$service_user:$service_group" "$(readlink -f "$DATA_DIR/$d")"
@@ -403,7 +405,7 @@ if [ "$nginx_temp_dir" != "$DATA_DIR/nginx" ]; then
   [ ! -L "$nginx_temp_dir" ] || refuse "NGINX_TEMP_DIR=$nginx_temp_dir is a symbolic link; name the directory itself"
   mkdir -p "$nginx_temp_dir"
   chmod 0700 "$nginx_temp_dir"
-  [ -z "$service_user" ] || chown "$service_user:$service_group" "$nginx_temp_dir"
+  [ -z "$service_user" ] || chown -h "$service_user:$service_group" "$nginx_temp_dir"
 fi
 # The stream proxy in front of the HTTP server (nginx.conf): nginx's stream module, built in or
 # a dynamic module (Debian: libnginx-mod-stream, installed by 'make deps').
@@ -815,7 +817,7 @@ m=$!
 trap "got=1; kill -QUIT $m 2>/dev/null" QUIT
 trap "got=1; kill -USR1 $m 2>/dev/null" HUP
 while :; do got=0; wait "$m"; rc=$?; [ "$got" = 1 ] || exit "$rc"; done'
-nginx_pid="" nginx_state=down nginx_started=0 nginx_due_ms=0 nginx_quick=0
+nginx_pid="" nginx_state=down nginx_started=0 nginx_due_ms=0 nginx_quick=0 nginx_restarts=0
 # Started as root: nginx runs as the service user, with CAP_NET_BIND_SERVICE only (see nginx_conf).
 as_nginx=()
 if [ -n "$service_user" ]; then
@@ -828,8 +830,8 @@ launch_nginx() {
   setpriv --pdeathsig TERM env --default-signal sh -c "$nginx_keeper" sh "$$" \
     "${as_nginx[@]}" "$NGINX_BIN" -p "$DATA_DIR" -c "$nginx_conf" -e stderr 9<&- 2> >(exec 9<&-
     trap '' INT TERM QUIT
-    as_owner sh -c 'f=$1; shift; exec sed -u -E "$@" >>"$f"' sh "$DATA_DIR/logs/nginx-error.log" \
-      -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &
+    as_owner sh -c 'f=$1; shift; until sed -u -E "$@" >>"$f"; do sleep 1; done' sh \
+      "$DATA_DIR/logs/nginx-error.log" -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &
   nginx_pid=$! nginx_started=$EPOCHSECONDS nginx_state=up
 }
 # Ends whatever is left of nginx's process group (after its keeper exited).
@@ -842,7 +844,15 @@ end_nginx_group() {
 nginx_exited() {
   local rc=$1 delay=0
   end_nginx_group
-  if [ $((EPOCHSECONDS - nginx_started)) -lt 10 ]; then nginx_quick=$((nginx_quick + 1)); else nginx_quick=0; fi
+  # Only an nginx that fails on its own (status 1: a bad configuration, a port taken) counts
+  # towards giving up; one stopped (0) or killed (128+N) by a signal is always started again
+  # (at most 5 s later), however often that happens.
+  if [ $((EPOCHSECONDS - nginx_started)) -ge 10 ]; then
+    nginx_quick=0 nginx_restarts=0
+  elif [ "$rc" != 0 ] && [ "$rc" -lt 128 ]; then
+    nginx_quick=$((nginx_quick + 1))
+  fi
+  nginx_restarts=$((nginx_restarts + 1))
   echo "run.sh: nginx exited (status $rc); see $DATA_DIR/logs/nginx-error.log:" >&2
   tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
   if [ "$nginx_quick" -ge "$NGINX_QUICK_MAX" ]; then
@@ -850,7 +860,7 @@ nginx_exited() {
     return 1
   fi
   log_json warn nginx_restarted "nginx exited with status $rc; restarting it"
-  [ "$nginx_quick" -lt 2 ] || delay=$((nginx_quick - 1))
+  [ "$nginx_restarts" -lt 2 ] || delay=$((nginx_restarts > 6 ? 5 : nginx_restarts - 1))
   tick
   nginx_due_ms=$((now_ms + delay * 1000)) nginx_state=backoff
 }

@@ -161,6 +161,20 @@ class NginxSignals(unittest.TestCase):
     def test_sigterm_to_nginx_master_restarts_nginx(self):
         self.check_nginx_comes_back(signal.SIGTERM)
 
+    def test_nginx_stopped_again_and_again_by_signals_is_always_started_again(self):
+        # Six stops within seconds of each start (more than the 5 quick failures that end the
+        # instance when nginx cannot start): a signal is not a failure to start.
+        with Server(AUTH="on") as s:
+            for i, sig in enumerate([signal.SIGQUIT, signal.SIGKILL, signal.SIGTERM] * 2):
+                master = nginx_pid(s)
+                self.assertIsNotNone(master, process_table(s))
+                os.kill(master, sig)
+                self.assertTrue(wait_for(lambda: nginx_pid(s) not in (None, master) and serving(s), 30),
+                                f"stop {i + 1} ({sig!r}): " + s.run_output()[-3000:] + process_table(s))
+            self.assertIsNone(s.proc.poll(), s.run_output()[-3000:])
+            self.assertNotIn("nginx_exited", s.read_log("app.log").decode())
+            self.assertEqual(s.request("GET", "/tests?clinic_id=c1").status, 401)
+
     def test_nginx_that_cannot_start_stops_everything_instead_of_retrying_forever(self):
         # The port is taken by another program: nginx exits (after its own retries) each time.
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
