@@ -15,14 +15,15 @@
 
 #include "fifo_pool.h"
 #include "store.h"
+#include "store/write_engine.h"
 
 namespace tdapi {
 
 struct PgOptions {
-  std::string url;                  // libpq URI (postgresql://…) or keyword/value string
-  size_t max_batch = 256;           // most write jobs committed by one transaction
-  size_t max_batch_records = 4000;  // most records in one transaction (past its first job)
-  int lock_timeout_ms = 5000;       // bound on waiting for a lock (the write lock, a row)
+  std::string url;                    // libpq URI (postgresql://…) or keyword/value string
+  WriteEngineOptions writes;          // group commit: most requests and records per transaction
+  WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
+  int lock_timeout_ms = 5000;         // bound on waiting for a lock (the write lock, a row)
   int statement_timeout_ms = 30000;
   int connect_timeout_s = 5;
   size_t max_readers = 16;  // reader connections of this process at most
@@ -38,7 +39,8 @@ struct PgOptions {
 };
 
 // Safe for concurrent use from several threads, and from several processes on one database.
-// Writes go through one writer thread per process that commits whatever requests are queued in
+// Writes go through the group-commit engine (store/write_engine.h): one writer thread per
+// process commits whatever requests are queued in
 // one transaction (group commit) under a transaction-scoped advisory lock: write transactions of
 // all processes take turns, so `seq` (an identity column) grows in commit order, which keeps
 // keyset cursors complete, and the audit chain has one end. A request's records are inserted
@@ -99,7 +101,7 @@ class PgStore : public Store {
   struct Connection;  // a libpq connection and the statements prepared on it
 
  private:
-  struct WriteJob;
+  class Backend;  // the writer connection's side of the engine
 
   explicit PgStore(PgOptions options);
   Status connect(std::unique_ptr<Connection>& out) const;
@@ -107,9 +109,6 @@ class PgStore : public Store {
   Status load_secret(Connection& conn);
   std::unique_ptr<Connection> acquire_reader(Status& status);
   void release_reader(std::unique_ptr<Connection> conn);
-  WriteOutcome submit(WriteJob& job);
-  void writer_loop();
-  void commit_batch(const std::vector<WriteJob*>& batch);
   void note_failure(const Status& status);
   // Runs fn on a reader connection (returned to the pool when it is still healthy).
   // A read whose connection turned out to be gone is run once more on a new connection
@@ -122,15 +121,8 @@ class PgStore : public Store {
   std::string secret_;
   std::unique_ptr<Connection> writer_;  // used by the writer thread only (and open)
 
-  mutable std::mutex queue_mu_;
-  std::condition_variable queue_cv_;
-  std::deque<WriteJob*> queue_;
-  bool stopping_ = false;
-  long long next_txn_id_ = 1;
-  StoreStats stats_;
-  Status write_failure_;
-  std::chrono::steady_clock::time_point write_failure_at_;
-  std::thread writer_thread_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<WriteEngine> engine_;  // after backend_: stopped before it goes
 
   FifoPool<Connection> readers_;  // at most options_.max_readers, first come first served
 

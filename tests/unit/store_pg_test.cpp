@@ -202,7 +202,9 @@ TEST_F(PgStoreTest, ConcurrentWritersAreAllStoredInFewerTransactions) {
 
 // The PostgreSQL writer feeds the same transaction histograms as SQLite's (metrics.h).
 TEST_F(PgStoreTest, CommitsFeedTheMetricsHistograms) {
-  auto store = open();
+  PgOptions o;
+  o.observer = &global_metrics();  // as the service wires it (main.cpp)
+  auto store = open(o);
   auto count = [](const char* series) {
     std::string text = global_metrics().render(StoreStats(), Status::Ok());
     size_t at = text.find(std::string("\n") + series + " ");
