@@ -978,17 +978,6 @@ Status PgStore::count_audit(long long up_to, long long& rows) {
 
 // -- writes ----------------------------------------------------------------------------------
 
-WriteOutcome PgStore::insert(const TestRecord& record, AuditEntry* audit) {
-  return engine_->insert(record, audit);
-}
-
-WriteOutcome PgStore::insert_all(const std::vector<TestRecord>& records,
-                                 std::vector<AuditEntry>* audits) {
-  return engine_->insert_all(records, audits);
-}
-
-Status PgStore::append_audit(AuditEntry& entry) { return engine_->append_audit(entry); }
-
 // -- migrate's imports -------------------------------------------------------------------------
 
 // Runs fn inside BEGIN … COMMIT under the write lock on a pooled connection.

@@ -50,19 +50,13 @@ struct PgOptions {
 // returned, with synchronous_commit on.
 // A connection lost (server restart, network) fails what was in flight with kUnavailable (503)
 // and is reopened by the next operation.
-class PgStore : public Store {
+class PgStore : public EngineStore {
  public:
   // Connects, applies the migrations this binary knows in one transaction (recorded in
   // schema_migrations; a newer database is refused), reads the cursor key, starts the writer.
   static Status open(const PgOptions& options, std::unique_ptr<PgStore>& out);
   ~PgStore() override;
 
-  using Store::insert;
-  using Store::insert_all;
-  WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override;
-  WriteOutcome insert_all(const std::vector<TestRecord>& records,
-                          std::vector<AuditEntry>* audits) override;
-  Status append_audit(AuditEntry& entry) override;
   Status list_audit(const AuditQuery& query,
                     const std::function<bool(const AuditEntry&)>& on_entry) override;
   Status count_audit(long long up_to, long long& rows) override;
@@ -122,7 +116,6 @@ class PgStore : public Store {
   std::unique_ptr<Connection> writer_;  // used by the writer thread only (and open)
 
   std::unique_ptr<Backend> backend_;
-  std::unique_ptr<WriteEngine> engine_;  // after backend_: stopped before it goes
 
   FifoPool<Connection> readers_;  // at most options_.max_readers, first come first served
 

@@ -745,17 +745,6 @@ SqliteStore::~SqliteStore() {
   }
 }
 
-WriteOutcome SqliteStore::insert(const TestRecord& record, AuditEntry* audit) {
-  return engine_->insert(record, audit);
-}
-
-WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records,
-                                     std::vector<AuditEntry>* audits) {
-  return engine_->insert_all(records, audits);
-}
-
-Status SqliteStore::append_audit(AuditEntry& entry) { return engine_->append_audit(entry); }
-
 StoreStats SqliteStore::stats() const {
   StoreStats s;
   engine_->add_stats(s);

@@ -103,7 +103,7 @@ extern const char kListAllTestsSql[];
 // duplicate or otherwise, rolls back only its own), COMMIT, then every request of the group is
 // answered. Only a failure of the transaction itself (BEGIN, COMMIT, or an error after which
 // SQLite ended the transaction) answers every request of the group with that error.
-class SqliteStore : public Store {
+class SqliteStore : public EngineStore {
  public:
   // Opens or creates the database at options.path, refuses a damaged file (PRAGMA quick_check),
   // a schema newer than this binary (before writing anything to it) or one with objects this
@@ -118,12 +118,6 @@ class SqliteStore : public Store {
   // Finishes queued writes, stops the writer, checkpoints the WAL and closes every connection.
   ~SqliteStore() override;
 
-  using Store::insert;
-  using Store::insert_all;
-  WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override;
-  WriteOutcome insert_all(const std::vector<TestRecord>& records,
-                          std::vector<AuditEntry>* audits) override;
-  Status append_audit(AuditEntry& entry) override;
   Status list_audit(const AuditQuery& query,
                     const std::function<bool(const AuditEntry&)>& on_entry) override;
   Status count_audit(long long up_to, long long& rows) override;
@@ -203,7 +197,6 @@ class SqliteStore : public Store {
   sqlite3* admin_ = nullptr;  // key management writes; opened on first use
 
   std::unique_ptr<Backend> backend_;
-  std::unique_ptr<WriteEngine> engine_;  // after backend_: stopped before it goes
 
   std::unique_ptr<Connection> checkpointer_;
   std::mutex checkpoint_mu_;

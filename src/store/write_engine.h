@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -123,6 +124,26 @@ class WriteEngine {
   Status write_failure_ GUARDED_BY(mu_);
   std::chrono::steady_clock::time_point write_failure_at_ GUARDED_BY(mu_);
   std::thread writer_thread_;
+};
+
+// A Store whose writes go through a WriteEngine: store.h's write calls, for both backends.
+// The derived store creates engine_ once its writer connection is ready, and resets it first
+// thing in its destructor (queued writes are answered while its connections still exist).
+class EngineStore : public Store {
+ public:
+  using Store::insert;
+  using Store::insert_all;
+  WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override {
+    return engine_->insert(record, audit);
+  }
+  WriteOutcome insert_all(const std::vector<TestRecord>& records,
+                          std::vector<AuditEntry>* audits) override {
+    return engine_->insert_all(records, audits);
+  }
+  Status append_audit(AuditEntry& entry) override { return engine_->append_audit(entry); }
+
+ protected:
+  std::unique_ptr<WriteEngine> engine_;
 };
 
 }  // namespace tdapi
