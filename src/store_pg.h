@@ -121,7 +121,7 @@ class PgStore : public EngineStore {
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
   // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.
-  std::timed_mutex health_mu_;
+  std::mutex health_mu_;
   std::unique_ptr<Connection> health_conn_;
 
   mutable std::mutex size_mu_;
