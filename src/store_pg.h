@@ -40,14 +40,14 @@ struct PgOptions {
 
 // Safe for concurrent use from several threads, and from several processes on one database.
 // Writes go through the group-commit engine (store/write_engine.h): one writer thread per
-// process commits whatever requests are queued in
-// one transaction (group commit) under a transaction-scoped advisory lock: write transactions of
-// all processes take turns, so `seq` (an identity column) grows in commit order, which keeps
-// keyset cursors complete, and the audit chain has one end. A request's records are inserted
-// with ON CONFLICT DO NOTHING, so the database decides duplicates (racing inserts of one id
-// wait for each other) and names every one; a multi-record request that met a duplicate, or
-// any request that failed on its own, is rolled back to its savepoint. 201 only after COMMIT
-// returned, with synchronous_commit on.
+// process commits whatever requests are queued in one transaction (group commit) under a
+// transaction-scoped advisory lock: write transactions of all processes take turns, so `seq`
+// (an identity column) grows in commit order, which keeps keyset cursors complete, and the
+// audit chain has one end. A request's records are inserted with ON CONFLICT DO NOTHING, so
+// the database decides duplicates (racing inserts of one id wait for each other) and names
+// every one; a multi-record request that met a duplicate, or any request that failed on its
+// own, is rolled back to its savepoint. 201 only after COMMIT returned, with
+// synchronous_commit on.
 // A connection lost (server restart, network) fails what was in flight with kUnavailable (503)
 // and is reopened by the next operation.
 class PgStore : public EngineStore {
