@@ -114,10 +114,11 @@ fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 format:
-	@clang-format -i src/*.cpp src/*.h tests/unit/*.cpp tests/unit/*.h
+	@clang-format -i src/*.cpp src/*.h src/store/*.cpp src/store/*.h tests/unit/*.cpp tests/unit/*.h \
+	  tests/unit/store/*.cpp
 
 tidy: build
-	@clang-tidy -p $(BUILD_DIR) --quiet src/*.cpp
+	@clang-tidy -p $(BUILD_DIR) --quiet src/*.cpp src/store/*.cpp
 
 clean:
 	rm -rf $(BUILD_DIR) $(TEST_BUILD_DIR) build-tsan build-fuzz dist
