@@ -88,7 +88,7 @@ test-tsan: deps
 	@cmake --build build-tsan -j $(JOBS) --target unit_tests
 	@pg=/tmp/tdapi-pg-tsan-$$$$; scripts/pg-test-server.sh start $$pg >/dev/null || exit 1; \
 	  TEST_PG_HOST=$$pg build-tsan/tests/unit_tests --gtest_brief=1 \
-	    --gtest_filter='SqliteStore.*:Api.*:PgStore*:FifoPool.*' 2>build-tsan/unit_tests.stderr; rc=$$?; \
+	    --gtest_filter='SqliteStore.*:Api.*:PgStore*:FifoPool.*:WriteEngine.*' 2>build-tsan/unit_tests.stderr; rc=$$?; \
 	  scripts/pg-test-server.sh stop $$pg; \
 	  [ $$rc = 0 ] || { cat build-tsan/unit_tests.stderr; exit 1; }
 
@@ -114,10 +114,11 @@ fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 format:
-	@clang-format -i src/*.cpp src/*.h tests/unit/*.cpp tests/unit/*.h
+	@clang-format -i src/*.cpp src/*.h src/store/*.cpp src/store/*.h tests/unit/*.cpp tests/unit/*.h \
+	  tests/unit/store/*.cpp
 
 tidy: build
-	@clang-tidy -p $(BUILD_DIR) --quiet src/*.cpp
+	@clang-tidy -p $(BUILD_DIR) --quiet src/*.cpp src/store/*.cpp
 
 clean:
 	rm -rf $(BUILD_DIR) $(TEST_BUILD_DIR) build-tsan build-fuzz dist

@@ -203,6 +203,7 @@ int main(int argc, char** argv) {
     // a listing holds one only while a page is read, so a quarter of the workers is plenty.
     storage.max_readers = static_cast<size_t>(std::max(4, opt.threads / 4));
     storage.open_readers_at_start = true;
+    storage.observer = &tdapi::global_metrics();
     std::unique_ptr<tdapi::PgStore> pg;
     tdapi::Status s = tdapi::PgStore::open(storage, pg);
     // A server that is starting, restarting or failing over is waited for (a minute, a stop
@@ -239,6 +240,7 @@ int main(int argc, char** argv) {
     storage.path = opt.db_path;
     storage.busy_timeout_ms = opt.busy_timeout_ms;
     storage.max_page_count = opt.max_db_pages;
+    storage.observer = &tdapi::global_metrics();
     std::unique_ptr<tdapi::SqliteStore> sqlite;
     tdapi::Status s = tdapi::SqliteStore::open(storage, sqlite);
     if (!s.ok()) {

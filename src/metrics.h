@@ -11,6 +11,7 @@
 
 #include "status.h"
 #include "store.h"
+#include "store/write_engine.h"
 
 namespace tdapi {
 
@@ -59,7 +60,7 @@ struct ProcessInfo {
 
 // Safe for concurrent use from several threads. The request path (record, the worker gauges,
 // denials) uses only relaxed atomics: no lock is taken per request once a route has been seen.
-class Metrics {
+class Metrics : public WriteObserver {
  public:
   Metrics();
   ~Metrics();
@@ -74,10 +75,11 @@ class Metrics {
   void record_audit_write();
 
   // One group-commit transaction of `jobs` write requests that took `seconds`: committed
-  // (ok) or rolled back as a whole. Called by both stores' writer threads.
-  void record_transaction(size_t jobs, double seconds, bool ok);
-  // A write request handed to the store's writer (+1), and answered (-1).
-  void add_pending_writes(int delta);
+  // (ok) or rolled back as a whole. Called by the write engine's writer thread (the service
+  // gives the stores this object as their WriteObserver).
+  void record_transaction(size_t jobs, double seconds, bool ok) override;
+  // A write request handed to the write engine (+1), and answered (-1).
+  void add_pending_writes(int delta) override;
 
   // A worker thread started serving a request (accepted it) or finished it.
   void worker_busy();

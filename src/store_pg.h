@@ -15,14 +15,15 @@
 
 #include "fifo_pool.h"
 #include "store.h"
+#include "store/write_engine.h"
 
 namespace tdapi {
 
 struct PgOptions {
-  std::string url;                  // libpq URI (postgresql://…) or keyword/value string
-  size_t max_batch = 256;           // most write jobs committed by one transaction
-  size_t max_batch_records = 4000;  // most records in one transaction (past its first job)
-  int lock_timeout_ms = 5000;       // bound on waiting for a lock (the write lock, a row)
+  std::string url;                    // libpq URI (postgresql://…) or keyword/value string
+  WriteEngineOptions writes;          // group commit: most requests and records per transaction
+  WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
+  int lock_timeout_ms = 5000;         // bound on waiting for a lock (the write lock, a row)
   int statement_timeout_ms = 30000;
   int connect_timeout_s = 5;
   size_t max_readers = 16;  // reader connections of this process at most
@@ -38,29 +39,24 @@ struct PgOptions {
 };
 
 // Safe for concurrent use from several threads, and from several processes on one database.
-// Writes go through one writer thread per process that commits whatever requests are queued in
-// one transaction (group commit) under a transaction-scoped advisory lock: write transactions of
-// all processes take turns, so `seq` (an identity column) grows in commit order, which keeps
-// keyset cursors complete, and the audit chain has one end. A request's records are inserted
-// with ON CONFLICT DO NOTHING, so the database decides duplicates (racing inserts of one id
-// wait for each other) and names every one; a multi-record request that met a duplicate, or
-// any request that failed on its own, is rolled back to its savepoint. 201 only after COMMIT
-// returned, with synchronous_commit on.
+// Writes go through the group-commit engine (store/write_engine.h): one writer thread per
+// process commits whatever requests are queued in one transaction (group commit) under a
+// transaction-scoped advisory lock: write transactions of all processes take turns, so `seq`
+// (an identity column) grows in commit order, which keeps keyset cursors complete, and the
+// audit chain has one end. A request's records are inserted with ON CONFLICT DO NOTHING, so
+// the database decides duplicates (racing inserts of one id wait for each other) and names
+// every one; a multi-record request that met a duplicate, or any request that failed on its
+// own, is rolled back to its savepoint. 201 only after COMMIT returned, with
+// synchronous_commit on.
 // A connection lost (server restart, network) fails what was in flight with kUnavailable (503)
 // and is reopened by the next operation.
-class PgStore : public Store {
+class PgStore : public EngineStore {
  public:
   // Connects, applies the migrations this binary knows in one transaction (recorded in
   // schema_migrations; a newer database is refused), reads the cursor key, starts the writer.
   static Status open(const PgOptions& options, std::unique_ptr<PgStore>& out);
   ~PgStore() override;
 
-  using Store::insert;
-  using Store::insert_all;
-  WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override;
-  WriteOutcome insert_all(const std::vector<TestRecord>& records,
-                          std::vector<AuditEntry>* audits) override;
-  Status append_audit(AuditEntry& entry) override;
   Status list_audit(const AuditQuery& query,
                     const std::function<bool(const AuditEntry&)>& on_entry) override;
   Status count_audit(long long up_to, long long& rows) override;
@@ -99,7 +95,7 @@ class PgStore : public Store {
   struct Connection;  // a libpq connection and the statements prepared on it
 
  private:
-  struct WriteJob;
+  class Backend;  // the writer connection's side of the engine
 
   explicit PgStore(PgOptions options);
   Status connect(std::unique_ptr<Connection>& out) const;
@@ -107,9 +103,6 @@ class PgStore : public Store {
   Status load_secret(Connection& conn);
   std::unique_ptr<Connection> acquire_reader(Status& status);
   void release_reader(std::unique_ptr<Connection> conn);
-  WriteOutcome submit(WriteJob& job);
-  void writer_loop();
-  void commit_batch(const std::vector<WriteJob*>& batch);
   void note_failure(const Status& status);
   // Runs fn on a reader connection (returned to the pool when it is still healthy).
   // A read whose connection turned out to be gone is run once more on a new connection
@@ -122,21 +115,13 @@ class PgStore : public Store {
   std::string secret_;
   std::unique_ptr<Connection> writer_;  // used by the writer thread only (and open)
 
-  mutable std::mutex queue_mu_;
-  std::condition_variable queue_cv_;
-  std::deque<WriteJob*> queue_;
-  bool stopping_ = false;
-  long long next_txn_id_ = 1;
-  StoreStats stats_;
-  Status write_failure_;
-  std::chrono::steady_clock::time_point write_failure_at_;
-  std::thread writer_thread_;
+  std::unique_ptr<Backend> backend_;
 
   FifoPool<Connection> readers_;  // at most options_.max_readers, first come first served
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
   // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.
-  std::timed_mutex health_mu_;
+  std::mutex health_mu_;
   std::unique_ptr<Connection> health_conn_;
 
   mutable std::mutex size_mu_;

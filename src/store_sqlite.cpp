@@ -13,7 +13,6 @@
 #include "store_sqlite.h"
 
 #include <fcntl.h>
-#include <semaphore.h>
 #include <sqlite3.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -33,7 +32,6 @@
 #include "clock.h"
 #include "json.h"
 #include "log.h"
-#include "metrics.h"
 
 namespace tdapi {
 
@@ -181,14 +179,6 @@ constexpr std::chrono::milliseconds kWriterCheckpointWait{5};
 constexpr long long kListPageRows = 1000;
 constexpr size_t kListPageBytes = 256 * 1024;
 
-// Write failures that say the write path is broken (GET /healthz 503 for kWriteFailureWindow
-// or until a write commits). Full and Busy are not: they pass, and reads still work.
-bool breaks_write_path(StatusCode code) {
-  return code == StatusCode::kIoError || code == StatusCode::kReadOnly ||
-         code == StatusCode::kCorrupt || code == StatusCode::kInternal;
-}
-constexpr auto kWriteFailureWindow = std::chrono::seconds(60);
-
 // One listing statement per combination of filters: index 1 patient_id, 2 test_type.
 std::string list_sql(bool by_patient, bool by_type) {
   std::string sql = "SELECT doc, seq FROM tests WHERE clinic_id = ?1";
@@ -266,24 +256,111 @@ struct SqliteStore::Connection {
   sqlite3_stmt* page_count = nullptr;  // for metrics, after each commit
 };
 
-// One request's write, waiting in the queue for the writer thread.
-struct SqliteStore::WriteJob {
-  const TestRecord* records = nullptr;
-  size_t count = 0;             // 0: audit entries alone
-  AuditEntry* audit = nullptr;  // audit_count entries, recorded in the same transaction
-  size_t audit_count = 0;
-  WriteOutcome outcome;
-  // Posted by the writer once `outcome` is final; the submitting thread waits on it alone. (A
-  // condition variable on queue_mu_ made every answered thread of a batch take that mutex
-  // again as it woke, against each other, the writer and new submitters: 4.5 futex calls per
-  // POST under 32 connections.) glibc's sem_post touches the semaphore only before the
-  // increment the waiter sees (the futex wake after it is a system call on the address), so
-  // the job may end as soon as sem_wait returns.
-  sem_t done;
-  WriteJob() { sem_init(&done, 0, 0); }
-  ~WriteJob() { sem_destroy(&done); }
-  WriteJob(const WriteJob&) = delete;
-  WriteJob& operator=(const WriteJob&) = delete;
+// The writer connection's side of the group-commit engine (store/write_engine.h): each step
+// is one prepared statement on writer_, run through run_step (SqliteOptions::fault_hook).
+class SqliteStore::Backend : public WriteBackend {
+ public:
+  explicit Backend(SqliteStore& store) : store_(store) {}
+
+  Status begin() override {
+    if (!store_.writer_) {  // a reset after a failed ROLLBACK failed too
+      Status s = store_.reopen_writer();
+      if (!s.ok()) return s;
+    }
+    return step(store_.writer_->begin, "BEGIN IMMEDIATE");
+  }
+  // Reads the end of the audit chain (inside the writer's transaction, so it is current even
+  // if another process appended).
+  Status audit_head(long long& seq, std::string& hash) override {
+    sqlite3_stmt* st = store_.writer_->audit_head;
+    int rc = sqlite3_step(st);
+    Status s;
+    if (rc == SQLITE_ROW) {
+      seq = sqlite3_column_int64(st, 0);
+      hash.assign(column_view(st, 1));
+    } else if (rc == SQLITE_DONE) {
+      seq = 0;
+      hash = kAuditGenesis;
+    } else {
+      s = error(sqlite3_extended_errcode(db()), "audit head");
+    }
+    sqlite3_reset(st);
+    return s;
+  }
+  // A failed INSERT of a lone record would leave the transaction usable; the savepoint keeps
+  // the steps the same for every group (and SqliteOptions::fault_hook sees them all).
+  bool savepoint_for_lone_record() const override { return true; }
+  Status savepoint() override { return step(store_.writer_->savepoint, "SAVEPOINT"); }
+  Status rollback_to_savepoint() override {
+    return step(store_.writer_->rollback_to, "ROLLBACK TO");
+  }
+  Status release_savepoint() override { return step(store_.writer_->release, "RELEASE"); }
+
+  Status insert_record(const TestRecord& r, const std::string& created_at,
+                       bool& duplicate) override {
+    sqlite3_stmt* st = store_.writer_->insert;
+    sqlite3_bind_text(st, 1, r.test_id.data(), static_cast<int>(r.test_id.size()), SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r.patient_id.data(), static_cast<int>(r.patient_id.size()),
+                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r.clinic_id.data(), static_cast<int>(r.clinic_id.size()),
+                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r.test_type.data(), static_cast<int>(r.test_type.size()),
+                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r.result.data(), static_cast<int>(r.result.size()), SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, created_at.data(), static_cast<int>(created_at.size()), SQLITE_STATIC);
+    std::string doc = test_record_json(r, created_at);
+    sqlite3_bind_text(st, 7, doc.data(), static_cast<int>(doc.size()), SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    Status s = rc == SQLITE_DONE ? Status::Ok() : error(sqlite3_extended_errcode(db()), "INSERT");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (s.code() != StatusCode::kDuplicate) return s;
+    duplicate = true;
+    return Status::Ok();
+  }
+
+  Status insert_audit(const AuditEntry& e) override {
+    sqlite3_stmt* st = store_.writer_->audit_insert;
+    sqlite3_bind_int64(st, 1, e.seq);
+    const std::string* texts[] = {&e.ts,     &e.request_id, &e.key_id,
+                                  &e.action, &e.clinic_id,  &e.detail};
+    int i = 2;
+    for (const std::string* t : texts) {
+      sqlite3_bind_text(st, i++, t->data(), static_cast<int>(t->size()), SQLITE_STATIC);
+    }
+    sqlite3_bind_int(st, 8, e.outcome);
+    sqlite3_bind_text(st, 9, e.prev_hash.data(), static_cast<int>(e.prev_hash.size()),
+                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 10, e.hash.data(), static_cast<int>(e.hash.size()), SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    int err = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(db());
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return err == SQLITE_OK ? Status::Ok() : error(err, "INSERT audit");
+  }
+
+  // SQLite rolled the whole transaction back (it may, on I/O errors).
+  bool transaction_lost() override { return sqlite3_get_autocommit(db()) != 0; }
+
+  Status commit() override {
+    int rc = Connection::run(store_.writer_->bump_seq);
+    if (rc != SQLITE_OK) return error(rc, "UPDATE counters");
+    Status s = step(store_.writer_->commit, "COMMIT");
+    if (s.ok()) store_.read_page_count(*store_.writer_);
+    return s;
+  }
+  void abort() override { store_.end_failed_transaction(); }
+  void note_failure(const Status& status) override { store_.note_failure(status); }
+
+ private:
+  sqlite3* db() const { return store_.writer_ ? store_.writer_->db : nullptr; }
+  Status error(int rc, const char* what) const { return status_from_sqlite(rc, db(), what, true); }
+  Status step(sqlite3_stmt* stmt, const char* what) {
+    int rc = store_.run_step(stmt, what);
+    return rc == SQLITE_OK ? Status::Ok() : error(rc, what);
+  }
+
+  SqliteStore& store_;
 };
 
 SqliteStore::SqliteStore(SqliteOptions options) : options_(std::move(options)) {}
@@ -352,7 +429,9 @@ Status SqliteStore::open(const SqliteOptions& options, std::unique_ptr<SqliteSto
   if (!s.ok()) return s;
   s = store->open_reader(store->checkpointer_);
   if (!s.ok()) return s;
-  store->writer_thread_ = std::thread([raw = store.get()] { raw->writer_loop(); });
+  store->backend_ = std::make_unique<Backend>(*store);
+  store->engine_ =
+      std::make_unique<WriteEngine>(*store->backend_, options.writes, options.observer);
   store->checkpoint_thread_ = std::thread([raw = store.get()] { raw->checkpoint_loop(); });
   out = std::move(store);
   return Status::Ok();
@@ -644,12 +723,7 @@ void SqliteStore::checkpoint_loop() {
 }
 
 SqliteStore::~SqliteStore() {
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    stopping_ = true;
-  }
-  queue_cv_.notify_all();
-  if (writer_thread_.joinable()) writer_thread_.join();
+  engine_.reset();  // answers what is queued, then stops the writer thread
   {
     std::lock_guard<std::mutex> lock(checkpoint_mu_);
     checkpoint_stop_ = true;
@@ -671,264 +745,9 @@ SqliteStore::~SqliteStore() {
   }
 }
 
-WriteOutcome SqliteStore::insert(const TestRecord& record, AuditEntry* audit) {
-  WriteJob job;
-  job.records = &record;
-  job.count = 1;
-  job.audit = audit;
-  job.audit_count = audit ? 1 : 0;
-  return submit(job);
-}
-
-WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records,
-                                     std::vector<AuditEntry>* audits) {
-  assert(!records.empty());
-  WriteJob job;
-  job.records = records.data();
-  job.count = records.size();
-  if (audits && !audits->empty()) {
-    job.audit = audits->data();
-    job.audit_count = audits->size();
-  }
-  return submit(job);
-}
-
-Status SqliteStore::append_audit(AuditEntry& entry) {
-  WriteJob job;
-  job.audit = &entry;
-  job.audit_count = 1;
-  return submit(job).status;
-}
-
-int SqliteStore::write_audit(AuditEntry& e, const std::string& now) {
-  if (e.ts.empty()) e.ts = now;
-  e.seq = audit_seq_ + 1;
-  e.prev_hash = audit_head_;
-  e.hash = audit_hash(e);
-  sqlite3_stmt* st = writer_->audit_insert;
-  sqlite3_bind_int64(st, 1, e.seq);
-  const std::string* texts[] = {&e.ts,     &e.request_id, &e.key_id,
-                                &e.action, &e.clinic_id,  &e.detail};
-  int i = 2;
-  for (const std::string* t : texts) {
-    sqlite3_bind_text(st, i++, t->data(), static_cast<int>(t->size()), SQLITE_STATIC);
-  }
-  sqlite3_bind_int(st, 8, e.outcome);
-  sqlite3_bind_text(st, 9, e.prev_hash.data(), static_cast<int>(e.prev_hash.size()), SQLITE_STATIC);
-  sqlite3_bind_text(st, 10, e.hash.data(), static_cast<int>(e.hash.size()), SQLITE_STATIC);
-  int rc = sqlite3_step(st);
-  int err = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(writer_->db);
-  sqlite3_reset(st);
-  sqlite3_clear_bindings(st);
-  if (err != SQLITE_OK) return err;
-  audit_seq_ = e.seq;
-  audit_head_ = e.hash;
-  return SQLITE_OK;
-}
-
-// Reads the end of the audit chain (inside the writer's transaction, so it is current even if
-// another process appended).
-Status SqliteStore::load_audit_head() {
-  sqlite3_stmt* st = writer_->audit_head;
-  int rc = sqlite3_step(st);
-  Status s;
-  if (rc == SQLITE_ROW) {
-    audit_seq_ = sqlite3_column_int64(st, 0);
-    audit_head_.assign(column_view(st, 1));
-  } else if (rc == SQLITE_DONE) {
-    audit_seq_ = 0;
-    audit_head_ = kAuditGenesis;
-  } else {
-    s = status_from_sqlite(sqlite3_extended_errcode(writer_->db), writer_->db, "audit head", true);
-  }
-  sqlite3_reset(st);
-  return s;
-}
-
-WriteOutcome SqliteStore::submit(WriteJob& job) {
-  std::unique_lock<std::mutex> lock(queue_mu_);
-  if (stopping_) {
-    job.outcome.status = Status::Busy("store is shutting down");
-    return job.outcome;
-  }
-  queue_.push_back(&job);
-  global_metrics().add_pending_writes(1);
-  queue_cv_.notify_one();
-  lock.unlock();
-  while (sem_wait(&job.done) != 0) {
-    if (errno != EINTR) std::abort();  // EINVAL: a broken semaphore; never wait on it blindly
-  }
-  global_metrics().add_pending_writes(-1);
-  return job.outcome;
-}
-
-void SqliteStore::writer_loop() {
-  std::vector<WriteJob*> batch;
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(queue_mu_);
-      queue_cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping, and everything queued has been answered
-      while (!queue_.empty() && batch.size() < options_.max_batch) {
-        batch.push_back(queue_.front());
-        queue_.pop_front();
-      }
-    }
-    commit_batch(batch);
-    for (WriteJob* job : batch) sem_post(&job->done);  // the job may end here: last access
-    batch.clear();
-  }
-}
-
-void SqliteStore::commit_batch(const std::vector<WriteJob*>& batch) {
-  auto start = std::chrono::steady_clock::now();
-  long long txn_id;
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    txn_id = next_txn_id_++;
-  }
-  const std::string created_at = utc_timestamp_ms();
-  Status batch_status;   // a failure of the transaction as a whole
-  Status storage_error;  // a failure of one job that says storage is failing (for check_health)
-
-  if (!writer_) batch_status = reopen_writer();  // a reset after a failed ROLLBACK failed too
-  sqlite3* db = writer_ ? writer_->db : nullptr;
-  if (batch_status.ok()) {
-    int rc = run_step(writer_->begin, "BEGIN IMMEDIATE");
-    if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "BEGIN IMMEDIATE", true);
-  }
-  bool audited = false;
-  for (const WriteJob* job : batch) audited = audited || job->audit_count > 0;
-  if (batch_status.ok() && audited) batch_status = load_audit_head();
-
-  for (size_t j = 0; j < batch.size() && batch_status.ok(); ++j) {
-    WriteJob& job = *batch[j];
-    job.outcome.txn_id = txn_id;
-    int rc = run_step(writer_->savepoint, "SAVEPOINT");
-    if (rc != SQLITE_OK) {
-      batch_status = status_from_sqlite(rc, db, "SAVEPOINT", true);
-      break;
-    }
-    Status job_error;  // a failure of this job's own insert, other than a duplicate
-    for (size_t i = 0; i < job.count; ++i) {
-      const TestRecord& r = job.records[i];
-      sqlite3_stmt* st = writer_->insert;
-      sqlite3_bind_text(st, 1, r.test_id.data(), static_cast<int>(r.test_id.size()), SQLITE_STATIC);
-      sqlite3_bind_text(st, 2, r.patient_id.data(), static_cast<int>(r.patient_id.size()),
-                        SQLITE_STATIC);
-      sqlite3_bind_text(st, 3, r.clinic_id.data(), static_cast<int>(r.clinic_id.size()),
-                        SQLITE_STATIC);
-      sqlite3_bind_text(st, 4, r.test_type.data(), static_cast<int>(r.test_type.size()),
-                        SQLITE_STATIC);
-      sqlite3_bind_text(st, 5, r.result.data(), static_cast<int>(r.result.size()), SQLITE_STATIC);
-      sqlite3_bind_text(st, 6, created_at.data(), static_cast<int>(created_at.size()),
-                        SQLITE_STATIC);
-      std::string doc = test_record_json(r, created_at);
-      sqlite3_bind_text(st, 7, doc.data(), static_cast<int>(doc.size()), SQLITE_STATIC);
-      rc = sqlite3_step(st);
-      int err = rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(db);
-      Status s = rc == SQLITE_DONE ? Status::Ok() : status_from_sqlite(err, db, "INSERT", true);
-      sqlite3_reset(st);
-      sqlite3_clear_bindings(st);
-      if (s.ok()) continue;
-      if (s.code() == StatusCode::kDuplicate) {
-        job.outcome.duplicate_ids.push_back(r.test_id);
-        job.outcome.status = Status::Duplicate("test_id already exists");
-        continue;  // keep checking the job's other records, to name every duplicate
-      }
-      job_error = s;
-      break;
-    }
-    if (!job_error.ok()) {
-      job.outcome.status = job_error;
-      job.outcome.duplicate_ids.clear();
-      note_failure(job_error);
-      if (job_error.code() != StatusCode::kInternal && breaks_write_path(job_error.code())) {
-        storage_error = job_error;
-      }
-      if (sqlite3_get_autocommit(db)) {
-        // SQLite rolled the whole transaction back (it may, on I/O errors): the jobs before
-        // this one are gone too.
-        batch_status = job_error;
-        break;
-      }
-    }
-    if (!job.outcome.status.ok()) {
-      rc = run_step(writer_->rollback_to, "ROLLBACK TO");  // undo only this job
-      if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "ROLLBACK TO", true);
-    }
-    // The job's audit entries, in its savepoint: a stored write (201) or a duplicate (409). A
-    // job that failed on its own storage error gets none (that failure is in the log): its
-    // audit row would likely fail the same way and take the whole batch with it.
-    for (size_t a = 0; a < job.audit_count && batch_status.ok() && job_error.ok(); ++a) {
-      AuditEntry& entry = job.audit[a];
-      if (job.count > 0) entry.outcome = job.outcome.status.ok() ? 201 : 409;
-      rc = write_audit(entry, created_at);
-      if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "INSERT audit", true);
-    }
-    rc = run_step(writer_->release, "RELEASE");
-    if (rc != SQLITE_OK && batch_status.ok()) {
-      batch_status = status_from_sqlite(rc, db, "RELEASE", true);
-    }
-  }
-
-  if (batch_status.ok()) {
-    int rc = Connection::run(writer_->bump_seq);
-    if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "UPDATE counters", true);
-  }
-  if (batch_status.ok()) {
-    int rc = run_step(writer_->commit, "COMMIT");
-    if (rc != SQLITE_OK) batch_status = status_from_sqlite(rc, db, "COMMIT", true);
-  }
-  if (!batch_status.ok()) end_failed_transaction();
-  if (batch_status.ok()) read_page_count(*writer_);
-
-  // Answer: a failed transaction fails every job of it that had not failed on its own.
-  for (WriteJob* job : batch) {
-    job->outcome.txn_id = txn_id;
-    // Duplicates too: their 409 and its audit entry were rolled back with the rest.
-    const bool failed_alone =
-        !job->outcome.status.ok() && job->outcome.status.code() != StatusCode::kDuplicate;
-    if (!batch_status.ok() && !failed_alone) {
-      job->outcome.status = batch_status;
-      job->outcome.duplicate_ids.clear();
-    }
-  }
-  note_failure(batch_status);
-  LogFields f;
-  f.txn_id = txn_id;
-  f.count = static_cast<long long>(batch.size());
-  f.txn = batch_status.ok() ? "commit" : "rollback";
-  f.duration_ms = elapsed_ms(start);
-  if (!batch_status.ok()) {
-    f.reason = batch_status.name();
-    f.detail = batch_status.message();
-  }
-  LogLevel level = batch_status.ok()                             ? LogLevel::kInfo
-                   : batch_status.code() == StatusCode::kCorrupt ? LogLevel::kError
-                                                                 : LogLevel::kWarn;
-  log_event(level, "txn", f);
-  global_metrics().record_transaction(batch.size(), f.duration_ms / 1000.0, batch_status.ok());
-
-  std::lock_guard<std::mutex> lock(queue_mu_);
-  stats_.transactions++;
-  (batch_status.ok() ? stats_.commits : stats_.rollbacks)++;
-  stats_.writes += static_cast<long long>(batch.size());
-  if (!batch_status.ok() && breaks_write_path(batch_status.code())) storage_error = batch_status;
-  if (!storage_error.ok()) {
-    write_failure_ = storage_error;
-    write_failure_at_ = std::chrono::steady_clock::now();
-  } else if (batch_status.ok()) {
-    write_failure_ = Status::Ok();
-  }
-}
-
 StoreStats SqliteStore::stats() const {
   StoreStats s;
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    s = stats_;
-  }
+  engine_->add_stats(s);
   std::error_code ec;
   for (const std::string& file : {options_.path, options_.path + "-wal"}) {
     auto size = std::filesystem::file_size(file, ec);
@@ -1133,13 +952,8 @@ Status SqliteStore::check_health() {
   if (corrupt_seen_.load()) {
     return Status::Corrupt("database " + options_.path + " reported corruption since start");
   }
-  {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    if (!write_failure_.ok() &&
-        std::chrono::steady_clock::now() - write_failure_at_ < kWriteFailureWindow) {
-      return write_failure_;
-    }
-  }
+  Status failure = engine_->recent_failure();
+  if (!failure.ok()) return failure;
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(status);
   if (!conn) return status;

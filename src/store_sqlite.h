@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "store.h"
+#include "store/write_engine.h"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -22,11 +23,12 @@ struct statvfs;
 namespace tdapi {
 
 struct SqliteOptions {
-  std::string path;                  // database file; created with the schema when missing
-  int busy_timeout_ms = 5000;        // bound on waiting for a lock held by another process
-  size_t max_batch = 256;            // most write jobs committed by one transaction
-  std::string synchronous = "FULL";  // FULL: a commit survives a power cut (fsync per COMMIT)
-  long long max_page_count = 0;      // > 0: cap the database size (tests of SQLITE_FULL)
+  std::string path;                   // database file; created with the schema when missing
+  int busy_timeout_ms = 5000;         // bound on waiting for a lock held by another process
+  WriteEngineOptions writes;          // group commit: most requests and records per transaction
+  WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
+  std::string synchronous = "FULL";   // FULL: a commit survives a power cut (fsync per COMMIT)
+  long long max_page_count = 0;       // > 0: cap the database size (tests of SQLITE_FULL)
   // The administration commands (keys, audit) open a database the service may be running on:
   // a missing file is an error (a mistyped --db must not create one), the clean-stop marker is
   // neither taken nor written (it belongs to the service), the O(size) integrity check is
@@ -95,14 +97,13 @@ Status sqlite_settle_unused(const std::string& path);
 // here for its query-plan test.
 extern const char kListAllTestsSql[];
 
-// Safe for concurrent use from several threads. Writes go through one writer thread that
-// commits whatever requests are queued in one transaction (group commit): BEGIN IMMEDIATE,
-// a SAVEPOINT per request (a request whose insert fails, as a duplicate or otherwise, rolls
-// back only its own), COMMIT, then every request of the batch is answered. Only a failure of
-// the transaction itself (BEGIN, COMMIT, or an error after which SQLite ended the transaction)
-// answers every request of the batch with that error.
-// The batch closes when the queue is empty or max_batch is reached; a lone request never waits.
-class SqliteStore : public Store {
+// Safe for concurrent use from several threads. Writes go through the group-commit engine
+// (store/write_engine.h), whose writer thread commits whatever requests are queued in one
+// transaction: BEGIN IMMEDIATE, a SAVEPOINT per request (a request whose insert fails, as a
+// duplicate or otherwise, rolls back only its own), COMMIT, then every request of the group is
+// answered. Only a failure of the transaction itself (BEGIN, COMMIT, or an error after which
+// SQLite ended the transaction) answers every request of the group with that error.
+class SqliteStore : public EngineStore {
  public:
   // Opens or creates the database at options.path, refuses a damaged file (PRAGMA quick_check),
   // a schema newer than this binary (before writing anything to it) or one with objects this
@@ -117,12 +118,6 @@ class SqliteStore : public Store {
   // Finishes queued writes, stops the writer, checkpoints the WAL and closes every connection.
   ~SqliteStore() override;
 
-  using Store::insert;
-  using Store::insert_all;
-  WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override;
-  WriteOutcome insert_all(const std::vector<TestRecord>& records,
-                          std::vector<AuditEntry>* audits) override;
-  Status append_audit(AuditEntry& entry) override;
   Status list_audit(const AuditQuery& query,
                     const std::function<bool(const AuditEntry&)>& on_entry) override;
   Status count_audit(long long up_to, long long& rows) override;
@@ -157,7 +152,7 @@ class SqliteStore : public Store {
   static constexpr int kCheckpointPages = 1000;
 
  private:
-  struct WriteJob;
+  class Backend;  // the writer connection's side of the engine
   struct Connection;
 
   explicit SqliteStore(SqliteOptions options);
@@ -177,12 +172,6 @@ class SqliteStore : public Store {
   Status open_reader(std::unique_ptr<Connection>& out);
   std::unique_ptr<Connection> acquire_reader(Status& status);
   void release_reader(std::unique_ptr<Connection> conn);
-  WriteOutcome submit(WriteJob& job);
-  void writer_loop();
-  void commit_batch(const std::vector<WriteJob*>& batch);
-  // Inserts entry as the next link of the audit chain inside the writer's open transaction.
-  int write_audit(AuditEntry& entry, const std::string& now);
-  Status load_audit_head();
   // Runs fn on the admin connection (key management) inside BEGIN IMMEDIATE ... COMMIT.
   Status admin_write(const std::function<int(sqlite3*)>& fn, const char* what);
   void checkpoint_loop();
@@ -202,25 +191,12 @@ class SqliteStore : public Store {
   std::atomic<long long> page_count_{-1};  // PRAGMA page_count after the last commit
   std::atomic<long long> max_pages_{-1};   // PRAGMA max_page_count
   std::atomic<long long> page_size_{4096};
-  // The latest write failure that breaks the write path (see check_health), and when; cleared
-  // by a commit. Guarded by queue_mu_.
-  Status write_failure_;
-  std::chrono::steady_clock::time_point write_failure_at_;
   std::string secret_;
   std::unique_ptr<Connection> writer_;
-  // The audit chain's end: used and advanced only by the writer thread (and open()).
-  long long audit_seq_ = 0;
-  std::string audit_head_;
   std::mutex admin_mu_;
   sqlite3* admin_ = nullptr;  // key management writes; opened on first use
 
-  mutable std::mutex queue_mu_;
-  std::condition_variable queue_cv_;
-  std::deque<WriteJob*> queue_;
-  bool stopping_ = false;
-  long long next_txn_id_ = 1;
-  StoreStats stats_;
-  std::thread writer_thread_;
+  std::unique_ptr<Backend> backend_;
 
   std::unique_ptr<Connection> checkpointer_;
   std::mutex checkpoint_mu_;

@@ -232,6 +232,7 @@ TEST(SqliteStoreMetrics, CommitsFeedTheHistogramsAndPagesAreCounted) {
   SqliteOptions o;
   o.path = dir.file("m.db");
   o.max_page_count = 5000;
+  o.observer = &global_metrics();  // as the service wires it (main.cpp)
   std::unique_ptr<SqliteStore> store;
   ASSERT_TRUE(SqliteStore::open(o, store).ok());
   std::string before = global_metrics().render(store->stats(), Status::Ok());

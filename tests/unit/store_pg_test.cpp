@@ -202,7 +202,9 @@ TEST_F(PgStoreTest, ConcurrentWritersAreAllStoredInFewerTransactions) {
 
 // The PostgreSQL writer feeds the same transaction histograms as SQLite's (metrics.h).
 TEST_F(PgStoreTest, CommitsFeedTheMetricsHistograms) {
-  auto store = open();
+  PgOptions o;
+  o.observer = &global_metrics();  // as the service wires it (main.cpp)
+  auto store = open(o);
   auto count = [](const char* series) {
     std::string text = global_metrics().render(StoreStats(), Status::Ok());
     size_t at = text.find(std::string("\n") + series + " ");
@@ -410,7 +412,7 @@ TEST_F(PgStoreTest, TheHealthCheckAnswersWhileSlowReadsHoldEveryReader) {
     PGconn* c = PQconnectdb(url().c_str());
     PGresult* r = PQexec(c,
                          "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                         " AND state = 'active' AND query LIKE 'SELECT doc FROM tests%'");
+                         " AND state = 'active' AND query LIKE 'SELECT doc, clinic_id FROM tests%'");
     int n = PQresultStatus(r) == PGRES_TUPLES_OK ? std::atoi(PQgetvalue(r, 0, 0)) : -1;
     PQclear(r);
     PQfinish(c);

@@ -1,0 +1,149 @@
+// write_engine.h: the group-commit engine both stores write through, over a small per-backend
+// interface (WriteBackend). Modelled on LevelDB's writer queue (DBImpl::Write): requests queue,
+// one writer thread takes what is queued (up to a cap) and commits it in one transaction, a
+// savepoint per request, then answers each request on its own semaphore. The backend knows
+// SQL; the engine knows the order of the steps, the audit chain link, the cap, the health
+// window, the txn log line, the counters and the metrics (through the observer it is given).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "audit.h"
+#include "status.h"
+#include "store.h"
+#include "store/thread_annotations.h"
+#include "test_record.h"
+
+namespace tdapi {
+
+// What the engine reports to metrics. Given at construction (may be null: nothing reported).
+class WriteObserver {
+ public:
+  virtual ~WriteObserver() = default;
+  // One group-commit transaction of `jobs` write requests that took `seconds`: committed (ok)
+  // or rolled back as a whole.
+  virtual void record_transaction(size_t jobs, double seconds, bool ok) = 0;
+  // A write request handed to the engine (+1), and answered (-1).
+  virtual void add_pending_writes(int delta) = 0;
+};
+
+// One backend's side of a group-commit transaction. Called by the engine's writer thread only,
+// one group at a time, in this order: begin, [audit_head], per job { [savepoint], insert_record
+// per record, [rollback_to_savepoint], insert_audit per entry, [release_savepoint] }, commit;
+// abort after any failure of the transaction as a whole.
+class WriteBackend {
+ public:
+  virtual ~WriteBackend() = default;
+  // Starts the group's transaction, (re)connecting when needed, holding whatever lock makes
+  // write transactions take turns.
+  virtual Status begin() = 0;
+  // The end of the audit chain, current inside the transaction: seq 0 and kAuditGenesis when
+  // the trail is empty.
+  virtual Status audit_head(long long& seq, std::string& hash) = 0;
+  // Whether a group of one job that stores one record still takes a savepoint for it (false:
+  // that job's failure is the transaction's anyway).
+  virtual bool savepoint_for_lone_record() const = 0;
+  virtual Status savepoint() = 0;
+  virtual Status rollback_to_savepoint() = 0;
+  virtual Status release_savepoint() = 0;
+  // Inserts one record stamped created_at. Ok with duplicate set when its test_id exists
+  // (nothing written, the transaction goes on); any other Status is the job's own failure.
+  virtual Status insert_record(const TestRecord& record, const std::string& created_at,
+                               bool& duplicate) = 0;
+  // Inserts one audit entry whose seq, ts, prev_hash and hash the engine has set.
+  virtual Status insert_audit(const AuditEntry& entry) = 0;
+  // After a job's own failure: whether the database ended the transaction (the jobs before it
+  // are gone too), so the group fails as a whole.
+  virtual bool transaction_lost() = 0;
+  virtual Status commit() = 0;
+  // After a failed group: ends the transaction (rolls back; starts over on a new connection
+  // when that fails). Never fails: the next begin reports a connection it could not replace.
+  virtual void abort() = 0;
+  // Logs a storage failure (and whatever the backend marks for it, such as corruption).
+  virtual void note_failure(const Status& status) = 0;
+};
+
+// Write failures that say the write path is broken: WriteEngine::recent_failure reports them
+// for kWriteFailureWindow or until a group commits. Full, Busy and Duplicate do not.
+bool breaks_write_path(StatusCode code);
+constexpr auto kWriteFailureWindow = std::chrono::seconds(60);
+
+struct WriteEngineOptions {
+  size_t max_jobs = 256;      // most write requests committed by one transaction
+  size_t max_records = 4000;  // most records in one transaction (past its first request)
+};
+
+// Safe for concurrent use from several threads. Starts its writer thread when constructed.
+class WriteEngine {
+ public:
+  WriteEngine(WriteBackend& backend, WriteEngineOptions options, WriteObserver* observer);
+  // Finishes what is queued (answering every request) and stops the writer thread.
+  ~WriteEngine();
+  WriteEngine(const WriteEngine&) = delete;
+  WriteEngine& operator=(const WriteEngine&) = delete;
+
+  // The Store write calls (store.h), committed by the writer thread.
+  WriteOutcome insert(const TestRecord& record, AuditEntry* audit = nullptr) EXCLUDES(mu_);
+  WriteOutcome insert_all(const std::vector<TestRecord>& records,
+                          std::vector<AuditEntry>* audits = nullptr) EXCLUDES(mu_);
+  Status append_audit(AuditEntry& entry) EXCLUDES(mu_);
+
+  // The latest failure of the write path within kWriteFailureWindow with no commit since, else
+  // Ok (for check_health).
+  Status recent_failure() const EXCLUDES(mu_);
+  // transactions, commits, rollbacks and writes since construction; the rest left as it is.
+  void add_stats(StoreStats& out) const EXCLUDES(mu_);
+
+ private:
+  struct Job;
+
+  WriteOutcome submit(Job& job) EXCLUDES(mu_);
+  void writer_loop() EXCLUDES(mu_);
+  void commit_group(const std::vector<Job*>& group) EXCLUDES(mu_);
+  // Runs the group's transaction; the failure of the transaction as a whole, else Ok.
+  // storage_error receives a job's own failure that says storage is failing.
+  Status run_transaction(const std::vector<Job*>& group, long long txn_id, Status& storage_error);
+
+  WriteBackend& backend_;
+  const WriteEngineOptions options_;
+  WriteObserver* const observer_;
+
+  mutable Mutex mu_;
+  std::condition_variable queue_cv_;  // waited on with mu_ held, by the writer thread
+  std::deque<Job*> queue_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
+  long long next_txn_id_ GUARDED_BY(mu_) = 1;
+  StoreStats stats_ GUARDED_BY(mu_);
+  Status write_failure_ GUARDED_BY(mu_);
+  std::chrono::steady_clock::time_point write_failure_at_ GUARDED_BY(mu_);
+  std::thread writer_thread_;
+};
+
+// A Store whose writes go through a WriteEngine: store.h's write calls, for both backends.
+// The derived store creates engine_ once its writer connection is ready, and resets it first
+// thing in its destructor (queued writes are answered while its connections still exist).
+class EngineStore : public Store {
+ public:
+  using Store::insert;
+  using Store::insert_all;
+  WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override {
+    return engine_->insert(record, audit);
+  }
+  WriteOutcome insert_all(const std::vector<TestRecord>& records,
+                          std::vector<AuditEntry>* audits) override {
+    return engine_->insert_all(records, audits);
+  }
+  Status append_audit(AuditEntry& entry) override { return engine_->append_audit(entry); }
+
+ protected:
+  std::unique_ptr<WriteEngine> engine_;
+};
+
+}  // namespace tdapi

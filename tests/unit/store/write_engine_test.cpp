@@ -1,0 +1,336 @@
+// The group-commit engine (store/write_engine.h) against a fake backend: which jobs an error
+// answers, the cap on a group, the audit chain across groups, the observer.
+#include "store/write_engine.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../store_test_util.h"
+
+namespace tdapi {
+namespace {
+
+// A transactional in-memory store. Its first begin() can be held closed (hold_first_begin), so
+// the test queues jobs behind it and knows they form the next group.
+class FakeBackend : public WriteBackend {
+ public:
+  Status begin() override {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++begins_;
+    in_begin_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !held_; });
+    in_begin_ = false;
+    txn_records_.clear();
+    txn_audit_.clear();
+    return Status::Ok();
+  }
+  Status audit_head(long long& seq, std::string& hash) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    seq = trail_.empty() ? 0 : trail_.back().seq;
+    hash = trail_.empty() ? kAuditGenesis : trail_.back().hash;
+    return Status::Ok();
+  }
+  bool savepoint_for_lone_record() const override { return true; }
+  Status savepoint() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    sp_records_ = txn_records_.size();
+    sp_audit_ = txn_audit_.size();
+    return savepoint_error_;
+  }
+  Status rollback_to_savepoint() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    txn_records_.resize(sp_records_);
+    txn_audit_.resize(sp_audit_);
+    return Status::Ok();
+  }
+  Status release_savepoint() override { return Status::Ok(); }
+  Status insert_record(const TestRecord& r, const std::string&, bool& duplicate) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto failing = fail_insert_.find(r.test_id);
+    if (failing != fail_insert_.end()) return failing->second;
+    for (const std::string& id : txn_records_) duplicate = duplicate || id == r.test_id;
+    duplicate = duplicate || stored_.count(r.test_id) > 0;
+    if (!duplicate) txn_records_.push_back(r.test_id);
+    return Status::Ok();
+  }
+  Status insert_audit(const AuditEntry& e) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    txn_audit_.push_back(e);
+    return Status::Ok();
+  }
+  bool transaction_lost() override { return false; }
+  Status commit() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++commits_;
+    if (!commit_error_.ok() && commits_ >= fail_from_commit_) return commit_error_;
+    stored_.insert(txn_records_.begin(), txn_records_.end());
+    trail_.insert(trail_.end(), txn_audit_.begin(), txn_audit_.end());
+    return Status::Ok();
+  }
+  void abort() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++aborts_;
+  }
+  void note_failure(const Status&) override {}
+
+  void hold_first_begin() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = true;
+  }
+  // Waits (at most 10 s) until the writer is inside the held begin().
+  bool wait_in_begin() {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return in_begin_; });
+  }
+  void release_begin() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = false;
+    cv_.notify_all();
+  }
+  void fail_insert(const std::string& id, Status s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_insert_[id] = s;
+  }
+  // Commits number from_commit (counted from 1) and later fail with s.
+  void fail_commit(Status s, int from_commit) {
+    std::lock_guard<std::mutex> lock(mu_);
+    commit_error_ = s;
+    fail_from_commit_ = from_commit;
+  }
+  void fail_savepoint(Status s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    savepoint_error_ = s;
+  }
+  std::set<std::string> stored() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stored_;
+  }
+  std::vector<AuditEntry> trail() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return trail_;
+  }
+  int aborts() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return aborts_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool held_ = false, in_begin_ = false;
+  int begins_ = 0, aborts_ = 0, commits_ = 0, fail_from_commit_ = 1;
+  std::set<std::string> stored_;
+  std::vector<AuditEntry> trail_;
+  std::vector<std::string> txn_records_;
+  std::vector<AuditEntry> txn_audit_;
+  size_t sp_records_ = 0, sp_audit_ = 0;
+  std::map<std::string, Status> fail_insert_;
+  Status commit_error_, savepoint_error_;
+};
+
+// Records what the engine reports.
+class FakeObserver : public WriteObserver {
+ public:
+  void record_transaction(size_t jobs, double, bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    groups_.push_back({jobs, ok});
+  }
+  void add_pending_writes(int delta) override { pending_ += delta; }
+  // Waits (at most 10 s) until n writes are pending.
+  bool wait_pending(int n) {
+    for (int i = 0; i < 2000 && pending_.load() < n; ++i) usleep(5000);
+    return pending_.load() >= n;
+  }
+  std::vector<std::pair<size_t, bool>> groups() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return groups_;
+  }
+  std::atomic<int> pending_{0};
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<size_t, bool>> groups_;
+};
+
+// Runs each job on a thread of its own while the writer is held in the first group's begin(),
+// so that every job queues behind it; then lets the writer go and waits for every answer.
+// The first group holds one audit entry alone (`opener`).
+void queue_behind_held_group(WriteEngine& engine, FakeBackend& backend, FakeObserver& observer,
+                             const std::vector<std::function<void()>>& jobs) {
+  backend.hold_first_begin();
+  AuditEntry opener;
+  opener.action = "opener";
+  std::thread first([&] { EXPECT_TRUE(engine.append_audit(opener).ok()); });
+  ASSERT_TRUE(backend.wait_in_begin());
+  std::vector<std::thread> threads;
+  for (const auto& job : jobs) threads.emplace_back(job);
+  EXPECT_TRUE(observer.wait_pending(1 + static_cast<int>(jobs.size())));
+  backend.release_begin();
+  first.join();
+  for (auto& t : threads) t.join();
+}
+
+TEST(WriteEngine, AJobThatFailsInItsSavepointIsAnsweredAloneTheRestCommit) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  backend.fail_insert("bad", Status::Full("disk full"));
+  WriteOutcome good, bad, dup_first, dup_second;
+  const std::vector<TestRecord> pair = {make_record("d1"), make_record("d1")};
+  queue_behind_held_group(engine, backend, observer,
+                          {[&] { good = engine.insert(make_record("good")); },
+                           [&] { bad = engine.insert(make_record("bad")); },
+                           [&] { dup_first = engine.insert_all(pair); }});
+  EXPECT_TRUE(good.status.ok());
+  EXPECT_EQ(bad.status.code(), StatusCode::kFull);
+  EXPECT_EQ(dup_first.status.code(), StatusCode::kDuplicate);
+  EXPECT_EQ(dup_first.duplicate_ids, std::vector<std::string>{"d1"});
+  EXPECT_EQ(good.txn_id, bad.txn_id);  // one group
+  EXPECT_EQ(backend.stored(), std::set<std::string>{"good"});
+  auto groups = observer.groups();
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[1], std::make_pair(size_t{3}, true));
+  EXPECT_EQ(backend.aborts(), 0);
+}
+
+TEST(WriteEngine, AFailingSavepointStatementFailsTheWholeGroup) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  backend.fail_savepoint(Status::IoError("disk I/O error"));
+  WriteOutcome w = engine.insert(make_record("s1"));
+  EXPECT_EQ(w.status.code(), StatusCode::kIoError);
+  EXPECT_TRUE(backend.stored().empty());
+  EXPECT_EQ(backend.aborts(), 1);
+}
+
+TEST(WriteEngine, AFailingCommitAnswersEveryJobOfTheGroupWithItsError) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  backend.fail_commit(Status::IoError("disk I/O error"), /*from_commit=*/2);
+  std::vector<WriteOutcome> out(3);
+  std::vector<AuditEntry> audit(3);
+  std::vector<std::function<void()>> jobs;
+  for (int i = 0; i < 3; ++i) {
+    jobs.push_back(
+        [&, i] { out[i] = engine.insert(make_record("c" + std::to_string(i)), &audit[i]); });
+  }
+  queue_behind_held_group(engine, backend, observer, jobs);
+  auto groups = observer.groups();
+  ASSERT_EQ(groups.size(), 2u);
+  EXPECT_EQ(groups[1], std::make_pair(size_t{3}, false));
+  for (const WriteOutcome& w : out) {
+    EXPECT_EQ(w.status.code(), StatusCode::kIoError);
+    EXPECT_TRUE(w.duplicate_ids.empty());
+  }
+  EXPECT_TRUE(backend.stored().empty());
+  EXPECT_EQ(backend.trail().size(), 1u);  // the opener's entry only
+  EXPECT_EQ(engine.recent_failure().code(), StatusCode::kIoError);
+  StoreStats s;
+  engine.add_stats(s);
+  EXPECT_EQ(s.transactions, 2);
+  EXPECT_EQ(s.commits, 1);
+  EXPECT_EQ(s.rollbacks, 1);
+  EXPECT_EQ(s.writes, 4);
+  EXPECT_EQ(backend.aborts(), 1);
+  // A later commit clears the health window.
+  backend.fail_commit(Status::Ok(), 0);
+  EXPECT_TRUE(engine.insert(make_record("after")).status.ok());
+  EXPECT_TRUE(engine.recent_failure().ok());
+}
+
+// One cap for every backend: at most max_jobs requests and, past the first, max_records
+// records per group; a request larger than the cap still goes, alone.
+TEST(WriteEngine, TheCapSplitsALargeQueueIntoSeveralGroups) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngineOptions options;
+  options.max_jobs = 3;
+  options.max_records = 10;
+  WriteEngine engine(backend, options, &observer);
+  // Queued in this order: 4, 4, 4 records (12 > 10: split after two), then 1, 1, 1, 1 (three
+  // jobs at most), then one of 25 records alone.
+  std::vector<std::vector<TestRecord>> batches;
+  const std::vector<size_t> sizes = {4, 4, 4, 1, 1, 1, 1, 25};
+  for (size_t b = 0; b < sizes.size(); ++b) {
+    batches.emplace_back();
+    for (size_t i = 0; i < sizes[b]; ++i) {
+      batches.back().push_back(make_record("b" + std::to_string(b) + "r" + std::to_string(i)));
+    }
+  }
+  std::vector<WriteOutcome> out(batches.size());
+  // Queued one by one, in order (each waits until the one before is pending).
+  backend.hold_first_begin();
+  AuditEntry opener;
+  std::thread first([&] { EXPECT_TRUE(engine.append_audit(opener).ok()); });
+  ASSERT_TRUE(backend.wait_in_begin());
+  std::vector<std::thread> threads;
+  for (size_t b = 0; b < batches.size(); ++b) {
+    threads.emplace_back([&, b] { out[b] = engine.insert_all(batches[b]); });
+    ASSERT_TRUE(observer.wait_pending(static_cast<int>(b) + 2));
+  }
+  backend.release_begin();
+  first.join();
+  for (auto& t : threads) t.join();
+  for (const WriteOutcome& w : out) EXPECT_TRUE(w.status.ok()) << w.status.message();
+  std::vector<size_t> jobs_per_group;
+  for (const auto& g : observer.groups()) jobs_per_group.push_back(g.first);
+  EXPECT_EQ(jobs_per_group, (std::vector<size_t>{1, 2, 3, 2, 1}));
+  EXPECT_EQ(out[0].txn_id, out[1].txn_id);
+  EXPECT_NE(out[1].txn_id, out[2].txn_id);
+  EXPECT_EQ(out[2].txn_id, out[4].txn_id);
+  EXPECT_NE(out[4].txn_id, out[5].txn_id);
+  EXPECT_EQ(out[5].txn_id, out[6].txn_id);
+  EXPECT_NE(out[6].txn_id, out[7].txn_id);
+  EXPECT_EQ(backend.stored().size(), 41u);
+}
+
+// Each entry names its predecessor's hash, within a group and from one group to the next.
+TEST(WriteEngine, AuditEntriesChainAcrossGroups) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  AuditEntry alone;
+  alone.action = "alone";
+  ASSERT_TRUE(engine.append_audit(alone).ok());
+  std::vector<AuditEntry> entries(4);
+  std::vector<std::function<void()>> jobs;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    entries[i].action = "write";
+    entries[i].clinic_id = "c1";
+    jobs.push_back([&, i] {
+      EXPECT_TRUE(engine.insert(make_record("a" + std::to_string(i)), &entries[i]).status.ok());
+    });
+  }
+  queue_behind_held_group(engine, backend, observer, jobs);
+  AuditEntry last;
+  ASSERT_TRUE(engine.append_audit(last).ok());
+  const std::vector<AuditEntry> trail = backend.trail();
+  ASSERT_EQ(trail.size(), 7u);  // alone, opener, four writes, last
+  EXPECT_EQ(observer.groups().size(), 4u);
+  std::string prev = kAuditGenesis;
+  for (size_t i = 0; i < trail.size(); ++i) {
+    EXPECT_EQ(trail[i].seq, static_cast<long long>(i) + 1);
+    EXPECT_EQ(trail[i].prev_hash, prev);
+    EXPECT_EQ(trail[i].hash, audit_hash(trail[i]));
+    prev = trail[i].hash;
+  }
+  for (const AuditEntry& e : entries) EXPECT_EQ(e.outcome, 201);
+  EXPECT_EQ(last.prev_hash, trail[5].hash);
+}
+
+}  // namespace
+}  // namespace tdapi
