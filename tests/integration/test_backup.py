@@ -347,6 +347,17 @@ class BackupRestore(unittest.TestCase):
         self.assertEqual(os.stat(db).st_uid, svc)
         self.assertEqual(ids_in(db), {"t1"})
 
+    def test_an_sqlite_file_that_cannot_be_opened_is_named(self):
+        """The admin commands said "cannot open (a DATABASE_URL that libpq cannot parse)" for an
+        SQLite path."""
+        path = os.path.join(self.tmp, "missing-dir", "testdata.db")
+        for args in (["audit", "verify"], ["keys", "list"]):
+            r = cli(*args, "--db", path)
+            self.assertEqual(r.returncode, 1, f"{args}: {r.stdout} {r.stderr}")
+            self.assertIn(f"cannot open {path}", r.stderr)
+            self.assertNotIn("libpq", r.stderr)
+            self.assertNotIn("DATABASE_URL", r.stderr)
+
     def test_keep_never_removes_the_backup_just_taken(self):
         """Files named in the future (a clock that went back, or planted) used to outrank the
         backup just taken: --keep 1 removed it, exit 0."""
