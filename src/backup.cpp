@@ -6,11 +6,13 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <sqlite3.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -390,16 +392,69 @@ bool is_backup_file_name(const std::string& name) {
   return true;
 }
 
+namespace {
+
+// Where a backup stands in its database's history: the newest audit entry and the newest test
+// it holds (audit first: every write appends one).
+struct ContentPosition {
+  long long audit = 0;
+  long long tests = 0;
+};
+
+// A path as an SQLite URI ("file:" and the path, percent-encoded where the URI syntax needs it).
+std::string sqlite_uri(const std::string& path) {
+  std::string out = "file:";
+  for (unsigned char c : path) {
+    if (std::isalnum(c) || std::strchr("/-._~", c)) {
+      out += static_cast<char>(c);
+    } else {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", c);
+      out += hex;
+    }
+  }
+  return out;
+}
+
+// Reads a backup's ContentPosition with SQLite: read-only, immutable (nothing written beside
+// it, no lock taken), never through a link. False when it is no database with a tests table:
+// then it is no backup.
+bool content_position(const std::string& path, ContentPosition& out) {
+  out = ContentPosition();
+  sqlite3* db = nullptr;
+  const std::string uri = sqlite_uri(path) + "?mode=ro&immutable=1";
+  int rc = sqlite3_open_v2(uri.c_str(), &db,
+                           SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOFOLLOW, nullptr);
+  auto one = [&](const char* sql, long long& value) {
+    sqlite3_stmt* st = nullptr;
+    bool ok = sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW;
+    if (ok) value = std::max(value, static_cast<long long>(sqlite3_column_int64(st, 0)));
+    sqlite3_finalize(st);
+    return ok;
+  };
+  bool ok = rc == SQLITE_OK && one("SELECT coalesce(max(seq), 0) FROM tests", out.tests);
+  if (ok) {
+    one("SELECT value FROM counters WHERE name = 'last_seq'", out.tests);  // schema 2 and later
+    one("SELECT coalesce(max(seq), 0) FROM audit", out.audit);             // schema 3 and later
+  }
+  sqlite3_close(db);
+  return ok;
+}
+
+}  // namespace
+
 Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed,
                       const std::string& just_made) {
   removed.clear();
   DIR* d = ::opendir(dir.c_str());
   if (!d) return Status::ReadOnly("cannot list " + dir + ": " + errno_text());
   const int dfd = dirfd(d);
-  // What the files are, not what their names say: regular files (a link is neither followed nor
-  // counted) of this user, newest modification first.
+  // What the files are, not what their names or dates say: regular files (a link is neither
+  // followed nor counted) of this user that are databases, ranked by what they hold.
   struct Candidate {
     std::string name;
+    ContentPosition position;
     struct timespec mtime;
   };
   std::vector<Candidate> older;
@@ -415,9 +470,13 @@ Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>
       made_here = true;  // never removed, and the newest of all
       continue;
     }
-    older.push_back({e->d_name, st.st_mtim});
+    ContentPosition position;
+    if (!content_position(dir + "/" + e->d_name, position)) continue;  // no backup
+    older.push_back({e->d_name, position, st.st_mtim});
   }
   std::sort(older.begin(), older.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.position.audit != b.position.audit) return a.position.audit > b.position.audit;
+    if (a.position.tests != b.position.tests) return a.position.tests > b.position.tests;
     if (a.mtime.tv_sec != b.mtime.tv_sec) return a.mtime.tv_sec > b.mtime.tv_sec;
     if (a.mtime.tv_nsec != b.mtime.tv_nsec) return a.mtime.tv_nsec > b.mtime.tv_nsec;
     return a.name > b.name;

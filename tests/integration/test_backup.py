@@ -347,6 +347,37 @@ class BackupRestore(unittest.TestCase):
         self.assertEqual(os.stat(db).st_uid, svc)
         self.assertEqual(ids_in(db), {"t1"})
 
+    def test_keep_ranks_backups_by_what_they_hold_not_by_their_dates(self):
+        """Two older backups dated a year ahead (a fast clock, or touched) outranked the genuine
+        newer ones: --keep 3 removed all three of those."""
+        backups = os.path.join(self.tmp, "backups")
+        os.mkdir(backups, 0o700)
+        with open(os.path.join(backups, "testdata-20261101T000000.000Z.db"), "w") as f:
+            f.write("not a backup: never counted nor removed")
+        with Server() as s:
+            db = os.path.join(s.data_dir, "testdata.db")
+            early = []
+            for i, name in enumerate(["testdata-20270101T000000.000Z.db",
+                                      "testdata-20270102T000000.000Z.db"]):
+                self.assertEqual(s.request("POST", "/tests", record(f"early-{i}")).status, 201)
+                self.assertEqual(cli("backup", "--db", db, "--to",
+                                     os.path.join(backups, name)).returncode, 0)
+                ahead = time.time() + 365 * 86400
+                os.utime(os.path.join(backups, name), (ahead, ahead))
+                early.append(name)
+            genuine = []
+            for i in range(4):
+                self.assertEqual(s.request("POST", "/tests", record(f"t{i}")).status, 201)
+                p = cli("backup", "--db", db, "--to-dir", backups,
+                        "--keep", "3" if i == 3 else "100")
+                self.assertEqual(p.returncode, 0, p.stderr)
+                out = json.loads(p.stdout)
+                genuine.append(os.path.basename(out["file"]))
+                time.sleep(0.01)  # names carry milliseconds
+        self.assertEqual(sorted(out["removed"]), sorted(early + [genuine[0]]))
+        self.assertEqual(sorted(os.listdir(backups)),
+                         sorted(genuine[1:] + ["testdata-20261101T000000.000Z.db"]))
+
     def test_an_sqlite_file_that_cannot_be_opened_is_named(self):
         """The admin commands said "cannot open (a DATABASE_URL that libpq cannot parse)" for an
         SQLite path."""
@@ -360,24 +391,26 @@ class BackupRestore(unittest.TestCase):
 
     def test_keep_never_removes_the_backup_just_taken(self):
         """Files named in the future (a clock that went back, or planted) used to outrank the
-        backup just taken: --keep 1 removed it, exit 0."""
+        backup just taken: --keep 1 removed it, exit 0. A file that is no database is no backup:
+        neither counted nor removed."""
         backups = os.path.join(self.tmp, "backups")
         os.mkdir(backups, 0o700)
-        planted = ["testdata-20991231T235959.000Z.db", "testdata-20990101T000000.000Z.db"]
-        for name in planted:
-            with open(os.path.join(backups, name), "w") as f:
-                f.write("planted")
-            os.utime(os.path.join(backups, name), (1700000000, 1700000000))
+        planted = "testdata-20991231T235959.000Z.db"
+        with open(os.path.join(backups, planted), "w") as f:
+            f.write("planted")
+        older = "testdata-20990101T000000.000Z.db"
         with Server() as s:
-            self.assertEqual(s.request("POST", "/tests", record("t1")).status, 201)
             db = os.path.join(s.data_dir, "testdata.db")
+            self.assertEqual(cli("backup", "--db", db, "--to",
+                                 os.path.join(backups, older)).returncode, 0)
+            self.assertEqual(s.request("POST", "/tests", record("t1")).status, 201)
             p = cli("backup", "--db", db, "--to-dir", backups, "--keep", "1")
         self.assertEqual(p.returncode, 0, p.stderr)
         out = json.loads(p.stdout)
         self.assertTrue(os.path.exists(out["file"]), "the backup just taken was removed")
         self.assertEqual(ids_in(out["file"]), {"t1"})
-        self.assertEqual(sorted(out["removed"]), sorted(planted))
-        self.assertEqual(os.listdir(backups), [os.path.basename(out["file"])])
+        self.assertEqual(out["removed"], [older])
+        self.assertEqual(sorted(os.listdir(backups)), sorted([os.path.basename(out["file"]), planted]))
 
     def test_a_database_edited_in_place_is_refused_at_start(self):
         """A trigger named like SQLite's own (sqlite_x, written with writable_schema) drops every
