@@ -6,16 +6,19 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <sqlite3.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <iostream>
 
 #include "clock.h"
@@ -390,16 +393,69 @@ bool is_backup_file_name(const std::string& name) {
   return true;
 }
 
+namespace {
+
+// Where a backup stands in its database's history: the newest audit entry and the newest test
+// it holds (audit first: every write appends one).
+struct ContentPosition {
+  long long audit = 0;
+  long long tests = 0;
+};
+
+// A path as an SQLite URI ("file:" and the path, percent-encoded where the URI syntax needs it).
+std::string sqlite_uri(const std::string& path) {
+  std::string out = "file:";
+  for (unsigned char c : path) {
+    if (std::isalnum(c) || std::strchr("/-._~", c)) {
+      out += static_cast<char>(c);
+    } else {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", c);
+      out += hex;
+    }
+  }
+  return out;
+}
+
+// Reads a backup's ContentPosition with SQLite: read-only, immutable (nothing written beside
+// it, no lock taken), never through a link. False when it is no database with a tests table:
+// then it is no backup.
+bool content_position(const std::string& path, ContentPosition& out) {
+  out = ContentPosition();
+  sqlite3* db = nullptr;
+  const std::string uri = sqlite_uri(path) + "?mode=ro&immutable=1";
+  int rc = sqlite3_open_v2(uri.c_str(), &db,
+                           SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOFOLLOW, nullptr);
+  auto one = [&](const char* sql, long long& value) {
+    sqlite3_stmt* st = nullptr;
+    bool ok = sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK &&
+              sqlite3_step(st) == SQLITE_ROW;
+    if (ok) value = std::max(value, static_cast<long long>(sqlite3_column_int64(st, 0)));
+    sqlite3_finalize(st);
+    return ok;
+  };
+  bool ok = rc == SQLITE_OK && one("SELECT coalesce(max(seq), 0) FROM tests", out.tests);
+  if (ok) {
+    one("SELECT value FROM counters WHERE name = 'last_seq'", out.tests);  // schema 2 and later
+    one("SELECT coalesce(max(seq), 0) FROM audit", out.audit);             // schema 3 and later
+  }
+  sqlite3_close(db);
+  return ok;
+}
+
+}  // namespace
+
 Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed,
                       const std::string& just_made) {
   removed.clear();
   DIR* d = ::opendir(dir.c_str());
   if (!d) return Status::ReadOnly("cannot list " + dir + ": " + errno_text());
   const int dfd = dirfd(d);
-  // What the files are, not what their names say: regular files (a link is neither followed nor
-  // counted) of this user, newest modification first.
+  // What the files are, not what their names or dates say: regular files (a link is neither
+  // followed nor counted) of this user that are databases, ranked by what they hold.
   struct Candidate {
     std::string name;
+    ContentPosition position;
     struct timespec mtime;
   };
   std::vector<Candidate> older;
@@ -415,9 +471,13 @@ Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>
       made_here = true;  // never removed, and the newest of all
       continue;
     }
-    older.push_back({e->d_name, st.st_mtim});
+    ContentPosition position;
+    if (!content_position(dir + "/" + e->d_name, position)) continue;  // no backup
+    older.push_back({e->d_name, position, st.st_mtim});
   }
   std::sort(older.begin(), older.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.position.audit != b.position.audit) return a.position.audit > b.position.audit;
+    if (a.position.tests != b.position.tests) return a.position.tests > b.position.tests;
     if (a.mtime.tv_sec != b.mtime.tv_sec) return a.mtime.tv_sec > b.mtime.tv_sec;
     if (a.mtime.tv_nsec != b.mtime.tv_nsec) return a.mtime.tv_nsec > b.mtime.tv_nsec;
     return a.name > b.name;
@@ -591,6 +651,117 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
 
 namespace {
 
+// Run as root on --from: a symbolic link on its way (each component, each link's target
+// followed as the kernel would) that belongs to a user other than root could lead root to a
+// file that user cannot read. Internal names it; Ok when there is none (or the path does not
+// resolve: opening it says so).
+Status foreign_link_on_path(const std::string& path) {
+  std::string absolute = path;
+  if (absolute.empty() || absolute[0] != '/') {
+    char cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) return Status::Internal("cannot resolve " + path);
+    absolute = std::string(cwd) + "/" + path;
+  }
+  auto split = [](const std::string& p) {
+    std::deque<std::string> parts;
+    for (size_t at = 0; at <= p.size();) {
+      size_t next = p.find('/', at);
+      if (next == std::string::npos) next = p.size();
+      if (next > at) parts.push_back(p.substr(at, next - at));
+      at = next + 1;
+    }
+    return parts;
+  };
+  std::deque<std::string> todo = split(absolute);
+  std::string done;  // resolved so far ("" is /)
+  for (int links = 0; !todo.empty();) {
+    const std::string part = todo.front();
+    todo.pop_front();
+    if (part == ".") continue;
+    if (part == "..") {
+      done = done.empty() ? done : dir_of(done) == "/" ? "" : dir_of(done);
+      continue;
+    }
+    const std::string name = done + "/" + part;
+    struct stat st {};
+    if (::lstat(name.c_str(), &st) != 0) return Status::Ok();
+    if (!S_ISLNK(st.st_mode)) {
+      done = name;
+      continue;
+    }
+    if (st.st_uid != 0) {
+      return Status::Internal(name + " is a symbolic link owned by user " +
+                              std::to_string(st.st_uid) + ": root does not follow it");
+    }
+    if (++links > 40) return Status::Internal(path + " goes through too many symbolic links");
+    std::vector<char> target(static_cast<size_t>(st.st_size > 0 ? st.st_size : 4096) + 1);
+    ssize_t n = ::readlink(name.c_str(), target.data(), target.size() - 1);
+    if (n < 0) return Status::Ok();
+    const std::string to(target.data(), static_cast<size_t>(n));
+    std::deque<std::string> more = split(to);
+    todo.insert(todo.begin(), more.begin(), more.end());
+    if (!to.empty() && to[0] == '/') done.clear();
+  }
+  return Status::Ok();
+}
+
+const char kSqliteHeader[16] = {'S', 'Q', 'L', 'i', 't', 'e', ' ', 'f',
+                                'o', 'r', 'm', 'a', 't', ' ', '3', '\0'};
+
+// True when the file open as fd begins with the 16 bytes every SQLite database begins with.
+bool has_sqlite_header(int fd) {
+  char head[sizeof kSqliteHeader];
+  ssize_t n = ::pread(fd, head, sizeof head, 0);
+  return n == static_cast<ssize_t>(sizeof head) &&
+         std::memcmp(head, kSqliteHeader, sizeof head) == 0;
+}
+
+// Run as root before it becomes the data directory's owner: copies the backup open as from_fd
+// into a directory only root can read ($TMPDIR, else /tmp) and checks the copy there
+// (sqlite_check_file). Only a backup that passes is handed on: from_fd is replaced by a read-only
+// descriptor of the checked copy, whose name is already gone. Nothing of a file that is no backup
+// ever reaches a place another user can read.
+Status stage_as_root(int& from_fd, const std::string& from) {
+  const char* env = std::getenv("TMPDIR");
+  std::string base = env && env[0] == '/' ? env : "/tmp";
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  std::string tmpl = base + "/testdata-api-restore-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (!mkdtemp(buf.data())) {
+    return Status::ReadOnly("cannot create a directory in " + base +
+                            " to check the backup in: " + errno_text());
+  }
+  const std::string stage_dir = buf.data(), staged = stage_dir + "/backup.db";
+  auto clean = [&](Status why) {
+    remove_temp(staged);
+    ::rmdir(stage_dir.c_str());
+    return why;
+  };
+  Status where = only_root_changes(stage_dir, "restore");
+  if (!where.ok()) return clean(where);
+  int fd = ::open(staged.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return clean(Status::ReadOnly("cannot create " + staged + ": " + errno_text()));
+  std::string error;
+  bool copied = copy_fd(from_fd, from, fd, error);
+  ::close(fd);
+  if (!copied) return clean(Status::IoError(error));
+  DatabaseFacts facts;
+  Status s = sqlite_check_file(staged, true, facts);
+  if (!s.ok()) {
+    std::string why = s.message();
+    for (size_t at; (at = why.find(staged)) != std::string::npos;) {
+      why.replace(at, staged.size(), from);
+    }
+    return clean(s.code() == StatusCode::kInternal ? Status::Internal(why) : Status::Corrupt(why));
+  }
+  fd = ::open(staged.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return clean(Status::ReadOnly("cannot open " + staged + ": " + errno_text()));
+  ::close(from_fd);
+  from_fd = fd;
+  return clean(Status::Ok());
+}
+
 // The database a command works on: --db, else $DB_PATH. DATABASE_URL (the service's choice of
 // PostgreSQL) or a URL given as the database is refused with the advice.
 bool resolve_db(const char* command, std::string& db, int& rc) {
@@ -726,15 +897,58 @@ int run_restore_command(int argc, char** argv) {
   if (from.empty()) return usage("restore: --from FILE is required");
   // The backup is opened by the caller (root may read a root-only copy); the work in the
   // database's directory is done as its owner when that is another user (act_as_owner_of).
-  int from_fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  // As root, what another user could have pointed --from at is refused before it is opened: a
+  // link of theirs on its way; a link at its name is not followed at all.
+  const bool as_root = geteuid() == 0;
+  if (as_root) {
+    Status links = foreign_link_on_path(from);
+    if (!links.ok()) {
+      return fail("restore",
+                  "refused: " + links.message() + " (--from " + from + "). Nothing was changed");
+    }
+  }
+  // O_NONBLOCK: a FIFO named as the backup is refused, not waited on.
+  int from_fd =
+      ::open(from.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | (as_root ? O_NOFOLLOW : 0));
+  if (from_fd < 0 && as_root && errno == ELOOP) {
+    return fail("restore", "refused: " + from +
+                               " is a symbolic link: as root, restore does not follow one; give "
+                               "the file it leads to. Nothing was changed");
+  }
   if (from_fd < 0) {
     return fail("restore", "refused: no backup file at " + from + " (" + errno_text() +
                                "). Nothing was changed");
   }
+  struct stat from_st {};
+  if (fstat(from_fd, &from_st) != 0 || !S_ISREG(from_st.st_mode)) {
+    ::close(from_fd);
+    return fail("restore", "refused: " + from + " is not a regular file. Nothing was changed");
+  }
+  if (!has_sqlite_header(from_fd)) {
+    ::close(from_fd);
+    return fail("restore", "refused: " + from +
+                               " is not an SQLite database (it does not begin with the SQLite "
+                               "header). Nothing was changed; use another backup");
+  }
   if (exists(from + "-wal")) {
+    ::close(from_fd);
     return fail("restore", "refused: " + from +
                                " has a -wal file beside it: it is a live database, not a backup. "
                                "Take a backup of it with testdata-api backup. Nothing was changed");
+  }
+  // As root for another user's directory: the backup is checked where only root can read it
+  // before that user could read a byte of it.
+  uid_t owner = 0;
+  if (as_root && who_else_changes(dir_of(db), owner).ok() && owner != 0) {
+    Status staged = stage_as_root(from_fd, from);
+    if (!staged.ok()) {
+      ::close(from_fd);
+      return fail("restore", "refused: " + staged.message() + ". Nothing was changed" +
+                                 (staged.code() == StatusCode::kCorrupt ||
+                                          staged.code() == StatusCode::kInternal
+                                      ? "; use another backup"
+                                      : ""));
+    }
   }
   Status as = act_as_owner_of(dir_of(db));
   if (!as.ok()) return fail("restore", "refused: " + as.message() + ". Nothing was changed");

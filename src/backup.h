@@ -43,8 +43,11 @@ std::string pre_migration_backup_path(const std::string& db, int from);
 
 // Keeps the `keep` (>= 1) newest backups in dir and removes the older ones. Backups are the
 // regular files of this user named by backup_file_name (a link is neither followed nor removed;
-// anything else in dir is left alone), ranked by modification time, not by the time in their
-// names (a clock that went back, or a planted name, must not outrank a new copy). `just_made`
+// anything else in dir is left alone) that SQLite opens (read-only, immutable, not through a
+// link) as databases with a tests table: a file that is none is neither counted nor removed.
+// Ranked by what they hold (the newest audit seq, then the newest test seq), then by
+// modification time, never by the time in their names (a clock that was fast or went back, or
+// a planted name or date, must not outrank a newer copy). `just_made`
 // (a name in dir, the copy just taken) is never removed and counts as the newest. `removed`
 // lists what went.
 Status rotate_backups(const std::string& dir, int keep, std::vector<std::string>& removed,

@@ -271,7 +271,11 @@ int run_admin_command(int argc, char** argv) {
     s = SqliteStore::open(options, sqlite);
     store = std::move(sqlite);
   }
-  if (!s.ok()) return fail("cannot open " + redact_url(a.db) + ": " + s.message());
+  // An SQLite path is named as it is; only a URL (which may hold a password) is redacted.
+  if (!s.ok()) {
+    return fail("cannot open " + (is_postgres_url(a.db) ? redact_url(a.db) : a.db) + ": " +
+                s.message());
+  }
   if (verb == "create") return keys_create(*store, a);
   if (verb == "list") return keys_list(*store);
   if (verb == "revoke") return keys_revoke(*store, a);

@@ -347,26 +347,160 @@ class BackupRestore(unittest.TestCase):
         self.assertEqual(os.stat(db).st_uid, svc)
         self.assertEqual(ids_in(db), {"t1"})
 
-    def test_keep_never_removes_the_backup_just_taken(self):
-        """Files named in the future (a clock that went back, or planted) used to outrank the
-        backup just taken: --keep 1 removed it, exit 0."""
+    @unittest.skipUnless(IS_ROOT, "root-specific (CI runs as root): root reading a --from the service user can change")
+    def test_as_root_restore_never_copies_a_root_only_file_where_the_service_user_can_read_it(self):
+        """Root opened --from following the service user's links and copied whatever it read into
+        a temp file the service user owns in DATA_DIR before checking it was a database: a link
+        planted in DATA_DIR/backups, or a hard link taken of that temp file, kept root's secret."""
+        data_dir = os.path.join(self.tmp, "data")
+        os.mkdir(data_dir, 0o700)
+        db = os.path.join(data_dir, "testdata.db")
+        with Server(data_dir=data_dir) as s:
+            self.assertEqual(s.request("POST", "/tests", record("mine")).status, 201)
+        svc = pwd.getpwnam(SERVICE_USER).pw_uid
+        self.assertEqual(os.stat(data_dir).st_uid, svc)
+        backups = os.path.join(data_dir, "backups")
+        os.mkdir(backups, 0o700)
+        os.chown(backups, svc, svc)
+        root_only = os.path.join(self.tmp, "root-only")
+        os.mkdir(root_only, 0o700)
+        # Root's own testdata-api database (another site's, say): never the service user's.
+        other = os.path.join(root_only, "other.db")
+        with Server() as o:
+            self.assertEqual(o.request("POST", "/tests", record("roots")).status, 201)
+            self.assertEqual(cli("backup", "--db", os.path.join(o.data_dir, "testdata.db"),
+                                 "--to", other).returncode, 0)
+        before = snapshot_dir(data_dir)
+        # 1. Through a link the service user planted: at the file, or at a directory on the way.
+        at_file = os.path.join(backups, "testdata-20261201T000000.000Z.db")
+        os.symlink(other, at_file)
+        os.lchown(at_file, svc, svc)
+        at_dir = os.path.join(backups, "site")
+        os.symlink(root_only, at_dir)
+        os.lchown(at_dir, svc, svc)
+        for path in (at_file, os.path.join(at_dir, "other.db")):
+            r = cli("restore", "--from", path, "--db", db)
+            self.assertEqual(r.returncode, 1, f"{path}: {r.stdout} {r.stderr}")
+            self.assertIn("symbolic link", r.stderr, path)
+            self.assertIn("Nothing was changed", r.stderr, path)
+            self.assertEqual(snapshot_dir(data_dir), before,
+                             f"{path}: root's file was restored through a link")
+        os.unlink(at_file)
+        os.unlink(at_dir)
+        # 2. Root-only files that are not backups, named directly: nothing of them ever lands in
+        # DATA_DIR, not even while the service user hard-links every temp file it sees there.
+        marker = b"ROOT-SECRET-" * 16
+        text = os.path.join(root_only, "secret.txt")
+        with open(text, "wb") as f:
+            for _ in range(2048):
+                f.write(marker * 16)
+        foreign = os.path.join(root_only, "secret.db")
+        f_db = sqlite3.connect(foreign)
+        f_db.execute("CREATE TABLE secrets (x)")
+        f_db.executemany("INSERT INTO secrets VALUES (?)", [(marker * 64,) for _ in range(2048)])
+        f_db.commit()
+        f_db.close()
+        for path in (text, foreign):
+            os.chmod(path, 0o600)
+            stop = threading.Event()
+            stolen = []
+
+            def steal():
+                deadline = time.monotonic() + 120
+                while not stop.is_set() and time.monotonic() < deadline:
+                    for name in os.listdir(data_dir):
+                        if name.startswith(".testdata.db.restore-") and "stolen" not in name:
+                            try:
+                                os.link(os.path.join(data_dir, name),
+                                        os.path.join(data_dir, f"stolen-{len(stolen)}"))
+                                stolen.append(name)
+                            except OSError:
+                                pass
+                    time.sleep(0.0002)
+
+            thief = threading.Thread(target=steal)
+            thief.start()
+            try:
+                r = cli("restore", "--from", path, "--db", db)
+            finally:
+                stop.set()
+                thief.join(130)
+            self.assertEqual(r.returncode, 1, f"{path}: {r.stdout} {r.stderr}")
+            self.assertIn("Nothing was changed", r.stderr, path)
+            for name in os.listdir(data_dir):
+                full = os.path.join(data_dir, name)
+                if os.path.isfile(full):
+                    with open(full, "rb") as f:
+                        leaked = marker in f.read()
+                    self.assertFalse(leaked, f"{path}: the secret is in {name}")
+            self.assertEqual(stolen, [], f"{path}: a copy was made in DATA_DIR")
+        self.assertEqual(snapshot_dir(data_dir), before)
+        self.assertEqual(ids_in(db), {"mine"})
+
+    def test_keep_ranks_backups_by_what_they_hold_not_by_their_dates(self):
+        """Two older backups dated a year ahead (a fast clock, or touched) outranked the genuine
+        newer ones: --keep 3 removed all three of those."""
         backups = os.path.join(self.tmp, "backups")
         os.mkdir(backups, 0o700)
-        planted = ["testdata-20991231T235959.000Z.db", "testdata-20990101T000000.000Z.db"]
-        for name in planted:
-            with open(os.path.join(backups, name), "w") as f:
-                f.write("planted")
-            os.utime(os.path.join(backups, name), (1700000000, 1700000000))
+        with open(os.path.join(backups, "testdata-20261101T000000.000Z.db"), "w") as f:
+            f.write("not a backup: never counted nor removed")
         with Server() as s:
-            self.assertEqual(s.request("POST", "/tests", record("t1")).status, 201)
             db = os.path.join(s.data_dir, "testdata.db")
+            early = []
+            for i, name in enumerate(["testdata-20270101T000000.000Z.db",
+                                      "testdata-20270102T000000.000Z.db"]):
+                self.assertEqual(s.request("POST", "/tests", record(f"early-{i}")).status, 201)
+                self.assertEqual(cli("backup", "--db", db, "--to",
+                                     os.path.join(backups, name)).returncode, 0)
+                ahead = time.time() + 365 * 86400
+                os.utime(os.path.join(backups, name), (ahead, ahead))
+                early.append(name)
+            genuine = []
+            for i in range(4):
+                self.assertEqual(s.request("POST", "/tests", record(f"t{i}")).status, 201)
+                p = cli("backup", "--db", db, "--to-dir", backups,
+                        "--keep", "3" if i == 3 else "100")
+                self.assertEqual(p.returncode, 0, p.stderr)
+                out = json.loads(p.stdout)
+                genuine.append(os.path.basename(out["file"]))
+                time.sleep(0.01)  # names carry milliseconds
+        self.assertEqual(sorted(out["removed"]), sorted(early + [genuine[0]]))
+        self.assertEqual(sorted(os.listdir(backups)),
+                         sorted(genuine[1:] + ["testdata-20261101T000000.000Z.db"]))
+
+    def test_an_sqlite_file_that_cannot_be_opened_is_named(self):
+        """The admin commands said "cannot open (a DATABASE_URL that libpq cannot parse)" for an
+        SQLite path."""
+        path = os.path.join(self.tmp, "missing-dir", "testdata.db")
+        for args in (["audit", "verify"], ["keys", "list"]):
+            r = cli(*args, "--db", path)
+            self.assertEqual(r.returncode, 1, f"{args}: {r.stdout} {r.stderr}")
+            self.assertIn(f"cannot open {path}", r.stderr)
+            self.assertNotIn("libpq", r.stderr)
+            self.assertNotIn("DATABASE_URL", r.stderr)
+
+    def test_keep_never_removes_the_backup_just_taken(self):
+        """Files named in the future (a clock that went back, or planted) used to outrank the
+        backup just taken: --keep 1 removed it, exit 0. A file that is no database is no backup:
+        neither counted nor removed."""
+        backups = os.path.join(self.tmp, "backups")
+        os.mkdir(backups, 0o700)
+        planted = "testdata-20991231T235959.000Z.db"
+        with open(os.path.join(backups, planted), "w") as f:
+            f.write("planted")
+        older = "testdata-20990101T000000.000Z.db"
+        with Server() as s:
+            db = os.path.join(s.data_dir, "testdata.db")
+            self.assertEqual(cli("backup", "--db", db, "--to",
+                                 os.path.join(backups, older)).returncode, 0)
+            self.assertEqual(s.request("POST", "/tests", record("t1")).status, 201)
             p = cli("backup", "--db", db, "--to-dir", backups, "--keep", "1")
         self.assertEqual(p.returncode, 0, p.stderr)
         out = json.loads(p.stdout)
         self.assertTrue(os.path.exists(out["file"]), "the backup just taken was removed")
         self.assertEqual(ids_in(out["file"]), {"t1"})
-        self.assertEqual(sorted(out["removed"]), sorted(planted))
-        self.assertEqual(os.listdir(backups), [os.path.basename(out["file"])])
+        self.assertEqual(out["removed"], [older])
+        self.assertEqual(sorted(os.listdir(backups)), sorted([os.path.basename(out["file"]), planted]))
 
     def test_a_database_edited_in_place_is_refused_at_start(self):
         """A trigger named like SQLite's own (sqlite_x, written with writable_schema) drops every

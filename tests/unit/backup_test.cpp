@@ -456,6 +456,24 @@ TEST(Backup, AsRootRefusesADirectoryAnotherUserCanChange) {
   EXPECT_TRUE(s.ok()) << s.message();
 }
 
+// A file that looks like a backup to rotate_backups: an SQLite database whose newest test and
+// audit entry have the given seqs.
+void write_backup(const std::string& path, long long seq) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const std::string sql =
+      "CREATE TABLE tests (seq INTEGER); CREATE TABLE audit (seq INTEGER);"
+      "INSERT INTO tests VALUES (" +
+      std::to_string(seq) + "); INSERT INTO audit VALUES (" + std::to_string(seq) + ");";
+  EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+}
+
+void set_mtime(const std::string& path, time_t when) {
+  struct timespec times[2] = {{when, 0}, {when, 0}};
+  ASSERT_EQ(utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+}
+
 TEST(Rotation, KeepsTheNewestBackupsAndNothingElseIsTouched) {
   EXPECT_EQ(backup_file_name("2026-11-30T01:02:03.456Z"), "testdata-20261130T010203.456Z.db");
   EXPECT_TRUE(is_backup_file_name("testdata-20261130T010203.456Z.db"));
@@ -468,7 +486,7 @@ TEST(Rotation, KeepsTheNewestBackupsAndNothingElseIsTouched) {
   std::vector<std::string> made;
   for (int day = 10; day < 15; ++day) {
     made.push_back(backup_file_name("2026-11-" + std::to_string(day) + "T02:00:00.000Z"));
-    write_bytes(dir.file(made.back()), "backup");
+    write_backup(dir.file(made.back()), day);
   }
   write_bytes(dir.file("notes.txt"), "mine");
   write_bytes(dir.file("testdata-manual.db"), "mine too");
@@ -481,31 +499,63 @@ TEST(Rotation, KeepsTheNewestBackupsAndNothingElseIsTouched) {
   EXPECT_TRUE(removed.empty());
 }
 
-// --keep ranks what the files are (modification time of regular files), not the time in their
-// names: two files named in the future (a clock that went back, or planted) made it remove the
-// backup it had just taken, exit 0. A link named like a backup is neither followed nor removed.
-TEST(Rotation, RanksByModificationTimeNeverByTheNameAndNeverFollowsLinks) {
+// --keep ranks what the files are (the newest audit entry and test they hold), not the time in
+// their names nor their modification times: two older backups named and dated in the future (a
+// clock that was fast, or planted) made it remove the backup it had just taken, and then every
+// genuine newer backup. A file that is no database is no backup: neither counted nor removed.
+// A link named like a backup is neither followed nor removed.
+TEST(Rotation, RanksByWhatTheBackupsHoldNeverByNameOrDateAndNeverFollowsLinks) {
   TempDir dir;
-  const std::string now = backup_file_name(utc_timestamp_ms());
-  write_bytes(dir.file(now), "just made");
-  const std::string future1 = "testdata-20991231T235959.000Z.db";
-  const std::string future2 = "testdata-20990101T000000.000Z.db";
-  for (const std::string& name : {future1, future2}) {
-    write_bytes(dir.file(name), "planted");
-    struct timespec old[2] = {{1700000000, 0}, {1700000000, 0}};  // 2023
-    ASSERT_EQ(utimensat(AT_FDCWD, dir.file(name).c_str(), old, 0), 0);
+  const time_t now = time(nullptr);
+  const time_t year_ahead = now + 365 * 86400;
+  std::vector<std::string> genuine;
+  for (int i = 0; i < 3; ++i) {
+    genuine.push_back(backup_file_name("2026-12-0" + std::to_string(i + 1) + "T02:00:00.000Z"));
+    write_backup(dir.file(genuine.back()), 100 + i);
+    set_mtime(dir.file(genuine.back()), now - 86400 * (3 - i));
   }
+  const std::string just_made = backup_file_name(utc_timestamp_ms());
+  write_backup(dir.file(just_made), 50);  // even a copy of an older state is kept when just made
+  const std::string ahead1 = "testdata-20991231T235959.000Z.db";
+  const std::string ahead2 = "testdata-20990101T000000.000Z.db";
+  write_backup(dir.file(ahead1), 10);
+  write_backup(dir.file(ahead2), 11);
+  set_mtime(dir.file(ahead1), year_ahead);
+  set_mtime(dir.file(ahead2), year_ahead);
+  const std::string planted = "testdata-20980101T000000.000Z.db";
+  write_bytes(dir.file(planted), "planted, not a database");
+  set_mtime(dir.file(planted), year_ahead);
   TempDir elsewhere;
-  write_bytes(elsewhere.file("precious"), "not a backup");
+  write_backup(elsewhere.file("precious"), 1000);
+  const std::string before = bytes_of(elsewhere.file("precious"));
   const std::string link = "testdata-19990101T000000.000Z.db";
   ASSERT_EQ(symlink(elsewhere.file("precious").c_str(), dir.file(link).c_str()), 0);
   std::vector<std::string> removed;
-  ASSERT_TRUE(rotate_backups(dir.file(""), 1, removed).ok());
-  EXPECT_EQ(bytes_of(dir.file(now)), "just made") << "the backup just taken was removed";
+  ASSERT_TRUE(rotate_backups(dir.file(""), 3, removed, just_made).ok());
   EXPECT_EQ(std::set<std::string>(removed.begin(), removed.end()),
-            (std::set<std::string>{future1, future2}));
-  EXPECT_EQ(names_in(dir.file("")), (std::set<std::string>{now, link}));
-  EXPECT_EQ(bytes_of(elsewhere.file("precious")), "not a backup");
+            (std::set<std::string>{ahead1, ahead2, genuine[0]}));
+  EXPECT_EQ(names_in(dir.file("")),
+            (std::set<std::string>{just_made, genuine[1], genuine[2], planted, link}));
+  EXPECT_EQ(bytes_of(elsewhere.file("precious")), before);
+  // --keep 1: only the copy just made stays, whatever it holds.
+  ASSERT_TRUE(rotate_backups(dir.file(""), 1, removed, just_made).ok());
+  EXPECT_EQ(std::set<std::string>(removed.begin(), removed.end()),
+            (std::set<std::string>{genuine[1], genuine[2]}));
+}
+
+TEST(Rotation, EqualContentsRankByModificationTime) {
+  TempDir dir;
+  const time_t now = time(nullptr);
+  std::vector<std::string> names;
+  for (int i = 0; i < 3; ++i) {
+    names.push_back(backup_file_name("2026-12-0" + std::to_string(3 - i) + "T02:00:00.000Z"));
+    write_backup(dir.file(names.back()), 7);
+    set_mtime(dir.file(names.back()), now - 1000 + i);  // names[2] the newest
+  }
+  std::vector<std::string> removed;
+  ASSERT_TRUE(rotate_backups(dir.file(""), 1, removed).ok());
+  EXPECT_EQ(std::set<std::string>(removed.begin(), removed.end()),
+            (std::set<std::string>{names[0], names[1]}));
 }
 
 }  // namespace
