@@ -408,6 +408,56 @@ class KeylessBodies(unittest.TestCase):
             shutil.rmtree(temp, ignore_errors=True)
 
 
+    def test_a_key_that_may_not_write_gets_403_before_the_body_and_nothing_is_buffered(self):
+        temp = tempfile.mkdtemp(prefix="tdapi-it-nginx-temp-")
+        try:
+            with Server(AUTH="on", NGINX_TEMP_DIR=temp) as s:
+                def key(*scopes):
+                    args = [APP_BIN, "keys", "create", "--db", database_target(s), "--name", "k"]
+                    for scope in scopes:
+                        args += ["--scope", scope]
+                    p = subprocess.run(args, capture_output=True, text=True, timeout=60)
+                    self.assertEqual(p.returncode, 0, p.stderr)
+                    return json.loads(p.stdout)["token"]
+                head = (b"POST /tests/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 4000000\r\n")
+                for scopes in (("metrics",), ("read:c1", "read:*", "audit")):
+                    with self.subTest(scopes=scopes):
+                        c = connect_from(s.port, ATTACKER)
+                        try:
+                            # A few bytes of a 4 MB body: the 403 comes without waiting for the
+                            # rest, and nothing of it is stored.
+                            c.sendall(head + b"Authorization: Bearer " + key(*scopes).encode() + b"\r\n\r\n[")
+                            reply = parse_response(read_available(c, 5))
+                            self.assertIsNotNone(reply, "no answer before the body was complete")
+                            doc = assert_json_error(self, *reply, 403)
+                            self.assertIn("write", doc["message"])
+                            try:
+                                c.sendall(b" " * 300_000)
+                            except OSError:
+                                pass
+                            time.sleep(0.5)
+                            self.assertEqual(files_under(s, temp), [])
+                        finally:
+                            c.close()
+                # A key that may write some clinic passes the check; the app's own per-clinic
+                # check after the body still answers 403 naming the clinic it may not write.
+                status, headers, body = request_from(s.port, "127.0.0.1", "POST", "/tests/batch",
+                                                     [record("kw-1", clinic="c1")],
+                                                     headers={"Authorization": "Bearer " + key("write:c2")})
+                doc = assert_json_error(self, status, headers, body, 403)
+                self.assertIn("c1", doc["message"])
+                status, _, body = request_from(s.port, "127.0.0.1", "POST", "/tests/batch",
+                                               [record("kw-2", clinic="c2")],
+                                               headers={"Authorization": "Bearer " + key("write:c2")})
+                self.assertEqual(status, 201, body)
+                status, _, body = request_from(s.port, "127.0.0.1", "POST", "/tests/batch",
+                                               [record("kw-3", clinic="c3")],
+                                               headers={"Authorization": "Bearer " + key("write:*")})
+                self.assertEqual(status, 201, body)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+
     def test_the_batch_key_check_answers_429_past_the_limit_and_the_apps_own_timeout(self):
         with Server(AUTH="on", ANON_RATE="1r/m", ANON_BURST="2", FASTCGI_READ_TIMEOUT="2s") as s:
             statuses = []
