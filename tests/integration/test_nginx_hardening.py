@@ -613,6 +613,60 @@ class AccessLogUtf8(unittest.TestCase):
             self.assertEqual(by_id[sent["quote"]]["path"], "/tests/a\"b\\")
 
 
+    def test_line_breaking_invisible_and_bidi_code_points_never_reach_the_log_raw(self):
+        # Valid UTF-8, but Unicode line readers break lines at U+0085, U+2028 and U+2029, and
+        # bidi controls reorder what a reader sees: logged as sent (percent-encoded) instead.
+        encoded = {"u+2028": "%E2%80%A8", "u+2029": "%E2%80%A9", "u+0085": "%C2%85", "u+009b": "%C2%9B",
+                   "u+200e": "%E2%80%8E", "u+200f": "%E2%80%8F", "u+202a": "%E2%80%AA", "u+202e": "%E2%80%AE",
+                   "u+2066": "%E2%81%A6", "u+2069": "%E2%81%A9", "u+061c": "%D8%9C", "u+feff": "%EF%BB%BF"}
+        with Server() as s:
+            sent = {}
+            for name, enc in encoded.items():
+                reply = s.raw(b"GET /tests/t" + enc.encode() + b"x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                sent[name] = parse_response(reply)[1]["x-request-id"]
+            # The same code point sent raw (not percent-encoded) in the request line.
+            reply = s.raw(b"GET /tests/t\xe2\x80\xa8x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sent["raw u+2028"] = parse_response(reply)[1]["x-request-id"]
+            # Neighbours that are fine stay decoded.
+            reply = s.raw(b"GET /tests/t%C2%A0%E2%80%A7%E2%80%B0%D8%9Bx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sent["neighbours"] = parse_response(reply)[1]["x-request-id"]
+
+            def lines():
+                return {l["request_id"]: l for l in s.json_lines("access.log")}
+            self.assertTrue(wait_for(lambda: all(i in lines() for i in sent.values())))
+            by_id = lines()
+            for name, enc in encoded.items():
+                self.assertEqual(by_id[sent[name]]["path"], "/tests/t" + enc + "x", name)
+            self.assertEqual(by_id[sent["raw u+2028"]]["path"], "(path not valid UTF-8)")
+            self.assertEqual(by_id[sent["neighbours"]]["path"], "/tests/t\u00a0\u2027\u2030\u061bx")
+            text = s.read_log("access.log").decode("utf-8")
+            for ch in "\u0085\u009b\u2028\u2029\u200e\u200f\u202a\u202e\u2066\u2069\u061c\ufeff":
+                self.assertNotIn(ch, text)
+
+    def test_a_very_long_path_is_logged_as_a_placeholder_without_regex_errors(self):
+        with Server(AUTH="on") as s:
+            sent = []
+            for path in ("/tests/" + "a" * 7900, "/tests/" + "%C3%BC" * 1300, "/tests/" + "b" * 1100):
+                r = s.request("GET", path)
+                self.assertEqual(r.status, 401)
+                sent.append(r.headers["x-request-id"])
+            # Just at the bound: still logged as it is.
+            ok = "/tests/" + "c" * (1024 - len("/tests/"))
+            r = s.request("GET", ok)
+            sent.append(r.headers["x-request-id"])
+
+            def lines():
+                return {l["request_id"]: l for l in s.json_lines("access.log")}
+            self.assertTrue(wait_for(lambda: all(i in lines() for i in sent)))
+            by_id = lines()
+            for i in sent[:3]:
+                self.assertEqual(by_id[i]["path"], "(path too long)")
+            self.assertEqual(by_id[sent[3]]["path"], ok)
+            log = s.read_log("nginx-error.log").decode(errors="replace")
+            self.assertNotIn("pcre", log.lower())
+            self.assertNotIn("aaaaaaaa", log)
+
+
 class NginxOwnErrorsAreJson(unittest.TestCase):
     """Item: every status nginx produces itself comes back as the contract's JSON error."""
 
