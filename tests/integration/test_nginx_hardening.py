@@ -408,6 +408,56 @@ class KeylessBodies(unittest.TestCase):
             shutil.rmtree(temp, ignore_errors=True)
 
 
+    def test_a_key_that_may_not_write_gets_403_before_the_body_and_nothing_is_buffered(self):
+        temp = tempfile.mkdtemp(prefix="tdapi-it-nginx-temp-")
+        try:
+            with Server(AUTH="on", NGINX_TEMP_DIR=temp) as s:
+                def key(*scopes):
+                    args = [APP_BIN, "keys", "create", "--db", database_target(s), "--name", "k"]
+                    for scope in scopes:
+                        args += ["--scope", scope]
+                    p = subprocess.run(args, capture_output=True, text=True, timeout=60)
+                    self.assertEqual(p.returncode, 0, p.stderr)
+                    return json.loads(p.stdout)["token"]
+                head = (b"POST /tests/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 4000000\r\n")
+                for scopes in (("metrics",), ("read:c1", "read:*", "audit")):
+                    with self.subTest(scopes=scopes):
+                        c = connect_from(s.port, ATTACKER)
+                        try:
+                            # A few bytes of a 4 MB body: the 403 comes without waiting for the
+                            # rest, and nothing of it is stored.
+                            c.sendall(head + b"Authorization: Bearer " + key(*scopes).encode() + b"\r\n\r\n[")
+                            reply = parse_response(read_available(c, 5))
+                            self.assertIsNotNone(reply, "no answer before the body was complete")
+                            doc = assert_json_error(self, *reply, 403)
+                            self.assertIn("write", doc["message"])
+                            try:
+                                c.sendall(b" " * 300_000)
+                            except OSError:
+                                pass
+                            time.sleep(0.5)
+                            self.assertEqual(files_under(s, temp), [])
+                        finally:
+                            c.close()
+                # A key that may write some clinic passes the check; the app's own per-clinic
+                # check after the body still answers 403 naming the clinic it may not write.
+                status, headers, body = request_from(s.port, "127.0.0.1", "POST", "/tests/batch",
+                                                     [record("kw-1", clinic="c1")],
+                                                     headers={"Authorization": "Bearer " + key("write:c2")})
+                doc = assert_json_error(self, status, headers, body, 403)
+                self.assertIn("c1", doc["message"])
+                status, _, body = request_from(s.port, "127.0.0.1", "POST", "/tests/batch",
+                                               [record("kw-2", clinic="c2")],
+                                               headers={"Authorization": "Bearer " + key("write:c2")})
+                self.assertEqual(status, 201, body)
+                status, _, body = request_from(s.port, "127.0.0.1", "POST", "/tests/batch",
+                                               [record("kw-3", clinic="c3")],
+                                               headers={"Authorization": "Bearer " + key("write:*")})
+                self.assertEqual(status, 201, body)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+
     def test_the_batch_key_check_answers_429_past_the_limit_and_the_apps_own_timeout(self):
         with Server(AUTH="on", ANON_RATE="1r/m", ANON_BURST="2", FASTCGI_READ_TIMEOUT="2s") as s:
             statuses = []
@@ -561,6 +611,60 @@ class AccessLogUtf8(unittest.TestCase):
             self.assertEqual(by_id[sent["overlong"]]["path"], "/tests/%C0%AF")
             self.assertEqual(by_id[sent["surrogate"]]["path"], "/tests/%ED%A0%80")
             self.assertEqual(by_id[sent["quote"]]["path"], "/tests/a\"b\\")
+
+
+    def test_line_breaking_invisible_and_bidi_code_points_never_reach_the_log_raw(self):
+        # Valid UTF-8, but Unicode line readers break lines at U+0085, U+2028 and U+2029, and
+        # bidi controls reorder what a reader sees: logged as sent (percent-encoded) instead.
+        encoded = {"u+2028": "%E2%80%A8", "u+2029": "%E2%80%A9", "u+0085": "%C2%85", "u+009b": "%C2%9B",
+                   "u+200e": "%E2%80%8E", "u+200f": "%E2%80%8F", "u+202a": "%E2%80%AA", "u+202e": "%E2%80%AE",
+                   "u+2066": "%E2%81%A6", "u+2069": "%E2%81%A9", "u+061c": "%D8%9C", "u+feff": "%EF%BB%BF"}
+        with Server() as s:
+            sent = {}
+            for name, enc in encoded.items():
+                reply = s.raw(b"GET /tests/t" + enc.encode() + b"x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                sent[name] = parse_response(reply)[1]["x-request-id"]
+            # The same code point sent raw (not percent-encoded) in the request line.
+            reply = s.raw(b"GET /tests/t\xe2\x80\xa8x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sent["raw u+2028"] = parse_response(reply)[1]["x-request-id"]
+            # Neighbours that are fine stay decoded.
+            reply = s.raw(b"GET /tests/t%C2%A0%E2%80%A7%E2%80%B0%D8%9Bx HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sent["neighbours"] = parse_response(reply)[1]["x-request-id"]
+
+            def lines():
+                return {l["request_id"]: l for l in s.json_lines("access.log")}
+            self.assertTrue(wait_for(lambda: all(i in lines() for i in sent.values())))
+            by_id = lines()
+            for name, enc in encoded.items():
+                self.assertEqual(by_id[sent[name]]["path"], "/tests/t" + enc + "x", name)
+            self.assertEqual(by_id[sent["raw u+2028"]]["path"], "(path not valid UTF-8)")
+            self.assertEqual(by_id[sent["neighbours"]]["path"], "/tests/t\u00a0\u2027\u2030\u061bx")
+            text = s.read_log("access.log").decode("utf-8")
+            for ch in "\u0085\u009b\u2028\u2029\u200e\u200f\u202a\u202e\u2066\u2069\u061c\ufeff":
+                self.assertNotIn(ch, text)
+
+    def test_a_very_long_path_is_logged_as_a_placeholder_without_regex_errors(self):
+        with Server(AUTH="on") as s:
+            sent = []
+            for path in ("/tests/" + "a" * 7900, "/tests/" + "%C3%BC" * 1300, "/tests/" + "b" * 1100):
+                r = s.request("GET", path)
+                self.assertEqual(r.status, 401)
+                sent.append(r.headers["x-request-id"])
+            # Just at the bound: still logged as it is.
+            ok = "/tests/" + "c" * (1024 - len("/tests/"))
+            r = s.request("GET", ok)
+            sent.append(r.headers["x-request-id"])
+
+            def lines():
+                return {l["request_id"]: l for l in s.json_lines("access.log")}
+            self.assertTrue(wait_for(lambda: all(i in lines() for i in sent)))
+            by_id = lines()
+            for i in sent[:3]:
+                self.assertEqual(by_id[i]["path"], "(path too long)")
+            self.assertEqual(by_id[sent[3]]["path"], ok)
+            log = s.read_log("nginx-error.log").decode(errors="replace")
+            self.assertNotIn("pcre", log.lower())
+            self.assertNotIn("aaaaaaaa", log)
 
 
 class NginxOwnErrorsAreJson(unittest.TestCase):

@@ -253,9 +253,12 @@ class Security(unittest.TestCase):
         before = len(self.trail())
         # one forbidden batch over 1,000 clinics: one entry, not 1,000
         batch = [record(f"deny-{i}-" + "t" * 100, clinic=f"{i}-" + "c" * 120) for i in range(1000)]
-        r = self.req("met", "POST", "/tests/batch", batch)
+        r = self.req("w1", "POST", "/tests/batch", batch)
         self.assert_error(r, 403)
         self.assertLess(len(r.body), 4096)
+        # a key that may write no clinic: refused before nginx reads the body, one entry too
+        r = self.req("met", "POST", "/tests/batch", batch)
+        self.assert_error(r, 403)
         # a 7 KB id or filter can never be stored: refused before it is recorded
         r = self.req("met", "GET", "/tests/" + "x" * 7000)
         self.assert_error(r, 404)
@@ -263,11 +266,13 @@ class Security(unittest.TestCase):
         r = self.req("met", "GET", "/audit?clinic_id=" + "c" * 7000)
         self.assert_error(r, 400)
         after = self.trail()
-        self.assertEqual(len(after), before + 2)  # the batch, and the 404 of no-such-id
-        e = [x for x in after[before:] if x["action"] == "batch"][0]
-        self.assertEqual((e["outcome"], e["key_id"]), (403, self.keys["met"]["key_id"]))
+        self.assertEqual(len(after), before + 3)  # the batches, and the 404 of no-such-id
+        e, m = [x for x in after[before:] if x["action"] == "batch"]
+        self.assertEqual((e["outcome"], e["key_id"]), (403, self.keys["w1"]["key_id"]))
         self.assertLess(len(json.dumps(e)), 4096)
         self.assertEqual((e["detail"]["clinic_count"], e["detail"]["test_count"]), (1000, 1000))
+        self.assertEqual((m["outcome"], m["key_id"], m["clinic_id"]), (403, self.keys["met"]["key_id"], ""))
+        self.assertEqual(m["detail"], {"reason": "no_write_scope", "body_read": False})
 
     def test_ids_that_cannot_be_stored_are_refused_and_never_recorded(self):
         unknown = self.req("r1", "GET", "/tests/no-such-id").body
