@@ -651,17 +651,15 @@ Status restore_database(const std::string& from, const std::string& db, RestoreR
 
 namespace {
 
-// Run as root on --from: a symbolic link on its way (each component, each link's target
-// followed as the kernel would) that belongs to a user other than root could lead root to a
-// file that user cannot read. Internal names it; Ok when there is none (or the path does not
-// resolve: opening it says so).
-Status foreign_link_on_path(const std::string& path) {
-  std::string absolute = path;
-  if (absolute.empty() || absolute[0] != '/') {
-    char cwd[4096];
-    if (!getcwd(cwd, sizeof cwd)) return Status::Internal("cannot resolve " + path);
-    absolute = std::string(cwd) + "/" + path;
-  }
+// Run as root: opens --from for reading one component at a time, each relative to the
+// directory opened before it and without following a link (openat, O_NOFOLLOW), so nothing can
+// be swapped in between a check and the open. A symbolic link on the way is followed (as the
+// kernel would) only when root owns it: one of another user could lead root to a file that user
+// cannot read. A link at the name itself is not followed at all. On success fd is open
+// (O_RDONLY | O_NONBLOCK: a FIFO is refused by the caller, not waited on); else the Status
+// says why (Internal: a link refused; ReadOnly: the path does not resolve).
+Status open_as_root(const std::string& path, int& fd) {
+  fd = -1;
   auto split = [](const std::string& p) {
     std::deque<std::string> parts;
     for (size_t at = 0; at <= p.size();) {
@@ -672,37 +670,83 @@ Status foreign_link_on_path(const std::string& path) {
     }
     return parts;
   };
-  std::deque<std::string> todo = split(absolute);
-  std::string done;  // resolved so far ("" is /)
+  auto open_dir = [](const char* name) { return ::open(name, O_PATH | O_DIRECTORY | O_CLOEXEC); };
+  int dir = open_dir(!path.empty() && path[0] == '/' ? "/" : ".");
+  if (dir < 0) return Status::ReadOnly("cannot open " + path + " (" + errno_text() + ")");
+  std::deque<std::string> todo = split(path);
+  std::string walked = path.empty() || path[0] != '/' ? "." : "";
+  Status result = Status::ReadOnly("no file at " + path);
   for (int links = 0; !todo.empty();) {
     const std::string part = todo.front();
     todo.pop_front();
-    if (part == ".") continue;
-    if (part == "..") {
-      done = done.empty() ? done : dir_of(done) == "/" ? "" : dir_of(done);
-      continue;
-    }
-    const std::string name = done + "/" + part;
+    const std::string name = walked + "/" + part;
+    int at = ::openat(dir, part.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
     struct stat st {};
-    if (::lstat(name.c_str(), &st) != 0) return Status::Ok();
-    if (!S_ISLNK(st.st_mode)) {
-      done = name;
+    if (at < 0 || fstat(at, &st) != 0) {
+      result = Status::ReadOnly("no backup file at " + name + " (" + errno_text() + ")");
+      if (at >= 0) ::close(at);
+      break;
+    }
+    if (S_ISLNK(st.st_mode)) {
+      if (todo.empty() && links == 0) {
+        ::close(at);
+        result = Status::Internal(path + " is a symbolic link: as root, restore does not follow "
+                                  "one; give the file it leads to");
+        break;
+      }
+      if (st.st_uid != 0) {
+        ::close(at);
+        result = Status::Internal(name + " is a symbolic link owned by user " +
+                                  std::to_string(st.st_uid) + ": root does not follow it");
+        break;
+      }
+      std::vector<char> target(4097);
+      ssize_t n = ::readlinkat(at, "", target.data(), target.size() - 1);
+      ::close(at);
+      if (n <= 0 || ++links > 40) {
+        result = Status::Internal(name + ": a symbolic link that cannot be followed");
+        break;
+      }
+      const std::string to(target.data(), static_cast<size_t>(n));
+      std::deque<std::string> more = split(to);
+      todo.insert(todo.begin(), more.begin(), more.end());
+      if (to[0] == '/') {
+        int root = open_dir("/");
+        if (root < 0) break;
+        ::close(dir);
+        dir = root;
+        walked = "";
+      }
       continue;
     }
-    if (st.st_uid != 0) {
-      return Status::Internal(name + " is a symbolic link owned by user " +
-                              std::to_string(st.st_uid) + ": root does not follow it");
+    if (!todo.empty()) {  // a directory on the way ("." and ".." included)
+      if (!S_ISDIR(st.st_mode)) {
+        ::close(at);
+        result = Status::ReadOnly(name + " is not a directory");
+        break;
+      }
+      ::close(dir);
+      dir = at;
+      walked = name;
+      continue;
     }
-    if (++links > 40) return Status::Internal(path + " goes through too many symbolic links");
-    std::vector<char> target(static_cast<size_t>(st.st_size > 0 ? st.st_size : 4096) + 1);
-    ssize_t n = ::readlink(name.c_str(), target.data(), target.size() - 1);
-    if (n < 0) return Status::Ok();
-    const std::string to(target.data(), static_cast<size_t>(n));
-    std::deque<std::string> more = split(to);
-    todo.insert(todo.begin(), more.begin(), more.end());
-    if (!to.empty() && to[0] == '/') done.clear();
+    // The name itself: the file just looked at, opened for reading (the same one, by its inode).
+    int file = ::openat(dir, part.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    struct stat again {};
+    if (file < 0 || fstat(file, &again) != 0 || again.st_dev != st.st_dev ||
+        again.st_ino != st.st_ino) {
+      if (file >= 0) ::close(file);
+      ::close(at);
+      result = Status::ReadOnly("cannot open " + name + " (it changed while it was opened)");
+      break;
+    }
+    ::close(at);
+    fd = file;
+    result = Status::Ok();
+    break;
   }
-  return Status::Ok();
+  ::close(dir);
+  return result;
 }
 
 const char kSqliteHeader[16] = {'S', 'Q', 'L', 'i', 't', 'e', ' ', 'f',
@@ -900,24 +944,20 @@ int run_restore_command(int argc, char** argv) {
   // As root, what another user could have pointed --from at is refused before it is opened: a
   // link of theirs on its way; a link at its name is not followed at all.
   const bool as_root = geteuid() == 0;
+  int from_fd = -1;
   if (as_root) {
-    Status links = foreign_link_on_path(from);
-    if (!links.ok()) {
-      return fail("restore",
-                  "refused: " + links.message() + " (--from " + from + "). Nothing was changed");
+    Status opened = open_as_root(from, from_fd);
+    if (!opened.ok()) {
+      return fail("restore", "refused: " + opened.message() + " (--from " + from +
+                                 "). Nothing was changed");
     }
-  }
-  // O_NONBLOCK: a FIFO named as the backup is refused, not waited on.
-  int from_fd =
-      ::open(from.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | (as_root ? O_NOFOLLOW : 0));
-  if (from_fd < 0 && as_root && errno == ELOOP) {
-    return fail("restore", "refused: " + from +
-                               " is a symbolic link: as root, restore does not follow one; give "
-                               "the file it leads to. Nothing was changed");
-  }
-  if (from_fd < 0) {
-    return fail("restore", "refused: no backup file at " + from + " (" + errno_text() +
-                               "). Nothing was changed");
+  } else {
+    // O_NONBLOCK: a FIFO named as the backup is refused, not waited on.
+    from_fd = ::open(from.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (from_fd < 0) {
+      return fail("restore", "refused: no backup file at " + from + " (" + errno_text() +
+                                 "). Nothing was changed");
+    }
   }
   struct stat from_st {};
   if (fstat(from_fd, &from_st) != 0 || !S_ISREG(from_st.st_mode)) {
