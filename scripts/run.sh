@@ -231,9 +231,9 @@ if [ "$(id -u)" = 0 ]; then
     # Never through, nor of, a symbolic link: one planted by the service user must not make
     # root hand it a file elsewhere. A link of root's own for run/, logs/ or nginx/ (e.g. logs on
     # another disk) is the operator's: its target is given to the service user too.
-    # chown -h: a file swapped for a link between find's look and chown's changes the link
-    # itself, never what it points at.
-    find "$DATA_DIR" ! -type l -exec chown -h "$service_user:$service_group" {} +
+    # chown -R -P walks the tree by directory descriptors and changes a link itself, never what
+    # it points at: a file or directory swapped for a link meanwhile leads it nowhere.
+    chown -R -P "$service_user:$service_group" "$DATA_DIR"
     for d in run logs nginx; do
       if [ -L "$DATA_DIR/$d" ] && [ "$(stat -c %u "$DATA_DIR/$d")" = 0 ]; then
         chown -R -P "$service_user:$service_group" "$(readlink -f "$DATA_DIR/$d")"
@@ -271,6 +271,11 @@ fi
 # place (put_file), which replaces a link rather than writing through it.
 # Every write after the checks is best-effort (a full disk must not stop the supervisor):
 # put_file returns 1 if the file could not be written and does not already hold that content.
+# Reads of its files too (a log's last lines shown on a failure): root would show what a link
+# there leads to. as_service_cmd: the same, as setpriv options, for a setpriv of its own.
+as_service_cmd=()
+[ -z "$service_user" ] ||
+  as_service_cmd=(--reuid="$service_user" --regid="$service_group" --clear-groups)
 as_owner() {
   if [ -n "$service_user" ]; then
     setpriv --reuid="$service_user" --regid="$service_group" --clear-groups "$@"
@@ -726,11 +731,11 @@ if [ -n "$LOG_FORWARD" ]; then
   # before it reads the files are not missed: imfile starts a file it has no state for at its
   # beginning, and one it has state for where it stopped.
   for _ in $(seq 1 400); do
-    [ "$(cat "$DATA_DIR/run/rsyslogd.pid" 2>/dev/null)" != "$fwd_pid" ] || break
+    [ "$(as_owner cat "$DATA_DIR/run/rsyslogd.pid" 2>/dev/null)" != "$fwd_pid" ] || break
     kill -0 "$fwd_pid" 2>/dev/null || break
     sleep 0.05
   done
-  if [ "$(cat "$DATA_DIR/run/rsyslogd.pid" 2>/dev/null)" != "$fwd_pid" ]; then
+  if [ "$(as_owner cat "$DATA_DIR/run/rsyslogd.pid" 2>/dev/null)" != "$fwd_pid" ]; then
     stop_forwarder
     refuse "LOG_FORWARD: the log forwarder (rsyslogd) did not start; its messages are above"
   fi
@@ -783,7 +788,7 @@ case $start_result in
       kill_nodes "$failed"
     fi
     app_err_written "$failed"
-    last_line=$(tail -n 1 "$APP_LOG" || true)  # before the other nodes' stop lines
+    last_line=$(as_owner tail -n 1 "$APP_LOG" || true)  # before the other nodes' stop lines
     kill_nodes
     echo "run.sh: ${label[failed]}the app did not start; its last log line says why ($APP_LOG):" >&2
     printf '%s\n' "$last_line" >&2
@@ -830,8 +835,10 @@ launch_nginx() {
   setpriv --pdeathsig TERM env --default-signal sh -c "$nginx_keeper" sh "$$" \
     "${as_nginx[@]}" "$NGINX_BIN" -p "$DATA_DIR" -c "$nginx_conf" -e stderr 9<&- 2> >(exec 9<&-
     trap '' INT TERM QUIT
-    as_owner sh -c 'f=$1; shift; until sed -u -E "$@" >>"$f"; do sleep 1; done' sh \
-      "$DATA_DIR/logs/nginx-error.log" -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g') &
+    LC_ALL=C as_owner sh -c 'f=$1; shift
+      until sed -u -E "$@" >>"$f"; do IFS= read -r _ || break; done' sh \
+      "$DATA_DIR/logs/nginx-error.log" -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g' \
+      -e 's/[^[:print:]\t]/?/g') &
   nginx_pid=$! nginx_started=$EPOCHSECONDS nginx_state=up
 }
 # Ends whatever is left of nginx's process group (after its keeper exited).
@@ -854,7 +861,7 @@ nginx_exited() {
   fi
   nginx_restarts=$((nginx_restarts + 1))
   echo "run.sh: nginx exited (status $rc); see $DATA_DIR/logs/nginx-error.log:" >&2
-  tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
+  as_owner tail -n 5 "$DATA_DIR/logs/nginx-error.log" >&2 || true
   if [ "$nginx_quick" -ge "$NGINX_QUICK_MAX" ]; then
     log_json error nginx_exited "nginx exited with status $rc, $nginx_quick times in a row within 10 s of its start; stopping (see logs/nginx-error.log)"
     return 1
@@ -872,7 +879,7 @@ echo "testdata-api: serving on $scheme://$LISTEN, authorization $AUTH$storage_no
 # On a terminal, show the app's log lines as they come (tail, not a pipe in the app's path).
 tail_pid=""
 if [ -t 2 ]; then
-  setpriv --pdeathsig KILL tail -n 0 -F "$APP_LOG" 9<&- >&2 2>/dev/null &
+  setpriv --pdeathsig KILL "${as_service_cmd[@]}" tail -n 0 -F "$APP_LOG" 9<&- >&2 2>/dev/null &
   tail_pid=$!
 fi
 

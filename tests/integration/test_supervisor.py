@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -135,6 +136,29 @@ class Supervisor(unittest.TestCase):
             with open(victim) as f:
                 self.assertEqual(f.read(), "untouched\n")
             os.unlink(access)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_what_run_sh_shows_of_a_log_on_a_failure_is_read_as_the_service_user(self):
+        # nginx exits: run.sh shows the last lines of logs/nginx-error.log. Read as root, a link
+        # the service user put there showed any root file's last lines on run.sh's stderr.
+        victim_dir = tempfile.mkdtemp(prefix="tdapi-victim-")
+        self.addCleanup(shutil.rmtree, victim_dir, True)
+        victim = os.path.join(victim_dir, "victim")
+        with open(victim, "w") as f:
+            f.write("ROOT-ONLY-LINE\n")
+        os.chmod(victim, 0o600)
+        service = pwd.getpwnam("testdata-api")
+        with Server() as s:
+            err = s.log_path("nginx-error.log")
+            os.replace(err, err + ".old")
+            os.symlink(victim, err)
+            os.lchown(err, service.pw_uid, service.pw_gid)
+            master = s.pid_of("nginx")
+            os.kill(master, signal.SIGKILL)
+            self.assertTrue(wait_for(lambda: "nginx exited" in s.run_output(), 20), s.run_output()[-2000:])
+            time.sleep(0.5)
+            self.assertNotIn("ROOT-ONLY-LINE", s.run_output())
+            os.unlink(err)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_link_planted_at_the_app_log_is_never_written_through_by_root(self):
