@@ -690,7 +690,8 @@ Status open_as_root(const std::string& path, int& fd) {
     if (S_ISLNK(st.st_mode)) {
       if (todo.empty() && links == 0) {
         ::close(at);
-        result = Status::Internal(path + " is a symbolic link: as root, restore does not follow "
+        result = Status::Internal(path +
+                                  " is a symbolic link: as root, restore does not follow "
                                   "one; give the file it leads to");
         break;
       }
@@ -948,8 +949,8 @@ int run_restore_command(int argc, char** argv) {
   if (as_root) {
     Status opened = open_as_root(from, from_fd);
     if (!opened.ok()) {
-      return fail("restore", "refused: " + opened.message() + " (--from " + from +
-                                 "). Nothing was changed");
+      return fail("restore",
+                  "refused: " + opened.message() + " (--from " + from + "). Nothing was changed");
     }
   } else {
     // O_NONBLOCK: a FIFO named as the backup is refused, not waited on.
