@@ -410,9 +410,10 @@ TEST_F(PgStoreTest, TheHealthCheckAnswersWhileSlowReadsHoldEveryReader) {
   // Wait (at most 10 s) until every reader is inside its held read on the server.
   auto active_reads = [&] {
     PGconn* c = PQconnectdb(url().c_str());
-    PGresult* r = PQexec(c,
-                         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                         " AND state = 'active' AND query LIKE 'SELECT doc, clinic_id FROM tests%'");
+    PGresult* r =
+        PQexec(c,
+               "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+               " AND state = 'active' AND query LIKE 'SELECT doc, clinic_id FROM tests%'");
     int n = PQresultStatus(r) == PGRES_TUPLES_OK ? std::atoi(PQgetvalue(r, 0, 0)) : -1;
     PQclear(r);
     PQfinish(c);
