@@ -181,6 +181,22 @@ redacted_url() {
   esac
 }
 
+# As root: a symbolic link on DATA_DIR's way (DATA_DIR itself included) must be root's. The
+# service user owns DATA_DIR; in a directory it may write (a sticky /tmp too) it can move
+# DATA_DIR away and leave a link in its place, and root would then hand it the link's target
+# (chmod, chown -R). Keep DATA_DIR in a directory only root may write (e.g. /var/lib).
+if [ "$(id -u)" = 0 ]; then
+  case $DATA_DIR in /*) walk=$DATA_DIR ;; *) walk=$PWD/$DATA_DIR ;; esac
+  prefix=""
+  IFS=/ read -ra parts <<<"$walk"
+  for part in "${parts[@]}"; do
+    [ -n "$part" ] || continue
+    prefix=$prefix/$part
+    if [ -L "$prefix" ] && [ "$(stat -c %u "$prefix")" != 0 ]; then
+      refuse "$prefix (on DATA_DIR's way) is a symbolic link that $(stat -c %U "$prefix") made; run.sh (root) will not follow it: remove it, and keep DATA_DIR in a directory only root may write"
+    fi
+  done
+fi
 mkdir -p "$DATA_DIR"
 DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
 # One supervisor per DATA_DIR: a second one would take the first one's socket away. The lock is
@@ -428,7 +444,7 @@ fi
 tcp_conn_limit=${TCP_CONN_LIMIT_PER_ADDR:-512}
 case $tcp_conn_limit in ''|*[!0-9]*|0*) refuse "TCP_CONN_LIMIT_PER_ADDR must be a whole number from 1, not '$tcp_conn_limit'" ;; esac
 # The HTTP server's socket, behind the stream proxy; a stale one (nginx killed) would stop it.
-rm -f "$DATA_DIR/run/nginx-http.sock"
+as_owner rm -f "$DATA_DIR/run/nginx-http.sock" || true
 # With AUTH=on nginx checks the key before it reads a request body (nginx.conf, /_auth).
 auth_request="auth_request off;"
 [ "$AUTH" = off ] || auth_request="auth_request /_auth;"
@@ -470,7 +486,7 @@ tick() { now_ms=$((${EPOCHREALTIME//[!0-9]/} / 1000)); }
 # integrity check, O(database size)), then ready.
 launch_node() {
   local k=$1 j pids="" err
-  rm -f "${sock[k]}"
+  as_owner rm -f "${sock[k]}" || true
   ensure_app_log
   starts[k]=$((starts[k] + 1))
   # The app writes its log to --log-file (reopened on SIGHUP); stderr is appended to the same
@@ -692,7 +708,7 @@ EOF
 # Starts rsyslogd without waiting for it.
 launch_forwarder() {
   local cmd=("$RSYSLOGD_BIN" -n -f "$fwd_conf" -i "$DATA_DIR/run/rsyslogd.pid")
-  rm -f "$DATA_DIR/run/rsyslogd.pid"
+  as_owner rm -f "$DATA_DIR/run/rsyslogd.pid" || true
   if [ -n "$service_user" ]; then
     cmd=(setpriv --reuid="$service_user" --regid="$service_group" --clear-groups --pdeathsig TERM "${cmd[@]}")
   else
@@ -744,8 +760,8 @@ if [ -n "$LOG_FORWARD" ]; then
 fi
 
 # Sockets and pid files of the nodes of a previous run with another APP_NODES.
-rm -f "$DATA_DIR"/run/app-*.sock "$DATA_DIR"/run/app-*.pid
-[ "$APP_NODES" = 1 ] || rm -f "$DATA_DIR/run/app.sock"
+as_owner rm -f "$DATA_DIR"/run/app-*.sock "$DATA_DIR"/run/app-*.pid || true
+[ "$APP_NODES" = 1 ] || as_owner rm -f "$DATA_DIR/run/app.sock" || true
 storage_note=""
 if [ -n "$DATABASE_URL" ]; then
   storage_note=", PostgreSQL $(redacted_url "$DATABASE_URL") with $APP_NODES app node$([ "$APP_NODES" = 1 ] || echo s)"
@@ -831,7 +847,7 @@ if [ -n "$service_user" ]; then
 fi
 launch_nginx() {
   # The HTTP server's socket behind the stream proxy: one left by a killed nginx would stop it.
-  rm -f "$DATA_DIR/run/nginx-http.sock"
+  as_owner rm -f "$DATA_DIR/run/nginx-http.sock" || true
   setpriv --pdeathsig TERM env --default-signal sh -c "$nginx_keeper" sh "$$" \
     "${as_nginx[@]}" "$NGINX_BIN" -p "$DATA_DIR" -c "$nginx_conf" -e stderr 9<&- 2> >(exec 9<&-
     trap '' INT TERM QUIT

@@ -138,6 +138,34 @@ class Supervisor(unittest.TestCase):
             os.unlink(access)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_data_dir_swapped_for_the_service_users_link_is_refused(self):
+        # The service user owns DATA_DIR: in a directory it may write (here /tmp, sticky) it can
+        # move DATA_DIR away and leave a link to a root directory; the next start as root gave
+        # that directory (chmod, chown -R) to the service user.
+        victim = tempfile.mkdtemp(prefix="tdapi-victim-")
+        self.addCleanup(shutil.rmtree, victim, True)
+        with open(os.path.join(victim, "secret"), "w") as f:
+            f.write("root only\n")
+        os.chmod(os.path.join(victim, "secret"), 0o600)
+        d = tempfile.mkdtemp(prefix="tdapi-swapped-")
+        self.addCleanup(shutil.rmtree, d + ".moved", True)
+        self.addCleanup(lambda: os.path.islink(d) and os.unlink(d))
+        with Server(data_dir=d):
+            pass
+        service = pwd.getpwnam("testdata-api")
+        os.rename(d, d + ".moved")
+        os.symlink(victim, d)
+        os.lchown(d, service.pw_uid, service.pw_gid)
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=d, PORT=str(free_port()))
+        rc, out = run_sh(env)
+        self.assertEqual(rc, 78, out)
+        self.assertIn("symbolic link", out)
+        for path in (victim, os.path.join(victim, "secret")):
+            st = os.stat(path)
+            self.assertEqual(st.st_uid, 0, path)
+        self.assertEqual(os.stat(victim).st_mode & 0o777, 0o700)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_what_run_sh_shows_of_a_log_on_a_failure_is_read_as_the_service_user(self):
         # nginx exits: run.sh shows the last lines of logs/nginx-error.log. Read as root, a link
         # the service user put there showed any root file's last lines on run.sh's stderr.
