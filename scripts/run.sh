@@ -852,7 +852,7 @@ launch_nginx() {
     "${as_nginx[@]}" "$NGINX_BIN" -p "$DATA_DIR" -c "$nginx_conf" -e stderr 9<&- 2> >(exec 9<&-
     trap '' INT TERM QUIT
     LC_ALL=C as_owner sh -c 'f=$1; shift
-      until sed -u -E "$@" >>"$f"; do IFS= read -r _ || break; done' sh \
+      until sed -u -E "$@" >>"$f" 2>/dev/null; do IFS= read -r _ || break; done' sh \
       "$DATA_DIR/logs/nginx-error.log" -e 's/, referrer: .*$//' -e 's/[?][^ ]*/?[redacted]/g' \
       -e 's/[^[:print:]\t]/?/g') &
   nginx_pid=$! nginx_started=$EPOCHSECONDS nginx_state=up
