@@ -247,9 +247,11 @@ if [ "$(id -u)" = 0 ]; then
     # Never through, nor of, a symbolic link: one planted by the service user must not make
     # root hand it a file elsewhere. A link of root's own for run/, logs/ or nginx/ (e.g. logs on
     # another disk) is the operator's: its target is given to the service user too.
-    # chown -R -P walks the tree by directory descriptors and changes a link itself, never what
-    # it points at: a file or directory swapped for a link meanwhile leads it nowhere.
-    chown -R -P "$service_user:$service_group" "$DATA_DIR"
+    # -execdir: chown runs in the directory find holds (entered without following links), on
+    # ./name, and -h changes a link itself: a file or a directory on the way swapped for a link
+    # meanwhile leads it nowhere. (Links are left as they are: root's, below, are the operator's.)
+    PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+      find "$DATA_DIR" ! -type l -execdir chown -h "$service_user:$service_group" {} +
     for d in run logs nginx; do
       if [ -L "$DATA_DIR/$d" ] && [ "$(stat -c %u "$DATA_DIR/$d")" = 0 ]; then
         chown -R -P "$service_user:$service_group" "$(readlink -f "$DATA_DIR/$d")"
