@@ -32,6 +32,18 @@ def run_sh(env, timeout=30):
     return p.returncode, out
 
 
+def root_only_file(test, content):
+    """A root-owned 0600 file in a directory of its own (removed after the test): what a link
+    the service user plants would lead root to."""
+    d = tempfile.mkdtemp(prefix="tdapi-victim-")
+    test.addCleanup(shutil.rmtree, d, True)
+    path = os.path.join(d, "victim")
+    with open(path, "w") as f:
+        f.write(content)
+    os.chmod(path, 0o600)
+    return path
+
+
 def _ppid(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -105,12 +117,7 @@ class Supervisor(unittest.TestCase):
         # nginx's master reopens logs/access.log by name at every reopen (SIGHUP to run.sh, as
         # logrotate sends): were it root, a link the service user swapped in there would make
         # root append to (and hand over) any file. It runs as the service user instead.
-        victim_dir = tempfile.mkdtemp(prefix="tdapi-victim-")
-        self.addCleanup(shutil.rmtree, victim_dir, True)
-        victim = os.path.join(victim_dir, "victim")
-        with open(victim, "w") as f:
-            f.write("untouched\n")
-        os.chmod(victim, 0o600)
+        victim = root_only_file(self, "untouched\n")
         service = pwd.getpwnam("testdata-api")
         with Server() as s:
             master = s.pid_of("nginx")
@@ -169,12 +176,7 @@ class Supervisor(unittest.TestCase):
     def test_what_run_sh_shows_of_a_log_on_a_failure_is_read_as_the_service_user(self):
         # nginx exits: run.sh shows the last lines of logs/nginx-error.log. Read as root, a link
         # the service user put there showed any root file's last lines on run.sh's stderr.
-        victim_dir = tempfile.mkdtemp(prefix="tdapi-victim-")
-        self.addCleanup(shutil.rmtree, victim_dir, True)
-        victim = os.path.join(victim_dir, "victim")
-        with open(victim, "w") as f:
-            f.write("ROOT-ONLY-LINE\n")
-        os.chmod(victim, 0o600)
+        victim = root_only_file(self, "ROOT-ONLY-LINE\n")
         service = pwd.getpwnam("testdata-api")
         with Server() as s:
             err = s.log_path("nginx-error.log")
@@ -190,11 +192,7 @@ class Supervisor(unittest.TestCase):
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_link_planted_at_the_app_log_is_never_written_through_by_root(self):
-        victim_dir = tempfile.mkdtemp(prefix="tdapi-victim-")
-        self.addCleanup(shutil.rmtree, victim_dir, True)
-        victim = os.path.join(victim_dir, "victim")
-        with open(victim, "w") as f:
-            f.write("untouched\n")
+        victim = root_only_file(self, "untouched\n")
         service = pwd.getpwnam("testdata-api")
         with Server() as s:
             app_log = s.log_path("app.log")
