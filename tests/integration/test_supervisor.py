@@ -44,6 +44,15 @@ def root_only_file(test, content):
     return path
 
 
+def plant_link(path, target):
+    """What the service user can do in its own directory: move path aside and leave, in its
+    place, a link of its own to target."""
+    service = pwd.getpwnam("testdata-api")
+    os.replace(path, path + ".old")
+    os.symlink(target, path)
+    os.lchown(path, service.pw_uid, service.pw_gid)
+
+
 def _ppid(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -127,9 +136,7 @@ class Supervisor(unittest.TestCase):
             for pid in nginx:
                 self.assertEqual(os.stat(f"/proc/{pid}").st_uid, service.pw_uid, pid)
             access = s.log_path("access.log")
-            os.replace(access, access + ".old")
-            os.symlink(victim, access)
-            os.lchown(access, service.pw_uid, service.pw_gid)
+            plant_link(access, victim)
             os.kill(s.pid_of("supervisor"), signal.SIGHUP)  # reopen: USR1 to nginx
             self.assertTrue(wait_for(lambda: any(l.get("event") == "log_reopened"
                                                  for l in s.json_lines("app.log")), 10))
@@ -177,12 +184,9 @@ class Supervisor(unittest.TestCase):
         # nginx exits: run.sh shows the last lines of logs/nginx-error.log. Read as root, a link
         # the service user put there showed any root file's last lines on run.sh's stderr.
         victim = root_only_file(self, "ROOT-ONLY-LINE\n")
-        service = pwd.getpwnam("testdata-api")
         with Server() as s:
             err = s.log_path("nginx-error.log")
-            os.replace(err, err + ".old")
-            os.symlink(victim, err)
-            os.lchown(err, service.pw_uid, service.pw_gid)
+            plant_link(err, victim)
             master = s.pid_of("nginx")
             os.kill(master, signal.SIGKILL)
             self.assertTrue(wait_for(lambda: "nginx exited" in s.run_output(), 20), s.run_output()[-2000:])
@@ -193,13 +197,10 @@ class Supervisor(unittest.TestCase):
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_link_planted_at_the_app_log_is_never_written_through_by_root(self):
         victim = root_only_file(self, "untouched\n")
-        service = pwd.getpwnam("testdata-api")
         with Server() as s:
             app_log = s.log_path("app.log")
             # the service user swaps its log for a link to a root file, then the app restarts
-            os.replace(app_log, app_log + ".old")
-            os.symlink(victim, app_log)
-            os.lchown(app_log, service.pw_uid, service.pw_gid)
+            plant_link(app_log, victim)
             os.kill(s.pid_of("app"), signal.SIGKILL)
             # the app cannot open its log (78, not restarted): the service stops
             self.assertEqual(s.proc.wait(60), 78, s.run_output()[-2000:])
@@ -212,9 +213,7 @@ class Supervisor(unittest.TestCase):
         self.addCleanup(shutil.rmtree, d, True)
         with Server(data_dir=d):
             pass
-        os.replace(os.path.join(d, "logs", "app.log"), os.path.join(d, "logs", "app.log.old"))
-        os.symlink(victim, os.path.join(d, "logs", "app.log"))
-        os.lchown(os.path.join(d, "logs", "app.log"), service.pw_uid, service.pw_gid)
+        plant_link(os.path.join(d, "logs", "app.log"), victim)
         rc, out = run_sh(dict(env, DATA_DIR=d))
         self.assertEqual(rc, 78, out)
         self.assertIn("symbolic link", out)
