@@ -114,11 +114,10 @@ fuzz: deps
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
 format:
-	@clang-format -i src/*.cpp src/*.h src/store/*.cpp src/store/*.h tests/unit/*.cpp tests/unit/*.h \
-	  tests/unit/store/*.cpp
+	@find src tests/unit tests/fuzz \( -name '*.cpp' -o -name '*.h' \) -exec clang-format -i {} +
 
 tidy: build
-	@clang-tidy -p $(BUILD_DIR) --quiet src/*.cpp src/store/*.cpp
+	@clang-tidy -p $(BUILD_DIR) --quiet $$(find src -name '*.cpp')
 
 clean:
 	rm -rf $(BUILD_DIR) $(TEST_BUILD_DIR) build-tsan build-fuzz dist

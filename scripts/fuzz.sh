@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 seconds=${1:-600}
 out=${FUZZ_BUILD_DIR:-build-fuzz}
 mkdir -p "$out"
-srcs=(src/validate.cpp src/test_record.cpp src/json.cpp src/http.cpp src/status.cpp src/log.cpp src/clock.cpp
-  src/auth.cpp src/crypto.cpp)
+srcs=(src/api/validate.cpp src/store/test_record.cpp src/base/json.cpp src/base/utf8.cpp
+  src/http/http.cpp src/http/storage_status.cpp src/store/status.cpp src/base/log.cpp
+  src/base/clock.cpp src/security/auth.cpp src/base/crypto.cpp)
 targets=(validate query batch auth)
 for target in "${targets[@]}"; do
   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \

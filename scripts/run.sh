@@ -29,7 +29,7 @@
 #
 # This script is the app's supervisor: if the app dies (crash, SIGKILL, stop timeout) it is
 # restarted at once. Not restarted: exit status 78 (start-up failure, e.g. a damaged database)
-# and 2 (bad usage); see src/main.cpp. With several nodes each is supervised on its own: one that
+# and 2 (bad usage); see src/server/main.cpp. With several nodes each is supervised on its own: one that
 # dies is restarted while nginx serves from the others; a 78 or 2 from any of them stops all.
 # nginx is supervised too (restarted when its master exits: see launch_nginx below), and nothing
 # this script starts outlives it: killed (SIGKILL), it takes the app, nginx (master and workers)

@@ -8,8 +8,8 @@
 #include <cstdlib>
 #include <utility>
 
-#include "clock.h"
-#include "log.h"
+#include "base/clock.h"
+#include "base/log.h"
 
 namespace tdapi {
 

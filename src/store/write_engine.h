@@ -15,11 +15,11 @@
 #include <thread>
 #include <vector>
 
-#include "audit.h"
-#include "status.h"
-#include "store.h"
-#include "store/thread_annotations.h"
-#include "test_record.h"
+#include "base/thread_annotations.h"
+#include "store/audit.h"
+#include "store/status.h"
+#include "store/store.h"
+#include "store/test_record.h"
 
 namespace tdapi {
 

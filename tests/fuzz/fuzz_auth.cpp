@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "auth.h"
+#include "security/auth.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view raw(reinterpret_cast<const char*>(data), size);

@@ -8,9 +8,10 @@
 #include <cstdint>
 #include <string>
 
-#include "json.h"
-#include "test_record.h"
-#include "validate.h"
+#include "api/validate.h"
+#include "base/json.h"
+#include "base/utf8.h"
+#include "store/test_record.h"
 
 using tdapi::TestRecord;
 

@@ -6,7 +6,8 @@
 #include <cstdint>
 #include <string>
 
-#include "http.h"
+#include "base/utf8.h"
+#include "http/http.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view raw(reinterpret_cast<const char*>(data), size);

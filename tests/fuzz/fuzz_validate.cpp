@@ -6,8 +6,9 @@
 #include <cstdint>
 #include <string>
 
-#include "test_record.h"
-#include "validate.h"
+#include "api/validate.h"
+#include "base/utf8.h"
+#include "store/test_record.h"
 
 using tdapi::TestRecord;
 

@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "../store_test_util.h"
+#include "store/store_test_util.h"
 
 namespace tdapi {
 namespace {

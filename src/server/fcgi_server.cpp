@@ -1,0 +1,495 @@
+// fcgi_server.cpp: the only file that includes fcgiapp.h. Accept loop and request adapter.
+#include "server/fcgi_server.h"
+
+#include <fcgiapp.h>
+#include <malloc.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <mutex>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "base/clock.h"
+#include "base/log.h"
+#include "metrics/metrics.h"
+#include "server/http_router.h"
+#include "store/test_record.h"
+
+namespace tdapi {
+
+namespace {
+
+std::atomic<bool> g_stopping{false};
+constexpr size_t kTrimAfterBodyBytes = 256 * 1024;
+
+// The request's FastCGI parameters the service reads, in one pass over the environment
+// (FCGX_GetParam scans all of it per name). The first of a repeated name counts, as with
+// FCGX_GetParam.
+struct RequestParams {
+  const char* method = "";
+  const char* uri = "";
+  const char* content_type = "";
+  const char* content_encoding = "";
+  const char* content_length = "";
+  const char* request_id = "";
+  const char* authorization = "";
+  const char* remote_addr = "";
+};
+
+RequestParams read_params(char** envp) {
+  RequestParams p;
+  struct Slot {
+    std::string_view name;
+    const char* RequestParams::*field;
+  };
+  static constexpr Slot kSlots[] = {
+      {"REQUEST_METHOD", &RequestParams::method},
+      {"REQUEST_URI", &RequestParams::uri},
+      {"CONTENT_TYPE", &RequestParams::content_type},
+      {"CONTENT_ENCODING", &RequestParams::content_encoding},
+      {"CONTENT_LENGTH", &RequestParams::content_length},
+      {"REQUEST_ID", &RequestParams::request_id},
+      {"HTTP_AUTHORIZATION", &RequestParams::authorization},
+      {"REMOTE_ADDR", &RequestParams::remote_addr},
+  };
+  unsigned found = 0;
+  for (char** e = envp; e != nullptr && *e != nullptr; ++e) {
+    const char* eq = std::strchr(*e, '=');
+    if (eq == nullptr) continue;
+    std::string_view name(*e, static_cast<size_t>(eq - *e));
+    for (unsigned k = 0; k < std::size(kSlots); ++k) {
+      if ((found & (1u << k)) == 0 && name == kSlots[k].name) {
+        p.*kSlots[k].field = eq + 1;
+        found |= 1u << k;
+        break;
+      }
+    }
+  }
+  return p;
+}
+
+// Turns the FastCGI environment and stdin into a Request. Reads at most kMaxRequestBodyBytes.
+// A request whose stdin is not read to its end must not leave its kept-alive connection open
+// (its leftover records would be read as the next request), so it closes the connection.
+Request read_request(FCGX_Request& fcgi) {
+  Request req;
+  const RequestParams params = read_params(fcgi.envp);
+  req.method = params.method;
+  std::string_view uri = params.uri;
+  size_t q = uri.find('?');
+  req.path = std::string(uri.substr(0, q));
+  if (q != std::string_view::npos) req.query = std::string(uri.substr(q + 1));
+  req.content_type = params.content_type;
+  req.content_encoding = params.content_encoding;
+  req.request_id = params.request_id;
+  req.authorization = params.authorization;
+  req.remote_addr = params.remote_addr;
+
+  const char* length_text = params.content_length;
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long length = std::strtoull(length_text, &end, 10);
+  if (errno != 0 || end == length_text) length = 0;
+  req.content_length = static_cast<size_t>(length);
+  if (length > kMaxRequestBodyBytes) {
+    req.body_state = BodyState::kTooLarge;
+    fcgi.keepConnection = 0;
+    return req;
+  }
+  req.body.resize(length);
+  size_t got = 0;
+  while (got < length) {
+    int n = FCGX_GetStr(&req.body[got], static_cast<int>(length - got), fcgi.in);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got < length) {
+    req.body.resize(got);
+    req.body_state = BodyState::kTruncated;
+    fcgi.keepConnection = 0;
+    return req;
+  }
+  // Read stdin to its end, the empty FCGI_STDIN record, which may come in a later read than
+  // the body: left unread on a kept-alive connection, it would be taken for the start of the
+  // next request, and that request would be lost. Bytes beyond CONTENT_LENGTH are dropped; past
+  // a bound, or on a read error, the connection is closed instead.
+  char sink[4096];
+  size_t extra = 0;
+  for (;;) {
+    int n = FCGX_GetStr(sink, sizeof sink, fcgi.in);
+    if (n <= 0) break;
+    extra += static_cast<size_t>(n);
+    if (extra > kMaxRequestBodyBytes) {
+      fcgi.keepConnection = 0;
+      break;
+    }
+  }
+  if (FCGX_GetError(fcgi.in) != 0) fcgi.keepConnection = 0;
+  return req;
+}
+
+class FcgiOutput : public ResponseOutput {
+ public:
+  explicit FcgiOutput(FCGX_Request& fcgi) : fcgi_(fcgi) {}
+  bool write_head(const Response& r) override {
+    std::string head = "Status: ";
+    head.reserve(128);
+    head += std::to_string(r.status);
+    head += ' ';
+    head += reason_phrase(r.status);
+    head += "\r\nContent-Type: ";
+    head += r.content_type;
+    head += "\r\n";
+    for (const auto& [name, value] : r.headers) {
+      head += name;
+      head += ": ";
+      head += value;
+      head += "\r\n";
+    }
+    head += "\r\n";
+    return write_body(head);
+  }
+  bool write_body(std::string_view chunk) override {
+    if (chunk.empty()) return true;
+    return FCGX_PutStr(chunk.data(), static_cast<int>(chunk.size()), fcgi_.out) ==
+           static_cast<int>(chunk.size());
+  }
+  // Closes the connection without FastCGI's end-of-request: nginx sees the upstream close
+  // early and breaks the client's response (no final chunk) instead of completing it. What
+  // FCGX_Finish_r then writes fails harmlessly (SIGPIPE is ignored), and it closes the fd.
+  void abort() override {
+    if (fcgi_.ipcFd >= 0) shutdown(fcgi_.ipcFd, SHUT_RDWR);
+    fcgi_.keepConnection = 0;
+  }
+
+ private:
+  FCGX_Request& fcgi_;
+};
+
+// Serves one request; returns whether its body was large (see worker_loop).
+bool serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
+  auto start = std::chrono::steady_clock::now();
+  global_metrics().request_started();
+  Request req = read_request(fcgi);
+  Response resp = route_request(req, store, auth);
+  FcgiOutput out(fcgi);
+  send_response(resp, out);
+
+  LogFields& f = resp.log;
+  f.request_id = req.request_id;
+  f.method = req.method;
+  f.path = req.path;
+  f.status = resp.status;
+  f.duration_ms = elapsed_ms(start);
+  LogLevel level = resp.status >= 500 || resp.aborted ? LogLevel::kError
+                   : resp.status >= 400               ? LogLevel::kWarn
+                                                      : LogLevel::kInfo;
+  // A passed key check (nginx's auth_request before a body) is not a line of its own: the
+  // request it let through logs one with the same request id right after.
+  if (!(resp.status == 204 && resp.route == "GET /_auth")) log_event(level, "request", f);
+  global_metrics().record(resp.route, resp.status, f.duration_ms);
+  global_metrics().request_finished();
+  return req.body.size() >= kTrimAfterBodyBytes;
+}
+
+long long now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Health of accepting new connections, shared by the workers. A failing accept (descriptors
+// exhausted, or libfcgi's shutdownPending set by a stray signal before its handlers were
+// replaced) must neither spin nor flood the log nor leave a live process that answers nobody:
+// each worker backs off, failures are logged at most once a second (with how many there were),
+// and when no new connection has been accepted for accept_give_up_ms while accepts kept
+// failing, the server gives up (the supervisor restarts it).
+struct AcceptHealth {
+  int give_up_ms = 10000;
+  std::atomic<long long> failing_since_ms{-1};  // -1: the last fresh accept succeeded
+  std::atomic<bool> broken{false};
+  std::mutex log_mu;
+  long long last_log_ms = -1;
+  long long unlogged = 0;
+
+  void succeeded() {
+    if (failing_since_ms.load(std::memory_order_relaxed) != -1) failing_since_ms.store(-1);
+  }
+  // Returns how long the calling worker should wait before its next accept.
+  int failed(int code, int previous_backoff_ms) {
+    long long now = now_ms();
+    long long expected = -1;
+    failing_since_ms.compare_exchange_strong(expected, now);
+    long long since = failing_since_ms.load();
+    {
+      std::lock_guard<std::mutex> lock(log_mu);
+      ++unlogged;
+      if (last_log_ms < 0 || now - last_log_ms >= 1000) {
+        LogFields f;
+        f.count = unlogged;
+        f.reason =
+            code == -9999 ? std::string("FCGX_Accept_r failed") : std::string(std::strerror(-code));
+        f.detail =
+            "accepting a connection failed (count: failures since the last such line); "
+            "retrying with back-off";
+        log_event(LogLevel::kWarn, "accept_failed", f);
+        last_log_ms = now;
+        unlogged = 0;
+      }
+    }
+    if (since >= 0 && now - since >= give_up_ms && !broken.exchange(true)) {
+      LogFields f;
+      f.duration_ms = static_cast<double>(now - since);
+      f.detail = "no new connection could be accepted for " + std::to_string(now - since) +
+                 " ms; stopping so that the supervisor restarts the app";
+      log_event(LogLevel::kError, "accept_broken", f);
+      kill(getpid(), SIGTERM);  // the signal thread runs the graceful stop
+    }
+    return previous_backoff_ms <= 0 ? 10 : std::min(previous_backoff_ms * 2, 1000);
+  }
+};
+
+// One worker thread: accepts, answers, repeats until the server stops. With nginx's
+// fastcgi_keep_conn the connection stays open after a request and FCGX_Accept_r blocks reading
+// the next one from it, where a shut-down listening socket cannot wake it: the worker publishes
+// that connection in idle_fd while it waits, so that a stop can shut it down (see
+// wake_idle_workers). Publish-then-check of g_stopping pairs with the stopper's
+// set-then-scan (both sequentially consistent): either this thread sees the stop or the stopper
+// sees the connection.
+void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<int>& idle_fd,
+                 AcceptHealth& health) {
+  FCGX_Request fcgi;
+  FCGX_InitRequest(&fcgi, listen_fd, 0);
+  int backoff_ms = 0;
+  for (;;) {
+    const int kept = fcgi.ipcFd;  // >= 0: a kept-alive connection from the last request
+    idle_fd.store(kept);
+    if (g_stopping.load()) break;
+    int accepted = FCGX_Accept_r(&fcgi);
+    int expected = kept;
+    idle_fd.compare_exchange_strong(expected, -1);  // -1 already if a stop took it
+    if (accepted < 0) {
+      if (g_stopping.load()) break;
+      if (kept >= 0) continue;  // the kept-alive connection ended; accept a new one
+      backoff_ms = health.failed(accepted, backoff_ms);
+      std::this_thread::sleep_for(std::chrono::milliseconds(backoff_ms));
+      continue;
+    }
+    if (kept < 0) {
+      health.succeeded();
+      backoff_ms = 0;
+    }
+    global_metrics().worker_busy();
+    // After a large body (a batch: its tree and answer were many small allocations in this
+    // thread's arena), hand free memory back to the OS, so hostile batches leave none behind.
+    if (serve_one(fcgi, store, auth)) malloc_trim(0);
+    FCGX_Finish_r(&fcgi);
+    global_metrics().worker_done();
+  }
+  idle_fd.store(-1);
+  FCGX_Free(&fcgi, 1);
+}
+
+// Wakes workers waiting on kept-alive connections by shutting those connections down. Call after
+// g_stopping is set and the listening socket is shut down (so no fd number is reused meanwhile).
+void wake_idle_workers(std::vector<std::atomic<int>>& idle_fds) {
+  for (std::atomic<int>& slot : idle_fds) {
+    int fd = slot.exchange(-1);
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+  }
+}
+
+// Creates the listening unix socket with `mode` (0600 or 0660). Returns -1 (logged) on
+// failure; refuses a path where another server is still listening.
+int listen_unix(const std::string& path, int mode) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  LogFields f;
+  f.detail = path;
+  if (path.size() >= sizeof addr.sun_path) {
+    f.reason = "socket path too long";
+    log_event(LogLevel::kError, "startup_failed", f);
+    return -1;
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct stat st;
+  if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool live = connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    close(probe);
+    if (live) {
+      f.reason = "another server is listening on this socket";
+      log_event(LogLevel::kError, "startup_failed", f);
+      close(fd);
+      return -1;
+    }
+    unlink(path.c_str());  // stale socket of a previous run
+  }
+  mode_t old_mask = umask(0077);  // never reachable by others, not even for a moment
+  int rc = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  umask(old_mask);
+  if (rc == 0) rc = chmod(path.c_str(), static_cast<mode_t>(mode));
+  if (rc != 0 || listen(fd, 1024) != 0) {
+    f.reason = std::string("cannot listen on socket: ") + std::strerror(errno);
+    log_event(LogLevel::kError, "startup_failed", f);
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Writes the audit entries of failed authentications whose minute is over (every one with all).
+void write_failure_tallies(Authenticator& auth, Store& store, bool all) {
+  const auto wall = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::system_clock::now().time_since_epoch())
+                        .count();
+  for (AuditEntry& a : auth.failures().take_due(wall, all)) {
+    if (!auth.options().audit) continue;
+    Status s = store.append_audit(a);
+    if (s.ok()) {
+      global_metrics().record_audit_write();
+    } else {
+      LogFields f;
+      f.reason = s.name();
+      f.detail = "the tally of failed authentications of one address and minute was not recorded";
+      log_event(LogLevel::kError, "audit_failed", f);
+    }
+  }
+}
+
+const int kHandledSignals[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGPIPE};
+
+void ignore_signal(int) {}
+
+// FCGX_Init installs libfcgi's own handlers for SIGTERM, SIGUSR1 (even over SIG_IGN) and
+// SIGPIPE; its SIGUSR1/SIGTERM handler sets a flag that makes every later accept fail. Every
+// such signal is blocked in all threads and taken by sigwait, so no handler should ever run;
+// these dispositions make sure none of libfcgi's can, and that a stray SIGUSR1/SIGUSR2 can
+// neither kill the process nor deafen it.
+void replace_libfcgi_signal_handlers() {
+  struct sigaction sa {};
+  sigemptyset(&sa.sa_mask);
+  sa.sa_handler = SIG_DFL;
+  sigaction(SIGTERM, &sa, nullptr);
+  sa.sa_handler = ignore_signal;
+  sigaction(SIGUSR1, &sa, nullptr);
+  sigaction(SIGUSR2, &sa, nullptr);
+  sa.sa_handler = SIG_IGN;
+  sigaction(SIGPIPE, &sa, nullptr);
+}
+
+}  // namespace
+
+void block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : kHandledSignals) sigaddset(&set, sig);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+bool wait_for_stop_signal(int timeout_ms) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  timespec timeout{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
+  return sigtimedwait(&set, nullptr, &timeout) > 0;
+}
+
+ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
+  Authenticator auth(options.access);
+  int sig = 0;
+  if (FCGX_Init() != 0) return kServeSocketFailed;
+  replace_libfcgi_signal_handlers();
+  int fd = listen_unix(options.socket_path, options.socket_mode);
+  if (fd < 0) return kServeSocketFailed;
+
+  AcceptHealth health;
+  health.give_up_ms = options.accept_give_up_ms;
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  int running = options.threads;
+  std::vector<std::atomic<int>> idle_fds(static_cast<size_t>(options.threads));
+  std::vector<std::thread> workers;
+  for (int i = 0; i < options.threads; ++i) {
+    workers.emplace_back([&, i] {
+      worker_loop(fd, store, auth, idle_fds[static_cast<size_t>(i)], health);
+      std::lock_guard<std::mutex> lock(done_mu);
+      if (--running == 0) done_cv.notify_all();
+    });
+  }
+  LogFields ready;
+  ready.detail = options.socket_path;
+  ready.count = options.threads;
+  log_event(LogLevel::kInfo, "listening", ready);
+
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : kHandledSignals) sigaddset(&set, s);
+  for (;;) {
+    // Once a second, the tallies of failed authentications of minutes that are over.
+    timespec second{1, 0};
+    sig = sigtimedwait(&set, nullptr, &second);
+    if (sig < 0) {
+      write_failure_tallies(auth, store, false);
+      continue;
+    }
+    if (sig == SIGTERM || sig == SIGINT) break;
+    if (sig == SIGHUP) {
+      if (options.on_hangup) options.on_hangup();
+      continue;
+    }
+    if (sig == SIGPIPE) continue;  // a write to a closed connection: its EPIPE is handled there
+    LogFields f;
+    f.reason = sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2";
+    f.detail = "signal ignored: it changes nothing about serving";
+    log_event(LogLevel::kWarn, "signal_ignored", f);
+  }
+  bool broken = health.broken.load();
+  LogFields stopping;
+  stopping.reason = broken ? "accept_broken" : sig == SIGINT ? "SIGINT" : "SIGTERM";
+  log_event(LogLevel::kInfo, "stopping", stopping);
+
+  // Stop accepting: shutting the listening socket down wakes every thread blocked in accept.
+  g_stopping.store(true);
+  shutdown(fd, SHUT_RDWR);
+  wake_idle_workers(idle_fds);
+  unlink(options.socket_path.c_str());
+  bool finished;
+  {
+    std::unique_lock<std::mutex> lock(done_mu);
+    finished = done_cv.wait_for(lock, std::chrono::milliseconds(options.stop_timeout_ms),
+                                [&] { return running == 0; });
+  }
+  if (!finished) {
+    LogFields f;
+    f.reason = "in-flight requests did not finish in time";
+    f.status = kServeStopTimeoutExit;
+    f.detail = "exiting with status 1; the supervisor restarts the app";
+    log_event(LogLevel::kError, "stop_timeout", f);
+    // Committed data is durable already; nothing acknowledged is lost by exiting.
+    _exit(kServeStopTimeoutExit);
+  }
+  for (std::thread& t : workers) t.join();
+  close(fd);
+  write_failure_tallies(auth, store, true);
+  return broken ? kServeAcceptBroken : kServeStopped;
+}
+
+}  // namespace tdapi

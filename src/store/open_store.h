@@ -1,0 +1,42 @@
+// open_store.h: the one place that knows both backends. A target is what users write: an
+// SQLite file path, or a PostgreSQL URL (base/url.h tells them apart).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "store/store.h"
+#include "store/write_engine.h"
+
+namespace tdapi {
+
+// Who opens the store; each role sets the backend's options the way it needs them.
+enum class StoreRole {
+  kService,          // the API server: creates or migrates the schema, pools readers
+  kAdmin,            // keys and audit commands: the database must exist already
+  kMigrationSource,  // migrate's SQLite source: read like an admin command
+  kMigrationTarget,  // migrate's PostgreSQL target: the schema is created or migrated
+};
+
+struct StoreSettings {
+  int threads = 1;                    // kService: sizes PostgreSQL's reader pool
+  int busy_timeout_ms = 5000;         // SQLite busy_timeout, PostgreSQL lock_timeout
+  long long max_db_pages = 0;         // SQLite: > 0 caps the database size
+  WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
+};
+
+// Opens the store `target` names for `role`. Errors as SqliteStore::open and PgStore::open
+// say (Unavailable: a PostgreSQL server that cannot be reached now, worth waiting for).
+Status open_store(const std::string& target, StoreRole role, const StoreSettings& settings,
+                  std::unique_ptr<Store>& out);
+
+// The target as logs and messages may show it: an SQLite path as it is, a PostgreSQL URL with
+// its password hidden (and not at all when libpq cannot parse it).
+std::string describe_target(const std::string& target);
+
+// How open_store configures the store for `role` (the service's store_opened log line), e.g.
+// "db=var/testdata.db synchronous=FULL journal_mode=WAL busy_timeout_ms=5000".
+std::string describe_store(const std::string& target, StoreRole role,
+                           const StoreSettings& settings);
+
+}  // namespace tdapi

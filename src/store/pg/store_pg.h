@@ -1,0 +1,131 @@
+// store_pg.h: the PostgreSQL Store (libpq): one group-committing writer connection per app
+// process, a bounded pool of reader connections, many app processes on one database.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/fifo_pool.h"
+#include "base/url.h"
+#include "store/store.h"
+#include "store/write_engine.h"
+
+namespace tdapi {
+
+struct PgOptions {
+  std::string url;                    // libpq URI (postgresql://…) or keyword/value string
+  WriteEngineOptions writes;          // group commit: most requests and records per transaction
+  WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
+  int lock_timeout_ms = 5000;         // bound on waiting for a lock (the write lock, a row)
+  int statement_timeout_ms = 30000;
+  int connect_timeout_s = 5;
+  size_t max_readers = 16;  // reader connections of this process at most
+  // application_name of its connections: migrate refuses to copy while connections of a
+  // running service (testdata-api) are on the target; also what pg_stat_activity shows.
+  std::string application_name = "testdata-api";
+  // The administration commands: the schema must exist already (a mistyped URL must not get
+  // one), nothing is logged for open and close.
+  bool admin_tool = false;
+  // The service: open all max_readers reader connections at open, not on demand (see
+  // PgStore::open_readers); the commands (keys, audit, migrate) open them as they need them.
+  bool open_readers_at_start = false;
+};
+
+// Safe for concurrent use from several threads, and from several processes on one database.
+// Writes go through the group-commit engine (store/write_engine.h): one writer thread per
+// process commits whatever requests are queued in one transaction (group commit) under a
+// transaction-scoped advisory lock: write transactions of all processes take turns, so `seq`
+// (an identity column) grows in commit order, which keeps keyset cursors complete, and the
+// audit chain has one end. A request's records are inserted with ON CONFLICT DO NOTHING, so
+// the database decides duplicates (racing inserts of one id wait for each other) and names
+// every one; a multi-record request that met a duplicate, or any request that failed on its
+// own, is rolled back to its savepoint. 201 only after COMMIT returned, with
+// synchronous_commit on.
+// A connection lost (server restart, network) fails what was in flight with kUnavailable (503)
+// and is reopened by the next operation.
+class PgStore : public EngineStore, public ImportTarget {
+ public:
+  // Connects, applies the migrations this binary knows in one transaction (recorded in
+  // schema_migrations; a newer database is refused), reads the cursor key, starts the writer.
+  static Status open(const PgOptions& options, std::unique_ptr<PgStore>& out);
+  ~PgStore() override;
+
+  Status list_audit(const AuditQuery& query,
+                    const std::function<bool(const AuditEntry&)>& on_entry) override;
+  Status count_audit(long long up_to, long long& rows) override;
+  Status create_key(const ApiKey& key) override;
+  Status list_keys(std::vector<ApiKey>& out) override;
+  Status revoke_key(std::string_view key_id, const std::string& when) override;
+  Status find_key(std::string_view key_id, ApiKey& out) override;
+  using Store::get_test;
+  Status get_test(std::string_view test_id, std::string& json, std::string& clinic_id) override;
+  using Store::list_tests;
+  Status list_tests(const ListQuery& query, const RowFn& on_row,
+                    const PageEndFn& on_page_end) override;
+  Status check_health() override;
+  const std::string& instance_secret() const override { return secret_; }
+  StoreStats stats() const override;
+
+  ImportTarget* import_target() override { return this; }
+  Status import_tests(const std::vector<StoredTest>& rows) override;
+  Status import_audit(const std::vector<AuditEntry>& entries) override;
+  Status import_keys(const std::vector<ApiKey>& keys) override;
+  Status set_instance_secret(const std::string& secret) override;
+  Status list_all_tests(long long after_seq, long long limit,
+                        const std::function<bool(const StoredTest&)>& on_row) override;
+  Status count_service_sessions(long long& n) override;
+  Status max_seqs(long long& tests_seq, long long& audit_seq) override;
+
+  // Migrations, oldest first; kSchemaVersion is their count.
+  static constexpr int kSchemaVersion = 2;
+
+  struct Connection;  // a libpq connection and the statements prepared on it
+
+ private:
+  class Backend;  // the writer connection's side of the engine
+
+  explicit PgStore(PgOptions options);
+  Status connect(std::unique_ptr<Connection>& out) const;
+  Status migrate(Connection& conn);
+  Status load_secret(Connection& conn);
+  std::unique_ptr<Connection> acquire_reader(Status& status);
+  void release_reader(std::unique_ptr<Connection> conn);
+  void note_failure(const Status& status);
+  // Runs fn on a reader connection (returned to the pool when it is still healthy).
+  // A read whose connection turned out to be gone is run once more on a new connection
+  // (retry_when_lost); a write is not.
+  void open_readers();  // the whole reader pool, at open (service only)
+  Status with_reader(const char* what, const std::function<Status(Connection&)>& fn,
+                     bool retry_when_lost = true);
+
+  PgOptions options_;
+  std::string secret_;
+  std::unique_ptr<Connection> writer_;  // used by the writer thread only (and open)
+
+  std::unique_ptr<Backend> backend_;
+
+  FifoPool<Connection> readers_;  // at most options_.max_readers, first come first served
+
+  // check_health's own connection (opened by the first check, reopened when lost): the check
+  // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.
+  std::mutex health_mu_;
+  std::unique_ptr<Connection> health_conn_;
+
+  mutable std::mutex size_mu_;
+  mutable long long database_bytes_ = 0;
+  mutable std::chrono::steady_clock::time_point size_read_at_;
+};
+
+// `url` with any password replaced by "***", for logs (redact_url_text, base/url.h); a URL
+// libpq cannot parse is not shown at all (libpq's own errors would quote it).
+std::string redact_url(const std::string& url);
+
+}  // namespace tdapi

@@ -1,0 +1,215 @@
+// store_sqlite.h: the SQLite Store: one group-committing writer thread, pooled read connections.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store/store.h"
+#include "store/write_engine.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+struct statvfs;
+
+namespace tdapi {
+
+struct SqliteOptions {
+  std::string path;                   // database file; created with the schema when missing
+  int busy_timeout_ms = 5000;         // bound on waiting for a lock held by another process
+  WriteEngineOptions writes;          // group commit: most requests and records per transaction
+  WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
+  std::string synchronous = "FULL";   // FULL: a commit survives a power cut (fsync per COMMIT)
+  long long max_page_count = 0;       // > 0: cap the database size (tests of SQLITE_FULL)
+  // The administration commands (keys, audit) open a database the service may be running on:
+  // a missing file is an error (a mistyped --db must not create one), the clean-stop marker is
+  // neither taken nor written (it belongs to the service), the O(size) integrity check is
+  // skipped, and nothing is logged for the open and close.
+  bool admin_tool = false;
+  // Test seam, never set by the service: called before the writer runs each transaction-control
+  // step ("BEGIN IMMEDIATE", "SAVEPOINT", "ROLLBACK TO", "RELEASE", "COMMIT", "ROLLBACK"). A
+  // non-zero SQLite result code it returns is taken as that step's failure; the step is not run.
+  std::function<int(const char* step)> fault_hook;
+};
+
+// With fewer bytes than this free on the database's filesystem, an SQLITE_IOERR on a write
+// is a full disk (kFull, 507) rather than a failing one (kIoError, 503).
+constexpr unsigned long long kMinFreeBytes = 1024 * 1024;
+
+// What an SQLITE_IOERR on a write means, given statvfs of the database's filesystem: kFull when
+// less than kMinFreeBytes or no inode is free (for unprivileged use), else kIoError.
+StatusCode classify_write_io_error(const struct statvfs& fs);
+
+// What a database file holds: counted at a backup's snapshot or by sqlite_check_file.
+struct DatabaseFacts {
+  int schema_version = 0;       // PRAGMA user_version
+  long long tests = 0;          // rows of tests
+  long long audit_entries = 0;  // rows of audit (0 before schema 3)
+  long long keys = 0;           // rows of api_keys (0 before schema 3)
+  std::string audit_head;       // "SEQ:HASH" of the newest audit entry, "" when there is none
+  long long backup_steps = 0;   // sqlite_backup_file: backup_step calls
+  long long restarts = 0;       // sqlite_backup_file: times SQLite restarted the copy (0 expected)
+};
+
+// Whole-file operations (the backup and restore commands, backup.h, and the backup taken before
+// a schema migration). None of them logs.
+//
+// Copies the database at `source` (a live WAL database: the service may be writing to it) into
+// the new file `dest` with SQLite's online backup API, from one read snapshot: a read transaction
+// is held on the source while the pages are copied in chunks, so writers go on (WAL readers never
+// block them) and the copy is never restarted by their commits. `snapshot` receives the counts of
+// that snapshot. dest keeps the source's journal mode in its header: sqlite_check_file settles it.
+// Errors: ReadOnly (no such source file, dest not creatable), Corrupt, Busy, Full, IoError,
+// Internal; dest may then be partly written (the caller removes it).
+Status sqlite_backup_file(const std::string& source, const std::string& dest,
+                          DatabaseFacts& snapshot);
+
+// Checks a database file that no other process uses (a fresh copy): makes it self-contained
+// (journal_mode DELETE: a WAL beside it is checkpointed into it and removed), runs PRAGMA
+// integrity_check, requires a schema version from 1 to SqliteStore::kSchemaVersion with a cursor
+// key, counts tests, audit entries and keys, and verifies the audit chain (audit.h). Corrupt for
+// a damaged file, a file that is not a database or a broken audit chain; Internal for a schema
+// this binary does not know. Ok fills `out`. With exact_schema (restore), also Internal for a
+// schema other than the one this binary creates for that version (an extra trigger, view, table
+// or index, a table defined otherwise): it would run inside the service once restored. Checked
+// before anything reads the tables. Only what SQLite makes itself is skipped (sqlite_autoindex_*
+// indexes, sqlite_sequence, sqlite_stat1..4 tables); anything else named sqlite_* is compared.
+// The audit chain is checked by verify_audit_trail (audit.h), as `audit verify` checks it.
+// The file is opened with SQLITE_OPEN_NOFOLLOW (never through a link at its name).
+Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFacts& out);
+
+// Takes the database at `path` out of service (restore): Busy when another process has it open
+// (a WAL connection holds a shared lock on the file for as long as it is open, so leaving WAL
+// mode needs every other connection gone: this is the "service is running" check); else
+// checkpoints its WAL into it and switches it to journal_mode DELETE, so the file alone is the
+// whole database and can be kept aside. Another error (Corrupt, ...) when it cannot be read.
+Status sqlite_settle_unused(const std::string& path);
+
+// The statement of SqliteStore::list_all_tests (?1 the seq to start after, ?2 the page size);
+// here for its query-plan test.
+extern const char kListAllTestsSql[];
+
+// Safe for concurrent use from several threads. Writes go through the group-commit engine
+// (store/write_engine.h), whose writer thread commits whatever requests are queued in one
+// transaction: BEGIN IMMEDIATE, a SAVEPOINT per request (a request whose insert fails, as a
+// duplicate or otherwise, rolls back only its own), COMMIT, then every request of the group is
+// answered. Only a failure of the transaction itself (BEGIN, COMMIT, or an error after which
+// SQLite ended the transaction) answers every request of the group with that error.
+class SqliteStore : public EngineStore {
+ public:
+  // Opens or creates the database at options.path, refuses a damaged file (PRAGMA quick_check),
+  // a schema newer than this binary (before writing anything to it) or one with objects this
+  // binary does not make (a file edited in place: a trigger, view, table or index, also one named
+  // like SQLite's own, or a table defined otherwise; Internal naming them), creates the schema on
+  // first start, sets WAL mode and options.synchronous, and starts the writer. An older schema
+  // is first copied beside the file (backup_database, to pre_migration_backup_path; no copy, no
+  // migration), then migrated in one transaction. On error `out` stays null and the Status says
+  // why (Corrupt, ReadOnly, Internal), with the file name in its message.
+  static Status open(const SqliteOptions& options, std::unique_ptr<SqliteStore>& out);
+
+  // Finishes queued writes, stops the writer, checkpoints the WAL and closes every connection.
+  ~SqliteStore() override;
+
+  Status list_audit(const AuditQuery& query,
+                    const std::function<bool(const AuditEntry&)>& on_entry) override;
+  Status count_audit(long long up_to, long long& rows) override;
+  Status create_key(const ApiKey& key) override;
+  Status list_keys(std::vector<ApiKey>& out) override;
+  Status revoke_key(std::string_view key_id, const std::string& when) override;
+  Status find_key(std::string_view key_id, ApiKey& out) override;
+  using Store::get_test;
+  Status get_test(std::string_view test_id, std::string& json, std::string& clinic_id) override;
+  using Store::list_tests;
+  Status list_tests(const ListQuery& query, const RowFn& on_row,
+                    const PageEndFn& on_page_end) override;
+  // Ok when a real query answers, no operation has met a damaged database since open, and the
+  // write path is not failing: a write transaction that failed with an I/O, read-only,
+  // corruption or internal error within the last minute, with no commit since, is reported.
+  Status check_health() override;
+  Status list_all_tests(long long after_seq, long long limit,
+                        const std::function<bool(const StoredTest&)>& on_row) override;
+  // Whether list_all_tests pages by rowid (every row's rowid equals its seq, checked on its
+  // first call) rather than by seq. For tests.
+  bool pages_all_tests_by_rowid() const { return rowid_is_seq_.load() == 1; }
+
+  const std::string& instance_secret() const override { return secret_; }
+
+  StoreStats stats() const override;
+
+  // 1: the first release. 2: counters.last_seq, so a seq is never handed out twice.
+  // 3: api_keys and the audit trail.
+  static constexpr int kSchemaVersion = 3;
+  // WAL size (pages) at which the checkpoint thread is woken; at four times this the writer
+  // finishes the checkpoint itself, so the WAL restarts and stays bounded.
+  static constexpr int kCheckpointPages = 1000;
+
+ private:
+  class Backend;  // the writer connection's side of the engine
+  struct Connection;
+
+  explicit SqliteStore(SqliteOptions options);
+  Status open_writer();
+  std::string writer_pragmas() const;
+  // Creates (version 0) or upgrades the schema to kSchemaVersion in one transaction.
+  Status migrate_schema(sqlite3* db, int version);
+  // Prepares the writer's statements and installs its WAL hook.
+  Status prepare_writer(Connection& conn);
+  // Closes the writer connection (rolling back anything open on it) and opens a new one.
+  Status reopen_writer();
+  // Runs one transaction-control statement of the writer (see SqliteOptions::fault_hook).
+  int run_step(sqlite3_stmt* stmt, const char* step);
+  // After a failed batch: rolls back, and reopens the connection if it is still in a
+  // transaction.
+  void end_failed_transaction();
+  Status open_reader(std::unique_ptr<Connection>& out);
+  std::unique_ptr<Connection> acquire_reader(Status& status);
+  void release_reader(std::unique_ptr<Connection> conn);
+  // Runs fn on the admin connection (key management) inside BEGIN IMMEDIATE ... COMMIT.
+  Status admin_write(const std::function<int(sqlite3*)>& fn, const char* what);
+  void checkpoint_loop();
+  static int on_wal_commit(void* self, sqlite3* db, const char* name, int wal_pages);
+  // Logs a storage failure (corruption loudly, once marking the store unhealthy).
+  void note_failure(const Status& status);
+  // Reads PRAGMA page_count on conn (the writer) into page_count_, for metrics.
+  void read_page_count(Connection& conn);
+
+  SqliteOptions options_;
+  std::atomic<bool> corrupt_seen_{false};
+  // Whether every test's rowid equals its seq (list_all_tests pages by rowid then): -1 not
+  // checked yet, 0 no, 1 yes.
+  std::atomic<int> rowid_is_seq_{-1};
+  // For metrics (stats()): set by the writer thread, read by any.
+  std::atomic<long long> wal_pages_{0};    // frames in the WAL after the last commit
+  std::atomic<long long> page_count_{-1};  // PRAGMA page_count after the last commit
+  std::atomic<long long> max_pages_{-1};   // PRAGMA max_page_count
+  std::atomic<long long> page_size_{4096};
+  std::string secret_;
+  std::unique_ptr<Connection> writer_;
+  std::mutex admin_mu_;
+  sqlite3* admin_ = nullptr;  // key management writes; opened on first use
+
+  std::unique_ptr<Backend> backend_;
+
+  std::unique_ptr<Connection> checkpointer_;
+  std::mutex checkpoint_mu_;
+  // Held while a checkpoint runs, by the checkpoint thread and by the writer's own: SQLite lets
+  // one checkpoint run at a time and answers a second PASSIVE one with SQLITE_BUSY at once.
+  std::mutex checkpoint_run_mu_;
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_wanted_ = false;
+  bool checkpoint_stop_ = false;
+  std::thread checkpoint_thread_;
+
+  std::mutex readers_mu_;
+  std::vector<std::unique_ptr<Connection>> idle_readers_;
+};
+
+}  // namespace tdapi

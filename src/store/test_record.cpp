@@ -1,0 +1,24 @@
+// test_record.cpp: the JSON document of a test record.
+#include "store/test_record.h"
+
+#include "base/json.h"
+
+namespace tdapi {
+
+std::string test_record_json(const TestRecord& r, std::string_view created_at) {
+  std::string doc;
+  doc.reserve(r.test_id.size() + r.patient_id.size() + r.clinic_id.size() + r.test_type.size() +
+              r.result.size() + 128);
+  JsonWriter w(doc);
+  w.begin_object();
+  w.field("test_id", r.test_id);
+  w.field("patient_id", r.patient_id);
+  w.field("clinic_id", r.clinic_id);
+  w.field("test_type", r.test_type);
+  w.field("result", r.result);
+  if (!created_at.empty()) w.field("created_at", created_at);
+  w.end_object();
+  return doc;
+}
+
+}  // namespace tdapi

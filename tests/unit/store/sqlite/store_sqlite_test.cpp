@@ -1,0 +1,845 @@
+// store_sqlite_test.cpp: the SQLite store on a temp database: commit, duplicate, rollback,
+// group commit under concurrency, reopen, refusal of damaged files.
+#include "store/sqlite/store_sqlite.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "base/json.h"
+#include "http/storage_status.h"
+#include "store/sqlite/sqlite_test_util.h"
+#include "store/store_test_util.h"
+#include "store/test_record.h"
+#include "temp_dir.h"
+
+namespace tdapi {
+namespace {
+
+std::unique_ptr<SqliteStore> open_store(const SqliteOptions& o);
+
+std::unique_ptr<SqliteStore> open_store(const std::string& path, long long max_pages = 0) {
+  SqliteOptions o;
+  o.path = path;
+  o.max_page_count = max_pages;
+  return open_store(o);
+}
+
+std::unique_ptr<SqliteStore> open_store(const SqliteOptions& o) {
+  std::unique_ptr<SqliteStore> store;
+  Status s = SqliteStore::open(o, store);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return store;
+}
+
+// Every (test_id, seq) of a clinic, in listing order.
+std::vector<std::pair<std::string, long long>> list_with_seq(Store& store, ListQuery q) {
+  std::vector<std::pair<std::string, long long>> rows;
+  Status s = store.list_tests(q, [&](std::string_view json, long long seq) {
+    rows.emplace_back(field_of(json, "test_id"), seq);
+    return true;
+  });
+  EXPECT_TRUE(s.ok()) << s.message();
+  return rows;
+}
+
+TEST(SqliteStore, InsertCommitsAndListsEveryField) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"));
+  ASSERT_TRUE(store->insert(make_record("t1")).status.ok());
+  int rows = 0;
+  ListQuery q;
+  q.clinic_id = "c1";
+  store->list_tests(q, [&](std::string_view t, long long) {
+    ++rows;
+    EXPECT_EQ(field_of(t, "test_id"), "t1");
+    EXPECT_EQ(field_of(t, "patient_id"), "patient-t1");
+    EXPECT_EQ(field_of(t, "clinic_id"), "c1");
+    EXPECT_EQ(field_of(t, "test_type"), "blood");
+    EXPECT_EQ(field_of(t, "result"), "result of t1");
+    std::string created_at = field_of(t, "created_at");
+    EXPECT_EQ(created_at.size(), 24u);
+    EXPECT_EQ(created_at.back(), 'Z');
+    return true;
+  });
+  EXPECT_EQ(rows, 1);
+  std::string json;
+  ASSERT_TRUE(store->get_test("t1", json).ok());
+  EXPECT_EQ(field_of(json, "result"), "result of t1");
+  EXPECT_EQ(store->get_test("nope", json).code(), StatusCode::kNotFound);
+  EXPECT_TRUE(list_ids(*store, "other").empty());
+}
+
+TEST(SqliteStore, DuplicateLeavesTheStoredRecordUntouched) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"));
+  ASSERT_TRUE(store->insert(make_record("t1")).status.ok());
+  TestRecord again = make_record("t1", "c2");
+  again.result = "different";
+  WriteOutcome w = store->insert(again);
+  EXPECT_EQ(w.status.code(), StatusCode::kDuplicate);
+  ASSERT_EQ(w.duplicate_ids, std::vector<std::string>{"t1"});
+  EXPECT_EQ(list_ids(*store, "c1"), std::vector<std::string>{"t1"});
+  EXPECT_TRUE(list_ids(*store, "c2").empty());
+}
+
+TEST(SqliteStore, ListsOldestFirst) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"));
+  for (const char* id : {"z", "a", "m"}) ASSERT_TRUE(store->insert(make_record(id)).status.ok());
+  EXPECT_EQ(list_ids(*store, "c1"), (std::vector<std::string>{"z", "a", "m"}));
+}
+
+TEST(SqliteStore, ConcurrentWritersAreAllStoredInFewerTransactions) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"));
+  constexpr int kThreads = 16, kEach = 100;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        std::string id = "w" + std::to_string(t) + "-" + std::to_string(i);
+        if (!store->insert(make_record(id)).status.ok()) failures++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(list_ids(*store, "c1").size(), static_cast<size_t>(kThreads * kEach));
+  StoreStats stats = store->stats();
+  EXPECT_EQ(stats.writes, kThreads * kEach);
+  EXPECT_EQ(stats.rollbacks, 0);
+  // Group commit for real: 16 writers waiting on each other's fsync share transactions.
+  EXPECT_LT(stats.transactions, stats.writes);
+  EXPECT_GT(stats.database_bytes, 0);
+}
+
+TEST(SqliteStore, TheWalStaysBoundedUnderAStreamOfCommits) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  auto store = open_store(path);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 2500; ++i) {
+        store->insert(make_record("wal" + std::to_string(t) + "-" + std::to_string(i)));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_GT(store->stats().commits, SqliteStore::kCheckpointPages * 4 / 8);
+  auto wal_bytes = std::filesystem::file_size(path + "-wal");
+  EXPECT_LT(wal_bytes, 2u * 4 * SqliteStore::kCheckpointPages * 4096) << "the WAL never restarted";
+}
+
+TEST(SqliteStore, RacingOnOneIdExactlyOneWins) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"));
+  constexpr int kClients = 40;
+  std::atomic<int> ok{0}, dup{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kClients; ++t) {
+    threads.emplace_back([&, t] {
+      TestRecord r = make_record("same");
+      r.result = "from " + std::to_string(t);
+      StatusCode c = store->insert(r).status.code();
+      if (c == StatusCode::kOk) ok++;
+      if (c == StatusCode::kDuplicate) dup++;
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(ok.load(), 1);
+  EXPECT_EQ(dup.load(), kClients - 1);
+}
+
+TEST(SqliteStore, FullDatabaseRollsBackAndKeepsEveryAcknowledgedRecord) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"), /*max_pages=*/16);
+  std::vector<std::string> acknowledged;
+  Status last;
+  for (int i = 0; i < 2000; ++i) {
+    TestRecord r = make_record("full-" + std::to_string(i));
+    r.result = std::string(800, 'x');
+    WriteOutcome w = store->insert(r);
+    if (!w.status.ok()) {
+      last = w.status;
+      break;
+    }
+    acknowledged.push_back(r.test_id);
+  }
+  EXPECT_EQ(last.code(), StatusCode::kFull) << last.message();
+  EXPECT_EQ(http_status_for(last.code()), 507);
+  EXPECT_EQ(list_ids(*store, "c1"), acknowledged);  // the failed record left nothing behind
+  // Reads and further duplicates still work while full.
+  EXPECT_EQ(store->insert(make_record(acknowledged[0])).status.code(), StatusCode::kDuplicate);
+  EXPECT_TRUE(store->check_health().ok());
+}
+
+TEST(SqliteStore, InsertAllIsAllOrNothingAndNamesEveryDuplicate) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"));
+  ASSERT_TRUE(store->insert(make_record("old")).status.ok());
+  std::vector<TestRecord> batch = {make_record("b1"), make_record("old"), make_record("b2"),
+                                   make_record("b1")};
+  WriteOutcome w = store->insert_all(batch);
+  EXPECT_EQ(w.status.code(), StatusCode::kDuplicate);
+  EXPECT_EQ(w.duplicate_ids, (std::vector<std::string>{"old", "b1"}));
+  EXPECT_EQ(list_ids(*store, "c1"), std::vector<std::string>{"old"});  // nothing written
+  batch = {make_record("b1"), make_record("b2"), make_record("b3")};
+  ASSERT_TRUE(store->insert_all(batch).status.ok());
+  EXPECT_EQ(list_ids(*store, "c1"), (std::vector<std::string>{"old", "b1", "b2", "b3"}));
+}
+
+TEST(SqliteStore, FiltersAndPagesInInsertionOrder) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"));
+  for (int i = 0; i < 10; ++i) {
+    TestRecord r = make_record("f" + std::to_string(i));
+    r.patient_id = i % 2 ? "odd" : "even";
+    r.test_type = i % 3 ? "blood" : "urine";
+    ASSERT_TRUE(store->insert(r).status.ok());
+  }
+  ListQuery q;
+  q.clinic_id = "c1";
+  q.patient_id = "odd";
+  EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"f1", "f3", "f5", "f7", "f9"}));
+  q.test_type = "urine";
+  EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"f3", "f9"}));
+  q.patient_id.reset();
+  EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"f0", "f3", "f6", "f9"}));
+  ListQuery page;
+  page.clinic_id = "c1";
+  page.limit = 4;
+  std::vector<std::string> all;
+  for (int guard = 0; guard < 10; ++guard) {
+    long long last = -1;
+    size_t before = all.size();
+    store->list_tests(page, [&](std::string_view json, long long seq) {
+      all.push_back(field_of(json, "test_id"));
+      last = seq;
+      return true;
+    });
+    if (all.size() == before) break;
+    page.after_seq = last;
+  }
+  EXPECT_EQ(all,
+            (std::vector<std::string>{"f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9"}));
+}
+
+// The EXPLAIN QUERY PLAN of sql on the database at path, one line per step ("" on failure).
+std::string query_plan(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, ("EXPLAIN QUERY PLAN " + sql).c_str(), -1, &st, nullptr),
+            SQLITE_OK);
+  std::string plan;
+  while (st && sqlite3_step(st) == SQLITE_ROW) {
+    plan += reinterpret_cast<const char*>(sqlite3_column_text(st, 3));
+    plan += "\n";
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return plan;
+}
+
+TEST(SqliteStore, TheListingIsServedByTheCoveringIndex) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  auto store = open_store(path);
+  std::string plan = query_plan(path,
+                                "SELECT doc, seq FROM tests WHERE clinic_id = 'c'"
+                                " AND seq > 0 ORDER BY seq LIMIT -1");
+  EXPECT_NE(plan.find("USING COVERING INDEX tests_by_clinic"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << plan;  // no sort step
+}
+
+// The statement migrate pages through every test with: a range of the table's rowids, not a
+// scan and a sort of the whole table per page.
+TEST(SqliteStore, EveryTestIsPagedByARangeOfTheTable) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  auto store = open_store(path);
+  std::string plan = query_plan(path, kListAllTestsSql);
+  EXPECT_NE(plan.find("SEARCH tests USING INTEGER PRIMARY KEY (rowid>?)"), std::string::npos)
+      << plan;
+  EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << plan;
+}
+
+// Every test_id list_all_tests returns, paging page_size at a time after the last seq seen,
+// each page's seqs rising.
+std::vector<std::string> page_all_tests(SqliteStore& store, long long page_size) {
+  std::vector<std::string> paged;
+  long long last = 0;
+  for (int page = 0; page < 10; ++page) {
+    size_t before = paged.size();
+    Status s = store.list_all_tests(last, page_size, [&](const StoredTest& t) {
+      EXPECT_GT(t.seq, last);
+      last = t.seq;
+      paged.push_back(t.test_id);
+      return true;
+    });
+    EXPECT_TRUE(s.ok()) << s.message();
+    if (!s.ok() || paged.size() - before < static_cast<size_t>(page_size)) break;
+  }
+  return paged;
+}
+
+// Pages of list_all_tests come in seq order, each after the last one's seq, and end.
+TEST(SqliteStore, ListAllTestsPagesInSeqOrder) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"));
+  std::vector<std::string> written;
+  for (int i = 0; i < 7; ++i) {
+    written.push_back("t" + std::to_string(i));
+    ASSERT_TRUE(store->insert(make_record(written.back(), i % 2 ? "c1" : "c2")).status.ok());
+  }
+  EXPECT_EQ(page_all_tests(*store, 3), written);
+  EXPECT_TRUE(store->pages_all_tests_by_rowid());  // the range of kListAllTestsSql, not a sort
+}
+
+// SQLite may renumber an implicit rowid (a reload from .dump does): then the pages still come
+// in seq order. One row's rowid moved above every seq, and one below.
+TEST(SqliteStore, ListAllTestsKeepsSeqOrderWhenARowidWasRenumbered) {
+  for (const char* renumber : {"UPDATE tests SET rowid = 100 WHERE test_id = 't0'",
+                               "UPDATE tests SET rowid = -1 WHERE test_id = 't4'"}) {
+    SCOPED_TRACE(renumber);
+    TempDir dir;
+    std::string path = dir.file("t.db");
+    std::vector<std::string> written;
+    {
+      auto store = open_store(path);
+      for (int i = 0; i < 5; ++i) {
+        written.push_back("t" + std::to_string(i));
+        ASSERT_TRUE(store->insert(make_record(written.back())).status.ok());
+      }
+    }
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, renumber, nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+    auto store = open_store(path);
+    EXPECT_EQ(page_all_tests(*store, 2), written);
+    EXPECT_FALSE(store->pages_all_tests_by_rowid());
+  }
+}
+
+TEST(SqliteStore, DataSurvivesReopenAndSchemaIsVersioned) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  {
+    auto store = open_store(path);
+    ASSERT_TRUE(store->insert(make_record("keep")).status.ok());
+  }
+  auto store = open_store(path);
+  EXPECT_EQ(list_ids(*store, "c1"), std::vector<std::string>{"keep"});
+  std::string secret = store->instance_secret();
+  EXPECT_EQ(secret.size(), 16u);
+  store.reset();
+  store = open_store(path);
+  EXPECT_EQ(store->instance_secret(), secret);  // cursors stay valid across restarts
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(st, 0), SqliteStore::kSchemaVersion);
+  sqlite3_finalize(st);
+  sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, nullptr);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "wal");
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
+// A client that stops reading mid-listing must not pin a read snapshot: with one, no checkpoint
+// can restart the WAL, and 20,000 commits grew it to 256 MB.
+TEST(SqliteStore, AStalledListingDoesNotKeepTheWalFromRestarting) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  SqliteOptions o;
+  o.path = path;
+  o.synchronous = "OFF";  // WAL growth does not depend on fsync; this keeps the test quick
+  auto store = open_store(o);
+  constexpr int kBefore = 1500;  // more than one page of the listing
+  for (int i = 0; i < kBefore; ++i)
+    ASSERT_TRUE(store->insert(make_record("pre" + std::to_string(i))).status.ok());
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stalled = false, release = false;
+  std::vector<std::pair<std::string, long long>> rows;
+  std::thread lister([&] {
+    ListQuery q;
+    q.clinic_id = "c1";
+    bool first_page = true;
+    Status s = store->list_tests(
+        q,
+        [&](std::string_view json, long long seq) {
+          rows.emplace_back(field_of(json, "test_id"), seq);
+          return true;
+        },
+        [&] {
+          // The handler sends after each page: a client that stops reading after the first
+          // page stalls it here.
+          if (first_page) {
+            first_page = false;
+            std::unique_lock<std::mutex> lock(mu);
+            stalled = true;
+            cv.notify_all();
+            cv.wait(lock, [&] { return release; });
+          }
+          return true;
+        });
+    EXPECT_TRUE(s.ok()) << s.message();
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return stalled; });
+  }
+  constexpr int kInserts = 20000;
+  for (int i = 0; i < kInserts; ++i) {
+    ASSERT_TRUE(store->insert(make_record("during" + std::to_string(i), "c2")).status.ok());
+  }
+  auto wal_bytes = std::filesystem::file_size(path + "-wal");
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+    cv.notify_all();
+  }
+  lister.join();
+  std::cout << "WAL after " << kInserts << " commits during a stalled listing: " << wal_bytes
+            << " bytes\n";
+  EXPECT_LT(wal_bytes, 64u * 1024 * 1024);
+  ASSERT_EQ(rows.size(), static_cast<size_t>(kBefore));
+  for (int i = 0; i < kBefore; ++i)
+    EXPECT_EQ(rows[static_cast<size_t>(i)].first, "pre" + std::to_string(i));
+}
+
+TEST(SqliteStore, AListingInterleavedWithInsertsReturnsEachTestOnceInOrder) {
+  TempDir dir;
+  SqliteOptions o;
+  o.path = dir.file("t.db");
+  o.synchronous = "OFF";
+  auto store = open_store(o);
+  // Sizes vary so that pages end on the byte bound as well as on the row bound.
+  std::vector<std::string> before;
+  std::vector<TestRecord> batch;
+  for (int i = 0; i < 3000; ++i) {
+    TestRecord r = make_record("old" + std::to_string(i));
+    r.result = std::string(i % 7 == 0 ? 3000 : 40, 'r');
+    before.push_back(r.test_id);
+    batch.push_back(r);
+    if (batch.size() == 500) {
+      ASSERT_TRUE(store->insert_all(batch).status.ok());
+      batch.clear();
+    }
+  }
+  ListQuery q;
+  q.clinic_id = "c1";
+  std::vector<std::pair<std::string, long long>> rows;
+  int added = 0;
+  Status s = store->list_tests(q, [&](std::string_view json, long long seq) {
+    rows.emplace_back(field_of(json, "test_id"), seq);
+    if (rows.size() % 97 == 0 && added < 40) {  // other clients keep adding to the clinic
+      EXPECT_TRUE(store->insert(make_record("new" + std::to_string(added++))).status.ok());
+    }
+    return true;
+  });
+  ASSERT_TRUE(s.ok()) << s.message();
+  for (size_t i = 1; i < rows.size(); ++i) ASSERT_LT(rows[i - 1].second, rows[i].second) << i;
+  std::vector<std::string> old_ids;
+  for (const auto& r : rows) {
+    if (r.first.rfind("old", 0) == 0) old_ids.push_back(r.first);
+  }
+  EXPECT_EQ(old_ids, before);  // each pre-existing test exactly once, in order
+  EXPECT_GT(added, 0);
+  // Tests added during the listing may or may not be in it (those added while its last page
+  // is delivered are not), but never twice.
+  std::set<std::string> distinct;
+  for (const auto& r : rows) EXPECT_TRUE(distinct.insert(r.first).second) << r.first;
+  EXPECT_GT(rows.size(), before.size());
+
+  // A limit larger than a page: exactly that many, in order.
+  ListQuery limited;
+  limited.clinic_id = "c1";
+  limited.limit = 1500;
+  auto page = list_with_seq(*store, limited);
+  ASSERT_EQ(page.size(), 1500u);
+  for (size_t i = 0; i < page.size(); ++i) EXPECT_EQ(page[i].first, before[i]);
+  limited.after_seq = page.back().second;
+  limited.limit = 2;
+  page = list_with_seq(*store, limited);
+  EXPECT_EQ(page.size(), 2u);
+  EXPECT_EQ(page[0].first, before[1500]);
+}
+
+// A job whose insert fails for its own reason (here a trigger that refuses one test_id) rolls
+// back only its savepoint: the other jobs of the same transaction commit.
+TEST(SqliteStore, OneJobFailingForItsOwnReasonLeavesTheRestOfItsBatchCommitted) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  open_store(path).reset();  // create the schema
+  std::mutex mu;
+  std::condition_variable cv;
+  bool hold = true;
+  SqliteOptions o;
+  o.path = path;
+  // Holds the first transaction at BEGIN, so that the jobs below queue up behind it and are
+  // committed together by the next one.
+  o.fault_hook = [&](const char* step) {
+    if (std::string_view(step) == "BEGIN IMMEDIATE") {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return !hold; });
+    }
+    return SQLITE_OK;
+  };
+  auto store = open_store(o);
+  // Added once the store is open (it refuses to start on a schema it did not make); its
+  // statements are prepared again with the trigger on their next step.
+  sql_on(path,
+         "CREATE TRIGGER refuse_poison BEFORE INSERT ON tests WHEN NEW.test_id LIKE 'poison%'"
+         " BEGIN SELECT RAISE(ABORT, 'refused'); END");
+  bool shared = false;
+  for (int round = 0; round < 5 && !shared; ++round) {
+    std::string r = std::to_string(round);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      hold = true;
+    }
+    std::thread first([&] { EXPECT_TRUE(store->insert(make_record("first" + r)).status.ok()); });
+    std::vector<WriteOutcome> outcomes(9);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 9; ++t) {
+      threads.emplace_back([&, t] {
+        std::string id = (t == 4 ? "poison" : "ok" + std::to_string(t) + "-") + r;
+        outcomes[static_cast<size_t>(t)] = store->insert(make_record(id));
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let them queue
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      hold = false;
+      cv.notify_all();
+    }
+    first.join();
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(outcomes[4].status.code(), StatusCode::kInternal) << outcomes[4].status.message();
+    for (int t = 0; t < 9; ++t) {
+      if (t == 4) continue;
+      EXPECT_TRUE(outcomes[static_cast<size_t>(t)].status.ok())
+          << t << ": " << outcomes[static_cast<size_t>(t)].status.message();
+      if (outcomes[static_cast<size_t>(t)].txn_id == outcomes[4].txn_id) shared = true;
+    }
+  }
+  EXPECT_TRUE(shared) << "the refused job never shared a transaction with another";
+  std::string json;
+  EXPECT_EQ(store->get_test("poison0", json).code(), StatusCode::kNotFound);
+  EXPECT_TRUE(store->get_test("ok0-0", json).ok());
+  EXPECT_TRUE(store->check_health().ok());  // the job's own failure says nothing of storage
+}
+
+// A failed COMMIT fails every job of its batch, as a storage I/O error (503), not "full".
+// GET /healthz reports the failing write path until a write commits again.
+TEST(SqliteStore, AFailedCommitIsAnIoErrorAndMakesTheStoreUnhealthyUntilAWriteCommits) {
+  TempDir dir;
+  std::atomic<int> fail_commits{0};
+  SqliteOptions o;
+  o.path = dir.file("t.db");
+  o.fault_hook = [&](const char* step) {
+    if (std::string_view(step) == "COMMIT" && fail_commits > 0) {
+      fail_commits--;
+      return SQLITE_IOERR_FSYNC;
+    }
+    return SQLITE_OK;
+  };
+  auto store = open_store(o);
+  ASSERT_TRUE(store->insert(make_record("before")).status.ok());
+  EXPECT_TRUE(store->check_health().ok());
+  fail_commits = 1;
+  WriteOutcome w = store->insert(make_record("lost"));
+  EXPECT_EQ(w.status.code(), StatusCode::kIoError) << w.status.message();
+  EXPECT_EQ(http_status_for(w.status.code()), 503);
+  EXPECT_STREQ(client_message_for(w.status.code()), "storage I/O error");
+  Status health = store->check_health();
+  EXPECT_EQ(health.code(), StatusCode::kIoError) << "healthz must report a failing write path";
+  std::string json;
+  EXPECT_EQ(store->get_test("lost", json).code(), StatusCode::kNotFound);
+  ASSERT_TRUE(store->insert(make_record("after")).status.ok());
+  EXPECT_TRUE(store->check_health().ok());
+  EXPECT_EQ(list_ids(*store, "c1"), (std::vector<std::string>{"before", "after"}));
+}
+
+// A ROLLBACK that fails leaves the connection inside the transaction, where every later BEGIN
+// fails: the writer must start over on a fresh connection.
+TEST(SqliteStore, AFailedRollbackDoesNotWedgeTheWriter) {
+  TempDir dir;
+  std::atomic<bool> fail{false};
+  SqliteOptions o;
+  o.path = dir.file("t.db");
+  o.fault_hook = [&](const char* step) {
+    std::string_view s(step);
+    if (fail && (s == "COMMIT" || s == "ROLLBACK")) {
+      if (s == "ROLLBACK") fail = false;
+      return SQLITE_IOERR;
+    }
+    return SQLITE_OK;
+  };
+  auto store = open_store(o);
+  fail = true;
+  EXPECT_FALSE(store->insert(make_record("lost")).status.ok());
+  EXPECT_FALSE(fail.load()) << "ROLLBACK was not attempted";
+  for (int i = 0; i < 3; ++i) {
+    WriteOutcome w = store->insert(make_record("after" + std::to_string(i)));
+    EXPECT_TRUE(w.status.ok()) << w.status.message();
+  }
+  EXPECT_EQ(list_ids(*store, "c1"), (std::vector<std::string>{"after0", "after1", "after2"}));
+}
+
+TEST(SqliteStore, AnIoErrorOnWriteIsFullOnlyWhenTheFilesystemIsOutOfSpace) {
+  struct statvfs fs {};
+  fs.f_frsize = 4096;
+  fs.f_files = 1000;
+  fs.f_favail = 500;
+  fs.f_bavail = 1000000;  // ~4 GB free: a failing disk, not a full one
+  EXPECT_EQ(classify_write_io_error(fs), StatusCode::kIoError);
+  fs.f_bavail = 10;  // 40 KB free
+  EXPECT_EQ(classify_write_io_error(fs), StatusCode::kFull);
+  fs.f_bavail = 1000000;
+  fs.f_favail = 0;  // no inode left
+  EXPECT_EQ(classify_write_io_error(fs), StatusCode::kFull);
+  EXPECT_EQ(http_status_for(StatusCode::kFull), 507);
+  EXPECT_EQ(http_status_for(StatusCode::kIoError), 503);
+}
+
+TEST(SqliteStore, ASeqIsNeverReusedAfterTheNewestTestIsDeleted) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  auto store = open_store(path);
+  ASSERT_TRUE(store->insert(make_record("a")).status.ok());
+  ASSERT_TRUE(store->insert(make_record("b")).status.ok());
+  ListQuery q;
+  q.clinic_id = "c1";
+  long long seq_b = list_with_seq(*store, q).back().second;
+  sql_on(path, "DELETE FROM tests WHERE test_id = 'b'");
+  ASSERT_TRUE(store->insert(make_record("c")).status.ok());
+  auto rows = list_with_seq(*store, q);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[1].first, "c");
+  EXPECT_GT(rows[1].second, seq_b)
+      << "c took the number of the deleted b: a cursor after b skips c";
+  store.reset();  // and across a restart
+  sql_on(path, "DELETE FROM tests WHERE test_id = 'c'");
+  store = open_store(path);
+  ASSERT_TRUE(store->insert(make_record("d")).status.ok());
+  EXPECT_GT(list_with_seq(*store, q).back().second, rows[1].second);
+}
+
+// The schema of version 1, exactly as the first release created it, and its INSERT.
+const char kSchemaV1[] =
+    "CREATE TABLE IF NOT EXISTS tests ("
+    "  test_id    TEXT PRIMARY KEY NOT NULL,"
+    "  seq        INTEGER NOT NULL,"
+    "  patient_id TEXT NOT NULL,"
+    "  clinic_id  TEXT NOT NULL,"
+    "  test_type  TEXT NOT NULL,"
+    "  result     TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL,"
+    "  doc        TEXT NOT NULL"
+    ") STRICT;"
+    "CREATE INDEX IF NOT EXISTS tests_by_clinic ON tests (clinic_id, seq, doc);"
+    "CREATE INDEX IF NOT EXISTS tests_by_patient ON tests (clinic_id, patient_id, seq);"
+    "CREATE INDEX IF NOT EXISTS tests_by_type ON tests (clinic_id, test_type, seq);"
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) STRICT;"
+    "INSERT OR IGNORE INTO meta (name, value) VALUES ('cursor_key', randomblob(16));";
+
+// The copies the store took before migrating path (see pre_migration_backup_path).
+std::vector<std::string> pre_migration_copies(const std::string& path) {
+  std::vector<std::string> found;
+  std::string prefix = std::filesystem::path(path).filename().string() + ".pre-migration-v";
+  for (const auto& e :
+       std::filesystem::directory_iterator(std::filesystem::path(path).parent_path())) {
+    std::string name = e.path().filename().string();
+    if (name.rfind(prefix, 0) == 0) found.push_back(e.path().string());
+  }
+  return found;
+}
+
+TEST(SqliteStore, MigratesAVersion1DatabaseAtStart) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  std::string v1 =
+      std::string("PRAGMA journal_mode=WAL; BEGIN;") + kSchemaV1 + "PRAGMA user_version=1; COMMIT;";
+  for (const char* id : {"a", "b", "c"}) {
+    std::string doc = test_record_json(make_record(id), "2026-01-01T00:00:00.000Z");
+    std::string quoted;
+    for (char ch : doc) quoted += ch == '\'' ? std::string("''") : std::string(1, ch);
+    v1 += std::string(
+              "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type,"
+              " result, created_at, doc) SELECT m, m, '") +
+          id + "', 'patient-" + id + "', 'c1', 'blood', 'result of " + id +
+          "', '2026-01-01T00:00:00.000Z', '" + quoted +
+          "' FROM (SELECT coalesce(max(rowid), 0) + 1 AS m FROM tests);";
+  }
+  v1 += "DELETE FROM tests WHERE test_id = 'c';";  // the newest, seq 3
+  sql_on(path, v1);
+  std::string key = sql_on(path, "SELECT hex(value) FROM meta WHERE name = 'cursor_key'");
+
+  auto store = open_store(path);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(sql_on(path, "PRAGMA user_version"), std::to_string(SqliteStore::kSchemaVersion));
+  EXPECT_EQ(sql_on(path, "SELECT value FROM counters WHERE name = 'last_seq'"), "2");
+  // A verified copy of the version-1 database was taken first, beside it.
+  std::vector<std::string> copies = pre_migration_copies(path);
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(sql_on(copies[0], "PRAGMA user_version"), "1");
+  EXPECT_EQ(sql_on(copies[0], "SELECT group_concat(test_id) FROM tests"), "a,b");
+  EXPECT_EQ(sql_on(copies[0], "PRAGMA journal_mode"), "delete");
+  ListQuery q;
+  q.clinic_id = "c1";
+  EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"a", "b"}));
+  ASSERT_TRUE(store->insert(make_record("d")).status.ok());
+  auto rows = list_with_seq(*store, q);
+  EXPECT_EQ(rows.back().first, "d");
+  EXPECT_EQ(rows.back().second, 3);  // v1 had already forgotten c's 3; from now on none is lost
+  EXPECT_EQ(sql_on(path, "SELECT hex(value) FROM meta WHERE name = 'cursor_key'"), key);
+  store.reset();
+  store = open_store(path);  // opening a current database again changes nothing (no new copy)
+  EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"a", "b", "d"}));
+  EXPECT_EQ(pre_migration_copies(path).size(), 1u);
+}
+
+// A migration that fails half-way leaves the database exactly as it was: one transaction.
+TEST(SqliteStore, AFailedMigrationChangesNothing) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  // Version 1, plus a stray table named like the one migration 1 -> 2 creates, with other
+  // columns: its CREATE TABLE IF NOT EXISTS passes, its INSERT fails.
+  sql_on(path, std::string("PRAGMA journal_mode=WAL; BEGIN;") + kSchemaV1 +
+                   "CREATE TABLE counters (x INTEGER); PRAGMA user_version=1; COMMIT;");
+  std::string schema_before = sql_on(path, "SELECT group_concat(sql, ';') FROM sqlite_schema");
+  SqliteOptions o;
+  o.path = path;
+  std::unique_ptr<SqliteStore> store;
+  Status s = SqliteStore::open(o, store);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("cannot migrate the schema"), std::string::npos) << s.message();
+  EXPECT_EQ(sql_on(path, "PRAGMA user_version"), "1");
+  EXPECT_EQ(sql_on(path, "SELECT group_concat(sql, ';') FROM sqlite_schema"), schema_before);
+  EXPECT_EQ(pre_migration_copies(path).size(), 1u);  // the copy was taken before
+}
+
+// No copy, no migration: an older database whose copy cannot be written stays as it is.
+TEST(SqliteStore, NoMigrationWithoutABackupFirst) {
+  TempDir dir;
+  std::string sub = dir.file("db");
+  std::filesystem::create_directory(sub);
+  std::string path = sub + "/t.db";
+  sql_on(path, std::string("PRAGMA journal_mode=WAL; BEGIN;") + kSchemaV1 +
+                   "PRAGMA user_version=1; COMMIT;");
+  // Another connection keeps the -wal and -shm files there, so the store can open the database
+  // in a directory where nothing new can be created: no room for the copy.
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "SELECT count(*) FROM tests", nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  // Root may write to a read-only directory: as root, the store opens in a child process that
+  // has become an unprivileged user (nobody), with the files handed to it.
+  const bool as_root = geteuid() == 0;
+  constexpr uid_t kNobody = 65534;
+  if (as_root) {
+    for (const std::string& p :
+         std::vector<std::string>{dir.path(), sub, path, path + "-wal", path + "-shm"}) {
+      ASSERT_EQ(chown(p.c_str(), kNobody, kNobody), 0) << p;
+    }
+  }
+  std::filesystem::permissions(
+      sub, std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec);
+  auto open_store = [&] {
+    SqliteOptions o;
+    o.path = path;
+    std::unique_ptr<SqliteStore> store;
+    Status s = SqliteStore::open(o, store);
+    // 0: refused as expected; 1: opened (migrated without a backup); 2: refused for another reason
+    if (s.ok()) return 1;
+    if (s.message().find("before migrating") == std::string::npos) {
+      std::cerr << "refused, but not for the backup: " << s.message() << "\n";
+      return 2;
+    }
+    return 0;
+  };
+  int outcome;
+  if (as_root) {
+    pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      if (setgid(kNobody) != 0 || setuid(kNobody) != 0 || access(sub.c_str(), W_OK) == 0) _exit(3);
+      _exit(open_store());
+    }
+    int wstatus = 0;
+    ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+    ASSERT_TRUE(WIFEXITED(wstatus)) << wstatus;
+    outcome = WEXITSTATUS(wstatus);
+    ASSERT_NE(outcome, 3) << "could not become an unprivileged user in the child";
+  } else {
+    ASSERT_NE(access(sub.c_str(), W_OK), 0);
+    outcome = open_store();
+  }
+  std::filesystem::permissions(sub, std::filesystem::perms::owner_all);
+  sqlite3_close(other);
+  EXPECT_EQ(outcome, 0) << "1: migrated without a backup; 2: refused for another reason";
+  EXPECT_EQ(sql_on(path, "PRAGMA user_version"), "1");
+}
+
+TEST(SqliteStore, RefusesAFileThatIsNotADatabase) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  std::ofstream(path) << std::string(8192, 'g');
+  SqliteOptions o;
+  o.path = path;
+  std::unique_ptr<SqliteStore> store;
+  Status s = SqliteStore::open(o, store);
+  EXPECT_EQ(s.code(), StatusCode::kCorrupt);
+  EXPECT_NE(s.message().find(path), std::string::npos);
+  EXPECT_FALSE(store);
+}
+
+TEST(SqliteStore, RefusesANewerSchema) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  SqliteOptions o;
+  o.path = path;
+  std::unique_ptr<SqliteStore> store;
+  Status s = SqliteStore::open(o, store);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("schema version 99"), std::string::npos);
+}
+
+TEST(SqliteStore, MissingDirectoryIsReportedWithThePath) {
+  SqliteOptions o;
+  o.path = "/nonexistent-dir-tdapi/t.db";
+  std::unique_ptr<SqliteStore> store;
+  Status s = SqliteStore::open(o, store);
+  EXPECT_EQ(s.code(), StatusCode::kReadOnly);
+  EXPECT_NE(s.message().find(o.path), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tdapi
