@@ -162,6 +162,8 @@ def build_before(rev):
     archive.stdout.close()
     if archive.wait() != 0 or untar.returncode != 0:
         raise RuntimeError(f"git archive {commit[:12]} | tar failed: {untar.stderr.strip()[-300:]}")
+    if not all(os.path.exists(os.path.join(src, f)) for f in ("scripts/run.sh", "nginx.conf")):
+        raise RuntimeError(f"{commit[:12]} has no scripts/run.sh and nginx.conf to start it with")
     launcher = ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"] if shutil.which("ccache") else []
     for cmd in (["cmake", "-S", src, "-B", build, "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
                  "-DTDAPI_TESTS=OFF"] + launcher,
@@ -306,6 +308,14 @@ def idle_connections(port, n, path, token=None):
         except OSError:
             break
     return socks, ok
+
+
+def answer_bytes(url):
+    """(body bytes, header bytes, body bytes on the wire: with the chunked framing) of one GET."""
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{size_header}", url],
+                         capture_output=True, text=True, timeout=60).stdout.split()
+    raw = subprocess.run(["curl", "-s", "--raw", "-o", "-", url], capture_output=True, timeout=60).stdout
+    return int(out[0]), int(out[1]), len(raw)
 
 
 def timed(cmd):
@@ -503,6 +513,12 @@ def main():
         time.sleep(0.5)
 
         app = f"http://127.0.0.1:{server.port}"
+        # The 1,000-test-size ceiling answers as many bytes as the app's 1,000-test listing.
+        large_bytes = {"app": answer_bytes(app + "/tests?clinic_id=bench-1000"),
+                       "ceiling": answer_bytes(f"http://127.0.0.1:{ceiling_port}/large")}
+        if large_bytes["app"][:2] != large_bytes["ceiling"][:2]:
+            log(f"the 1,000-test-size ceiling answers other bytes than the app (body, headers, "
+                f"on the wire): {large_bytes}")
         sec = f"http://127.0.0.1:{secure.port}"
         dflt = f"http://127.0.0.1:{default.port}"
         ceil = f"http://127.0.0.1:{ceiling_port}"
@@ -656,6 +672,11 @@ def main():
                      f"cases' rounds; its req/s is appends/s, p50 and p99 the time of one append + "
                      f"fdatasync. A durable POST on one connection should cost one fsync plus one "
                      f"small request.")
+        (a_body, a_head, a_wire), (c_body, c_head, c_wire) = large_bytes["app"], large_bytes["ceiling"]
+        lines.append(f"The 1,000-test listing (curl): {a_body:,} body bytes and {a_head} of headers from "
+                     f"the app, {c_body:,} and {c_head} from the 1,000-test-size ceiling; with the chunked "
+                     f"framing {a_wire:,} and {c_wire:,} (nginx forwards the app's stream in several "
+                     f"chunks, the responder's single write in one).")
         if before:
             lines.append(f"Before: {before[0]} ({before[1][:12]}) built RelWithDebInfo, run with its own "
                          f"scripts/run.sh and nginx.conf on the same settings; each SQLite case runs "
@@ -746,8 +767,8 @@ def main():
             s.stop()
             if s.data_dir != data_dir and not os.environ.get("KEEP_DATA"):
                 shutil.rmtree(s.data_dir, ignore_errors=True)
-        for p in procs:
-            p.send_signal(signal.SIGQUIT if "nginx" in str(p.args[0]) else signal.SIGTERM)
+        for p in procs:  # fcgi_null: libfcgi's SIGTERM handler only stops new accepts
+            p.send_signal(signal.SIGQUIT if "nginx" in str(p.args[0]) else signal.SIGKILL)
         for p in procs:
             try:
                 p.wait(10)
