@@ -101,6 +101,11 @@ deb: deps
 # Throughput and latency against the FastCGI ceiling, measured with wrk; prints a table and
 # writes bench/results/latest.md. BENCH_SECONDS per run (4), BENCH_ROUNDS (3), BENCH_BIG_ROWS,
 # BENCH_IDLE_CONNS (1000); BENCH_PROFILE=1 also writes perf profiles (bench/results/perf-*.txt).
+# With it: the durable-append probe (4 KB append + fdatasync in the data dir, BENCH_PROBE_SECONDS
+# 2 or BENCH_PROBE_APPENDS 5000 per round), the goal lines, and every SQLite case run against
+# BENCH_BEFORE (a git revision, default c241b27; none leaves it out) too, built once into
+# BENCH_BEFORE_CACHE (BUILD_DIR/bench-before; ~4 minutes on 2 cores). About 13 minutes with
+# the defaults (BENCH_PG=0: about 9).
 # Then the scale case (bench/scale.py, bench/results/scale.md): POST, GET and start-up on an
 # empty database and grown by SQL to BENCH_SCALE_SIZES (1000000,10000000: ~6 GB in the temp
 # dir, ~8 minutes; 0 skips it).

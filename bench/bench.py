@@ -37,6 +37,15 @@ PG = os.environ.get("BENCH_PG", "1") != "0"
 PROFILE = os.environ.get("BENCH_PROFILE", "0") != "0"
 IDLE = int(os.environ.get("BENCH_IDLE_CONNS", "1000"))
 PG_DIR = f"/tmp/tdapi-bench-pg-{os.getpid()}"
+# The revision measured beside this one ("before" columns): built once (RelWithDebInfo, no
+# tests) into BENCH_BEFORE_CACHE/<commit>, started with its own scripts/run.sh and nginx.conf;
+# every SQLite case runs against both in each round. BENCH_BEFORE=none leaves it out.
+BEFORE = os.environ.get("BENCH_BEFORE", "c241b27")
+BEFORE_CACHE = os.environ.get("BENCH_BEFORE_CACHE", os.path.join(BUILD, "bench-before"))
+# The durable-append probe, per round: 4 KB appends + fdatasync for this long or this many.
+PROBE_SECONDS = float(os.environ.get("BENCH_PROBE_SECONDS", "2"))
+PROBE_APPENDS = int(os.environ.get("BENCH_PROBE_APPENDS", "5000"))
+PROBE = "Durable-append probe: 4 KB append + fdatasync in DATA_DIR"
 
 
 def log(*a):
@@ -98,6 +107,110 @@ def pgbench(database, script, conns, variables=()):
                 "non2xx": int(m.group(1)) if m else 0, "total": len(lat)}
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+def fsync_probe(directory):
+    """The machine's own durable-append rate: a loop of 4 KB appends to a new file in DIRECTORY
+    (the filesystem the service's database is on), each followed by fdatasync, for PROBE_SECONDS
+    or PROBE_APPENDS appends, whichever comes first. The file is removed afterwards. Returns the
+    wrk-like record: appends/s, median and p99 of the per-append time (write + fdatasync), ms."""
+    path = os.path.join(directory, f"bench-fsync-probe-{os.getpid()}")
+    block = b"\xa5" * 4096
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    try:
+        start = time.perf_counter()
+        deadline = start + PROBE_SECONDS
+        while len(times) < PROBE_APPENDS:
+            t0 = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            t1 = time.perf_counter()
+            times.append(t1 - t0)
+            if t1 >= deadline:
+                break
+        total = time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    times.sort()
+    return {"rps": len(times) / total, "p50": times[len(times) // 2] * 1000,
+            "p99": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+            "non2xx": 0, "total": len(times)}
+
+
+def build_before(rev):
+    """Builds testdata-api at REV once into BEFORE_CACHE/<commit> (git archive of that commit,
+    RelWithDebInfo, TDAPI_TESTS=OFF, ccache when there is one). Returns (commit, its run.sh,
+    its binary); raises RuntimeError saying why it cannot."""
+    r = subprocess.run(["git", "-C", ROOT, "rev-parse", "--verify", "--quiet", rev + "^{commit}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"'{rev}' is not a commit in {ROOT} (no git history here?)")
+    commit = r.stdout.strip()
+    base = os.path.join(BEFORE_CACHE, commit)
+    src, build = os.path.join(base, "src"), os.path.join(base, "build")
+    app_bin, done = os.path.join(build, "testdata-api"), os.path.join(base, "built")
+    run_sh = os.path.join(src, "scripts", "run.sh")
+    if os.path.exists(done) and os.access(app_bin, os.X_OK) and os.path.exists(run_sh):
+        return commit, run_sh, app_bin
+    log(f"building {rev} ({commit[:12]}) into {base} (once; later runs reuse it)...")
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(src)
+    archive = subprocess.Popen(["git", "-C", ROOT, "archive", commit], stdout=subprocess.PIPE)
+    untar = subprocess.run(["tar", "-x", "-C", src], stdin=archive.stdout, capture_output=True, text=True)
+    archive.stdout.close()
+    if archive.wait() != 0 or untar.returncode != 0:
+        raise RuntimeError(f"git archive {commit[:12]} | tar failed: {untar.stderr.strip()[-300:]}")
+    if not all(os.path.exists(os.path.join(src, f)) for f in ("scripts/run.sh", "nginx.conf")):
+        raise RuntimeError(f"{commit[:12]} has no scripts/run.sh and nginx.conf to start it with")
+    launcher = ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"] if shutil.which("ccache") else []
+    for cmd in (["cmake", "-S", src, "-B", build, "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+                 "-DTDAPI_TESTS=OFF"] + launcher,
+                ["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", "testdata-api"]):
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:2])} failed: {(p.stdout + p.stderr).strip()[-500:]}")
+    open(done, "w").close()
+    return commit, run_sh, app_bin
+
+
+def goals(m):
+    """The goal lines of the storage engine's work, from the medians M (case name -> rps, p50,
+    p99): (goal, measured value, its bound, "≤" or "≥", how it was computed). Each value is a
+    ratio; None where a case is missing or measured nothing."""
+    def t(name):  # mean time per request, ms
+        return 1000 / m[name]["rps"] if m.get(name) and m[name]["rps"] else None
+
+    def ratio(name, to):
+        return (m[name]["rps"] / m[to]["rps"], f"{m[name]['rps']:,.0f} / {m[to]['rps']:,.0f} req/s"
+                ) if m.get(name) and m.get(to) and m[to]["rps"] else (None, "—")
+
+    rows = []
+    post, get_off, probe = "POST /tests (durable), defaults, 1 conn", "GET clinic of 10, 1 conn", PROBE
+    if None not in (t(post), t(get_off), t(probe)):
+        base = t(probe) + t(get_off)
+        rows.append(("POST c1 (defaults): time per request ≤ 1.25 × (probe's time per fsync + GET "
+                     "clinic of 10 c1 AUDIT=off)", t(post) / base, 1.25, "≤",
+                     f"{t(post):.3f} ms / ({t(probe):.3f} + {t(get_off):.3f} ms)"))
+        base99 = m[probe]["p99"] + m[get_off]["p99"]
+        rows.append(("POST c1 (defaults): p99 ≤ 2 × (probe's p99 + that GET's p99)",
+                     m[post]["p99"] / base99 if base99 else None, 2.0, "≤",
+                     f"{m[post]['p99']:.2f} ms / ({m[probe]['p99']:.2f} + {m[get_off]['p99']:.2f} ms)"))
+    for goal, name, to, bound in (
+            ("POST c32 (defaults: auth off) ≥ 0.6 × FastCGI ceiling", "POST /tests (durable), defaults, 32 conns",
+             "FastCGI ceiling, small body", 0.6),
+            ("POST c32, auth + audit on ≥ 0.5 × FastCGI ceiling", "POST /tests (durable), auth + audit on, 32 conns",
+             "FastCGI ceiling, small body", 0.5),
+            ("GET clinic of 10 c32 (defaults: auth off) ≥ 0.8 × FastCGI ceiling", "GET clinic of 10, defaults, 32 conns",
+             "FastCGI ceiling, small body", 0.8),
+            ("GET clinic of 1,000 c32 (defaults) ≥ 0.7 × a ceiling answering the same bytes",
+             "GET clinic of 1,000, defaults, 32 conns", "FastCGI ceiling, 1,000-test-size body", 0.7),
+            ("Audited GET clinic of 10 c1 (defaults: AUTH off, AUDIT on) ≥ 0.7 × the same GET with AUDIT=off",
+             "GET clinic of 10, defaults, 1 conn", "GET clinic of 10, 1 conn", 0.7)):
+        value, how = ratio(name, to)
+        rows.append((goal, value, bound, "≥", how))
+    return rows
 
 
 def render(template, data_dir, port, port_plain, socket, socket_plain, keepalive):
@@ -197,6 +310,14 @@ def idle_connections(port, n, path, token=None):
     return socks, ok
 
 
+def answer_bytes(url):
+    """(body bytes, header bytes, body bytes on the wire: with the chunked framing) of one GET."""
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download} %{size_header}", url],
+                         capture_output=True, text=True, timeout=60).stdout.split()
+    raw = subprocess.run(["curl", "-s", "--raw", "-o", "-", url], capture_output=True, timeout=60).stdout
+    return int(out[0]), int(out[1]), len(raw)
+
+
 def timed(cmd):
     t = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -293,26 +414,65 @@ def pg_settings():
     return ", ".join(rows.split())
 
 
+def start_sqlite(sqlite_servers, app_bin, data_dir=None, run_sh=None, **env):
+    """One SQLite instance through run.sh (RUN_SCRIPT: another revision's), started and listed in
+    SQLITE_SERVERS for the cleanup. AUTH, AUDIT and AUDIT_READS not given are unset (run.sh's
+    defaults, what `make run` gives), whatever the bench's own environment says."""
+    s = Server(data_dir=data_dir or tempfile.mkdtemp(prefix="tdapi-bench-"), APP_BIN=app_bin,
+               THREADS=THREADS, TCP_CONN_LIMIT_PER_ADDR=IDLE + 64, **env)  # idle conns from one address
+    for k in ("AUTH", "AUDIT", "AUDIT_READS"):
+        if k not in env:
+            s.env.pop(k, None)
+    if run_sh:
+        s.env["RUN_SCRIPT"] = run_sh
+    sqlite_servers.append(s)
+    return s.start()
+
+
 def main():
     data_dir = tempfile.mkdtemp(prefix="tdapi-bench-")
     procs = []
-    server = secure = None
+    server = None
+    sqlite_servers = []  # every SQLite instance, this build's and the before build's
     pg_servers = []
     pg_started = False
-    secure_dir = tempfile.mkdtemp(prefix="tdapi-bench-auth-")
+    before = None  # (rev, commit, {"off"|"default"|"auth": base URL}, token), when measured
+    before_why = "BENCH_BEFORE=none" if BEFORE in ("", "none") else None
     try:
-        # The seed's local mode without the audit trail (as earlier tables), and beside it the
-        # service as deployed: keys checked on every request, every access audited.
-        server = Server(data_dir=data_dir, APP_BIN=os.path.join(BUILD, "testdata-api"),
-                        THREADS=THREADS, AUTH="off", AUDIT="off",
-                        TCP_CONN_LIMIT_PER_ADDR=IDLE + 64).start()  # idle conns from one address
-        secure = Server(data_dir=secure_dir, APP_BIN=os.path.join(BUILD, "testdata-api"),
-                        THREADS=THREADS, AUTH="on", TCP_CONN_LIMIT_PER_ADDR=IDLE + 64).start()
-        token = create_key(os.path.join(BUILD, "testdata-api"), os.path.join(secure_dir, "testdata.db"))
+        if before_why is None:
+            try:
+                before_commit, before_run_sh, before_bin = build_before(BEFORE)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                before_why = f"{BEFORE} could not be built: {e}"
+                log(f"before columns left out: {before_why}")
+        app_bin = os.path.join(BUILD, "testdata-api")
+        # The seed's local mode without the audit trail (as earlier tables); beside it `make
+        # run`'s defaults (AUTH off on loopback, every access audited), and the service as
+        # deployed: keys checked on every request, every access audited.
+        server = start_sqlite(sqlite_servers, app_bin, data_dir, AUTH="off", AUDIT="off")
+        default = start_sqlite(sqlite_servers, app_bin)
+        secure = start_sqlite(sqlite_servers, app_bin, AUTH="on")
+        token = create_key(app_bin, os.path.join(secure.data_dir, "testdata.db"))
         seed_over_http(secure, (("bench-10", 10),), token)
         db = os.path.join(data_dir, "testdata.db")
         log(f"service on :{server.port}, {THREADS} threads, data in {data_dir}")
         seed_over_http(server)
+        seed_over_http(default)
+        if before_why is None:
+            try:
+                b_off = start_sqlite(sqlite_servers, before_bin, run_sh=before_run_sh, AUTH="off", AUDIT="off")
+                b_def = start_sqlite(sqlite_servers, before_bin, run_sh=before_run_sh)
+                b_sec = start_sqlite(sqlite_servers, before_bin, run_sh=before_run_sh, AUTH="on")
+                b_token = create_key(before_bin, os.path.join(b_sec.data_dir, "testdata.db"))
+                seed_over_http(b_sec, (("bench-10", 10),), b_token)
+                seed_over_http(b_off)
+                seed_over_http(b_def)
+                before = (BEFORE, before_commit, {k: f"http://127.0.0.1:{s.port}" for k, s in
+                                                  (("off", b_off), ("default", b_def), ("auth", b_sec))}, b_token)
+                log(f"before ({BEFORE}, {before_commit[:12]}) on :{b_off.port}, :{b_def.port}, :{b_sec.port}")
+            except (RuntimeError, OSError, AssertionError, subprocess.SubprocessError) as e:
+                before_why = f"{BEFORE}'s build did not start or seed: {str(e)[-500:]}"
+                log(f"before columns left out: {before_why}")
         # PostgreSQL on the same machine (a private server on a unix socket, fsync and
         # synchronous_commit on), behind one app process and behind three.
         pg_urls = {}
@@ -353,7 +513,14 @@ def main():
         time.sleep(0.5)
 
         app = f"http://127.0.0.1:{server.port}"
+        # The 1,000-test-size ceiling answers as many bytes as the app's 1,000-test listing.
+        large_bytes = {"app": answer_bytes(app + "/tests?clinic_id=bench-1000"),
+                       "ceiling": answer_bytes(f"http://127.0.0.1:{ceiling_port}/large")}
+        if large_bytes["app"][:2] != large_bytes["ceiling"][:2]:
+            log(f"the 1,000-test-size ceiling answers other bytes than the app (body, headers, "
+                f"on the wire): {large_bytes}")
         sec = f"http://127.0.0.1:{secure.port}"
+        dflt = f"http://127.0.0.1:{default.port}"
         ceil = f"http://127.0.0.1:{ceiling_port}"
         plain = f"http://127.0.0.1:{plain_port}"
         post = os.path.join(ROOT, "bench", "post.lua")
@@ -365,12 +532,20 @@ def main():
             ("FastCGI ceiling without keep-alive, small body", plain + "/small", 32, None, "FastCGI ceiling, small body"),
             ("FastCGI ceiling, 1,000-test-size body", ceil + "/large", 32, None, None),
             ("FastCGI ceiling, 1,000-test-size body, 1 conn", ceil + "/large", 1, None, None),
+            # The machine's own durable-append rate, on the filesystem the databases are on.
+            (PROBE, "probe:" + default.data_dir, 1, None, None),
             ("POST /tests (durable), 32 conns", app + "/tests", 32, post, "FastCGI ceiling, small body"),
             ("POST /tests (durable), 1 conn", app + "/tests", 1, post, "FastCGI ceiling, small body, 1 conn"),
             ("GET clinic of 10, 32 conns", app + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body"),
             ("GET clinic of 10, 1 conn", app + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn"),
             ("GET clinic of 1,000, 32 conns", app + "/tests?clinic_id=bench-1000", 32, None, "FastCGI ceiling, 1,000-test-size body"),
             ("GET clinic of 1,000, 1 conn", app + "/tests?clinic_id=bench-1000", 1, None, "FastCGI ceiling, 1,000-test-size body, 1 conn"),
+            ("POST /tests (durable), defaults, 32 conns", dflt + "/tests", 32, post, "FastCGI ceiling, small body"),
+            ("POST /tests (durable), defaults, 1 conn", dflt + "/tests", 1, post, "FastCGI ceiling, small body, 1 conn"),
+            ("GET clinic of 10, defaults, 32 conns", dflt + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body"),
+            ("GET clinic of 10, defaults, 1 conn", dflt + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn"),
+            ("GET clinic of 1,000, defaults, 32 conns", dflt + "/tests?clinic_id=bench-1000", 32, None, "FastCGI ceiling, 1,000-test-size body"),
+            ("GET clinic of 1,000, defaults, 1 conn", dflt + "/tests?clinic_id=bench-1000", 1, None, "FastCGI ceiling, 1,000-test-size body, 1 conn"),
             ("POST /tests (durable), auth + audit on, 32 conns", sec + "/tests", 32, post, "FastCGI ceiling, small body", token),
             ("POST /tests (durable), auth + audit on, 1 conn", sec + "/tests", 1, post, "FastCGI ceiling, small body, 1 conn", token),
             ("GET clinic of 10, auth + audit on, 32 conns", sec + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body", token),
@@ -402,7 +577,16 @@ def main():
                 (f"{pgn}: GET clinic of 1,000, 1 conn", url + "/tests?clinic_id=bench-1000", 1, None, "PostgreSQL ceiling: the GET of 1,000's SELECTs, 1 client"),
             ]
         results = {c[0]: [] for c in cases}
-        app_pids = {app: server.pid_of("app"), sec: secure.pid_of("app")}
+        # The before build's twin of each SQLite case: the same path on its instance of the
+        # same mode, with its own key.
+        twins = {}
+        if before:
+            for name, url, *_ in cases:
+                for base, mode in ((app, "off"), (dflt, "default"), (sec, "auth")):
+                    if url.startswith(base + "/"):
+                        twins[name] = (before[2][mode] + url[len(base):], before[3] if mode == "auth" else None)
+        results_b = {name: [] for name in twins}
+        app_pids = {app: server.pid_of("app"), sec: secure.pid_of("app"), dflt: default.pid_of("app")}
         cpu = {c[0]: [] for c in cases}  # app CPU µs per request (user, sys), per round
         rss = {c[0]: 0 for c in cases}  # app VmRSS after the case, kB (largest of the rounds)
         batches = []
@@ -410,27 +594,42 @@ def main():
         for rnd in range(ROUNDS):
             for name, url, conns, script, _, *more in cases:
                 token_arg = more[0] if more else None
+                if url.startswith("probe:"):
+                    r = fsync_probe(url.split(":", 1)[1])
+                    results[name].append(r)
+                    log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} appends/s p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms")
+                    continue
                 if url.startswith("pgbench:"):
                     r = pgbench(url.split(":", 1)[1], script, conns, more[1] if len(more) > 1 else ())
                     results[name].append(r)
                     log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} tx/s p99 {r['p99']:.2f} ms failed {r['non2xx']}")
                     continue
-                offset = os.path.getsize(app_log)
-                args = ((f"r{rnd}c{conns}",) + ((token_arg,) if token_arg else ())) if script else ()
-                base = next((b for b in app_pids if url.startswith(b + "/")), None)
-                pid = app_pids.get(base)
-                before = cpu_ticks(pid) if pid else None
-                prof = (profile_start(pid, name) if pid and rnd == 0 and conns == 32 and
-                        ("POST" in name or "clinic of 10," in name) else None)
-                r = wrk(url, conns, script, args=args, token=token_arg)
-                profile_finish(prof)
-                if pid:
-                    cpu[name].append(cpu_us_per_request(before, cpu_ticks(pid), r["total"]))
-                    rss[name] = max(rss[name], rss_kb(pid, "VmRSS"))
-                results[name].append(r)
-                if script and conns == 32 and not token_arg and url.startswith(app):
-                    batches.append(batch_stats(app_log, offset))
-                log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
+                # With a twin, the two runs back to back, the order alternating by round.
+                for which in ((("after", "before") if rnd % 2 == 0 else ("before", "after"))
+                              if name in twins else ("after",)):
+                    if which == "before":
+                        b_url, b_token = twins[name]
+                        args = ((f"r{rnd}c{conns}",) + ((b_token,) if b_token else ())) if script else ()
+                        r = wrk(b_url, conns, script, args=args, token=b_token)
+                        results_b[name].append(r)
+                        log(f"round {rnd + 1}/{ROUNDS} before: {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
+                        continue
+                    offset = os.path.getsize(app_log)
+                    args = ((f"r{rnd}c{conns}",) + ((token_arg,) if token_arg else ())) if script else ()
+                    base = next((b for b in app_pids if url.startswith(b + "/")), None)
+                    pid = app_pids.get(base)
+                    before_ticks = cpu_ticks(pid) if pid else None
+                    prof = (profile_start(pid, name) if pid and rnd == 0 and conns == 32 and
+                            ("POST" in name or "clinic of 10," in name) else None)
+                    r = wrk(url, conns, script, args=args, token=token_arg)
+                    profile_finish(prof)
+                    if pid:
+                        cpu[name].append(cpu_us_per_request(before_ticks, cpu_ticks(pid), r["total"]))
+                        rss[name] = max(rss[name], rss_kb(pid, "VmRSS"))
+                    results[name].append(r)
+                    if script and conns == 32 and not token_arg and base == app:
+                        batches.append(batch_stats(app_log, offset))
+                    log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
 
         idle = {}
         for base, label, tok in ((app, "AUTH=off", None), (sec, "AUTH=on", token)):
@@ -451,6 +650,10 @@ def main():
             med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
             med[name]["non2xx"] = sum(r["non2xx"] for r in rs)
             med[name]["total"] = sum(r["total"] for r in rs)
+        med_b = {}
+        for name, rs in results_b.items():
+            med_b[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
+            med_b[name]["non2xx"] = sum(r["non2xx"] for r in rs)
         lines = []
         lines.append(f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
                      f"Linux {platform.release()}; {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC")
@@ -460,7 +663,27 @@ def main():
                      f"interleaved rounds; app and ceiling threads {THREADS}; nginx keeps {keepalive} "
                      f"idle FastCGI connections per worker for both. Cases without a note: AUTH=off "
                      f"AUDIT=off (the seed's local mode); 'auth + audit on': AUTH=on with a bearer key "
-                     f"on every request, every access audited durably. Command: `make bench`.")
+                     f"on every request, every access audited durably; 'defaults': `make run`'s defaults "
+                     f"(AUTH, AUDIT and AUDIT_READS unset: AUTH off on loopback, every access "
+                     f"audited as that build does by default). Command: `make bench`.")
+        lines.append("")
+        lines.append(f"Probe: {PROBE} (the filesystem of the databases), {PROBE_SECONDS:g} s or "
+                     f"{PROBE_APPENDS:,} appends per round, whichever first, interleaved with the other "
+                     f"cases' rounds; its req/s is appends/s, p50 and p99 the time of one append + "
+                     f"fdatasync. A durable POST on one connection should cost one fsync plus one "
+                     f"small request.")
+        (a_body, a_head, a_wire), (c_body, c_head, c_wire) = large_bytes["app"], large_bytes["ceiling"]
+        lines.append(f"The 1,000-test listing (curl): {a_body:,} body bytes and {a_head} of headers from "
+                     f"the app, {c_body:,} and {c_head} from the 1,000-test-size ceiling; with the chunked "
+                     f"framing {a_wire:,} and {c_wire:,} (nginx forwards the app's stream in several "
+                     f"chunks, the responder's single write in one).")
+        if before:
+            lines.append(f"Before: {before[0]} ({before[1][:12]}) built RelWithDebInfo, run with its own "
+                         f"scripts/run.sh and nginx.conf on the same settings; each SQLite case runs "
+                         f"against both builds back to back in every round (the order alternating), so "
+                         f"'before' and req/s are medians of the same rounds; after/before is of req/s.")
+        else:
+            lines.append(f"Before: not measured ({before_why}).")
         if pg_urls:
             lines.append("")
             lines.append(f"PostgreSQL rows: the same service with DATABASE_URL (libpq, unix socket) to a "
@@ -473,10 +696,12 @@ def main():
                          f"where the app sends its batches through one writer connection under an "
                          f"advisory lock (the lock that lets several app nodes write).")
         lines.append("")
-        lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling | app CPU µs/req user+sys | app RSS MB |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        b_head = (" before req/s | before p50 ms | before p99 ms | after/before |", "---:|---:|---:|---:|") if before else ("", "")
+        lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling | app CPU µs/req user+sys | app RSS MB |" + b_head[0])
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|" + b_head[1])
         for name, _, _, _, ceiling, *_ in cases:
             m = med[name]
+            digits = 3 if name == PROBE else 2
             ratio = (f"{m['rps'] / med[ceiling]['rps']:.2f} × {ceiling}" if ceiling and med[ceiling]['rps'] else "—")
             if cpu[name]:
                 u = statistics.median(x[0] for x in cpu[name])
@@ -484,8 +709,30 @@ def main():
                 cpu_text, rss_text = f"{u:.0f} + {k:.0f}", f"{rss[name] / 1024:.1f}"
             else:
                 cpu_text = rss_text = "—"
-            lines.append(f"| {name} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
-                         f"{m['non2xx']} of {m['total']:,} | {ratio} | {cpu_text} | {rss_text} |")
+            b_text = ""
+            if before and name in med_b:
+                b = med_b[name]
+                errs = f" ({b['non2xx']} non-2xx)" if b["non2xx"] else ""
+                b_text = (f" {b['rps']:,.0f}{errs} | "
+                          f"{b['p50']:.2f} | {b['p99']:.2f} | "
+                          f"{m['rps'] / b['rps'] if b['rps'] else float('nan'):.2f} |")
+            elif before:
+                b_text = " — | — | — | — |"
+            lines.append(f"| {name} | {m['rps']:,.0f} | {m['p50']:.{digits}f} | {m['p99']:.{digits}f} | "
+                         f"{m['non2xx']} of {m['total']:,} | {ratio} | {cpu_text} | {rss_text} |{b_text}")
+        # The goals, from the medians of this run (before: the before build's rows of the same
+        # rounds beside the same probe and ceilings).
+        lines.append("")
+        lines.append("| goal | measured | bound | met | how | before |" if before else "| goal | measured | bound | met | how |")
+        lines.append("|---|---:|---:|---|---|---:|" if before else "|---|---:|---:|---|---|")
+        before_goals = goals({**med, **med_b}) if before else []
+        for i, (goal, value, bound, sense, how) in enumerate(goals(med)):
+            met = "—" if value is None else ("met" if (value <= bound if sense == "≤" else value >= bound) else "not met")
+            row = (f"| {goal} | {'—' if value is None else f'{value:.2f} ×'} | {sense} {bound:g} × | {met} | {how} |")
+            if before:
+                bv = before_goals[i][1] if i < len(before_goals) else None
+                row += f" {'—' if bv is None else f'{bv:.2f} ×'} |"
+            lines.append(row)
         lines.append("")
         lines.append("App CPU per request: the app process's utime + stime over the run (all its threads: "
                      "workers, the writer, the checkpointer) divided by the requests wrk counted; "
@@ -516,13 +763,12 @@ def main():
             shutil.rmtree(pg.data_dir, ignore_errors=True)
         if pg_started:
             subprocess.run([os.path.join(ROOT, "scripts", "pg-test-server.sh"), "stop", PG_DIR])
-        if secure is not None:
-            secure.stop()
-            shutil.rmtree(secure_dir, ignore_errors=True)
-        if server is not None:
-            server.stop()
-        for p in procs:
-            p.send_signal(signal.SIGQUIT if "nginx" in str(p.args[0]) else signal.SIGTERM)
+        for s in sqlite_servers:
+            s.stop()
+            if s.data_dir != data_dir and not os.environ.get("KEEP_DATA"):
+                shutil.rmtree(s.data_dir, ignore_errors=True)
+        for p in procs:  # fcgi_null: libfcgi's SIGTERM handler only stops new accepts
+            p.send_signal(signal.SIGQUIT if "nginx" in str(p.args[0]) else signal.SIGKILL)
         for p in procs:
             try:
                 p.wait(10)
