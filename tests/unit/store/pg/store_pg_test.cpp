@@ -1,5 +1,7 @@
-// store_pg_test.cpp: the PostgreSQL store against a real server (the CTest fixture starts one
-// and sets TEST_PG_HOST, its socket directory): each test gets a database of its own.
+// store_pg_test.cpp: what only the PostgreSQL store has, against a real server (the CTest fixture
+// starts one and sets TEST_PG_HOST, its socket directory), each test on a database of its own:
+// several nodes on one database, lost connections and outages, its query plans, migrations and
+// migrate. The contract both stores keep is tested once for both: store/store_contract_test.cpp.
 // Registered only under the postgresql label (tests/CMakeLists.txt), where a missing server
 // is a failure.
 #include "store/pg/store_pg.h"
@@ -20,52 +22,23 @@
 #include "http/storage_status.h"
 #include "metrics/metrics.h"
 #include "store/audit.h"
+#include "store/pg/pg_test_util.h"
 #include "store/sqlite/store_sqlite.h"
 #include "store/store_test_util.h"
-#include "store/test_record.h"
 #include "temp_dir.h"
 #include "tools/migrate.h"
 
 namespace tdapi {
 namespace {
 
-std::string pg_host() {
-  const char* host = std::getenv("TEST_PG_HOST");
-  return host ? host : "";
-}
-
-// Runs sql on the server's postgres database as the test role; "" or the error.
-std::string admin_sql(const std::string& sql) {
-  const std::string conninfo = "host=" + pg_host() + " user=tdapi dbname=postgres";
-  PGconn* c = PQconnectdb(conninfo.c_str());
-  std::string error;
-  if (PQstatus(c) != CONNECTION_OK) {
-    error = PQerrorMessage(c);
-  } else {
-    PGresult* r = PQexec(c, sql.c_str());
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-      error = PQresultErrorMessage(r);
-    }
-    PQclear(r);
-  }
-  PQfinish(c);
-  return error;
-}
-
 // A fresh database per test, dropped at the end.
 class PgStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_FALSE(pg_host().empty()) << "TEST_PG_HOST is not set: run through ctest -L postgresql";
-    static std::atomic<int> counter{0};
-    db_ = "unit_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
-    ASSERT_EQ(admin_sql("DROP DATABASE IF EXISTS " + db_), "");
-    ASSERT_EQ(admin_sql("CREATE DATABASE " + db_), "");
+    database_.create();
+    db_ = database_.name();
   }
-  void TearDown() override {
-    if (!db_.empty()) admin_sql("DROP DATABASE IF EXISTS " + db_ + " WITH (FORCE)");
-  }
-  std::string url() const { return "postgresql://tdapi@/" + db_ + "?host=" + pg_host(); }
+  std::string url() const { return database_.url(); }
   std::unique_ptr<PgStore> open(PgOptions o = PgOptions()) {
     o.url = url();
     std::unique_ptr<PgStore> store;
@@ -74,86 +47,11 @@ class PgStoreTest : public ::testing::Test {
     return store;
   }
   // Runs sql on this test's database; "" or the error.
-  std::string sql(const std::string& text) {
-    PGconn* c = PQconnectdb(url().c_str());
-    PGresult* r = PQexec(c, text.c_str());
-    std::string error =
-        PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK
-            ? ""
-            : PQresultErrorMessage(r);
-    PQclear(r);
-    PQfinish(c);
-    return error;
-  }
+  std::string sql(const std::string& text) { return database_.sql(text); }
+  PgTestDatabase database_;
   std::string db_;
 };
 
-TEST_F(PgStoreTest, StoresReadsAndRefusesADuplicateLeavingTheFirstUntouched) {
-  auto store = open();
-  ASSERT_TRUE(store);
-  EXPECT_TRUE(store->insert(make_record("t1")).status.ok());
-  TestRecord again = make_record("t1");
-  again.result = "changed";
-  WriteOutcome dup = store->insert(again);
-  EXPECT_EQ(dup.status.code(), StatusCode::kDuplicate);
-  std::string json;
-  ASSERT_TRUE(store->get_test("t1", json).ok());
-  EXPECT_EQ(field_of(json, "result"), "result of t1");
-  EXPECT_EQ(store->get_test("nope", json).code(), StatusCode::kNotFound);
-}
-
-TEST_F(PgStoreTest, ABatchIsAllOrNothingAndNamesEveryDuplicate) {
-  auto store = open();
-  ASSERT_TRUE(store->insert(make_record("a")).status.ok());
-  WriteOutcome out =
-      store->insert_all({make_record("b"), make_record("a"), make_record("c"), make_record("b")});
-  EXPECT_EQ(out.status.code(), StatusCode::kDuplicate);
-  EXPECT_EQ(out.duplicate_ids, (std::vector<std::string>{"a", "b"}));
-  EXPECT_EQ(list_ids(*store, "c1"), std::vector<std::string>{"a"});
-  ASSERT_TRUE(store->insert_all({make_record("b"), make_record("c")}).status.ok());
-  EXPECT_EQ(list_ids(*store, "c1"), (std::vector<std::string>{"a", "b", "c"}));
-}
-
-TEST_F(PgStoreTest, ListsFilterAndPageInInsertionOrderAcrossManyPages) {
-  auto store = open();
-  std::vector<TestRecord> batch;
-  for (int i = 0; i < 2500; ++i) {
-    batch.push_back(
-        make_record("t" + std::to_string(i), i % 2 ? "odd" : "even", i % 3 ? "blood" : "urine"));
-  }
-  ASSERT_TRUE(store->insert_all(batch).status.ok());
-  std::vector<std::string> even = list_ids(*store, "even");
-  ASSERT_EQ(even.size(), 1250u);
-  for (size_t i = 0; i < even.size(); ++i) EXPECT_EQ(even[i], "t" + std::to_string(2 * i));
-  ListQuery q;
-  q.clinic_id = "odd";
-  q.test_type = "urine";
-  std::vector<std::string> urine = list_ids(*store, q);
-  EXPECT_EQ(urine.size(), 417u);  // odd multiples of 3 below 2500
-  q.test_type.reset();
-  q.patient_id = "patient-t7";
-  EXPECT_EQ(list_ids(*store, q), std::vector<std::string>{"t7"});
-  // Keyset paging: limit and after_seq.
-  ListQuery page;
-  page.clinic_id = "even";
-  page.limit = 3;
-  long long last = 0;
-  std::vector<std::string> ids;
-  ASSERT_TRUE(store
-                  ->list_tests(page,
-                               [&](std::string_view json, long long seq) {
-                                 ids.push_back(field_of(json, "test_id"));
-                                 last = seq;
-                                 return true;
-                               })
-                  .ok());
-  EXPECT_EQ(ids, (std::vector<std::string>{"t0", "t2", "t4"}));
-  page.after_seq = last;
-  EXPECT_EQ(list_ids(*store, page), (std::vector<std::string>{"t6", "t8", "t10"}));
-}
-
-// Stale statistics that make one clinic look like most of the table must not turn its listing
-// into a walk of every test in seq order (seen in make bench: 125 GETs/s instead of 4,700).
 TEST_F(PgStoreTest, AListingUsesItsClinicsIndexWhateverTheStatisticsSay) {
   auto store = open();
   std::vector<TestRecord> batch;
@@ -176,29 +74,6 @@ TEST_F(PgStoreTest, AListingUsesItsClinicsIndexWhateverTheStatisticsSay) {
   ListQuery q;
   q.clinic_id = "big";
   EXPECT_EQ(list_ids(*store, q).size(), 1000u);
-}
-
-TEST_F(PgStoreTest, ConcurrentWritersAreAllStoredInFewerTransactions) {
-  auto store = open();
-  std::vector<std::thread> threads;
-  std::atomic<int> ok{0};
-  for (int t = 0; t < 16; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < 25; ++i) {
-        if (store->insert(make_record("w" + std::to_string(t) + "_" + std::to_string(i)))
-                .status.ok()) {
-          ++ok;
-        }
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(ok.load(), 400);
-  EXPECT_EQ(list_ids(*store, "c1").size(), 400u);
-  StoreStats s = store->stats();
-  EXPECT_EQ(s.rollbacks, 0);
-  EXPECT_LT(s.transactions, 400);
-  std::cout << "400 writes in " << s.transactions << " transactions\n";
 }
 
 // The PostgreSQL writer feeds the same transaction histograms as SQLite's (metrics.h).
@@ -297,25 +172,6 @@ TEST_F(PgStoreTest, TheAuditChainHasOneEndAcrossNodes) {
   });
   EXPECT_FALSE(intact);
   EXPECT_EQ(again.checked(), 99);
-}
-
-TEST_F(PgStoreTest, KeysAreCreatedFoundListedAndRevoked) {
-  auto store = open();
-  ApiKey k{"0123456789abcdef",         "lab", {"read:c1", "write:c1"}, std::string(64, 'a'),
-           "2026-01-01T00:00:00.000Z", ""};
-  ASSERT_TRUE(store->create_key(k).ok());
-  EXPECT_EQ(store->create_key(k).code(), StatusCode::kDuplicate);
-  ApiKey found;
-  ASSERT_TRUE(store->find_key(k.key_id, found).ok());
-  EXPECT_EQ(found.scopes, k.scopes);
-  EXPECT_EQ(found.revoked_at, "");
-  ASSERT_TRUE(store->revoke_key(k.key_id, "2026-01-02T00:00:00.000Z").ok());
-  ASSERT_TRUE(store->find_key(k.key_id, found).ok());
-  EXPECT_EQ(found.revoked_at, "2026-01-02T00:00:00.000Z");
-  EXPECT_EQ(store->revoke_key("ffffffffffffffff", "x").code(), StatusCode::kNotFound);
-  std::vector<ApiKey> all;
-  ASSERT_TRUE(store->list_keys(all).ok());
-  EXPECT_EQ(all.size(), 1u);
 }
 
 TEST_F(PgStoreTest, MigrationsAreRecordedOnceAndANewerDatabaseIsRefused) {
