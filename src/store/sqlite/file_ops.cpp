@@ -1,6 +1,7 @@
 // file_ops.cpp: the verified copy of a live database, and working as root among others' files.
 #include "store/sqlite/file_ops.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,9 +14,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 #include "base/clock.h"
 #include "base/files.h"
+#include "store/sqlite/internal.h"
 
 namespace tdapi {
 
@@ -225,6 +228,277 @@ Status backup_database(const std::string& db, const std::string& dest, BackupRes
 std::string pre_migration_backup_path(const std::string& db, int from) {
   return db + ".pre-migration-v" + std::to_string(from) + "-" +
          compact_timestamp(utc_timestamp_ms());
+}
+
+// ---- Online copy, check, settle --------------------------------------------------------
+
+namespace {
+
+// Pages per sqlite3_backup_step: 1 MiB of 4 KiB pages. The source's read transaction is held
+// across steps, so the chunk size bounds only how long one call runs, not what writers see.
+constexpr int kBackupStepPages = 256;
+// Steps between two fdatasync calls on the copy: 16 MiB of dirty pages at most.
+constexpr long long kBackupSyncSteps = 16;
+
+// Runs sql and puts the first column of its first row into out ("" for no row). SQLITE_OK or
+// the extended error code.
+int query_one(sqlite3* db, const char* sql, std::string& out) {
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &st, nullptr);
+  if (rc != SQLITE_OK) return sqlite3_extended_errcode(db);
+  rc = sqlite3_step(st);
+  out.clear();
+  if (rc == SQLITE_ROW) out.assign(column_view(st, 0));
+  rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(db);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+// Counts the facts of db (inside whatever transaction is open on it).
+int count_facts(sqlite3* db, DatabaseFacts& f) {
+  std::string v;
+  int rc = query_one(db, "PRAGMA user_version", v);
+  if (rc != SQLITE_OK) return rc;
+  f.schema_version = std::atoi(v.c_str());
+  rc = query_one(db, "SELECT count(*) FROM tests", v);
+  if (rc != SQLITE_OK) return rc;
+  f.tests = std::atoll(v.c_str());
+  if (f.schema_version < 3) return SQLITE_OK;  // no keys, no audit trail yet
+  rc = query_one(db, "SELECT count(*) FROM api_keys", v);
+  if (rc != SQLITE_OK) return rc;
+  f.keys = std::atoll(v.c_str());
+  rc = query_one(db, "SELECT count(*) FROM audit", v);
+  if (rc != SQLITE_OK) return rc;
+  f.audit_entries = std::atoll(v.c_str());
+  return query_one(db, "SELECT seq || ':' || hash FROM audit ORDER BY seq DESC LIMIT 1",
+                   f.audit_head);
+}
+
+// The largest document a record the API accepts can have: every character of its fields
+// escaped as a UTF-16 surrogate pair (12 bytes), plus names, punctuation and created_at.
+constexpr long long kMaxDocBytes =
+    12 * static_cast<long long>(3 * kMaxIdChars + kMaxTestTypeChars + kMaxResultChars) + 1024;
+
+// The first test whose stored document (what GET /tests/{id} serves) disagrees with its columns
+// (what listings and authorization read), or that is larger than the API accepts (validate.cpp's
+// limits): exactly the keys test_record_json writes, each a string equal to its column.
+std::string rows_check_sql() {
+  const std::string n = "(5 + (created_at != ''))";  // keys a document has
+  std::string sql =
+      "SELECT seq FROM tests WHERE length(test_id) > " + std::to_string(kMaxIdChars) +
+      " OR length(patient_id) > " + std::to_string(kMaxIdChars) + " OR length(clinic_id) > " +
+      std::to_string(kMaxIdChars) + " OR length(test_type) > " + std::to_string(kMaxTestTypeChars) +
+      " OR length(result) > " + std::to_string(kMaxResultChars) +
+      " OR length(created_at) > 64 OR length(CAST(doc AS BLOB)) > " + std::to_string(kMaxDocBytes) +
+      " OR CASE WHEN NOT json_valid(doc) OR json_type(doc) IS NOT 'object' THEN 1 ELSE ("
+      "(SELECT count(*) FROM json_each(doc)) != " +
+      n +
+      " OR (SELECT count(DISTINCT key) FROM json_each(doc) WHERE key IN ('test_id', "
+      "'patient_id', 'clinic_id', 'test_type', 'result', 'created_at')) != " +
+      n;
+  for (const char* column : {"test_id", "patient_id", "clinic_id", "test_type", "result"}) {
+    const std::string c = column;
+    sql += " OR json_type(doc, '$." + c + "') IS NOT 'text' OR json_extract(doc, '$." + c +
+           "') IS NOT " + c;
+  }
+  sql +=
+      " OR (created_at != '' AND (json_type(doc, '$.created_at') IS NOT 'text' OR "
+      "json_extract(doc, '$.created_at') IS NOT created_at))) END LIMIT 1";
+  return sql;
+}
+
+}  // namespace
+
+Status sqlite_backup_file(const std::string& source, const std::string& dest,
+                          DatabaseFacts& snapshot) {
+  snapshot = DatabaseFacts();
+  if (!std::filesystem::exists(source)) return Status::ReadOnly("no database at " + source);
+  DbHandle src, dst;
+  int rc = open_connection(source, SQLITE_OPEN_READWRITE, &src.db);
+  if (rc != SQLITE_OK) {
+    return status_from_sqlite(rc, src.db, "cannot open database " + source, false);
+  }
+  sqlite3_extended_result_codes(src.db, 1);
+  sqlite3_busy_timeout(src.db, 5000);
+  // The snapshot: the first read of this transaction starts it; it is held until the copy is
+  // done. In WAL mode it blocks no writer; commits made meanwhile are not in the copy.
+  rc = sqlite3_exec(src.db, "PRAGMA query_only=1; BEGIN", nullptr, nullptr, nullptr);
+  if (rc == SQLITE_OK) rc = count_facts(src.db, snapshot);
+  if (rc != SQLITE_OK) {
+    return status_from_sqlite(sqlite3_extended_errcode(src.db), src.db,
+                              "cannot read database " + source, false);
+  }
+  rc = open_connection(dest, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW,
+                       &dst.db);
+  if (rc == SQLITE_OK) {
+    sqlite3_extended_result_codes(dst.db, 1);
+    // The copy is fsynced and checked as a whole afterwards: no journal, no syncs meanwhile.
+    rc = sqlite3_exec(dst.db, "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF", nullptr, nullptr,
+                      nullptr);
+  }
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, dst.db, "cannot create " + dest, true);
+  sqlite3_backup* b = sqlite3_backup_init(dst.db, "main", src.db, "main");
+  if (!b) {
+    return status_from_sqlite(sqlite3_extended_errcode(dst.db), dst.db,
+                              "cannot start the backup into " + dest, true);
+  }
+  // The copy is written back to disk as it goes, a chunk at a time: left to the end, the
+  // flush of the whole file made the service's own commit fsyncs wait about a second (measured
+  // on a 570 MB database under a POST load).
+  int sync_fd = ::open(dest.c_str(), O_RDONLY | O_CLOEXEC);
+  int remaining = -1, busy = 0;
+  do {
+    rc = sqlite3_backup_step(b, kBackupStepPages);
+    ++snapshot.backup_steps;
+    if (sync_fd >= 0 && snapshot.backup_steps % kBackupSyncSteps == 0) fdatasync(sync_fd);
+    int now = sqlite3_backup_remaining(b);
+    if (remaining >= 0 && now > remaining) ++snapshot.restarts;
+    remaining = now;
+    if ((rc == SQLITE_BUSY || rc == SQLITE_LOCKED) && ++busy <= 500) {
+      sqlite3_sleep(10);
+      rc = SQLITE_OK;
+    }
+  } while (rc == SQLITE_OK);
+  int finish_rc = sqlite3_backup_finish(b);
+  if (sync_fd >= 0) {
+    fdatasync(sync_fd);
+    ::close(sync_fd);  // no SQLite lock of this process is on dest: closing drops nothing
+  }
+  if (rc != SQLITE_DONE || finish_rc != SQLITE_OK) {
+    int code = rc != SQLITE_DONE ? rc : finish_rc;
+    // The destination's message when it failed there (a full disk), else the source's.
+    sqlite3* which = sqlite3_errcode(dst.db) != SQLITE_OK ? dst.db : src.db;
+    return status_from_sqlite(code, which, "backup of " + source + " into " + dest, true);
+  }
+  return Status::Ok();
+}
+
+Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFacts& out) {
+  out = DatabaseFacts();
+  if (!std::filesystem::exists(path)) return Status::ReadOnly("no file at " + path);
+  DbHandle h;
+  int rc = open_connection(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, &h.db);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot open " + path, false);
+  sqlite3_extended_result_codes(h.db, 1);
+  sqlite3_busy_timeout(h.db, 1000);
+  std::string mode;
+  rc = query_one(h.db, "PRAGMA journal_mode=DELETE", mode);
+  if (rc != SQLITE_OK)
+    return status_from_sqlite(rc, h.db, path + " is not a usable database", false);
+  if (mode != "delete") return Status::Internal("cannot take " + path + " out of WAL mode");
+
+  sqlite3_stmt* st = nullptr;
+  rc = sqlite3_prepare_v2(h.db, "PRAGMA integrity_check(10)", -1, &st, nullptr);
+  std::string verdict;
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    verdict += (verdict.empty() ? "" : "; ") + std::string(column_view(st, 0));
+    rc = SQLITE_OK;
+  }
+  if (rc != SQLITE_DONE) rc = sqlite3_extended_errcode(h.db);
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) {
+    return status_from_sqlite(rc, h.db, path + " failed PRAGMA integrity_check", false);
+  }
+  if (verdict != "ok") return Status::Corrupt(path + " failed PRAGMA integrity_check: " + verdict);
+
+  std::string v;
+  rc = query_one(h.db, "PRAGMA user_version", v);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot read " + path, false);
+  const int version = std::atoi(v.c_str());
+  if (version > SqliteStore::kSchemaVersion) {
+    return Status::Internal(path + " has schema version " + v +
+                            ": it was written by a newer release of testdata-api than this one "
+                            "(schema " +
+                            std::to_string(SqliteStore::kSchemaVersion) + ")");
+  }
+  if (version < 1) {
+    return Status::Internal(path + " has schema version " + v +
+                            ": it is not a testdata-api database");
+  }
+  if (exact_schema) {
+    Status schema = check_schema(h.db, version, path, false);
+    if (!schema.ok()) return schema;
+  }
+  rc = query_one(h.db, "SELECT length(value) FROM meta WHERE name = 'cursor_key'", v);
+  if (rc != SQLITE_OK || v != "16") {
+    return Status::Corrupt(path + " has no cursor key in its meta table");
+  }
+  if (exact_schema) {
+    const std::string sql = rows_check_sql();
+    rc = query_one(h.db, sql.c_str(), v);
+    if (rc != SQLITE_OK)
+      return status_from_sqlite(rc, h.db, "cannot check the tests of " + path, false);
+    if (!v.empty()) {
+      return Status::Corrupt(path + ": the test with seq " + v +
+                             " has a stored document that disagrees with its columns (test_id, "
+                             "patient_id, clinic_id, test_type, result, created_at) or is larger "
+                             "than the API accepts: it was changed outside testdata-api");
+    }
+  }
+  rc = count_facts(h.db, out);
+  if (rc != SQLITE_OK)
+    return status_from_sqlite(rc, h.db, "cannot count the rows of " + path, false);
+  if (version < 3) return Status::Ok();
+
+  // The audit chain, entry by entry (one SHA-256 each): the verifier of `audit verify` too.
+  AuditChainVerifier verifier;
+  std::string problem;
+  AuditTrail trail;
+  trail.list_all = [&](const std::function<bool(const AuditEntry&)>& on_entry) {
+    sqlite3_stmt* st = nullptr;
+    int rc = sqlite3_prepare_v2(h.db,
+                                "SELECT seq, ts, request_id, key_id, action, clinic_id, detail,"
+                                " outcome, prev_hash, hash FROM audit ORDER BY seq",
+                                -1, &st, nullptr);
+    AuditEntry e;
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+      e.seq = sqlite3_column_int64(st, 0);
+      std::string* texts[] = {&e.ts, &e.request_id, &e.key_id, &e.action, &e.clinic_id, &e.detail};
+      for (int i = 0; i < 6; ++i) texts[i]->assign(column_view(st, i + 1));
+      e.outcome = sqlite3_column_int(st, 7);
+      e.prev_hash.assign(column_view(st, 8));
+      e.hash.assign(column_view(st, 9));
+      rc = on_entry(e) ? SQLITE_OK : SQLITE_DONE;
+    }
+    if (rc != SQLITE_DONE) rc = sqlite3_extended_errcode(h.db);
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? Status::Ok()
+                             : status_from_sqlite(rc, h.db, "cannot read the audit trail", false);
+  };
+  trail.count_up_to = [&](long long up_to, long long& rows) {
+    std::string n;
+    const std::string sql = "SELECT count(*) FROM audit WHERE seq <= " + std::to_string(up_to);
+    int rc = query_one(h.db, sql.c_str(), n);
+    rows = std::atoll(n.c_str());
+    return rc == SQLITE_OK ? Status::Ok()
+                           : status_from_sqlite(rc, h.db, "cannot count the audit trail", false);
+  };
+  Status chain = verify_audit_trail(trail, verifier, problem);
+  if (!chain.ok()) return chain;
+  if (!problem.empty()) return Status::Corrupt(path + ": the audit chain is broken: " + problem);
+  const std::string head = verifier.checked() == 0
+                               ? std::string()
+                               : std::to_string(verifier.checked()) + ":" + verifier.last_hash();
+  if (verifier.checked() != out.audit_entries || head != out.audit_head) {
+    return Status::Corrupt(path + ": the audit chain does not end at its newest entry");
+  }
+  return Status::Ok();
+}
+
+Status sqlite_settle_unused(const std::string& path) {
+  DbHandle h;
+  int rc = open_connection(path, SQLITE_OPEN_READWRITE, &h.db);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot open " + path, true);
+  sqlite3_extended_result_codes(h.db, 1);
+  sqlite3_busy_timeout(h.db, 0);  // a lock held by a running service is the answer, not a wait
+  std::string mode;
+  rc = query_one(h.db, "PRAGMA journal_mode=DELETE", mode);
+  if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
+    return Status::Busy(path + " is open in another process (the service is running on it)");
+  }
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot settle " + path, true);
+  if (mode != "delete") return Status::Internal("cannot take " + path + " out of WAL mode");
+  return Status::Ok();
 }
 
 }  // namespace tdapi

@@ -1,0 +1,196 @@
+// schema.cpp: the SQLite schema: each version's DDL, migrations, and the check that a file's
+// schema is the one this binary makes.
+#include <algorithm>
+#include <vector>
+
+#include "base/log.h"
+#include "store/sqlite/internal.h"
+
+namespace tdapi {
+
+namespace {
+
+// Rows are never updated: `doc` is the test's JSON object exactly as the API returns it, built
+// once by the writer, so a listing copies bytes from SQLite's pages to the response. `seq` is
+// the insertion order (equal to the rowid): see kInsertSql.
+//
+// Schema version 1, as it was created by the first release; migrations (kMigrations) bring it
+// to kSchemaVersion.
+const char kSchemaV1[] =
+    "CREATE TABLE IF NOT EXISTS tests ("
+    "  test_id    TEXT PRIMARY KEY NOT NULL,"
+    "  seq        INTEGER NOT NULL,"
+    "  patient_id TEXT NOT NULL,"
+    "  clinic_id  TEXT NOT NULL,"
+    "  test_type  TEXT NOT NULL,"
+    "  result     TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL,"
+    "  doc        TEXT NOT NULL"
+    ") STRICT;"
+    // The listing, covered: clinic, then insertion order, then the document.
+    "CREATE INDEX IF NOT EXISTS tests_by_clinic ON tests (clinic_id, seq, doc);"
+    // The filters of GET /tests.
+    "CREATE INDEX IF NOT EXISTS tests_by_patient ON tests (clinic_id, patient_id, seq);"
+    "CREATE INDEX IF NOT EXISTS tests_by_type ON tests (clinic_id, test_type, seq);"
+    // Instance secrets: the key that signs paging cursors.
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) STRICT;"
+    "INSERT OR IGNORE INTO meta (name, value) VALUES ('cursor_key', randomblob(16));";
+
+// Version 3: access keys (only hashes of their secrets) and the audit trail, a hash chain
+// (audit.h) appended by the writer in the transactions of the writes it records.
+const char kSecuritySchema[] =
+    "CREATE TABLE IF NOT EXISTS api_keys ("
+    "  key_id      TEXT PRIMARY KEY NOT NULL,"
+    "  name        TEXT NOT NULL,"
+    "  scopes      TEXT NOT NULL,"  // JSON array of strings
+    "  secret_hash TEXT NOT NULL,"
+    "  created_at  TEXT NOT NULL,"
+    "  revoked_at  TEXT"
+    ") STRICT;"
+    "CREATE TABLE IF NOT EXISTS audit ("
+    "  seq        INTEGER PRIMARY KEY NOT NULL,"
+    "  ts         TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL,"
+    "  key_id     TEXT NOT NULL,"
+    "  action     TEXT NOT NULL,"
+    "  clinic_id  TEXT NOT NULL,"
+    "  detail     TEXT NOT NULL,"
+    "  outcome    INTEGER NOT NULL,"
+    "  prev_hash  TEXT NOT NULL,"
+    "  hash       TEXT NOT NULL"
+    ") STRICT;";
+
+// kMigrations[v - 1] takes the schema from version v to v + 1.
+const char* const kMigrations[] = {
+    // 1 -> 2: `seq` was max(rowid)+1, so deleting the newest row would hand its number to the
+    // next test and break cursors. counters.last_seq is the highest seq ever committed.
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)"
+    " STRICT, WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO counters (name, value)"
+    " SELECT 'last_seq', coalesce(max(rowid), 0) FROM tests;",
+    // 2 -> 3: access keys and the audit trail.
+    kSecuritySchema,
+};
+static_assert(sizeof kMigrations / sizeof kMigrations[0] == SqliteStore::kSchemaVersion - 1,
+              "one migration per schema version");
+
+}  // namespace
+
+Status SqliteStore::migrate_schema(sqlite3* db, int version) {
+  const std::string& path = options_.path;
+  std::string ddl = "BEGIN IMMEDIATE;";
+  if (version == 0) ddl += kSchemaV1;
+  for (int v = std::max(version, 1); v < kSchemaVersion; ++v) ddl += kMigrations[v - 1];
+  ddl += "PRAGMA user_version=" + std::to_string(kSchemaVersion) + "; COMMIT;";
+  int rc = sqlite3_exec(db, ddl.c_str(), nullptr, nullptr, nullptr);
+  if (rc != SQLITE_OK) {
+    Status s = status_from_sqlite(
+        rc, db,
+        "cannot " + std::string(version == 0 ? "create" : "migrate") + " the schema of " + path,
+        true);
+    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+    return s;
+  }
+  if (version > 0) {
+    LogFields f;
+    f.detail = path + ": schema version " + std::to_string(version) + " -> " +
+               std::to_string(kSchemaVersion);
+    log_event(LogLevel::kInfo, "schema_migrated", f);
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+// The schema objects of db other than SQLite's own (type, name, table and DDL, its whitespace
+// runs made one space), sorted: what a file's schema is compared by.
+int schema_objects(sqlite3* db, std::vector<std::string>& out) {
+  out.clear();
+  sqlite3_stmt* st = nullptr;
+  // Skipped: only what SQLite itself makes, by name and type (the index of a PRIMARY KEY or
+  // UNIQUE constraint, AUTOINCREMENT's counters, ANALYZE's statistics). Anything else named
+  // sqlite_% was written with PRAGMA writable_schema and is compared like the rest: a trigger
+  // named sqlite_x runs inside the service like any other.
+  int rc = sqlite3_prepare_v2(
+      db,
+      "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_schema WHERE NOT ("
+      " (type = 'index' AND sql IS NULL AND substr(name, 1, 17) = 'sqlite_autoindex_'"
+      "  AND substr(name, 18) = tbl_name || '_' ||"
+      "      CAST(CAST(substr(name, 19 + length(tbl_name)) AS INTEGER) AS TEXT))"
+      " OR (type = 'table' AND name IN ('sqlite_sequence', 'sqlite_stat1', 'sqlite_stat2',"
+      "     'sqlite_stat3', 'sqlite_stat4')))",
+      -1, &st, nullptr);
+  while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    std::string object;
+    // Whitespace that cannot change the meaning of the DDL (runs, and any next to a
+    // parenthesis or a comma) is dropped: the same schema typed otherwise compares equal.
+    for (int i = 0; i < 4; ++i) {
+      if (i > 0) object += ' ';
+      bool space = false;
+      const size_t field_start = object.size();
+      for (char c : column_view(st, i)) {
+        const bool blank = c == ' ' || c == '\t' || c == '\n' || c == '\r';
+        const bool tight = c == '(' || c == ')' || c == ',';
+        if (tight && object.size() > field_start && object.back() == ' ') object.pop_back();
+        if (blank && !space && object.size() > field_start &&
+            std::string_view("(,").find(object.back()) == std::string_view::npos) {
+          object += ' ';
+        }
+        if (!blank) object += c;
+        space = blank;
+      }
+    }
+    out.push_back(std::move(object));
+    rc = SQLITE_OK;
+  }
+  if (rc != SQLITE_DONE) rc = sqlite3_extended_errcode(db);
+  sqlite3_finalize(st);
+  std::sort(out.begin(), out.end());
+  return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+}  // namespace
+
+// Ok when db's schema is exactly the one this binary creates for `version` (1 to
+// kSchemaVersion): no other table, index, view or trigger, no table defined differently. A
+// trigger or a changed table would run inside the service once the file is restored, e.g.
+// dropping every insert (RAISE(IGNORE)) while the API answers 201, or replacing a test on a
+// duplicate id instead of answering 409; a view would run at the first count below. With
+// extras_only (the service's start), only what is there beyond that schema is refused.
+Status check_schema(sqlite3* db, int version, const std::string& path, bool extras_only) {
+  DbHandle ref;
+  std::string ddl = kSchemaV1;
+  for (int v = 1; v < version; ++v) ddl += kMigrations[v - 1];
+  if (sqlite3_open_v2(":memory:", &ref.db, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK ||
+      sqlite3_exec(ref.db, ddl.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return Status::Internal("cannot build the reference schema: " +
+                            std::string(ref.db ? sqlite3_errmsg(ref.db) : "out of memory"));
+  }
+  std::vector<std::string> want, have;
+  int rc = schema_objects(ref.db, want);
+  if (rc == SQLITE_OK) rc = schema_objects(db, have);
+  if (rc != SQLITE_OK)
+    return status_from_sqlite(rc, db, "cannot read the schema of " + path, false);
+  std::vector<std::string> extra, missing;
+  std::set_difference(have.begin(), have.end(), want.begin(), want.end(),
+                      std::back_inserter(extra));
+  if (!extras_only) {
+    std::set_difference(want.begin(), want.end(), have.begin(), have.end(),
+                        std::back_inserter(missing));
+  }
+  if (extra.empty() && missing.empty()) return Status::Ok();
+  auto name_of = [](const std::string& object) {  // "table tests", "trigger drop_writes"
+    size_t first = object.find(' ');
+    return object.substr(0, object.find(' ', first + 1));
+  };
+  std::string why;
+  for (const std::string& o : extra)
+    why += (why.empty() ? "" : ", ") + std::string("unexpected ") + name_of(o);
+  for (const std::string& o : missing)
+    why += (why.empty() ? "" : ", ") + std::string("expected ") + name_of(o);
+  return Status::Internal(path + " does not have the schema testdata-api creates for version " +
+                          std::to_string(version) + " (" + why +
+                          "): it was changed outside testdata-api");
+}
+
+}  // namespace tdapi
