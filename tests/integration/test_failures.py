@@ -185,11 +185,17 @@ class DamageWhileStopped(unittest.TestCase):
             with open(db, "r+b") as f:  # one leaf of the tests table, in the middle
                 f.seek((leaves[len(leaves) // 2] - 1) * page_size)
                 f.write(b"\xab" * page_size)
-            with Server(data_dir=d) as s:
+            s = Server(data_dir=d)
+            s.start(wait=False)  # not "ready": /healthz may turn 503 before it is first asked
+            try:
+                def health():
+                    try:
+                        return s.request("GET", "/healthz").status
+                    except OSError:
+                        return None  # not serving yet
+                self.assertTrue(wait_for(lambda: health() == 503, 60), "the damage was not reported")
                 checks = [l for l in s.json_lines("app.log") if l["event"] == "integrity_check"]
                 self.assertEqual(checks[-1]["reason"], "skipped_after_clean_stop")
-                self.assertTrue(wait_for(lambda: s.request("GET", "/healthz").status == 503, 60),
-                                "the damage was not reported")
                 self.assertEqual(s.request("GET", "/healthz").json()["status"], "error")
                 post = s.request("POST", "/tests", record("ds-new", clinic="ds"))
                 self.assertEqual(post.status, 503, post)
@@ -204,6 +210,8 @@ class DamageWhileStopped(unittest.TestCase):
                 self.assertIn("integrity check", loud[0]["detail"])
                 log = s.read_log("app.log").decode()
                 self.assertNotIn("patient-secret", log)  # no patient id from the damaged rows
+            finally:
+                s.stop()
             # Damaged: no clean-stop marker, so the next start runs quick_check (and refuses it).
             self.assertFalse(os.path.exists(db + "-clean"))
 
