@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <utility>
 
 namespace tdapi {
 
@@ -317,6 +318,26 @@ std::string Metrics::render(const StoreStats& store, const Status& health) const
            std::to_string(store.filesystem_avail_bytes));
     single(out, "tdapi_filesystem_size_bytes", "gauge",
            "SQLite: size of the database's filesystem.", std::to_string(store.filesystem_bytes));
+  }
+  if (store.integrity != StoreStats::Integrity::kNone) {
+    header(out, "tdapi_integrity_check", "gauge",
+           "SQLite: 1 for the state of the file's integrity check since start (running: in the "
+           "background after a clean-stop start; damaged: writes are refused), 0 for the others.");
+    const std::pair<StoreStats::Integrity, const char*> states[] = {
+        {StoreStats::Integrity::kRunning, "running"},
+        {StoreStats::Integrity::kOk, "ok"},
+        {StoreStats::Integrity::kDamaged, "damaged"},
+        {StoreStats::Integrity::kFailed, "failed"}};
+    for (const auto& [state, name] : states) {
+      sample(out, "tdapi_integrity_check", std::string("state=\"") + name + "\"",
+             store.integrity == state ? "1" : "0");
+    }
+    if (store.integrity_seconds >= 0) {
+      single(out, "tdapi_integrity_check_seconds", "gauge",
+             "SQLite: how long the integrity check since start took (at start, or in the "
+             "background).",
+             number(store.integrity_seconds));
+    }
   }
   header(out, "tdapi_healthy", "gauge",
          "1 when the store's health check (what GET /healthz runs) passes; 0 with the reason "

@@ -52,6 +52,11 @@ struct StoreStats {
   long long max_pages = -1;               // SQLite: max_page_count (MAX_DB_PAGES or SQLite's)
   long long filesystem_bytes = -1;        // SQLite: size of the database's filesystem
   long long filesystem_avail_bytes = -1;  // SQLite: free bytes on it for this user
+  // SQLite: the integrity check of the file since start (kNone: PostgreSQL, whose server checks
+  // its own pages). kRunning while the background check after a clean-stop start reads it.
+  enum class Integrity { kNone, kRunning, kOk, kDamaged, kFailed };
+  Integrity integrity = Integrity::kNone;
+  double integrity_seconds = -1;  // how long the finished check took; < 0: none finished
 };
 
 // What happened to one write.

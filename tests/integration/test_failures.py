@@ -153,6 +153,88 @@ class Corruption(unittest.TestCase):
             self.assertIn(db, loud[0]["detail"])
 
 
+class DamageWhileStopped(unittest.TestCase):
+    """The file damaged while the service was cleanly stopped: the start skips quick_check (the
+    clean-stop marker), and the integrity check in the background finds the damage."""
+
+    def start_stop_with_data(self, d):
+        with Server(data_dir=d) as s:
+            batch = [record(f"ds-{i}", clinic="ds", patient=f"patient-secret-{i}", result="r" * 2000)
+                     for i in range(400)]
+            self.assertEqual(s.request("POST", "/tests/batch", batch).status, 201)
+        self.assertTrue(os.path.exists(os.path.join(d, "testdata.db-clean")))
+
+    def metric(self, s, series):
+        text = s.request("GET", "/metrics").body.decode()
+        for line in text.splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[1])
+        return None
+
+    @unittest.skipIf(PG_HOST, SQLITE_ONLY + "a page of the SQLite file overwritten while it is stopped")
+    def test_a_page_garbled_while_stopped_is_found_after_the_start(self):
+        with tempfile.TemporaryDirectory(prefix="tdapi-stopdmg-") as d:
+            self.start_stop_with_data(d)
+            db = os.path.join(d, "testdata.db")
+            conn = sqlite3.connect(db)
+            leaves = [row[0] for row in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'tests' AND pagetype = 'leaf' ORDER BY path")]
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.close()
+            self.assertGreater(len(leaves), 10)
+            with open(db, "r+b") as f:  # one leaf of the tests table, in the middle
+                f.seek((leaves[len(leaves) // 2] - 1) * page_size)
+                f.write(b"\xab" * page_size)
+            s = Server(data_dir=d)
+            s.start(wait=False)  # not "ready": /healthz may turn 503 before it is first asked
+            try:
+                def health():
+                    try:
+                        return s.request("GET", "/healthz").status
+                    except OSError:
+                        return None  # not serving yet
+                self.assertTrue(wait_for(lambda: health() == 503, 60), "the damage was not reported")
+                checks = [l for l in s.json_lines("app.log") if l["event"] == "integrity_check"]
+                self.assertEqual(checks[-1]["reason"], "skipped_after_clean_stop")
+                self.assertEqual(s.request("GET", "/healthz").json()["status"], "error")
+                post = s.request("POST", "/tests", record("ds-new", clinic="ds"))
+                self.assertEqual(post.status, 503, post)
+                batch = s.request("POST", "/tests/batch", [record("ds-new2", clinic="ds")])
+                self.assertEqual(batch.status, 503, batch)
+                self.assertEqual(self.metric(s, 'tdapi_integrity_check{state="damaged"}'), 1)
+                self.assertEqual(self.metric(s, 'tdapi_integrity_check{state="running"}'), 0)
+                loud = [l for l in s.json_lines("app.log") if l["event"] == "database_corrupt"]
+                self.assertEqual(len(loud), 1, loud)
+                self.assertEqual(loud[0]["level"], "error")
+                self.assertIn(db, loud[0]["detail"])
+                self.assertIn("integrity check", loud[0]["detail"])
+                log = s.read_log("app.log").decode()
+                self.assertNotIn("patient-secret", log)  # no patient id from the damaged rows
+            finally:
+                s.stop()
+            # Damaged: no clean-stop marker, so the next start runs quick_check (and refuses it).
+            self.assertFalse(os.path.exists(db + "-clean"))
+
+    @unittest.skipIf(PG_HOST, SQLITE_ONLY + "the check in the background of an SQLite file")
+    def test_a_clean_file_passes_the_check_and_stays_healthy(self):
+        with tempfile.TemporaryDirectory(prefix="tdapi-stopok-") as d:
+            self.start_stop_with_data(d)
+            with Server(data_dir=d) as s:
+                def done():
+                    return [l for l in s.json_lines("app.log") if l["event"] == "background_integrity_check"]
+                self.assertTrue(wait_for(done, 60), "the check did not finish")
+                line = done()[0]
+                self.assertEqual((line["level"], line["reason"]), ("info", "ok"))
+                self.assertGreaterEqual(line["count"], 400 * 5)  # the table and its four indexes
+                self.assertIn("duration_ms", line)
+                self.assertEqual(s.request("GET", "/healthz").status, 200)
+                self.assertEqual(self.metric(s, 'tdapi_integrity_check{state="ok"}'), 1)
+                self.assertGreaterEqual(self.metric(s, "tdapi_integrity_check_seconds"), 0)
+                self.assertEqual(s.request("POST", "/tests", record("ds-after", clinic="ds")).status, 201)
+                self.assertFalse([l for l in s.json_lines("app.log") if l["level"] == "error"])
+            self.assertTrue(os.path.exists(os.path.join(d, "testdata.db-clean")))
+
+
 class DiskFull(unittest.TestCase):
     def fill_until_507(self, s, clinic):
         acked, full = [], None

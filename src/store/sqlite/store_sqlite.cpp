@@ -6,7 +6,9 @@
 
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/resource.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -86,6 +88,53 @@ const char kListAllTestsSql[] =
 const char kListAllTestsBySeqSql[] =
     "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc FROM tests"
     " WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
+namespace {
+
+// One b-tree of the schema (kSchemaVersion: open migrates older files first), read by the
+// background integrity check in key order, a chunk per read transaction. Reading an entry
+// makes SQLite load and parse every page on the way to it (with cell_size_check on, each
+// cell's bounds too) and decode the record's columns (and their overflow pages): a garbled
+// page is SQLITE_CORRUPT. What PRAGMA quick_check does beyond that is not done here: the
+// freelist, pages used twice or never, the order of keys within a page.
+struct BtreeWalk {
+  const char* from;    // the table, and the index whose b-tree is read
+  const char* key;     // the b-tree's order, unique (an index's entries end with the rowid)
+  int key_columns;     // the first columns of the statement
+  const char* values;  // the other columns read; none for an index (every column is its key)
+};
+const BtreeWalk kBtreeWalks[] = {
+    {"tests", "rowid", 1,
+     ", seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc"},
+    {"tests INDEXED BY sqlite_autoindex_tests_1", "test_id", 1, ""},
+    {"tests INDEXED BY tests_by_clinic", "clinic_id, seq, doc, rowid", 4, ""},
+    {"tests INDEXED BY tests_by_patient", "clinic_id, patient_id, seq, rowid", 4, ""},
+    {"tests INDEXED BY tests_by_type", "clinic_id, test_type, seq, rowid", 4, ""},
+    {"audit", "seq", 1,
+     ", ts, request_id, key_id, action, clinic_id, detail, outcome, prev_hash, hash"},
+};
+// Tables that stay small (no patient data either): PRAGMA quick_check(table), whole, each in
+// one short read transaction.
+const char* const kSmallTables[] = {"sqlite_schema", "meta", "counters", "api_keys"};
+
+// The first chunk of a walk (?1 its size), or with `after` the next one, after the key ?2...
+std::string walk_sql(const BtreeWalk& w, bool after) {
+  std::string sql = std::string("SELECT ") + w.key + w.values + " FROM " + w.from;
+  if (after) {
+    sql += std::string(" WHERE (") + w.key + ") > (";
+    for (int i = 0; i < w.key_columns; ++i) sql += (i ? ", ?" : "?") + std::to_string(i + 2);
+    sql += ")";
+  }
+  return sql + " ORDER BY " + w.key + " LIMIT ?1";
+}
+
+}  // namespace
+
+std::vector<std::string> integrity_chunk_sql() {
+  std::vector<std::string> out;
+  for (const BtreeWalk& w : kBtreeWalks) out.push_back(walk_sql(w, true));
+  return out;
+}
 
 // The writer connection's side of the group-commit engine (store/write_engine.h): each step
 // is one prepared statement on writer_, run through run_step (SqliteOptions::fault_hook).
@@ -260,6 +309,9 @@ Status SqliteStore::open(const SqliteOptions& options, std::unique_ptr<SqliteSto
   store->engine_ =
       std::make_unique<WriteEngine>(*store->backend_, options.writes, options.observer);
   store->checkpoint_thread_ = std::thread([raw = store.get()] { raw->checkpoint_loop(); });
+  if (store->check_in_background_) {
+    store->integrity_thread_ = std::thread([raw = store.get()] { raw->integrity_check_loop(); });
+  }
   out = std::move(store);
   return Status::Ok();
 }
@@ -303,7 +355,13 @@ Status SqliteStore::open_writer() {
   checked.detail = path;
   checked.reason = clean_stop ? "skipped_after_clean_stop" : "quick_check";
   checked.duration_ms = elapsed_ms(check_start);
-  if (!options_.admin_tool) log_event(LogLevel::kInfo, "integrity_check", checked);
+  if (!options_.admin_tool) {
+    log_event(LogLevel::kInfo, "integrity_check", checked);
+    // Damage done to the file while it was stopped: found by the check in the background.
+    check_in_background_ = clean_stop;
+    integrity_.store(clean_stop ? StoreStats::Integrity::kRunning : StoreStats::Integrity::kOk);
+    if (!clean_stop) integrity_seconds_.store(checked.duration_ms / 1000.0);
+  }
 
   // Schema: created on first start, versioned by user_version for later migrations.
   sqlite3_stmt* version_stmt = nullptr;
@@ -526,6 +584,12 @@ void SqliteStore::checkpoint_loop() {
 }
 
 SqliteStore::~SqliteStore() {
+  {
+    std::lock_guard<std::mutex> lock(integrity_mu_);
+    integrity_stop_ = true;
+  }
+  integrity_cv_.notify_all();
+  if (integrity_thread_.joinable()) integrity_thread_.join();  // closes its connection
   engine_.reset();  // answers what is queued, then stops the writer thread
   {
     std::lock_guard<std::mutex> lock(checkpoint_mu_);
@@ -560,6 +624,8 @@ StoreStats SqliteStore::stats() const {
   s.wal_bytes = wal_pages_.load(std::memory_order_relaxed) * page_size;
   s.database_pages = page_count_.load(std::memory_order_relaxed);
   s.max_pages = max_pages_.load(std::memory_order_relaxed);
+  s.integrity = integrity_.load();
+  s.integrity_seconds = integrity_seconds_.load();
   struct statvfs fs;
   if (statvfs(options_.path.c_str(), &fs) == 0) {
     s.filesystem_bytes = static_cast<long long>(fs.f_blocks) * static_cast<long long>(fs.f_frsize);
@@ -749,6 +815,149 @@ Status SqliteStore::list_all_tests(long long after_seq, long long limit,
   sqlite3_finalize(st);
   release_reader(std::move(conn));
   return status;
+}
+
+namespace {
+Status refused_as_damaged(const std::string& path) {
+  return Status::Corrupt("database " + path +
+                         " failed the integrity check: writes are refused until it is restored");
+}
+}  // namespace
+
+WriteOutcome SqliteStore::insert(const TestRecord& record, AuditEntry* audit) {
+  if (!damaged_.load()) return EngineStore::insert(record, audit);
+  WriteOutcome out;
+  out.status = refused_as_damaged(options_.path);
+  return out;
+}
+
+WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records,
+                                     std::vector<AuditEntry>* audits) {
+  if (!damaged_.load()) return EngineStore::insert_all(records, audits);
+  WriteOutcome out;
+  out.status = refused_as_damaged(options_.path);
+  return out;
+}
+
+Status SqliteStore::append_audit(AuditEntry& entry) {
+  if (!damaged_.load()) return EngineStore::append_audit(entry);
+  return refused_as_damaged(options_.path);
+}
+
+bool SqliteStore::integrity_pause(std::chrono::steady_clock::duration pause) {
+  std::unique_lock<std::mutex> lock(integrity_mu_);
+  return !integrity_cv_.wait_for(lock, pause, [&] { return integrity_stop_; });
+}
+
+Status SqliteStore::walk_btree(sqlite3* db, size_t walk) {
+  const BtreeWalk& w = kBtreeWalks[walk];
+  sqlite3_stmt* first = nullptr;
+  sqlite3_stmt* next = nullptr;
+  int rc = sqlite3_prepare_v2(db, walk_sql(w, false).c_str(), -1, &first, nullptr);
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(db, walk_sql(w, true).c_str(), -1, &next, nullptr);
+  std::vector<sqlite3_value*> last(static_cast<size_t>(w.key_columns), nullptr);
+  const long long chunk = std::max(1, options_.integrity_chunk_rows);
+  bool more = rc == SQLITE_OK;
+  sqlite3_stmt* st = first;
+  while (more) {
+    const auto start = std::chrono::steady_clock::now();
+    sqlite3_bind_int64(st, 1, chunk);
+    long long rows = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      if (++rows < chunk) continue;
+      for (int i = 0; i < w.key_columns; ++i) {  // the key the next chunk starts after
+        sqlite3_value_free(last[static_cast<size_t>(i)]);
+        last[static_cast<size_t>(i)] = sqlite3_value_dup(sqlite3_column_value(st, i));
+      }
+    }
+    if (rc == SQLITE_DONE)
+      rc = SQLITE_OK;
+    else
+      rc = sqlite3_extended_errcode(db);
+    sqlite3_reset(st);  // ends the read transaction: the WAL may restart until the next chunk
+    integrity_entries_.fetch_add(rows);
+    more = rc == SQLITE_OK && rows == chunk;
+    if (!more) break;
+    for (int i = 0; i < w.key_columns; ++i) {
+      if (!last[static_cast<size_t>(i)]) {
+        rc = SQLITE_NOMEM;
+        more = false;
+      }
+      sqlite3_bind_value(next, i + 2, last[static_cast<size_t>(i)]);
+    }
+    st = next;
+    // Low priority: as long again as the chunk took, so the check takes at most half a core.
+    if (more && !integrity_pause(std::max<std::chrono::steady_clock::duration>(
+                    std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1)))) {
+      break;
+    }
+  }
+  for (sqlite3_value* v : last) sqlite3_value_free(v);
+  sqlite3_finalize(first);
+  sqlite3_finalize(next);
+  if (rc == SQLITE_OK) return Status::Ok();
+  return status_from_sqlite(rc, db, std::string("integrity check of ") + w.from, false);
+}
+
+void SqliteStore::integrity_check_loop() {
+  // Low priority for this thread alone (Linux: a thread's nice value is its own).
+  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), 10);
+  const auto start = std::chrono::steady_clock::now();
+  Status status;
+  sqlite3* db = nullptr;
+  int rc = open_connection(options_.path, SQLITE_OPEN_READWRITE, &db);
+  if (rc == SQLITE_OK) {
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, options_.busy_timeout_ms);
+    rc = sqlite3_exec(db, "PRAGMA query_only=1; PRAGMA cell_size_check=ON", nullptr, nullptr,
+                      nullptr);
+  }
+  if (rc != SQLITE_OK) status = status_from_sqlite(rc, db, "integrity check", false);
+  for (const char* table : kSmallTables) {
+    if (!status.ok()) break;
+    sqlite3_stmt* st = nullptr;
+    std::string verdict;
+    rc = sqlite3_prepare_v2(db, (std::string("PRAGMA quick_check(") + table + ")").c_str(), -1, &st,
+                            nullptr);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) verdict.assign(column_view(st, 0));
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW) {
+      status = status_from_sqlite(sqlite3_extended_errcode(db), db,
+                                  std::string("integrity check of ") + table, false);
+    } else if (verdict != "ok") {
+      status = Status::Corrupt(std::string("PRAGMA quick_check(") + table + "): " + verdict);
+    }
+  }
+  bool stopped = false;
+  for (size_t walk = 0; walk < std::size(kBtreeWalks) && status.ok() && !stopped; ++walk) {
+    status = walk_btree(db, walk);
+    std::lock_guard<std::mutex> lock(integrity_mu_);
+    stopped = integrity_stop_;
+  }
+  sqlite3_close_v2(db);
+  if (stopped && status.ok()) return;  // the store is closing: the next start checks again
+  const double seconds = elapsed_ms(start) / 1000.0;
+  integrity_seconds_.store(seconds);
+  if (status.code() == StatusCode::kCorrupt) {
+    damaged_.store(true);
+    integrity_.store(StoreStats::Integrity::kDamaged);
+    note_failure(Status::Corrupt("the integrity check after a clean-stop start found damage (" +
+                                 status.message() + "); writes are refused"));
+    return;
+  }
+  if (!status.ok()) {
+    integrity_.store(StoreStats::Integrity::kFailed);
+    note_failure(status);  // a storage_error line (warn): the check could not finish
+    return;
+  }
+  integrity_.store(StoreStats::Integrity::kOk);
+  LogFields f;
+  f.detail = options_.path;
+  f.reason = "ok";
+  f.count = integrity_entries_.load();
+  f.duration_ms = seconds * 1000;
+  log_event(LogLevel::kInfo, "background_integrity_check", f);
 }
 
 Status SqliteStore::check_health() {

@@ -34,6 +34,9 @@ struct SqliteOptions {
   // neither taken nor written (it belongs to the service), the O(size) integrity check is
   // skipped, and nothing is logged for the open and close.
   bool admin_tool = false;
+  // The background integrity check after a clean-stop start reads each b-tree this many
+  // entries per read transaction (SqliteStore::open). Tests set it small.
+  int integrity_chunk_rows = 1000;
   // Test seam, never set by the service: called before the writer runs each transaction-control
   // step ("BEGIN IMMEDIATE", "SAVEPOINT", "ROLLBACK TO", "RELEASE", "COMMIT", "ROLLBACK"). A
   // non-zero SQLite result code it returns is taken as that step's failure; the step is not run.
@@ -97,6 +100,11 @@ Status sqlite_settle_unused(const std::string& path);
 // here for its query-plan test.
 extern const char kListAllTestsSql[];
 
+// The statements of the background integrity check (SqliteStore::open) that read a b-tree
+// after the last key of the previous chunk (?1 the chunk's size, ?2... that key); here for
+// their query-plan test: each must be a range of its b-tree, never a sort.
+std::vector<std::string> integrity_chunk_sql();
+
 // Safe for concurrent use from several threads. Writes go through the group-commit engine
 // (store/write_engine.h), whose writer thread commits whatever requests are queued in one
 // transaction: BEGIN IMMEDIATE, a SAVEPOINT per request (a request whose insert fails, as a
@@ -105,7 +113,8 @@ extern const char kListAllTestsSql[];
 // SQLite ended the transaction) answers every request of the group with that error.
 class SqliteStore : public EngineStore {
  public:
-  // Opens or creates the database at options.path, refuses a damaged file (PRAGMA quick_check),
+  // Opens or creates the database at options.path, refuses a damaged file (PRAGMA quick_check,
+  // O(size): only after an unclean stop; after a clean one it runs in the background, below),
   // a schema newer than this binary (before writing anything to it) or one with objects this
   // binary does not make (a file edited in place: a trigger, view, table or index, also one named
   // like SQLite's own, or a table defined otherwise; Internal naming them), creates the schema on
@@ -113,6 +122,13 @@ class SqliteStore : public EngineStore {
   // is first copied beside the file (backup_database, to pre_migration_backup_path; no copy, no
   // migration), then migrated in one transaction. On error `out` stays null and the Status says
   // why (Corrupt, ReadOnly, Internal), with the file name in its message.
+  //
+  // After a clean-stop start (quick_check skipped) a thread of its own checks the file in the
+  // background, on its own read connection, at low priority: each b-tree read in key order,
+  // options.integrity_chunk_rows entries per read transaction (so checkpoints still restart
+  // the WAL), pausing between chunks as long as the chunk took; the small tables by PRAGMA
+  // quick_check(table). Damage found: check_health reports Corrupt, one database_corrupt line
+  // is logged, and every write is refused with Corrupt from then on.
   static Status open(const SqliteOptions& options, std::unique_ptr<SqliteStore>& out);
 
   // Finishes queued writes, stops the writer, checkpoints the WAL and closes every connection.
@@ -125,6 +141,14 @@ class SqliteStore : public EngineStore {
   Status list_keys(std::vector<ApiKey>& out) override;
   Status revoke_key(std::string_view key_id, const std::string& when) override;
   Status find_key(std::string_view key_id, ApiKey& out) override;
+  // Corrupt without writing once the background integrity check found damage; else the
+  // engine's (EngineStore).
+  using Store::insert;
+  using Store::insert_all;
+  WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override;
+  WriteOutcome insert_all(const std::vector<TestRecord>& records,
+                          std::vector<AuditEntry>* audits) override;
+  Status append_audit(AuditEntry& entry) override;
   using Store::get_test;
   Status get_test(std::string_view test_id, std::string& json, std::string& clinic_id) override;
   using Store::list_tests;
@@ -139,6 +163,9 @@ class SqliteStore : public EngineStore {
   // Whether list_all_tests pages by rowid (every row's rowid equals its seq, checked on its
   // first call) rather than by seq. For tests.
   bool pages_all_tests_by_rowid() const { return rowid_is_seq_.load() == 1; }
+  // b-tree entries (rows of tables and indexes) the background integrity check has read. For
+  // tests.
+  long long integrity_entries() const { return integrity_entries_.load(); }
 
   const std::string& instance_secret() const override { return secret_; }
 
@@ -180,6 +207,12 @@ class SqliteStore : public EngineStore {
   void note_failure(const Status& status);
   // Reads PRAGMA page_count on conn (the writer) into page_count_, for metrics.
   void read_page_count(Connection& conn);
+  // The background integrity check (see open), on integrity_thread_.
+  void integrity_check_loop();
+  // Reads one b-tree chunk by chunk (integrity_check_loop); Ok when it is whole.
+  Status walk_btree(sqlite3* db, size_t walk);
+  // Waits `pause`, or less when the store is closing; false then.
+  bool integrity_pause(std::chrono::steady_clock::duration pause);
 
   SqliteOptions options_;
   std::atomic<bool> corrupt_seen_{false};
@@ -191,6 +224,17 @@ class SqliteStore : public EngineStore {
   std::atomic<long long> page_count_{-1};  // PRAGMA page_count after the last commit
   std::atomic<long long> max_pages_{-1};   // PRAGMA max_page_count
   std::atomic<long long> page_size_{4096};
+  // The integrity check of this start (StoreStats::integrity), and how long it took.
+  std::atomic<StoreStats::Integrity> integrity_{StoreStats::Integrity::kNone};
+  std::atomic<double> integrity_seconds_{-1};
+  std::atomic<long long> integrity_entries_{0};
+  // Set when the background integrity check found damage: writes are refused.
+  std::atomic<bool> damaged_{false};
+  bool check_in_background_ = false;  // set by open_writer: the clean-stop marker was taken
+  std::mutex integrity_mu_;
+  std::condition_variable integrity_cv_;
+  bool integrity_stop_ = false;  // guarded by integrity_mu_
+  std::thread integrity_thread_;
   std::string secret_;
   std::unique_ptr<Connection> writer_;
   std::mutex admin_mu_;

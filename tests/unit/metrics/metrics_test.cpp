@@ -206,6 +206,28 @@ TEST(Metrics, StoreSizesAndHealth) {
   EXPECT_EQ(value_of(text, R"(tdapi_healthy{reason="corrupt"})"), 0);
 }
 
+// SQLite's integrity check: one state at 1, the others at 0; none for PostgreSQL.
+TEST(Metrics, IntegrityCheckState) {
+  Metrics m;
+  StoreStats s = sqlite_like_stats();
+  s.integrity = StoreStats::Integrity::kRunning;
+  std::string text = m.render(s, Status::Ok());
+  EXPECT_EQ(value_of(text, R"(tdapi_integrity_check{state="running"})"), 1);
+  EXPECT_EQ(value_of(text, R"(tdapi_integrity_check{state="damaged"})"), 0);
+  EXPECT_EQ(text.find("tdapi_integrity_check_seconds"), std::string::npos);  // none finished
+  s.integrity = StoreStats::Integrity::kDamaged;
+  s.integrity_seconds = 12.5;
+  text = m.render(s, Status::Corrupt("damaged"));
+  EXPECT_EQ(value_of(text, R"(tdapi_integrity_check{state="running"})"), 0);
+  EXPECT_EQ(value_of(text, R"(tdapi_integrity_check{state="ok"})"), 0);
+  EXPECT_EQ(value_of(text, R"(tdapi_integrity_check{state="damaged"})"), 1);
+  EXPECT_EQ(value_of(text, R"(tdapi_integrity_check{state="failed"})"), 0);
+  EXPECT_EQ(value_of(text, "tdapi_integrity_check_seconds"), 12.5);
+  StoreStats pg;
+  text = m.render(pg, Status::Ok());
+  EXPECT_EQ(text.find("tdapi_integrity_check"), std::string::npos);
+}
+
 TEST(Metrics, EveryLineIsACommentOrASampleWithANumber) {
   Metrics m;
   m.record("GET /tests/{test_id}", 404, 3);

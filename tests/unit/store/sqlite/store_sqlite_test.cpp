@@ -139,6 +139,108 @@ TEST(SqliteStore, EveryTestIsPagedByARangeOfTheTable) {
   EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << plan;
 }
 
+// Each chunk of the background integrity check is a range of its b-tree, never a scan and a
+// sort of the rest of it (which would make the check quadratic in the file's size).
+TEST(SqliteStore, IntegrityCheckChunksAreRangesOfTheirBtree) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  auto store = open_store(path);
+  std::vector<std::string> sqls = integrity_chunk_sql();
+  EXPECT_EQ(sqls.size(), 6u);
+  for (const std::string& sql : sqls) {
+    std::string plan = query_plan(path, sql);
+    EXPECT_EQ(plan.rfind("SEARCH ", 0), 0u) << sql << "\n" << plan;
+    EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << sql << "\n" << plan;
+  }
+}
+
+// Opens path after a clean stop with the given chunk size and waits (at most 60 s) for the
+// background integrity check to end; returns its state.
+std::unique_ptr<SqliteStore> open_and_check(const std::string& path, int chunk_rows,
+                                            StoreStats::Integrity& state) {
+  SqliteOptions o;
+  o.path = path;
+  o.integrity_chunk_rows = chunk_rows;
+  auto store = open_store(o);
+  state = StoreStats::Integrity::kNone;
+  if (!store) return store;
+  for (int i = 0; i < 6000; ++i) {
+    state = store->stats().integrity;
+    if (state != StoreStats::Integrity::kRunning) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return store;
+}
+
+// Chunk by chunk, each after the last key of the one before, the check reads every entry of
+// the tests table, its four indexes and the audit trail once: also when the rows fill their
+// last chunk exactly, and with chunks of one entry.
+TEST(SqliteStore, BackgroundIntegrityCheckReadsEveryEntryOnce) {
+  for (int rows : {49, 50}) {
+    for (int chunk : {1, 7, 1000}) {
+      SCOPED_TRACE(std::to_string(rows) + " rows, chunks of " + std::to_string(chunk));
+      TempDir dir;
+      std::string path = dir.file("t.db");
+      {
+        auto store = open_store(path);
+        for (int i = 0; i < rows; ++i) {
+          // Clinics and patients out of insertion order, so each index has its own order.
+          TestRecord r = make_record("t" + std::to_string((i * 37) % rows),
+                                     "c" + std::to_string(i % 3), i % 2 ? "blood" : "urine");
+          AuditEntry audit;
+          audit.action = "create";
+          audit.detail = "{}";
+          ASSERT_TRUE(store->insert(r, i % 2 ? &audit : nullptr).status.ok());
+        }
+      }  // a clean stop: the next open skips quick_check and checks in the background
+      StoreStats::Integrity state;
+      auto store = open_and_check(path, chunk, state);
+      ASSERT_TRUE(store);
+      EXPECT_EQ(state, StoreStats::Integrity::kOk);
+      EXPECT_EQ(store->integrity_entries(), rows * 5 + rows / 2);
+      EXPECT_GE(store->stats().integrity_seconds, 0);
+      EXPECT_TRUE(store->check_health().ok());
+    }
+  }
+}
+
+// One leaf of an index garbled while the store was stopped: the check finds it, the store
+// reports it and refuses every write.
+TEST(SqliteStore, BackgroundIntegrityCheckFindsAGarbledPageAndRefusesWrites) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  {
+    auto store = open_store(path);
+    std::vector<TestRecord> batch;
+    for (int i = 0; i < 300; ++i) batch.push_back(make_record("t" + std::to_string(i)));
+    ASSERT_TRUE(store->insert_all(batch).status.ok());
+  }
+  std::string middle = sql_on(path,
+                              "SELECT pageno FROM dbstat WHERE name = 'tests_by_patient' AND"
+                              " pagetype = 'leaf' ORDER BY path LIMIT 1 OFFSET"
+                              " (SELECT count(*) / 2 FROM dbstat WHERE name = 'tests_by_patient'"
+                              " AND pagetype = 'leaf')");
+  ASSERT_FALSE(middle.empty());
+  ASSERT_GT(std::stoll(middle), 1);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp((std::stoll(middle) - 1) * 4096);
+    f << std::string(4096, '\xab');
+  }
+  StoreStats::Integrity state;
+  auto store = open_and_check(path, 10, state);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(state, StoreStats::Integrity::kDamaged);
+  EXPECT_EQ(store->check_health().code(), StatusCode::kCorrupt);
+  EXPECT_EQ(store->insert(make_record("new")).status.code(), StatusCode::kCorrupt);
+  EXPECT_EQ(store->insert_all({make_record("new2")}).status.code(), StatusCode::kCorrupt);
+  AuditEntry audit;
+  audit.action = "read";
+  audit.detail = "{}";
+  EXPECT_EQ(store->append_audit(audit).code(), StatusCode::kCorrupt);
+  EXPECT_EQ(store->stats().writes, 0);  // refused before the engine
+}
+
 // Every test_id list_all_tests returns, paging page_size at a time after the last seq seen,
 // each page's seqs rising.
 std::vector<std::string> page_all_tests(SqliteStore& store, long long page_size) {
