@@ -16,7 +16,9 @@
 # its own socket (one node: run/app.sock; several: run/app-K.sock) and THREADS threads.
 # Security (README "Security"): LISTEN (address:port nginx listens on, default 127.0.0.1:PORT),
 # AUTH (on|off; default off on a loopback LISTEN, on otherwise, where off is refused), AUDIT
-# (on|off, default on; off only with AUTH=off), TLS_CERT and TLS_KEY (PEM files: HTTPS only),
+# (on|off, default on; off only with AUTH=off), AUDIT_READS (crash-safe|durable, default
+# crash-safe: a read's audit entry is committed before the answer, on disk within 100 ms; durable:
+# on disk before the answer), TLS_CERT and TLS_KEY (PEM files: HTTPS only),
 # ALLOW_PLAINTEXT (1: a non-loopback LISTEN without TLS, behind a TLS-terminating proxy),
 # KEY_RATE/KEY_BURST (per access key) and ANON_RATE/ANON_BURST (per address, requests without a
 # key) for nginx's rate limits (ANON_RATE/ANON_BURST also bound failed authentications per address,
@@ -505,7 +507,7 @@ launch_node() {
   # TDAPI_SUPERVISOR_PID: the app dies (SIGKILL) with this script.
   TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} TDAPI_SUPERVISOR_PID=$$ \
   "$APP_BIN" --socket "${sock[k]}" "${storage[@]}" --log-file "$APP_LOG" \
-    --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} \
+    --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} ${AUDIT_READS:+--audit-reads "$AUDIT_READS"} \
     --auth-failure-rate "$ANON_RATE" --auth-failure-burst "$ANON_BURST" \
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \

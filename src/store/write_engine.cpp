@@ -25,6 +25,7 @@ struct WriteEngine::Job {
   size_t count = 0;             // 0: audit entries alone
   AuditEntry* audit = nullptr;  // audit_count entries, recorded in the same transaction
   size_t audit_count = 0;
+  bool durable = true;  // false: crash-safe audit entries alone (AuditDurability::kCrashSafe)
   WriteOutcome outcome;
   // Posted by the writer once `outcome` is final; the submitting thread waits on it alone. (A
   // condition variable on the queue's mutex made every answered thread of a group take that
@@ -75,10 +76,11 @@ WriteOutcome WriteEngine::insert_all(const std::vector<TestRecord>& records,
   return submit(job);
 }
 
-Status WriteEngine::append_audit(AuditEntry& entry) {
+Status WriteEngine::append_audit(AuditEntry& entry, AuditDurability durability) {
   Job job;
   job.audit = &entry;
   job.audit_count = 1;
+  job.durable = durability == AuditDurability::kDurable;
   return submit(job).status;
 }
 
@@ -103,10 +105,32 @@ WriteOutcome WriteEngine::submit(Job& job) {
 void WriteEngine::writer_loop() {
   std::vector<Job*> group;
   for (;;) {
+    bool durable = false;
+    bool sync = false;
     {
       MutexLock lock(mu_);
-      while (!stopping_ && queue_.empty()) mu_.wait(queue_cv_);
-      if (queue_.empty()) return;  // stopping, and everything queued has been answered
+      while (queue_.empty()) {
+        if (!undurable_) {
+          if (stopping_) return;  // everything queued has been answered, and is durable
+          mu_.wait(queue_cv_);
+          continue;
+        }
+        // A commit that did not wait for the disk: sync when its window ends (or at stop),
+        // unless a group comes first.
+        const auto left = undurable_since_ + options_.sync_window - now();
+        if (stopping_ || left <= left.zero()) {
+          sync = true;
+          break;
+        }
+        mu_.wait_for(queue_cv_, left);
+      }
+    }
+    if (sync) {
+      sync_undurable();
+      continue;
+    }
+    {
+      MutexLock lock(mu_);
       // At most max_jobs requests and, past the first, max_records records: one huge
       // transaction would hold the write lock (shared by every process on PostgreSQL) and
       // keep every request of it waiting for its fsync.
@@ -114,19 +138,22 @@ void WriteEngine::writer_loop() {
       while (!queue_.empty() && group.size() < options_.max_jobs &&
              (group.empty() || records + queue_.front()->count <= options_.max_records)) {
         records += queue_.front()->count;
+        durable = durable || queue_.front()->durable;
         group.push_back(queue_.front());
         queue_.pop_front();
       }
+      // Past the window, the group makes the commits before it durable too.
+      durable = durable || (undurable_ && now() - undurable_since_ >= options_.sync_window);
     }
-    commit_group(group);
+    commit_group(group, durable);
     for (Job* job : group) sem_post(&job->done);  // the job may end here: last access
     group.clear();
   }
 }
 
-Status WriteEngine::run_transaction(const std::vector<Job*>& group, long long txn_id,
+Status WriteEngine::run_transaction(const std::vector<Job*>& group, bool durable, long long txn_id,
                                     Status& storage_error) {
-  Status status = backend_.begin();
+  Status status = backend_.begin(durable);
   if (!status.ok()) return status;
   // Taken inside the transaction (under the write lock): created_at grows with seq.
   const std::string created_at = utc_timestamp_ms();
@@ -204,7 +231,23 @@ Status WriteEngine::run_transaction(const std::vector<Job*>& group, long long tx
   return backend_.commit();
 }
 
-void WriteEngine::commit_group(const std::vector<Job*>& group) {
+void WriteEngine::sync_undurable() {
+  const Status s = backend_.sync();
+  if (!s.ok()) {
+    backend_.note_failure(s);
+    LogFields f;
+    f.reason = s.name();
+    f.detail =
+        "could not sync crash-safe audit entries (the next durable commit will): " + s.message();
+    log_event(LogLevel::kWarn, "audit_sync_failed", f);
+  }
+  MutexLock lock(mu_);
+  // Cleared on failure too: the next durable commit covers them, and a stop must not spin.
+  undurable_ = false;
+  if (s.ok()) syncs_++;
+}
+
+void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
   const auto start = std::chrono::steady_clock::now();
   long long txn_id;
   {
@@ -212,7 +255,7 @@ void WriteEngine::commit_group(const std::vector<Job*>& group) {
     txn_id = next_txn_id_++;
   }
   Status storage_error;  // a failure of one job that says storage is failing (for check_health)
-  const Status group_status = run_transaction(group, txn_id, storage_error);
+  const Status group_status = run_transaction(group, durable, txn_id, storage_error);
   if (!group_status.ok()) backend_.abort();
 
   // Answer: a failed transaction fails every job of it that had not failed on its own.
@@ -247,6 +290,15 @@ void WriteEngine::commit_group(const std::vector<Job*>& group) {
   stats_.transactions++;
   (group_status.ok() ? stats_.commits : stats_.rollbacks)++;
   stats_.writes += static_cast<long long>(group.size());
+  if (group_status.ok() && durable) {
+    undurable_ = false;
+  } else if (group_status.ok()) {
+    undurable_commits_++;
+    if (!undurable_) {
+      undurable_ = true;
+      undurable_since_ = now();
+    }
+  }
   if (!group_status.ok() && breaks_write_path(group_status.code())) storage_error = group_status;
   if (!storage_error.ok()) {
     write_failure_ = storage_error;
@@ -271,6 +323,8 @@ void WriteEngine::add_stats(StoreStats& out) const {
   out.commits = stats_.commits;
   out.rollbacks = stats_.rollbacks;
   out.writes = stats_.writes;
+  out.undurable_commits = undurable_commits_;
+  out.durability_syncs = syncs_;
 }
 
 }  // namespace tdapi
