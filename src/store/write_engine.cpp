@@ -26,6 +26,8 @@ struct WriteEngine::Job {
   AuditEntry* audit = nullptr;  // audit_count entries, recorded in the same transaction
   size_t audit_count = 0;
   bool durable = true;  // false: crash-safe audit entries alone (AuditDurability::kCrashSafe)
+  // kLeader: set (under mu_, before `done` is posted) when this job is to lead the next group.
+  bool lead = false;
   WriteOutcome outcome;
   // Posted by the writer once `outcome` is final; the submitting thread waits on it alone. (A
   // condition variable on the queue's mutex made every answered thread of a group take that
@@ -40,9 +42,18 @@ struct WriteEngine::Job {
   Job& operator=(const Job&) = delete;
 };
 
+CommitMode commit_mode_from_env() {
+  const char* v = std::getenv("WRITE_COMMIT");
+  return v && std::string(v) == "leader" ? CommitMode::kLeader : CommitMode::kThread;
+}
+
 WriteEngine::WriteEngine(WriteBackend& backend, WriteEngineOptions options, WriteObserver* observer)
     : backend_(backend), options_(options), observer_(observer) {
-  writer_thread_ = std::thread([this] { writer_loop(); });
+  if (options_.mode == CommitMode::kLeader) {
+    writer_thread_ = std::thread([this] { sync_loop(); });
+  } else {
+    writer_thread_ = std::thread([this] { writer_loop(); });
+  }
 }
 
 WriteEngine::~WriteEngine() {
@@ -51,6 +62,7 @@ WriteEngine::~WriteEngine() {
     stopping_ = true;
   }
   queue_cv_.notify_all();
+  sync_cv_.notify_all();
   if (writer_thread_.joinable()) writer_thread_.join();
 }
 
@@ -85,6 +97,7 @@ Status WriteEngine::append_audit(AuditEntry& entry, AuditDurability durability) 
 }
 
 WriteOutcome WriteEngine::submit(Job& job) {
+  if (options_.mode == CommitMode::kLeader) return submit_as_leader(job);
   {
     MutexLock lock(mu_);
     if (stopping_) {
@@ -100,6 +113,23 @@ WriteOutcome WriteEngine::submit(Job& job) {
   }
   if (observer_) observer_->add_pending_writes(-1);
   return job.outcome;
+}
+
+bool WriteEngine::take_group(std::vector<Job*>& group) {
+  // At most max_jobs requests and, past the first, max_records records: one huge transaction
+  // would hold the write lock (shared by every process on PostgreSQL) and keep every request of
+  // it waiting for its fsync.
+  bool durable = false;
+  size_t records = 0;
+  while (!queue_.empty() && group.size() < options_.max_jobs &&
+         (group.empty() || records + queue_.front()->count <= options_.max_records)) {
+    records += queue_.front()->count;
+    durable = durable || queue_.front()->durable;
+    group.push_back(queue_.front());
+    queue_.pop_front();
+  }
+  // Past the window, the group makes the commits before it durable too.
+  return durable || (undurable_ && now() - undurable_since_ >= options_.sync_window);
 }
 
 void WriteEngine::writer_loop() {
@@ -124,30 +154,99 @@ void WriteEngine::writer_loop() {
         }
         mu_.wait_for(queue_cv_, left);
       }
+      if (!sync) durable = take_group(group);
     }
     if (sync) {
       sync_undurable();
       continue;
     }
-    {
-      MutexLock lock(mu_);
-      // At most max_jobs requests and, past the first, max_records records: one huge
-      // transaction would hold the write lock (shared by every process on PostgreSQL) and
-      // keep every request of it waiting for its fsync.
-      size_t records = 0;
-      while (!queue_.empty() && group.size() < options_.max_jobs &&
-             (group.empty() || records + queue_.front()->count <= options_.max_records)) {
-        records += queue_.front()->count;
-        durable = durable || queue_.front()->durable;
-        group.push_back(queue_.front());
-        queue_.pop_front();
-      }
-      // Past the window, the group makes the commits before it durable too.
-      durable = durable || (undurable_ && now() - undurable_since_ >= options_.sync_window);
-    }
     commit_group(group, durable);
     for (Job* job : group) sem_post(&job->done);  // the job may end here: last access
     group.clear();
+  }
+}
+
+WriteOutcome WriteEngine::submit_as_leader(Job& job) {
+  bool lead;
+  {
+    MutexLock lock(mu_);
+    if (stopping_) {
+      job.outcome.status = Status::Busy("store is shutting down");
+      return job.outcome;
+    }
+    queue_.push_back(&job);
+    lead = !leader_active_;  // no leader: the queue was empty, this job is its first
+    leader_active_ = true;
+  }
+  if (observer_) observer_->add_pending_writes(1);
+  if (!lead) {
+    // Answered by a leader's group, or made the leader (first in the queue).
+    while (sem_wait(&job.done) != 0) {
+      if (errno != EINTR) std::abort();  // EINVAL: a broken semaphore; never wait on it blindly
+    }
+    lead = job.lead;
+  }
+  if (lead) {
+    std::vector<Job*> group;
+    bool durable;
+    {
+      MutexLock lock(mu_);
+      durable = take_group(group);  // this job first
+    }
+    commit_group(group, durable);
+    {
+      MutexLock lock(mu_);
+      hand_off();
+    }
+    for (Job* other : group) {
+      if (other != &job) sem_post(&other->done);  // the job may end here: last access
+    }
+  }
+  if (observer_) observer_->add_pending_writes(-1);
+  return job.outcome;
+}
+
+void WriteEngine::hand_off() {
+  if (queue_.empty()) {
+    leader_active_ = false;
+    return;
+  }
+  Job* next = queue_.front();
+  next->lead = true;
+  sem_post(&next->done);
+}
+
+void WriteEngine::sync_loop() {
+  for (;;) {
+    {
+      MutexLock lock(mu_);
+      for (;;) {
+        const bool busy = leader_active_;  // a leader holds the backend (or will: a queue)
+        if (!undurable_) {
+          if (stopping_ && !busy) return;  // every request answered, everything durable
+          if (stopping_) {
+            mu_.wait_for(sync_cv_, std::chrono::milliseconds(1));  // the last leaders finish
+          } else {
+            mu_.wait(sync_cv_);
+          }
+          continue;
+        }
+        const auto left = undurable_since_ + options_.sync_window - now();
+        if (busy) {
+          // The next group past the window commits durably; look again then.
+          mu_.wait_for(sync_cv_, stopping_ ? std::chrono::milliseconds(1) : options_.sync_window);
+          continue;
+        }
+        if (stopping_ || left <= left.zero()) {
+          leader_active_ = true;  // the backend is this thread's until hand_off
+          break;
+        }
+        mu_.wait_for(sync_cv_, left);
+      }
+    }
+    sync_undurable();
+    MutexLock lock(mu_);
+    hand_off();
   }
 }
 
@@ -297,6 +396,7 @@ void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
     if (!undurable_) {
       undurable_ = true;
       undurable_since_ = now();
+      sync_cv_.notify_one();  // kLeader: the syncing thread starts counting the window
     }
   }
   if (!group_status.ok() && breaks_write_path(group_status.code())) storage_error = group_status;

@@ -1,9 +1,11 @@
 // write_engine.h: the group-commit engine both stores write through, over a small per-backend
 // interface (WriteBackend). Modelled on LevelDB's writer queue (DBImpl::Write): requests queue,
-// one writer thread takes what is queued (up to a cap) and commits it in one transaction, a
-// savepoint per request, then answers each request on its own semaphore. The backend knows
-// SQL; the engine knows the order of the steps, the audit chain link, the cap, the health
-// window, the txn log line, the counters and the metrics (through the observer it is given).
+// one writer takes what is queued (up to a cap) and commits it in one transaction, a savepoint
+// per request, then answers each request on its own semaphore. The writer is a thread of the
+// engine's own (CommitMode::kThread), or the first waiting request's thread, which commits its
+// group and hands the lead to the next request waiting (CommitMode::kLeader, as LevelDB). The
+// backend knows SQL; the engine knows the order of the steps, the audit chain link, the cap, the
+// health window, the txn log line, the counters and the metrics (through the observer it is given).
 #pragma once
 
 #include <chrono>
@@ -79,7 +81,13 @@ class WriteBackend {
 bool breaks_write_path(StatusCode code);
 constexpr auto kWriteFailureWindow = std::chrono::seconds(60);
 
+// Who commits a group: the engine's writer thread, or the first queued request's own thread.
+enum class CommitMode { kThread, kLeader };
+// The environment's WRITE_COMMIT: leader, else thread.
+CommitMode commit_mode_from_env();
+
 struct WriteEngineOptions {
+  CommitMode mode = commit_mode_from_env();
   size_t max_jobs = 256;      // most write requests committed by one transaction
   size_t max_records = 4000;  // most records in one transaction (past its first request)
   // A group of crash-safe audit entries alone commits without waiting for the disk; the next
@@ -90,7 +98,8 @@ struct WriteEngineOptions {
   std::function<std::chrono::steady_clock::time_point()> now;
 };
 
-// Safe for concurrent use from several threads. Starts its writer thread when constructed.
+// Safe for concurrent use from several threads. Starts its writer thread when constructed (in
+// kLeader mode that thread only syncs undurable commits when no group comes).
 class WriteEngine {
  public:
   WriteEngine(WriteBackend& backend, WriteEngineOptions options, WriteObserver* observer);
@@ -118,7 +127,14 @@ class WriteEngine {
   struct Job;
 
   WriteOutcome submit(Job& job) EXCLUDES(mu_);
+  WriteOutcome submit_as_leader(Job& job) EXCLUDES(mu_);
   void writer_loop() EXCLUDES(mu_);
+  // kLeader: the thread that syncs undurable commits when no leader comes within the window.
+  void sync_loop() EXCLUDES(mu_);
+  // Takes the next group off the queue (the cap applies); whether it must commit durably.
+  bool take_group(std::vector<Job*>& group) REQUIRES(mu_);
+  // kLeader: makes the first queued request the leader (waking it), or leaves none.
+  void hand_off() REQUIRES(mu_);
   void commit_group(const std::vector<Job*>& group, bool durable) EXCLUDES(mu_);
   // Runs the group's transaction; the failure of the transaction as a whole, else Ok.
   // storage_error receives a job's own failure that says storage is failing.
@@ -135,7 +151,11 @@ class WriteEngine {
   WriteObserver* const observer_;
 
   mutable Mutex mu_;
-  std::condition_variable queue_cv_;  // waited on with mu_ held, by the writer thread
+  std::condition_variable queue_cv_;  // waited on with mu_ held, by the writer thread (kThread)
+  std::condition_variable sync_cv_;   // waited on with mu_ held, by the syncing thread (kLeader)
+  // kLeader: a request's thread (or the syncing thread) holds the backend; set while the queue
+  // is not empty.
+  bool leader_active_ GUARDED_BY(mu_) = false;
   std::deque<Job*> queue_ GUARDED_BY(mu_);
   bool stopping_ GUARDED_BY(mu_) = false;
   long long next_txn_id_ GUARDED_BY(mu_) = 1;

@@ -206,10 +206,20 @@ void queue_behind_held_group(WriteEngine& engine, FakeBackend& backend, FakeObse
   for (auto& t : threads) t.join();
 }
 
-TEST(WriteEngine, AJobThatFailsInItsSavepointIsAnsweredAloneTheRestCommit) {
+// Every test runs in both commit modes: the engine's writer thread, and leader-based commit.
+class Modes : public ::testing::TestWithParam<CommitMode> {
+ protected:
+  WriteEngineOptions engine_options() const {
+    WriteEngineOptions o;
+    o.mode = GetParam();
+    return o;
+  }
+};
+
+TEST_P(Modes, AJobThatFailsInItsSavepointIsAnsweredAloneTheRestCommit) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  WriteEngine engine(backend, engine_options(), &observer);
   backend.fail_insert("bad", Status::Full("disk full"));
   WriteOutcome good, bad, dup_first, dup_second;
   const std::vector<TestRecord> pair = {make_record("d1"), make_record("d1")};
@@ -229,10 +239,10 @@ TEST(WriteEngine, AJobThatFailsInItsSavepointIsAnsweredAloneTheRestCommit) {
   EXPECT_EQ(backend.aborts(), 0);
 }
 
-TEST(WriteEngine, AFailingSavepointStatementFailsTheWholeGroup) {
+TEST_P(Modes, AFailingSavepointStatementFailsTheWholeGroup) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  WriteEngine engine(backend, engine_options(), &observer);
   backend.fail_savepoint(Status::IoError("disk I/O error"));
   WriteOutcome w = engine.insert(make_record("s1"));
   EXPECT_EQ(w.status.code(), StatusCode::kIoError);
@@ -240,10 +250,10 @@ TEST(WriteEngine, AFailingSavepointStatementFailsTheWholeGroup) {
   EXPECT_EQ(backend.aborts(), 1);
 }
 
-TEST(WriteEngine, AFailingCommitAnswersEveryJobOfTheGroupWithItsError) {
+TEST_P(Modes, AFailingCommitAnswersEveryJobOfTheGroupWithItsError) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  WriteEngine engine(backend, engine_options(), &observer);
   backend.fail_commit(Status::IoError("disk I/O error"), /*from_commit=*/2);
   std::vector<WriteOutcome> out(3);
   std::vector<AuditEntry> audit(3);
@@ -278,10 +288,10 @@ TEST(WriteEngine, AFailingCommitAnswersEveryJobOfTheGroupWithItsError) {
 
 // One cap for every backend: at most max_jobs requests and, past the first, max_records
 // records per group; a request larger than the cap still goes, alone.
-TEST(WriteEngine, TheCapSplitsALargeQueueIntoSeveralGroups) {
+TEST_P(Modes, TheCapSplitsALargeQueueIntoSeveralGroups) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngineOptions options;
+  WriteEngineOptions options = engine_options();
   options.max_jobs = 3;
   options.max_records = 10;
   WriteEngine engine(backend, options, &observer);
@@ -323,10 +333,10 @@ TEST(WriteEngine, TheCapSplitsALargeQueueIntoSeveralGroups) {
 }
 
 // Each entry names its predecessor's hash, within a group and from one group to the next.
-TEST(WriteEngine, AuditEntriesChainAcrossGroups) {
+TEST_P(Modes, AuditEntriesChainAcrossGroups) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  WriteEngine engine(backend, engine_options(), &observer);
   AuditEntry alone;
   alone.action = "alone";
   ASSERT_TRUE(engine.append_audit(alone).ok());
@@ -375,11 +385,11 @@ AuditEntry read_entry(const char* action) {
 
 // A crash-safe entry alone commits without waiting for the disk; the writer syncs once the
 // window has passed on the engine's clock, not before.
-TEST(WriteEngine, ACrashSafeEntryAloneCommitsUndurablyAndIsSyncedWhenTheWindowEnds) {
+TEST_P(Modes, ACrashSafeEntryAloneCommitsUndurablyAndIsSyncedWhenTheWindowEnds) {
   FakeBackend backend;
   FakeObserver observer;
   FakeClock clock;
-  WriteEngineOptions options;
+  WriteEngineOptions options = engine_options();
   options.sync_window = std::chrono::milliseconds(100);
   options.now = clock.fn();
   WriteEngine engine(backend, options, &observer);
@@ -409,11 +419,11 @@ TEST(WriteEngine, ACrashSafeEntryAloneCommitsUndurablyAndIsSyncedWhenTheWindowEn
 
 // Past the window, the next group commits durably (it makes the entries before it durable too)
 // rather than waiting for a sync.
-TEST(WriteEngine, TheFirstGroupPastTheWindowCommitsDurably) {
+TEST_P(Modes, TheFirstGroupPastTheWindowCommitsDurably) {
   FakeBackend backend;
   FakeObserver observer;
   FakeClock clock;
-  WriteEngineOptions options;
+  WriteEngineOptions options = engine_options();
   options.sync_window = std::chrono::milliseconds(100);
   options.now = clock.fn();
   WriteEngine engine(backend, options, &observer);
@@ -438,11 +448,11 @@ TEST(WriteEngine, TheFirstGroupPastTheWindowCommitsDurably) {
 
 // A group that holds a write, or a durable entry, commits durably whatever else it holds; the
 // chain stays one chain across durable and undurable groups.
-TEST(WriteEngine, AGroupWithAWriteOrADurableEntryCommitsDurably) {
+TEST_P(Modes, AGroupWithAWriteOrADurableEntryCommitsDurably) {
   FakeBackend backend;
   FakeObserver observer;
   FakeClock clock;
-  WriteEngineOptions options;
+  WriteEngineOptions options = engine_options();
   options.now = clock.fn();
   WriteEngine engine(backend, options, &observer);
   std::vector<AuditEntry> reads(6, read_entry("get"));
@@ -473,10 +483,10 @@ TEST(WriteEngine, AGroupWithAWriteOrADurableEntryCommitsDurably) {
 }
 
 // The stop syncs what is committed undurably; after a durable commit there is nothing to sync.
-TEST(WriteEngine, TheStopSyncsUndurableCommitsOnly) {
+TEST_P(Modes, TheStopSyncsUndurableCommitsOnly) {
   FakeBackend backend;
   FakeClock clock;
-  WriteEngineOptions options;
+  WriteEngineOptions options = engine_options();
   options.now = clock.fn();
   {
     WriteEngine engine(backend, options, nullptr);
@@ -494,6 +504,12 @@ TEST(WriteEngine, TheStopSyncsUndurableCommitsOnly) {
   EXPECT_EQ(backend.syncs(), 1);
   EXPECT_EQ(backend.committed_durable(), (std::vector<bool>{false, false, true}));
 }
+
+INSTANTIATE_TEST_SUITE_P(WriteEngine, Modes,
+                         ::testing::Values(CommitMode::kThread, CommitMode::kLeader),
+                         [](const ::testing::TestParamInfo<CommitMode>& info) {
+                           return info.param == CommitMode::kLeader ? "leader" : "thread";
+                         });
 
 }  // namespace
 }  // namespace tdapi
