@@ -4,7 +4,8 @@
 # Environment: PORT (default 5000), DATA_DIR (default ./var: database, socket, pid files, logs,
 # nginx temp dirs), THREADS (app worker threads, default 32 per core, at most 256), APP_BIN
 # (default build/testdata-api), FASTCGI_READ_TIMEOUT (how long nginx waits for the app, default
-# 30s), BUSY_TIMEOUT_MS (how long a write waits for a database lock, default 5000), MAX_DB_PAGES
+# 30s), BUSY_TIMEOUT_MS (how long a write waits for a database lock, default 5000), WRITE_COMMIT
+# (thread|leader, who commits a group of writes; the app reads it from its environment), MAX_DB_PAGES
 # (cap on the database size in 4 KiB pages, default none), DB_PATH (default
 # $DATA_DIR/testdata.db), START_TIMEOUT (seconds to wait for the app to be ready, default 600;
 # 0 waits as long as the app is alive), STOP_TIMEOUT_MS (how long the app lets in-flight
