@@ -4,7 +4,8 @@
 # Environment: PORT (default 5000), DATA_DIR (default ./var: database, socket, pid files, logs,
 # nginx temp dirs), THREADS (app worker threads, default 32 per core, at most 256), APP_BIN
 # (default build/testdata-api), FASTCGI_READ_TIMEOUT (how long nginx waits for the app, default
-# 30s), BUSY_TIMEOUT_MS (how long a write waits for a database lock, default 5000), MAX_DB_PAGES
+# 30s), BUSY_TIMEOUT_MS (how long a write waits for a database lock, default 5000), WRITE_COMMIT
+# (thread|leader, who commits a group of writes; the app reads it from its environment), MAX_DB_PAGES
 # (cap on the database size in 4 KiB pages, default none), DB_PATH (default
 # $DATA_DIR/testdata.db), START_TIMEOUT (seconds to wait for the app to be ready, default 600;
 # 0 waits as long as the app is alive), STOP_TIMEOUT_MS (how long the app lets in-flight
@@ -16,7 +17,9 @@
 # its own socket (one node: run/app.sock; several: run/app-K.sock) and THREADS threads.
 # Security (README "Security"): LISTEN (address:port nginx listens on, default 127.0.0.1:PORT),
 # AUTH (on|off; default off on a loopback LISTEN, on otherwise, where off is refused), AUDIT
-# (on|off, default on; off only with AUTH=off), TLS_CERT and TLS_KEY (PEM files: HTTPS only),
+# (on|off, default on; off only with AUTH=off), AUDIT_READS (crash-safe|durable, default
+# crash-safe: a read's audit entry is committed before the answer, on disk within 100 ms; durable:
+# on disk before the answer), TLS_CERT and TLS_KEY (PEM files: HTTPS only),
 # ALLOW_PLAINTEXT (1: a non-loopback LISTEN without TLS, behind a TLS-terminating proxy),
 # KEY_RATE/KEY_BURST (per access key) and ANON_RATE/ANON_BURST (per address, requests without a
 # key) for nginx's rate limits (ANON_RATE/ANON_BURST also bound failed authentications per address,
@@ -505,7 +508,7 @@ launch_node() {
   # TDAPI_SUPERVISOR_PID: the app dies (SIGKILL) with this script.
   TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} TDAPI_SUPERVISOR_PID=$$ \
   "$APP_BIN" --socket "${sock[k]}" "${storage[@]}" --log-file "$APP_LOG" \
-    --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} \
+    --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} ${AUDIT_READS:+--audit-reads "$AUDIT_READS"} \
     --auth-failure-rate "$ANON_RATE" --auth-failure-burst "$ANON_BURST" \
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \

@@ -107,6 +107,13 @@ bool parse_options(int argc, const char* const* argv, unsigned cores, AppOptions
         return false;
       }
       (arg == "--auth" ? out.auth : out.audit) = v == "on";
+    } else if (arg == "--audit-reads") {
+      std::string v = value;
+      if (v != "durable" && v != "crash-safe") {
+        error = "--audit-reads must be durable or crash-safe, not '" + v + "'";
+        return false;
+      }
+      out.audit_reads_durable = v == "durable";
     } else {
       error = "unknown option " + arg;
       return false;

@@ -38,6 +38,9 @@ struct AppOptions {
   std::string log_file;  // --log-file: append the log here (reopened on SIGHUP)
   bool auth = false;     // --auth on|off: bearer keys required (off: the local mode)
   bool audit = true;     // --audit on|off: the audit trail (off only with --auth off)
+  // --audit-reads durable|crash-safe: a read's audit entry on disk before the answer, or
+  // committed without waiting for the disk (on disk within 100 ms).
+  bool audit_reads_durable = false;
   // --auth-failure-rate NNNr/s|NNNr/m and --auth-failure-burst N: failed authentications
   // allowed per client address (nginx's ANON_RATE/ANON_BURST); past them, 429.
   long long auth_failure_rate_per_minute = 6000;

@@ -34,6 +34,13 @@ class CAPABILITY("mutex") Mutex {
     cv.wait(lock);
     lock.release();
   }
+  // The same, for at most `timeout`.
+  template <class Duration>
+  void wait_for(std::condition_variable& cv, Duration timeout) REQUIRES(this) {
+    std::unique_lock<std::mutex> lock(mu_, std::adopt_lock);
+    cv.wait_for(lock, timeout);
+    lock.release();
+  }
 
  private:
   std::mutex mu_;

@@ -36,9 +36,11 @@ struct Request {
   std::string authorization;  // the Authorization header, as sent
   std::string remote_addr;    // the client's address as nginx saw it ($remote_addr)
   // Set by the router: who is asking (unrestricted `anonymous` with auth off), and whether
-  // accesses to patient data are recorded in the audit trail.
+  // accesses to patient data are recorded in the audit trail, and whether a read's entry is on
+  // disk before the answer (else committed without waiting for the disk: AUDIT_READS).
   Principal principal;
   bool audit = false;
+  bool audit_reads_durable = false;
 };
 
 // Receives a streamed response body chunk by chunk. write returns false when the client is gone.

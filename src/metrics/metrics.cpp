@@ -280,6 +280,13 @@ std::string Metrics::render(const StoreStats& store, const Status& health) const
          std::to_string(store.commits));
   single(out, "tdapi_rollbacks_total", "counter",
          "Group-commit transactions rolled back as a whole.", std::to_string(store.rollbacks));
+  single(out, "tdapi_commits_undurable_total", "counter",
+         "Of the commits, those of crash-safe audit entries alone (AUDIT_READS=crash-safe): "
+         "committed without waiting for the disk.",
+         std::to_string(store.undurable_commits));
+  single(out, "tdapi_durability_syncs_total", "counter",
+         "Disk syncs that made such commits durable when no durable commit came within 100 ms.",
+         std::to_string(store.durability_syncs));
   single(out, "tdapi_writes_total", "counter",
          "Write requests handled by the writer (records or batches).",
          std::to_string(store.writes));

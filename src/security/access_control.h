@@ -20,6 +20,9 @@ namespace tdapi {
 struct AccessOptions {
   bool auth = false;  // off: the local mode, every request is `anonymous` and unrestricted
   bool audit = true;  // record every access to patient data in the audit trail
+  // A read's entry on disk (fsync) before the answer; false: committed before the answer without
+  // waiting for the disk (crash-safe), on disk within kCrashSafeSyncWindowMs.
+  bool audit_reads_durable = false;
   // Failed authentications per client address (nginx's ANON_RATE/ANON_BURST): a request whose
   // token does not authenticate is as anonymous as one without, and over this limit is answered
   // 429. rate_per_minute: tokens added per minute; burst: the bucket's size.

@@ -182,6 +182,7 @@ Response route_request(Request& req, Store& store, Authenticator& auth) {
     if (req.method == route.method || head_of_get) {
       req.path_param = std::move(param);
       req.audit = auth.options().audit;
+      req.audit_reads_durable = auth.options().audit_reads_durable;
       if (!route.open) {
         Status storage_error;
         AuthOutcome outcome =

@@ -3,7 +3,7 @@
 // Usage: testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
 //                     [--threads N] [--busy-timeout-ms N]
 //                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
-//                     [--auth on|off] [--audit on|off]
+//                     [--auth on|off] [--audit on|off] [--audit-reads durable|crash-safe]
 //                     [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]
 //        testdata-api keys|audit|migrate|backup|restore ...   (administration: cli.h, backup.h)
 //        testdata-api --version        (the build's version: the Debian package's)
@@ -58,7 +58,7 @@ int usage(const std::string& why) {
             << "\nusage: testdata-api --socket PATH (--db PATH | --database-url URL)"
                " [--socket-mode 0600|0660] [--threads N] [--busy-timeout-ms N]"
                " [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]"
-               " [--auth on|off] [--audit on|off]"
+               " [--auth on|off] [--audit on|off] [--audit-reads durable|crash-safe]"
                " [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]\n"
                "       testdata-api keys|audit ... (run 'testdata-api keys' for details)\n";
   return tdapi::kExitUsage;
@@ -247,6 +247,7 @@ int main(int argc, char** argv) {
   server.stop_timeout_ms = opt.stop_timeout_ms;
   server.access.auth = opt.auth;
   server.access.audit = opt.audit;
+  server.access.audit_reads_durable = opt.audit_reads_durable;
   server.access.failure_rate_per_minute = opt.auth_failure_rate_per_minute;
   server.access.failure_burst = opt.auth_failure_burst;
   if (!opt.auth) {

@@ -44,8 +44,10 @@ struct StoreStats {
   long long transactions = 0;  // group-commit transactions (COMMIT or ROLLBACK of a batch)
   long long commits = 0;
   long long rollbacks = 0;
-  long long writes = 0;          // write requests handled (single records and batches)
-  long long database_bytes = 0;  // the database file plus its WAL
+  long long writes = 0;             // write requests handled (single records and batches)
+  long long undurable_commits = 0;  // commits that did not wait for the disk (crash-safe entries)
+  long long durability_syncs = 0;   // syncs that made such commits durable (no commit came)
+  long long database_bytes = 0;     // the database file plus its WAL
   // -1 where the backend has no such thing (PostgreSQL: the server's files are its own).
   long long wal_bytes = -1;               // SQLite: WAL content since its last restart
   long long database_pages = -1;          // SQLite: page_count after the last commit
@@ -58,6 +60,15 @@ struct StoreStats {
   Integrity integrity = Integrity::kNone;
   double integrity_seconds = -1;  // how long the finished check took; < 0: none finished
 };
+
+// How an audit entry appended on its own (a read's, a denial's) is committed.
+enum class AuditDurability {
+  kDurable,    // on disk (fsync) before append_audit returns: survives a power cut
+  kCrashSafe,  // committed before append_audit returns, without waiting for the disk: survives
+               // the app's crash; on disk with the next durable commit or within
+               // kCrashSafeSyncWindowMs (a power cut loses at most that window of such entries)
+};
+constexpr int kCrashSafeSyncWindowMs = 100;
 
 // What happened to one write.
 struct WriteOutcome {
@@ -94,7 +105,10 @@ class Store {
 
   // Appends one audit entry (its outcome set by the caller) to the chain durably: Ok only after
   // COMMIT, with seq, prev_hash and hash filled in; otherwise a storage error.
-  virtual Status append_audit(AuditEntry& entry) = 0;
+  Status append_audit(AuditEntry& entry) { return append_audit(entry, AuditDurability::kDurable); }
+  // The same, committed as `durability` says (kCrashSafe: Ok once committed without waiting for
+  // the disk; the entry keeps its place in the chain).
+  virtual Status append_audit(AuditEntry& entry, AuditDurability durability) = 0;
 
   // Calls on_entry for every audit entry matching query, oldest first, until it returns false.
   // Ok or the storage error that stopped the listing.

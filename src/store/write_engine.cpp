@@ -25,6 +25,9 @@ struct WriteEngine::Job {
   size_t count = 0;             // 0: audit entries alone
   AuditEntry* audit = nullptr;  // audit_count entries, recorded in the same transaction
   size_t audit_count = 0;
+  bool durable = true;  // false: crash-safe audit entries alone (AuditDurability::kCrashSafe)
+  // kLeader: set (under mu_, before `done` is posted) when this job is to lead the next group.
+  bool lead = false;
   WriteOutcome outcome;
   // Posted by the writer once `outcome` is final; the submitting thread waits on it alone. (A
   // condition variable on the queue's mutex made every answered thread of a group take that
@@ -39,9 +42,18 @@ struct WriteEngine::Job {
   Job& operator=(const Job&) = delete;
 };
 
+CommitMode commit_mode_from_env() {
+  const char* v = std::getenv("WRITE_COMMIT");
+  return v && std::string(v) == "leader" ? CommitMode::kLeader : CommitMode::kThread;
+}
+
 WriteEngine::WriteEngine(WriteBackend& backend, WriteEngineOptions options, WriteObserver* observer)
     : backend_(backend), options_(options), observer_(observer) {
-  writer_thread_ = std::thread([this] { writer_loop(); });
+  if (options_.mode == CommitMode::kLeader) {
+    writer_thread_ = std::thread([this] { sync_loop(); });
+  } else {
+    writer_thread_ = std::thread([this] { writer_loop(); });
+  }
 }
 
 WriteEngine::~WriteEngine() {
@@ -50,6 +62,7 @@ WriteEngine::~WriteEngine() {
     stopping_ = true;
   }
   queue_cv_.notify_all();
+  sync_cv_.notify_all();
   if (writer_thread_.joinable()) writer_thread_.join();
 }
 
@@ -75,14 +88,16 @@ WriteOutcome WriteEngine::insert_all(const std::vector<TestRecord>& records,
   return submit(job);
 }
 
-Status WriteEngine::append_audit(AuditEntry& entry) {
+Status WriteEngine::append_audit(AuditEntry& entry, AuditDurability durability) {
   Job job;
   job.audit = &entry;
   job.audit_count = 1;
+  job.durable = durability == AuditDurability::kDurable;
   return submit(job).status;
 }
 
 WriteOutcome WriteEngine::submit(Job& job) {
+  if (options_.mode == CommitMode::kLeader) return submit_as_leader(job);
   {
     MutexLock lock(mu_);
     if (stopping_) {
@@ -100,33 +115,144 @@ WriteOutcome WriteEngine::submit(Job& job) {
   return job.outcome;
 }
 
+bool WriteEngine::take_group(std::vector<Job*>& group) {
+  // At most max_jobs requests and, past the first, max_records records: one huge transaction
+  // would hold the write lock (shared by every process on PostgreSQL) and keep every request of
+  // it waiting for its fsync.
+  bool durable = false;
+  size_t records = 0;
+  while (!queue_.empty() && group.size() < options_.max_jobs &&
+         (group.empty() || records + queue_.front()->count <= options_.max_records)) {
+    records += queue_.front()->count;
+    durable = durable || queue_.front()->durable;
+    group.push_back(queue_.front());
+    queue_.pop_front();
+  }
+  // Past the window, the group makes the commits before it durable too.
+  return durable || (undurable_ && now() - undurable_since_ >= options_.sync_window);
+}
+
 void WriteEngine::writer_loop() {
   std::vector<Job*> group;
   for (;;) {
+    bool durable = false;
+    bool sync = false;
     {
       MutexLock lock(mu_);
-      while (!stopping_ && queue_.empty()) mu_.wait(queue_cv_);
-      if (queue_.empty()) return;  // stopping, and everything queued has been answered
-      // At most max_jobs requests and, past the first, max_records records: one huge
-      // transaction would hold the write lock (shared by every process on PostgreSQL) and
-      // keep every request of it waiting for its fsync.
-      size_t records = 0;
-      while (!queue_.empty() && group.size() < options_.max_jobs &&
-             (group.empty() || records + queue_.front()->count <= options_.max_records)) {
-        records += queue_.front()->count;
-        group.push_back(queue_.front());
-        queue_.pop_front();
+      while (queue_.empty()) {
+        if (!undurable_) {
+          if (stopping_) return;  // everything queued has been answered, and is durable
+          mu_.wait(queue_cv_);
+          continue;
+        }
+        // A commit that did not wait for the disk: sync when its window ends (or at stop),
+        // unless a group comes first.
+        const auto left = undurable_since_ + options_.sync_window - now();
+        if (stopping_ || left <= left.zero()) {
+          sync = true;
+          break;
+        }
+        mu_.wait_for(queue_cv_, left);
       }
+      if (!sync) durable = take_group(group);
     }
-    commit_group(group);
+    if (sync) {
+      sync_undurable();
+      continue;
+    }
+    commit_group(group, durable);
     for (Job* job : group) sem_post(&job->done);  // the job may end here: last access
     group.clear();
   }
 }
 
-Status WriteEngine::run_transaction(const std::vector<Job*>& group, long long txn_id,
+WriteOutcome WriteEngine::submit_as_leader(Job& job) {
+  bool lead;
+  {
+    MutexLock lock(mu_);
+    if (stopping_) {
+      job.outcome.status = Status::Busy("store is shutting down");
+      return job.outcome;
+    }
+    queue_.push_back(&job);
+    lead = !leader_active_;  // no leader: the queue was empty, this job is its first
+    leader_active_ = true;
+  }
+  if (observer_) observer_->add_pending_writes(1);
+  if (!lead) {
+    // Answered by a leader's group, or made the leader (first in the queue).
+    while (sem_wait(&job.done) != 0) {
+      if (errno != EINTR) std::abort();  // EINVAL: a broken semaphore; never wait on it blindly
+    }
+    lead = job.lead;
+  }
+  if (lead) {
+    std::vector<Job*> group;
+    bool durable;
+    {
+      MutexLock lock(mu_);
+      durable = take_group(group);  // this job first
+    }
+    commit_group(group, durable);
+    {
+      MutexLock lock(mu_);
+      hand_off();
+    }
+    for (Job* other : group) {
+      if (other != &job) sem_post(&other->done);  // the job may end here: last access
+    }
+  }
+  if (observer_) observer_->add_pending_writes(-1);
+  return job.outcome;
+}
+
+void WriteEngine::hand_off() {
+  if (queue_.empty()) {
+    leader_active_ = false;
+    return;
+  }
+  Job* next = queue_.front();
+  next->lead = true;
+  sem_post(&next->done);
+}
+
+void WriteEngine::sync_loop() {
+  for (;;) {
+    {
+      MutexLock lock(mu_);
+      for (;;) {
+        const bool busy = leader_active_;  // a leader holds the backend (or will: a queue)
+        if (!undurable_) {
+          if (stopping_ && !busy) return;  // every request answered, everything durable
+          if (stopping_) {
+            mu_.wait_for(sync_cv_, std::chrono::milliseconds(1));  // the last leaders finish
+          } else {
+            mu_.wait(sync_cv_);
+          }
+          continue;
+        }
+        const auto left = undurable_since_ + options_.sync_window - now();
+        if (busy) {
+          // The next group past the window commits durably; look again then.
+          mu_.wait_for(sync_cv_, stopping_ ? std::chrono::milliseconds(1) : options_.sync_window);
+          continue;
+        }
+        if (stopping_ || left <= left.zero()) {
+          leader_active_ = true;  // the backend is this thread's until hand_off
+          break;
+        }
+        mu_.wait_for(sync_cv_, left);
+      }
+    }
+    sync_undurable();
+    MutexLock lock(mu_);
+    hand_off();
+  }
+}
+
+Status WriteEngine::run_transaction(const std::vector<Job*>& group, bool durable, long long txn_id,
                                     Status& storage_error) {
-  Status status = backend_.begin();
+  Status status = backend_.begin(durable);
   if (!status.ok()) return status;
   // Taken inside the transaction (under the write lock): created_at grows with seq.
   const std::string created_at = utc_timestamp_ms();
@@ -204,7 +330,23 @@ Status WriteEngine::run_transaction(const std::vector<Job*>& group, long long tx
   return backend_.commit();
 }
 
-void WriteEngine::commit_group(const std::vector<Job*>& group) {
+void WriteEngine::sync_undurable() {
+  const Status s = backend_.sync();
+  if (!s.ok()) {
+    backend_.note_failure(s);
+    LogFields f;
+    f.reason = s.name();
+    f.detail =
+        "could not sync crash-safe audit entries (the next durable commit will): " + s.message();
+    log_event(LogLevel::kWarn, "audit_sync_failed", f);
+  }
+  MutexLock lock(mu_);
+  // Cleared on failure too: the next durable commit covers them, and a stop must not spin.
+  undurable_ = false;
+  if (s.ok()) syncs_++;
+}
+
+void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
   const auto start = std::chrono::steady_clock::now();
   long long txn_id;
   {
@@ -212,7 +354,7 @@ void WriteEngine::commit_group(const std::vector<Job*>& group) {
     txn_id = next_txn_id_++;
   }
   Status storage_error;  // a failure of one job that says storage is failing (for check_health)
-  const Status group_status = run_transaction(group, txn_id, storage_error);
+  const Status group_status = run_transaction(group, durable, txn_id, storage_error);
   if (!group_status.ok()) backend_.abort();
 
   // Answer: a failed transaction fails every job of it that had not failed on its own.
@@ -247,6 +389,16 @@ void WriteEngine::commit_group(const std::vector<Job*>& group) {
   stats_.transactions++;
   (group_status.ok() ? stats_.commits : stats_.rollbacks)++;
   stats_.writes += static_cast<long long>(group.size());
+  if (group_status.ok() && durable) {
+    undurable_ = false;
+  } else if (group_status.ok()) {
+    undurable_commits_++;
+    if (!undurable_) {
+      undurable_ = true;
+      undurable_since_ = now();
+      sync_cv_.notify_one();  // kLeader: the syncing thread starts counting the window
+    }
+  }
   if (!group_status.ok() && breaks_write_path(group_status.code())) storage_error = group_status;
   if (!storage_error.ok()) {
     write_failure_ = storage_error;
@@ -271,6 +423,8 @@ void WriteEngine::add_stats(StoreStats& out) const {
   out.commits = stats_.commits;
   out.rollbacks = stats_.rollbacks;
   out.writes = stats_.writes;
+  out.undurable_commits = undurable_commits_;
+  out.durability_syncs = syncs_;
 }
 
 }  // namespace tdapi

@@ -1,15 +1,18 @@
 // write_engine.h: the group-commit engine both stores write through, over a small per-backend
 // interface (WriteBackend). Modelled on LevelDB's writer queue (DBImpl::Write): requests queue,
-// one writer thread takes what is queued (up to a cap) and commits it in one transaction, a
-// savepoint per request, then answers each request on its own semaphore. The backend knows
-// SQL; the engine knows the order of the steps, the audit chain link, the cap, the health
-// window, the txn log line, the counters and the metrics (through the observer it is given).
+// one writer takes what is queued (up to a cap) and commits it in one transaction, a savepoint
+// per request, then answers each request on its own semaphore. The writer is a thread of the
+// engine's own (CommitMode::kThread), or the first waiting request's thread, which commits its
+// group and hands the lead to the next request waiting (CommitMode::kLeader, as LevelDB). The
+// backend knows SQL; the engine knows the order of the steps, the audit chain link, the cap, the
+// health window, the txn log line, the counters and the metrics (through the observer it is given).
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -37,13 +40,14 @@ class WriteObserver {
 // One backend's side of a group-commit transaction. Called by the engine's writer thread only,
 // one group at a time, in this order: begin, [audit_head], per job { [savepoint], insert_record
 // per record, [rollback_to_savepoint], insert_audit per entry, [release_savepoint] }, commit;
-// abort after any failure of the transaction as a whole.
+// abort after any failure of the transaction as a whole. sync only between groups.
 class WriteBackend {
  public:
   virtual ~WriteBackend() = default;
   // Starts the group's transaction, (re)connecting when needed, holding whatever lock makes
-  // write transactions take turns.
-  virtual Status begin() = 0;
+  // write transactions take turns. durable false: its commit need not wait for the disk (it
+  // must still survive a crash of the app), and a later sync or durable commit makes it durable.
+  virtual Status begin(bool durable) = 0;
   // The end of the audit chain, current inside the transaction: seq 0 and kAuditGenesis when
   // the trail is empty.
   virtual Status audit_head(long long& seq, std::string& hash) = 0;
@@ -68,6 +72,8 @@ class WriteBackend {
   virtual void abort() = 0;
   // Logs a storage failure (and whatever the backend marks for it, such as corruption).
   virtual void note_failure(const Status& status) = 0;
+  // Makes every transaction committed so far durable (outside a transaction).
+  virtual Status sync() = 0;
 };
 
 // Write failures that say the write path is broken: WriteEngine::recent_failure reports them
@@ -75,12 +81,25 @@ class WriteBackend {
 bool breaks_write_path(StatusCode code);
 constexpr auto kWriteFailureWindow = std::chrono::seconds(60);
 
+// Who commits a group: the engine's writer thread, or the first queued request's own thread.
+enum class CommitMode { kThread, kLeader };
+// The environment's WRITE_COMMIT: leader, else thread.
+CommitMode commit_mode_from_env();
+
 struct WriteEngineOptions {
+  CommitMode mode = commit_mode_from_env();
   size_t max_jobs = 256;      // most write requests committed by one transaction
   size_t max_records = 4000;  // most records in one transaction (past its first request)
+  // A group of crash-safe audit entries alone commits without waiting for the disk; the next
+  // group committed this long after the first such commit is durable, or, when none comes, the
+  // writer syncs (WriteBackend::sync) then.
+  std::chrono::milliseconds sync_window{kCrashSafeSyncWindowMs};
+  // The clock sync_window is measured on (tests give their own); null: steady_clock::now.
+  std::function<std::chrono::steady_clock::time_point()> now;
 };
 
-// Safe for concurrent use from several threads. Starts its writer thread when constructed.
+// Safe for concurrent use from several threads. Starts its writer thread when constructed (in
+// kLeader mode that thread only syncs undurable commits when no group comes).
 class WriteEngine {
  public:
   WriteEngine(WriteBackend& backend, WriteEngineOptions options, WriteObserver* observer);
@@ -89,40 +108,65 @@ class WriteEngine {
   WriteEngine(const WriteEngine&) = delete;
   WriteEngine& operator=(const WriteEngine&) = delete;
 
-  // The Store write calls (store.h), committed by the writer thread.
+  // The Store write calls (store.h), committed by the writer thread. Records and their entries
+  // are always committed durably.
   WriteOutcome insert(const TestRecord& record, AuditEntry* audit = nullptr) EXCLUDES(mu_);
   WriteOutcome insert_all(const std::vector<TestRecord>& records,
                           std::vector<AuditEntry>* audits = nullptr) EXCLUDES(mu_);
-  Status append_audit(AuditEntry& entry) EXCLUDES(mu_);
+  Status append_audit(AuditEntry& entry, AuditDurability durability = AuditDurability::kDurable)
+      EXCLUDES(mu_);
 
   // The latest failure of the write path within kWriteFailureWindow with no commit since, else
   // Ok (for check_health).
   Status recent_failure() const EXCLUDES(mu_);
-  // transactions, commits, rollbacks and writes since construction; the rest left as it is.
+  // transactions, commits (undurable_commits of them without waiting for the disk), rollbacks,
+  // writes and durability_syncs since construction; the rest left as it is.
   void add_stats(StoreStats& out) const EXCLUDES(mu_);
 
  private:
   struct Job;
 
   WriteOutcome submit(Job& job) EXCLUDES(mu_);
+  WriteOutcome submit_as_leader(Job& job) EXCLUDES(mu_);
   void writer_loop() EXCLUDES(mu_);
-  void commit_group(const std::vector<Job*>& group) EXCLUDES(mu_);
+  // kLeader: the thread that syncs undurable commits when no leader comes within the window.
+  void sync_loop() EXCLUDES(mu_);
+  // Takes the next group off the queue (the cap applies); whether it must commit durably.
+  bool take_group(std::vector<Job*>& group) REQUIRES(mu_);
+  // kLeader: makes the first queued request the leader (waking it), or leaves none.
+  void hand_off() REQUIRES(mu_);
+  void commit_group(const std::vector<Job*>& group, bool durable) EXCLUDES(mu_);
   // Runs the group's transaction; the failure of the transaction as a whole, else Ok.
   // storage_error receives a job's own failure that says storage is failing.
-  Status run_transaction(const std::vector<Job*>& group, long long txn_id, Status& storage_error);
+  Status run_transaction(const std::vector<Job*>& group, bool durable, long long txn_id,
+                         Status& storage_error);
+  // Syncs what was committed without waiting for the disk (writer thread, between groups).
+  void sync_undurable() EXCLUDES(mu_);
+  std::chrono::steady_clock::time_point now() const {
+    return options_.now ? options_.now() : std::chrono::steady_clock::now();
+  }
 
   WriteBackend& backend_;
   const WriteEngineOptions options_;
   WriteObserver* const observer_;
 
   mutable Mutex mu_;
-  std::condition_variable queue_cv_;  // waited on with mu_ held, by the writer thread
+  std::condition_variable queue_cv_;  // waited on with mu_ held, by the writer thread (kThread)
+  std::condition_variable sync_cv_;   // waited on with mu_ held, by the syncing thread (kLeader)
+  // kLeader: a request's thread (or the syncing thread) holds the backend; set while the queue
+  // is not empty.
+  bool leader_active_ GUARDED_BY(mu_) = false;
   std::deque<Job*> queue_ GUARDED_BY(mu_);
   bool stopping_ GUARDED_BY(mu_) = false;
   long long next_txn_id_ GUARDED_BY(mu_) = 1;
   StoreStats stats_ GUARDED_BY(mu_);
   Status write_failure_ GUARDED_BY(mu_);
   std::chrono::steady_clock::time_point write_failure_at_ GUARDED_BY(mu_);
+  // Set by a group committed without waiting for the disk; cleared by a durable commit or sync.
+  bool undurable_ GUARDED_BY(mu_) = false;
+  std::chrono::steady_clock::time_point undurable_since_ GUARDED_BY(mu_);
+  long long undurable_commits_ GUARDED_BY(mu_) = 0;
+  long long syncs_ GUARDED_BY(mu_) = 0;
   std::thread writer_thread_;
 };
 
@@ -140,7 +184,10 @@ class EngineStore : public Store {
                           std::vector<AuditEntry>* audits) override {
     return engine_->insert_all(records, audits);
   }
-  Status append_audit(AuditEntry& entry) override { return engine_->append_audit(entry); }
+  using Store::append_audit;
+  Status append_audit(AuditEntry& entry, AuditDurability durability) override {
+    return engine_->append_audit(entry, durability);
+  }
 
  protected:
   std::unique_ptr<WriteEngine> engine_;

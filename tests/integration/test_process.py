@@ -23,7 +23,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fcgi_client  # noqa: E402
-from harness import PG_HOST, ROOT, SQLITE_ONLY, Server, record, wait_for  # noqa: E402
+from harness import (APP_BIN, PG_HOST, ROOT, SQLITE_ONLY, Server, database_target,  # noqa: E402
+                     record, wait_for)
 
 IS_ROOT = os.geteuid() == 0
 SERVICE_USER = "testdata-api"
@@ -462,6 +463,62 @@ class FastCgiStdin(unittest.TestCase):
                           + rec(fcgi_client.FCGI_PARAMS, b"") + rec(fcgi_client.FCGI_STDIN, b""))
                 replies.append(reader.reply())
             self.assertEqual(replies, [201, 200])
+
+
+class AuditReads(unittest.TestCase):
+    """AUDIT_READS: a read's audit entry is committed before its answer; crash-safe (the default)
+    without waiting for the disk, durable with a sync per read."""
+
+    @staticmethod
+    def metric(server, name):
+        for line in server.request("GET", "/metrics").body.decode().splitlines():
+            if line.startswith(name + " "):
+                return int(float(line.split()[1]))
+        raise AssertionError(f"no {name} in /metrics")
+
+    @staticmethod
+    def audit_cli(server, verb):
+        return subprocess.run([APP_BIN, "audit", verb, "--db", database_target(server)],
+                              capture_output=True, text=True, timeout=60)
+
+    def test_a_reads_entry_survives_a_kill_right_after_its_answer_and_the_chain_verifies(self):
+        with tempfile.TemporaryDirectory(prefix="tdapi-ar-") as d:
+            with Server(data_dir=d) as s:
+                self.assertEqual(s.request("POST", "/tests", record("ar-1", clinic="ar")).status, 201)
+                self.assertEqual(self.metric(s, "tdapi_commits_undurable_total"), 0)
+                self.assertEqual(s.request("GET", "/tests/ar-1").status, 200)
+                self.assertEqual(s.request("GET", "/tests?clinic_id=ar").status, 200)
+                os.kill(s.pid_of("app"), signal.SIGKILL)  # right after the answer
+                self.assertTrue(wait_for(lambda: s.request("GET", "/healthz").status == 200))
+                self.assertEqual(self.metric(s, "tdapi_commits_undurable_total"), 0)  # restarted
+            verify = self.audit_cli(s, "verify")
+            self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
+            exported = [json.loads(l) for l in self.audit_cli(s, "export").stdout.splitlines() if l]
+            self.assertEqual([(e["action"], e["clinic_id"], e["outcome"]) for e in exported],
+                             [("create", "ar", 201), ("get", "ar", 200), ("list", "ar", 200)])
+
+    def test_crash_safe_reads_commit_without_a_sync_and_durable_reads_with_one(self):
+        for mode, expect_undurable in (("crash-safe", True), ("durable", False)):
+            with self.subTest(mode=mode), Server(AUDIT_READS=mode) as s:
+                self.assertEqual(s.request("POST", "/tests", record("ard-1", clinic="ard")).status, 201)
+                before = self.metric(s, "tdapi_commits_undurable_total")
+                commits = self.metric(s, "tdapi_commits_total")
+                for _ in range(5):
+                    self.assertEqual(s.request("GET", "/tests?clinic_id=ard").status, 200)
+                    self.assertEqual(s.request("GET", "/tests/ard-1").status, 200)
+                self.assertEqual(self.metric(s, "tdapi_commits_total") - commits, 10)
+                self.assertEqual(self.metric(s, "tdapi_commits_undurable_total") - before,
+                                 10 if expect_undurable else 0)
+                # A write is durable whatever the mode.
+                self.assertEqual(s.request("POST", "/tests", record("ard-2", clinic="ard")).status, 201)
+                self.assertEqual(self.metric(s, "tdapi_commits_undurable_total") - before,
+                                 10 if expect_undurable else 0)
+                if expect_undurable:  # made durable within 100 ms when no write comes
+                    self.assertEqual(s.request("GET", "/tests/ard-1").status, 200)
+                    self.assertTrue(wait_for(
+                        lambda: self.metric(s, "tdapi_durability_syncs_total") >= 1))
+                else:
+                    self.assertEqual(self.metric(s, "tdapi_durability_syncs_total"), 0)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,10 @@ class PgStore::Backend : public WriteBackend {
   // BEGIN, on a new connection when the old one is gone (once more if it turns out to have
   // died while idle: nothing has been done yet), then the write lock: write transactions of
   // every app process take turns.
-  Status begin() override {
+  // Not durable: synchronous_commit off for this transaction (its COMMIT is in the server's WAL
+  // buffers, so it survives the app's crash; the server flushes it within its wal_writer_delay,
+  // a later durable commit or sync at once).
+  Status begin(bool durable) override {
     std::unique_ptr<Connection>& writer = store_.writer_;
     Status status;
     for (int attempt = 0; attempt < 2; ++attempt) {
@@ -82,7 +85,7 @@ class PgStore::Backend : public WriteBackend {
         status = store_.connect(writer);
         if (!status.ok()) return status;
       }
-      PgResult r = writer->exec("BEGIN");
+      PgResult r = writer->exec(durable ? "BEGIN" : "BEGIN; SET LOCAL synchronous_commit = off");
       if (result_ok(r)) break;
       status = writer->error(r.get(), "BEGIN");
       if (writer->healthy()) break;
@@ -150,6 +153,19 @@ class PgStore::Backend : public WriteBackend {
     if (!writer->healthy() || writer->in_transaction()) writer.reset();  // start over
   }
   void note_failure(const Status& status) override { store_.note_failure(status); }
+  // A durable COMMIT flushes the WAL up to its own record, and so every commit before it; a
+  // transaction flushes at COMMIT only if it wrote WAL, hence the (transactional) logical
+  // message, which writes a WAL record and nothing else.
+  Status sync() override {
+    std::unique_ptr<Connection>& writer = store_.writer_;
+    if (!writer || !writer->healthy()) return Status::Unavailable("no connection to sync");
+    PgResult r =
+        writer->exec("BEGIN; SELECT pg_logical_emit_message(true, 'testdata-api', 'sync'); COMMIT");
+    if (result_ok(r)) return Status::Ok();
+    Status s = writer->error(r.get(), "sync");
+    abort();
+    return s;
+  }
 
  private:
   Status exec(const char* sql) {

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -142,12 +143,35 @@ class SqliteStore::Backend : public WriteBackend {
  public:
   explicit Backend(SqliteStore& store) : store_(store) {}
 
-  Status begin() override {
+  // Not durable: PRAGMA synchronous=NORMAL for this transaction (WAL mode: COMMIT writes the
+  // WAL without syncing it, so it survives the app's crash, not a power cut), set before BEGIN
+  // (SQLite refuses to change it inside a transaction) and only when it changes.
+  Status begin(bool durable) override {
     if (!store_.writer_) {  // a reset after a failed ROLLBACK failed too
       Status s = store_.reopen_writer();
       if (!s.ok()) return s;
     }
-    return step(store_.writer_->begin, "BEGIN IMMEDIATE");
+    Connection& w = *store_.writer_;
+    const bool relax = !durable && syncs_every_commit();
+    if (relax != w.relaxed) {
+      const std::string pragma =
+          "PRAGMA synchronous=" + (relax ? std::string("NORMAL") : store_.options_.synchronous);
+      int rc = w.exec(pragma.c_str());
+      if (rc != SQLITE_OK) return error(rc, "PRAGMA synchronous");
+      w.relaxed = relax;
+    }
+    return step(w.begin, "BEGIN IMMEDIATE");
+  }
+  // Syncs the WAL file, which holds every commit made without a sync (a checkpoint syncs the
+  // WAL before it copies it, so what left the WAL is on disk already).
+  Status sync() override {
+    if (!store_.writer_) return Status::IoError("no writer connection to sync");
+    sqlite3_file* wal = nullptr;
+    int rc = sqlite3_file_control(db(), "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
+    if (rc != SQLITE_OK) return error(rc, "find the WAL");
+    if (!wal || !wal->pMethods) return Status::Ok();  // not open: nothing unsynced in it
+    rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
+    return rc == SQLITE_OK ? Status::Ok() : error(rc, "sync the WAL");
   }
   // Reads the end of the audit chain (inside the writer's transaction, so it is current even
   // if another process appended).
@@ -235,6 +259,12 @@ class SqliteStore::Backend : public WriteBackend {
  private:
   sqlite3* db() const { return store_.writer_ ? store_.writer_->db : nullptr; }
   Status error(int rc, const char* what) const { return status_from_sqlite(rc, db(), what, true); }
+  // Whether the store's PRAGMA synchronous syncs the WAL at each COMMIT (FULL, EXTRA).
+  bool syncs_every_commit() const {
+    std::string level = store_.options_.synchronous;
+    for (char& c : level) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return level == "FULL" || level == "EXTRA" || level == "2" || level == "3";
+  }
   Status step(sqlite3_stmt* stmt, const char* what) {
     int rc = store_.run_step(stmt, what);
     return rc == SQLITE_OK ? Status::Ok() : error(rc, what);
@@ -839,8 +869,8 @@ WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records,
   return out;
 }
 
-Status SqliteStore::append_audit(AuditEntry& entry) {
-  if (!damaged_.load()) return EngineStore::append_audit(entry);
+Status SqliteStore::append_audit(AuditEntry& entry, AuditDurability durability) {
+  if (!damaged_.load()) return EngineStore::append_audit(entry, durability);
   return refused_as_damaged(options_.path);
 }
 

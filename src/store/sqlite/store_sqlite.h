@@ -148,7 +148,8 @@ class SqliteStore : public EngineStore {
   WriteOutcome insert(const TestRecord& record, AuditEntry* audit) override;
   WriteOutcome insert_all(const std::vector<TestRecord>& records,
                           std::vector<AuditEntry>* audits) override;
-  Status append_audit(AuditEntry& entry) override;
+  using Store::append_audit;
+  Status append_audit(AuditEntry& entry, AuditDurability durability) override;
   using Store::get_test;
   Status get_test(std::string_view test_id, std::string& json, std::string& clinic_id) override;
   using Store::list_tests;

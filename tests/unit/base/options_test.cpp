@@ -68,6 +68,21 @@ TEST(Options, SocketModeIsOwnerOnlyOrGroup) {
   }
 }
 
+TEST(Options, AuditReadsAreCrashSafeUnlessDurable) {
+  AppOptions o;
+  std::string error;
+  ASSERT_TRUE(parse({}, o, error)) << error;
+  EXPECT_FALSE(o.audit_reads_durable);
+  ASSERT_TRUE(parse({"--audit-reads", "durable"}, o, error)) << error;
+  EXPECT_TRUE(o.audit_reads_durable);
+  ASSERT_TRUE(parse({"--audit-reads", "crash-safe"}, o, error)) << error;
+  EXPECT_FALSE(o.audit_reads_durable);
+  for (const char* bad : {"", "on", "Durable", "crash_safe", "off"}) {
+    EXPECT_FALSE(parse({"--audit-reads", bad}, o, error)) << bad;
+    EXPECT_NE(error.find("--audit-reads"), std::string::npos) << error;
+  }
+}
+
 TEST(Options, TakesExactlyOneDatabase) {
   AppOptions o;
   std::string error;

@@ -1,5 +1,6 @@
 // The group-commit engine (store/write_engine.h) against a fake backend: which jobs an error
-// answers, the cap on a group, the audit chain across groups, the observer.
+// answers, the cap on a group, the audit chain across groups, the observer, which groups commit
+// without waiting for the disk and when those are synced.
 #include "store/write_engine.h"
 
 #include <gtest/gtest.h>
@@ -25,9 +26,10 @@ namespace {
 // the test queues jobs behind it and knows they form the next group.
 class FakeBackend : public WriteBackend {
  public:
-  Status begin() override {
+  Status begin(bool durable) override {
     std::unique_lock<std::mutex> lock(mu_);
     ++begins_;
+    txn_durable_ = durable;
     in_begin_ = true;
     cv_.notify_all();
     cv_.wait(lock, [&] { return !held_; });
@@ -77,6 +79,7 @@ class FakeBackend : public WriteBackend {
     if (!commit_error_.ok() && commits_ >= fail_from_commit_) return commit_error_;
     stored_.insert(txn_records_.begin(), txn_records_.end());
     trail_.insert(trail_.end(), txn_audit_.begin(), txn_audit_.end());
+    committed_durable_.push_back(txn_durable_);
     return Status::Ok();
   }
   void abort() override {
@@ -84,6 +87,12 @@ class FakeBackend : public WriteBackend {
     ++aborts_;
   }
   void note_failure(const Status&) override {}
+  Status sync() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++syncs_;
+    cv_.notify_all();
+    return Status::Ok();
+  }
 
   void hold_first_begin() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -125,12 +134,27 @@ class FakeBackend : public WriteBackend {
     std::lock_guard<std::mutex> lock(mu_);
     return aborts_;
   }
+  // For each committed group, in order: whether its begin asked for a durable commit.
+  std::vector<bool> committed_durable() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return committed_durable_;
+  }
+  int syncs() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return syncs_;
+  }
+  // Waits (at most 10 s) until sync was called n times.
+  bool wait_syncs(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return syncs_ >= n; });
+  }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
-  bool held_ = false, in_begin_ = false;
-  int begins_ = 0, aborts_ = 0, commits_ = 0, fail_from_commit_ = 1;
+  bool held_ = false, in_begin_ = false, txn_durable_ = true;
+  int begins_ = 0, aborts_ = 0, commits_ = 0, fail_from_commit_ = 1, syncs_ = 0;
+  std::vector<bool> committed_durable_;
   std::set<std::string> stored_;
   std::vector<AuditEntry> trail_;
   std::vector<std::string> txn_records_;
@@ -182,10 +206,20 @@ void queue_behind_held_group(WriteEngine& engine, FakeBackend& backend, FakeObse
   for (auto& t : threads) t.join();
 }
 
-TEST(WriteEngine, AJobThatFailsInItsSavepointIsAnsweredAloneTheRestCommit) {
+// Every test runs in both commit modes: the engine's writer thread, and leader-based commit.
+class Modes : public ::testing::TestWithParam<CommitMode> {
+ protected:
+  WriteEngineOptions engine_options() const {
+    WriteEngineOptions o;
+    o.mode = GetParam();
+    return o;
+  }
+};
+
+TEST_P(Modes, AJobThatFailsInItsSavepointIsAnsweredAloneTheRestCommit) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  WriteEngine engine(backend, engine_options(), &observer);
   backend.fail_insert("bad", Status::Full("disk full"));
   WriteOutcome good, bad, dup_first, dup_second;
   const std::vector<TestRecord> pair = {make_record("d1"), make_record("d1")};
@@ -205,10 +239,10 @@ TEST(WriteEngine, AJobThatFailsInItsSavepointIsAnsweredAloneTheRestCommit) {
   EXPECT_EQ(backend.aborts(), 0);
 }
 
-TEST(WriteEngine, AFailingSavepointStatementFailsTheWholeGroup) {
+TEST_P(Modes, AFailingSavepointStatementFailsTheWholeGroup) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  WriteEngine engine(backend, engine_options(), &observer);
   backend.fail_savepoint(Status::IoError("disk I/O error"));
   WriteOutcome w = engine.insert(make_record("s1"));
   EXPECT_EQ(w.status.code(), StatusCode::kIoError);
@@ -216,10 +250,10 @@ TEST(WriteEngine, AFailingSavepointStatementFailsTheWholeGroup) {
   EXPECT_EQ(backend.aborts(), 1);
 }
 
-TEST(WriteEngine, AFailingCommitAnswersEveryJobOfTheGroupWithItsError) {
+TEST_P(Modes, AFailingCommitAnswersEveryJobOfTheGroupWithItsError) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  WriteEngine engine(backend, engine_options(), &observer);
   backend.fail_commit(Status::IoError("disk I/O error"), /*from_commit=*/2);
   std::vector<WriteOutcome> out(3);
   std::vector<AuditEntry> audit(3);
@@ -254,10 +288,10 @@ TEST(WriteEngine, AFailingCommitAnswersEveryJobOfTheGroupWithItsError) {
 
 // One cap for every backend: at most max_jobs requests and, past the first, max_records
 // records per group; a request larger than the cap still goes, alone.
-TEST(WriteEngine, TheCapSplitsALargeQueueIntoSeveralGroups) {
+TEST_P(Modes, TheCapSplitsALargeQueueIntoSeveralGroups) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngineOptions options;
+  WriteEngineOptions options = engine_options();
   options.max_jobs = 3;
   options.max_records = 10;
   WriteEngine engine(backend, options, &observer);
@@ -299,10 +333,10 @@ TEST(WriteEngine, TheCapSplitsALargeQueueIntoSeveralGroups) {
 }
 
 // Each entry names its predecessor's hash, within a group and from one group to the next.
-TEST(WriteEngine, AuditEntriesChainAcrossGroups) {
+TEST_P(Modes, AuditEntriesChainAcrossGroups) {
   FakeBackend backend;
   FakeObserver observer;
-  WriteEngine engine(backend, WriteEngineOptions(), &observer);
+  WriteEngine engine(backend, engine_options(), &observer);
   AuditEntry alone;
   alone.action = "alone";
   ASSERT_TRUE(engine.append_audit(alone).ok());
@@ -331,6 +365,151 @@ TEST(WriteEngine, AuditEntriesChainAcrossGroups) {
   for (const AuditEntry& e : entries) EXPECT_EQ(e.outcome, 201);
   EXPECT_EQ(last.prev_hash, trail[5].hash);
 }
+
+// A clock the test moves by hand (WriteEngineOptions::now).
+struct FakeClock {
+  std::atomic<long long> ms{0};
+  std::function<std::chrono::steady_clock::time_point()> fn() {
+    return [this] {
+      return std::chrono::steady_clock::time_point() + std::chrono::milliseconds(ms.load());
+    };
+  }
+};
+
+AuditEntry read_entry(const char* action) {
+  AuditEntry e;
+  e.action = action;
+  e.outcome = 200;
+  return e;
+}
+
+// A crash-safe entry alone commits without waiting for the disk; the writer syncs once the
+// window has passed on the engine's clock, not before.
+TEST_P(Modes, ACrashSafeEntryAloneCommitsUndurablyAndIsSyncedWhenTheWindowEnds) {
+  FakeBackend backend;
+  FakeObserver observer;
+  FakeClock clock;
+  WriteEngineOptions options = engine_options();
+  options.sync_window = std::chrono::milliseconds(100);
+  options.now = clock.fn();
+  WriteEngine engine(backend, options, &observer);
+  AuditEntry read = read_entry("get");
+  ASSERT_TRUE(engine.append_audit(read, AuditDurability::kCrashSafe).ok());
+  EXPECT_EQ(backend.committed_durable(), std::vector<bool>{false});
+  EXPECT_EQ(read.seq, 1);
+  clock.ms = 99;
+  AuditEntry second = read_entry("list");
+  ASSERT_TRUE(engine.append_audit(second, AuditDurability::kCrashSafe).ok());
+  EXPECT_EQ(backend.committed_durable(), (std::vector<bool>{false, false}));
+  EXPECT_EQ(backend.syncs(), 0);  // the window counts from the first undurable commit
+  clock.ms = 100;
+  ASSERT_TRUE(backend.wait_syncs(1));
+  // A durable entry commits durably; nothing is left to sync after it.
+  clock.ms = 1000;
+  AuditEntry durable = read_entry("get");
+  ASSERT_TRUE(engine.append_audit(durable).ok());
+  EXPECT_EQ(backend.committed_durable(), (std::vector<bool>{false, false, true}));
+  EXPECT_EQ(backend.syncs(), 1);
+  StoreStats s;
+  engine.add_stats(s);  // the writer counted the sync before it took the last group
+  EXPECT_EQ(s.commits, 3);
+  EXPECT_EQ(s.undurable_commits, 2);
+  EXPECT_EQ(s.durability_syncs, 1);
+}
+
+// Past the window, the next group commits durably (it makes the entries before it durable too)
+// rather than waiting for a sync.
+TEST_P(Modes, TheFirstGroupPastTheWindowCommitsDurably) {
+  FakeBackend backend;
+  FakeObserver observer;
+  FakeClock clock;
+  WriteEngineOptions options = engine_options();
+  options.sync_window = std::chrono::milliseconds(100);
+  options.now = clock.fn();
+  WriteEngine engine(backend, options, &observer);
+  AuditEntry first = read_entry("get");
+  ASSERT_TRUE(engine.append_audit(first, AuditDurability::kCrashSafe).ok());
+  // The writer is held in the next group's begin while the clock passes the window, so the
+  // group after it is formed past the window.
+  backend.hold_first_begin();
+  AuditEntry held = read_entry("get");
+  std::thread t([&] { EXPECT_TRUE(engine.append_audit(held, AuditDurability::kCrashSafe).ok()); });
+  ASSERT_TRUE(backend.wait_in_begin());
+  AuditEntry late = read_entry("list");
+  std::thread u([&] { EXPECT_TRUE(engine.append_audit(late, AuditDurability::kCrashSafe).ok()); });
+  ASSERT_TRUE(observer.wait_pending(2));
+  clock.ms = 100;
+  backend.release_begin();
+  t.join();
+  u.join();
+  EXPECT_EQ(backend.committed_durable(), (std::vector<bool>{false, false, true}));
+  EXPECT_EQ(backend.syncs(), 0);
+}
+
+// A group that holds a write, or a durable entry, commits durably whatever else it holds; the
+// chain stays one chain across durable and undurable groups.
+TEST_P(Modes, AGroupWithAWriteOrADurableEntryCommitsDurably) {
+  FakeBackend backend;
+  FakeObserver observer;
+  FakeClock clock;
+  WriteEngineOptions options = engine_options();
+  options.now = clock.fn();
+  WriteEngine engine(backend, options, &observer);
+  std::vector<AuditEntry> reads(6, read_entry("get"));
+  AuditEntry write_entry;
+  write_entry.action = "create";
+  queue_behind_held_group(
+      engine, backend, observer,
+      {[&] { EXPECT_TRUE(engine.append_audit(reads[0], AuditDurability::kCrashSafe).ok()); },
+       [&] { EXPECT_TRUE(engine.insert(make_record("w1"), &write_entry).status.ok()); }});
+  queue_behind_held_group(
+      engine, backend, observer,
+      {[&] { EXPECT_TRUE(engine.append_audit(reads[1], AuditDurability::kCrashSafe).ok()); },
+       [&] { EXPECT_TRUE(engine.append_audit(reads[2], AuditDurability::kDurable).ok()); }});
+  queue_behind_held_group(
+      engine, backend, observer,
+      {[&] { EXPECT_TRUE(engine.append_audit(reads[3], AuditDurability::kCrashSafe).ok()); },
+       [&] { EXPECT_TRUE(engine.append_audit(reads[4], AuditDurability::kCrashSafe).ok()); }});
+  // Each call queues a durable opener alone first: opener, mixed, opener, mixed, opener, reads.
+  EXPECT_EQ(backend.committed_durable(), (std::vector<bool>{true, true, true, true, true, false}));
+  const std::vector<AuditEntry> trail = backend.trail();
+  ASSERT_EQ(trail.size(), 9u);
+  std::string prev = kAuditGenesis;
+  for (size_t i = 0; i < trail.size(); ++i) {
+    EXPECT_EQ(trail[i].seq, static_cast<long long>(i) + 1);
+    EXPECT_EQ(trail[i].prev_hash, prev);
+    prev = trail[i].hash;
+  }
+}
+
+// The stop syncs what is committed undurably; after a durable commit there is nothing to sync.
+TEST_P(Modes, TheStopSyncsUndurableCommitsOnly) {
+  FakeBackend backend;
+  FakeClock clock;
+  WriteEngineOptions options = engine_options();
+  options.now = clock.fn();
+  {
+    WriteEngine engine(backend, options, nullptr);
+    AuditEntry read = read_entry("get");
+    ASSERT_TRUE(engine.append_audit(read, AuditDurability::kCrashSafe).ok());
+    EXPECT_EQ(backend.syncs(), 0);
+  }
+  EXPECT_EQ(backend.syncs(), 1);
+  {
+    WriteEngine engine(backend, options, nullptr);
+    AuditEntry read = read_entry("get");
+    ASSERT_TRUE(engine.append_audit(read, AuditDurability::kCrashSafe).ok());
+    ASSERT_TRUE(engine.insert(make_record("after-read")).status.ok());
+  }
+  EXPECT_EQ(backend.syncs(), 1);
+  EXPECT_EQ(backend.committed_durable(), (std::vector<bool>{false, false, true}));
+}
+
+INSTANTIATE_TEST_SUITE_P(WriteEngine, Modes,
+                         ::testing::Values(CommitMode::kThread, CommitMode::kLeader),
+                         [](const ::testing::TestParamInfo<CommitMode>& info) {
+                           return info.param == CommitMode::kLeader ? "leader" : "thread";
+                         });
 
 }  // namespace
 }  // namespace tdapi
