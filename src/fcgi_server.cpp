@@ -183,7 +183,7 @@ class FcgiOutput : public ResponseOutput {
   // A chunk at least this large (a listing's, kStreamChunkBytes and up) goes out in FastCGI
   // records of up to 64 KB, all in one writev, instead of through libfcgi's 8 KB buffer (one
   // write system call per 8 KB, and as many wake-ups of nginx): a 1,000-test listing took 21
-  // writes, now 2 (the head, then the body).
+  // writes, now 3 (the head, the rows, the tail with the end-of-request records).
   static constexpr size_t kDirectWriteBytes = 16 * 1024;
 
  private:
