@@ -3,8 +3,12 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "base/utf8.h"
 
@@ -193,10 +197,40 @@ size_t line_break_escape(const unsigned char* p, size_t len, char (&esc)[6]) {
   return sizeof esc;
 }
 
+// Whether every byte of s is below 0x80: the high bits of 32 bytes at a time ORed together
+// (SSE2, in every x86-64), then of 8, then of the rest.
+bool is_ascii(std::string_view s) {
+  const char* p = s.data();
+  size_t n = s.size();
+#ifdef __SSE2__
+  __m128i acc = _mm_setzero_si128();
+  for (; n >= 32; p += 32, n -= 32) {
+    acc = _mm_or_si128(acc, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    acc = _mm_or_si128(acc, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)));
+  }
+  if (_mm_movemask_epi8(acc) != 0) return false;
+#endif
+  std::uint64_t high = 0;
+  for (; n >= 8; p += 8, n -= 8) {
+    std::uint64_t w;
+    std::memcpy(&w, p, 8);
+    high |= w;
+  }
+  for (; n > 0; ++p, --n) high |= static_cast<unsigned char>(*p);
+  return (high & 0x8080808080808080ULL) == 0;
+}
+
 }  // namespace
 
 void append_json_text(std::string& out, std::string_view json, JsonForm form) {
   if (form == JsonForm::kAuditHash) {
+    out.append(json);
+    return;
+  }
+  // A document without a byte >= 0x80 (the usual one) has nothing to escape: one pass eight
+  // bytes at a time says so, cheaper than the two memchr scans below (a 1,000-test listing
+  // spent ~8% of its instructions in them).
+  if (is_ascii(json)) {
     out.append(json);
     return;
   }

@@ -1,11 +1,13 @@
 // fcgi_server.cpp: the only file that includes fcgiapp.h. Accept loop and request adapter.
 #include "server/fcgi_server.h"
 
+#include <fastcgi.h>
 #include <fcgiapp.h>
 #include <malloc.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -164,8 +166,11 @@ class FcgiOutput : public ResponseOutput {
   }
   bool write_body(std::string_view chunk) override {
     if (chunk.empty()) return true;
-    return FCGX_PutStr(chunk.data(), static_cast<int>(chunk.size()), fcgi_.out) ==
-           static_cast<int>(chunk.size());
+    if (chunk.size() < kDirectWriteBytes) {
+      return FCGX_PutStr(chunk.data(), static_cast<int>(chunk.size()), fcgi_.out) ==
+             static_cast<int>(chunk.size());
+    }
+    return write_records(chunk);
   }
   // Closes the connection without FastCGI's end-of-request: nginx sees the upstream close
   // early and breaks the client's response (no final chunk) instead of completing it. What
@@ -175,7 +180,68 @@ class FcgiOutput : public ResponseOutput {
     fcgi_.keepConnection = 0;
   }
 
+  // A chunk at least this large (a listing's, kStreamChunkBytes and up) goes out in FastCGI
+  // records of up to 64 KB, all in one writev, instead of through libfcgi's 8 KB buffer (one
+  // write system call per 8 KB, and as many wake-ups of nginx): a 1,000-test listing took 21
+  // writes, now 3 (the head, the rows, the tail with the end-of-request records).
+  static constexpr size_t kDirectWriteBytes = 16 * 1024;
+
  private:
+  // What libfcgi holds (the head) goes first, then the chunk as FCGI_STDOUT records. Any error
+  // ends the connection as abort() does: a record cut short must never be followed by another.
+  bool write_records(std::string_view chunk) {
+    if (FCGX_FFlush(fcgi_.out) != 0 || fcgi_.ipcFd < 0) return false;
+    constexpr size_t kRecordBytes = 0xfff8;  // FCGI_MAX_LENGTH rounded down to a multiple of 8
+    constexpr size_t kRecordsPerCall = 16;
+    FCGI_Header headers[kRecordsPerCall];
+    iovec iov[2 * kRecordsPerCall];
+    size_t at = 0;
+    while (at < chunk.size()) {
+      int n = 0;
+      for (size_t r = 0; r < kRecordsPerCall && at < chunk.size(); ++r) {
+        const size_t len = std::min(kRecordBytes, chunk.size() - at);
+        headers[r] = FCGI_Header{FCGI_VERSION_1,
+                                 FCGI_STDOUT,
+                                 static_cast<unsigned char>((fcgi_.requestId >> 8) & 0xff),
+                                 static_cast<unsigned char>(fcgi_.requestId & 0xff),
+                                 static_cast<unsigned char>((len >> 8) & 0xff),
+                                 static_cast<unsigned char>(len & 0xff),
+                                 0,
+                                 0};
+        iov[n++] = iovec{&headers[r], sizeof(FCGI_Header)};
+        iov[n++] = iovec{const_cast<char*>(chunk.data() + at), len};
+        at += len;
+      }
+      if (!write_all(iov, n)) {
+        abort();
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // writev until every byte of iov is out (the socket is blocking; a call may still write part).
+  bool write_all(iovec* iov, int n) {
+    while (n > 0) {
+      ssize_t w = writev(fcgi_.ipcFd, iov, n);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return false;
+      }
+      auto left = static_cast<size_t>(w);
+      while (n > 0 && left >= iov->iov_len) {
+        left -= iov->iov_len;
+        ++iov;
+        --n;
+      }
+      if (n > 0) {
+        iov->iov_base = static_cast<char*>(iov->iov_base) + left;
+        iov->iov_len -= left;
+      }
+    }
+    return true;
+  }
+
   FCGX_Request& fcgi_;
 };
 

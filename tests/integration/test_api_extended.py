@@ -82,6 +82,23 @@ class ApiExtended(unittest.TestCase):
             r = self.req("POST", "/tests/batch", body)
             self.assertEqual((r.status, r.json()["message"]), (400, message))
 
+    def test_large_listing_arrives_whole_and_in_order(self):
+        # ~330 KB: the app sends it in chunks of 32 KB and more, each as several FastCGI records
+        # of up to 64 KB, and it crosses the stream front in many buffers. Row sizes vary so
+        # that record and chunk boundaries fall inside documents and inside multi-byte UTF-8.
+        recs = [record(f"big-{i:04d}", clinic="large", patient=f"p{i}",
+                       result=("é" * (i % 97)) + "r" * (1 + i * 37 % 400)) for i in range(1000)]
+        r = self.req("POST", "/tests/batch", recs)
+        self.assertEqual(r.status, 201, r)
+        for _ in range(3):
+            r = self.req("GET", "/tests?clinic_id=large")
+            self.assertEqual(r.status, 200)
+            self.assertGreater(len(r.body), 256 * 1024)
+            body = r.json()
+            self.assertEqual(body["count"], 1000)
+            got = [(t["test_id"], t["patient_id"], t["result"]) for t in body["tests"]]
+            self.assertEqual(got, [(x["test_id"], x["patient_id"], x["result"]) for x in recs])
+
     def test_batch_body_limit_is_nginx_json_413(self):
         r = self.req("POST", "/tests/batch", "[" + " " * (4 * 1024 * 1024) + "]")
         self.assertEqual(r.status, 413, r)

@@ -51,6 +51,31 @@ TEST(JsonString, EscapesWhatUnicodeLineReadersTakeForLineBreaks) {
   EXPECT_NE(line.find(R"("path":"/tests/\u2028\u2029\u0085")"), std::string::npos) << line;
 }
 
+TEST(JsonText, EscapesALineBreakerWhereverItIsAndPassesAsciiOnAsItIs) {
+  // Stored documents go out through append_json_text: an ASCII one is copied whole, and a raw
+  // U+2028 or C1 control is escaped at any offset: in the 32-byte blocks, the eight-byte words and
+  // the tail.
+  const std::string ascii = "{\"test_id\":\"t-1\",\"result\":\"0123456789abcdefghij\"}";
+  std::string out = "[";
+  append_json_text(out, ascii);
+  EXPECT_EQ(out, "[" + ascii);
+  for (size_t at = 0; at <= 70; ++at) {
+    std::string doc(70, 'a');
+    for (const auto& [raw, escaped] :
+         {std::pair<std::string, std::string>{"\xe2\x80\xa8", "\\u2028"},
+          {"\xc2\x85", "\\u0085"}}) {
+      std::string in = doc.substr(0, at) + raw + doc.substr(at);
+      out.clear();
+      append_json_text(out, in);
+      EXPECT_EQ(out, doc.substr(0, at) + escaped + doc.substr(at)) << at;
+    }
+  }
+  // Other non-ASCII text is copied as it is.
+  out.clear();
+  append_json_text(out, "\"r\xc3\xa9sultat \xe2\x82\xac\"");
+  EXPECT_EQ(out, "\"r\xc3\xa9sultat \xe2\x82\xac\"");
+}
+
 TEST(JsonString, ReplacesBytesThatAreNotUtf8) {
   struct Case {
     std::string in, out;
