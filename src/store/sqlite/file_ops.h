@@ -8,10 +8,54 @@
 #include <string>
 
 #include "base/json.h"
-#include "store/sqlite/store_sqlite.h"
 #include "store/status.h"
 
 namespace tdapi {
+
+// What a database file holds: counted at a backup's snapshot or by sqlite_check_file.
+struct DatabaseFacts {
+  int schema_version = 0;       // PRAGMA user_version
+  long long tests = 0;          // rows of tests
+  long long audit_entries = 0;  // rows of audit (0 before schema 3)
+  long long keys = 0;           // rows of api_keys (0 before schema 3)
+  std::string audit_head;       // "SEQ:HASH" of the newest audit entry, "" when there is none
+  long long backup_steps = 0;   // sqlite_backup_file: backup_step calls
+  long long restarts = 0;       // sqlite_backup_file: times SQLite restarted the copy (0 expected)
+};
+
+// Whole-file operations (the backup and restore commands, backup.h, and the backup taken before
+// a schema migration). None of them logs.
+//
+// Copies the database at `source` (a live WAL database: the service may be writing to it) into
+// the new file `dest` with SQLite's online backup API, from one read snapshot: a read transaction
+// is held on the source while the pages are copied in chunks, so writers go on (WAL readers never
+// block them) and the copy is never restarted by their commits. `snapshot` receives the counts of
+// that snapshot. dest keeps the source's journal mode in its header: sqlite_check_file settles it.
+// Errors: ReadOnly (no such source file, dest not creatable), Corrupt, Busy, Full, IoError,
+// Internal; dest may then be partly written (the caller removes it).
+Status sqlite_backup_file(const std::string& source, const std::string& dest,
+                          DatabaseFacts& snapshot);
+
+// Checks a database file that no other process uses (a fresh copy): makes it self-contained
+// (journal_mode DELETE: a WAL beside it is checkpointed into it and removed), runs PRAGMA
+// integrity_check, requires a schema version from 1 to SqliteStore::kSchemaVersion with a cursor
+// key, counts tests, audit entries and keys, and verifies the audit chain (audit.h). Corrupt for
+// a damaged file, a file that is not a database or a broken audit chain; Internal for a schema
+// this binary does not know. Ok fills `out`. With exact_schema (restore), also Internal for a
+// schema other than the one this binary creates for that version (an extra trigger, view, table
+// or index, a table defined otherwise): it would run inside the service once restored. Checked
+// before anything reads the tables. Only what SQLite makes itself is skipped (sqlite_autoindex_*
+// indexes, sqlite_sequence, sqlite_stat1..4 tables); anything else named sqlite_* is compared.
+// The audit chain is checked by verify_audit_trail (audit.h), as `audit verify` checks it.
+// The file is opened with SQLITE_OPEN_NOFOLLOW (never through a link at its name).
+Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFacts& out);
+
+// Takes the database at `path` out of service (restore): Busy when another process has it open
+// (a WAL connection holds a shared lock on the file for as long as it is open, so leaving WAL
+// mode needs every other connection gone: this is the "service is running" check); else
+// checkpoints its WAL into it and switches it to journal_mode DELETE, so the file alone is the
+// whole database and can be kept aside. Another error (Corrupt, ...) when it cannot be read.
+Status sqlite_settle_unused(const std::string& path);
 
 struct BackupResult {
   std::string file;     // the verified copy
