@@ -154,6 +154,12 @@ case $APP_NODES in
   [1-9]|1[0-6]) ;;
   *) echo "run.sh: APP_NODES must be a whole number from 1 to 16, not '$APP_NODES'" >&2; exit 2 ;;
 esac
+# The app reads WRITE_COMMIT itself and takes anything but "leader" for "thread": refuse a
+# misspelt value here rather than run the other mode.
+case ${WRITE_COMMIT:-thread} in
+  thread|leader) ;;
+  *) echo "run.sh: WRITE_COMMIT must be thread or leader, not '$WRITE_COMMIT'" >&2; exit 2 ;;
+esac
 if [ "$APP_NODES" -gt 1 ] && [ -z "$DATABASE_URL" ]; then
   refuse "APP_NODES=$APP_NODES needs DATABASE_URL (PostgreSQL): SQLite serves from one app" \
     "process, so without DATABASE_URL APP_NODES must be 1"

@@ -209,6 +209,10 @@ WriteOutcome WriteEngine::submit_as_leader(Job& job) {
 void WriteEngine::hand_off() {
   if (queue_.empty()) {
     leader_active_ = false;
+    // The group just committed may have been taken before the window ended (so it left the
+    // entries undurable) and ended after it: the syncing thread, which waits while a leader
+    // works, syncs now rather than a whole window later.
+    if (undurable_ && now() - undurable_since_ >= options_.sync_window) sync_cv_.notify_one();
     return;
   }
   Job* next = queue_.front();
@@ -233,7 +237,8 @@ void WriteEngine::sync_loop() {
         }
         const auto left = undurable_since_ + options_.sync_window - now();
         if (busy) {
-          // The next group past the window commits durably; look again then.
+          // The next group past the window commits durably; look again then, or when the last
+          // leader lets go past the window (hand_off).
           mu_.wait_for(sync_cv_, stopping_ ? std::chrono::milliseconds(1) : options_.sync_window);
           continue;
         }

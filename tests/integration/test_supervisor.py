@@ -71,6 +71,19 @@ class Supervisor(unittest.TestCase):
             self.assertEqual(s.request("POST", "/tests", record("second-run")).status, 201)
             self.assertEqual(s.request("GET", "/tests/second-run").status, 200)
 
+    def test_write_commit_other_than_thread_or_leader_is_refused_before_anything_starts(self):
+        # The app reads WRITE_COMMIT from its environment and takes anything but "leader" for
+        # "thread": a misspelt value must not silently run the other mode.
+        with tempfile.TemporaryDirectory(prefix="tdapi-sup-") as d:
+            for value in ("leadr", "Leader", "threads", " leader"):
+                data = os.path.join(d, "data")
+                env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=data, PORT=str(free_port()),
+                           WRITE_COMMIT=value)
+                rc, out = run_sh(env)
+                self.assertEqual(rc, 2, (value, out))
+                self.assertIn("WRITE_COMMIT must be thread or leader", out, value)
+                self.assertFalse(os.path.exists(data), "refused, yet DATA_DIR was created")
+
     def test_sighup_to_the_supervisor_reopens_logs_and_supervision_goes_on(self):
         with Server() as s:
             os.kill(s.pid_of("supervisor"), signal.SIGHUP)

@@ -55,16 +55,16 @@ std::string list_sql(bool by_patient, bool by_type) {
   return sql + " ORDER BY seq LIMIT $" + std::to_string(n);
 }
 
-// A listing reads at most this many rows, aiming at this many bytes, per query, and delivers
-// them after the query ended: a slow client never holds a snapshot or a connection.
+// A listing reads at most kListPageRows rows (internal.h), aiming at this many bytes, per query,
+// and delivers them after the query ended: a slow client never holds a snapshot or a connection.
 constexpr size_t kListPageBytes = 256 * 1024;
 constexpr long long kFirstPageRows = 16;
 
 constexpr auto kSizeRefresh = std::chrono::seconds(10);
 
 }  // namespace
-// A listing reads at most kListPageRows rows (internal.h), aiming at this many bytes, per query,
-// and delivers The writer connection's side of the group-commit engine (store/write_engine.h).
+
+// The writer connection's side of the group-commit engine (store/write_engine.h).
 class PgStore::Backend : public WriteBackend {
  public:
   explicit Backend(PgStore& store) : store_(store) {}

@@ -482,6 +482,32 @@ TEST_P(Modes, AGroupWithAWriteOrADurableEntryCommitsDurably) {
   }
 }
 
+// A group formed before the window ends commits undurably; when it ends past the window and no
+// group follows, the sync comes at once, not a whole window later. (Leader mode: the syncing
+// thread, which waits while a leader works, is woken when the last leader lets go past the
+// window.) The window is an hour of real time here: only that wake-up brings the sync within the
+// test's wait.
+TEST_P(Modes, AnUndurableGroupEndingPastTheWindowIsSyncedAtOnce) {
+  FakeBackend backend;
+  FakeObserver observer;
+  FakeClock clock;
+  WriteEngineOptions options = engine_options();
+  options.sync_window = std::chrono::hours(1);
+  options.now = clock.fn();
+  WriteEngine engine(backend, options, &observer);
+  AuditEntry first = read_entry("get");
+  ASSERT_TRUE(engine.append_audit(first, AuditDurability::kCrashSafe).ok());
+  backend.hold_first_begin();
+  AuditEntry held = read_entry("get");
+  std::thread t([&] { EXPECT_TRUE(engine.append_audit(held, AuditDurability::kCrashSafe).ok()); });
+  ASSERT_TRUE(backend.wait_in_begin());
+  clock.ms = 3600 * 1000;  // the window ends while that group's transaction is open
+  backend.release_begin();
+  t.join();
+  EXPECT_EQ(backend.committed_durable(), (std::vector<bool>{false, false}));
+  EXPECT_TRUE(backend.wait_syncs(1));
+}
+
 // The stop syncs what is committed undurably; after a durable commit there is nothing to sync.
 TEST_P(Modes, TheStopSyncsUndurableCommitsOnly) {
   FakeBackend backend;
