@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iterator>
 #include <thread>
@@ -169,9 +170,23 @@ class SqliteStore::Backend : public WriteBackend {
     sqlite3_file* wal = nullptr;
     int rc = sqlite3_file_control(db(), "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal);
     if (rc != SQLITE_OK) return error(rc, "find the WAL");
-    if (!wal || !wal->pMethods) return Status::Ok();  // not open: nothing unsynced in it
-    rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
-    return rc == SQLITE_OK ? Status::Ok() : error(rc, "sync the WAL");
+    if (wal && wal->pMethods) {
+      rc = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
+      return rc == SQLITE_OK ? Status::Ok() : error(rc, "sync the WAL");
+    }
+    // This connection has not opened the WAL (it was reopened since the undurable commits):
+    // what they wrote is in the file all the same, so sync the file itself.
+    const std::string path = store_.options_.path + "-wal";
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+      if (errno == ENOENT) return Status::Ok();  // no WAL: nothing unsynced
+      return Status::IoError("cannot open " + path + " to sync it: " + std::strerror(errno));
+    }
+    const bool synced = fdatasync(fd) == 0;
+    const int err = errno;
+    ::close(fd);
+    return synced ? Status::Ok()
+                  : Status::IoError("cannot sync " + path + ": " + std::strerror(err));
   }
   // Reads the end of the audit chain (inside the writer's transaction, so it is current even
   // if another process appended).
