@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "base/thread_annotations.h"
+
 namespace tdapi {
 
 // CondVar: std::condition_variable; a test seam (tests/unit/fifo_pool_test.cpp delays woken
@@ -34,9 +36,10 @@ class FifoPool {
   FifoPool(const FifoPool&) = delete;
   FifoPool& operator=(const FifoPool&) = delete;
 
-  Got acquire(std::unique_ptr<T>& out, std::chrono::steady_clock::time_point deadline) {
+  Got acquire(std::unique_ptr<T>& out, std::chrono::steady_clock::time_point deadline)
+      EXCLUDES(mu_) {
     out.reset();  // not under the lock
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (waiters_.empty()) {
       if (!idle_.empty()) {
         out = std::move(idle_.back());
@@ -51,7 +54,7 @@ class FifoPool {
     Waiter w;
     waiters_.push_back(&w);
     while (!w.served) {
-      if (w.cv.wait_until(lock, deadline) == std::cv_status::timeout && !w.served) {
+      if (mu_.wait_until(w.cv, deadline) == std::cv_status::timeout && !w.served) {
         waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &w));
         return Got::kTimeout;
       }
@@ -64,11 +67,11 @@ class FifoPool {
   // Gives back what acquire() handed out: the connection, kept for reuse when `keep`, else
   // dropped (null after a failed open); either way it or its slot goes to the longest waiter.
   // A dropped connection is closed after the lock is released.
-  void release(std::unique_ptr<T> conn, bool keep) {
+  void release(std::unique_ptr<T> conn, bool keep) EXCLUDES(mu_) {
     std::unique_ptr<T> dropped;
     keep = keep && conn;
     if (!keep) dropped = std::move(conn);
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (!waiters_.empty()) {
       Waiter* w = waiters_.front();
       waiters_.pop_front();
@@ -85,38 +88,40 @@ class FifoPool {
   }
 
   // Closes every idle connection (their server went away) and frees their slots.
-  void drop_idle() {
+  void drop_idle() EXCLUDES(mu_) {
     std::vector<std::unique_ptr<T>> dropped;
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     dropped.swap(idle_);
     open_ -= dropped.size();  // no thread waits while any is idle
   }
 
-  size_t open() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  size_t open() const EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return open_;
   }
-  size_t idle() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  size_t idle() const EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return idle_.size();
   }
-  size_t waiting() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  size_t waiting() const EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     return waiters_.size();
   }
 
  private:
+  // One thread waiting in acquire(). served and conn are guarded by the pool's mu_ (which the
+  // analysis cannot name from a nested struct's members).
   struct Waiter {
-    CondVar cv;
+    CondVar cv;  // waited on with mu_ held
     bool served = false;
     std::unique_ptr<T> conn;
   };
 
   const size_t max_open_;
-  mutable std::mutex mu_;
-  std::vector<std::unique_ptr<T>> idle_;
-  std::deque<Waiter*> waiters_;
-  size_t open_ = 0;  // connections out, idle, or being opened in a slot
+  mutable Mutex mu_;
+  std::vector<std::unique_ptr<T>> idle_ GUARDED_BY(mu_);
+  std::deque<Waiter*> waiters_ GUARDED_BY(mu_);
+  size_t open_ GUARDED_BY(mu_) = 0;  // connections out, idle, or being opened in a slot
 };
 
 }  // namespace tdapi

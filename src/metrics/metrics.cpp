@@ -157,7 +157,7 @@ Metrics::RouteSlot* Metrics::slot_for(const std::string& route) {
     if (s->name == route) return s;
   }
   // First sight of this route (a handful of times per process): add it under the lock.
-  std::lock_guard<std::mutex> lock(add_mu_);
+  MutexLock lock(add_mu_);
   size_t i = 0;
   for (; i < kMaxRoutes; ++i) {
     RouteSlot* s = slots_[i].load(std::memory_order_acquire);
@@ -213,12 +213,12 @@ void Metrics::request_started() { in_flight_.fetch_add(1, std::memory_order_rela
 void Metrics::request_finished() { in_flight_.fetch_sub(1, std::memory_order_relaxed); }
 
 void Metrics::set_process_info(const ProcessInfo& info) {
-  std::lock_guard<std::mutex> lock(info_mu_);
+  MutexLock lock(info_mu_);
   info_ = info;
 }
 
 std::string Metrics::node() const {
-  std::lock_guard<std::mutex> lock(info_mu_);
+  MutexLock lock(info_mu_);
   return info_.node;
 }
 
@@ -227,7 +227,7 @@ std::string Metrics::render(const StoreStats& store, const Status& health) const
   out.reserve(16384);
   ProcessInfo info;
   {
-    std::lock_guard<std::mutex> lock(info_mu_);
+    MutexLock lock(info_mu_);
     info = info_;
   }
 

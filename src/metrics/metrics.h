@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "base/thread_annotations.h"
 #include "store/status.h"
 #include "store/store.h"
 #include "store/write_engine.h"
@@ -88,13 +89,13 @@ class Metrics : public WriteObserver {
   void request_started();
   void request_finished();
 
-  void set_process_info(const ProcessInfo& info);
+  void set_process_info(const ProcessInfo& info) EXCLUDES(info_mu_);
   // This process's node number (ProcessInfo::node).
-  std::string node() const;
+  std::string node() const EXCLUDES(info_mu_);
 
   // Renders every metric, plus the store's counters and sizes and the result of its health
   // check (health: Ok, or what /healthz would report). This function can't fail.
-  std::string render(const StoreStats& store, const Status& health) const;
+  std::string render(const StoreStats& store, const Status& health) const EXCLUDES(info_mu_);
 
   // Upper bounds of the latency histogram buckets, in seconds.
   static const std::vector<double>& bucket_bounds();
@@ -108,12 +109,12 @@ class Metrics : public WriteObserver {
 
  private:
   struct RouteSlot;
-  RouteSlot* slot_for(const std::string& route);
+  RouteSlot* slot_for(const std::string& route) EXCLUDES(add_mu_);
 
-  std::mutex add_mu_;  // taken only to add a route seen for the first time
+  Mutex add_mu_;  // taken only to add a route seen for the first time
   std::array<std::atomic<RouteSlot*>, kMaxRoutes + 1> slots_{};  // the last: "other"
-  std::vector<std::unique_ptr<RouteSlot>> owned_;                // guarded by add_mu_
-  std::array<std::atomic<uint64_t>, 6> denials_{};               // by DenialReason
+  std::vector<std::unique_ptr<RouteSlot>> owned_ GUARDED_BY(add_mu_);
+  std::array<std::atomic<uint64_t>, 6> denials_{};  // by DenialReason
   std::atomic<uint64_t> audit_writes_{0};
   Histogram batch_size_;
   Histogram commit_seconds_;
@@ -123,8 +124,8 @@ class Metrics : public WriteObserver {
   std::atomic<int64_t> busy_workers_{0};
   std::atomic<int64_t> in_flight_{0};
   double start_time_seconds_;
-  mutable std::mutex info_mu_;
-  ProcessInfo info_;
+  mutable Mutex info_mu_;
+  ProcessInfo info_ GUARDED_BY(info_mu_);
 };
 
 // The process's metrics.

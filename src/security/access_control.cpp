@@ -36,7 +36,7 @@ AuthOutcome Authenticator::authenticate(std::string_view header, Store& store, P
   Cached entry;
   bool fresh = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = cache_.find(key_id);
     if (it != cache_.end() && now - it->second.fetched < kKeyCacheTtl) {
       entry = it->second;
@@ -51,7 +51,7 @@ AuthOutcome Authenticator::authenticate(std::string_view header, Store& store, P
     }
     entry.found = s.ok();
     entry.fetched = now;
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     if (cache_.size() >= kMaxCachedKeys) {
       // Unknown ids (a flood of made-up tokens) go first, so real keys stay cached.
       for (auto it = cache_.begin(); it != cache_.end();) {
@@ -71,7 +71,7 @@ AuthOutcome Authenticator::authenticate(std::string_view header, Store& store, P
 bool AuthFailures::note(std::string_view addr, std::string_view reason, std::string_view key_id,
                         std::string_view request_id, int64_t steady_ms, int64_t wall_ms,
                         bool tally_it) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   // The bucket: refilled at rate_per_minute_, at most burst_ tokens; a failure takes one.
   std::string address(addr);
   auto it = buckets_.find(address);
@@ -136,7 +136,7 @@ bool AuthFailures::note(std::string_view addr, std::string_view reason, std::str
 }
 
 std::vector<AuditEntry> AuthFailures::take_due(int64_t wall_ms, bool all) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   std::vector<AuditEntry> out = std::move(due_);
   due_.clear();
   const int64_t minute = wall_ms / 60000;

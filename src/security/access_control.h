@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "base/thread_annotations.h"
 #include "security/auth.h"
 #include "store/audit.h"
 #include "store/store.h"
@@ -52,11 +53,12 @@ class AuthFailures {
   // over its limit: the request is to be answered 429 (it is tallied all the same).
   // With tally false the failure only takes from the bucket (a request without a token).
   bool note(std::string_view addr, std::string_view reason, std::string_view key_id,
-            std::string_view request_id, int64_t steady_ms, int64_t wall_ms, bool tally = true);
+            std::string_view request_id, int64_t steady_ms, int64_t wall_ms, bool tally = true)
+      EXCLUDES(mu_);
 
   // The audit entries of tallies whose minute ended before wall_ms (every tally with all),
   // taken out: the caller appends them. ts, seq and hashes are left to the store.
-  std::vector<AuditEntry> take_due(int64_t wall_ms, bool all);
+  std::vector<AuditEntry> take_due(int64_t wall_ms, bool all) EXCLUDES(mu_);
 
  private:
   struct Bucket {
@@ -75,10 +77,10 @@ class AuthFailures {
 
   long long rate_per_minute_;
   long long burst_;
-  std::mutex mu_;
-  std::unordered_map<std::string, Bucket> buckets_;
-  std::map<std::string, Tally> tallies_;  // by address ("*": the rest)
-  std::vector<AuditEntry> due_;           // tallies of past minutes, replaced by a new one
+  Mutex mu_;
+  std::unordered_map<std::string, Bucket> buckets_ GUARDED_BY(mu_);
+  std::map<std::string, Tally> tallies_ GUARDED_BY(mu_);  // by address ("*": the rest)
+  std::vector<AuditEntry> due_ GUARDED_BY(mu_);  // tallies of past minutes, replaced by a new one
 };
 
 enum class AuthOutcome {
@@ -110,7 +112,7 @@ class Authenticator {
   // well-formed token named a key (for the logs and the audit trail), "unknown" otherwise.
   // storage_error is set for kStorageError.
   AuthOutcome authenticate(std::string_view header, Store& store, Principal& principal,
-                           Status& storage_error);
+                           Status& storage_error) EXCLUDES(mu_);
 
  private:
   struct Cached {
@@ -120,8 +122,8 @@ class Authenticator {
   };
   AccessOptions options_;
   AuthFailures failures_;
-  std::mutex mu_;
-  std::unordered_map<std::string, Cached> cache_;
+  Mutex mu_;
+  std::unordered_map<std::string, Cached> cache_ GUARDED_BY(mu_);
 };
 
 }  // namespace tdapi

@@ -26,6 +26,7 @@
 
 #include "base/clock.h"
 #include "base/log.h"
+#include "base/thread_annotations.h"
 #include "metrics/metrics.h"
 #include "server/http_router.h"
 #include "store/test_record.h"
@@ -287,21 +288,21 @@ struct AcceptHealth {
   int give_up_ms = 10000;
   std::atomic<long long> failing_since_ms{-1};  // -1: the last fresh accept succeeded
   std::atomic<bool> broken{false};
-  std::mutex log_mu;
-  long long last_log_ms = -1;
-  long long unlogged = 0;
+  Mutex log_mu;
+  long long last_log_ms GUARDED_BY(log_mu) = -1;
+  long long unlogged GUARDED_BY(log_mu) = 0;
 
   void succeeded() {
     if (failing_since_ms.load(std::memory_order_relaxed) != -1) failing_since_ms.store(-1);
   }
   // Returns how long the calling worker should wait before its next accept.
-  int failed(int code, int previous_backoff_ms) {
+  int failed(int code, int previous_backoff_ms) EXCLUDES(log_mu) {
     long long now = now_ms();
     long long expected = -1;
     failing_since_ms.compare_exchange_strong(expected, now);
     long long since = failing_since_ms.load();
     {
-      std::lock_guard<std::mutex> lock(log_mu);
+      MutexLock lock(log_mu);
       ++unlogged;
       if (last_log_ms < 0 || now - last_log_ms >= 1000) {
         LogFields f;
@@ -326,6 +327,14 @@ struct AcceptHealth {
     }
     return previous_backoff_ms <= 0 ? 10 : std::min(previous_backoff_ms * 2, 1000);
   }
+};
+
+// How many workers are still running; at a stop the signal thread waits for none.
+struct RunningWorkers {
+  explicit RunningWorkers(int n) : count(n) {}
+  Mutex mu;
+  std::condition_variable cv;  // waited on with mu held; notified when count reaches 0
+  int count GUARDED_BY(mu);
 };
 
 // One worker thread: accepts, answers, repeats until the server stops. With nginx's
@@ -488,16 +497,14 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
 
   AcceptHealth health;
   health.give_up_ms = options.accept_give_up_ms;
-  std::mutex done_mu;
-  std::condition_variable done_cv;
-  int running = options.threads;
+  RunningWorkers running(options.threads);
   std::vector<std::atomic<int>> idle_fds(static_cast<size_t>(options.threads));
   std::vector<std::thread> workers;
   for (int i = 0; i < options.threads; ++i) {
     workers.emplace_back([&, i] {
       worker_loop(fd, store, auth, idle_fds[static_cast<size_t>(i)], health);
-      std::lock_guard<std::mutex> lock(done_mu);
-      if (--running == 0) done_cv.notify_all();
+      MutexLock lock(running.mu);
+      if (--running.count == 0) running.cv.notify_all();
     });
   }
   LogFields ready;
@@ -539,9 +546,13 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   unlink(options.socket_path.c_str());
   bool finished;
   {
-    std::unique_lock<std::mutex> lock(done_mu);
-    finished = done_cv.wait_for(lock, std::chrono::milliseconds(options.stop_timeout_ms),
-                                [&] { return running == 0; });
+    const auto until =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(options.stop_timeout_ms);
+    MutexLock lock(running.mu);
+    while (running.count != 0) {
+      if (running.mu.wait_until(running.cv, until) == std::cv_status::timeout) break;
+    }
+    finished = running.count == 0;
   }
   if (!finished) {
     LogFields f;

@@ -473,23 +473,17 @@ Status PgStore::check_health() {
   Status failure = engine_->recent_failure();
   if (!failure.ok()) return failure;
   const bool refresh_size = [&] {
-    std::lock_guard<std::mutex> lock(size_mu_);
+    MutexLock lock(size_mu_);
     return std::chrono::steady_clock::now() - size_read_at_ >= kSizeRefresh;
   }();
   // On a connection of its own, not a reader: with every reader held by slow listings, the
   // check waited for one and answered 503 (busy) while the server was fine. Checks take turns
   // on it (each one query, bounded by statement_timeout).
-  // (A polled try_lock, not std::timed_mutex: ThreadSanitizer in GCC 12 does not see
-  // pthread_mutex_clocklock and reports its unlock as one of an unlocked mutex.)
-  std::unique_lock<std::mutex> lock(health_mu_, std::defer_lock);
-  const auto give_up =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.lock_timeout_ms);
-  while (!lock.try_lock() && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  if (!lock.owns_lock()) {
+  if (!health_mu_.try_lock_for(std::chrono::milliseconds(options_.lock_timeout_ms),
+                               std::chrono::milliseconds(1))) {
     return Status::Busy("the previous health check is still waiting for PostgreSQL");
   }
+  MutexLock lock(health_mu_, std::adopt_lock);
   Status status;
   // A connection lost while idle (the server restarted) is replaced once, as a read's is.
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -511,7 +505,7 @@ Status PgStore::check_health() {
       continue;
     }
     if (refresh_size) {
-      std::lock_guard<std::mutex> size_lock(size_mu_);
+      MutexLock size_lock(size_mu_);
       database_bytes_ = value_int(r.get(), 0, 0);
       size_read_at_ = std::chrono::steady_clock::now();
     }
@@ -525,7 +519,7 @@ Status PgStore::check_health() {
 StoreStats PgStore::stats() const {
   StoreStats s;
   engine_->add_stats(s);
-  std::lock_guard<std::mutex> lock(size_mu_);
+  MutexLock lock(size_mu_);
   s.database_bytes = database_bytes_;
   return s;
 }

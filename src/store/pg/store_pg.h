@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "base/fifo_pool.h"
+#include "base/thread_annotations.h"
 #include "base/url.h"
 #include "store/store.h"
 #include "store/write_engine.h"
@@ -70,9 +71,9 @@ class PgStore : public EngineStore, public ImportTarget {
   using Store::list_tests;
   Status list_tests(const ListQuery& query, const RowFn& on_row,
                     const PageEndFn& on_page_end) override;
-  Status check_health() override;
+  Status check_health() override EXCLUDES(health_mu_, size_mu_);
   const std::string& instance_secret() const override { return secret_; }
-  StoreStats stats() const override;
+  StoreStats stats() const override EXCLUDES(size_mu_);
 
   ImportTarget* import_target() override { return this; }
   Status import_tests(const std::vector<StoredTest>& rows) override;
@@ -116,12 +117,12 @@ class PgStore : public EngineStore, public ImportTarget {
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
   // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.
-  std::mutex health_mu_;
-  std::unique_ptr<Connection> health_conn_;
+  Mutex health_mu_;
+  std::unique_ptr<Connection> health_conn_ GUARDED_BY(health_mu_);
 
-  mutable std::mutex size_mu_;
-  mutable long long database_bytes_ = 0;
-  mutable std::chrono::steady_clock::time_point size_read_at_;
+  mutable Mutex size_mu_;
+  long long database_bytes_ GUARDED_BY(size_mu_) = 0;
+  std::chrono::steady_clock::time_point size_read_at_ GUARDED_BY(size_mu_);
 };
 
 // `url` with any password replaced by "***", for logs (redact_url_text, base/url.h); a URL

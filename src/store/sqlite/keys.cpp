@@ -38,7 +38,7 @@ Status SqliteStore::find_key(std::string_view key_id, ApiKey& out) {
 }
 
 Status SqliteStore::admin_write(const std::function<int(sqlite3*)>& fn, const char* what) {
-  std::lock_guard<std::mutex> lock(admin_mu_);
+  MutexLock lock(admin_mu_);
   if (!admin_) {
     int rc = open_connection(options_.path, SQLITE_OPEN_READWRITE, &admin_);
     if (rc != SQLITE_OK) {

@@ -586,21 +586,16 @@ int SqliteStore::on_wal_commit(void* self, sqlite3* db, const char*, int wal_pag
     // pass, but at most kWriterCheckpointWait (a commit is not held for a whole pass over a
     // large database); past that it calls off the pass asked for next and tries again after
     // its next commit.
-    // (A polled try_lock, not std::timed_mutex: ThreadSanitizer in GCC 12 does not see
-    // pthread_mutex_clocklock and reports its unlock as one of an unlocked mutex.)
-    std::unique_lock<std::mutex> run(store->checkpoint_run_mu_, std::defer_lock);
-    const auto give_up = std::chrono::steady_clock::now() + kWriterCheckpointWait;
-    while (!run.try_lock() && std::chrono::steady_clock::now() < give_up) {
-      std::this_thread::sleep_for(std::chrono::microseconds(100));
-    }
-    if (run.owns_lock()) {
+    if (store->checkpoint_run_mu_.try_lock_for(kWriterCheckpointWait,
+                                               std::chrono::microseconds(100))) {
       sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+      store->checkpoint_run_mu_.unlock();
     } else {
-      std::lock_guard<std::mutex> lock(store->checkpoint_mu_);
+      MutexLock lock(store->checkpoint_mu_);
       store->checkpoint_wanted_ = false;
     }
   } else if (wal_pages >= kCheckpointPages) {
-    std::lock_guard<std::mutex> lock(store->checkpoint_mu_);
+    MutexLock lock(store->checkpoint_mu_);
     store->checkpoint_wanted_ = true;
     store->checkpoint_cv_.notify_one();
   }
@@ -608,36 +603,36 @@ int SqliteStore::on_wal_commit(void* self, sqlite3* db, const char*, int wal_pag
 }
 
 void SqliteStore::checkpoint_loop() {
-  std::unique_lock<std::mutex> lock(checkpoint_mu_);
   for (;;) {
-    checkpoint_cv_.wait(lock, [&] { return checkpoint_wanted_ || checkpoint_stop_; });
-    if (checkpoint_stop_) return;
-    checkpoint_wanted_ = false;
-    lock.unlock();
+    {
+      MutexLock lock(checkpoint_mu_);
+      while (!checkpoint_wanted_ && !checkpoint_stop_) checkpoint_mu_.wait(checkpoint_cv_);
+      if (checkpoint_stop_) return;
+      checkpoint_wanted_ = false;
+    }
     // PASSIVE: copies what no reader still needs, never blocks the writer or readers.
     int rc;
     {
-      std::lock_guard<std::mutex> run(checkpoint_run_mu_);
+      MutexLock run(checkpoint_run_mu_);
       rc = sqlite3_wal_checkpoint_v2(checkpointer_->db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
                                      nullptr);
     }
     if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
       note_failure(status_from_sqlite(rc, checkpointer_->db, "checkpoint", true));
     }
-    lock.lock();
   }
 }
 
 SqliteStore::~SqliteStore() {
   {
-    std::lock_guard<std::mutex> lock(integrity_mu_);
+    MutexLock lock(integrity_mu_);
     integrity_stop_ = true;
   }
   integrity_cv_.notify_all();
   if (integrity_thread_.joinable()) integrity_thread_.join();  // closes its connection
   engine_.reset();  // answers what is queued, then stops the writer thread
   {
-    std::lock_guard<std::mutex> lock(checkpoint_mu_);
+    MutexLock lock(checkpoint_mu_);
     checkpoint_stop_ = true;
   }
   checkpoint_cv_.notify_all();
@@ -707,7 +702,7 @@ Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
 
 std::unique_ptr<SqliteStore::Connection> SqliteStore::acquire_reader(Status& status) {
   {
-    std::lock_guard<std::mutex> lock(readers_mu_);
+    MutexLock lock(readers_mu_);
     if (!idle_readers_.empty()) {
       auto conn = std::move(idle_readers_.back());
       idle_readers_.pop_back();
@@ -720,7 +715,7 @@ std::unique_ptr<SqliteStore::Connection> SqliteStore::acquire_reader(Status& sta
 }
 
 void SqliteStore::release_reader(std::unique_ptr<Connection> conn) {
-  std::lock_guard<std::mutex> lock(readers_mu_);
+  MutexLock lock(readers_mu_);
   idle_readers_.push_back(std::move(conn));
 }
 
@@ -890,8 +885,12 @@ Status SqliteStore::append_audit(AuditEntry& entry, AuditDurability durability) 
 }
 
 bool SqliteStore::integrity_pause(std::chrono::steady_clock::duration pause) {
-  std::unique_lock<std::mutex> lock(integrity_mu_);
-  return !integrity_cv_.wait_for(lock, pause, [&] { return integrity_stop_; });
+  const auto until = std::chrono::steady_clock::now() + pause;
+  MutexLock lock(integrity_mu_);
+  while (!integrity_stop_) {
+    if (integrity_mu_.wait_until(integrity_cv_, until) == std::cv_status::timeout) break;
+  }
+  return !integrity_stop_;
 }
 
 Status SqliteStore::walk_btree(sqlite3* db, size_t walk) {
@@ -977,7 +976,7 @@ void SqliteStore::integrity_check_loop() {
   bool stopped = false;
   for (size_t walk = 0; walk < std::size(kBtreeWalks) && status.ok() && !stopped; ++walk) {
     status = walk_btree(db, walk);
-    std::lock_guard<std::mutex> lock(integrity_mu_);
+    MutexLock lock(integrity_mu_);
     stopped = integrity_stop_;
   }
   sqlite3_close_v2(db);

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/thread_annotations.h"
 #include "store/store.h"
 #include "store/write_engine.h"
 
@@ -153,22 +154,22 @@ class SqliteStore : public EngineStore {
   // transaction.
   void end_failed_transaction();
   Status open_reader(std::unique_ptr<Connection>& out);
-  std::unique_ptr<Connection> acquire_reader(Status& status);
-  void release_reader(std::unique_ptr<Connection> conn);
+  std::unique_ptr<Connection> acquire_reader(Status& status) EXCLUDES(readers_mu_);
+  void release_reader(std::unique_ptr<Connection> conn) EXCLUDES(readers_mu_);
   // Runs fn on the admin connection (key management) inside BEGIN IMMEDIATE ... COMMIT.
-  Status admin_write(const std::function<int(sqlite3*)>& fn, const char* what);
-  void checkpoint_loop();
+  Status admin_write(const std::function<int(sqlite3*)>& fn, const char* what) EXCLUDES(admin_mu_);
+  void checkpoint_loop() EXCLUDES(checkpoint_mu_, checkpoint_run_mu_);
   static int on_wal_commit(void* self, sqlite3* db, const char* name, int wal_pages);
   // Logs a storage failure (corruption loudly, once marking the store unhealthy).
   void note_failure(const Status& status);
   // Reads PRAGMA page_count on conn (the writer) into page_count_, for metrics.
   void read_page_count(Connection& conn);
   // The background integrity check (see open), on integrity_thread_.
-  void integrity_check_loop();
+  void integrity_check_loop() EXCLUDES(integrity_mu_);
   // Reads one b-tree chunk by chunk (integrity_check_loop); Ok when it is whole.
-  Status walk_btree(sqlite3* db, size_t walk);
+  Status walk_btree(sqlite3* db, size_t walk) EXCLUDES(integrity_mu_);
   // Waits `pause`, or less when the store is closing; false then.
-  bool integrity_pause(std::chrono::steady_clock::duration pause);
+  bool integrity_pause(std::chrono::steady_clock::duration pause) EXCLUDES(integrity_mu_);
 
   SqliteOptions options_;
   std::atomic<bool> corrupt_seen_{false};
@@ -187,29 +188,29 @@ class SqliteStore : public EngineStore {
   // Set when the background integrity check found damage: writes are refused.
   std::atomic<bool> damaged_{false};
   bool check_in_background_ = false;  // set by open_writer: the clean-stop marker was taken
-  std::mutex integrity_mu_;
-  std::condition_variable integrity_cv_;
-  bool integrity_stop_ = false;  // guarded by integrity_mu_
+  Mutex integrity_mu_;
+  std::condition_variable integrity_cv_;  // waited on with integrity_mu_ held
+  bool integrity_stop_ GUARDED_BY(integrity_mu_) = false;
   std::thread integrity_thread_;
   std::string secret_;
   std::unique_ptr<Connection> writer_;
-  std::mutex admin_mu_;
-  sqlite3* admin_ = nullptr;  // key management writes; opened on first use
+  Mutex admin_mu_;
+  sqlite3* admin_ GUARDED_BY(admin_mu_) = nullptr;  // key management writes; opened on first use
 
   std::unique_ptr<Backend> backend_;
 
   std::unique_ptr<Connection> checkpointer_;
-  std::mutex checkpoint_mu_;
+  Mutex checkpoint_mu_;
   // Held while a checkpoint runs, by the checkpoint thread and by the writer's own: SQLite lets
   // one checkpoint run at a time and answers a second PASSIVE one with SQLITE_BUSY at once.
-  std::mutex checkpoint_run_mu_;
-  std::condition_variable checkpoint_cv_;
-  bool checkpoint_wanted_ = false;
-  bool checkpoint_stop_ = false;
+  Mutex checkpoint_run_mu_;
+  std::condition_variable checkpoint_cv_;  // waited on with checkpoint_mu_ held
+  bool checkpoint_wanted_ GUARDED_BY(checkpoint_mu_) = false;
+  bool checkpoint_stop_ GUARDED_BY(checkpoint_mu_) = false;
   std::thread checkpoint_thread_;
 
-  std::mutex readers_mu_;
-  std::vector<std::unique_ptr<Connection>> idle_readers_;
+  Mutex readers_mu_;
+  std::vector<std::unique_ptr<Connection>> idle_readers_ GUARDED_BY(readers_mu_);
 };
 
 }  // namespace tdapi
