@@ -2,10 +2,12 @@
 // (store_pg.h) implement it.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "store/audit.h"
@@ -15,13 +17,66 @@
 
 namespace tdapi {
 
-// Which tests to list: one clinic, optionally narrowed, in insertion order.
+// Which tests to list: one clinic, optionally narrowed, in insertion order, each at its current
+// version.
 struct ListQuery {
   std::string clinic_id;
   std::optional<std::string> patient_id;  // exact match when set
   std::optional<std::string> test_type;   // exact match when set
-  long long after_seq = 0;                // only tests stored after this position (paging)
-  long long limit = -1;                   // at most this many; < 0: all
+  std::optional<TestStatus> status;       // current status, exact match when set
+  // Time ranges, half-open: from <= t < to. Each bound is a UTC timestamp in the stored form
+  // ("YYYY-MM-DDTHH:MM:SS.mmmZ", as utc_timestamp_ms makes), so they compare as text. Served from
+  // an index on (clinic_id, created_at) / (clinic_id, updated_at): no scan of the clinic's rows
+  // outside the range.
+  std::optional<std::string> created_from, created_to;
+  std::optional<std::string> updated_from, updated_to;
+  long long after_seq = 0;  // only tests stored after this position (paging)
+  long long limit = -1;     // at most this many; < 0: all
+};
+
+// A correction (PUT /tests/{id}): the record as it is to become, checked against the stored one
+// inside the write transaction.
+struct TestCorrection {
+  TestRecord record;           // test_id, patient_id and clinic_id as stored; status final,
+                               // amended, corrected or entered-in-error
+  std::string reason;          // 1..500 characters
+  long long expected_version;  // If-Match: the version the client corrects
+  std::string changed_by;      // the key id, or "anonymous"
+};
+
+// Why a correction wrote nothing although storage worked (checked in this order).
+enum class CorrectionRefusal {
+  kNone,             // committed
+  kNotFound,         // no test with this test_id
+  kClinicDiffers,    // the stored test is another clinic's (clinic_id cannot change)
+  kPatientDiffers,   // patient_id cannot change
+  kRetracted,        // the stored version is entered-in-error: no further correction
+  kVersionMismatch,  // expected_version is not the current version
+};
+
+// What happened to one correction.
+struct CorrectionOutcome {
+  Status status;  // Ok: the transaction worked (see refusal); otherwise a storage error and
+                  // nothing was written
+  CorrectionRefusal refusal = CorrectionRefusal::kNone;
+  long long txn_id = -1;
+  // kNone: the new version as committed. A refusal other than kNotFound: the stored current
+  // version (its number for the 412, its status for the 400, its clinic for the clinic check).
+  TestVersion current;
+};
+
+// Which versions of one test to list: newest first.
+struct HistoryQuery {
+  std::string test_id;
+  long long before_version = 0;  // only versions older than this (paging); 0: from the newest
+  long long limit = -1;          // at most this many; < 0: all
+};
+
+// Which changes of one clinic to list: commit order.
+struct ChangeQuery {
+  std::string clinic_id;
+  long long after_change_seq = 0;  // only changes after this position (the feed's token)
+  long long limit = 100;           // at most this many (> 0)
 };
 
 // Which audit entries to list: oldest first, optionally narrowed.
@@ -37,6 +92,17 @@ struct AuditQuery {
 struct StoredTest {
   long long seq = 0;
   std::string test_id, patient_id, clinic_id, test_type, result, created_at, doc;
+  std::string status = "final";  // test_status_name of the current version
+  long long version = 1;
+  std::string updated_at;
+};
+
+// A test as the single read returns it: its current document, the clinic access is decided by,
+// and its version (the ETag).
+struct StoredDocument {
+  std::string json;
+  std::string clinic_id;
+  long long version = 0;
 };
 
 // Counters since open, and the size of the database files.
@@ -71,7 +137,7 @@ enum class AuditDurability {
 constexpr int kCrashSafeSyncWindowMs = 100;
 
 // What happened to one write.
-struct WriteOutcome {
+struct WriteOutcome {     // of a create: stores it as version 1 (status preliminary or final)
   Status status;          // Ok: committed and durable. Otherwise nothing was written.
   long long txn_id = -1;  // the transaction (group commit batch) it was part of
   std::vector<std::string> duplicate_ids;  // for kDuplicate: the test_ids that already exist
@@ -127,6 +193,50 @@ class Store {
   // Fetches one key. Ok, NotFound, or a storage error.
   virtual Status find_key(std::string_view key_id, ApiKey& out) = 0;
 
+  // Corrects one test (PUT /tests/{id}) through the write engine: in one transaction, reads the
+  // stored test, refuses (CorrectionOutcome::refusal) or writes the next version (the tests row
+  // and a test_versions row) and `audit`, whose outcome the engine sets (200 committed; 404 not
+  // found or another clinic's; 400 patient differs or retracted; 412 version mismatch). Ok only
+  // after COMMIT. audit may be null.
+  virtual CorrectionOutcome correct(const TestCorrection& correction, AuditEntry* audit) {
+    (void)correction, (void)audit;
+    return {Status::Internal("corrections are not implemented by this store"), {}, -1, {}};
+  }
+
+  // Calls on_version for the versions of test_id, newest first, as query says, until it returns
+  // false. NotFound when there is no such test; clinic_id receives its clinic (access).
+  virtual Status list_history(const HistoryQuery& query, std::string& clinic_id,
+                              const std::function<bool(const TestVersion&)>& on_version) {
+    (void)query, (void)clinic_id, (void)on_version;
+    return Status::Internal("history is not implemented by this store");
+  }
+
+  // Calls on_change for the clinic's changes (every create and correction: the version it made)
+  // after query.after_change_seq, in commit order, until it returns false. A change that commits
+  // after a reader passed its position is never behind that position (change_seq is assigned in
+  // commit order, also across app nodes). Ok (also when none) or a storage error.
+  virtual Status list_changes(const ChangeQuery& query,
+                              const std::function<bool(const TestVersion&)>& on_change) {
+    (void)query, (void)on_change;
+    return Status::Internal("the change feed is not implemented by this store");
+  }
+  // The highest change_seq committed (0 when none), by a cheap query: what a held feed request
+  // watches for (it also sees changes committed by other app nodes).
+  virtual Status latest_change(long long& change_seq) {
+    change_seq = 0;
+    return Status::Internal("the change feed is not implemented by this store");
+  }
+  // Returns when this process commits a change (a create or a correction), or after timeout:
+  // held feed requests wake at once for local commits (and look at latest_change at least every
+  // timeout for others').
+  virtual void wait_for_commit(std::chrono::milliseconds timeout) {
+    std::this_thread::sleep_for(timeout);
+  }
+
+  // Fetches one test's current document, clinic and version. Ok, NotFound, or a storage error.
+  virtual Status get_test(std::string_view test_id, StoredDocument& out) {
+    return get_test(test_id, out.json, out.clinic_id);
+  }
   // Fetches one test's stored JSON object into json, and its row's clinic_id column into
   // clinic_id (what access to it is decided by, as for listings). Ok, NotFound, or a storage
   // error.
@@ -158,6 +268,13 @@ class Store {
   // (migrate copies and checks stores with it). Ok or the storage error.
   virtual Status list_all_tests(long long after_seq, long long limit,
                                 const std::function<bool(const StoredTest&)>& on_row) = 0;
+  // Every version after after_change_seq, in change_seq order, at most limit rows, until
+  // on_version returns false (migrate). Ok or the storage error.
+  virtual Status list_all_versions(long long after_change_seq, long long limit,
+                                   const std::function<bool(const TestVersion&)>& on_version) {
+    (void)after_change_seq, (void)limit, (void)on_version;
+    return Status::Internal("versions are not implemented by this store");
+  }
 
   // 16 random bytes created with the database and kept in it: the key that signs paging
   // cursors, so cursors stay valid across restarts. This function can't fail.
@@ -180,6 +297,12 @@ class ImportTarget {
   // Copies rows as they are (seq, created_at, doc kept) in one transaction, rows whose test_id
   // exists already skipped; moves the seq past the highest one.
   virtual Status import_tests(const std::vector<StoredTest>& rows) = 0;
+  // Versions as they are (change_seq kept) in one transaction, versions whose change_seq exists
+  // skipped; moves the change sequence past the highest one.
+  virtual Status import_versions(const std::vector<TestVersion>& versions) {
+    (void)versions;
+    return Status::Internal("versions are not implemented by this store");
+  }
   // Audit entries as they are (seq and hashes kept); entries whose seq exists are skipped.
   virtual Status import_audit(const std::vector<AuditEntry>& entries) = 0;
   // Keys as they are; keys whose id exists are skipped.
