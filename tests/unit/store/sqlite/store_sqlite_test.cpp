@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -22,6 +23,7 @@
 
 #include "base/json.h"
 #include "http/storage_status.h"
+#include "store/sqlite/file_ops.h"
 #include "store/sqlite/sqlite_test_util.h"
 #include "store/store_test_util.h"
 #include "store/test_record.h"
@@ -146,7 +148,7 @@ TEST(SqliteStore, IntegrityCheckChunksAreRangesOfTheirBtree) {
   std::string path = dir.file("t.db");
   auto store = open_store(path);
   std::vector<std::string> sqls = integrity_chunk_sql();
-  EXPECT_EQ(sqls.size(), 6u);
+  EXPECT_EQ(sqls.size(), 12u);
   for (const std::string& sql : sqls) {
     std::string plan = query_plan(path, sql);
     EXPECT_EQ(plan.rfind("SEARCH ", 0), 0u) << sql << "\n" << plan;
@@ -173,7 +175,8 @@ std::unique_ptr<SqliteStore> open_and_check(const std::string& path, int chunk_r
 }
 
 // Chunk by chunk, each after the last key of the one before, the check reads every entry of
-// the tests table, its four indexes and the audit trail once: also when the rows fill their
+// the tests table and its seven indexes, test_versions and its two, and the audit trail once
+// (each test here has its version 1): also when the rows fill their
 // last chunk exactly, and with chunks of one entry.
 TEST(SqliteStore, BackgroundIntegrityCheckReadsEveryEntryOnce) {
   for (int rows : {49, 50}) {
@@ -197,7 +200,7 @@ TEST(SqliteStore, BackgroundIntegrityCheckReadsEveryEntryOnce) {
       auto store = open_and_check(path, chunk, state);
       ASSERT_TRUE(store);
       EXPECT_EQ(state, StoreStats::Integrity::kOk);
-      EXPECT_EQ(store->integrity_entries(), rows * 5 + rows / 2);
+      EXPECT_EQ(store->integrity_entries(), rows * 11 + rows / 2);
       EXPECT_GE(store->stats().integrity_seconds, 0);
       EXPECT_TRUE(store->check_health().ok());
     }
@@ -591,6 +594,141 @@ TEST(SqliteStore, MigratesAVersion1DatabaseAtStart) {
   store = open_store(path);  // opening a current database again changes nothing (no new copy)
   EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"a", "b", "d"}));
   EXPECT_EQ(pre_migration_copies(path).size(), 1u);
+}
+
+// Migrations 1 -> 2 and 2 -> 3 as the releases before versions ran them.
+const char kMigrationsToV3[] =
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)"
+    " STRICT, WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO counters (name, value)"
+    " SELECT 'last_seq', coalesce(max(rowid), 0) FROM tests;"
+    "CREATE TABLE IF NOT EXISTS api_keys ("
+    "  key_id      TEXT PRIMARY KEY NOT NULL,"
+    "  name        TEXT NOT NULL,"
+    "  scopes      TEXT NOT NULL,"
+    "  secret_hash TEXT NOT NULL,"
+    "  created_at  TEXT NOT NULL,"
+    "  revoked_at  TEXT"
+    ") STRICT;"
+    "CREATE TABLE IF NOT EXISTS audit ("
+    "  seq        INTEGER PRIMARY KEY NOT NULL,"
+    "  ts         TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL,"
+    "  key_id     TEXT NOT NULL,"
+    "  action     TEXT NOT NULL,"
+    "  clinic_id  TEXT NOT NULL,"
+    "  detail     TEXT NOT NULL,"
+    "  outcome    INTEGER NOT NULL,"
+    "  prev_hash  TEXT NOT NULL,"
+    "  hash       TEXT NOT NULL"
+    ") STRICT;";
+
+// A schema-3 database (tests without versions) is migrated at start: each document gains
+// status, version and updated_at by text (the escapes already there unchanged), each test its
+// version 1 in test_versions, in seq order, by "unknown"; the result passes restore's checks and
+// takes corrections.
+TEST(SqliteStore, MigratesAVersion3DatabaseToVersionsAtStart) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  std::string v3 = std::string("PRAGMA journal_mode=WAL; BEGIN;") + kSchemaV1 + kMigrationsToV3 +
+                   "PRAGMA user_version=3;";
+  std::map<std::string, std::string> old_docs;
+  const std::vector<std::string> ids = {"z", "a", "m"};  // seq order, not id order
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string& id = ids[i];
+    TestRecord r = make_record(id, i == 1 ? "c2" : "c1");
+    r.result = "tab\there, \"quoted\", back\\slash, caf\xc3\xa9, \xe2\x80\xa8";
+    const std::string created_at = "2026-01-0" + std::to_string(i + 1) + "T00:00:00.000Z";
+    std::string doc = test_record_json(r, created_at);
+    old_docs[id] = doc;
+    auto quote = [](const std::string& text) {
+      std::string q = "'";
+      for (char ch : text) q += ch == '\'' ? std::string("''") : std::string(1, ch);
+      return q + "'";
+    };
+    v3 +=
+        "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result,"
+        " created_at, doc) VALUES (" +
+        std::to_string(i + 1) + ", " + std::to_string(i + 1) + ", " + quote(id) + ", " +
+        quote(r.patient_id) + ", " + quote(r.clinic_id) + ", " + quote(r.test_type) + ", " +
+        quote(r.result) + ", " + quote(created_at) + ", " + quote(doc) + ");";
+  }
+  v3 += "UPDATE counters SET value = 3 WHERE name = 'last_seq'; COMMIT;";
+  sql_on(path, v3);
+  ASSERT_EQ(sql_on(path, "PRAGMA user_version"), "3");
+
+  auto store = open_store(path);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(sql_on(path, "PRAGMA user_version"), "4");
+  std::vector<std::string> copies = pre_migration_copies(path);
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(sql_on(copies[0], "PRAGMA user_version"), "3");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    SCOPED_TRACE(ids[i]);
+    const std::string& old = old_docs[ids[i]];
+    const std::string created_at = "2026-01-0" + std::to_string(i + 1) + "T00:00:00.000Z";
+    const std::string want = old.substr(0, old.size() - 1) +
+                             ",\"status\":\"final\",\"version\":1,\"updated_at\":\"" + created_at +
+                             "\"}";
+    StoredDocument d;
+    ASSERT_TRUE(store->get_test(ids[i], d).ok());
+    EXPECT_EQ(d.json, want);  // byte for byte: the old escapes kept
+    EXPECT_EQ(d.version, 1);
+    TestRecord r = make_record(ids[i], i == 1 ? "c2" : "c1");
+    r.result = "tab\there, \"quoted\", back\\slash, caf\xc3\xa9, \xe2\x80\xa8";
+    EXPECT_EQ(d.json, test_document(r, created_at, 1, created_at));  // what a create writes now
+    std::string clinic;
+    std::vector<TestVersion> h;
+    ASSERT_TRUE(store
+                    ->list_history({ids[i], 0, -1}, clinic,
+                                   [&](const TestVersion& v) {
+                                     h.push_back(v);
+                                     return true;
+                                   })
+                    .ok());
+    ASSERT_EQ(h.size(), 1u);
+    EXPECT_EQ(h[0].version, 1);
+    EXPECT_EQ(h[0].change_seq, static_cast<long long>(i + 1));  // seq order
+    EXPECT_EQ(h[0].changed_by, "unknown");
+    EXPECT_EQ(h[0].changed_at, created_at);
+    EXPECT_FALSE(h[0].reason.has_value());
+    EXPECT_EQ(h[0].doc, want);
+    EXPECT_EQ(h[0].record.result, r.result);
+  }
+  EXPECT_EQ(sql_on(path,
+                   "SELECT group_concat(status || version || (updated_at = created_at))"
+                   " FROM tests"),
+            "final11,final11,final11");
+  // The feed starts with the migrated tests; new changes follow them.
+  TestCorrection c;
+  c.record = make_record("m");
+  c.record.status = TestStatus::kCorrected;
+  c.reason = "after the upgrade";
+  c.expected_version = 1;
+  c.changed_by = "anonymous";
+  CorrectionOutcome o = store->correct(c, nullptr);
+  ASSERT_TRUE(o.status.ok()) << o.status.message();
+  EXPECT_EQ(o.refusal, CorrectionRefusal::kNone);
+  EXPECT_EQ(o.current.change_seq, 4);
+  std::vector<std::string> feed;
+  ChangeQuery cq;
+  cq.clinic_id = "c1";
+  ASSERT_TRUE(store
+                  ->list_changes(cq,
+                                 [&](const TestVersion& v) {
+                                   feed.push_back(v.record.test_id + "@" +
+                                                  std::to_string(v.version));
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(feed, (std::vector<std::string>{"z@1", "m@1", "m@2"}));
+  store.reset();
+  // What restore would take: the exact schema and every row agreeing with its document.
+  DatabaseFacts facts;
+  Status s = sqlite_check_file(path, true, facts);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(facts.tests, 3);
+  EXPECT_EQ(facts.versions, 4);
 }
 
 // A migration that fails half-way leaves the database exactly as it was: one transaction.
