@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -100,6 +101,147 @@ TEST(SqliteStore, FullDatabaseRollsBackAndKeepsEveryAcknowledgedRecord) {
   // Reads and further duplicates still work while full.
   EXPECT_EQ(store->insert(make_record(acknowledged[0])).status.code(), StatusCode::kDuplicate);
   EXPECT_TRUE(store->check_health().ok());
+}
+
+// A correction that does not fit: Full (507), nothing of it written (not even its audit entry,
+// which would fail the same way), the old version intact and readable, and a correction that
+// fits still goes through.
+TEST(SqliteStore, ACorrectionOnAFullDatabaseIsFullAndLeavesTheOldVersionIntact) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"), /*max_pages=*/40);
+  ASSERT_TRUE(store->insert(make_record("keep")).status.ok());
+  Status last;
+  for (int i = 0; i < 2000; ++i) {
+    TestRecord r = make_record("fill-" + std::to_string(i));
+    r.result = std::string(800, 'x');
+    last = store->insert(r).status;
+    if (!last.ok()) break;
+  }
+  ASSERT_EQ(last.code(), StatusCode::kFull) << last.message();
+  StoredDocument before;
+  ASSERT_TRUE(store->get_test("keep", before).ok());
+  long long latest_before = 0;
+  ASSERT_TRUE(store->latest_change(latest_before).ok());
+  const size_t audit_before = [&] {
+    size_t n = 0;
+    EXPECT_TRUE(store->list_audit({}, [&](const AuditEntry&) { return ++n > 0; }).ok());
+    return n;
+  }();
+
+  TestCorrection c;
+  c.record = make_record("keep");
+  c.record.result = std::string(kMaxResultChars, 'y');  // overflow pages: no room for them
+  c.record.status = TestStatus::kCorrected;
+  c.reason = "does not fit";
+  c.expected_version = 1;
+  c.changed_by = "anonymous";
+  AuditEntry audit;
+  audit.action = "correct";
+  audit.clinic_id = "c1";
+  audit.detail = "{}";
+  CorrectionOutcome out = store->correct(c, &audit);
+  EXPECT_EQ(out.status.code(), StatusCode::kFull) << out.status.message();
+  EXPECT_EQ(http_status_for(out.status.code()), 507);
+
+  StoredDocument after;
+  ASSERT_TRUE(store->get_test("keep", after).ok());
+  EXPECT_EQ(after.json, before.json);
+  EXPECT_EQ(after.version, 1);
+  long long latest_after = 0;
+  ASSERT_TRUE(store->latest_change(latest_after).ok());
+  EXPECT_EQ(latest_after, latest_before);
+  size_t audit_after = 0;
+  ASSERT_TRUE(store->list_audit({}, [&](const AuditEntry&) { return ++audit_after > 0; }).ok());
+  EXPECT_EQ(audit_after, audit_before);
+  std::string clinic;
+  int versions = 0;
+  ASSERT_TRUE(store
+                  ->list_history({"keep", 0, -1}, clinic,
+                                 [&](const TestVersion&) {
+                                   ++versions;
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(versions, 1);
+  EXPECT_TRUE(store->check_health().ok());  // full is not a broken write path
+}
+
+// The app killed (SIGKILL) while it corrects: every correction acknowledged before is there
+// after the restart, and no test is torn (its row's version, document and status are those of
+// its newest test_versions row).
+TEST(SqliteStore, EveryAcknowledgedCorrectionSurvivesAKill) {
+  TempDir dir;
+  const std::string path = dir.file("t.db");
+  {
+    auto store = open_store(path);
+    std::vector<TestRecord> batch;
+    for (int i = 0; i < 20; ++i) batch.push_back(make_record("t" + std::to_string(i)));
+    ASSERT_TRUE(store->insert_all(batch).status.ok());
+  }
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(fds[0]);
+    SqliteOptions o;
+    o.path = path;
+    std::unique_ptr<SqliteStore> store;
+    if (!SqliteStore::open(o, store).ok()) _exit(2);
+    // Bounded: at most 5,000 corrections (the parent kills it long before).
+    for (int i = 0; i < 5000; ++i) {
+      const int t = i % 20;
+      TestCorrection c;
+      c.record = make_record("t" + std::to_string(t));
+      c.record.status = TestStatus::kCorrected;
+      c.record.result = "correction " + std::to_string(i);
+      c.reason = "r";
+      c.expected_version = i / 20 + 1;
+      c.changed_by = "anonymous";
+      CorrectionOutcome out = store->correct(c, nullptr);
+      if (!out.status.ok() || out.refusal != CorrectionRefusal::kNone) _exit(3);
+      // Acknowledged: the test's index and the version it is at.
+      const long long ack[2] = {t, out.current.version};
+      if (write(fds[1], ack, sizeof ack) != static_cast<ssize_t>(sizeof ack)) _exit(4);
+    }
+    _exit(5);
+  }
+  close(fds[1]);
+  std::map<int, long long> acked;  // test index -> highest acknowledged version
+  long long ack[2];
+  int received = 0;
+  while (read(fds[0], ack, sizeof ack) == static_cast<ssize_t>(sizeof ack)) {
+    acked[static_cast<int>(ack[0])] = ack[1];
+    if (++received == 300) kill(child, SIGKILL);  // mid-stream
+  }
+  close(fds[0]);
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(wstatus)) << "the child ended on its own: " << wstatus;
+  ASSERT_GE(received, 300);
+
+  auto store = open_store(path);  // after an unclean stop: quick_check, then the WAL's commits
+  ASSERT_TRUE(store);
+  for (int t = 0; t < 20; ++t) {
+    SCOPED_TRACE(t);
+    const std::string id = "t" + std::to_string(t);
+    StoredDocument d;
+    ASSERT_TRUE(store->get_test(id, d).ok());
+    EXPECT_GE(d.version, acked[t]);  // nothing acknowledged is lost
+    std::string clinic;
+    std::vector<TestVersion> h;
+    ASSERT_TRUE(store
+                    ->list_history({id, 0, -1}, clinic,
+                                   [&](const TestVersion& v) {
+                                     h.push_back(v);
+                                     return true;
+                                   })
+                    .ok());
+    ASSERT_FALSE(h.empty());
+    EXPECT_EQ(h.front().version, d.version);  // not torn: the row and its newest version agree
+    EXPECT_EQ(h.front().doc, d.json);
+    EXPECT_EQ(static_cast<long long>(h.size()), d.version);  // every version kept
+  }
 }
 
 // The EXPLAIN QUERY PLAN of sql on the database at path, one line per step ("" on failure).
