@@ -329,16 +329,10 @@ class SqliteStore::Backend : public WriteBackend {
                       SQLITE_STATIC);
     sqlite3_bind_text(st, 5, r.result.data(), static_cast<int>(r.result.size()), SQLITE_STATIC);
     sqlite3_bind_text(st, 6, created_at.data(), static_cast<int>(created_at.size()), SQLITE_STATIC);
-    TestVersion& v = version_;
-    v.record = r;
-    v.version = 1;
-    v.created_at = created_at;
-    v.changed_at = created_at;
-    v.changed_by = changed_by;
-    v.reason.reset();
-    v.doc = test_document(r, created_at, 1, created_at);
-    bind_text(st, 7, v.doc);
-    bind_text(st, 8, test_status_name(r.status));
+    const std::string doc = test_document(r, created_at, 1, created_at);
+    bind_text(st, 7, doc);
+    const char* status = test_status_name(r.status);
+    bind_text(st, 8, status);
     int rc = sqlite3_step(st);
     Status s = rc == SQLITE_DONE ? Status::Ok() : error(sqlite3_extended_errcode(db()), "INSERT");
     sqlite3_reset(st);
@@ -348,7 +342,9 @@ class SqliteStore::Backend : public WriteBackend {
       return Status::Ok();
     }
     if (!s.ok()) return s;
-    return insert_version(v);
+    long long change_seq = 0;
+    return insert_version(r.test_id, 1, r.clinic_id, status, created_at, changed_by, nullptr, doc,
+                          change_seq);
   }
 
   Status read_current(const std::string& test_id, bool& found, TestVersion& current) override {
@@ -391,7 +387,9 @@ class SqliteStore::Backend : public WriteBackend {
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (!s.ok()) return s;
-    return insert_version(next);
+    return insert_version(next.record.test_id, next.version, next.record.clinic_id,
+                          test_status_name(next.record.status), next.changed_at, next.changed_by,
+                          next.reason ? &*next.reason : nullptr, next.doc, next.change_seq);
   }
 
   Status insert_audit(const AuditEntry& e) override {
@@ -440,34 +438,36 @@ class SqliteStore::Backend : public WriteBackend {
     int rc = store_.run_step(stmt, what);
     return rc == SQLITE_OK ? Status::Ok() : error(rc, what);
   }
-  // Inserts v's test_versions row; sets v.change_seq.
-  Status insert_version(TestVersion& v) {
+  // Inserts a test_versions row (reason null: none); change_seq receives its number.
+  Status insert_version(const std::string& test_id, long long version, const std::string& clinic_id,
+                        const char* status, const std::string& changed_at,
+                        const std::string& changed_by, const std::string* reason,
+                        const std::string& doc, long long& change_seq) {
     sqlite3_stmt* st = store_.writer_->insert_version;
-    bind_text(st, 1, v.record.test_id);
-    sqlite3_bind_int64(st, 2, v.version);
-    bind_text(st, 3, v.record.clinic_id);
-    bind_text(st, 4, test_status_name(v.record.status));
-    bind_text(st, 5, v.changed_at);
-    bind_text(st, 6, v.changed_by);
-    if (v.reason) bind_text(st, 7, *v.reason);  // else NULL (cleared bindings)
-    bind_text(st, 8, v.doc);
+    bind_text(st, 1, test_id);
+    sqlite3_bind_int64(st, 2, version);
+    bind_text(st, 3, clinic_id);
+    bind_text(st, 4, status);
+    bind_text(st, 5, changed_at);
+    bind_text(st, 6, changed_by);
+    if (reason) bind_text(st, 7, *reason);  // else NULL (cleared bindings)
+    bind_text(st, 8, doc);
     int rc = sqlite3_step(st);
     Status s = rc == SQLITE_DONE ? Status::Ok()
                                  : error(sqlite3_extended_errcode(db()), "INSERT test_versions");
     if (s.code() == StatusCode::kDuplicate) {
       // (test_id, version) exists: a test_versions row left behind by hand; never a duplicate
       // of the API's kind.
-      s = Status::Internal("test_versions already has version " + std::to_string(v.version) +
+      s = Status::Internal("test_versions already has version " + std::to_string(version) +
                            " of this test");
     }
-    if (s.ok()) v.change_seq = sqlite3_last_insert_rowid(db());
+    if (s.ok()) change_seq = sqlite3_last_insert_rowid(db());
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return s;
   }
 
   SqliteStore& store_;
-  TestVersion version_;  // insert_record's version 1, reused (its strings keep their buffers)
 };
 
 SqliteStore::SqliteStore(SqliteOptions options) : options_(std::move(options)) {}
