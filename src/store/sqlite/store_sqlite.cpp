@@ -52,10 +52,19 @@ const char kInsertSql[] =
     " doc, status, version, updated_at) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?6"
     " FROM (SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"
     " coalesce((SELECT value FROM counters WHERE name = 'last_seq'), 0)) + 1 AS m)";
-// A version's row (change_seq: the next rowid, in commit order: one writer at a time).
+// A version's row. change_seq, as seq: one more than anything committed before
+// (counters.last_change_seq) or earlier in this transaction; in commit order, as one writer
+// writes at a time.
 const char kInsertVersionSql[] =
-    "INSERT INTO test_versions (test_id, version, clinic_id, status, changed_at, changed_by,"
-    " reason, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
+    " changed_by, reason, doc) SELECT m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
+    " FROM (SELECT max(coalesce((SELECT max(change_seq) FROM test_versions), 0),"
+    " coalesce((SELECT value FROM counters WHERE name = 'last_change_seq'), 0)) + 1 AS m)";
+// Run with kBumpSeqSql: remembers the highest change_seq committed.
+const char kBumpChangeSeqSql[] =
+    "UPDATE counters SET value = (SELECT max(change_seq) FROM test_versions)"
+    " WHERE name = 'last_change_seq' AND value < (SELECT coalesce(max(change_seq), 0)"
+    " FROM test_versions)";
 const char kReadCurrentSql[] =
     "SELECT patient_id, clinic_id, test_type, result, status, version, created_at, updated_at, doc"
     " FROM tests WHERE test_id = ?1";
@@ -218,8 +227,7 @@ const BtreeWalk kBtreeWalks[] = {
 };
 // Tables that stay small (no patient data either): PRAGMA quick_check(table), whole, each in
 // one short read transaction.
-const char* const kSmallTables[] = {"sqlite_schema", "meta", "counters", "api_keys",
-                                    "sqlite_sequence"};
+const char* const kSmallTables[] = {"sqlite_schema", "meta", "counters", "api_keys"};
 
 // The first chunk of a walk (?1 its size), or with `after` the next one, after the key ?2...
 std::string walk_sql(const BtreeWalk& w, bool after) {
@@ -417,6 +425,7 @@ class SqliteStore::Backend : public WriteBackend {
 
   Status commit() override {
     int rc = Connection::run(store_.writer_->bump_seq);
+    if (rc == SQLITE_OK) rc = Connection::run(store_.writer_->bump_change_seq);
     if (rc != SQLITE_OK) return error(rc, "UPDATE counters");
     Status s = step(store_.writer_->commit, "COMMIT");
     if (s.ok()) store_.read_page_count(*store_.writer_);
@@ -687,6 +696,7 @@ Status SqliteStore::prepare_writer(Connection& conn) {
       {"COMMIT", &conn.commit},
       {"ROLLBACK", &conn.rollback},
       {kBumpSeqSql, &conn.bump_seq},
+      {kBumpChangeSeqSql, &conn.bump_change_seq},
       {kAuditInsertSql, &conn.audit_insert},
       {"SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &conn.audit_head},
       {"PRAGMA page_count", &conn.page_count}};
