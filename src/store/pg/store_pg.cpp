@@ -199,11 +199,7 @@ class PgStore::Backend : public WriteBackend {
   // ON CONFLICT DO NOTHING: the database decides duplicates (racing inserts of one id wait for
   // each other); no row back means the id exists. The version-1 row comes with it (kInsertSql).
   Status insert_record(const TestRecord& rec, const std::string& created_at,
-                       bool& duplicate) override {
-    return insert_version_one(rec, created_at, "anonymous", duplicate);
-  }
-  Status insert_version_one(const TestRecord& rec, const std::string& created_at,
-                            const std::string& changed_by, bool& duplicate) {
+                       const std::string& changed_by, bool& duplicate) override {
     Connection& c = *store_.writer_;
     const std::string doc = test_document(rec, created_at, 1, created_at);
     PgResult r = c.run("insert", kInsertSql,
@@ -217,7 +213,7 @@ class PgStore::Backend : public WriteBackend {
   // The stored current version of test_id (found false: none). No row lock: every writer holds
   // the write lock (begin) until its COMMIT, so nothing changes the row before this transaction
   // ends.
-  Status read_current(const std::string& test_id, bool& found, TestVersion& out) {
+  Status read_current(const std::string& test_id, bool& found, TestVersion& out) override {
     Connection& c = *store_.writer_;
     PgResult r = c.run("read_current",
                        "SELECT patient_id, clinic_id, test_type, result, status, version,"
@@ -242,7 +238,7 @@ class PgStore::Backend : public WriteBackend {
   }
   // Makes `next` the current version: the tests row updated, its test_versions row added
   // (change_seq set; doc made from the rest when empty).
-  Status write_version(TestVersion& next) {
+  Status write_version(TestVersion& next) override {
     Connection& c = *store_.writer_;
     if (next.doc.empty()) {
       next.doc = test_document(next.record, next.created_at, next.version, next.changed_at);
