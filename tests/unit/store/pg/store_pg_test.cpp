@@ -390,6 +390,55 @@ TEST_F(PgStoreTest, RacingNodesStoreEachIdExactlyOnce) {
   EXPECT_EQ(list_ids(*node1, "c1").size(), 40u);
 }
 
+// Corrections of one test on two nodes, every one expecting version 1: exactly one commits
+// (version 2), the rest are refused with the version that won, and the feed has the create and
+// that one correction, in order.
+TEST_F(PgStoreTest, RacingCorrectionsOnTwoNodesExactlyOneCommits) {
+  auto node1 = open();
+  auto node2 = open();
+  ASSERT_TRUE(node1->insert(make_record("fix")).status.ok());
+  std::atomic<int> committed{0}, mismatched{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 10; ++t) {
+    PgStore* node = t % 2 ? node1.get() : node2.get();
+    threads.emplace_back([&, node, t] {
+      TestCorrection c{make_record("fix"), "reason " + std::to_string(t), 1,
+                       "k" + std::to_string(t)};
+      c.record.result = "result " + std::to_string(t);
+      c.record.status = TestStatus::kAmended;
+      CorrectionOutcome out = node->correct(c, nullptr);
+      ASSERT_TRUE(out.status.ok()) << out.status.message();
+      if (out.refusal == CorrectionRefusal::kNone) {
+        EXPECT_EQ(out.current.version, 2);
+        committed++;
+      } else {
+        EXPECT_EQ(out.refusal, CorrectionRefusal::kVersionMismatch);
+        EXPECT_EQ(out.current.version, 2);
+        mismatched++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(committed.load(), 1);
+  EXPECT_EQ(mismatched.load(), 9);
+  std::vector<std::pair<long long, long long>> feed;  // (change_seq, version)
+  ASSERT_TRUE(node2
+                  ->list_changes(ChangeQuery{"c1", 0, 100},
+                                 [&](const TestVersion& v) {
+                                   feed.emplace_back(v.change_seq, v.version);
+                                   return true;
+                                 })
+                  .ok());
+  ASSERT_EQ(feed.size(), 2u);
+  EXPECT_LT(feed[0].first, feed[1].first);
+  EXPECT_EQ(feed[0].second, 1);
+  EXPECT_EQ(feed[1].second, 2);
+  StoredDocument d;
+  ASSERT_TRUE(node2->get_test("fix", d).ok());
+  EXPECT_EQ(d.version, 2);
+  EXPECT_EQ(field_of(d.json, "status"), "amended");
+}
+
 TEST_F(PgStoreTest, TheAuditChainHasOneEndAcrossNodes) {
   auto node1 = open();
   auto node2 = open();
