@@ -6,6 +6,7 @@ held; FEED_MAX_WAITING), tokens of another clinic refused, scopes and the audit 
 and on PostgreSQL."""
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -210,6 +211,22 @@ class HeldPolls(unittest.TestCase):
             for p in held:
                 p.join(30)
                 self.assertEqual(len(p.reply.json()["changes"]), 1)
+
+    def test_a_poll_whose_client_went_away_is_let_go(self):
+        with Server() as s:
+            since = feed(s, "gone").json()["next"]
+            sock = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            try:
+                sock.sendall(f"GET /changes?clinic_id=gone&since={since}&wait=25 HTTP/1.1\r\n"
+                             "Host: localhost\r\n\r\n".encode())
+                self.assertTrue(wait_for(lambda: metric(s, "tdapi_feed_waiting") == 1, 15))
+            finally:
+                sock.close()
+            # Let go well before its 25 s wait is over: nginx closed the app's connection.
+            self.assertTrue(wait_for(lambda: metric(s, "tdapi_feed_waiting") == 0, 10))
+            self.assertTrue(wait_for(lambda: any(
+                l.get("event") == "request" and l.get("path") == "/changes" and l.get("status") == 499
+                for l in s.json_lines("app.log")), 5))
 
     def test_a_stop_answers_held_polls(self):
         s = Server().start()
