@@ -144,8 +144,8 @@ Status PgStore::migrate(Connection& c) {
     return Status::Internal(where + " has schema version " + std::to_string(version) +
                             ", newer than this binary's " + std::to_string(kSchemaVersion));
   }
-  const int target = options_.migrate_to > 0 ? std::min(options_.migrate_to, kSchemaVersion)
-                                             : kSchemaVersion;
+  const int target =
+      options_.migrate_to > 0 ? std::min(options_.migrate_to, kSchemaVersion) : kSchemaVersion;
   for (int v = version + 1; v <= target; ++v) {
     const Migration& m = kMigrations[v - 1];
     r = c.exec(m.sql);
@@ -161,8 +161,8 @@ Status PgStore::migrate(Connection& c) {
   if (!result_ok(r)) return c.error(r.get(), "COMMIT the migrations (" + where + ")");
   if (version < target) {
     LogFields f;
-    f.detail = where + ": schema version " + std::to_string(version) + " -> " +
-               std::to_string(target);
+    f.detail =
+        where + ": schema version " + std::to_string(version) + " -> " + std::to_string(target);
     log_event(LogLevel::kInfo, "schema_migrated", f);
   }
   return Status::Ok();
