@@ -109,7 +109,7 @@ class ReadersAllBusy(unittest.TestCase):
                 def held():
                     return int(psql("SELECT count(*) FROM pg_stat_activity WHERE datname ="
                                      " current_database() AND state = 'active'"
-                                     " AND query LIKE 'SELECT doc, clinic_id FROM tests%'", database=url))
+                                     " AND query LIKE 'SELECT doc, clinic_id, version FROM tests%'", database=url))
                 self.assertTrue(wait_for(lambda: held() == 4, timeout=15), "the reads never held every reader")
                 r = s.request("GET", "/healthz", timeout=30)
                 self.assertEqual((r.status, r.json()), (200, {"status": "ok"}))
