@@ -66,10 +66,11 @@ const char kSecuritySchema[] =
 // by the three new fields; created_at is our own timestamp text, nothing to escape), never
 // through a JSON function, which could change the escapes of the fields already there.
 // test_versions holds every version of every test; change_seq is the commit order of all changes
-// (the change feed's position): SQLite has one writer at a time, so the rowid a transaction takes
-// is in commit order; AUTOINCREMENT never hands a number out twice, also after the newest row
-// went. Every existing test becomes its version 1, in seq order, written by "unknown" (no record
-// says which key created rows written before versions).
+// (the change feed's position): SQLite has one writer at a time, so the numbers a transaction
+// takes are in commit order; like seq, a new one is one more than the highest ever committed
+// (counters.last_change_seq), so none is handed out twice, also after the newest row went.
+// Every existing test becomes its version 1, in seq order, written by "unknown" (no record says
+// which key created rows written before versions).
 const char kVersionsSchema[] =
     "ALTER TABLE tests ADD COLUMN status TEXT NOT NULL DEFAULT 'final';"
     "ALTER TABLE tests ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"
@@ -77,7 +78,7 @@ const char kVersionsSchema[] =
     "UPDATE tests SET updated_at = created_at, doc = substr(doc, 1, length(doc) - 1) ||"
     " ',\"status\":\"final\",\"version\":1,\"updated_at\":\"' || created_at || '\"}';"
     "CREATE TABLE IF NOT EXISTS test_versions ("
-    "  change_seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  change_seq INTEGER PRIMARY KEY NOT NULL,"
     "  test_id    TEXT NOT NULL,"
     "  version    INTEGER NOT NULL,"
     "  clinic_id  TEXT NOT NULL,"
@@ -91,6 +92,8 @@ const char kVersionsSchema[] =
     "INSERT INTO test_versions (test_id, version, clinic_id, status, changed_at, changed_by,"
     " reason, doc) SELECT test_id, 1, clinic_id, 'final', created_at, 'unknown', NULL, doc"
     " FROM tests ORDER BY seq;"
+    "INSERT OR IGNORE INTO counters (name, value)"
+    " SELECT 'last_change_seq', coalesce(max(change_seq), 0) FROM test_versions;"
     // The change feed: one clinic's changes in commit order.
     "CREATE INDEX IF NOT EXISTS test_versions_by_clinic ON test_versions (clinic_id, change_seq);"
     // The date ranges and the status filter of the listings.

@@ -52,10 +52,19 @@ const char kInsertSql[] =
     " doc, status, version, updated_at) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?6"
     " FROM (SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"
     " coalesce((SELECT value FROM counters WHERE name = 'last_seq'), 0)) + 1 AS m)";
-// A version's row (change_seq: the next rowid, in commit order: one writer at a time).
+// A version's row. change_seq, as seq: one more than anything committed before
+// (counters.last_change_seq) or earlier in this transaction; in commit order, as one writer
+// writes at a time.
 const char kInsertVersionSql[] =
-    "INSERT INTO test_versions (test_id, version, clinic_id, status, changed_at, changed_by,"
-    " reason, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
+    " changed_by, reason, doc) SELECT m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
+    " FROM (SELECT max(coalesce((SELECT max(change_seq) FROM test_versions), 0),"
+    " coalesce((SELECT value FROM counters WHERE name = 'last_change_seq'), 0)) + 1 AS m)";
+// Run with kBumpSeqSql: remembers the highest change_seq committed.
+const char kBumpChangeSeqSql[] =
+    "UPDATE counters SET value = (SELECT max(change_seq) FROM test_versions)"
+    " WHERE name = 'last_change_seq' AND value < (SELECT coalesce(max(change_seq), 0)"
+    " FROM test_versions)";
 const char kReadCurrentSql[] =
     "SELECT patient_id, clinic_id, test_type, result, status, version, created_at, updated_at, doc"
     " FROM tests WHERE test_id = ?1";
@@ -218,8 +227,7 @@ const BtreeWalk kBtreeWalks[] = {
 };
 // Tables that stay small (no patient data either): PRAGMA quick_check(table), whole, each in
 // one short read transaction.
-const char* const kSmallTables[] = {"sqlite_schema", "meta", "counters", "api_keys",
-                                    "sqlite_sequence"};
+const char* const kSmallTables[] = {"sqlite_schema", "meta", "counters", "api_keys"};
 
 // The first chunk of a walk (?1 its size), or with `after` the next one, after the key ?2...
 std::string walk_sql(const BtreeWalk& w, bool after) {
@@ -329,16 +337,10 @@ class SqliteStore::Backend : public WriteBackend {
                       SQLITE_STATIC);
     sqlite3_bind_text(st, 5, r.result.data(), static_cast<int>(r.result.size()), SQLITE_STATIC);
     sqlite3_bind_text(st, 6, created_at.data(), static_cast<int>(created_at.size()), SQLITE_STATIC);
-    TestVersion& v = version_;
-    v.record = r;
-    v.version = 1;
-    v.created_at = created_at;
-    v.changed_at = created_at;
-    v.changed_by = changed_by;
-    v.reason.reset();
-    v.doc = test_document(r, created_at, 1, created_at);
-    bind_text(st, 7, v.doc);
-    bind_text(st, 8, test_status_name(r.status));
+    const std::string doc = test_document(r, created_at, 1, created_at);
+    bind_text(st, 7, doc);
+    const char* status = test_status_name(r.status);
+    bind_text(st, 8, status);
     int rc = sqlite3_step(st);
     Status s = rc == SQLITE_DONE ? Status::Ok() : error(sqlite3_extended_errcode(db()), "INSERT");
     sqlite3_reset(st);
@@ -348,7 +350,9 @@ class SqliteStore::Backend : public WriteBackend {
       return Status::Ok();
     }
     if (!s.ok()) return s;
-    return insert_version(v);
+    long long change_seq = 0;
+    return insert_version(r.test_id, 1, r.clinic_id, status, created_at, changed_by, nullptr, doc,
+                          change_seq);
   }
 
   Status read_current(const std::string& test_id, bool& found, TestVersion& current) override {
@@ -391,7 +395,9 @@ class SqliteStore::Backend : public WriteBackend {
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (!s.ok()) return s;
-    return insert_version(next);
+    return insert_version(next.record.test_id, next.version, next.record.clinic_id,
+                          test_status_name(next.record.status), next.changed_at, next.changed_by,
+                          next.reason ? &*next.reason : nullptr, next.doc, next.change_seq);
   }
 
   Status insert_audit(const AuditEntry& e) override {
@@ -419,6 +425,7 @@ class SqliteStore::Backend : public WriteBackend {
 
   Status commit() override {
     int rc = Connection::run(store_.writer_->bump_seq);
+    if (rc == SQLITE_OK) rc = Connection::run(store_.writer_->bump_change_seq);
     if (rc != SQLITE_OK) return error(rc, "UPDATE counters");
     Status s = step(store_.writer_->commit, "COMMIT");
     if (s.ok()) store_.read_page_count(*store_.writer_);
@@ -440,34 +447,36 @@ class SqliteStore::Backend : public WriteBackend {
     int rc = store_.run_step(stmt, what);
     return rc == SQLITE_OK ? Status::Ok() : error(rc, what);
   }
-  // Inserts v's test_versions row; sets v.change_seq.
-  Status insert_version(TestVersion& v) {
+  // Inserts a test_versions row (reason null: none); change_seq receives its number.
+  Status insert_version(const std::string& test_id, long long version, const std::string& clinic_id,
+                        const char* status, const std::string& changed_at,
+                        const std::string& changed_by, const std::string* reason,
+                        const std::string& doc, long long& change_seq) {
     sqlite3_stmt* st = store_.writer_->insert_version;
-    bind_text(st, 1, v.record.test_id);
-    sqlite3_bind_int64(st, 2, v.version);
-    bind_text(st, 3, v.record.clinic_id);
-    bind_text(st, 4, test_status_name(v.record.status));
-    bind_text(st, 5, v.changed_at);
-    bind_text(st, 6, v.changed_by);
-    if (v.reason) bind_text(st, 7, *v.reason);  // else NULL (cleared bindings)
-    bind_text(st, 8, v.doc);
+    bind_text(st, 1, test_id);
+    sqlite3_bind_int64(st, 2, version);
+    bind_text(st, 3, clinic_id);
+    bind_text(st, 4, status);
+    bind_text(st, 5, changed_at);
+    bind_text(st, 6, changed_by);
+    if (reason) bind_text(st, 7, *reason);  // else NULL (cleared bindings)
+    bind_text(st, 8, doc);
     int rc = sqlite3_step(st);
     Status s = rc == SQLITE_DONE ? Status::Ok()
                                  : error(sqlite3_extended_errcode(db()), "INSERT test_versions");
     if (s.code() == StatusCode::kDuplicate) {
       // (test_id, version) exists: a test_versions row left behind by hand; never a duplicate
       // of the API's kind.
-      s = Status::Internal("test_versions already has version " + std::to_string(v.version) +
+      s = Status::Internal("test_versions already has version " + std::to_string(version) +
                            " of this test");
     }
-    if (s.ok()) v.change_seq = sqlite3_last_insert_rowid(db());
+    if (s.ok()) change_seq = sqlite3_last_insert_rowid(db());
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     return s;
   }
 
   SqliteStore& store_;
-  TestVersion version_;  // insert_record's version 1, reused (its strings keep their buffers)
 };
 
 SqliteStore::SqliteStore(SqliteOptions options) : options_(std::move(options)) {}
@@ -687,6 +696,7 @@ Status SqliteStore::prepare_writer(Connection& conn) {
       {"COMMIT", &conn.commit},
       {"ROLLBACK", &conn.rollback},
       {kBumpSeqSql, &conn.bump_seq},
+      {kBumpChangeSeqSql, &conn.bump_change_seq},
       {kAuditInsertSql, &conn.audit_insert},
       {"SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &conn.audit_head},
       {"PRAGMA page_count", &conn.page_count}};

@@ -1119,6 +1119,31 @@ TYPED_TEST(StoreContract, HistoryAndChangesPage) {
   EXPECT_EQ(seqs.size(), 14u);
 }
 
+// A feed position is never handed out twice: after the newest version was deleted (by hand, in
+// the database) and across restarts, the next change comes after it.
+TYPED_TEST(StoreContract, AChangeSeqIsNeverReusedAfterTheNewestVersionIsDeleted) {
+  ASSERT_TRUE(this->store_->insert(make_record("a")).status.ok());
+  ASSERT_TRUE(this->store_->insert(make_record("b")).status.ok());
+  long long latest = 0;
+  ASSERT_TRUE(this->store_->latest_change(latest).ok());
+  ASSERT_EQ(this->sql("DELETE FROM test_versions WHERE change_seq = " + std::to_string(latest)),
+            "");
+  ASSERT_TRUE(this->store_->insert(make_record("c")).status.ok());
+  std::vector<TestVersion> feed = changes_of(*this->store_, "c1");
+  ASSERT_EQ(feed.size(), 2u);
+  EXPECT_EQ(feed[1].record.test_id, "c");
+  EXPECT_GT(feed[1].change_seq, latest) << "c took the position of b's deleted version";
+  this->store_.reset();
+  ASSERT_EQ(this->sql("DELETE FROM test_versions WHERE change_seq = " +
+                      std::to_string(feed[1].change_seq)),
+            "");
+  this->reopen();
+  CorrectionOutcome o =
+      this->store_->correct(correction_of("a", 1, TestStatus::kCorrected), nullptr);
+  ASSERT_TRUE(o.status.ok()) << o.status.message();
+  EXPECT_GT(o.current.change_seq, feed[1].change_seq);
+}
+
 TYPED_TEST(StoreContract, WaitForCommitReturnsWhenAChangeCommits) {
   Store& store = *this->store_;
   std::atomic<bool> woke{false};

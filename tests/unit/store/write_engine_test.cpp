@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -36,6 +37,7 @@ class FakeBackend : public WriteBackend {
     in_begin_ = false;
     txn_records_.clear();
     txn_audit_.clear();
+    txn_versions_.clear();
     return Status::Ok();
   }
   Status audit_head(long long& seq, std::string& hash) override {
@@ -49,12 +51,14 @@ class FakeBackend : public WriteBackend {
     std::lock_guard<std::mutex> lock(mu_);
     sp_records_ = txn_records_.size();
     sp_audit_ = txn_audit_.size();
+    sp_versions_ = txn_versions_.size();
     return savepoint_error_;
   }
   Status rollback_to_savepoint() override {
     std::lock_guard<std::mutex> lock(mu_);
     txn_records_.resize(sp_records_);
     txn_audit_.resize(sp_audit_);
+    txn_versions_.resize(sp_versions_);
     return Status::Ok();
   }
   Status release_savepoint() override { return Status::Ok(); }
@@ -65,7 +69,33 @@ class FakeBackend : public WriteBackend {
     if (failing != fail_insert_.end()) return failing->second;
     for (const std::string& id : txn_records_) duplicate = duplicate || id == r.test_id;
     duplicate = duplicate || stored_.count(r.test_id) > 0;
-    if (!duplicate) txn_records_.push_back(r.test_id);
+    if (!duplicate) {
+      txn_records_.push_back(r.test_id);
+      TestVersion v;
+      v.record = r;
+      v.version = 1;
+      txn_versions_.push_back(v);
+    }
+    return Status::Ok();
+  }
+  Status read_current(const std::string& test_id, bool& found, TestVersion& current) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = txn_versions_.rbegin(); it != txn_versions_.rend(); ++it) {
+      if (it->record.test_id == test_id) {
+        found = true;
+        current = *it;
+        return Status::Ok();
+      }
+    }
+    auto it = current_.find(test_id);
+    found = it != current_.end();
+    if (found) current = it->second;
+    return Status::Ok();
+  }
+  Status write_version(TestVersion& next) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    next.change_seq = ++change_seq_;
+    txn_versions_.push_back(next);
     return Status::Ok();
   }
   Status insert_audit(const AuditEntry& e) override {
@@ -80,6 +110,7 @@ class FakeBackend : public WriteBackend {
     if (!commit_error_.ok() && commits_ >= fail_from_commit_) return commit_error_;
     stored_.insert(txn_records_.begin(), txn_records_.end());
     trail_.insert(trail_.end(), txn_audit_.begin(), txn_audit_.end());
+    for (const TestVersion& v : txn_versions_) current_[v.record.test_id] = v;
     committed_durable_.push_back(txn_durable_);
     return Status::Ok();
   }
@@ -123,6 +154,10 @@ class FakeBackend : public WriteBackend {
     std::lock_guard<std::mutex> lock(mu_);
     savepoint_error_ = s;
   }
+  TestVersion current(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return current_[id];
+  }
   std::set<std::string> stored() {
     std::lock_guard<std::mutex> lock(mu_);
     return stored_;
@@ -160,7 +195,10 @@ class FakeBackend : public WriteBackend {
   std::vector<AuditEntry> trail_;
   std::vector<std::string> txn_records_;
   std::vector<AuditEntry> txn_audit_;
-  size_t sp_records_ = 0, sp_audit_ = 0;
+  size_t sp_records_ = 0, sp_audit_ = 0, sp_versions_ = 0;
+  std::vector<TestVersion> txn_versions_;       // written in the open transaction, in order
+  std::map<std::string, TestVersion> current_;  // committed: each test's current version
+  long long change_seq_ = 0;
   std::map<std::string, Status> fail_insert_;
   Status commit_error_, savepoint_error_;
 };
@@ -530,6 +568,106 @@ TEST_P(Modes, TheStopSyncsUndurableCommitsOnly) {
   }
   EXPECT_EQ(backend.syncs(), 1);
   EXPECT_EQ(backend.committed_durable(), (std::vector<bool>{false, false, true}));
+}
+
+// The rules of a correction are the engine's, applied inside the transaction: two corrections
+// of the same version in one group, the second sees the first (412); unknown (404), another
+// clinic's (404), another patient (400), retracted (400); each audited with its outcome.
+TEST_P(Modes, CorrectionsAreDecidedByTheEngineInsideTheTransaction) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngine engine(backend, engine_options(), &observer);
+  ASSERT_TRUE(engine.insert(make_record("t1")).status.ok());
+  ASSERT_TRUE(engine.insert(make_record("gone")).status.ok());
+  auto correction = [](const std::string& id, long long expected, TestStatus status) {
+    TestCorrection c;
+    c.record = make_record(id);
+    c.record.status = status;
+    c.record.result = "corrected";
+    c.reason = "why";
+    c.expected_version = expected;
+    c.changed_by = "k1";
+    return c;
+  };
+  ASSERT_EQ(engine.correct(correction("gone", 1, TestStatus::kEnteredInError), nullptr).refusal,
+            CorrectionRefusal::kNone);
+  TestCorrection first = correction("t1", 1, TestStatus::kAmended);
+  TestCorrection second = correction("t1", 1, TestStatus::kCorrected);
+  TestCorrection unknown = correction("nope", 1, TestStatus::kCorrected);
+  TestCorrection clinic = correction("t1", 1, TestStatus::kCorrected);
+  clinic.record.clinic_id = "c2";
+  TestCorrection patient = correction("t1", 2, TestStatus::kCorrected);
+  patient.record.patient_id = "other";
+  TestCorrection retracted = correction("gone", 2, TestStatus::kCorrected);
+  std::vector<TestCorrection> jobs = {first, second, unknown, clinic, patient, retracted};
+  std::vector<CorrectionOutcome> out(jobs.size());
+  std::vector<AuditEntry> audit(jobs.size());
+  std::vector<std::function<void()>> run;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    run.push_back([&, i] { out[i] = engine.correct(jobs[i], &audit[i]); });
+  }
+  queue_behind_held_group(engine, backend, observer, run);
+  // first and second race for version 1 (their order in the group is the queue's): one commits,
+  // the other sees its uncommitted version 2 and is refused. The rest are refused in any order.
+  const size_t won = out[0].refusal == CorrectionRefusal::kNone ? 0 : 1;
+  const size_t lost = 1 - won;
+  const CorrectionRefusal want[] = {
+      CorrectionRefusal::kNone,           CorrectionRefusal::kVersionMismatch,
+      CorrectionRefusal::kNotFound,       CorrectionRefusal::kClinicDiffers,
+      CorrectionRefusal::kPatientDiffers, CorrectionRefusal::kRetracted};
+  const int outcomes[] = {200, 412, 404, 404, 400, 400};
+  const size_t order[] = {won, lost, 2, 3, 4, 5};
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    const size_t i = order[k];
+    SCOPED_TRACE(i);
+    ASSERT_TRUE(out[i].status.ok()) << out[i].status.message();
+    EXPECT_EQ(out[i].refusal, want[k]);
+    EXPECT_EQ(audit[i].outcome, outcomes[k]);
+    EXPECT_EQ(out[i].txn_id, out[0].txn_id);  // one group
+  }
+  EXPECT_EQ(out[won].current.version, 2);
+  EXPECT_EQ(out[lost].current.version, 2);  // the winner's, uncommitted when it ran
+  TestVersion now = backend.current("t1");
+  EXPECT_EQ(now.version, 2);
+  EXPECT_EQ(now.record.status, jobs[won].record.status);
+  EXPECT_EQ(now.changed_by, "k1");
+  EXPECT_EQ(now.reason, std::optional<std::string>("why"));
+  EXPECT_EQ(now.doc, test_document(jobs[won].record, now.created_at, 2, now.changed_at));
+}
+
+// A held long poll (wait_for_commit) wakes when a correction or a create commits.
+TEST_P(Modes, WaitForCommitWakesWhenAWriteCommits) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngine engine(backend, engine_options(), &observer);
+  for (bool by_correction : {false, true}) {
+    SCOPED_TRACE(by_correction ? "correction" : "create");
+    if (by_correction) {
+      ASSERT_TRUE(engine.insert(make_record("c")).status.ok());
+    }
+    std::atomic<bool> woke{false};
+    std::thread waiter([&] {
+      engine.wait_for_commit(std::chrono::seconds(60));
+      woke = true;
+    });
+    // Writes until the waiter wakes (it may not wait yet at the first); bounded.
+    int writes = 0;
+    for (; writes < 300 && !woke.load(); ++writes) {
+      if (by_correction) {
+        TestCorrection c;
+        c.record = make_record("c");
+        c.record.status = TestStatus::kCorrected;
+        c.reason = "r";
+        c.expected_version = writes + 1;
+        ASSERT_EQ(engine.correct(c, nullptr).refusal, CorrectionRefusal::kNone);
+      } else {
+        ASSERT_TRUE(engine.insert(make_record("w" + std::to_string(writes))).status.ok());
+      }
+      usleep(1000);
+    }
+    EXPECT_TRUE(woke.load()) << "not woken by " << writes << " commits";
+    waiter.join();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(WriteEngine, Modes,
