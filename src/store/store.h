@@ -198,40 +198,26 @@ class Store {
   // and a test_versions row) and `audit`, whose outcome the engine sets (200 committed; 404 not
   // found or another clinic's; 400 patient differs or retracted; 412 version mismatch). Ok only
   // after COMMIT. audit may be null.
-  virtual CorrectionOutcome correct(const TestCorrection& correction, AuditEntry* audit) {
-    (void)correction, (void)audit;
-    return {Status::Internal("corrections are not implemented by this store"), {}, -1, {}};
-  }
+  virtual CorrectionOutcome correct(const TestCorrection& correction, AuditEntry* audit) = 0;
 
   // Calls on_version for the versions of test_id, newest first, as query says, until it returns
   // false. NotFound when there is no such test; clinic_id receives its clinic (access).
   virtual Status list_history(const HistoryQuery& query, std::string& clinic_id,
-                              const std::function<bool(const TestVersion&)>& on_version) {
-    (void)query, (void)clinic_id, (void)on_version;
-    return Status::Internal("history is not implemented by this store");
-  }
+                              const std::function<bool(const TestVersion&)>& on_version) = 0;
 
   // Calls on_change for the clinic's changes (every create and correction: the version it made)
   // after query.after_change_seq, in commit order, until it returns false. A change that commits
   // after a reader passed its position is never behind that position (change_seq is assigned in
   // commit order, also across app nodes). Ok (also when none) or a storage error.
   virtual Status list_changes(const ChangeQuery& query,
-                              const std::function<bool(const TestVersion&)>& on_change) {
-    (void)query, (void)on_change;
-    return Status::Internal("the change feed is not implemented by this store");
-  }
+                              const std::function<bool(const TestVersion&)>& on_change) = 0;
   // The highest change_seq committed (0 when none), by a cheap query: what a held feed request
   // watches for (it also sees changes committed by other app nodes).
-  virtual Status latest_change(long long& change_seq) {
-    change_seq = 0;
-    return Status::Internal("the change feed is not implemented by this store");
-  }
+  virtual Status latest_change(long long& change_seq) = 0;
   // Returns when this process commits a change (a create or a correction), or after timeout:
   // held feed requests wake at once for local commits (and look at latest_change at least every
   // timeout for others').
-  virtual void wait_for_commit(std::chrono::milliseconds timeout) {
-    std::this_thread::sleep_for(timeout);
-  }
+  virtual void wait_for_commit(std::chrono::milliseconds timeout) = 0;
 
   // Fetches one test's current document, clinic and version. Ok, NotFound, or a storage error.
   virtual Status get_test(std::string_view test_id, StoredDocument& out) {
@@ -271,10 +257,7 @@ class Store {
   // Every version after after_change_seq, in change_seq order, at most limit rows, until
   // on_version returns false (migrate). Ok or the storage error.
   virtual Status list_all_versions(long long after_change_seq, long long limit,
-                                   const std::function<bool(const TestVersion&)>& on_version) {
-    (void)after_change_seq, (void)limit, (void)on_version;
-    return Status::Internal("versions are not implemented by this store");
-  }
+                                   const std::function<bool(const TestVersion&)>& on_version) = 0;
 
   // 16 random bytes created with the database and kept in it: the key that signs paging
   // cursors, so cursors stay valid across restarts. This function can't fail.
@@ -299,10 +282,7 @@ class ImportTarget {
   virtual Status import_tests(const std::vector<StoredTest>& rows) = 0;
   // Versions as they are (change_seq kept) in one transaction, versions whose change_seq exists
   // skipped; moves the change sequence past the highest one.
-  virtual Status import_versions(const std::vector<TestVersion>& versions) {
-    (void)versions;
-    return Status::Internal("versions are not implemented by this store");
-  }
+  virtual Status import_versions(const std::vector<TestVersion>& versions) = 0;
   // Audit entries as they are (seq and hashes kept); entries whose seq exists are skipped.
   virtual Status import_audit(const std::vector<AuditEntry>& entries) = 0;
   // Keys as they are; keys whose id exists are skipped.
