@@ -4,7 +4,8 @@
 measures POST /tests latency over one kept-alive connection, in interleaved rounds: with no long
 poll held, and with HELD (default 200) GET /changes?wait=30 requests held open on a clinic that
 never changes. Prints p50 and p99 per phase (medians over the rounds). Bounded: POSTS per round,
-ROUNDS rounds, every request with a timeout. Reports only: nothing here asserts a timing.
+ROUNDS rounds, every request with a timeout. Also the app's CPU time per POST (/proc), which
+the machine's other load disturbs less than latency. Reports only: nothing here asserts a timing.
 
     BUILD_DIR=build-rel python3 bench/feed_hold.py [THREADS=4 HELD=200 POSTS=400 ROUNDS=3]
 """
@@ -81,6 +82,13 @@ def post_latencies(server, tag, n):
     return out
 
 
+def cpu_seconds(pid):
+    """The app's user + system CPU time so far (/proc/PID/stat), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))]
@@ -88,6 +96,7 @@ def pct(values, p):
 
 def main():
     results = {"none held": [], f"{HELD} held": []}
+    cpu = {phase: [] for phase in results}
     with Server(THREADS=THREADS) as s:
         since = json.loads(s.request("GET", "/changes?clinic_id=quiet").body)["next"]
         post_latencies(s, "warm", 100)
@@ -101,7 +110,9 @@ def main():
                         time.sleep(0.1)
                     held = waiting(s)
                 try:
+                    c0 = cpu_seconds(s.pid_of("app"))
                     lat = post_latencies(s, f"r{rnd}-{phase[:4]}", POSTS)
+                    cpu[phase].append((cpu_seconds(s.pid_of("app")) - c0) * 1e6 / POSTS)
                 finally:
                     if holders:
                         if waiting(s) < HELD:
@@ -121,11 +132,13 @@ def main():
                                            .body)["next"]
                 results[phase].append((pct(lat, 0.5), pct(lat, 0.99)))
                 print(f"round {rnd + 1} {phase:>10}: p50 {pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms"
+                      + f", app CPU {cpu[phase][-1]:.0f} us/POST"
                       + (f" ({held:.0f} polls held)" if holders else ""), flush=True)
     print(f"\nPOST /tests, 1 connection, THREADS={THREADS}, {POSTS} POSTs x {ROUNDS} rounds (medians):")
     for phase, rows in results.items():
         print(f"  {phase:>10}: p50 {statistics.median(r[0] for r in rows):.2f} ms, "
-              f"p99 {statistics.median(r[1] for r in rows):.2f} ms")
+              f"p99 {statistics.median(r[1] for r in rows):.2f} ms, "
+              f"app CPU {statistics.median(cpu[phase]):.0f} us per POST")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,13 @@ Response handle_create_test(const Request& request, Store& store);
 // every id that exists already or appears twice; 413, 415, 5xx as for one record.
 Response handle_create_batch(const Request& request, Store& store);
 
-// GET /tests?clinic_id=[&patient_id=][&test_type=][&limit=][&cursor=]: the clinic's tests,
-// oldest first, streamed in chunks. With limit or cursor the answer carries next_cursor
-// (null on the last page). 400 for a missing/empty clinic_id, a repeated or unknown parameter,
-// a bad limit, a malformed or tampered cursor, a malformed query.
+// GET /tests?clinic_id=[&patient_id=][&test_type=][&status=][&created_from=][&created_to=]
+// [&updated_from=][&updated_to=][&limit=][&cursor=]: the clinic's tests at their current
+// version, oldest first, streamed in chunks. status is one of the five names; the time bounds
+// are RFC 3339 (from inclusive, to exclusive). With limit or cursor the answer carries
+// next_cursor (null on the last page), bound to every filter. 400 for a missing/empty
+// clinic_id, a repeated or unknown parameter, a bad status, time, or limit, a malformed or
+// tampered cursor, a malformed query.
 Response handle_list_tests(const Request& request, Store& store);
 
 // POST /tests/search with {"clinic_id":…[,"patient_id":…][,"test_type":…][,"limit":N]

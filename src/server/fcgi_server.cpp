@@ -320,6 +320,7 @@ std::vector<bool> connections_closed(const std::vector<std::unique_ptr<ParkedReq
 class FeedWaiter {
  public:
   static constexpr int kFeedPollMs = 250;
+  static constexpr int kMinRoundMs = 10;
 
   FeedWaiter(Store& store, int max_waiting) : store_(store), max_waiting_(max_waiting) {
     thread_ = std::thread([this] { run(); });
@@ -355,6 +356,7 @@ class FeedWaiter {
  private:
   void run() EXCLUDES(mu_) {
     std::vector<std::unique_ptr<ParkedRequest>> held;
+    auto last_round = std::chrono::steady_clock::time_point();
     for (;;) {
       bool stopping;
       {
@@ -368,7 +370,18 @@ class FeedWaiter {
         if (stopping) return;
         continue;
       }
-      if (!stopping) store_.wait_for_commit(std::chrono::milliseconds(kFeedPollMs));
+      if (!stopping) {
+        // At most one round per kMinRoundMs: under a stream of commits, one round looks at all
+        // of them (a held request's answer waits at most that much longer), instead of every
+        // commit waking every held request's read.
+        const auto since_last = std::chrono::steady_clock::now() - last_round;
+        if (since_last < std::chrono::milliseconds(kMinRoundMs)) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(kMinRoundMs) - since_last);
+        } else {
+          store_.wait_for_commit(std::chrono::milliseconds(kFeedPollMs));
+        }
+      }
+      last_round = std::chrono::steady_clock::now();
       long long latest = -1;  // unknown: every request looks itself
       if (!store_.latest_change(latest).ok()) latest = -1;
       const auto now = std::chrono::steady_clock::now();
