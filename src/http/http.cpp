@@ -100,6 +100,8 @@ const char* reason_phrase(int status) {
       return "Created";
     case 204:
       return "No Content";
+    case 304:
+      return "Not Modified";
     case 400:
       return "Bad Request";
     case 404:
@@ -110,8 +112,12 @@ const char* reason_phrase(int status) {
       return "Conflict";
     case 413:
       return "Payload Too Large";
+    case 412:
+      return "Precondition Failed";
     case 415:
       return "Unsupported Media Type";
+    case 428:
+      return "Precondition Required";
     case 500:
       return "Internal Server Error";
     case 503:

@@ -2,7 +2,8 @@
 //
 // Usage: testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
 //                     [--threads N] [--busy-timeout-ms N]
-//                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
+//                     [--max-db-pages N] [--stop-timeout-ms N] [--feed-max-waiting N]
+//                     [--user NAME] [--log-file PATH]
 //                     [--auth on|off] [--audit on|off] [--audit-reads durable|crash-safe]
 //                     [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]
 //        testdata-api keys|audit|migrate|backup|restore ...   (administration: cli.h, backup.h)
@@ -57,7 +58,8 @@ int usage(const std::string& why) {
   std::cerr << "testdata-api: " << why
             << "\nusage: testdata-api --socket PATH (--db PATH | --database-url URL)"
                " [--socket-mode 0600|0660] [--threads N] [--busy-timeout-ms N]"
-               " [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]"
+               " [--max-db-pages N] [--stop-timeout-ms N] [--feed-max-waiting N] [--user NAME]"
+               " [--log-file PATH]"
                " [--auth on|off] [--audit on|off] [--audit-reads durable|crash-safe]"
                " [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]\n"
                "       testdata-api keys|audit ... (run 'testdata-api keys' for details)\n";
@@ -102,8 +104,8 @@ std::string digits_from_env(const char* name, const char* fallback) {
 
 // Makes sure `threads` workers cannot run out of descriptors (which shows as storage errors):
 // raises the soft RLIMIT_NOFILE up to the hard one as needed, refuses when the hard is too low.
-bool ensure_open_files(int threads, std::string& error) {
-  long long need = tdapi::required_open_files(threads);
+bool ensure_open_files(int threads, int feed_max_waiting, std::string& error) {
+  long long need = tdapi::required_open_files(threads, feed_max_waiting);
   rlimit lim{};
   if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return true;
   if (lim.rlim_cur != RLIM_INFINITY && static_cast<long long>(lim.rlim_cur) >= need) return true;
@@ -182,7 +184,8 @@ int main(int argc, char** argv) {
   if (!tdapi::parse_options(argc, argv, std::thread::hardware_concurrency(), opt, error)) {
     return usage(error);
   }
-  if (!ensure_open_files(opt.threads, error)) return startup_failed("open_files", error);
+  if (!ensure_open_files(opt.threads, opt.feed_max_waiting, error))
+    return startup_failed("open_files", error);
   if (!opt.user.empty() && !drop_privileges(opt.user, error)) {
     return startup_failed("user", error);
   }
@@ -245,6 +248,7 @@ int main(int argc, char** argv) {
   server.socket_mode = opt.socket_mode;
   server.threads = opt.threads;
   server.stop_timeout_ms = opt.stop_timeout_ms;
+  server.feed_max_waiting = opt.feed_max_waiting;
   server.access.auth = opt.auth;
   server.access.audit = opt.audit;
   server.access.audit_reads_durable = opt.audit_reads_durable;

@@ -517,11 +517,15 @@ TEST_F(Api, RoutingTable) {
       {"GET", "/te%zzsts", 400, ""},
       {"GET", "/healthz", 200, ""},
       {"POST", "/healthz", 405, "GET, HEAD"},
-      {"PUT", "/tests/x", 405, "GET, HEAD"},
+      {"DELETE", "/tests/x", 405, "GET, HEAD, PUT"},
+      {"PUT", "/tests/x", 400, ""},  // a correction without a body
       {"GET", "/tests/batch", 404, ""},
-      {"DELETE", "/tests/batch", 405, "POST, GET, HEAD"},
+      {"DELETE", "/tests/batch", 405, "POST, GET, HEAD, PUT"},
       {"GET", "/tests/search", 404, ""},
-      {"PUT", "/tests/search", 405, "POST, GET, HEAD"},
+      {"DELETE", "/tests/search", 405, "POST, GET, HEAD, PUT"},
+      {"POST", "/tests/x/history", 405, "GET, HEAD"},
+      {"POST", "/changes", 405, "GET, HEAD"},
+      {"GET", "/changes/search", 405, "POST"},
       {"HEAD", "/healthz", 200, ""},
       {"GET", "/tests/a/b", 404, ""},
   };
