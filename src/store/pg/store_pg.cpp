@@ -115,7 +115,8 @@ class PgStore::Backend : public WriteBackend {
   // ON CONFLICT DO NOTHING: the database decides duplicates (racing inserts of one id wait for
   // each other); no row back means the id exists.
   Status insert_record(const TestRecord& rec, const std::string& created_at,
-                       bool& duplicate) override {
+                       const std::string& changed_by, bool& duplicate) override {
+    (void)changed_by;  // the version-1 row: the PostgreSQL backend's part
     Connection& c = *store_.writer_;
     const std::string doc = test_record_json(rec, created_at);
     PgResult r =

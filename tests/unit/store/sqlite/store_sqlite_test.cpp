@@ -78,7 +78,7 @@ TEST(SqliteStore, TheWalStaysBoundedUnderAStreamOfCommits) {
 
 TEST(SqliteStore, FullDatabaseRollsBackAndKeepsEveryAcknowledgedRecord) {
   TempDir dir;
-  auto store = open_store(dir.file("t.db"), /*max_pages=*/16);
+  auto store = open_store(dir.file("t.db"), /*max_pages=*/32);
   std::vector<std::string> acknowledged;
   Status last;
   for (int i = 0; i < 2000; ++i) {
