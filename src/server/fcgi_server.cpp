@@ -276,7 +276,8 @@ void log_answered(const Response& resp, LogFields& f, const std::string& request
 // A long poll held without a worker thread: its FastCGI request (the connection) and what its
 // answer needs.
 struct ParkedRequest {
-  FCGX_Request fcgi;
+  // Not a copy: libfcgi's streams point back at the request they were made for.
+  std::unique_ptr<FCGX_Request> fcgi;
   std::shared_ptr<DeferredResponse> wait;
   std::string route, request_id, method, path;
   LogFields log;
@@ -289,10 +290,10 @@ void answer_parked(ParkedRequest& p, Response resp) {
   resp.route = p.route;
   if (resp.log.clinic_id.empty()) resp.log.clinic_id = p.log.clinic_id;
   if (resp.log.key_id.empty()) resp.log.key_id = p.log.key_id;
-  FcgiOutput out(p.fcgi);
+  FcgiOutput out(*p.fcgi);
   send_response(resp, out);
   log_answered(resp, resp.log, p.request_id, p.method, p.path, p.start);
-  FCGX_Finish_r(&p.fcgi);
+  FCGX_Finish_r(p.fcgi.get());  // keepConnection is 0: closes the connection
 }
 
 // True when nginx closed the held request's connection (its client went away).
@@ -368,15 +369,14 @@ class FeedWaiter {
       for (size_t i = 0; i < held.size(); ++i) {
         ParkedRequest& p = *held[i];
         bool done = false;
-        if (connection_closed(p.fcgi.ipcFd)) {
+        if (connection_closed(p.fcgi->ipcFd)) {
           Response gone;
           gone.status = 499;
           gone.route = p.route;
           gone.log = p.log;
           gone.log.detail = "client went away during the long poll";
           log_answered(gone, gone.log, p.request_id, p.method, p.path, p.start);
-          p.fcgi.keepConnection = 0;
-          FCGX_Finish_r(&p.fcgi);
+          FCGX_Finish_r(p.fcgi.get());
           done = true;
         } else {
           const bool final = stopping || now >= p.wait->deadline;
@@ -414,17 +414,19 @@ class FeedWaiter {
 // Serves one request; returns whether its body was large (see worker_loop). A long poll with
 // nothing to answer yet is handed to `waiter` (parked: true), with fcgi set up afresh for the
 // next accept; else it is answered here.
-bool serve_one(FCGX_Request& fcgi, int listen_fd, Store& store, Authenticator& auth,
-               FeedWaiter& waiter, bool& parked) {
+bool serve_one(std::unique_ptr<FCGX_Request>& fcgi, int listen_fd, Store& store,
+               Authenticator& auth, FeedWaiter& waiter, bool& parked) {
   auto start = std::chrono::steady_clock::now();
   parked = false;
   global_metrics().request_started();
-  Request req = read_request(fcgi);
+  Request req = read_request(*fcgi);
   Response resp = route_request(req, store, auth);
   if (resp.wait) {
     auto p = std::make_unique<ParkedRequest>();
-    p->fcgi = fcgi;
-    p->fcgi.keepConnection = 0;
+    // No worker reads a held request's connection again: it closes after the answer.
+    const int keep = fcgi->keepConnection;
+    fcgi->keepConnection = 0;
+    p->fcgi = std::move(fcgi);
     p->wait = resp.wait;
     p->route = resp.route;
     p->request_id = req.request_id;
@@ -433,17 +435,21 @@ bool serve_one(FCGX_Request& fcgi, int listen_fd, Store& store, Authenticator& a
     p->log = resp.log;
     p->start = start;
     if (waiter.park(p)) {
-      FCGX_InitRequest(&fcgi, listen_fd, 0);  // the held request owns the connection now
+      // The held request owns the connection now; the worker accepts with a fresh request.
+      fcgi = std::make_unique<FCGX_Request>();
+      FCGX_InitRequest(fcgi.get(), listen_fd, 0);
       parked = true;
       return false;
     }
+    fcgi = std::move(p->fcgi);
+    fcgi->keepConnection = keep;
     // Nothing more may wait: the answer now (an empty page and its next token).
     std::optional<Response> now = resp.wait->poll(true, resp.wait->seen);
     std::string route = resp.route;
     resp = now ? std::move(*now) : error_response(500, "the long poll gave no answer");
     resp.route = std::move(route);
   }
-  FcgiOutput out(fcgi);
+  FcgiOutput out(*fcgi);
   send_response(resp, out);
   log_answered(resp, resp.log, req.request_id, req.method, req.path, start);
   return req.body.size() >= kTrimAfterBodyBytes;
@@ -523,14 +529,15 @@ struct RunningWorkers {
 // sees the connection.
 void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<int>& idle_fd,
                  AcceptHealth& health, FeedWaiter& waiter) {
-  FCGX_Request fcgi;
-  FCGX_InitRequest(&fcgi, listen_fd, 0);
+  // On the heap: a long poll's request moves to the waiter whole (see serve_one).
+  auto fcgi = std::make_unique<FCGX_Request>();
+  FCGX_InitRequest(fcgi.get(), listen_fd, 0);
   int backoff_ms = 0;
   for (;;) {
-    const int kept = fcgi.ipcFd;  // >= 0: a kept-alive connection from the last request
+    const int kept = fcgi->ipcFd;  // >= 0: a kept-alive connection from the last request
     idle_fd.store(kept);
     if (g_stopping.load()) break;
-    int accepted = FCGX_Accept_r(&fcgi);
+    int accepted = FCGX_Accept_r(fcgi.get());
     int expected = kept;
     idle_fd.compare_exchange_strong(expected, -1);  // -1 already if a stop took it
     if (accepted < 0) {
@@ -549,11 +556,11 @@ void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<i
     // thread's arena), hand free memory back to the OS, so hostile batches leave none behind.
     bool parked = false;
     if (serve_one(fcgi, listen_fd, store, auth, waiter, parked)) malloc_trim(0);
-    if (!parked) FCGX_Finish_r(&fcgi);
+    if (!parked) FCGX_Finish_r(fcgi.get());
     global_metrics().worker_done();
   }
   idle_fd.store(-1);
-  FCGX_Free(&fcgi, 1);
+  FCGX_Free(fcgi.get(), 1);
 }
 
 // Wakes workers waiting on kept-alive connections by shutting those connections down. Call after
