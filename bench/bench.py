@@ -641,6 +641,9 @@ def main():
                 (f"{pgn}: GET clinic of 10, 1 conn", url + "/tests?clinic_id=bench-10", 1, None, "PostgreSQL ceiling: the GET of 10's SELECT, 1 client"),
                 (f"{pgn}: GET clinic of 1,000, 32 conns", url + "/tests?clinic_id=bench-1000", 32, None, "PostgreSQL ceiling: the GET of 1,000's SELECTs, 32 clients"),
                 (f"{pgn}: GET clinic of 1,000, 1 conn", url + "/tests?clinic_id=bench-1000", 1, None, "PostgreSQL ceiling: the GET of 1,000's SELECTs, 1 client"),
+                (f"{pgn}: {PUT_32}", url + "/tests", 32, put, "PostgreSQL ceiling: the POST's INSERT, 32 clients"),
+                (f"{pgn}: {PUT_1}", url + "/tests", 1, put, "PostgreSQL ceiling: the POST's INSERT, 1 client"),
+                (f"{pgn}: GET /changes, 100 a page, 32 conns", url + "/changes?clinic_id=bench-1000&limit=100", 32, None, None),
             ]
         results = {c[0]: [] for c in cases}
         # The before build's twin of each SQLite case: the same path on its instance of the
