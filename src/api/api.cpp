@@ -1178,24 +1178,18 @@ Response feed_response(const Request& req, const char* action, FeedRequest in, S
   r.wait = std::make_shared<DeferredResponse>();
   r.wait->deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
   r.wait->seen = seen;
-  r.wait->poll = [f = std::move(f)](bool final, long long& seen) -> std::optional<Response> {
-    long long latest = seen;
-    if (!final) {
-      Status st = f.store->latest_change(latest);
-      if (!st.ok()) return storage_error_response(st);
-      if (latest <= seen) return std::nullopt;
-    }
+  r.wait->key = std::to_string(f.after) + ' ' + std::to_string(f.limit) + ' ' + f.clinic_id;
+  r.wait->poll = [f = std::move(f)](bool final) -> std::optional<Response> {
     std::vector<TestVersion> page;
     Status st = read_feed(f, page);
     if (!st.ok()) return storage_error_response(st);
-    if (page.empty() && !final) {
-      seen = latest;  // another clinic's change: keep waiting
-      return std::nullopt;
-    }
+    if (page.empty() && !final) return std::nullopt;  // another clinic's change: wait on
     return feed_answer(f, page);
   };
   return r;
 }
+
+}  // namespace
 
 // wait as a query value: decimal digits only, else a value the range check refuses.
 long long parse_wait_text(const std::string& text) {

@@ -58,14 +58,17 @@ class BodyWriter {
 struct Response;
 
 // An answer that waits for a change (a long poll: GET /changes with wait). The server holds the
-// request without a worker thread (fcgi_server.cpp) and calls poll from one waiter thread when
+// request without a worker thread (fcgi_server.cpp) and, from one waiter thread, calls poll when
 // the store's latest change moved past `seen`, or with final set once `deadline` passed (or the
-// server stops, or nothing may wait). poll returns the answer, or nullopt to keep waiting (then
-// `seen` holds the latest change it looked at); with final set it always answers.
+// server stops, or no more requests may wait). poll returns the answer, or nullopt when there is
+// still nothing for this request (never with final set). Requests with the same `key` (the same
+// question: clinic, position, page size) would read the same page: after one of them found
+// nothing, the others are not polled again for the same latest change.
 struct DeferredResponse {
   std::chrono::steady_clock::time_point deadline;
-  long long seen = 0;
-  std::function<std::optional<Response>(bool final, long long& seen)> poll;
+  long long seen = 0;  // the store's latest change when the request last looked
+  std::string key;
+  std::function<std::optional<Response>(bool final)> poll;
 };
 
 struct Response {

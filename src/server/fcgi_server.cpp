@@ -22,6 +22,7 @@
 #include <iterator>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -365,6 +366,7 @@ class FeedWaiter {
       long long latest = -1;  // unknown: every request looks itself
       if (!store_.latest_change(latest).ok()) latest = -1;
       const auto now = std::chrono::steady_clock::now();
+      std::set<std::string> nothing_new;  // keys whose page was empty at `latest`
       size_t kept = 0;
       for (size_t i = 0; i < held.size(); ++i) {
         ParkedRequest& p = *held[i];
@@ -380,11 +382,17 @@ class FeedWaiter {
           done = true;
         } else {
           const bool final = stopping || now >= p.wait->deadline;
-          if (final || latest < 0 || latest > p.wait->seen) {
-            std::optional<Response> answer = p.wait->poll(final, p.wait->seen);
+          const bool moved = latest < 0 || latest > p.wait->seen;
+          if (!final && moved && latest >= 0 && nothing_new.count(p.wait->key) != 0) {
+            p.wait->seen = latest;  // the same question found nothing at this change
+          } else if (final || moved) {
+            std::optional<Response> answer = p.wait->poll(final);
             if (answer) {
               answer_parked(p, std::move(*answer));
               done = true;
+            } else if (latest >= 0) {
+              p.wait->seen = latest;
+              nothing_new.insert(p.wait->key);
             }
           }
         }
@@ -444,7 +452,7 @@ bool serve_one(std::unique_ptr<FCGX_Request>& fcgi, int listen_fd, Store& store,
     fcgi = std::move(p->fcgi);
     fcgi->keepConnection = keep;
     // Nothing more may wait: the answer now (an empty page and its next token).
-    std::optional<Response> now = resp.wait->poll(true, resp.wait->seen);
+    std::optional<Response> now = resp.wait->poll(true);
     std::string route = resp.route;
     resp = now ? std::move(*now) : error_response(500, "the long poll gave no answer");
     resp.route = std::move(route);
