@@ -1189,8 +1189,6 @@ Response feed_response(const Request& req, const char* action, FeedRequest in, S
   return r;
 }
 
-}  // namespace
-
 // wait as a query value: decimal digits only, else a value the range check refuses.
 long long parse_wait_text(const std::string& text) {
   if (text.empty() || text.size() > 3) return -1;

@@ -297,12 +297,18 @@ void answer_parked(ParkedRequest& p, Response resp) {
   FCGX_Finish_r(p.fcgi.get());  // keepConnection is 0: closes the connection
 }
 
-// True when nginx closed the held request's connection (its client went away).
-bool connection_closed(int fd) {
-  if (fd < 0) return true;
-  pollfd pfd{fd, static_cast<short>(POLLIN | POLLRDHUP), 0};
-  if (::poll(&pfd, 1, 0) <= 0) return false;
-  return (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+// Which held requests' connections nginx closed (their clients went away): one poll(2) for all.
+std::vector<bool> connections_closed(const std::vector<std::unique_ptr<ParkedRequest>>& held) {
+  std::vector<pollfd> fds(held.size());
+  for (size_t i = 0; i < held.size(); ++i) {
+    fds[i] = pollfd{held[i]->fcgi->ipcFd, static_cast<short>(POLLIN | POLLRDHUP), 0};
+  }
+  std::vector<bool> closed(held.size(), false);
+  if (::poll(fds.data(), fds.size(), 0) <= 0) return closed;
+  for (size_t i = 0; i < held.size(); ++i) {
+    closed[i] = (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+  }
+  return closed;
 }
 
 // The held long polls (GET /changes with wait) and the one thread that answers them: it sleeps
@@ -367,11 +373,12 @@ class FeedWaiter {
       if (!store_.latest_change(latest).ok()) latest = -1;
       const auto now = std::chrono::steady_clock::now();
       std::set<std::string> nothing_new;  // keys whose page was empty at `latest`
+      const std::vector<bool> closed = connections_closed(held);
       size_t kept = 0;
       for (size_t i = 0; i < held.size(); ++i) {
         ParkedRequest& p = *held[i];
         bool done = false;
-        if (connection_closed(p.fcgi->ipcFd)) {
+        if (closed[i]) {
           Response gone;
           gone.status = 499;
           gone.route = p.route;

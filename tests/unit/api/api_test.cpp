@@ -524,6 +524,7 @@ TEST_F(Api, RoutingTable) {
       {"GET", "/tests/search", 404, ""},
       {"DELETE", "/tests/search", 405, "POST, GET, HEAD, PUT"},
       {"POST", "/tests/x/history", 405, "GET, HEAD"},
+      {"GET", "/tests/x/history", 404, ""},
       {"POST", "/changes", 405, "GET, HEAD"},
       {"GET", "/changes/search", 405, "POST"},
       {"HEAD", "/healthz", 200, ""},

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -389,6 +390,55 @@ TEST_F(PgStoreTest, RacingNodesStoreEachIdExactlyOnce) {
   EXPECT_EQ(list_ids(*node1, "c1").size(), 40u);
 }
 
+// Corrections of one test on two nodes, every one expecting version 1: exactly one commits
+// (version 2), the rest are refused with the version that won, and the feed has the create and
+// that one correction, in order.
+TEST_F(PgStoreTest, RacingCorrectionsOnTwoNodesExactlyOneCommits) {
+  auto node1 = open();
+  auto node2 = open();
+  ASSERT_TRUE(node1->insert(make_record("fix")).status.ok());
+  std::atomic<int> committed{0}, mismatched{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 10; ++t) {
+    PgStore* node = t % 2 ? node1.get() : node2.get();
+    threads.emplace_back([&, node, t] {
+      TestCorrection c{make_record("fix"), "reason " + std::to_string(t), 1,
+                       "k" + std::to_string(t)};
+      c.record.result = "result " + std::to_string(t);
+      c.record.status = TestStatus::kAmended;
+      CorrectionOutcome out = node->correct(c, nullptr);
+      ASSERT_TRUE(out.status.ok()) << out.status.message();
+      if (out.refusal == CorrectionRefusal::kNone) {
+        EXPECT_EQ(out.current.version, 2);
+        committed++;
+      } else {
+        EXPECT_EQ(out.refusal, CorrectionRefusal::kVersionMismatch);
+        EXPECT_EQ(out.current.version, 2);
+        mismatched++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(committed.load(), 1);
+  EXPECT_EQ(mismatched.load(), 9);
+  std::vector<std::pair<long long, long long>> feed;  // (change_seq, version)
+  ASSERT_TRUE(node2
+                  ->list_changes(ChangeQuery{"c1", 0, 100},
+                                 [&](const TestVersion& v) {
+                                   feed.emplace_back(v.change_seq, v.version);
+                                   return true;
+                                 })
+                  .ok());
+  ASSERT_EQ(feed.size(), 2u);
+  EXPECT_LT(feed[0].first, feed[1].first);
+  EXPECT_EQ(feed[0].second, 1);
+  EXPECT_EQ(feed[1].second, 2);
+  StoredDocument d;
+  ASSERT_TRUE(node2->get_test("fix", d).ok());
+  EXPECT_EQ(d.version, 2);
+  EXPECT_EQ(field_of(d.json, "status"), "amended");
+}
+
 TEST_F(PgStoreTest, TheAuditChainHasOneEndAcrossNodes) {
   auto node1 = open();
   auto node2 = open();
@@ -607,6 +657,11 @@ TEST_F(PgStoreTest, MigrateCopiesAnSqliteDatabaseResumablyAndTheDigestsAgree) {
     ASSERT_TRUE(source->insert_all(batch, &audits).status.ok());
     ApiKey k{"0123456789abcdef", "lab", {"read:c1"}, std::string(64, 'b'), "2026-01-01", ""};
     ASSERT_TRUE(source->create_key(k).ok());
+    // m3 corrected: its versions 1 and 2 are copied, with who and why.
+    TestCorrection fix{make_record("m3"), "wrong sample", 1, "k"};
+    fix.record.result = "corrected result";
+    fix.record.status = TestStatus::kCorrected;
+    ASSERT_EQ(source->correct(fix, nullptr).refusal, CorrectionRefusal::kNone);
   }
   const std::string to = url();
   auto run = [&](std::vector<std::string> extra) {
@@ -640,17 +695,84 @@ TEST_F(PgStoreTest, MigrateCopiesAnSqliteDatabaseResumablyAndTheDigestsAgree) {
     ASSERT_EQ(ids.size(), 1501u);
     EXPECT_EQ(ids.front(), "m0");
     EXPECT_EQ(ids.back(), "later");
+    std::string clinic;
+    std::vector<TestVersion> history;
+    ASSERT_TRUE(target
+                    ->list_history(HistoryQuery{"m3", 0, -1}, clinic,
+                                   [&](const TestVersion& v) {
+                                     history.push_back(v);
+                                     return true;
+                                   })
+                    .ok());
+    ASSERT_EQ(history.size(), 2u);
+    EXPECT_EQ(history[0].version, 2);
+    EXPECT_EQ(history[0].record.result, "corrected result");
+    EXPECT_EQ(history[0].record.status, TestStatus::kCorrected);
+    EXPECT_EQ(history[0].reason.value_or("<none>"), "wrong sample");
+    EXPECT_EQ(history[0].changed_by, "k");
+    EXPECT_EQ(history[1].version, 1);
+    StoredDocument d;
+    ASSERT_TRUE(target->get_test("m3", d).ok());
+    EXPECT_EQ(d.version, 2);
+    EXPECT_EQ(d.json, history[0].doc);
+    long long latest = 0;
+    ASSERT_TRUE(target->latest_change(latest).ok());
+    EXPECT_EQ(latest, 1502);  // 1,501 creates and one correction
     EXPECT_TRUE(target->insert(make_record("new-after-migrate")).status.ok());
+    ASSERT_TRUE(target->latest_change(latest).ok());
+    EXPECT_EQ(latest, 1503);
     // No copying under a running service (it hands out seqs and cursors of its own).
     std::tie(rc, out) = run({});
     EXPECT_EQ(rc, 1);
     EXPECT_EQ(out, "");
   }
-  // A target changed behind the copy's back no longer verifies.
-  ASSERT_EQ(sql("UPDATE tests SET doc = doc || ' ' WHERE test_id = 'm7'"), "");
+  // A target changed behind the copy's back no longer verifies: a test's document, or a
+  // version's author.
+  ASSERT_EQ(sql("DELETE FROM tests WHERE test_id = 'new-after-migrate';"
+                "DELETE FROM test_versions WHERE test_id = 'new-after-migrate'"),
+            "");
+  std::tie(rc, out) = run({});
+  EXPECT_EQ(rc, 0) << out;
+  ASSERT_EQ(sql("UPDATE test_versions SET changed_by = 'x' WHERE test_id = 'm3' AND version = 2"),
+            "");
   std::tie(rc, out) = run({});
   EXPECT_EQ(rc, 1);
   EXPECT_NE(out.find("\"status\":\"mismatch\""), std::string::npos) << out;
+  ASSERT_EQ(sql("UPDATE test_versions SET changed_by = 'k' WHERE test_id = 'm3' AND version = 2;"
+                "UPDATE tests SET doc = doc || ' ' WHERE test_id = 'm7'"),
+            "");
+  std::tie(rc, out) = run({});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(out.find("\"status\":\"mismatch\""), std::string::npos) << out;
+}
+
+// A database of the release before versions (schema 3, tests/fixtures) migrates: the SQLite
+// store upgrades it as it opens it, and every test arrives as its version 1.
+TEST_F(PgStoreTest, MigrateCopiesAnSqliteDatabaseOfTheSchemaBeforeVersions) {
+  TempDir dir;
+  const std::string path = dir.file("v3.db");
+  {
+    std::ifstream in(std::string(TDAPI_SOURCE_DIR) + "/tests/fixtures/schema-v3.db",
+                     std::ios::binary);
+    ASSERT_TRUE(in.good());
+    std::ofstream out(path, std::ios::binary);
+    out << in.rdbuf();
+  }
+  std::vector<std::string> args{"testdata-api", "migrate", "--from", path, "--to", url()};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  testing::internal::CaptureStdout();
+  int rc = run_migrate_command(static_cast<int>(argv.size()), argv.data());
+  std::string out = testing::internal::GetCapturedStdout();
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("\"status\":\"verified\""), std::string::npos) << out;
+  const std::vector<std::string> tests = column("SELECT count(*) FROM tests");
+  ASSERT_EQ(tests.size(), 1u);
+  EXPECT_NE(tests[0], "0");
+  EXPECT_EQ(column("SELECT count(*) FROM test_versions WHERE version = 1 AND changed_by ="
+                   " 'unknown' AND doc = (SELECT doc FROM tests t WHERE t.test_id ="
+                   " test_versions.test_id)"),
+            tests);
 }
 
 }  // namespace
