@@ -687,9 +687,10 @@ def main():
                         continue
                     offset = os.path.getsize(app_log)
                     args = ((f"r{rnd}c{conns}",) + ((token_arg,) if token_arg else ())) if script else ()
-                    if script == put:  # its tests, fresh for this run; then run prefix, per thread
-                        seed_put(url.rsplit("/tests", 1)[0], args[0], min(2, conns), token_arg)
-                        args = (args[0], str(PUT_PER_THREAD)) + args[1:]
+                    if script == put:  # its tests, fresh for this run (ids apart from post.lua's)
+                        prefix = "put-" + args[0]
+                        seed_put(url.rsplit("/tests", 1)[0], prefix, min(2, conns), token_arg)
+                        args = (prefix, str(PUT_PER_THREAD)) + args[1:]
                     base = next((b for b in app_pids if url.startswith(b + "/")), None)
                     pid = app_pids.get(base)
                     before_ticks = cpu_ticks(pid) if pid else None
