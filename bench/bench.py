@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
@@ -46,6 +47,15 @@ BEFORE_CACHE = os.environ.get("BENCH_BEFORE_CACHE", os.path.join(BUILD, "bench-b
 PROBE_SECONDS = float(os.environ.get("BENCH_PROBE_SECONDS", "2"))
 PROBE_APPENDS = int(os.environ.get("BENCH_PROBE_APPENDS", "5000"))
 PROBE = "Durable-append probe: 4 KB append + fdatasync in DATA_DIR"
+# The rows of corrections and of the change feed (routes the before build does not have).
+PUT_32 = "PUT /tests/{id} (durable correction), 32 conns"
+PUT_1 = "PUT /tests/{id} (durable correction), 1 conn"
+PUT_DEF_32 = "PUT /tests/{id} (durable correction), defaults, 32 conns"
+PUT_DEF_1 = "PUT /tests/{id} (durable correction), defaults, 1 conn"
+FEED_100_32 = "GET /changes, 100 a page, defaults, 32 conns"
+FEED_100_1 = "GET /changes, 100 a page, defaults, 1 conn"
+FEED_1000_32 = "GET /changes, 1,000 a page, defaults, 32 conns"
+NEW_ROUTES = {PUT_32, PUT_1, PUT_DEF_32, PUT_DEF_1, FEED_100_32, FEED_100_1, FEED_1000_32}
 
 
 def log(*a):
@@ -197,6 +207,10 @@ def goals(m):
         rows.append(("POST c1 (defaults): p99 ≤ 2 × (probe's p99 + that GET's p99)",
                      m[post]["p99"] / base99 if base99 else None, 2.0, "≤",
                      f"{m[post]['p99']:.2f} ms / ({m[probe]['p99']:.2f} + {m[get_off]['p99']:.2f} ms)"))
+    if None not in (t(PUT_DEF_1), t(get_off), t(probe)):
+        rows.append(("PUT c1 (defaults): time per request ≤ 1.25 × (probe's time per fsync + GET "
+                     "clinic of 10 c1 AUDIT=off)", t(PUT_DEF_1) / (t(probe) + t(get_off)), 1.25, "≤",
+                     f"{t(PUT_DEF_1):.3f} ms / ({t(probe):.3f} + {t(get_off):.3f} ms)"))
     for goal, name, to, bound in (
             ("POST c32 (defaults: auth off) ≥ 0.6 × FastCGI ceiling", "POST /tests (durable), defaults, 32 conns",
              "FastCGI ceiling, small body", 0.6),
@@ -207,7 +221,11 @@ def goals(m):
             ("GET clinic of 1,000 c32 (defaults) ≥ 0.7 × a ceiling answering the same bytes",
              "GET clinic of 1,000, defaults, 32 conns", "FastCGI ceiling, 1,000-test-size body", 0.7),
             ("Audited GET clinic of 10 c1 (defaults: AUTH off, AUDIT on) ≥ 0.7 × the same GET with AUDIT=off",
-             "GET clinic of 10, defaults, 1 conn", "GET clinic of 10, 1 conn", 0.7)):
+             "GET clinic of 10, defaults, 1 conn", "GET clinic of 10, 1 conn", 0.7),
+            ("PUT c32 (defaults) ≥ 0.8 × POST c32 (defaults): a correction costs about a create",
+             PUT_DEF_32, "POST /tests (durable), defaults, 32 conns", 0.8),
+            ("GET /changes, 1,000 a page, c32 (defaults) ≥ 0.7 × GET clinic of 1,000 c32 (defaults)",
+             FEED_1000_32, "GET clinic of 1,000, defaults, 32 conns", 0.7)):
         value, how = ratio(name, to)
         rows.append((goal, value, bound, "≥", how))
     return rows
@@ -229,23 +247,38 @@ def render(template, data_dir, port, port_plain, socket, socket_plain, keepalive
 
 def seed_direct(db, clinic, n, batch=50000):
     """Bulk rows written straight into SQLite, in the app's row format (the app is running; WAL
-    lets both work). Rows are (test_id, seq, five fields, created_at, doc)."""
+    lets both work): each test as created, version 1 (final), in `tests` (test_id, seq, five
+    fields, created_at, doc, status, version, updated_at) and its version-1 row in
+    `test_versions` (written by "bench")."""
     conn = sqlite3.connect(db, timeout=30)
     now = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.000Z")
     base = conn.execute("SELECT coalesce(max(rowid), 0) FROM tests").fetchone()[0]
 
-    def row(i):
+    def doc(i):
         rec = {"test_id": f"{clinic}-{i}", "patient_id": f"patient-{i}", "clinic_id": clinic,
-               "test_type": "blood", "result": f"result value {i}", "created_at": now}
-        doc = json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
+               "test_type": "blood", "result": f"result value {i}", "created_at": now,
+               "status": "final", "version": 1, "updated_at": now}
+        return rec, json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
+
+    def row(i):
+        rec, text = doc(i)
         seq = base + 1 + i
-        return (seq, seq, rec["test_id"], rec["patient_id"], clinic, "blood", rec["result"], now, doc)
+        return (seq, seq, rec["test_id"], rec["patient_id"], clinic, "blood", rec["result"], now,
+                text, "final", 1, now)
+
+    def version_row(i):
+        rec, text = doc(i)
+        return (rec["test_id"], 1, clinic, "final", now, "bench", None, text)
 
     for start in range(0, n, batch):
         with conn:
             conn.executemany("INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type,"
-                             " result, created_at, doc) VALUES (?,?,?,?,?,?,?,?,?)",
+                             " result, created_at, doc, status, version, updated_at)"
+                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                              (row(i) for i in range(start, min(n, start + batch))))
+            conn.executemany("INSERT INTO test_versions (test_id, version, clinic_id, status,"
+                             " changed_at, changed_by, reason, doc) VALUES (?,?,?,?,?,?,?,?)",
+                             (version_row(i) for i in range(start, min(n, start + batch))))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # start the runs from a database at rest
     conn.close()
 
@@ -382,6 +415,27 @@ def seed_over_http(server, clinics=(("bench-10", 10), ("bench-1000", 1000)), tok
                                                   "clinic_id": clinic, "test_type": "blood",
                                                   "result": f"result value {i}"}, headers=headers)
             assert r.status == 201, r
+
+
+# Tests each wrk thread corrects in turn in a PUT run (bench/put.lua): far more than a thread's
+# connections, so a test comes round again only after its previous correction was answered.
+PUT_PER_THREAD = int(os.environ.get("BENCH_PUT_PER_THREAD", "500"))
+
+
+def seed_put(base_url, prefix, threads, token=None):
+    """Before one PUT run: stores the tests bench/put.lua corrects (<prefix>-<thread>-<n>, clinic
+    bench-put, patient p-<n>) in batches of 1,000."""
+    records = [{"test_id": f"{prefix}-{t}-{n}", "patient_id": f"p-{n}", "clinic_id": "bench-put",
+                "test_type": "blood", "result": "negative"}
+               for t in range(1, threads + 1) for n in range(1, PUT_PER_THREAD + 1)]
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    for i in range(0, len(records), 1000):
+        req = urllib.request.Request(base_url + "/tests/batch", method="POST", headers=headers,
+                                     data=json.dumps(records[i:i + 1000]).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 201, r.status
 
 
 def create_key(app_bin, db):
@@ -524,6 +578,7 @@ def main():
         ceil = f"http://127.0.0.1:{ceiling_port}"
         plain = f"http://127.0.0.1:{plain_port}"
         post = os.path.join(ROOT, "bench", "post.lua")
+        put = os.path.join(ROOT, "bench", "put.lua")
         cases = [
             # name, url, conns, script, ceiling name[, token]
             ("nginx return 200", ceil + "/return200", 32, None, None),
@@ -550,6 +605,17 @@ def main():
             ("POST /tests (durable), auth + audit on, 1 conn", sec + "/tests", 1, post, "FastCGI ceiling, small body, 1 conn", token),
             ("GET clinic of 10, auth + audit on, 32 conns", sec + "/tests?clinic_id=bench-10", 32, None, "FastCGI ceiling, small body", token),
             ("GET clinic of 10, auth + audit on, 1 conn", sec + "/tests?clinic_id=bench-10", 1, None, "FastCGI ceiling, small body, 1 conn", token),
+            # Corrections of existing tests (bench/put.lua; stored before each run by seed_put),
+            # each with its own If-Match: every answer a 200.
+            (PUT_32, app + "/tests", 32, put, "FastCGI ceiling, small body"),
+            (PUT_1, app + "/tests", 1, put, "FastCGI ceiling, small body, 1 conn"),
+            (PUT_DEF_32, dflt + "/tests", 32, put, "FastCGI ceiling, small body"),
+            (PUT_DEF_1, dflt + "/tests", 1, put, "FastCGI ceiling, small body, 1 conn"),
+            # The change feed: the first page of a clinic of 1,000 creates (no since: from the
+            # beginning), as a consumer's first sync reads it; wait=0.
+            (FEED_100_32, dflt + "/changes?clinic_id=bench-1000&limit=100", 32, None, "FastCGI ceiling, small body"),
+            (FEED_100_1, dflt + "/changes?clinic_id=bench-1000&limit=100", 1, None, "FastCGI ceiling, small body, 1 conn"),
+            (FEED_1000_32, dflt + "/changes?clinic_id=bench-1000&limit=1000", 32, None, "FastCGI ceiling, 1,000-test-size body"),
         ]
         if pg_urls:
             # PostgreSQL's own ceiling: the app's statements from a do-nothing libpq client
@@ -575,6 +641,9 @@ def main():
                 (f"{pgn}: GET clinic of 10, 1 conn", url + "/tests?clinic_id=bench-10", 1, None, "PostgreSQL ceiling: the GET of 10's SELECT, 1 client"),
                 (f"{pgn}: GET clinic of 1,000, 32 conns", url + "/tests?clinic_id=bench-1000", 32, None, "PostgreSQL ceiling: the GET of 1,000's SELECTs, 32 clients"),
                 (f"{pgn}: GET clinic of 1,000, 1 conn", url + "/tests?clinic_id=bench-1000", 1, None, "PostgreSQL ceiling: the GET of 1,000's SELECTs, 1 client"),
+                (f"{pgn}: {PUT_32}", url + "/tests", 32, put, "PostgreSQL ceiling: the POST's INSERT, 32 clients"),
+                (f"{pgn}: {PUT_1}", url + "/tests", 1, put, "PostgreSQL ceiling: the POST's INSERT, 1 client"),
+                (f"{pgn}: GET /changes, 100 a page, 32 conns", url + "/changes?clinic_id=bench-1000&limit=100", 32, None, None),
             ]
         results = {c[0]: [] for c in cases}
         # The before build's twin of each SQLite case: the same path on its instance of the
@@ -582,6 +651,8 @@ def main():
         twins = {}
         if before:
             for name, url, *_ in cases:
+                if name in NEW_ROUTES:  # the before build has no PUT and no change feed
+                    continue
                 for base, mode in ((app, "off"), (dflt, "default"), (sec, "auth")):
                     if url.startswith(base + "/"):
                         twins[name] = (before[2][mode] + url[len(base):], before[3] if mode == "auth" else None)
@@ -616,6 +687,10 @@ def main():
                         continue
                     offset = os.path.getsize(app_log)
                     args = ((f"r{rnd}c{conns}",) + ((token_arg,) if token_arg else ())) if script else ()
+                    if script == put:  # its tests, fresh for this run (ids apart from post.lua's)
+                        prefix = "put-" + args[0]
+                        seed_put(url.rsplit("/tests", 1)[0], prefix, min(2, conns), token_arg)
+                        args = (prefix, str(PUT_PER_THREAD)) + args[1:]
                     base = next((b for b in app_pids if url.startswith(b + "/")), None)
                     pid = app_pids.get(base)
                     before_ticks = cpu_ticks(pid) if pid else None
@@ -627,7 +702,7 @@ def main():
                         cpu[name].append(cpu_us_per_request(before_ticks, cpu_ticks(pid), r["total"]))
                         rss[name] = max(rss[name], rss_kb(pid, "VmRSS"))
                     results[name].append(r)
-                    if script and conns == 32 and not token_arg and base == app:
+                    if script == post and conns == 32 and not token_arg and base == app:
                         batches.append(batch_stats(app_log, offset))
                     log(f"round {rnd + 1}/{ROUNDS} {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
 
@@ -672,6 +747,12 @@ def main():
                      f"cases' rounds; its req/s is appends/s, p50 and p99 the time of one append + "
                      f"fdatasync. A durable POST on one connection should cost one fsync plus one "
                      f"small request.")
+        lines.append(f"PUT rows: corrections of existing tests (bench/put.lua), each request with its "
+                     f"own If-Match; before each run {PUT_PER_THREAD} tests per wrk thread are stored "
+                     f"(not timed) and each thread corrects them in turn, so every answer should be a "
+                     f"200 (a 412 counts as non-2xx). Change-feed rows: GET /changes of the 1,000-test "
+                     f"clinic without since (its first page, as a consumer's first sync reads it), "
+                     f"wait=0.")
         (a_body, a_head, a_wire), (c_body, c_head, c_wire) = large_bytes["app"], large_bytes["ceiling"]
         lines.append(f"The 1,000-test listing (curl): {a_body:,} body bytes and {a_head} of headers from "
                      f"the app, {c_body:,} and {c_head} from the 1,000-test-size ceiling; with the chunked "
@@ -725,7 +806,8 @@ def main():
         lines.append("")
         lines.append("| goal | measured | bound | met | how | before |" if before else "| goal | measured | bound | met | how |")
         lines.append("|---|---:|---:|---|---|---:|" if before else "|---|---:|---:|---|---|")
-        before_goals = goals({**med, **med_b}) if before else []
+        # (The before build has no PUT and no change feed: those goals have no before value.)
+        before_goals = goals({**{k: v for k, v in med.items() if k not in NEW_ROUTES}, **med_b}) if before else []
         for i, (goal, value, bound, sense, how) in enumerate(goals(med)):
             met = "—" if value is None else ("met" if (value <= bound if sense == "≤" else value >= bound) else "not met")
             row = (f"| {goal} | {'—' if value is None else f'{value:.2f} ×'} | {sense} {bound:g} × | {met} | {how} |")

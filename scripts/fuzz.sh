@@ -12,7 +12,7 @@ mkdir -p "$out"
 srcs=(src/api/validate.cpp src/store/test_record.cpp src/base/json.cpp src/base/utf8.cpp
   src/http/http.cpp src/http/storage_status.cpp src/store/status.cpp src/base/log.cpp
   src/base/clock.cpp src/security/auth.cpp src/base/crypto.cpp)
-targets=(validate query batch auth)
+targets=(validate correction query batch auth)
 for target in "${targets[@]}"; do
   clang++ -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     -Isrc "tests/fuzz/fuzz_$target.cpp" "${srcs[@]}" -lcjson -lcrypto -o "$out/fuzz_$target"
@@ -21,7 +21,7 @@ status=0
 for target in "${targets[@]}"; do
   mkdir -p "$out/corpus-$target"
   dict=()
-  [ "$target" = validate ] || [ "$target" = batch ] && dict=(-dict=tests/fuzz/json.dict)
+  case $target in validate | correction | batch) dict=(-dict=tests/fuzz/json.dict) ;; esac
   max_len=4096
   [ "$target" = batch ] && max_len=65536
   echo "fuzz_$target: ${seconds}s"

@@ -35,6 +35,15 @@ check not_found 404 'no such endpoint' "$BASE_URL/nope"
 check method    405 'method not allowed' -X DELETE "$BASE_URL/tests"
 check search    200 "\"count\":1" -X POST "$BASE_URL/tests/search" -H 'Content-Type: application/json' \
   -d "{\"clinic_id\":\"$clinic\"}"
+# a correction of version 1, then its history and the clinic's change feed
+correction="{\"test_id\":\"$id\",\"patient_id\":\"p1\",\"clinic_id\":\"$clinic\",\"test_type\":\"blood\",\"result\":\"ok, re-run\",\"status\":\"corrected\",\"reason\":\"smoke\"}"
+check no_match  428 'If-Match is required' -X PUT "$BASE_URL/tests/$id" -H 'Content-Type: application/json' -d "$correction"
+check correct   200 '"version":2' -X PUT "$BASE_URL/tests/$id" -H 'Content-Type: application/json' \
+  -H 'If-Match: W/"1"' -d "$correction"
+check stale     412 '"current_version":2' -X PUT "$BASE_URL/tests/$id" -H 'Content-Type: application/json' \
+  -H 'If-Match: W/"1"' -d "$correction"
+check history   200 '"versions":[{"version":2,' "$BASE_URL/tests/$id/history"
+check changes   200 '"change":"correction"' "$BASE_URL/changes?clinic_id=$clinic&wait=0"
 if [ -n "${TOKEN:-}" ]; then
   # without the key: 401 (TOKEN= empties it for this one request)
   TOKEN='' check no_token 401 'authentication required' "$BASE_URL/tests?clinic_id=$clinic"
