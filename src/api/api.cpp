@@ -1066,56 +1066,58 @@ Status record_feed_access(const FeedContext& f, long long count) {
   return s;
 }
 
+// One page of the feed: its changes as JSON objects, written as the rows come.
+struct FeedPage {
+  std::string items;  // the changes, comma-separated
+  long long count = 0;
+  long long last_change_seq = 0;
+};
+
 // Reads one page of the feed. Ok with the changes (maybe none), or the storage error.
-Status read_feed(const FeedContext& f, std::vector<TestVersion>& out) {
-  out.clear();
+Status read_feed(const FeedContext& f, FeedPage& page) {
+  page = FeedPage();
   ChangeQuery q;
   q.clinic_id = f.clinic_id;
   q.after_change_seq = f.after;
   q.limit = f.limit;
   return f.store->list_changes(q, [&](const TestVersion& v) {
-    out.push_back(v);
-    return static_cast<long long>(out.size()) < f.limit;
+    if (page.count > 0) page.items += ',';
+    page.items += "{\"change\":\"";
+    page.items += change_kind(v);
+    page.items += "\",\"changed_at\":";
+    append_json_string(page.items, v.changed_at);
+    page.items += ",\"changed_by\":";
+    append_json_string(page.items, v.changed_by);
+    page.items += ",\"reason\":";
+    if (v.reason) {
+      append_json_string(page.items, *v.reason);
+    } else {
+      page.items += "null";
+    }
+    page.items += ",\"test\":";
+    append_json_text(page.items, v.doc);
+    page.items += '}';
+    page.last_change_seq = v.change_seq;
+    return ++page.count < f.limit;
   });
 }
 
 // The answer for a page read (recorded in the audit trail first).
-Response feed_answer(const FeedContext& f, const std::vector<TestVersion>& changes) {
-  Status recorded = record_feed_access(f, static_cast<long long>(changes.size()));
+Response feed_answer(const FeedContext& f, const FeedPage& page) {
+  Status recorded = record_feed_access(f, page.count);
   if (!recorded.ok()) return storage_error_response(recorded);
-  const long long next_seq = changes.empty() ? f.after : changes.back().change_seq;
+  const long long next_seq = page.count == 0 ? f.after : page.last_change_seq;
   const std::string next = encode_feed_token(next_seq, f.clinic_id, f.store->instance_secret());
   if (next.empty()) return error_response(500, "cannot encrypt the feed's next token");
   Response r;
-  size_t bytes = 64;
-  for (const TestVersion& v : changes) bytes += v.doc.size() + 160;
-  r.body.reserve(bytes);
+  r.body.reserve(page.items.size() + next.size() + 64);
   r.body = "{\"status\":\"success\",\"changes\":[";
-  bool first = true;
-  for (const TestVersion& v : changes) {
-    if (!first) r.body += ',';
-    first = false;
-    r.body += "{\"change\":\"";
-    r.body += change_kind(v);
-    r.body += "\",\"changed_at\":";
-    append_json_string(r.body, v.changed_at);
-    r.body += ",\"changed_by\":";
-    append_json_string(r.body, v.changed_by);
-    r.body += ",\"reason\":";
-    if (v.reason) {
-      append_json_string(r.body, *v.reason);
-    } else {
-      r.body += "null";
-    }
-    r.body += ",\"test\":";
-    append_json_text(r.body, v.doc);
-    r.body += '}';
-  }
+  r.body += page.items;
   r.body += "],\"next\":";
   append_json_string(r.body, next);
   r.body += '}';
   r.log.clinic_id = f.clinic_id;
-  r.log.count = static_cast<long long>(changes.size());
+  r.log.count = page.count;
   return r;
 }
 
@@ -1169,10 +1171,10 @@ Response feed_response(const Request& req, const char* action, FeedRequest in, S
     Status s = store.latest_change(seen);
     if (!s.ok()) return storage_error_response(s);
   }
-  std::vector<TestVersion> changes;
+  FeedPage changes;
   Status s = read_feed(f, changes);
   if (!s.ok()) return storage_error_response(s);
-  if (!changes.empty() || wait == 0) return feed_answer(f, changes);
+  if (changes.count > 0 || wait == 0) return feed_answer(f, changes);
   Response r;
   r.log.clinic_id = f.clinic_id;
   r.wait = std::make_shared<DeferredResponse>();
@@ -1180,10 +1182,10 @@ Response feed_response(const Request& req, const char* action, FeedRequest in, S
   r.wait->seen = seen;
   r.wait->key = std::to_string(f.after) + ' ' + std::to_string(f.limit) + ' ' + f.clinic_id;
   r.wait->poll = [f = std::move(f)](bool final) -> std::optional<Response> {
-    std::vector<TestVersion> page;
+    FeedPage page;
     Status st = read_feed(f, page);
     if (!st.ok()) return storage_error_response(st);
-    if (page.empty() && !final) return std::nullopt;  // another clinic's change: wait on
+    if (page.count == 0 && !final) return std::nullopt;  // another clinic's change: wait on
     return feed_answer(f, page);
   };
   return r;

@@ -208,7 +208,9 @@ class Store {
   // Calls on_change for the clinic's changes (every create and correction: the version it made)
   // after query.after_change_seq, in commit order, until it returns false. A change that commits
   // after a reader passed its position is never behind that position (change_seq is assigned in
-  // commit order, also across app nodes). Ok (also when none) or a storage error.
+  // commit order, also across app nodes). The five fields and created_at are in doc only
+  // (record.patient_id, test_type, result and created_at are left empty: the feed sends the
+  // document as it is). Ok (also when none) or a storage error.
   virtual Status list_changes(const ChangeQuery& query,
                               const std::function<bool(const TestVersion&)>& on_change) = 0;
   // The highest change_seq committed (0 when none), by a cheap query: what a held feed request

@@ -52,10 +52,14 @@ const char kAuditInsertSql[] =
 
 // The columns of a TestVersion as version_from reads them (the five fields and created_at from
 // the version's document: they are not columns of test_versions).
-#define TDAPI_VERSION_COLUMNS                                                              \
+// The feed reads only the first nine (TDAPI_CHANGE_COLUMNS, no parse of the document): its answer
+// is the document itself.
+#define TDAPI_CHANGE_COLUMNS                                                               \
   "v.change_seq, v.test_id, v.version, v.clinic_id, v.status, v.changed_at, v.changed_by," \
-  " v.reason, v.doc, d.j->>'patient_id', d.j->>'test_type', d.j->>'result',"               \
-  " d.j->>'created_at'"
+  " v.reason, v.doc"
+#define TDAPI_VERSION_COLUMNS                                                      \
+  TDAPI_CHANGE_COLUMNS ", d.j->>'patient_id', d.j->>'test_type', d.j->>'result', " \
+                       "d.j->>'created_at'"
 #define TDAPI_VERSION_DOC " CROSS JOIN LATERAL (SELECT v.doc::jsonb AS j) d"
 
 // One TestVersion from the row's columns from `col` on (TDAPI_VERSION_COLUMNS).
@@ -73,6 +77,13 @@ void version_from(const PGresult* r, int row, int col, TestVersion& v) {
     v.reason = std::string(value_view(r, row, col + 7));
   }
   v.doc.assign(value_view(r, row, col + 8));
+  if (PQnfields(r) < col + 13) {  // TDAPI_CHANGE_COLUMNS: the fields stay in doc
+    v.record.patient_id.clear();
+    v.record.test_type.clear();
+    v.record.result.clear();
+    v.created_at.clear();
+    return;
+  }
   v.record.patient_id.assign(value_view(r, row, col + 9));
   v.record.test_type.assign(value_view(r, row, col + 10));
   v.record.result.assign(value_view(r, row, col + 11));
@@ -689,7 +700,8 @@ Status PgStore::list_changes(const ChangeQuery& q,
   // change below the last one a reader saw can commit after it saw it (schema.cpp).
   Status s = with_reader("list changes", [&](Connection& c) {
     page = c.run("changes",
-                 "SELECT " TDAPI_VERSION_COLUMNS " FROM test_versions v" TDAPI_VERSION_DOC
+                 "SELECT " TDAPI_CHANGE_COLUMNS
+                 " FROM test_versions v"
                  " WHERE v.clinic_id = $1 AND v.change_seq > $2 ORDER BY v.change_seq LIMIT $3",
                  {q.clinic_id.c_str(), after.c_str(), limit.c_str()});
     return result_ok(page) ? Status::Ok() : c.error(page.get(), "list changes");
