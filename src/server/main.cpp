@@ -1,12 +1,15 @@
 // main.cpp: testdata-api entry point: options, privileges, limits, store, FastCGI server.
 //
-// Usage: testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
+// Usage: testdata-api serve [--env-file PATH]   (settings from the environment: base/config.h)
+//        testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
 //                     [--threads N] [--busy-timeout-ms N]
 //                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
 //                     [--auth on|off] [--audit on|off] [--audit-reads durable|crash-safe]
 //                     [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]
 //        testdata-api keys|audit|migrate|backup|restore ...   (administration: cli.h, backup.h)
+//        testdata-api config check|env-file|table   (tools/config_command.h)
 //        testdata-api --version        (the build's version: the Debian package's)
+//        testdata-api --help           (usage on stdout, exit 0)
 //
 // Exit statuses (scripts/run.sh, the supervisor, acts on them):
 //   0   clean stop (SIGTERM/SIGINT; in-flight requests finished). Restarted unless the
@@ -43,7 +46,9 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "base/config.h"
 #include "base/log.h"
 #include "base/options.h"
 #include "metrics/metrics.h"
@@ -53,15 +58,27 @@
 
 namespace {
 
+const char kServeUsage[] =
+    "usage: testdata-api serve [--env-file PATH]\n"
+    "           the service, configured by the environment (testdata-api config table lists\n"
+    "           every setting; under systemd, the unit's EnvironmentFile)\n"
+    "       testdata-api --socket PATH (--db PATH | --database-url URL)"
+    " [--socket-mode 0600|0660]\n"
+    "           [--threads N] [--busy-timeout-ms N] [--max-db-pages N] [--stop-timeout-ms N]\n"
+    "           [--user NAME] [--log-file PATH] [--auth on|off] [--audit on|off]\n"
+    "           [--audit-reads durable|crash-safe] [--auth-failure-rate NNNr/s|NNNr/m]\n"
+    "           [--auth-failure-burst N]\n"
+    "           the service, configured by options (what make run starts)\n"
+    "       testdata-api --help | --version\n";
+
 int usage(const std::string& why) {
-  std::cerr << "testdata-api: " << why
-            << "\nusage: testdata-api --socket PATH (--db PATH | --database-url URL)"
-               " [--socket-mode 0600|0660] [--threads N] [--busy-timeout-ms N]"
-               " [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]"
-               " [--auth on|off] [--audit on|off] [--audit-reads durable|crash-safe]"
-               " [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]\n"
-               "       testdata-api keys|audit ... (run 'testdata-api keys' for details)\n";
+  std::cerr << "testdata-api: " << why << "\n" << kServeUsage << tdapi::admin_usage();
   return tdapi::kExitUsage;
+}
+
+int help() {
+  std::cout << kServeUsage << tdapi::admin_usage() << "See testdata-api(8).\n";
+  return tdapi::kExitOk;
 }
 
 int startup_failed(const std::string& reason, const std::string& detail) {
@@ -169,6 +186,10 @@ int main(int argc, char** argv) {
     std::cout << "testdata-api " << TDAPI_VERSION << "\n";
     return tdapi::kExitOk;
   }
+  if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+                    std::strcmp(argv[1], "help") == 0)) {
+    return help();
+  }
   if (tdapi::is_admin_command(argc, argv)) return tdapi::run_admin_command(argc, argv);
   tdapi::block_stop_signals();  // before any thread starts
   tdapi::global_metrics();      // process_start_time_seconds: now
@@ -179,7 +200,29 @@ int main(int argc, char** argv) {
 
   tdapi::AppOptions opt;
   std::string error;
-  if (!tdapi::parse_options(argc, argv, std::thread::hardware_concurrency(), opt, error)) {
+  if (argc >= 2 && std::strcmp(argv[1], "serve") == 0) {
+    // Configured by the environment (the settings table), checked as `config check` does: a bad
+    // value is a start-up failure (78, not restarted), every problem named.
+    std::string env_file;
+    if (argc == 4 && std::strcmp(argv[2], "--env-file") == 0) {
+      env_file = argv[3];
+    } else if (argc != 2) {
+      return usage("serve takes only --env-file PATH; settings come from the environment");
+    }
+    tdapi::Environment env;
+    std::string source;
+    std::vector<std::string> problems;
+    tdapi::load_configuration(env_file, environ, env, source, problems);
+    if (!problems.empty() ||
+        !tdapi::options_from_environment(env, std::thread::hardware_concurrency(), geteuid() == 0,
+                                         opt, problems)) {
+      std::string all;
+      for (const std::string& p : problems) all += (all.empty() ? "" : "; ") + p;
+      return startup_failed("config", all + " (in " + source +
+                                          "). What to do: correct them; testdata-api config "
+                                          "check lists every problem");
+    }
+  } else if (!tdapi::parse_options(argc, argv, std::thread::hardware_concurrency(), opt, error)) {
     return usage(error);
   }
   if (!ensure_open_files(opt.threads, error)) return startup_failed("open_files", error);
