@@ -141,7 +141,7 @@ sed -i "s/^Version: .*/Version: $next/" "$work/v2/pkg/DEBIAN/control"
 dpkg-deb -b --root-owner-group "$work/v2/pkg" "$R/tmp/testdata-api_${next}.deb" >/dev/null
 cp "$deb" "$R/tmp/testdata-api_${version}.deb"
 
-app_log() { tail -n 20 "$R/var/lib/testdata-api/logs/app.log" 2>/dev/null || true; }
+app_log() { tail -n 20 "$work/app.stderr" 2>/dev/null || true; }  # the journal's part
 show_logs() {
   echo "--- app log" >&2; app_log >&2
   echo "--- nginx error logs" >&2
@@ -196,7 +196,10 @@ for arg in shlex.split(sys.argv[1].replace("$$", "$")):
     sys.stdout.write(arg + "\0")
 EOF
   )
-  mapfile -t envs < <(grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$R$env_file" | sed -E "s/^([^=]*)=[\"']?(.*[^\"'])?[\"']?$/\1=\2/")
+  # The environment as systemd builds it: RUNTIME_DIRECTORY, the unit's Environment= (one line of
+  # NAME=value words), then the environment file's lines on top.
+  read -r -a envs <<<"RUNTIME_DIRECTORY=/run/$rtdir $(unit_get Environment)"
+  mapfile -t -O "${#envs[@]}" envs < <(grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$R$env_file" | sed -E "s/^([^=]*)=[\"']?(.*[^\"'])?[\"']?$/\1=\2/")
   (
     umask "$umask_"
     exec chroot "$R" prlimit --nofile="$nofile:$nofile" \
@@ -275,7 +278,8 @@ api 200 "http://127.0.0.1:$port/openapi.yaml" >/dev/null
 # nginx's access log of the site: JSON lines, no query strings (they can carry patient ids).
 grep -q '"path":"/tests"' "$R/var/log/nginx/testdata-api.access.log" || fail "no JSON access log line"
 ! grep -q 'clinic_id=\|p-pkg' "$R/var/log/nginx/testdata-api.access.log" || fail "the access log carries a query string or patient id"
-! grep -q 'p-pkg' "$R/var/lib/testdata-api/logs/app.log" || fail "the app log carries a patient id"
+grep -q '"event":"store_opened"' "$work/app.stderr" || fail "no app log line on stderr (the journal)"
+! grep -q 'p-pkg' "$work/app.stderr" || fail "the app log carries a patient id"
 
 # 3. Upgrade: as systemd would (stop, new files, start again); data, key and conffile kept.
 stop_app

@@ -51,6 +51,7 @@
 #include "base/config.h"
 #include "base/log.h"
 #include "base/options.h"
+#include "base/systemd.h"
 #include "metrics/metrics.h"
 #include "server/fcgi_server.h"
 #include "store/open_store.h"
@@ -82,6 +83,8 @@ int help() {
 }
 
 int startup_failed(const std::string& reason, const std::string& detail) {
+  // Under systemd, also the unit's status line (systemctl status), where an operator looks.
+  tdapi::systemd_notify("STATUS=Start-up failed (" + reason + "): " + detail.substr(0, 900));
   tdapi::LogFields f;
   f.reason = reason;
   f.detail = detail;
@@ -191,6 +194,8 @@ int main(int argc, char** argv) {
     return help();
   }
   if (tdapi::is_admin_command(argc, argv)) return tdapi::run_admin_command(argc, argv);
+  // Under systemd, stderr is the journal: each line carries its priority.
+  tdapi::set_log_priority_prefix(tdapi::stderr_is_journal());
   tdapi::block_stop_signals();  // before any thread starts
   tdapi::global_metrics();      // process_start_time_seconds: now
   // Bodies of up to 4 MiB: a fixed mmap threshold keeps every allocation over 256 KiB in its own
@@ -230,8 +235,9 @@ int main(int argc, char** argv) {
     return startup_failed("user", error);
   }
   die_with_supervisor();
-  if (!opt.log_file.empty() && !tdapi::open_log_file(opt.log_file, error)) {
-    return startup_failed("log_file", error);
+  if (!opt.log_file.empty()) {
+    if (!tdapi::open_log_file(opt.log_file, error)) return startup_failed("log_file", error);
+    tdapi::set_log_priority_prefix(false);
   }
 
   const std::string target = opt.database_url.empty() ? opt.db_path : opt.database_url;
@@ -241,6 +247,11 @@ int main(int argc, char** argv) {
   settings.max_db_pages = opt.max_db_pages;
   settings.observer = &tdapi::global_metrics();
   std::unique_ptr<tdapi::Store> store;
+  const long long watchdog_ms = tdapi::systemd_watchdog_ms();
+  tdapi::systemd_notify(
+      opt.database_url.empty()
+          ? "STATUS=Opening the database (checking the file after an unclean stop may take a while)"
+          : "STATUS=Connecting to PostgreSQL");
   tdapi::Status s = tdapi::open_store(target, tdapi::StoreRole::kService, settings, store);
   // A database server that is starting, restarting or failing over is waited for (a minute, a
   // stop signal ends the wait), then the app exits 1: the supervisor starts it again, so the
@@ -253,6 +264,9 @@ int main(int argc, char** argv) {
       tdapi::log_event(tdapi::LogLevel::kError, "database_unavailable", f);
       return tdapi::kExitFailure;
     }
+    tdapi::systemd_notify(std::string("STATUS=Waiting for PostgreSQL (") + s.name() + "), " +
+                          std::to_string(60 - waited) + " s before exiting to be restarted");
+    if (watchdog_ms > 0) tdapi::systemd_notify("WATCHDOG=1");  // waiting is what it should do
     if (waited % 5 == 0) {
       tdapi::LogFields f;
       f.reason = s.name();
@@ -312,6 +326,18 @@ int main(int argc, char** argv) {
         tdapi::log_event(tdapi::LogLevel::kError, "log_reopen_failed", f);
       }
     };
+  }
+  // systemd: ready once the store is open and the socket listens; the watchdog is fed while
+  // serving is healthy (a hung app stops feeding it and is restarted).
+  server.on_listening = [path = opt.socket_path] {
+    tdapi::systemd_notify("READY=1\nSTATUS=Serving on " + path);
+  };
+  server.on_stopping = [] {
+    tdapi::systemd_notify("STOPPING=1\nSTATUS=Stopping: finishing in-flight requests");
+  };
+  if (watchdog_ms > 0) {
+    server.stall_ms = static_cast<int>(std::min<long long>(watchdog_ms, 3600000));
+    server.on_healthy = [] { tdapi::systemd_notify("WATCHDOG=1"); };
   }
   tdapi::ServeResult result = tdapi::run_fcgi_server(server, *store);
   if (result == tdapi::kServeSocketFailed) return tdapi::kExitStartupFailure;  // logged
