@@ -17,6 +17,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fcgi_client  # noqa: E402
+from harness import Server  # noqa: E402
 
 APP = os.environ.get("APP_BIN", "build/testdata-api")
 ROOT = os.environ.get("PROJECT_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -150,6 +151,29 @@ class Serve(unittest.TestCase):
         self.assertIn("THREADS must be a whole number from 1 to 1024, not 'lots'", line["detail"])
         self.assertIn("AUDIT_READS must be crash-safe or durable, not 'never'", line["detail"])
         self.assertFalse(os.path.exists(os.path.join(self.dir, "t.db")))
+
+
+class ReasonPhrases(unittest.TestCase):
+    """Through nginx, the status line carries the app's reason phrase: never `Unknown`."""
+
+    def test_401_and_403_with_their_phrases(self):
+        with Server(AUTH="on") as s:
+            key = run(["keys", "create", "--db", os.path.join(s.data_dir, "testdata.db"),
+                       "--name", "reader", "--scope", "read:c1"])
+            self.assertEqual(key.returncode, 0, key.stderr)
+            token = json.loads(key.stdout)["token"]
+
+            def status_line(path, headers=""):
+                reply = s.raw(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n"
+                               % (path, headers)).encode())
+                return reply.split(b"\r\n", 1)[0].decode()
+            self.assertEqual(status_line("/tests?clinic_id=c1"), "HTTP/1.1 401 Unauthorized")
+            self.assertEqual(status_line("/tests?clinic_id=c2",
+                                         "Authorization: Bearer %s\r\n" % token),
+                             "HTTP/1.1 403 Forbidden")
+            self.assertEqual(status_line("/tests?clinic_id=c1",
+                                         "Authorization: Bearer %s\r\n" % token),
+                             "HTTP/1.1 200 OK")
 
 
 if __name__ == "__main__":
