@@ -7,6 +7,7 @@ FastCGI on $RUNTIME_DIRECTORY/app.sock (as under systemd), and a bad value is a 
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -103,6 +104,20 @@ class ConfigCheck(unittest.TestCase):
             self.assertEqual(f.read(), run(["config", "env-file"]).stdout,
                              "ops/testdata-api.env is not what `config env-file` prints: "
                              "regenerate it")
+
+    def test_man_page_covers_every_command_and_setting(self):
+        with open(os.path.join(ROOT, "debian", "testdata-api.8")) as f:
+            page = f.read().replace("\\-", "-")
+        for command in ("serve", "config check", "config env-file", "config table",
+                        "keys create", "keys list", "keys revoke", "audit verify",
+                        "audit export", "backup", "restore", "migrate", "--help", "--version"):
+            self.assertRegex(page, r"(?<![\w-])%s(?![\w-])"
+                             % r"\W{1,20}".join(map(re.escape, command.split())), command)
+        table = run(["config", "table"]).stdout
+        names = [line.split("`")[1] for line in table.splitlines()[2:]]
+        self.assertIn("BACKUP_KEEP", names)
+        for name in names:
+            self.assertIn(name, page, "the man page does not name " + name)
 
     def test_usage_errors_exit_2(self):
         self.assertEqual(run(["config"]).returncode, 2)
