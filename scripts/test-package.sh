@@ -271,6 +271,15 @@ wait_http
 token=$(in_root runuser -u testdata-api -- testdata-api keys create --db /var/lib/testdata-api/testdata.db \
   --name package-test --scope 'read:*' --scope 'write:*' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])') ||
   fail "keys create failed"
+# Administration as root, as README shows it: the package's settings, the service user's rights.
+in_root testdata-api config check >/dev/null || fail "config check fails on the installed env file"
+in_root testdata-api keys list | grep -q '"name":"package-test"' || fail "keys list as root (no --db) does not list the key"
+in_root testdata-api backup >/dev/null || fail "backup as root failed"
+owners=$(in_root find /var/lib/testdata-api -user root)
+[ -z "$owners" ] || fail "root-owned files after root's backup: $owners"
+in_root runuser -u testdata-api -- env BACKUP_DIR=/var/lib/testdata-api/backups testdata-api backup \
+  --db /var/lib/testdata-api/testdata.db >/dev/null || fail "the service user's backup (the timer's) fails after root's"
+say "as root: config check, keys list and backup use the package's settings; no root-owned file"
 BASE_URL=http://127.0.0.1:$port TOKEN=$token "$here/scripts/smoke.sh" || fail "smoke test failed on $version"
 record='{"test_id":"pkg-upgrade-1","patient_id":"p-pkg","clinic_id":"c-pkg","test_type":"blood","result":"ok"}'
 api 201 -X POST "http://127.0.0.1:$port/tests" -H 'Content-Type: application/json' -d "$record" >/dev/null
