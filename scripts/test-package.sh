@@ -58,7 +58,8 @@ units)
   fails=0
   for u in "$root"/units/*; do
     # verify exits 0 on unknown keys and bad values (it only warns): any output is a failure.
-    out=$(cd "$root/units" && systemd-analyze verify "$u" 2>&1) && [ -z "$out" ] ||
+    # Documentation=man:… pages are looked up in the package's own man directory.
+    out=$(cd "$root/units" && MANPATH="$root/pkg/usr/share/man" systemd-analyze verify "$u" 2>&1) && [ -z "$out" ] ||
       { printf '%s\n' "$out"; echo "FAIL systemd-analyze verify $(basename "$u")"; fails=$((fails + 1)); continue; }
     echo "ok   systemd-analyze verify $(basename "$u")"
   done

@@ -416,9 +416,14 @@ bool load_configuration(const std::string& env_file, char** envp, Environment& e
   if (file.empty() && geteuid() == 0 && access(kPackageEnvFile, F_OK) == 0) file = kPackageEnvFile;
   source = file.empty() ? "the environment" : file;
   if (file.empty()) return true;
+  // The file's settings, with any set (non-empty) in the environment on top: what an operator
+  // types before the command wins.
   Environment from_file;
   bool ok = read_environment_file(file, from_file, problems);
-  for (const auto& kv : from_file) env[kv.first] = kv.second;
+  for (const auto& kv : from_file) {
+    auto it = env.find(kv.first);
+    if (it == env.end() || it->second.empty()) env[kv.first] = kv.second;
+  }
   return ok;
 }
 

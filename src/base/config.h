@@ -70,10 +70,10 @@ void parse_environment_text(const std::string& text, const std::string& origin, 
 // The package's environment file.
 constexpr const char* kPackageEnvFile = "/etc/testdata-api/testdata-api.env";
 
-// The configuration a command runs with: the settings found in envp, overlaid by `env_file`'s
-// when one is named, else by the package's file when run as root and it exists (root on a
-// packaged server). `source` says which ("the environment" or the file). False when the file
-// cannot be read or has malformed lines (named in problems).
+// The configuration a command runs with: the settings of `env_file` when one is named, else of
+// the package's file when run as root and it exists (root on a packaged server), with those set
+// (non-empty) in envp on top. `source` says which ("the environment" or the file). False when the
+// file cannot be read or has malformed lines (named in problems).
 bool load_configuration(const std::string& env_file, char** envp, Environment& env,
                         std::string& source, std::vector<std::string>& problems);
 

@@ -89,6 +89,15 @@ class ConfigCheck(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot read it", r.stderr)
 
+    def test_the_environment_wins_over_the_file(self):
+        path = os.path.join(self.dir, "t.env")
+        with open(path, "w") as f:
+            f.write("THREADS=lots\nAUTH=maybe\n")
+        r = run(["config", "check", "--env-file", path], THREADS="8", AUTH="")
+        self.assertEqual(r.returncode, 1)
+        self.assertNotIn("THREADS", r.stderr)
+        self.assertIn("AUTH must be on or off, not 'maybe'", r.stderr)
+
     def test_the_package_env_file_is_generated_and_valid(self):
         r = run(["config", "env-file"])
         self.assertEqual(r.returncode, 0, r.stderr)
