@@ -128,6 +128,17 @@ class ConfigCheck(unittest.TestCase):
         for name in names:
             self.assertIn(name, page, "the man page does not name " + name)
 
+    def test_readme_documents_exactly_the_settings_of_the_table(self):
+        table = run(["config", "table"]).stdout
+        names = {line.split("`")[1] for line in table.splitlines()[2:]}
+        with open(os.path.join(ROOT, "README.md")) as f:
+            rows = [line for line in f if line.startswith("| `")]
+        documented = set()
+        for row in rows:
+            documented.update(re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split(" | ")[0]))
+        self.assertEqual(sorted(documented - names), [], "in README, not in the table")
+        self.assertEqual(sorted(names - documented), [], "in the table, not in README")
+
     def test_usage_errors_exit_2(self):
         self.assertEqual(run(["config"]).returncode, 2)
         self.assertEqual(run(["config", "check", "--env-file"]).returncode, 2)
