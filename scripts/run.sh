@@ -9,7 +9,8 @@
 # (cap on the database size in 4 KiB pages, default none), DB_PATH (default
 # $DATA_DIR/testdata.db), START_TIMEOUT (seconds to wait for the app to be ready, default 600;
 # 0 waits as long as the app is alive), STOP_TIMEOUT_MS (how long the app lets in-flight
-# requests finish on a stop, default 10000), SERVICE_USER (as root: the user the app and nginx's
+# requests finish on a stop, default 10000), FEED_MAX_WAITING (change feed long polls held at
+# once, without a thread each, default 1000; past it one is answered at once), SERVICE_USER (as root: the user the app and nginx's
 # workers run as, default testdata-api, created as a system user if missing).
 # Storage: DATABASE_URL (a libpq connection string, postgresql://... or key=value words: the app
 # uses PostgreSQL; unset, SQLite at DB_PATH), APP_NODES (app processes behind nginx, default 1,
@@ -519,6 +520,7 @@ launch_node() {
     ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
     ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
     ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
+    ${FEED_MAX_WAITING:+--feed-max-waiting "$FEED_MAX_WAITING"} \
     9<&- 2>&"$err" {err}>&- &
   pid[k]=$!
   exec {err}>&-

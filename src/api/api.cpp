@@ -8,6 +8,7 @@
 #include <set>
 
 #include "api/validate.h"
+#include "base/clock.h"
 #include "base/json.h"
 #include "metrics/metrics.h"
 #include "security/cursor.h"
@@ -95,7 +96,7 @@ bool parse_limit(const std::string& text, long long& out) {
 // done.
 Status record_access(const Request& req, Store& store, AuditEntry& entry) {
   if (!req.audit) return Status::Ok();
-  const bool durable = req.audit_reads_durable || req.method == "POST";
+  const bool durable = req.audit_reads_durable || req.method == "POST" || req.method == "PUT";
   Status s =
       store.append_audit(entry, durable ? AuditDurability::kDurable : AuditDurability::kCrashSafe);
   if (s.ok()) global_metrics().record_audit_write();
@@ -175,6 +176,11 @@ std::string listing_detail(const ListQuery& q, long long page) {
   j.begin_object();
   if (q.patient_id) j.field("patient_id", *q.patient_id);
   if (q.test_type) j.field("test_type", *q.test_type);
+  if (q.status) j.field("status", test_status_name(*q.status));
+  if (q.created_from) j.field("created_from", *q.created_from);
+  if (q.created_to) j.field("created_to", *q.created_to);
+  if (q.updated_from) j.field("updated_from", *q.updated_from);
+  if (q.updated_to) j.field("updated_to", *q.updated_to);
   if (page > 0) j.field("limit", page);
   if (q.after_seq > 0) j.field("after_seq", q.after_seq);
   j.end_object();
@@ -321,6 +327,8 @@ struct ListRequest {
   std::optional<std::string> clinic_id;
   std::optional<std::string> patient_id;
   std::optional<std::string> test_type;
+  std::optional<std::string> status;
+  std::optional<std::string> created_from, created_to, updated_from, updated_to;
   std::optional<std::string> cursor;
   std::optional<long long> limit;  // outside 1..kMaxPageLimit when the given value was not one
 };
@@ -331,6 +339,11 @@ std::optional<std::string>* text_slot(ListRequest& in, std::string_view name) {
   if (name == "clinic_id") return &in.clinic_id;
   if (name == "patient_id") return &in.patient_id;
   if (name == "test_type") return &in.test_type;
+  if (name == "status") return &in.status;
+  if (name == "created_from") return &in.created_from;
+  if (name == "created_to") return &in.created_to;
+  if (name == "updated_from") return &in.updated_from;
+  if (name == "updated_to") return &in.updated_to;
   if (name == "cursor") return &in.cursor;
   return nullptr;
 }
@@ -357,6 +370,31 @@ Response list_tests_response(const Request& req, const char* action, ListRequest
   q.clinic_id = std::move(*in.clinic_id);
   q.patient_id = std::move(in.patient_id);
   q.test_type = std::move(in.test_type);
+  if (in.status) {
+    q.status = parse_test_status(*in.status);
+    if (!q.status) {
+      return error_response(
+          400, "status must be one of preliminary, final, amended, corrected, entered-in-error");
+    }
+  }
+  struct {
+    const char* name;
+    std::optional<std::string>& given;
+    std::optional<std::string>& bound;
+  } const ranges[] = {{"created_from", in.created_from, q.created_from},
+                      {"created_to", in.created_to, q.created_to},
+                      {"updated_from", in.updated_from, q.updated_from},
+                      {"updated_to", in.updated_to, q.updated_to}};
+  for (const auto& r : ranges) {
+    if (!r.given) continue;
+    std::string utc;
+    if (!parse_rfc3339_utc_ms(*r.given, utc)) {
+      return error_response(400, std::string(r.name) +
+                                     " must be an RFC 3339 date-time with a time zone, such as "
+                                     "2026-12-07T10:00:00Z or 2026-12-07T12:00:00+02:00");
+    }
+    r.bound = std::move(utc);
+  }
   long long page = -1;
   if (in.limit) {
     if (*in.limit < 1 || *in.limit > kMaxPageLimit) {
@@ -497,28 +535,72 @@ Response handle_search_tests(const Request& req, Store& store) {
   return list_tests_response(req, "search", std::move(in), store);
 }
 
+namespace {
+
+// W/"<version>": a test's entity tag (weak: the document is the version's, not its bytes).
+std::string etag_of(long long version) { return "W/\"" + std::to_string(version) + "\""; }
+
+std::string_view trim_blanks(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+// The version an entity tag names: W/"N" or "N", N a decimal from 1 without leading zeros.
+std::optional<long long> parse_etag(std::string_view tag) {
+  tag = trim_blanks(tag);
+  if (tag.size() >= 2 && tag[0] == 'W' && tag[1] == '/') tag.remove_prefix(2);
+  if (tag.size() < 3 || tag.front() != '"' || tag.back() != '"') return std::nullopt;
+  tag = tag.substr(1, tag.size() - 2);
+  if (tag.empty() || tag.size() > 18 || tag[0] == '0') return std::nullopt;
+  long long v = 0;
+  for (char c : tag) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
+// If-None-Match against the current version (weak comparison): `*`, or a comma-separated list
+// one of whose tags names it.
+bool none_match_hits(std::string_view header, long long version) {
+  header = trim_blanks(header);
+  if (header == "*") return true;
+  while (!header.empty()) {
+    size_t comma = header.find(',');
+    std::optional<long long> v = parse_etag(header.substr(0, comma));
+    if (v && *v == version) return true;
+    if (comma == std::string_view::npos) break;
+    header.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+}  // namespace
+
 Response handle_get_test(const Request& req, Store& store) {
   // An id that breaks the rules every stored test_id kept can name no test: answered exactly as
   // an unknown id, before it is looked up, recorded or logged (it might be 7 KB long, or carry
   // characters that forge lines or reorder text).
   if (!check_test_id(req.path_param).empty()) return error_response(404, "test not found");
-  std::string json;
   // Access follows the row's clinic_id column, as listings do, not the clinic its document says:
   // the two disagree only in a row edited behind the service's back.
-  std::string clinic;
-  Status s = store.get_test(req.path_param, json, clinic);
+  StoredDocument doc;
+  Status s = store.get_test(req.path_param, doc);
   if (!s.ok() && s.code() != StatusCode::kNotFound) return storage_error_response(s);
-  if (!s.ok()) clinic.clear();
+  if (!s.ok()) doc.clinic_id.clear();
   // A test of a clinic the key may not read is answered exactly as an unknown id.
-  const bool readable = s.ok() && req.principal.may(Access::kRead, clinic);
+  const bool readable = s.ok() && req.principal.may(Access::kRead, doc.clinic_id);
+  const bool not_modified = readable && doc.version > 0 && !req.if_none_match.empty() &&
+                            none_match_hits(req.if_none_match, doc.version);
   std::string detail;
   JsonWriter dj(detail);
   dj.begin_object();
   dj.field("test_id", req.path_param);
   if (s.ok() && !readable) dj.field("denied", "no read scope for the clinic");
   dj.end_object();
-  AuditEntry audit = audit_entry(req, "get", clinic);
-  audit.outcome = readable ? 200 : 404;
+  AuditEntry audit = audit_entry(req, "get", doc.clinic_id);
+  audit.outcome = !readable ? 404 : not_modified ? 304 : 200;
   audit.detail = std::move(detail);
   Status recorded = record_access(req, store, audit);
   if (!recorded.ok()) return storage_error_response(recorded);
@@ -530,11 +612,16 @@ Response handle_get_test(const Request& req, Store& store) {
     return r;
   }
   Response r;
-  r.body.reserve(json.size() + 32);
-  r.body = "{\"status\":\"success\",\"test\":";
-  append_json_text(r.body, json);  // documents stored before output escaping hold raw U+2028
-  r.body += '}';
+  if (doc.version > 0) r.headers.emplace_back("ETag", etag_of(doc.version));
   r.log.test_id = req.path_param;
+  if (not_modified) {
+    r.status = 304;
+    return r;
+  }
+  r.body.reserve(doc.json.size() + 32);
+  r.body = "{\"status\":\"success\",\"test\":";
+  append_json_text(r.body, doc.json);  // documents stored before output escaping hold raw U+2028
+  r.body += '}';
   return r;
 }
 
@@ -677,6 +764,492 @@ Response handle_audit(const Request& req, Store& store) {
   if (!recorded.ok()) return storage_error_response(recorded);
   r.log.count = count;
   return r;
+}
+
+namespace {
+
+constexpr std::string_view kIfMatchRequired =
+    "If-Match is required: send the version you are correcting, as W/\"<version>\" from GET "
+    "/tests/{id}";
+
+// {"test_id","from_version","to_version","status","reason"}: a correction's audit detail.
+std::string correction_detail(const TestCorrection& c) {
+  std::string out;
+  JsonWriter j(out);
+  j.begin_object();
+  j.field("test_id", c.record.test_id);
+  j.field("from_version", c.expected_version);
+  j.field("to_version", c.expected_version + 1);
+  j.field("status", test_status_name(c.record.status));
+  j.field("reason", c.reason);
+  j.end_object();
+  return out;
+}
+
+Response field_error(int status, const std::string& message, const char* field,
+                     const std::string& problem) {
+  Response r = field_errors_response(message, {{field, problem, -1}});
+  r.status = status;
+  return r;
+}
+
+}  // namespace
+
+Response handle_correct_test(const Request& req, Store& store) {
+  Response error;
+  if (!check_json_body(req, kMaxBodyBytes, error)) return error;
+  CorrectionValidation v = validate_test_correction(req.body);
+  if (!v.ok) return invalid_body(v.message, v.errors);
+  if (v.record.test_id != req.path_param) {
+    return field_error(400, "invalid correction", "test_id",
+                       "must be the test_id of the path: test_id cannot change");
+  }
+  if (req.if_match.empty()) return error_response(428, kIfMatchRequired);
+  std::optional<long long> expected = parse_etag(req.if_match);
+  if (!expected) {
+    return error_response(400,
+                          "If-Match must be one version, as W/\"<version>\" from GET /tests/{id}");
+  }
+  TestCorrection c;
+  c.record = std::move(v.record);
+  c.reason = std::move(v.reason);
+  c.expected_version = *expected;
+  c.changed_by = req.principal.key_id.empty() || req.principal.unrestricted
+                     ? std::string("anonymous")
+                     : req.principal.key_id;
+  const std::string& clinic = c.record.clinic_id;
+  if (!req.principal.may(Access::kWrite, clinic)) {
+    return forbidden(req, store, "correct", clinic, correction_detail(c),
+                     "this access key may not write tests of clinic " + clinic);
+  }
+  LogFields log;
+  log.test_id = c.record.test_id;
+  log.clinic_id = clinic;
+  // The stored clinic first, outside the transaction: it never changes, so this read cannot race
+  // with another correction. Unknown, or another clinic's that the key may not see: 404 as GET.
+  StoredDocument stored;
+  Status s = store.get_test(c.record.test_id, stored);
+  if (!s.ok() && s.code() != StatusCode::kNotFound) return storage_error_response(s);
+  const bool visible = s.ok() && (req.principal.may(Access::kRead, stored.clinic_id) ||
+                                  req.principal.may(Access::kWrite, stored.clinic_id));
+  if (!s.ok() || stored.clinic_id != clinic) {
+    const int status = visible ? 400 : 404;
+    AuditEntry audit = audit_entry(req, "correct", visible ? stored.clinic_id : clinic);
+    audit.outcome = status;
+    audit.detail = correction_detail(c);
+    Status recorded = record_access(req, store, audit);
+    if (!recorded.ok()) return storage_error_response(recorded);
+    global_metrics().record_correction_refusal(CorrectionRefusal::kNotFound);
+    Response r = status == 404
+                     ? error_response(404, "test not found")
+                     : field_error(400, "invalid correction", "clinic_id",
+                                   "cannot change: the test is clinic " + stored.clinic_id + "'s");
+    r.log = std::move(log);
+    return r;
+  }
+  AuditEntry audit = audit_entry(req, "correct", clinic);
+  audit.detail = correction_detail(c);
+  CorrectionOutcome out = store.correct(c, req.audit ? &audit : nullptr);
+  if (req.audit && out.status.ok()) global_metrics().record_audit_write();
+  log.txn_id = out.txn_id;
+  if (!out.status.ok()) return rolled_back(out.status, std::move(log));
+  if (out.refusal != CorrectionRefusal::kNone) {
+    global_metrics().record_correction_refusal(out.refusal);
+  }
+  Response r;
+  switch (out.refusal) {
+    case CorrectionRefusal::kNone:
+      break;
+    case CorrectionRefusal::kNotFound:
+    case CorrectionRefusal::kClinicDiffers:
+      r = error_response(404, "test not found");
+      r.log = std::move(log);
+      return r;
+    case CorrectionRefusal::kPatientDiffers:
+      r = field_error(400, "invalid correction", "patient_id",
+                      "patient_id cannot change: retract this result (status "
+                      "entered-in-error) and send it again under the right patient");
+      r.log = std::move(log);
+      return r;
+    case CorrectionRefusal::kRetracted:
+      r = field_error(400, "invalid correction", "status",
+                      "the test is entered-in-error and takes no further correction");
+      r.log = std::move(log);
+      return r;
+    case CorrectionRefusal::kVersionMismatch: {
+      r.status = 412;
+      JsonWriter j(r.body);
+      j.begin_object();
+      j.field("status", "error");
+      j.field("message",
+              "If-Match is not the current version: read the test again (GET "
+              "/tests/{id}) and correct that version");
+      j.field("current_version", out.current.version);
+      j.end_object();
+      r.headers.emplace_back("ETag", etag_of(out.current.version));
+      r.log = std::move(log);
+      r.log.reason = "version_mismatch";
+      return r;
+    }
+  }
+  global_metrics().record_correction(out.current.record.status);
+  r.headers.emplace_back("ETag", etag_of(out.current.version));
+  r.body.reserve(out.current.doc.size() + 32);
+  r.body = "{\"status\":\"success\",\"test\":";
+  append_json_text(r.body, out.current.doc);
+  r.body += '}';
+  r.log = std::move(log);
+  r.log.txn = "commit";
+  return r;
+}
+
+namespace {
+
+// One version as history shows it.
+void write_history_version(JsonWriter& j, const TestVersion& v) {
+  j.begin_object();
+  j.field("version", v.version);
+  j.field("status", test_status_name(v.record.status));
+  j.field("test_id", v.record.test_id);
+  j.field("patient_id", v.record.patient_id);
+  j.field("clinic_id", v.record.clinic_id);
+  j.field("test_type", v.record.test_type);
+  j.field("result", v.record.result);
+  j.field("changed_at", v.changed_at);
+  j.field("changed_by", v.changed_by);
+  j.key("reason");
+  if (v.reason) {
+    j.string(*v.reason);
+  } else {
+    j.null();
+  }
+  j.end_object();
+}
+
+}  // namespace
+
+Response handle_test_history(const Request& req, Store& store) {
+  if (!check_test_id(req.path_param).empty()) return error_response(404, "test not found");
+  QueryParams params;
+  std::string problem;
+  if (!parse_query(req.query, params, problem)) return error_response(400, problem);
+  std::optional<long long> limit;
+  std::optional<std::string> cursor;
+  for (auto& [name, value] : params) {
+    if (name != "limit" && name != "cursor") {
+      return error_response(400, "unknown query parameter: " + name);
+    }
+    if (name == "limit" ? limit.has_value() : cursor.has_value()) {
+      return error_response(400, name + " must be given once");
+    }
+    if (name == "cursor") {
+      cursor = std::move(value);
+      continue;
+    }
+    long long n = 0;
+    if (!parse_limit(value, n)) {
+      return error_response(400,
+                            "limit must be an integer from 1 to " + std::to_string(kMaxPageLimit));
+    }
+    limit = n;
+  }
+  HistoryQuery q;
+  q.test_id = req.path_param;
+  if (cursor) {
+    std::optional<long long> before =
+        decode_history_cursor(*cursor, q.test_id, store.instance_secret());
+    if (!before) return error_response(400, std::string(kCursorInvalid));
+    q.before_version = *before;
+  }
+  const bool paged = limit || cursor;
+  const long long page = limit.value_or(kMaxPageLimit);
+  q.limit = paged ? page + 1 : -1;
+  std::vector<TestVersion> versions;
+  bool more = false;
+  std::string clinic;
+  Status s = store.list_history(q, clinic, [&](const TestVersion& v) {
+    if (paged && static_cast<long long>(versions.size()) == page) {
+      more = true;
+      return false;
+    }
+    versions.push_back(v);
+    return true;
+  });
+  if (!s.ok() && s.code() != StatusCode::kNotFound) return storage_error_response(s);
+  if (!s.ok()) clinic.clear();
+  const bool readable = s.ok() && req.principal.may(Access::kRead, clinic);
+  std::string detail;
+  JsonWriter dj(detail);
+  dj.begin_object();
+  dj.field("test_id", q.test_id);
+  dj.field("count", readable ? static_cast<long long>(versions.size()) : 0LL);
+  if (s.ok() && !readable) dj.field("denied", "no read scope for the clinic");
+  dj.end_object();
+  AuditEntry audit = audit_entry(req, "history", clinic);
+  audit.outcome = readable ? 200 : 404;
+  audit.detail = std::move(detail);
+  Status recorded = record_access(req, store, audit);
+  if (!recorded.ok()) return storage_error_response(recorded);
+  if (!readable) {
+    Response r = error_response(404, "test not found");
+    r.log.test_id = q.test_id;
+    return r;
+  }
+  Response r;
+  JsonWriter j(r.body);
+  j.begin_object();
+  j.field("status", "success");
+  j.field("test_id", q.test_id);
+  j.key("versions");
+  j.begin_array();
+  for (const TestVersion& v : versions) write_history_version(j, v);
+  j.end_array();
+  if (paged) {
+    j.key("next_cursor");
+    if (more && !versions.empty()) {
+      const std::string next =
+          encode_history_cursor(versions.back().version, q.test_id, store.instance_secret());
+      if (next.empty()) return error_response(500, "cannot encrypt the next page's cursor");
+      j.string(next);
+    } else {
+      j.null();
+    }
+  }
+  j.end_object();
+  r.log.test_id = q.test_id;
+  r.log.count = static_cast<long long>(versions.size());
+  return r;
+}
+
+namespace {
+
+// A feed request as either parser found it; feed_response checks the values.
+struct FeedRequest {
+  std::optional<std::string> clinic_id;
+  std::optional<std::string> since;
+  std::optional<long long> limit;  // outside 1..kMaxPageLimit when not an integer in range
+  std::optional<long long> wait;   // outside 0..kMaxFeedWaitSeconds when not an integer in range
+};
+
+const char* change_kind(const TestVersion& v) {
+  if (v.record.status == TestStatus::kEnteredInError) return "retraction";
+  return v.version == 1 ? "create" : "correction";
+}
+
+// What every feed answer needs to be built again later (a held request's poll).
+struct FeedContext {
+  Store* store;
+  AuditEntry audit;  // action, request id, key, clinic
+  bool audit_on;
+  bool durable;
+  std::string clinic_id;
+  long long after;
+  long long limit;
+  long long wait_seconds;
+};
+
+Status record_feed_access(const FeedContext& f, long long count) {
+  if (!f.audit_on) return Status::Ok();
+  AuditEntry a = f.audit;
+  a.outcome = 200;
+  std::string detail;
+  JsonWriter dj(detail);
+  dj.begin_object();
+  dj.field("clinic_id", f.clinic_id);
+  dj.field("count", count);
+  if (f.wait_seconds > 0) dj.field("wait", f.wait_seconds);
+  dj.end_object();
+  a.detail = std::move(detail);
+  Status s =
+      f.store->append_audit(a, f.durable ? AuditDurability::kDurable : AuditDurability::kCrashSafe);
+  if (s.ok()) global_metrics().record_audit_write();
+  return s;
+}
+
+// Reads one page of the feed. Ok with the changes (maybe none), or the storage error.
+Status read_feed(const FeedContext& f, std::vector<TestVersion>& out) {
+  out.clear();
+  ChangeQuery q;
+  q.clinic_id = f.clinic_id;
+  q.after_change_seq = f.after;
+  q.limit = f.limit;
+  return f.store->list_changes(q, [&](const TestVersion& v) {
+    out.push_back(v);
+    return static_cast<long long>(out.size()) < f.limit;
+  });
+}
+
+// The answer for a page read (recorded in the audit trail first).
+Response feed_answer(const FeedContext& f, const std::vector<TestVersion>& changes) {
+  Status recorded = record_feed_access(f, static_cast<long long>(changes.size()));
+  if (!recorded.ok()) return storage_error_response(recorded);
+  const long long next_seq = changes.empty() ? f.after : changes.back().change_seq;
+  const std::string next = encode_feed_token(next_seq, f.clinic_id, f.store->instance_secret());
+  if (next.empty()) return error_response(500, "cannot encrypt the feed's next token");
+  Response r;
+  size_t bytes = 64;
+  for (const TestVersion& v : changes) bytes += v.doc.size() + 160;
+  r.body.reserve(bytes);
+  r.body = "{\"status\":\"success\",\"changes\":[";
+  bool first = true;
+  for (const TestVersion& v : changes) {
+    if (!first) r.body += ',';
+    first = false;
+    r.body += "{\"change\":\"";
+    r.body += change_kind(v);
+    r.body += "\",\"changed_at\":";
+    append_json_string(r.body, v.changed_at);
+    r.body += ",\"changed_by\":";
+    append_json_string(r.body, v.changed_by);
+    r.body += ",\"reason\":";
+    if (v.reason) {
+      append_json_string(r.body, *v.reason);
+    } else {
+      r.body += "null";
+    }
+    r.body += ",\"test\":";
+    append_json_text(r.body, v.doc);
+    r.body += '}';
+  }
+  r.body += "],\"next\":";
+  append_json_string(r.body, next);
+  r.body += '}';
+  r.log.clinic_id = f.clinic_id;
+  r.log.count = static_cast<long long>(changes.size());
+  return r;
+}
+
+Response feed_response(const Request& req, const char* action, FeedRequest in, Store& store) {
+  if (!in.clinic_id) return error_response(400, "clinic_id is required");
+  if (is_blank(*in.clinic_id)) return error_response(400, "clinic_id must not be empty");
+  std::string problem = check_id_text(*in.clinic_id, kMaxIdChars);
+  if (!problem.empty()) return error_response(400, "clinic_id " + problem);
+  const long long limit = in.limit.value_or(kDefaultFeedLimit);
+  if (limit < 1 || limit > kMaxPageLimit) {
+    return error_response(400,
+                          "limit must be an integer from 1 to " + std::to_string(kMaxPageLimit));
+  }
+  const long long wait = in.wait.value_or(0);
+  if (wait < 0 || wait > kMaxFeedWaitSeconds) {
+    return error_response(400, "wait must be an integer from 0 to " +
+                                   std::to_string(kMaxFeedWaitSeconds) + " (seconds)");
+  }
+  FeedContext f;
+  f.store = &store;
+  f.clinic_id = *in.clinic_id;
+  f.limit = limit;
+  f.wait_seconds = wait;
+  f.after = 0;
+  if (in.since) {
+    std::optional<long long> after =
+        decode_feed_token(*in.since, f.clinic_id, store.instance_secret());
+    if (!after) {
+      return error_response(400,
+                            "since is malformed, altered, or not a token of this clinic's "
+                            "feed: pass back a next token of the same clinic");
+    }
+    f.after = *after;
+  }
+  if (!req.principal.may(Access::kRead, f.clinic_id)) {
+    std::string detail;
+    JsonWriter dj(detail);
+    dj.begin_object();
+    dj.field("clinic_id", f.clinic_id);
+    dj.end_object();
+    return forbidden(req, store, action, f.clinic_id, std::move(detail),
+                     "this access key may not read tests of clinic " + f.clinic_id);
+  }
+  f.audit = audit_entry(req, action, f.clinic_id);
+  f.audit_on = req.audit;
+  f.durable = req.audit_reads_durable || req.method == "POST";
+  // The latest change before the page is read: a change that commits after it moves it, so a
+  // held request wakes for it (fcgi_server.cpp's waiter).
+  long long seen = 0;
+  if (wait > 0) {
+    Status s = store.latest_change(seen);
+    if (!s.ok()) return storage_error_response(s);
+  }
+  std::vector<TestVersion> changes;
+  Status s = read_feed(f, changes);
+  if (!s.ok()) return storage_error_response(s);
+  if (!changes.empty() || wait == 0) return feed_answer(f, changes);
+  Response r;
+  r.log.clinic_id = f.clinic_id;
+  r.wait = std::make_shared<DeferredResponse>();
+  r.wait->deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait);
+  r.wait->seen = seen;
+  r.wait->key = std::to_string(f.after) + ' ' + std::to_string(f.limit) + ' ' + f.clinic_id;
+  r.wait->poll = [f = std::move(f)](bool final) -> std::optional<Response> {
+    std::vector<TestVersion> page;
+    Status st = read_feed(f, page);
+    if (!st.ok()) return storage_error_response(st);
+    if (page.empty() && !final) return std::nullopt;  // another clinic's change: wait on
+    return feed_answer(f, page);
+  };
+  return r;
+}
+
+// wait as a query value: decimal digits only, else a value the range check refuses.
+long long parse_wait_text(const std::string& text) {
+  if (text.empty() || text.size() > 3) return -1;
+  long long v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return -1;
+    v = v * 10 + (c - '0');
+  }
+  return v;
+}
+
+}  // namespace
+
+Response handle_changes(const Request& req, Store& store) {
+  QueryParams params;
+  std::string problem;
+  if (!parse_query(req.query, params, problem)) return error_response(400, problem);
+  FeedRequest in;
+  std::set<std::string> given;
+  for (auto& [name, value] : params) {
+    if (name != "clinic_id" && name != "since" && name != "limit" && name != "wait") {
+      return error_response(400, "unknown query parameter: " + name);
+    }
+    if (!given.insert(name).second) return error_response(400, name + " must be given once");
+    if (name == "clinic_id") in.clinic_id = std::move(value);
+    if (name == "since") in.since = std::move(value);
+    if (name == "limit") in.limit = parse_limit_text(value);
+    if (name == "wait") in.wait = parse_wait_text(value);
+  }
+  return feed_response(req, "changes", std::move(in), store);
+}
+
+Response handle_search_changes(const Request& req, Store& store) {
+  Response error;
+  if (!check_json_body(req, kMaxBodyBytes, error)) return error;
+  std::string message;
+  JsonTree tree = parse_json_body(req.body, kMaxJsonValuesPerRecord, message);
+  if (!tree) return error_response(400, message);
+  if (!cJSON_IsObject(tree.get())) return error_response(400, "request body must be a JSON object");
+  FeedRequest in;
+  std::set<std::string_view> seen;
+  for (const cJSON* item = tree->child; item != nullptr; item = item->next) {
+    std::string_view name(item->string);
+    if (name != "clinic_id" && name != "since" && name != "limit" && name != "wait") {
+      return error_response(400, "unknown field: " + std::string(name));
+    }
+    if (!seen.insert(name).second) {
+      return error_response(400, std::string(name) + " must be given once");
+    }
+    if (name == "clinic_id" || name == "since") {
+      if (!cJSON_IsString(item)) {
+        return error_response(400, std::string(name) + " must be a string");
+      }
+      (name == "clinic_id" ? in.clinic_id : in.since) = std::string(item->valuestring);
+      continue;
+    }
+    double v = cJSON_IsNumber(item) ? item->valuedouble : -1;
+    bool integral = std::isfinite(v) && std::floor(v) == v && std::fabs(v) < 1e15;
+    (name == "limit" ? in.limit : in.wait) = integral ? static_cast<long long>(v) : -1;
+  }
+  return feed_response(req, "changes", std::move(in), store);
 }
 
 }  // namespace tdapi

@@ -28,8 +28,29 @@ Response handle_list_tests(const Request& request, Store& store);
 // body is strict: unknown fields, repeated keys and wrong types are 400; 413, 415 as for POST.
 Response handle_search_tests(const Request& request, Store& store);
 
-// GET /tests/{test_id}: 200 {"status":"success","test":{…}} or 404.
+// GET /tests/{test_id}: 200 {"status":"success","test":{…}} with ETag: W/"<version>", 304 (no
+// body) when If-None-Match names the current version (or is *), or 404.
 Response handle_get_test(const Request& request, Store& store);
+
+// PUT /tests/{test_id}: a correction. Body: the five fields, status (final, amended, corrected,
+// entered-in-error) and reason; If-Match: W/"<version>" required. 200 {"status":"success",
+// "test":{…}} with the new ETag after COMMIT; 400 (body, a test_id other than the path's, a
+// malformed If-Match, a clinic_id or patient_id that differs from the stored one, a retracted
+// test); 403; 404 (unknown, or another clinic's); 412 with current_version when If-Match is not
+// the current version; 413, 415, 428 without If-Match; 5xx from storage. Never 409.
+Response handle_correct_test(const Request& request, Store& store);
+
+// GET /tests/{test_id}/history[?limit=&cursor=]: every version, newest first:
+// {"status":"success","test_id":…,"versions":[…]}, with next_cursor when paged. 404 as GET.
+Response handle_test_history(const Request& request, Store& store);
+
+// GET /changes?clinic_id=&since=&limit=&wait=: the clinic's creates, corrections and
+// retractions in commit order after `since`, {"status":"success","changes":[…],"next":…}.
+// With wait (1..30 s) and nothing new, the answer waits (Response::wait) for a change.
+Response handle_changes(const Request& request, Store& store);
+
+// POST /changes/search: GET /changes with the fields in a strict JSON body.
+Response handle_search_changes(const Request& request, Store& store);
 
 // GET /healthz: 200 {"status":"ok"} when the database answers a real query and no corruption
 // has been seen since start; otherwise 503 with the error shape.
@@ -54,5 +75,8 @@ constexpr size_t kMaxBatchRecords = 1000;
 constexpr size_t kMaxBatchBodyBytes = kMaxRequestBodyBytes;
 // The most a page may hold.
 constexpr long long kMaxPageLimit = 1000;
+// The change feed: the page size when none is given, and the longest wait, in seconds.
+constexpr long long kDefaultFeedLimit = 100;
+constexpr long long kMaxFeedWaitSeconds = 30;
 
 }  // namespace tdapi

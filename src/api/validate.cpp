@@ -1,6 +1,7 @@
 // validate.cpp: strict validation of test records on the cJSON tree.
 #include "api/validate.h"
 
+#include <optional>
 #include <set>
 
 #include "base/json.h"
@@ -149,9 +150,37 @@ std::string check_body_bytes(std::string_view body) {
   return "";
 }
 
+// Which body validate_record_object reads: a create's (the five fields, an optional status:
+// preliminary or final) or a correction's (the five fields, a required status: final, amended,
+// corrected or entered-in-error, and a required reason).
+enum class BodyKind { kCreate, kCorrection };
+
+// The reason's rules: result's (see check_field), at most kMaxReasonChars.
+const FieldSpec kReasonSpec = {"reason", nullptr, kMaxReasonChars, true};
+
+// The status of a body of `kind`: its problem, or "" with status set.
+static std::string check_status(const cJSON* value, BodyKind kind, TestStatus& status) {
+  const char* allowed = kind == BodyKind::kCreate
+                            ? "must be preliminary or final"
+                            : "must be final, amended, corrected or entered-in-error";
+  if (!cJSON_IsString(value)) return "must be a string";
+  std::optional<TestStatus> s = parse_test_status(value->valuestring);
+  if (!s) return allowed;
+  if (kind == BodyKind::kCreate && *s != TestStatus::kPreliminary && *s != TestStatus::kFinal) {
+    return allowed;
+  }
+  if (kind == BodyKind::kCorrection && *s == TestStatus::kPreliminary) {
+    return "must not be preliminary: a correction is final, amended, corrected or "
+           "entered-in-error (preliminary is only for creates)";
+  }
+  status = *s;
+  return "";
+}
+
 // Validates the fields of one parsed JSON object; appends problems (tagged with index) to
-// errors. Returns true and fills record when there were none.
-static bool validate_record_object(const cJSON* object, int index, TestRecord& record,
+// errors. Returns true and fills record (and reason, for a correction) when there were none.
+static bool validate_record_object(const cJSON* object, int index, BodyKind kind,
+                                   TestRecord& record, std::string* reason,
                                    std::vector<FieldError>& errors) {
   bool problems = false;
   auto add = [&](std::string_view field, std::string message) {
@@ -169,7 +198,7 @@ static bool validate_record_object(const cJSON* object, int index, TestRecord& r
       add(key, "duplicate key");
       continue;
     }
-    bool known = false;
+    bool known = key == "status" || (kind == BodyKind::kCorrection && key == "reason");
     for (const FieldSpec& spec : kFields) known = known || key == spec.name;
     if (!known) add(key, "unknown field");
   }
@@ -185,6 +214,27 @@ static bool validate_record_object(const cJSON* object, int index, TestRecord& r
       continue;
     }
     record.*spec.member = value->valuestring;
+  }
+  const cJSON* status = cJSON_GetObjectItemCaseSensitive(object, "status");
+  record.status = TestStatus::kFinal;
+  if (status != nullptr) {
+    std::string problem = check_status(status, kind, record.status);
+    if (!problem.empty()) add("status", std::move(problem));
+  } else if (kind == BodyKind::kCorrection) {
+    add("status", "is required");
+  }
+  if (kind == BodyKind::kCorrection) {
+    const cJSON* value = cJSON_GetObjectItemCaseSensitive(object, "reason");
+    if (value == nullptr) {
+      add("reason", "is required");
+    } else {
+      std::string problem = check_field(value, kReasonSpec);
+      if (!problem.empty()) {
+        add("reason", std::move(problem));
+      } else if (reason != nullptr) {
+        *reason = value->valuestring;
+      }
+    }
   }
   return !problems;
 }
@@ -249,8 +299,27 @@ RecordValidation validate_test_record(std::string_view body) {
   // The object itself is one of the record's values.
   JsonTree tree = parse_within_budget(body, scan, 1, v.message);
   if (!tree) return v;
-  if (!validate_record_object(tree.get(), -1, v.record, v.errors)) {
+  if (!validate_record_object(tree.get(), -1, BodyKind::kCreate, v.record, nullptr, v.errors)) {
     v.message = "invalid test record";
+    return v;
+  }
+  v.ok = true;
+  return v;
+}
+
+CorrectionValidation validate_test_correction(std::string_view body) {
+  CorrectionValidation v;
+  JsonScan scan;
+  if (!precheck_body(body, scan, v.message)) return v;
+  if (scan.root != '{') {
+    v.message = "request body must be a JSON object";
+    return v;
+  }
+  JsonTree tree = parse_within_budget(body, scan, 1, v.message);
+  if (!tree) return v;
+  if (!validate_record_object(tree.get(), -1, BodyKind::kCorrection, v.record, &v.reason,
+                              v.errors)) {
+    v.message = "invalid correction";
     return v;
   }
   v.ok = true;
@@ -282,7 +351,8 @@ BatchValidation validate_test_batch(std::string_view body, size_t max_records) {
         v.errors.push_back({"", "must be a JSON object", index});
       continue;
     }
-    validate_record_object(item, index, v.records[static_cast<size_t>(index)], v.errors);
+    validate_record_object(item, index, BodyKind::kCreate, v.records[static_cast<size_t>(index)],
+                           nullptr, v.errors);
   }
   if (!v.errors.empty()) {
     v.message = v.errors.size() < kMaxFieldErrors

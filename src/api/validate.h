@@ -31,7 +31,27 @@ struct RecordValidation {
 // result only tab, LF and CR are allowed), line separators and bidi controls in ids and
 // test_type (check_id_text), and a test_id of "." or "..".
 // This function can't fail: every input yields ok or a message with errors.
+// A create may also give `status`: preliminary or final (final when left out); anything else is
+// a problem of the field status.
 RecordValidation validate_test_record(std::string_view body);
+
+// The most code points of a correction's reason.
+constexpr size_t kMaxReasonChars = 500;
+
+struct CorrectionValidation {
+  bool ok = false;
+  TestRecord record;               // filled when ok (status final, amended, corrected or
+                                   // entered-in-error)
+  std::string reason;              // filled when ok
+  std::string message;             // when !ok
+  std::vector<FieldError> errors;  // when !ok: every field problem (may be empty)
+};
+
+// Validates a PUT /tests/{id} body: validate_test_record's rules and budgets, plus a required
+// `status` (final, amended, corrected or entered-in-error; preliminary is only for creates) and
+// a required `reason` (result's text rules, 1..kMaxReasonChars code points). Whether the ids
+// match the stored test is the handler's and the store's business. This function can't fail.
+CorrectionValidation validate_test_correction(std::string_view body);
 
 struct BatchValidation {
   bool ok = false;

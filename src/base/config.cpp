@@ -46,6 +46,10 @@ const std::vector<Setting> kSettings = {
    "The app",
    "How long the app lets in-flight requests finish on a stop, in ms, before exiting 1 (and "
    "being restarted). Keep it well below the unit's TimeoutStopSec (60 s)."},
+  {"FEED_MAX_WAITING", K::kInteger, 0, 100000, "", "`1000`", P::kEnvFile, "1000", "", "The app",
+   "Change feed long polls (GET /changes?wait=) held open at once per app process; they hold "
+   "no worker thread but one connection each. Past it, a long poll is answered at once with what "
+   "there is."},
   {"WRITE_COMMIT", K::kChoice, 0, 0, "thread|leader", "`thread`", P::kEnvFile, "thread", "",
    "The app",
    "Who commits a group of writes: thread, the app's writer thread, to which each request hands "
@@ -485,6 +489,9 @@ bool options_from_environment(const Environment& env, unsigned cores, bool as_ro
   number("BUSY_TIMEOUT_MS", busy);
   number("STOP_TIMEOUT_MS", stop);
   number("MAX_DB_PAGES", out.max_db_pages);
+  long long feed = out.feed_max_waiting;
+  number("FEED_MAX_WAITING", feed);
+  out.feed_max_waiting = static_cast<int>(feed);
   number("ANON_BURST", out.auth_failure_burst);
   out.threads = static_cast<int>(threads);
   out.busy_timeout_ms = static_cast<int>(busy);

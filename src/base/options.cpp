@@ -13,7 +13,9 @@ int default_thread_count(unsigned cores) {
   return static_cast<int>(n > kMaxDefaultThreads ? kMaxDefaultThreads : n);
 }
 
-long long required_open_files(int threads) { return 4LL * threads + 64; }
+long long required_open_files(int threads, int feed_max_waiting) {
+  return 4LL * threads + feed_max_waiting + 64;
+}
 
 bool parse_integer(const char* text, long long min, long long max, long long& out) {
   if (text == nullptr || *text == '\0') return false;
@@ -88,6 +90,9 @@ bool parse_options(int argc, const char* const* argv, unsigned cores, AppOptions
     } else if (arg == "--stop-timeout-ms") {
       if (!number(0, 3600000)) return false;
       out.stop_timeout_ms = static_cast<int>(n);
+    } else if (arg == "--feed-max-waiting") {
+      if (!number(0, 100000)) return false;
+      out.feed_max_waiting = static_cast<int>(n);
     } else if (arg == "--auth-failure-rate") {
       if (!parse_rate_per_minute(value, out.auth_failure_rate_per_minute)) {
         error = arg + " must look like 100r/s or 600r/m (1 to 1000000), not '" + value + "'";

@@ -23,7 +23,8 @@ int default_thread_count(unsigned cores);
 // Descriptors the app may need with `threads` workers: per worker one FastCGI connection and
 // one SQLite reader connection (database and WAL file), plus the writer, checkpointer,
 // listening socket, log and headroom.
-long long required_open_files(int threads);
+// Each long poll held (FEED_MAX_WAITING at most) keeps its FastCGI connection: one more each.
+long long required_open_files(int threads, int feed_max_waiting = 0);
 
 struct AppOptions {
   std::string socket_path;
@@ -34,6 +35,9 @@ struct AppOptions {
   int busy_timeout_ms = 5000;
   long long max_db_pages = 0;
   int stop_timeout_ms = 10000;
+  // --feed-max-waiting N: long polls of the change feed held at once (0..100000); past it, a
+  // long poll is answered at once with what there is.
+  int feed_max_waiting = 1000;
   std::string user;      // --user: drop to this user after start (as root)
   std::string log_file;  // --log-file: append the log here (reopened on SIGHUP)
   bool auth = false;     // --auth on|off: bearer keys required (off: the local mode)

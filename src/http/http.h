@@ -1,7 +1,10 @@
 // http.h: the request and response values handlers work on, independent of FastCGI.
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -35,6 +38,8 @@ struct Request {
   std::string path_param;     // the decoded {test_id} segment, set by the router
   std::string authorization;  // the Authorization header, as sent
   std::string remote_addr;    // the client's address as nginx saw it ($remote_addr)
+  std::string if_match;       // the If-Match header, as sent (empty: none)
+  std::string if_none_match;  // the If-None-Match header, as sent (empty: none)
   // Set by the router: who is asking (unrestricted `anonymous` with auth off), and whether
   // accesses to patient data are recorded in the audit trail, and whether a read's entry is on
   // disk before the answer (else committed without waiting for the disk: AUDIT_READS).
@@ -48,6 +53,22 @@ class BodyWriter {
  public:
   virtual ~BodyWriter() = default;
   virtual bool write(std::string_view chunk) = 0;
+};
+
+struct Response;
+
+// An answer that waits for a change (a long poll: GET /changes with wait). The server holds the
+// request without a worker thread (fcgi_server.cpp) and, from one waiter thread, calls poll when
+// the store's latest change moved past `seen`, or with final set once `deadline` passed (or the
+// server stops, or no more requests may wait). poll returns the answer, or nullopt when there is
+// still nothing for this request (never with final set). Requests with the same `key` (the same
+// question: clinic, position, page size) would read the same page: after one of them found
+// nothing, the others are not polled again for the same latest change.
+struct DeferredResponse {
+  std::chrono::steady_clock::time_point deadline;
+  long long seen = 0;  // the store's latest change when the request last looked
+  std::string key;
+  std::function<std::optional<Response>(bool final)> poll;
 };
 
 struct Response {
@@ -64,6 +85,8 @@ struct Response {
   // Set by send_response when the response was aborted after its head went out: `status` is
   // what the head said, but the request failed (log it as an error).
   bool aborted = false;
+  // When set, there is no answer yet: see DeferredResponse. The other fields are unused.
+  std::shared_ptr<DeferredResponse> wait;
   LogFields log;                    // ids and transaction outcome for this request's log line
   std::string route = "unmatched";  // the route that answered ("GET /tests"), for metrics
 };

@@ -189,6 +189,18 @@ void Metrics::record_auth_denial(int, DenialReason reason) {
 
 void Metrics::record_audit_write() { audit_writes_.fetch_add(1, std::memory_order_relaxed); }
 
+void Metrics::record_correction(TestStatus status) {
+  corrections_[static_cast<size_t>(status)].fetch_add(1, std::memory_order_relaxed);
+}
+
+void Metrics::record_correction_refusal(CorrectionRefusal refusal) {
+  refusals_[static_cast<size_t>(refusal)].fetch_add(1, std::memory_order_relaxed);
+}
+
+void Metrics::add_feed_waiting(int delta) {
+  feed_waiting_.fetch_add(delta, std::memory_order_relaxed);
+}
+
 void Metrics::record_transaction(size_t jobs, double seconds, bool ok) {
   batch_size_.observe(static_cast<double>(jobs));
   commit_seconds_.observe(seconds);
@@ -275,6 +287,33 @@ std::string Metrics::render(const StoreStats& store, const Status& health) const
   }
   single(out, "tdapi_audit_writes_total", "counter", "Audit trail entries written.",
          std::to_string(audit_writes_.load(std::memory_order_relaxed)));
+
+  header(out, "tdapi_corrections_total", "counter",
+         "Corrections committed (PUT /tests/{test_id}), by the status they gave the test.");
+  for (TestStatus st : {TestStatus::kFinal, TestStatus::kAmended, TestStatus::kCorrected,
+                        TestStatus::kEnteredInError}) {
+    sample(out, "tdapi_corrections_total", std::string("status=\"") + test_status_name(st) + "\"",
+           std::to_string(corrections_[static_cast<size_t>(st)].load(std::memory_order_relaxed)));
+  }
+  header(out, "tdapi_correction_refusals_total", "counter",
+         "Corrections the store refused, by reason (another clinic's test counts as not_found).");
+  const std::pair<CorrectionRefusal, const char*> kRefusals[] = {
+      {CorrectionRefusal::kNotFound, "not_found"},
+      {CorrectionRefusal::kPatientDiffers, "patient_differs"},
+      {CorrectionRefusal::kRetracted, "retracted"},
+      {CorrectionRefusal::kVersionMismatch, "version_mismatch"}};
+  for (const auto& [refusal, name] : kRefusals) {
+    uint64_t n = refusals_[static_cast<size_t>(refusal)].load(std::memory_order_relaxed);
+    if (refusal == CorrectionRefusal::kNotFound) {
+      n += refusals_[static_cast<size_t>(CorrectionRefusal::kClinicDiffers)].load(
+          std::memory_order_relaxed);
+    }
+    sample(out, "tdapi_correction_refusals_total", std::string("reason=\"") + name + "\"",
+           std::to_string(n));
+  }
+  single(out, "tdapi_feed_waiting", "gauge",
+         "Long-polling change feed requests held open now, waiting for a change.",
+         std::to_string(feed_waiting_.load(std::memory_order_relaxed)));
 
   single(out, "tdapi_commits_total", "counter", "Group-commit transactions committed.",
          std::to_string(store.commits));

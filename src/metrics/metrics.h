@@ -75,6 +75,14 @@ class Metrics : public WriteObserver {
   // Counts an audit entry written.
   void record_audit_write();
 
+  // Counts a committed correction by the status it gave (final, amended, corrected,
+  // entered-in-error), or a correction the store refused (CorrectionRefusal, kNone excluded).
+  void record_correction(TestStatus status);
+  void record_correction_refusal(CorrectionRefusal refusal);
+  // Long-polling feed requests parked now (the server's parked set: +1 parked, -1 answered).
+  void add_feed_waiting(int delta);
+  int64_t feed_waiting() const { return feed_waiting_.load(std::memory_order_relaxed); }
+
   // One group-commit transaction of `jobs` write requests that took `seconds`: committed
   // (ok) or rolled back as a whole. Called by the write engine's writer thread (the service
   // gives the stores this object as their WriteObserver).
@@ -116,6 +124,9 @@ class Metrics : public WriteObserver {
   std::vector<std::unique_ptr<RouteSlot>> owned_ GUARDED_BY(add_mu_);
   std::array<std::atomic<uint64_t>, 6> denials_{};  // by DenialReason
   std::atomic<uint64_t> audit_writes_{0};
+  std::array<std::atomic<uint64_t>, 5> corrections_{};  // by TestStatus
+  std::array<std::atomic<uint64_t>, 6> refusals_{};     // by CorrectionRefusal
+  std::atomic<int64_t> feed_waiting_{0};
   Histogram batch_size_;
   Histogram commit_seconds_;
   std::atomic<uint64_t> committed_{0}, rolled_back_{0};

@@ -47,6 +47,29 @@ std::string tests_aad(const ListQuery& q) {
   add_field(aad, q.clinic_id);
   add_field(aad, q.patient_id);
   add_field(aad, q.test_type);
+  // The status and time filters, only when one is given: a cursor of a listing without them
+  // reads the same as before they existed.
+  if (q.status || q.created_from || q.created_to || q.updated_from || q.updated_to) {
+    aad += "|status+ranges";
+    add_field(aad,
+              q.status ? std::optional<std::string>(test_status_name(*q.status)) : std::nullopt);
+    add_field(aad, q.created_from);
+    add_field(aad, q.created_to);
+    add_field(aad, q.updated_from);
+    add_field(aad, q.updated_to);
+  }
+  return aad;
+}
+
+std::string history_aad(const std::string& test_id) {
+  std::string aad = "history";
+  add_field(aad, test_id);
+  return aad;
+}
+
+std::string changes_aad(const std::string& clinic_id) {
+  std::string aad = "changes";
+  add_field(aad, clinic_id);
   return aad;
 }
 
@@ -140,6 +163,28 @@ std::optional<long long> decode_cursor(std::string_view cursor, const ListQuery&
     *problem = old ? kCursorOutdated : kCursorInvalid;
   }
   return position;
+}
+
+std::string encode_history_cursor(long long before_version, const std::string& test_id,
+                                  std::string_view key) {
+  return seal_cursor(before_version, history_aad(test_id), key);
+}
+
+std::optional<long long> decode_history_cursor(std::string_view cursor, const std::string& test_id,
+                                               std::string_view key) {
+  std::optional<long long> v = open_cursor(cursor, history_aad(test_id), key);
+  if (v && *v < 1) return std::nullopt;
+  return v;
+}
+
+std::string encode_feed_token(long long after_change_seq, const std::string& clinic_id,
+                              std::string_view key) {
+  return seal_cursor(after_change_seq, changes_aad(clinic_id), key);
+}
+
+std::optional<long long> decode_feed_token(std::string_view token, const std::string& clinic_id,
+                                           std::string_view key) {
+  return open_cursor(token, changes_aad(clinic_id), key);
 }
 
 std::string encode_audit_cursor(long long after_seq, const AuditQuery& query,

@@ -1,13 +1,14 @@
-// cursor.h: opaque, encrypted, tamper-evident paging cursors for GET /tests, POST /tests/search
-// and GET /audit.
+// cursor.h: opaque, encrypted, tamper-evident paging cursors for GET /tests, POST /tests/search,
+// GET /tests/{id}/history and GET /audit, and the change feed's tokens.
 //
 // A cursor is base64url(version byte 2 + AES-256-SIV(seq as 8 bytes)), 34 characters: the
 // position is encrypted, so a cursor shows nothing of it (a seq in clear would let one clinic's
 // key count every clinic's writes), and authenticated together with the query it belongs to
-// (which listing, the clinic, the filters) as associated data, so a cursor edited by hand or
-// replayed against another query is rejected. The cipher's key is derived with HKDF-SHA256 from
-// the database's cursor key (meta `cursor_key`), never that key itself, so cursors stay valid
-// across restarts, backups and migrate, and each database's cursors only work on it.
+// (which kind: listing, history, feed or audit; the clinic or test, the filters) as associated
+// data, so a cursor edited by hand or replayed against another query is rejected. The cipher's key
+// is derived with HKDF-SHA256 from the database's cursor key (meta `cursor_key`), never that key
+// itself, so cursors stay valid across restarts, backups and migrate, and each database's cursors
+// only work on it.
 #pragma once
 
 #include <optional>
@@ -40,6 +41,21 @@ std::string encode_audit_cursor(long long after_seq, const AuditQuery& query, st
 std::optional<long long> decode_audit_cursor(std::string_view cursor, const AuditQuery& query,
                                              std::string_view key,
                                              std::string_view* problem = nullptr);
+
+// GET /tests/{id}/history: the version the next page starts below, bound to the test_id. Decode
+// returns nullopt for a malformed or altered cursor, or one of another test or kind.
+std::string encode_history_cursor(long long before_version, const std::string& test_id,
+                                  std::string_view key);
+std::optional<long long> decode_history_cursor(std::string_view cursor, const std::string& test_id,
+                                               std::string_view key);
+
+// The change feed's `since`/`next` token: the change_seq a reader has seen up to, bound to the
+// clinic. Decode returns nullopt for a malformed or altered token, or one of another clinic or
+// kind.
+std::string encode_feed_token(long long after_change_seq, const std::string& clinic_id,
+                              std::string_view key);
+std::optional<long long> decode_feed_token(std::string_view token, const std::string& clinic_id,
+                                           std::string_view key);
 
 // Unpadded base64url and back (false on a character outside the alphabet, a bad length or
 // non-zero unused bits). Exposed for tests.

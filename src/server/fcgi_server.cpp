@@ -4,6 +4,7 @@
 #include <fastcgi.h>
 #include <fcgiapp.h>
 #include <malloc.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -19,7 +20,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <memory>
 #include <mutex>
+#include <set>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -50,6 +53,8 @@ struct RequestParams {
   const char* request_id = "";
   const char* authorization = "";
   const char* remote_addr = "";
+  const char* if_match = "";
+  const char* if_none_match = "";
 };
 
 RequestParams read_params(char** envp) {
@@ -67,6 +72,8 @@ RequestParams read_params(char** envp) {
       {"REQUEST_ID", &RequestParams::request_id},
       {"HTTP_AUTHORIZATION", &RequestParams::authorization},
       {"REMOTE_ADDR", &RequestParams::remote_addr},
+      {"HTTP_IF_MATCH", &RequestParams::if_match},
+      {"HTTP_IF_NONE_MATCH", &RequestParams::if_none_match},
   };
   unsigned found = 0;
   for (char** e = envp; e != nullptr && *e != nullptr; ++e) {
@@ -100,6 +107,8 @@ Request read_request(FCGX_Request& fcgi) {
   req.request_id = params.request_id;
   req.authorization = params.authorization;
   req.remote_addr = params.remote_addr;
+  req.if_match = params.if_match;
+  req.if_none_match = params.if_none_match;
 
   const char* length_text = params.content_length;
   char* end = nullptr;
@@ -246,19 +255,13 @@ class FcgiOutput : public ResponseOutput {
   FCGX_Request& fcgi_;
 };
 
-// Serves one request; returns whether its body was large (see worker_loop).
-bool serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
-  auto start = std::chrono::steady_clock::now();
-  global_metrics().request_started();
-  Request req = read_request(fcgi);
-  Response resp = route_request(req, store, auth);
-  FcgiOutput out(fcgi);
-  send_response(resp, out);
-
-  LogFields& f = resp.log;
-  f.request_id = req.request_id;
-  f.method = req.method;
-  f.path = req.path;
+// Writes the request's log line and counts it (metrics), once its answer went out.
+void log_answered(const Response& resp, LogFields& f, const std::string& request_id,
+                  const std::string& method, const std::string& path,
+                  std::chrono::steady_clock::time_point start) {
+  f.request_id = request_id;
+  f.method = method;
+  f.path = path;
   f.status = resp.status;
   f.duration_ms = elapsed_ms(start);
   LogLevel level = resp.status >= 500 || resp.aborted ? LogLevel::kError
@@ -269,6 +272,201 @@ bool serve_one(FCGX_Request& fcgi, Store& store, Authenticator& auth) {
   if (!(resp.status == 204 && resp.route == "GET /_auth")) log_event(level, "request", f);
   global_metrics().record(resp.route, resp.status, f.duration_ms);
   global_metrics().request_finished();
+}
+
+// A long poll held without a worker thread: its FastCGI request (the connection) and what its
+// answer needs.
+struct ParkedRequest {
+  // Not a copy: libfcgi's streams point back at the request they were made for.
+  std::unique_ptr<FCGX_Request> fcgi;
+  std::shared_ptr<DeferredResponse> wait;
+  std::string route, request_id, method, path;
+  LogFields log;
+  std::chrono::steady_clock::time_point start;
+};
+
+// Answers a held request and ends it (its connection is closed: keepConnection was cleared when
+// it was parked, as no worker reads from it again).
+void answer_parked(ParkedRequest& p, Response resp) {
+  resp.route = p.route;
+  if (resp.log.clinic_id.empty()) resp.log.clinic_id = p.log.clinic_id;
+  if (resp.log.key_id.empty()) resp.log.key_id = p.log.key_id;
+  FcgiOutput out(*p.fcgi);
+  send_response(resp, out);
+  log_answered(resp, resp.log, p.request_id, p.method, p.path, p.start);
+  FCGX_Finish_r(p.fcgi.get());  // keepConnection is 0: closes the connection
+}
+
+// Which held requests' connections nginx closed (their clients went away): one poll(2) for all.
+std::vector<bool> connections_closed(const std::vector<std::unique_ptr<ParkedRequest>>& held) {
+  std::vector<pollfd> fds(held.size());
+  for (size_t i = 0; i < held.size(); ++i) {
+    fds[i] = pollfd{held[i]->fcgi->ipcFd, static_cast<short>(POLLIN | POLLRDHUP), 0};
+  }
+  std::vector<bool> closed(held.size(), false);
+  if (::poll(fds.data(), fds.size(), 0) <= 0) return closed;
+  for (size_t i = 0; i < held.size(); ++i) {
+    closed[i] = (fds[i].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+  }
+  return closed;
+}
+
+// The held long polls (GET /changes with wait) and the one thread that answers them: it sleeps
+// in Store::wait_for_commit (at most kFeedPollMs, so changes committed by other app nodes and
+// deadlines are seen that often), then runs the poll of each request whose clinic may have a
+// change (the store's latest change moved past what it saw), whose deadline passed, or whose
+// connection nginx closed. A worker thread that parks a request goes back to accepting at once:
+// held requests never take a worker that a write needs.
+class FeedWaiter {
+ public:
+  static constexpr int kFeedPollMs = 250;
+
+  FeedWaiter(Store& store, int max_waiting) : store_(store), max_waiting_(max_waiting) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~FeedWaiter() {
+    stop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Takes `p` over (true), or leaves it to the caller when FEED_MAX_WAITING requests are held
+  // already or the server is stopping (false: answer it now).
+  bool park(std::unique_ptr<ParkedRequest>& p) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    if (stopping_ || held_ >= max_waiting_) return false;
+    ++held_;
+    global_metrics().add_feed_waiting(1);
+    incoming_.push_back(std::move(p));
+    cv_.notify_one();
+    return true;
+  }
+
+  // Answers every held request with what there is, refuses new ones; the thread then ends.
+  void stop() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    stopping_ = true;
+    cv_.notify_one();
+  }
+
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void run() EXCLUDES(mu_) {
+    std::vector<std::unique_ptr<ParkedRequest>> held;
+    for (;;) {
+      bool stopping;
+      {
+        MutexLock lock(mu_);
+        if (held.empty() && incoming_.empty() && !stopping_) mu_.wait(cv_);
+        for (auto& p : incoming_) held.push_back(std::move(p));
+        incoming_.clear();
+        stopping = stopping_;
+      }
+      if (held.empty()) {
+        if (stopping) return;
+        continue;
+      }
+      if (!stopping) store_.wait_for_commit(std::chrono::milliseconds(kFeedPollMs));
+      long long latest = -1;  // unknown: every request looks itself
+      if (!store_.latest_change(latest).ok()) latest = -1;
+      const auto now = std::chrono::steady_clock::now();
+      std::set<std::string> nothing_new;  // keys whose page was empty at `latest`
+      const std::vector<bool> closed = connections_closed(held);
+      size_t kept = 0;
+      for (size_t i = 0; i < held.size(); ++i) {
+        ParkedRequest& p = *held[i];
+        bool done = false;
+        if (closed[i]) {
+          Response gone;
+          gone.status = 499;
+          gone.route = p.route;
+          gone.log = p.log;
+          gone.log.detail = "client went away during the long poll";
+          log_answered(gone, gone.log, p.request_id, p.method, p.path, p.start);
+          FCGX_Finish_r(p.fcgi.get());
+          done = true;
+        } else {
+          const bool final = stopping || now >= p.wait->deadline;
+          const bool moved = latest < 0 || latest > p.wait->seen;
+          if (!final && moved && latest >= 0 && nothing_new.count(p.wait->key) != 0) {
+            p.wait->seen = latest;  // the same question found nothing at this change
+          } else if (final || moved) {
+            std::optional<Response> answer = p.wait->poll(final);
+            if (answer) {
+              answer_parked(p, std::move(*answer));
+              done = true;
+            } else if (latest >= 0) {
+              p.wait->seen = latest;
+              nothing_new.insert(p.wait->key);
+            }
+          }
+        }
+        if (done) {
+          held[i].reset();
+          global_metrics().add_feed_waiting(-1);
+          MutexLock lock(mu_);
+          --held_;
+        } else {
+          held[kept++] = std::move(held[i]);
+        }
+      }
+      held.resize(kept);
+    }
+  }
+
+  Store& store_;
+  const int max_waiting_;
+  Mutex mu_;
+  std::condition_variable cv_;  // waited on with mu_ held: a request parked, or stopping
+  std::vector<std::unique_ptr<ParkedRequest>> incoming_ GUARDED_BY(mu_);
+  int held_ GUARDED_BY(mu_) = 0;
+  bool stopping_ GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+// Serves one request; returns whether its body was large (see worker_loop). A long poll with
+// nothing to answer yet is handed to `waiter` (parked: true), with fcgi set up afresh for the
+// next accept; else it is answered here.
+bool serve_one(std::unique_ptr<FCGX_Request>& fcgi, int listen_fd, Store& store,
+               Authenticator& auth, FeedWaiter& waiter, bool& parked) {
+  auto start = std::chrono::steady_clock::now();
+  parked = false;
+  global_metrics().request_started();
+  Request req = read_request(*fcgi);
+  Response resp = route_request(req, store, auth);
+  if (resp.wait) {
+    auto p = std::make_unique<ParkedRequest>();
+    // No worker reads a held request's connection again: it closes after the answer.
+    const int keep = fcgi->keepConnection;
+    fcgi->keepConnection = 0;
+    p->fcgi = std::move(fcgi);
+    p->wait = resp.wait;
+    p->route = resp.route;
+    p->request_id = req.request_id;
+    p->method = req.method;
+    p->path = req.path;
+    p->log = resp.log;
+    p->start = start;
+    if (waiter.park(p)) {
+      // The held request owns the connection now; the worker accepts with a fresh request.
+      fcgi = std::make_unique<FCGX_Request>();
+      FCGX_InitRequest(fcgi.get(), listen_fd, 0);
+      parked = true;
+      return false;
+    }
+    fcgi = std::move(p->fcgi);
+    fcgi->keepConnection = keep;
+    // Nothing more may wait: the answer now (an empty page and its next token).
+    std::optional<Response> now = resp.wait->poll(true);
+    std::string route = resp.route;
+    resp = now ? std::move(*now) : error_response(500, "the long poll gave no answer");
+    resp.route = std::move(route);
+  }
+  FcgiOutput out(*fcgi);
+  send_response(resp, out);
+  log_answered(resp, resp.log, req.request_id, req.method, req.path, start);
   return req.body.size() >= kTrimAfterBodyBytes;
 }
 
@@ -355,15 +553,16 @@ struct RunningWorkers {
 // set-then-scan (both sequentially consistent): either this thread sees the stop or the stopper
 // sees the connection.
 void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<int>& idle_fd,
-                 AcceptHealth& health) {
-  FCGX_Request fcgi;
-  FCGX_InitRequest(&fcgi, listen_fd, 0);
+                 AcceptHealth& health, FeedWaiter& waiter) {
+  // On the heap: a long poll's request moves to the waiter whole (see serve_one).
+  auto fcgi = std::make_unique<FCGX_Request>();
+  FCGX_InitRequest(fcgi.get(), listen_fd, 0);
   int backoff_ms = 0;
   for (;;) {
-    const int kept = fcgi.ipcFd;  // >= 0: a kept-alive connection from the last request
+    const int kept = fcgi->ipcFd;  // >= 0: a kept-alive connection from the last request
     idle_fd.store(kept);
     if (g_stopping.load()) break;
-    int accepted = FCGX_Accept_r(&fcgi);
+    int accepted = FCGX_Accept_r(fcgi.get());
     int expected = kept;
     idle_fd.compare_exchange_strong(expected, -1);  // -1 already if a stop took it
     if (accepted < 0) {
@@ -381,14 +580,16 @@ void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<i
     health.in_request.fetch_add(1);
     // After a large body (a batch: its tree and answer were many small allocations in this
     // thread's arena), hand free memory back to the OS, so hostile batches leave none behind.
-    if (serve_one(fcgi, store, auth)) malloc_trim(0);
-    FCGX_Finish_r(&fcgi);
+    bool parked = false;
+    if (serve_one(fcgi, listen_fd, store, auth, waiter, parked)) malloc_trim(0);
+    if (!parked) FCGX_Finish_r(fcgi.get());
+    // A parked long poll is answered by the waiter thread: this worker is free again.
     health.last_done_ms.store(now_ms());
     health.in_request.fetch_sub(1);
     global_metrics().worker_done();
   }
   idle_fd.store(-1);
-  FCGX_Free(&fcgi, 1);
+  FCGX_Free(fcgi.get(), 1);
 }
 
 // Wakes workers waiting on kept-alive connections by shutting those connections down. Call after
@@ -511,11 +712,12 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   AcceptHealth health;
   health.give_up_ms = options.accept_give_up_ms;
   RunningWorkers running(options.threads);
+  FeedWaiter waiter(store, options.feed_max_waiting);
   std::vector<std::atomic<int>> idle_fds(static_cast<size_t>(options.threads));
   std::vector<std::thread> workers;
   for (int i = 0; i < options.threads; ++i) {
     workers.emplace_back([&, i] {
-      worker_loop(fd, store, auth, idle_fds[static_cast<size_t>(i)], health);
+      worker_loop(fd, store, auth, idle_fds[static_cast<size_t>(i)], health, waiter);
       MutexLock lock(running.mu);
       if (--running.count == 0) running.cv.notify_all();
     });
@@ -562,6 +764,7 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   g_stopping.store(true);
   shutdown(fd, SHUT_RDWR);
   wake_idle_workers(idle_fds);
+  waiter.stop();  // held long polls are answered with what there is
   unlink(options.socket_path.c_str());
   bool finished;
   {
@@ -584,6 +787,7 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
     _exit(kServeStopTimeoutExit);
   }
   for (std::thread& t : workers) t.join();
+  waiter.join();
   close(fd);
   write_failure_tallies(auth, store, true);
   return broken ? kServeAcceptBroken : kServeStopped;

@@ -14,7 +14,10 @@ struct ServerOptions {
   int socket_mode = 0600;       // 0600, or 0660: nginx's workers reach it through the group
   int threads = 16;             // worker threads, each accepting and answering requests
   int stop_timeout_ms = 10000;  // bound on finishing in-flight requests after SIGTERM
-  AccessOptions access;         // authentication and the audit trail
+  // Long polls (GET /changes with wait) held at once, without a worker thread each; past it, a
+  // long poll is answered at once with what there is (FEED_MAX_WAITING).
+  int feed_max_waiting = 1000;
+  AccessOptions access;  // authentication and the audit trail
   // New connections failing to be accepted for this long, with none accepted in between: the
   // server gives up (logs accept_broken, stops as on SIGTERM, returns kServeAcceptBroken) so that
   // its supervisor restarts it rather than leaving a live process that answers nobody.

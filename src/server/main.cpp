@@ -3,7 +3,8 @@
 // Usage: testdata-api serve [--env-file PATH]   (settings from the environment: base/config.h)
 //        testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
 //                     [--threads N] [--busy-timeout-ms N]
-//                     [--max-db-pages N] [--stop-timeout-ms N] [--user NAME] [--log-file PATH]
+//                     [--max-db-pages N] [--stop-timeout-ms N] [--feed-max-waiting N]
+//                     [--user NAME] [--log-file PATH]
 //                     [--auth on|off] [--audit on|off] [--audit-reads durable|crash-safe]
 //                     [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]
 //        testdata-api keys|audit|migrate|backup|restore ...   (administration: cli.h, backup.h)
@@ -66,9 +67,9 @@ const char kServeUsage[] =
     "       testdata-api --socket PATH (--db PATH | --database-url URL)"
     " [--socket-mode 0600|0660]\n"
     "           [--threads N] [--busy-timeout-ms N] [--max-db-pages N] [--stop-timeout-ms N]\n"
-    "           [--user NAME] [--log-file PATH] [--auth on|off] [--audit on|off]\n"
-    "           [--audit-reads durable|crash-safe] [--auth-failure-rate NNNr/s|NNNr/m]\n"
-    "           [--auth-failure-burst N]\n"
+    "           [--feed-max-waiting N] [--user NAME] [--log-file PATH] [--auth on|off]\n"
+    "           [--audit on|off] [--audit-reads durable|crash-safe]\n"
+    "           [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]\n"
     "           the service, configured by options (what make run starts)\n"
     "       testdata-api --help | --version\n";
 
@@ -122,8 +123,8 @@ std::string digits_from_env(const char* name, const char* fallback) {
 
 // Makes sure `threads` workers cannot run out of descriptors (which shows as storage errors):
 // raises the soft RLIMIT_NOFILE up to the hard one as needed, refuses when the hard is too low.
-bool ensure_open_files(int threads, std::string& error) {
-  long long need = tdapi::required_open_files(threads);
+bool ensure_open_files(int threads, int feed_max_waiting, std::string& error) {
+  long long need = tdapi::required_open_files(threads, feed_max_waiting);
   rlimit lim{};
   if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return true;
   if (lim.rlim_cur != RLIM_INFINITY && static_cast<long long>(lim.rlim_cur) >= need) return true;
@@ -230,7 +231,8 @@ int main(int argc, char** argv) {
   } else if (!tdapi::parse_options(argc, argv, std::thread::hardware_concurrency(), opt, error)) {
     return usage(error);
   }
-  if (!ensure_open_files(opt.threads, error)) return startup_failed("open_files", error);
+  if (!ensure_open_files(opt.threads, opt.feed_max_waiting, error))
+    return startup_failed("open_files", error);
   if (!opt.user.empty() && !drop_privileges(opt.user, error)) {
     return startup_failed("user", error);
   }
@@ -302,6 +304,7 @@ int main(int argc, char** argv) {
   server.socket_mode = opt.socket_mode;
   server.threads = opt.threads;
   server.stop_timeout_ms = opt.stop_timeout_ms;
+  server.feed_max_waiting = opt.feed_max_waiting;
   server.access.auth = opt.auth;
   server.access.audit = opt.audit;
   server.access.audit_reads_durable = opt.audit_reads_durable;

@@ -3,6 +3,7 @@
 
 #include <semaphore.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <cstdlib>
@@ -12,6 +13,11 @@
 #include "base/log.h"
 
 namespace tdapi {
+
+namespace {
+// Who wrote a record when no audit entry names a key (auth off).
+const std::string kAnonymous = "anonymous";
+}  // namespace
 
 bool breaks_write_path(StatusCode code) {
   return code == StatusCode::kIoError || code == StatusCode::kReadOnly ||
@@ -26,6 +32,11 @@ struct WriteEngine::Job {
   AuditEntry* audit = nullptr;  // audit_count entries, recorded in the same transaction
   size_t audit_count = 0;
   bool durable = true;  // false: crash-safe audit entries alone (AuditDurability::kCrashSafe)
+  // A correction (count 0): refused or written by the engine's rules in run_transaction.
+  const TestCorrection* correction = nullptr;
+  CorrectionRefusal refusal = CorrectionRefusal::kNone;
+  TestVersion version;  // the new version as written, or the stored one behind a refusal
+  bool wrote = false;   // a record or a version written (kept only if the group commits)
   // kLeader: set (under mu_, before `done` is posted) when this job is to lead the next group.
   bool lead = false;
   WriteOutcome outcome;
@@ -63,6 +74,7 @@ WriteEngine::~WriteEngine() {
   }
   queue_cv_.notify_all();
   sync_cv_.notify_all();
+  commit_cv_.notify_all();
   if (writer_thread_.joinable()) writer_thread_.join();
 }
 
@@ -94,6 +106,95 @@ Status WriteEngine::append_audit(AuditEntry& entry, AuditDurability durability) 
   job.audit_count = 1;
   job.durable = durability == AuditDurability::kDurable;
   return submit(job).status;
+}
+
+CorrectionOutcome WriteEngine::correct(const TestCorrection& correction, AuditEntry* audit) {
+  Job job;
+  job.correction = &correction;
+  job.audit = audit;
+  job.audit_count = audit ? 1 : 0;
+  WriteOutcome w = submit(job);
+  CorrectionOutcome out;
+  out.status = w.status;
+  out.txn_id = w.txn_id;
+  if (w.status.ok()) {
+    out.refusal = job.refusal;
+    out.current = std::move(job.version);
+  }
+  return out;
+}
+
+void WriteEngine::wait_for_commit(std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  MutexLock lock(mu_);
+  const unsigned long long seen = commit_generation_;
+  while (commit_generation_ == seen && !stopping_) {
+    const auto left = until - std::chrono::steady_clock::now();
+    if (left <= left.zero()) return;
+    mu_.wait_for(commit_cv_, left);
+  }
+}
+
+namespace {
+
+// The audit outcome of a correction: what PUT /tests/{id} answers.
+int correction_audit_outcome(CorrectionRefusal refusal) {
+  switch (refusal) {
+    case CorrectionRefusal::kNone:
+      return 200;
+    case CorrectionRefusal::kNotFound:
+    case CorrectionRefusal::kClinicDiffers:
+      return 404;
+    case CorrectionRefusal::kPatientDiffers:
+    case CorrectionRefusal::kRetracted:
+      return 400;
+    case CorrectionRefusal::kVersionMismatch:
+      return 412;
+  }
+  return 500;
+}
+
+}  // namespace
+
+// The rules of a correction, inside the transaction (one place for both backends): the stored
+// test as it is now decides; a refusal writes nothing (the job's audit entry still commits).
+Status WriteEngine::run_correction(Job& job, const std::string& now) {
+  const TestCorrection& c = *job.correction;
+  bool found = false;
+  TestVersion current;
+  Status s = backend_.read_current(c.record.test_id, found, current);
+  if (!s.ok()) return s;
+  if (!found) {
+    job.refusal = CorrectionRefusal::kNotFound;
+    return Status::Ok();
+  }
+  if (current.record.clinic_id != c.record.clinic_id) {
+    job.refusal = CorrectionRefusal::kClinicDiffers;
+  } else if (current.record.patient_id != c.record.patient_id) {
+    job.refusal = CorrectionRefusal::kPatientDiffers;
+  } else if (current.record.status == TestStatus::kEnteredInError) {
+    job.refusal = CorrectionRefusal::kRetracted;
+  } else if (current.version != c.expected_version) {
+    job.refusal = CorrectionRefusal::kVersionMismatch;
+  }
+  if (job.refusal != CorrectionRefusal::kNone) {
+    job.version = std::move(current);
+    return Status::Ok();
+  }
+  TestVersion next;
+  next.record = c.record;
+  next.version = current.version + 1;
+  next.created_at = current.created_at;
+  // A test's updated_at never goes back, also when the wall clock does.
+  next.changed_at = std::max(now, current.changed_at);
+  next.changed_by = c.changed_by;
+  next.reason = c.reason;
+  next.doc = test_document(next.record, next.created_at, next.version, next.changed_at);
+  s = backend_.write_version(next);
+  if (!s.ok()) return s;
+  job.version = std::move(next);
+  job.wrote = true;
+  return Status::Ok();
 }
 
 WriteOutcome WriteEngine::submit(Job& job) {
@@ -282,10 +383,15 @@ Status WriteEngine::run_transaction(const std::vector<Job*>& group, bool durable
       if (!status.ok()) return status;
     }
     Status job_error;  // a failure of this job's own insert, other than a duplicate
+    // A create's version-1 row names the key that wrote it (every entry of a job has the same).
+    const std::string& changed_by = job.audit_count > 0 ? job.audit[0].key_id : kAnonymous;
+    job.wrote = false;
+    job.refusal = CorrectionRefusal::kNone;
+    if (job.correction) job_error = run_correction(job, created_at);
     for (size_t i = 0; i < job.count; ++i) {
       const TestRecord& record = job.records[i];
       bool duplicate = false;
-      Status s = backend_.insert_record(record, created_at, duplicate);
+      Status s = backend_.insert_record(record, created_at, changed_by, duplicate);
       if (!s.ok()) {
         job_error = s;
         break;
@@ -296,7 +402,9 @@ Status WriteEngine::run_transaction(const std::vector<Job*>& group, bool durable
         // keep checking the job's other records, to name every duplicate
       }
     }
+    if (job.count > 0) job.wrote = job_error.ok() && job.outcome.status.ok();
     if (!job_error.ok()) {
+      job.wrote = false;
       job.outcome.status = job_error;
       job.outcome.duplicate_ids.clear();
       backend_.note_failure(job_error);
@@ -317,6 +425,7 @@ Status WriteEngine::run_transaction(const std::vector<Job*>& group, bool durable
     for (size_t a = 0; a < job.audit_count && job_error.ok(); ++a) {
       AuditEntry& entry = job.audit[a];
       if (job.count > 0) entry.outcome = job.outcome.status.ok() ? 201 : 409;
+      if (job.correction) entry.outcome = correction_audit_outcome(job.refusal);
       // The chain link: each entry names the hash of the one before it.
       if (entry.ts.empty()) entry.ts = created_at;
       entry.seq = audit_seq + 1;
@@ -372,6 +481,7 @@ void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
       job->outcome.status = group_status;
       job->outcome.duplicate_ids.clear();
     }
+    if (!group_status.ok()) job->wrote = false;
   }
   backend_.note_failure(group_status);
   LogFields f;
@@ -390,7 +500,13 @@ void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
   if (observer_)
     observer_->record_transaction(group.size(), f.duration_ms / 1000.0, group_status.ok());
 
+  bool wrote = false;
+  for (const Job* job : group) wrote = wrote || job->wrote;
   MutexLock lock(mu_);
+  if (group_status.ok() && wrote) {
+    commit_generation_++;
+    commit_cv_.notify_all();  // held long polls (wait_for_commit) look at the feed again
+  }
   stats_.transactions++;
   (group_status.ok() ? stats_.commits : stats_.rollbacks)++;
   stats_.writes += static_cast<long long>(group.size());

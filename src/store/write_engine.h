@@ -39,8 +39,11 @@ class WriteObserver {
 
 // One backend's side of a group-commit transaction. Called by the engine's writer thread only,
 // one group at a time, in this order: begin, [audit_head], per job { [savepoint], insert_record
-// per record, [rollback_to_savepoint], insert_audit per entry, [release_savepoint] }, commit;
-// abort after any failure of the transaction as a whole. sync only between groups.
+// per record or, for a correction, read_current and (unless refused) write_version,
+// [rollback_to_savepoint], insert_audit per entry, [release_savepoint] }, commit; abort after any
+// failure of the transaction as a whole. sync only between groups. The rules of a correction
+// (what is refused, the next version's number and time) are the engine's; the backend only reads
+// and writes rows.
 class WriteBackend {
  public:
   virtual ~WriteBackend() = default;
@@ -57,10 +60,28 @@ class WriteBackend {
   virtual Status savepoint() = 0;
   virtual Status rollback_to_savepoint() = 0;
   virtual Status release_savepoint() = 0;
-  // Inserts one record stamped created_at. Ok with duplicate set when its test_id exists
-  // (nothing written, the transaction goes on); any other Status is the job's own failure.
+  // Inserts one record stamped created_at as version 1 (status record.status, updated_at =
+  // created_at, its document test_document), and its version-1 row in test_versions (changed_by,
+  // no reason). Ok with duplicate set when its test_id exists (nothing written, the transaction
+  // goes on); any other Status is the job's own failure.
   virtual Status insert_record(const TestRecord& record, const std::string& created_at,
-                               bool& duplicate) = 0;
+                               const std::string& changed_by, bool& duplicate) = 0;
+  // The stored current version of test_id, read inside the transaction: found false when there
+  // is none. Fills record (the five fields and status), version, created_at, changed_at (the
+  // test's updated_at) and doc. Any other Status is the job's own failure.
+  virtual Status read_current(const std::string& test_id, bool& found, TestVersion& current) {
+    (void)test_id, (void)current;
+    found = false;
+    return Status::Internal("corrections are not implemented by this backend");
+  }
+  // Writes `next` (every field set by the engine but change_seq) as the test's current version:
+  // updates its tests row (status, version, updated_at = changed_at, doc, test_type, result) and
+  // inserts its test_versions row, setting next.change_seq. Any other Status than Ok is the
+  // job's own failure.
+  virtual Status write_version(TestVersion& next) {
+    (void)next;
+    return Status::Internal("corrections are not implemented by this backend");
+  }
   // Inserts one audit entry whose seq, ts, prev_hash and hash the engine has set.
   virtual Status insert_audit(const AuditEntry& entry) = 0;
   // After a job's own failure: whether the database ended the transaction (the jobs before it
@@ -115,6 +136,14 @@ class WriteEngine {
                           std::vector<AuditEntry>* audits = nullptr) EXCLUDES(mu_);
   Status append_audit(AuditEntry& entry, AuditDurability durability = AuditDurability::kDurable)
       EXCLUDES(mu_);
+  // Store::correct: one job, savepointed like a create. The engine reads the stored test inside
+  // the transaction and refuses (in this order: not found, another clinic's, patient_id differs,
+  // retracted, expected_version not current) or writes the next version; audit's outcome is
+  // set to 200, 404, 400 or 412 accordingly. Always durable.
+  CorrectionOutcome correct(const TestCorrection& correction, AuditEntry* audit) EXCLUDES(mu_);
+  // Store::wait_for_commit: returns when a group that wrote a record or a version commits (the
+  // commit generation moves), when the engine stops, or after timeout.
+  void wait_for_commit(std::chrono::milliseconds timeout) EXCLUDES(mu_);
 
   // The latest failure of the write path within kWriteFailureWindow with no commit since, else
   // Ok (for check_health).
@@ -136,6 +165,9 @@ class WriteEngine {
   // kLeader: makes the first queued request the leader (waking it), or leaves none.
   void hand_off() REQUIRES(mu_);
   void commit_group(const std::vector<Job*>& group, bool durable) EXCLUDES(mu_);
+  // A correction job's read, rules and write (run_transaction), stamped `now` when written;
+  // the job's own storage failure, else Ok (a refusal too).
+  Status run_correction(Job& job, const std::string& now);
   // Runs the group's transaction; the failure of the transaction as a whole, else Ok.
   // storage_error receives a job's own failure that says storage is failing.
   Status run_transaction(const std::vector<Job*>& group, bool durable, long long txn_id,
@@ -161,6 +193,10 @@ class WriteEngine {
   long long next_txn_id_ GUARDED_BY(mu_) = 1;
   StoreStats stats_ GUARDED_BY(mu_);
   Status write_failure_ GUARDED_BY(mu_);
+  // Moved by every committed group that wrote a record or a version; commit_cv_ is notified
+  // then (waited on with mu_ held, by wait_for_commit).
+  unsigned long long commit_generation_ GUARDED_BY(mu_) = 0;
+  std::condition_variable commit_cv_;
   std::chrono::steady_clock::time_point write_failure_at_ GUARDED_BY(mu_);
   // Set by a group committed without waiting for the disk; cleared by a durable commit or sync.
   bool undurable_ GUARDED_BY(mu_) = false;
@@ -187,6 +223,12 @@ class EngineStore : public Store {
   using Store::append_audit;
   Status append_audit(AuditEntry& entry, AuditDurability durability) override {
     return engine_->append_audit(entry, durability);
+  }
+  CorrectionOutcome correct(const TestCorrection& correction, AuditEntry* audit) override {
+    return engine_->correct(correction, audit);
+  }
+  void wait_for_commit(std::chrono::milliseconds timeout) override {
+    engine_->wait_for_commit(timeout);
   }
 
  protected:

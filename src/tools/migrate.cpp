@@ -18,8 +18,9 @@ namespace {
 
 const char kMigrateUsage[] =
     "usage: testdata-api migrate --from PATH.db --to postgresql://... [--batch N]\n"
-    "Copies tests, access keys, the audit trail and the cursor key; run it while no service\n"
-    "writes to the target. Interrupted, run it again: it continues where it stopped.\n";
+    "Copies tests and their versions, access keys, the audit trail and the cursor key; run it\n"
+    "while no service writes to the target. Interrupted, run it again: it continues where it\n"
+    "stopped.\n";
 
 int usage(const std::string& why) {
   std::cerr << "testdata-api: " << why << "\n" << kMigrateUsage;
@@ -43,6 +44,10 @@ std::string digest_json(const StoreDigest& d) {
   w.number(d.tests);
   w.key("checksum");
   w.string(d.checksum);
+  w.key("versions");
+  w.number(d.versions);
+  w.key("versions_checksum");
+  w.string(d.versions_checksum);
   w.key("audit_entries");
   w.number(d.audit_entries);
   w.key("audit_head");
@@ -62,7 +67,8 @@ std::string digest_store(Store& store, StoreDigest& out) {
   for (;;) {
     long long got = 0;
     Status s = store.list_all_tests(after, 1000, [&](const StoredTest& t) {
-      chain = sha256_hex(chain + "\n" + std::to_string(t.seq) + "\t" + t.test_id + "\t" + t.doc);
+      chain = sha256_hex(chain + "\n" + std::to_string(t.seq) + "\t" + t.test_id + "\t" + t.doc +
+                         "\t" + t.status + "\t" + std::to_string(t.version) + "\t" + t.updated_at);
       after = t.seq;
       ++got;
       return true;
@@ -72,6 +78,24 @@ std::string digest_store(Store& store, StoreDigest& out) {
     if (got < 1000) break;
   }
   out.checksum = chain;
+  chain.assign(64, '0');
+  long long after_change = 0;
+  for (;;) {
+    long long got = 0;
+    Status s = store.list_all_versions(after_change, 1000, [&](const TestVersion& v) {
+      chain = sha256_hex(chain + "\n" + std::to_string(v.change_seq) + "\t" + v.record.test_id +
+                         "\t" + std::to_string(v.version) + "\t" + v.record.clinic_id + "\t" +
+                         test_status_name(v.record.status) + "\t" + v.changed_at + "\t" +
+                         v.changed_by + "\t" + (v.reason ? "r" + *v.reason : "-") + "\t" + v.doc);
+      after_change = v.change_seq;
+      ++got;
+      return true;
+    });
+    if (!s.ok()) return "cannot read the versions: " + s.message();
+    out.versions += got;
+    if (got < 1000) break;
+  }
+  out.versions_checksum = chain;
   out.audit_head = "";
   Status s = store.list_audit(AuditQuery(), [&](const AuditEntry& e) {
     ++out.audit_entries;
@@ -164,6 +188,23 @@ int run_migrate_command(int argc, char** argv) {
     copied += static_cast<long long>(rows.size());
     if (copied % 100000 < batch) progress("tests copied:", copied);
   }
+  // The versions after the highest change_seq copied (the tests they belong to are copied).
+  long long versions_done = 0;
+  s = target_store->latest_change(versions_done);
+  if (!s.ok()) return fail(s.message());
+  std::vector<TestVersion> versions;
+  for (;;) {
+    versions.clear();
+    s = source->list_all_versions(versions_done, batch, [&](const TestVersion& v) {
+      versions.push_back(v);
+      return true;
+    });
+    if (!s.ok()) return fail("reading versions: " + s.message());
+    if (versions.empty()) break;
+    s = target->import_versions(versions);
+    if (!s.ok()) return fail("writing versions: " + s.message());
+    versions_done = versions.back().change_seq;
+  }
   std::vector<AuditEntry> entries;
   for (;;) {
     entries.clear();
@@ -190,7 +231,8 @@ int run_migrate_command(int argc, char** argv) {
   std::string problem = digest_store(*source, a);
   if (problem.empty()) problem = digest_store(*target_store, b);
   if (!problem.empty()) return fail(problem);
-  const bool same = a.tests == b.tests && a.checksum == b.checksum &&
+  const bool same = a.tests == b.tests && a.checksum == b.checksum && a.versions == b.versions &&
+                    a.versions_checksum == b.versions_checksum &&
                     a.audit_entries == b.audit_entries && a.audit_head == b.audit_head &&
                     a.keys == b.keys;
   std::string out = "{\"status\":\"" + std::string(same ? "verified" : "mismatch") +

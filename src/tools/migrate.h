@@ -1,5 +1,6 @@
 // migrate.h: `testdata-api migrate --from PATH.db --to postgresql://…`: copies an SQLite
-// database (tests, keys, the audit trail, the cursor key) into PostgreSQL and checks the copy.
+// database (tests and their versions, keys, the audit trail, the cursor key) into PostgreSQL and
+// checks the copy.
 #pragma once
 
 #include <string>
@@ -8,12 +9,15 @@ namespace tdapi {
 
 class Store;
 
-// Counts and a checksum over the ordered documents of one store: chained SHA-256 of
-// seq, test_id and doc of every test in seq order, so two stores agree only when they hold the
-// same tests in the same order.
+// Counts and checksums over the ordered contents of one store: chained SHA-256 of seq,
+// test_id, doc, status, version and updated_at of every test in seq order, and of every column
+// of every version in change_seq order, so two stores agree only when they hold the same tests
+// and the same versions in the same order.
 struct StoreDigest {
   long long tests = 0;
   std::string checksum;
+  long long versions = 0;
+  std::string versions_checksum;
   long long audit_entries = 0;
   std::string audit_head;  // hash of the last audit entry
   long long keys = 0;

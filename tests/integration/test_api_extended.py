@@ -30,7 +30,10 @@ class ApiExtended(unittest.TestCase):
         r = self.req("GET", "/tests/x%2F1%20%C3%A9")
         self.assertEqual(r.status, 200, r)
         test = r.json()["test"]
-        self.assertEqual(test.pop("created_at")[-1], "Z")
+        created_at = test.pop("created_at")
+        self.assertEqual(created_at[-1], "Z")
+        self.assertEqual((test.pop("status"), test.pop("version"), test.pop("updated_at")),
+                         ("final", 1, created_at))
         self.assertEqual(test, rec)
         r = self.req("GET", "/tests/unknown-id")
         self.assertEqual((r.status, r.json()), (404, {"status": "error", "message": "test not found"}))

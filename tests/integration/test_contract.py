@@ -122,6 +122,9 @@ class Contract(unittest.TestCase):
         self.assertEqual(body["count"], 1)
         got = body["tests"][0]
         created_at = got.pop("created_at")
+        # Beside the five fields and created_at: the version's status, number and time.
+        self.assertEqual((got.pop("status"), got.pop("version"), got.pop("updated_at")),
+                         ("final", 1, created_at))
         self.assertEqual(got, rec)
         self.assertRegex(created_at, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import APP_BIN, ROOT, Server, record  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+CURRENT_SCHEMA = 4  # the schema this build creates (SqliteStore::kSchemaVersion)
 
 
 def fixtures():
@@ -142,7 +143,10 @@ class Upgrade(unittest.TestCase):
         self.assertEqual(sql(copies[0], "PRAGMA user_version"), 2)
         self.assertEqual(sql(copies[0], "SELECT count(*) FROM tests"), manifest["tests"])
         self.assertEqual(sql(copies[0], "PRAGMA integrity_check"), "ok")
-        self.assertEqual(sql(db, "PRAGMA user_version"), 3)
+        self.assertEqual(sql(db, "PRAGMA user_version"), CURRENT_SCHEMA)
+        # Every test that was there is its version 1 (and the one created since, its own).
+        self.assertEqual(sql(db, "SELECT count(*) FROM test_versions WHERE version = 1"
+                                 " AND changed_by = 'unknown'"), manifest["tests"])
         # The migrated database takes keys and audits again.
         key = subprocess.run([APP_BIN, "keys", "create", "--db", db, "--name", "after", "--scope",
                               "read:*"], capture_output=True, text=True, timeout=60)

@@ -30,19 +30,50 @@ Status PgStore::import_tests(const std::vector<StoredTest>& rows) {
         return in_write_transaction(c, "import tests", [&] {
           for (const StoredTest& t : rows) {
             const std::string seq = std::to_string(t.seq);
-            PgResult r =
-                c.run("import_test",
-                      "INSERT INTO tests (seq, test_id, patient_id, clinic_id, test_type, result,"
-                      " created_at, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                      " ON CONFLICT (test_id) DO NOTHING",
-                      {seq.c_str(), t.test_id.c_str(), t.patient_id.c_str(), t.clinic_id.c_str(),
-                       t.test_type.c_str(), t.result.c_str(), t.created_at.c_str(), t.doc.c_str()});
+            const std::string version = std::to_string(t.version);
+            PgResult r = c.run(
+                "import_test",
+                "INSERT INTO tests (seq, test_id, patient_id, clinic_id, test_type, result,"
+                " created_at, doc, status, version, updated_at) VALUES"
+                " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (test_id) DO NOTHING",
+                {seq.c_str(), t.test_id.c_str(), t.patient_id.c_str(), t.clinic_id.c_str(),
+                 t.test_type.c_str(), t.result.c_str(), t.created_at.c_str(), t.doc.c_str(),
+                 t.status.c_str(), version.c_str(), t.updated_at.c_str()});
             if (!result_ok(r)) return c.error(r.get(), "import a test");
           }
           PgResult r = c.exec(
               "SELECT setval(pg_get_serial_sequence('tests', 'seq'),"
               " greatest((SELECT max(seq + 0) FROM tests), 1))");
           return result_ok(r) ? Status::Ok() : c.error(r.get(), "move the seq identity");
+        });
+      },
+      /*retry_when_lost=*/false);
+}
+
+Status PgStore::import_versions(const std::vector<TestVersion>& versions) {
+  return with_reader(
+      "import versions",
+      [&](Connection& c) {
+        return in_write_transaction(c, "import versions", [&] {
+          for (const TestVersion& v : versions) {
+            const std::string change_seq = std::to_string(v.change_seq);
+            const std::string version = std::to_string(v.version);
+            PgResult r = c.run(
+                "import_version",
+                "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status,"
+                " changed_at, changed_by, reason, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                " ON CONFLICT (change_seq) DO NOTHING",
+                {change_seq.c_str(), v.record.test_id.c_str(), version.c_str(),
+                 v.record.clinic_id.c_str(), test_status_name(v.record.status),
+                 v.changed_at.c_str(), v.changed_by.c_str(), v.reason ? v.reason->c_str() : nullptr,
+                 v.doc.c_str()});
+            if (!result_ok(r)) return c.error(r.get(), "import a version");
+          }
+          // The next change numbered after the highest one (is_called false: 1 when empty).
+          PgResult r = c.exec(
+              "SELECT setval(pg_get_serial_sequence('test_versions', 'change_seq'),"
+              " coalesce(max(change_seq), 1), max(change_seq) IS NOT NULL) FROM test_versions");
+          return result_ok(r) ? Status::Ok() : c.error(r.get(), "move the change_seq identity");
         });
       },
       /*retry_when_lost=*/false);

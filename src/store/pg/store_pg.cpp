@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cctype>
+#include <climits>
 #include <cstring>
 #include <unordered_set>
 #include <utility>
@@ -37,22 +38,105 @@ std::string redact_url(const std::string& url) {
 
 namespace {
 
+// A create: the tests row and its version 1 (test_versions) in one statement; no row back means
+// the id exists (nothing written). change_seq is taken here, under the write lock (schema.cpp).
 const char kInsertSql[] =
-    "INSERT INTO tests (test_id, patient_id, clinic_id, test_type, result, created_at, doc)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (test_id) DO NOTHING RETURNING seq";
+    "WITH t AS (INSERT INTO tests (test_id, patient_id, clinic_id, test_type, result, created_at,"
+    " doc, status, version, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $6)"
+    " ON CONFLICT (test_id) DO NOTHING RETURNING test_id)"
+    " INSERT INTO test_versions (test_id, version, clinic_id, status, changed_at, changed_by,"
+    " reason, doc) SELECT test_id, 1, $3, $8, $6, $9::text, NULL, $7 FROM t RETURNING change_seq";
 const char kAuditInsertSql[] =
     "INSERT INTO audit (seq, ts, request_id, key_id, action, clinic_id, detail, outcome,"
     " prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
-// Listing statements, one per combination of filters; parameters numbered in order.
-const char* const kListNames[] = {"list0", "list1", "list2", "list3"};
-std::string list_sql(bool by_patient, bool by_type) {
-  std::string sql = "SELECT doc, seq FROM tests WHERE clinic_id = $1";
+// The columns of a TestVersion as version_from reads them (the five fields and created_at from
+// the version's document: they are not columns of test_versions).
+#define TDAPI_VERSION_COLUMNS                                                              \
+  "v.change_seq, v.test_id, v.version, v.clinic_id, v.status, v.changed_at, v.changed_by," \
+  " v.reason, v.doc, d.j->>'patient_id', d.j->>'test_type', d.j->>'result',"               \
+  " d.j->>'created_at'"
+#define TDAPI_VERSION_DOC " CROSS JOIN LATERAL (SELECT v.doc::jsonb AS j) d"
+
+// One TestVersion from the row's columns from `col` on (TDAPI_VERSION_COLUMNS).
+void version_from(const PGresult* r, int row, int col, TestVersion& v) {
+  v.change_seq = value_int(r, row, col);
+  v.record.test_id.assign(value_view(r, row, col + 1));
+  v.version = value_int(r, row, col + 2);
+  v.record.clinic_id.assign(value_view(r, row, col + 3));
+  v.record.status = parse_test_status(value_view(r, row, col + 4)).value_or(TestStatus::kFinal);
+  v.changed_at.assign(value_view(r, row, col + 5));
+  v.changed_by.assign(value_view(r, row, col + 6));
+  if (PQgetisnull(r, row, col + 7)) {
+    v.reason.reset();
+  } else {
+    v.reason = std::string(value_view(r, row, col + 7));
+  }
+  v.doc.assign(value_view(r, row, col + 8));
+  v.record.patient_id.assign(value_view(r, row, col + 9));
+  v.record.test_type.assign(value_view(r, row, col + 10));
+  v.record.result.assign(value_view(r, row, col + 11));
+  v.created_at.assign(value_view(r, row, col + 12));
+}
+
+// Listing statements, one per combination of filters (bit i of the mask: kListFilters[i] is
+// given); parameters numbered in order: $1 the clinic, the given filters, the seq to start
+// after, the row limit. Filters 0-2 are equalities, 3-6 the time ranges.
+constexpr const char* kListFilters[] = {"patient_id = $",  "test_type = $",  "status = $",
+                                        "created_at >= $", "created_at < $", "updated_at >= $",
+                                        "updated_at < $"};
+constexpr int kListFilterCount = sizeof kListFilters / sizeof kListFilters[0];
+constexpr unsigned kRangeFilters = 0x78;  // bits 3-6
+
+// " AND f1 AND f2 …" for the filters of mask & which.
+std::string list_conditions(unsigned mask, unsigned which) {
+  std::string sql;
   int n = 2;
-  if (by_patient) sql += " AND patient_id = $" + std::to_string(n++);
-  if (by_type) sql += " AND test_type = $" + std::to_string(n++);
-  sql += " AND seq > $" + std::to_string(n++);
-  return sql + " ORDER BY seq LIMIT $" + std::to_string(n);
+  for (int i = 0; i < kListFilterCount; ++i) {
+    if (!(mask & (1u << i))) continue;
+    if (which & (1u << i)) sql += std::string(" AND ") + kListFilters[i] + std::to_string(n);
+    ++n;
+  }
+  return sql;
+}
+int list_param_count(unsigned mask) {
+  int n = 1;
+  for (int i = 0; i < kListFilterCount; ++i) n += (mask >> i) & 1u;
+  return n + 2;
+}
+
+// Without a time range: one ordered walk of the filter's index from the seq after.
+// With one, the first statement of a page walks the clinic's (or the equality filter's) index
+// in seq order from the seq after, at most $limit rows, and returns each row's seq with its
+// document when it is in the range (else NULL): where the range is dense in that walk, the page
+// is served from it. Where it is not (fewer matches than wanted in the rows walked), the second
+// statement (list_range_sql) finds the range's next rows through tests_by_created or
+// tests_by_updated without walking the clinic. The planner cannot be left to choose between
+// the two: the rows of a time range sit together in seq order (created_at grows with seq), which
+// its statistics do not know; it took the ordered walk of tests_by_clinic for a narrow range,
+// through every row of the clinic before it (a month of a year-long clinic: 33,000 rows read
+// for 16).
+std::string list_sql(unsigned mask) {
+  const int n = list_param_count(mask);
+  if (!(mask & kRangeFilters)) {
+    return "SELECT doc, seq FROM tests WHERE clinic_id = $1" + list_conditions(mask, ~0u) +
+           " AND seq > $" + std::to_string(n - 1) + " ORDER BY seq LIMIT $" + std::to_string(n);
+  }
+  std::string range = list_conditions(mask, kRangeFilters).substr(5);  // without " AND "
+  return "SELECT CASE WHEN " + range + " THEN doc END, seq FROM (SELECT doc, seq, created_at," +
+         " updated_at FROM tests WHERE clinic_id = $1" + list_conditions(mask, ~kRangeFilters) +
+         " AND seq > $" + std::to_string(n - 1) + " ORDER BY seq LIMIT $" + std::to_string(n) +
+         ") walked ORDER BY seq";
+}
+// The range's next rows after a seq, found through the range's index: the matching seqs first
+// (ordered by an expression no index has, so that no ordered walk of the clinic is taken), then
+// their documents.
+std::string list_range_sql(unsigned mask) {
+  const int n = list_param_count(mask);
+  return "SELECT doc, seq FROM tests WHERE (seq + 0) IN (SELECT seq + 0 FROM tests"
+         " WHERE clinic_id = $1" +
+         list_conditions(mask, ~0u) + " AND seq > $" + std::to_string(n - 1) +
+         " ORDER BY seq * 1 LIMIT $" + std::to_string(n) + ") ORDER BY seq + 0";
 }
 
 // A listing reads at most kListPageRows rows (internal.h), aiming at this many bytes, per query,
@@ -113,17 +197,68 @@ class PgStore::Backend : public WriteBackend {
   Status release_savepoint() override { return exec("RELEASE SAVEPOINT job"); }
 
   // ON CONFLICT DO NOTHING: the database decides duplicates (racing inserts of one id wait for
-  // each other); no row back means the id exists.
+  // each other); no row back means the id exists. The version-1 row comes with it (kInsertSql).
   Status insert_record(const TestRecord& rec, const std::string& created_at,
-                       bool& duplicate) override {
+                       const std::string& changed_by, bool& duplicate) override {
     Connection& c = *store_.writer_;
-    const std::string doc = test_record_json(rec, created_at);
-    PgResult r =
-        c.run("insert", kInsertSql,
-              {rec.test_id.c_str(), rec.patient_id.c_str(), rec.clinic_id.c_str(),
-               rec.test_type.c_str(), rec.result.c_str(), created_at.c_str(), doc.c_str()});
+    const std::string doc = test_document(rec, created_at, 1, created_at);
+    PgResult r = c.run("insert", kInsertSql,
+                       {rec.test_id.c_str(), rec.patient_id.c_str(), rec.clinic_id.c_str(),
+                        rec.test_type.c_str(), rec.result.c_str(), created_at.c_str(), doc.c_str(),
+                        test_status_name(rec.status), changed_by.c_str()});
     if (!result_ok(r)) return c.error(r.get(), "INSERT");
     duplicate = PQntuples(r.get()) == 0;
+    return Status::Ok();
+  }
+  // The stored current version of test_id (found false: none). No row lock: every writer holds
+  // the write lock (begin) until its COMMIT, so nothing changes the row before this transaction
+  // ends.
+  Status read_current(const std::string& test_id, bool& found, TestVersion& out) override {
+    Connection& c = *store_.writer_;
+    PgResult r = c.run("read_current",
+                       "SELECT patient_id, clinic_id, test_type, result, status, version,"
+                       " created_at, updated_at, doc FROM tests WHERE test_id = $1",
+                       {test_id.c_str()});
+    if (!result_ok(r)) return c.error(r.get(), "read the current version");
+    found = PQntuples(r.get()) == 1;
+    if (!found) return Status::Ok();
+    const PGresult* p = r.get();
+    out.record.test_id = test_id;
+    out.record.patient_id.assign(value_view(p, 0, 0));
+    out.record.clinic_id.assign(value_view(p, 0, 1));
+    out.record.test_type.assign(value_view(p, 0, 2));
+    out.record.result.assign(value_view(p, 0, 3));
+    out.record.status = parse_test_status(value_view(p, 0, 4)).value_or(TestStatus::kFinal);
+    out.version = value_int(p, 0, 5);
+    out.created_at.assign(value_view(p, 0, 6));
+    out.changed_at.assign(value_view(p, 0, 7));
+    out.doc.assign(value_view(p, 0, 8));
+    out.change_seq = 0;
+    return Status::Ok();
+  }
+  // Makes `next` the current version: the tests row updated, its test_versions row added
+  // (change_seq set; doc made from the rest when empty).
+  Status write_version(TestVersion& next) override {
+    Connection& c = *store_.writer_;
+    if (next.doc.empty()) {
+      next.doc = test_document(next.record, next.created_at, next.version, next.changed_at);
+    }
+    const std::string version = std::to_string(next.version);
+    const char* status = test_status_name(next.record.status);
+    const char* reason = next.reason ? next.reason->c_str() : nullptr;
+    PgResult r = c.run(
+        "write_version",
+        "WITH t AS (UPDATE tests SET test_type = $2, result = $3, status = $4, version = $5,"
+        " updated_at = $6, doc = $7 WHERE test_id = $1 RETURNING clinic_id)"
+        " INSERT INTO test_versions (test_id, version, clinic_id, status, changed_at,"
+        " changed_by, reason, doc) SELECT $1, $5, clinic_id, $4, $6, $8::text, $9::text, $7 FROM t"
+        " RETURNING change_seq",
+        {next.record.test_id.c_str(), next.record.test_type.c_str(), next.record.result.c_str(),
+         status, version.c_str(), next.changed_at.c_str(), next.doc.c_str(),
+         next.changed_by.c_str(), reason});
+    if (!result_ok(r)) return c.error(r.get(), "write a version");
+    if (PQntuples(r.get()) != 1) return Status::Internal("write a version: the test is gone");
+    next.change_seq = value_int(r.get(), 0, 0);
     return Status::Ok();
   }
   Status insert_audit(const AuditEntry& e) override {
@@ -364,13 +499,26 @@ Status PgStore::with_reader(const char* what, const std::function<Status(Connect
 }
 
 Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEndFn& on_page_end) {
+  // The filters in kListFilters' order (the status's name is never a user's text).
+  const std::string status_name = q.status ? test_status_name(*q.status) : "";
+  const std::string* const filters[kListFilterCount] = {
+      q.patient_id ? &*q.patient_id : nullptr, q.test_type ? &*q.test_type : nullptr,
+      q.status ? &status_name : nullptr,       q.created_from ? &*q.created_from : nullptr,
+      q.created_to ? &*q.created_to : nullptr, q.updated_from ? &*q.updated_from : nullptr,
+      q.updated_to ? &*q.updated_to : nullptr};
   // As in get_test: a filter that is not UTF-8 matches nothing stored.
-  if (!is_valid_utf8(q.clinic_id) || (q.patient_id && !is_valid_utf8(*q.patient_id)) ||
-      (q.test_type && !is_valid_utf8(*q.test_type))) {
-    return Status::Ok();
+  if (!is_valid_utf8(q.clinic_id)) return Status::Ok();
+  unsigned mask = 0;
+  for (int i = 0; i < kListFilterCount; ++i) {
+    if (filters[i] == nullptr) continue;
+    if (!is_valid_utf8(*filters[i])) return Status::Ok();
+    mask |= 1u << i;
   }
-  const int variant = (q.patient_id ? 1 : 0) | (q.test_type ? 2 : 0);
-  const std::string sql = list_sql(q.patient_id.has_value(), q.test_type.has_value());
+  const std::string name = "list" + std::to_string(mask);
+  const std::string sql = list_sql(mask);
+  const bool ranged = (mask & kRangeFilters) != 0;
+  const std::string range_name = "list_range" + std::to_string(mask);
+  const std::string range_sql = ranged ? list_range_sql(mask) : std::string();
   long long after = q.after_seq;
   long long remaining = q.limit;  // < 0: no limit
   // The first page is small (the documents' size is not known yet); later ones aim at
@@ -380,36 +528,57 @@ Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEn
   Status status;
   while (more) {
     const long long want = remaining < 0 ? page_rows : std::min(remaining, page_rows);
-    const std::string after_text = std::to_string(after);
-    const std::string want_text = std::to_string(want);
-    const char* params[5];
+    // A ranged page walks twice the rows it wants (at least 32) before it looks up the range.
+    const long long walk = ranged ? std::max<long long>(2 * want, 32) : want;
+    std::string after_text = std::to_string(after);
+    const std::string walk_text = std::to_string(walk);
+    const char* params[kListFilterCount + 3];
     int n = 0;
     params[n++] = q.clinic_id.c_str();
-    if (q.patient_id) params[n++] = q.patient_id->c_str();
-    if (q.test_type) params[n++] = q.test_type->c_str();
+    for (const std::string* f : filters) {
+      if (f) params[n++] = f->c_str();
+    }
     params[n++] = after_text.c_str();
-    params[n++] = want_text.c_str();
+    params[n++] = walk_text.c_str();
     PgResult page = wrap(nullptr);
+    PgResult found = wrap(nullptr);  // the range's rows after the walk (ranged only)
     status = with_reader("list tests", [&](Connection& c) {
-      page = c.run(kListNames[variant], sql.c_str(), params, n);
-      return result_ok(page) ? Status::Ok() : c.error(page.get(), "list tests");
+      page = c.run(name.c_str(), sql.c_str(), params, n);
+      if (!result_ok(page)) return c.error(page.get(), "list tests");
+      const int walked = PQntuples(page.get());
+      long long matched = 0;
+      for (int i = 0; ranged && i < walked; ++i) matched += !PQgetisnull(page.get(), i, 0);
+      if (!ranged || matched >= want || walked < walk) return Status::Ok();
+      // Not enough of the range in the rows walked: the rest of the page through its index.
+      after_text = std::to_string(value_int(page.get(), walked - 1, 1));
+      const std::string rest = std::to_string(want - matched);
+      params[n - 2] = after_text.c_str();
+      params[n - 1] = rest.c_str();
+      found = c.run(range_name.c_str(), range_sql.c_str(), params, n);
+      return result_ok(found) ? Status::Ok() : c.error(found.get(), "list tests");
     });
     if (!status.ok()) break;
-    // Delivered after the query ended and its connection went back to the pool.
-    const int got = PQntuples(page.get());
-    more = got == want;
+    // Delivered after the queries ended and their connection went back to the pool.
+    long long got = 0;
     size_t bytes = 0;
     bool stopped = false;
-    for (int i = 0; i < got; ++i) {
-      std::string_view doc = value_view(page.get(), i, 0);
-      bytes += doc.size();
-      if (!on_row(doc, value_int(page.get(), i, 1))) {
-        stopped = true;
-        break;
+    auto deliver = [&](const PGresult* r) {
+      for (int i = 0; i < PQntuples(r) && got < want && !stopped; ++i) {
+        if (PQgetisnull(r, i, 0)) continue;  // walked, outside the range
+        std::string_view doc = value_view(r, i, 0);
+        bytes += doc.size();
+        ++got;
+        after = value_int(r, i, 1);
+        stopped = !on_row(doc, after);
       }
-    }
+    };
+    deliver(page.get());
+    if (found) deliver(found.get());
+    // The rows walked past the last one delivered were outside the range (or beyond the page).
+    const int walked = PQntuples(page.get());
+    if (!found && got < want && walked > 0) after = value_int(page.get(), walked - 1, 1);
+    more = found ? got == want : (got == want || walked == walk);
     if (got == 0 || stopped) break;
-    after = value_int(page.get(), got - 1, 1);
     if (remaining > 0) {
       remaining -= got;
       if (remaining <= 0) more = false;
@@ -430,7 +599,8 @@ Status PgStore::list_all_tests(long long after_seq, long long limit,
   PgResult page = wrap(nullptr);
   Status s = with_reader("list all tests", [&](Connection& c) {
     page = c.run("list_all",
-                 "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc"
+                 "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc,"
+                 " status, version, updated_at"
                  " FROM tests WHERE seq + 0 > $1 ORDER BY seq + 0 LIMIT $2",
                  {after_text.c_str(), limit_text.c_str()});
     return result_ok(page) ? Status::Ok() : c.error(page.get(), "list all tests");
@@ -446,12 +616,112 @@ Status PgStore::list_all_tests(long long after_seq, long long limit,
     t.result.assign(value_view(page.get(), i, 5));
     t.created_at.assign(value_view(page.get(), i, 6));
     t.doc.assign(value_view(page.get(), i, 7));
+    t.status.assign(value_view(page.get(), i, 8));
+    t.version = value_int(page.get(), i, 9);
+    t.updated_at.assign(value_view(page.get(), i, 10));
     if (!on_row(t)) break;
   }
   return Status::Ok();
 }
 
+Status PgStore::list_all_versions(long long after_change_seq, long long limit,
+                                  const std::function<bool(const TestVersion&)>& on_version) {
+  const std::string after_text = std::to_string(after_change_seq);
+  const std::string limit_text = std::to_string(limit);
+  PgResult page = wrap(nullptr);
+  Status s = with_reader("list all versions", [&](Connection& c) {
+    page = c.run("list_all_versions",
+                 "SELECT " TDAPI_VERSION_COLUMNS " FROM test_versions v" TDAPI_VERSION_DOC
+                 " WHERE v.change_seq > $1 ORDER BY v.change_seq LIMIT $2",
+                 {after_text.c_str(), limit_text.c_str()});
+    return result_ok(page) ? Status::Ok() : c.error(page.get(), "list all versions");
+  });
+  if (!s.ok()) return s;
+  TestVersion v;
+  for (int i = 0; i < PQntuples(page.get()); ++i) {
+    version_from(page.get(), i, 0, v);
+    if (!on_version(v)) break;
+  }
+  return Status::Ok();
+}
+
+Status PgStore::list_history(const HistoryQuery& q, std::string& clinic_id,
+                             const std::function<bool(const TestVersion&)>& on_version) {
+  if (!is_valid_utf8(q.test_id) || q.test_id.find('\0') != std::string::npos) {
+    return Status::NotFound("no such test");
+  }
+  // One statement, one snapshot: the test (its clinic; NotFound) and the page of its versions.
+  const long long before_version =
+      q.before_version > 0 ? std::min<long long>(q.before_version, INT_MAX) : INT_MAX;
+  const std::string before = std::to_string(before_version);
+  const std::string limit = std::to_string(q.limit);
+  PgResult page = wrap(nullptr);
+  Status s = with_reader("list history", [&](Connection& c) {
+    page = c.run("history",
+                 "SELECT t.clinic_id, " TDAPI_VERSION_COLUMNS
+                 " FROM tests t LEFT JOIN LATERAL (SELECT * FROM test_versions w"
+                 " WHERE w.test_id = t.test_id AND w.version < $2 ORDER BY w.version DESC"
+                 " LIMIT $3) v ON true LEFT JOIN LATERAL (SELECT v.doc::jsonb AS j) d ON true"
+                 " WHERE t.test_id = $1 ORDER BY v.version DESC",
+                 {q.test_id.c_str(), before.c_str(), q.limit < 0 ? nullptr : limit.c_str()});
+    return result_ok(page) ? Status::Ok() : c.error(page.get(), "list history");
+  });
+  if (!s.ok()) return s;
+  const int rows = PQntuples(page.get());
+  if (rows == 0) return Status::NotFound("no such test");
+  clinic_id.assign(value_view(page.get(), 0, 0));
+  TestVersion v;
+  for (int i = 0; i < rows; ++i) {
+    if (PQgetisnull(page.get(), i, 1)) break;  // the test, with no version on this page
+    version_from(page.get(), i, 1, v);
+    if (!on_version(v)) break;
+  }
+  return Status::Ok();
+}
+
+Status PgStore::list_changes(const ChangeQuery& q,
+                             const std::function<bool(const TestVersion&)>& on_change) {
+  if (!is_valid_utf8(q.clinic_id)) return Status::Ok();
+  const std::string after = std::to_string(q.after_change_seq);
+  const std::string limit = std::to_string(std::max<long long>(q.limit, 1));
+  PgResult page = wrap(nullptr);
+  // test_versions_by_clinic: the clinic's changes in change_seq order, from the token on. No
+  // change below the last one a reader saw can commit after it saw it (schema.cpp).
+  Status s = with_reader("list changes", [&](Connection& c) {
+    page = c.run("changes",
+                 "SELECT " TDAPI_VERSION_COLUMNS " FROM test_versions v" TDAPI_VERSION_DOC
+                 " WHERE v.clinic_id = $1 AND v.change_seq > $2 ORDER BY v.change_seq LIMIT $3",
+                 {q.clinic_id.c_str(), after.c_str(), limit.c_str()});
+    return result_ok(page) ? Status::Ok() : c.error(page.get(), "list changes");
+  });
+  if (!s.ok()) return s;
+  TestVersion v;
+  for (int i = 0; i < PQntuples(page.get()); ++i) {
+    version_from(page.get(), i, 0, v);
+    if (!on_change(v)) break;
+  }
+  return Status::Ok();
+}
+
+Status PgStore::latest_change(long long& change_seq) {
+  return with_reader("latest change", [&](Connection& c) {
+    PgResult r =
+        c.run("latest_change", "SELECT coalesce(max(change_seq), 0) FROM test_versions", {});
+    if (!result_ok(r)) return c.error(r.get(), "latest change");
+    change_seq = value_int(r.get(), 0, 0);
+    return Status::Ok();
+  });
+}
+
 Status PgStore::get_test(std::string_view test_id, std::string& json, std::string& clinic_id) {
+  StoredDocument d;
+  Status s = get_test(test_id, d);
+  json = std::move(d.json);
+  clinic_id = std::move(d.clinic_id);
+  return s;
+}
+
+Status PgStore::get_test(std::string_view test_id, StoredDocument& out) {
   // The database holds UTF-8 only and refuses to compare with anything else; stored ids are
   // valid UTF-8 (validate.h), so no other id can name a test. Nor can one holding a NUL, which
   // libpq would read as the id's end (another id's name).
@@ -460,11 +730,13 @@ Status PgStore::get_test(std::string_view test_id, std::string& json, std::strin
   }
   const std::string id(test_id);
   return with_reader("get test", [&](Connection& c) {
-    PgResult r = c.run("get", "SELECT doc, clinic_id FROM tests WHERE test_id = $1", {id.c_str()});
+    PgResult r =
+        c.run("get", "SELECT doc, clinic_id, version FROM tests WHERE test_id = $1", {id.c_str()});
     if (!result_ok(r)) return c.error(r.get(), "get test");
     if (PQntuples(r.get()) == 0) return Status::NotFound("no such test");
-    json.assign(value_view(r.get(), 0, 0));
-    clinic_id.assign(value_view(r.get(), 0, 1));
+    out.json.assign(value_view(r.get(), 0, 0));
+    out.clinic_id.assign(value_view(r.get(), 0, 1));
+    out.version = value_int(r.get(), 0, 2);
     return Status::Ok();
   });
 }

@@ -38,6 +38,9 @@ struct PgOptions {
   // The service: open all max_readers reader connections at open, not on demand (see
   // PgStore::open_readers); the commands (keys, audit, migrate) open them as they need them.
   bool open_readers_at_start = false;
+  // Tests: migrate only up to this schema version (0: all, kSchemaVersion), to test an upgrade
+  // from an older schema. Nothing but a migration test opens a store with an older schema.
+  int migrate_to = 0;
 };
 
 // Safe for concurrent use from several threads, and from several processes on one database.
@@ -67,7 +70,13 @@ class PgStore : public EngineStore, public ImportTarget {
   Status revoke_key(std::string_view key_id, const std::string& when) override;
   Status find_key(std::string_view key_id, ApiKey& out) override;
   using Store::get_test;
+  Status get_test(std::string_view test_id, StoredDocument& out) override;
   Status get_test(std::string_view test_id, std::string& json, std::string& clinic_id) override;
+  Status list_history(const HistoryQuery& query, std::string& clinic_id,
+                      const std::function<bool(const TestVersion&)>& on_version) override;
+  Status list_changes(const ChangeQuery& query,
+                      const std::function<bool(const TestVersion&)>& on_change) override;
+  Status latest_change(long long& change_seq) override;
   using Store::list_tests;
   Status list_tests(const ListQuery& query, const RowFn& on_row,
                     const PageEndFn& on_page_end) override;
@@ -82,11 +91,14 @@ class PgStore : public EngineStore, public ImportTarget {
   Status set_instance_secret(const std::string& secret) override;
   Status list_all_tests(long long after_seq, long long limit,
                         const std::function<bool(const StoredTest&)>& on_row) override;
+  Status list_all_versions(long long after_change_seq, long long limit,
+                           const std::function<bool(const TestVersion&)>& on_version) override;
+  Status import_versions(const std::vector<TestVersion>& versions) override;
   Status count_service_sessions(long long& n) override;
   Status max_seqs(long long& tests_seq, long long& audit_seq) override;
 
   // Migrations, oldest first; kSchemaVersion is their count.
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   struct Connection;  // a libpq connection and the statements prepared on it
 

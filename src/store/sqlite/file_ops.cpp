@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "base/clock.h"
 #include "base/files.h"
@@ -153,6 +154,7 @@ Status only_root_changes(const std::string& dir, const char* what) {
 void write_facts(JsonWriter& w, const DatabaseFacts& f) {
   w.field("schema_version", f.schema_version);
   w.field("tests", f.tests);
+  w.field("versions", f.versions);
   w.field("audit_entries", f.audit_entries);
   w.field("keys", f.keys);
   w.field("audit_head", f.audit_head);
@@ -196,7 +198,8 @@ Status backup_database(const std::string& db, const std::string& dest, BackupRes
   if (s.ok()) s = sqlite_check_file(tmp, false, out.facts);
   if (s.ok() &&
       (out.facts.schema_version != snapshot.schema_version || out.facts.tests != snapshot.tests ||
-       out.facts.keys != snapshot.keys || out.facts.audit_entries != snapshot.audit_entries ||
+       out.facts.versions != snapshot.versions || out.facts.keys != snapshot.keys ||
+       out.facts.audit_entries != snapshot.audit_entries ||
        out.facts.audit_head != snapshot.audit_head)) {
     s = Status::Internal("the copy differs from the snapshot it was taken from: " +
                          facts_json(out.facts) + " instead of " + facts_json(snapshot));
@@ -263,6 +266,11 @@ int count_facts(sqlite3* db, DatabaseFacts& f) {
   rc = query_one(db, "SELECT count(*) FROM tests", v);
   if (rc != SQLITE_OK) return rc;
   f.tests = std::atoll(v.c_str());
+  if (f.schema_version >= 4) {
+    rc = query_one(db, "SELECT count(*) FROM test_versions", v);
+    if (rc != SQLITE_OK) return rc;
+    f.versions = std::atoll(v.c_str());
+  }
   if (f.schema_version < 3) return SQLITE_OK;  // no keys, no audit trail yet
   rc = query_one(db, "SELECT count(*) FROM api_keys", v);
   if (rc != SQLITE_OK) return rc;
@@ -281,29 +289,85 @@ constexpr long long kMaxDocBytes =
 
 // The first test whose stored document (what GET /tests/{id} serves) disagrees with its columns
 // (what listings and authorization read), or that is larger than the API accepts (validate.cpp's
-// limits): exactly the keys test_record_json writes, each a string equal to its column.
-std::string rows_check_sql() {
-  const std::string n = "(5 + (created_at != ''))";  // keys a document has
+// limits): exactly the keys test_document writes (before schema 4: test_record_json), each a
+// string (version: an integer) equal to its column. From schema 4 on, also a test whose current
+// version has no row in test_versions of its clinic and status.
+std::string rows_check_sql(int schema_version) {
+  const bool versions = schema_version >= 4;
+  // keys a document has
+  const std::string n = versions ? "(8 + (created_at != ''))" : "(5 + (created_at != ''))";
   std::string sql =
       "SELECT seq FROM tests WHERE length(test_id) > " + std::to_string(kMaxIdChars) +
       " OR length(patient_id) > " + std::to_string(kMaxIdChars) + " OR length(clinic_id) > " +
       std::to_string(kMaxIdChars) + " OR length(test_type) > " + std::to_string(kMaxTestTypeChars) +
       " OR length(result) > " + std::to_string(kMaxResultChars) +
-      " OR length(created_at) > 64 OR length(CAST(doc AS BLOB)) > " + std::to_string(kMaxDocBytes) +
+      " OR length(created_at) > 64 OR length(CAST(doc AS BLOB)) > " + std::to_string(kMaxDocBytes);
+  if (versions) {
+    sql +=
+        " OR length(updated_at) > 64 OR version < 1 OR status NOT IN ('preliminary', 'final',"
+        " 'amended', 'corrected', 'entered-in-error')";
+  }
+  sql +=
       " OR CASE WHEN NOT json_valid(doc) OR json_type(doc) IS NOT 'object' THEN 1 ELSE ("
       "(SELECT count(*) FROM json_each(doc)) != " +
       n +
       " OR (SELECT count(DISTINCT key) FROM json_each(doc) WHERE key IN ('test_id', "
-      "'patient_id', 'clinic_id', 'test_type', 'result', 'created_at')) != " +
-      n;
-  for (const char* column : {"test_id", "patient_id", "clinic_id", "test_type", "result"}) {
-    const std::string c = column;
+      "'patient_id', 'clinic_id', 'test_type', 'result', 'created_at'" +
+      std::string(versions ? ", 'status', 'version', 'updated_at'" : "") + ")) != " + n;
+  std::vector<std::string> columns = {"test_id", "patient_id", "clinic_id", "test_type", "result"};
+  if (versions) {
+    columns.push_back("status");
+    columns.push_back("updated_at");
+  }
+  for (const std::string& c : columns) {
     sql += " OR json_type(doc, '$." + c + "') IS NOT 'text' OR json_extract(doc, '$." + c +
            "') IS NOT " + c;
   }
+  if (versions) {
+    sql +=
+        " OR json_type(doc, '$.version') IS NOT 'integer' OR json_extract(doc, '$.version') IS "
+        "NOT version";
+  }
   sql +=
       " OR (created_at != '' AND (json_type(doc, '$.created_at') IS NOT 'text' OR "
-      "json_extract(doc, '$.created_at') IS NOT created_at))) END LIMIT 1";
+      "json_extract(doc, '$.created_at') IS NOT created_at))) END";
+  if (versions) {
+    sql +=
+        " OR NOT EXISTS (SELECT 1 FROM test_versions v WHERE v.test_id = tests.test_id AND"
+        " v.version = tests.version AND v.clinic_id = tests.clinic_id AND v.status = tests.status)";
+  }
+  return sql + " LIMIT 1";
+}
+
+// Schema 4 and later: the first version (change_seq) whose document disagrees with its columns
+// or with its test (the test_id, clinic and patient of the tests row, which never change; a
+// version no newer than the test's current one), that is larger than the API accepts, or whose
+// reason is missing on a correction (every version but 1) or present on a create.
+std::string versions_check_sql() {
+  std::string sql =
+      "SELECT change_seq FROM test_versions v WHERE length(CAST(doc AS BLOB)) > " +
+      std::to_string(kMaxDocBytes) +
+      " OR length(changed_by) > 128 OR length(changed_at) > 64 OR length(reason) > 500"
+      " OR version < 1 OR (version = 1) != (reason IS NULL)"
+      " OR status NOT IN ('preliminary', 'final', 'amended', 'corrected', 'entered-in-error')"
+      " OR CASE WHEN NOT json_valid(doc) OR json_type(doc) IS NOT 'object' THEN 1 ELSE ("
+      "(SELECT count(*) FROM json_each(doc)) != (SELECT count(DISTINCT key) FROM json_each(doc)"
+      " WHERE key IN ('test_id', 'patient_id', 'clinic_id', 'test_type', 'result', 'created_at',"
+      " 'status', 'version', 'updated_at'))"
+      " OR json_type(doc, '$.patient_id') IS NOT 'text' OR json_type(doc, '$.test_type') IS NOT"
+      " 'text' OR json_type(doc, '$.result') IS NOT 'text'"
+      " OR json_type(doc, '$.version') IS NOT 'integer' OR json_extract(doc, '$.version') IS NOT"
+      " version";
+  for (const char* c : {"test_id", "clinic_id", "status"}) {
+    sql += std::string(" OR json_type(doc, '$.") + c + "') IS NOT 'text' OR json_extract(doc, '$." +
+           c + "') IS NOT " + c;
+  }
+  sql +=
+      " OR json_type(doc, '$.updated_at') IS NOT 'text' OR json_extract(doc, '$.updated_at') IS"
+      " NOT changed_at"
+      " OR NOT EXISTS (SELECT 1 FROM tests t WHERE t.test_id = v.test_id AND t.clinic_id ="
+      " v.clinic_id AND t.version >= v.version AND t.patient_id IS json_extract(v.doc,"
+      " '$.patient_id'))) END LIMIT 1";
   return sql;
 }
 
@@ -424,15 +488,28 @@ Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFac
     return Status::Corrupt(path + " has no cursor key in its meta table");
   }
   if (exact_schema) {
-    const std::string sql = rows_check_sql();
+    const std::string sql = rows_check_sql(version);
     rc = query_one(h.db, sql.c_str(), v);
     if (rc != SQLITE_OK)
       return status_from_sqlite(rc, h.db, "cannot check the tests of " + path, false);
     if (!v.empty()) {
       return Status::Corrupt(path + ": the test with seq " + v +
                              " has a stored document that disagrees with its columns (test_id, "
-                             "patient_id, clinic_id, test_type, result, created_at) or is larger "
-                             "than the API accepts: it was changed outside testdata-api");
+                             "patient_id, clinic_id, test_type, result, created_at, status, "
+                             "version, updated_at) or its versions, or is larger than the API "
+                             "accepts: it was changed outside testdata-api");
+    }
+    if (version >= 4) {
+      const std::string vsql = versions_check_sql();
+      rc = query_one(h.db, vsql.c_str(), v);
+      if (rc != SQLITE_OK)
+        return status_from_sqlite(rc, h.db, "cannot check the versions of " + path, false);
+      if (!v.empty()) {
+        return Status::Corrupt(path + ": the version with change_seq " + v +
+                               " has a stored document that disagrees with its columns or its "
+                               "test, or is larger than the API accepts: it was changed outside "
+                               "testdata-api");
+      }
     }
   }
   rc = count_facts(h.db, out);

@@ -16,6 +16,7 @@ namespace tdapi {
 struct DatabaseFacts {
   int schema_version = 0;       // PRAGMA user_version
   long long tests = 0;          // rows of tests
+  long long versions = 0;       // rows of test_versions (0 before schema 4)
   long long audit_entries = 0;  // rows of audit (0 before schema 3)
   long long keys = 0;           // rows of api_keys (0 before schema 3)
   std::string audit_head;       // "SEQ:HASH" of the newest audit entry, "" when there is none
@@ -39,10 +40,10 @@ Status sqlite_backup_file(const std::string& source, const std::string& dest,
 // Checks a database file that no other process uses (a fresh copy): makes it self-contained
 // (journal_mode DELETE: a WAL beside it is checkpointed into it and removed), runs PRAGMA
 // integrity_check, requires a schema version from 1 to SqliteStore::kSchemaVersion with a cursor
-// key, counts tests, audit entries and keys, and verifies the audit chain (audit.h). Corrupt for
-// a damaged file, a file that is not a database or a broken audit chain; Internal for a schema
-// this binary does not know. Ok fills `out`. With exact_schema (restore), also Internal for a
-// schema other than the one this binary creates for that version (an extra trigger, view, table
+// key, counts tests, versions, audit entries and keys, and verifies the audit chain (audit.h).
+// Corrupt for a damaged file, a file that is not a database or a broken audit chain; Internal for a
+// schema this binary does not know. Ok fills `out`. With exact_schema (restore), also Internal for
+// a schema other than the one this binary creates for that version (an extra trigger, view, table
 // or index, a table defined otherwise): it would run inside the service once restored. Checked
 // before anything reads the tables. Only what SQLite makes itself is skipped (sqlite_autoindex_*
 // indexes, sqlite_sequence, sqlite_stat1..4 tables); anything else named sqlite_* is compared.

@@ -18,13 +18,22 @@ struct SqliteStore::Connection {
   sqlite3* db = nullptr;
   std::vector<sqlite3_stmt*> stmts;
   sqlite3_stmt* insert = nullptr;
-  sqlite3_stmt* list[4] = {};  // by (patient filter, type filter): see list_sql
+  // By the filters the listing uses (list_filters: a bit each), prepared on first use.
+  sqlite3_stmt* list[128] = {};
   sqlite3_stmt* health = nullptr;
   sqlite3_stmt* get = nullptr;
   sqlite3_stmt* audit_insert = nullptr;
   sqlite3_stmt* audit_list = nullptr;
   sqlite3_stmt* audit_head = nullptr;
   sqlite3_stmt* key_get = nullptr;
+  sqlite3_stmt* get_doc = nullptr;  // doc, clinic_id, version
+  sqlite3_stmt* history = nullptr;
+  sqlite3_stmt* changes = nullptr;
+  sqlite3_stmt* latest_change = nullptr;
+  // The writer's side of versions.
+  sqlite3_stmt* insert_version = nullptr;
+  sqlite3_stmt* read_current = nullptr;
+  sqlite3_stmt* update_test = nullptr;
 
   ~Connection() {
     for (sqlite3_stmt* s : stmts) sqlite3_finalize(s);

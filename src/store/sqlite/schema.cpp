@@ -10,9 +10,10 @@ namespace tdapi {
 
 namespace {
 
-// Rows are never updated: `doc` is the test's JSON object exactly as the API returns it, built
-// once by the writer, so a listing copies bytes from SQLite's pages to the response. `seq` is
-// the insertion order (equal to the rowid): see kInsertSql.
+// `doc` is the test's current version as the API returns it (test_document), built by the
+// writer when the version is written, so a listing copies bytes from SQLite's pages to the
+// response. `seq` is the insertion order (equal to the rowid): see kInsertSql; a correction
+// updates the row in place (doc, status, version, updated_at, test_type, result), its seq stays.
 //
 // Schema version 1, as it was created by the first release; migrations (kMigrations) bring it
 // to kSchemaVersion.
@@ -60,6 +61,43 @@ const char kSecuritySchema[] =
     "  hash       TEXT NOT NULL"
     ") STRICT;";
 
+// Version 4: versions. tests gains status, version and updated_at; doc becomes the current
+// version's test_document: the migration rewrites each document as text (its final `}` replaced
+// by the three new fields; created_at is our own timestamp text, nothing to escape), never
+// through a JSON function, which could change the escapes of the fields already there.
+// test_versions holds every version of every test; change_seq is the commit order of all changes
+// (the change feed's position): SQLite has one writer at a time, so the rowid a transaction takes
+// is in commit order; AUTOINCREMENT never hands a number out twice, also after the newest row
+// went. Every existing test becomes its version 1, in seq order, written by "unknown" (no record
+// says which key created rows written before versions).
+const char kVersionsSchema[] =
+    "ALTER TABLE tests ADD COLUMN status TEXT NOT NULL DEFAULT 'final';"
+    "ALTER TABLE tests ADD COLUMN version INTEGER NOT NULL DEFAULT 1;"
+    "ALTER TABLE tests ADD COLUMN updated_at TEXT NOT NULL DEFAULT '';"
+    "UPDATE tests SET updated_at = created_at, doc = substr(doc, 1, length(doc) - 1) ||"
+    " ',\"status\":\"final\",\"version\":1,\"updated_at\":\"' || created_at || '\"}';"
+    "CREATE TABLE IF NOT EXISTS test_versions ("
+    "  change_seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  test_id    TEXT NOT NULL,"
+    "  version    INTEGER NOT NULL,"
+    "  clinic_id  TEXT NOT NULL,"
+    "  status     TEXT NOT NULL,"
+    "  changed_at TEXT NOT NULL,"
+    "  changed_by TEXT NOT NULL,"
+    "  reason     TEXT,"
+    "  doc        TEXT NOT NULL,"
+    "  UNIQUE (test_id, version)"
+    ") STRICT;"
+    "INSERT INTO test_versions (test_id, version, clinic_id, status, changed_at, changed_by,"
+    " reason, doc) SELECT test_id, 1, clinic_id, 'final', created_at, 'unknown', NULL, doc"
+    " FROM tests ORDER BY seq;"
+    // The change feed: one clinic's changes in commit order.
+    "CREATE INDEX IF NOT EXISTS test_versions_by_clinic ON test_versions (clinic_id, change_seq);"
+    // The date ranges and the status filter of the listings.
+    "CREATE INDEX IF NOT EXISTS tests_by_created ON tests (clinic_id, created_at, seq);"
+    "CREATE INDEX IF NOT EXISTS tests_by_updated ON tests (clinic_id, updated_at, seq);"
+    "CREATE INDEX IF NOT EXISTS tests_by_status ON tests (clinic_id, status, seq);";
+
 // kMigrations[v - 1] takes the schema from version v to v + 1.
 const char* const kMigrations[] = {
     // 1 -> 2: `seq` was max(rowid)+1, so deleting the newest row would hand its number to the
@@ -70,6 +108,8 @@ const char* const kMigrations[] = {
     " SELECT 'last_seq', coalesce(max(rowid), 0) FROM tests;",
     // 2 -> 3: access keys and the audit trail.
     kSecuritySchema,
+    // 3 -> 4: versions, the change feed, date ranges.
+    kVersionsSchema,
 };
 static_assert(sizeof kMigrations / sizeof kMigrations[0] == SqliteStore::kSchemaVersion - 1,
               "one migration per schema version");

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iterator>
+#include <limits>
 #include <thread>
 #include <utility>
 
@@ -45,11 +46,68 @@ const char kAuditListSql[] =
 
 // A new test's seq: one more than anything committed before, whether or not that row is still
 // there (counters.last_seq) or anything earlier in this transaction (max(rowid)).
+// A new test is version 1: updated_at = created_at.
 const char kInsertSql[] =
     "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at,"
-    " doc) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7"
+    " doc, status, version, updated_at) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?6"
     " FROM (SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"
     " coalesce((SELECT value FROM counters WHERE name = 'last_seq'), 0)) + 1 AS m)";
+// A version's row (change_seq: the next rowid, in commit order: one writer at a time).
+const char kInsertVersionSql[] =
+    "INSERT INTO test_versions (test_id, version, clinic_id, status, changed_at, changed_by,"
+    " reason, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const char kReadCurrentSql[] =
+    "SELECT patient_id, clinic_id, test_type, result, status, version, created_at, updated_at, doc"
+    " FROM tests WHERE test_id = ?1";
+// patient_id and clinic_id never change (the engine refuses such a correction); seq stays, so a
+// corrected test keeps its place in every listing.
+const char kUpdateTestSql[] =
+    "UPDATE tests SET test_type = ?2, result = ?3, status = ?4, version = ?5, updated_at = ?6,"
+    " doc = ?7 WHERE test_id = ?1";
+
+// The columns a TestVersion is read from (read_version): the five fields come from the
+// version's document.
+#define TDAPI_VERSION_COLUMNS                                                             \
+  "change_seq, test_id, version, clinic_id, status, changed_at, changed_by, reason, doc," \
+  " json_extract(doc, '$.patient_id'), json_extract(doc, '$.test_type'),"                 \
+  " json_extract(doc, '$.result'), json_extract(doc, '$.created_at')"
+// One test's versions, newest first (the UNIQUE (test_id, version) index, backwards).
+const char kHistorySql[] = "SELECT " TDAPI_VERSION_COLUMNS
+                           " FROM test_versions WHERE test_id = ?1 AND version < ?2"
+                           " ORDER BY version DESC LIMIT ?3";
+// One clinic's changes in commit order (test_versions_by_clinic).
+const char kChangesSql[] = "SELECT " TDAPI_VERSION_COLUMNS
+                           " FROM test_versions WHERE clinic_id = ?1 AND change_seq > ?2"
+                           " ORDER BY change_seq LIMIT ?3";
+const char kAllVersionsSql[] = "SELECT " TDAPI_VERSION_COLUMNS
+                               " FROM test_versions WHERE change_seq > ?1"
+                               " ORDER BY change_seq LIMIT ?2";
+#undef TDAPI_VERSION_COLUMNS
+
+// A TestVersion from the current row of a statement over TDAPI_VERSION_COLUMNS.
+void read_version(sqlite3_stmt* st, TestVersion& v) {
+  v.change_seq = sqlite3_column_int64(st, 0);
+  v.record.test_id.assign(column_view(st, 1));
+  v.version = sqlite3_column_int64(st, 2);
+  v.record.clinic_id.assign(column_view(st, 3));
+  v.record.status = parse_test_status(column_view(st, 4)).value_or(TestStatus::kFinal);
+  v.changed_at.assign(column_view(st, 5));
+  v.changed_by.assign(column_view(st, 6));
+  if (sqlite3_column_type(st, 7) == SQLITE_NULL) {
+    v.reason.reset();
+  } else {
+    v.reason.emplace(column_view(st, 7));
+  }
+  v.doc.assign(column_view(st, 8));
+  v.record.patient_id.assign(column_view(st, 9));
+  v.record.test_type.assign(column_view(st, 10));
+  v.record.result.assign(column_view(st, 11));
+  v.created_at.assign(column_view(st, 12));
+}
+
+void bind_text(sqlite3_stmt* st, int i, std::string_view text) {
+  sqlite3_bind_text(st, i, text.data(), static_cast<int>(text.size()), SQLITE_STATIC);
+}
 // Run in every write transaction before COMMIT: remembers the highest seq committed.
 const char kBumpSeqSql[] =
     "UPDATE counters SET value = (SELECT max(rowid) FROM tests)"
@@ -63,11 +121,44 @@ constexpr std::chrono::milliseconds kWriterCheckpointWait{5};
 constexpr long long kListPageRows = 1000;
 constexpr size_t kListPageBytes = 256 * 1024;
 
-// One listing statement per combination of filters: index 1 patient_id, 2 test_type.
-std::string list_sql(bool by_patient, bool by_type) {
-  std::string sql = "SELECT doc, seq FROM tests WHERE clinic_id = ?1";
-  if (by_patient) sql += " AND patient_id = ?2";
-  if (by_type) sql += " AND test_type = ?3";
+// The filters a listing uses, a bit each: the index of its statement in Connection::list.
+enum ListFilter {
+  kByPatient = 1,
+  kByType = 2,
+  kByStatus = 4,
+  kCreatedFrom = 8,
+  kCreatedTo = 16,
+  kUpdatedFrom = 32,
+  kUpdatedTo = 64,
+};
+int list_filters(const ListQuery& q) {
+  return (q.patient_id ? kByPatient : 0) | (q.test_type ? kByType : 0) |
+         (q.status ? kByStatus : 0) | (q.created_from ? kCreatedFrom : 0) |
+         (q.created_to ? kCreatedTo : 0) | (q.updated_from ? kUpdatedFrom : 0) |
+         (q.updated_to ? kUpdatedTo : 0);
+}
+
+// One listing statement per combination of filters. Without a date range: the covering index
+// (clinic_id, seq, doc), or the patient's, type's or status's index, in seq order. With one, its
+// index is named (tests_by_created, else tests_by_updated): only the rows inside the range are
+// read, then sorted by seq (created_at and updated_at are not in seq order: a correction moves
+// updated_at, a clock may step back), rather than walking the clinic's rows in seq order and
+// skipping those outside the range.
+std::string list_sql(int filters) {
+  std::string sql = "SELECT doc, seq FROM tests";
+  if (filters & (kCreatedFrom | kCreatedTo)) {
+    sql += " INDEXED BY tests_by_created";
+  } else if (filters & (kUpdatedFrom | kUpdatedTo)) {
+    sql += " INDEXED BY tests_by_updated";
+  }
+  sql += " WHERE clinic_id = ?1";
+  if (filters & kByPatient) sql += " AND patient_id = ?2";
+  if (filters & kByType) sql += " AND test_type = ?3";
+  if (filters & kByStatus) sql += " AND status = ?6";
+  if (filters & kCreatedFrom) sql += " AND created_at >= ?7";
+  if (filters & kCreatedTo) sql += " AND created_at < ?8";
+  if (filters & kUpdatedFrom) sql += " AND updated_at >= ?9";
+  if (filters & kUpdatedTo) sql += " AND updated_at < ?10";
   return sql + " AND seq > ?4 ORDER BY seq LIMIT ?5";
 }
 
@@ -85,11 +176,13 @@ const char kHealthSql[] =
 // it, and so may VACUUM), so the store checks once that rowid = seq in every row and falls back
 // to kListAllTestsBySeqSql.
 const char kListAllTestsSql[] =
-    "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc FROM tests"
-    " WHERE rowid > ?1 ORDER BY rowid LIMIT ?2";
+    "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc, status,"
+    " updated_at, version FROM tests WHERE rowid > ?1 ORDER BY rowid LIMIT ?2";
 const char kListAllTestsBySeqSql[] =
-    "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc FROM tests"
-    " WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+    "SELECT seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc, status,"
+    " updated_at, version FROM tests WHERE seq > ?1 ORDER BY seq LIMIT ?2";
+
+std::string list_tests_sql(const ListQuery& query) { return list_sql(list_filters(query)); }
 
 namespace {
 
@@ -107,17 +200,26 @@ struct BtreeWalk {
 };
 const BtreeWalk kBtreeWalks[] = {
     {"tests", "rowid", 1,
-     ", seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc"},
+     ", seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc, status, version,"
+     " updated_at"},
     {"tests INDEXED BY sqlite_autoindex_tests_1", "test_id", 1, ""},
     {"tests INDEXED BY tests_by_clinic", "clinic_id, seq, doc, rowid", 4, ""},
     {"tests INDEXED BY tests_by_patient", "clinic_id, patient_id, seq, rowid", 4, ""},
     {"tests INDEXED BY tests_by_type", "clinic_id, test_type, seq, rowid", 4, ""},
+    {"tests INDEXED BY tests_by_created", "clinic_id, created_at, seq, rowid", 4, ""},
+    {"tests INDEXED BY tests_by_updated", "clinic_id, updated_at, seq, rowid", 4, ""},
+    {"tests INDEXED BY tests_by_status", "clinic_id, status, seq, rowid", 4, ""},
+    {"test_versions", "change_seq", 1,
+     ", test_id, version, clinic_id, status, changed_at, changed_by, reason, doc"},
+    {"test_versions INDEXED BY sqlite_autoindex_test_versions_1", "test_id, version", 2, ""},
+    {"test_versions INDEXED BY test_versions_by_clinic", "clinic_id, change_seq", 2, ""},
     {"audit", "seq", 1,
      ", ts, request_id, key_id, action, clinic_id, detail, outcome, prev_hash, hash"},
 };
 // Tables that stay small (no patient data either): PRAGMA quick_check(table), whole, each in
 // one short read transaction.
-const char* const kSmallTables[] = {"sqlite_schema", "meta", "counters", "api_keys"};
+const char* const kSmallTables[] = {"sqlite_schema", "meta", "counters", "api_keys",
+                                    "sqlite_sequence"};
 
 // The first chunk of a walk (?1 its size), or with `after` the next one, after the key ?2...
 std::string walk_sql(const BtreeWalk& w, bool after) {
@@ -216,7 +318,7 @@ class SqliteStore::Backend : public WriteBackend {
   Status release_savepoint() override { return step(store_.writer_->release, "RELEASE"); }
 
   Status insert_record(const TestRecord& r, const std::string& created_at,
-                       bool& duplicate) override {
+                       const std::string& changed_by, bool& duplicate) override {
     sqlite3_stmt* st = store_.writer_->insert;
     sqlite3_bind_text(st, 1, r.test_id.data(), static_cast<int>(r.test_id.size()), SQLITE_STATIC);
     sqlite3_bind_text(st, 2, r.patient_id.data(), static_cast<int>(r.patient_id.size()),
@@ -227,15 +329,69 @@ class SqliteStore::Backend : public WriteBackend {
                       SQLITE_STATIC);
     sqlite3_bind_text(st, 5, r.result.data(), static_cast<int>(r.result.size()), SQLITE_STATIC);
     sqlite3_bind_text(st, 6, created_at.data(), static_cast<int>(created_at.size()), SQLITE_STATIC);
-    std::string doc = test_record_json(r, created_at);
-    sqlite3_bind_text(st, 7, doc.data(), static_cast<int>(doc.size()), SQLITE_STATIC);
+    TestVersion& v = version_;
+    v.record = r;
+    v.version = 1;
+    v.created_at = created_at;
+    v.changed_at = created_at;
+    v.changed_by = changed_by;
+    v.reason.reset();
+    v.doc = test_document(r, created_at, 1, created_at);
+    bind_text(st, 7, v.doc);
+    bind_text(st, 8, test_status_name(r.status));
     int rc = sqlite3_step(st);
     Status s = rc == SQLITE_DONE ? Status::Ok() : error(sqlite3_extended_errcode(db()), "INSERT");
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
-    if (s.code() != StatusCode::kDuplicate) return s;
-    duplicate = true;
-    return Status::Ok();
+    if (s.code() == StatusCode::kDuplicate) {
+      duplicate = true;
+      return Status::Ok();
+    }
+    if (!s.ok()) return s;
+    return insert_version(v);
+  }
+
+  Status read_current(const std::string& test_id, bool& found, TestVersion& current) override {
+    sqlite3_stmt* st = store_.writer_->read_current;
+    bind_text(st, 1, test_id);
+    int rc = sqlite3_step(st);
+    Status s;
+    found = rc == SQLITE_ROW;
+    if (found) {
+      current.record.test_id = test_id;
+      current.record.patient_id.assign(column_view(st, 0));
+      current.record.clinic_id.assign(column_view(st, 1));
+      current.record.test_type.assign(column_view(st, 2));
+      current.record.result.assign(column_view(st, 3));
+      current.record.status = parse_test_status(column_view(st, 4)).value_or(TestStatus::kFinal);
+      current.version = sqlite3_column_int64(st, 5);
+      current.created_at.assign(column_view(st, 6));
+      current.changed_at.assign(column_view(st, 7));
+      current.doc.assign(column_view(st, 8));
+    } else if (rc != SQLITE_DONE) {
+      s = error(sqlite3_extended_errcode(db()), "SELECT current version");
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return s;
+  }
+
+  Status write_version(TestVersion& next) override {
+    sqlite3_stmt* st = store_.writer_->update_test;
+    bind_text(st, 1, next.record.test_id);
+    bind_text(st, 2, next.record.test_type);
+    bind_text(st, 3, next.record.result);
+    bind_text(st, 4, test_status_name(next.record.status));
+    sqlite3_bind_int64(st, 5, next.version);
+    bind_text(st, 6, next.changed_at);
+    bind_text(st, 7, next.doc);
+    int rc = sqlite3_step(st);
+    Status s =
+        rc == SQLITE_DONE ? Status::Ok() : error(sqlite3_extended_errcode(db()), "UPDATE tests");
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (!s.ok()) return s;
+    return insert_version(next);
   }
 
   Status insert_audit(const AuditEntry& e) override {
@@ -284,8 +440,34 @@ class SqliteStore::Backend : public WriteBackend {
     int rc = store_.run_step(stmt, what);
     return rc == SQLITE_OK ? Status::Ok() : error(rc, what);
   }
+  // Inserts v's test_versions row; sets v.change_seq.
+  Status insert_version(TestVersion& v) {
+    sqlite3_stmt* st = store_.writer_->insert_version;
+    bind_text(st, 1, v.record.test_id);
+    sqlite3_bind_int64(st, 2, v.version);
+    bind_text(st, 3, v.record.clinic_id);
+    bind_text(st, 4, test_status_name(v.record.status));
+    bind_text(st, 5, v.changed_at);
+    bind_text(st, 6, v.changed_by);
+    if (v.reason) bind_text(st, 7, *v.reason);  // else NULL (cleared bindings)
+    bind_text(st, 8, v.doc);
+    int rc = sqlite3_step(st);
+    Status s = rc == SQLITE_DONE ? Status::Ok()
+                                 : error(sqlite3_extended_errcode(db()), "INSERT test_versions");
+    if (s.code() == StatusCode::kDuplicate) {
+      // (test_id, version) exists: a test_versions row left behind by hand; never a duplicate
+      // of the API's kind.
+      s = Status::Internal("test_versions already has version " + std::to_string(v.version) +
+                           " of this test");
+    }
+    if (s.ok()) v.change_seq = sqlite3_last_insert_rowid(db());
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return s;
+  }
 
   SqliteStore& store_;
+  TestVersion version_;  // insert_record's version 1, reused (its strings keep their buffers)
 };
 
 SqliteStore::SqliteStore(SqliteOptions options) : options_(std::move(options)) {}
@@ -495,6 +677,9 @@ std::string SqliteStore::writer_pragmas() const {
 Status SqliteStore::prepare_writer(Connection& conn) {
   const std::pair<const char*, sqlite3_stmt**> statements[] = {
       {kInsertSql, &conn.insert},
+      {kInsertVersionSql, &conn.insert_version},
+      {kReadCurrentSql, &conn.read_current},
+      {kUpdateTestSql, &conn.update_test},
       {"BEGIN IMMEDIATE", &conn.begin},
       {"SAVEPOINT job", &conn.savepoint},
       {"RELEASE job", &conn.release},
@@ -682,12 +867,21 @@ Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
   sqlite3_extended_result_codes(conn->db, 1);
   sqlite3_busy_timeout(conn->db, options_.busy_timeout_ms);
   rc = conn->exec("PRAGMA query_only=1");
-  for (int i = 0; i < 4 && rc == SQLITE_OK; ++i) {
-    rc = conn->prepare(list_sql(i & 1, i & 2).c_str(), &conn->list[i]);
-  }
+  // The plain listing at once; the other combinations of filters when first used.
+  if (rc == SQLITE_OK) rc = conn->prepare(list_sql(0).c_str(), &conn->list[0]);
   if (rc == SQLITE_OK) rc = conn->prepare(kHealthSql, &conn->health);
   if (rc == SQLITE_OK)
     rc = conn->prepare("SELECT doc, clinic_id FROM tests WHERE test_id = ?1", &conn->get);
+  if (rc == SQLITE_OK) {
+    rc = conn->prepare("SELECT doc, clinic_id, version FROM tests WHERE test_id = ?1",
+                       &conn->get_doc);
+  }
+  if (rc == SQLITE_OK) rc = conn->prepare(kHistorySql, &conn->history);
+  if (rc == SQLITE_OK) rc = conn->prepare(kChangesSql, &conn->changes);
+  if (rc == SQLITE_OK) {
+    rc = conn->prepare("SELECT coalesce(max(change_seq), 0) FROM test_versions",
+                       &conn->latest_change);
+  }
   if (rc == SQLITE_OK) rc = conn->prepare(kAuditListSql, &conn->audit_list);
   if (rc == SQLITE_OK) {
     rc = conn->prepare(
@@ -727,8 +921,26 @@ Status SqliteStore::list_tests(const ListQuery& q, const RowFn& on_row,
     note_failure(status);
     return status;
   }
-  sqlite3_stmt* st = conn->list[(q.patient_id ? 1 : 0) | (q.test_type ? 2 : 0)];
+  const int filters = list_filters(q);
+  sqlite3_stmt*& slot = conn->list[filters];
+  if (!slot) {
+    int rc = conn->prepare(list_sql(filters).c_str(), &slot);
+    if (rc != SQLITE_OK) {
+      slot = nullptr;
+      status = status_from_sqlite(rc, conn->db, "prepare listing", false);
+      note_failure(status);
+      release_reader(std::move(conn));
+      return status;
+    }
+  }
+  sqlite3_stmt* st = slot;
   sqlite3_bind_text(st, 1, q.clinic_id.data(), static_cast<int>(q.clinic_id.size()), SQLITE_STATIC);
+  const std::string_view status_name = q.status ? test_status_name(*q.status) : "";
+  if (q.status) bind_text(st, 6, status_name);
+  if (q.created_from) bind_text(st, 7, *q.created_from);
+  if (q.created_to) bind_text(st, 8, *q.created_to);
+  if (q.updated_from) bind_text(st, 9, *q.updated_from);
+  if (q.updated_to) bind_text(st, 10, *q.updated_to);
   if (q.patient_id) {
     sqlite3_bind_text(st, 2, q.patient_id->data(), static_cast<int>(q.patient_id->size()),
                       SQLITE_STATIC);
@@ -809,6 +1021,172 @@ Status SqliteStore::get_test(std::string_view test_id, std::string& json, std::s
   return status;
 }
 
+Status SqliteStore::get_test(std::string_view test_id, StoredDocument& out) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) {
+    note_failure(status);
+    return status;
+  }
+  sqlite3_stmt* st = conn->get_doc;
+  bind_text(st, 1, test_id);
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    out.json.assign(column_view(st, 0));
+    out.clinic_id.assign(column_view(st, 1));
+    out.version = sqlite3_column_int64(st, 2);
+  } else if (rc == SQLITE_DONE) {
+    status = Status::NotFound("no such test");
+  } else {
+    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "get test", false);
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  note_failure(status);
+  release_reader(std::move(conn));
+  return status;
+}
+
+namespace {
+
+// Steps st (bound, on conn) and hands each row to on_version as a TestVersion until it returns
+// false; the statement is reset (its read transaction ended) before returning. Ok or the error.
+Status each_version(sqlite3* db, sqlite3_stmt* st, const char* what,
+                    const std::function<bool(const TestVersion&)>& on_version) {
+  TestVersion v;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    read_version(st, v);
+    if (!on_version(v)) {
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
+  Status status;
+  if (rc != SQLITE_DONE) {
+    status = status_from_sqlite(sqlite3_extended_errcode(db), db, what, false);
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return status;
+}
+
+}  // namespace
+
+Status SqliteStore::list_history(const HistoryQuery& q, std::string& clinic_id,
+                                 const std::function<bool(const TestVersion&)>& on_version) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) {
+    note_failure(status);
+    return status;
+  }
+  // One read transaction: the clinic and the versions of the same snapshot. Versions are few
+  // (a test is corrected a handful of times): they are read at once, delivered after the
+  // snapshot ends.
+  std::vector<TestVersion> versions;
+  int rc = conn->exec("BEGIN");
+  if (rc == SQLITE_OK) {
+    sqlite3_stmt* st = conn->get;
+    bind_text(st, 1, q.test_id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      clinic_id.assign(column_view(st, 1));
+      rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+      status = Status::NotFound("no such test");
+      rc = SQLITE_OK;
+    } else {
+      rc = sqlite3_extended_errcode(conn->db);
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  }
+  if (rc != SQLITE_OK) {
+    status = status_from_sqlite(rc, conn->db, "list history", false);
+  } else if (status.ok()) {
+    sqlite3_stmt* st = conn->history;
+    bind_text(st, 1, q.test_id);
+    sqlite3_bind_int64(
+        st, 2, q.before_version > 0 ? q.before_version : std::numeric_limits<long long>::max());
+    sqlite3_bind_int64(st, 3, q.limit);
+    status = each_version(conn->db, st, "list history", [&](const TestVersion& v) {
+      versions.push_back(v);
+      return true;
+    });
+  }
+  conn->exec("COMMIT");
+  if (status.ok()) {
+    for (const TestVersion& v : versions) {
+      if (!on_version(v)) break;
+    }
+  }
+  note_failure(status);
+  release_reader(std::move(conn));
+  return status;
+}
+
+Status SqliteStore::list_changes(const ChangeQuery& q,
+                                 const std::function<bool(const TestVersion&)>& on_change) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) {
+    note_failure(status);
+    return status;
+  }
+  // A feed page is at most ChangeQuery::limit rows (the API's cap is 1,000): read in one
+  // statement, so on_change must not wait (as list_tests' on_row).
+  sqlite3_stmt* st = conn->changes;
+  bind_text(st, 1, q.clinic_id);
+  sqlite3_bind_int64(st, 2, q.after_change_seq);
+  sqlite3_bind_int64(st, 3, q.limit);
+  status = each_version(conn->db, st, "list changes", on_change);
+  note_failure(status);
+  release_reader(std::move(conn));
+  return status;
+}
+
+Status SqliteStore::latest_change(long long& change_seq) {
+  change_seq = 0;
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) {
+    note_failure(status);
+    return status;
+  }
+  sqlite3_stmt* st = conn->latest_change;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    change_seq = sqlite3_column_int64(st, 0);
+  } else {
+    status =
+        status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "latest change", false);
+  }
+  sqlite3_reset(st);
+  note_failure(status);
+  release_reader(std::move(conn));
+  return status;
+}
+
+Status SqliteStore::list_all_versions(long long after_change_seq, long long limit,
+                                      const std::function<bool(const TestVersion&)>& on_version) {
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(status);
+  if (!conn) return status;
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(conn->db, kAllVersionsSql, -1, &st, nullptr);
+  if (rc != SQLITE_OK) {
+    status = status_from_sqlite(rc, conn->db, "list all versions", false);
+  } else {
+    sqlite3_bind_int64(st, 1, after_change_seq);
+    sqlite3_bind_int64(st, 2, limit);
+    status = each_version(conn->db, st, "list all versions", on_version);
+  }
+  sqlite3_finalize(st);
+  release_reader(std::move(conn));
+  return status;
+}
+
 Status SqliteStore::list_all_tests(long long after_seq, long long limit,
                                    const std::function<bool(const StoredTest&)>& on_row) {
   Status status;
@@ -839,9 +1217,10 @@ Status SqliteStore::list_all_tests(long long after_seq, long long limit,
     StoredTest t;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
       t.seq = sqlite3_column_int64(st, 0);
-      std::string* texts[] = {&t.test_id, &t.patient_id, &t.clinic_id, &t.test_type,
-                              &t.result,  &t.created_at, &t.doc};
-      for (int i = 0; i < 7; ++i) texts[i]->assign(column_view(st, i + 1));
+      std::string* texts[] = {&t.test_id,    &t.patient_id, &t.clinic_id, &t.test_type, &t.result,
+                              &t.created_at, &t.doc,        &t.status,    &t.updated_at};
+      for (int i = 0; i < 9; ++i) texts[i]->assign(column_view(st, i + 1));
+      t.version = sqlite3_column_int64(st, 10);
       if (!on_row(t)) {
         rc = SQLITE_DONE;
         break;
@@ -875,6 +1254,13 @@ WriteOutcome SqliteStore::insert_all(const std::vector<TestRecord>& records,
                                      std::vector<AuditEntry>* audits) {
   if (!damaged_.load()) return EngineStore::insert_all(records, audits);
   WriteOutcome out;
+  out.status = refused_as_damaged(options_.path);
+  return out;
+}
+
+CorrectionOutcome SqliteStore::correct(const TestCorrection& correction, AuditEntry* audit) {
+  if (!damaged_.load()) return EngineStore::correct(correction, audit);
+  CorrectionOutcome out;
   out.status = refused_as_damaged(options_.path);
   return out;
 }

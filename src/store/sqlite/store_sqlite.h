@@ -52,6 +52,12 @@ constexpr unsigned long long kMinFreeBytes = 1024 * 1024;
 // less than kMinFreeBytes or no inode is free (for unprivileged use), else kIoError.
 StatusCode classify_write_io_error(const struct statvfs& fs);
 
+// The listing statement for a combination of ListQuery's filters (SqliteStore::list_tests):
+// ?1 clinic_id, ?2 patient_id, ?3 test_type, ?4 the seq to start after, ?5 the limit, ?6 status,
+// ?7 created_from, ?8 created_to, ?9 updated_from, ?10 updated_to (only those the query sets are
+// in it). Here for its query-plan tests.
+std::string list_tests_sql(const ListQuery& query);
+
 // The statement of SqliteStore::list_all_tests (?1 the seq to start after, ?2 the page size);
 // here for its query-plan test.
 extern const char kListAllTestsSql[];
@@ -106,8 +112,17 @@ class SqliteStore : public EngineStore {
                           std::vector<AuditEntry>* audits) override;
   using Store::append_audit;
   Status append_audit(AuditEntry& entry, AuditDurability durability) override;
+  CorrectionOutcome correct(const TestCorrection& correction, AuditEntry* audit) override;
   using Store::get_test;
   Status get_test(std::string_view test_id, std::string& json, std::string& clinic_id) override;
+  Status get_test(std::string_view test_id, StoredDocument& out) override;
+  Status list_history(const HistoryQuery& query, std::string& clinic_id,
+                      const std::function<bool(const TestVersion&)>& on_version) override;
+  Status list_changes(const ChangeQuery& query,
+                      const std::function<bool(const TestVersion&)>& on_change) override;
+  Status latest_change(long long& change_seq) override;
+  Status list_all_versions(long long after_change_seq, long long limit,
+                           const std::function<bool(const TestVersion&)>& on_version) override;
   using Store::list_tests;
   Status list_tests(const ListQuery& query, const RowFn& on_row,
                     const PageEndFn& on_page_end) override;
@@ -129,8 +144,9 @@ class SqliteStore : public EngineStore {
   StoreStats stats() const override;
 
   // 1: the first release. 2: counters.last_seq, so a seq is never handed out twice.
-  // 3: api_keys and the audit trail.
-  static constexpr int kSchemaVersion = 3;
+  // 3: api_keys and the audit trail. 4: versions (status, version, updated_at, test_versions),
+  // the change feed and the date-range indexes.
+  static constexpr int kSchemaVersion = 4;
   // WAL size (pages) at which the checkpoint thread is woken; at four times this the writer
   // finishes the checkpoint itself, so the WAL restarts and stays bounded.
   static constexpr int kCheckpointPages = 1000;

@@ -252,5 +252,99 @@ TEST(ValidateBatch, ValueBudgetRefusesHostileShapesButNamesUnknownFields) {
       "request body is nested more than 16 levels deep");
 }
 
+TEST(Validate, CreateTakesAnOptionalStatusPreliminaryOrFinal) {
+  RecordValidation v = validate_test_record(kGood);
+  ASSERT_TRUE(v.ok);
+  EXPECT_EQ(v.record.status, TestStatus::kFinal);
+  const std::string base(kGood, sizeof kGood - 2);  // without the closing brace
+  v = validate_test_record(base + R"(,"status":"preliminary"})");
+  ASSERT_TRUE(v.ok) << render_errors(v);
+  EXPECT_EQ(v.record.status, TestStatus::kPreliminary);
+  v = validate_test_record(base + R"(,"status":"final"})");
+  ASSERT_TRUE(v.ok) << render_errors(v);
+  EXPECT_EQ(v.record.status, TestStatus::kFinal);
+  for (const char* bad : {R"("amended")", R"("entered-in-error")", R"("Final")", R"(1)"}) {
+    v = validate_test_record(base + ",\"status\":" + bad + "}");
+    EXPECT_FALSE(v.ok) << bad;
+    ASSERT_EQ(v.errors.size(), 1u) << bad;
+    EXPECT_EQ(v.errors[0].field, "status");
+  }
+  // A create has no reason.
+  v = validate_test_record(base + R"(,"reason":"x"})");
+  EXPECT_EQ(render_errors(v), "invalid test record | reason: unknown field");
+}
+
+std::string render_errors(const CorrectionValidation& v) {
+  std::string out = v.message;
+  for (const FieldError& e : v.errors) out += " | " + e.field + ": " + e.message;
+  return out;
+}
+
+std::string correction(const std::string& status_json, const std::string& reason_json) {
+  std::string out(kGood, sizeof kGood - 2);
+  if (!status_json.empty()) out += ",\"status\":" + status_json;
+  if (!reason_json.empty()) out += ",\"reason\":" + reason_json;
+  return out + "}";
+}
+
+TEST(ValidateCorrection, AcceptsEveryCorrectionStatusWithAReason) {
+  for (const auto& [name, status] :
+       {std::pair{"final", TestStatus::kFinal}, std::pair{"amended", TestStatus::kAmended},
+        std::pair{"corrected", TestStatus::kCorrected},
+        std::pair{"entered-in-error", TestStatus::kEnteredInError}}) {
+    CorrectionValidation v =
+        validate_test_correction(correction(std::string("\"") + name + "\"", R"("typo\nfixed")"));
+    ASSERT_TRUE(v.ok) << render_errors(v);
+    EXPECT_EQ(v.record.status, status);
+    EXPECT_EQ(v.record.test_id, "t1");
+    EXPECT_EQ(v.record.result, "ok");
+    EXPECT_EQ(v.reason, "typo\nfixed");
+  }
+}
+
+TEST(ValidateCorrection, RefusesWhatTheCreateRefusesAndMore) {
+  const std::string long_reason(501, 'r');
+  std::string reason_500;
+  for (int i = 0; i < 500; ++i) reason_500 += "\xc3\xa9";  // 500 characters, 1,000 bytes
+  EXPECT_TRUE(validate_test_correction(correction(R"("amended")", "\"" + reason_500 + "\"")).ok);
+  struct {
+    std::string body, expected;
+  } const cases[] = {
+      {"", "request body is empty"},
+      {"[]", "request body must be a JSON object"},
+      {correction("", ""), "invalid correction | status: is required | reason: is required"},
+      {correction(R"("preliminary")", R"("r")"),
+       "invalid correction | status: must not be preliminary: a correction is final, amended, "
+       "corrected or entered-in-error (preliminary is only for creates)"},
+      {correction(R"("deleted")", R"("r")"),
+       "invalid correction | status: must be final, amended, corrected or entered-in-error"},
+      {correction(R"("amended")", R"("")"), "invalid correction | reason: must not be empty"},
+      {correction(R"("amended")", R"(" \n ")"),
+       "invalid correction | reason: must not be only whitespace"},
+      {correction(R"("amended")", R"(5)"), "invalid correction | reason: must be a string"},
+      {correction(R"("amended")", "\"" + long_reason + "\""),
+       "invalid correction | reason: must be at most 500 characters"},
+      {correction(R"("amended")", R"("a\u0007")"),
+       "invalid correction | reason: must not contain control characters other than tab and "
+       "newline"},
+      {correction(R"("amended")", R"("r","version":2)"),
+       "invalid correction | version: unknown field"},
+      {correction(R"("amended")", R"("r","reason":"s")"),
+       "invalid correction | reason: duplicate key"},
+      {R"({"test_id":"t1","status":"amended","reason":"r"})",
+       "invalid correction | patient_id: is required | clinic_id: is required | test_type: is "
+       "required | result: is required"},
+      {R"({"test_id":"t1","patient_id":"p1","clinic_id":"c1","test_type":"blood",)"
+       R"("result":"a\u0001","status":"amended","reason":"r"})",
+       "invalid correction | result: must not contain control characters other than tab and "
+       "newline"},
+  };
+  for (const auto& c : cases) {
+    CorrectionValidation v = validate_test_correction(c.body);
+    EXPECT_FALSE(v.ok) << c.body;
+    EXPECT_EQ(render_errors(v), c.expected) << c.body;
+  }
+}
+
 }  // namespace
 }  // namespace tdapi

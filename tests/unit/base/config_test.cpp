@@ -102,6 +102,7 @@ TEST(Config, ServeOptionsFromTheEnvironment) {
                                         {"SOCKET_MODE", "0660"},
                                         {"DB_PATH", "/var/lib/t/t.db"},
                                         {"THREADS", "12"},
+                                        {"FEED_MAX_WAITING", "7"},
                                         {"AUDIT_READS", "durable"},
                                         {"ANON_RATE", "10r/s"}},
                                        2, false, o, problems));
@@ -109,6 +110,7 @@ TEST(Config, ServeOptionsFromTheEnvironment) {
   EXPECT_EQ(o.socket_mode, 0660);
   EXPECT_EQ(o.db_path, "/var/lib/t/t.db");
   EXPECT_EQ(o.threads, 12);
+  EXPECT_EQ(o.feed_max_waiting, 7);
   EXPECT_TRUE(o.auth);  // serve's default: on
   EXPECT_TRUE(o.audit_reads_durable);
   EXPECT_EQ(o.auth_failure_rate_per_minute, 600);

@@ -134,6 +134,63 @@ TEST(Cursor, ListingAndAuditCursorsAreNotInterchangeable) {
   EXPECT_FALSE(decode_audit_cursor(encode_audit_cursor(42, since, kKey), until, kKey));
 }
 
+TEST(Cursor, StatusAndTimeFiltersAreBoundAndAListingWithoutThemKeepsItsCursors) {
+  ListQuery plain = query("c1");
+  // A listing without the new filters binds what it bound before them (its cursors stay valid
+  // across the upgrade); with one of them, the cursor is bound to it.
+  EXPECT_EQ(decode_cursor(encode_cursor(42, plain, kKey), plain, kKey), 42);
+  ListQuery with_status = plain;
+  with_status.status = TestStatus::kAmended;
+  ListQuery other_status = plain;
+  other_status.status = TestStatus::kFinal;
+  std::string c = encode_cursor(42, with_status, kKey);
+  EXPECT_EQ(decode_cursor(c, with_status, kKey), 42);
+  EXPECT_FALSE(decode_cursor(c, plain, kKey));
+  EXPECT_FALSE(decode_cursor(c, other_status, kKey));
+  EXPECT_FALSE(decode_cursor(encode_cursor(42, plain, kKey), with_status, kKey));
+  ListQuery created = plain;
+  created.created_from = "2026-01-01T00:00:00.000Z";
+  ListQuery updated = plain;
+  updated.updated_from = "2026-01-01T00:00:00.000Z";
+  ListQuery created_to = plain;
+  created_to.created_to = "2026-01-01T00:00:00.000Z";
+  ListQuery later = plain;
+  later.created_from = "2026-01-01T00:00:00.001Z";
+  std::string r = encode_cursor(7, created, kKey);
+  EXPECT_EQ(decode_cursor(r, created, kKey), 7);
+  for (const ListQuery* other : {&plain, &updated, &created_to, &later}) {
+    EXPECT_FALSE(decode_cursor(r, *other, kKey));
+  }
+}
+
+TEST(Cursor, HistoryCursorsAndFeedTokensAreBoundToTheirTestAndClinicAndKind) {
+  std::string h = encode_history_cursor(5, "t1", kKey);
+  EXPECT_EQ(decode_history_cursor(h, "t1", kKey), 5);
+  EXPECT_FALSE(decode_history_cursor(h, "t2", kKey));
+  EXPECT_FALSE(decode_history_cursor(h, "t1", "another key 12345"));
+  EXPECT_FALSE(decode_history_cursor(encode_history_cursor(0, "t1", kKey), "t1", kKey));
+  std::string f = encode_feed_token(1234567, "c1", kKey);
+  EXPECT_EQ(decode_feed_token(f, "c1", kKey), 1234567);
+  EXPECT_EQ(decode_feed_token(encode_feed_token(0, "c1", kKey), "c1", kKey), 0);
+  expect_no_plain_seq(f, 1234567);
+  EXPECT_FALSE(decode_feed_token(f, "c2", kKey));
+  EXPECT_FALSE(decode_feed_token(f, "c1", "another key 12345"));
+  // No kind's position works as another's, even for names that look alike.
+  EXPECT_FALSE(decode_feed_token(encode_history_cursor(5, "c1", kKey), "c1", kKey));
+  EXPECT_FALSE(decode_history_cursor(encode_feed_token(5, "t1", kKey), "t1", kKey));
+  EXPECT_FALSE(decode_feed_token(encode_cursor(5, query("c1"), kKey), "c1", kKey));
+  EXPECT_FALSE(decode_cursor(encode_feed_token(5, "c1", kKey), query("c1"), kKey));
+  EXPECT_FALSE(decode_audit_cursor(encode_feed_token(5, "c1", kKey), audit_query("c1"), kKey));
+  for (size_t i = 0; i < f.size(); ++i) {
+    std::string t = f;
+    t[i] = t[i] == 'A' ? 'B' : 'A';
+    EXPECT_FALSE(decode_feed_token(t, "c1", kKey)) << i;
+  }
+  for (const char* bad : {"", "0", "abc", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}) {
+    EXPECT_FALSE(decode_feed_token(bad, "c1", kKey)) << bad;
+  }
+}
+
 // Cursors of the earlier format (seq + SipHash tag in 22 characters; GET /audit's decimal seq)
 // are refused with a message that says what to do.
 TEST(Cursor, EarlierFormatsAreRefusedWithAClearMessage) {

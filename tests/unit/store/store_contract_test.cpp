@@ -11,15 +11,18 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <chrono>
 #include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "base/json.h"
 #include "store/audit.h"
 #include "store/pg/pg_test_util.h"
 #include "store/pg/store_pg.h"
@@ -585,6 +588,555 @@ TYPED_TEST(StoreContract, ListAllTestsPagesEveryTestInSeqOrder) {
                                   })
                   .ok());
   EXPECT_EQ(seen, 2);  // stops when on_row returns false
+}
+
+// -- versions, corrections, history, the change feed -------------------------------------------
+
+// A correction of test_id from the version expected, as the PUT handler makes it.
+TestCorrection correction_of(const std::string& id, long long expected, TestStatus status,
+                             const std::string& clinic = "c1") {
+  TestCorrection c;
+  c.record = make_record(id, clinic);
+  c.record.result = "corrected " + id + " from v" + std::to_string(expected);
+  c.record.status = status;
+  c.reason = "recalibrated analyser";
+  c.expected_version = expected;
+  c.changed_by = "0123456789abcdef";
+  return c;
+}
+
+std::vector<TestVersion> history_of(Store& store, const std::string& id, HistoryQuery q = {}) {
+  q.test_id = id;
+  std::vector<TestVersion> out;
+  std::string clinic;
+  Status s = store.list_history(q, clinic, [&](const TestVersion& v) {
+    out.push_back(v);
+    return true;
+  });
+  EXPECT_TRUE(s.ok()) << s.message();
+  return out;
+}
+
+std::vector<TestVersion> changes_of(Store& store, const std::string& clinic, long long after = 0,
+                                    long long limit = 1000) {
+  ChangeQuery q;
+  q.clinic_id = clinic;
+  q.after_change_seq = after;
+  q.limit = limit;
+  std::vector<TestVersion> out;
+  Status s = store.list_changes(q, [&](const TestVersion& v) {
+    out.push_back(v);
+    return true;
+  });
+  EXPECT_TRUE(s.ok()) << s.message();
+  return out;
+}
+
+long long number_of(std::string_view json, const char* name) {
+  JsonTree tree = parse_json_document(json);
+  const cJSON* v = tree ? cJSON_GetObjectItemCaseSensitive(tree.get(), name) : nullptr;
+  return v && cJSON_IsNumber(v) ? static_cast<long long>(v->valuedouble) : -1;
+}
+
+TYPED_TEST(StoreContract, ACreateIsVersion1WithItsHistoryRow) {
+  Store& store = *this->store_;
+  AuditEntry a = audit_entry("create", "c1");
+  ASSERT_TRUE(store.insert(make_record("t1"), &a).status.ok());
+  TestRecord pre = make_record("t2");
+  pre.status = TestStatus::kPreliminary;
+  ASSERT_TRUE(store.insert(pre).status.ok());  // no audit entry: written by "anonymous"
+
+  StoredDocument doc;
+  ASSERT_TRUE(store.get_test("t1", doc).ok());
+  EXPECT_EQ(doc.version, 1);
+  EXPECT_EQ(doc.clinic_id, "c1");
+  const std::string created_at = field_of(doc.json, "created_at");
+  EXPECT_EQ(doc.json, test_document(make_record("t1"), created_at, 1, created_at));
+  EXPECT_EQ(field_of(doc.json, "status"), "final");
+  EXPECT_EQ(number_of(doc.json, "version"), 1);
+  EXPECT_EQ(field_of(doc.json, "updated_at"), created_at);
+  ASSERT_TRUE(store.get_test("t2", doc).ok());
+  EXPECT_EQ(field_of(doc.json, "status"), "preliminary");
+
+  std::vector<TestVersion> h = history_of(store, "t1");
+  ASSERT_EQ(h.size(), 1u);
+  EXPECT_EQ(h[0].version, 1);
+  EXPECT_EQ(h[0].record.test_id, "t1");
+  EXPECT_EQ(h[0].record.patient_id, "patient-t1");
+  EXPECT_EQ(h[0].record.clinic_id, "c1");
+  EXPECT_EQ(h[0].record.test_type, "blood");
+  EXPECT_EQ(h[0].record.result, "result of t1");
+  EXPECT_EQ(h[0].record.status, TestStatus::kFinal);
+  EXPECT_EQ(h[0].created_at, created_at);
+  EXPECT_EQ(h[0].changed_at, created_at);
+  EXPECT_EQ(h[0].changed_by, "0123456789abcdef");
+  EXPECT_FALSE(h[0].reason.has_value());
+  EXPECT_GT(h[0].change_seq, 0);
+  ASSERT_TRUE(store.get_test("t1", doc).ok());
+  EXPECT_EQ(h[0].doc, doc.json);
+  std::vector<TestVersion> h2 = history_of(store, "t2");
+  ASSERT_EQ(h2.size(), 1u);
+  EXPECT_EQ(h2[0].changed_by, "anonymous");
+  EXPECT_EQ(h2[0].record.status, TestStatus::kPreliminary);
+  EXPECT_GT(h2[0].change_seq, h[0].change_seq);
+
+  // A duplicate writes no version; a refused batch none either.
+  EXPECT_EQ(store.insert(make_record("t1")).status.code(), StatusCode::kDuplicate);
+  EXPECT_EQ(store.insert_all({make_record("t3"), make_record("t1")}).status.code(),
+            StatusCode::kDuplicate);
+  EXPECT_EQ(history_of(store, "t1").size(), 1u);
+  std::string clinic;
+  EXPECT_EQ(store
+                .list_history({"t3", 0, -1}, clinic,
+                              [](const TestVersion&) {
+                                ADD_FAILURE();
+                                return true;
+                              })
+                .code(),
+            StatusCode::kNotFound);
+  long long latest = -1;
+  ASSERT_TRUE(store.latest_change(latest).ok());
+  EXPECT_EQ(latest, h2[0].change_seq);
+
+  // list_all_tests carries the new columns.
+  std::vector<StoredTest> all;
+  ASSERT_TRUE(store
+                  .list_all_tests(0, 10,
+                                  [&](const StoredTest& t) {
+                                    all.push_back(t);
+                                    return true;
+                                  })
+                  .ok());
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].status, "final");
+  EXPECT_EQ(all[0].version, 1);
+  EXPECT_EQ(all[0].updated_at, created_at);
+  EXPECT_EQ(all[1].status, "preliminary");
+}
+
+TYPED_TEST(StoreContract, ACorrectionMakesVersion2AndHistoryAndFeedFollowCommitOrder) {
+  Store& store = *this->store_;
+  ASSERT_TRUE(store.insert(make_record("t1")).status.ok());
+  ASSERT_TRUE(store.insert(make_record("other", "c2")).status.ok());
+  ASSERT_TRUE(store.insert(make_record("t2")).status.ok());
+  StoredDocument before;
+  ASSERT_TRUE(store.get_test("t1", before).ok());
+  const std::string created_at = field_of(before.json, "created_at");
+
+  AuditEntry a = audit_entry("correct", "c1");
+  TestCorrection c = correction_of("t1", 1, TestStatus::kAmended);
+  c.record.test_type = "urine";
+  CorrectionOutcome out = store.correct(c, &a);
+  ASSERT_TRUE(out.status.ok()) << out.status.message();
+  EXPECT_EQ(out.refusal, CorrectionRefusal::kNone);
+  EXPECT_GE(out.txn_id, 0);
+  EXPECT_EQ(a.outcome, 200);
+  EXPECT_GT(a.seq, 0);
+  EXPECT_EQ(out.current.version, 2);
+  EXPECT_EQ(out.current.record.status, TestStatus::kAmended);
+  EXPECT_EQ(out.current.created_at, created_at);
+  EXPECT_GE(out.current.changed_at, created_at);
+  EXPECT_EQ(out.current.changed_by, "0123456789abcdef");
+  EXPECT_EQ(out.current.reason, std::optional<std::string>("recalibrated analyser"));
+  EXPECT_EQ(out.current.doc, test_document(c.record, created_at, 2, out.current.changed_at));
+
+  StoredDocument now;
+  ASSERT_TRUE(store.get_test("t1", now).ok());
+  EXPECT_EQ(now.version, 2);
+  EXPECT_EQ(now.json, out.current.doc);
+  EXPECT_EQ(field_of(now.json, "result"), c.record.result);
+  EXPECT_EQ(field_of(now.json, "test_type"), "urine");
+  EXPECT_EQ(field_of(now.json, "status"), "amended");
+  EXPECT_EQ(field_of(now.json, "created_at"), created_at);
+  EXPECT_EQ(field_of(now.json, "updated_at"), out.current.changed_at);
+
+  // History: newest first, the old version intact.
+  std::vector<TestVersion> h = history_of(store, "t1");
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(h[0].version, 2);
+  EXPECT_EQ(h[0].doc, now.json);
+  EXPECT_EQ(h[0].reason, std::optional<std::string>("recalibrated analyser"));
+  EXPECT_EQ(h[0].record.test_type, "urine");
+  EXPECT_EQ(h[0].change_seq, out.current.change_seq);
+  EXPECT_EQ(h[1].version, 1);
+  EXPECT_EQ(h[1].doc, before.json);
+  EXPECT_EQ(h[1].record.result, "result of t1");
+  EXPECT_FALSE(h[1].reason.has_value());
+
+  // The listing shows the current version, in the test's old place.
+  ListQuery q;
+  q.clinic_id = "c1";
+  std::vector<std::string> docs;
+  ASSERT_TRUE(store
+                  .list_tests(q,
+                              [&](std::string_view json, long long) {
+                                docs.emplace_back(json);
+                                return true;
+                              })
+                  .ok());
+  ASSERT_EQ(docs.size(), 2u);
+  EXPECT_EQ(docs[0], now.json);
+
+  // The feed: the clinic's changes in commit order, create then correction.
+  std::vector<TestVersion> feed = changes_of(store, "c1");
+  ASSERT_EQ(feed.size(), 3u);
+  EXPECT_EQ(feed[0].record.test_id, "t1");
+  EXPECT_EQ(feed[0].version, 1);
+  EXPECT_EQ(feed[1].record.test_id, "t2");
+  EXPECT_EQ(feed[2].record.test_id, "t1");
+  EXPECT_EQ(feed[2].version, 2);
+  EXPECT_EQ(feed[2].doc, now.json);
+  EXPECT_LT(feed[0].change_seq, feed[1].change_seq);
+  EXPECT_LT(feed[1].change_seq, feed[2].change_seq);
+  std::vector<TestVersion> other = changes_of(store, "c2");
+  ASSERT_EQ(other.size(), 1u);
+  EXPECT_EQ(other[0].record.test_id, "other");
+  long long latest = -1;
+  ASSERT_TRUE(store.latest_change(latest).ok());
+  EXPECT_EQ(latest, feed[2].change_seq);
+
+  // A retraction, then a correction of the retracted test is refused.
+  CorrectionOutcome retracted =
+      store.correct(correction_of("t1", 2, TestStatus::kEnteredInError), nullptr);
+  ASSERT_TRUE(retracted.status.ok()) << retracted.status.message();
+  EXPECT_EQ(retracted.refusal, CorrectionRefusal::kNone);
+  EXPECT_EQ(retracted.current.version, 3);
+  ListQuery listed;
+  listed.clinic_id = "c1";
+  EXPECT_EQ(list_ids(store, listed), (std::vector<std::string>{"t1", "t2"}));  // still listed
+  this->reopen();
+  ASSERT_TRUE(this->store_->get_test("t1", now).ok());
+  EXPECT_EQ(now.version, 3);
+  EXPECT_EQ(field_of(now.json, "status"), "entered-in-error");
+  EXPECT_EQ(history_of(*this->store_, "t1").size(), 3u);
+}
+
+TYPED_TEST(StoreContract, EveryRefusalWritesOnlyItsAuditEntry) {
+  Store& store = *this->store_;
+  ASSERT_TRUE(store.insert(make_record("t1")).status.ok());
+  ASSERT_TRUE(store.insert(make_record("gone")).status.ok());
+  ASSERT_TRUE(
+      store.correct(correction_of("gone", 1, TestStatus::kEnteredInError), nullptr).status.ok());
+  StoredDocument t1_before, gone_before;
+  ASSERT_TRUE(store.get_test("t1", t1_before).ok());
+  ASSERT_TRUE(store.get_test("gone", gone_before).ok());
+  long long latest_before = -1;
+  ASSERT_TRUE(store.latest_change(latest_before).ok());
+
+  struct Case {
+    const char* name;
+    TestCorrection correction;
+    CorrectionRefusal refusal;
+    int outcome;
+    long long current_version;  // -1: none reported
+  };
+  TestCorrection unknown = correction_of("nope", 1, TestStatus::kCorrected);
+  TestCorrection clinic = correction_of("t1", 1, TestStatus::kCorrected, "c2");
+  TestCorrection patient = correction_of("t1", 1, TestStatus::kCorrected);
+  patient.record.patient_id = "someone else";
+  TestCorrection retracted = correction_of("gone", 2, TestStatus::kCorrected);
+  TestCorrection stale = correction_of("t1", 7, TestStatus::kCorrected);
+  TestCorrection old = correction_of("t1", 0, TestStatus::kCorrected);
+  std::vector<Case> cases = {
+      {"not found", unknown, CorrectionRefusal::kNotFound, 404, -1},
+      {"clinic differs", clinic, CorrectionRefusal::kClinicDiffers, 404, 1},
+      {"patient differs", patient, CorrectionRefusal::kPatientDiffers, 400, 1},
+      {"retracted", retracted, CorrectionRefusal::kRetracted, 400, 2},
+      {"version mismatch", stale, CorrectionRefusal::kVersionMismatch, 412, 1},
+      {"version mismatch (older)", old, CorrectionRefusal::kVersionMismatch, 412, 1},
+  };
+  const size_t audit_before = all_audit(store).size();
+  for (Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    AuditEntry a = audit_entry("correct", k.correction.record.clinic_id);
+    CorrectionOutcome out = store.correct(k.correction, &a);
+    ASSERT_TRUE(out.status.ok()) << out.status.message();
+    EXPECT_EQ(out.refusal, k.refusal);
+    EXPECT_EQ(a.outcome, k.outcome);
+    EXPECT_GT(a.seq, 0);
+    if (k.current_version > 0) {
+      EXPECT_EQ(out.current.version, k.current_version);
+      EXPECT_EQ(out.current.record.clinic_id, "c1");
+    }
+    if (k.refusal == CorrectionRefusal::kRetracted) {
+      EXPECT_EQ(out.current.record.status, TestStatus::kEnteredInError);
+    }
+  }
+  // Only the audit entries, each with its outcome; no test, version or change written.
+  std::vector<AuditEntry> entries = all_audit(store);
+  ASSERT_EQ(entries.size(), audit_before + cases.size());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    EXPECT_EQ(entries[audit_before + i].outcome, cases[i].outcome) << cases[i].name;
+    EXPECT_EQ(entries[audit_before + i].action, "correct");
+  }
+  EXPECT_EQ(verify_trail(store), "");
+  StoredDocument t1_after, gone_after;
+  ASSERT_TRUE(store.get_test("t1", t1_after).ok());
+  ASSERT_TRUE(store.get_test("gone", gone_after).ok());
+  EXPECT_EQ(t1_after.json, t1_before.json);
+  EXPECT_EQ(t1_after.version, 1);
+  EXPECT_EQ(gone_after.json, gone_before.json);
+  EXPECT_EQ(history_of(store, "t1").size(), 1u);
+  EXPECT_EQ(history_of(store, "gone").size(), 2u);
+  long long latest_after = -1;
+  ASSERT_TRUE(store.latest_change(latest_after).ok());
+  EXPECT_EQ(latest_after, latest_before);
+  std::string json;
+  EXPECT_EQ(store.get_test("nope", json).code(), StatusCode::kNotFound);
+  EXPECT_EQ(store.stats().rollbacks, 0);  // a refusal is no transaction failure
+}
+
+TYPED_TEST(StoreContract, RacingCorrectionsWithOneExpectedVersionExactlyOneCommits) {
+  Store& store = *this->store_;
+  ASSERT_TRUE(store.insert(make_record("t1")).status.ok());
+  constexpr int kClients = 50;
+  std::vector<CorrectionOutcome> outcomes(kClients);
+  std::vector<AuditEntry> audits(kClients, audit_entry("correct", "c1"));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kClients; ++t) {
+    threads.emplace_back([&, t] {
+      TestCorrection c = correction_of("t1", 1, TestStatus::kCorrected);
+      c.record.result = "from " + std::to_string(t);
+      outcomes[static_cast<size_t>(t)] = store.correct(c, &audits[static_cast<size_t>(t)]);
+    });
+  }
+  for (auto& th : threads) th.join();
+  int winner = -1, refused = 0;
+  for (int t = 0; t < kClients; ++t) {
+    const CorrectionOutcome& o = outcomes[static_cast<size_t>(t)];
+    ASSERT_TRUE(o.status.ok()) << o.status.message();
+    if (o.refusal == CorrectionRefusal::kNone) {
+      EXPECT_EQ(winner, -1) << "two corrections of version 1 committed: " << winner << ", " << t;
+      winner = t;
+      EXPECT_EQ(audits[static_cast<size_t>(t)].outcome, 200);
+    } else {
+      EXPECT_EQ(o.refusal, CorrectionRefusal::kVersionMismatch);
+      EXPECT_EQ(o.current.version, 2);
+      EXPECT_EQ(audits[static_cast<size_t>(t)].outcome, 412);
+      ++refused;
+    }
+  }
+  ASSERT_NE(winner, -1);
+  EXPECT_EQ(refused, kClients - 1);
+  StoredDocument doc;
+  ASSERT_TRUE(store.get_test("t1", doc).ok());
+  EXPECT_EQ(doc.version, 2);
+  EXPECT_EQ(field_of(doc.json, "result"), "from " + std::to_string(winner));
+  EXPECT_EQ(history_of(store, "t1").size(), 2u);
+  EXPECT_EQ(verify_trail(store), "");
+}
+
+// Corrections between the pages of a listing walk (seq order): every test once, in order; a
+// corrected test stays in its place, at its version when its page was read.
+TYPED_TEST(StoreContract, ACorrectionRacingAListingWalkSkipsAndRepeatsNoRow) {
+  Store& store = *this->store_;
+  std::vector<TestRecord> batch;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 2500; ++i) {
+    batch.push_back(make_record("t" + std::to_string(i)));
+    ids.push_back(batch.back().test_id);
+  }
+  ASSERT_TRUE(store.insert_all(batch).status.ok());
+  ListQuery q;
+  q.clinic_id = "c1";
+  q.limit = 300;
+  std::vector<std::string> walked;
+  std::atomic<bool> stop{false};
+  std::atomic<int> corrected{0};
+  std::thread corrector([&] {
+    // Corrects tests all over the clinic (before and after the walk's position) while it walks.
+    for (int i = 0; i < 200 && !stop.load(); ++i) {
+      const std::string id = "t" + std::to_string((i * 389) % 2500);
+      StoredDocument d;
+      if (!store.get_test(id, d).ok()) continue;
+      TestCorrection c = correction_of(id, d.version, TestStatus::kCorrected);
+      CorrectionOutcome o = store.correct(c, nullptr);
+      EXPECT_TRUE(o.status.ok()) << o.status.message();
+      if (o.refusal == CorrectionRefusal::kNone) corrected++;
+    }
+  });
+  for (int guard = 0; guard < 100; ++guard) {
+    auto rows = list_with_seq(store, q);
+    for (const auto& r : rows) walked.push_back(r.first);
+    if (rows.size() < 300) break;
+    q.after_seq = rows.back().second;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  stop = true;
+  corrector.join();
+  EXPECT_GT(corrected.load(), 0);
+  EXPECT_EQ(walked, ids);
+}
+
+TYPED_TEST(StoreContract, StatusAndDateRangeFiltersNarrowTheListing) {
+  Store& store = *this->store_;
+  std::vector<std::string> created;  // created_at of t0..t5
+  for (int i = 0; i < 6; ++i) {
+    TestRecord r = make_record("t" + std::to_string(i));
+    if (i == 5) r.status = TestStatus::kPreliminary;
+    ASSERT_TRUE(store.insert(r).status.ok());
+    ASSERT_TRUE(store.insert(make_record("o" + std::to_string(i), "c2")).status.ok());
+    StoredDocument d;
+    ASSERT_TRUE(store.get_test(r.test_id, d).ok());
+    created.push_back(field_of(d.json, "created_at"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));  // distinct milliseconds
+  }
+  for (size_t i = 1; i < created.size(); ++i) ASSERT_LT(created[i - 1], created[i]);
+  CorrectionOutcome o = store.correct(correction_of("t1", 1, TestStatus::kCorrected), nullptr);
+  ASSERT_TRUE(o.status.ok() && o.refusal == CorrectionRefusal::kNone) << o.status.message();
+  o = store.correct(correction_of("t3", 1, TestStatus::kEnteredInError), nullptr);
+  ASSERT_TRUE(o.status.ok() && o.refusal == CorrectionRefusal::kNone) << o.status.message();
+  const std::string updated_t3 = o.current.changed_at;
+  ASSERT_GT(updated_t3, created[5]);
+
+  ListQuery q;
+  q.clinic_id = "c1";
+  q.status = TestStatus::kFinal;
+  EXPECT_EQ(list_ids(store, q), (std::vector<std::string>{"t0", "t2", "t4"}));
+  q.status = TestStatus::kEnteredInError;
+  EXPECT_EQ(list_ids(store, q), std::vector<std::string>{"t3"});
+  q.status = TestStatus::kPreliminary;
+  EXPECT_EQ(list_ids(store, q), std::vector<std::string>{"t5"});
+  q.status = TestStatus::kAmended;
+  EXPECT_TRUE(list_ids(store, q).empty());
+  q.status.reset();
+
+  // Half-open ranges: from <= created_at < to.
+  q.created_from = created[1];
+  q.created_to = created[4];
+  EXPECT_EQ(list_ids(store, q), (std::vector<std::string>{"t1", "t2", "t3"}));
+  q.created_to.reset();
+  EXPECT_EQ(list_ids(store, q), (std::vector<std::string>{"t1", "t2", "t3", "t4", "t5"}));
+  q.created_from.reset();
+  q.created_to = created[1];
+  EXPECT_EQ(list_ids(store, q), std::vector<std::string>{"t0"});
+  q.created_from = created[3];  // from >= to: empty
+  EXPECT_TRUE(list_ids(store, q).empty());
+  q.created_from.reset();
+  q.created_to.reset();
+  // updated_at: moved by the corrections.
+  q.updated_from = created[5];
+  std::vector<std::string> late = list_ids(store, q);
+  EXPECT_EQ(late, (std::vector<std::string>{"t1", "t3", "t5"}));
+  q.updated_to = updated_t3;
+  EXPECT_EQ(list_ids(store, q), (std::vector<std::string>{"t1", "t5"}));
+  q.updated_from.reset();
+  EXPECT_EQ(list_ids(store, q), (std::vector<std::string>{"t0", "t1", "t2", "t4", "t5"}));
+  // Combined with the other filters, a status and paging.
+  q.updated_to.reset();
+  q.created_from = created[1];
+  q.status = TestStatus::kFinal;
+  EXPECT_EQ(list_ids(store, q), (std::vector<std::string>{"t2", "t4"}));
+  q.patient_id = "patient-t4";
+  EXPECT_EQ(list_ids(store, q), std::vector<std::string>{"t4"});
+  q.patient_id.reset();
+  q.test_type = "urine";
+  EXPECT_TRUE(list_ids(store, q).empty());
+  q.test_type.reset();
+  q.status.reset();
+  q.limit = 2;
+  auto page = list_with_seq(store, q);
+  ASSERT_EQ(page.size(), 2u);
+  EXPECT_EQ(page[1].first, "t2");
+  q.after_seq = page[1].second;
+  q.limit = -1;
+  EXPECT_EQ(list_ids(store, q), (std::vector<std::string>{"t3", "t4", "t5"}));
+  q.clinic_id = "c2";
+  q.after_seq = 0;
+  EXPECT_EQ(list_ids(store, q).size(), 5u);  // o1..o5: created after t1
+}
+
+TYPED_TEST(StoreContract, HistoryAndChangesPage) {
+  Store& store = *this->store_;
+  ASSERT_TRUE(store.insert(make_record("t1")).status.ok());
+  for (long long v = 1; v < 7; ++v) {
+    CorrectionOutcome o = store.correct(correction_of("t1", v, TestStatus::kCorrected), nullptr);
+    ASSERT_TRUE(o.status.ok() && o.refusal == CorrectionRefusal::kNone) << v;
+    ASSERT_TRUE(store.insert(make_record("n" + std::to_string(v))).status.ok());
+  }
+  // History, 3 at a time, each page before the last version seen.
+  std::vector<long long> versions;
+  HistoryQuery hq;
+  hq.limit = 3;
+  for (int guard = 0; guard < 10; ++guard) {
+    std::vector<TestVersion> page = history_of(store, "t1", hq);
+    for (const TestVersion& v : page) versions.push_back(v.version);
+    if (page.size() < 3) break;
+    hq.before_version = page.back().version;
+  }
+  EXPECT_EQ(versions, (std::vector<long long>{7, 6, 5, 4, 3, 2, 1}));
+  std::string clinic;
+  int seen = 0;
+  ASSERT_TRUE(
+      store.list_history({"t1", 0, -1}, clinic, [&](const TestVersion&) { return ++seen < 2; })
+          .ok());
+  EXPECT_EQ(seen, 2);
+  EXPECT_EQ(clinic, "c1");
+
+  // Changes, 4 at a time, each page after the last change_seq seen: every change once, in
+  // commit order.
+  std::vector<TestVersion> all = changes_of(store, "c1");
+  ASSERT_EQ(all.size(), 13u);
+  std::vector<std::string> walked;
+  long long after = 0;
+  for (int guard = 0; guard < 10; ++guard) {
+    std::vector<TestVersion> page = changes_of(store, "c1", after, 4);
+    for (const TestVersion& v : page) {
+      EXPECT_GT(v.change_seq, after);
+      after = v.change_seq;
+      walked.push_back(v.record.test_id + "@" + std::to_string(v.version));
+    }
+    if (page.size() < 4) break;
+  }
+  std::vector<std::string> expected{"t1@1"};
+  for (int v = 1; v < 7; ++v) {
+    expected.push_back("t1@" + std::to_string(v + 1));
+    expected.push_back("n" + std::to_string(v) + "@1");
+  }
+  EXPECT_EQ(walked, expected);
+  EXPECT_TRUE(changes_of(store, "c1", after).empty());  // nothing new after the end
+  ASSERT_TRUE(store.insert(make_record("later")).status.ok());
+  std::vector<TestVersion> next = changes_of(store, "c1", after);
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].record.test_id, "later");
+
+  // list_all_versions (migrate): every version of every clinic, in change_seq order, paged.
+  std::vector<long long> seqs;
+  long long last = 0;
+  for (int guard = 0; guard < 20; ++guard) {
+    size_t before = seqs.size();
+    ASSERT_TRUE(store
+                    .list_all_versions(last, 5,
+                                       [&](const TestVersion& v) {
+                                         EXPECT_GT(v.change_seq, last);
+                                         last = v.change_seq;
+                                         seqs.push_back(v.change_seq);
+                                         return true;
+                                       })
+                    .ok());
+    if (seqs.size() - before < 5) break;
+  }
+  EXPECT_EQ(seqs.size(), 14u);
+}
+
+TYPED_TEST(StoreContract, WaitForCommitReturnsWhenAChangeCommits) {
+  Store& store = *this->store_;
+  std::atomic<bool> woke{false};
+  std::thread waiter([&] {
+    store.wait_for_commit(std::chrono::seconds(60));
+    woke = true;
+  });
+  // Commits until the waiter is woken (it may not be waiting yet at the first): a wait that only
+  // ends at its timeout sees all of these go by.
+  int commits = 0;
+  for (; commits < 300 && !woke.load(); ++commits) {
+    ASSERT_TRUE(store.insert(make_record("t" + std::to_string(commits))).status.ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(woke.load()) << "not woken by " << commits << " commits";
+  waiter.join();
+  // With nothing committed, it returns after the timeout.
+  store.wait_for_commit(std::chrono::milliseconds(10));
 }
 
 // -- keys -------------------------------------------------------------------------------------

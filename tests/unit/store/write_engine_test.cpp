@@ -58,7 +58,8 @@ class FakeBackend : public WriteBackend {
     return Status::Ok();
   }
   Status release_savepoint() override { return Status::Ok(); }
-  Status insert_record(const TestRecord& r, const std::string&, bool& duplicate) override {
+  Status insert_record(const TestRecord& r, const std::string&, const std::string&,
+                       bool& duplicate) override {
     std::lock_guard<std::mutex> lock(mu_);
     auto failing = fail_insert_.find(r.test_id);
     if (failing != fail_insert_.end()) return failing->second;

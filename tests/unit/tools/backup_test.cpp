@@ -314,6 +314,30 @@ TEST(Restore, RefusesRowsWhoseDocumentDisagreesWithTheColumnsOrTooLarge) {
       {"padded document",
        "UPDATE tests SET doc = '{' || printf('%.*c', 300000, ' ') || substr(doc, 2) WHERE test_id "
        "= 't3'"},
+      // The columns of versions, and the rows of test_versions ("change_seq 4": t3's version 1).
+      {"status column", "UPDATE tests SET status = 'amended' WHERE test_id = 't3'"},
+      {"unknown status",
+       "UPDATE tests SET status = 'gone', doc = json_set(doc, '$.status', 'gone') WHERE test_id = "
+       "'t3'"},
+      {"version in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.version', 2) WHERE test_id = 't3'"},
+      {"version as text",
+       "UPDATE tests SET doc = json_set(doc, '$.version', '1') WHERE test_id = 't3'"},
+      {"updated_at in doc",
+       "UPDATE tests SET doc = json_set(doc, '$.updated_at', '1999') WHERE test_id = 't3'"},
+      {"current version without its row",
+       "UPDATE tests SET version = 2, doc = json_set(doc, '$.version', 2) WHERE test_id = 't3'"},
+      {"version's result not text",
+       "UPDATE test_versions SET doc = json_set(doc, '$.result', 5) WHERE test_id = 't3'"},
+      {"version's clinic",
+       "UPDATE test_versions SET clinic_id = 'c2', doc = json_set(doc, '$.clinic_id', 'c2')"
+       " WHERE test_id = 't3'"},
+      {"version's patient",
+       "UPDATE test_versions SET doc = json_set(doc, '$.patient_id', 'p9') WHERE test_id = 't3'"},
+      {"version's extra key",
+       "UPDATE test_versions SET doc = json_set(doc, '$.extra', 1) WHERE test_id = 't3'"},
+      {"version 1 with a reason", "UPDATE test_versions SET reason = 'why' WHERE test_id = 't3'"},
+      {"version's changed_at", "UPDATE test_versions SET changed_at = '1999' WHERE test_id = 't3'"},
   };
   const std::string target = bytes_of(dir.file("live.db"));
   const auto before = names_in(dir.file(""));

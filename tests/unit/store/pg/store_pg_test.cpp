@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -48,6 +49,17 @@ class PgStoreTest : public ::testing::Test {
   }
   // Runs sql on this test's database; "" or the error.
   std::string sql(const std::string& text) { return database_.sql(text); }
+  // The first column of every row sql returns (a failure fails the test).
+  std::vector<std::string> column(const std::string& text) {
+    std::vector<std::string> out;
+    PGconn* c = PQconnectdb(url().c_str());
+    PGresult* r = PQexec(c, text.c_str());
+    EXPECT_EQ(PQresultStatus(r), PGRES_TUPLES_OK) << PQresultErrorMessage(r);
+    for (int i = 0; i < PQntuples(r); ++i) out.emplace_back(PQgetvalue(r, i, 0));
+    PQclear(r);
+    PQfinish(c);
+    return out;
+  }
   PgTestDatabase database_;
   std::string db_;
 };
@@ -59,7 +71,7 @@ TEST_F(PgStoreTest, AListingUsesItsClinicsIndexWhateverTheStatisticsSay) {
   ASSERT_TRUE(store->insert_all(batch).status.ok());
   ASSERT_EQ(sql("ANALYZE tests"), "");
   ASSERT_EQ(sql("INSERT INTO tests (test_id, patient_id, clinic_id, test_type, result, created_at,"
-                " doc) SELECT 'o' || i, 'p', 'other', 'blood', 'r', 'x', '{}'"
+                " doc, updated_at) SELECT 'o' || i, 'p', 'other', 'blood', 'r', 'x', '{}', 'x'"
                 " FROM generate_series(1, 20000) i"),
             "");
   PGconn* c = PQconnectdb(url().c_str());
@@ -74,6 +86,259 @@ TEST_F(PgStoreTest, AListingUsesItsClinicsIndexWhateverTheStatisticsSay) {
   ListQuery q;
   q.clinic_id = "big";
   EXPECT_EQ(list_ids(*store, q).size(), 1000u);
+}
+
+// The test_ids of a listing read `page` at a time (each page after the last seq delivered, as
+// the API's cursors do).
+std::vector<std::string> list_ids_paged(Store& store, ListQuery q, long long page) {
+  std::vector<std::string> ids;
+  q.limit = page;
+  for (;;) {
+    long long got = 0;
+    Status s = store.list_tests(q, [&](std::string_view json, long long seq) {
+      EXPECT_GT(seq, q.after_seq);
+      q.after_seq = seq;
+      ids.push_back(field_of(json, "test_id"));
+      ++got;
+      return true;
+    });
+    EXPECT_TRUE(s.ok()) << s.message();
+    if (got < page || !s.ok()) return ids;
+  }
+}
+
+// Time ranges and the status filter at a size where the planner has to choose (100,000 tests
+// of one clinic among 200,000, statistics taken): the range's rows are found through
+// tests_by_created / tests_by_updated, not by walking the clinic from its first test, and the
+// status through tests_by_status. The statements checked are the ones the store ran (read from
+// pg_stat_activity), planned anew with the test's values.
+TEST_F(PgStoreTest, TimeRangesAndStatusAreServedFromTheirIndexes) {
+  PgOptions o;
+  o.max_readers = 1;  // one reader: its last statement is the listing's
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  // created_at grows with seq (every 40 s from 2026-01-01), updated_at is 0-6 days later, one in
+  // 1,000 is entered-in-error; even i: clinic big.
+  ASSERT_EQ(sql("INSERT INTO tests (test_id, patient_id, clinic_id, test_type, result, created_at,"
+                " doc, status, version, updated_at)"
+                " SELECT 't' || i, 'p' || (i % 500), CASE WHEN i % 2 = 0 THEN 'big' ELSE 'other'"
+                " END, 'blood', 'r', ts, '{\"test_id\":\"t' || i || '\"}',"
+                " CASE WHEN i % 1000 = 0 THEN 'entered-in-error' ELSE 'final' END, 1,"
+                " to_char(c + (i % 7) * interval '1 day', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+                " FROM generate_series(1, 200000) i,"
+                " LATERAL (SELECT timestamp '2026-01-01' + i * interval '40 seconds' AS c) c,"
+                " LATERAL (SELECT to_char(c.c, 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS ts) t"),
+            "");
+  ASSERT_EQ(sql("VACUUM ANALYZE tests"), "");
+  auto expected = [&](const std::string& where) {
+    return column("SELECT test_id FROM tests WHERE clinic_id = 'big' AND " + where +
+                  " ORDER BY seq");
+  };
+  // Plans the statement the reader ran last that contains `marker` with these parameters.
+  auto plan_of = [&](const std::string& marker, const std::string& args) {
+    std::vector<std::string> q = column(
+        "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND"
+        " application_name = 'testdata-api' AND query LIKE '%" +
+        marker + "%'");
+    EXPECT_EQ(q.size(), 1u) << marker;
+    if (q.empty()) return std::string();
+    std::string text;
+    for (const std::string& line :
+         column("PREPARE checked AS " + q[0] + "; EXPLAIN (ANALYZE, COSTS OFF) EXECUTE checked(" +
+                args + ")")) {
+      text += line + "\n";
+    }
+    return text;
+  };
+
+  // A day of created_at: 1,080 of the clinic's 100,000.
+  ListQuery q;
+  q.clinic_id = "big";
+  q.created_from = "2026-02-01T00:00:00.000Z";
+  q.created_to = "2026-02-02T00:00:00.000Z";
+  std::vector<std::string> want =
+      expected("created_at >= '2026-02-01T00:00:00.000Z' AND created_at < '2026-02-02'");
+  ASSERT_EQ(want.size(), 1080u);
+  EXPECT_EQ(list_ids(*store, q), want);
+  std::string plan =
+      plan_of("seq * 1", "'big', '2026-02-01T00:00:00.000Z', '2026-02-02T00:00:00.000Z', 0, 16");
+  EXPECT_NE(plan.find("tests_by_created"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("tests_by_clinic"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("Seq Scan"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("Rows Removed by Filter"), std::string::npos) << plan;
+  EXPECT_EQ(list_ids_paged(*store, q, 37), want);
+
+  // A day of updated_at: its rows are spread over a week of seqs.
+  q = ListQuery();
+  q.clinic_id = "big";
+  q.updated_from = "2026-02-10T00:00:00.000Z";
+  q.updated_to = "2026-02-11T00:00:00.000Z";
+  want = expected("updated_at >= '2026-02-10T00:00:00.000Z' AND updated_at < '2026-02-11'");
+  ASSERT_GT(want.size(), 500u);
+  EXPECT_EQ(list_ids(*store, q), want);
+  plan = plan_of("seq * 1", "'big', '2026-02-10T00:00:00.000Z', '2026-02-11T00:00:00.000Z', 0, 16");
+  EXPECT_NE(plan.find("tests_by_updated"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("Seq Scan"), std::string::npos) << plan;
+  EXPECT_EQ(list_ids_paged(*store, q, 100), want);
+
+  // Retracted results: 200 of the clinic's 100,000.
+  q = ListQuery();
+  q.clinic_id = "big";
+  q.status = TestStatus::kEnteredInError;
+  want = expected("status = 'entered-in-error'");
+  ASSERT_EQ(want.size(), 200u);
+  EXPECT_EQ(list_ids(*store, q), want);
+  plan = plan_of("status = $2 AND seq", "'big', 'entered-in-error', 0, 1000");
+  EXPECT_NE(plan.find("tests_by_status"), std::string::npos) << plan;
+
+  // A range most of the clinic is in, with a patient, and ranges on both times, paged: the
+  // listings agree with the table whichever way each page is read.
+  q = ListQuery();
+  q.clinic_id = "big";
+  q.created_from = "2026-01-15T00:00:00.000Z";
+  q.created_to = "2026-03-01T00:00:00.000Z";
+  want = expected("created_at >= '2026-01-15T00:00:00.000Z' AND created_at < '2026-03-01'");
+  EXPECT_EQ(list_ids_paged(*store, q, 1000), want);
+  q.patient_id = "p42";
+  q.updated_from = "2026-02-01T00:00:00.000Z";
+  want = expected(
+      "created_at >= '2026-01-15T00:00:00.000Z' AND created_at < '2026-03-01' AND"
+      " patient_id = 'p42' AND updated_at >= '2026-02-01T00:00:00.000Z'");
+  ASSERT_GT(want.size(), 10u);
+  EXPECT_EQ(list_ids_paged(*store, q, 7), want);
+  // An empty range (from after to) lists nothing.
+  q = ListQuery();
+  q.clinic_id = "big";
+  q.created_from = "2026-03-01T00:00:00.000Z";
+  q.created_to = "2026-02-01T00:00:00.000Z";
+  EXPECT_TRUE(list_ids(*store, q).empty());
+}
+
+// A schema-2 database (before versions) is upgraded in place: every document rewritten by text
+// (its escapes kept as they were), every test its own version 1 in seq order, written by
+// "unknown"; the feed numbers new changes after them.
+TEST_F(PgStoreTest, UpgradingToVersionsKeepsDocumentsAndNumbersEveryTestAVersion) {
+  {
+    PgOptions o;
+    o.migrate_to = 2;
+    auto old = open(o);
+    ASSERT_TRUE(old);
+  }
+  ASSERT_EQ(column("SELECT max(version) FROM schema_migrations"), std::vector<std::string>{"2"});
+  const std::string doc_z =
+      "{\"test_id\":\"z1\",\"patient_id\":\"p1\",\"clinic_id\":\"c1\",\"test_type\":\"blood\","
+      "\"result\":\"caf\\u00e9 \\/ 5\",\"created_at\":\"2026-01-01T00:00:00.000Z\"}";
+  ASSERT_EQ(sql("INSERT INTO tests (test_id, patient_id, clinic_id, test_type, result,"
+                " created_at, doc) VALUES"
+                " ('z1', 'p1', 'c1', 'blood', 'caf\u00e9 / 5', '2026-01-01T00:00:00.000Z', '" +
+                doc_z +
+                "'),"
+                " ('a2', 'p2', 'c2', 'urine', 'r', '2026-01-02T00:00:00.000Z',"
+                " '{\"test_id\":\"a2\",\"patient_id\":\"p2\",\"clinic_id\":\"c2\","
+                "\"test_type\":\"urine\",\"result\":\"r\",\"created_at\":\"2026-01-02T00:00:00."
+                "000Z\"}')"),
+            "");
+  auto store = open();
+  ASSERT_TRUE(store);
+  ASSERT_EQ(column("SELECT max(version) FROM schema_migrations"),
+            std::vector<std::string>{std::to_string(PgStore::kSchemaVersion)});
+  StoredDocument d;
+  ASSERT_TRUE(store->get_test("z1", d).ok());
+  EXPECT_EQ(d.json, doc_z.substr(0, doc_z.size() - 1) +
+                        ",\"status\":\"final\",\"version\":1,\"updated_at\":"
+                        "\"2026-01-01T00:00:00.000Z\"}");
+  EXPECT_EQ(d.version, 1);
+  EXPECT_EQ(column("SELECT change_seq || ' ' || test_id || ' ' || version || ' ' || status || ' '"
+                   " || changed_at || ' ' || changed_by || ' ' || (reason IS NULL) || ' ' ||"
+                   " (doc = (SELECT doc FROM tests t WHERE t.test_id = v.test_id))"
+                   " FROM test_versions v ORDER BY change_seq"),
+            (std::vector<std::string>{"1 z1 1 final 2026-01-01T00:00:00.000Z unknown true true",
+                                      "2 a2 1 final 2026-01-02T00:00:00.000Z unknown true true"}));
+  EXPECT_EQ(column("SELECT status || ' ' || version || ' ' || updated_at FROM tests ORDER BY seq"),
+            (std::vector<std::string>{"final 1 2026-01-01T00:00:00.000Z",
+                                      "final 1 2026-01-02T00:00:00.000Z"}));
+  std::string clinic;
+  std::vector<TestVersion> versions;
+  ASSERT_TRUE(store
+                  ->list_history(HistoryQuery{"z1", 0, -1}, clinic,
+                                 [&](const TestVersion& v) {
+                                   versions.push_back(v);
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(clinic, "c1");
+  ASSERT_EQ(versions.size(), 1u);
+  EXPECT_EQ(versions[0].record.patient_id, "p1");
+  EXPECT_EQ(versions[0].record.result, "caf\u00e9 / 5");
+  EXPECT_EQ(versions[0].created_at, "2026-01-01T00:00:00.000Z");
+  EXPECT_EQ(versions[0].changed_by, "unknown");
+  EXPECT_FALSE(versions[0].reason.has_value());
+  // A new create is change 3.
+  ASSERT_TRUE(store->insert(make_record("new")).status.ok());
+  long long latest = 0;
+  ASSERT_TRUE(store->latest_change(latest).ok());
+  EXPECT_EQ(latest, 3);
+  std::vector<long long> seqs;
+  ASSERT_TRUE(store
+                  ->list_changes(ChangeQuery{"c1", 0, 100},
+                                 [&](const TestVersion& v) {
+                                   seqs.push_back(v.change_seq);
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(seqs, (std::vector<long long>{1, 3}));
+}
+
+// Two nodes write while a reader follows the feed with its token, a few changes at a time: it
+// sees every change exactly once, in change_seq order (a change that commits after the reader
+// moved past its number would be skipped).
+TEST_F(PgStoreTest, AFeedReaderMissesNoChangeOfTwoWritingNodes) {
+  auto node1 = open();
+  auto node2 = open();
+  auto reader = open();
+  std::atomic<bool> writing{true};
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 6; ++t) {
+    PgStore* node = t % 2 ? node1.get() : node2.get();
+    writers.emplace_back([node, t] {
+      for (int i = 0; i < 40; ++i) {
+        ASSERT_TRUE(node->insert(make_record("f" + std::to_string(t) + "_" + std::to_string(i)))
+                        .status.ok());
+      }
+    });
+  }
+  std::thread joiner;  // joins the writers, then ends the reading
+  std::vector<std::string> seen;
+  long long token = 0;
+  bool last_round = false;
+  for (int round = 0; round < 100000 && !last_round; ++round) {
+    last_round = !writing.load();
+    for (;;) {
+      long long got = 0;
+      ASSERT_TRUE(reader
+                      ->list_changes(ChangeQuery{"c1", token, 7},
+                                     [&](const TestVersion& v) {
+                                       EXPECT_GT(v.change_seq, token);
+                                       token = v.change_seq;
+                                       seen.push_back(v.record.test_id);
+                                       ++got;
+                                       return true;
+                                     })
+                      .ok());
+      if (got < 7) break;
+    }
+    if (round == 0) {
+      joiner = std::thread([&] {
+        for (auto& w : writers) w.join();
+        writing = false;
+      });
+    }
+  }
+  joiner.join();
+  ASSERT_TRUE(last_round);
+  std::set<std::string> distinct(seen.begin(), seen.end());
+  EXPECT_EQ(seen.size(), 240u);
+  EXPECT_EQ(distinct.size(), 240u);
 }
 
 // The PostgreSQL writer feeds the same transaction histograms as SQLite's (metrics.h).
@@ -123,6 +388,55 @@ TEST_F(PgStoreTest, RacingNodesStoreEachIdExactlyOnce) {
   ASSERT_EQ(wins.size(), 40u);
   for (const auto& [id, n] : wins) EXPECT_EQ(n, 1) << id;
   EXPECT_EQ(list_ids(*node1, "c1").size(), 40u);
+}
+
+// Corrections of one test on two nodes, every one expecting version 1: exactly one commits
+// (version 2), the rest are refused with the version that won, and the feed has the create and
+// that one correction, in order.
+TEST_F(PgStoreTest, RacingCorrectionsOnTwoNodesExactlyOneCommits) {
+  auto node1 = open();
+  auto node2 = open();
+  ASSERT_TRUE(node1->insert(make_record("fix")).status.ok());
+  std::atomic<int> committed{0}, mismatched{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 10; ++t) {
+    PgStore* node = t % 2 ? node1.get() : node2.get();
+    threads.emplace_back([&, node, t] {
+      TestCorrection c{make_record("fix"), "reason " + std::to_string(t), 1,
+                       "k" + std::to_string(t)};
+      c.record.result = "result " + std::to_string(t);
+      c.record.status = TestStatus::kAmended;
+      CorrectionOutcome out = node->correct(c, nullptr);
+      ASSERT_TRUE(out.status.ok()) << out.status.message();
+      if (out.refusal == CorrectionRefusal::kNone) {
+        EXPECT_EQ(out.current.version, 2);
+        committed++;
+      } else {
+        EXPECT_EQ(out.refusal, CorrectionRefusal::kVersionMismatch);
+        EXPECT_EQ(out.current.version, 2);
+        mismatched++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(committed.load(), 1);
+  EXPECT_EQ(mismatched.load(), 9);
+  std::vector<std::pair<long long, long long>> feed;  // (change_seq, version)
+  ASSERT_TRUE(node2
+                  ->list_changes(ChangeQuery{"c1", 0, 100},
+                                 [&](const TestVersion& v) {
+                                   feed.emplace_back(v.change_seq, v.version);
+                                   return true;
+                                 })
+                  .ok());
+  ASSERT_EQ(feed.size(), 2u);
+  EXPECT_LT(feed[0].first, feed[1].first);
+  EXPECT_EQ(feed[0].second, 1);
+  EXPECT_EQ(feed[1].second, 2);
+  StoredDocument d;
+  ASSERT_TRUE(node2->get_test("fix", d).ok());
+  EXPECT_EQ(d.version, 2);
+  EXPECT_EQ(field_of(d.json, "status"), "amended");
 }
 
 TEST_F(PgStoreTest, TheAuditChainHasOneEndAcrossNodes) {
@@ -270,7 +584,7 @@ TEST_F(PgStoreTest, TheHealthCheckAnswersWhileSlowReadsHoldEveryReader) {
     PGresult* r =
         PQexec(c,
                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-               " AND state = 'active' AND query LIKE 'SELECT doc, clinic_id FROM tests%'");
+               " AND state = 'active' AND query LIKE 'SELECT doc, clinic_id, version FROM tests%'");
     int n = PQresultStatus(r) == PGRES_TUPLES_OK ? std::atoi(PQgetvalue(r, 0, 0)) : -1;
     PQclear(r);
     PQfinish(c);
@@ -343,6 +657,11 @@ TEST_F(PgStoreTest, MigrateCopiesAnSqliteDatabaseResumablyAndTheDigestsAgree) {
     ASSERT_TRUE(source->insert_all(batch, &audits).status.ok());
     ApiKey k{"0123456789abcdef", "lab", {"read:c1"}, std::string(64, 'b'), "2026-01-01", ""};
     ASSERT_TRUE(source->create_key(k).ok());
+    // m3 corrected: its versions 1 and 2 are copied, with who and why.
+    TestCorrection fix{make_record("m3"), "wrong sample", 1, "k"};
+    fix.record.result = "corrected result";
+    fix.record.status = TestStatus::kCorrected;
+    ASSERT_EQ(source->correct(fix, nullptr).refusal, CorrectionRefusal::kNone);
   }
   const std::string to = url();
   auto run = [&](std::vector<std::string> extra) {
@@ -376,17 +695,84 @@ TEST_F(PgStoreTest, MigrateCopiesAnSqliteDatabaseResumablyAndTheDigestsAgree) {
     ASSERT_EQ(ids.size(), 1501u);
     EXPECT_EQ(ids.front(), "m0");
     EXPECT_EQ(ids.back(), "later");
+    std::string clinic;
+    std::vector<TestVersion> history;
+    ASSERT_TRUE(target
+                    ->list_history(HistoryQuery{"m3", 0, -1}, clinic,
+                                   [&](const TestVersion& v) {
+                                     history.push_back(v);
+                                     return true;
+                                   })
+                    .ok());
+    ASSERT_EQ(history.size(), 2u);
+    EXPECT_EQ(history[0].version, 2);
+    EXPECT_EQ(history[0].record.result, "corrected result");
+    EXPECT_EQ(history[0].record.status, TestStatus::kCorrected);
+    EXPECT_EQ(history[0].reason.value_or("<none>"), "wrong sample");
+    EXPECT_EQ(history[0].changed_by, "k");
+    EXPECT_EQ(history[1].version, 1);
+    StoredDocument d;
+    ASSERT_TRUE(target->get_test("m3", d).ok());
+    EXPECT_EQ(d.version, 2);
+    EXPECT_EQ(d.json, history[0].doc);
+    long long latest = 0;
+    ASSERT_TRUE(target->latest_change(latest).ok());
+    EXPECT_EQ(latest, 1502);  // 1,501 creates and one correction
     EXPECT_TRUE(target->insert(make_record("new-after-migrate")).status.ok());
+    ASSERT_TRUE(target->latest_change(latest).ok());
+    EXPECT_EQ(latest, 1503);
     // No copying under a running service (it hands out seqs and cursors of its own).
     std::tie(rc, out) = run({});
     EXPECT_EQ(rc, 1);
     EXPECT_EQ(out, "");
   }
-  // A target changed behind the copy's back no longer verifies.
-  ASSERT_EQ(sql("UPDATE tests SET doc = doc || ' ' WHERE test_id = 'm7'"), "");
+  // A target changed behind the copy's back no longer verifies: a test's document, or a
+  // version's author.
+  ASSERT_EQ(sql("DELETE FROM tests WHERE test_id = 'new-after-migrate';"
+                "DELETE FROM test_versions WHERE test_id = 'new-after-migrate'"),
+            "");
+  std::tie(rc, out) = run({});
+  EXPECT_EQ(rc, 0) << out;
+  ASSERT_EQ(sql("UPDATE test_versions SET changed_by = 'x' WHERE test_id = 'm3' AND version = 2"),
+            "");
   std::tie(rc, out) = run({});
   EXPECT_EQ(rc, 1);
   EXPECT_NE(out.find("\"status\":\"mismatch\""), std::string::npos) << out;
+  ASSERT_EQ(sql("UPDATE test_versions SET changed_by = 'k' WHERE test_id = 'm3' AND version = 2;"
+                "UPDATE tests SET doc = doc || ' ' WHERE test_id = 'm7'"),
+            "");
+  std::tie(rc, out) = run({});
+  EXPECT_EQ(rc, 1);
+  EXPECT_NE(out.find("\"status\":\"mismatch\""), std::string::npos) << out;
+}
+
+// A database of the release before versions (schema 3, tests/fixtures) migrates: the SQLite
+// store upgrades it as it opens it, and every test arrives as its version 1.
+TEST_F(PgStoreTest, MigrateCopiesAnSqliteDatabaseOfTheSchemaBeforeVersions) {
+  TempDir dir;
+  const std::string path = dir.file("v3.db");
+  {
+    std::ifstream in(std::string(TDAPI_SOURCE_DIR) + "/tests/fixtures/schema-v3.db",
+                     std::ios::binary);
+    ASSERT_TRUE(in.good());
+    std::ofstream out(path, std::ios::binary);
+    out << in.rdbuf();
+  }
+  std::vector<std::string> args{"testdata-api", "migrate", "--from", path, "--to", url()};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  testing::internal::CaptureStdout();
+  int rc = run_migrate_command(static_cast<int>(argv.size()), argv.data());
+  std::string out = testing::internal::GetCapturedStdout();
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("\"status\":\"verified\""), std::string::npos) << out;
+  const std::vector<std::string> tests = column("SELECT count(*) FROM tests");
+  ASSERT_EQ(tests.size(), 1u);
+  EXPECT_NE(tests[0], "0");
+  EXPECT_EQ(column("SELECT count(*) FROM test_versions WHERE version = 1 AND changed_by ="
+                   " 'unknown' AND doc = (SELECT doc FROM tests t WHERE t.test_id ="
+                   " test_versions.test_id)"),
+            tests);
 }
 
 }  // namespace

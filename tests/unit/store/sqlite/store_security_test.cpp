@@ -40,7 +40,7 @@ TEST(StoreAudit, NoAnswerAboutStoredDataGoesOutWithoutItsAuditEntry) {
   TempDir dir;
   SqliteOptions o;
   o.path = dir.file("t.db");
-  o.max_page_count = 24;
+  o.max_page_count = 40;
   std::unique_ptr<SqliteStore> store;
   ASSERT_TRUE(SqliteStore::open(o, store).ok());
   TestRecord first{"first", "p", "c1", "x", "y"};

@@ -12,16 +12,20 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
 
 #include "base/json.h"
 #include "http/storage_status.h"
+#include "store/sqlite/file_ops.h"
 #include "store/sqlite/sqlite_test_util.h"
 #include "store/store_test_util.h"
 #include "store/test_record.h"
@@ -78,7 +82,7 @@ TEST(SqliteStore, TheWalStaysBoundedUnderAStreamOfCommits) {
 
 TEST(SqliteStore, FullDatabaseRollsBackAndKeepsEveryAcknowledgedRecord) {
   TempDir dir;
-  auto store = open_store(dir.file("t.db"), /*max_pages=*/16);
+  auto store = open_store(dir.file("t.db"), /*max_pages=*/32);
   std::vector<std::string> acknowledged;
   Status last;
   for (int i = 0; i < 2000; ++i) {
@@ -97,6 +101,147 @@ TEST(SqliteStore, FullDatabaseRollsBackAndKeepsEveryAcknowledgedRecord) {
   // Reads and further duplicates still work while full.
   EXPECT_EQ(store->insert(make_record(acknowledged[0])).status.code(), StatusCode::kDuplicate);
   EXPECT_TRUE(store->check_health().ok());
+}
+
+// A correction that does not fit: Full (507), nothing of it written (not even its audit entry,
+// which would fail the same way), the old version intact and readable, and a correction that
+// fits still goes through.
+TEST(SqliteStore, ACorrectionOnAFullDatabaseIsFullAndLeavesTheOldVersionIntact) {
+  TempDir dir;
+  auto store = open_store(dir.file("t.db"), /*max_pages=*/40);
+  ASSERT_TRUE(store->insert(make_record("keep")).status.ok());
+  Status last;
+  for (int i = 0; i < 2000; ++i) {
+    TestRecord r = make_record("fill-" + std::to_string(i));
+    r.result = std::string(800, 'x');
+    last = store->insert(r).status;
+    if (!last.ok()) break;
+  }
+  ASSERT_EQ(last.code(), StatusCode::kFull) << last.message();
+  StoredDocument before;
+  ASSERT_TRUE(store->get_test("keep", before).ok());
+  long long latest_before = 0;
+  ASSERT_TRUE(store->latest_change(latest_before).ok());
+  const size_t audit_before = [&] {
+    size_t n = 0;
+    EXPECT_TRUE(store->list_audit({}, [&](const AuditEntry&) { return ++n > 0; }).ok());
+    return n;
+  }();
+
+  TestCorrection c;
+  c.record = make_record("keep");
+  c.record.result = std::string(kMaxResultChars, 'y');  // overflow pages: no room for them
+  c.record.status = TestStatus::kCorrected;
+  c.reason = "does not fit";
+  c.expected_version = 1;
+  c.changed_by = "anonymous";
+  AuditEntry audit;
+  audit.action = "correct";
+  audit.clinic_id = "c1";
+  audit.detail = "{}";
+  CorrectionOutcome out = store->correct(c, &audit);
+  EXPECT_EQ(out.status.code(), StatusCode::kFull) << out.status.message();
+  EXPECT_EQ(http_status_for(out.status.code()), 507);
+
+  StoredDocument after;
+  ASSERT_TRUE(store->get_test("keep", after).ok());
+  EXPECT_EQ(after.json, before.json);
+  EXPECT_EQ(after.version, 1);
+  long long latest_after = 0;
+  ASSERT_TRUE(store->latest_change(latest_after).ok());
+  EXPECT_EQ(latest_after, latest_before);
+  size_t audit_after = 0;
+  ASSERT_TRUE(store->list_audit({}, [&](const AuditEntry&) { return ++audit_after > 0; }).ok());
+  EXPECT_EQ(audit_after, audit_before);
+  std::string clinic;
+  int versions = 0;
+  ASSERT_TRUE(store
+                  ->list_history({"keep", 0, -1}, clinic,
+                                 [&](const TestVersion&) {
+                                   ++versions;
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(versions, 1);
+  EXPECT_TRUE(store->check_health().ok());  // full is not a broken write path
+}
+
+// The app killed (SIGKILL) while it corrects: every correction acknowledged before is there
+// after the restart, and no test is torn (its row's version, document and status are those of
+// its newest test_versions row).
+TEST(SqliteStore, EveryAcknowledgedCorrectionSurvivesAKill) {
+  TempDir dir;
+  const std::string path = dir.file("t.db");
+  {
+    auto store = open_store(path);
+    std::vector<TestRecord> batch;
+    for (int i = 0; i < 20; ++i) batch.push_back(make_record("t" + std::to_string(i)));
+    ASSERT_TRUE(store->insert_all(batch).status.ok());
+  }
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(fds[0]);
+    SqliteOptions o;
+    o.path = path;
+    std::unique_ptr<SqliteStore> store;
+    if (!SqliteStore::open(o, store).ok()) _exit(2);
+    // Bounded: at most 5,000 corrections (the parent kills it long before).
+    for (int i = 0; i < 5000; ++i) {
+      const int t = i % 20;
+      TestCorrection c;
+      c.record = make_record("t" + std::to_string(t));
+      c.record.status = TestStatus::kCorrected;
+      c.record.result = "correction " + std::to_string(i);
+      c.reason = "r";
+      c.expected_version = i / 20 + 1;
+      c.changed_by = "anonymous";
+      CorrectionOutcome out = store->correct(c, nullptr);
+      if (!out.status.ok() || out.refusal != CorrectionRefusal::kNone) _exit(3);
+      // Acknowledged: the test's index and the version it is at.
+      const long long ack[2] = {t, out.current.version};
+      if (write(fds[1], ack, sizeof ack) != static_cast<ssize_t>(sizeof ack)) _exit(4);
+    }
+    _exit(5);
+  }
+  close(fds[1]);
+  std::map<int, long long> acked;  // test index -> highest acknowledged version
+  long long ack[2];
+  int received = 0;
+  while (read(fds[0], ack, sizeof ack) == static_cast<ssize_t>(sizeof ack)) {
+    acked[static_cast<int>(ack[0])] = ack[1];
+    if (++received == 300) kill(child, SIGKILL);  // mid-stream
+  }
+  close(fds[0]);
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(wstatus)) << "the child ended on its own: " << wstatus;
+  ASSERT_GE(received, 300);
+
+  auto store = open_store(path);  // after an unclean stop: quick_check, then the WAL's commits
+  ASSERT_TRUE(store);
+  for (int t = 0; t < 20; ++t) {
+    SCOPED_TRACE(t);
+    const std::string id = "t" + std::to_string(t);
+    StoredDocument d;
+    ASSERT_TRUE(store->get_test(id, d).ok());
+    EXPECT_GE(d.version, acked[t]);  // nothing acknowledged is lost
+    std::string clinic;
+    std::vector<TestVersion> h;
+    ASSERT_TRUE(store
+                    ->list_history({id, 0, -1}, clinic,
+                                   [&](const TestVersion& v) {
+                                     h.push_back(v);
+                                     return true;
+                                   })
+                    .ok());
+    ASSERT_FALSE(h.empty());
+    EXPECT_EQ(h.front().version, d.version);  // not torn: the row and its newest version agree
+    EXPECT_EQ(h.front().doc, d.json);
+    EXPECT_EQ(static_cast<long long>(h.size()), d.version);  // every version kept
+  }
 }
 
 // The EXPLAIN QUERY PLAN of sql on the database at path, one line per step ("" on failure).
@@ -127,6 +272,126 @@ TEST(SqliteStore, TheListingIsServedByTheCoveringIndex) {
   EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << plan;  // no sort step
 }
 
+// The date ranges and the status filter: each listing statement searches its index (no scan of
+// the clinic), and a range reads only the rows inside it. SQLite's own step counter
+// (SQLITE_STMTSTATUS_VM_STEP, deterministic) shows it: a 10-row range of a 5,000-row clinic
+// costs about what 10 rows cost, not what the clinic costs.
+TEST(SqliteStore, DateRangesAndStatusAreServedByTheirIndexes) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  constexpr int kRows = 5000;
+  {
+    auto store = open_store(path);
+    std::vector<TestRecord> batch;
+    for (int i = 0; i < kRows; ++i) batch.push_back(make_record("t" + std::to_string(i), "c1"));
+    for (int i = 0; i < 200; ++i) batch.push_back(make_record("o" + std::to_string(i), "c2"));
+    ASSERT_TRUE(store->insert_all(batch).status.ok());
+  }
+  // One millisecond apart, in seq order; updated_at in the opposite order (as corrections may
+  // leave it). The documents are not read here.
+  sql_on(path,
+         "UPDATE tests SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', '2026-01-01', (seq / 1000.0)"
+         " || ' seconds'), updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', '2026-02-01', ((10000 - seq)"
+         " / 1000.0) || ' seconds'), status = CASE WHEN seq % 100 = 0 THEN 'amended' ELSE status"
+         " END");
+  auto ms = [](int n) {  // the created_at of seq n
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "2026-01-01T00:00:%06.3fZ", n / 1000.0);
+    return std::string(buf);
+  };
+  auto updated = [](int n) {  // the updated_at of seq n
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "2026-02-01T00:00:%06.3fZ", (10000 - n) / 1000.0);
+    return std::string(buf);
+  };
+  ASSERT_EQ(sql_on(path, "SELECT created_at FROM tests WHERE seq = 2500"), ms(2500));
+  ASSERT_EQ(sql_on(path, "SELECT updated_at FROM tests WHERE seq = 2500"), updated(2500));
+
+  struct Case {
+    const char* name;
+    ListQuery q;
+    const char* index;  // the plan's step
+    size_t rows;        // what the listing returns
+  };
+  std::vector<Case> cases;
+  auto add = [&](const char* name, const char* index, size_t rows, auto set) {
+    Case k{name, {}, index, rows};
+    k.q.clinic_id = "c1";
+    set(k.q);
+    cases.push_back(k);
+  };
+  add("created_from", "USING INDEX tests_by_created (clinic_id=? AND created_at>?)", 10,
+      [&](ListQuery& q) { q.created_from = ms(4991); });
+  add("created_to", "USING INDEX tests_by_created (clinic_id=? AND created_at<?)", 10,
+      [&](ListQuery& q) { q.created_to = ms(11); });
+  add("created range",
+      "USING INDEX tests_by_created (clinic_id=? AND created_at>? AND created_at<?)", 10,
+      [&](ListQuery& q) {
+        q.created_from = ms(2500);
+        q.created_to = ms(2510);
+      });
+  add("updated_from", "USING INDEX tests_by_updated (clinic_id=? AND updated_at>?)", 10,
+      [&](ListQuery& q) { q.updated_from = updated(10); });
+  add("updated_to", "USING INDEX tests_by_updated (clinic_id=? AND updated_at<?)", 10,
+      [&](ListQuery& q) { q.updated_to = updated(4990); });
+  add("updated range",
+      "USING INDEX tests_by_updated (clinic_id=? AND updated_at>? AND updated_at<?)", 10,
+      [&](ListQuery& q) {
+        q.updated_from = updated(2510);
+        q.updated_to = updated(2500);
+      });
+  add("created range and status", "USING INDEX tests_by_created", 1, [&](ListQuery& q) {
+    q.created_from = ms(2495);
+    q.created_to = ms(2505);
+    q.status = TestStatus::kAmended;
+  });
+  add("both ranges and a patient", "USING INDEX tests_by_created", 1, [&](ListQuery& q) {
+    q.created_from = ms(2500);
+    q.created_to = ms(2510);
+    q.updated_from = updated(2600);
+    q.patient_id = "patient-t2503";
+  });
+  add("status", "USING INDEX tests_by_status (clinic_id=? AND status=? AND seq>?)", 50,
+      [&](ListQuery& q) { q.status = TestStatus::kAmended; });
+
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    const std::string sql = list_tests_sql(k.q);
+    const std::string plan = query_plan(path, sql);
+    EXPECT_NE(plan.find(std::string("SEARCH tests ") + k.index), std::string::npos) << plan;
+    EXPECT_EQ(plan.find("SCAN"), std::string::npos) << plan;
+    // Run it as the store binds it, counting SQLite's steps.
+    sqlite3_stmt* st = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr), SQLITE_OK);
+    auto bind = [&](int i, const std::optional<std::string>& v) {
+      if (v) sqlite3_bind_text(st, i, v->c_str(), -1, SQLITE_TRANSIENT);
+    };
+    sqlite3_bind_text(st, 1, "c1", -1, SQLITE_STATIC);
+    bind(2, k.q.patient_id);
+    sqlite3_bind_int64(st, 4, 0);
+    sqlite3_bind_int64(st, 5, 1000);
+    if (k.q.status) sqlite3_bind_text(st, 6, test_status_name(*k.q.status), -1, SQLITE_STATIC);
+    bind(7, k.q.created_from);
+    bind(8, k.q.created_to);
+    bind(9, k.q.updated_from);
+    bind(10, k.q.updated_to);
+    size_t rows = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) ++rows;
+    const int steps = sqlite3_stmt_status(st, SQLITE_STMTSTATUS_VM_STEP, 0);
+    sqlite3_finalize(st);
+    EXPECT_EQ(rows, k.rows);
+    // A pass over the clinic's 5,000 rows takes more than 5,000 steps; 10 rows take a few
+    // hundred (the status listing's 50, about a thousand).
+    EXPECT_LT(steps, 1500) << plan;
+  }
+  // The same statements through the store.
+  sqlite3_close(db);
+  auto store = open_store(path);
+  for (const Case& k : cases) EXPECT_EQ(list_ids(*store, k.q).size(), k.rows) << k.name;
+}
+
 // The statement migrate pages through every test with: a range of the table's rowids, not a
 // scan and a sort of the whole table per page.
 TEST(SqliteStore, EveryTestIsPagedByARangeOfTheTable) {
@@ -146,7 +411,7 @@ TEST(SqliteStore, IntegrityCheckChunksAreRangesOfTheirBtree) {
   std::string path = dir.file("t.db");
   auto store = open_store(path);
   std::vector<std::string> sqls = integrity_chunk_sql();
-  EXPECT_EQ(sqls.size(), 6u);
+  EXPECT_EQ(sqls.size(), 12u);
   for (const std::string& sql : sqls) {
     std::string plan = query_plan(path, sql);
     EXPECT_EQ(plan.rfind("SEARCH ", 0), 0u) << sql << "\n" << plan;
@@ -173,7 +438,8 @@ std::unique_ptr<SqliteStore> open_and_check(const std::string& path, int chunk_r
 }
 
 // Chunk by chunk, each after the last key of the one before, the check reads every entry of
-// the tests table, its four indexes and the audit trail once: also when the rows fill their
+// the tests table and its seven indexes, test_versions and its two, and the audit trail once
+// (each test here has its version 1): also when the rows fill their
 // last chunk exactly, and with chunks of one entry.
 TEST(SqliteStore, BackgroundIntegrityCheckReadsEveryEntryOnce) {
   for (int rows : {49, 50}) {
@@ -197,7 +463,7 @@ TEST(SqliteStore, BackgroundIntegrityCheckReadsEveryEntryOnce) {
       auto store = open_and_check(path, chunk, state);
       ASSERT_TRUE(store);
       EXPECT_EQ(state, StoreStats::Integrity::kOk);
-      EXPECT_EQ(store->integrity_entries(), rows * 5 + rows / 2);
+      EXPECT_EQ(store->integrity_entries(), rows * 11 + rows / 2);
       EXPECT_GE(store->stats().integrity_seconds, 0);
       EXPECT_TRUE(store->check_health().ok());
     }
@@ -591,6 +857,141 @@ TEST(SqliteStore, MigratesAVersion1DatabaseAtStart) {
   store = open_store(path);  // opening a current database again changes nothing (no new copy)
   EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"a", "b", "d"}));
   EXPECT_EQ(pre_migration_copies(path).size(), 1u);
+}
+
+// Migrations 1 -> 2 and 2 -> 3 as the releases before versions ran them.
+const char kMigrationsToV3[] =
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)"
+    " STRICT, WITHOUT ROWID;"
+    "INSERT OR IGNORE INTO counters (name, value)"
+    " SELECT 'last_seq', coalesce(max(rowid), 0) FROM tests;"
+    "CREATE TABLE IF NOT EXISTS api_keys ("
+    "  key_id      TEXT PRIMARY KEY NOT NULL,"
+    "  name        TEXT NOT NULL,"
+    "  scopes      TEXT NOT NULL,"
+    "  secret_hash TEXT NOT NULL,"
+    "  created_at  TEXT NOT NULL,"
+    "  revoked_at  TEXT"
+    ") STRICT;"
+    "CREATE TABLE IF NOT EXISTS audit ("
+    "  seq        INTEGER PRIMARY KEY NOT NULL,"
+    "  ts         TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL,"
+    "  key_id     TEXT NOT NULL,"
+    "  action     TEXT NOT NULL,"
+    "  clinic_id  TEXT NOT NULL,"
+    "  detail     TEXT NOT NULL,"
+    "  outcome    INTEGER NOT NULL,"
+    "  prev_hash  TEXT NOT NULL,"
+    "  hash       TEXT NOT NULL"
+    ") STRICT;";
+
+// A schema-3 database (tests without versions) is migrated at start: each document gains
+// status, version and updated_at by text (the escapes already there unchanged), each test its
+// version 1 in test_versions, in seq order, by "unknown"; the result passes restore's checks and
+// takes corrections.
+TEST(SqliteStore, MigratesAVersion3DatabaseToVersionsAtStart) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  std::string v3 = std::string("PRAGMA journal_mode=WAL; BEGIN;") + kSchemaV1 + kMigrationsToV3 +
+                   "PRAGMA user_version=3;";
+  std::map<std::string, std::string> old_docs;
+  const std::vector<std::string> ids = {"z", "a", "m"};  // seq order, not id order
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string& id = ids[i];
+    TestRecord r = make_record(id, i == 1 ? "c2" : "c1");
+    r.result = "tab\there, \"quoted\", back\\slash, caf\xc3\xa9, \xe2\x80\xa8";
+    const std::string created_at = "2026-01-0" + std::to_string(i + 1) + "T00:00:00.000Z";
+    std::string doc = test_record_json(r, created_at);
+    old_docs[id] = doc;
+    auto quote = [](const std::string& text) {
+      std::string q = "'";
+      for (char ch : text) q += ch == '\'' ? std::string("''") : std::string(1, ch);
+      return q + "'";
+    };
+    v3 +=
+        "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result,"
+        " created_at, doc) VALUES (" +
+        std::to_string(i + 1) + ", " + std::to_string(i + 1) + ", " + quote(id) + ", " +
+        quote(r.patient_id) + ", " + quote(r.clinic_id) + ", " + quote(r.test_type) + ", " +
+        quote(r.result) + ", " + quote(created_at) + ", " + quote(doc) + ");";
+  }
+  v3 += "UPDATE counters SET value = 3 WHERE name = 'last_seq'; COMMIT;";
+  sql_on(path, v3);
+  ASSERT_EQ(sql_on(path, "PRAGMA user_version"), "3");
+
+  auto store = open_store(path);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(sql_on(path, "PRAGMA user_version"), "4");
+  std::vector<std::string> copies = pre_migration_copies(path);
+  ASSERT_EQ(copies.size(), 1u);
+  EXPECT_EQ(sql_on(copies[0], "PRAGMA user_version"), "3");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    SCOPED_TRACE(ids[i]);
+    const std::string& old = old_docs[ids[i]];
+    const std::string created_at = "2026-01-0" + std::to_string(i + 1) + "T00:00:00.000Z";
+    const std::string want = old.substr(0, old.size() - 1) +
+                             ",\"status\":\"final\",\"version\":1,\"updated_at\":\"" + created_at +
+                             "\"}";
+    StoredDocument d;
+    ASSERT_TRUE(store->get_test(ids[i], d).ok());
+    EXPECT_EQ(d.json, want);  // byte for byte: the old escapes kept
+    EXPECT_EQ(d.version, 1);
+    TestRecord r = make_record(ids[i], i == 1 ? "c2" : "c1");
+    r.result = "tab\there, \"quoted\", back\\slash, caf\xc3\xa9, \xe2\x80\xa8";
+    EXPECT_EQ(d.json, test_document(r, created_at, 1, created_at));  // what a create writes now
+    std::string clinic;
+    std::vector<TestVersion> h;
+    ASSERT_TRUE(store
+                    ->list_history({ids[i], 0, -1}, clinic,
+                                   [&](const TestVersion& v) {
+                                     h.push_back(v);
+                                     return true;
+                                   })
+                    .ok());
+    ASSERT_EQ(h.size(), 1u);
+    EXPECT_EQ(h[0].version, 1);
+    EXPECT_EQ(h[0].change_seq, static_cast<long long>(i + 1));  // seq order
+    EXPECT_EQ(h[0].changed_by, "unknown");
+    EXPECT_EQ(h[0].changed_at, created_at);
+    EXPECT_FALSE(h[0].reason.has_value());
+    EXPECT_EQ(h[0].doc, want);
+    EXPECT_EQ(h[0].record.result, r.result);
+  }
+  EXPECT_EQ(sql_on(path,
+                   "SELECT group_concat(status || version || (updated_at = created_at))"
+                   " FROM tests"),
+            "final11,final11,final11");
+  // The feed starts with the migrated tests; new changes follow them.
+  TestCorrection c;
+  c.record = make_record("m");
+  c.record.status = TestStatus::kCorrected;
+  c.reason = "after the upgrade";
+  c.expected_version = 1;
+  c.changed_by = "anonymous";
+  CorrectionOutcome o = store->correct(c, nullptr);
+  ASSERT_TRUE(o.status.ok()) << o.status.message();
+  EXPECT_EQ(o.refusal, CorrectionRefusal::kNone);
+  EXPECT_EQ(o.current.change_seq, 4);
+  std::vector<std::string> feed;
+  ChangeQuery cq;
+  cq.clinic_id = "c1";
+  ASSERT_TRUE(store
+                  ->list_changes(cq,
+                                 [&](const TestVersion& v) {
+                                   feed.push_back(v.record.test_id + "@" +
+                                                  std::to_string(v.version));
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(feed, (std::vector<std::string>{"z@1", "m@1", "m@2"}));
+  store.reset();
+  // What restore would take: the exact schema and every row agreeing with its document.
+  DatabaseFacts facts;
+  Status s = sqlite_check_file(path, true, facts);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(facts.tests, 3);
+  EXPECT_EQ(facts.versions, 4);
 }
 
 // A migration that fails half-way leaves the database exactly as it was: one transaction.
