@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "base/config.h"
+#include "base/systemd.h"
 
 namespace tdapi {
 
@@ -60,8 +61,12 @@ int run_config_command(int argc, char** argv, char** envp) {
     std::cout << "testdata-api: configuration OK (" << source << ")\n";
     return 0;
   }
-  for (const std::string& p : problems) std::cerr << "testdata-api: config: " << p << "\n";
-  std::cerr << "testdata-api: " << problems.size()
+  // Under systemd (ExecReload=), each line at error priority in the journal.
+  const char* prio = stderr_is_journal() ? "<3>" : "";
+  for (const std::string& p : problems) {
+    std::cerr << prio << "testdata-api: config: " << p << "\n";
+  }
+  std::cerr << prio << "testdata-api: " << problems.size()
             << (problems.size() == 1 ? " problem" : " problems") << " in " << source << "\n";
   return 1;
 }

@@ -128,6 +128,20 @@ class Notify(unittest.TestCase):
         self.assertTrue(lines[-1].startswith('<3>{"ts":'), lines[-1])
         self.assertIn('"event":"startup_failed"', lines[-1])
 
+    def test_config_check_problems_at_error_priority_in_the_journal(self):
+        err_path = os.path.join(self.dir, "journal")
+        with open(err_path, "w") as err:
+            st = os.fstat(err.fileno())
+            env = clean_env(JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino), THREADS="lots")
+            rc = subprocess.run([APP, "config", "check"], env=env, stderr=err,
+                                timeout=30).returncode
+        self.assertEqual(rc, 1)
+        with open(err_path) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(lines, ["<3>testdata-api: config: THREADS must be a whole number from 1 "
+                                 "to 1024, not 'lots'",
+                                 "<3>testdata-api: 1 problem in the environment"])
+
     def test_no_prefix_when_stderr_is_not_the_journal(self):
         self.start(JOURNAL_STREAM="1:1")
         self.messages(lambda m: "READY=1" in m, 60)
