@@ -95,7 +95,8 @@ test-tsan: deps
 # The Debian package (README "Install"): dist/testdata-api_<version>_<arch>.deb, built by
 # dpkg-buildpackage from a copy of the sources; its tests (lintian, systemd-analyze verify, an
 # install, upgrade and purge in a clean Debian 12 root) are CTest's package_* tests.
-deb: deps
+# Installs the package's Build-Depends only (scripts/build-deb.sh), not the whole toolchain.
+deb:
 	@JOBS=$(JOBS) scripts/build-deb.sh dist
 
 # Throughput and latency against the FastCGI ceiling, measured with wrk; prints a table and

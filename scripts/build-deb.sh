@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Debian package with dpkg-buildpackage + debhelper from a copy of the sources (the
-# checkout stays clean) and puts testdata-api_<version>_<arch>.deb into OUTDIR (default dist/).
-# The version is debian/changelog's. JOBS (default 2) parallel compile jobs.
+# checkout stays clean) and puts testdata-api_<version>_<arch>.deb, and its debug symbols
+# testdata-api-dbgsym_<version>_<arch>.deb, into OUTDIR (default dist/). The version is
+# debian/changelog's. JOBS (default 2) parallel compile jobs. What the build needs is
+# debian/control's Build-Depends alone: missing ones are installed (apt-get build-dep, as root)
+# or named with the command to run.
 # Usage: scripts/build-deb.sh [OUTDIR]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,6 +17,17 @@ trap 'rm -rf "$work"' EXIT
 mkdir "$work/src"
 (cd "$here" && tar -cf - CMakeLists.txt src debian ops nginx.conf docs README.md) | tar -xf - -C "$work/src"
 cd "$work/src"
+# Build-Depends (and build-essential), nothing else: not the test and benchmark toolchain.
+if ! command -v dpkg-checkbuilddeps >/dev/null 2>&1 || ! dpkg-checkbuilddeps >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "build-deb: the package's Build-Depends are missing; install them with:" >&2
+    echo "  sudo apt-get install --no-install-recommends dpkg-dev && sudo apt-get build-dep ./" >&2
+    exit 1
+  fi
+  command -v dpkg-checkbuilddeps >/dev/null 2>&1 ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dpkg-dev >&2
+  DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -q --no-install-recommends ./ >&2
+fi
 if ! DEB_BUILD_OPTIONS="parallel=${JOBS:-2} ${DEB_BUILD_OPTIONS:-}" \
     dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1; then
   tail -40 "$work/build.log" >&2
@@ -23,5 +37,10 @@ if ! DEB_BUILD_OPTIONS="parallel=${JOBS:-2} ${DEB_BUILD_OPTIONS:-}" \
 fi
 version=$(dpkg-parsechangelog -S Version)
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
+# The debug symbols too (debhelper's automatic -dbgsym package): what a core dump of the
+# installed binary needs.
+for f in "$work/testdata-api-dbgsym_${version}_${arch}".*deb; do
+  [ ! -e "$f" ] || cp "$f" "$out/"
+done
 cp "$work/testdata-api_${version}_${arch}.deb" "$out/"
 echo "$out/testdata-api_${version}_${arch}.deb"

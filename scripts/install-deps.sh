@@ -10,6 +10,7 @@ packages=(
   libfcgi-dev libcjson-dev libsqlite3-dev libgtest-dev
   libssl-dev                          # libcrypto: SHA-256 and CSPRNG for access keys
   libpq-dev                           # the PostgreSQL backend (--database-url)
+  libsystemd-dev                      # sd_notify: readiness, status, watchdog under systemd
   nginx-light                         # the web server in front
   libnginx-mod-stream                 # its stream module: the per-address TCP cap (nginx.conf)
   sqlite3 curl jq python3             # tests, smoke test, debugging

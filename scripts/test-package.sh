@@ -58,7 +58,8 @@ units)
   fails=0
   for u in "$root"/units/*; do
     # verify exits 0 on unknown keys and bad values (it only warns): any output is a failure.
-    out=$(cd "$root/units" && systemd-analyze verify "$u" 2>&1) && [ -z "$out" ] ||
+    # Documentation=man:… pages are looked up in the package's own man directory.
+    out=$(cd "$root/units" && MANPATH="$root/pkg/usr/share/man" systemd-analyze verify "$u" 2>&1) && [ -z "$out" ] ||
       { printf '%s\n' "$out"; echo "FAIL systemd-analyze verify $(basename "$u")"; fails=$((fails + 1)); continue; }
     echo "ok   systemd-analyze verify $(basename "$u")"
   done
@@ -141,7 +142,7 @@ sed -i "s/^Version: .*/Version: $next/" "$work/v2/pkg/DEBIAN/control"
 dpkg-deb -b --root-owner-group "$work/v2/pkg" "$R/tmp/testdata-api_${next}.deb" >/dev/null
 cp "$deb" "$R/tmp/testdata-api_${version}.deb"
 
-app_log() { tail -n 20 "$R/var/lib/testdata-api/logs/app.log" 2>/dev/null || true; }
+app_log() { tail -n 20 "$work/app.stderr" 2>/dev/null || true; }  # the journal's part
 show_logs() {
   echo "--- app log" >&2; app_log >&2
   echo "--- nginx error logs" >&2
@@ -196,7 +197,10 @@ for arg in shlex.split(sys.argv[1].replace("$$", "$")):
     sys.stdout.write(arg + "\0")
 EOF
   )
-  mapfile -t envs < <(grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$R$env_file" | sed -E "s/^([^=]*)=[\"']?(.*[^\"'])?[\"']?$/\1=\2/")
+  # The environment as systemd builds it: RUNTIME_DIRECTORY, the unit's Environment= (one line of
+  # NAME=value words), then the environment file's lines on top.
+  read -r -a envs <<<"RUNTIME_DIRECTORY=/run/$rtdir $(unit_get Environment)"
+  mapfile -t -O "${#envs[@]}" envs < <(grep -E '^[A-Za-z_][A-Za-z0-9_]*=' "$R$env_file" | sed -E "s/^([^=]*)=[\"']?(.*[^\"'])?[\"']?$/\1=\2/")
   (
     umask "$umask_"
     exec chroot "$R" prlimit --nofile="$nofile:$nofile" \
@@ -268,6 +272,15 @@ wait_http
 token=$(in_root runuser -u testdata-api -- testdata-api keys create --db /var/lib/testdata-api/testdata.db \
   --name package-test --scope 'read:*' --scope 'write:*' | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])') ||
   fail "keys create failed"
+# Administration as root, as README shows it: the package's settings, the service user's rights.
+in_root testdata-api config check >/dev/null || fail "config check fails on the installed env file"
+in_root testdata-api keys list | grep -q '"name":"package-test"' || fail "keys list as root (no --db) does not list the key"
+in_root testdata-api backup >/dev/null || fail "backup as root failed"
+owners=$(in_root find /var/lib/testdata-api -user root)
+[ -z "$owners" ] || fail "root-owned files after root's backup: $owners"
+in_root runuser -u testdata-api -- env BACKUP_DIR=/var/lib/testdata-api/backups testdata-api backup \
+  --db /var/lib/testdata-api/testdata.db >/dev/null || fail "the service user's backup (the timer's) fails after root's"
+say "as root: config check, keys list and backup use the package's settings; no root-owned file"
 BASE_URL=http://127.0.0.1:$port TOKEN=$token "$here/scripts/smoke.sh" || fail "smoke test failed on $version"
 record='{"test_id":"pkg-upgrade-1","patient_id":"p-pkg","clinic_id":"c-pkg","test_type":"blood","result":"ok"}'
 api 201 -X POST "http://127.0.0.1:$port/tests" -H 'Content-Type: application/json' -d "$record" >/dev/null
@@ -275,7 +288,8 @@ api 200 "http://127.0.0.1:$port/openapi.yaml" >/dev/null
 # nginx's access log of the site: JSON lines, no query strings (they can carry patient ids).
 grep -q '"path":"/tests"' "$R/var/log/nginx/testdata-api.access.log" || fail "no JSON access log line"
 ! grep -q 'clinic_id=\|p-pkg' "$R/var/log/nginx/testdata-api.access.log" || fail "the access log carries a query string or patient id"
-! grep -q 'p-pkg' "$R/var/lib/testdata-api/logs/app.log" || fail "the app log carries a patient id"
+grep -q '"event":"store_opened"' "$work/app.stderr" || fail "no app log line on stderr (the journal)"
+! grep -q 'p-pkg' "$work/app.stderr" || fail "the app log carries a patient id"
 
 # 3. Upgrade: as systemd would (stop, new files, start again); data, key and conffile kept.
 stop_app

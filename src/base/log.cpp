@@ -50,8 +50,17 @@ std::string render_log_line(LogLevel level, const char* event, const LogFields& 
   return line;
 }
 
+namespace {
+bool g_priority_prefix = false;
+}  // namespace
+
+void set_log_priority_prefix(bool on) { g_priority_prefix = on; }
+
 void log_event(LogLevel level, const char* event, const LogFields& fields) {
   std::string line = render_log_line(level, event, fields);
+  if (g_priority_prefix) {
+    line.insert(0, level == LogLevel::kError ? "<3>" : level == LogLevel::kWarn ? "<4>" : "<6>");
+  }
   // One write(2) per line keeps lines from several threads whole: lines are far shorter than
   // PIPE_BUF (4096), so a write to a pipe is atomic, and to an O_APPEND file one append.
   const char* p = line.data();

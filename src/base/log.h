@@ -35,6 +35,11 @@ struct LogFields {
 // Safe to call from several threads. Errors writing stderr are ignored: this function can't fail.
 void log_event(LogLevel level, const char* event, const LogFields& fields);
 
+// With `on`, every line starts with its syslog priority ("<3>" error, "<4>" warn, "<6>" info):
+// for stderr connected to the journal, which takes the prefix as the line's priority. Set once,
+// before threads start.
+void set_log_priority_prefix(bool on);
+
 // Opens `path` for appending (created mode 0600, O_CLOEXEC) and puts it in place of stderr
 // with dup2, which is atomic for concurrent log_event calls: each line goes whole to the old
 // file or whole to the new one. Called at start and on SIGHUP (after the file was renamed for

@@ -93,6 +93,7 @@ Response field_errors_response(std::string_view message, const std::vector<Field
 }
 
 const char* reason_phrase(int status) {
+  // Every status the service sends (RFC 9110, RFC 6585 for 428/429, RFC 4918 for 507).
   switch (status) {
     case 200:
       return "OK";
@@ -104,24 +105,34 @@ const char* reason_phrase(int status) {
       return "Not Modified";
     case 400:
       return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
     case 404:
       return "Not Found";
     case 405:
       return "Method Not Allowed";
     case 409:
       return "Conflict";
-    case 413:
-      return "Payload Too Large";
     case 412:
       return "Precondition Failed";
+    case 413:
+      return "Payload Too Large";
     case 415:
       return "Unsupported Media Type";
     case 428:
       return "Precondition Required";
+    case 429:
+      return "Too Many Requests";
     case 500:
       return "Internal Server Error";
+    case 502:
+      return "Bad Gateway";
     case 503:
       return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
     case 507:
       return "Insufficient Storage";
   }

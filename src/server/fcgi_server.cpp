@@ -499,9 +499,19 @@ struct AcceptHealth {
   int give_up_ms = 10000;
   std::atomic<long long> failing_since_ms{-1};  // -1: the last fresh accept succeeded
   std::atomic<bool> broken{false};
+  // Progress of the workers, for the watchdog: how many are inside a request, and when one
+  // last finished one.
+  std::atomic<int> in_request{0};
+  std::atomic<long long> last_done_ms{0};
   Mutex log_mu;
   long long last_log_ms GUARDED_BY(log_mu) = -1;
   long long unlogged GUARDED_BY(log_mu) = 0;
+
+  // Healthy: accepting works, and a worker is free or one finished a request lately.
+  bool healthy(int threads, int stall_ms) const {
+    if (broken.load() || failing_since_ms.load() != -1) return false;
+    return in_request.load() < threads || now_ms() - last_done_ms.load() < stall_ms;
+  }
 
   void succeeded() {
     if (failing_since_ms.load(std::memory_order_relaxed) != -1) failing_since_ms.store(-1);
@@ -580,11 +590,15 @@ void worker_loop(int listen_fd, Store& store, Authenticator& auth, std::atomic<i
       backoff_ms = 0;
     }
     global_metrics().worker_busy();
+    health.in_request.fetch_add(1);
     // After a large body (a batch: its tree and answer were many small allocations in this
     // thread's arena), hand free memory back to the OS, so hostile batches leave none behind.
     bool parked = false;
     if (serve_one(fcgi, listen_fd, store, auth, waiter, parked)) malloc_trim(0);
     if (!parked) FCGX_Finish_r(fcgi.get());
+    // A parked long poll is answered by the waiter thread: this worker is free again.
+    health.last_done_ms.store(now_ms());
+    health.in_request.fetch_sub(1);
     global_metrics().worker_done();
   }
   idle_fd.store(-1);
@@ -725,6 +739,8 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   ready.detail = options.socket_path;
   ready.count = options.threads;
   log_event(LogLevel::kInfo, "listening", ready);
+  health.last_done_ms.store(now_ms());
+  if (options.on_listening) options.on_listening();
 
   sigset_t set;
   sigemptyset(&set);
@@ -735,6 +751,9 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
     sig = sigtimedwait(&set, nullptr, &second);
     if (sig < 0) {
       write_failure_tallies(auth, store, false);
+      if (options.on_healthy && health.healthy(options.threads, options.stall_ms)) {
+        options.on_healthy();
+      }
       continue;
     }
     if (sig == SIGTERM || sig == SIGINT) break;
@@ -752,6 +771,7 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   LogFields stopping;
   stopping.reason = broken ? "accept_broken" : sig == SIGINT ? "SIGINT" : "SIGTERM";
   log_event(LogLevel::kInfo, "stopping", stopping);
+  if (options.on_stopping) options.on_stopping();
 
   // Stop accepting: shutting the listening socket down wakes every thread blocked in accept.
   g_stopping.store(true);

@@ -24,6 +24,15 @@ struct ServerOptions {
   int accept_give_up_ms = 10000;
   // Called on the signal thread on SIGHUP (e.g. to reopen the log file). May be empty.
   std::function<void()> on_hangup;
+  // Called on the signal thread once the socket listens and every worker runs (readiness), and
+  // when a stop begins. May be empty.
+  std::function<void()> on_listening;
+  std::function<void()> on_stopping;
+  // Called on the signal thread about once a second while serving is healthy: accepting works,
+  // and a worker is free or one finished a request within stall_ms (all workers stuck in
+  // requests for longer: hung). For a watchdog. May be empty.
+  std::function<void()> on_healthy;
+  int stall_ms = 30000;
 };
 
 // What run_fcgi_server returns. A stop that times out does not return: it _exits with

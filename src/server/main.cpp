@@ -1,13 +1,16 @@
 // main.cpp: testdata-api entry point: options, privileges, limits, store, FastCGI server.
 //
-// Usage: testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
+// Usage: testdata-api serve [--env-file PATH]   (settings from the environment: base/config.h)
+//        testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
 //                     [--threads N] [--busy-timeout-ms N]
 //                     [--max-db-pages N] [--stop-timeout-ms N] [--feed-max-waiting N]
 //                     [--user NAME] [--log-file PATH]
 //                     [--auth on|off] [--audit on|off] [--audit-reads durable|crash-safe]
 //                     [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]
 //        testdata-api keys|audit|migrate|backup|restore ...   (administration: cli.h, backup.h)
+//        testdata-api config check|env-file|table   (tools/config_command.h)
 //        testdata-api --version        (the build's version: the Debian package's)
+//        testdata-api --help           (usage on stdout, exit 0)
 //
 // Exit statuses (scripts/run.sh, the supervisor, acts on them):
 //   0   clean stop (SIGTERM/SIGINT; in-flight requests finished). Restarted unless the
@@ -44,9 +47,12 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "base/config.h"
 #include "base/log.h"
 #include "base/options.h"
+#include "base/systemd.h"
 #include "metrics/metrics.h"
 #include "server/fcgi_server.h"
 #include "store/open_store.h"
@@ -54,19 +60,32 @@
 
 namespace {
 
+const char kServeUsage[] =
+    "usage: testdata-api serve [--env-file PATH]\n"
+    "           the service, configured by the environment (testdata-api config table lists\n"
+    "           every setting; under systemd, the unit's EnvironmentFile)\n"
+    "       testdata-api --socket PATH (--db PATH | --database-url URL)"
+    " [--socket-mode 0600|0660]\n"
+    "           [--threads N] [--busy-timeout-ms N] [--max-db-pages N] [--stop-timeout-ms N]\n"
+    "           [--feed-max-waiting N] [--user NAME] [--log-file PATH] [--auth on|off]\n"
+    "           [--audit on|off] [--audit-reads durable|crash-safe]\n"
+    "           [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]\n"
+    "           the service, configured by options (what make run starts)\n"
+    "       testdata-api --help | --version\n";
+
 int usage(const std::string& why) {
-  std::cerr << "testdata-api: " << why
-            << "\nusage: testdata-api --socket PATH (--db PATH | --database-url URL)"
-               " [--socket-mode 0600|0660] [--threads N] [--busy-timeout-ms N]"
-               " [--max-db-pages N] [--stop-timeout-ms N] [--feed-max-waiting N] [--user NAME]"
-               " [--log-file PATH]"
-               " [--auth on|off] [--audit on|off] [--audit-reads durable|crash-safe]"
-               " [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]\n"
-               "       testdata-api keys|audit ... (run 'testdata-api keys' for details)\n";
+  std::cerr << "testdata-api: " << why << "\n" << kServeUsage << tdapi::admin_usage();
   return tdapi::kExitUsage;
 }
 
+int help() {
+  std::cout << kServeUsage << tdapi::admin_usage() << "See testdata-api(8).\n";
+  return tdapi::kExitOk;
+}
+
 int startup_failed(const std::string& reason, const std::string& detail) {
+  // Under systemd, also the unit's status line (systemctl status), where an operator looks.
+  tdapi::systemd_notify("STATUS=Start-up failed (" + reason + "): " + detail.substr(0, 900));
   tdapi::LogFields f;
   f.reason = reason;
   f.detail = detail;
@@ -171,7 +190,13 @@ int main(int argc, char** argv) {
     std::cout << "testdata-api " << TDAPI_VERSION << "\n";
     return tdapi::kExitOk;
   }
+  if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+                    std::strcmp(argv[1], "help") == 0)) {
+    return help();
+  }
   if (tdapi::is_admin_command(argc, argv)) return tdapi::run_admin_command(argc, argv);
+  // Under systemd, stderr is the journal: each line carries its priority.
+  tdapi::set_log_priority_prefix(tdapi::stderr_is_journal());
   tdapi::block_stop_signals();  // before any thread starts
   tdapi::global_metrics();      // process_start_time_seconds: now
   // Bodies of up to 4 MiB: a fixed mmap threshold keeps every allocation over 256 KiB in its own
@@ -181,7 +206,29 @@ int main(int argc, char** argv) {
 
   tdapi::AppOptions opt;
   std::string error;
-  if (!tdapi::parse_options(argc, argv, std::thread::hardware_concurrency(), opt, error)) {
+  if (argc >= 2 && std::strcmp(argv[1], "serve") == 0) {
+    // Configured by the environment (the settings table), checked as `config check` does: a bad
+    // value is a start-up failure (78, not restarted), every problem named.
+    std::string env_file;
+    if (argc == 4 && std::strcmp(argv[2], "--env-file") == 0) {
+      env_file = argv[3];
+    } else if (argc != 2) {
+      return usage("serve takes only --env-file PATH; settings come from the environment");
+    }
+    tdapi::Environment env;
+    std::string source;
+    std::vector<std::string> problems;
+    tdapi::load_configuration(env_file, environ, env, source, problems);
+    if (!problems.empty() ||
+        !tdapi::options_from_environment(env, std::thread::hardware_concurrency(), geteuid() == 0,
+                                         opt, problems)) {
+      std::string all;
+      for (const std::string& p : problems) all += (all.empty() ? "" : "; ") + p;
+      return startup_failed("config", all + " (in " + source +
+                                          "). What to do: correct them; testdata-api config "
+                                          "check lists every problem");
+    }
+  } else if (!tdapi::parse_options(argc, argv, std::thread::hardware_concurrency(), opt, error)) {
     return usage(error);
   }
   if (!ensure_open_files(opt.threads, opt.feed_max_waiting, error))
@@ -190,8 +237,9 @@ int main(int argc, char** argv) {
     return startup_failed("user", error);
   }
   die_with_supervisor();
-  if (!opt.log_file.empty() && !tdapi::open_log_file(opt.log_file, error)) {
-    return startup_failed("log_file", error);
+  if (!opt.log_file.empty()) {
+    if (!tdapi::open_log_file(opt.log_file, error)) return startup_failed("log_file", error);
+    tdapi::set_log_priority_prefix(false);
   }
 
   const std::string target = opt.database_url.empty() ? opt.db_path : opt.database_url;
@@ -201,6 +249,11 @@ int main(int argc, char** argv) {
   settings.max_db_pages = opt.max_db_pages;
   settings.observer = &tdapi::global_metrics();
   std::unique_ptr<tdapi::Store> store;
+  const long long watchdog_ms = tdapi::systemd_watchdog_ms();
+  tdapi::systemd_notify(
+      opt.database_url.empty()
+          ? "STATUS=Opening the database (checking the file after an unclean stop may take a while)"
+          : "STATUS=Connecting to PostgreSQL");
   tdapi::Status s = tdapi::open_store(target, tdapi::StoreRole::kService, settings, store);
   // A database server that is starting, restarting or failing over is waited for (a minute, a
   // stop signal ends the wait), then the app exits 1: the supervisor starts it again, so the
@@ -213,6 +266,9 @@ int main(int argc, char** argv) {
       tdapi::log_event(tdapi::LogLevel::kError, "database_unavailable", f);
       return tdapi::kExitFailure;
     }
+    tdapi::systemd_notify(std::string("STATUS=Waiting for PostgreSQL (") + s.name() + "), " +
+                          std::to_string(60 - waited) + " s before exiting to be restarted");
+    if (watchdog_ms > 0) tdapi::systemd_notify("WATCHDOG=1");  // waiting is what it should do
     if (waited % 5 == 0) {
       tdapi::LogFields f;
       f.reason = s.name();
@@ -273,6 +329,18 @@ int main(int argc, char** argv) {
         tdapi::log_event(tdapi::LogLevel::kError, "log_reopen_failed", f);
       }
     };
+  }
+  // systemd: ready once the store is open and the socket listens; the watchdog is fed while
+  // serving is healthy (a hung app stops feeding it and is restarted).
+  server.on_listening = [path = opt.socket_path] {
+    tdapi::systemd_notify("READY=1\nSTATUS=Serving on " + path);
+  };
+  server.on_stopping = [] {
+    tdapi::systemd_notify("STOPPING=1\nSTATUS=Stopping: finishing in-flight requests");
+  };
+  if (watchdog_ms > 0) {
+    server.stall_ms = static_cast<int>(std::min<long long>(watchdog_ms, 3600000));
+    server.on_healthy = [] { tdapi::systemd_notify("WATCHDOG=1"); };
   }
   tdapi::ServeResult result = tdapi::run_fcgi_server(server, *store);
   if (result == tdapi::kServeSocketFailed) return tdapi::kExitStartupFailure;  // logged

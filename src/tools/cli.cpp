@@ -1,6 +1,8 @@
 // cli.cpp: `testdata-api keys …` and `testdata-api audit …`.
 #include "tools/cli.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -16,6 +18,7 @@
 #include "store/audit.h"
 #include "store/open_store.h"
 #include "tools/backup.h"
+#include "tools/config_command.h"
 #include "tools/migrate.h"
 
 namespace tdapi {
@@ -31,7 +34,10 @@ const char kUsage[] =
     "       testdata-api migrate --from PATH.db --to postgresql://...\n"
     "       testdata-api backup [--db PATH] (--to FILE | --to-dir DIR [--keep N])\n"
     "       testdata-api restore --from FILE [--db PATH]\n"
-    "DB: an SQLite file, or a PostgreSQL URL (postgresql://...; also --database-url URL)\n"
+    "       testdata-api config check [--env-file PATH] | config env-file | config table\n"
+    "DB: an SQLite file, or a PostgreSQL URL (postgresql://...; also --database-url URL);\n"
+    "default: DATABASE_URL, else DB_PATH. As root on a packaged server, every command reads\n"
+    "/etc/testdata-api/testdata-api.env and runs as the service user.\n"
     "scopes: read:<clinic_id> write:<clinic_id> read:* write:* audit metrics\n";
 
 int usage(const std::string& why) {
@@ -74,8 +80,14 @@ bool parse_args(int argc, char** argv, Args& a, std::string& error) {
       a.positional.push_back(arg);
     }
   }
+  // Unnamed: the configured database (DATABASE_URL, else DB_PATH: on a packaged server run
+  // as root, the package's environment file's).
+  for (const char* name : {"DATABASE_URL", "DB_PATH"}) {
+    const char* v = std::getenv(name);
+    if (a.db.empty() && v != nullptr) a.db = v;
+  }
   if (a.db.empty()) {
-    error = "--db PATH (or a PostgreSQL URL) is required";
+    error = "--db PATH (or a PostgreSQL URL) is required (default: DATABASE_URL, else DB_PATH)";
     return false;
   }
   return true;
@@ -232,13 +244,21 @@ int audit_export(Store& store) {
 
 }  // namespace
 
+const char* admin_usage() { return kUsage; }
+
 bool is_admin_command(int argc, char** argv) {
   if (argc < 2) return false;
   std::string cmd = argv[1];
-  return cmd == "keys" || cmd == "audit" || cmd == "migrate" || cmd == "backup" || cmd == "restore";
+  return cmd == "keys" || cmd == "audit" || cmd == "migrate" || cmd == "backup" ||
+         cmd == "restore" || cmd == "config";
 }
 
 int run_admin_command(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "config") return run_config_command(argc, argv, environ);
+  // Root on a packaged server: the package's settings, and the service user's rights, so that
+  // no file this creates (a backup, a restored database, a WAL) is root's.
+  std::string become_error;
+  if (!become_service_user_if_packaged(environ, become_error)) return fail(become_error);
   if (argc >= 2 && std::string(argv[1]) == "migrate") return run_migrate_command(argc, argv);
   if (argc >= 2 && std::string(argv[1]) == "backup") return run_backup_command(argc, argv);
   if (argc >= 2 && std::string(argv[1]) == "restore") return run_restore_command(argc, argv);

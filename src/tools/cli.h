@@ -4,8 +4,11 @@
 
 namespace tdapi {
 
+// The usage lines of the administration commands (for --help).
+const char* admin_usage();
+
 // True when argv[1] names an administration command (`keys`, `audit`, `migrate`, `backup`,
-// `restore`).
+// `restore`, `config`).
 bool is_admin_command(int argc, char** argv);
 
 // Runs it:

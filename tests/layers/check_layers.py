@@ -37,6 +37,7 @@ LIBRARIES = {
     "libpq-fe.h": "store/pg",
     "cjson/cJSON.h": "base",
     "openssl/": "base",
+    "systemd/": "base",
     "fcgiapp.h": "server",
     "fcgio.h": "server",
 }

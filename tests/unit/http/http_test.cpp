@@ -174,3 +174,35 @@ TEST(ErrorResponses, ShapeAndFieldList) {
 
 }  // namespace
 }  // namespace tdapi
+
+namespace tdapi {
+namespace {
+
+// Every status the service (app or nginx's JSON pages through it) answers with has its phrase.
+TEST(ReasonPhrase, EveryStatusTheServiceSends) {
+  const std::pair<int, const char*> expected[] = {
+      {200, "OK"},
+      {201, "Created"},
+      {204, "No Content"},
+      {304, "Not Modified"},
+      {400, "Bad Request"},
+      {401, "Unauthorized"},
+      {403, "Forbidden"},
+      {404, "Not Found"},
+      {405, "Method Not Allowed"},
+      {409, "Conflict"},
+      {412, "Precondition Failed"},
+      {413, "Payload Too Large"},
+      {415, "Unsupported Media Type"},
+      {428, "Precondition Required"},
+      {429, "Too Many Requests"},
+      {500, "Internal Server Error"},
+      {503, "Service Unavailable"},
+      {507, "Insufficient Storage"},
+  };
+  for (const auto& [status, phrase] : expected) EXPECT_STREQ(reason_phrase(status), phrase);
+  EXPECT_STREQ(reason_phrase(299), "Unknown");
+}
+
+}  // namespace
+}  // namespace tdapi

@@ -1,0 +1,161 @@
+// config_test.cpp: the settings table: validation naming every bad value, environment files as
+// systemd reads them, serve's options, the rendered env file and table.
+#include "base/config.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace tdapi {
+namespace {
+
+std::vector<std::string> problems_of(const Environment& env) {
+  std::vector<std::string> problems;
+  validate_environment(env, problems);
+  return problems;
+}
+
+bool mentions(const std::vector<std::string>& problems, const std::string& text) {
+  for (const std::string& p : problems) {
+    if (p.find(text) != std::string::npos) return true;
+  }
+  return false;
+}
+
+TEST(Config, DefaultsAndGoodValuesPass) {
+  EXPECT_TRUE(problems_of({}).empty());
+  Environment good = {{"THREADS", "8"},
+                      {"AUTH", "on"},
+                      {"AUDIT", "on"},
+                      {"AUDIT_READS", "durable"},
+                      {"BUSY_TIMEOUT_MS", "0"},
+                      {"LISTEN", "[::1]:8443"},
+                      {"ANON_RATE", "600r/m"},
+                      {"LISTING_SPOOL_MAX", "2g"},
+                      {"FASTCGI_READ_TIMEOUT", "500ms"},
+                      {"LOG_FORWARD", "relp://logs.example.org:2514"},
+                      {"APP_NODES", "4"},
+                      {"DATABASE_URL", "postgresql://app@db/tests"},
+                      {"WRITE_COMMIT", "leader"},
+                      {"SOCKET_MODE", "0660"},
+                      {"BACKUP_KEEP", "30"},
+                      {"THREADS", ""}};
+  EXPECT_TRUE(problems_of(good).empty()) << problems_of(good).front();
+}
+
+TEST(Config, NamesEveryBadValue) {
+  Environment bad = {{"THREADS", "lots"},
+                     {"AUTH", "maybe"},
+                     {"BUSY_TIMEOUT_MS", "5s"},
+                     {"LISTEN", "127.0.0.1:5000; listen 80"},
+                     {"PORT", "70000"},
+                     {"ANON_RATE", "100/s"},
+                     {"LISTING_SPOOL_MAX", "1t"},
+                     {"FASTCGI_READ_TIMEOUT", "soon"},
+                     {"LOG_FORWARD", "udp://h:1"},
+                     {"APP_NODES", "17"},
+                     {"BACKUP_KEEP", "0"},
+                     {"SERVICE_USER", "a b"},
+                     {"WRITE_COMMIT", "thread|leader"}};
+  std::vector<std::string> problems = problems_of(bad);
+  EXPECT_EQ(problems.size(), bad.size());
+  for (const auto& kv : bad) {
+    EXPECT_TRUE(mentions(problems, kv.first + " must")) << kv.first;
+    EXPECT_TRUE(mentions(problems, "'" + kv.second + "'")) << kv.second;
+  }
+}
+
+TEST(Config, RefusesTheCombinationsTheAppRefuses) {
+  EXPECT_TRUE(mentions(problems_of({{"DATABASE_URL", "postgresql://x"}, {"MAX_DB_PAGES", "9"}}),
+                       "MAX_DB_PAGES"));
+  EXPECT_TRUE(mentions(problems_of({{"AUTH", "on"}, {"AUDIT", "off"}}), "AUDIT=off"));
+  EXPECT_TRUE(mentions(problems_of({{"APP_NODES", "2"}}), "needs DATABASE_URL"));
+  EXPECT_TRUE(mentions(problems_of({{"TLS_CERT", "/c.pem"}}), "TLS_KEY"));
+  EXPECT_TRUE(problems_of({{"AUTH", "off"}, {"AUDIT", "off"}}).empty());
+}
+
+TEST(Config, ReadsEnvironmentFilesAsSystemdDoes) {
+  Environment env;
+  std::vector<std::string> problems;
+  parse_environment_text(
+      "# comment\n; also a comment\n\n  THREADS = 8 \nDB_PATH=\"/srv/a b.db\"\n"
+      "AUTH='on'\nDATABASE_URL=host=db \\\ndbname=t\nPGPASSFILE=/etc/pg\nexport X=1\n"
+      "THREAD=4\nAUDIT=\n",
+      "f", env, problems);
+  EXPECT_EQ(env["THREADS"], "8");
+  EXPECT_EQ(env["DB_PATH"], "/srv/a b.db");
+  EXPECT_EQ(env["AUTH"], "on");
+  EXPECT_EQ(env["DATABASE_URL"], "host=db dbname=t");
+  EXPECT_EQ(env["PGPASSFILE"], "/etc/pg");
+  EXPECT_EQ(env["AUDIT"], "");
+  ASSERT_EQ(problems.size(), 2u);
+  EXPECT_EQ(problems[0], "f:10: not a NAME=value line");
+  EXPECT_EQ(problems[1], "f:11: THREAD is not a setting of testdata-api (misspelt?)");
+}
+
+TEST(Config, ServeOptionsFromTheEnvironment) {
+  AppOptions o;
+  std::vector<std::string> problems;
+  ASSERT_TRUE(options_from_environment({{"RUNTIME_DIRECTORY", "/run/testdata-api"},
+                                        {"SOCKET_MODE", "0660"},
+                                        {"DB_PATH", "/var/lib/t/t.db"},
+                                        {"THREADS", "12"},
+                                        {"FEED_MAX_WAITING", "7"},
+                                        {"AUDIT_READS", "durable"},
+                                        {"ANON_RATE", "10r/s"}},
+                                       2, false, o, problems));
+  EXPECT_EQ(o.socket_path, "/run/testdata-api/app.sock");
+  EXPECT_EQ(o.socket_mode, 0660);
+  EXPECT_EQ(o.db_path, "/var/lib/t/t.db");
+  EXPECT_EQ(o.threads, 12);
+  EXPECT_EQ(o.feed_max_waiting, 7);
+  EXPECT_TRUE(o.auth);  // serve's default: on
+  EXPECT_TRUE(o.audit_reads_durable);
+  EXPECT_EQ(o.auth_failure_rate_per_minute, 600);
+  EXPECT_EQ(o.user, "");
+
+  ASSERT_TRUE(
+      options_from_environment({{"DATA_DIR", "/d"}, {"AUTH", "off"}}, 2, true, o, problems));
+  EXPECT_EQ(o.socket_path, "/d/run/app.sock");
+  EXPECT_EQ(o.db_path, "/d/testdata.db");
+  EXPECT_EQ(o.socket_mode, 0600);
+  EXPECT_FALSE(o.auth);
+  EXPECT_EQ(o.threads, default_thread_count(2));
+  EXPECT_EQ(o.user, "testdata-api");
+
+  EXPECT_FALSE(options_from_environment({{"THREADS", "lots"}}, 2, false, o, problems));
+  EXPECT_TRUE(mentions(problems, "THREADS"));
+}
+
+TEST(Config, EnvFileAndTableListEverySetting) {
+  const std::string file = render_environment_file();
+  const std::string table = render_settings_table();
+  for (const Setting& s : settings_table()) {
+    const std::string name = s.name;
+    EXPECT_NE(table.find("| `" + name + "` |"), std::string::npos) << name;
+    if (s.place == SettingPlace::kEnvFile) {
+      EXPECT_NE(file.find("\n" + name + "=" + s.package_value + "\n"), std::string::npos) << name;
+    } else {
+      EXPECT_NE(file.find("#   " + name), std::string::npos) << name;
+    }
+  }
+  // The package's file is valid as it is, and says nothing unknown.
+  Environment env;
+  std::vector<std::string> problems;
+  parse_environment_text(file, "env", env, problems);
+  EXPECT_TRUE(problems.empty());
+  EXPECT_TRUE(validate_environment(env, problems)) << problems.front();
+  EXPECT_EQ(env["BACKUP_DIR"], "/var/lib/testdata-api/backups");
+  EXPECT_EQ(env["BACKUP_KEEP"], "7");
+  size_t longest = 0, start = 0;
+  for (size_t nl = file.find('\n'); nl != std::string::npos; nl = file.find('\n', start)) {
+    longest = std::max(longest, nl - start);
+    start = nl + 1;
+  }
+  EXPECT_LE(longest, 95u);
+}
+
+}  // namespace
+}  // namespace tdapi
