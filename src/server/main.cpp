@@ -97,7 +97,7 @@ const char* hint_for(tdapi::StatusCode code) {
   switch (code) {
     case tdapi::StatusCode::kCorrupt:
       return "the database file is damaged: stop here, keep a copy of it, and restore it from a "
-             "backup (or move it aside to start empty); see README 'Failure handling'";
+             "backup (or move it aside to start empty); see docs/operations.md 'Failure handling'";
     case tdapi::StatusCode::kReadOnly:
       return "check that DATA_DIR exists and that this user can write the directory and the "
              "database file";

@@ -46,7 +46,7 @@ const char kPostgresAdvice[] =
     " names a PostgreSQL database: backup and restore copy SQLite files only. Back up PostgreSQL "
     "with its own tools: pg_dump --format=custom (a logical copy; restore it with pg_restore into "
     "an empty database while the service is stopped) or pg_basebackup with WAL archiving (a "
-    "physical copy, for point-in-time recovery). See README 'Backup and restore'";
+    "physical copy, for point-in-time recovery). See docs/operations.md 'Backup and restore'";
 
 int usage(const std::string& why) {
   std::cerr << "testdata-api: " << why << "\n" << kBackupUsage;
