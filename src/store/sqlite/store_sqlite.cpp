@@ -80,10 +80,10 @@ const char kUpdateTestSql[] =
 // several times slower than a listing of the same rows.
 #define TDAPI_CHANGE_COLUMNS \
   "change_seq, test_id, version, clinic_id, status, changed_at, changed_by, reason, doc"
-#define TDAPI_VERSION_COLUMNS                                              \
-  TDAPI_CHANGE_COLUMNS                                                     \
-  ", json_extract(doc, '$.patient_id'), json_extract(doc, '$.test_type')," \
-  " json_extract(doc, '$.result'), json_extract(doc, '$.created_at')"
+#define TDAPI_VERSION_COLUMNS                                                  \
+  TDAPI_CHANGE_COLUMNS                                                         \
+      ", json_extract(doc, '$.patient_id'), json_extract(doc, '$.test_type')," \
+      " json_extract(doc, '$.result'), json_extract(doc, '$.created_at')"
 // One test's versions, newest first (the UNIQUE (test_id, version) index, backwards).
 const char kHistorySql[] = "SELECT " TDAPI_VERSION_COLUMNS
                            " FROM test_versions WHERE test_id = ?1 AND version < ?2"
