@@ -22,6 +22,7 @@
 #include <iterator>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string_view>
 #include <thread>
@@ -281,6 +282,7 @@ struct ParkedRequest {
   std::unique_ptr<FCGX_Request> fcgi;
   std::shared_ptr<DeferredResponse> wait;
   std::string route, request_id, method, path;
+  std::string authorization;  // its Authorization header: the key is checked again on answering
   LogFields log;
   std::chrono::steady_clock::time_point start;
 };
@@ -322,7 +324,8 @@ class FeedWaiter {
   static constexpr int kFeedPollMs = 250;
   static constexpr int kMinRoundMs = 10;
 
-  FeedWaiter(Store& store, int max_waiting) : store_(store), max_waiting_(max_waiting) {
+  FeedWaiter(Store& store, Authenticator& auth, int max_waiting)
+      : store_(store), auth_(auth), max_waiting_(max_waiting) {
     thread_ = std::thread([this] { run(); });
   }
   ~FeedWaiter() {
@@ -354,6 +357,32 @@ class FeedWaiter {
   }
 
  private:
+  // A held request's key, looked up again before changes go to it, as a new request's would be:
+  // revoked, or without the clinic's read scope now, while the poll was held (up to 30 s, where
+  // a revocation is otherwise felt within kKeyCacheTtl), it gets the 401 or 403 a new request
+  // would, not the changes.
+  std::optional<Response> key_refusal(const ParkedRequest& p) {
+    Principal principal;
+    Status storage_error;
+    const AuthOutcome outcome =
+        auth_.authenticate(p.authorization, store_, principal, storage_error);
+    if (outcome == AuthOutcome::kStorageError) return storage_error_response(storage_error);
+    if (outcome != AuthOutcome::kOk) {
+      Response r = error_response(401, "invalid access token");
+      r.headers.emplace_back("WWW-Authenticate",
+                             "Bearer realm=\"testdata-api\", error=\"invalid_token\"");
+      r.log.reason = "key_changed_while_waiting";
+      return r;
+    }
+    if (!principal.may(Access::kRead, p.log.clinic_id)) {
+      Response r =
+          error_response(403, "this access key may not read tests of clinic " + p.log.clinic_id);
+      r.log.reason = "key_changed_while_waiting";
+      return r;
+    }
+    return std::nullopt;
+  }
+
   void run() EXCLUDES(mu_) {
     std::vector<std::unique_ptr<ParkedRequest>> held;
     auto last_round = std::chrono::steady_clock::time_point();
@@ -406,7 +435,8 @@ class FeedWaiter {
           if (!final && moved && latest >= 0 && nothing_new.count(p.wait->key) != 0) {
             p.wait->seen = latest;  // the same question found nothing at this change
           } else if (final || moved) {
-            std::optional<Response> answer = p.wait->poll(final);
+            std::optional<Response> answer = key_refusal(p);
+            if (!answer) answer = p.wait->poll(final);
             if (answer) {
               answer_parked(p, std::move(*answer));
               done = true;
@@ -430,6 +460,7 @@ class FeedWaiter {
   }
 
   Store& store_;
+  Authenticator& auth_;
   const int max_waiting_;
   Mutex mu_;
   std::condition_variable cv_;  // waited on with mu_ held: a request parked, or stopping
@@ -458,6 +489,7 @@ bool serve_one(std::unique_ptr<FCGX_Request>& fcgi, int listen_fd, Store& store,
     p->wait = resp.wait;
     p->route = resp.route;
     p->request_id = req.request_id;
+    p->authorization = req.authorization;
     p->method = req.method;
     p->path = req.path;
     p->log = resp.log;
@@ -725,7 +757,7 @@ ServeResult run_fcgi_server(const ServerOptions& options, Store& store) {
   AcceptHealth health;
   health.give_up_ms = options.accept_give_up_ms;
   RunningWorkers running(options.threads);
-  FeedWaiter waiter(store, options.feed_max_waiting);
+  FeedWaiter waiter(store, auth, options.feed_max_waiting);
   std::vector<std::atomic<int>> idle_fds(static_cast<size_t>(options.threads));
   std::vector<std::thread> workers;
   for (int i = 0; i < options.threads; ++i) {

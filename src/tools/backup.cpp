@@ -289,6 +289,10 @@ Status restore_from_fd(int from_fd, const std::string& from, const std::string& 
     return give_up(s.code() == StatusCode::kInternal ? Status::Internal(why)
                                                      : Status::Corrupt(why));
   }
+  // Cursors and feed tokens of the database before the restore name positions of another
+  // history: refused from now on (file_ops.h).
+  s = sqlite_new_cursor_key(tmp);
+  if (!s.ok()) return give_up(s);
   if (after_check) after_check(tmp);
   const Status replaced_meanwhile = Status::Internal(
       tmp + " was replaced while it was checked (by a user who can write " + dir_of(db) + ")");

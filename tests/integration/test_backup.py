@@ -193,6 +193,36 @@ class BackupRestore(unittest.TestCase):
             v = cli("audit", "verify", "--db", os.path.join(data_dir, "testdata.db"))
             self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
 
+    def test_cursors_and_feed_tokens_from_before_a_restore_are_refused(self):
+        # A restore goes back in time: the change numbers and seqs handed out after the backup
+        # are handed out again. A feed token or cursor from before the restore would name a
+        # position past the changes written after it, and skip them without a word.
+        data_dir = os.path.join(self.tmp, "data")
+        os.mkdir(data_dir, 0o700)
+        db = os.path.join(data_dir, "testdata.db")
+        backup = os.path.join(self.tmp, "tokens.db")
+        with Server(data_dir=data_dir) as s:
+            self.assertEqual(s.request("POST", "/tests", record("kept")).status, 201)
+            p = cli("backup", "--db", db, "--to", backup)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            for tid in ("lost-1", "lost-2"):
+                self.assertEqual(s.request("POST", "/tests", record(tid)).status, 201)
+            token = s.request("GET", "/changes?clinic_id=c1").json()["next"]
+            cursor = s.request("GET", "/tests?clinic_id=c1&limit=1").json()["next_cursor"]
+        r = cli("restore", "--from", backup, "--db", db)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with Server(data_dir=data_dir) as s:
+            for tid in ("new-1", "new-2"):
+                self.assertEqual(s.request("POST", "/tests", record(tid)).status, 201)
+            r = s.request("GET", "/changes?clinic_id=c1&since=" + token)
+            self.assertEqual(r.status, 400, r)
+            self.assertIn("since", r.json()["message"])
+            r = s.request("GET", "/tests?clinic_id=c1&limit=1&cursor=" + cursor)
+            self.assertEqual(r.status, 400, r)
+            # The feed from its beginning has every change of the restored database.
+            changes = s.request("GET", "/changes?clinic_id=c1").json()["changes"]
+            self.assertEqual([c["test"]["test_id"] for c in changes], ["kept", "new-1", "new-2"])
+
     def test_restore_over_a_stopped_service_keeps_the_replaced_database(self):
         backup = os.path.join(self.tmp, "b.db")
         data_dir = os.path.join(self.tmp, "data")

@@ -13,8 +13,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Server, record, wait_for  # noqa: E402
-from test_corrections import KeyedServer, correction, put  # noqa: E402
+from harness import Server, database_target, record, wait_for  # noqa: E402
+from test_corrections import KeyedServer, admin, correction, put  # noqa: E402
 
 
 def feed(server, clinic, since=None, limit=None, wait=None, timeout=60, headers=None):
@@ -260,6 +260,39 @@ class FeedScopes(KeyedServer, unittest.TestCase):
         self.assertEqual(r.status, 400, r)  # c1's token is no token of c2's feed
         entries = self.req("aud", "GET", "/audit?clinic_id=c2").json()["entries"]
         self.assertIn(403, [e["outcome"] for e in entries if e["action"] == "changes"])
+
+    def test_a_key_revoked_while_its_poll_is_held_gets_no_changes(self):
+        key = admin("keys", "create", "--db", database_target(self.s), "--name", "soon-gone",
+                    "--scope", "read:c3")[0]
+        token = self.req("rall", "GET", "/changes?clinic_id=c3").json()["next"]
+        reply = {}
+
+        def poll():
+            reply["r"] = self.s.request(
+                "GET", f"/changes?clinic_id=c3&since={token}&wait=20", timeout=60,
+                headers={"Authorization": "Bearer " + key["token"]})
+
+        t = threading.Thread(target=poll)
+        t.start()
+        m = admin("keys", "create", "--db", database_target(self.s), "--name", "m",
+                  "--scope", "metrics")[0]
+
+        def held():
+            body = self.s.request("GET", "/metrics",
+                                  headers={"Authorization": "Bearer " + m["token"]}).body
+            return b"\ntdapi_feed_waiting 1\n" in body
+
+        self.assertTrue(wait_for(held))
+        admin("keys", "revoke", "--db", database_target(self.s), key["key_id"])
+        time.sleep(0.7)  # past the app's key cache (kKeyCacheTtl, 500 ms): a new request sees it
+        r = self.s.request("GET", "/changes?clinic_id=c3",
+                           headers={"Authorization": "Bearer " + key["token"]})
+        self.assertEqual(r.status, 401, r)
+        r = self.req("wall", "POST", "/tests", record("after-revoke", clinic="c3"))
+        self.assertEqual(r.status, 201, r)
+        t.join(60)
+        self.assertEqual(reply["r"].status, 401, reply["r"])
+        self.assertNotIn(b"after-revoke", reply["r"].body)
 
 
 if __name__ == "__main__":

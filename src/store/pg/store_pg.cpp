@@ -154,6 +154,8 @@ std::string list_range_sql(unsigned mask) {
 // and delivers them after the query ended: a slow client never holds a snapshot or a connection.
 constexpr size_t kListPageBytes = 256 * 1024;
 constexpr long long kFirstPageRows = 16;
+// A ranged page's walk (list_sql) is the page while at least one row in this many is in range.
+constexpr long long kDenseWalk = 16;
 
 constexpr auto kSizeRefresh = std::chrono::seconds(10);
 
@@ -559,8 +561,15 @@ Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEn
       const int walked = PQntuples(page.get());
       long long matched = 0;
       for (int i = 0; ranged && i < walked; ++i) matched += !PQgetisnull(page.get(), i, 0);
-      if (!ranged || matched >= want || walked < walk) return Status::Ok();
-      // Not enough of the range in the rows walked: the rest of the page through its index.
+      // Where the range is dense in the walk (at least one row in kDenseWalk), the page is the
+      // rows walked, fewer than wanted: the lookup reads every row of the range after the walk,
+      // and a page that took it whenever the walk came up short re-read a wide range once per
+      // page (quadratic in the range).
+      if (!ranged || matched >= want || walked < walk || matched * kDenseWalk >= walked) {
+        return Status::Ok();
+      }
+      // Too little of the range in the rows walked: the rest of the page through its index.
+      ++range_lookups_;
       after_text = std::to_string(value_int(page.get(), walked - 1, 1));
       const std::string rest = std::to_string(want - matched);
       params[n - 2] = after_text.c_str();

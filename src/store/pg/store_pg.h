@@ -2,6 +2,7 @@
 // process, a bounded pool of reader connections, many app processes on one database.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -80,6 +81,9 @@ class PgStore : public EngineStore, public ImportTarget {
   using Store::list_tests;
   Status list_tests(const ListQuery& query, const RowFn& on_row,
                     const PageEndFn& on_page_end) override;
+  // How many times a listing looked a date range's rows up through the range's index
+  // (list_range_sql): a listing's cost as a deterministic count, for tests.
+  long long listing_range_lookups() const { return range_lookups_.load(); }
   Status check_health() override EXCLUDES(health_mu_, size_mu_);
   const std::string& instance_secret() const override { return secret_; }
   StoreStats stats() const override EXCLUDES(size_mu_);
@@ -120,6 +124,7 @@ class PgStore : public EngineStore, public ImportTarget {
                      bool retry_when_lost = true);
 
   PgOptions options_;
+  std::atomic<long long> range_lookups_{0};  // listing_range_lookups()
   std::string secret_;
   std::unique_ptr<Connection> writer_;  // used by the writer thread only (and open)
 

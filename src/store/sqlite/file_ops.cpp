@@ -578,4 +578,19 @@ Status sqlite_settle_unused(const std::string& path) {
   return Status::Ok();
 }
 
+Status sqlite_new_cursor_key(const std::string& path) {
+  DbHandle h;
+  int rc = open_connection(path, SQLITE_OPEN_READWRITE, &h.db);
+  if (rc != SQLITE_OK) return status_from_sqlite(rc, h.db, "cannot open " + path, true);
+  sqlite3_extended_result_codes(h.db, 1);
+  rc = sqlite3_exec(h.db, "UPDATE meta SET value = randomblob(16) WHERE name = 'cursor_key'",
+                    nullptr, nullptr, nullptr);
+  if (rc != SQLITE_OK) {
+    return status_from_sqlite(sqlite3_extended_errcode(h.db), h.db,
+                              "cannot give " + path + " a new cursor key", true);
+  }
+  if (sqlite3_changes(h.db) != 1) return Status::Internal(path + " has no cursor key");
+  return Status::Ok();
+}
+
 }  // namespace tdapi

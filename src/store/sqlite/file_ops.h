@@ -58,6 +58,13 @@ Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFac
 // whole database and can be kept aside. Another error (Corrupt, ...) when it cannot be read.
 Status sqlite_settle_unused(const std::string& path);
 
+// Gives the database at `path`, which no other process uses (a restore's checked copy), a new
+// cursor key: a restored database goes back in time, so the seqs and change numbers handed out
+// after its backup are handed out again, and a listing cursor or feed token made before the
+// restore could name a position past changes written after it, which would be skipped without a
+// word. With a new key every earlier cursor and token is refused (400) instead.
+Status sqlite_new_cursor_key(const std::string& path);
+
 struct BackupResult {
   std::string file;     // the verified copy
   DatabaseFacts facts;  // counted in the copy (equal to the source's at the snapshot)

@@ -20,7 +20,7 @@ struct SqliteStore::Connection {
   sqlite3_stmt* insert = nullptr;
   // By the filters the listing uses (list_filters: a bit each), prepared on first use.
   sqlite3_stmt* list[128] = {};
-  // With a date range, by the same bits: the walk of the clinic in seq order (list_walk_sql).
+  // A date range's walk of the clinic in seq order (list_walk_sql), by the same filters.
   sqlite3_stmt* list_walk[128] = {};
   sqlite3_stmt* health = nullptr;
   sqlite3_stmt* get = nullptr;

@@ -80,10 +80,10 @@ const char kUpdateTestSql[] =
 // several times slower than a listing of the same rows.
 #define TDAPI_CHANGE_COLUMNS \
   "change_seq, test_id, version, clinic_id, status, changed_at, changed_by, reason, doc"
-#define TDAPI_VERSION_COLUMNS                                              \
-  TDAPI_CHANGE_COLUMNS                                                     \
-  ", json_extract(doc, '$.patient_id'), json_extract(doc, '$.test_type')," \
-  " json_extract(doc, '$.result'), json_extract(doc, '$.created_at')"
+#define TDAPI_VERSION_COLUMNS                                                  \
+  TDAPI_CHANGE_COLUMNS                                                         \
+      ", json_extract(doc, '$.patient_id'), json_extract(doc, '$.test_type')," \
+      " json_extract(doc, '$.result'), json_extract(doc, '$.created_at')"
 // One test's versions, newest first (the UNIQUE (test_id, version) index, backwards).
 const char kHistorySql[] = "SELECT " TDAPI_VERSION_COLUMNS
                            " FROM test_versions WHERE test_id = ?1 AND version < ?2"
@@ -159,11 +159,15 @@ int list_filters(const ListQuery& q) {
          (q.updated_to ? kUpdatedTo : 0);
 }
 
+constexpr int kRangeFilters = kCreatedFrom | kCreatedTo | kUpdatedFrom | kUpdatedTo;
+
 // One listing statement per combination of filters. Without a date range: the covering index
-// (clinic_id, seq, doc), or the patient's, type's or status's index, in seq order. With one
-// (see list_range_conditions for when it is used), its index is named (tests_by_created, else
-// tests_by_updated), so only the rows inside the range are read, then sorted by seq (created_at and
-// updated_at are not in seq order: a correction moves updated_at, a clock may step back).
+// (clinic_id, seq, doc), or the patient's, type's or status's index, in seq order. With one, its
+// index is named (tests_by_created, else tests_by_updated): only the rows inside the range are
+// read, then sorted by seq (created_at and updated_at are not in seq order: a correction moves
+// updated_at, a clock may step back), rather than walking the clinic's rows in seq order and
+// skipping those outside the range. That sort reads every row of the range after the page's
+// seq, so list_tests takes it only where the range is sparse in seq order (list_walk_sql).
 std::string list_sql(int filters) {
   std::string sql = "SELECT doc, seq FROM tests";
   if (filters & (kCreatedFrom | kCreatedTo)) {
@@ -182,41 +186,28 @@ std::string list_sql(int filters) {
   return sql + " AND seq > ?4 ORDER BY seq LIMIT ?5";
 }
 
-// A page of a date-range listing takes two steps. Sorting every row of the range left by seq on
-// every page (list_sql alone) read about N^2 / 2,000 index entries to list N (300,000: 35-41 s,
-// against 2 s): so a page first walks the clinic's next rows in seq order (list_walk_sql: twice
-// the page, at least 32 rows, each with its document when it is inside the range, else NULL),
-// which a wide range fills (its rows sit together in seq order: created_at grows with seq), and
-// only what the walk did not fill comes from list_sql, after the rows walked: for a narrow range,
-// the few rows of the range through its index. Of the clinic's rows outside the range, a page
-// reads at most twice its size (the walk). The PostgreSQL store takes the same two steps.
-std::string list_range_conditions(int filters, const char* glue) {
+// A date range's other statement: the clinic's (or the equality filter's) index walked in seq
+// order from the seq after, at most ?5 rows, each with its document when it is in the range and
+// NULL when not. Where the range is dense in seq order (a wide range, or created_at's, which
+// grows with seq), a page costs what its rows cost; list_sql's sort would read every row of the
+// range after the page again for each page.
+std::string list_walk_sql(int filters) {
   std::string range;
   auto add = [&](const char* condition) {
-    if (!range.empty()) range += glue;
+    if (!range.empty()) range += " AND ";
     range += condition;
   };
   if (filters & kCreatedFrom) add("created_at >= ?7");
   if (filters & kCreatedTo) add("created_at < ?8");
   if (filters & kUpdatedFrom) add("updated_at >= ?9");
   if (filters & kUpdatedTo) add("updated_at < ?10");
-  return range;
-}
-std::string list_equality_conditions(int filters) {
-  std::string sql;
+  std::string sql =
+      "SELECT CASE WHEN " + range + " THEN doc END, seq FROM tests WHERE clinic_id = ?1";
   if (filters & kByPatient) sql += " AND patient_id = ?2";
   if (filters & kByType) sql += " AND test_type = ?3";
   if (filters & kByStatus) sql += " AND status = ?6";
-  return sql;
+  return sql + " AND seq > ?4 ORDER BY seq LIMIT ?5";
 }
-std::string list_walk_sql(int filters) {
-  return "SELECT CASE WHEN " + list_range_conditions(filters, " AND ") +
-         " THEN doc END, seq FROM (SELECT doc, seq, created_at, updated_at FROM tests"
-         " WHERE clinic_id = ?1" +
-         list_equality_conditions(filters) + " AND seq > ?4 ORDER BY seq LIMIT ?5) ORDER BY seq";
-}
-
-constexpr int kRangeFilters = kCreatedFrom | kCreatedTo | kUpdatedFrom | kUpdatedTo;
 
 // Reads the schema page and the first page of the tests table: a real query, but O(1).
 const char kHealthSql[] =
@@ -970,23 +961,6 @@ void SqliteStore::release_reader(std::unique_ptr<Connection> conn) {
   idle_readers_.push_back(std::move(conn));
 }
 
-namespace {
-
-// Binds a listing's parameters (list_sql and list_walk_sql number them alike) but the position
-// (?4) and the row limit (?5). The query must outlive the statement's use.
-void bind_list_filters(sqlite3_stmt* st, const ListQuery& q) {
-  bind_text(st, 1, q.clinic_id);
-  if (q.patient_id) bind_text(st, 2, *q.patient_id);
-  if (q.test_type) bind_text(st, 3, *q.test_type);
-  if (q.status) bind_text(st, 6, test_status_name(*q.status));
-  if (q.created_from) bind_text(st, 7, *q.created_from);
-  if (q.created_to) bind_text(st, 8, *q.created_to);
-  if (q.updated_from) bind_text(st, 9, *q.updated_from);
-  if (q.updated_to) bind_text(st, 10, *q.updated_to);
-}
-
-}  // namespace
-
 Status SqliteStore::list_tests(const ListQuery& q, const RowFn& on_row,
                                const PageEndFn& on_page_end) {
   Status status;
@@ -997,107 +971,96 @@ Status SqliteStore::list_tests(const ListQuery& q, const RowFn& on_row,
   }
   const int filters = list_filters(q);
   const bool ranged = (filters & kRangeFilters) != 0;
-  auto prepared = [&](sqlite3_stmt*& slot, const std::string& sql) {
-    if (slot) return slot;
-    int rc = conn->prepare(sql.c_str(), &slot);
-    if (rc == SQLITE_OK) return slot;
-    slot = nullptr;
-    status = status_from_sqlite(rc, conn->db, "prepare listing", false);
-    return slot;
-  };
-  sqlite3_stmt* st = prepared(conn->list[filters], list_sql(filters));
-  sqlite3_stmt* walk_st =
-      st && ranged ? prepared(conn->list_walk[filters], list_walk_sql(filters)) : nullptr;
-  if (!st || (ranged && !walk_st)) {
-    note_failure(status);
-    release_reader(std::move(conn));
-    return status;
+  sqlite3_stmt* statements[2] = {nullptr, nullptr};  // list_sql's, and list_walk_sql's
+  for (int i = 0; i < (ranged ? 2 : 1); ++i) {
+    sqlite3_stmt*& slot = i == 0 ? conn->list[filters] : conn->list_walk[filters];
+    if (!slot) {
+      int rc = conn->prepare((i == 0 ? list_sql(filters) : list_walk_sql(filters)).c_str(), &slot);
+      if (rc != SQLITE_OK) {
+        slot = nullptr;
+        status = status_from_sqlite(rc, conn->db, "prepare listing", false);
+        note_failure(status);
+        release_reader(std::move(conn));
+        return status;
+      }
+    }
+    statements[i] = slot;
   }
-  bind_list_filters(st, q);
-  if (walk_st) bind_list_filters(walk_st, q);
+  const std::string_view status_name = q.status ? test_status_name(*q.status) : "";
+  for (sqlite3_stmt* st : statements) {
+    if (!st) continue;
+    sqlite3_bind_text(st, 1, q.clinic_id.data(), static_cast<int>(q.clinic_id.size()),
+                      SQLITE_STATIC);
+    if (q.status) bind_text(st, 6, status_name);
+    if (q.created_from) bind_text(st, 7, *q.created_from);
+    if (q.created_to) bind_text(st, 8, *q.created_to);
+    if (q.updated_from) bind_text(st, 9, *q.updated_from);
+    if (q.updated_to) bind_text(st, 10, *q.updated_to);
+    if (q.patient_id) {
+      sqlite3_bind_text(st, 2, q.patient_id->data(), static_cast<int>(q.patient_id->size()),
+                        SQLITE_STATIC);
+    }
+    if (q.test_type) {
+      sqlite3_bind_text(st, 3, q.test_type->data(), static_cast<int>(q.test_type->size()),
+                        SQLITE_STATIC);
+    }
+  }
   // Page by page: each row goes to on_row as it is read (on_row only keeps it in memory), the
   // page's read transaction ends (reset), then on_page_end sends; the next page continues after
   // the last seq. seq only grows, so the order is the same and every test is delivered once,
   // also while others are added. (Rows were first copied into a page buffer and delivered after
-  // the reset: +7.5% instructions for a 1,000-test listing, measured with callgrind.) A page of a
-  // date range takes two steps (see list_range_conditions).
+  // the reset: +7.5% instructions for a 1,000-test listing, measured with callgrind.)
+  // With a date range, a page walks the clinic in seq order (list_walk_sql) while at least one
+  // row in kDenseWalk it walks is in the range; where fewer are, the next page is read through
+  // the range's index (list_sql), and the walk goes on after it. Either way a page costs at most
+  // about kDenseWalk times its rows, or the rows of the range after it where the range is sparse.
+  constexpr long long kDenseWalk = 16;
+  bool walking = ranged;
   long long after = q.after_seq;
   long long remaining = q.limit;  // < 0: no limit
   bool more = remaining != 0;
   while (more) {
+    sqlite3_stmt* st = walking ? statements[1] : statements[0];
     const long long want = remaining < 0 ? kListPageRows : std::min(remaining, kListPageRows);
-    long long got = 0;
+    sqlite3_bind_int64(st, 4, after);
+    sqlite3_bind_int64(st, 5, want);
+    long long got = 0;      // rows the statement returned (walked, for a walk)
+    long long matched = 0;  // rows delivered
     size_t bytes = 0;
-    bool stopped = false;    // on_row said stop
-    bool page_full = false;  // the page's row or byte budget is reached
-    bool exhausted = false;  // no row of the listing is left after `after`
-    int rc = SQLITE_DONE;
-    if (walk_st) {
-      // The walk: twice the rows wanted (at least 32), those inside the range delivered.
-      const long long walk = std::max<long long>(2 * want, 32);
-      sqlite3_bind_int64(walk_st, 4, after);
-      sqlite3_bind_int64(walk_st, 5, walk);
-      long long walked = 0;
-      while ((rc = sqlite3_step(walk_st)) == SQLITE_ROW) {
-        ++walked;
-        after = sqlite3_column_int64(walk_st, 1);
-        if (sqlite3_column_type(walk_st, 0) == SQLITE_NULL) continue;  // outside the range
-        std::string_view doc = column_view(walk_st, 0);
-        ++got;
-        bytes += doc.size();
-        if (!on_row(doc, after)) {
-          stopped = true;
-          break;
-        }
-        if (got == want || bytes >= kListPageBytes) {
-          page_full = true;
-          break;
-        }
+    bool stopped = false;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      after = sqlite3_column_int64(st, 1);
+      ++got;
+      if (sqlite3_column_type(st, 0) == SQLITE_NULL) continue;  // walked: outside the range
+      std::string_view doc = column_view(st, 0);
+      ++matched;
+      bytes += doc.size();
+      if (!on_row(doc, after)) {
+        stopped = true;
+        break;
       }
-      if (rc == SQLITE_DONE) exhausted = walked < walk;
-      if (rc == SQLITE_ROW) rc = SQLITE_DONE;  // stopped early, not failed
-      if (rc != SQLITE_DONE) rc = sqlite3_extended_errcode(conn->db);
-      sqlite3_reset(walk_st);  // ends the walk's read transaction
-    }
-    if (!stopped && !page_full && !exhausted && rc == SQLITE_DONE) {
-      // Without a range, the page; with one, the rest of the page through the range's index,
-      // after the rows walked (each statement reads its own snapshot: rows are in seq order and
-      // `after` is past every row walked, so none is delivered twice or skipped).
-      sqlite3_bind_int64(st, 4, after);
-      sqlite3_bind_int64(st, 5, want - got);
-      const long long before = got;
-      while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        std::string_view doc = column_view(st, 0);
-        after = sqlite3_column_int64(st, 1);
-        ++got;
-        bytes += doc.size();
-        if (!on_row(doc, after)) {
-          stopped = true;
-          break;
-        }
-        if (bytes >= kListPageBytes) {
-          page_full = true;
-          break;
-        }
-      }
-      if (got == want) page_full = true;
-      if (rc == SQLITE_DONE && got - before < want - before) exhausted = true;
-      if (rc != SQLITE_ROW && rc != SQLITE_DONE) rc = sqlite3_extended_errcode(conn->db);
+      if (bytes >= kListPageBytes) break;
     }
     if (!stopped && rc != SQLITE_ROW && rc != SQLITE_DONE) {
-      status = status_from_sqlite(rc, conn->db, "list tests", false);
+      status =
+          status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "list tests", false);
     }
+    listing_steps_ += sqlite3_stmt_status(st, SQLITE_STMTSTATUS_VM_STEP, 1);
     sqlite3_reset(st);  // ends the read transaction before anything is sent
-    if (!status.ok() || stopped) break;
-    more = !exhausted;
+    if (!status.ok() || stopped || got == 0) break;
+    // Done when the query ran out of rows before the page's row limit.
+    more = rc == SQLITE_ROW || got == want;
     if (remaining > 0) {
-      remaining -= got;
+      remaining -= matched;
       if (remaining <= 0) more = false;
     }
-    if (got > 0 && on_page_end && !on_page_end()) break;
+    if (ranged) walking = !walking || matched * kDenseWalk >= got;
+    if (matched > 0 && on_page_end && !on_page_end()) break;
   }
-  sqlite3_clear_bindings(st);
-  if (walk_st) sqlite3_clear_bindings(walk_st);
+  for (sqlite3_stmt* st : statements) {
+    if (st) sqlite3_clear_bindings(st);
+  }
   note_failure(status);
   release_reader(std::move(conn));
   return status;

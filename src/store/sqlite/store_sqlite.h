@@ -126,6 +126,9 @@ class SqliteStore : public EngineStore {
   using Store::list_tests;
   Status list_tests(const ListQuery& query, const RowFn& on_row,
                     const PageEndFn& on_page_end) override;
+  // SQLite's steps (SQLITE_STMTSTATUS_VM_STEP) every listing took so far: a listing's cost as a
+  // deterministic count, for tests.
+  long long listing_steps() const { return listing_steps_.load(); }
   // Ok when a real query answers, no operation has met a damaged database since open, and the
   // write path is not failing: a write transaction that failed with an I/O, read-only,
   // corruption or internal error within the last minute, with no commit since, is reported.
@@ -192,6 +195,7 @@ class SqliteStore : public EngineStore {
   // Whether every test's rowid equals its seq (list_all_tests pages by rowid then): -1 not
   // checked yet, 0 no, 1 yes.
   std::atomic<int> rowid_is_seq_{-1};
+  std::atomic<long long> listing_steps_{0};  // listing_steps()
   // For metrics (stats()): set by the writer thread, read by any.
   std::atomic<long long> wal_pages_{0};    // frames in the WAL after the last commit
   std::atomic<long long> page_count_{-1};  // PRAGMA page_count after the last commit

@@ -214,6 +214,44 @@ TEST_F(PgStoreTest, TimeRangesAndStatusAreServedFromTheirIndexes) {
   EXPECT_TRUE(list_ids(*store, q).empty());
 }
 
+// A listing of a range that holds one row in three of the clinic, scattered in seq order, is
+// served by the ordered walk alone: a page that looked the rest up through the range's index
+// whenever its walk came up short read every row of the range after it again, once per page.
+TEST_F(PgStoreTest, AListingOfAScatteredWideRangeWalksTheClinic) {
+  auto store = open();
+  ASSERT_TRUE(store);
+  ASSERT_EQ(sql("INSERT INTO tests (test_id, patient_id, clinic_id, test_type, result, created_at,"
+                " doc, status, version, updated_at)"
+                " SELECT 't' || i, 'p', 'big', 'blood', 'r', ts, '{\"test_id\":\"t' || i || '\"}',"
+                " 'final', 1, CASE WHEN i % 3 = 0 THEN '2027' ELSE '2025' END || substr(ts, 5)"
+                " FROM generate_series(1, 10000) i,"
+                " LATERAL (SELECT to_char(timestamp '2026-01-01' + i * interval '40 seconds',"
+                " 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS ts) t"),
+            "");
+  ASSERT_EQ(sql("VACUUM ANALYZE tests"), "");
+  auto expected = [&](const std::string& where) {
+    return column("SELECT test_id FROM tests WHERE clinic_id = 'big' AND " + where +
+                  " ORDER BY seq");
+  };
+  ListQuery q;
+  q.clinic_id = "big";
+  q.updated_from = "2027-01-01T00:00:00.000Z";
+  long long before = store->listing_range_lookups();
+  std::vector<std::string> want = expected("updated_at >= '2027-01-01T00:00:00.000Z'");
+  ASSERT_EQ(want.size(), 3333u);
+  EXPECT_EQ(list_ids(*store, q), want);
+  EXPECT_EQ(store->listing_range_lookups() - before, 0);
+  // A block at the clinic's end: looked up once, to find where it starts, then walked.
+  q = ListQuery();
+  q.clinic_id = "big";
+  q.created_from = "2026-01-05T00:00:00.000Z";
+  before = store->listing_range_lookups();
+  want = expected("created_at >= '2026-01-05T00:00:00.000Z'");
+  ASSERT_GT(want.size(), 1000u);
+  EXPECT_EQ(list_ids(*store, q), want);
+  EXPECT_LE(store->listing_range_lookups() - before, 2);
+}
+
 // A schema-2 database (before versions) is upgraded in place: every document rewritten by text
 // (its escapes kept as they were), every test its own version 1 in seq order, written by
 // "unknown"; the feed numbers new changes after them.
