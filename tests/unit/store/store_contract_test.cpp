@@ -984,10 +984,13 @@ TYPED_TEST(StoreContract, StatusAndDateRangeFiltersNarrowTheListing) {
   for (size_t i = 1; i < created.size(); ++i) ASSERT_LT(created[i - 1], created[i]);
   CorrectionOutcome o = store.correct(correction_of("t1", 1, TestStatus::kCorrected), nullptr);
   ASSERT_TRUE(o.status.ok() && o.refusal == CorrectionRefusal::kNone) << o.status.message();
+  const std::string updated_t1 = o.current.changed_at;
+  std::this_thread::sleep_for(std::chrono::milliseconds(3));  // t3's updated_at after t1's
   o = store.correct(correction_of("t3", 1, TestStatus::kEnteredInError), nullptr);
   ASSERT_TRUE(o.status.ok() && o.refusal == CorrectionRefusal::kNone) << o.status.message();
   const std::string updated_t3 = o.current.changed_at;
-  ASSERT_GT(updated_t3, created[5]);
+  ASSERT_GT(updated_t3, updated_t1);
+  ASSERT_GT(updated_t1, created[5]);
 
   ListQuery q;
   q.clinic_id = "c1";
