@@ -419,10 +419,6 @@ keep_conn=on
 if [ "$keepalive" -lt 1 ]; then keepalive=1; keep_conn=off; fi
 # Open files per nginx worker (half of them connections): 16384, or the hard limit if lower.
 nofile=16384; [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile" ] || nofile=$(ulimit -Hn)
-# nginx's upstream, a server line per node (in place of the line that is only the placeholder,
-# at its indentation). Two failed tries within 2 s (connection refused, error, timeout, invalid
-# header) take a node out for 2 s; then one request tries it again. (With one node nginx ignores
-# both: it never takes its only server out.)
 # nginx's temp files (request bodies, spooled listings): NGINX_TEMP_DIR, default DATA_DIR/nginx.
 # Put it on a filesystem of its own (README "Security"): then clients' uploads and listings can
 # never take the database's space.
@@ -460,31 +456,25 @@ as_owner rm -f "$DATA_DIR/run/nginx-http.sock" || true
 # With AUTH=on nginx checks the key before it reads a request body (nginx.conf, /_auth).
 auth_request="auth_request off;"
 [ "$AUTH" = off ] || auth_request="auth_request /_auth;"
-upstream_servers=""
-node_metrics=""
-for k in "${nodes[@]}"; do
-  upstream_servers+="${upstream_servers:+\\n}\\1server unix:${sock[k]} max_fails=2 fail_timeout=2s;"
-  node_metrics+="${node_metrics:+\\n}\\1location = /metrics/node/$k { fastcgi_pass unix:${sock[k]}; }"
-done
-sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
-    -e "s|^\\([[:space:]]*\\)@UPSTREAM_SERVERS@\$|$upstream_servers|" \
-    -e "s|^\\([[:space:]]*\\)@NODE_METRICS_LOCATIONS@\$|$node_metrics|" \
-    -e "s|@USER_DIRECTIVE@|$user_directive|g" \
-    -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" -e "s|@PROJECT_DIR@|$here|g" \
-    -e "s|@KEEPALIVE@|$keepalive|g" -e "s|@KEEP_CONN@|$keep_conn|g" \
-    -e "s|@NOFILE@|$nofile|g" -e "s|@WORKER_CONNECTIONS@|$((nofile / 2))|g" \
-    -e "s|@CONN_LIMIT_PER_ADDR@|${CONN_LIMIT_PER_ADDR:-256}|g" \
-    -e "s|@RATE_LIMIT_PER_ADDR@|${RATE_LIMIT_PER_ADDR:-50000}|g" \
-    -e "s|@LISTING_SPOOL_MAX@|${LISTING_SPOOL_MAX:-1024m}|g" \
-    -e "s|@LISTEN@|$LISTEN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" -e "s|@TLS@|$tls|g" \
-    -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
-    -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
-    -e "s|@NGINX_TEMP_DIR@|$nginx_temp_dir|g" -e "s|@AUTH_REQUEST@|$auth_request|g" \
-    -e "s|@LOAD_STREAM_MODULE@|$load_stream_module|g" \
-    -e "s|@TCP_CONN_LIMIT_PER_ADDR@|$tcp_conn_limit|g" \
-    -e "s|@HTTP_LISTEN@|unix:$DATA_DIR/run/nginx-http.sock proxy_protocol|g" \
-    -e "s|@REAL_IP@|set_real_ip_from unix:; real_ip_header proxy_protocol;|g" \
-    "$here/nginx.conf" | write_nginx_conf || refuse "nginx's configuration could not be written (see above)"
+# nginx.conf from its template, through the one renderer the package's site comes from too.
+# A full disk or a renderer's refusal leaves no configuration: nothing is written then.
+node_sockets=""
+for k in "${nodes[@]}"; do node_sockets+="${node_sockets:+ }${sock[k]}"; done
+nginx_conf_text=$(python3 "$here/ops/render-config.py" nginx --dev "$here/nginx.conf" \
+  NODE_SOCKETS="$node_sockets" PORT="$PORT" DATA_DIR="$DATA_DIR" \
+  USER_DIRECTIVE="$user_directive" FASTCGI_READ_TIMEOUT="${FASTCGI_READ_TIMEOUT:-30s}" \
+  PROJECT_DIR="$here" KEEPALIVE="$keepalive" KEEP_CONN="$keep_conn" NOFILE="$nofile" \
+  WORKER_CONNECTIONS="$((nofile / 2))" CONN_LIMIT_PER_ADDR="${CONN_LIMIT_PER_ADDR:-256}" \
+  RATE_LIMIT_PER_ADDR="${RATE_LIMIT_PER_ADDR:-50000}" LISTING_SPOOL_MAX="${LISTING_SPOOL_MAX:-1024m}" \
+  LISTEN="$LISTEN" LISTEN_SSL="$listen_ssl" TLS="$tls" HSTS="$hsts" \
+  KEY_RATE="$KEY_RATE" KEY_BURST="$KEY_BURST" ANON_RATE="$ANON_RATE" ANON_BURST="$ANON_BURST" \
+  NGINX_TEMP_DIR="$nginx_temp_dir" AUTH_REQUEST="$auth_request" \
+  LOAD_STREAM_MODULE="$load_stream_module" TCP_CONN_LIMIT_PER_ADDR="$tcp_conn_limit" \
+  HTTP_LISTEN="unix:$DATA_DIR/run/nginx-http.sock proxy_protocol" \
+  REAL_IP="set_real_ip_from unix:; real_ip_header proxy_protocol;") ||
+  refuse "nginx's configuration could not be rendered (see above)"
+printf '%s\n' "$nginx_conf_text" | write_nginx_conf ||
+  refuse "nginx's configuration could not be written (see above)"
 
 nginx_pid=""
 stopping=0
