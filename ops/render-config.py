@@ -224,19 +224,205 @@ def render_site(text, overrides):
     return re.sub(r"\n{3,}", "\n\n", site)
 
 
-def main(argv):
-    if len(argv) < 3 or argv[0] != "nginx" or argv[1] not in ("--dev", "--site"):
-        fail("usage: render-config.py nginx --dev|--site TEMPLATE [NAME=VALUE...]")
+
+# --- rsyslog: forwarding to a collector (LOG_FORWARD) ---------------------------------------
+
+FORWARD_RE = re.compile(
+    r"^(relp|tcp)://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$")
+QUEUE_MAX_RE = re.compile(r"^[1-9][0-9]*[kmgKMG]?$")
+# Lines read from a file or the journal between two saves of the reading position: what a
+# forwarder killed outright (no stop to save it) sends again after its restart.
+PERSIST_EVERY = 50
+
+
+def forward_target(values):
+    """(scheme, host, port) of LOG_FORWARD, which must be relp://HOST:PORT or tcp://HOST:PORT."""
+    url = values.get("LOG_FORWARD", "")
+    m = FORWARD_RE.match(url)
+    if not m or not 1 <= int(m.group(4)) <= 65535:
+        fail("LOG_FORWARD must be relp://HOST:PORT or tcp://HOST:PORT (HOST a name, an IPv4 "
+             f"address or an [IPv6] address; PORT 1-65535), not {url!r}")
+    queue_max = values.get("LOG_FORWARD_QUEUE_MAX") or "1g"
+    if not QUEUE_MAX_RE.match(queue_max):
+        fail(f"LOG_FORWARD_QUEUE_MAX must be a size such as 512m or 2g, not {queue_max!r}")
+    return m.group(1), m.group(2).strip("[]"), int(m.group(4)), queue_max
+
+
+def forward_ruleset(values, spool_dir, queue_name):
+    """The RFC 5424 template and the ruleset `forward` (omrelp or omfwd, octet-counted) behind a
+    disk-assisted queue: while the collector is unreachable, lines wait in memory and beyond
+    12,000 of them on disk (spool_dir, at most LOG_FORWARD_QUEUE_MAX; a stop saves the queue
+    there). A message to forward sets $.stream (the APP-NAME) and $.line (MSG)."""
+    scheme, host, port, queue_max = forward_target(values)
+    if scheme == "relp":
+        action = f'type="omrelp" target="{host}" port="{port}"'
+    else:
+        action = (f'type="omfwd" target="{host}" port="{port}" protocol="tcp" '
+                  'tcp_framing="octet-counted"')
+    return f"""{'module(load="omrelp")' if scheme == "relp" else ""}
+
+# RFC 5424: <PRI>1 TIMESTAMP HOST APP-NAME - - - MSG, where APP-NAME names the stream
+# (testdata-api: the app's log; testdata-api-access: nginx's) and MSG is the JSON line itself.
+template(name="tdapi_rfc5424" type="list") {{
+  constant(value="<") property(name="pri") constant(value=">1 ")
+  property(name="timereported" dateFormat="rfc3339") constant(value=" ")
+  property(name="hostname") constant(value=" ")
+  property(name="$.stream") constant(value=" - - - ")
+  property(name="$.line")
+}}
+ruleset(name="tdapi_forward") {{
+  action({action} template="tdapi_rfc5424"
+         queue.type="LinkedList" queue.size="20000"
+         queue.highWatermark="12000" queue.lowWatermark="4000"
+         queue.filename="{queue_name}" queue.spoolDirectory="{spool_dir}"
+         queue.maxFileSize="16m" queue.maxDiskSpace="{queue_max}"
+         queue.saveOnShutdown="on" queue.timeoutEnqueue="60000"
+         action.resumeRetryCount="-1" action.resumeInterval="1" action.resumeIntervalMax="30"
+         action.reportSuspension="on")
+}}
+ruleset(name="tdapi_access") {{
+  set $.stream = "testdata-api-access"; set $.line = ltrim($msg); call tdapi_forward
+}}
+"""
+
+
+def access_input(path):
+    # A line is sent as it was written (imfile drops only the newline). nginx's access lines are
+    # read from its file, not sent by nginx's own syslog client: that one sends datagrams
+    # without waiting, and under load the socket's short queue was full and lines were dropped;
+    # the file has every line. The position is saved every PERSIST_EVERY lines.
+    return (f'input(type="imfile" file="{path}" tag="testdata-api-access" facility="local7"\n'
+            f'      severity="info" reopenOnTruncate="on" persistStateInterval="{PERSIST_EVERY}"\n'
+            '      ruleset="tdapi_access")\n')
+
+
+# Polling once a second, not inotify: at a rotation imfile reads the renamed file to its end and
+# then moves to the new one; with inotify that happened as soon as nginx's master had created
+# the new access.log, while a worker could still append a line to the old one (lost for the
+# collector). Polled, the old file is finished a moment later, after the workers reopened.
+IMFILE = 'module(load="imfile" mode="polling" pollingInterval="1")\n'
+
+
+def render_rsyslog_dev(values):
+    """rsyslogd's whole configuration for `make run` (scripts/run.sh runs it as the service
+    user): imfile reads the app's log and nginx's access log in DATA_DIR; rsyslog's own messages
+    go to logs/forwarder.log as JSON lines."""
+    data_dir = values.get("DATA_DIR", "")
+    app_log = values.get("APP_LOG", "")
+    for name, path in (("DATA_DIR", data_dir), ("APP_LOG", app_log)):
+        if not path.startswith("/") or re.search(r'["\\\n]', path):
+            fail(f"{name} must be an absolute path without '\"' or '\\\\', not {path!r}")
+    return f"""# Written by scripts/run.sh at every start with LOG_FORWARD={values["LOG_FORWARD"]}; edits
+# are lost. processInternalMessages: rsyslog's own messages go to logs/forwarder.log (below),
+# not to the system log.
+global(workDirectory="{data_dir}/rsyslog/work" maxMessageSize="64k" processInternalMessages="on")
+# What the inputs took in but the forwarding queue has not yet: saved too on a stop.
+main_queue(queue.type="LinkedList" queue.filename="main" queue.saveOnShutdown="on")
+{IMFILE}{forward_ruleset(values, data_dir + "/rsyslog/queue", "forward")}
+ruleset(name="tdapi_app") {{
+  set $.stream = "testdata-api"; set $.line = ltrim($msg); call tdapi_forward
+}}
+input(type="imfile" file="{app_log}" tag="testdata-api" facility="local0" severity="info"
+      reopenOnTruncate="on" persistStateInterval="{PERSIST_EVERY}" ruleset="tdapi_app")
+{access_input(data_dir + "/logs/access.log")}
+# rsyslog's own messages, as JSON lines.
+template(name="tdapi_internal" type="list") {{
+  constant(value="{{\\"ts\\":\\"") property(name="timegenerated" dateFormat="rfc3339" date.inUTC="on")
+  constant(value="\\",\\"level\\":\\"") property(name="$.level")
+  constant(value="\\",\\"event\\":\\"log_forwarder\\",") property(name="msg" format="jsonf" outname="detail")
+  constant(value="}}\\n")
+}}
+if $syslogseverity <= 3 then set $.level = "error";
+else if $syslogseverity == 4 then set $.level = "warn";
+else set $.level = "info";
+action(type="omfile" file="{data_dir}/logs/forwarder.log" template="tdapi_internal" fileCreateMode="0600")
+"""
+
+
+JOURNAL_STATE = "testdata-api-journal.state"
+
+
+def render_rsyslog_journal(values):
+    """A drop-in for the system's rsyslog (/etc/rsyslog.d/testdata-api.conf on the packaged
+    server): the app's lines from the journal (imjournal, the units testdata-api*.service only),
+    nginx's access lines from its file, forwarded through the same ruleset as `make run`'s.
+    imjournal saves its cursor in rsyslog's work directory every PERSIST_EVERY entries, so a
+    killed rsyslogd sends at most that many lines again. rsyslog 8.2302's imjournal binds to no
+    ruleset of its own: its entries reach the default ruleset, where this file (included before
+    Debian's rules) takes them and stops them, so the journal is not copied to /var/log/syslog
+    a second time (journald already passes syslog its lines)."""
+    spool = values.get("SPOOL_DIR") or "/var/spool/rsyslog"
+    access = values.get("ACCESS_LOG") or "/var/log/nginx/testdata-api.access.log"
+    for name, path in (("SPOOL_DIR", spool), ("ACCESS_LOG", access)):
+        if not path.startswith("/") or re.search(r'["\\\n]', path):
+            fail(f"{name} must be an absolute path without '\"' or '\\\\', not {path!r}")
+    return f"""# testdata-api: forwards the service's logs to LOG_FORWARD={values["LOG_FORWARD"]}.
+# Rendered by /usr/share/testdata-api/ops/render-config.py rsyslog --journal from
+# /etc/testdata-api/testdata-api.env (docs/operations.md "Forwarding logs"); render it again
+# after changing LOG_FORWARD, then: rsyslogd -N1 && systemctl restart rsyslog.
+module(load="imjournal" StateFile="{JOURNAL_STATE}" PersistStateInterval="{PERSIST_EVERY}"
+       IgnorePreviousMessages="on" Ratelimit.Interval="0")
+{IMFILE}{forward_ruleset(values, spool, "testdata-api-forward")}
+{access_input(access)}
+if $inputname == "imjournal" then {{
+  if $!_SYSTEMD_UNIT startswith "testdata-api" then {{
+    set $.stream = "testdata-api"; set $.line = ltrim($msg); call tdapi_forward
+  }}
+  stop
+}}
+"""
+
+def read_env_file(path):
+    """NAME=VALUE lines of an environment file (systemd's EnvironmentFile= syntax, unquoted or
+    in double quotes); comments and blank lines skipped."""
     values = {}
-    for arg in argv[3:]:
-        name, eq, value = arg.partition("=")
-        if not eq or not re.fullmatch(r"[A-Z_]+", name):
-            fail(f"not NAME=VALUE: {arg!r}")
-        values[name] = value
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            name, eq, value = line.partition("=")
+            if eq:
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                    value = value[1:-1]
+                values[name.strip()] = value
+    return values
+
+
+USAGE = ("usage: render-config.py nginx --dev|--site TEMPLATE [NAME=VALUE...]\n"
+         "       render-config.py rsyslog --dev|--journal [--env-file FILE] [NAME=VALUE...]")
+
+
+def main(argv):
+    if argv[:1] == ["rsyslog"] and argv[1:2] in (["--dev"], ["--journal"]):
+        rest, values = argv[2:], {}
+        if rest[:1] == ["--env-file"] and len(rest) >= 2:
+            values.update(read_env_file(rest[1]))
+            rest = rest[2:]
+        values.update(name_values(rest))
+        if not values.get("LOG_FORWARD"):
+            fail("LOG_FORWARD is not set: nothing to forward")
+        render = render_rsyslog_dev if argv[1] == "--dev" else render_rsyslog_journal
+        sys.stdout.write(render(values))
+        return
+    if len(argv) < 3 or argv[0] != "nginx" or argv[1] not in ("--dev", "--site"):
+        fail(USAGE)
+    values = name_values(argv[3:])
     with open(argv[2], encoding="utf-8") as f:
         text = f.read()
     out = render_dev(text, values) if argv[1] == "--dev" else render_site(text, values)
     sys.stdout.write(out)
+
+
+def name_values(args):
+    values = {}
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if not eq or not re.fullmatch(r"[A-Z_]+", name):
+            fail(f"not NAME=VALUE: {arg!r}")
+        values[name] = value
+    return values
 
 
 if __name__ == "__main__":

@@ -644,69 +644,9 @@ done
 # The local files stay as they are: forwarding only adds a copy.
 fwd_pid="" fwd_state=down fwd_started=0 fwd_due_ms=0
 fwd_conf=$DATA_DIR/rsyslog/rsyslog.conf
-render_forwarder_conf() {
-  local action
-  if [ "$fwd_scheme" = relp ]; then
-    action="type=\"omrelp\" target=\"$fwd_host\" port=\"$fwd_port\""
-  else
-    action="type=\"omfwd\" target=\"$fwd_host\" port=\"$fwd_port\" protocol=\"tcp\" tcp_framing=\"octet-counted\""
-  fi
-  cat <<EOF
-# Written by scripts/run.sh at every start with LOG_FORWARD=$LOG_FORWARD; edits are lost.
-# processInternalMessages: rsyslog's own messages go to logs/forwarder.log (below), not to the
-# system log.
-global(workDirectory="$DATA_DIR/rsyslog/work" maxMessageSize="64k" processInternalMessages="on")
-# What the inputs took in but the forwarding queue has not yet: saved too on a stop.
-main_queue(queue.type="LinkedList" queue.filename="main" queue.saveOnShutdown="on")
-# Polling once a second, not inotify: at a rotation imfile reads the renamed file to its end and
-# then moves to the new one; with inotify that happened as soon as nginx's master had created
-# the new access.log, while a worker could still append a line to the old one (lost for the
-# collector). Polled, the old file is finished a moment later, after the workers reopened.
-module(load="imfile" mode="polling" pollingInterval="1")
-$([ "$fwd_scheme" = relp ] && echo 'module(load="omrelp")')
-
-# RFC 5424: <PRI>1 TIMESTAMP HOST APP-NAME - - - MSG, where APP-NAME names the stream
-# (testdata-api: the app's log; testdata-api-access: nginx's) and MSG is the JSON line itself.
-template(name="tdapi_rfc5424" type="list") {
-  constant(value="<") property(name="pri") constant(value=">1 ")
-  property(name="timereported" dateFormat="rfc3339") constant(value=" ")
-  property(name="hostname") constant(value=" ")
-  property(name="\$.stream") constant(value=" - - - ")
-  property(name="\$.line")
-}
-ruleset(name="forward") {
-  action($action template="tdapi_rfc5424"
-         queue.type="LinkedList" queue.size="20000"
-         queue.highWatermark="12000" queue.lowWatermark="4000"
-         queue.filename="forward" queue.spoolDirectory="$DATA_DIR/rsyslog/queue"
-         queue.maxFileSize="16m" queue.maxDiskSpace="$LOG_FORWARD_QUEUE_MAX"
-         queue.saveOnShutdown="on" queue.timeoutEnqueue="60000"
-         action.resumeRetryCount="-1" action.resumeInterval="1" action.resumeIntervalMax="30"
-         action.reportSuspension="on")
-}
-# A line is sent as it was written (imfile drops only the newline). nginx's access lines are
-# read from its file too, not sent by nginx's own syslog client: that one sends datagrams
-# without waiting, and under load (a busy CPU, a restarting rsyslogd) the socket's short queue
-# was full and lines were dropped (seen in make test); the file has every line.
-ruleset(name="app") { set \$.stream = "testdata-api"; set \$.line = ltrim(\$msg); call forward }
-ruleset(name="access") { set \$.stream = "testdata-api-access"; set \$.line = ltrim(\$msg); call forward }
-input(type="imfile" file="$APP_LOG" tag="testdata-api" facility="local0" severity="info"
-      reopenOnTruncate="on" ruleset="app")
-input(type="imfile" file="$DATA_DIR/logs/access.log" tag="testdata-api-access" facility="local7"
-      severity="info" reopenOnTruncate="on" ruleset="access")
-
-# rsyslog's own messages, as JSON lines.
-template(name="tdapi_internal" type="list") {
-  constant(value="{\"ts\":\"") property(name="timegenerated" dateFormat="rfc3339" date.inUTC="on")
-  constant(value="\",\"level\":\"") property(name="\$.level")
-  constant(value="\",\"event\":\"log_forwarder\",") property(name="msg" format="jsonf" outname="detail")
-  constant(value="}\n")
-}
-if \$syslogseverity <= 3 then set \$.level = "error";
-else if \$syslogseverity == 4 then set \$.level = "warn";
-else set \$.level = "info";
-action(type="omfile" file="$DATA_DIR/logs/forwarder.log" template="tdapi_internal" fileCreateMode="0600")
-EOF
+render_forwarder_conf() {  # the configuration, from the one renderer (the package's drop-in's too)
+  python3 "$here/ops/render-config.py" rsyslog --dev DATA_DIR="$DATA_DIR" APP_LOG="$APP_LOG" \
+    LOG_FORWARD="$LOG_FORWARD" LOG_FORWARD_QUEUE_MAX="$LOG_FORWARD_QUEUE_MAX"
 }
 # Starts rsyslogd without waiting for it.
 launch_forwarder() {
@@ -739,7 +679,9 @@ if [ -n "$LOG_FORWARD" ]; then
   fi
   as_owner mkdir -p "$DATA_DIR/rsyslog/work" "$DATA_DIR/rsyslog/queue"
   ensure_app_log
-  render_forwarder_conf |
+  fwd_conf_text=$(render_forwarder_conf) ||
+    refuse "LOG_FORWARD: rsyslogd's configuration could not be rendered (see above)"
+  printf '%s\n' "$fwd_conf_text" |
     as_owner sh -c 'umask 077; t=$(mktemp "$1.XXXXXX") && cat >"$t" && mv -fT "$t" "$1"' sh "$fwd_conf"
   if ! check=$(as_owner "$RSYSLOGD_BIN" -N1 -f "$fwd_conf" 2>&1); then
     refuse "LOG_FORWARD: rsyslogd refuses its configuration ($fwd_conf):"$'\n'"$check"

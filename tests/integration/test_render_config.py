@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """The one renderer (ops/render-config.py): `make run`'s nginx.conf and the package's nginx site,
 rendered for the same settings, hold the same directives (the site's http-level ones moved into
-its server block, its own log paths, no main context and no temp paths)."""
+its server block, its own log paths, no main context and no temp paths); `make run`'s rsyslogd
+configuration and the package's rsyslog drop-in forward through the same ruleset, and rsyslogd
+accepts both."""
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import unittest
 
 ROOT = os.environ.get("PROJECT_ROOT") or os.path.dirname(os.path.dirname(os.path.dirname(
@@ -126,6 +130,78 @@ class RenderConfig(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("KEEPALIVE", r.stderr)
         self.assertEqual(r.stdout, "")
+
+
+RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+
+
+def render_rsyslog(mode, *args):
+    return subprocess.run([sys.executable, RENDER, "rsyslog", mode, *args],
+                          capture_output=True, text=True)
+
+
+def forwarding(conf):
+    """From the RFC 5424 template to the end of the access ruleset: the forwarding itself."""
+    start = conf.index('template(name="tdapi_rfc5424"')
+    end = conf.index("\n}\n", conf.index('ruleset(name="tdapi_access")')) + 3
+    return conf[start:end]
+
+
+class RenderRsyslog(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="tdapi-render-")
+        self.addCleanup(shutil.rmtree, self.dir)
+
+    def check_with_rsyslogd(self, main_conf):
+        path = os.path.join(self.dir, "main.conf")
+        with open(path, "w") as f:
+            f.write(main_conf)
+        r = subprocess.run([RSYSLOGD, "-N1", "-f", path], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr + r.stdout)
+
+    def test_dev_and_journal_forward_the_same_way_and_rsyslogd_accepts_both(self):
+        for url, action in (("relp://collector.example:2514", 'type="omrelp" target="collector.example" port="2514"'),
+                            ("tcp://[::1]:6514", 'type="omfwd" target="::1" port="6514" protocol="tcp" tcp_framing="octet-counted"')):
+            with self.subTest(url=url):
+                env = os.path.join(self.dir, "testdata-api.env")
+                with open(env, "w") as f:
+                    f.write(f'# settings\nLOG_FORWARD="{url}"\nLOG_FORWARD_QUEUE_MAX=3g\n')
+                os.makedirs(os.path.join(self.dir, "rsyslog", "work"), exist_ok=True)
+                os.makedirs(os.path.join(self.dir, "rsyslog", "queue"), exist_ok=True)
+                dev = render_rsyslog("--dev", f"DATA_DIR={self.dir}", f"APP_LOG={self.dir}/app.log",
+                                     f"LOG_FORWARD={url}", "LOG_FORWARD_QUEUE_MAX=3g")
+                self.assertEqual(dev.returncode, 0, dev.stderr)
+                journal = render_rsyslog("--journal", "--env-file", env, f"SPOOL_DIR={self.dir}")
+                self.assertEqual(journal.returncode, 0, journal.stderr)
+                self.assertIn(action, dev.stdout)
+                self.assertIn('queue.maxDiskSpace="3g"', dev.stdout)
+                self.assertEqual(
+                    forwarding(dev.stdout).replace(f'"{self.dir}/rsyslog/queue"', "SPOOL")
+                    .replace('queue.filename="forward"', "QUEUE"),
+                    forwarding(journal.stdout).replace(f'"{self.dir}"', "SPOOL")
+                    .replace('queue.filename="testdata-api-forward"', "QUEUE"))
+                # The drop-in reads the journal, the testdata-api units only, and saves its
+                # cursor every few entries; its entries stop there (no second copy in syslog).
+                self.assertRegex(journal.stdout, r'module\(load="imjournal" StateFile="[^"]+" PersistStateInterval="\d+"')
+                self.assertIn('if $!_SYSTEMD_UNIT startswith "testdata-api" then', journal.stdout)
+                self.check_with_rsyslogd(dev.stdout)
+                drop_in = os.path.join(self.dir, "testdata-api.conf")
+                with open(drop_in, "w") as f:
+                    f.write(journal.stdout)
+                # As Debian's rsyslog.conf includes it: a work directory, imuxsock, then the
+                # drop-ins, then the rules.
+                self.check_with_rsyslogd(
+                    f'global(workDirectory="{self.dir}")\nmodule(load="imuxsock")\n'
+                    f'include(file="{drop_in}")\n*.* {self.dir}/syslog\n')
+
+    def test_both_refuse_a_bad_log_forward(self):
+        for mode, extra in (("--dev", [f"DATA_DIR={self.dir}", f"APP_LOG={self.dir}/app.log"]),
+                            ("--journal", [])):
+            for url in ("http://x:1", "tcp://x:0", 'tcp://a"b:1', "relp://x"):
+                r = render_rsyslog(mode, *extra, f"LOG_FORWARD={url}")
+                self.assertNotEqual(r.returncode, 0, (mode, url))
+                self.assertIn("LOG_FORWARD must be", r.stderr)
+                self.assertEqual(r.stdout, "")
 
 
 if __name__ == "__main__":
