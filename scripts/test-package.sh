@@ -291,6 +291,25 @@ grep -q '"path":"/tests"' "$R/var/log/nginx/testdata-api.access.log" || fail "no
 grep -q '"event":"store_opened"' "$work/app.stderr" || fail "no app log line on stderr (the journal)"
 ! grep -q 'p-pkg' "$work/app.stderr" || fail "the app log carries a patient id"
 
+# Log forwarding: LOG_FORWARD in the env file, then dpkg-reconfigure makes the rsyslog drop-in
+# (rsyslogd accepts it); without LOG_FORWARD it is removed again.
+apt_in_root install rsyslog rsyslog-relp
+sed -i 's|^LOG_FORWARD=.*|LOG_FORWARD=relp://collector.invalid:2514|' "$R/etc/testdata-api/testdata-api.env"
+in_root testdata-api config check >/dev/null || fail "config check refuses LOG_FORWARD in the env file"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure with LOG_FORWARD failed"
+grep -q 'module(load="imjournal"' "$R/etc/rsyslog.d/testdata-api.conf" 2>/dev/null ||
+  fail "no rsyslog drop-in reading the journal after dpkg-reconfigure with LOG_FORWARD"
+grep -q 'target="collector.invalid" port="2514"' "$R/etc/rsyslog.d/testdata-api.conf" ||
+  fail "the drop-in does not forward to LOG_FORWARD"
+in_root rsyslogd -N1 >/dev/null 2>&1 || fail "rsyslogd refuses the drop-in: $(in_root rsyslogd -N1 2>&1 | tail -n 3)"
+sed -i 's|^LOG_FORWARD=.*|LOG_FORWARD=|' "$R/etc/testdata-api/testdata-api.env"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure without LOG_FORWARD failed"
+[ ! -e "$R/etc/rsyslog.d/testdata-api.conf" ] || fail "the drop-in is left without LOG_FORWARD"
+sed -i 's|^LOG_FORWARD=.*|LOG_FORWARD=tcp://127.0.0.1:6514|' "$R/etc/testdata-api/testdata-api.env"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure with LOG_FORWARD failed"
+[ -e "$R/etc/rsyslog.d/testdata-api.conf" ] || fail "no drop-in with LOG_FORWARD=tcp://"
+say "LOG_FORWARD: dpkg-reconfigure renders the rsyslog drop-in (rsyslogd -N1 accepts it) and removes it"
+
 # 3. Upgrade: as systemd would (stop, new files, start again); data, key and conffile kept.
 stop_app
 t2=$EPOCHSECONDS
@@ -326,7 +345,7 @@ apt_in_root purge testdata-api
 in_root dpkg-query -W -f='${Status}' testdata-api 2>/dev/null | grep -q installed && fail "still installed after purge"
 for p in /usr/bin/testdata-api /lib/systemd/system/testdata-api.service /etc/testdata-api \
     /var/lib/testdata-api /etc/nginx/sites-available/testdata-api /etc/nginx/sites-enabled/testdata-api \
-    /usr/share/testdata-api /var/log/nginx/testdata-api.access.log; do
+    /usr/share/testdata-api /var/log/nginx/testdata-api.access.log /etc/rsyslog.d/testdata-api.conf; do
   [ ! -e "$R$p" ] && [ ! -L "$R$p" ] || fail "$p is left after purge"
 done
 in_root id testdata-api >/dev/null || fail "the system user was removed (it is kept, README)"

@@ -143,13 +143,13 @@ const std::vector<Setting> kSettings = {
   {"START_TIMEOUT", K::kInteger, 0, 999999999, "", "`600`", P::kFixed, "",
    "none: systemd waits for the app's readiness (TimeoutStartSec)", "make run",
    "Seconds `make run` waits for the app to be ready; 0 waits as long as it is alive."},
-  {"LOG_FORWARD", K::kLogForward, 0, 0, "", "none", P::kFixed, "",
-   "not yet: forward the journal with the system's rsyslog (see /usr/share/testdata-api/ops)",
-   "make run",
+  // --- Logs: make run's forwarder, the system's rsyslog in the package ---
+  {"LOG_FORWARD", K::kLogForward, 0, 0, "", "none", P::kEnvFile, "", "", "Logs",
    "relp://HOST:PORT or tcp://HOST:PORT: ship the app's log and nginx's access log to a syslog "
-   "collector."},
-  {"LOG_FORWARD_QUEUE_MAX", K::kSize, 0, 0, "", "`1g`", P::kFixed, "", "as LOG_FORWARD",
-   "make run", "Disk the forwarding queue may fill while the collector is unreachable."},
+   "collector. In the package the system's rsyslog forwards the journal through a drop-in, "
+   "/etc/rsyslog.d/testdata-api.conf, made or removed by `dpkg-reconfigure testdata-api`."},
+  {"LOG_FORWARD_QUEUE_MAX", K::kSize, 0, 0, "", "`1g`", P::kEnvFile, "", "", "Logs",
+   "Disk the forwarding queue may fill while the collector is unreachable."},
 };
 // clang-format on
 
