@@ -25,8 +25,9 @@ import re
 import sys
 
 SOCKET = "/run/testdata-api/app.sock"
+# The site's upstream reads its server lines from here (render_upstream: APP_NODES).
+UPSTREAM_FILE = "/etc/testdata-api/nginx-upstream.conf"
 SITE_VALUES = {
-    "NODE_SOCKETS": SOCKET,
     "LISTEN": "127.0.0.1:5000",
     # No stream proxy in front (it is in the main context, which Debian's nginx.conf owns): the
     # server listens on LISTEN itself and the client's address is the connection's.
@@ -215,7 +216,10 @@ def site_of(text):
 def render_site(text, overrides):
     values = dict(SITE_VALUES)
     values.update(overrides)
-    site = substitute(site_of(text), values, node_lines(values, False))
+    # The nodes are the packaged server's (APP_NODES): its upstream's server lines are in a file
+    # of their own, rendered on the server; /metrics is whichever node nginx picks.
+    lists = {"UPSTREAM_SERVERS": [f"include {UPSTREAM_FILE};"], "NODE_METRICS_LOCATIONS": []}
+    site = substitute(site_of(text), values, lists)
     left = set(re.findall(r"@([A-Z_]+)@", site))
     left |= set(re.findall(r"@([A-Z_]+)@", text)) - set(values) - MAIN_ONLY - {
         "DATA_DIR", "UPSTREAM_SERVERS", "NODE_METRICS_LOCATIONS"}
@@ -372,6 +376,48 @@ if $inputname == "imjournal" then {{
 }}
 """
 
+
+# --- systemd: the node template unit (APP_NODES in the package) ------------------------------
+
+def render_node_unit(unit):
+    """testdata-api@.service from testdata-api.service: the same unit, for node N (1-16) of
+    APP_NODES, on its own socket /run/testdata-api/app-N.sock. The nodes share the runtime
+    directory, which therefore outlives each of them (RuntimeDirectoryPreserve=yes)."""
+    def once(old, new, text):
+        if text.count(old) != 1:
+            fail(f"node-unit: expected one {old!r} in the unit")
+        return text.replace(old, new)
+    out = unit
+    out = once("\nDescription=testdata-api medical test-record API (FastCGI app)\n",
+               "\nDescription=testdata-api medical test-record API (FastCGI app), node %i\n", out)
+    out = once("# Fixed by the package; the socket is $RUNTIME_DIRECTORY/app.sock.",
+               "# Fixed by the package; node N's socket is /run/testdata-api/app-N.sock.", out)
+    out = once("\nEnvironment=DATA_DIR=/var/lib/testdata-api SOCKET_MODE=0660\n",
+               "\nEnvironment=DATA_DIR=/var/lib/testdata-api SOCKET_MODE=0660"
+               " SOCKET=/run/testdata-api/app-%i.sock TDAPI_NODE=%i\n", out)
+    out = once("\nRuntimeDirectoryMode=0750\n",
+               "\nRuntimeDirectoryMode=0750\n"
+               "# Shared by the nodes: kept when one of them stops (the others' sockets are in it).\n"
+               "RuntimeDirectoryPreserve=yes\n", out)
+    return ("# testdata-api@N: node N (1-16) of APP_NODES, behind the nginx upstream in\n"
+            "# /etc/testdata-api/nginx-upstream.conf. Rendered from testdata-api.service by\n"
+            "# render-config.py node-unit: everything below is that unit's, but for the node's\n"
+            "# socket and name. docs/operations.md \"Several app nodes\".\n#\n" + out)
+
+
+def render_upstream(values):
+    """The server lines of nginx's upstream for APP_NODES nodes of the package (the include
+    file the site's upstream block reads): one node on app.sock, N nodes on app-1..N.sock."""
+    text = values.get("APP_NODES") or "1"
+    if not re.fullmatch(r"[0-9]{1,2}", text) or not 1 <= int(text) <= 16:
+        fail(f"APP_NODES must be a whole number from 1 to 16, not {text!r}")
+    n = int(text)
+    sockets = [SOCKET] if n == 1 else [f"/run/testdata-api/app-{k}.sock" for k in range(1, n + 1)]
+    lines = node_lines({"NODE_SOCKETS": " ".join(sockets)}, False)["UPSTREAM_SERVERS"]
+    return ("# testdata-api: the app's nodes in nginx's upstream (APP_NODES=%d in\n"
+            "# /etc/testdata-api/testdata-api.env). Written by the package (dpkg-reconfigure\n"
+            "# testdata-api): edits are lost.\n" % n) + "\n".join(lines) + "\n"
+
 def read_env_file(path):
     """NAME=VALUE lines of an environment file (systemd's EnvironmentFile= syntax, unquoted or
     in double quotes); comments and blank lines skipped."""
@@ -391,10 +437,24 @@ def read_env_file(path):
 
 
 USAGE = ("usage: render-config.py nginx --dev|--site TEMPLATE [NAME=VALUE...]\n"
-         "       render-config.py rsyslog --dev|--journal [--env-file FILE] [NAME=VALUE...]")
+         "       render-config.py nginx-upstream [--env-file FILE] [APP_NODES=N]\n"
+         "       render-config.py rsyslog --dev|--journal [--env-file FILE] [NAME=VALUE...]\n"
+         "       render-config.py node-unit testdata-api.service")
 
 
 def main(argv):
+    if argv[:1] == ["node-unit"] and len(argv) == 2:
+        with open(argv[1], encoding="utf-8") as f:
+            sys.stdout.write(render_node_unit(f.read()))
+        return
+    if argv[:1] == ["nginx-upstream"]:
+        rest, values = argv[1:], {}
+        if rest[:1] == ["--env-file"] and len(rest) >= 2:
+            values.update(read_env_file(rest[1]))
+            rest = rest[2:]
+        values.update(name_values(rest))
+        sys.stdout.write(render_upstream(values))
+        return
     if argv[:1] == ["rsyslog"] and argv[1:2] in (["--dev"], ["--journal"]):
         rest, values = argv[2:], {}
         if rest[:1] == ["--env-file"] and len(rest) >= 2:

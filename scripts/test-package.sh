@@ -63,6 +63,16 @@ units)
       { printf '%s\n' "$out"; echo "FAIL systemd-analyze verify $(basename "$u")"; fails=$((fails + 1)); continue; }
     echo "ok   systemd-analyze verify $(basename "$u")"
   done
+  # Two nodes from the template (APP_NODES=2): each instance verifies, on its own socket.
+  [ -e "$root/units/testdata-api@.service" ] || die "the package installs no node template testdata-api@.service"
+  grep -qx 'Environment=.* SOCKET=/run/testdata-api/app-%i.sock TDAPI_NODE=%i' "$root/units/testdata-api@.service" ||
+    die "testdata-api@.service does not put node N on /run/testdata-api/app-N.sock"
+  for k in 1 2; do
+    cp "$root/units/testdata-api@.service" "$root/units/testdata-api@$k.service"
+    out=$(cd "$root/units" && MANPATH="$root/pkg/usr/share/man" systemd-analyze verify "$root/units/testdata-api@$k.service" 2>&1) && [ -z "$out" ] ||
+      { printf '%s\n' "$out"; echo "FAIL systemd-analyze verify testdata-api@$k.service"; fails=$((fails + 1)); continue; }
+    echo "ok   systemd-analyze verify testdata-api@$k.service (node $k from the template)"
+  done
   score=$(systemd-analyze security --offline=true "$root/units/testdata-api.service" 2>&1 | grep 'Overall exposure' || true)
   say "${score:-systemd-analyze security gave no score}"
   [ "$fails" = 0 ] || die "$fails unit(s) do not verify"
@@ -309,6 +319,32 @@ sed -i 's|^LOG_FORWARD=.*|LOG_FORWARD=tcp://127.0.0.1:6514|' "$R/etc/testdata-ap
 in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure with LOG_FORWARD failed"
 [ -e "$R/etc/rsyslog.d/testdata-api.conf" ] || fail "no drop-in with LOG_FORWARD=tcp://"
 say "LOG_FORWARD: dpkg-reconfigure renders the rsyslog drop-in (rsyslogd -N1 accepts it) and removes it"
+
+# Nodes: APP_NODES=2 (with DATABASE_URL, which config check demands for it), then
+# dpkg-reconfigure: nginx's upstream lists both nodes' sockets (nginx -t accepts the site),
+# testdata-api@1 and @2 are enabled in place of testdata-api.service; back to one node after.
+wants=$R/etc/systemd/system/multi-user.target.wants
+sed -i 's|^APP_NODES=.*|APP_NODES=2|; s|^DATABASE_URL=.*|DATABASE_URL=postgresql://tdapi@db.invalid/tdapi|' \
+  "$R/etc/testdata-api/testdata-api.env"
+in_root testdata-api config check >/dev/null || fail "config check refuses APP_NODES=2 with DATABASE_URL"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure with APP_NODES=2 failed"
+[ "$(grep -c '^server unix:/run/testdata-api/app-[12].sock ' "$R/etc/testdata-api/nginx-upstream.conf")" = 2 ] ||
+  fail "nginx's upstream does not list two nodes: $(cat "$R/etc/testdata-api/nginx-upstream.conf")"
+in_root nginx -t -q || fail "nginx -t fails with two nodes"
+if in_root sh -c 'command -v systemctl' >/dev/null; then
+  [ -L "$wants/testdata-api@1.service" ] && [ -L "$wants/testdata-api@2.service" ] ||
+    fail "testdata-api@1 and @2 are not enabled: $(ls "$wants")"
+  [ ! -e "$wants/testdata-api.service" ] || fail "testdata-api.service is still enabled beside the nodes"
+fi
+sed -i 's|^APP_NODES=.*|APP_NODES=|; s|^DATABASE_URL=.*|DATABASE_URL=|' "$R/etc/testdata-api/testdata-api.env"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure back to one node failed"
+grep -q '^server unix:/run/testdata-api/app.sock ' "$R/etc/testdata-api/nginx-upstream.conf" ||
+  fail "one node: the upstream is $(cat "$R/etc/testdata-api/nginx-upstream.conf")"
+if in_root sh -c 'command -v systemctl' >/dev/null; then
+  [ ! -e "$wants/testdata-api@1.service" ] && [ -L "$wants/testdata-api.service" ] ||
+    fail "back to one node: $(ls "$wants")"
+fi
+say "APP_NODES: dpkg-reconfigure renders the upstream and enables the node units, and back"
 
 # 3. Upgrade: as systemd would (stop, new files, start again); data, key and conffile kept.
 stop_app

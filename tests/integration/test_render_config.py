@@ -103,23 +103,62 @@ def comparable(items):
 class RenderConfig(unittest.TestCase):
     def test_dev_and_site_hold_the_same_directives(self):
         dev = render("--dev", {**SHARED, **DEV_ONLY})
-        site = render("--site", SHARED)
+        site_values = dict(SHARED)
+        del site_values["NODE_SOCKETS"]
+        site = render("--site", site_values)
+        # The site's upstream includes the packaged server's node list, rendered there for
+        # APP_NODES; /metrics/node/K is make run's alone.
+        upstream = subprocess.run([sys.executable, RENDER, "nginx-upstream", "APP_NODES=2"],
+                                  check=True, capture_output=True, text=True).stdout
+        include = "include /etc/testdata-api/nginx-upstream.conf"
+        self.assertIn(include, directives(code(site)))
+        site_all = comparable(directives(code(site).replace(include + ";", code(upstream))))
         dev_http = comparable(directives(http_block(code(dev))))
-        site_all = comparable(directives(code(site)))
+        self.assertIn("location = /metrics/node/2", dev_http)
+        dev_http = [d for d in dev_http if not d.startswith("location = /metrics/node/")
+                    and not re.match(r"fastcgi_pass unix:/run/testdata-api/app-\d\.sock$", d)]
         self.assertEqual(dev_http, site_all)
         # The settings reached both.
         for needle in ("server unix:/run/testdata-api/app-2.sock max_fails=2 fail_timeout=2s",
-                       "location = /metrics/node/2", "keepalive 3", "fastcgi_read_timeout 17s",
+                       "keepalive 3", "fastcgi_read_timeout 17s",
                        "limit_conn tdapi_conn_per_addr 99", "listen 127.0.0.1:5443 ssl"):
             self.assertIn(needle, dev_http)
         self.assertIn(f"access_log {DATA_DIR}/logs/access.log json", directives(code(dev)))
         self.assertIn("access_log /var/log/nginx/testdata-api.access.log tdapi_json",
                       directives(code(site)))
 
-    def test_one_node_site_has_no_node_metrics(self):
-        site = render("--site", {})
-        self.assertIn("server unix:/run/testdata-api/app.sock max_fails=2 fail_timeout=2s;", site)
-        self.assertNotIn("location = /metrics/node/", site)
+    def test_the_package_upstream_follows_app_nodes(self):
+        def upstream(*args):
+            return subprocess.run([sys.executable, RENDER, "nginx-upstream", *args],
+                                  capture_output=True, text=True)
+        one = upstream().stdout
+        self.assertEqual([l for l in one.splitlines() if not l.startswith("#")],
+                         ["server unix:/run/testdata-api/app.sock max_fails=2 fail_timeout=2s;"])
+        env = os.path.join(ROOT, "ops", "testdata-api.env")
+        self.assertEqual(upstream("--env-file", env).stdout, one)
+        three = [l for l in upstream("APP_NODES=3").stdout.splitlines() if not l.startswith("#")]
+        self.assertEqual(three, [f"server unix:/run/testdata-api/app-{k}.sock max_fails=2 fail_timeout=2s;"
+                                 for k in (1, 2, 3)])
+        for bad in ("0", "17", "two", "2;"):
+            r = upstream(f"APP_NODES={bad}")
+            self.assertNotEqual(r.returncode, 0, bad)
+            self.assertEqual(r.stdout, "")
+        self.assertNotIn("location = /metrics/node/", code(render("--site", {})))
+
+    def test_the_node_template_is_the_unit_on_the_node_socket(self):
+        unit_path = os.path.join(ROOT, "ops", "systemd", "testdata-api.service")
+        r = subprocess.run([sys.executable, RENDER, "node-unit", unit_path],
+                           check=True, capture_output=True, text=True).stdout
+        with open(unit_path) as f:
+            unit = f.read()
+        keys = lambda text: [l for l in text.splitlines() if l and not l.startswith("#")]
+        added = [l for l in keys(r) if l not in keys(unit)]
+        self.assertEqual(sorted(added), sorted([
+            "Description=testdata-api medical test-record API (FastCGI app), node %i",
+            "Environment=DATA_DIR=/var/lib/testdata-api SOCKET_MODE=0660 "
+            "SOCKET=/run/testdata-api/app-%i.sock TDAPI_NODE=%i",
+            "RuntimeDirectoryPreserve=yes"]))
+        self.assertEqual(len(keys(r)), len(keys(unit)) + 1)
 
     def test_dev_refuses_a_missing_value(self):
         values = {**SHARED, **DEV_ONLY}
