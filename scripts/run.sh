@@ -419,10 +419,6 @@ keep_conn=on
 if [ "$keepalive" -lt 1 ]; then keepalive=1; keep_conn=off; fi
 # Open files per nginx worker (half of them connections): 16384, or the hard limit if lower.
 nofile=16384; [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile" ] || nofile=$(ulimit -Hn)
-# nginx's upstream, a server line per node (in place of the line that is only the placeholder,
-# at its indentation). Two failed tries within 2 s (connection refused, error, timeout, invalid
-# header) take a node out for 2 s; then one request tries it again. (With one node nginx ignores
-# both: it never takes its only server out.)
 # nginx's temp files (request bodies, spooled listings): NGINX_TEMP_DIR, default DATA_DIR/nginx.
 # Put it on a filesystem of its own (README "Security"): then clients' uploads and listings can
 # never take the database's space.
@@ -460,31 +456,25 @@ as_owner rm -f "$DATA_DIR/run/nginx-http.sock" || true
 # With AUTH=on nginx checks the key before it reads a request body (nginx.conf, /_auth).
 auth_request="auth_request off;"
 [ "$AUTH" = off ] || auth_request="auth_request /_auth;"
-upstream_servers=""
-node_metrics=""
-for k in "${nodes[@]}"; do
-  upstream_servers+="${upstream_servers:+\\n}\\1server unix:${sock[k]} max_fails=2 fail_timeout=2s;"
-  node_metrics+="${node_metrics:+\\n}\\1location = /metrics/node/$k { fastcgi_pass unix:${sock[k]}; }"
-done
-sed -e "s|@PORT@|$PORT|g" -e "s|@DATA_DIR@|$DATA_DIR|g" \
-    -e "s|^\\([[:space:]]*\\)@UPSTREAM_SERVERS@\$|$upstream_servers|" \
-    -e "s|^\\([[:space:]]*\\)@NODE_METRICS_LOCATIONS@\$|$node_metrics|" \
-    -e "s|@USER_DIRECTIVE@|$user_directive|g" \
-    -e "s|@FASTCGI_READ_TIMEOUT@|${FASTCGI_READ_TIMEOUT:-30s}|g" -e "s|@PROJECT_DIR@|$here|g" \
-    -e "s|@KEEPALIVE@|$keepalive|g" -e "s|@KEEP_CONN@|$keep_conn|g" \
-    -e "s|@NOFILE@|$nofile|g" -e "s|@WORKER_CONNECTIONS@|$((nofile / 2))|g" \
-    -e "s|@CONN_LIMIT_PER_ADDR@|${CONN_LIMIT_PER_ADDR:-256}|g" \
-    -e "s|@RATE_LIMIT_PER_ADDR@|${RATE_LIMIT_PER_ADDR:-50000}|g" \
-    -e "s|@LISTING_SPOOL_MAX@|${LISTING_SPOOL_MAX:-1024m}|g" \
-    -e "s|@LISTEN@|$LISTEN|g" -e "s|@LISTEN_SSL@|$listen_ssl|g" -e "s|@TLS@|$tls|g" \
-    -e "s|@HSTS@|$hsts|g" -e "s|@KEY_RATE@|$KEY_RATE|g" -e "s|@KEY_BURST@|$KEY_BURST|g" \
-    -e "s|@ANON_RATE@|$ANON_RATE|g" -e "s|@ANON_BURST@|$ANON_BURST|g" \
-    -e "s|@NGINX_TEMP_DIR@|$nginx_temp_dir|g" -e "s|@AUTH_REQUEST@|$auth_request|g" \
-    -e "s|@LOAD_STREAM_MODULE@|$load_stream_module|g" \
-    -e "s|@TCP_CONN_LIMIT_PER_ADDR@|$tcp_conn_limit|g" \
-    -e "s|@HTTP_LISTEN@|unix:$DATA_DIR/run/nginx-http.sock proxy_protocol|g" \
-    -e "s|@REAL_IP@|set_real_ip_from unix:; real_ip_header proxy_protocol;|g" \
-    "$here/nginx.conf" | write_nginx_conf || refuse "nginx's configuration could not be written (see above)"
+# nginx.conf from its template, through the one renderer the package's site comes from too.
+# A full disk or a renderer's refusal leaves no configuration: nothing is written then.
+node_sockets=""
+for k in "${nodes[@]}"; do node_sockets+="${node_sockets:+ }${sock[k]}"; done
+nginx_conf_text=$(python3 "$here/ops/render-config.py" nginx --dev "$here/nginx.conf" \
+  NODE_SOCKETS="$node_sockets" PORT="$PORT" DATA_DIR="$DATA_DIR" \
+  USER_DIRECTIVE="$user_directive" FASTCGI_READ_TIMEOUT="${FASTCGI_READ_TIMEOUT:-30s}" \
+  PROJECT_DIR="$here" KEEPALIVE="$keepalive" KEEP_CONN="$keep_conn" NOFILE="$nofile" \
+  WORKER_CONNECTIONS="$((nofile / 2))" CONN_LIMIT_PER_ADDR="${CONN_LIMIT_PER_ADDR:-256}" \
+  RATE_LIMIT_PER_ADDR="${RATE_LIMIT_PER_ADDR:-50000}" LISTING_SPOOL_MAX="${LISTING_SPOOL_MAX:-1024m}" \
+  LISTEN="$LISTEN" LISTEN_SSL="$listen_ssl" TLS="$tls" HSTS="$hsts" \
+  KEY_RATE="$KEY_RATE" KEY_BURST="$KEY_BURST" ANON_RATE="$ANON_RATE" ANON_BURST="$ANON_BURST" \
+  NGINX_TEMP_DIR="$nginx_temp_dir" AUTH_REQUEST="$auth_request" \
+  LOAD_STREAM_MODULE="$load_stream_module" TCP_CONN_LIMIT_PER_ADDR="$tcp_conn_limit" \
+  HTTP_LISTEN="unix:$DATA_DIR/run/nginx-http.sock proxy_protocol" \
+  REAL_IP="set_real_ip_from unix:; real_ip_header proxy_protocol;") ||
+  refuse "nginx's configuration could not be rendered (see above)"
+printf '%s\n' "$nginx_conf_text" | write_nginx_conf ||
+  refuse "nginx's configuration could not be written (see above)"
 
 nginx_pid=""
 stopping=0
@@ -654,69 +644,9 @@ done
 # The local files stay as they are: forwarding only adds a copy.
 fwd_pid="" fwd_state=down fwd_started=0 fwd_due_ms=0
 fwd_conf=$DATA_DIR/rsyslog/rsyslog.conf
-render_forwarder_conf() {
-  local action
-  if [ "$fwd_scheme" = relp ]; then
-    action="type=\"omrelp\" target=\"$fwd_host\" port=\"$fwd_port\""
-  else
-    action="type=\"omfwd\" target=\"$fwd_host\" port=\"$fwd_port\" protocol=\"tcp\" tcp_framing=\"octet-counted\""
-  fi
-  cat <<EOF
-# Written by scripts/run.sh at every start with LOG_FORWARD=$LOG_FORWARD; edits are lost.
-# processInternalMessages: rsyslog's own messages go to logs/forwarder.log (below), not to the
-# system log.
-global(workDirectory="$DATA_DIR/rsyslog/work" maxMessageSize="64k" processInternalMessages="on")
-# What the inputs took in but the forwarding queue has not yet: saved too on a stop.
-main_queue(queue.type="LinkedList" queue.filename="main" queue.saveOnShutdown="on")
-# Polling once a second, not inotify: at a rotation imfile reads the renamed file to its end and
-# then moves to the new one; with inotify that happened as soon as nginx's master had created
-# the new access.log, while a worker could still append a line to the old one (lost for the
-# collector). Polled, the old file is finished a moment later, after the workers reopened.
-module(load="imfile" mode="polling" pollingInterval="1")
-$([ "$fwd_scheme" = relp ] && echo 'module(load="omrelp")')
-
-# RFC 5424: <PRI>1 TIMESTAMP HOST APP-NAME - - - MSG, where APP-NAME names the stream
-# (testdata-api: the app's log; testdata-api-access: nginx's) and MSG is the JSON line itself.
-template(name="tdapi_rfc5424" type="list") {
-  constant(value="<") property(name="pri") constant(value=">1 ")
-  property(name="timereported" dateFormat="rfc3339") constant(value=" ")
-  property(name="hostname") constant(value=" ")
-  property(name="\$.stream") constant(value=" - - - ")
-  property(name="\$.line")
-}
-ruleset(name="forward") {
-  action($action template="tdapi_rfc5424"
-         queue.type="LinkedList" queue.size="20000"
-         queue.highWatermark="12000" queue.lowWatermark="4000"
-         queue.filename="forward" queue.spoolDirectory="$DATA_DIR/rsyslog/queue"
-         queue.maxFileSize="16m" queue.maxDiskSpace="$LOG_FORWARD_QUEUE_MAX"
-         queue.saveOnShutdown="on" queue.timeoutEnqueue="60000"
-         action.resumeRetryCount="-1" action.resumeInterval="1" action.resumeIntervalMax="30"
-         action.reportSuspension="on")
-}
-# A line is sent as it was written (imfile drops only the newline). nginx's access lines are
-# read from its file too, not sent by nginx's own syslog client: that one sends datagrams
-# without waiting, and under load (a busy CPU, a restarting rsyslogd) the socket's short queue
-# was full and lines were dropped (seen in make test); the file has every line.
-ruleset(name="app") { set \$.stream = "testdata-api"; set \$.line = ltrim(\$msg); call forward }
-ruleset(name="access") { set \$.stream = "testdata-api-access"; set \$.line = ltrim(\$msg); call forward }
-input(type="imfile" file="$APP_LOG" tag="testdata-api" facility="local0" severity="info"
-      reopenOnTruncate="on" ruleset="app")
-input(type="imfile" file="$DATA_DIR/logs/access.log" tag="testdata-api-access" facility="local7"
-      severity="info" reopenOnTruncate="on" ruleset="access")
-
-# rsyslog's own messages, as JSON lines.
-template(name="tdapi_internal" type="list") {
-  constant(value="{\"ts\":\"") property(name="timegenerated" dateFormat="rfc3339" date.inUTC="on")
-  constant(value="\",\"level\":\"") property(name="\$.level")
-  constant(value="\",\"event\":\"log_forwarder\",") property(name="msg" format="jsonf" outname="detail")
-  constant(value="}\n")
-}
-if \$syslogseverity <= 3 then set \$.level = "error";
-else if \$syslogseverity == 4 then set \$.level = "warn";
-else set \$.level = "info";
-action(type="omfile" file="$DATA_DIR/logs/forwarder.log" template="tdapi_internal" fileCreateMode="0600")
-EOF
+render_forwarder_conf() {  # the configuration, from the one renderer (the package's drop-in's too)
+  python3 "$here/ops/render-config.py" rsyslog --dev DATA_DIR="$DATA_DIR" APP_LOG="$APP_LOG" \
+    LOG_FORWARD="$LOG_FORWARD" LOG_FORWARD_QUEUE_MAX="$LOG_FORWARD_QUEUE_MAX"
 }
 # Starts rsyslogd without waiting for it.
 launch_forwarder() {
@@ -749,7 +679,9 @@ if [ -n "$LOG_FORWARD" ]; then
   fi
   as_owner mkdir -p "$DATA_DIR/rsyslog/work" "$DATA_DIR/rsyslog/queue"
   ensure_app_log
-  render_forwarder_conf |
+  fwd_conf_text=$(render_forwarder_conf) ||
+    refuse "LOG_FORWARD: rsyslogd's configuration could not be rendered (see above)"
+  printf '%s\n' "$fwd_conf_text" |
     as_owner sh -c 'umask 077; t=$(mktemp "$1.XXXXXX") && cat >"$t" && mv -fT "$t" "$1"' sh "$fwd_conf"
   if ! check=$(as_owner "$RSYSLOGD_BIN" -N1 -f "$fwd_conf" 2>&1); then
     refuse "LOG_FORWARD: rsyslogd refuses its configuration ($fwd_conf):"$'\n'"$check"

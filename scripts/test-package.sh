@@ -63,6 +63,16 @@ units)
       { printf '%s\n' "$out"; echo "FAIL systemd-analyze verify $(basename "$u")"; fails=$((fails + 1)); continue; }
     echo "ok   systemd-analyze verify $(basename "$u")"
   done
+  # Two nodes from the template (APP_NODES=2): each instance verifies, on its own socket.
+  [ -e "$root/units/testdata-api@.service" ] || die "the package installs no node template testdata-api@.service"
+  grep -qx 'Environment=.* SOCKET=/run/testdata-api/app-%i.sock TDAPI_NODE=%i' "$root/units/testdata-api@.service" ||
+    die "testdata-api@.service does not put node N on /run/testdata-api/app-N.sock"
+  for k in 1 2; do
+    cp "$root/units/testdata-api@.service" "$root/units/testdata-api@$k.service"
+    out=$(cd "$root/units" && MANPATH="$root/pkg/usr/share/man" systemd-analyze verify "$root/units/testdata-api@$k.service" 2>&1) && [ -z "$out" ] ||
+      { printf '%s\n' "$out"; echo "FAIL systemd-analyze verify testdata-api@$k.service"; fails=$((fails + 1)); continue; }
+    echo "ok   systemd-analyze verify testdata-api@$k.service (node $k from the template)"
+  done
   score=$(systemd-analyze security --offline=true "$root/units/testdata-api.service" 2>&1 | grep 'Overall exposure' || true)
   say "${score:-systemd-analyze security gave no score}"
   [ "$fails" = 0 ] || die "$fails unit(s) do not verify"
@@ -291,6 +301,53 @@ grep -q '"path":"/tests"' "$R/var/log/nginx/testdata-api.access.log" || fail "no
 grep -q '"event":"store_opened"' "$work/app.stderr" || fail "no app log line on stderr (the journal)"
 ! grep -q 'p-pkg' "$work/app.stderr" || fail "the app log carries a patient id"
 
+# Log forwarding: LOG_FORWARD in the env file, then dpkg-reconfigure makes the rsyslog drop-in
+# (rsyslogd accepts it); without LOG_FORWARD it is removed again.
+apt_in_root install rsyslog rsyslog-relp
+sed -i 's|^LOG_FORWARD=.*|LOG_FORWARD=relp://collector.invalid:2514|' "$R/etc/testdata-api/testdata-api.env"
+in_root testdata-api config check >/dev/null || fail "config check refuses LOG_FORWARD in the env file"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure with LOG_FORWARD failed"
+grep -q 'module(load="imjournal"' "$R/etc/rsyslog.d/testdata-api.conf" 2>/dev/null ||
+  fail "no rsyslog drop-in reading the journal after dpkg-reconfigure with LOG_FORWARD"
+grep -q 'target="collector.invalid" port="2514"' "$R/etc/rsyslog.d/testdata-api.conf" ||
+  fail "the drop-in does not forward to LOG_FORWARD"
+in_root rsyslogd -N1 >/dev/null 2>&1 || fail "rsyslogd refuses the drop-in: $(in_root rsyslogd -N1 2>&1 | tail -n 3)"
+sed -i 's|^LOG_FORWARD=.*|LOG_FORWARD=|' "$R/etc/testdata-api/testdata-api.env"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure without LOG_FORWARD failed"
+[ ! -e "$R/etc/rsyslog.d/testdata-api.conf" ] || fail "the drop-in is left without LOG_FORWARD"
+sed -i 's|^LOG_FORWARD=.*|LOG_FORWARD=tcp://127.0.0.1:6514|' "$R/etc/testdata-api/testdata-api.env"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure with LOG_FORWARD failed"
+[ -e "$R/etc/rsyslog.d/testdata-api.conf" ] || fail "no drop-in with LOG_FORWARD=tcp://"
+say "LOG_FORWARD: dpkg-reconfigure renders the rsyslog drop-in (rsyslogd -N1 accepts it) and removes it"
+
+# Nodes: APP_NODES=2 (with DATABASE_URL, which config check demands for it), then
+# dpkg-reconfigure: nginx's upstream lists both nodes' sockets (nginx -t accepts the site),
+# testdata-api@1 and @2 are enabled in place of testdata-api.service; back to one node after.
+wants=$R/etc/systemd/system/multi-user.target.wants
+apt_in_root install systemd  # systemctl enables units offline, in the root
+sed -i 's|^APP_NODES=.*|APP_NODES=2|; s|^DATABASE_URL=.*|DATABASE_URL=postgresql://tdapi@db.invalid/tdapi|' \
+  "$R/etc/testdata-api/testdata-api.env"
+in_root testdata-api config check >/dev/null || fail "config check refuses APP_NODES=2 with DATABASE_URL"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure with APP_NODES=2 failed"
+[ "$(grep -c '^server unix:/run/testdata-api/app-[12].sock ' "$R/etc/testdata-api/nginx-upstream.conf")" = 2 ] ||
+  fail "nginx's upstream does not list two nodes: $(cat "$R/etc/testdata-api/nginx-upstream.conf")"
+in_root nginx -t -q || fail "nginx -t fails with two nodes"
+in_root sh -c 'command -v systemctl' >/dev/null || fail "systemd did not install in the root"
+if true; then
+  [ -L "$wants/testdata-api@1.service" ] && [ -L "$wants/testdata-api@2.service" ] ||
+    fail "testdata-api@1 and @2 are not enabled: $(ls "$wants")"
+  [ ! -e "$wants/testdata-api.service" ] || fail "testdata-api.service is still enabled beside the nodes"
+fi
+sed -i 's|^APP_NODES=.*|APP_NODES=|; s|^DATABASE_URL=.*|DATABASE_URL=|' "$R/etc/testdata-api/testdata-api.env"
+in_root dpkg-reconfigure testdata-api || fail "dpkg-reconfigure back to one node failed"
+grep -q '^server unix:/run/testdata-api/app.sock ' "$R/etc/testdata-api/nginx-upstream.conf" ||
+  fail "one node: the upstream is $(cat "$R/etc/testdata-api/nginx-upstream.conf")"
+if true; then
+  [ ! -e "$wants/testdata-api@1.service" ] && [ -L "$wants/testdata-api.service" ] ||
+    fail "back to one node: $(ls "$wants")"
+fi
+say "APP_NODES: dpkg-reconfigure renders the upstream and enables the node units, and back"
+
 # 3. Upgrade: as systemd would (stop, new files, start again); data, key and conffile kept.
 stop_app
 t2=$EPOCHSECONDS
@@ -326,7 +383,7 @@ apt_in_root purge testdata-api
 in_root dpkg-query -W -f='${Status}' testdata-api 2>/dev/null | grep -q installed && fail "still installed after purge"
 for p in /usr/bin/testdata-api /lib/systemd/system/testdata-api.service /etc/testdata-api \
     /var/lib/testdata-api /etc/nginx/sites-available/testdata-api /etc/nginx/sites-enabled/testdata-api \
-    /usr/share/testdata-api /var/log/nginx/testdata-api.access.log; do
+    /usr/share/testdata-api /var/log/nginx/testdata-api.access.log /etc/rsyslog.d/testdata-api.conf; do
   [ ! -e "$R$p" ] && [ ! -L "$R$p" ] || fail "$p is left after purge"
 done
 in_root id testdata-api >/dev/null || fail "the system user was removed (it is kept, README)"

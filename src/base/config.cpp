@@ -129,7 +129,7 @@ const std::vector<Setting> kSettings = {
    "temp dirs."},
   {"SOCKET", K::kPath, 0, 0, "",
    "`$RUNTIME_DIRECTORY/app.sock` under systemd, else `$DATA_DIR/run/app.sock`", P::kFixed, "",
-   "/run/testdata-api/app.sock (the unit's RuntimeDirectory)", "make run",
+   "/run/testdata-api/app.sock (the unit's RuntimeDirectory); node N: app-N.sock", "make run",
    "The FastCGI socket `testdata-api serve` listens on."},
   {"SOCKET_MODE", K::kChoice, 0, 0, "0600|0660", "`0600`", P::kFixed, "",
    "0660: nginx's workers (www-data, in the group testdata-api) connect", "make run",
@@ -137,19 +137,22 @@ const std::vector<Setting> kSettings = {
   {"SERVICE_USER", K::kUser, 0, 0, "", "`testdata-api`", P::kFixed, "",
    "testdata-api (created on install; the unit's User=)", "make run",
    "Started as root: the system user the app and nginx run as; root opts out."},
-  {"APP_NODES", K::kInteger, 1, 16, "", "`1`", P::kFixed, "", "1: one app process", "make run",
-   "App processes (1-16), each with its own socket, behind one nginx upstream. More than 1 "
-   "needs DATABASE_URL."},
   {"START_TIMEOUT", K::kInteger, 0, 999999999, "", "`600`", P::kFixed, "",
    "none: systemd waits for the app's readiness (TimeoutStartSec)", "make run",
    "Seconds `make run` waits for the app to be ready; 0 waits as long as it is alive."},
-  {"LOG_FORWARD", K::kLogForward, 0, 0, "", "none", P::kFixed, "",
-   "not yet: forward the journal with the system's rsyslog (see /usr/share/testdata-api/ops)",
-   "make run",
+  // --- Nodes ---
+  {"APP_NODES", K::kInteger, 1, 16, "", "`1`", P::kEnvFile, "", "", "Nodes",
+   "App processes (1-16), each with its own socket, behind one nginx upstream. More than 1 "
+   "needs DATABASE_URL. In the package `dpkg-reconfigure testdata-api` applies it: "
+   "testdata-api@1..N.service in place of testdata-api.service, and the upstream's node list "
+   "/etc/testdata-api/nginx-upstream.conf."},
+  // --- Logs: make run's forwarder, the system's rsyslog in the package ---
+  {"LOG_FORWARD", K::kLogForward, 0, 0, "", "none", P::kEnvFile, "", "", "Logs",
    "relp://HOST:PORT or tcp://HOST:PORT: ship the app's log and nginx's access log to a syslog "
-   "collector."},
-  {"LOG_FORWARD_QUEUE_MAX", K::kSize, 0, 0, "", "`1g`", P::kFixed, "", "as LOG_FORWARD",
-   "make run", "Disk the forwarding queue may fill while the collector is unreachable."},
+   "collector. In the package the system's rsyslog forwards the journal through a drop-in, "
+   "/etc/rsyslog.d/testdata-api.conf, made or removed by `dpkg-reconfigure testdata-api`."},
+  {"LOG_FORWARD_QUEUE_MAX", K::kSize, 0, 0, "", "`1g`", P::kEnvFile, "", "", "Logs",
+   "Disk the forwarding queue may fill while the collector is unreachable."},
 };
 // clang-format on
 

@@ -349,6 +349,49 @@ class Forwarding(unittest.TestCase):
                   f"lines lost by the forwarder's stop during the outage: "
                   f"{ {k: len(v) for k, v in lost.items()} }", file=sys.stderr)
 
+    def test_a_killed_forwarder_resends_only_the_lines_since_its_last_saved_position(self):
+        c = self.collector
+        with Server(LOG_FORWARD=f"tcp://127.0.0.1:{c.tcp_port}") as s:
+            load = Load(s, "fwdkill").start()
+            try:
+                # More lines than a saved position leaves unsaved, all forwarded.
+                self.assertTrue(wait_for(lambda: load.count() >= 400, timeout=60))
+                load.pause()
+                wait_until_arrived(self, c, s)
+                load.resume()
+                before = load.count()
+                self.assertTrue(wait_for(lambda: load.count() >= before + 50, timeout=60))
+                # Killed outright: no stop that saves where it was; run.sh starts it again.
+                fwd = s.pid_of("rsyslogd")
+                os.kill(fwd, signal.SIGKILL)
+                self.assertTrue(wait_for(lambda: self._pid(s) not in (None, fwd), timeout=30),
+                                s.read_log("app.log")[-1000:])
+                before = load.count()
+                self.assertTrue(wait_for(lambda: load.count() >= before + 100, timeout=60))
+                load.pause()
+                self.assertTrue(wait_for(lambda: self._posts_logged(s) == load.count() + len(load.failed),
+                                         timeout=30))
+            finally:
+                load.finish()
+            self.assertEqual(load.failed, [])
+            local = {stream: local_lines(s, stream + ".log") for stream in ("app", "access")}
+
+            def again():
+                return {stream: sum((collections.Counter(c.lines(stream)) -
+                                     collections.Counter(local[stream])).values())
+                        for stream in local}
+            # What arrives twice is what was read after the last saved position (at most 50
+            # lines a file, and what was in flight), not the files from their start.
+            time.sleep(3)
+            wait_for(lambda: not any(missing_lines(c, s).values()), timeout=30)
+            twice = again()
+            lost = {k: len(v) for k, v in missing_lines(c, s).items()}
+            print(f"\nforwarder killed: {len(load.acked)} POSTs, local lines "
+                  f"{ {k: len(v) for k, v in local.items()} }; sent twice {twice}; lost (in the "
+                  f"killed forwarder's memory) {lost}", file=sys.stderr)
+            for stream in local:
+                self.assertLessEqual(twice[stream], 150, (stream, twice, len(local[stream])))
+
     @staticmethod
     def _posts_logged(s):
         return sum(1 for l in local_lines(s, "access.log") if '"method":"POST"' in l)
