@@ -57,9 +57,9 @@ const char kAuditInsertSql[] =
 #define TDAPI_CHANGE_COLUMNS                                                               \
   "v.change_seq, v.test_id, v.version, v.clinic_id, v.status, v.changed_at, v.changed_by," \
   " v.reason, v.doc"
-#define TDAPI_VERSION_COLUMNS                                                      \
-  TDAPI_CHANGE_COLUMNS ", d.j->>'patient_id', d.j->>'test_type', d.j->>'result', " \
-                       "d.j->>'created_at'"
+#define TDAPI_DOC_FIELDS \
+  ", d.j->>'patient_id', d.j->>'test_type', d.j->>'result', d.j->>'created_at'"
+#define TDAPI_VERSION_COLUMNS TDAPI_CHANGE_COLUMNS TDAPI_DOC_FIELDS
 #define TDAPI_VERSION_DOC " CROSS JOIN LATERAL (SELECT v.doc::jsonb AS j) d"
 
 // One TestVersion from the row's columns from `col` on (TDAPI_VERSION_COLUMNS).

@@ -80,10 +80,10 @@ const char kUpdateTestSql[] =
 // several times slower than a listing of the same rows.
 #define TDAPI_CHANGE_COLUMNS \
   "change_seq, test_id, version, clinic_id, status, changed_at, changed_by, reason, doc"
-#define TDAPI_VERSION_COLUMNS                                                  \
-  TDAPI_CHANGE_COLUMNS                                                         \
-      ", json_extract(doc, '$.patient_id'), json_extract(doc, '$.test_type')," \
-      " json_extract(doc, '$.result'), json_extract(doc, '$.created_at')"
+#define TDAPI_DOC_FIELDS                                                   \
+  ", json_extract(doc, '$.patient_id'), json_extract(doc, '$.test_type')," \
+  " json_extract(doc, '$.result'), json_extract(doc, '$.created_at')"
+#define TDAPI_VERSION_COLUMNS TDAPI_CHANGE_COLUMNS TDAPI_DOC_FIELDS
 // One test's versions, newest first (the UNIQUE (test_id, version) index, backwards).
 const char kHistorySql[] = "SELECT " TDAPI_VERSION_COLUMNS
                            " FROM test_versions WHERE test_id = ?1 AND version < ?2"
@@ -97,6 +97,7 @@ const char kAllVersionsSql[] = "SELECT " TDAPI_VERSION_COLUMNS
                                " ORDER BY change_seq LIMIT ?2";
 #undef TDAPI_VERSION_COLUMNS
 #undef TDAPI_CHANGE_COLUMNS
+#undef TDAPI_DOC_FIELDS
 
 // A TestVersion from the current row of a statement over TDAPI_VERSION_COLUMNS.
 void read_version(sqlite3_stmt* st, TestVersion& v) {
