@@ -546,6 +546,8 @@ class NginxErrorLog(unittest.TestCase):
             with open(os.path.join(top, "nginx.conf"), "w") as f:
                 f.write(conf)
             shutil.copy(os.path.join(ROOT, "scripts", "run.sh"), os.path.join(top, "scripts"))
+            os.makedirs(os.path.join(top, "ops"))  # run.sh renders its configs with it
+            shutil.copy(os.path.join(ROOT, "ops", "render-config.py"), os.path.join(top, "ops"))
             shutil.copy(os.path.join(ROOT, "docs", "openapi.yaml"), os.path.join(top, "docs"))
             secret = "PATIENT-" + uuid.uuid4().hex
             with Server(RUN_SCRIPT=os.path.join(top, "scripts", "run.sh"), APP_BIN=APP_BIN) as s:

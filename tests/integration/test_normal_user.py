@@ -40,6 +40,8 @@ class NormalUser(unittest.TestCase):
             os.makedirs(os.path.join(project, "docs"))
             shutil.copy(os.path.join(ROOT, "nginx.conf"), project)
             shutil.copy(os.path.join(ROOT, "scripts", "run.sh"), os.path.join(project, "scripts"))
+            os.makedirs(os.path.join(project, "ops"))  # run.sh renders its configs with it
+            shutil.copy(os.path.join(ROOT, "ops", "render-config.py"), os.path.join(project, "ops"))
             shutil.copy(os.path.join(ROOT, "docs", "openapi.yaml"), os.path.join(project, "docs"))
             shutil.copy(APP_BIN, os.path.join(project, "testdata-api"))
             data = os.path.join(top, "data")
