@@ -247,38 +247,30 @@ def render(template, data_dir, port, port_plain, socket, socket_plain, keepalive
 
 def seed_direct(db, clinic, n, batch=50000):
     """Bulk rows written straight into SQLite, in the app's row format (the app is running; WAL
-    lets both work): each test as created, version 1 (final), in `tests` (test_id, seq, five
-    fields, created_at, doc, status, version, updated_at) and its version-1 row in
-    `test_versions` (written by "bench")."""
+    lets both work): each test as created, version 1 (final) held in its `tests` row (test_id,
+    seq, five fields, created_at, doc, status, version, updated_at, created_by "bench"), its seq
+    taken from the numbering that seq and change_seq share."""
     conn = sqlite3.connect(db, timeout=30)
     now = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    base = conn.execute("SELECT coalesce(max(rowid), 0) FROM tests").fetchone()[0]
+    base = conn.execute("SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"
+                        " coalesce((SELECT max(change_seq) FROM test_versions), 0),"
+                        " (SELECT coalesce(max(value), 0) FROM counters))").fetchone()[0]
 
-    def doc(i):
+    def row(i):
         rec = {"test_id": f"{clinic}-{i}", "patient_id": f"patient-{i}", "clinic_id": clinic,
                "test_type": "blood", "result": f"result value {i}", "created_at": now,
                "status": "final", "version": 1, "updated_at": now}
-        return rec, json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
-
-    def row(i):
-        rec, text = doc(i)
+        text = json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
         seq = base + 1 + i
         return (seq, seq, rec["test_id"], rec["patient_id"], clinic, "blood", rec["result"], now,
-                text, "final", 1, now)
-
-    def version_row(i):
-        rec, text = doc(i)
-        return (rec["test_id"], 1, clinic, "final", now, "bench", None, text)
+                text, "final", 1, now, "bench")
 
     for start in range(0, n, batch):
         with conn:
             conn.executemany("INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type,"
-                             " result, created_at, doc, status, version, updated_at)"
-                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                             " result, created_at, doc, status, version, updated_at, created_by)"
+                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                              (row(i) for i in range(start, min(n, start + batch))))
-            conn.executemany("INSERT INTO test_versions (test_id, version, clinic_id, status,"
-                             " changed_at, changed_by, reason, doc) VALUES (?,?,?,?,?,?,?,?)",
-                             (version_row(i) for i in range(start, min(n, start + batch))))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # start the runs from a database at rest
     conn.close()
 

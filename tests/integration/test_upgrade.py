@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import APP_BIN, ROOT, Server, record  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
-CURRENT_SCHEMA = 4  # the schema this build creates (SqliteStore::kSchemaVersion)
+CURRENT_SCHEMA = 5  # the schema this build creates (SqliteStore::kSchemaVersion)
 
 
 def fixtures():
@@ -103,7 +103,7 @@ class Upgrade(unittest.TestCase):
     def test_a_database_of_a_newer_schema_is_refused(self):
         fixture, manifest = self.found[-1]
         data_dir, db = self.data_dir_with(fixture, "newer")
-        newer = manifest["schema_version"] + 1  # this build knows the newest fixture's, no more
+        newer = max(manifest["schema_version"], CURRENT_SCHEMA) + 1  # newer than this build knows
         sql(db, f"PRAGMA user_version = {newer}")
         with open(db, "rb") as f:
             before = f.read()

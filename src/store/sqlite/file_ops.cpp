@@ -267,7 +267,13 @@ int count_facts(sqlite3* db, DatabaseFacts& f) {
   if (rc != SQLITE_OK) return rc;
   f.tests = std::atoll(v.c_str());
   if (f.schema_version >= 4) {
-    rc = query_one(db, "SELECT count(*) FROM test_versions", v);
+    // From schema 5, an uncorrected test's version 1 is in its tests row (created_by set).
+    rc = query_one(db,
+                   f.schema_version >= 5
+                       ? "SELECT (SELECT count(*) FROM test_versions) + (SELECT count(*) FROM tests"
+                         " WHERE version = 1 AND created_by IS NOT NULL)"
+                       : "SELECT count(*) FROM test_versions",
+                   v);
     if (rc != SQLITE_OK) return rc;
     f.versions = std::atoll(v.c_str());
   }
@@ -291,7 +297,9 @@ constexpr long long kMaxDocBytes =
 // (what listings and authorization read), or that is larger than the API accepts (validate.cpp's
 // limits): exactly the keys test_document writes (before schema 4: test_record_json), each a
 // string (version: an integer) equal to its column. From schema 4 on, also a test whose current
-// version has no row in test_versions of its clinic and status.
+// version has no row in test_versions of its clinic and status; from schema 5 on, where the
+// tests row holds version 1 (created_by set), a test with any row in test_versions or whose seq
+// is taken there (its version 1's change_seq), or whose rowid is not its seq (kAllVersionsSql).
 std::string rows_check_sql(int schema_version) {
   const bool versions = schema_version >= 4;
   // keys a document has
@@ -331,10 +339,17 @@ std::string rows_check_sql(int schema_version) {
   sql +=
       " OR (created_at != '' AND (json_type(doc, '$.created_at') IS NOT 'text' OR "
       "json_extract(doc, '$.created_at') IS NOT created_at))) END";
-  if (versions) {
+  const std::string current_version_missing =
+      "NOT EXISTS (SELECT 1 FROM test_versions v WHERE v.test_id = tests.test_id AND"
+      " v.version = tests.version AND v.clinic_id = tests.clinic_id AND v.status = tests.status)";
+  if (schema_version >= 5) {
     sql +=
-        " OR NOT EXISTS (SELECT 1 FROM test_versions v WHERE v.test_id = tests.test_id AND"
-        " v.version = tests.version AND v.clinic_id = tests.clinic_id AND v.status = tests.status)";
+        " OR length(created_by) > 128 OR CASE WHEN version = 1 AND created_by IS NOT NULL THEN"
+        " rowid <> seq OR EXISTS (SELECT 1 FROM test_versions v WHERE v.test_id = tests.test_id)"
+        " OR EXISTS (SELECT 1 FROM test_versions v WHERE v.change_seq = tests.seq) ELSE " +
+        current_version_missing + " END";
+  } else if (versions) {
+    sql += " OR " + current_version_missing;
   }
   return sql + " LIMIT 1";
 }

@@ -19,9 +19,9 @@ struct SqliteStore::Connection {
   std::vector<sqlite3_stmt*> stmts;
   sqlite3_stmt* insert = nullptr;
   // By the filters the listing uses (list_filters: a bit each), prepared on first use.
-  sqlite3_stmt* list[128] = {};
+  sqlite3_stmt* list[256] = {};
   // A date range's walk of the clinic in seq order (list_walk_sql), by the same filters.
-  sqlite3_stmt* list_walk[128] = {};
+  sqlite3_stmt* list_walk[256] = {};
   sqlite3_stmt* health = nullptr;
   sqlite3_stmt* get = nullptr;
   sqlite3_stmt* audit_insert = nullptr;
@@ -34,6 +34,7 @@ struct SqliteStore::Connection {
   sqlite3_stmt* latest_change = nullptr;
   // The writer's side of versions.
   sqlite3_stmt* insert_version = nullptr;
+  sqlite3_stmt* move_first_version = nullptr;
   sqlite3_stmt* read_current = nullptr;
   sqlite3_stmt* update_test = nullptr;
 

@@ -101,6 +101,20 @@ const char kVersionsSchema[] =
     "CREATE INDEX IF NOT EXISTS tests_by_updated ON tests (clinic_id, updated_at, seq);"
     "CREATE INDEX IF NOT EXISTS tests_by_status ON tests (clinic_id, status, seq);";
 
+// Version 5: a create writes no test_versions row. A test created from version 5 on holds its
+// version 1 in its tests row while that is current (created_by: the key that created it, NOT
+// NULL), and takes its seq from the same numbering as change_seq (kInsertSql): its seq is its
+// version 1's change_seq, in commit order with every other change. Its first correction moves
+// version 1 into test_versions under that change_seq. Tests migrated from version 4 keep their
+// version 1 in test_versions (created_by NULL), at the change_seq they already had, so a
+// change-feed position handed out before the upgrade still means the same. A create then
+// writes the b-trees it wrote before versions and the two date indexes: the status index holds
+// only the tests that are not final (most are; a listing of the final ones walks the clinic).
+const char kLazyFirstVersionSchema[] =
+    "ALTER TABLE tests ADD COLUMN created_by TEXT;"
+    "DROP INDEX tests_by_status;"
+    "CREATE INDEX tests_by_status ON tests (clinic_id, status, seq) WHERE status <> 'final';";
+
 // kMigrations[v - 1] takes the schema from version v to v + 1.
 const char* const kMigrations[] = {
     // 1 -> 2: `seq` was max(rowid)+1, so deleting the newest row would hand its number to the
@@ -113,6 +127,8 @@ const char* const kMigrations[] = {
     kSecuritySchema,
     // 3 -> 4: versions, the change feed, date ranges.
     kVersionsSchema,
+    // 4 -> 5: version 1 in the tests row; the status index only of tests not final.
+    kLazyFirstVersionSchema,
 };
 static_assert(sizeof kMigrations / sizeof kMigrations[0] == SqliteStore::kSchemaVersion - 1,
               "one migration per schema version");

@@ -44,22 +44,34 @@ const char kAuditListSql[] =
     " FROM audit WHERE seq > ?1 AND (?2 IS NULL OR ts >= ?2) AND (?3 IS NULL OR ts < ?3)"
     " AND (?4 IS NULL OR clinic_id = ?4) ORDER BY seq LIMIT ?5";
 
-// A new test's seq: one more than anything committed before, whether or not that row is still
-// there (counters.last_seq) or anything earlier in this transaction (max(rowid)).
-// A new test is version 1: updated_at = created_at.
+// The next number of the one numbering that a new test's seq and a correction's change_seq
+// share: one more than any seq or change_seq committed before, whether or not its row is still
+// there (counters), or taken earlier in this transaction (the two rowids). One writer writes at
+// a time, so the numbers are in commit order. A test's seq is also its version 1's change_seq.
+#define TDAPI_NEXT_CHANGE                                                     \
+  "(SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"                  \
+  " coalesce((SELECT max(change_seq) FROM test_versions), 0),"                \
+  " (SELECT coalesce(max(value), 0) FROM counters WHERE name IN ('last_seq'," \
+  " 'last_change_seq'))) + 1 AS m)"
+// A new test is version 1 (updated_at = created_at), kept in its row (created_by set) until
+// its first correction: no test_versions row (schema.cpp, kLazyFirstVersionSchema).
 const char kInsertSql[] =
     "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at,"
-    " doc, status, version, updated_at) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?6"
-    " FROM (SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"
-    " coalesce((SELECT value FROM counters WHERE name = 'last_seq'), 0)) + 1 AS m)";
-// A version's row. change_seq, as seq: one more than anything committed before
-// (counters.last_change_seq) or earlier in this transaction; in commit order, as one writer
-// writes at a time.
+    " doc, status, version, updated_at, created_by) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+    " 1, ?6, ?9 FROM " TDAPI_NEXT_CHANGE;
+// A correction's row in test_versions, numbered next.
 const char kInsertVersionSql[] =
     "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
-    " changed_by, reason, doc) SELECT m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
-    " FROM (SELECT max(coalesce((SELECT max(change_seq) FROM test_versions), 0),"
-    " coalesce((SELECT value FROM counters WHERE name = 'last_change_seq'), 0)) + 1 AS m)";
+    " changed_by, reason, doc) SELECT m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM " TDAPI_NEXT_CHANGE;
+#undef TDAPI_NEXT_CHANGE
+// Before a test's first correction: its version 1 moves from its row into test_versions, under
+// the change_seq it has had since its create (its seq, which is its rowid). A no-op for a test
+// already corrected, or migrated from schema 4 (created_by NULL: version 1 is there already).
+const char kMoveFirstVersionSql[] =
+    "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
+    " changed_by, reason, doc) SELECT rowid, test_id, 1, clinic_id, status, created_at,"
+    " created_by, NULL, doc FROM tests WHERE test_id = ?1 AND version = 1 AND created_by IS NOT"
+    " NULL";
 // Run with kBumpSeqSql: remembers the highest change_seq committed.
 const char kBumpChangeSeqSql[] =
     "UPDATE counters SET value = (SELECT max(change_seq) FROM test_versions)"
@@ -84,17 +96,38 @@ const char kUpdateTestSql[] =
   ", json_extract(doc, '$.patient_id'), json_extract(doc, '$.test_type')," \
   " json_extract(doc, '$.result'), json_extract(doc, '$.created_at')"
 #define TDAPI_VERSION_COLUMNS TDAPI_CHANGE_COLUMNS TDAPI_DOC_FIELDS
-// One test's versions, newest first (the UNIQUE (test_id, version) index, backwards).
-const char kHistorySql[] = "SELECT " TDAPI_VERSION_COLUMNS
-                           " FROM test_versions WHERE test_id = ?1 AND version < ?2"
-                           " ORDER BY version DESC LIMIT ?3";
-// One clinic's changes in commit order (test_versions_by_clinic).
-const char kChangesSql[] = "SELECT " TDAPI_CHANGE_COLUMNS
-                           " FROM test_versions WHERE clinic_id = ?1 AND change_seq > ?2"
-                           " ORDER BY change_seq LIMIT ?3";
-const char kAllVersionsSql[] = "SELECT " TDAPI_VERSION_COLUMNS
-                               " FROM test_versions WHERE change_seq > ?1"
-                               " ORDER BY change_seq LIMIT ?2";
+// A version 1 still in its tests row (kInsertSql), as the same columns: its change_seq is its
+// seq (= rowid).
+#define TDAPI_FIRST_VERSION_COLUMNS(seq) \
+  seq ", test_id, 1, clinic_id, status, created_at, created_by, NULL, doc"
+#define TDAPI_FIRST_VERSION_FIELDS ", patient_id, test_type, result, created_at"
+#define TDAPI_FIRST_VERSION_IN_ROW " version = 1 AND created_by IS NOT NULL"
+// One test's versions, newest first (the UNIQUE (test_id, version) index, backwards; and the
+// tests row's version 1 when it is there).
+const char kHistorySql[] =
+    "SELECT " TDAPI_VERSION_COLUMNS
+    " FROM test_versions WHERE test_id = ?1 AND version < ?2"
+    " UNION ALL SELECT " TDAPI_FIRST_VERSION_COLUMNS("seq") TDAPI_FIRST_VERSION_FIELDS
+    " FROM tests WHERE test_id = ?1 AND 1 < ?2 AND" TDAPI_FIRST_VERSION_IN_ROW
+    " ORDER BY 3 DESC LIMIT ?3";
+// One clinic's changes in commit order: test_versions_by_clinic merged with the clinic's
+// version-1 rows (tests_by_clinic, in seq order).
+const char kChangesSql[] =
+    "SELECT " TDAPI_CHANGE_COLUMNS
+    " FROM test_versions WHERE clinic_id = ?1 AND change_seq > ?2"
+    " UNION ALL SELECT " TDAPI_FIRST_VERSION_COLUMNS(
+        "seq") " FROM tests WHERE clinic_id = ?1 AND seq > ?2 AND" TDAPI_FIRST_VERSION_IN_ROW
+               " ORDER BY 1 LIMIT ?3";
+// Every version in commit order: test_versions by its rowid merged with the tests table by its
+// rowid (= seq: kInsertSql; restore refuses a file where a version-1 row's differ).
+const char kAllVersionsSql[] =
+    "SELECT " TDAPI_VERSION_COLUMNS
+    " FROM test_versions WHERE change_seq > ?1"
+    " UNION ALL SELECT " TDAPI_FIRST_VERSION_COLUMNS("rowid") TDAPI_FIRST_VERSION_FIELDS
+    " FROM tests WHERE rowid > ?1 AND" TDAPI_FIRST_VERSION_IN_ROW " ORDER BY 1 LIMIT ?2";
+#undef TDAPI_FIRST_VERSION_COLUMNS
+#undef TDAPI_FIRST_VERSION_FIELDS
+#undef TDAPI_FIRST_VERSION_IN_ROW
 #undef TDAPI_VERSION_COLUMNS
 #undef TDAPI_CHANGE_COLUMNS
 #undef TDAPI_DOC_FIELDS
@@ -152,12 +185,17 @@ enum ListFilter {
   kCreatedTo = 16,
   kUpdatedFrom = 32,
   kUpdatedTo = 64,
+  // With kByStatus, a status other than final: tests_by_status holds only those
+  // (kLazyFirstVersionSchema), and SQLite uses a partial index only where the statement's own
+  // text implies its WHERE.
+  kStatusNotFinal = 128,
 };
 int list_filters(const ListQuery& q) {
   return (q.patient_id ? kByPatient : 0) | (q.test_type ? kByType : 0) |
          (q.status ? kByStatus : 0) | (q.created_from ? kCreatedFrom : 0) |
          (q.created_to ? kCreatedTo : 0) | (q.updated_from ? kUpdatedFrom : 0) |
-         (q.updated_to ? kUpdatedTo : 0);
+         (q.updated_to ? kUpdatedTo : 0) |
+         (q.status && *q.status != TestStatus::kFinal ? kStatusNotFinal : 0);
 }
 
 constexpr int kRangeFilters = kCreatedFrom | kCreatedTo | kUpdatedFrom | kUpdatedTo;
@@ -180,6 +218,7 @@ std::string list_sql(int filters) {
   if (filters & kByPatient) sql += " AND patient_id = ?2";
   if (filters & kByType) sql += " AND test_type = ?3";
   if (filters & kByStatus) sql += " AND status = ?6";
+  if (filters & kStatusNotFinal) sql += " AND status <> 'final'";
   if (filters & kCreatedFrom) sql += " AND created_at >= ?7";
   if (filters & kCreatedTo) sql += " AND created_at < ?8";
   if (filters & kUpdatedFrom) sql += " AND updated_at >= ?9";
@@ -241,10 +280,11 @@ namespace {
 // page is SQLITE_CORRUPT. What PRAGMA quick_check does beyond that is not done here: the
 // freelist, pages used twice or never, the order of keys within a page.
 struct BtreeWalk {
-  const char* from;    // the table, and the index whose b-tree is read
-  const char* key;     // the b-tree's order, unique (an index's entries end with the rowid)
-  int key_columns;     // the first columns of the statement
-  const char* values;  // the other columns read; none for an index (every column is its key)
+  const char* from;          // the table, and the index whose b-tree is read
+  const char* key;           // the b-tree's order, unique (an index's entries end with the rowid)
+  int key_columns;           // the first columns of the statement
+  const char* values;        // the other columns read; none for an index (every column is its key)
+  const char* partial = "";  // a partial index's WHERE, which the statement must imply
 };
 const BtreeWalk kBtreeWalks[] = {
     {"tests", "rowid", 1,
@@ -256,7 +296,8 @@ const BtreeWalk kBtreeWalks[] = {
     {"tests INDEXED BY tests_by_type", "clinic_id, test_type, seq, rowid", 4, ""},
     {"tests INDEXED BY tests_by_created", "clinic_id, created_at, seq, rowid", 4, ""},
     {"tests INDEXED BY tests_by_updated", "clinic_id, updated_at, seq, rowid", 4, ""},
-    {"tests INDEXED BY tests_by_status", "clinic_id, status, seq, rowid", 4, ""},
+    {"tests INDEXED BY tests_by_status", "clinic_id, status, seq, rowid", 4, "",
+     "status <> 'final'"},
     {"test_versions", "change_seq", 1,
      ", test_id, version, clinic_id, status, changed_at, changed_by, reason, doc"},
     {"test_versions INDEXED BY sqlite_autoindex_test_versions_1", "test_id, version", 2, ""},
@@ -271,11 +312,13 @@ const char* const kSmallTables[] = {"sqlite_schema", "meta", "counters", "api_ke
 // The first chunk of a walk (?1 its size), or with `after` the next one, after the key ?2...
 std::string walk_sql(const BtreeWalk& w, bool after) {
   std::string sql = std::string("SELECT ") + w.key + w.values + " FROM " + w.from;
+  std::string where = w.partial;
   if (after) {
-    sql += std::string(" WHERE (") + w.key + ") > (";
-    for (int i = 0; i < w.key_columns; ++i) sql += (i ? ", ?" : "?") + std::to_string(i + 2);
-    sql += ")";
+    where += std::string(where.empty() ? "" : " AND ") + "(" + w.key + ") > (";
+    for (int i = 0; i < w.key_columns; ++i) where += (i ? ", ?" : "?") + std::to_string(i + 2);
+    where += ")";
   }
+  if (!where.empty()) sql += " WHERE " + where;
   return sql + " ORDER BY " + w.key + " LIMIT ?1";
 }
 
@@ -378,8 +421,8 @@ class SqliteStore::Backend : public WriteBackend {
     sqlite3_bind_text(st, 6, created_at.data(), static_cast<int>(created_at.size()), SQLITE_STATIC);
     const std::string doc = test_document(r, created_at, 1, created_at);
     bind_text(st, 7, doc);
-    const char* status = test_status_name(r.status);
-    bind_text(st, 8, status);
+    bind_text(st, 8, test_status_name(r.status));
+    bind_text(st, 9, changed_by);
     int rc = sqlite3_step(st);
     Status s = rc == SQLITE_DONE ? Status::Ok() : error(sqlite3_extended_errcode(db()), "INSERT");
     sqlite3_reset(st);
@@ -388,10 +431,7 @@ class SqliteStore::Backend : public WriteBackend {
       duplicate = true;
       return Status::Ok();
     }
-    if (!s.ok()) return s;
-    long long change_seq = 0;
-    return insert_version(r.test_id, 1, r.clinic_id, status, created_at, changed_by, nullptr, doc,
-                          change_seq);
+    return s;
   }
 
   Status read_current(const std::string& test_id, bool& found, TestVersion& current) override {
@@ -420,6 +460,14 @@ class SqliteStore::Backend : public WriteBackend {
   }
 
   Status write_version(TestVersion& next) override {
+    sqlite3_stmt* move = store_.writer_->move_first_version;
+    bind_text(move, 1, next.record.test_id);
+    int move_rc = sqlite3_step(move);
+    sqlite3_reset(move);
+    sqlite3_clear_bindings(move);
+    if (move_rc != SQLITE_DONE) {
+      return error(sqlite3_extended_errcode(db()), "INSERT test_versions (version 1)");
+    }
     sqlite3_stmt* st = store_.writer_->update_test;
     bind_text(st, 1, next.record.test_id);
     bind_text(st, 2, next.record.test_type);
@@ -726,6 +774,7 @@ Status SqliteStore::prepare_writer(Connection& conn) {
   const std::pair<const char*, sqlite3_stmt**> statements[] = {
       {kInsertSql, &conn.insert},
       {kInsertVersionSql, &conn.insert_version},
+      {kMoveFirstVersionSql, &conn.move_first_version},
       {kReadCurrentSql, &conn.read_current},
       {kUpdateTestSql, &conn.update_test},
       {"BEGIN IMMEDIATE", &conn.begin},
@@ -928,8 +977,10 @@ Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
   if (rc == SQLITE_OK) rc = conn->prepare(kHistorySql, &conn->history);
   if (rc == SQLITE_OK) rc = conn->prepare(kChangesSql, &conn->changes);
   if (rc == SQLITE_OK) {
-    rc = conn->prepare("SELECT coalesce(max(change_seq), 0) FROM test_versions",
-                       &conn->latest_change);
+    rc = conn->prepare(
+        "SELECT max(coalesce((SELECT max(change_seq) FROM test_versions), 0),"
+        " coalesce((SELECT max(rowid) FROM tests), 0))",
+        &conn->latest_change);
   }
   if (rc == SQLITE_OK) rc = conn->prepare(kAuditListSql, &conn->audit_list);
   if (rc == SQLITE_OK) {

@@ -1122,24 +1122,24 @@ TYPED_TEST(StoreContract, HistoryAndChangesPage) {
   EXPECT_EQ(seqs.size(), 14u);
 }
 
-// A feed position is never handed out twice: after the newest version was deleted (by hand, in
-// the database) and across restarts, the next change comes after it.
+// A feed position is never handed out twice: after the test of the newest version was deleted
+// (by hand, in the database) and across restarts, the next change comes after it.
 TYPED_TEST(StoreContract, AChangeSeqIsNeverReusedAfterTheNewestVersionIsDeleted) {
   ASSERT_TRUE(this->store_->insert(make_record("a")).status.ok());
   ASSERT_TRUE(this->store_->insert(make_record("b")).status.ok());
   long long latest = 0;
   ASSERT_TRUE(this->store_->latest_change(latest).ok());
-  ASSERT_EQ(this->sql("DELETE FROM test_versions WHERE change_seq = " + std::to_string(latest)),
-            "");
+  // b removed by hand: its versions, and its row (where SQLite keeps an uncorrected version 1).
+  ASSERT_EQ(this->sql("DELETE FROM test_versions WHERE test_id = 'b'"), "");
+  ASSERT_EQ(this->sql("DELETE FROM tests WHERE test_id = 'b'"), "");
   ASSERT_TRUE(this->store_->insert(make_record("c")).status.ok());
   std::vector<TestVersion> feed = changes_of(*this->store_, "c1");
   ASSERT_EQ(feed.size(), 2u);
   EXPECT_EQ(feed[1].record.test_id, "c");
   EXPECT_GT(feed[1].change_seq, latest) << "c took the position of b's deleted version";
   this->store_.reset();
-  ASSERT_EQ(this->sql("DELETE FROM test_versions WHERE change_seq = " +
-                      std::to_string(feed[1].change_seq)),
-            "");
+  ASSERT_EQ(this->sql("DELETE FROM test_versions WHERE test_id = 'c'"), "");
+  ASSERT_EQ(this->sql("DELETE FROM tests WHERE test_id = 'c'"), "");
   this->reopen();
   CorrectionOutcome o =
       this->store_->correct(correction_of("a", 1, TestStatus::kCorrected), nullptr);

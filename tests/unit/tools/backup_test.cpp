@@ -314,7 +314,8 @@ TEST(Restore, RefusesRowsWhoseDocumentDisagreesWithTheColumnsOrTooLarge) {
       {"padded document",
        "UPDATE tests SET doc = '{' || printf('%.*c', 300000, ' ') || substr(doc, 2) WHERE test_id "
        "= 't3'"},
-      // The columns of versions, and the rows of test_versions ("change_seq 4": t3's version 1).
+      // The columns of versions, and the rows of test_versions ("change_seq 4": t3's version 1;
+      // kAsMigrated puts it there, as in a file upgraded from schema 4).
       {"status column", "UPDATE tests SET status = 'amended' WHERE test_id = 't3'"},
       {"unknown status",
        "UPDATE tests SET status = 'gone', doc = json_set(doc, '$.status', 'gone') WHERE test_id = "
@@ -327,6 +328,14 @@ TEST(Restore, RefusesRowsWhoseDocumentDisagreesWithTheColumnsOrTooLarge) {
        "UPDATE tests SET doc = json_set(doc, '$.updated_at', '1999') WHERE test_id = 't3'"},
       {"current version without its row",
        "UPDATE tests SET version = 2, doc = json_set(doc, '$.version', 2) WHERE test_id = 't3'"},
+      {"version 1 in its row and in test_versions",
+       "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
+       " changed_by, reason, doc) SELECT 99, test_id, 1, clinic_id, status, created_at,"
+       " created_by, NULL, doc FROM tests WHERE test_id = 't3'"},
+      {"version 1 in its row at a taken change_seq",
+       "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
+       " changed_by, reason, doc) SELECT seq, 'zz', 2, clinic_id, status, created_at, 'k', 'r',"
+       " doc FROM tests WHERE test_id = 't3'"},
       {"version's result not text",
        "UPDATE test_versions SET doc = json_set(doc, '$.result', 5) WHERE test_id = 't3'"},
       {"version's clinic",
@@ -339,10 +348,16 @@ TEST(Restore, RefusesRowsWhoseDocumentDisagreesWithTheColumnsOrTooLarge) {
       {"version 1 with a reason", "UPDATE test_versions SET reason = 'why' WHERE test_id = 't3'"},
       {"version's changed_at", "UPDATE test_versions SET changed_at = '1999' WHERE test_id = 't3'"},
   };
+  const std::string kAsMigrated =
+      "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
+      " changed_by, reason, doc) SELECT seq, test_id, 1, clinic_id, status, created_at,"
+      " created_by, NULL, doc FROM tests WHERE test_id = 't3';"
+      " UPDATE tests SET created_by = NULL WHERE test_id = 't3';";
   const std::string target = bytes_of(dir.file("live.db"));
   const auto before = names_in(dir.file(""));
   for (const auto& [what, sql] : edits) {
     write_bytes(dir.file("edited.db"), good);
+    if (sql.rfind("UPDATE test_versions", 0) == 0) sql_on(dir.file("edited.db"), kAsMigrated);
     sql_on(dir.file("edited.db"), sql);
     RestoreResult r;
     Status s = restore_database(dir.file("edited.db"), dir.file("live.db"), r);
