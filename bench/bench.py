@@ -55,6 +55,8 @@ PUT_DEF_1 = "PUT /tests/{id} (durable correction), defaults, 1 conn"
 FEED_100_32 = "GET /changes, 100 a page, defaults, 32 conns"
 FEED_100_1 = "GET /changes, 100 a page, defaults, 1 conn"
 FEED_1000_32 = "GET /changes, 1,000 a page, defaults, 32 conns"
+CEILING_BEFORE_32 = "FastCGI ceiling, the before build's 1,000-test-size body"
+CEILING_BEFORE_1 = "FastCGI ceiling, the before build's 1,000-test-size body, 1 conn"
 NEW_ROUTES = {PUT_32, PUT_1, PUT_DEF_32, PUT_DEF_1, FEED_100_32, FEED_100_1, FEED_1000_32}
 
 
@@ -542,8 +544,13 @@ def main():
         seed_direct(db, "bench-1m", BIG)
 
         null_sock = os.path.join(data_dir, "run", "null.sock")
+        # The before build's 1,000-test listing has other bytes (no status, version, updated_at):
+        # its GET rows are also set against a ceiling of its own size.
+        listing_1000_before = (len(urllib.request.urlopen(before[2]["off"] + "/tests?clinic_id=bench-1000",
+                                                          timeout=30).read()) if before else listing_1000)
         procs.append(subprocess.Popen([os.path.join(BUILD, "bench", "fcgi_null"), "--socket", null_sock,
-                                       "--threads", str(THREADS), "--large-bytes", str(listing_1000)]))
+                                       "--threads", str(THREADS), "--large-bytes", str(listing_1000),
+                                       "--before-bytes", str(listing_1000_before)]))
         # A second responder, reached with a new connection per request, for reference.
         plain_sock = os.path.join(data_dir, "run", "null-plain.sock")
         procs.append(subprocess.Popen([os.path.join(BUILD, "bench", "fcgi_null"), "--socket", plain_sock,
@@ -579,6 +586,13 @@ def main():
             ("FastCGI ceiling without keep-alive, small body", plain + "/small", 32, None, "FastCGI ceiling, small body"),
             ("FastCGI ceiling, 1,000-test-size body", ceil + "/large", 32, None, None),
             ("FastCGI ceiling, 1,000-test-size body, 1 conn", ceil + "/large", 1, None, None),
+        ]
+        if before:
+            cases += [
+                (CEILING_BEFORE_32, ceil + "/large-before", 32, None, None),
+                (CEILING_BEFORE_1, ceil + "/large-before", 1, None, None),
+            ]
+        cases += [
             # The machine's own durable-append rate, on the filesystem the databases are on.
             (PROBE, "probe:" + default.data_dir, 1, None, None),
             ("POST /tests (durable), 32 conns", app + "/tests", 32, post, "FastCGI ceiling, small body"),
@@ -793,6 +807,23 @@ def main():
                 b_text = " — | — | — | — |"
             lines.append(f"| {name} | {m['rps']:,.0f} | {m['p50']:.{digits}f} | {m['p99']:.{digits}f} | "
                          f"{m['non2xx']} of {m['total']:,} | {ratio} | {cpu_text} | {rss_text} |{b_text}")
+        if before:
+            # A listing's cost follows its bytes: each build's 1,000-test listing set against
+            # the FastCGI ceiling of its own size.
+            lines.append("")
+            lines.append(f"The 1,000-test listings against the FastCGI ceiling of their own size ("
+                         f"this build {listing_1000:,} body bytes, the before build "
+                         f"{listing_1000_before:,}):")
+            lines.append("")
+            lines.append("| case | req/s ÷ its ceiling | before req/s ÷ its ceiling | after/before of those |")
+            lines.append("|---|---:|---:|---:|")
+            for name, _, conns, _, ceiling, *_ in cases:
+                if "clinic of 1,000" not in name or name not in med_b or not ceiling:
+                    continue
+                own = med[name]["rps"] / med[ceiling]["rps"]
+                b_ceiling = CEILING_BEFORE_32 if conns > 1 else CEILING_BEFORE_1
+                b_own = med_b[name]["rps"] / med[b_ceiling]["rps"]
+                lines.append(f"| {name} | {own:.2f} | {b_own:.2f} | {own / b_own:.2f} |")
         # The goals, from the medians of this run (before: the before build's rows of the same
         # rounds beside the same probe and ceilings).
         lines.append("")

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <optional>
 #include <set>
 
@@ -506,32 +507,57 @@ Response handle_list_tests(const Request& req, Store& store) {
   return list_tests_response(req, "list", std::move(in), store);
 }
 
-Response handle_search_tests(const Request& req, Store& store) {
+namespace {
+
+// A search body's prologue, shared by POST /tests/search and POST /changes/search: within the
+// body budgets, JSON, an object, each field once. on_field stores one field and answers "" or
+// the error (an unknown field, a wrong type). Empty when every field was taken.
+std::optional<Response> read_search_body(
+    const Request& req,
+    const std::function<std::string(std::string_view name, const cJSON* item)>& on_field) {
   Response error;
   if (!check_json_body(req, kMaxBodyBytes, error)) return error;
   std::string message;
   JsonTree tree = parse_json_body(req.body, kMaxJsonValuesPerRecord, message);
   if (!tree) return error_response(400, message);
   if (!cJSON_IsObject(tree.get())) return error_response(400, "request body must be a JSON object");
-  ListRequest in;
   std::set<std::string_view> seen;
   for (const cJSON* item = tree->child; item != nullptr; item = item->next) {
     std::string_view name(item->string);
-    std::optional<std::string>* slot = text_slot(in, name);
-    if (!slot && name != "limit") return error_response(400, "unknown field: " + std::string(name));
     if (!seen.insert(name).second) {
       return error_response(400, std::string(name) + " must be given once");
     }
-    if (slot) {
-      if (!cJSON_IsString(item))
-        return error_response(400, std::string(name) + " must be a string");
-      *slot = std::string(item->valuestring);
-      continue;
-    }
-    double v = cJSON_IsNumber(item) ? item->valuedouble : 0;
-    bool integral = std::isfinite(v) && std::floor(v) == v && std::fabs(v) < 1e15;
-    in.limit = integral ? static_cast<long long>(v) : 0;
+    message = on_field(name, item);
+    if (!message.empty()) return error_response(400, message);
   }
+  return std::nullopt;
+}
+
+// A JSON number that is a whole number of safe size, else `otherwise`.
+long long integer_or(const cJSON* item, long long otherwise) {
+  double v = cJSON_IsNumber(item) ? item->valuedouble : 0.5;
+  bool integral = std::isfinite(v) && std::floor(v) == v && std::fabs(v) < 1e15;
+  return integral ? static_cast<long long>(v) : otherwise;
+}
+
+}  // namespace
+
+Response handle_search_tests(const Request& req, Store& store) {
+  ListRequest in;
+  std::optional<Response> refused =
+      read_search_body(req, [&](std::string_view name, const cJSON* item) -> std::string {
+        std::optional<std::string>* slot = text_slot(in, name);
+        if (!slot && name != "limit") return "unknown field: " + std::string(name);
+        if (!slot) {
+          in.limit = integer_or(item, 0);
+        } else if (!cJSON_IsString(item)) {
+          return std::string(name) + " must be a string";
+        } else {
+          *slot = std::string(item->valuestring);
+        }
+        return "";
+      });
+  if (refused) return std::move(*refused);
   return list_tests_response(req, "search", std::move(in), store);
 }
 
@@ -1224,33 +1250,20 @@ Response handle_changes(const Request& req, Store& store) {
 }
 
 Response handle_search_changes(const Request& req, Store& store) {
-  Response error;
-  if (!check_json_body(req, kMaxBodyBytes, error)) return error;
-  std::string message;
-  JsonTree tree = parse_json_body(req.body, kMaxJsonValuesPerRecord, message);
-  if (!tree) return error_response(400, message);
-  if (!cJSON_IsObject(tree.get())) return error_response(400, "request body must be a JSON object");
   FeedRequest in;
-  std::set<std::string_view> seen;
-  for (const cJSON* item = tree->child; item != nullptr; item = item->next) {
-    std::string_view name(item->string);
-    if (name != "clinic_id" && name != "since" && name != "limit" && name != "wait") {
-      return error_response(400, "unknown field: " + std::string(name));
-    }
-    if (!seen.insert(name).second) {
-      return error_response(400, std::string(name) + " must be given once");
-    }
-    if (name == "clinic_id" || name == "since") {
-      if (!cJSON_IsString(item)) {
-        return error_response(400, std::string(name) + " must be a string");
-      }
-      (name == "clinic_id" ? in.clinic_id : in.since) = std::string(item->valuestring);
-      continue;
-    }
-    double v = cJSON_IsNumber(item) ? item->valuedouble : -1;
-    bool integral = std::isfinite(v) && std::floor(v) == v && std::fabs(v) < 1e15;
-    (name == "limit" ? in.limit : in.wait) = integral ? static_cast<long long>(v) : -1;
-  }
+  std::optional<Response> refused =
+      read_search_body(req, [&](std::string_view name, const cJSON* item) -> std::string {
+        if (name == "clinic_id" || name == "since") {
+          if (!cJSON_IsString(item)) return std::string(name) + " must be a string";
+          (name == "clinic_id" ? in.clinic_id : in.since) = std::string(item->valuestring);
+        } else if (name == "limit" || name == "wait") {
+          (name == "limit" ? in.limit : in.wait) = integer_or(item, -1);
+        } else {
+          return "unknown field: " + std::string(name);
+        }
+        return "";
+      });
+  if (refused) return std::move(*refused);
   return feed_response(req, "changes", std::move(in), store);
 }
 

@@ -23,7 +23,6 @@ struct SqliteStore::Connection {
   // A date range's walk of the clinic in seq order (list_walk_sql), by the same filters.
   sqlite3_stmt* list_walk[256] = {};
   sqlite3_stmt* health = nullptr;
-  sqlite3_stmt* get = nullptr;
   sqlite3_stmt* audit_insert = nullptr;
   sqlite3_stmt* audit_list = nullptr;
   sqlite3_stmt* audit_head = nullptr;

@@ -968,8 +968,6 @@ Status SqliteStore::open_reader(std::unique_ptr<Connection>& out) {
   // The plain listing at once; the other combinations of filters when first used.
   if (rc == SQLITE_OK) rc = conn->prepare(list_sql(0).c_str(), &conn->list[0]);
   if (rc == SQLITE_OK) rc = conn->prepare(kHealthSql, &conn->health);
-  if (rc == SQLITE_OK)
-    rc = conn->prepare("SELECT doc, clinic_id FROM tests WHERE test_id = ?1", &conn->get);
   if (rc == SQLITE_OK) {
     rc = conn->prepare("SELECT doc, clinic_id, version FROM tests WHERE test_id = ?1",
                        &conn->get_doc);
@@ -1119,28 +1117,11 @@ Status SqliteStore::list_tests(const ListQuery& q, const RowFn& on_row,
 }
 
 Status SqliteStore::get_test(std::string_view test_id, std::string& json, std::string& clinic_id) {
-  Status status;
-  std::unique_ptr<Connection> conn = acquire_reader(status);
-  if (!conn) {
-    note_failure(status);
-    return status;
-  }
-  sqlite3_stmt* st = conn->get;
-  sqlite3_bind_text(st, 1, test_id.data(), static_cast<int>(test_id.size()), SQLITE_STATIC);
-  int rc = sqlite3_step(st);
-  if (rc == SQLITE_ROW) {
-    json.assign(column_view(st, 0));
-    clinic_id.assign(column_view(st, 1));
-  } else if (rc == SQLITE_DONE) {
-    status = Status::NotFound("no such test");
-  } else {
-    status = status_from_sqlite(sqlite3_extended_errcode(conn->db), conn->db, "get test", false);
-  }
-  sqlite3_reset(st);
-  sqlite3_clear_bindings(st);
-  note_failure(status);
-  release_reader(std::move(conn));
-  return status;
+  StoredDocument d;
+  Status s = get_test(test_id, d);
+  json = std::move(d.json);
+  clinic_id = std::move(d.clinic_id);
+  return s;
 }
 
 Status SqliteStore::get_test(std::string_view test_id, StoredDocument& out) {
@@ -1209,7 +1190,7 @@ Status SqliteStore::list_history(const HistoryQuery& q, std::string& clinic_id,
   std::vector<TestVersion> versions;
   int rc = conn->exec("BEGIN");
   if (rc == SQLITE_OK) {
-    sqlite3_stmt* st = conn->get;
+    sqlite3_stmt* st = conn->get_doc;  // its clinic
     bind_text(st, 1, q.test_id);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
