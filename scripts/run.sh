@@ -50,146 +50,32 @@ PORT=${PORT:-5000}
 DATA_DIR=${DATA_DIR:-./var}
 APP_BIN=${APP_BIN:-$here/build/testdata-api}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
-START_TIMEOUT=${START_TIMEOUT:-600}
-case $START_TIMEOUT in ''|*[!0-9]*) echo "run.sh: START_TIMEOUT must be whole seconds" >&2; exit 2 ;; esac
-stop_timeout_ms=10000
-case ${STOP_TIMEOUT_MS:-} in ''|*[!0-9]*) ;; *) stop_timeout_ms=$STOP_TIMEOUT_MS ;; esac
-
-# Where nginx listens, and what that demands. Refusals exit 78, like the app's start-up failures.
+[ -x "$APP_BIN" ] || { echo "run.sh: $APP_BIN is missing; run 'make build' first" >&2; exit 1; }
+[ -x "$NGINX_BIN" ] || { echo "run.sh: nginx is missing; run 'make deps' first" >&2; exit 1; }
 refuse() { echo "run.sh: $*" >&2; exit 78; }
-# LISTEN goes into nginx.conf as it is, so it must be exactly one ADDR:PORT: an IPv4 address
-# (four decimal octets 0-255, no leading zeros), an [IPv6] address, or a host name; PORT 1-65535.
-# Loopback (AUTH may be off, no TLS needed) is 127.0.0.0/8, [::1] and the name localhost only:
-# any other name is not, whatever it starts with or resolves to.
-LISTEN=${LISTEN:-127.0.0.1:$PORT}
-listen_usage="LISTEN must be ADDR:PORT (ADDR an IPv4 address, an [IPv6] address or a host name; PORT 1-65535), not '$LISTEN'"
-octet='(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])'
-label='[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?'
-[[ $LISTEN =~ ^(.+):([0-9]{1,5})$ ]] || refuse "$listen_usage"
-listen_host=${BASH_REMATCH[1]} listen_port=$((10#${BASH_REMATCH[2]}))
-[ "$listen_port" -ge 1 ] && [ "$listen_port" -le 65535 ] || refuse "$listen_usage"
-if [[ $listen_host =~ ^$octet\.$octet\.$octet\.$octet$ ]]; then
-  loopback=$([ "${BASH_REMATCH[1]}" = 127 ] && echo 1 || echo 0)
-elif [[ $listen_host =~ ^\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]$ ]] && [ ${#listen_host} -le 47 ]; then
-  loopback=$([ "$listen_host" = '[::1]' ] && echo 1 || echo 0)
-elif [[ $listen_host =~ ^$label(\.$label)*$ ]] && [[ ! $listen_host =~ ^[0-9.]+$ ]] &&
-    [ ${#listen_host} -le 253 ]; then
-  loopback=$([ "$listen_host" = localhost ] && echo 1 || echo 0)
-else
-  refuse "$listen_usage"
-fi
-LISTEN=$listen_host:$listen_port
-# The other values that go into nginx.conf as they are: their own syntax only.
-[[ ${FASTCGI_READ_TIMEOUT:-30s} =~ ^[0-9]{1,9}(ms|s|m|h)?$ ]] ||
-  refuse "FASTCGI_READ_TIMEOUT must be a time such as 30s or 2m, not '$FASTCGI_READ_TIMEOUT'"
-for v in CONN_LIMIT_PER_ADDR RATE_LIMIT_PER_ADDR; do
-  [[ ${!v:-1} =~ ^[0-9]{1,9}$ ]] || refuse "$v must be a whole number, not '${!v}'"
-done
-[[ ${LISTING_SPOOL_MAX:-1m} =~ ^[0-9]{1,12}[kmgKMG]?$ ]] ||
-  refuse "LISTING_SPOOL_MAX must be a size such as 1024m or 2g, not '$LISTING_SPOOL_MAX'"
-for v in TLS_CERT TLS_KEY; do
-  [[ ${!v:-/} =~ ^[A-Za-z0-9_./@+,=-]+$ ]] ||
-    refuse "$v must be a path of letters, digits and _ . / @ + , = - only, not '${!v}'"
-done
-AUTH=${AUTH:-$([ "$loopback" = 1 ] && echo off || echo on)}
-case $AUTH in on|off) ;; *) refuse "AUTH must be on or off, not '$AUTH'" ;; esac
-if [ "$loopback" = 0 ] && [ "$AUTH" = off ]; then
-  refuse "AUTH=off is allowed only while nginx listens on loopback, and LISTEN=$LISTEN is not:"     "every client could read every clinic. Use AUTH=on and give clients keys (make key)"
-fi
-listen_ssl=""
-tls=""
-hsts=""
-if [ -n "${TLS_CERT:-}${TLS_KEY:-}" ]; then
-  [ -n "${TLS_CERT:-}" ] && [ -r "$TLS_CERT" ] || refuse "TLS_CERT must name a readable PEM certificate (with TLS_KEY)"
-  [ -n "${TLS_KEY:-}" ] && [ -r "$TLS_KEY" ] || refuse "TLS_KEY must name the readable PEM key of TLS_CERT"
+# The settings, checked and with their defaults, from the binary's one table (src/base/config.*):
+# NAME=value lines, exported for nginx.conf's render and for `testdata-api serve`. Never the
+# package's env file (--env-file /dev/null): make run is configured by its environment alone.
+resolved=$("$APP_BIN" config resolve --env-file /dev/null) || exit 78
+while IFS= read -r line; do export "${line?}"; done <<<"$resolved"
+listen_ssl="" tls="" hsts=""
+if [ -n "${TLS_CERT:-}" ]; then
+  [ -r "$TLS_CERT" ] || refuse "TLS_CERT must name a readable PEM certificate (with TLS_KEY)"
+  [ -r "$TLS_KEY" ] || refuse "TLS_KEY must name the readable PEM key of TLS_CERT"
   listen_ssl=" ssl"
   hsts='add_header Strict-Transport-Security "max-age=63072000" always;'
   tls="ssl_certificate $TLS_CERT; ssl_certificate_key $TLS_KEY; ssl_protocols TLSv1.2 TLSv1.3;"
   tls+=" ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;"
   tls+=" ssl_prefer_server_ciphers off; ssl_session_cache shared:tdapi_tls:10m; ssl_session_timeout 1d;"
   tls+=" ssl_session_tickets off; $hsts"
-elif [ "$loopback" = 0 ] && [ "${ALLOW_PLAINTEXT:-}" != 1 ]; then
-  refuse "LISTEN=$LISTEN is not loopback: set TLS_CERT and TLS_KEY for HTTPS, or ALLOW_PLAINTEXT=1"     "if a load balancer in front terminates TLS"
 fi
 scheme=$([ -n "$listen_ssl" ] && echo https || echo http)
-# Rate limits: per key; per address for requests without a key (only with AUTH=on: in the local
-# mode every request is keyless, and the per-address limits of nginx.conf apply).
-KEY_RATE=${KEY_RATE:-50000r/s}
-KEY_BURST=${KEY_BURST:-50000}
-if [ "$AUTH" = on ]; then ANON_RATE=${ANON_RATE:-100r/s}; ANON_BURST=${ANON_BURST:-200}
-else ANON_RATE=${ANON_RATE:-50000r/s}; ANON_BURST=${ANON_BURST:-50000}; fi
-for v in KEY_RATE ANON_RATE; do
-  case ${!v} in *[0-9]r/s|*[0-9]r/m) ;; *) refuse "$v must look like 100r/s or 600r/m, not '${!v}'" ;; esac
-done
-for v in KEY_BURST ANON_BURST; do
-  case ${!v} in ''|*[!0-9]*) refuse "$v must be a whole number, not '${!v}'" ;; esac
-done
-
-# Centralized logs: LOG_FORWARD names the collector. relp:// is RELP (every message acknowledged
-# by the collector, so one that dies loses nothing in flight); tcp:// is plain syslog over TCP,
-# octet-counted (RFC 6587), for collectors without RELP. Both carry RFC 5424 messages.
-LOG_FORWARD=${LOG_FORWARD:-}
-LOG_FORWARD_QUEUE_MAX=${LOG_FORWARD_QUEUE_MAX:-1g}
-fwd_scheme="" fwd_host="" fwd_port=""
+LOG_FORWARD=${LOG_FORWARD:-} DATABASE_URL=${DATABASE_URL:-}
 if [ -n "$LOG_FORWARD" ]; then
-  fwd_re='^(relp|tcp)://([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})$'
-  if [[ $LOG_FORWARD =~ $fwd_re ]] && [ $((10#${BASH_REMATCH[4]})) -ge 1 ] &&
-      [ $((10#${BASH_REMATCH[4]})) -le 65535 ]; then
-    fwd_scheme=${BASH_REMATCH[1]} fwd_host=${BASH_REMATCH[2]} fwd_port=$((10#${BASH_REMATCH[4]}))
-    fwd_host=${fwd_host#[} fwd_host=${fwd_host%]}
-  else
-    refuse "LOG_FORWARD must be relp://HOST:PORT or tcp://HOST:PORT (HOST a name, an IPv4" \
-      "address or an [IPv6] address; PORT 1-65535), not '$LOG_FORWARD'"
-  fi
-  [[ $LOG_FORWARD_QUEUE_MAX =~ ^[1-9][0-9]*[kmgKMG]?$ ]] ||
-    refuse "LOG_FORWARD_QUEUE_MAX must be a size such as 512m or 2g, not '$LOG_FORWARD_QUEUE_MAX'"
   RSYSLOGD_BIN=${RSYSLOGD_BIN:-$(command -v rsyslogd || echo /usr/sbin/rsyslogd)}
   [ -x "$RSYSLOGD_BIN" ] ||
     refuse "LOG_FORWARD needs rsyslogd (Debian packages rsyslog and rsyslog-relp; run 'make deps')"
 fi
-
-# Storage and nodes.
-DATABASE_URL=${DATABASE_URL:-}
-APP_NODES=${APP_NODES:-1}
-case $APP_NODES in
-  [1-9]|1[0-6]) ;;
-  *) echo "run.sh: APP_NODES must be a whole number from 1 to 16, not '$APP_NODES'" >&2; exit 2 ;;
-esac
-# The app reads WRITE_COMMIT itself and takes anything but "leader" for "thread": refuse a
-# misspelt value here rather than run the other mode.
-case ${WRITE_COMMIT:-thread} in
-  thread|leader) ;;
-  *) echo "run.sh: WRITE_COMMIT must be thread or leader, not '$WRITE_COMMIT'" >&2; exit 2 ;;
-esac
-if [ "$APP_NODES" -gt 1 ] && [ -z "$DATABASE_URL" ]; then
-  refuse "APP_NODES=$APP_NODES needs DATABASE_URL (PostgreSQL): SQLite serves from one app" \
-    "process, so without DATABASE_URL APP_NODES must be 1"
-fi
-# DATABASE_URL as it may be shown (logs, the terminal): every password replaced by ***. In a URI,
-# the password of user:password@ (everything from the first ':' to the last '@' after '//', which
-# may hide more than the password, never less) and the value of a password parameter (or of any
-# parameter with a %-escape in its name); in key=value words, password's value, quoted ('...',
-# with \' escapes) or not (with \ escapes), and a URI given as a value (dbname=postgresql://...).
-redacted_url() {
-  local s=$1 rest userinfo
-  case $s in
-    postgresql://*|postgres://*)
-      rest=${s#*://}
-      if [[ $rest == *@* ]]; then
-        userinfo=${rest%@*}
-        [[ $userinfo != *:* ]] || s="${s%%://*}://${userinfo%%:*}:***@${rest##*@}"
-      fi
-      printf '%s\n' "$s" | sed -E 's/([?&]([^=&]*%[^=&]*|password)=)[^&]*/\1***/gI' ;;
-    *)
-      # Quoted values first, then unquoted ones; a quote left open hides the rest.
-      printf '%s\n' "$s" | sed -E \
-        -e "s/(^|[[:space:]])(password[[:space:]]*=[[:space:]]*)'([^'\\\\]|\\\\.)*'/\\1\\2***/gI" \
-        -e "s/(^|[[:space:]])(password[[:space:]]*=[[:space:]]*)([^'[:space:]\\\\]|\\\\.)([^[:space:]\\\\]|\\\\.)*\\\\?/\\1\\2***/gI" \
-        -e "s/(^|[[:space:]])(password[[:space:]]*=[[:space:]]*)'.*$/\\1\\2***/I" \
-        -e 's#(postgres(ql)?://[^:/?@[:space:]]*):.*@#\1:***@#gI' \
-        -e 's/([?&]([^=&[:space:]]*%[^=&[:space:]]*|password)=)[^&]*/\1***/gI' ;;
-  esac
-}
 
 # As root: a symbolic link on DATA_DIR's way (DATA_DIR itself included) must be root's. The
 # service user owns DATA_DIR; in a directory it may write (a sticky /tmp too) it can move
@@ -218,8 +104,6 @@ exec 9<"$DATA_DIR"
 flock -n 9 || refuse "another run.sh (or what it started) is serving DATA_DIR=$DATA_DIR; stop it first"
 mkdir -p "$DATA_DIR"/{run,logs,nginx}
 chmod 0700 "$DATA_DIR"
-DB_PATH=${DB_PATH:-$DATA_DIR/testdata.db}
-if [ -n "$DATABASE_URL" ]; then storage=(--database-url "$DATABASE_URL"); else storage=(--db "$DB_PATH"); fi
 # The app's nodes, 1..APP_NODES: node k listens on sock[k]. One node keeps the names it always
 # had (run/app.sock, and run/app.pid for its pid); several have run/app-K.sock and run/app-K.pid,
 # and run/app.pid lists every node's pid, one a line (kill -HUP $(cat run/app.pid) reaches all).
@@ -234,9 +118,6 @@ for k in "${nodes[@]}"; do
   pid[k]="" last_pid[k]="" quick[k]=0 state[k]=down starts[k]=0
 done
 APP_LOG=$DATA_DIR/logs/app.log
-
-[ -x "$APP_BIN" ] || { echo "run.sh: $APP_BIN is missing; run 'make build' first" >&2; exit 1; }
-[ -x "$NGINX_BIN" ] || { echo "run.sh: nginx is missing; run 'make deps' first" >&2; exit 1; }
 
 # Started as root, the app and nginx (master and workers) run as an unprivileged system user
 # that owns DATA_DIR (the app drops to it itself with --user, so its binary may stay in a
@@ -406,12 +287,7 @@ put_file "$DATA_DIR/openapi.yaml" <"$here/docs/openapi.yaml" ||
 # Idle kept-alive connections per nginx worker (one per core): each parks an app thread, so at
 # most a quarter of the app's threads (default 32 per core, at most 256) may be parked.
 cores=$(nproc 2>/dev/null || echo 2)
-default_threads=$((32 * cores))
-[ "$default_threads" -le 256 ] || default_threads=256
-threads=$default_threads
-case ${THREADS:-} in ''|*[!0-9]*) ;; *) threads=$THREADS ;; esac  # the app refuses a bad one
-[ "$threads" -ge 1 ] 2>/dev/null || threads=$default_threads
-keepalive=$((threads / (4 * cores)))
+keepalive=$((THREADS / (4 * cores)))
 [ "$keepalive" -le 8 ] || keepalive=8
 # Fewer threads than 4 per core: parked connections (at least one per nginx worker) could hold
 # every thread, and a new request would wait for FASTCGI_READ_TIMEOUT. No keep-alive then.
@@ -423,13 +299,7 @@ nofile=16384; [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile"
 # Put it on a filesystem of its own (README "Security"): then clients' uploads and listings can
 # never take the database's space.
 nginx_temp_dir=${NGINX_TEMP_DIR:-$DATA_DIR/nginx}
-case $nginx_temp_dir in
-  /*) ;;
-  *) refuse "NGINX_TEMP_DIR must be an absolute path, not '$nginx_temp_dir'" ;;
-esac
-case $nginx_temp_dir in
-  *[\|\&\;\\\"\'\#\{\}\$[:space:][:cntrl:]]*) refuse "NGINX_TEMP_DIR must not contain spaces or any of | & ; \\ \" ' # { } \$" ;;
-esac
+case $nginx_temp_dir in *[!A-Za-z0-9_./@+,=-]*) refuse "DATA_DIR must be a path of letters, digits and _ . / @ + , = - only (nginx.conf takes it as it is)" ;; esac
 if [ "$nginx_temp_dir" != "$DATA_DIR/nginx" ]; then
   [ ! -L "$nginx_temp_dir" ] || refuse "NGINX_TEMP_DIR=$nginx_temp_dir is a symbolic link; name the directory itself"
   mkdir -p "$nginx_temp_dir"
@@ -449,8 +319,6 @@ if "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
 elif ! "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-stream\( \|$\)'; then
   refuse "$NGINX_BIN is built without the stream module, which the front door needs"
 fi
-tcp_conn_limit=${TCP_CONN_LIMIT_PER_ADDR:-512}
-case $tcp_conn_limit in ''|*[!0-9]*|0*) refuse "TCP_CONN_LIMIT_PER_ADDR must be a whole number from 1, not '$tcp_conn_limit'" ;; esac
 # The HTTP server's socket, behind the stream proxy; a stale one (nginx killed) would stop it.
 as_owner rm -f "$DATA_DIR/run/nginx-http.sock" || true
 # With AUTH=on nginx checks the key before it reads a request body (nginx.conf, /_auth).
@@ -462,14 +330,14 @@ node_sockets=""
 for k in "${nodes[@]}"; do node_sockets+="${node_sockets:+ }${sock[k]}"; done
 nginx_conf_text=$(python3 "$here/ops/render-config.py" nginx --dev "$here/nginx.conf" \
   NODE_SOCKETS="$node_sockets" PORT="$PORT" DATA_DIR="$DATA_DIR" \
-  USER_DIRECTIVE="$user_directive" FASTCGI_READ_TIMEOUT="${FASTCGI_READ_TIMEOUT:-30s}" \
+  USER_DIRECTIVE="$user_directive" FASTCGI_READ_TIMEOUT="$FASTCGI_READ_TIMEOUT" \
   PROJECT_DIR="$here" KEEPALIVE="$keepalive" KEEP_CONN="$keep_conn" NOFILE="$nofile" \
-  WORKER_CONNECTIONS="$((nofile / 2))" CONN_LIMIT_PER_ADDR="${CONN_LIMIT_PER_ADDR:-256}" \
-  RATE_LIMIT_PER_ADDR="${RATE_LIMIT_PER_ADDR:-50000}" LISTING_SPOOL_MAX="${LISTING_SPOOL_MAX:-1024m}" \
+  WORKER_CONNECTIONS="$((nofile / 2))" CONN_LIMIT_PER_ADDR="$CONN_LIMIT_PER_ADDR" \
+  RATE_LIMIT_PER_ADDR="$RATE_LIMIT_PER_ADDR" LISTING_SPOOL_MAX="$LISTING_SPOOL_MAX" \
   LISTEN="$LISTEN" LISTEN_SSL="$listen_ssl" TLS="$tls" HSTS="$hsts" \
   KEY_RATE="$KEY_RATE" KEY_BURST="$KEY_BURST" ANON_RATE="$ANON_RATE" ANON_BURST="$ANON_BURST" \
   NGINX_TEMP_DIR="$nginx_temp_dir" AUTH_REQUEST="$auth_request" \
-  LOAD_STREAM_MODULE="$load_stream_module" TCP_CONN_LIMIT_PER_ADDR="$tcp_conn_limit" \
+  LOAD_STREAM_MODULE="$load_stream_module" TCP_CONN_LIMIT_PER_ADDR="$TCP_CONN_LIMIT_PER_ADDR" \
   HTTP_LISTEN="unix:$DATA_DIR/run/nginx-http.sock proxy_protocol" \
   REAL_IP="set_real_ip_from unix:; real_ip_header proxy_protocol;") ||
   refuse "nginx's configuration could not be rendered (see above)"
@@ -504,13 +372,7 @@ launch_node() {
   # TDAPI_NODE and TDAPI_STARTS: which node this is and how often it was started, for /metrics.
   # TDAPI_SUPERVISOR_PID: the app dies (SIGKILL) with this script.
   TDAPI_NODE=$k TDAPI_STARTS=${starts[k]} TDAPI_SUPERVISOR_PID=$$ \
-  "$APP_BIN" --socket "${sock[k]}" "${storage[@]}" --log-file "$APP_LOG" \
-    --auth "$AUTH" ${AUDIT:+--audit "$AUDIT"} ${AUDIT_READS:+--audit-reads "$AUDIT_READS"} \
-    --auth-failure-rate "$ANON_RATE" --auth-failure-burst "$ANON_BURST" \
-    ${service_user:+--user "$service_user"} ${THREADS:+--threads "$THREADS"} \
-    ${BUSY_TIMEOUT_MS:+--busy-timeout-ms "$BUSY_TIMEOUT_MS"} ${MAX_DB_PAGES:+--max-db-pages "$MAX_DB_PAGES"} \
-    ${STOP_TIMEOUT_MS:+--stop-timeout-ms "$STOP_TIMEOUT_MS"} \
-    ${FEED_MAX_WAITING:+--feed-max-waiting "$FEED_MAX_WAITING"} \
+  SOCKET=${sock[k]} DATA_DIR=$DATA_DIR "$APP_BIN" serve --env-file /dev/null --log-file "$APP_LOG" \
     9<&- 2>&"$err" {err}>&- &
   pid[k]=$!
   exec {err}>&-
@@ -545,7 +407,7 @@ kill_nodes() {
   for k in "$@"; do
     if [ -n "${pid[k]}" ]; then kill -TERM "${pid[k]}" 2>/dev/null || true; fi
   done
-  for _ in $(seq 1 $((stop_timeout_ms / 50 + 100))); do
+  for _ in $(seq 1 $((STOP_TIMEOUT_MS / 50 + 100))); do
     left=0
     for k in "$@"; do
       if [ -n "${pid[k]}" ] && kill -0 "${pid[k]}" 2>/dev/null; then left=1; fi
@@ -701,7 +563,7 @@ if [ -n "$LOG_FORWARD" ]; then
     refuse "LOG_FORWARD: the log forwarder (rsyslogd) did not start; its messages are above"
   fi
   fwd_state=ready
-  log_json info log_forwarding "app and access logs forwarded to $LOG_FORWARD ($fwd_scheme, RFC 5424) by rsyslogd (queue in $DATA_DIR/rsyslog/queue, at most $LOG_FORWARD_QUEUE_MAX)"
+  log_json info log_forwarding "app and access logs forwarded to $LOG_FORWARD (${LOG_FORWARD%%:*}, RFC 5424) by rsyslogd (queue in $DATA_DIR/rsyslog/queue, at most $LOG_FORWARD_QUEUE_MAX)"
 fi
 
 # Sockets and pid files of the nodes of a previous run with another APP_NODES.
@@ -709,8 +571,8 @@ as_owner rm -f "$DATA_DIR"/run/app-*.sock "$DATA_DIR"/run/app-*.pid || true
 [ "$APP_NODES" = 1 ] || as_owner rm -f "$DATA_DIR/run/app.sock" || true
 storage_note=""
 if [ -n "$DATABASE_URL" ]; then
-  storage_note=", PostgreSQL $(redacted_url "$DATABASE_URL") with $APP_NODES app node$([ "$APP_NODES" = 1 ] || echo s)"
-  log_json info storage "PostgreSQL at $(redacted_url "$DATABASE_URL"), $APP_NODES app node(s)"
+  storage_note=", PostgreSQL $DATABASE_URL_SHOWN with $APP_NODES app node$([ "$APP_NODES" = 1 ] || echo s)"
+  log_json info storage "PostgreSQL at $DATABASE_URL_SHOWN, $APP_NODES app node(s)"
 fi
 
 # Every node ready before nginx starts; no fixed cap: as long as they are alive, up to
@@ -833,7 +695,7 @@ nginx_exited() {
   nginx_due_ms=$((now_ms + delay * 1000)) nginx_state=backoff
 }
 launch_nginx
-if [ -z "$listen_ssl" ] && [ "$loopback" = 0 ]; then
+if [ -z "$listen_ssl" ] && [ "$LOOPBACK" = 0 ]; then
   log_json warn plaintext "LISTEN=$LISTEN without TLS (ALLOW_PLAINTEXT=1): a TLS-terminating proxy in front must carry every request"
 fi
 echo "testdata-api: serving on $scheme://$LISTEN, authorization $AUTH$storage_note (data in $DATA_DIR; Ctrl-C stops)" >&2

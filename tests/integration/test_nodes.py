@@ -87,7 +87,7 @@ class NodesWithoutPostgres(unittest.TestCase):
             for value in ("0", "17", "3x", "-1", " 2", "01", "1.5"):
                 rc, out = run_sh(sqlite_env(os.path.join(d, "data"), APP_NODES=value,
                                             DATABASE_URL="postgresql://127.0.0.1:1/x"))
-                self.assertEqual(rc, 2, (value, out))
+                self.assertEqual(rc, 78, (value, out))
                 self.assertIn("APP_NODES must be a whole number from 1 to 16", out, value)
 
     def test_one_node_keeps_app_sock_and_app_pid_and_drops_a_previous_runs_nodes(self):
