@@ -16,18 +16,11 @@ NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 refuse() { echo "run.sh: $*" >&2; exit 78; }
 resolved=$("$APP_BIN" config resolve --env-file /dev/null) || exit 78
 while IFS= read -r line; do export "${line?}"; done <<<"$resolved"
-listen_ssl="" tls="" hsts=""
 if [ -n "${TLS_CERT:-}" ]; then
   [ -r "$TLS_CERT" ] || refuse "TLS_CERT must name a readable PEM certificate (with TLS_KEY)"
   [ -r "$TLS_KEY" ] || refuse "TLS_KEY must name the readable PEM key of TLS_CERT"
-  listen_ssl=" ssl"
-  hsts='add_header Strict-Transport-Security "max-age=63072000" always;'
-  tls="ssl_certificate $TLS_CERT; ssl_certificate_key $TLS_KEY; ssl_protocols TLSv1.2 TLSv1.3;"
-  tls+=" ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;"
-  tls+=" ssl_prefer_server_ciphers off; ssl_session_cache shared:tdapi_tls:10m; ssl_session_timeout 1d;"
-  tls+=" ssl_session_tickets off; $hsts"
 fi
-scheme=$([ -n "$listen_ssl" ] && echo https || echo http)
+scheme=$([ -n "${TLS_CERT:-}" ] && echo https || echo http)
 LOG_FORWARD=${LOG_FORWARD:-} DATABASE_URL=${DATABASE_URL:-}
 if [ -n "$LOG_FORWARD" ]; then
   RSYSLOGD_BIN=${RSYSLOGD_BIN:-$(command -v rsyslogd || echo /usr/sbin/rsyslogd)}
@@ -142,12 +135,12 @@ root_file() {  # root_file PATH < content
     cat >"$dir/.tmp" && chgrp "$service_group" "$dir/.tmp" && chmod 0640 "$dir/.tmp" &&
     mv -f "$dir/.tmp" "$1"
 }
-if [ -n "$service_user" ] && [ -n "$listen_ssl" ]; then
+tls_paths=()
+if [ -n "$service_user" ] && [ -n "${TLS_CERT:-}" ]; then
   root_file "${nginx_conf%/*}/tls-cert.pem" <"$TLS_CERT" &&
     root_file "${nginx_conf%/*}/tls-key.pem" <"$TLS_KEY" ||
     refuse "could not copy TLS_CERT and TLS_KEY to ${nginx_conf%/*} for nginx"
-  tls=${tls/"ssl_certificate $TLS_CERT;"/"ssl_certificate ${nginx_conf%/*}/tls-cert.pem;"}
-  tls=${tls/"ssl_certificate_key $TLS_KEY;"/"ssl_certificate_key ${nginx_conf%/*}/tls-key.pem;"}
+  tls_paths=(TLS_CERT="${nginx_conf%/*}/tls-cert.pem" TLS_KEY="${nginx_conf%/*}/tls-key.pem")
 fi
 write_nginx_conf() {  # < the rendered configuration
   local content dir=${nginx_conf%/*}
@@ -186,12 +179,6 @@ log_json() {  # level event detail
 
 put_file "$DATA_DIR/openapi.yaml" <"$here/docs/openapi.yaml" ||
   echo "run.sh: could not write $DATA_DIR/openapi.yaml (disk full?): /openapi.yaml serves the copy there, if any" >&2
-cores=$(nproc 2>/dev/null || echo 2)
-keepalive=$((THREADS / (4 * cores)))
-[ "$keepalive" -le 8 ] || keepalive=8
-keep_conn=on
-if [ "$keepalive" -lt 1 ]; then keepalive=1; keep_conn=off; fi
-nofile=16384; [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$nofile" ] || nofile=$(ulimit -Hn)
 nginx_temp_dir=${NGINX_TEMP_DIR:-$DATA_DIR/nginx}
 case $nginx_temp_dir in *[!A-Za-z0-9_./@+,=-]*) refuse "DATA_DIR must be a path of letters, digits and _ . / @ + , = - only (nginx.conf takes it as it is)" ;; esac
 if [ "$nginx_temp_dir" != "$DATA_DIR/nginx" ]; then
@@ -200,34 +187,12 @@ if [ "$nginx_temp_dir" != "$DATA_DIR/nginx" ]; then
   chmod 0700 "$nginx_temp_dir"
   [ -z "$service_user" ] || chown -h "$service_user:$service_group" "$nginx_temp_dir"
 fi
-load_stream_module=""
-if "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
-  stream_so=""
-  for f in /usr/lib/nginx/modules/ngx_stream_module.so /usr/share/nginx/modules/ngx_stream_module.so; do
-    [ -r "$f" ] && { stream_so=$f; break; }
-  done
-  [ -n "$stream_so" ] || refuse "nginx's stream module is missing (Debian package libnginx-mod-stream; run 'make deps')"
-  load_stream_module="load_module $stream_so;"
-elif ! "$NGINX_BIN" -V 2>&1 | grep -q -- '--with-stream\( \|$\)'; then
-  refuse "$NGINX_BIN is built without the stream module, which the front door needs"
-fi
 as_owner rm -f "$DATA_DIR/run/nginx-http.sock" || true
-auth_request="auth_request off;"
-[ "$AUTH" = off ] || auth_request="auth_request /_auth;"
 node_sockets=""
 for k in "${nodes[@]}"; do node_sockets+="${node_sockets:+ }${sock[k]}"; done
-nginx_conf_text=$(python3 "$here/ops/render-config.py" nginx --dev "$here/nginx.conf" \
-  NODE_SOCKETS="$node_sockets" PORT="$PORT" DATA_DIR="$DATA_DIR" \
-  USER_DIRECTIVE="$user_directive" FASTCGI_READ_TIMEOUT="$FASTCGI_READ_TIMEOUT" \
-  PROJECT_DIR="$here" KEEPALIVE="$keepalive" KEEP_CONN="$keep_conn" NOFILE="$nofile" \
-  WORKER_CONNECTIONS="$((nofile / 2))" CONN_LIMIT_PER_ADDR="$CONN_LIMIT_PER_ADDR" \
-  RATE_LIMIT_PER_ADDR="$RATE_LIMIT_PER_ADDR" LISTING_SPOOL_MAX="$LISTING_SPOOL_MAX" \
-  LISTEN="$LISTEN" LISTEN_SSL="$listen_ssl" TLS="$tls" HSTS="$hsts" \
-  KEY_RATE="$KEY_RATE" KEY_BURST="$KEY_BURST" ANON_RATE="$ANON_RATE" ANON_BURST="$ANON_BURST" \
-  NGINX_TEMP_DIR="$nginx_temp_dir" AUTH_REQUEST="$auth_request" \
-  LOAD_STREAM_MODULE="$load_stream_module" TCP_CONN_LIMIT_PER_ADDR="$TCP_CONN_LIMIT_PER_ADDR" \
-  HTTP_LISTEN="unix:$DATA_DIR/run/nginx-http.sock proxy_protocol" \
-  REAL_IP="set_real_ip_from unix:; real_ip_header proxy_protocol;") ||
+nginx_conf_text=$(NGINX_BIN=$NGINX_BIN python3 "$here/ops/render-config.py" nginx --run "$here/nginx.conf" \
+  NODE_SOCKETS="$node_sockets" DATA_DIR="$DATA_DIR" USER_DIRECTIVE="$user_directive" \
+  PROJECT_DIR="$here" NGINX_TEMP_DIR="$nginx_temp_dir" "${tls_paths[@]}") ||
   refuse "nginx's configuration could not be rendered (see above)"
 printf '%s\n' "$nginx_conf_text" | write_nginx_conf ||
   refuse "nginx's configuration could not be written (see above)"
@@ -502,7 +467,7 @@ nginx_exited() {
   nginx_due_ms=$((now_ms + delay * 1000)) nginx_state=backoff
 }
 launch_nginx
-if [ -z "$listen_ssl" ] && [ "$LOOPBACK" = 0 ]; then
+if [ -z "${TLS_CERT:-}" ] && [ "$LOOPBACK" = 0 ]; then
   log_json warn plaintext "LISTEN=$LISTEN without TLS (ALLOW_PLAINTEXT=1): a TLS-terminating proxy in front must carry every request"
 fi
 echo "testdata-api: serving on $scheme://$LISTEN, authorization $AUTH$storage_note (data in $DATA_DIR; Ctrl-C stops)" >&2
