@@ -71,7 +71,7 @@ const char kServeUsage[] =
     "           [--feed-max-waiting N] [--user NAME] [--log-file PATH] [--auth on|off]\n"
     "           [--audit on|off] [--audit-reads durable|crash-safe]\n"
     "           [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]\n"
-    "           the service, configured by options (what make run starts)\n"
+    "           the service, configured by options\n"
     "       testdata-api --help | --version\n";
 
 int usage(const std::string& why) {

@@ -66,9 +66,9 @@ def alive(pid):
         return False
 
 
-def cmdline(pid):
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().decode(errors="replace").split("\0")
+def environ(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(v.partition("=")[::2] for v in f.read().decode(errors="replace").split("\0") if v)
 
 
 class NodesWithoutPostgres(unittest.TestCase):
@@ -210,10 +210,9 @@ class NodesOnPostgres(unittest.TestCase):
     def test_each_node_is_given_the_database_url(self):
         with self.server() as s:
             for pid in self.node_pids(s):
-                args = cmdline(pid)
-                self.assertIn("--database-url", args)
-                self.assertEqual(args[args.index("--database-url") + 1], s.env["DATABASE_URL"])
-                self.assertNotIn("--db", args)
+                env = environ(pid)
+                self.assertEqual(env.get("DATABASE_URL"), s.env["DATABASE_URL"])
+                self.assertNotIn("DB_PATH", env)
 
     def test_fifty_concurrent_posts_of_one_test_id_make_one_201_and_49_409(self):
         with self.server() as s:
