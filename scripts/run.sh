@@ -13,6 +13,7 @@ APP_BIN=${APP_BIN:-$here/build/testdata-api}
 NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 [ -x "$APP_BIN" ] || { echo "run.sh: $APP_BIN is missing; run 'make build' first" >&2; exit 1; }
 [ -x "$NGINX_BIN" ] || { echo "run.sh: nginx is missing; run 'make deps' first" >&2; exit 1; }
+# Settings: checked, with their defaults, by the binary (exit 78 naming every bad value).
 refuse() { echo "run.sh: $*" >&2; exit 78; }
 resolved=$("$APP_BIN" config resolve --env-file /dev/null) || exit 78
 while IFS= read -r line; do export "${line?}"; done <<<"$resolved"
@@ -28,6 +29,7 @@ if [ -n "$LOG_FORWARD" ]; then
     refuse "LOG_FORWARD needs rsyslogd (Debian packages rsyslog and rsyslog-relp; run 'make deps')"
 fi
 
+# As root, no link on DATA_DIR's way that root did not make (docs/development.md, "As root").
 if [ "$(id -u)" = 0 ]; then
   case $DATA_DIR in /*) walk=$DATA_DIR ;; *) walk=$PWD/$DATA_DIR ;; esac
   prefix=""
@@ -42,10 +44,12 @@ if [ "$(id -u)" = 0 ]; then
 fi
 mkdir -p "$DATA_DIR"
 DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
+# One launcher per DATA_DIR: a lock on the directory that no child inherits (9<&-).
 exec 9<"$DATA_DIR"
 flock -n 9 || refuse "another run.sh (or what it started) is serving DATA_DIR=$DATA_DIR; stop it first"
 mkdir -p "$DATA_DIR"/{run,logs,nginx}
 chmod 0700 "$DATA_DIR"
+# Node k listens on sock[k]: run/app.sock alone, run/app-K.sock with several.
 mapfile -t nodes < <(seq 1 "$APP_NODES")
 declare -a sock pid last_pid started start_ms quick state due_ms label starts err_pid
 for k in "${nodes[@]}"; do
@@ -58,6 +62,7 @@ for k in "${nodes[@]}"; do
 done
 APP_LOG=$DATA_DIR/logs/app.log
 
+# As root: the app, nginx and the forwarder run as SERVICE_USER, who owns DATA_DIR.
 service_user=""
 user_directive=""
 if [ "$(id -u)" = 0 ]; then
@@ -99,6 +104,7 @@ if [ "$(id -u)" = 0 ]; then
   fi
 fi
 
+# Writes into DATA_DIR run as its owner, whole files renamed into place (never through a link).
 as_service_cmd=()
 [ -z "$service_user" ] ||
   as_service_cmd=(--reuid="$service_user" --regid="$service_group" --clear-groups)
@@ -122,6 +128,7 @@ put_pid_file() {  # put_pid_file PATH < content
   as_owner rm -f "$1" 2>/dev/null || true
   echo "run.sh: could not write $1 (disk full?); it is removed until it can be written" >&2
 }
+# As root nginx reads its configuration (and TLS copies) from a directory only root may write.
 nginx_conf=$DATA_DIR/nginx.conf
 if [ -n "$service_user" ]; then
   nginx_conf=/run/tdapi-run-sh/$(printf '%s' "$DATA_DIR" | sha256sum | cut -c1-16)/nginx.conf
@@ -159,6 +166,7 @@ write_nginx_conf() {  # < the rendered configuration
     echo "run.sh: could not write the copy $DATA_DIR/nginx.conf (disk full?); nginx reads $nginx_conf" >&2
 }
 
+# The supervisor's own lines: JSON like the app's, into app.log (and stderr until the tail runs).
 ensure_app_log() {
   [ -e "$APP_LOG" ] && return 0
   as_owner sh -c ': >>"$1"' sh "$APP_LOG" 2>/dev/null || true
@@ -177,6 +185,7 @@ log_json() {  # level event detail
   fi
 }
 
+# nginx.conf, from the one renderer (ops/render-config.py nginx --run).
 put_file "$DATA_DIR/openapi.yaml" <"$here/docs/openapi.yaml" ||
   echo "run.sh: could not write $DATA_DIR/openapi.yaml (disk full?): /openapi.yaml serves the copy there, if any" >&2
 nginx_temp_dir=${NGINX_TEMP_DIR:-$DATA_DIR/nginx}
@@ -203,6 +212,7 @@ now_ms=0
 declare -a exit_rc
 tick() { now_ms=$((${EPOCHREALTIME//[!0-9]/} / 1000)); }
 
+# Nodes: started without waiting; stderr reaches app.log through a pipe as the service user.
 launch_node() {
   local k=$1 j pids="" err
   as_owner rm -f "${sock[k]}" || true
@@ -260,6 +270,7 @@ kill_nodes() {
   done
 }
 
+# Signals: INT/TERM stop everything, HUP reopens the logs, USR1/USR2 are ignored.
 stop_all() {
   local k
   stopping=1
@@ -280,6 +291,7 @@ forward_reopen() {
 trap forward_reopen HUP
 trap '' USR1 USR2
 
+# A node that exits is restarted (backing off in a crash loop); 78 and 2 stop everything.
 not_restarted() { [ "$1" = 78 ] || [ "$1" = 2 ]; }
 
 node_exited() {
@@ -313,6 +325,7 @@ for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR/run/nginx.pid" "$DATA_DIR/lo
     refuse "$path is a symbolic link that $(stat -c %U "$path") made; nginx and run.sh (root) will not follow it: remove it"
   fi
 done
+# LOG_FORWARD: rsyslogd, run as the service user and supervised like a node.
 fwd_pid="" fwd_state=down fwd_started=0 fwd_due_ms=0
 fwd_conf=$DATA_DIR/rsyslog/rsyslog.conf
 render_forwarder_conf() {  # the configuration, from the one renderer (the package's drop-in's too)
@@ -375,6 +388,7 @@ if [ -n "$DATABASE_URL" ]; then
   log_json info storage "PostgreSQL at $DATABASE_URL_SHOWN, $APP_NODES app node(s)"
 fi
 
+# Every node ready (its socket exists) within START_TIMEOUT before nginx starts.
 for k in "${nodes[@]}"; do launch_node "$k"; done
 start_result="" start_status=0 failed=""
 while [ -z "$start_result" ]; do
@@ -416,6 +430,8 @@ case $start_result in
     if [ "$start_result" = died ] && [ "$start_status" != 0 ]; then exit "$start_status"; fi
     exit 1 ;;
 esac
+# nginx under a keeper in its own process group: restarted when its master exits; 5 quick
+# failures in a row stop everything.
 NGINX_QUICK_MAX=5
 nginx_keeper='sup=$1; shift
 trap "kill -KILL 0" TERM
@@ -484,6 +500,7 @@ stop_nginx() {
   end_nginx_group
 }
 
+# Supervision: wait for a child to exit (or a signal, or a 1 s tick), then act on it.
 status=0
 nginx_rc=""
 while :; do
