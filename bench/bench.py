@@ -557,7 +557,7 @@ def main():
                                        "--threads", str(THREADS)]))
         ceiling_port, plain_port = free_port(), free_port()
         cores = os.cpu_count() or 2
-        keepalive = max(1, min(8, THREADS // (4 * cores)))  # as scripts/run.sh computes it
+        keepalive = max(1, min(8, THREADS // (4 * cores)))  # as render-config.py does for make run
         conf = render(os.path.join(ROOT, "bench", "nginx-ceiling.conf"), data_dir, ceiling_port,
                       plain_port, null_sock, plain_sock, keepalive)
         time.sleep(0.3)

@@ -3,8 +3,13 @@
 (scripts/run.sh) and for the Debian package. Both come from the repository's nginx.conf
 template through the same substitution (render below); a value is the same text in both.
 
-  render-config.py nginx --dev TEMPLATE NAME=VALUE...   > nginx.conf   (scripts/run.sh)
+  render-config.py nginx --dev TEMPLATE NAME=VALUE...   > nginx.conf
+  render-config.py nginx --run TEMPLATE [NAME=VALUE...]  > nginx.conf   (scripts/run.sh)
   render-config.py nginx --site TEMPLATE [NAME=VALUE...] > site        (debian/rules)
+
+--run is --dev with the values make run derives from its settings (TLS, keep-alive, open files, the
+stream module, the key check) are computed here (dev_values) from the environment, which
+scripts/run.sh fills with `testdata-api config resolve`'s settings; NAME=VALUE arguments win.
 
 NAME is a placeholder of the template (@NAME@), or NODE_SOCKETS: the app nodes' sockets,
 space-separated, which become the upstream's server lines (and, with --dev or more than one
@@ -21,7 +26,11 @@ directive into the server block, where it means the same for this one server and
 with Debian's. Dropped: the main context, events, and the *_temp_path directives (nginx's own
 directories under /var/lib/nginx serve).
 """
+import os
 import re
+import resource
+import shutil
+import subprocess
 import sys
 
 SOCKET = "/run/testdata-api/app.sock"
@@ -138,6 +147,58 @@ def substitute(text, values, lists):
             fail(f"{key} must be one line")
         text = text.replace(f"@{key}@", value)
     return text
+
+
+TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+               "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+               "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+STREAM_MODULES = ("/usr/lib/nginx/modules/ngx_stream_module.so",
+                  "/usr/share/nginx/modules/ngx_stream_module.so")
+
+
+def dev_values(env):
+    """make run's values for the template: its settings (env, resolved by the binary) and what
+    follows from them."""
+    v = {k: env[k] for k in ("PORT", "LISTEN", "FASTCGI_READ_TIMEOUT", "CONN_LIMIT_PER_ADDR",
+                             "RATE_LIMIT_PER_ADDR", "LISTING_SPOOL_MAX", "KEY_RATE", "KEY_BURST",
+                             "ANON_RATE", "ANON_BURST", "TCP_CONN_LIMIT_PER_ADDR", "DATA_DIR",
+                             "PROJECT_DIR", "USER_DIRECTIVE", "NODE_SOCKETS", "NGINX_TEMP_DIR")
+         if k in env}
+    v["LISTEN_SSL"] = v["TLS"] = v["HSTS"] = ""
+    if env.get("TLS_CERT"):
+        v["LISTEN_SSL"] = " ssl"
+        v["HSTS"] = 'add_header Strict-Transport-Security "max-age=63072000" always;'
+        v["TLS"] = (f"ssl_certificate {env['TLS_CERT']}; ssl_certificate_key {env['TLS_KEY']}; "
+                    f"ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers {TLS_CIPHERS}; "
+                    "ssl_prefer_server_ciphers off; ssl_session_cache shared:tdapi_tls:10m; "
+                    f"ssl_session_timeout 1d; ssl_session_tickets off; {v['HSTS']}")
+    # Idle kept-alive connections per nginx worker (one per core) park an app thread each: at
+    # most a quarter of the threads, at most 8; below 4 threads per core, no keep-alive at all
+    # (parked connections could hold every thread).
+    cores = os.cpu_count() or 2
+    keepalive = min(int(env.get("THREADS", "1")) // (4 * cores), 8)
+    v["KEEPALIVE"], v["KEEP_CONN"] = (str(keepalive), "on") if keepalive >= 1 else ("1", "off")
+    # Open files per nginx worker (half of them connections): 16384, or the hard limit if lower.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nofile = 16384 if hard == resource.RLIM_INFINITY else min(16384, hard)
+    v["NOFILE"], v["WORKER_CONNECTIONS"] = str(nofile), str(nofile // 2)
+    v["AUTH_REQUEST"] = "auth_request /_auth;" if env.get("AUTH") == "on" else "auth_request off;"
+    v["HTTP_LISTEN"] = f"unix:{env.get('DATA_DIR')}/run/nginx-http.sock proxy_protocol"
+    v["REAL_IP"] = "set_real_ip_from unix:; real_ip_header proxy_protocol;"
+    # The stream proxy in front of the HTTP server: nginx's stream module, built in or dynamic
+    # (Debian: libnginx-mod-stream).
+    nginx = env.get("NGINX_BIN") or shutil.which("nginx") or "/usr/sbin/nginx"
+    build = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
+    v["LOAD_STREAM_MODULE"] = ""
+    if "--with-stream=dynamic" in build:
+        found = [f for f in STREAM_MODULES if os.access(f, os.R_OK)]
+        if not found:
+            fail("nginx's stream module is missing (Debian package libnginx-mod-stream; run "
+                 "'make deps')")
+        v["LOAD_STREAM_MODULE"] = f"load_module {found[0]};"
+    elif not re.search(r"--with-stream( |$)", build, re.M):
+        fail(f"{nginx} is built without the stream module, which the front door needs")
+    return v
 
 
 def render_dev(text, values):
@@ -436,7 +497,7 @@ def read_env_file(path):
     return values
 
 
-USAGE = ("usage: render-config.py nginx --dev|--site TEMPLATE [NAME=VALUE...]\n"
+USAGE = ("usage: render-config.py nginx --dev|--run|--site TEMPLATE [NAME=VALUE...]\n"
          "       render-config.py nginx-upstream [--env-file FILE] [APP_NODES=N]\n"
          "       render-config.py rsyslog --dev|--journal [--env-file FILE] [NAME=VALUE...]\n"
          "       render-config.py node-unit testdata-api.service")
@@ -466,12 +527,14 @@ def main(argv):
         render = render_rsyslog_dev if argv[1] == "--dev" else render_rsyslog_journal
         sys.stdout.write(render(values))
         return
-    if len(argv) < 3 or argv[0] != "nginx" or argv[1] not in ("--dev", "--site"):
+    if len(argv) < 3 or argv[0] != "nginx" or argv[1] not in ("--dev", "--run", "--site"):
         fail(USAGE)
     values = name_values(argv[3:])
+    if argv[1] == "--run":  # make run's: --dev, the values from its environment
+        values = dict(dev_values(dict(os.environ, **values)), **values)
     with open(argv[2], encoding="utf-8") as f:
         text = f.read()
-    out = render_dev(text, values) if argv[1] == "--dev" else render_site(text, values)
+    out = render_site(text, values) if argv[1] == "--site" else render_dev(text, values)
     sys.stdout.write(out)
 
 

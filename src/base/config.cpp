@@ -10,6 +10,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "base/url.h"
+
 namespace tdapi {
 
 namespace {
@@ -185,12 +187,12 @@ bool is_host(const std::string& h) {
   size_t label = 0;
   for (size_t i = 0; i <= h.size(); ++i) {
     if (i == h.size() || h[i] == '.') {
-      if (label == 0 || label > 63) return false;
+      if (label == 0 || label > 63 || h[i - 1] == '-') return false;
       label = 0;
       continue;
     }
     char c = h[i];
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') return false;
+    if (!std::isalnum(static_cast<unsigned char>(c)) && (c != '-' || label == 0)) return false;
     if (!std::isdigit(static_cast<unsigned char>(c))) digits_and_dots = false;
     ++label;
   }
@@ -201,7 +203,10 @@ bool is_host(const std::string& h) {
   int parts = 0;
   while (std::getline(ss, part, '.')) {
     long long n = 0;
-    if (!all_digits(part, 1, 3) || !parse_integer(part.c_str(), 0, 255, n)) return false;
+    if (!all_digits(part, 1, 3) || (part.size() > 1 && part[0] == '0') ||
+        !parse_integer(part.c_str(), 0, 255, n)) {
+      return false;
+    }
     ++parts;
   }
   return parts == 4;
@@ -238,7 +243,10 @@ std::string check_value(const Setting& s, const std::string& value) {
     case K::kPath:
       return "";
     case K::kInteger:
-      if (parse_integer(value.c_str(), s.min, s.max, n) && value[0] != '-') return "";
+      if (parse_integer(value.c_str(), s.min, s.max, n) && value[0] != '-' &&
+          (value.size() == 1 || value[0] != '0')) {
+        return "";
+      }
       return name + " must be a whole number from " + std::to_string(s.min) + " to " +
              std::to_string(s.max) + ", not " + shown;
     case K::kChoice: {
@@ -334,7 +342,58 @@ std::string wrap(const std::string& text, const std::string& first, const std::s
 
 std::string wrap_comment(const std::string& text) { return wrap(text, "# ", "# "); }
 
+std::string listen_of(const Environment& env) {
+  std::string listen = value_of(env, "LISTEN");
+  if (!listen.empty()) return listen;
+  std::string port = value_of(env, "PORT");
+  return "127.0.0.1:" + (port.empty() ? std::string("5000") : port);
+}
+
 }  // namespace
+
+bool is_loopback_listen(const std::string& listen) {
+  std::string host = listen.substr(0, listen.rfind(':'));
+  return host == "localhost" || host == "[::1]" ||
+         (host.compare(0, 4, "127.") == 0 &&
+          host.find_first_not_of("0123456789.") == std::string::npos);
+}
+
+bool resolve_dev_environment(const Environment& env, unsigned cores, Environment& out,
+                             std::vector<std::string>& problems) {
+  if (!validate_environment(env, problems)) return false;
+  out = env;
+  auto fill = [&out](const char* name, const std::string& value) {
+    if (value_of(out, name).empty()) out[name] = value;
+  };
+  fill("PORT", "5000");
+  fill("LISTEN", listen_of(out));
+  const bool loopback = is_loopback_listen(out["LISTEN"]);
+  fill("AUTH", loopback ? "off" : "on");
+  const bool auth = out["AUTH"] == "on";
+  fill("ANON_RATE", auth ? "100r/s" : "50000r/s");
+  fill("ANON_BURST", auth ? "200" : "50000");
+  fill("KEY_RATE", "50000r/s");
+  fill("KEY_BURST", "50000");
+  fill("FASTCGI_READ_TIMEOUT", "30s");
+  fill("CONN_LIMIT_PER_ADDR", "256");
+  fill("RATE_LIMIT_PER_ADDR", "50000");
+  fill("TCP_CONN_LIMIT_PER_ADDR", "512");
+  fill("LISTING_SPOOL_MAX", "1024m");
+  fill("THREADS", std::to_string(default_thread_count(cores)));
+  fill("STOP_TIMEOUT_MS", "10000");
+  fill("START_TIMEOUT", "600");
+  fill("APP_NODES", "1");
+  fill("LOG_FORWARD_QUEUE_MAX", "1g");
+  // What the defaults imply (AUDIT=off with AUTH on off loopback): checked on the result too.
+  std::vector<std::string> more;
+  if (!validate_environment(out, more)) {
+    problems.insert(problems.end(), more.begin(), more.end());
+    return false;
+  }
+  out["LOOPBACK"] = loopback ? "1" : "0";
+  out["DATABASE_URL_SHOWN"] = redact_url_text(value_of(out, "DATABASE_URL"));
+  return true;
+}
 
 const std::vector<Setting>& settings_table() { return kSettings; }
 
@@ -455,10 +514,39 @@ bool validate_environment(const Environment& env, std::vector<std::string>& prob
   if (!nodes_text.empty() && parse_integer(nodes_text.c_str(), 1, 16, nodes) && nodes > 1 &&
       url.empty()) {
     problems.push_back("APP_NODES=" + nodes_text +
-                       " needs DATABASE_URL (PostgreSQL): SQLite is served by one process");
+                       " needs DATABASE_URL (PostgreSQL): SQLite serves from one app process");
   }
-  if (value_of(env, "TLS_CERT").empty() != value_of(env, "TLS_KEY").empty()) {
+  const bool tls = !value_of(env, "TLS_CERT").empty();
+  if (tls != !value_of(env, "TLS_KEY").empty()) {
     problems.push_back("TLS_CERT and TLS_KEY go together: set both or neither");
+  }
+  // Paths nginx.conf takes as they are: no room for a second directive.
+  for (const char* name : {"TLS_CERT", "TLS_KEY", "NGINX_TEMP_DIR"}) {
+    std::string v = value_of(env, name);
+    if (v.find_first_not_of(
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./@+,=-") !=
+        std::string::npos) {
+      problems.push_back(std::string(name) +
+                         " must be a path of letters, digits and _ . / @ + , = - only, not '" + v +
+                         "'");
+    } else if (!v.empty() && v[0] != '/' && std::strcmp(name, "NGINX_TEMP_DIR") == 0) {
+      problems.push_back("NGINX_TEMP_DIR must be an absolute path, not '" + v + "'");
+    }
+  }
+  // Off loopback: keys and TLS (or a TLS-terminating proxy in front, ALLOW_PLAINTEXT=1).
+  std::string listen = listen_of(env);
+  if (is_host_port(listen) && !is_loopback_listen(listen)) {
+    if (value_of(env, "AUTH") == "off") {
+      problems.push_back(
+          "AUTH=off is allowed only while nginx listens on loopback, and LISTEN=" + listen +
+          " is not: every client could read every clinic. Use AUTH=on and give "
+          "clients keys (make key)");
+    }
+    if (!tls && value_of(env, "ALLOW_PLAINTEXT") != "1") {
+      problems.push_back("LISTEN=" + listen +
+                         " is not loopback: set TLS_CERT and TLS_KEY for HTTPS, or "
+                         "ALLOW_PLAINTEXT=1 if a load balancer in front terminates TLS");
+    }
   }
   return problems.size() == before;
 }

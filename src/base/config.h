@@ -88,6 +88,18 @@ bool validate_environment(const Environment& env, std::vector<std::string>& prob
 bool options_from_environment(const Environment& env, unsigned cores, bool as_root, AppOptions& out,
                               std::vector<std::string>& problems);
 
+// True when LISTEN (ADDR:PORT, valid) is loopback: 127.0.0.0/8, [::1] or the name localhost
+// (no other name, whatever it resolves to). Off loopback AUTH=off is refused, and plaintext
+// unless ALLOW_PLAINTEXT=1.
+bool is_loopback_listen(const std::string& listen);
+
+// The settings `make run` (scripts/run.sh) starts nginx and the app with: `env` validated, with
+// the development defaults filled in (LISTEN 127.0.0.1:PORT, AUTH off on loopback and on
+// elsewhere, the rate limits by AUTH, nginx's limits, THREADS, APP_NODES, ...), plus LOOPBACK
+// (1 or 0) and DATABASE_URL_SHOWN (DATABASE_URL with its password hidden). False with problems.
+bool resolve_dev_environment(const Environment& env, unsigned cores, Environment& out,
+                             std::vector<std::string>& problems);
+
 // The package's /etc/testdata-api/testdata-api.env, comments included.
 std::string render_environment_file();
 // The documentation's table (Markdown): variable, default, meaning.

@@ -1,6 +1,7 @@
 // main.cpp: testdata-api entry point: options, privileges, limits, store, FastCGI server.
 //
-// Usage: testdata-api serve [--env-file PATH]   (settings from the environment: base/config.h)
+// Usage: testdata-api serve [--env-file PATH] [--log-file PATH]   (settings from the environment:
+// base/config.h)
 //        testdata-api --socket PATH (--db PATH | --database-url URL) [--socket-mode 0600|0660]
 //                     [--threads N] [--busy-timeout-ms N]
 //                     [--max-db-pages N] [--stop-timeout-ms N] [--feed-max-waiting N]
@@ -61,7 +62,7 @@
 namespace {
 
 const char kServeUsage[] =
-    "usage: testdata-api serve [--env-file PATH]\n"
+    "usage: testdata-api serve [--env-file PATH] [--log-file PATH]\n"
     "           the service, configured by the environment (testdata-api config table lists\n"
     "           every setting; under systemd, the unit's EnvironmentFile)\n"
     "       testdata-api --socket PATH (--db PATH | --database-url URL)"
@@ -70,7 +71,7 @@ const char kServeUsage[] =
     "           [--feed-max-waiting N] [--user NAME] [--log-file PATH] [--auth on|off]\n"
     "           [--audit on|off] [--audit-reads durable|crash-safe]\n"
     "           [--auth-failure-rate NNNr/s|NNNr/m] [--auth-failure-burst N]\n"
-    "           the service, configured by options (what make run starts)\n"
+    "           the service, configured by options\n"
     "       testdata-api --help | --version\n";
 
 int usage(const std::string& why) {
@@ -209,11 +210,16 @@ int main(int argc, char** argv) {
   if (argc >= 2 && std::strcmp(argv[1], "serve") == 0) {
     // Configured by the environment (the settings table), checked as `config check` does: a bad
     // value is a start-up failure (78, not restarted), every problem named.
-    std::string env_file;
-    if (argc == 4 && std::strcmp(argv[2], "--env-file") == 0) {
-      env_file = argv[3];
-    } else if (argc != 2) {
-      return usage("serve takes only --env-file PATH; settings come from the environment");
+    // --log-file: make run's app.log (reopened on SIGHUP); without it, stderr (the journal).
+    std::string env_file, log_file;
+    for (int i = 2; i < argc; i += 2) {
+      std::string arg = argv[i];
+      if (i + 1 >= argc || argv[i + 1][0] == '\0' || (arg != "--env-file" && arg != "--log-file")) {
+        return usage(
+            "serve takes only --env-file PATH and --log-file PATH; settings come from the "
+            "environment");
+      }
+      (arg == "--env-file" ? env_file : log_file) = argv[i + 1];
     }
     tdapi::Environment env;
     std::string source;
@@ -228,6 +234,7 @@ int main(int argc, char** argv) {
                                           "). What to do: correct them; testdata-api config "
                                           "check lists every problem");
     }
+    opt.log_file = log_file;
   } else if (!tdapi::parse_options(argc, argv, std::thread::hardware_concurrency(), opt, error)) {
     return usage(error);
   }

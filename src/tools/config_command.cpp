@@ -1,5 +1,5 @@
-// config_command.cpp: `testdata-api config check|env-file|table`, and administration as root
-// on a packaged server.
+// config_command.cpp: `testdata-api config check|resolve|env-file|table`, and administration as
+// root on a packaged server.
 #include "tools/config_command.h"
 
 #include <grp.h>
@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <thread>
 #include <vector>
 
 #include "base/config.h"
@@ -21,6 +22,7 @@ namespace {
 
 const char kUsage[] =
     "usage: testdata-api config check [--env-file PATH]\n"
+    "       testdata-api config resolve [--env-file PATH]\n"
     "       testdata-api config env-file\n"
     "       testdata-api config table\n";
 
@@ -42,7 +44,7 @@ int run_config_command(int argc, char** argv, char** envp) {
     std::cout << render_settings_table();
     return 0;
   }
-  if (verb != "check") return usage("unknown command: config " + verb);
+  if (verb != "check" && verb != "resolve") return usage("unknown command: config " + verb);
   std::string env_file;
   for (int i = 3; i < argc; ++i) {
     std::string arg = argv[i];
@@ -56,7 +58,17 @@ int run_config_command(int argc, char** argv, char** envp) {
   std::string source;
   std::vector<std::string> problems;
   load_configuration(env_file, envp, env, source, problems);
-  validate_environment(env, problems);
+  Environment resolved;
+  if (verb == "resolve") {
+    // make run's settings, defaults filled in: NAME=value lines (no value holds a line break).
+    if (problems.empty() &&
+        resolve_dev_environment(env, std::thread::hardware_concurrency(), resolved, problems)) {
+      for (const auto& kv : resolved) std::cout << kv.first << "=" << kv.second << "\n";
+      return 0;
+    }
+  } else {
+    validate_environment(env, problems);
+  }
   if (problems.empty()) {
     std::cout << "testdata-api: configuration OK (" << source << ")\n";
     return 0;

@@ -118,7 +118,7 @@ class ConfigCheck(unittest.TestCase):
     def test_man_page_covers_every_command_and_setting(self):
         with open(os.path.join(ROOT, "debian", "testdata-api.8")) as f:
             page = f.read().replace("\\-", "-")
-        for command in ("serve", "config check", "config env-file", "config table",
+        for command in ("serve", "config check", "config resolve", "config env-file", "config table",
                         "keys create", "keys list", "keys revoke", "audit verify",
                         "audit export", "backup", "restore", "migrate", "--help", "--version"):
             self.assertRegex(page, r"(?<![\w-])%s(?![\w-])"

@@ -131,15 +131,16 @@ class ExitStatuses(unittest.TestCase):
             self.assertIn("status 1", restarted[0]["detail"])
             self.assertNotIn("app_exited", events(s))
 
-    def test_bad_usage_exits_2_and_is_not_restarted(self):
+    def test_a_bad_setting_is_refused_with_78_before_anything_starts(self):
         for name, value in (("BUSY_TIMEOUT_MS", "5s"), ("THREADS", "8x"), ("MAX_DB_PAGES", "1e6")):
             with tempfile.TemporaryDirectory(prefix="tdapi-usage-") as d:
                 s = Server(data_dir=d, **{name: value})
                 s.start(wait=False)
                 rc = s.proc.wait(60)
                 s.output.close()
-                self.assertEqual(rc, 2, (name, s.run_output()[-1000:]))
-                self.assertIn("must be a whole number", s.read_log("app.log").decode(), name)
+                self.assertEqual(rc, 78, (name, s.run_output()[-1000:]))
+                self.assertIn(name + " must be a whole number", s.run_output(), name)
+                self.assertFalse(os.path.exists(os.path.join(d, "run")), name)
 
 
 class StraySignals(unittest.TestCase):

@@ -290,7 +290,7 @@ def app_pids(s):
     out = []
     for pid in all_pids():
         f = stat_fields(pid)
-        if f and f[1] == s.proc.pid and "--socket" in cmdline(pid):
+        if f and f[1] == s.proc.pid and " serve " in cmdline(pid):
             out.append(pid)
     return out
 

@@ -80,7 +80,7 @@ class Supervisor(unittest.TestCase):
                 env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=data, PORT=str(free_port()),
                            WRITE_COMMIT=value)
                 rc, out = run_sh(env)
-                self.assertEqual(rc, 2, (value, out))
+                self.assertEqual(rc, 78, (value, out))
                 self.assertIn("WRITE_COMMIT must be thread or leader", out, value)
                 self.assertFalse(os.path.exists(data), "refused, yet DATA_DIR was created")
 

@@ -76,6 +76,64 @@ TEST(Config, RefusesTheCombinationsTheAppRefuses) {
   EXPECT_TRUE(problems_of({{"AUTH", "off"}, {"AUDIT", "off"}}).empty());
 }
 
+TEST(Config, NginxBoundValuesLeaveNoRoomForAnotherDirective) {
+  for (const char* listen :
+       {"127.0.0.01:80", "-h.example.com:80", "h-.example.com:80", "127.1:80", "[::1;]:80"}) {
+    EXPECT_TRUE(mentions(problems_of({{"LISTEN", listen}}), "LISTEN must")) << listen;
+  }
+  EXPECT_TRUE(mentions(problems_of({{"APP_NODES", "01"}}), "APP_NODES must"));
+  EXPECT_TRUE(mentions(problems_of({{"TLS_CERT", "/c.pem; listen 0.0.0.0:1"}, {"TLS_KEY", "/k"}}),
+                       "TLS_CERT must be a path of letters"));
+  EXPECT_TRUE(
+      mentions(problems_of({{"NGINX_TEMP_DIR", "tmp"}}), "NGINX_TEMP_DIR must be an absolute"));
+  EXPECT_TRUE(problems_of({{"NGINX_TEMP_DIR", "/srv/nginx-tmp"},
+                           {"LISTEN", "h-1.example.com:8080"},
+                           {"ALLOW_PLAINTEXT", "1"}})
+                  .empty());
+}
+
+TEST(Config, OffLoopbackNeedsKeysAndTls) {
+  for (const char* listen : {"127.0.0.1:80", "127.9.9.9:80", "[::1]:80", "localhost:80"}) {
+    EXPECT_TRUE(is_loopback_listen(listen)) << listen;
+    EXPECT_TRUE(problems_of({{"LISTEN", listen}, {"AUTH", "off"}}).empty()) << listen;
+  }
+  for (const char* listen : {"0.0.0.0:80", "127.0.0.1.example.com:80", "localhost.example.com:80",
+                             "[::]:80", "128.0.0.1:80"}) {
+    EXPECT_FALSE(is_loopback_listen(listen)) << listen;
+    EXPECT_TRUE(mentions(problems_of({{"LISTEN", listen}, {"AUTH", "off"}}), "AUTH=off is allowed"))
+        << listen;
+    EXPECT_TRUE(mentions(problems_of({{"LISTEN", listen}}), "set TLS_CERT and TLS_KEY")) << listen;
+    EXPECT_TRUE(problems_of({{"LISTEN", listen}, {"ALLOW_PLAINTEXT", "1"}}).empty()) << listen;
+    EXPECT_TRUE(problems_of({{"LISTEN", listen}, {"TLS_CERT", "/c"}, {"TLS_KEY", "/k"}}).empty());
+  }
+}
+
+TEST(Config, MakeRunDefaultsFollowTheListener) {
+  Environment out;
+  std::vector<std::string> problems;
+  ASSERT_TRUE(resolve_dev_environment({{"PORT", "8080"}}, 2, out, problems));
+  EXPECT_EQ(out["LISTEN"], "127.0.0.1:8080");
+  EXPECT_EQ(out["LOOPBACK"], "1");
+  EXPECT_EQ(out["AUTH"], "off");
+  EXPECT_EQ(out["ANON_RATE"], "50000r/s");
+  EXPECT_EQ(out["THREADS"], std::to_string(default_thread_count(2)));
+  EXPECT_EQ(out["APP_NODES"], "1");
+  ASSERT_TRUE(resolve_dev_environment({{"LISTEN", "0.0.0.0:443"},
+                                       {"ALLOW_PLAINTEXT", "1"},
+                                       {"DATABASE_URL", "postgresql://lab:s3cret@db/t"}},
+                                      2, out, problems));
+  EXPECT_EQ(out["LOOPBACK"], "0");
+  EXPECT_EQ(out["AUTH"], "on");
+  EXPECT_EQ(out["ANON_RATE"], "100r/s");
+  EXPECT_EQ(out["ANON_BURST"], "200");
+  EXPECT_EQ(out["DATABASE_URL_SHOWN"], "postgresql://lab:***@db/t");
+  // AUDIT=off is fine with the loopback default AUTH=off, not with the default AUTH=on elsewhere.
+  EXPECT_TRUE(resolve_dev_environment({{"AUDIT", "off"}}, 2, out, problems));
+  EXPECT_FALSE(resolve_dev_environment(
+      {{"AUDIT", "off"}, {"LISTEN", "0.0.0.0:80"}, {"ALLOW_PLAINTEXT", "1"}}, 2, out, problems));
+  EXPECT_TRUE(mentions(problems, "AUDIT=off"));
+}
+
 TEST(Config, ReadsEnvironmentFilesAsSystemdDoes) {
   Environment env;
   std::vector<std::string> problems;
