@@ -11,6 +11,9 @@
 #   watchdog        the app stopped with SIGSTOP (hung) is killed and restarted by the watchdog
 #   backup          `testdata-api backup` as root leaves no root-owned file, then the timer's
 #                   unit (testdata-api-backup.service) succeeds
+#   forwarding      LOG_FORWARD to ops/rsyslog's collector (in the container): the system's
+#                   rsyslog forwards app and access lines; killed (SIGKILL) and restarted by
+#                   systemd, it resends at most 60 lines of each
 #   nodes           APP_NODES=2 on PostgreSQL: testdata-api@1 and @2 serve; with either stopped,
 #                   every GET through nginx is still 200
 # Every command runs inside the container (which has no network) or on the host's loopback
@@ -248,6 +251,54 @@ check_backup() {
     bad "the timer's backup made no new backup in /var/lib/testdata-api/backups"
 }
 
+check_forwarding() {
+  # The collector of ops/rsyslog (a second rsyslogd, TCP on 6514) in the container; the
+  # system's rsyslog forwards to it once LOG_FORWARD is set and dpkg-reconfigure ran.
+  ct mkdir -p /var/tmp/collector
+  ct systemd-run --quiet --unit=collector -E COLLECTOR_DIR=/var/tmp/collector -E COLLECTOR_ADDRESS=127.0.0.1 \
+    -E COLLECTOR_RELP_PORT=2514 -E COLLECTOR_TCP_PORT=6514 \
+    rsyslogd -n -f /usr/share/testdata-api/ops/rsyslog/collector.conf -i /run/collector.pid ||
+    bad "could not start the collector" || return 1
+  ct sed -i 's|^LOG_FORWARD=.*|LOG_FORWARD=tcp://127.0.0.1:6514|' "$env_file"
+  ct 300 dpkg-reconfigure testdata-api >"$work/reconfigure.log" 2>&1 ||
+    { cat "$work/reconfigure.log" >&2; bad "dpkg-reconfigure testdata-api with LOG_FORWARD failed"; return 1; }
+  ct test -e /etc/rsyslog.d/testdata-api.conf || bad "no rsyslog drop-in after dpkg-reconfigure with LOG_FORWARD" || return 1
+  # lines STREAM: the collector's /healthz lines of the stream (app or access), all and distinct.
+  lines() { ct sh -c "cat /var/tmp/collector/*/$1.log 2>/dev/null | grep -F /healthz | wc -l; cat /var/tmp/collector/*/$1.log 2>/dev/null | grep -F /healthz | sort -u | wc -l" | tr '\n' ' '; }
+  wait_lines() {  # wait_lines N: up to 60 s until both streams hold N distinct /healthz lines
+    local a c
+    for _ in $(seq 1 120); do
+      read -r _ a <<<"$(lines app)"
+      read -r _ c <<<"$(lines access)"
+      [ "$a" -ge "$1" ] && [ "$c" -ge "$1" ] && return 0
+      sleep 0.5
+    done
+    bad "the collector has $a app and $c access /healthz lines (want $1 each)"
+  }
+  ct sh -c "for i in \$(seq 1 100); do curl -s -o /dev/null $url/healthz; done"
+  wait_lines 100 || return 1
+  local old new
+  old=$(ct systemctl show -P MainPID rsyslog)
+  ct systemctl kill -s KILL rsyslog || bad "could not kill rsyslogd" || return 1
+  new=$old
+  for _ in $(seq 1 50); do
+    sleep 0.2
+    new=$(ct systemctl show -P MainPID rsyslog)
+    [ "$new" != "$old" ] && [ "$new" != 0 ] && break
+  done
+  [ "$new" != "$old" ] && [ "$new" != 0 ] || bad "systemd did not restart the killed rsyslogd" || return 1
+  ct sh -c "for i in \$(seq 1 100); do curl -s -o /dev/null $url/healthz; done"
+  wait_lines 200 || return 1
+  sleep 2  # what the restarted forwarder resends arrives with the new lines, or just after
+  local all uniq stream
+  for stream in app access; do
+    read -r all uniq <<<"$(lines "$stream")"
+    say "     forwarder killed: $((all - uniq)) $stream lines resent ($all received, $uniq distinct)"
+    # Its read positions are saved every 50 entries: a restart resends at most about that many.
+    [ $((all - uniq)) -le 60 ] || bad "$((all - uniq)) $stream lines resent after the crash (want at most 60)" || return 1
+  done
+}
+
 check_nodes() {
   local token out k i got
   ct sh -c 'runuser -u postgres -- createuser testdata-api && runuser -u postgres -- createdb -O testdata-api tdapi' ||
@@ -287,6 +338,7 @@ if installed; then
   check readiness
   check backup
   check watchdog
+  check forwarding
   check nodes
 else
   failed+=("(not installed: the other checks did not run)")
