@@ -279,7 +279,7 @@ check_forwarding() {
   wait_lines 100 || return 1
   local old new
   old=$(ct systemctl show -P MainPID rsyslog)
-  ct systemctl kill -s KILL rsyslog || bad "could not kill rsyslogd" || return 1
+  ct kill -KILL "$old" || bad "could not kill rsyslogd (pid $old)" || return 1
   new=$old
   for _ in $(seq 1 50); do
     sleep 0.2
