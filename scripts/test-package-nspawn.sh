@@ -120,6 +120,10 @@ for _ in $(seq 1 180); do
   case $state in offline | *"connect to bus"*) sleep 1 ;; *) break ;; esac
   kill -0 "$nspawn_pid" 2>/dev/null || break
 done
+if ! kill -0 "$nspawn_pid" 2>/dev/null; then
+  tail -n 15 "$work/boot.log"
+  skip "the container stopped while booting: systemd-nspawn -b does not work on this machine (its output is above)"
+fi
 case $state in
 running) ;;
 degraded) say "booted degraded: $(ct systemctl --failed --no-legend --plain | tr '\n' ' ')" ;;
