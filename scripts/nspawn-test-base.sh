@@ -21,11 +21,14 @@ if [ -f "$ready" ]; then
   [ ${#missing[@]} = 0 ] && exit 0
 fi
 "$here/scripts/package-test-base.sh" "$pkgbase" || exit $?
+proc_mounted=""
+trap '[ -z "$proc_mounted" ] || umount -l "$proc_mounted" 2>/dev/null' EXIT
 in_root() {  # in_root ROOT CMD...: with proc mounted, services kept from starting (policy-rc.d)
   local r=$1 rc=0; shift
   mount -t proc proc "$r/proc" || return 1
+  proc_mounted=$r/proc
   chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@" || rc=$?
-  umount "$r/proc"
+  umount "$r/proc" && proc_mounted=""
   return $rc
 }
 if [ -f "$ready" ]; then
