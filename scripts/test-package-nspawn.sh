@@ -188,10 +188,10 @@ check_journal() {
 }
 
 check_bad_setting() {
-  local out rc
+  local rc
   ct cp "$env_file" /root/env.good
   ct sh -c "echo THREADS=lots >>$env_file"
-  out=$(ct 120 systemctl restart testdata-api 2>&1)
+  ct 120 systemctl restart testdata-api >"$work/restart.out" 2>&1
   rc=$?
   local status
   status=$(ct systemctl status testdata-api --no-pager -l -n 20 2>&1)
@@ -304,7 +304,7 @@ check_forwarding() {
 }
 
 check_nodes() {
-  local token out k i got
+  local token k i got
   ct sh -c 'runuser -u postgres -- createuser testdata-api && runuser -u postgres -- createdb -O testdata-api tdapi' ||
     bad "could not create the PostgreSQL role and database" || return 1
   ct sed -i 's|^APP_NODES=.*|APP_NODES=2|; s|^DATABASE_URL=.*|DATABASE_URL=postgresql:///tdapi?host=/run/postgresql|' "$env_file"
