@@ -24,6 +24,7 @@ packages=(
   build-essential debhelper dpkg-dev  # make deb (dpkg-buildpackage checks build-essential)
   lintian                             # the package's lintian check
   debootstrap                         # the package's install test: a clean Debian 12 root
+  systemd-container                   # systemd-nspawn: the package test under a real systemd
   systemd                             # systemd-analyze verify/security on the units
   rsyslog rsyslog-relp logrotate      # LOG_FORWARD and the log collector (ops/rsyslog), rotation
   prometheus                          # make observe; promtool: rule and config tests
