@@ -288,16 +288,26 @@ JsonTree parse_json_body(std::string_view body, size_t max_values, std::string& 
   return tree;
 }
 
-RecordValidation validate_test_record(std::string_view body) {
-  RecordValidation v;
+namespace {
+
+// A single record's body (a create's or a correction's): within the budgets, a JSON object of
+// at most kMaxJsonValuesPerRecord values. Null with message set when it is not.
+JsonTree parse_record_body(std::string_view body, std::string& message) {
   JsonScan scan;
-  if (!precheck_body(body, scan, v.message)) return v;
+  if (!precheck_body(body, scan, message)) return nullptr;
   if (scan.root != '{') {
-    v.message = "request body must be a JSON object";
-    return v;
+    message = "request body must be a JSON object";
+    return nullptr;
   }
   // The object itself is one of the record's values.
-  JsonTree tree = parse_within_budget(body, scan, 1, v.message);
+  return parse_within_budget(body, scan, 1, message);
+}
+
+}  // namespace
+
+RecordValidation validate_test_record(std::string_view body) {
+  RecordValidation v;
+  JsonTree tree = parse_record_body(body, v.message);
   if (!tree) return v;
   if (!validate_record_object(tree.get(), -1, BodyKind::kCreate, v.record, nullptr, v.errors)) {
     v.message = "invalid test record";
@@ -309,13 +319,7 @@ RecordValidation validate_test_record(std::string_view body) {
 
 CorrectionValidation validate_test_correction(std::string_view body) {
   CorrectionValidation v;
-  JsonScan scan;
-  if (!precheck_body(body, scan, v.message)) return v;
-  if (scan.root != '{') {
-    v.message = "request body must be a JSON object";
-    return v;
-  }
-  JsonTree tree = parse_within_budget(body, scan, 1, v.message);
+  JsonTree tree = parse_record_body(body, v.message);
   if (!tree) return v;
   if (!validate_record_object(tree.get(), -1, BodyKind::kCorrection, v.record, &v.reason,
                               v.errors)) {
