@@ -11,6 +11,7 @@
 #include "api/validate.h"
 #include "base/json.h"
 #include "base/utf8.h"
+#include "record_checks.h"
 #include "store/test_record.h"
 
 using tdapi::TestRecord;
@@ -18,20 +19,6 @@ using tdapi::TestRecord;
 namespace {
 
 constexpr size_t kMaxRecords = 8;  // small, so the count limit is reached often
-
-void check_field(const std::string& v, size_t max_chars) {
-  assert(!v.empty());
-  assert(tdapi::is_valid_utf8(v));
-  assert(v.find('\0') == std::string::npos);
-  size_t chars = 0;
-  for (char c : v) chars += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
-  assert(chars <= max_chars);
-}
-
-bool same(const TestRecord& a, const TestRecord& b) {
-  return a.test_id == b.test_id && a.patient_id == b.patient_id && a.clinic_id == b.clinic_id &&
-         a.test_type == b.test_type && a.result == b.result;
-}
 
 }  // namespace
 
@@ -49,11 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   assert(v.records.size() == scan.root_items);
   std::string again = "[";
   for (const TestRecord& r : v.records) {
-    check_field(r.test_id, tdapi::kMaxIdChars);
-    check_field(r.patient_id, tdapi::kMaxIdChars);
-    check_field(r.clinic_id, tdapi::kMaxIdChars);
-    check_field(r.test_type, tdapi::kMaxTestTypeChars);
-    check_field(r.result, tdapi::kMaxResultChars);
+    fuzz_checks::check_record(r);
     assert(tdapi::check_id_text(r.test_id, tdapi::kMaxIdChars).empty());
     assert(r.test_id != "." && r.test_id != "..");
     if (again.size() > 1) again += ',';
@@ -62,6 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   again += ']';
   tdapi::BatchValidation v2 = tdapi::validate_test_batch(again, kMaxRecords);
   assert(v2.ok && v2.records.size() == v.records.size());
-  for (size_t i = 0; i < v.records.size(); ++i) assert(same(v.records[i], v2.records[i]));
+  for (size_t i = 0; i < v.records.size(); ++i)
+    assert(fuzz_checks::same_fields(v.records[i], v2.records[i]));
   return 0;
 }

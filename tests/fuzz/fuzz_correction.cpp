@@ -11,23 +11,11 @@
 #include "api/validate.h"
 #include "base/json.h"
 #include "base/utf8.h"
+#include "record_checks.h"
 #include "store/test_record.h"
 
 using tdapi::TestRecord;
 using tdapi::TestStatus;
-
-static size_t code_points(const std::string& v) {
-  size_t chars = 0;
-  for (char c : v) chars += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
-  return chars;
-}
-
-static void check_field(const std::string& v, size_t max_chars) {
-  assert(!v.empty());
-  assert(tdapi::is_valid_utf8(v));
-  assert(v.find('\0') == std::string::npos);
-  assert(code_points(v) <= max_chars);
-}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view body(reinterpret_cast<const char*>(data), size);
@@ -37,13 +25,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   const TestRecord& r = v.record;
-  check_field(r.test_id, tdapi::kMaxIdChars);
-  check_field(r.patient_id, tdapi::kMaxIdChars);
-  check_field(r.clinic_id, tdapi::kMaxIdChars);
-  check_field(r.test_type, tdapi::kMaxTestTypeChars);
-  check_field(r.result, tdapi::kMaxResultChars);
+  fuzz_checks::check_record(r);
   assert(r.status != TestStatus::kPreliminary);  // only a create may say preliminary
-  check_field(v.reason, tdapi::kMaxReasonChars);
+  fuzz_checks::check_field(v.reason, tdapi::kMaxReasonChars);
   for (char c : v.reason) {
     unsigned char u = static_cast<unsigned char>(c);
     assert(u >= 0x20 || c == '\t' || c == '\n' || c == '\r');
