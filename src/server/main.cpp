@@ -132,9 +132,10 @@ bool ensure_open_files(int threads, int feed_max_waiting, std::string& error) {
   if (lim.rlim_cur == RLIM_INFINITY) return true;
   if (lim.rlim_max != RLIM_INFINITY && static_cast<long long>(lim.rlim_max) < need) {
     error = "the open files limit (RLIMIT_NOFILE, hard) is " + std::to_string(lim.rlim_max) +
-            ", but " + std::to_string(threads) + " threads need " + std::to_string(need) +
-            ". What to do: raise it (ulimit -n " + std::to_string(need) +
-            " as root, or LimitNOFILE) or lower THREADS";
+            ", but " + std::to_string(threads) + " threads and " +
+            std::to_string(feed_max_waiting) + " held long polls (FEED_MAX_WAITING) need " +
+            std::to_string(need) + ". What to do: raise it (ulimit -n " + std::to_string(need) +
+            " as root, or LimitNOFILE) or lower THREADS or FEED_MAX_WAITING";
     return false;
   }
   lim.rlim_cur = static_cast<rlim_t>(need);
