@@ -299,7 +299,8 @@ constexpr long long kMaxDocBytes =
 // string (version: an integer) equal to its column. From schema 4 on, also a test whose current
 // version has no row in test_versions of its clinic and status; from schema 5 on, where the
 // tests row holds version 1 (created_by set), a test with any row in test_versions or whose seq
-// is taken there (its version 1's change_seq), or whose rowid is not its seq (kAllVersionsSql).
+// is taken there (its version 1's change_seq), whose rowid is not its seq (kAllVersionsSql), or
+// whose seq is not above counters.last_seq_before_v5 (the feed would not read it).
 std::string rows_check_sql(int schema_version) {
   const bool versions = schema_version >= 4;
   // keys a document has
@@ -346,7 +347,8 @@ std::string rows_check_sql(int schema_version) {
     sql +=
         " OR length(created_by) > 128 OR CASE WHEN version = 1 AND created_by IS NOT NULL THEN"
         " rowid <> seq OR EXISTS (SELECT 1 FROM test_versions v WHERE v.test_id = tests.test_id)"
-        " OR EXISTS (SELECT 1 FROM test_versions v WHERE v.change_seq = tests.seq) ELSE " +
+        " OR EXISTS (SELECT 1 FROM test_versions v WHERE v.change_seq = tests.seq)"
+        " OR seq <= " TDAPI_FIRST_VERSIONS_IN_ROWS_AFTER " ELSE " +
         current_version_missing + " END";
   } else if (versions) {
     sql += " OR " + current_version_missing;

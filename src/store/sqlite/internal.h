@@ -13,6 +13,13 @@
 
 namespace tdapi {
 
+// The number that every seq of a test whose version 1 may be in its tests row (created_by set) is
+// above: counters.last_seq_before_v5, written by the migration to schema 5 (schema.cpp,
+// kLazyFirstVersionSchema; 0 where it is missing). Tests at or below it came from schema 4 and
+// have their version 1 in test_versions.
+#define TDAPI_FIRST_VERSIONS_IN_ROWS_AFTER \
+  "coalesce((SELECT value FROM counters WHERE name = 'last_seq_before_v5'), 0)"
+
 // A connection with its prepared statements, used by one thread at a time.
 struct SqliteStore::Connection {
   sqlite3* db = nullptr;

@@ -110,7 +110,17 @@ const char kVersionsSchema[] =
 // change-feed position handed out before the upgrade still means the same. A create then
 // writes the b-trees it wrote before versions and the two date indexes: the status index holds
 // only the tests that are not final (most are; a listing of the final ones walks the clinic).
+// counters.last_seq_before_v5 is the last number taken before (kInsertSql's next one, less 1; 0
+// for a file created at version 5): every test that can hold its version 1 in its row has a seq
+// above it, so the feed and list_all_versions start their walk of those rows there
+// (TDAPI_FIRST_VERSIONS_IN_ROWS_AFTER), not at the first migrated test after their position
+// (which made a page of an upgraded clinic's feed read every migrated test after it).
 const char kLazyFirstVersionSchema[] =
+    "INSERT OR IGNORE INTO counters (name, value) SELECT 'last_seq_before_v5',"
+    " max(coalesce((SELECT max(rowid) FROM tests), 0),"
+    " coalesce((SELECT max(change_seq) FROM test_versions), 0),"
+    " (SELECT coalesce(max(value), 0) FROM counters WHERE name IN ('last_seq',"
+    " 'last_change_seq')));"
     "ALTER TABLE tests ADD COLUMN created_by TEXT;"
     "DROP INDEX tests_by_status;"
     "CREATE INDEX tests_by_status ON tests (clinic_id, status, seq) WHERE status <> 'final';";

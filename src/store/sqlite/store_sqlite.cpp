@@ -110,21 +110,29 @@ const char kHistorySql[] =
     " UNION ALL SELECT " TDAPI_FIRST_VERSION_COLUMNS("seq") TDAPI_FIRST_VERSION_FIELDS
     " FROM tests WHERE test_id = ?1 AND 1 < ?2 AND" TDAPI_FIRST_VERSION_IN_ROW
     " ORDER BY 3 DESC LIMIT ?3";
+}  // namespace
+
 // One clinic's changes in commit order: test_versions_by_clinic merged with the clinic's
-// version-1 rows (tests_by_clinic, in seq order).
+// version-1 rows (tests_by_clinic, in seq order), whose walk starts after the tests migrated
+// from schema 4 (none of them holds its version 1).
 const char kChangesSql[] =
     "SELECT " TDAPI_CHANGE_COLUMNS
     " FROM test_versions WHERE clinic_id = ?1 AND change_seq > ?2"
     " UNION ALL SELECT " TDAPI_FIRST_VERSION_COLUMNS(
-        "seq") " FROM tests WHERE clinic_id = ?1 AND seq > ?2 AND" TDAPI_FIRST_VERSION_IN_ROW
-               " ORDER BY 1 LIMIT ?3";
+        "seq") " FROM tests WHERE clinic_id = ?1 AND seq > max(?2, " TDAPI_FIRST_VERSIONS_IN_ROWS_AFTER
+               ") AND" TDAPI_FIRST_VERSION_IN_ROW " ORDER BY 1 LIMIT ?3";
 // Every version in commit order: test_versions by its rowid merged with the tests table by its
-// rowid (= seq: kInsertSql; restore refuses a file where a version-1 row's differ).
+// rowid (= seq: kInsertSql; restore refuses a file where a version-1 row's differ), from after
+// the tests migrated from schema 4.
 const char kAllVersionsSql[] =
     "SELECT " TDAPI_VERSION_COLUMNS
     " FROM test_versions WHERE change_seq > ?1"
     " UNION ALL SELECT " TDAPI_FIRST_VERSION_COLUMNS("rowid") TDAPI_FIRST_VERSION_FIELDS
-    " FROM tests WHERE rowid > ?1 AND" TDAPI_FIRST_VERSION_IN_ROW " ORDER BY 1 LIMIT ?2";
+    " FROM tests WHERE rowid > max(?1, " TDAPI_FIRST_VERSIONS_IN_ROWS_AFTER
+    ") AND" TDAPI_FIRST_VERSION_IN_ROW " ORDER BY 1 LIMIT ?2";
+
+namespace {
+
 #undef TDAPI_FIRST_VERSION_COLUMNS
 #undef TDAPI_FIRST_VERSION_FIELDS
 #undef TDAPI_FIRST_VERSION_IN_ROW

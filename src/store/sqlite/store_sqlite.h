@@ -62,6 +62,12 @@ std::string list_tests_sql(const ListQuery& query);
 // here for its query-plan test.
 extern const char kListAllTestsSql[];
 
+// The change feed's page (SqliteStore::list_changes: ?1 clinic_id, ?2 the change_seq to start
+// after, ?3 the limit) and SqliteStore::list_all_versions' (?1 the change_seq to start after, ?2
+// the limit); here for their cost tests.
+extern const char kChangesSql[];
+extern const char kAllVersionsSql[];
+
 // The statements of the background integrity check (SqliteStore::open) that read a b-tree
 // after the last key of the previous chunk (?1 the chunk's size, ?2... that key); here for
 // their query-plan test: each must be a range of its b-tree, never a sort.

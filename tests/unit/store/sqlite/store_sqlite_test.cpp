@@ -1237,6 +1237,115 @@ TEST(SqliteStore, MigratesAVersion3DatabaseToVersionsAtStart) {
   EXPECT_EQ(facts.versions, 4);
 }
 
+// An upgraded clinic's feed and list_all_versions (migrate) cost what their page costs: the walk of
+// the tests rows that hold a version 1 starts after the tests migrated from before schema 5
+// (counters.last_seq_before_v5; none of them holds its version 1), not at the page's position.
+// Every change is there once, in order, across the upgrade and whatever the page size.
+TEST(SqliteStore, AnUpgradedClinicsFeedPageCostsWhatItsRowsCost) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  constexpr int kOld = 2000;
+  sql_on(path,
+         std::string("PRAGMA journal_mode=WAL; BEGIN;") + kSchemaV1 + kMigrationsToV3 +
+             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < " +
+             std::to_string(kOld) +
+             ") INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result,"
+             " created_at, doc) SELECT i, i, 'old' || i, 'patient-old' || i, 'c1', 'blood',"
+             " 'result of old' || i, '2026-01-01T00:00:00.000Z', json_object('test_id', 'old' ||"
+             " i, 'patient_id', 'patient-old' || i, 'clinic_id', 'c1', 'test_type', 'blood',"
+             " 'result', 'result of old' || i, 'created_at', '2026-01-01T00:00:00.000Z') FROM n;"
+             "UPDATE counters SET value = " +
+             std::to_string(kOld) + " WHERE name = 'last_seq'; PRAGMA user_version=3; COMMIT;");
+  auto store = open_store(path);
+  ASSERT_TRUE(store);
+  EXPECT_EQ(sql_on(path, "SELECT value FROM counters WHERE name = 'last_seq_before_v5'"),
+            std::to_string(kOld));
+  ASSERT_TRUE(store->insert(make_record("new")).status.ok());
+  TestCorrection c;
+  c.record = make_record("old7");
+  c.record.status = TestStatus::kCorrected;
+  c.reason = "after the upgrade";
+  c.expected_version = 1;
+  c.changed_by = "anonymous";
+  ASSERT_TRUE(store->correct(c, nullptr).status.ok());
+  c.record = make_record("new");
+  ASSERT_TRUE(store->correct(c, nullptr).status.ok());
+  ASSERT_TRUE(store->insert(make_record("newer")).status.ok());
+
+  std::vector<std::string> want;
+  for (int i = 1; i <= kOld; ++i)
+    want.push_back("old" + std::to_string(i) + "@1:" + std::to_string(i));
+  for (const char* v : {"new@1:", "old7@2:", "new@2:", "newer@1:"}) {
+    want.push_back(v + std::to_string(kOld + 1 + (want.size() - kOld)));
+  }
+  auto name = [](const TestVersion& v) {
+    return v.record.test_id + "@" + std::to_string(v.version) + ":" + std::to_string(v.change_seq);
+  };
+  for (long long limit : {1000, 7, 1}) {
+    SCOPED_TRACE(limit);
+    std::vector<std::string> feed, all;
+    ChangeQuery q;
+    q.clinic_id = "c1";
+    q.limit = limit;
+    for (;;) {
+      size_t got = 0;
+      ASSERT_TRUE(store
+                      ->list_changes(q,
+                                     [&](const TestVersion& v) {
+                                       feed.push_back(name(v));
+                                       q.after_change_seq = v.change_seq;
+                                       ++got;
+                                       return true;
+                                     })
+                      .ok());
+      if (got == 0) break;
+    }
+    EXPECT_EQ(feed, want);
+    long long after = 0;
+    for (;;) {
+      size_t got = 0;
+      ASSERT_TRUE(store
+                      ->list_all_versions(after, limit,
+                                          [&](const TestVersion& v) {
+                                            all.push_back(name(v));
+                                            after = v.change_seq;
+                                            ++got;
+                                            return true;
+                                          })
+                      .ok());
+      if (got == 0) break;
+    }
+    EXPECT_EQ(all, want);
+  }
+
+  // A page of 10 from the start, counted in SQLite's steps (deterministic): about what 10 rows
+  // cost, not a walk of the 2,000 migrated tests.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  for (const char* sql : {kChangesSql, kAllVersionsSql}) {
+    SCOPED_TRACE(sql);
+    sqlite3_stmt* st = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(db, sql, -1, &st, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+    const bool feed = sql == kChangesSql;
+    int i = 1;
+    if (feed) sqlite3_bind_text(st, i++, "c1", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, i++, 0);
+    sqlite3_bind_int64(st, i, 10);
+    int rows = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) ++rows;
+    const int steps = sqlite3_stmt_status(st, SQLITE_STMTSTATUS_VM_STEP, 0);
+    sqlite3_finalize(st);
+    EXPECT_EQ(rows, 10);
+    EXPECT_LT(steps, 1500);
+  }
+  sqlite3_close(db);
+  store.reset();
+  DatabaseFacts facts;
+  Status s = sqlite_check_file(path, true, facts);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(facts.versions, kOld + 4);
+}
+
 // A migration that fails half-way leaves the database exactly as it was: one transaction.
 TEST(SqliteStore, AFailedMigrationChangesNothing) {
   TempDir dir;
