@@ -300,7 +300,8 @@ constexpr long long kMaxDocBytes =
 // version has no row in test_versions of its clinic and status; from schema 5 on, where the
 // tests row holds version 1 (created_by set), a test with any row in test_versions or whose seq
 // is taken there (its version 1's change_seq), whose rowid is not its seq (kAllVersionsSql), or
-// whose seq is not above counters.last_seq_before_v5 (the feed would not read it).
+// whose seq is not above counters.last_seq_before_v5 (the feed would not read it). And a test
+// that lacks one of its versions 1 to the current one (its history and the feed would).
 std::string rows_check_sql(int schema_version) {
   const bool versions = schema_version >= 4;
   // keys a document has
@@ -352,6 +353,13 @@ std::string rows_check_sql(int schema_version) {
         current_version_missing + " END";
   } else if (versions) {
     sql += " OR " + current_version_missing;
+  }
+  if (versions) {
+    // Every version from 1 to the current one, each once (UNIQUE (test_id, version);
+    // versions_check_sql refuses one newer than its test's).
+    sql += " OR (SELECT count(*) FROM test_versions v WHERE v.test_id = tests.test_id)";
+    if (schema_version >= 5) sql += " + (version = 1 AND created_by IS NOT NULL)";
+    sql += " != version";
   }
   return sql + " LIMIT 1";
 }

@@ -328,6 +328,21 @@ TEST(Restore, RefusesRowsWhoseDocumentDisagreesWithTheColumnsOrTooLarge) {
        "UPDATE tests SET doc = json_set(doc, '$.updated_at', '1999') WHERE test_id = 't3'"},
       {"current version without its row",
        "UPDATE tests SET version = 2, doc = json_set(doc, '$.version', 2) WHERE test_id = 't3'"},
+      {"version 1 missing under a later one",
+       "UPDATE tests SET version = 2, doc = json_set(doc, '$.version', 2) WHERE test_id = 't3';"
+       " INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
+       " changed_by, reason, doc) SELECT 99, test_id, 2, clinic_id, status, updated_at, 'k', 'r',"
+       " doc FROM tests WHERE test_id = 't3'"},
+      {"version 1 in its row under another rowid",
+       "UPDATE tests SET rowid = 99 WHERE test_id = 't3'"},
+      {"created_by too long",
+       "UPDATE tests SET created_by = printf('%.*c', 129, 'k') WHERE test_id = 't3'"},
+      {"version 1 in its row among the tests from schema 4",
+       "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
+       " changed_by, reason, doc) SELECT seq, test_id, 1, clinic_id, status, created_at,"
+       " created_by, NULL, doc FROM tests WHERE seq < 4;"
+       " UPDATE tests SET created_by = NULL WHERE seq < 4;"
+       " INSERT OR REPLACE INTO counters (name, value) VALUES ('last_seq_before_v5', 4)"},
       {"version 1 in its row and in test_versions",
        "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
        " changed_by, reason, doc) SELECT 99, test_id, 1, clinic_id, status, created_at,"
