@@ -65,11 +65,12 @@ const char kInsertVersionSql[] =
     " changed_by, reason, doc) SELECT m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM " TDAPI_NEXT_CHANGE;
 #undef TDAPI_NEXT_CHANGE
 // Before a test's first correction: its version 1 moves from its row into test_versions, under
-// the change_seq it has had since its create (its seq, which is its rowid). A no-op for a test
+// the change_seq it has had since its create (its seq: the feed's position of it, also where
+// something outside renumbered the rowid, as a reload from `.dump` does). A no-op for a test
 // already corrected, or migrated from schema 4 (created_by NULL: version 1 is there already).
 const char kMoveFirstVersionSql[] =
     "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
-    " changed_by, reason, doc) SELECT rowid, test_id, 1, clinic_id, status, created_at,"
+    " changed_by, reason, doc) SELECT seq, test_id, 1, clinic_id, status, created_at,"
     " created_by, NULL, doc FROM tests WHERE test_id = ?1 AND version = 1 AND created_by IS NOT"
     " NULL";
 // Run with kBumpSeqSql: remembers the highest change_seq committed.

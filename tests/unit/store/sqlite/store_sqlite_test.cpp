@@ -235,6 +235,48 @@ TEST(SqliteStore, ACreateKeepsVersion1InItsRowUntilItsFirstCorrection) {
   EXPECT_EQ(sql_on(path, "SELECT count(*) FROM test_versions"), "3");
 }
 
+// The first correction moves version 1 under its seq, the position the feed gave it, also where
+// the rowids were renumbered outside the service (a reload from `.dump`): it was moved under its
+// rowid, so the create changed its place in the feed, or the correction failed on a change_seq
+// already taken.
+TEST(SqliteStore, TheFirstCorrectionKeepsVersion1AtItsSeqWhenTheRowidDiffers) {
+  TempDir dir;
+  const std::string path = dir.file("t.db");
+  {
+    auto store = open_store(path);
+    for (const char* id : {"a", "b", "c"}) ASSERT_TRUE(store->insert(make_record(id)).status.ok());
+  }
+  // a's rowid becomes 2 (b's seq), b's and c's move out of the way.
+  sql_on(path,
+         "UPDATE tests SET rowid = rowid + 10 WHERE test_id IN ('b', 'c');"
+         " UPDATE tests SET rowid = 2 WHERE test_id = 'a'");
+  ASSERT_EQ(sql_on(path, "SELECT rowid || ':' || seq FROM tests WHERE test_id = 'a'"), "2:1");
+  auto store = open_store(path);
+  TestCorrection c;
+  c.record = make_record("a");
+  c.record.status = TestStatus::kCorrected;
+  c.reason = "r";
+  c.expected_version = 1;
+  c.changed_by = "k1";
+  ASSERT_TRUE(store->correct(c, nullptr).status.ok());
+  c.record = make_record("b");
+  CorrectionOutcome o = store->correct(c, nullptr);
+  ASSERT_TRUE(o.status.ok()) << o.status.message();
+  std::vector<std::string> feed;
+  ChangeQuery q;
+  q.clinic_id = "c1";
+  ASSERT_TRUE(store
+                  ->list_changes(q,
+                                 [&](const TestVersion& v) {
+                                   feed.push_back(v.record.test_id + "@" +
+                                                  std::to_string(v.version) + ":" +
+                                                  std::to_string(v.change_seq));
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(feed, (std::vector<std::string>{"a@1:1", "b@1:2", "c@1:3", "a@2:14", "b@2:15"}));
+}
+
 // The app killed (SIGKILL) while it corrects: every correction acknowledged before is there
 // after the restart, and no test is torn (its row's version, document and status are those of
 // its newest test_versions row).
