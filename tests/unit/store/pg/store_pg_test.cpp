@@ -813,5 +813,92 @@ TEST_F(PgStoreTest, MigrateCopiesAnSqliteDatabaseOfTheSchemaBeforeVersions) {
             tests);
 }
 
+// A database upgraded from schema 4 (tests/fixtures) and written since: the migrated tests keep
+// their version 1 in test_versions, the new ones in their tests row until a first correction
+// moves it. migrate copies every version at its position: the copy verifies, and the copy's feed
+// and history read as the source's.
+TEST_F(PgStoreTest, MigrateCopiesAnUpgradedSqliteDatabaseWithEveryVersionAtItsPosition) {
+  TempDir dir;
+  const std::string path = dir.file("v4.db");
+  {
+    std::ifstream in(std::string(TDAPI_SOURCE_DIR) + "/tests/fixtures/schema-v4.db",
+                     std::ios::binary);
+    ASSERT_TRUE(in.good());
+    std::ofstream out(path, std::ios::binary);
+    out << in.rdbuf();
+  }
+  auto feed_of = [](Store& store) {
+    std::vector<std::string> out;
+    ChangeQuery q;
+    q.clinic_id = "c1";
+    q.limit = 3;  // pages ending at each kind of row
+    for (;;) {
+      size_t got = 0;
+      EXPECT_TRUE(store
+                      .list_changes(q,
+                                    [&](const TestVersion& v) {
+                                      out.push_back(v.record.test_id + "@" +
+                                                    std::to_string(v.version) + ":" +
+                                                    std::to_string(v.change_seq) + ":" +
+                                                    v.changed_by + ":" + v.doc);
+                                      q.after_change_seq = v.change_seq;
+                                      ++got;
+                                      return true;
+                                    })
+                      .ok());
+      if (got == 0) return out;
+    }
+  };
+  std::vector<std::string> source_feed;
+  {
+    SqliteOptions so;
+    so.path = path;
+    std::unique_ptr<SqliteStore> source;
+    ASSERT_TRUE(SqliteStore::open(so, source).ok());
+    ASSERT_TRUE(source->insert(make_record("n1")).status.ok());
+    ASSERT_TRUE(source->insert(make_record("n2")).status.ok());
+    TestCorrection old_fix{TestRecord{"v-c1-0", "p0", "c1", "glucose", "5.1"}, "old one", 1, "k"};
+    old_fix.record.status = TestStatus::kAmended;
+    StoredDocument d;
+    ASSERT_TRUE(source->get_test("v-c1-0", d).ok());
+    old_fix.record.test_type = field_of(d.json, "test_type");
+    CorrectionOutcome o = source->correct(old_fix, nullptr);
+    ASSERT_TRUE(o.status.ok()) << o.status.message();
+    ASSERT_EQ(o.refusal, CorrectionRefusal::kNone);
+    TestCorrection new_fix{make_record("n1"), "new one", 1, "k2"};
+    new_fix.record.status = TestStatus::kCorrected;
+    new_fix.record.result = "corrected";
+    ASSERT_EQ(source->correct(new_fix, nullptr).refusal, CorrectionRefusal::kNone);
+    ASSERT_TRUE(source->insert(make_record("n3")).status.ok());
+    source_feed = feed_of(*source);
+  }
+  ASSERT_EQ(source_feed.size(), 11u);  // 5 migrated creates and a correction; 3 creates, 2 fixes
+  std::vector<std::string> args{"testdata-api", "migrate", "--from",  path,
+                                "--to",         url(),     "--batch", "2"};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  testing::internal::CaptureStdout();
+  int rc = run_migrate_command(static_cast<int>(argv.size()), argv.data());
+  std::string out = testing::internal::GetCapturedStdout();
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("\"status\":\"verified\""), std::string::npos) << out;
+  EXPECT_NE(out.find("\"versions\":18,"), std::string::npos) << out;  // 13 from schema 4, 5 new
+  auto target = open();
+  EXPECT_EQ(feed_of(*target), source_feed);
+  std::string clinic;
+  std::vector<std::string> history;
+  ASSERT_TRUE(target
+                  ->list_history(HistoryQuery{"n1", 0, -1}, clinic,
+                                 [&](const TestVersion& v) {
+                                   history.push_back(std::to_string(v.version) + ":" +
+                                                     std::to_string(v.change_seq) + ":" +
+                                                     v.changed_by + ":" + v.record.result);
+                                   return true;
+                                 })
+                  .ok());
+  EXPECT_EQ(history, (std::vector<std::string>{"2:17:k2:corrected",
+                                               "1:14:anonymous:" + make_record("n1").result}));
+}
+
 }  // namespace
 }  // namespace tdapi
