@@ -251,28 +251,37 @@ def seed_direct(db, clinic, n, batch=50000):
     """Bulk rows written straight into SQLite, in the app's row format (the app is running; WAL
     lets both work): each test as created, version 1 (final) held in its `tests` row (test_id,
     seq, five fields, created_at, doc, status, version, updated_at, created_by "bench"), its seq
-    taken from the numbering that seq and change_seq share."""
+    taken from the numbering that seq and change_seq share. A database of a build before
+    versions (no created_by column: BENCH_BEFORE) gets the same tests in its own row format (the
+    five fields and created_at, no version fields)."""
     conn = sqlite3.connect(db, timeout=30)
     now = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    versions = "created_by" in {r[1] for r in conn.execute("PRAGMA table_info(tests)")}
     base = conn.execute("SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"
-                        " coalesce((SELECT max(change_seq) FROM test_versions), 0),"
+                        " coalesce((SELECT max(seq) FROM tests), 0),"
+                        + (" coalesce((SELECT max(change_seq) FROM test_versions), 0)," if versions else "") +
                         " (SELECT coalesce(max(value), 0) FROM counters))").fetchone()[0]
 
     def row(i):
         rec = {"test_id": f"{clinic}-{i}", "patient_id": f"patient-{i}", "clinic_id": clinic,
-               "test_type": "blood", "result": f"result value {i}", "created_at": now,
-               "status": "final", "version": 1, "updated_at": now}
+               "test_type": "blood", "result": f"result value {i}", "created_at": now}
+        if versions:
+            rec.update({"status": "final", "version": 1, "updated_at": now})
         text = json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
         seq = base + 1 + i
-        return (seq, seq, rec["test_id"], rec["patient_id"], clinic, "blood", rec["result"], now,
-                text, "final", 1, now, "bench")
+        out = (seq, seq, rec["test_id"], rec["patient_id"], clinic, "blood", rec["result"], now, text)
+        return out + ("final", 1, now, "bench") if versions else out
 
+    columns = ("rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc" +
+               (", status, version, updated_at, created_by" if versions else ""))
+    marks = ",".join("?" * (13 if versions else 9))
     for start in range(0, n, batch):
         with conn:
-            conn.executemany("INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type,"
-                             " result, created_at, doc, status, version, updated_at, created_by)"
-                             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            conn.executemany(f"INSERT INTO tests ({columns}) VALUES ({marks})",
                              (row(i) for i in range(start, min(n, start + batch))))
+    if not versions:  # that build numbers its creates from counters.last_seq (where it has one)
+        with conn:
+            conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = 'last_seq'", (base + n,))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # start the runs from a database at rest
     conn.close()
 
@@ -517,6 +526,8 @@ def main():
                 seed_over_http(b_def)
                 before = (BEFORE, before_commit, {k: f"http://127.0.0.1:{s.port}" for k, s in
                                                   (("off", b_off), ("default", b_def), ("auth", b_sec))}, b_token)
+                before_db = os.path.join(b_off.data_dir, "testdata.db")
+                before_pids = {f"http://127.0.0.1:{s.port}": s.pid_of("app") for s in (b_off, b_def, b_sec)}
                 log(f"before ({BEFORE}, {before_commit[:12]}) on :{b_off.port}, :{b_def.port}, :{b_sec.port}")
             except (RuntimeError, OSError, AssertionError, subprocess.SubprocessError) as e:
                 before_why = f"{BEFORE}'s build did not start or seed: {str(e)[-500:]}"
@@ -542,6 +553,8 @@ def main():
         listing_1000 = len(server.request("GET", "/tests?clinic_id=bench-1000").body)
         log(f"seeding {BIG} rows for the big clinic...")
         seed_direct(db, "bench-1m", BIG)
+        if before:  # the same clinic in the before build's database: both run on one size
+            seed_direct(before_db, "bench-1m", BIG)
 
         null_sock = os.path.join(data_dir, "run", "null.sock")
         # The before build's 1,000-test listing has other bytes (no status, version, updated_at):
@@ -663,6 +676,7 @@ def main():
                     if url.startswith(base + "/"):
                         twins[name] = (before[2][mode] + url[len(base):], before[3] if mode == "auth" else None)
         results_b = {name: [] for name in twins}
+        cpu_b = {name: [] for name in twins}  # the before build's app CPU µs per request
         app_pids = {app: server.pid_of("app"), sec: secure.pid_of("app"), dflt: default.pid_of("app")}
         cpu = {c[0]: [] for c in cases}  # app CPU µs per request (user, sys), per round
         rss = {c[0]: 0 for c in cases}  # app VmRSS after the case, kB (largest of the rounds)
@@ -687,7 +701,11 @@ def main():
                     if which == "before":
                         b_url, b_token = twins[name]
                         args = ((f"r{rnd}c{conns}",) + ((b_token,) if b_token else ())) if script else ()
+                        b_pid = next((p for u, p in before_pids.items() if b_url.startswith(u + "/")), None)
+                        b_ticks = cpu_ticks(b_pid) if b_pid else None
                         r = wrk(b_url, conns, script, args=args, token=b_token)
+                        if b_pid:
+                            cpu_b[name].append(cpu_us_per_request(b_ticks, cpu_ticks(b_pid), r["total"]))
                         results_b[name].append(r)
                         log(f"round {rnd + 1}/{ROUNDS} before: {name}: {r['rps']:.0f} req/s p99 {r['p99']:.2f} ms non-2xx {r['non2xx']}")
                         continue
@@ -783,7 +801,8 @@ def main():
                          f"where the app sends its batches through one writer connection under an "
                          f"advisory lock (the lock that lets several app nodes write).")
         lines.append("")
-        b_head = (" before req/s | before p50 ms | before p99 ms | after/before |", "---:|---:|---:|---:|") if before else ("", "")
+        b_head = ((" before req/s | before p50 ms | before p99 ms | before app CPU µs/req | after/before |",
+                   "---:|---:|---:|---:|---:|") if before else ("", ""))
         lines.append("| case | req/s | p50 ms | p99 ms | non-2xx | ratio to ceiling | app CPU µs/req user+sys | app RSS MB |" + b_head[0])
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|" + b_head[1])
         for name, _, _, _, ceiling, *_ in cases:
@@ -800,11 +819,13 @@ def main():
             if before and name in med_b:
                 b = med_b[name]
                 errs = f" ({b['non2xx']} non-2xx)" if b["non2xx"] else ""
+                b_cpu = (f"{statistics.median(x[0] for x in cpu_b[name]):.0f} + "
+                         f"{statistics.median(x[1] for x in cpu_b[name]):.0f}" if cpu_b.get(name) else "—")
                 b_text = (f" {b['rps']:,.0f}{errs} | "
-                          f"{b['p50']:.2f} | {b['p99']:.2f} | "
+                          f"{b['p50']:.2f} | {b['p99']:.2f} | {b_cpu} | "
                           f"{m['rps'] / b['rps'] if b['rps'] else float('nan'):.2f} |")
             elif before:
-                b_text = " — | — | — | — |"
+                b_text = " — | — | — | — | — |"
             lines.append(f"| {name} | {m['rps']:,.0f} | {m['p50']:.{digits}f} | {m['p99']:.{digits}f} | "
                          f"{m['non2xx']} of {m['total']:,} | {ratio} | {cpu_text} | {rss_text} |{b_text}")
         if before:
