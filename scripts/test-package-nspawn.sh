@@ -5,6 +5,9 @@
 # package in it with `apt-get install ./….deb` as an operator would, and checks, each on its own:
 #   port_taken      port 5000 held by another program during the install: the install says so
 #   journal         the app's JSON lines in `journalctl -u testdata-api`
+#   readme_install  README's "Install the package" block as written: the file `make deb` makes is
+#                   the one its apt-get line installs; that line, `keys create`, `systemctl
+#                   status` and the curl with the key run in the container and do what it says
 #   bad_setting     THREADS=lots in the env file: `systemctl restart` fails, the reason (THREADS)
 #                   is in `systemctl status`, no restart loop; fixed, it starts again
 #   readiness       right after `systemctl restart` returns, nginx answers 200, never 502
@@ -187,6 +190,34 @@ check_journal() {
     bad "the app's info lines are not at journal priority info"
 }
 
+# README's "Install the package" block, run as written (comments stripped) in /root, where the
+# package sits at ./dist/ as `make deb` leaves it.
+check_readme_install() {
+  local block out token
+  local -a lines
+  block=$(awk '/^## Install the package/{f=1} f&&/^```sh/{b=1;next} b&&/^```/{exit} b' "$here/README.md")
+  mapfile -t lines < <(printf '%s\n' "$block" | sed -E 's/[[:space:]]+#.*$//')
+  [ "${#lines[@]}" = 5 ] || bad "README's install block has ${#lines[@]} commands (this check knows 5)" || return 1
+  [ "${lines[0]}" = "make deb" ] || bad "README's install block does not start with make deb: ${lines[0]}" || return 1
+  printf '%s\n' "$block" | head -n 1 | grep -qF "dist/$debname" ||
+    bad "README says make deb makes another file than dist/$debname" || return 1
+  [ "${lines[1]}" = "apt-get install ./dist/$debname" ] ||
+    bad "README's install line is not apt-get install ./dist/$debname: ${lines[1]}" || return 1
+  ct sh -c "mkdir -p /root/dist && cp /root/$debname /root/dist/"
+  ct 300 sh -c "cd /root && ${lines[1]}" >"$work/readme-install.log" 2>&1 ||
+    { tail -n 20 "$work/readme-install.log" >&2; bad "README's '${lines[1]}' failed"; return 1; }
+  out=$(ct sh -c "cd /root && ${lines[2]}" 2>&1) || { bad "README's '${lines[2]}' failed: $out"; return 1; }
+  token=$(printf '%s' "$out" | python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])') ||
+    { bad "README's keys create printed no token: $out"; return 1; }
+  out=$(ct sh -c "${lines[3]} --no-pager" 2>&1)
+  printf '%s\n' "$out" | grep -q 'Active: active (running)' ||
+    { printf '%s\n' "$out" | head -n 5 >&2; bad "README's '${lines[3]}' does not say active (running)"; return 1; }
+  case ${lines[4]} in *'$TOKEN'*) ;; *) bad "README's curl line does not use \$TOKEN: ${lines[4]}"; return 1 ;; esac
+  out=$(ct 30 sh -c "TOKEN=$token; ${lines[4]}") || { bad "README's curl failed: $out"; return 1; }
+  printf '%s' "$out" | python3 -c 'import json, sys; d = json.load(sys.stdin); sys.exit(d.get("status") != "success" or not isinstance(d.get("tests"), list))' ||
+    bad "README's curl with the new key did not answer a listing: $out"
+}
+
 check_bad_setting() {
   local rc
   ct cp "$env_file" /root/env.good
@@ -338,6 +369,7 @@ check_nodes() {
 check port_taken
 if installed; then
   check journal
+  check readme_install
   check bad_setting
   check readiness
   check backup
