@@ -13,6 +13,7 @@
 #include "base/json.h"
 #include "metrics/metrics.h"
 #include "security/cursor.h"
+#include "store/read_after.h"
 
 namespace tdapi {
 
@@ -199,6 +200,28 @@ AuditEntry audit_entry(const Request& req, const char* action, std::string clini
   return a;
 }
 
+namespace {
+
+// A write's answer carries where its commit is (X-Commit-Position), when the store has read
+// replicas: a read that sends it back sees the write (store/read_after.h).
+void add_commit_position(Response& r, const Store& store) {
+  const uint64_t position = store.commit_position();
+  if (position != 0) r.headers.emplace_back("X-Commit-Position", format_commit_position(position));
+}
+
+// The X-Commit-Position a read sent (0: none), or the 400 for one that is not a position.
+std::optional<Response> read_commit_position(const Request& req, uint64_t& position) {
+  position = 0;
+  if (req.commit_position.empty() || parse_commit_position(req.commit_position, position)) {
+    return std::nullopt;
+  }
+  return error_response(400,
+                        "X-Commit-Position must be the value a write's answer carried, such as "
+                        "16/B374D848");
+}
+
+}  // namespace
+
 Response handle_create_test(const Request& req, Store& store) {
   Response error;
   if (!check_json_body(req, kMaxBodyBytes, error)) return error;
@@ -221,6 +244,7 @@ Response handle_create_test(const Request& req, Store& store) {
   Response r;
   r.status = 201;
   r.headers.emplace_back("Location", "/tests/" + percent_encode(v.record.test_id));
+  add_commit_position(r, store);
   JsonWriter j(r.body);
   j.begin_object();
   j.field("status", "success");
@@ -294,6 +318,7 @@ Response handle_create_batch(const Request& req, Store& store) {
   if (!w.status.ok()) return rolled_back(w.status, std::move(log));
   Response r;
   r.status = 201;
+  add_commit_position(r, store);
   JsonWriter j(r.body);
   j.begin_object();
   j.field("status", "success");
@@ -353,6 +378,10 @@ std::optional<std::string>* text_slot(ListRequest& in, std::string_view name) {
 // clinic's tests streamed oldest first, paged when limit or cursor is given.
 Response list_tests_response(const Request& req, const char* action, ListRequest in, Store& store) {
   ListQuery q;
+  uint64_t read_after = 0;
+  if (std::optional<Response> refused = read_commit_position(req, read_after)) {
+    return std::move(*refused);
+  }
   if (!in.clinic_id) return error_response(400, "clinic_id is required");
   struct {
     const char* name;
@@ -426,7 +455,9 @@ Response list_tests_response(const Request& req, const char* action, ListRequest
 
   Response r;
   r.log.clinic_id = q.clinic_id;
-  r.stream = [&store, q = std::move(q), page, paged](BodyWriter& out, LogFields& log) -> Status {
+  r.stream = [&store, q = std::move(q), page, paged, read_after](BodyWriter& out,
+                                                                 LogFields& log) -> Status {
+    ReplicaReadScope replicas(read_after);  // the pages may come from a read replica
     // Holds up to one of the store's pages (about 256 KB) before it is sent: kept per thread
     // across listings, as growing a fresh one to a page's size each time cost more than the
     // page's query (callgrind: +11% instructions for a 1,000-test listing).
@@ -609,10 +640,18 @@ Response handle_get_test(const Request& req, Store& store) {
   // an unknown id, before it is looked up, recorded or logged (it might be 7 KB long, or carry
   // characters that forge lines or reorder text).
   if (!check_test_id(req.path_param).empty()) return error_response(404, "test not found");
+  uint64_t read_after = 0;
+  if (std::optional<Response> refused = read_commit_position(req, read_after)) {
+    return std::move(*refused);
+  }
   // Access follows the row's clinic_id column, as listings do, not the clinic its document says:
   // the two disagree only in a row edited behind the service's back.
   StoredDocument doc;
-  Status s = store.get_test(req.path_param, doc);
+  Status s;
+  {
+    ReplicaReadScope replicas(read_after);  // may come from a read replica
+    s = store.get_test(req.path_param, doc);
+  }
   if (!s.ok() && s.code() != StatusCode::kNotFound) return storage_error_response(s);
   if (!s.ok()) doc.clinic_id.clear();
   // A test of a clinic the key may not read is answered exactly as an unknown id.
@@ -920,6 +959,7 @@ Response handle_correct_test(const Request& req, Store& store) {
   }
   global_metrics().record_correction(out.current.record.status);
   r.headers.emplace_back("ETag", etag_of(out.current.version));
+  add_commit_position(r, store);
   r.body.reserve(out.current.doc.size() + 32);
   r.body = "{\"status\":\"success\",\"test\":";
   append_json_text(r.body, out.current.doc);

@@ -31,6 +31,14 @@ const std::vector<Setting> kSettings = {
    "in PostgreSQL instead of SQLite. Shown in logs with any password as ***. Keep a password "
    "out of it: libpq reads PGPASSFILE (unset: ~/.pgpass of the service user, mode 0600) or "
    "PGPASSWORD from the environment, which may be set in this file too."},
+  {"DATABASE_READ_URL", K::kText, 0, 0, "", "none: every read from DATABASE_URL", P::kEnvFile,
+   "", "", "Storage",
+   "A libpq connection string naming PostgreSQL read replicas (standbys of DATABASE_URL's "
+   "server; several hosts in one string, e.g. postgresql://user@replica1,replica2/db): single "
+   "reads and listings go there, writes, the audit trail, history and the change feed stay on "
+   "DATABASE_URL. A write's answer carries X-Commit-Position; a read that sends it back sees "
+   "that write (it waits up to 1 s for a replica to replay it, else reads from DATABASE_URL). "
+   "Needs DATABASE_URL."},
   {"MAX_DB_PAGES", K::kInteger, 1, 4294967294LL, "", "none", P::kEnvFile, "", "", "Storage",
    "Cap on the SQLite database size, in 4 KiB pages; beyond it writes answer 507. Empty: no "
    "cap. Not with DATABASE_URL."},
@@ -503,6 +511,11 @@ bool validate_environment(const Environment& env, std::vector<std::string>& prob
   }
   // The combinations the app or make run refuses.
   const std::string url = value_of(env, "DATABASE_URL");
+  if (url.empty() && !value_of(env, "DATABASE_READ_URL").empty()) {
+    problems.push_back(
+        "DATABASE_READ_URL names read replicas of DATABASE_URL's server: set "
+        "DATABASE_URL too");
+  }
   if (!url.empty() && !value_of(env, "MAX_DB_PAGES").empty()) {
     problems.push_back("MAX_DB_PAGES caps an SQLite file; with DATABASE_URL leave it empty");
   }
@@ -566,6 +579,7 @@ bool options_from_environment(const Environment& env, unsigned cores, bool as_ro
   }
   out.socket_mode = value_of(env, "SOCKET_MODE") == "0660" ? 0660 : 0600;
   out.database_url = value_of(env, "DATABASE_URL");
+  out.database_read_url = value_of(env, "DATABASE_READ_URL");
   if (out.database_url.empty()) {
     out.db_path = value_of(env, "DB_PATH");
     if (out.db_path.empty()) out.db_path = data_dir + "/testdata.db";

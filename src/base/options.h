@@ -30,6 +30,7 @@ struct AppOptions {
   std::string socket_path;
   int socket_mode = 0600;    // --socket-mode: 0600, or 0660 for a web server in the group
   std::string db_path;       // --db: the SQLite database file
+  std::string database_read_url;  // DATABASE_READ_URL: PostgreSQL read replicas (empty: none)
   std::string database_url;  // --database-url: PostgreSQL (libpq URI or keywords) instead
   int threads = 0;
   int busy_timeout_ms = 5000;

@@ -40,6 +40,9 @@ struct Request {
   std::string remote_addr;    // the client's address as nginx saw it ($remote_addr)
   std::string if_match;       // the If-Match header, as sent (empty: none)
   std::string if_none_match;  // the If-None-Match header, as sent (empty: none)
+  // X-Commit-Position as sent (empty: none): a read that must see the write that answered it
+  // (store/read_after.h).
+  std::string commit_position;
   // Set by the router: who is asking (unrestricted `anonymous` with auth off), and whether
   // accesses to patient data are recorded in the audit trail, and whether a read's entry is on
   // disk before the answer (else committed without waiting for the disk: AUDIT_READS).

@@ -56,6 +56,7 @@ struct RequestParams {
   const char* remote_addr = "";
   const char* if_match = "";
   const char* if_none_match = "";
+  const char* commit_position = "";
 };
 
 RequestParams read_params(char** envp) {
@@ -75,6 +76,7 @@ RequestParams read_params(char** envp) {
       {"REMOTE_ADDR", &RequestParams::remote_addr},
       {"HTTP_IF_MATCH", &RequestParams::if_match},
       {"HTTP_IF_NONE_MATCH", &RequestParams::if_none_match},
+      {"HTTP_X_COMMIT_POSITION", &RequestParams::commit_position},
   };
   unsigned found = 0;
   for (char** e = envp; e != nullptr && *e != nullptr; ++e) {
@@ -110,6 +112,7 @@ Request read_request(FCGX_Request& fcgi) {
   req.remote_addr = params.remote_addr;
   req.if_match = params.if_match;
   req.if_none_match = params.if_none_match;
+  req.commit_position = params.commit_position;
 
   const char* length_text = params.content_length;
   char* end = nullptr;

@@ -255,6 +255,7 @@ int main(int argc, char** argv) {
   settings.threads = opt.threads;
   settings.busy_timeout_ms = opt.busy_timeout_ms;
   settings.max_db_pages = opt.max_db_pages;
+  settings.read_url = opt.database_read_url;
   settings.observer = &tdapi::global_metrics();
   std::unique_ptr<tdapi::Store> store;
   const long long watchdog_ms = tdapi::systemd_watchdog_ms();

@@ -32,6 +32,7 @@ PgOptions pg_options(const std::string& url, StoreRole role, const StoreSettings
       // a listing holds one only while a page is read, so a quarter of the workers is plenty.
       o.max_readers = static_cast<size_t>(std::max(4, s.threads / 4));
       o.open_readers_at_start = true;
+      o.read_url = s.read_url;
       break;
     case StoreRole::kAdmin:
     case StoreRole::kMigrationSource:
@@ -73,7 +74,8 @@ std::string describe_store(const std::string& target, StoreRole role,
     const PgOptions o = pg_options(target, role, settings);
     return "postgresql=" + redact_url(o.url) +
            " synchronous_commit=on lock_timeout_ms=" + std::to_string(o.lock_timeout_ms) +
-           " max_connections=" + std::to_string(o.max_readers + 2);
+           " max_connections=" + std::to_string(o.max_readers + 2) +
+           (o.read_url.empty() ? "" : " read_replicas=" + redact_url(o.read_url));
   }
   const SqliteOptions o = sqlite_options(target, role, settings);
   return "db=" + o.path + " synchronous=" + o.synchronous +

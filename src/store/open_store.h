@@ -23,6 +23,7 @@ struct StoreSettings {
   int busy_timeout_ms = 5000;         // SQLite busy_timeout, PostgreSQL lock_timeout
   long long max_db_pages = 0;         // SQLite: > 0 caps the database size
   WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
+  std::string read_url;               // kService, PostgreSQL: read replicas (DATABASE_READ_URL)
 };
 
 // Opens the store `target` names for `role`. Errors as SqliteStore::open and PgStore::open

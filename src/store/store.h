@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -270,6 +271,10 @@ class Store {
 
   // Runs a real query against the database. Ok when it answers, else the error.
   virtual Status check_health() = 0;
+
+  // Where this process's last commit is in the primary's log (store/read_after.h), for a
+  // write's answer to carry: 0 when the store has no read replicas (nothing to wait for).
+  virtual uint64_t commit_position() const { return 0; }
 
   // The import side of this store (`migrate` copies into it), or null when it has none.
   virtual class ImportTarget* import_target() { return nullptr; }

@@ -21,6 +21,7 @@
 #include "base/utf8.h"
 #include "store/keys.h"
 #include "store/pg/internal.h"
+#include "store/read_after.h"
 
 namespace tdapi {
 
@@ -292,6 +293,7 @@ class PgStore::Backend : public WriteBackend {
     if (std::strcmp(PQcmdStatus(r.get()), "COMMIT") != 0) {
       return Status::Internal("COMMIT: the transaction was rolled back");
     }
+    store_.note_commit_position(c);
     return Status::Ok();
   }
   void abort() override {
@@ -326,9 +328,11 @@ class PgStore::Backend : public WriteBackend {
 };
 
 PgStore::PgStore(PgOptions options)
-    : options_(std::move(options)), readers_(options_.max_readers) {}
+    : options_(std::move(options)),
+      readers_(options_.max_readers),
+      replica_readers_(options_.max_readers) {}
 
-Status PgStore::connect(std::unique_ptr<Connection>& out) const {
+Status PgStore::connect(std::unique_ptr<Connection>& out, const std::string& url) const {
   // Our defaults first: what the URL says wins (only the first dbname is expanded, and later
   // values override earlier ones).
   const std::string timeout = std::to_string(options_.connect_timeout_s);
@@ -341,20 +345,14 @@ Status PgStore::connect(std::unique_ptr<Connection>& out) const {
                         "tcp_user_timeout",
                         "dbname",
                         nullptr};
-  const char* values[] = {timeout.c_str(),
-                          options_.application_name.c_str(),
-                          "1",
-                          "10",
-                          "5",
-                          "3",
-                          "30000",
-                          options_.url.c_str(),
-                          nullptr};
+  const char* values[] = {
+      timeout.c_str(), options_.application_name.c_str(), "1", "10", "5", "3", "30000", url.c_str(),
+      nullptr};
   auto conn = std::make_unique<Connection>();
   conn->conn = PQconnectdbParams(keys, values, 1);
   if (!conn->healthy()) {
-    return Status::Unavailable("cannot connect to PostgreSQL at " + redact_url(options_.url) +
-                               ": " + first_line(conn->conn ? PQerrorMessage(conn->conn) : ""));
+    return Status::Unavailable("cannot connect to PostgreSQL at " + redact_url(url) + ": " +
+                               first_line(conn->conn ? PQerrorMessage(conn->conn) : ""));
   }
   const std::string setup =
       "SET synchronous_commit = on; SET client_encoding = 'UTF8';"
@@ -376,6 +374,14 @@ Status PgStore::open(const PgOptions& options, std::unique_ptr<PgStore>& out) {
     return Status::Internal("DATABASE_URL is not a connection string libpq can parse");
   }
   PQconninfoFree(parsed);
+  if (!options.read_url.empty()) {
+    parsed = PQconninfoParse(options.read_url.c_str(), &parse_error);
+    if (parsed == nullptr) {
+      PQfreemem(parse_error);
+      return Status::Internal("DATABASE_READ_URL is not a connection string libpq can parse");
+    }
+    PQconninfoFree(parsed);
+  }
   std::unique_ptr<PgStore> store(new PgStore(options));
   Status s = store->connect(store->writer_);
   if (!s.ok()) return s;
@@ -403,6 +409,7 @@ PgStore::~PgStore() {
   const bool was_open = engine_ != nullptr;
   engine_.reset();  // answers what is queued, then stops the writer thread
   readers_.drop_idle();
+  replica_readers_.drop_idle();
   writer_.reset();
   health_conn_.reset();
   if (!options_.admin_tool && was_open) {
@@ -429,10 +436,20 @@ void PgStore::note_failure(const Status& s) {
 // -- readers ---------------------------------------------------------------------------------
 
 std::unique_ptr<PgStore::Connection> PgStore::acquire_reader(Status& status) {
+  return acquire_reader(readers_, options_.url, status);
+}
+
+void PgStore::release_reader(std::unique_ptr<Connection> conn) {
+  release_reader(readers_, std::move(conn));
+}
+
+std::unique_ptr<PgStore::Connection> PgStore::acquire_reader(FifoPool<Connection>& pool,
+                                                             const std::string& url,
+                                                             Status& status) {
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::milliseconds(options_.lock_timeout_ms);
   std::unique_ptr<Connection> conn;
-  switch (readers_.acquire(conn, deadline)) {
+  switch (pool.acquire(conn, deadline)) {
     case FifoPool<Connection>::Got::kIdle:
       return conn;
     case FifoPool<Connection>::Got::kTimeout:
@@ -442,9 +459,9 @@ std::unique_ptr<PgStore::Connection> PgStore::acquire_reader(Status& status) {
     case FifoPool<Connection>::Got::kOpenNew:
       break;
   }
-  status = connect(conn);
+  status = connect(conn, url);
   if (!status.ok()) {
-    readers_.release(nullptr, false);  // the slot, to the next waiter
+    pool.release(nullptr, false);  // the slot, to the next waiter
     return nullptr;
   }
   return conn;
@@ -484,9 +501,9 @@ void PgStore::open_readers() {
   for (auto& conn : opened) readers_.release(std::move(conn), true);
 }
 
-void PgStore::release_reader(std::unique_ptr<Connection> conn) {
+void PgStore::release_reader(FifoPool<Connection>& pool, std::unique_ptr<Connection> conn) {
   const bool keep = conn && conn->healthy() && !conn->in_transaction();
-  readers_.release(std::move(conn), keep);  // dropped: a new one is opened when needed
+  pool.release(std::move(conn), keep);  // dropped: a new one is opened when needed
 }
 
 Status PgStore::with_reader(const char* what, const std::function<Status(Connection&)>& fn,
@@ -509,6 +526,74 @@ Status PgStore::with_reader(const char* what, const std::function<Status(Connect
   (void)what;
   note_failure(status);
   return status;
+}
+
+// -- read replicas ---------------------------------------------------------------------------
+
+namespace {
+
+// How long a read waits for a replica to replay past its commit position before it goes to the
+// primary instead.
+constexpr int kReplicaWaitMs = 1000;
+
+}  // namespace
+
+void PgStore::note_commit_position(Connection& writer) {
+  if (options_.read_url.empty()) return;
+  // After COMMIT: the commit record is in the log below the current write position.
+  PgResult r = writer.exec("SELECT pg_current_wal_lsn()");
+  uint64_t position = 0;
+  if (!result_ok(r) || PQntuples(r.get()) != 1 ||
+      !parse_commit_position(value_view(r.get(), 0, 0), position)) {
+    return;  // the answer carries an older position: a read presenting it may see less
+  }
+  uint64_t seen = commit_position_.load();
+  while (seen < position && !commit_position_.compare_exchange_weak(seen, position)) {
+  }
+}
+
+Status PgStore::with_replica_reader(const char* what,
+                                    const std::function<Status(Connection&)>& fn) {
+  if (options_.read_url.empty() || !ReplicaReadScope::active()) return with_reader(what, fn);
+  const uint64_t after = ReplicaReadScope::after();
+  const std::string after_text = format_commit_position(after);
+  Status status;
+  std::unique_ptr<Connection> conn = acquire_reader(replica_readers_, options_.read_url, status);
+  bool caught_up = conn != nullptr;
+  if (conn && after != 0) {
+    // A standby answers its replay position; a server that is not in recovery (a replica
+    // promoted, or the primary named here too) has everything it committed.
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(kReplicaWaitMs);
+    int pause_ms = 1;
+    for (;;) {
+      PgResult r = conn->run("replayed",
+                             "SELECT NOT pg_is_in_recovery() OR"
+                             " pg_last_wal_replay_lsn() >= $1::pg_lsn",
+                             {after_text.c_str()});
+      caught_up = result_ok(r) && PQntuples(r.get()) == 1 && value_view(r.get(), 0, 0) == "t";
+      if (caught_up || !result_ok(r) || std::chrono::steady_clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+      pause_ms = std::min(pause_ms * 2, 20);
+    }
+  }
+  if (caught_up) {
+    status = fn(*conn);
+    const bool lost = !conn->healthy();
+    release_reader(replica_readers_, std::move(conn));
+    if (status.ok() || !lost) {
+      note_failure(status);
+      return status;
+    }
+    replica_readers_.drop_idle();  // the replica went away: this read goes to the primary
+  } else if (conn) {
+    release_reader(replica_readers_, std::move(conn));
+  } else {
+    replica_readers_.drop_idle();
+  }
+  // Not caught up in time, or no replica reachable: the primary has every commit.
+  ++replica_fallbacks_;
+  return with_reader(what, fn);
 }
 
 Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEndFn& on_page_end) {
@@ -555,7 +640,7 @@ Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEn
     params[n++] = walk_text.c_str();
     PgResult page = wrap(nullptr);
     PgResult found = wrap(nullptr);  // the range's rows after the walk (ranged only)
-    status = with_reader("list tests", [&](Connection& c) {
+    status = with_replica_reader("list tests", [&](Connection& c) {
       page = c.run(name.c_str(), sql.c_str(), params, n);
       if (!result_ok(page)) return c.error(page.get(), "list tests");
       const int walked = PQntuples(page.get());
@@ -750,7 +835,7 @@ Status PgStore::get_test(std::string_view test_id, StoredDocument& out) {
     return Status::NotFound("no such test");
   }
   const std::string id(test_id);
-  return with_reader("get test", [&](Connection& c) {
+  return with_replica_reader("get test", [&](Connection& c) {
     PgResult r =
         c.run("get", "SELECT doc, clinic_id, version FROM tests WHERE test_id = $1", {id.c_str()});
     if (!result_ok(r)) return c.error(r.get(), "get test");

@@ -23,7 +23,10 @@
 namespace tdapi {
 
 struct PgOptions {
-  std::string url;                    // libpq URI (postgresql://…) or keyword/value string
+  std::string url;  // libpq URI (postgresql://…) or keyword/value string
+  // Read replicas (DATABASE_READ_URL: standbys, one or several hosts in one libpq string):
+  // single reads and listings go there; empty: every read goes to `url`.
+  std::string read_url;
   WriteEngineOptions writes;          // group commit: most requests and records per transaction
   WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
   int lock_timeout_ms = 5000;         // bound on waiting for a lock (the write lock, a row)
@@ -85,6 +88,10 @@ class PgStore : public EngineStore, public ImportTarget {
   // (list_range_sql): a listing's cost as a deterministic count, for tests.
   long long listing_range_lookups() const { return range_lookups_.load(); }
   Status check_health() override EXCLUDES(health_mu_, size_mu_);
+  uint64_t commit_position() const override { return commit_position_.load(); }
+  // How many reads a replica could not serve in time for their commit position (they went to
+  // the primary): for tests.
+  long long replica_fallbacks() const { return replica_fallbacks_.load(); }
   const std::string& instance_secret() const override { return secret_; }
   StoreStats stats() const override EXCLUDES(size_mu_);
 
@@ -110,11 +117,15 @@ class PgStore : public EngineStore, public ImportTarget {
   class Backend;  // the writer connection's side of the engine
 
   explicit PgStore(PgOptions options);
-  Status connect(std::unique_ptr<Connection>& out) const;
+  Status connect(std::unique_ptr<Connection>& out) const { return connect(out, options_.url); }
+  Status connect(std::unique_ptr<Connection>& out, const std::string& url) const;
   Status migrate(Connection& conn);
   Status load_secret(Connection& conn);
-  std::unique_ptr<Connection> acquire_reader(Status& status);
-  void release_reader(std::unique_ptr<Connection> conn);
+  std::unique_ptr<Connection> acquire_reader(Status& status);  // of readers_
+  std::unique_ptr<Connection> acquire_reader(FifoPool<Connection>& pool, const std::string& url,
+                                             Status& status);
+  void release_reader(std::unique_ptr<Connection> conn);  // to readers_
+  void release_reader(FifoPool<Connection>& pool, std::unique_ptr<Connection> conn);
   void note_failure(const Status& status);
   // Runs fn on a reader connection (returned to the pool when it is still healthy).
   // A read whose connection turned out to be gone is run once more on a new connection
@@ -122,6 +133,11 @@ class PgStore : public EngineStore, public ImportTarget {
   void open_readers();  // the whole reader pool, at open (service only)
   Status with_reader(const char* what, const std::function<Status(Connection&)>& fn,
                      bool retry_when_lost = true);
+  // A single read or a listing: inside a ReplicaReadScope, on a read replica when there is one
+  // and it has replayed the scope's position within kReplicaWaitMs; else as with_reader.
+  Status with_replica_reader(const char* what, const std::function<Status(Connection&)>& fn);
+  // After a COMMIT on the writer connection: remembers where it is in the log (read_url only).
+  void note_commit_position(Connection& writer);
 
   PgOptions options_;
   std::atomic<long long> range_lookups_{0};  // listing_range_lookups()
@@ -130,7 +146,10 @@ class PgStore : public EngineStore, public ImportTarget {
 
   std::unique_ptr<Backend> backend_;
 
-  FifoPool<Connection> readers_;  // at most options_.max_readers, first come first served
+  FifoPool<Connection> readers_;          // at most options_.max_readers, first come first served
+  FifoPool<Connection> replica_readers_;  // to options_.read_url, as many at most
+  std::atomic<uint64_t> commit_position_{0};
+  std::atomic<long long> replica_fallbacks_{0};
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
   // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.

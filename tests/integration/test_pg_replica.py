@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""test_pg_replica.py (PostgreSQL): reads from a streaming replica (DATABASE_READ_URL) with
+read-your-writes by the commit position a write's answer carries (X-Commit-Position).
+
+It runs its own primary (scripts/pg-test-server.sh) and a hot standby of it
+(scripts/pg-test-replica.sh, pg_basebackup -R) on unix sockets, and the service (nginx + the
+app, AUDIT on: every read's audit entry is a write on the primary) with DATABASE_URL on the
+primary and DATABASE_READ_URL on the replica."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+from harness import ROOT, Server, _pg_tool  # noqa: E402
+
+DATABASE = "replica_test"
+
+
+def psql(host, sql, database=DATABASE):
+    p = subprocess.run([_pg_tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                        "-h", host, "-U", "tdapi", "-d", database, "-c", sql],
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"psql on {host}: {sql}: {p.stderr.strip()}")
+    return p.stdout.strip()
+
+
+def record(test_id):
+    return {"test_id": test_id, "patient_id": "p-" + test_id, "clinic_id": "c1",
+            "test_type": "blood", "result": "negative"}
+
+
+class ReadReplica(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        base = tempfile.mkdtemp(prefix="tdapi-replica-", dir="/tmp")
+        os.chmod(base, 0o755)
+        cls.primary = os.path.join(base, "primary")
+        cls.replica = os.path.join(base, "replica")
+        cls.base = base
+        subprocess.run([os.path.join(ROOT, "scripts", "pg-test-server.sh"), "start", cls.primary],
+                       check=True, timeout=120)
+        psql(cls.primary, f'CREATE DATABASE "{DATABASE}"', database="postgres")
+        subprocess.run([os.path.join(ROOT, "scripts", "pg-test-replica.sh"), "start", cls.primary,
+                        cls.replica], check=True, timeout=120)
+        url = "postgresql://tdapi@/" + DATABASE + "?host="
+        cls.server = Server(DATABASE_URL=url + cls.primary, DATABASE_READ_URL=url + cls.replica,
+                            AUTH="off", AUDIT="on").start()
+        # The schema reaches the replica by replication before the first read there.
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if psql(cls.replica, "SELECT to_regclass('tests') IS NOT NULL") == "t":
+                    break
+            except RuntimeError:
+                pass
+            time.sleep(0.1)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        subprocess.run([os.path.join(ROOT, "scripts", "pg-test-replica.sh"), "stop", cls.replica],
+                       timeout=120)
+        subprocess.run([os.path.join(ROOT, "scripts", "pg-test-server.sh"), "stop", cls.primary],
+                       timeout=120)
+        os.rmdir(cls.base)
+
+    def post(self, test_id):
+        r = self.server.request("POST", "/tests", record(test_id))
+        self.assertEqual(r.status, 201, r.body)
+        position = r.headers.get("x-commit-position")
+        self.assertRegex(position or "", r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$")
+        return position
+
+    def test_reads_with_the_position_see_every_write(self):
+        # POST then GET at once, through the replica: a read that sends the position back never
+        # misses the record it follows (it waits for the replica, or goes to the primary).
+        stale = []
+        for i in range(300):
+            test_id = f"ryw-{i}"
+            position = self.post(test_id)
+            r = self.server.request("GET", "/tests/" + test_id, headers={"X-Commit-Position": position})
+            if r.status != 200:
+                stale.append((test_id, r.status))
+        self.assertEqual(stale, [])
+        # The replica served reads: its sessions of the app (application_name testdata-api).
+        self.assertGreater(int(psql(self.replica, "SELECT count(*) FROM pg_stat_activity"
+                                                  " WHERE application_name = 'testdata-api'")), 0)
+
+    def test_a_paused_replica_serves_reads_without_the_position_and_the_primary_with_it(self):
+        psql(self.replica, "SELECT pg_wal_replay_pause()")
+        try:
+            position = self.post("paused-1")
+            # Without the position: the replica's state, which has not the record (so the reads
+            # really come from the replica).
+            r = self.server.request("GET", "/tests/paused-1")
+            self.assertEqual(r.status, 404, r.body)
+            r = self.server.request("GET", "/tests?clinic_id=c1")
+            self.assertEqual(r.status, 200, r.body)
+            self.assertNotIn("paused-1", [t["test_id"] for t in json.loads(r.body)["tests"]])
+            # With it: the replica does not catch up within its wait, the primary answers.
+            t0 = time.monotonic()
+            r = self.server.request("GET", "/tests/paused-1", headers={"X-Commit-Position": position})
+            self.assertEqual(r.status, 200, r.body)
+            self.assertEqual(json.loads(r.body)["test"]["test_id"], "paused-1")
+            self.assertGreaterEqual(time.monotonic() - t0, 0.5)  # it waited for the replica first
+            r = self.server.request("POST", "/tests/search", {"clinic_id": "c1"},
+                                    headers={"X-Commit-Position": position})
+            self.assertEqual(r.status, 200, r.body)
+            self.assertIn("paused-1", [t["test_id"] for t in json.loads(r.body)["tests"]])
+        finally:
+            psql(self.replica, "SELECT pg_wal_replay_resume()")
+        # Replaying again, the replica serves the position without going to the primary.
+        r = self.server.request("GET", "/tests/paused-1", headers={"X-Commit-Position": position})
+        self.assertEqual(r.status, 200, r.body)
+
+    def test_corrections_carry_a_position_and_a_bad_one_is_refused(self):
+        self.post("corr-1")
+        r = self.server.request("PUT", "/tests/corr-1",
+                                dict(record("corr-1"), result="positive", status="corrected",
+                                     reason="re-read"),
+                                headers={"If-Match": 'W/"1"'})
+        self.assertEqual(r.status, 200, r.body)
+        position = r.headers.get("x-commit-position")
+        r = self.server.request("GET", "/tests/corr-1", headers={"X-Commit-Position": position})
+        self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(json.loads(r.body)["test"]["version"], 2)
+        for bad in ("x", "1/", "/1", "123456789/1", "1/2/3", "-1/2"):
+            r = self.server.request("GET", "/tests/corr-1", headers={"X-Commit-Position": bad})
+            self.assertEqual(r.status, 400, bad)
+            self.assertIn("X-Commit-Position", json.loads(r.body)["message"])
+
+
+if __name__ == "__main__":
+    unittest.main()
