@@ -94,12 +94,16 @@ int startup_failed(const std::string& reason, const std::string& detail) {
   return tdapi::kExitStartupFailure;
 }
 
-const char* hint_for(tdapi::StatusCode code) {
+const char* hint_for(tdapi::StatusCode code, bool postgres) {
   switch (code) {
     case tdapi::StatusCode::kCorrupt:
       return "the database file is damaged: stop here, keep a copy of it, and restore it from a "
              "backup (or move it aside to start empty); see docs/operations.md 'Failure handling'";
     case tdapi::StatusCode::kReadOnly:
+      if (postgres) {
+        return "DATABASE_URL must name the primary PostgreSQL server (it takes the writes); "
+               "standbys go in DATABASE_READ_URL";
+      }
       return "check that DATA_DIR exists and that this user can write the directory and the "
              "database file";
     case tdapi::StatusCode::kBusy:
@@ -288,7 +292,8 @@ int main(int argc, char** argv) {
     s = tdapi::open_store(target, tdapi::StoreRole::kService, settings, store);
   }
   if (!s.ok()) {
-    return startup_failed(s.name(), s.message() + ". What to do: " + hint_for(s.code()));
+    return startup_failed(
+        s.name(), s.message() + ". What to do: " + hint_for(s.code(), !opt.database_url.empty()));
   }
   tdapi::LogFields started;
   started.count = opt.threads;

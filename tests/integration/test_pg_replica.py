@@ -37,8 +37,11 @@ def record(test_id):
 
 
 class ReadReplica(unittest.TestCase):
+    """The service with DATABASE_URL on the primary and DATABASE_READ_URL on the replica (set up
+    once for the module: setUpModule)."""
+
     @classmethod
-    def setUpClass(cls):
+    def start_servers(cls):
         base = tempfile.mkdtemp(prefix="tdapi-replica-", dir="/tmp")
         os.chmod(base, 0o755)
         cls.primary = os.path.join(base, "primary")
@@ -63,7 +66,7 @@ class ReadReplica(unittest.TestCase):
             time.sleep(0.1)
 
     @classmethod
-    def tearDownClass(cls):
+    def stop_servers(cls):
         cls.server.stop()
         subprocess.run([os.path.join(ROOT, "scripts", "pg-test-replica.sh"), "stop", cls.replica],
                        timeout=120)
@@ -135,6 +138,58 @@ class ReadReplica(unittest.TestCase):
             r = self.server.request("GET", "/tests/corr-1", headers={"X-Commit-Position": bad})
             self.assertEqual(r.status, 400, bad)
             self.assertIn("X-Commit-Position", json.loads(r.body)["message"])
+
+
+class ServiceOnAStandby(unittest.TestCase):
+    """DATABASE_URL naming a standby: reads served, writes 503, /healthz green; a standby
+    without the schema is named as one at start-up."""
+
+    def test_reads_are_served_writes_refused_and_healthz_stays_green(self):
+        r = ReadReplica.server.request("POST", "/tests", record("standby-1"))
+        self.assertEqual(r.status, 201, r.body)
+        url = "postgresql://tdapi@/" + DATABASE + "?host=" + ReadReplica.replica
+        s = Server(DATABASE_URL=url, AUTH="off", AUDIT="off").start()
+        try:
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+            deadline = time.time() + 30
+            while s.request("GET", "/tests/standby-1").status != 200 and time.time() < deadline:
+                time.sleep(0.05)  # replication
+            self.assertEqual(s.request("GET", "/tests/standby-1").status, 200)
+            for i in range(3):
+                r = s.request("POST", "/tests", record(f"on-standby-{i}"))
+                self.assertEqual(r.status, 503, r.body)
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+            self.assertEqual(s.request("GET", "/tests?clinic_id=c1").status, 200)
+        finally:
+            s.stop()
+
+    def test_a_standby_without_the_schema_says_so(self):
+        psql(ReadReplica.primary, 'CREATE DATABASE "no_schema"', database="postgres")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if psql(ReadReplica.replica, "SELECT count(*) FROM pg_database WHERE datname = 'no_schema'",
+                    database="postgres") == "1":
+                break
+            time.sleep(0.05)
+        s = Server(DATABASE_URL="postgresql://tdapi@/no_schema?host=" + ReadReplica.replica,
+                   AUTH="off", AUDIT="off")
+        s.start(wait=False)
+        rc = s.proc.wait(60)
+        s.output.close()
+        self.assertEqual(rc, 78)  # a start-up failure, not restarted
+        failed = [line for line in s.json_lines("app.log") if line["event"] == "startup_failed"]
+        self.assertEqual(len(failed), 1)
+        self.assertIn("standby", failed[0]["detail"])
+        self.assertIn("DATABASE_READ_URL", failed[0]["detail"])
+        self.assertNotIn("DATA_DIR", failed[0]["detail"])
+
+
+def setUpModule():
+    ReadReplica.start_servers()
+
+
+def tearDownModule():
+    ReadReplica.stop_servers()
 
 
 if __name__ == "__main__":

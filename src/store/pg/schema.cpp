@@ -130,6 +130,17 @@ Status PgStore::migrate(Connection& c) {
                             " (it is created by the service's first start)");
   }
   if (!exists) {
+    // A standby cannot take the schema: it gets it by replication, once the service started
+    // on its primary.
+    r = c.exec("SELECT pg_is_in_recovery()");
+    if (result_ok(r) && value_view(r.get(), 0, 0) == "t") {
+      c.exec("ROLLBACK");
+      return Status::ReadOnly("no testdata-api schema in " + where +
+                              ", and the server is a standby (read-only): start the service on "
+                              "its primary once (the schema then comes here by replication), "
+                              "with DATABASE_URL naming the primary and the standby in "
+                              "DATABASE_READ_URL");
+    }
     r = c.exec(
         "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
         " description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())");

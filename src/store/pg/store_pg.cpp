@@ -848,8 +848,10 @@ Status PgStore::get_test(std::string_view test_id, StoredDocument& out) {
 }
 
 Status PgStore::check_health() {
+  // A write refused as read-only (25006: DATABASE_URL names a standby, or a primary demoted)
+  // says nothing of the reads: the live check below decides.
   Status failure = engine_->recent_failure();
-  if (!failure.ok()) return failure;
+  if (!failure.ok() && failure.code() != StatusCode::kReadOnly) return failure;
   const bool refresh_size = [&] {
     MutexLock lock(size_mu_);
     return std::chrono::steady_clock::now() - size_read_at_ >= kSizeRefresh;
