@@ -291,7 +291,9 @@ class Supervisor:
                 "-e", "stderr"]
         if self.owner.user:
             argv = caps + argv
-        self.nginx.helper = self.helper("redact", os.path.join(self.data, "logs", "nginx-error.log"))
+        err = os.path.join(self.data, "logs", "nginx-error.log")
+        self.owner.try_call(append, err, b"")  # there from the start
+        self.nginx.helper = self.helper("redact", err)
         self.nginx.proc = self.spawn(argv, as_owner=True, stderr=self.nginx.helper.stdin)
         self.nginx.helper.stdin.close()
         self.nginx.started, self.nginx.state = time.monotonic(), "ready"
