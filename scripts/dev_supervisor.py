@@ -8,6 +8,7 @@ docs/development.md, "make run".
     dev_supervisor.py append FILE   copies stdin to FILE line by line (the app's stderr)
     dev_supervisor.py redact FILE   the same, redacting nginx's error lines (nginx's stderr)
     dev_supervisor.py put FILE      replaces FILE by stdin, whole (never written through a link)
+The helpers act as TDAPI_OWNER (the service user, when run.sh runs as root).
 """
 import json
 import os
@@ -111,6 +112,13 @@ class Owner:
             self.prefix = ["setpriv", "--reuid=%d" % self.uid, "--regid=%d" % self.gid,
                            "--clear-groups"]
 
+    def drop(self):
+        """This process becomes the owner (for good)."""
+        if self.user and os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(self.gid)
+            os.setuid(self.uid)
+
     def call(self, fn, *args):
         """fn(*args) as the owner; returns what it returned (bytes or None), or raises OSError."""
         if not self.user:
@@ -121,9 +129,7 @@ class Owner:
             code = 1
             try:
                 os.close(r)
-                os.setgroups([])
-                os.setgid(self.gid)
-                os.setuid(self.uid)
+                self.drop()
                 out = fn(*args)
                 os.write(w, b"+" + (out or b""))
                 code = 0
@@ -254,7 +260,7 @@ class Supervisor:
 
     def helper(self, mode, path):
         """An append/redact process as the owner: what a child writes to its stdin lands in path."""
-        return subprocess.Popen(self.owner.prefix + [sys.executable, HERE, mode, path],
+        return subprocess.Popen([sys.executable, HERE, mode, path],  # becomes the owner itself
                                 process_group=0, stdin=subprocess.PIPE)
 
     def launch_node(self, node):
@@ -565,6 +571,8 @@ def put_stdin(path):
 
 
 def main(argv):
+    if len(argv) == 3 and argv[1] in ("put", "append", "redact"):
+        Owner(os.environ.get("TDAPI_OWNER")).drop()  # (started as root: root can read this file)
     if len(argv) == 3 and argv[1] == "put":
         return put_stdin(argv[2])
     if len(argv) == 3 and argv[1] in ("append", "redact"):

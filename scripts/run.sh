@@ -96,7 +96,7 @@ for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR"/run/nginx.pid "$DATA_DIR"/l
 done
 
 # Files in DATA_DIR are written as its owner, whole, renamed into place (never through a link).
-put() { "${owner[@]}" "$py" "$sup" put "$1"; }
+put() { "$py" "$sup" put "$1"; }  # as TDAPI_OWNER
 put "$DATA_DIR/openapi.yaml" <"$here/docs/openapi.yaml" ||
   echo "run.sh: could not write $DATA_DIR/openapi.yaml (disk full?): /openapi.yaml serves the copy there, if any" >&2
 "${owner[@]}" rm -f "$DATA_DIR"/run/app-*.sock "$DATA_DIR"/run/app-*.pid "$DATA_DIR/run/app.sock"
@@ -133,13 +133,13 @@ else
   put "$DATA_DIR/nginx.conf" <<<"$conf" ||
     refuse "could not write $DATA_DIR/nginx.conf (disk full?), and the one there is of other settings: free some space"
 fi
-"${owner[@]}" "$py" "$sup" append "$DATA_DIR/logs/access.log" </dev/null
+"$py" "$sup" append "$DATA_DIR/logs/access.log" </dev/null
 
 # LOG_FORWARD: rsyslogd's configuration, from the same renderer as the package's drop-in.
 if [ -n "${LOG_FORWARD:-}" ]; then
   [ -z "${TDAPI_OWNER:-}" ] || [ ! -e "$DATA_DIR/rsyslog" ] || chown -R -P "$TDAPI_OWNER:$group" "$DATA_DIR/rsyslog"
   "${owner[@]}" mkdir -p "$DATA_DIR/rsyslog/work" "$DATA_DIR/rsyslog/queue"
-  "${owner[@]}" "$py" "$sup" append "$DATA_DIR/logs/app.log" </dev/null
+  "$py" "$sup" append "$DATA_DIR/logs/app.log" </dev/null
   export TDAPI_FORWARDER_CONF=$DATA_DIR/rsyslog/rsyslog.conf
   "$py" "$here/ops/render-config.py" rsyslog --dev DATA_DIR="$DATA_DIR" APP_LOG="$DATA_DIR/logs/app.log" \
     LOG_FORWARD="$LOG_FORWARD" LOG_FORWARD_QUEUE_MAX="$LOG_FORWARD_QUEUE_MAX" | put "$TDAPI_FORWARDER_CONF" ||
