@@ -49,11 +49,18 @@ def json_line(level, event, detail):
                       separators=(",", ":")) + "\n"
 
 
+def write_all(fd, data):
+    """Writes all of data (a short write, e.g. on a full disk, is continued: the rest fails)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def append(path, data):
     """Appends data to path (created 0600), never through a link at its last component."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
 
@@ -64,7 +71,7 @@ def put_file(path, data):
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data)
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -131,7 +138,7 @@ class Owner:
                 os.close(r)
                 self.drop()
                 out = fn(*args)
-                os.write(w, b"+" + (out or b""))
+                write_all(w, b"+" + (out or b""))
                 code = 0
             except BaseException:
                 pass
@@ -228,7 +235,7 @@ class Supervisor:
     # -- output ----------------------------------------------------------------------------
     def say(self, text):
         try:
-            os.write(2, (text.rstrip("\n") + "\n").encode(errors="replace"))
+            write_all(2, (text.rstrip("\n") + "\n").encode(errors="replace"))
         except OSError:
             pass  # a full disk under stderr
 

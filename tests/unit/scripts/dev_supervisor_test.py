@@ -4,6 +4,7 @@ decide without processes: exit statuses, restart back-off, nginx's quick failure
 redactor, files written as the owner; and that run.sh stays a launcher (under 300 lines). The
 supervisor running real nginx and app nodes is tested by the integration tests (test_signals,
 test_supervisor, test_process, test_nodes, test_logs)."""
+import errno
 import importlib.util
 import os
 import pwd
@@ -12,6 +13,7 @@ import stat
 import tempfile
 import time
 import unittest
+from unittest import mock
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 spec = importlib.util.spec_from_file_location(
@@ -66,6 +68,31 @@ class Files(unittest.TestCase):
         with open(self.victim) as f:
             self.assertEqual(f.read(), "untouched\n")
         self.assertEqual(sorted(os.listdir(self.dir)), ["nginx.conf", "victim"])  # no temp left
+
+    def test_a_file_cut_short_by_a_full_disk_is_never_put_in_place(self):
+        # A full disk: the first write is short, the next one fails.
+        path = os.path.join(self.dir, "openapi.yaml")
+        with open(path, "wb") as f:
+            f.write(b"old whole file\n")
+        real_write, calls = os.write, []
+
+        def full_disk_write(fd, data):
+            calls.append(len(data))
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, bytes(data[:4]))
+
+        with mock.patch.object(sup.os, "write", full_disk_write):
+            with self.assertRaises(OSError):
+                sup.put_file(path, b"new whole file\n")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"old whole file\n")
+        self.assertEqual(sorted(os.listdir(self.dir)), ["openapi.yaml", "victim"])  # no temp left
+        calls.clear()
+        with mock.patch.object(sup.os, "write", lambda fd, data: real_write(fd, bytes(data[:3]))):
+            sup.put_file(path, b"short writes\n")  # continued until whole
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"short writes\n")
 
     def test_append_refuses_a_link_and_appends_to_a_file(self):
         path = os.path.join(self.dir, "app.log")
