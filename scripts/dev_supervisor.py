@@ -83,6 +83,13 @@ def put_file(path, data):
         raise
 
 
+def remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def tail(path, n):
     with open(path, "rb") as f:
         return b"".join(f.readlines()[-n:])
@@ -135,6 +142,9 @@ class Owner:
         if pid == 0:
             code = 1
             try:
+                signal.set_wakeup_fd(-1)
+                for sig in OWN_SIGNALS:  # the supervisor's handlers are not this child's
+                    signal.signal(sig, signal.SIG_IGN)
                 os.close(r)
                 self.drop()
                 out = fn(*args)
@@ -224,7 +234,7 @@ class Supervisor:
         self.stopping = False
         self.tty = os.isatty(2)
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
@@ -250,7 +260,7 @@ class Supervisor:
         path = os.path.join(self.data, "run", name)
         data = "".join("%d\n" % p for p in pids).encode()
         if self.owner.try_call(put_file, path, data) is None:
-            self.owner.try_call(os.unlink, path)
+            self.owner.try_call(remove, path)
             self.say("run.sh: could not write %s (disk full?); it is removed until it can be "
                      "written" % path)
 
@@ -271,7 +281,7 @@ class Supervisor:
                                 process_group=0, stdin=subprocess.PIPE)
 
     def launch_node(self, node):
-        self.owner.try_call(lambda: os.unlink(node.sock) if os.path.lexists(node.sock) else None)
+        self.owner.try_call(remove, node.sock)
         node.starts += 1
         node.helper = self.helper("append", self.log)
         env = dict(self.env, TDAPI_NODE=node.name, TDAPI_STARTS=str(node.starts),
@@ -297,8 +307,7 @@ class Supervisor:
                 pass
 
     def launch_nginx(self):
-        self.owner.try_call(lambda p: os.unlink(p) if os.path.lexists(p) else None,
-                            os.path.join(self.data, "run", "nginx-http.sock"))
+        self.owner.try_call(remove, os.path.join(self.data, "run", "nginx-http.sock"))
         caps = ["--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
         argv = [self.env["NGINX_BIN"], "-p", self.data, "-c", self.env["TDAPI_NGINX_CONF"],
                 "-e", "stderr"]
@@ -313,7 +322,7 @@ class Supervisor:
 
     def launch_forwarder(self):
         pid_file = os.path.join(self.data, "run", "rsyslogd.pid")
-        self.owner.try_call(lambda: os.unlink(pid_file) if os.path.lexists(pid_file) else None)
+        self.owner.try_call(remove, pid_file)
         self.forwarder.proc = self.spawn([self.env["RSYSLOGD_BIN"], "-n", "-f",
                                           self.env["TDAPI_FORWARDER_CONF"], "-i", pid_file],
                                          as_owner=True)
@@ -527,9 +536,12 @@ class Supervisor:
         status = 0
         for n in self.nodes:
             if n.proc:
-                n.proc.wait()  # the app bounds its own stop (STOP_TIMEOUT_MS)
-                rc = n.poll()
-                status = status or rc
+                try:
+                    n.proc.wait(self.stop_timeout + 5)  # the app bounds its own stop
+                except subprocess.TimeoutExpired:
+                    n.signal(signal.SIGKILL)
+                    n.proc.wait()
+                status = status or n.poll()
         self.stop_nginx()
         return status
 

@@ -106,7 +106,8 @@ node_sockets=$DATA_DIR/run/app.sock
 export TDAPI_NGINX_CONF=$DATA_DIR/nginx.conf
 tls=()
 if [ -n "${TDAPI_OWNER:-}" ]; then
-  export TDAPI_CLEANUP_DIR=/run/tdapi-run-sh/$(printf '%s' "$DATA_DIR" | sha256sum | cut -c1-16)
+  TDAPI_CLEANUP_DIR=/run/tdapi-run-sh/$(printf '%s' "$DATA_DIR" | sha256sum | cut -c1-16)
+  export TDAPI_CLEANUP_DIR
   trap 'rm -rf -- "$TDAPI_CLEANUP_DIR"' EXIT  # on a refusal; the supervisor removes it at its end
   TDAPI_NGINX_CONF=$TDAPI_CLEANUP_DIR/nginx.conf
   root_file() {  # root_file PATH < content: root's, readable by the service group
@@ -116,7 +117,7 @@ if [ -n "${TDAPI_OWNER:-}" ]; then
       chgrp "$group" "$dir/.tmp" && chmod 0640 "$dir/.tmp" && mv -f "$dir/.tmp" "$1"
   }
   if [ -n "${TLS_CERT:-}" ]; then
-    root_file "$TDAPI_CLEANUP_DIR/tls-cert.pem" <"$TLS_CERT" && root_file "$TDAPI_CLEANUP_DIR/tls-key.pem" <"$TLS_KEY" ||
+    { root_file "$TDAPI_CLEANUP_DIR/tls-cert.pem" <"$TLS_CERT" && root_file "$TDAPI_CLEANUP_DIR/tls-key.pem" <"$TLS_KEY"; } ||
       refuse "could not copy TLS_CERT and TLS_KEY to $TDAPI_CLEANUP_DIR for nginx"
     tls=(TLS_CERT="$TDAPI_CLEANUP_DIR/tls-cert.pem" TLS_KEY="$TDAPI_CLEANUP_DIR/tls-key.pem")
   fi
