@@ -5,11 +5,14 @@ redactor, files written as the owner; and that run.sh stays a launcher (under 30
 supervisor running real nginx and app nodes is tested by the integration tests (test_signals,
 test_supervisor, test_process, test_nodes, test_logs)."""
 import errno
+import json
 import importlib.util
 import os
 import pwd
 import signal
 import stat
+import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -189,6 +192,107 @@ class Policy(unittest.TestCase):
             results.append(self.s.nginx_exited(0x7FFFFFF0, 1))
         self.assertEqual(results, [None, None, None, None, 1])
         self.assertEqual([e["event"] for e in self.events()][-5:], ["nginx_restarted"] * 4 + ["nginx_exited"])
+
+
+FAKE_APP = """#!/usr/bin/python3
+# The app's part: exits FAKE_EXIT at once if set, else listens on SOCKET until SIGTERM.
+import os, signal, socket, sys, time
+if os.environ.get("FAKE_EXIT"):
+    print("fake app: failing", file=sys.stderr)
+    sys.exit(int(os.environ["FAKE_EXIT"]))
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+s = socket.socket(socket.AF_UNIX)
+s.bind(os.environ["SOCKET"])
+while True:
+    time.sleep(1)
+"""
+FAKE_NGINX = """#!/usr/bin/python3
+# nginx's part: writes run/nginx.pid, exits 0 on SIGQUIT.
+import os, signal, sys, time
+signal.signal(signal.SIGQUIT, lambda *_: sys.exit(0))
+with open(os.path.join(sys.argv[sys.argv.index("-p") + 1], "run", "nginx.pid"), "w") as f:
+    f.write("%d\\n" % os.getpid())
+while True:
+    time.sleep(1)
+"""
+
+
+class Processes(unittest.TestCase):
+    """The supervisor (`dev_supervisor.py serve`) over stand-ins for the app and nginx."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="tdapi-sup-unit-")
+        self.addCleanup(lambda: os.system("rm -rf -- '%s'" % self.dir))
+        self.data = os.path.join(self.dir, "data")
+        for d in ("run", "logs"):
+            os.makedirs(os.path.join(self.data, d))
+        self.env = dict(os.environ, DATA_DIR=self.data, START_TIMEOUT="20", STOP_TIMEOUT_MS="2000",
+                        LISTEN="127.0.0.1:1", AUTH="off", TDAPI_NGINX_CONF="/dev/null")
+        for name, text in (("APP_BIN", FAKE_APP), ("NGINX_BIN", FAKE_NGINX)):
+            path = os.path.join(self.dir, name)
+            with open(path, "w") as f:
+                f.write(text)
+            os.chmod(path, 0o755)
+            self.env[name] = path
+        for name in ("TDAPI_OWNER", "LOG_FORWARD", "DATABASE_URL", "TDAPI_CLEANUP_DIR"):
+            self.env.pop(name, None)
+
+    def start(self, **env):
+        self.out = os.path.join(self.dir, "output")
+        with open(self.out, "wb") as out:
+            p = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts", "dev_supervisor.py"),
+                                  "serve"], env=dict(self.env, **env), stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        self.addCleanup(lambda: p.poll() is not None or os.killpg(p.pid, signal.SIGKILL))
+        return p
+
+    def output(self):
+        with open(self.out) as f:
+            return f.read()
+
+    def pid(self, name):
+        try:
+            with open(os.path.join(self.data, "run", name)) as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def wait_for(self, predicate, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def test_a_killed_app_and_nginx_are_restarted_and_a_stop_ends_everything(self):
+        p = self.start()
+        self.assertTrue(self.wait_for(lambda: self.pid("app.pid") and self.pid("nginx.pid")))
+        self.assertEqual(self.pid("supervisor.pid"), p.pid)
+        app, nginx = self.pid("app.pid"), self.pid("nginx.pid")
+        os.kill(app, signal.SIGKILL)
+        self.assertTrue(self.wait_for(lambda: self.pid("app.pid") not in (None, app)))
+        os.kill(nginx, signal.SIGKILL)
+        self.assertTrue(self.wait_for(lambda: self.pid("nginx.pid") not in (None, nginx)))
+        with open(os.path.join(self.data, "logs", "app.log")) as f:
+            events = [json.loads(line) for line in f]
+        self.assertEqual([(e["event"], e["detail"]) for e in events],
+                         [("app_restarted", "the app exited with status 137; restarting it"),
+                          ("nginx_restarted", "nginx exited with status 137; restarting it")])
+        now = [self.pid("app.pid"), self.pid("nginx.pid")]
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(30), 0, self.output())
+        for pid in now:
+            self.assertTrue(self.wait_for(lambda: not os.path.exists("/proc/%d" % pid), 10), pid)
+
+    def test_a_start_up_failure_is_not_restarted_and_says_why(self):
+        p = self.start(FAKE_EXIT="78")
+        self.assertEqual(p.wait(30), 78)
+        out = self.output()
+        self.assertIn("the app did not start", out)
+        with open(os.path.join(self.data, "logs", "app.log")) as f:
+            self.assertIn("fake app: failing", f.read())  # its stderr, before its log is open
+        self.assertIsNone(self.pid("nginx.pid"))  # nginx never started
 
 
 class Launcher(unittest.TestCase):
