@@ -400,7 +400,8 @@ class Supervisor:
         pid_file = os.path.join(self.data, "run", "rsyslogd.pid")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and self.forwarder.proc.poll() is None:
-            if (self.owner.try_call(tail, pid_file, 1) or b"").strip() == str(self.forwarder.pid).encode():
+            written = self.owner.try_call(tail, pid_file, 1) or b""
+            if written.strip() == str(self.forwarder.pid).encode():
                 env = self.env
                 self.log_json("info", "log_forwarding",
                               "app and access logs forwarded to %s (%s, RFC 5424) by rsyslogd "

@@ -8,7 +8,7 @@ umask 077
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 sup=$here/scripts/dev_supervisor.py
-py=$(PATH=/usr/bin:/bin command -v python3)  # the system's: the service user runs it too
+py=$(PATH=/usr/bin:/bin:$PATH command -v python3)  # the system's first: the service user runs it too
 DATA_DIR=${DATA_DIR:-./var}
 export APP_BIN=${APP_BIN:-$here/build/testdata-api}
 export NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
