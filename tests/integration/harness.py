@@ -188,11 +188,11 @@ class Server:
         with open(os.path.join(self.data_dir, "run", "app.pid")) as f:
             groups = [self.proc.pid] + [int(p) for p in f.read().split()]
         with open(os.path.join(self.data_dir, "run", "nginx.pid")) as f:
-            try:  # nginx's group is its keeper's (run.sh), not the master's own
+            try:  # nginx's process group (its master's, with the workers)
                 groups.append(os.getpgid(int(f.read().strip())))
             except ProcessLookupError:
                 pass
-        for pgid in groups:  # run.sh runs the app and nginx as jobs: a process group each
+        for pgid in groups:  # the supervisor runs the app and nginx in a process group each
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:

@@ -545,7 +545,8 @@ class NginxErrorLog(unittest.TestCase):
                 self.assertEqual(n, 1, old)
             with open(os.path.join(top, "nginx.conf"), "w") as f:
                 f.write(conf)
-            shutil.copy(os.path.join(ROOT, "scripts", "run.sh"), os.path.join(top, "scripts"))
+            for name in ("run.sh", "dev_supervisor.py"):  # the launcher and its supervisor
+                shutil.copy(os.path.join(ROOT, "scripts", name), os.path.join(top, "scripts"))
             os.makedirs(os.path.join(top, "ops"))  # run.sh renders its configs with it
             shutil.copy(os.path.join(ROOT, "ops", "render-config.py"), os.path.join(top, "ops"))
             shutil.copy(os.path.join(ROOT, "docs", "openapi.yaml"), os.path.join(top, "docs"))

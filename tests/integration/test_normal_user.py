@@ -39,7 +39,8 @@ class NormalUser(unittest.TestCase):
             os.makedirs(os.path.join(project, "scripts"))
             os.makedirs(os.path.join(project, "docs"))
             shutil.copy(os.path.join(ROOT, "nginx.conf"), project)
-            shutil.copy(os.path.join(ROOT, "scripts", "run.sh"), os.path.join(project, "scripts"))
+            for name in ("run.sh", "dev_supervisor.py"):  # the launcher and its supervisor
+                shutil.copy(os.path.join(ROOT, "scripts", name), os.path.join(project, "scripts"))
             os.makedirs(os.path.join(project, "ops"))  # run.sh renders its configs with it
             shutil.copy(os.path.join(ROOT, "ops", "render-config.py"), os.path.join(project, "ops"))
             shutil.copy(os.path.join(ROOT, "docs", "openapi.yaml"), os.path.join(project, "docs"))
