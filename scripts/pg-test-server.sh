@@ -4,7 +4,11 @@
 #   scripts/pg-test-server.sh start DIR     a fresh cluster in DIR/data, serving on DIR/.s.PGSQL.5432
 #   scripts/pg-test-server.sh restart DIR   a fast restart (in-flight sessions are cut off)
 #   scripts/pg-test-server.sh status DIR    exit 0 while it runs, non-zero otherwise
-#   scripts/pg-test-server.sh stop DIR      stops it and removes DIR
+#   scripts/pg-test-server.sh stop DIR      stops it (and its pooler) and removes DIR
+#   scripts/pg-test-server.sh pooler-start DIR   PgBouncer in front of it: transaction mode, 5
+#       server connections per database, on DIR/pgbouncer port 6432
+#       (postgresql://tdapi@/NAME?host=DIR/pgbouncer&port=6432)
+#   scripts/pg-test-server.sh pooler-stop DIR    stops the pooler
 #
 # Clients connect as the superuser role tdapi, without a password (local trust), e.g.
 #   psql -h DIR -U tdapi -d postgres     or     postgresql://tdapi@/NAME?host=DIR
@@ -15,7 +19,7 @@
 # PG_MAX_CONNECTIONS (default: room for four apps at the default THREADS, at least 300).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|restart|status DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|restart|status|pooler-start|pooler-stop DIR" >&2; exit 2; }
 [ $# = 2 ] || usage
 cmd=$1
 case $2 in /*) dir=$2 ;; *) dir=$PWD/$2 ;; esac
@@ -63,11 +67,68 @@ wait_ready() {
   fail "the server in $dir did not accept connections within 30 s"
 }
 
+# The pooler: PgBouncer (Debian package pgbouncer), its files in DIR/pgbouncer.
+pooler_dir=$dir/pgbouncer
+pooler_stop() {
+  local pid _
+  pid=$(cat "$pooler_dir/pgbouncer.pid" 2>/dev/null || true)
+  [ -n "$pid" ] || return 0
+  # Only the pooler this script started: its pid file, and a process running on our config.
+  if kill -0 "$pid" 2>/dev/null && grep -qF "$pooler_dir/pgbouncer.ini" "/proc/$pid/cmdline" 2>/dev/null; then
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$pooler_dir/pgbouncer.pid"
+}
+pooler_start() {
+  local bin=${PGBOUNCER_BIN:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
+  [ -x "$bin" ] || fail "no pgbouncer; run 'make deps' (Debian package pgbouncer)"
+  [ -f "$data/PG_VERSION" ] || fail "no server in $dir; use start first"
+  pooler_stop
+  as_owner mkdir -p "$pooler_dir"
+  as_owner sh -c 'printf "\"tdapi\" \"\"\n" >"$1"' sh "$pooler_dir/userlist.txt"
+  # Transaction mode, 5 server connections per database and user: every transaction of every
+  # client may run on any of them, and they outlive the clients (and the app's restarts).
+  as_owner sh -c 'cat >"$1"' sh "$pooler_dir/pgbouncer.ini" <<EOF
+[databases]
+* = host=$dir port=5432
+[pgbouncer]
+listen_addr =
+listen_port = 6432
+unix_socket_dir = $pooler_dir
+unix_socket_mode = 0777
+auth_type = trust
+auth_file = $pooler_dir/userlist.txt
+pool_mode = transaction
+default_pool_size = 5
+max_client_conn = 2000
+logfile = $pooler_dir/pgbouncer.log
+pidfile = $pooler_dir/pgbouncer.pid
+admin_users = tdapi
+EOF
+  as_owner "$bin" -d -q "$pooler_dir/pgbouncer.ini" >>"$log" 2>&1 || {
+    tail -n 20 "$pooler_dir/pgbouncer.log" >&2 2>/dev/null || true
+    fail "pgbouncer did not start"
+  }
+  local _
+  for _ in $(seq 1 100); do
+    if "$PG_BIN/psql" -h "$pooler_dir" -p 6432 -U tdapi -d postgres -XqAt -c 'select 1' >/dev/null 2>&1; then
+      echo "pg-test-server: PgBouncer (transaction mode, pool 5) on $pooler_dir port 6432"
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 20 "$pooler_dir/pgbouncer.log" >&2 2>/dev/null || true
+  fail "pgbouncer in $pooler_dir did not accept connections within 10 s"
+}
+
 # Stops a server left in DIR (a test run that was killed) and removes DIR, if DIR is ours.
 remove_dir() {
   [ -e "$dir" ] || return 0
   [ -e "$marker" ] || [ -z "$(ls -A "$dir")" ] ||
     fail "$dir exists and was not made by this script; not touching it"
+  pooler_stop
   if [ -f "$data/postmaster.pid" ]; then
     need_binaries
     pg_ctl stop -m fast -w -t 30 >/dev/null 2>&1 || pg_ctl stop -m immediate -w -t 30 >/dev/null 2>&1 || true
@@ -134,5 +195,7 @@ case $cmd in
     if pg_ctl status >/dev/null 2>&1; then echo "pg-test-server: running in $dir"
     else echo "pg-test-server: not running in $dir"; exit 3; fi ;;
   stop) remove_dir ;;
+  pooler-start) need_binaries; pooler_start ;;
+  pooler-stop) pooler_stop ;;
   *) usage ;;
 esac

@@ -31,6 +31,12 @@ const std::vector<Setting> kSettings = {
    "in PostgreSQL instead of SQLite. Shown in logs with any password as ***. Keep a password "
    "out of it: libpq reads PGPASSFILE (unset: ~/.pgpass of the service user, mode 0600) or "
    "PGPASSWORD from the environment, which may be set in this file too."},
+  {"DATABASE_POOLER", K::kChoice, 0, 0, "none|transaction", "`none`", P::kEnvFile, "none", "",
+   "Storage",
+   "What is between the app and PostgreSQL: none, or transaction, a pooler in transaction mode "
+   "(PgBouncer's pool_mode = transaction), which hands each transaction to any server "
+   "connection: the app then keeps nothing on a server connection past a transaction "
+   "(statements are sent unnamed, timeouts set in each transaction)."},
   {"MAX_DB_PAGES", K::kInteger, 1, 4294967294LL, "", "none", P::kEnvFile, "", "", "Storage",
    "Cap on the SQLite database size, in 4 KiB pages; beyond it writes answer 507. Empty: no "
    "cap. Not with DATABASE_URL."},

@@ -73,6 +73,7 @@ std::string describe_store(const std::string& target, StoreRole role,
     const PgOptions o = pg_options(target, role, settings);
     return "postgresql=" + redact_url(o.url) +
            " synchronous_commit=on lock_timeout_ms=" + std::to_string(o.lock_timeout_ms) +
+           (o.transaction_pooler ? " pooler=transaction" : "") +
            " max_connections=" + std::to_string(o.max_readers + 2);
   }
   const SqliteOptions o = sqlite_options(target, role, settings);

@@ -12,6 +12,8 @@
 //   58030 io_error                              -> IoError (503)
 //   class 08, 57P01-57P03, 53300, no SQLSTATE, or the connection gone
 //                                               -> Unavailable (503)
+//   26000, 42P05 (a prepared statement missing, already there), class 08 (08P01: PgBouncer)
+//                                               -> Unavailable (503), the connection replaced
 //   anything else                               -> Internal (500)
 // Only the primary message of an error is kept: PostgreSQL's DETAIL can quote row values.
 #pragma once
@@ -62,30 +64,103 @@ inline long long value_int(const PGresult* r, int row, int col) {
 }
 
 // A connection and the names of the statements prepared on it, used by one thread at a time.
+//
+// Behind a pooler in transaction mode (PgOptions::transaction_pooler) each transaction may run
+// on another server connection, shared with other clients: nothing may stay on the server past
+// a transaction. Then run() sends every statement unnamed (nothing prepared), nothing is SET at
+// connect, and each transaction sets its own timeouts (`local_settings`): a simple query or a
+// BEGIN outside a transaction gets them as SET LOCAL in the same query string, a parameterized
+// statement outside one gets them from set_config(..., true) in the same pipeline (one
+// implicit transaction, one round trip).
 struct PgStore::Connection {
   PGconn* conn = nullptr;
   std::unordered_set<std::string> prepared;
+  bool pooled = false;         // behind a transaction-mode pooler (see above)
+  std::string local_settings;  // pooled: "SET LOCAL …; " for each transaction
+  std::string statement_timeout_ms, lock_timeout_ms;  // pooled: for set_config
+  // The server side is not what this connection expects (a prepared statement missing or
+  // already there, a protocol violation, a pooler error): the connection is dropped and the
+  // next operation opens a new one.
+  mutable bool broken = false;
 
   ~Connection() {
     if (conn) PQfinish(conn);
   }
-  bool healthy() const { return conn && PQstatus(conn) == CONNECTION_OK; }
+  bool healthy() const { return conn && !broken && PQstatus(conn) == CONNECTION_OK; }
   bool in_transaction() const { return conn && PQtransactionStatus(conn) != PQTRANS_IDLE; }
 
-  PgResult exec(const char* sql) { return wrap(PQexec(conn, sql)); }
+  PgResult exec(const char* sql) {
+    if (!pooled || in_transaction()) return wrap(PQexec(conn, sql));
+    // Pooled, outside a transaction: the transaction's settings go with the query (after its
+    // BEGIN, or ahead of its statements, which run as one implicit transaction).
+    std::string text;
+    if (std::strncmp(sql, "BEGIN", 5) == 0 && (sql[5] == '\0' || sql[5] == ';')) {
+      text = "BEGIN; " + local_settings + (sql[5] == ';' ? sql + 6 : "");
+    } else {
+      text = local_settings + sql;
+    }
+    return wrap(PQexec(conn, text.c_str()));
+  }
 
-  // Runs the statement `name` (prepared from sql on first use on this connection) with text
-  // parameters (nullptr: NULL).
+  // Runs the statement `name` (prepared from sql on first use on this connection; pooled: sent
+  // unnamed each time) with text parameters (nullptr: NULL).
   PgResult run(const char* name, const char* sql, std::initializer_list<const char*> params) {
     return run(name, sql, params.begin(), static_cast<int>(params.size()));
   }
   PgResult run(const char* name, const char* sql, const char* const* params, int n) {
+    if (pooled) {
+      if (in_transaction()) {
+        return wrap(PQexecParams(conn, sql, n, nullptr, params, nullptr, nullptr, 0));
+      }
+      return run_pipelined(sql, params, n);
+    }
     if (prepared.count(name) == 0) {
       PgResult p = wrap(PQprepare(conn, name, sql, n, nullptr));
       if (!result_ok(p)) return p;
       prepared.insert(name);
     }
     return wrap(PQexecPrepared(conn, name, n, params, nullptr, nullptr, 0));
+  }
+
+  // Pooled, outside a transaction: set_config(…, true) of the timeouts, then the statement, then
+  // one Sync: both run in one implicit transaction on one server connection. The statement's
+  // result (or the first error).
+  PgResult run_pipelined(const char* sql, const char* const* params, int n) {
+    if (PQenterPipelineMode(conn) != 1) return wrap(nullptr);
+    const char* timeouts[] = {statement_timeout_ms.c_str(), lock_timeout_ms.c_str()};
+    const bool sent = PQsendQueryParams(conn,
+                                        "SELECT set_config('statement_timeout', $1, true),"
+                                        " set_config('lock_timeout', $2, true)",
+                                        2, nullptr, timeouts, nullptr, nullptr, 0) == 1 &&
+                      PQsendQueryParams(conn, sql, n, nullptr, params, nullptr, nullptr, 0) == 1 &&
+                      PQpipelineSync(conn) == 1;
+    PgResult setup = wrap(nullptr);
+    PgResult out = wrap(nullptr);
+    if (sent) {
+      // Each query's results end with a null; the Sync's is PGRES_PIPELINE_SYNC.
+      int query = 0;
+      for (int guard = 0; guard < 64 && PQstatus(conn) == CONNECTION_OK; ++guard) {
+        PGresult* r = PQgetResult(conn);
+        if (r == nullptr) {
+          ++query;
+          continue;
+        }
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+          PQclear(r);
+          break;
+        }
+        PgResult& slot = query == 0 ? setup : out;
+        if (!slot) {
+          slot = wrap(r);
+        } else {
+          PQclear(r);
+        }
+      }
+    }
+    if (PQexitPipelineMode(conn) != 1) broken = true;
+    if (setup && !result_ok(setup)) return setup;
+    if (!sent && !out) broken = true;
+    return out;
   }
 
   // What a failed result (or a null one) means. `what` names the operation.
@@ -101,6 +176,14 @@ struct PgStore::Connection {
     if (state) msg += std::string(" (SQLSTATE ") + state + ")";
     if (!healthy() || !state) return Status::Unavailable(msg);
     std::string s(state);
+    // A statement the server connection lacks (26000) or has already (42P05): the server side
+    // changed under this connection (a pooler in transaction mode, a DISCARD). A protocol
+    // violation (08P01) is what PgBouncer answers when it cannot serve the client. Each is
+    // answered 503 and the connection replaced.
+    if (s == "26000" || s == "42P05" || s.compare(0, 2, "08") == 0) {
+      broken = true;
+      return Status::Unavailable(msg);
+    }
     if (s == "23505") return Status::Duplicate(msg);
     if (s == "40001" || s == "40P01" || s == "55P03" || s == "57014") return Status::Busy(msg);
     if (s == "53100") return Status::Full(msg);

@@ -10,6 +10,7 @@
 #include <cassert>
 #include <cctype>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_set>
 #include <utility>
@@ -23,6 +24,11 @@
 #include "store/pg/internal.h"
 
 namespace tdapi {
+
+bool transaction_pooler_from_env() {
+  const char* v = std::getenv("DATABASE_POOLER");
+  return v && std::string(v) == "transaction";
+}
 
 std::string redact_url(const std::string& url) {
   // libpq's own parse errors quote the raw text; what it cannot parse is not shown at all.
@@ -332,15 +338,11 @@ Status PgStore::connect(std::unique_ptr<Connection>& out) const {
   // Our defaults first: what the URL says wins (only the first dbname is expanded, and later
   // values override earlier ones).
   const std::string timeout = std::to_string(options_.connect_timeout_s);
-  const char* keys[] = {"connect_timeout",
-                        "application_name",
-                        "keepalives",
-                        "keepalives_idle",
-                        "keepalives_interval",
-                        "keepalives_count",
-                        "tcp_user_timeout",
-                        "dbname",
-                        nullptr};
+  const char* keys[] = {"connect_timeout",     "application_name",
+                        "keepalives",          "keepalives_idle",
+                        "keepalives_interval", "keepalives_count",
+                        "tcp_user_timeout",    "dbname",
+                        "client_encoding",     nullptr};
   const char* values[] = {timeout.c_str(),
                           options_.application_name.c_str(),
                           "1",
@@ -349,6 +351,7 @@ Status PgStore::connect(std::unique_ptr<Connection>& out) const {
                           "3",
                           "30000",
                           options_.url.c_str(),
+                          "UTF8",
                           nullptr};
   auto conn = std::make_unique<Connection>();
   conn->conn = PQconnectdbParams(keys, values, 1);
@@ -356,14 +359,28 @@ Status PgStore::connect(std::unique_ptr<Connection>& out) const {
     return Status::Unavailable("cannot connect to PostgreSQL at " + redact_url(options_.url) +
                                ": " + first_line(conn->conn ? PQerrorMessage(conn->conn) : ""));
   }
-  const std::string setup =
-      "SET synchronous_commit = on; SET client_encoding = 'UTF8';"
-      " SET statement_timeout = " +
-      std::to_string(options_.statement_timeout_ms) +
-      "; SET lock_timeout = " + std::to_string(std::max(1, options_.lock_timeout_ms)) +
-      "; SET idle_in_transaction_session_timeout = 60000;";
-  PgResult r = conn->exec(setup.c_str());
-  if (!result_ok(r)) return conn->error(r.get(), "configure the connection");
+  // client_encoding is a connection parameter (above, after the URL's: ours wins).
+  const std::string statement_timeout = std::to_string(options_.statement_timeout_ms);
+  const std::string lock_timeout = std::to_string(std::max(1, options_.lock_timeout_ms));
+  if (options_.transaction_pooler) {
+    // Nothing is SET on the connection: a pooler in transaction mode would leave it on a server
+    // connection other clients get next, and run this client's next transaction on another
+    // one. Every transaction sets them itself (Connection::exec, run).
+    conn->pooled = true;
+    conn->local_settings =
+        "SET LOCAL synchronous_commit = on; SET LOCAL statement_timeout = " + statement_timeout +
+        "; SET LOCAL lock_timeout = " + lock_timeout +
+        "; SET LOCAL idle_in_transaction_session_timeout = 60000; ";
+    conn->statement_timeout_ms = statement_timeout;
+    conn->lock_timeout_ms = lock_timeout;
+  } else {
+    const std::string setup =
+        "SET synchronous_commit = on; SET statement_timeout = " + statement_timeout +
+        "; SET lock_timeout = " + lock_timeout +
+        "; SET idle_in_transaction_session_timeout = 60000;";
+    PgResult r = conn->exec(setup.c_str());
+    if (!result_ok(r)) return conn->error(r.get(), "configure the connection");
+  }
   out = std::move(conn);
   return Status::Ok();
 }
