@@ -103,6 +103,10 @@ auth_file = $pooler_dir/userlist.txt
 pool_mode = transaction
 default_pool_size = 5
 max_client_conn = 2000
+; a client waits at most 5 s for a server connection (then an error, and the app answers 503),
+; and a server that refused a login (restarting) is tried again after 1 s, not 15
+query_wait_timeout = 5
+server_login_retry = 1
 logfile = $pooler_dir/pgbouncer.log
 pidfile = $pooler_dir/pgbouncer.pid
 admin_users = tdapi
