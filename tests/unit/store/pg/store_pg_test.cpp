@@ -23,6 +23,7 @@
 #include "http/storage_status.h"
 #include "metrics/metrics.h"
 #include "store/audit.h"
+#include "store/pg/internal.h"
 #include "store/pg/pg_test_util.h"
 #include "store/sqlite/store_sqlite.h"
 #include "store/store_test_util.h"
@@ -575,6 +576,74 @@ TEST_F(PgStoreTest, KilledConnectionsAreReopenedByTheNextOperation) {
   EXPECT_TRUE(store->insert(make_record("after")).status.ok());
   EXPECT_EQ(list_ids(*store, "c1"), (std::vector<std::string>{"before", "after"}));
   EXPECT_TRUE(store->check_health().ok());
+}
+
+// Behind a pooler in transaction mode the next transaction may run on another server
+// connection: a pooled Connection leaves nothing on its session (no prepared statement, no
+// setting) and each of its transactions sets its own timeouts.
+TEST_F(PgStoreTest, APooledConnectionKeepsNothingPastATransaction) {
+  PgStore::Connection c;
+  c.conn = PQconnectdb(url().c_str());
+  ASSERT_TRUE(c.healthy());
+  c.pooled = true;
+  c.local_settings = "SET LOCAL lock_timeout = 1234; SET LOCAL statement_timeout = 4321; ";
+  c.statement_timeout_ms = "4321";
+  c.lock_timeout_ms = "1234";
+  const char* id = "x";
+  // A statement outside a transaction runs with the timeouts, and so does a simple query and
+  // a transaction's statement.
+  PgResult r = c.run("timeouts",
+                     "SELECT current_setting('lock_timeout'),"
+                     " current_setting('statement_timeout'), $1::text",
+                     {id});
+  ASSERT_TRUE(result_ok(r)) << c.error(r.get(), "run").message();
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "1234ms");
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 1)), "4321ms");
+  r = c.exec("SELECT current_setting('lock_timeout')");
+  ASSERT_TRUE(result_ok(r));
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "1234ms");
+  ASSERT_TRUE(result_ok(c.exec("BEGIN")));
+  r = c.run("in_transaction", "SELECT current_setting('lock_timeout'), $1::text", {id});
+  ASSERT_TRUE(result_ok(r));
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "1234ms");
+  ASSERT_TRUE(result_ok(c.exec("COMMIT")));
+  // Nothing left on the session.
+  r = wrap(PQexec(c.conn,
+                  "SELECT current_setting('lock_timeout'), (SELECT count(*) FROM"
+                  " pg_prepared_statements)"));
+  ASSERT_TRUE(result_ok(r));
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "0");
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 1)), "0");
+  // A failing statement is the result (the pipeline's first error), and the connection works on.
+  r = c.run("fails", "SELECT 1 / 0 WHERE $1::text IS NOT NULL", {id});
+  EXPECT_FALSE(result_ok(r));
+  EXPECT_EQ(c.error(r.get(), "divide").code(), StatusCode::kInternal);
+  EXPECT_TRUE(c.healthy());
+  EXPECT_TRUE(result_ok(c.run("again", "SELECT $1::text", {id})));
+}
+
+// A statement the server connection lacks (26000) or has already (42P05), as after a pooler
+// moved the client to another server connection, is 503 and the connection is replaced.
+TEST_F(PgStoreTest, AMissingOrDuplicatePreparedStatementIsUnavailableAndDropsTheConnection) {
+  PgStore::Connection c;
+  c.conn = PQconnectdb(url().c_str());
+  ASSERT_TRUE(c.healthy());
+  c.prepared.insert("get");  // believed prepared, not on this server connection
+  PgResult r = c.run("get", "SELECT 1", {});
+  ASSERT_FALSE(result_ok(r));
+  Status s = c.error(r.get(), "get");
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.message();
+  EXPECT_EQ(http_status_for(s.code()), 503);
+  EXPECT_FALSE(c.healthy());
+
+  PgStore::Connection d;
+  d.conn = PQconnectdb(url().c_str());
+  ASSERT_TRUE(result_ok(d.exec("PREPARE put AS SELECT 1")));  // left by an earlier client
+  r = d.run("put", "SELECT 1", {});
+  ASSERT_FALSE(result_ok(r));
+  s = d.error(r.get(), "put");
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.message();
+  EXPECT_FALSE(d.healthy());
 }
 
 // The database's own errors keep their meaning: a read-only transaction (a standby) is 503.
