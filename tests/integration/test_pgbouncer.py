@@ -17,7 +17,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import PG_HOST, PG_USER, PGB_HOST, PGB_PORT, Server, _pg_tool, psql, wait_for  # noqa: E402
+from harness import (APP_BIN, PG_HOST, PG_USER, PGB_HOST, PGB_PORT, Server, _pg_tool, psql,  # noqa: E402
+                     wait_for)
 from test_failures import Writers, assert_all_acknowledged_intact  # noqa: E402
 from test_pg_outage import Readers  # noqa: E402
 
@@ -75,6 +76,12 @@ class Pooler(unittest.TestCase):
                 for earlier in range(run):
                     assert_all_acknowledged_intact(self, server, f"pgb{earlier}", acked[earlier])
                 self.assert_no_session_state_errors(server)
+            # The admin commands go through the pooler too (DATABASE_POOLER from the
+            # environment), on the same server connections.
+            p = subprocess.run([APP_BIN, "keys", "create", "--db", server.env["DATABASE_URL"],
+                                "--name", f"lab{run}", "--scope", "read:pgb0"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
 
     def test_two_nodes_start_together_on_a_fresh_database(self):
         # Both run their migrations and cursor key set-up at once, on the pool's connections;
