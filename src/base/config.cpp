@@ -572,6 +572,7 @@ bool options_from_environment(const Environment& env, unsigned cores, bool as_ro
   }
   out.socket_mode = value_of(env, "SOCKET_MODE") == "0660" ? 0660 : 0600;
   out.database_url = value_of(env, "DATABASE_URL");
+  out.transaction_pooler = value_of(env, "DATABASE_POOLER") == "transaction";
   if (out.database_url.empty()) {
     out.db_path = value_of(env, "DB_PATH");
     if (out.db_path.empty()) out.db_path = data_dir + "/testdata.db";

@@ -28,9 +28,10 @@ long long required_open_files(int threads, int feed_max_waiting = 0);
 
 struct AppOptions {
   std::string socket_path;
-  int socket_mode = 0600;    // --socket-mode: 0600, or 0660 for a web server in the group
-  std::string db_path;       // --db: the SQLite database file
-  std::string database_url;  // --database-url: PostgreSQL (libpq URI or keywords) instead
+  int socket_mode = 0600;           // --socket-mode: 0600, or 0660 for a web server in the group
+  std::string db_path;              // --db: the SQLite database file
+  std::string database_url;         // --database-url: PostgreSQL (libpq URI or keywords) instead
+  bool transaction_pooler = false;  // DATABASE_POOLER=transaction (serve only)
   int threads = 0;
   int busy_timeout_ms = 5000;
   long long max_db_pages = 0;

@@ -254,6 +254,7 @@ int main(int argc, char** argv) {
   tdapi::StoreSettings settings;
   settings.threads = opt.threads;
   settings.busy_timeout_ms = opt.busy_timeout_ms;
+  settings.transaction_pooler = opt.transaction_pooler;
   settings.max_db_pages = opt.max_db_pages;
   settings.observer = &tdapi::global_metrics();
   std::unique_ptr<tdapi::Store> store;

@@ -26,6 +26,7 @@ PgOptions pg_options(const std::string& url, StoreRole role, const StoreSettings
   o.url = url;
   o.lock_timeout_ms = s.busy_timeout_ms;
   o.observer = s.observer;
+  o.transaction_pooler = s.transaction_pooler;
   switch (role) {
     case StoreRole::kService:
       // One reader connection per worker would be threads x nodes connections on the server;
@@ -46,6 +47,13 @@ PgOptions pg_options(const std::string& url, StoreRole role, const StoreSettings
 }
 
 }  // namespace
+
+StoreSettings tool_store_settings(const Environment& env) {
+  StoreSettings s;
+  auto it = env.find("DATABASE_POOLER");
+  s.transaction_pooler = it != env.end() && it->second == "transaction";
+  return s;
+}
 
 Status open_store(const std::string& target, StoreRole role, const StoreSettings& settings,
                   std::unique_ptr<Store>& out) {

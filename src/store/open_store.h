@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "base/config.h"
 #include "store/store.h"
 #include "store/write_engine.h"
 
@@ -23,7 +24,12 @@ struct StoreSettings {
   int busy_timeout_ms = 5000;         // SQLite busy_timeout, PostgreSQL lock_timeout
   long long max_db_pages = 0;         // SQLite: > 0 caps the database size
   WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
+  bool transaction_pooler = false;    // PostgreSQL behind a pooler in transaction mode
 };
+
+// The storage settings of the settings table (base/config.h) the administration commands open
+// a store with: DATABASE_POOLER (they reach PostgreSQL the way the service does).
+StoreSettings tool_store_settings(const Environment& env);
 
 // Opens the store `target` names for `role`. Errors as SqliteStore::open and PgStore::open
 // say (Unavailable: a PostgreSQL server that cannot be reached now, worth waiting for).

@@ -25,11 +25,6 @@
 
 namespace tdapi {
 
-bool transaction_pooler_from_env() {
-  const char* v = std::getenv("DATABASE_POOLER");
-  return v && std::string(v) == "transaction";
-}
-
 std::string redact_url(const std::string& url) {
   // libpq's own parse errors quote the raw text; what it cannot parse is not shown at all.
   char* parse_error = nullptr;

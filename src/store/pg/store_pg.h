@@ -22,10 +22,6 @@
 
 namespace tdapi {
 
-// The environment's DATABASE_POOLER: transaction (a pooler in transaction mode between the app
-// and PostgreSQL), else none.
-bool transaction_pooler_from_env();
-
 struct PgOptions {
   std::string url;                    // libpq URI (postgresql://…) or keyword/value string
   WriteEngineOptions writes;          // group commit: most requests and records per transaction
@@ -35,7 +31,8 @@ struct PgOptions {
   int connect_timeout_s = 5;
   // Behind a pooler in transaction mode (PgBouncer pool_mode=transaction): nothing that outlives
   // a transaction on the server (statements sent unnamed, timeouts set per transaction).
-  bool transaction_pooler = transaction_pooler_from_env();
+  // DATABASE_POOLER=transaction (store/open_store.cpp).
+  bool transaction_pooler = false;
   size_t max_readers = 16;  // reader connections of this process at most
   // application_name of its connections: migrate refuses to copy while connections of a
   // running service (testdata-api) are on the target; also what pg_stat_activity shows.

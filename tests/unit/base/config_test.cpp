@@ -162,6 +162,7 @@ TEST(Config, ServeOptionsFromTheEnvironment) {
                                         {"THREADS", "12"},
                                         {"FEED_MAX_WAITING", "7"},
                                         {"AUDIT_READS", "durable"},
+                                        {"DATABASE_POOLER", "transaction"},
                                         {"ANON_RATE", "10r/s"}},
                                        2, false, o, problems));
   EXPECT_EQ(o.socket_path, "/run/testdata-api/app.sock");
@@ -171,6 +172,7 @@ TEST(Config, ServeOptionsFromTheEnvironment) {
   EXPECT_EQ(o.feed_max_waiting, 7);
   EXPECT_TRUE(o.auth);  // serve's default: on
   EXPECT_TRUE(o.audit_reads_durable);
+  EXPECT_TRUE(o.transaction_pooler);
   EXPECT_EQ(o.auth_failure_rate_per_minute, 600);
   EXPECT_EQ(o.user, "");
 
@@ -180,6 +182,7 @@ TEST(Config, ServeOptionsFromTheEnvironment) {
   EXPECT_EQ(o.db_path, "/d/testdata.db");
   EXPECT_EQ(o.socket_mode, 0600);
   EXPECT_FALSE(o.auth);
+  EXPECT_FALSE(o.transaction_pooler);
   EXPECT_EQ(o.threads, default_thread_count(2));
   EXPECT_EQ(o.user, "testdata-api");
 
