@@ -8,9 +8,11 @@
 
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -576,6 +578,93 @@ TEST_F(PgStoreTest, KilledConnectionsAreReopenedByTheNextOperation) {
   EXPECT_TRUE(store->insert(make_record("after")).status.ok());
   EXPECT_EQ(list_ids(*store, "c1"), (std::vector<std::string>{"before", "after"}));
   EXPECT_TRUE(store->check_health().ok());
+}
+
+// Every round trip has a deadline: past it the statement is cancelled (the server answers the
+// cancel, so the connection works on) and the caller gets 503, not a wait.
+TEST_F(PgStoreTest, AStatementPastTheRoundTripDeadlineIsCancelled) {
+  PgStore::Connection c;
+  c.conn = PQconnectdb(url().c_str());
+  ASSERT_TRUE(c.healthy());
+  c.round_trip_timeout = std::chrono::milliseconds(300);
+  PgResult r = c.exec("SELECT pg_sleep(60)");
+  ASSERT_FALSE(result_ok(r));
+  EXPECT_TRUE(c.timed_out);
+  Status s = c.error(r.get(), "sleep");
+  EXPECT_EQ(s.code(), StatusCode::kBusy) << s.message();
+  EXPECT_NE(s.message().find("round-trip deadline of 300 ms"), std::string::npos) << s.message();
+  EXPECT_TRUE(c.healthy());
+  r = c.run("one", "SELECT $1::int + 1", {"1"});
+  ASSERT_TRUE(result_ok(r));
+  EXPECT_FALSE(c.timed_out);
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "2");
+}
+
+// A write stuck behind another session's write lock (its own lock timeout far away) is answered
+// by the write deadline: 503, not stored, and the store writes on once the lock is gone.
+TEST_F(PgStoreTest, AWriteStuckOnTheServerIsAnsweredByTheDeadline) {
+  PgOptions o;
+  o.lock_timeout_ms = 120000;
+  o.round_trip_timeout_ms = 500;
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  PGconn* holder = PQconnectdb(url().c_str());
+  ASSERT_EQ(PQstatus(holder), CONNECTION_OK);
+  PgResult held = wrap(PQexec(holder, "SELECT pg_advisory_lock(7416100)"));
+  ASSERT_TRUE(result_ok(held));
+  WriteOutcome out = store->insert(make_record("stuck"));
+  EXPECT_EQ(out.status.code(), StatusCode::kBusy) << out.status.message();
+  EXPECT_NE(out.status.message().find("deadline"), std::string::npos) << out.status.message();
+  PQfinish(holder);
+  EXPECT_TRUE(column("SELECT test_id FROM tests").empty());
+  EXPECT_TRUE(store->insert(make_record("after")).status.ok());
+}
+
+// The writer's server process dies after the transaction id was taken and before COMMIT: the
+// server, asked on a new connection, says the transaction aborted: the ordinary 503, not stored.
+TEST_F(PgStoreTest, ACommitWhoseServerProcessDiedBeforeItIsSettledAsNotStored) {
+  PgOptions o;
+  o.test_before_commit = [&](int pid) {
+    ASSERT_EQ(admin_sql("SELECT pg_terminate_backend(" + std::to_string(pid) + ")"), "");
+    for (int i = 0; i < 200; ++i) {
+      if (column("SELECT count(*) FROM pg_stat_activity WHERE pid = " + std::to_string(pid)) ==
+          std::vector<std::string>{"0"}) {
+        break;
+      }
+      usleep(10 * 1000);
+    }
+  };
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  WriteOutcome out = store->insert(make_record("lost"));
+  EXPECT_EQ(out.status.code(), StatusCode::kUnavailable) << out.status.message();
+  EXPECT_TRUE(column("SELECT test_id FROM tests").empty());
+}
+
+// The connection drops after the server committed and before its answer arrived: settled on a
+// new connection (pg_xact_status: committed), the write is answered as what it is, stored.
+TEST_F(PgStoreTest, ACommitWhoseAnswerIsLostIsSettledAsStored) {
+  PgOptions o;
+  o.test_commit_sent = [&](int socket, const std::string& xid) {
+    for (int i = 0; i < 500; ++i) {
+      if (column("SELECT pg_xact_status('" + xid + "'::xid8)") ==
+          std::vector<std::string>{"committed"}) {
+        break;
+      }
+      usleep(10 * 1000);
+    }
+    // The answer, if it came, is dropped with the socket: in its place one whose peer is gone.
+    int pair[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+    ASSERT_EQ(dup2(pair[0], socket), socket);
+    close(pair[0]);
+    close(pair[1]);
+  };
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  WriteOutcome out = store->insert(make_record("kept"));
+  EXPECT_TRUE(out.status.ok()) << out.status.message();
+  EXPECT_EQ(column("SELECT test_id FROM tests"), std::vector<std::string>{"kept"});
 }
 
 // Behind a pooler in transaction mode the next transaction may run on another server
