@@ -9,6 +9,12 @@
 #       server connections per database, on DIR/pgbouncer port 6432
 #       (postgresql://tdapi@/NAME?host=DIR/pgbouncer&port=6432)
 #   scripts/pg-test-server.sh pooler-stop DIR    stops the pooler
+#   scripts/pg-test-server.sh sync-start DIR     a fresh primary in DIR as start makes, and a
+#       synchronous standby of it (pg_basebackup -R) in DIR/standby, serving on
+#       DIR/standby/.s.PGSQL.5432: the primary's synchronous_standby_names names it, so every
+#       COMMIT with synchronous_commit on waits for it
+#   scripts/pg-test-server.sh standby-stop DIR   stops the standby (immediate: as if it crashed)
+#   scripts/pg-test-server.sh standby-start DIR  starts it again; it catches up with the primary
 #
 # Clients connect as the superuser role tdapi, without a password (local trust), e.g.
 #   psql -h DIR -U tdapi -d postgres     or     postgresql://tdapi@/NAME?host=DIR
@@ -19,7 +25,10 @@
 # PG_MAX_CONNECTIONS (default: room for four apps at the default THREADS, at least 300).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|restart|status|pooler-start|pooler-stop DIR" >&2; exit 2; }
+usage() {
+  echo "usage: $0 start|stop|restart|status|pooler-start|pooler-stop|sync-start|standby-stop|standby-start DIR" >&2
+  exit 2
+}
 [ $# = 2 ] || usage
 cmd=$1
 case $2 in /*) dir=$2 ;; *) dir=$PWD/$2 ;; esac
@@ -127,12 +136,62 @@ EOF
   fail "pgbouncer in $pooler_dir did not accept connections within 10 s"
 }
 
+# The synchronous standby (sync-start): its files in DIR/standby.
+standby_dir=$dir/standby
+standby_ctl() { as_owner "$PG_BIN/pg_ctl" -D "$standby_dir/data" "$@"; }
+standby_stop() {
+  [ -f "$standby_dir/data/postmaster.pid" ] || return 0
+  standby_ctl stop -m immediate -w -t 30 >/dev/null 2>&1 || true
+}
+standby_start() {
+  [ -f "$standby_dir/data/PG_VERSION" ] || fail "no standby in $standby_dir; use sync-start"
+  standby_ctl start -w -t 30 -l "$standby_dir/postgres.log" >/dev/null 2>&1 ||
+    fail "the standby in $standby_dir did not start"
+  # Streaming again and in sync: the primary's COMMITs are acknowledged again.
+  local _
+  for _ in $(seq 1 300); do
+    if [ "$("$PG_BIN/psql" -h "$dir" -U tdapi -d postgres -XqAt -c \
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'tdapi_standby' AND sync_state = 'sync'" 2>/dev/null)" = 1 ]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "the standby in $standby_dir did not become the synchronous standby within 30 s"
+}
+sync_start() {
+  start
+  # Replication connections over the unix socket, trusted like the rest.
+  printf 'local all all trust\nlocal replication all trust\n' | as_owner sh -c 'cat >"$1"' sh "$data/pg_hba.conf"
+  "$PG_BIN/psql" -h "$dir" -U tdapi -d postgres -XqAt -c 'SELECT pg_reload_conf()' >/dev/null ||
+    fail "could not reload the primary"
+  as_owner mkdir -p "$standby_dir"
+  as_owner "$PG_BIN/pg_basebackup" -h "$dir" -U tdapi -D "$standby_dir/data" -R -X stream \
+    --no-sync >>"$log" 2>&1 || fail "pg_basebackup failed"
+  # After pg_basebackup's own lines (postgresql.auto.conf is read last; the last value wins):
+  # the name the primary's synchronous_standby_names gives.
+  as_owner sh -c 'cat >>"$1"' sh "$standby_dir/data/postgresql.auto.conf" <<EOF
+# pg-test-server.sh: the synchronous standby of the server in $dir
+unix_socket_directories = '$standby_dir'
+primary_conninfo = 'host=$dir port=5432 user=tdapi application_name=tdapi_standby'
+hot_standby = on
+EOF
+  "$PG_BIN/psql" -h "$dir" -U tdapi -d postgres -XqAt \
+    -c "ALTER SYSTEM SET synchronous_standby_names = 'tdapi_standby'" \
+    -c 'SELECT pg_reload_conf()' >/dev/null || fail "could not name the synchronous standby"
+  standby_start
+  echo "pg-test-server: synchronous standby of $dir serving in $standby_dir"
+}
+
 # Stops a server left in DIR (a test run that was killed) and removes DIR, if DIR is ours.
 remove_dir() {
   [ -e "$dir" ] || return 0
   [ -e "$marker" ] || [ -z "$(ls -A "$dir")" ] ||
     fail "$dir exists and was not made by this script; not touching it"
   pooler_stop
+  if [ -f "$standby_dir/data/postmaster.pid" ]; then
+    need_binaries
+    standby_stop
+  fi
   if [ -f "$data/postmaster.pid" ]; then
     need_binaries
     pg_ctl stop -m fast -w -t 30 >/dev/null 2>&1 || pg_ctl stop -m immediate -w -t 30 >/dev/null 2>&1 || true
@@ -201,5 +260,8 @@ case $cmd in
   stop) remove_dir ;;
   pooler-start) need_binaries; pooler_start ;;
   pooler-stop) pooler_stop ;;
+  sync-start) sync_start ;;
+  standby-stop) need_binaries; standby_stop ;;
+  standby-start) need_binaries; standby_start ;;
   *) usage ;;
 esac
