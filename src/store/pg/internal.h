@@ -130,8 +130,10 @@ struct PgStore::Connection {
   // PQgetResult then reports): true. Past `until` the statement is cancelled and the server gets
   // kCancelGrace more; false when it did not answer by then (the connection is broken).
   bool wait_readable(std::chrono::steady_clock::time_point& until) {
+    // As PQexec waits: poll, then read (no read before the first poll: an answer is never
+    // there the moment a query was sent).
     for (;;) {
-      if (PQconsumeInput(conn) == 0 || !PQisBusy(conn)) return true;
+      if (!PQisBusy(conn) || PQstatus(conn) == CONNECTION_BAD) return true;
       const auto now = std::chrono::steady_clock::now();
       if (now >= until) {
         if (cancel_sent) {
@@ -157,6 +159,7 @@ struct PgStore::Connection {
         broken = true;
         return false;
       }
+      if (rc > 0 && PQconsumeInput(conn) == 0) return true;  // failed: PQgetResult says so
     }
   }
 
