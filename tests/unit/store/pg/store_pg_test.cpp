@@ -667,6 +667,42 @@ TEST_F(PgStoreTest, ACommitWhoseAnswerIsLostIsSettledAsStored) {
   EXPECT_EQ(column("SELECT test_id FROM tests"), std::vector<std::string>{"kept"});
 }
 
+// DATABASE_SYNCHRONOUS_COMMIT: each offered value is what the writer's transactions run with
+// (straight and behind a pooler: seen by a trigger inside the transaction); anything else is
+// refused at open, never put into SQL.
+TEST_F(PgStoreTest, EachSynchronousCommitValueIsWhatTheWritesRunWith) {
+  bool traced = false;
+  for (bool pooled : {false, true}) {
+    for (const char* value : {"on", "remote_write", "remote_apply"}) {
+      SCOPED_TRACE(std::string(value) + (pooled ? " pooled" : ""));
+      PgOptions o;
+      o.synchronous_commit = value;
+      o.transaction_pooler = pooled;
+      auto store = open(o);
+      ASSERT_TRUE(store);
+      if (!traced) {
+        ASSERT_EQ(sql("CREATE TABLE seen (test_id text, setting text);"
+                      "CREATE FUNCTION note_sync() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                      " INSERT INTO seen VALUES (NEW.test_id,"
+                      " current_setting('synchronous_commit')); RETURN NEW; END $$;"
+                      "CREATE TRIGGER note_sync AFTER INSERT ON tests FOR EACH ROW"
+                      " EXECUTE FUNCTION note_sync()"),
+                  "");
+        traced = true;
+      }
+      const std::string id = std::string("sync-") + value + (pooled ? "-pooled" : "");
+      ASSERT_TRUE(store->insert(make_record(id)).status.ok());
+      EXPECT_EQ(column("SELECT setting FROM seen WHERE test_id = '" + id + "'"),
+                std::vector<std::string>{value});
+    }
+  }
+  PgOptions bad;
+  bad.url = url();
+  bad.synchronous_commit = "off";
+  std::unique_ptr<PgStore> store;
+  EXPECT_EQ(PgStore::open(bad, store).code(), StatusCode::kInternal);
+}
+
 // Behind a pooler in transaction mode the next transaction may run on another server
 // connection: a pooled Connection leaves nothing on its session (no prepared statement, no
 // setting) and each of its transactions sets its own timeouts.
