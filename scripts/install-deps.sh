@@ -15,6 +15,7 @@ packages=(
   libnginx-mod-stream                 # its stream module: the per-address TCP cap (nginx.conf)
   sqlite3 curl jq python3             # tests, smoke test, debugging
   postgresql                          # tests: a private server per build (scripts/pg-test-server.sh)
+  pgbouncer                           # tests: the pooler in front of it (pg-test-server.sh pooler-start)
   acl                                 # setfacl: as root, lets the service user reach DATA_DIR
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   nodejs:node npm:npm                 # the OpenAPI linter and newman (npm packages)

@@ -4,7 +4,17 @@
 #   scripts/pg-test-server.sh start DIR     a fresh cluster in DIR/data, serving on DIR/.s.PGSQL.5432
 #   scripts/pg-test-server.sh restart DIR   a fast restart (in-flight sessions are cut off)
 #   scripts/pg-test-server.sh status DIR    exit 0 while it runs, non-zero otherwise
-#   scripts/pg-test-server.sh stop DIR      stops it and removes DIR
+#   scripts/pg-test-server.sh stop DIR      stops it (and its pooler) and removes DIR
+#   scripts/pg-test-server.sh pooler-start DIR   PgBouncer in front of it: transaction mode, 5
+#       server connections per database, on DIR/pgbouncer port 6432
+#       (postgresql://tdapi@/NAME?host=DIR/pgbouncer&port=6432)
+#   scripts/pg-test-server.sh pooler-stop DIR    stops the pooler
+#   scripts/pg-test-server.sh sync-start DIR     a fresh primary in DIR as start makes, and a
+#       synchronous standby of it (pg_basebackup -R) in DIR/standby, serving on
+#       DIR/standby/.s.PGSQL.5432: the primary's synchronous_standby_names names it, so every
+#       COMMIT with synchronous_commit on waits for it
+#   scripts/pg-test-server.sh standby-stop DIR   stops the standby (immediate: as if it crashed)
+#   scripts/pg-test-server.sh standby-start DIR  starts it again; it catches up with the primary
 #
 # Clients connect as the superuser role tdapi, without a password (local trust), e.g.
 #   psql -h DIR -U tdapi -d postgres     or     postgresql://tdapi@/NAME?host=DIR
@@ -15,7 +25,10 @@
 # PG_MAX_CONNECTIONS (default: room for four apps at the default THREADS, at least 300).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|restart|status DIR" >&2; exit 2; }
+usage() {
+  echo "usage: $0 start|stop|restart|status|pooler-start|pooler-stop|sync-start|standby-stop|standby-start DIR" >&2
+  exit 2
+}
 [ $# = 2 ] || usage
 cmd=$1
 case $2 in /*) dir=$2 ;; *) dir=$PWD/$2 ;; esac
@@ -63,11 +76,122 @@ wait_ready() {
   fail "the server in $dir did not accept connections within 30 s"
 }
 
+# The pooler: PgBouncer (Debian package pgbouncer), its files in DIR/pgbouncer.
+pooler_dir=$dir/pgbouncer
+pooler_stop() {
+  local pid _
+  pid=$(cat "$pooler_dir/pgbouncer.pid" 2>/dev/null || true)
+  [ -n "$pid" ] || return 0
+  # Only the pooler this script started: its pid file, and a process running on our config.
+  if kill -0 "$pid" 2>/dev/null && grep -qF "$pooler_dir/pgbouncer.ini" "/proc/$pid/cmdline" 2>/dev/null; then
+    kill -INT "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  fi
+  rm -f "$pooler_dir/pgbouncer.pid"
+}
+pooler_start() {
+  local bin=${PGBOUNCER_BIN:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
+  [ -x "$bin" ] || fail "no pgbouncer; run 'make deps' (Debian package pgbouncer)"
+  [ -f "$data/PG_VERSION" ] || fail "no server in $dir; use start first"
+  pooler_stop
+  as_owner mkdir -p "$pooler_dir"
+  as_owner sh -c 'printf "\"tdapi\" \"\"\n" >"$1"' sh "$pooler_dir/userlist.txt"
+  # Transaction mode, 5 server connections per database and user: every transaction of every
+  # client may run on any of them, and they outlive the clients (and the app's restarts).
+  as_owner sh -c 'cat >"$1"' sh "$pooler_dir/pgbouncer.ini" <<EOF
+[databases]
+* = host=$dir port=5432
+[pgbouncer]
+listen_addr =
+listen_port = 6432
+unix_socket_dir = $pooler_dir
+unix_socket_mode = 0777
+auth_type = trust
+auth_file = $pooler_dir/userlist.txt
+pool_mode = transaction
+default_pool_size = 5
+max_client_conn = 2000
+; a client waits at most 5 s for a server connection (then an error, and the app answers 503),
+; and a server that refused a login (restarting) is tried again after 1 s, not 15
+query_wait_timeout = 5
+server_login_retry = 1
+logfile = $pooler_dir/pgbouncer.log
+pidfile = $pooler_dir/pgbouncer.pid
+admin_users = tdapi
+EOF
+  as_owner "$bin" -d -q "$pooler_dir/pgbouncer.ini" >>"$log" 2>&1 || {
+    tail -n 20 "$pooler_dir/pgbouncer.log" >&2 2>/dev/null || true
+    fail "pgbouncer did not start"
+  }
+  local _
+  for _ in $(seq 1 100); do
+    if "$PG_BIN/psql" -h "$pooler_dir" -p 6432 -U tdapi -d postgres -XqAt -c 'select 1' >/dev/null 2>&1; then
+      echo "pg-test-server: PgBouncer (transaction mode, pool 5) on $pooler_dir port 6432"
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 20 "$pooler_dir/pgbouncer.log" >&2 2>/dev/null || true
+  fail "pgbouncer in $pooler_dir did not accept connections within 10 s"
+}
+
+# The synchronous standby (sync-start): its files in DIR/standby.
+standby_dir=$dir/standby
+standby_ctl() { as_owner "$PG_BIN/pg_ctl" -D "$standby_dir/data" "$@"; }
+standby_stop() {
+  [ -f "$standby_dir/data/postmaster.pid" ] || return 0
+  standby_ctl stop -m immediate -w -t 30 >/dev/null 2>&1 || true
+}
+standby_start() {
+  [ -f "$standby_dir/data/PG_VERSION" ] || fail "no standby in $standby_dir; use sync-start"
+  standby_ctl start -w -t 30 -l "$standby_dir/postgres.log" >/dev/null 2>&1 ||
+    fail "the standby in $standby_dir did not start"
+  # Streaming again and in sync: the primary's COMMITs are acknowledged again.
+  local _
+  for _ in $(seq 1 300); do
+    if [ "$("$PG_BIN/psql" -h "$dir" -U tdapi -d postgres -XqAt -c \
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'tdapi_standby' AND sync_state = 'sync'" 2>/dev/null)" = 1 ]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "the standby in $standby_dir did not become the synchronous standby within 30 s"
+}
+sync_start() {
+  start
+  # Replication connections over the unix socket, trusted like the rest.
+  printf 'local all all trust\nlocal replication all trust\n' | as_owner sh -c 'cat >"$1"' sh "$data/pg_hba.conf"
+  "$PG_BIN/psql" -h "$dir" -U tdapi -d postgres -XqAt -c 'SELECT pg_reload_conf()' >/dev/null ||
+    fail "could not reload the primary"
+  as_owner mkdir -p "$standby_dir"
+  as_owner "$PG_BIN/pg_basebackup" -h "$dir" -U tdapi -D "$standby_dir/data" -R -X stream \
+    --no-sync >>"$log" 2>&1 || fail "pg_basebackup failed"
+  # After pg_basebackup's own lines (postgresql.auto.conf is read last; the last value wins):
+  # the name the primary's synchronous_standby_names gives.
+  as_owner sh -c 'cat >>"$1"' sh "$standby_dir/data/postgresql.auto.conf" <<EOF
+# pg-test-server.sh: the synchronous standby of the server in $dir
+unix_socket_directories = '$standby_dir'
+primary_conninfo = 'host=$dir port=5432 user=tdapi application_name=tdapi_standby'
+hot_standby = on
+EOF
+  "$PG_BIN/psql" -h "$dir" -U tdapi -d postgres -XqAt \
+    -c "ALTER SYSTEM SET synchronous_standby_names = 'tdapi_standby'" \
+    -c 'SELECT pg_reload_conf()' >/dev/null || fail "could not name the synchronous standby"
+  standby_start
+  echo "pg-test-server: synchronous standby of $dir serving in $standby_dir"
+}
+
 # Stops a server left in DIR (a test run that was killed) and removes DIR, if DIR is ours.
 remove_dir() {
   [ -e "$dir" ] || return 0
   [ -e "$marker" ] || [ -z "$(ls -A "$dir")" ] ||
     fail "$dir exists and was not made by this script; not touching it"
+  pooler_stop
+  if [ -f "$standby_dir/data/postmaster.pid" ]; then
+    need_binaries
+    standby_stop
+  fi
   if [ -f "$data/postmaster.pid" ]; then
     need_binaries
     pg_ctl stop -m fast -w -t 30 >/dev/null 2>&1 || pg_ctl stop -m immediate -w -t 30 >/dev/null 2>&1 || true
@@ -134,5 +258,10 @@ case $cmd in
     if pg_ctl status >/dev/null 2>&1; then echo "pg-test-server: running in $dir"
     else echo "pg-test-server: not running in $dir"; exit 3; fi ;;
   stop) remove_dir ;;
+  pooler-start) need_binaries; pooler_start ;;
+  pooler-stop) pooler_stop ;;
+  sync-start) sync_start ;;
+  standby-stop) need_binaries; standby_stop ;;
+  standby-start) need_binaries; standby_start ;;
   *) usage ;;
 esac

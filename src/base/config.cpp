@@ -39,6 +39,26 @@ const std::vector<Setting> kSettings = {
    "DATABASE_URL. A write's answer carries X-Commit-Position; a read that sends it back sees "
    "that write (it waits up to 1 s for a replica to replay it, else reads from DATABASE_URL). "
    "Needs DATABASE_URL."},
+  {"DATABASE_POOLER", K::kChoice, 0, 0, "none|transaction", "`none`", P::kEnvFile, "none", "",
+   "Storage",
+   "What is between the app and PostgreSQL: none, or transaction, a pooler in transaction mode "
+   "(PgBouncer's pool_mode = transaction), which hands each transaction to any server "
+   "connection: the app then keeps nothing on a server connection past a transaction "
+   "(statements are sent unnamed, timeouts set in each transaction)."},
+  {"DATABASE_ROUND_TRIP_TIMEOUT_MS", K::kInteger, 100, 600000, "", "`10000`", P::kEnvFile,
+   "10000", "", "Storage",
+   "PostgreSQL: the deadline, in ms, of every round trip to the server (past it the statement "
+   "is cancelled) and of every write from its arrival: a write whose COMMIT the server has not "
+   "confirmed by then (a synchronous standby gone, the server stuck) is answered 503 "
+   "\"outcome unknown\" (look it up with GET /tests/{id}), never 201, and /healthz answers "
+   "503 while a write waits longer. Keep it well below FASTCGI_READ_TIMEOUT."},
+  {"DATABASE_SYNCHRONOUS_COMMIT", K::kChoice, 0, 0, "on|remote_write|remote_apply", "`on`",
+   P::kEnvFile, "on", "", "Storage",
+   "PostgreSQL: what a write's COMMIT waits for before its 201: on, the WAL flushed on the "
+   "primary and, when the server names synchronous standbys (synchronous_standby_names), on "
+   "them too; remote_write, on the primary's disk and in the standbys' memory (their operating "
+   "system); remote_apply, on the primary's disk and applied on the standbys, so a read there "
+   "sees it."},
   {"MAX_DB_PAGES", K::kInteger, 1, 4294967294LL, "", "none", P::kEnvFile, "", "", "Storage",
    "Cap on the SQLite database size, in 4 KiB pages; beyond it writes answer 507. Empty: no "
    "cap. Not with DATABASE_URL."},
@@ -580,6 +600,9 @@ bool options_from_environment(const Environment& env, unsigned cores, bool as_ro
   out.socket_mode = value_of(env, "SOCKET_MODE") == "0660" ? 0660 : 0600;
   out.database_url = value_of(env, "DATABASE_URL");
   out.database_read_url = value_of(env, "DATABASE_READ_URL");
+  out.transaction_pooler = value_of(env, "DATABASE_POOLER") == "transaction";
+  const std::string sync = value_of(env, "DATABASE_SYNCHRONOUS_COMMIT");
+  if (!sync.empty()) out.synchronous_commit = sync;
   if (out.database_url.empty()) {
     out.db_path = value_of(env, "DB_PATH");
     if (out.db_path.empty()) out.db_path = data_dir + "/testdata.db";
@@ -594,6 +617,9 @@ bool options_from_environment(const Environment& env, unsigned cores, bool as_ro
   number("BUSY_TIMEOUT_MS", busy);
   number("STOP_TIMEOUT_MS", stop);
   number("MAX_DB_PAGES", out.max_db_pages);
+  long long round_trip = out.round_trip_timeout_ms;
+  number("DATABASE_ROUND_TRIP_TIMEOUT_MS", round_trip);
+  out.round_trip_timeout_ms = static_cast<int>(round_trip);
   long long feed = out.feed_max_waiting;
   number("FEED_MAX_WAITING", feed);
   out.feed_max_waiting = static_cast<int>(feed);

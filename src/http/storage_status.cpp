@@ -23,6 +23,8 @@ int http_status_for(StatusCode code) {
       return 503;
     case StatusCode::kUnavailable:
       return 503;
+    case StatusCode::kOutcomeUnknown:
+      return 503;
     case StatusCode::kInternal:
       return 500;
   }
@@ -49,6 +51,9 @@ const char* client_message_for(StatusCode code) {
       return "storage I/O error";
     case StatusCode::kUnavailable:
       return "storage is unavailable (database unreachable), retry later";
+    case StatusCode::kOutcomeUnknown:
+      return "outcome unknown: the database did not confirm this write in time; it may or may "
+             "not be stored: check GET /tests/{id} before retrying";
     case StatusCode::kInternal:
       return "internal storage error";
   }

@@ -258,6 +258,9 @@ int main(int argc, char** argv) {
   tdapi::StoreSettings settings;
   settings.threads = opt.threads;
   settings.busy_timeout_ms = opt.busy_timeout_ms;
+  settings.transaction_pooler = opt.transaction_pooler;
+  settings.round_trip_timeout_ms = opt.round_trip_timeout_ms;
+  settings.synchronous_commit = opt.synchronous_commit;
   settings.max_db_pages = opt.max_db_pages;
   settings.read_url = opt.database_read_url;
   settings.observer = &tdapi::global_metrics();

@@ -2,6 +2,7 @@
 #include "store/open_store.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "base/url.h"
 #include "store/pg/store_pg.h"
@@ -26,6 +27,9 @@ PgOptions pg_options(const std::string& url, StoreRole role, const StoreSettings
   o.url = url;
   o.lock_timeout_ms = s.busy_timeout_ms;
   o.observer = s.observer;
+  o.transaction_pooler = s.transaction_pooler;
+  o.round_trip_timeout_ms = s.round_trip_timeout_ms;
+  o.synchronous_commit = s.synchronous_commit;
   switch (role) {
     case StoreRole::kService:
       // One reader connection per worker would be threads x nodes connections on the server;
@@ -47,6 +51,26 @@ PgOptions pg_options(const std::string& url, StoreRole role, const StoreSettings
 }
 
 }  // namespace
+
+StoreSettings tool_store_settings(const Environment& env) {
+  StoreSettings s;
+  Environment valid;
+  for (const char* name :
+       {"DATABASE_POOLER", "DATABASE_ROUND_TRIP_TIMEOUT_MS", "DATABASE_SYNCHRONOUS_COMMIT"}) {
+    auto it = env.find(name);
+    std::vector<std::string> problems;
+    if (it != env.end() && validate_environment({{name, it->second}}, problems)) {
+      valid[name] = it->second;
+    }
+  }
+  AppOptions o;
+  std::vector<std::string> problems;
+  options_from_environment(valid, 1, false, o, problems);
+  s.transaction_pooler = o.transaction_pooler;
+  s.round_trip_timeout_ms = o.round_trip_timeout_ms;
+  s.synchronous_commit = o.synchronous_commit;
+  return s;
+}
 
 Status open_store(const std::string& target, StoreRole role, const StoreSettings& settings,
                   std::unique_ptr<Store>& out) {
@@ -72,8 +96,10 @@ std::string describe_store(const std::string& target, StoreRole role,
                            const StoreSettings& settings) {
   if (is_postgres_url(target)) {
     const PgOptions o = pg_options(target, role, settings);
-    return "postgresql=" + redact_url(o.url) +
-           " synchronous_commit=on lock_timeout_ms=" + std::to_string(o.lock_timeout_ms) +
+    return "postgresql=" + redact_url(o.url) + " synchronous_commit=" + o.synchronous_commit +
+           " lock_timeout_ms=" + std::to_string(o.lock_timeout_ms) +
+           " round_trip_timeout_ms=" + std::to_string(o.round_trip_timeout_ms) +
+           (o.transaction_pooler ? " pooler=transaction" : "") +
            " max_connections=" + std::to_string(o.max_readers + 2) +
            (o.read_url.empty() ? "" : " read_replicas=" + redact_url(o.read_url));
   }

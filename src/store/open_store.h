@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "base/config.h"
 #include "store/store.h"
 #include "store/write_engine.h"
 
@@ -19,12 +20,20 @@ enum class StoreRole {
 };
 
 struct StoreSettings {
-  int threads = 1;                    // kService: sizes PostgreSQL's reader pool
-  int busy_timeout_ms = 5000;         // SQLite busy_timeout, PostgreSQL lock_timeout
-  long long max_db_pages = 0;         // SQLite: > 0 caps the database size
-  WriteObserver* observer = nullptr;  // metrics of the group commits (null: none)
-  std::string read_url;               // kService, PostgreSQL: read replicas (DATABASE_READ_URL)
+  int threads = 1;                        // kService: sizes PostgreSQL's reader pool
+  int busy_timeout_ms = 5000;             // SQLite busy_timeout, PostgreSQL lock_timeout
+  long long max_db_pages = 0;             // SQLite: > 0 caps the database size
+  WriteObserver* observer = nullptr;      // metrics of the group commits (null: none)
+  bool transaction_pooler = false;        // PostgreSQL behind a pooler in transaction mode
+  int round_trip_timeout_ms = 10000;      // PostgreSQL: the deadline of a round trip and a write
+  std::string synchronous_commit = "on";  // PostgreSQL: on, remote_write or remote_apply
+  std::string read_url;                   // kService, PostgreSQL: read replicas (DATABASE_READ_URL)
 };
+
+// The storage settings of the settings table (base/config.h) the administration commands open
+// a store with: DATABASE_POOLER, DATABASE_ROUND_TRIP_TIMEOUT_MS, DATABASE_SYNCHRONOUS_COMMIT (they
+// reach PostgreSQL the way the service does). Values not valid for their setting are ignored.
+StoreSettings tool_store_settings(const Environment& env);
 
 // Opens the store `target` names for `role`. Errors as SqliteStore::open and PgStore::open
 // say (Unavailable: a PostgreSQL server that cannot be reached now, worth waiting for).

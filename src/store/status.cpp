@@ -23,6 +23,8 @@ const char* Status::name() const {
       return "io_error";
     case StatusCode::kUnavailable:
       return "unavailable";
+    case StatusCode::kOutcomeUnknown:
+      return "outcome_unknown";
     case StatusCode::kInternal:
       return "internal";
   }

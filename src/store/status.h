@@ -13,14 +13,16 @@ enum class StatusCode {
   kOk,
   kDuplicate,  // the test_id already exists; nothing was written
   kNotFound,
-  kBusy,         // the database stayed locked past busy_timeout
-  kFull,         // disk or database size limit reached; rolled back
-  kCorrupt,      // SQLite reported a malformed database; logged loudly
-  kReadOnly,     // the database file or directory cannot be written
-  kIoError,      // the disk failed a read or write (not for lack of space); rolled back
-  kUnavailable,  // the database server cannot be reached (PostgreSQL: connection lost,
-                 // server restarting or shutting down, too many connections)
-  kInternal,     // anything else; rolled back
+  kBusy,            // the database stayed locked past busy_timeout
+  kFull,            // disk or database size limit reached; rolled back
+  kCorrupt,         // SQLite reported a malformed database; logged loudly
+  kReadOnly,        // the database file or directory cannot be written
+  kIoError,         // the disk failed a read or write (not for lack of space); rolled back
+  kUnavailable,     // the database server cannot be reached (PostgreSQL: connection lost,
+                    // server restarting or shutting down, too many connections)
+  kOutcomeUnknown,  // a write's commit was sent but not confirmed in time (PostgreSQL): it may
+                    // or may not be stored; the client must look before retrying
+  kInternal,        // anything else; rolled back
 };
 
 class Status {
@@ -36,6 +38,9 @@ class Status {
   static Status IoError(std::string m) { return Status(StatusCode::kIoError, std::move(m)); }
   static Status Unavailable(std::string m) {
     return Status(StatusCode::kUnavailable, std::move(m));
+  }
+  static Status OutcomeUnknown(std::string m) {
+    return Status(StatusCode::kOutcomeUnknown, std::move(m));
   }
   static Status Internal(std::string m) { return Status(StatusCode::kInternal, std::move(m)); }
 

@@ -22,7 +22,7 @@ const std::string kAnonymous = "anonymous";
 bool breaks_write_path(StatusCode code) {
   return code == StatusCode::kIoError || code == StatusCode::kReadOnly ||
          code == StatusCode::kCorrupt || code == StatusCode::kInternal ||
-         code == StatusCode::kUnavailable;
+         code == StatusCode::kUnavailable || code == StatusCode::kOutcomeUnknown;
 }
 
 // One request's write, waiting in the queue for the writer thread.
@@ -39,6 +39,7 @@ struct WriteEngine::Job {
   bool wrote = false;   // a record or a version written (kept only if the group commits)
   // kLeader: set (under mu_, before `done` is posted) when this job is to lead the next group.
   bool lead = false;
+  std::chrono::steady_clock::time_point submitted;  // (WriteEngineOptions::deadline only)
   WriteOutcome outcome;
   // Posted by the writer once `outcome` is final; the submitting thread waits on it alone. (A
   // condition variable on the queue's mutex made every answered thread of a group take that
@@ -198,6 +199,7 @@ Status WriteEngine::run_correction(Job& job, const std::string& now) {
 }
 
 WriteOutcome WriteEngine::submit(Job& job) {
+  if (options_.deadline.count() > 0) job.submitted = std::chrono::steady_clock::now();
   if (options_.mode == CommitMode::kLeader) return submit_as_leader(job);
   {
     MutexLock lock(mu_);
@@ -460,19 +462,72 @@ void WriteEngine::sync_undurable() {
   if (s.ok()) syncs_++;
 }
 
-void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
+void WriteEngine::commit_group(const std::vector<Job*>& taken, bool durable) {
   const auto start = std::chrono::steady_clock::now();
   long long txn_id;
   {
     MutexLock lock(mu_);
     txn_id = next_txn_id_++;
   }
+  // With a deadline: a request that waited past it is answered busy, untried (nothing of it was
+  // sent: it is not stored); the rest get what is left of the oldest one's time.
+  std::vector<Job*> live;
+  const std::vector<Job*>* group = &taken;
+  if (options_.deadline.count() > 0) {
+    live.reserve(taken.size());
+    auto oldest = start;
+    for (Job* job : taken) {
+      if (start - job->submitted >= options_.deadline) {
+        job->outcome.txn_id = txn_id;
+        job->outcome.status = Status::Busy("waited for the writer longer than the write deadline");
+        job->wrote = false;
+        continue;
+      }
+      oldest = std::min(oldest, job->submitted);
+      live.push_back(job);
+    }
+    group = &live;
+    if (live.size() < taken.size()) {
+      LogFields f;
+      f.txn_id = txn_id;
+      f.count = static_cast<long long>(taken.size() - live.size());
+      f.reason = "busy";
+      f.detail = "writes waited for the writer longer than the deadline (" +
+                 std::to_string(options_.deadline.count()) + " ms): answered 503, not tried";
+      log_event(LogLevel::kWarn, "writes_expired", f);
+    }
+    if (live.empty()) return;
+    backend_.set_deadline(oldest + options_.deadline);
+    MutexLock lock(mu_);
+    committing_ = true;
+    committing_since_ = oldest;
+  }
   Status storage_error;  // a failure of one job that says storage is failing (for check_health)
-  const Status group_status = run_transaction(group, durable, txn_id, storage_error);
+  const Status group_status = run_transaction(*group, durable, txn_id, storage_error);
   if (!group_status.ok()) backend_.abort();
+  if (group_status.code() == StatusCode::kOutcomeUnknown) {
+    // Which writes the client must look up (ids only: no patient data).
+    std::string ids;
+    long long n = 0;
+    for (const Job* job : *group) {
+      for (size_t i = 0; i < job->count; ++i, ++n)
+        ids += (ids.empty() ? "" : ",") + job->records[i].test_id;
+      if (job->correction) {
+        ids += (ids.empty() ? "" : ",") + job->correction->record.test_id;
+        ++n;
+      }
+    }
+    LogFields f;
+    f.txn_id = txn_id;
+    f.count = n;
+    f.reason = group_status.name();
+    f.test_id = ids;
+    f.detail = group_status.message();
+    log_event(LogLevel::kError, "write_outcome_unknown", f);
+  }
 
   // Answer: a failed transaction fails every job of it that had not failed on its own.
-  for (Job* job : group) {
+  for (Job* job : *group) {
     job->outcome.txn_id = txn_id;
     // Duplicates too: their 409 and its audit entry were rolled back with the rest.
     const bool failed_alone =
@@ -486,7 +541,7 @@ void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
   backend_.note_failure(group_status);
   LogFields f;
   f.txn_id = txn_id;
-  f.count = static_cast<long long>(group.size());
+  f.count = static_cast<long long>(group->size());
   f.txn = group_status.ok() ? "commit" : "rollback";
   f.duration_ms = elapsed_ms(start);
   if (!group_status.ok()) {
@@ -498,10 +553,10 @@ void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
                                                                  : LogLevel::kWarn;
   log_event(level, "txn", f);
   if (observer_)
-    observer_->record_transaction(group.size(), f.duration_ms / 1000.0, group_status.ok());
+    observer_->record_transaction(group->size(), f.duration_ms / 1000.0, group_status.ok());
 
   bool wrote = false;
-  for (const Job* job : group) wrote = wrote || job->wrote;
+  for (const Job* job : *group) wrote = wrote || job->wrote;
   MutexLock lock(mu_);
   if (group_status.ok() && wrote) {
     commit_generation_++;
@@ -509,7 +564,8 @@ void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
   }
   stats_.transactions++;
   (group_status.ok() ? stats_.commits : stats_.rollbacks)++;
-  stats_.writes += static_cast<long long>(group.size());
+  stats_.writes += static_cast<long long>(group->size());
+  committing_ = false;
   if (group_status.ok() && durable) {
     undurable_ = false;
   } else if (group_status.ok()) {
@@ -531,6 +587,18 @@ void WriteEngine::commit_group(const std::vector<Job*>& group, bool durable) {
 
 Status WriteEngine::recent_failure() const {
   MutexLock lock(mu_);
+  if (options_.deadline.count() > 0) {
+    // The oldest unanswered write: in the group being committed, else first in the queue.
+    const auto now = std::chrono::steady_clock::now();
+    auto oldest = now;
+    if (committing_) oldest = committing_since_;
+    if (!queue_.empty()) oldest = std::min(oldest, queue_.front()->submitted);
+    if (now - oldest > options_.deadline) {
+      return Status::Unavailable("a write has waited longer than the write deadline (" +
+                                 std::to_string(options_.deadline.count()) +
+                                 " ms) for the database");
+    }
+  }
   if (!write_failure_.ok() &&
       std::chrono::steady_clock::now() - write_failure_at_ < kWriteFailureWindow) {
     return write_failure_;

@@ -93,6 +93,10 @@ class WriteBackend {
   virtual void abort() = 0;
   // Logs a storage failure (and whatever the backend marks for it, such as corruption).
   virtual void note_failure(const Status& status) = 0;
+  // Called before begin when the engine has a deadline (WriteEngineOptions::deadline): the
+  // group's transaction must be answered by `deadline` (a COMMIT not confirmed by then is
+  // kOutcomeUnknown). Backends without deadlines ignore it.
+  virtual void set_deadline(std::chrono::steady_clock::time_point deadline) { (void)deadline; }
   // Makes every transaction committed so far durable (outside a transaction).
   virtual Status sync() = 0;
 };
@@ -115,6 +119,11 @@ struct WriteEngineOptions {
   // group committed this long after the first such commit is durable, or, when none comes, the
   // writer syncs (WriteBackend::sync) then.
   std::chrono::milliseconds sync_window{kCrashSafeSyncWindowMs};
+  // > 0: every write is answered within this long of its submission: a request that waited
+  // in the queue past it is answered kBusy without being tried, a group's transaction is
+  // given what is left of its oldest request's time (WriteBackend::set_deadline), and
+  // recent_failure reports a write unanswered for longer. 0: no deadline.
+  std::chrono::milliseconds deadline{0};
   // The clock sync_window is measured on (tests give their own); null: steady_clock::now.
   std::function<std::chrono::steady_clock::time_point()> now;
 };
@@ -145,8 +154,9 @@ class WriteEngine {
   // commit generation moves), when the engine stops, or after timeout.
   void wait_for_commit(std::chrono::milliseconds timeout) EXCLUDES(mu_);
 
-  // The latest failure of the write path within kWriteFailureWindow with no commit since, else
-  // Ok (for check_health).
+  // The latest failure of the write path within kWriteFailureWindow with no commit since, or
+  // (with a deadline) a write unanswered for longer than the deadline, else Ok (for
+  // check_health).
   Status recent_failure() const EXCLUDES(mu_);
   // transactions, commits (undurable_commits of them without waiting for the disk), rollbacks,
   // writes and durability_syncs since construction; the rest left as it is.
@@ -190,6 +200,9 @@ class WriteEngine {
   bool leader_active_ GUARDED_BY(mu_) = false;
   std::deque<Job*> queue_ GUARDED_BY(mu_);
   bool stopping_ GUARDED_BY(mu_) = false;
+  // The submission time of the oldest request of the group being committed (deadline only).
+  std::chrono::steady_clock::time_point committing_since_ GUARDED_BY(mu_);
+  bool committing_ GUARDED_BY(mu_) = false;
   long long next_txn_id_ GUARDED_BY(mu_) = 1;
   StoreStats stats_ GUARDED_BY(mu_);
   Status write_failure_ GUARDED_BY(mu_);

@@ -273,7 +273,8 @@ int run_admin_command(int argc, char** argv) {
   if (!parse_args(argc, argv, a, error)) return usage(error);
   if (verb != "revoke" && !a.positional.empty()) return usage("unexpected " + a.positional[0]);
   std::unique_ptr<Store> store;
-  Status s = open_store(a.db, StoreRole::kAdmin, StoreSettings(), store);
+  Status s =
+      open_store(a.db, StoreRole::kAdmin, tool_store_settings(environment_from(environ)), store);
   if (!s.ok()) return fail("cannot open " + describe_target(a.db) + ": " + s.message());
   if (verb == "create") return keys_create(*store, a);
   if (verb == "list") return keys_list(*store);

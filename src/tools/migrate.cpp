@@ -1,6 +1,8 @@
 // migrate.cpp: copies an SQLite database into PostgreSQL, resumably, and verifies the copy.
 #include "tools/migrate.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -130,12 +132,13 @@ int run_migrate_command(int argc, char** argv) {
   if (is_postgres_url(from)) return usage("--from must be an SQLite database file");
   if (!is_postgres_url(to)) return usage("--to must be a PostgreSQL URL (postgresql://...)");
 
+  // The target reached as the service reaches it (DATABASE_POOLER).
+  const StoreSettings settings = tool_store_settings(environment_from(environ));
   std::unique_ptr<Store> source;
-  Status s = open_store(from, StoreRole::kMigrationSource, StoreSettings(), source);
+  Status s = open_store(from, StoreRole::kMigrationSource, settings, source);
   if (!s.ok()) return fail("cannot open " + from + ": " + s.message());
   std::unique_ptr<Store> target_store;
-  s = open_store(to, StoreRole::kMigrationTarget, StoreSettings(), target_store);  // creates or
-                                                                                   // migrates
+  s = open_store(to, StoreRole::kMigrationTarget, settings, target_store);  // creates or migrates
   if (!s.ok()) return fail("cannot open " + describe_target(to) + ": " + s.message());
   ImportTarget* target = target_store->import_target();
   if (target == nullptr) return fail(describe_target(to) + " takes no imports");
@@ -225,7 +228,7 @@ int run_migrate_command(int argc, char** argv) {
   // The source is read again through a new store: what the copy relied on (list_all_tests
   // checks once per store that it may page by rowid) is checked again for the verification.
   source.reset();
-  s = open_store(from, StoreRole::kMigrationSource, StoreSettings(), source);
+  s = open_store(from, StoreRole::kMigrationSource, settings, source);
   if (!s.ok()) return fail("cannot open " + from + " again to verify the copy: " + s.message());
   StoreDigest a, b;
   std::string problem = digest_store(*source, a);

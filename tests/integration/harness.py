@@ -4,7 +4,8 @@ temp data dir, and talks HTTP to it. Used by every integration test.
 Storage: SQLite (DATA_DIR/testdata.db) by default. With TEST_PG_HOST set (the socket directory
 of scripts/pg-test-server.sh; CTest sets it for the `postgresql` label), every Server without an
 explicit DATABASE_URL gets a PostgreSQL database of its own, one per data dir (a Server stopped
-and started again on the same data dir finds its data), passed to run.sh as DATABASE_URL.
+and started again on the same data dir finds its data), passed to run.sh as DATABASE_URL
+(through the test PgBouncer when TEST_PGB_HOST is set).
 database_target(server) is what the admin CLI takes as --db on either backend."""
 
 import atexit
@@ -28,6 +29,11 @@ APP_BIN = os.environ.get("APP_BIN", os.path.join(ROOT, "build", "testdata-api"))
 
 PG_HOST = os.environ.get("TEST_PG_HOST") or None
 PG_USER = "tdapi"
+# With TEST_PGB_HOST also set (the socket directory of the fixture's PgBouncer, port 6432, in
+# transaction mode: scripts/pg-test-server.sh pooler-start), the app's DATABASE_URL goes through
+# the pooler; the tests' own SQL (psql) still goes straight to the server.
+PGB_HOST = os.environ.get("TEST_PGB_HOST") or None
+PGB_PORT = 6432
 SQLITE_ONLY = "SQLite-specific: "  # unittest.skipIf(PG_HOST, SQLITE_ONLY + "why")
 
 
@@ -40,6 +46,13 @@ def _pg_tool(name):
 
 def pg_url(name):
     return f"postgresql://{PG_USER}@/{name}?host={PG_HOST}"
+
+
+def app_pg_url(name):
+    """The URL the app gets for database `name`: through the pooler when there is one."""
+    if PGB_HOST:
+        return f"postgresql://{PG_USER}@/{name}?host={PGB_HOST}&port={PGB_PORT}"
+    return pg_url(name)
 
 
 def psql(sql, database="postgres"):
@@ -129,7 +142,7 @@ class Server:
         self.pg_database = None
         if PG_HOST and "DATABASE_URL" not in env:
             self.pg_database = pg_database_for(self.data_dir)
-            self.env["DATABASE_URL"] = pg_url(self.pg_database)
+            self.env["DATABASE_URL"] = app_pg_url(self.pg_database)
         self.proc = None
         self.output = None
 

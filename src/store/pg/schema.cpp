@@ -110,6 +110,15 @@ static_assert(sizeof kMigrations / sizeof kMigrations[0] == PgStore::kSchemaVers
 }  // namespace
 
 Status PgStore::migrate(Connection& c) {
+  // A migration rewrites whole tables: its statements are bounded by statement_timeout, not by
+  // the round-trip deadline of requests.
+  struct Deadline {
+    Connection& c;
+    std::chrono::milliseconds saved;
+    ~Deadline() { c.round_trip_timeout = saved; }
+  } deadline{c, c.round_trip_timeout};
+  c.round_trip_timeout =
+      std::max(c.round_trip_timeout, std::chrono::milliseconds(options_.statement_timeout_ms));
   const std::string where = "PostgreSQL at " + redact_url(options_.url);
   auto fail = [&](const PgResult& r, const std::string& what) {
     Status s = c.error(r.get(), what + " (" + where + ")");

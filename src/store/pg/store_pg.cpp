@@ -10,6 +10,7 @@
 #include <cassert>
 #include <cctype>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_set>
 #include <utility>
@@ -173,9 +174,14 @@ class PgStore::Backend : public WriteBackend {
   // Not durable: synchronous_commit off for this transaction (its COMMIT is in the server's WAL
   // buffers, so it survives the app's crash; the server flushes it within its wal_writer_delay,
   // a later durable commit or sync at once).
+  void set_deadline(std::chrono::steady_clock::time_point deadline) override {
+    deadline_ = deadline;
+  }
+
   Status begin(bool durable) override {
     std::unique_ptr<Connection>& writer = store_.writer_;
     Status status;
+    xid_.clear();
     for (int attempt = 0; attempt < 2; ++attempt) {
       status = Status::Ok();
       if (!writer || !writer->healthy()) {
@@ -183,14 +189,20 @@ class PgStore::Backend : public WriteBackend {
         status = store_.connect(writer);
         if (!status.ok()) return status;
       }
+      writer->deadline = deadline_;  // the group's: every round trip until COMMIT's answer
       PgResult r = writer->exec(durable ? "BEGIN" : "BEGIN; SET LOCAL synchronous_commit = off");
       if (result_ok(r)) break;
       status = writer->error(r.get(), "BEGIN");
       if (writer->healthy()) break;
     }
     if (!status.ok()) return status;
-    PgResult r = writer->run("write_lock", "SELECT pg_advisory_xact_lock($1)", {kWriteLockKey});
-    return result_ok(r) ? Status::Ok() : writer->error(r.get(), "take the write lock");
+    // The transaction's id, taken now: a COMMIT whose connection drops is settled by asking the
+    // server what became of it (settle).
+    PgResult r = writer->run("write_lock", "SELECT pg_advisory_xact_lock($1), pg_current_xact_id()",
+                             {kWriteLockKey});
+    if (!result_ok(r)) return writer->error(r.get(), "take the write lock");
+    xid_.assign(value_view(r.get(), 0, 1));
+    return Status::Ok();
   }
   Status audit_head(long long& seq, std::string& hash) override {
     Connection& c = *store_.writer_;
@@ -286,10 +298,40 @@ class PgStore::Backend : public WriteBackend {
     return result_ok(r) ? Status::Ok() : c.error(r.get(), "INSERT audit");
   }
   bool transaction_lost() override { return !store_.writer_->healthy(); }
+  // 201 only for a COMMIT the server confirmed by the deadline, with no warning that the wait
+  // for synchronous replication was cancelled (the transaction then committed locally, but its
+  // durability goal was not met): otherwise kOutcomeUnknown, unless the connection dropped, and
+  // the server, asked on a new one, says what happened (settle).
   Status commit() override {
     Connection& c = *store_.writer_;
-    PgResult r = c.exec("COMMIT");
-    if (!result_ok(r)) return c.error(r.get(), "COMMIT");
+    const PgOptions& o = store_.options_;
+    if (o.test_before_commit) o.test_before_commit(PQbackendPID(c.conn));
+    PgResult r = wrap(nullptr);
+    if (o.test_commit_sent) {
+      c.start_round_trip();
+      const bool sent = PQsendQuery(c.conn, "COMMIT") == 1;
+      if (sent) o.test_commit_sent(PQsocket(c.conn), xid_);
+      r = c.await(sent);
+    } else {
+      r = c.exec("COMMIT");
+    }
+    c.deadline = {};
+    if (!c.warning.empty() && c.warning.find("synchronous replication") != std::string::npos) {
+      c.broken = true;
+      return Status::OutcomeUnknown("COMMIT of transaction " + xid_ +
+                                    " not confirmed: " + c.warning);
+    }
+    if (c.timed_out) {
+      c.broken = true;
+      return Status::OutcomeUnknown("COMMIT of transaction " + xid_ + " not confirmed within " +
+                                    std::to_string(c.round_trip_timeout.count()) +
+                                    " ms (cancelled)");
+    }
+    if (!result_ok(r)) {
+      Status failed = c.error(r.get(), "COMMIT");
+      if (!c.healthy() && !xid_.empty()) return settle(failed);
+      return failed;
+    }
     if (std::strcmp(PQcmdStatus(r.get()), "COMMIT") != 0) {
       return Status::Internal("COMMIT: the transaction was rolled back");
     }
@@ -299,6 +341,7 @@ class PgStore::Backend : public WriteBackend {
   void abort() override {
     std::unique_ptr<Connection>& writer = store_.writer_;
     if (!writer) return;
+    writer->deadline = {};
     if (writer->healthy() && writer->in_transaction()) writer->exec("ROLLBACK");
     if (!writer->healthy() || writer->in_transaction()) writer.reset();  // start over
   }
@@ -324,7 +367,48 @@ class PgStore::Backend : public WriteBackend {
     return result_ok(r) ? Status::Ok() : c.error(r.get(), sql);
   }
 
+  // The COMMIT's connection dropped before its answer: the transaction may or may not have
+  // committed. Asked on a new connection: committed (and no synchronous standby to wait for)
+  // is Ok, aborted is the COMMIT's own failure, anything else kOutcomeUnknown.
+  Status settle(const Status& failed) {
+    std::unique_ptr<Connection>& writer = store_.writer_;
+    writer.reset();
+    Status s = store_.connect(writer);
+    const std::string what = "COMMIT of transaction " + xid_ + ": " + failed.message();
+    if (!s.ok()) {
+      writer.reset();
+      return Status::OutcomeUnknown(
+          what + "; the server could not be asked what became of it: " + s.message());
+    }
+    PgResult r = writer->run("xact_status",
+                             "SELECT pg_xact_status($1::xid8),"
+                             " current_setting('synchronous_standby_names') = ''",
+                             {xid_.c_str()});
+    if (!result_ok(r) || PQntuples(r.get()) != 1 || PQgetisnull(r.get(), 0, 0)) {
+      Status asked = writer->error(r.get(), "pg_xact_status");
+      return Status::OutcomeUnknown(what + "; asking what became of it failed: " + asked.message());
+    }
+    const std::string status(value_view(r.get(), 0, 0));
+    const bool no_standby = value_view(r.get(), 0, 1) == "t";
+    LogFields f;
+    f.reason = status;
+    f.detail = "the connection dropped during COMMIT of transaction " + xid_ +
+               "; the server says it " +
+               (status == "committed" ? "committed"
+                : status == "aborted" ? "aborted"
+                                      : "is " + status);
+    log_event(LogLevel::kWarn, "commit_settled", f);
+    if (status == "committed" && no_standby) return Status::Ok();
+    if (status == "aborted") return failed;
+    return Status::OutcomeUnknown(what + "; the server says " + status +
+                                  (status == "committed" ? ", but not whether a synchronous "
+                                                           "standby has it"
+                                                         : ""));
+  }
+
   PgStore& store_;
+  std::chrono::steady_clock::time_point deadline_{};
+  std::string xid_;  // the group transaction's id (begin), for settle
 };
 
 PgStore::PgStore(PgOptions options)
@@ -336,32 +420,51 @@ Status PgStore::connect(std::unique_ptr<Connection>& out, const std::string& url
   // Our defaults first: what the URL says wins (only the first dbname is expanded, and later
   // values override earlier ones).
   const std::string timeout = std::to_string(options_.connect_timeout_s);
-  const char* keys[] = {"connect_timeout",
-                        "application_name",
-                        "keepalives",
-                        "keepalives_idle",
-                        "keepalives_interval",
-                        "keepalives_count",
-                        "tcp_user_timeout",
-                        "dbname",
-                        nullptr};
-  const char* values[] = {
-      timeout.c_str(), options_.application_name.c_str(), "1", "10", "5", "3", "30000", url.c_str(),
-      nullptr};
+  const char* keys[] = {"connect_timeout",     "application_name",
+                        "keepalives",          "keepalives_idle",
+                        "keepalives_interval", "keepalives_count",
+                        "tcp_user_timeout",    "dbname",
+                        "client_encoding",     nullptr};
+  const char* values[] = {timeout.c_str(),
+                          options_.application_name.c_str(),
+                          "1",
+                          "10",
+                          "5",
+                          "3",
+                          "30000",
+                          url.c_str(),
+                          "UTF8",
+                          nullptr};
   auto conn = std::make_unique<Connection>();
   conn->conn = PQconnectdbParams(keys, values, 1);
   if (!conn->healthy()) {
     return Status::Unavailable("cannot connect to PostgreSQL at " + redact_url(url) + ": " +
                                first_line(conn->conn ? PQerrorMessage(conn->conn) : ""));
   }
-  const std::string setup =
-      "SET synchronous_commit = on; SET client_encoding = 'UTF8';"
-      " SET statement_timeout = " +
-      std::to_string(options_.statement_timeout_ms) +
-      "; SET lock_timeout = " + std::to_string(std::max(1, options_.lock_timeout_ms)) +
-      "; SET idle_in_transaction_session_timeout = 60000;";
-  PgResult r = conn->exec(setup.c_str());
-  if (!result_ok(r)) return conn->error(r.get(), "configure the connection");
+  PQsetNoticeReceiver(conn->conn, &Connection::on_notice, conn.get());
+  conn->round_trip_timeout = std::chrono::milliseconds(options_.round_trip_timeout_ms);
+  // client_encoding is a connection parameter (above, after the URL's: ours wins).
+  const std::string statement_timeout = std::to_string(options_.statement_timeout_ms);
+  const std::string lock_timeout = std::to_string(std::max(1, options_.lock_timeout_ms));
+  if (options_.transaction_pooler) {
+    // Nothing is SET on the connection: a pooler in transaction mode would leave it on a server
+    // connection other clients get next, and run this client's next transaction on another
+    // one. Every transaction sets them itself (Connection::exec, run).
+    conn->pooled = true;
+    conn->local_settings = "SET LOCAL synchronous_commit = " + options_.synchronous_commit +
+                           "; SET LOCAL statement_timeout = " + statement_timeout +
+                           "; SET LOCAL lock_timeout = " + lock_timeout +
+                           "; SET LOCAL idle_in_transaction_session_timeout = 60000; ";
+    conn->statement_timeout_ms = statement_timeout;
+    conn->lock_timeout_ms = lock_timeout;
+  } else {
+    const std::string setup = "SET synchronous_commit = " + options_.synchronous_commit +
+                              "; SET statement_timeout = " + statement_timeout +
+                              "; SET lock_timeout = " + lock_timeout +
+                              "; SET idle_in_transaction_session_timeout = 60000;";
+    PgResult r = conn->exec(setup.c_str());
+    if (!result_ok(r)) return conn->error(r.get(), "configure the connection");
+  }
   out = std::move(conn);
   return Status::Ok();
 }
@@ -382,6 +485,10 @@ Status PgStore::open(const PgOptions& options, std::unique_ptr<PgStore>& out) {
     }
     PQconninfoFree(parsed);
   }
+  if (options.synchronous_commit != "on" && options.synchronous_commit != "remote_write" &&
+      options.synchronous_commit != "remote_apply") {
+    return Status::Internal("synchronous_commit must be on, remote_write or remote_apply");
+  }
   std::unique_ptr<PgStore> store(new PgStore(options));
   Status s = store->connect(store->writer_);
   if (!s.ok()) return s;
@@ -399,8 +506,9 @@ Status PgStore::open(const PgOptions& options, std::unique_ptr<PgStore>& out) {
   if (!s.ok()) return s;
   if (options.open_readers_at_start) store->open_readers();
   store->backend_ = std::make_unique<Backend>(*store);
-  store->engine_ =
-      std::make_unique<WriteEngine>(*store->backend_, options.writes, options.observer);
+  WriteEngineOptions writes = options.writes;
+  writes.deadline = std::chrono::milliseconds(options.round_trip_timeout_ms);
+  store->engine_ = std::make_unique<WriteEngine>(*store->backend_, writes, options.observer);
   out = std::move(store);
   return Status::Ok();
 }

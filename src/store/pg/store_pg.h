@@ -32,6 +32,22 @@ struct PgOptions {
   int lock_timeout_ms = 5000;         // bound on waiting for a lock (the write lock, a row)
   int statement_timeout_ms = 30000;
   int connect_timeout_s = 5;
+  // Every round trip to the server is answered within this (PQcancel past it), and every write
+  // within this of its submission (WriteEngineOptions::deadline): a COMMIT not confirmed by then
+  // is answered kOutcomeUnknown. DATABASE_ROUND_TRIP_TIMEOUT_MS.
+  int round_trip_timeout_ms = 10000;
+  // What a COMMIT waits for: on (the WAL flushed here, and on synchronous standbys when the
+  // server names any), remote_write or remote_apply. DATABASE_SYNCHRONOUS_COMMIT.
+  std::string synchronous_commit = "on";
+  // Tests: called with the writer's server process id after the transaction id is taken and
+  // before COMMIT is sent; and with the writer's socket and the transaction id just after
+  // COMMIT is sent (before its answer is read).
+  std::function<void(int backend_pid)> test_before_commit;
+  std::function<void(int socket, const std::string& xid)> test_commit_sent;
+  // Behind a pooler in transaction mode (PgBouncer pool_mode=transaction): nothing that outlives
+  // a transaction on the server (statements sent unnamed, timeouts set per transaction).
+  // DATABASE_POOLER=transaction (store/open_store.cpp).
+  bool transaction_pooler = false;
   size_t max_readers = 16;  // reader connections of this process at most
   // application_name of its connections: migrate refuses to copy while connections of a
   // running service (testdata-api) are on the target; also what pg_stat_activity shows.

@@ -162,6 +162,9 @@ TEST(Config, ServeOptionsFromTheEnvironment) {
                                         {"THREADS", "12"},
                                         {"FEED_MAX_WAITING", "7"},
                                         {"AUDIT_READS", "durable"},
+                                        {"DATABASE_POOLER", "transaction"},
+                                        {"DATABASE_ROUND_TRIP_TIMEOUT_MS", "2500"},
+                                        {"DATABASE_SYNCHRONOUS_COMMIT", "remote_apply"},
                                         {"ANON_RATE", "10r/s"}},
                                        2, false, o, problems));
   EXPECT_EQ(o.socket_path, "/run/testdata-api/app.sock");
@@ -171,6 +174,9 @@ TEST(Config, ServeOptionsFromTheEnvironment) {
   EXPECT_EQ(o.feed_max_waiting, 7);
   EXPECT_TRUE(o.auth);  // serve's default: on
   EXPECT_TRUE(o.audit_reads_durable);
+  EXPECT_TRUE(o.transaction_pooler);
+  EXPECT_EQ(o.round_trip_timeout_ms, 2500);
+  EXPECT_EQ(o.synchronous_commit, "remote_apply");
   EXPECT_EQ(o.auth_failure_rate_per_minute, 600);
   EXPECT_EQ(o.user, "");
 
@@ -180,11 +186,25 @@ TEST(Config, ServeOptionsFromTheEnvironment) {
   EXPECT_EQ(o.db_path, "/d/testdata.db");
   EXPECT_EQ(o.socket_mode, 0600);
   EXPECT_FALSE(o.auth);
+  EXPECT_FALSE(o.transaction_pooler);
+  EXPECT_EQ(o.round_trip_timeout_ms, 10000);
+  EXPECT_EQ(o.synchronous_commit, "on");
   EXPECT_EQ(o.threads, default_thread_count(2));
   EXPECT_EQ(o.user, "testdata-api");
 
   EXPECT_FALSE(options_from_environment({{"THREADS", "lots"}}, 2, false, o, problems));
   EXPECT_TRUE(mentions(problems, "THREADS"));
+  // PostgreSQL's local-only and off are not offered: a 201 always means flushed on the primary.
+  for (const char* bad : {"off", "local", "on; DROP TABLE tests"}) {
+    problems.clear();
+    EXPECT_FALSE(
+        options_from_environment({{"DATABASE_SYNCHRONOUS_COMMIT", bad}}, 2, false, o, problems));
+    EXPECT_TRUE(mentions(problems, "DATABASE_SYNCHRONOUS_COMMIT")) << bad;
+  }
+  problems.clear();
+  EXPECT_FALSE(
+      options_from_environment({{"DATABASE_ROUND_TRIP_TIMEOUT_MS", "50"}}, 2, false, o, problems));
+  EXPECT_TRUE(mentions(problems, "DATABASE_ROUND_TRIP_TIMEOUT_MS"));
 }
 
 TEST(Config, EnvFileAndTableListEverySetting) {

@@ -3,7 +3,8 @@
 // a temp dir, PostgreSQL on a fresh database of the test server (TEST_PG_HOST). Each backend is
 // a Target that opens a fresh, empty store and runs SQL on its database.
 // tests/CMakeLists.txt runs StoreContract/Sqlite.* with the unit tests and
-// StoreContract/Postgres.* as unit_pg_contract, which needs the postgresql fixture.
+// StoreContract/Postgres.* as unit_pg_contract, which needs the postgresql fixture, and
+// StoreContract/PostgresPooled.* (DATABASE_POOLER=transaction) as unit_pg_pooled_contract.
 // What only one backend has (SQLite's files, checkpoints and fault hooks; PostgreSQL's outages,
 // reconnects and several nodes on one database) is tested beside it: store_sqlite_test.cpp,
 // store_pg_test.cpp, store_security_test.cpp.
@@ -66,13 +67,17 @@ class SqliteTarget {
 };
 
 // PostgreSQL: a database of its own on the test server, dropped after the test.
-class PostgresTarget {
+// PostgresPooled: the same with DATABASE_POOLER=transaction's code paths (unnamed statements,
+// settings per transaction), straight to the server.
+template <bool kPooled>
+class PostgresTargetOf {
  public:
-  static constexpr const char* kName = "Postgres";
+  static constexpr const char* kName = kPooled ? "PostgresPooled" : "Postgres";
   void set_up() { database_.create(); }
   std::unique_ptr<Store> open() {
     PgOptions o;
     o.url = database_.url();
+    o.transaction_pooler = kPooled;
     std::unique_ptr<PgStore> store;
     Status s = PgStore::open(o, store);
     EXPECT_TRUE(s.ok()) << s.message();
@@ -113,7 +118,9 @@ struct TargetName {
     return Target::kName;
   }
 };
-using Targets = ::testing::Types<SqliteTarget, PostgresTarget>;
+using PostgresTarget = PostgresTargetOf<false>;
+using PostgresPooledTarget = PostgresTargetOf<true>;
+using Targets = ::testing::Types<SqliteTarget, PostgresTarget, PostgresPooledTarget>;
 TYPED_TEST_SUITE(StoreContract, Targets, TargetName);
 
 // (test_id, seq) of every test the query lists, with what the listing delivered checked: seq

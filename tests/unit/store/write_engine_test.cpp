@@ -170,6 +170,18 @@ class FakeBackend : public WriteBackend {
     std::lock_guard<std::mutex> lock(mu_);
     return aborts_;
   }
+  int begins() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return begins_;
+  }
+  void set_deadline(std::chrono::steady_clock::time_point deadline) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    deadlines_.push_back(deadline);
+  }
+  std::vector<std::chrono::steady_clock::time_point> deadlines() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return deadlines_;
+  }
   // For each committed group, in order: whether its begin asked for a durable commit.
   std::vector<bool> committed_durable() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -191,6 +203,7 @@ class FakeBackend : public WriteBackend {
   bool held_ = false, in_begin_ = false, txn_durable_ = true;
   int begins_ = 0, aborts_ = 0, commits_ = 0, fail_from_commit_ = 1, syncs_ = 0;
   std::vector<bool> committed_durable_;
+  std::vector<std::chrono::steady_clock::time_point> deadlines_;
   std::set<std::string> stored_;
   std::vector<AuditEntry> trail_;
   std::vector<std::string> txn_records_;
@@ -668,6 +681,70 @@ TEST_P(Modes, WaitForCommitWakesWhenAWriteCommits) {
     EXPECT_TRUE(woke.load()) << "not woken by " << writes << " commits";
     waiter.join();
   }
+}
+
+// With a deadline, every write is answered within it: a write that waited for the writer
+// longer is answered busy without being tried (nothing of it was sent, so it is not stored), a
+// group is given what is left of its oldest write's time, and while a write waits longer than
+// the deadline the health check says so.
+TEST_P(Modes, AWriteThatWaitedPastTheDeadlineIsBusyUntriedAndHealthSaysSo) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngineOptions o = engine_options();
+  o.deadline = std::chrono::milliseconds(200);
+  WriteEngine engine(backend, o, &observer);
+  backend.hold_first_begin();
+  WriteOutcome first, late;
+  const auto before = std::chrono::steady_clock::now();
+  std::thread a([&] { first = engine.insert(make_record("first")); });
+  ASSERT_TRUE(backend.wait_in_begin());
+  std::thread b([&] { late = engine.insert(make_record("late")); });
+  EXPECT_TRUE(observer.wait_pending(2));
+  EXPECT_TRUE(engine.recent_failure().ok());
+  usleep(300 * 1000);  // both have waited longer than the deadline
+  EXPECT_EQ(engine.recent_failure().code(), StatusCode::kUnavailable);
+  backend.release_begin();
+  a.join();
+  b.join();
+  EXPECT_TRUE(first.status.ok()) << first.status.message();  // the fake keeps no deadline
+  EXPECT_EQ(late.status.code(), StatusCode::kBusy) << late.status.message();
+  EXPECT_EQ(backend.begins(), 1);
+  EXPECT_EQ(backend.stored(), (std::set<std::string>{"first"}));
+  ASSERT_EQ(backend.deadlines().size(), 1u);
+  EXPECT_GE(backend.deadlines()[0], before + o.deadline);
+  EXPECT_TRUE(engine.recent_failure().ok());
+}
+
+// Without a deadline (SQLite), nothing expires.
+TEST_P(Modes, WithoutADeadlineAQueuedWriteWaitsItsTurn) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngine engine(backend, engine_options(), &observer);
+  backend.hold_first_begin();
+  WriteOutcome first, late;
+  std::thread a([&] { first = engine.insert(make_record("first")); });
+  ASSERT_TRUE(backend.wait_in_begin());
+  std::thread b([&] { late = engine.insert(make_record("late")); });
+  EXPECT_TRUE(observer.wait_pending(2));
+  usleep(300 * 1000);
+  EXPECT_TRUE(engine.recent_failure().ok());
+  backend.release_begin();
+  a.join();
+  b.join();
+  EXPECT_TRUE(first.status.ok());
+  EXPECT_TRUE(late.status.ok());
+  EXPECT_TRUE(backend.deadlines().empty());
+}
+
+// A commit whose outcome is unknown breaks the write path (health 503) until a group commits.
+TEST_P(Modes, AnUnknownCommitOutcomeTurnsHealthRedUntilAGroupCommits) {
+  FakeBackend backend;
+  FakeObserver observer;
+  WriteEngine engine(backend, engine_options(), &observer);
+  backend.fail_commit(Status::OutcomeUnknown("COMMIT not confirmed"), 1);
+  WriteOutcome out = engine.insert(make_record("maybe"));
+  EXPECT_EQ(out.status.code(), StatusCode::kOutcomeUnknown);
+  EXPECT_EQ(engine.recent_failure().code(), StatusCode::kOutcomeUnknown);
 }
 
 INSTANTIATE_TEST_SUITE_P(WriteEngine, Modes,

@@ -8,9 +8,11 @@
 
 #include <gtest/gtest.h>
 #include <libpq-fe.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -23,6 +25,7 @@
 #include "http/storage_status.h"
 #include "metrics/metrics.h"
 #include "store/audit.h"
+#include "store/pg/internal.h"
 #include "store/pg/pg_test_util.h"
 #include "store/sqlite/store_sqlite.h"
 #include "store/store_test_util.h"
@@ -575,6 +578,197 @@ TEST_F(PgStoreTest, KilledConnectionsAreReopenedByTheNextOperation) {
   EXPECT_TRUE(store->insert(make_record("after")).status.ok());
   EXPECT_EQ(list_ids(*store, "c1"), (std::vector<std::string>{"before", "after"}));
   EXPECT_TRUE(store->check_health().ok());
+}
+
+// Every round trip has a deadline: past it the statement is cancelled (the server answers the
+// cancel, so the connection works on) and the caller gets 503, not a wait.
+TEST_F(PgStoreTest, AStatementPastTheRoundTripDeadlineIsCancelled) {
+  PgStore::Connection c;
+  c.conn = PQconnectdb(url().c_str());
+  ASSERT_TRUE(c.healthy());
+  c.round_trip_timeout = std::chrono::milliseconds(300);
+  PgResult r = c.exec("SELECT pg_sleep(60)");
+  ASSERT_FALSE(result_ok(r));
+  EXPECT_TRUE(c.timed_out);
+  Status s = c.error(r.get(), "sleep");
+  EXPECT_EQ(s.code(), StatusCode::kBusy) << s.message();
+  EXPECT_NE(s.message().find("round-trip deadline of 300 ms"), std::string::npos) << s.message();
+  EXPECT_TRUE(c.healthy());
+  r = c.run("one", "SELECT $1::int + 1", {"1"});
+  ASSERT_TRUE(result_ok(r));
+  EXPECT_FALSE(c.timed_out);
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "2");
+}
+
+// A write stuck behind another session's write lock (its own lock timeout far away) is answered
+// by the write deadline: 503, not stored, and the store writes on once the lock is gone.
+TEST_F(PgStoreTest, AWriteStuckOnTheServerIsAnsweredByTheDeadline) {
+  PgOptions o;
+  o.lock_timeout_ms = 120000;
+  o.round_trip_timeout_ms = 500;
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  PGconn* holder = PQconnectdb(url().c_str());
+  ASSERT_EQ(PQstatus(holder), CONNECTION_OK);
+  PgResult held = wrap(PQexec(holder, "SELECT pg_advisory_lock(7416100)"));
+  ASSERT_TRUE(result_ok(held));
+  WriteOutcome out = store->insert(make_record("stuck"));
+  EXPECT_EQ(out.status.code(), StatusCode::kBusy) << out.status.message();
+  EXPECT_NE(out.status.message().find("deadline"), std::string::npos) << out.status.message();
+  PQfinish(holder);
+  EXPECT_TRUE(column("SELECT test_id FROM tests").empty());
+  EXPECT_TRUE(store->insert(make_record("after")).status.ok());
+}
+
+// The writer's server process dies after the transaction id was taken and before COMMIT: the
+// server, asked on a new connection, says the transaction aborted: the ordinary 503, not stored.
+TEST_F(PgStoreTest, ACommitWhoseServerProcessDiedBeforeItIsSettledAsNotStored) {
+  PgOptions o;
+  o.test_before_commit = [&](int pid) {
+    ASSERT_EQ(admin_sql("SELECT pg_terminate_backend(" + std::to_string(pid) + ")"), "");
+    for (int i = 0; i < 200; ++i) {
+      if (column("SELECT count(*) FROM pg_stat_activity WHERE pid = " + std::to_string(pid)) ==
+          std::vector<std::string>{"0"}) {
+        break;
+      }
+      usleep(10 * 1000);
+    }
+  };
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  WriteOutcome out = store->insert(make_record("lost"));
+  EXPECT_EQ(out.status.code(), StatusCode::kUnavailable) << out.status.message();
+  EXPECT_TRUE(column("SELECT test_id FROM tests").empty());
+}
+
+// The connection drops after the server committed and before its answer arrived: settled on a
+// new connection (pg_xact_status: committed), the write is answered as what it is, stored.
+TEST_F(PgStoreTest, ACommitWhoseAnswerIsLostIsSettledAsStored) {
+  PgOptions o;
+  o.test_commit_sent = [&](int socket, const std::string& xid) {
+    for (int i = 0; i < 500; ++i) {
+      if (column("SELECT pg_xact_status('" + xid + "'::xid8)") ==
+          std::vector<std::string>{"committed"}) {
+        break;
+      }
+      usleep(10 * 1000);
+    }
+    // The answer, if it came, is dropped with the socket: in its place one whose peer is gone.
+    int pair[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+    ASSERT_EQ(dup2(pair[0], socket), socket);
+    close(pair[0]);
+    close(pair[1]);
+  };
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  WriteOutcome out = store->insert(make_record("kept"));
+  EXPECT_TRUE(out.status.ok()) << out.status.message();
+  EXPECT_EQ(column("SELECT test_id FROM tests"), std::vector<std::string>{"kept"});
+}
+
+// DATABASE_SYNCHRONOUS_COMMIT: each offered value is what the writer's transactions run with
+// (straight and behind a pooler: seen by a trigger inside the transaction); anything else is
+// refused at open, never put into SQL.
+TEST_F(PgStoreTest, EachSynchronousCommitValueIsWhatTheWritesRunWith) {
+  bool traced = false;
+  for (bool pooled : {false, true}) {
+    for (const char* value : {"on", "remote_write", "remote_apply"}) {
+      SCOPED_TRACE(std::string(value) + (pooled ? " pooled" : ""));
+      PgOptions o;
+      o.synchronous_commit = value;
+      o.transaction_pooler = pooled;
+      auto store = open(o);
+      ASSERT_TRUE(store);
+      if (!traced) {
+        ASSERT_EQ(sql("CREATE TABLE seen (test_id text, setting text);"
+                      "CREATE FUNCTION note_sync() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                      " INSERT INTO seen VALUES (NEW.test_id,"
+                      " current_setting('synchronous_commit')); RETURN NEW; END $$;"
+                      "CREATE TRIGGER note_sync AFTER INSERT ON tests FOR EACH ROW"
+                      " EXECUTE FUNCTION note_sync()"),
+                  "");
+        traced = true;
+      }
+      const std::string id = std::string("sync-") + value + (pooled ? "-pooled" : "");
+      ASSERT_TRUE(store->insert(make_record(id)).status.ok());
+      EXPECT_EQ(column("SELECT setting FROM seen WHERE test_id = '" + id + "'"),
+                std::vector<std::string>{value});
+    }
+  }
+  PgOptions bad;
+  bad.url = url();
+  bad.synchronous_commit = "off";
+  std::unique_ptr<PgStore> store;
+  EXPECT_EQ(PgStore::open(bad, store).code(), StatusCode::kInternal);
+}
+
+// Behind a pooler in transaction mode the next transaction may run on another server
+// connection: a pooled Connection leaves nothing on its session (no prepared statement, no
+// setting) and each of its transactions sets its own timeouts.
+TEST_F(PgStoreTest, APooledConnectionKeepsNothingPastATransaction) {
+  PgStore::Connection c;
+  c.conn = PQconnectdb(url().c_str());
+  ASSERT_TRUE(c.healthy());
+  c.pooled = true;
+  c.local_settings = "SET LOCAL lock_timeout = 1234; SET LOCAL statement_timeout = 4321; ";
+  c.statement_timeout_ms = "4321";
+  c.lock_timeout_ms = "1234";
+  const char* id = "x";
+  // A statement outside a transaction runs with the timeouts, and so does a simple query and
+  // a transaction's statement.
+  PgResult r = c.run("timeouts",
+                     "SELECT current_setting('lock_timeout'),"
+                     " current_setting('statement_timeout'), $1::text",
+                     {id});
+  ASSERT_TRUE(result_ok(r)) << c.error(r.get(), "run").message();
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "1234ms");
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 1)), "4321ms");
+  r = c.exec("SELECT current_setting('lock_timeout')");
+  ASSERT_TRUE(result_ok(r));
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "1234ms");
+  ASSERT_TRUE(result_ok(c.exec("BEGIN")));
+  r = c.run("in_transaction", "SELECT current_setting('lock_timeout'), $1::text", {id});
+  ASSERT_TRUE(result_ok(r));
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "1234ms");
+  ASSERT_TRUE(result_ok(c.exec("COMMIT")));
+  // Nothing left on the session.
+  r = wrap(PQexec(c.conn,
+                  "SELECT current_setting('lock_timeout'), (SELECT count(*) FROM"
+                  " pg_prepared_statements)"));
+  ASSERT_TRUE(result_ok(r));
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 0)), "0");
+  EXPECT_EQ(std::string(PQgetvalue(r.get(), 0, 1)), "0");
+  // A failing statement is the result (the pipeline's first error), and the connection works on.
+  r = c.run("fails", "SELECT 1 / 0 WHERE $1::text IS NOT NULL", {id});
+  EXPECT_FALSE(result_ok(r));
+  EXPECT_EQ(c.error(r.get(), "divide").code(), StatusCode::kInternal);
+  EXPECT_TRUE(c.healthy());
+  EXPECT_TRUE(result_ok(c.run("again", "SELECT $1::text", {id})));
+}
+
+// A statement the server connection lacks (26000) or has already (42P05), as after a pooler
+// moved the client to another server connection, is 503 and the connection is replaced.
+TEST_F(PgStoreTest, AMissingOrDuplicatePreparedStatementIsUnavailableAndDropsTheConnection) {
+  PgStore::Connection c;
+  c.conn = PQconnectdb(url().c_str());
+  ASSERT_TRUE(c.healthy());
+  c.prepared.insert("get");  // believed prepared, not on this server connection
+  PgResult r = c.run("get", "SELECT 1", {});
+  ASSERT_FALSE(result_ok(r));
+  Status s = c.error(r.get(), "get");
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.message();
+  EXPECT_EQ(http_status_for(s.code()), 503);
+  EXPECT_FALSE(c.healthy());
+
+  PgStore::Connection d;
+  d.conn = PQconnectdb(url().c_str());
+  ASSERT_TRUE(result_ok(d.exec("PREPARE put AS SELECT 1")));  // left by an earlier client
+  r = d.run("put", "SELECT 1", {});
+  ASSERT_FALSE(result_ok(r));
+  s = d.error(r.get(), "put");
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.message();
+  EXPECT_FALSE(d.healthy());
 }
 
 // The database's own errors keep their meaning: a read-only transaction (a standby) is 503.
