@@ -140,6 +140,42 @@ class ReadReplica(unittest.TestCase):
             self.assertIn("X-Commit-Position", json.loads(r.body)["message"])
 
 
+class PromotedReplica(unittest.TestCase):
+    """A replica promoted while the primary goes on writing (a mistaken or partial failover)
+    has its own history from then on: it is not "caught up" with any position of the primary."""
+
+    def test_a_promoted_replica_does_not_answer_reads_with_a_position(self):
+        replica = os.path.join(ReadReplica.base, "promoted")
+        subprocess.run([os.path.join(ROOT, "scripts", "pg-test-replica.sh"), "start",
+                        ReadReplica.primary, replica], check=True, timeout=120)
+        url = "postgresql://tdapi@/" + DATABASE + "?host="
+        s = Server(DATABASE_URL=url + ReadReplica.primary, DATABASE_READ_URL=url + replica,
+                   AUTH="off", AUDIT="on").start()
+        try:
+            self.assertEqual(psql(replica, "SELECT pg_promote()"), "t")
+            deadline = time.time() + 30
+            while psql(replica, "SELECT pg_is_in_recovery()") != "f" and time.time() < deadline:
+                time.sleep(0.05)
+            stale = []
+            for i in range(5):
+                r = s.request("POST", "/tests", record(f"promoted-{i}"))
+                self.assertEqual(r.status, 201, r.body)
+                position = r.headers.get("x-commit-position")
+                r = s.request("GET", f"/tests/promoted-{i}",
+                              headers={"X-Commit-Position": position})
+                if r.status != 200:
+                    stale.append((i, r.status))
+                r = s.request("GET", "/tests?clinic_id=c1", headers={"X-Commit-Position": position})
+                self.assertEqual(r.status, 200, r.body)
+                if f"promoted-{i}" not in [t["test_id"] for t in json.loads(r.body)["tests"]]:
+                    stale.append((i, "listing"))
+            self.assertEqual(stale, [])
+        finally:
+            s.stop()
+            subprocess.run([os.path.join(ROOT, "scripts", "pg-test-replica.sh"), "stop", replica],
+                           timeout=120)
+
+
 class ServiceOnAStandby(unittest.TestCase):
     """DATABASE_URL naming a standby: reads served, writes 503, /healthz green; a standby
     without the schema is named as one at start-up."""

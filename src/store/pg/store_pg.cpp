@@ -561,18 +561,22 @@ Status PgStore::with_replica_reader(const char* what,
   std::unique_ptr<Connection> conn = acquire_reader(replica_readers_, options_.read_url, status);
   bool caught_up = conn != nullptr;
   if (conn && after != 0) {
-    // A standby answers its replay position; a server that is not in recovery (a replica
-    // promoted, or the primary named here too) has everything it committed.
+    // A standby answers its replay position. A server that is not in recovery is not a
+    // replica of the primary: one promoted while the primary goes on writing has a history of
+    // its own, with log positions that pass the primary's without holding its commits (and
+    // the primary, when named here too, is read as the primary below).
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::milliseconds(kReplicaWaitMs);
     int pause_ms = 1;
     for (;;) {
       PgResult r = conn->run("replayed",
-                             "SELECT NOT pg_is_in_recovery() OR"
+                             "SELECT pg_is_in_recovery(),"
                              " pg_last_wal_replay_lsn() >= $1::pg_lsn",
                              {after_text.c_str()});
-      caught_up = result_ok(r) && PQntuples(r.get()) == 1 && value_view(r.get(), 0, 0) == "t";
-      if (caught_up || !result_ok(r) || std::chrono::steady_clock::now() >= deadline) break;
+      const bool standby =
+          result_ok(r) && PQntuples(r.get()) == 1 && value_view(r.get(), 0, 0) == "t";
+      caught_up = standby && value_view(r.get(), 0, 1) == "t";
+      if (caught_up || !standby || std::chrono::steady_clock::now() >= deadline) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
       pause_ms = std::min(pause_ms * 2, 20);
     }
