@@ -14,6 +14,9 @@ namespace tdapi {
 // "16/B374D848" <-> 0x16B374D848 (PostgreSQL's pg_lsn text form). parse is strict: 1-8 hex
 // digits, '/', 1-8 hex digits; false for anything else.
 bool parse_commit_position(std::string_view text, uint64_t& out);
+// The position a write answers when its own could not be read after its COMMIT: no replica
+// reaches it, so a read that sends it back goes to the primary at once ("FFFFFFFF/FFFFFFFF").
+constexpr uint64_t kPositionUnknown = ~uint64_t{0};
 std::string format_commit_position(uint64_t position);
 
 // While the scope lives, the single reads and listings of this thread may go to a read replica

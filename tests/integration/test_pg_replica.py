@@ -176,6 +176,46 @@ class PromotedReplica(unittest.TestCase):
                            timeout=120)
 
 
+class PositionNotRead(unittest.TestCase):
+    """The primary's position after a COMMIT cannot be read (here: the app's role may not call
+    pg_current_wal_lsn()): the answer must still send the read that follows it to a server
+    that has the write, not carry an older position or none."""
+
+    def test_a_write_whose_position_is_unknown_sends_its_reads_to_the_primary(self):
+        primary, replica = ReadReplica.primary, ReadReplica.replica
+        psql(primary, "CREATE ROLE nolsn LOGIN", database="postgres")
+        psql(primary, "CREATE DATABASE nolsn OWNER nolsn", database="postgres")
+        psql(primary, "REVOKE EXECUTE ON FUNCTION pg_current_wal_lsn() FROM PUBLIC",
+             database="nolsn")
+        url = "postgresql://nolsn@/nolsn?host="
+        s = Server(DATABASE_URL=url + primary, DATABASE_READ_URL=url + replica, AUTH="off",
+                   AUDIT="on").start()
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                try:
+                    if psql(replica, "SELECT to_regclass('tests') IS NOT NULL",
+                            database="nolsn") == "t":
+                        break
+                except RuntimeError:
+                    pass
+                time.sleep(0.1)
+            psql(replica, "SELECT pg_wal_replay_pause()")
+            try:
+                for i in range(3):
+                    r = s.request("POST", "/tests", record(f"nolsn-{i}"))
+                    self.assertEqual(r.status, 201, r.body)
+                    position = r.headers.get("x-commit-position")
+                    self.assertIsNotNone(position)
+                    r = s.request("GET", f"/tests/nolsn-{i}",
+                                  headers={"X-Commit-Position": position})
+                    self.assertEqual(r.status, 200, r.body)
+            finally:
+                psql(replica, "SELECT pg_wal_replay_resume()")
+        finally:
+            s.stop()
+
+
 class ServiceOnAStandby(unittest.TestCase):
     """DATABASE_URL naming a standby: reads served, writes 503, /healthz green; a standby
     without the schema is named as one at start-up."""

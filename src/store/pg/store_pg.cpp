@@ -545,17 +545,25 @@ void PgStore::note_commit_position(Connection& writer) {
   uint64_t position = 0;
   if (!result_ok(r) || PQntuples(r.get()) != 1 ||
       !parse_commit_position(value_view(r.get(), 0, 0), position)) {
-    return;  // the answer carries an older position: a read presenting it may see less
+    // An older position (or none) would let a read that sends it back miss this commit: the
+    // answers say "unknown" (read from the primary) until a later commit's position is read.
+    position_unknown_.store(true);
+    return;
   }
   uint64_t seen = commit_position_.load();
   while (seen < position && !commit_position_.compare_exchange_weak(seen, position)) {
   }
+  position_unknown_.store(false);  // after the position that covers the commits before
 }
 
 Status PgStore::with_replica_reader(const char* what,
                                     const std::function<Status(Connection&)>& fn) {
   if (options_.read_url.empty() || !ReplicaReadScope::active()) return with_reader(what, fn);
   const uint64_t after = ReplicaReadScope::after();
+  if (after == kPositionUnknown) {  // a write whose position was not read: only the primary
+    ++replica_fallbacks_;
+    return with_reader(what, fn);
+  }
   const std::string after_text = format_commit_position(after);
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(replica_readers_, options_.read_url, status);

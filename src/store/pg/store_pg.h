@@ -17,6 +17,7 @@
 #include "base/fifo_pool.h"
 #include "base/thread_annotations.h"
 #include "base/url.h"
+#include "store/read_after.h"
 #include "store/store.h"
 #include "store/write_engine.h"
 
@@ -88,7 +89,11 @@ class PgStore : public EngineStore, public ImportTarget {
   // (list_range_sql): a listing's cost as a deterministic count, for tests.
   long long listing_range_lookups() const { return range_lookups_.load(); }
   Status check_health() override EXCLUDES(health_mu_, size_mu_);
-  uint64_t commit_position() const override { return commit_position_.load(); }
+  // The position of the last commit, or kPositionUnknown while the last one's could not be
+  // read (a later commit's position covers it).
+  uint64_t commit_position() const override {
+    return position_unknown_.load() ? kPositionUnknown : commit_position_.load();
+  }
   // How many reads a replica could not serve in time for their commit position (they went to
   // the primary): for tests.
   long long replica_fallbacks() const { return replica_fallbacks_.load(); }
@@ -149,6 +154,7 @@ class PgStore : public EngineStore, public ImportTarget {
   FifoPool<Connection> readers_;          // at most options_.max_readers, first come first served
   FifoPool<Connection> replica_readers_;  // to options_.read_url, as many at most
   std::atomic<uint64_t> commit_position_{0};
+  std::atomic<bool> position_unknown_{false};  // the last commit's position was not read
   std::atomic<long long> replica_fallbacks_{0};
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
