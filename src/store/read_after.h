@@ -31,10 +31,16 @@ class ReplicaReadScope {
 
   static bool active();
   static uint64_t after();
+  // Once a read of the scope went to the primary (no replica had its position in time), its
+  // later reads (a listing's next pages) go there too: at once, and never to a replica older
+  // than the pages before.
+  static void stay_on_primary();
+  static bool on_primary();
 
  private:
   bool previous_active_;
   uint64_t previous_after_;
+  bool previous_on_primary_;
 };
 
 }  // namespace tdapi

@@ -123,6 +123,41 @@ class ReadReplica(unittest.TestCase):
         r = self.server.request("GET", "/tests/paused-1", headers={"X-Commit-Position": position})
         self.assertEqual(r.status, 200, r.body)
 
+    def test_a_position_the_primary_has_not_reached_is_read_from_the_primary_without_waiting(self):
+        # A forged position (or one from a server no longer written to): no replica will reach
+        # it, so waiting for one only holds a worker and a replica connection for 1 s.
+        self.post("forged-1")
+        for forged in ("FFFFFFF0/0", "7FFFFFFF/FFFFFFFF"):
+            t0 = time.monotonic()
+            r = self.server.request("GET", "/tests/forged-1", headers={"X-Commit-Position": forged})
+            self.assertEqual(r.status, 200, r.body)
+            self.assertLess(time.monotonic() - t0, 0.5, forged)
+
+    def test_a_lagging_replica_costs_one_wait_not_one_per_read_or_per_page(self):
+        # A listing of several pages (16, then up to 1,000 rows a page).
+        for b in range(3):
+            tests = [dict(record(f"lag-{b}-{i}"), clinic_id="c-lag") for i in range(500)]
+            r = self.server.request("POST", "/tests/batch", tests)
+            self.assertEqual(r.status, 201, r.body)
+        psql(self.replica, "SELECT pg_wal_replay_pause()")
+        try:
+            position = self.post("lag-last")
+            t0 = time.monotonic()
+            r = self.server.request("GET", "/tests?clinic_id=c-lag",
+                                    headers={"X-Commit-Position": position})
+            self.assertEqual(r.status, 200, r.body)
+            self.assertEqual(len(json.loads(r.body)["tests"]), 1500)
+            self.assertLess(time.monotonic() - t0, 1.8)  # one wait, not one per page
+            t0 = time.monotonic()
+            for _ in range(5):
+                r = self.server.request("GET", "/tests/lag-last",
+                                        headers={"X-Commit-Position": position})
+                self.assertEqual(r.status, 200, r.body)
+            self.assertLess(time.monotonic() - t0, 2.5)  # not 1 s each
+        finally:
+            psql(self.replica, "SELECT pg_wal_replay_resume()")
+            time.sleep(1.1)  # the service waits for the replica again (the other tests)
+
     def test_corrections_carry_a_position_and_a_bad_one_is_refused(self):
         self.post("corr-1")
         r = self.server.request("PUT", "/tests/corr-1",

@@ -556,13 +556,42 @@ void PgStore::note_commit_position(Connection& writer) {
   position_unknown_.store(false);  // after the position that covers the commits before
 }
 
+bool PgStore::beyond_primary(uint64_t after) {
+  if (after <= std::max(commit_position_.load(), primary_position_.load())) return false;
+  uint64_t current = 0;
+  Status s = with_reader("commit position", [&](Connection& c) {
+    PgResult r = c.run("current_position", "SELECT pg_current_wal_lsn()", {});
+    if (!result_ok(r)) return c.error(r.get(), "commit position");
+    if (PQntuples(r.get()) != 1 || !parse_commit_position(value_view(r.get(), 0, 0), current)) {
+      return Status::Internal("commit position: not a log position");
+    }
+    return Status::Ok();
+  });
+  if (!s.ok()) return true;  // not known: the primary answers
+  uint64_t seen = primary_position_.load();
+  while (seen < current && !primary_position_.compare_exchange_weak(seen, current)) {
+  }
+  return after > current;
+}
+
 Status PgStore::with_replica_reader(const char* what,
                                     const std::function<Status(Connection&)>& fn) {
   if (options_.read_url.empty() || !ReplicaReadScope::active()) return with_reader(what, fn);
   const uint64_t after = ReplicaReadScope::after();
-  if (after == kPositionUnknown) {  // a write whose position was not read: only the primary
+  const auto to_primary = [&] {
     ++replica_fallbacks_;
+    ReplicaReadScope::stay_on_primary();
     return with_reader(what, fn);
+  };
+  // The scope's reads went to the primary already (a listing's first pages), or the write's
+  // position was not read.
+  if (ReplicaReadScope::on_primary() || after == kPositionUnknown) return to_primary();
+  const auto now = [] { return std::chrono::steady_clock::now().time_since_epoch().count(); };
+  // A replica that did not reach a position within the wait lately is not waited for again
+  // (every read would hold a worker and a replica connection for the whole wait) until the
+  // wait's length has passed, unless it was seen past this read's position.
+  if (after != 0 && after > replica_replayed_.load() && now() < replica_behind_until_.load()) {
+    return to_primary();
   }
   const std::string after_text = format_commit_position(after);
   Status status;
@@ -576,15 +605,32 @@ Status PgStore::with_replica_reader(const char* what,
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::milliseconds(kReplicaWaitMs);
     int pause_ms = 1;
-    for (;;) {
-      PgResult r = conn->run("replayed",
-                             "SELECT pg_is_in_recovery(),"
-                             " pg_last_wal_replay_lsn() >= $1::pg_lsn",
-                             {after_text.c_str()});
-      const bool standby =
-          result_ok(r) && PQntuples(r.get()) == 1 && value_view(r.get(), 0, 0) == "t";
-      caught_up = standby && value_view(r.get(), 0, 1) == "t";
-      if (caught_up || !standby || std::chrono::steady_clock::now() >= deadline) break;
+    for (bool first = true;; first = false) {
+      PgResult r =
+          conn->run("replayed", "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()", {});
+      uint64_t replayed = 0;
+      const bool standby = result_ok(r) && PQntuples(r.get()) == 1 &&
+                           value_view(r.get(), 0, 0) == "t" &&
+                           parse_commit_position(value_view(r.get(), 0, 1), replayed);
+      if (!standby) {
+        caught_up = false;
+        break;
+      }
+      uint64_t seen = replica_replayed_.load();
+      while (seen < replayed && !replica_replayed_.compare_exchange_weak(seen, replayed)) {
+      }
+      caught_up = replayed >= after;
+      if (caught_up) break;
+      // A position the primary has not reached (forged, or of a server no longer written to)
+      // no replica will reach: the primary answers at once.
+      if (first && beyond_primary(after)) break;
+      if (std::chrono::steady_clock::now() >= deadline) {
+        replica_behind_until_.store(
+            (std::chrono::steady_clock::now() + std::chrono::milliseconds(kReplicaWaitMs))
+                .time_since_epoch()
+                .count());
+        break;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
       pause_ms = std::min(pause_ms * 2, 20);
     }
@@ -604,8 +650,7 @@ Status PgStore::with_replica_reader(const char* what,
     replica_readers_.drop_idle();
   }
   // Not caught up in time, or no replica reachable: the primary has every commit.
-  ++replica_fallbacks_;
-  return with_reader(what, fn);
+  return to_primary();
 }
 
 Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEndFn& on_page_end) {

@@ -143,6 +143,9 @@ class PgStore : public EngineStore, public ImportTarget {
   Status with_replica_reader(const char* what, const std::function<Status(Connection&)>& fn);
   // After a COMMIT on the writer connection: remembers where it is in the log (read_url only).
   void note_commit_position(Connection& writer);
+  // Whether `after` is past every log position the primary has reached (asked, on a reader,
+  // only when it is past those this process has seen): true too when that cannot be asked.
+  bool beyond_primary(uint64_t after);
 
   PgOptions options_;
   std::atomic<long long> range_lookups_{0};  // listing_range_lookups()
@@ -155,6 +158,12 @@ class PgStore : public EngineStore, public ImportTarget {
   FifoPool<Connection> replica_readers_;  // to options_.read_url, as many at most
   std::atomic<uint64_t> commit_position_{0};
   std::atomic<bool> position_unknown_{false};  // the last commit's position was not read
+  std::atomic<uint64_t> primary_position_{0};  // the primary's position, when last asked
+  // The furthest a replica was seen to have replayed, and until when (steady_clock ticks) a
+  // read past it goes to the primary without waiting: a replica that lags does not hold every
+  // read for kReplicaWaitMs.
+  std::atomic<uint64_t> replica_replayed_{0};
+  std::atomic<std::chrono::steady_clock::rep> replica_behind_until_{0};
   std::atomic<long long> replica_fallbacks_{0};
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
