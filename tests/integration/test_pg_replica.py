@@ -158,6 +158,29 @@ class ReadReplica(unittest.TestCase):
             psql(self.replica, "SELECT pg_wal_replay_resume()")
             time.sleep(1.1)  # the service waits for the replica again (the other tests)
 
+    def test_a_read_the_replica_fails_is_answered_by_the_primary(self):
+        # The replica gives up on the read (here its lock_timeout, 5 s, while the replayed lock
+        # of a primary's transaction holds the table; a query cancelled for a conflict with
+        # recovery, 40001, is answered the same): the primary answers it once the lock is gone
+        # there, rather than a 503.
+        self.post("failing-1")
+        locker = subprocess.Popen(
+            [_pg_tool("psql"), "-X", "-q", "-h", self.primary, "-U", "tdapi", "-d", DATABASE,
+             "-c", "BEGIN; LOCK TABLE tests IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(5.8);"
+                   " COMMIT"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 5
+            # (a commit flushes the log, with the lock's record, for the replica to receive)
+            while time.time() < deadline and psql(self.primary, "SELECT txid_current()") and psql(
+                    self.replica, "SELECT count(*) FROM pg_locks WHERE mode ="
+                                  " 'AccessExclusiveLock' AND relation = 'tests'::regclass") == "0":
+                time.sleep(0.02)
+            self.assertLess(time.time(), deadline, "the replica did not replay the lock")
+            r = self.server.request("GET", "/tests/failing-1")
+            self.assertEqual(r.status, 200, r.body)
+        finally:
+            locker.wait(30)
+
     def test_corrections_carry_a_position_and_a_bad_one_is_refused(self):
         self.post("corr-1")
         r = self.server.request("PUT", "/tests/corr-1",

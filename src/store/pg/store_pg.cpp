@@ -639,11 +639,11 @@ Status PgStore::with_replica_reader(const char* what,
     status = fn(*conn);
     const bool lost = !conn->healthy();
     release_reader(replica_readers_, std::move(conn));
-    if (status.ok() || !lost) {
-      note_failure(status);
-      return status;
-    }
-    replica_readers_.drop_idle();  // the replica went away: this read goes to the primary
+    if (status.ok() || status.code() == StatusCode::kNotFound) return status;
+    // The replica failed this read (gone, a query cancelled for a conflict with recovery,
+    // 40001, a lock or statement timeout, or any other error): the primary answers it.
+    note_failure(status);
+    if (lost) replica_readers_.drop_idle();
   } else if (conn) {
     release_reader(replica_readers_, std::move(conn));
   } else {
