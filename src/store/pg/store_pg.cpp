@@ -697,7 +697,14 @@ Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEn
     params[n++] = walk_text.c_str();
     PgResult page = wrap(nullptr);
     PgResult found = wrap(nullptr);  // the range's rows after the walk (ranged only)
+    std::string rest;
     status = with_replica_reader("list tests", [&](Connection& c) {
+      // Run again from here when the first try failed (on a replica, or a lost connection),
+      // maybe after its range lookup had moved the parameters on: the page starts at `after`.
+      after_text = std::to_string(after);
+      params[n - 2] = after_text.c_str();
+      params[n - 1] = walk_text.c_str();
+      found = wrap(nullptr);
       page = c.run(name.c_str(), sql.c_str(), params, n);
       if (!result_ok(page)) return c.error(page.get(), "list tests");
       const int walked = PQntuples(page.get());
@@ -713,7 +720,7 @@ Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEn
       // Too little of the range in the rows walked: the rest of the page through its index.
       ++range_lookups_;
       after_text = std::to_string(value_int(page.get(), walked - 1, 1));
-      const std::string rest = std::to_string(want - matched);
+      rest = std::to_string(want - matched);
       params[n - 2] = after_text.c_str();
       params[n - 1] = rest.c_str();
       found = c.run(range_name.c_str(), range_sql.c_str(), params, n);
