@@ -183,6 +183,7 @@ class PgStore::Backend : public WriteBackend {
         status = store_.connect(writer);
         if (!status.ok()) return status;
       }
+      durable_ = durable;
       PgResult r = writer->exec(durable ? "BEGIN" : "BEGIN; SET LOCAL synchronous_commit = off");
       if (result_ok(r)) break;
       status = writer->error(r.get(), "BEGIN");
@@ -293,7 +294,9 @@ class PgStore::Backend : public WriteBackend {
     if (std::strcmp(PQcmdStatus(r.get()), "COMMIT") != 0) {
       return Status::Internal("COMMIT: the transaction was rolled back");
     }
-    store_.note_commit_position(c);
+    // A write's answer carries its position; a commit that is not durable holds read audit
+    // entries alone (no answer carries them): it costs no second round trip.
+    if (durable_) store_.note_commit_position(c);
     return Status::Ok();
   }
   void abort() override {
@@ -325,6 +328,7 @@ class PgStore::Backend : public WriteBackend {
   }
 
   PgStore& store_;
+  bool durable_ = true;  // the transaction's, as begin was told
 };
 
 PgStore::PgStore(PgOptions options)
@@ -541,6 +545,7 @@ constexpr int kReplicaWaitMs = 1000;
 void PgStore::note_commit_position(Connection& writer) {
   if (options_.read_url.empty()) return;
   // After COMMIT: the commit record is in the log below the current write position.
+  ++commit_positions_read_;
   PgResult r = writer.exec("SELECT pg_current_wal_lsn()");
   uint64_t position = 0;
   if (!result_ok(r) || PQntuples(r.get()) != 1 ||

@@ -97,6 +97,8 @@ class PgStore : public EngineStore, public ImportTarget {
   // How many reads a replica could not serve in time for their commit position (they went to
   // the primary): for tests.
   long long replica_fallbacks() const { return replica_fallbacks_.load(); }
+  // How many times a commit's log position was asked for (after durable commits only): for tests.
+  long long commit_positions_read() const { return commit_positions_read_.load(); }
   const std::string& instance_secret() const override { return secret_; }
   StoreStats stats() const override EXCLUDES(size_mu_);
 
@@ -165,6 +167,7 @@ class PgStore : public EngineStore, public ImportTarget {
   std::atomic<uint64_t> replica_replayed_{0};
   std::atomic<std::chrono::steady_clock::rep> replica_behind_until_{0};
   std::atomic<long long> replica_fallbacks_{0};
+  std::atomic<long long> commit_positions_read_{0};
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
   // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.

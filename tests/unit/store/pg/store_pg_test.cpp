@@ -307,6 +307,30 @@ TEST_F(PgStoreTest, AListingPageReadAgainOnThePrimaryStartsWhereThePageStarted) 
       db_ + "\" RESET search_path");
 }
 
+// With read replicas, a write's commit is followed by a query for its log position (for its
+// answer's X-Commit-Position); a read's audit entry alone, committed without waiting for the disk,
+// is in no answer: its commit costs the writer no second round trip.
+TEST_F(PgStoreTest, AReadsAuditEntryAloneDoesNotAskForTheCommitPosition) {
+  PgOptions o;
+  o.read_url = url();
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  std::vector<TestRecord> batch = {make_record("pos-1")};
+  ASSERT_TRUE(store->insert_all(batch).status.ok());
+  const long long after_write = store->commit_positions_read();
+  EXPECT_GE(after_write, 1);
+  const uint64_t position = store->commit_position();
+  EXPECT_NE(position, 0u);
+  for (int i = 0; i < 3; ++i) {
+    AuditEntry read;
+    read.action = "get";
+    read.outcome = 200;
+    ASSERT_TRUE(store->append_audit(read, AuditDurability::kCrashSafe).ok());
+  }
+  EXPECT_EQ(store->commit_positions_read(), after_write);
+  EXPECT_EQ(store->commit_position(), position);
+}
+
 // A schema-2 database (before versions) is upgraded in place: every document rewritten by text
 // (its escapes kept as they were), every test its own version 1 in seq order, written by
 // "unknown"; the feed numbers new changes after them.
