@@ -274,6 +274,36 @@ class PositionNotRead(unittest.TestCase):
             s.stop()
 
 
+class UnreachableReplica(unittest.TestCase):
+    """A replica whose host stopped answering (a listener that never answers: connecting takes
+    the whole connect_timeout) is skipped for a while after a failed connection, not tried
+    again by every read."""
+
+    def test_reads_do_not_each_wait_for_a_replica_that_does_not_answer(self):
+        import socket
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(64)
+            port = silent.getsockname()[1]
+            url = "postgresql://tdapi@/" + DATABASE + "?host=" + ReadReplica.primary
+            s = Server(DATABASE_URL=url, AUTH="off", AUDIT="on",
+                       DATABASE_READ_URL=f"postgresql://tdapi@127.0.0.1:{port}/{DATABASE}"
+                                         "?connect_timeout=1").start()
+            try:
+                r = s.request("POST", "/tests", record("silent-1"))
+                self.assertEqual(r.status, 201, r.body)
+                t0 = time.monotonic()
+                for _ in range(5):
+                    r = s.request("GET", "/tests/silent-1")
+                    self.assertEqual(r.status, 200, r.body)
+                self.assertLess(time.monotonic() - t0, 3.5)  # one connect_timeout (2 s at least), not five
+                warned = [line for line in s.json_lines("app.log")
+                          if line["event"] == "replica_unreachable"]
+                self.assertEqual(len(warned), 1)
+            finally:
+                s.stop()
+
+
 class ServiceOnAStandby(unittest.TestCase):
     """DATABASE_URL naming a standby: reads served, writes 503, /healthz green; a standby
     without the schema is named as one at start-up."""

@@ -539,6 +539,9 @@ namespace {
 // How long a read waits for a replica to replay past its commit position before it goes to the
 // primary instead.
 constexpr int kReplicaWaitMs = 1000;
+// How long reads go to the primary without trying the replicas after a connection to them
+// failed (a host that does not answer costs every attempt the whole connect_timeout).
+constexpr int kReplicaRetryMs = 5000;
 
 }  // namespace
 
@@ -598,9 +601,24 @@ Status PgStore::with_replica_reader(const char* what,
   if (after != 0 && after > replica_replayed_.load() && now() < replica_behind_until_.load()) {
     return to_primary();
   }
+  if (now() < replica_down_until_.load()) return to_primary();
   const std::string after_text = format_commit_position(after);
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(replica_readers_, options_.read_url, status);
+  if (!conn && status.code() == StatusCode::kUnavailable) {
+    // Not reachable: the reads go to the primary for kReplicaRetryMs (logged once a time).
+    const auto until =
+        (std::chrono::steady_clock::now() + std::chrono::milliseconds(kReplicaRetryMs))
+            .time_since_epoch()
+            .count();
+    if (replica_down_until_.exchange(until) < now()) {  // a new outage: said once
+      LogFields f;
+      f.reason = status.name();
+      f.detail = status.message() + "; reads go to DATABASE_URL, the replicas are tried again in " +
+                 std::to_string(kReplicaRetryMs / 1000) + " s";
+      log_event(LogLevel::kWarn, "replica_unreachable", f);
+    }
+  }
   bool caught_up = conn != nullptr;
   if (conn && after != 0) {
     // A standby answers its replay position. A server that is not in recovery is not a

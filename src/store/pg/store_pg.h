@@ -166,6 +166,8 @@ class PgStore : public EngineStore, public ImportTarget {
   // read for kReplicaWaitMs.
   std::atomic<uint64_t> replica_replayed_{0};
   std::atomic<std::chrono::steady_clock::rep> replica_behind_until_{0};
+  // Until when (steady_clock ticks) reads skip the replicas: a connection to them failed.
+  std::atomic<std::chrono::steady_clock::rep> replica_down_until_{0};
   std::atomic<long long> replica_fallbacks_{0};
   std::atomic<long long> commit_positions_read_{0};
 
