@@ -602,11 +602,10 @@ Status PgStore::with_replica_reader(const char* what,
     return to_primary();
   }
   if (now() < replica_down_until_.load()) return to_primary();
-  const std::string after_text = format_commit_position(after);
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(replica_readers_, options_.read_url, status);
   if (!conn && status.code() == StatusCode::kUnavailable) {
-    // Not reachable: the reads go to the primary for kReplicaRetryMs (logged once a time).
+    // Not reachable: the reads go to the primary for kReplicaRetryMs (logged once an outage).
     const auto until =
         (std::chrono::steady_clock::now() + std::chrono::milliseconds(kReplicaRetryMs))
             .time_since_epoch()
