@@ -38,6 +38,7 @@ start)
   fi
   mkdir -p "$dir"
   chmod 0755 "$dir"
+  : >"$dir/.tdapi-pg-test-replica"  # stop removes only a directory holding this
   [ "$(id -u)" = 0 ] && chown postgres: "$dir"
   as_owner sh -c ': >"$1"' sh "$log"
   as_owner "$PG_BIN/pg_basebackup" -h "$primary" -U tdapi -D "$dir/data" -R -X stream -c fast \
@@ -58,7 +59,8 @@ stop)
   [ $# = 2 ] || usage
   dir=$(abs "$2")
   [ -e "$dir" ] || exit 0
-  [ -f "$dir/data/standby.signal" ] || [ ! -e "$dir/data" ] || fail "$dir does not hold a replica made here"
+  # The marker, not standby.signal: a replica promoted by a test is stopped here too.
+  [ -f "$dir/.tdapi-pg-test-replica" ] || fail "$dir does not hold a replica made here"
   [ -f "$dir/data/postmaster.pid" ] &&
     { as_owner "$PG_BIN/pg_ctl" -D "$dir/data" stop -m fast -w -t 30 >/dev/null 2>&1 ||
       as_owner "$PG_BIN/pg_ctl" -D "$dir/data" stop -m immediate -w -t 30 >/dev/null 2>&1 || true; }

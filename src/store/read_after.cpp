@@ -8,6 +8,7 @@ namespace {
 
 thread_local bool replica_reads = false;
 thread_local uint64_t replica_reads_after = 0;
+thread_local bool replica_reads_on_primary = false;
 
 bool parse_hex_word(std::string_view text, uint64_t& out) {
   if (text.empty() || text.size() > 8) return false;
@@ -50,15 +51,25 @@ std::string format_commit_position(uint64_t position) {
 }
 
 ReplicaReadScope::ReplicaReadScope(uint64_t after)
-    : previous_active_(replica_reads), previous_after_(replica_reads_after) {
+    : previous_active_(replica_reads),
+      previous_after_(replica_reads_after),
+      previous_on_primary_(replica_reads_on_primary) {
   replica_reads = true;
   replica_reads_after = after;
+  replica_reads_on_primary = false;
 }
 
 ReplicaReadScope::~ReplicaReadScope() {
   replica_reads = previous_active_;
   replica_reads_after = previous_after_;
+  replica_reads_on_primary = previous_on_primary_;
 }
+
+void ReplicaReadScope::stay_on_primary() {
+  if (replica_reads) replica_reads_on_primary = true;
+}
+
+bool ReplicaReadScope::on_primary() { return replica_reads && replica_reads_on_primary; }
 
 bool ReplicaReadScope::active() { return replica_reads; }
 

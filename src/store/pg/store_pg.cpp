@@ -190,6 +190,7 @@ class PgStore::Backend : public WriteBackend {
         if (!status.ok()) return status;
       }
       writer->deadline = deadline_;  // the group's: every round trip until COMMIT's answer
+      durable_ = durable;
       PgResult r = writer->exec(durable ? "BEGIN" : "BEGIN; SET LOCAL synchronous_commit = off");
       if (result_ok(r)) break;
       status = writer->error(r.get(), "BEGIN");
@@ -329,13 +330,20 @@ class PgStore::Backend : public WriteBackend {
     }
     if (!result_ok(r)) {
       Status failed = c.error(r.get(), "COMMIT");
-      if (!c.healthy() && !xid_.empty()) return settle(failed);
+      if (!c.healthy() && !xid_.empty()) {
+        Status settled = settle(failed);
+        // Committed: its position, read on the new connection (past the commit record).
+        if (settled.ok() && durable_) store_.note_commit_position(*store_.writer_);
+        return settled;
+      }
       return failed;
     }
     if (std::strcmp(PQcmdStatus(r.get()), "COMMIT") != 0) {
       return Status::Internal("COMMIT: the transaction was rolled back");
     }
-    store_.note_commit_position(c);
+    // A write's answer carries its position; a commit that is not durable holds read audit
+    // entries alone (no answer carries them): it costs no second round trip.
+    if (durable_) store_.note_commit_position(c);
     return Status::Ok();
   }
   void abort() override {
@@ -408,7 +416,8 @@ class PgStore::Backend : public WriteBackend {
 
   PgStore& store_;
   std::chrono::steady_clock::time_point deadline_{};
-  std::string xid_;  // the group transaction's id (begin), for settle
+  std::string xid_;      // the group transaction's id (begin), for settle
+  bool durable_ = true;  // the transaction's, as begin was told
 };
 
 PgStore::PgStore(PgOptions options)
@@ -643,44 +652,120 @@ namespace {
 // How long a read waits for a replica to replay past its commit position before it goes to the
 // primary instead.
 constexpr int kReplicaWaitMs = 1000;
+// How long reads go to the primary without trying the replicas after a connection to them
+// failed (a host that does not answer costs every attempt the whole connect_timeout).
+constexpr int kReplicaRetryMs = 5000;
 
 }  // namespace
 
 void PgStore::note_commit_position(Connection& writer) {
   if (options_.read_url.empty()) return;
   // After COMMIT: the commit record is in the log below the current write position.
+  ++commit_positions_read_;
   PgResult r = writer.exec("SELECT pg_current_wal_lsn()");
   uint64_t position = 0;
   if (!result_ok(r) || PQntuples(r.get()) != 1 ||
       !parse_commit_position(value_view(r.get(), 0, 0), position)) {
-    return;  // the answer carries an older position: a read presenting it may see less
+    // An older position (or none) would let a read that sends it back miss this commit: the
+    // answers say "unknown" (read from the primary) until a later commit's position is read.
+    position_unknown_.store(true);
+    return;
   }
   uint64_t seen = commit_position_.load();
   while (seen < position && !commit_position_.compare_exchange_weak(seen, position)) {
   }
+  position_unknown_.store(false);  // after the position that covers the commits before
+}
+
+bool PgStore::beyond_primary(uint64_t after) {
+  if (after <= std::max(commit_position_.load(), primary_position_.load())) return false;
+  uint64_t current = 0;
+  Status s = with_reader("commit position", [&](Connection& c) {
+    PgResult r = c.run("current_position", "SELECT pg_current_wal_lsn()", {});
+    if (!result_ok(r)) return c.error(r.get(), "commit position");
+    if (PQntuples(r.get()) != 1 || !parse_commit_position(value_view(r.get(), 0, 0), current)) {
+      return Status::Internal("commit position: not a log position");
+    }
+    return Status::Ok();
+  });
+  if (!s.ok()) return true;  // not known: the primary answers
+  uint64_t seen = primary_position_.load();
+  while (seen < current && !primary_position_.compare_exchange_weak(seen, current)) {
+  }
+  return after > current;
 }
 
 Status PgStore::with_replica_reader(const char* what,
                                     const std::function<Status(Connection&)>& fn) {
   if (options_.read_url.empty() || !ReplicaReadScope::active()) return with_reader(what, fn);
   const uint64_t after = ReplicaReadScope::after();
-  const std::string after_text = format_commit_position(after);
+  const auto to_primary = [&] {
+    ++replica_fallbacks_;
+    ReplicaReadScope::stay_on_primary();
+    return with_reader(what, fn);
+  };
+  // The scope's reads went to the primary already (a listing's first pages), or the write's
+  // position was not read.
+  if (ReplicaReadScope::on_primary() || after == kPositionUnknown) return to_primary();
+  const auto now = [] { return std::chrono::steady_clock::now().time_since_epoch().count(); };
+  // A replica that did not reach a position within the wait lately is not waited for again
+  // (every read would hold a worker and a replica connection for the whole wait) until the
+  // wait's length has passed, unless it was seen past this read's position.
+  if (after != 0 && after > replica_replayed_.load() && now() < replica_behind_until_.load()) {
+    return to_primary();
+  }
+  if (now() < replica_down_until_.load()) return to_primary();
   Status status;
   std::unique_ptr<Connection> conn = acquire_reader(replica_readers_, options_.read_url, status);
+  if (!conn && status.code() == StatusCode::kUnavailable) {
+    // Not reachable: the reads go to the primary for kReplicaRetryMs (logged once an outage).
+    const auto until =
+        (std::chrono::steady_clock::now() + std::chrono::milliseconds(kReplicaRetryMs))
+            .time_since_epoch()
+            .count();
+    if (replica_down_until_.exchange(until) < now()) {  // a new outage: said once
+      LogFields f;
+      f.reason = status.name();
+      f.detail = status.message() + "; reads go to DATABASE_URL, the replicas are tried again in " +
+                 std::to_string(kReplicaRetryMs / 1000) + " s";
+      log_event(LogLevel::kWarn, "replica_unreachable", f);
+    }
+  }
   bool caught_up = conn != nullptr;
   if (conn && after != 0) {
-    // A standby answers its replay position; a server that is not in recovery (a replica
-    // promoted, or the primary named here too) has everything it committed.
+    // A standby answers its replay position. A server that is not in recovery is not a
+    // replica of the primary: one promoted while the primary goes on writing has a history of
+    // its own, with log positions that pass the primary's without holding its commits (and
+    // the primary, when named here too, is read as the primary below).
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::milliseconds(kReplicaWaitMs);
     int pause_ms = 1;
-    for (;;) {
-      PgResult r = conn->run("replayed",
-                             "SELECT NOT pg_is_in_recovery() OR"
-                             " pg_last_wal_replay_lsn() >= $1::pg_lsn",
-                             {after_text.c_str()});
-      caught_up = result_ok(r) && PQntuples(r.get()) == 1 && value_view(r.get(), 0, 0) == "t";
-      if (caught_up || !result_ok(r) || std::chrono::steady_clock::now() >= deadline) break;
+    for (bool first = true;; first = false) {
+      PgResult r =
+          conn->run("replayed", "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()", {});
+      uint64_t replayed = 0;
+      const bool standby = result_ok(r) && PQntuples(r.get()) == 1 &&
+                           value_view(r.get(), 0, 0) == "t" &&
+                           parse_commit_position(value_view(r.get(), 0, 1), replayed);
+      if (!standby) {
+        caught_up = false;
+        break;
+      }
+      uint64_t seen = replica_replayed_.load();
+      while (seen < replayed && !replica_replayed_.compare_exchange_weak(seen, replayed)) {
+      }
+      caught_up = replayed >= after;
+      if (caught_up) break;
+      // A position the primary has not reached (forged, or of a server no longer written to)
+      // no replica will reach: the primary answers at once.
+      if (first && beyond_primary(after)) break;
+      if (std::chrono::steady_clock::now() >= deadline) {
+        replica_behind_until_.store(
+            (std::chrono::steady_clock::now() + std::chrono::milliseconds(kReplicaWaitMs))
+                .time_since_epoch()
+                .count());
+        break;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
       pause_ms = std::min(pause_ms * 2, 20);
     }
@@ -689,19 +774,18 @@ Status PgStore::with_replica_reader(const char* what,
     status = fn(*conn);
     const bool lost = !conn->healthy();
     release_reader(replica_readers_, std::move(conn));
-    if (status.ok() || !lost) {
-      note_failure(status);
-      return status;
-    }
-    replica_readers_.drop_idle();  // the replica went away: this read goes to the primary
+    if (status.ok() || status.code() == StatusCode::kNotFound) return status;
+    // The replica failed this read (gone, a query cancelled for a conflict with recovery,
+    // 40001, a lock or statement timeout, or any other error): the primary answers it.
+    note_failure(status);
+    if (lost) replica_readers_.drop_idle();
   } else if (conn) {
     release_reader(replica_readers_, std::move(conn));
   } else {
     replica_readers_.drop_idle();
   }
   // Not caught up in time, or no replica reachable: the primary has every commit.
-  ++replica_fallbacks_;
-  return with_reader(what, fn);
+  return to_primary();
 }
 
 Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEndFn& on_page_end) {
@@ -748,7 +832,14 @@ Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEn
     params[n++] = walk_text.c_str();
     PgResult page = wrap(nullptr);
     PgResult found = wrap(nullptr);  // the range's rows after the walk (ranged only)
+    std::string rest;
     status = with_replica_reader("list tests", [&](Connection& c) {
+      // Run again from here when the first try failed (on a replica, or a lost connection),
+      // maybe after its range lookup had moved the parameters on: the page starts at `after`.
+      after_text = std::to_string(after);
+      params[n - 2] = after_text.c_str();
+      params[n - 1] = walk_text.c_str();
+      found = wrap(nullptr);
       page = c.run(name.c_str(), sql.c_str(), params, n);
       if (!result_ok(page)) return c.error(page.get(), "list tests");
       const int walked = PQntuples(page.get());
@@ -764,7 +855,7 @@ Status PgStore::list_tests(const ListQuery& q, const RowFn& on_row, const PageEn
       // Too little of the range in the rows walked: the rest of the page through its index.
       ++range_lookups_;
       after_text = std::to_string(value_int(page.get(), walked - 1, 1));
-      const std::string rest = std::to_string(want - matched);
+      rest = std::to_string(want - matched);
       params[n - 2] = after_text.c_str();
       params[n - 1] = rest.c_str();
       found = c.run(range_name.c_str(), range_sql.c_str(), params, n);

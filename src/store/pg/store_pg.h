@@ -17,6 +17,7 @@
 #include "base/fifo_pool.h"
 #include "base/thread_annotations.h"
 #include "base/url.h"
+#include "store/read_after.h"
 #include "store/store.h"
 #include "store/write_engine.h"
 
@@ -104,10 +105,16 @@ class PgStore : public EngineStore, public ImportTarget {
   // (list_range_sql): a listing's cost as a deterministic count, for tests.
   long long listing_range_lookups() const { return range_lookups_.load(); }
   Status check_health() override EXCLUDES(health_mu_, size_mu_);
-  uint64_t commit_position() const override { return commit_position_.load(); }
+  // The position of the last commit, or kPositionUnknown while the last one's could not be
+  // read (a later commit's position covers it).
+  uint64_t commit_position() const override {
+    return position_unknown_.load() ? kPositionUnknown : commit_position_.load();
+  }
   // How many reads a replica could not serve in time for their commit position (they went to
   // the primary): for tests.
   long long replica_fallbacks() const { return replica_fallbacks_.load(); }
+  // How many times a commit's log position was asked for (after durable commits only): for tests.
+  long long commit_positions_read() const { return commit_positions_read_.load(); }
   const std::string& instance_secret() const override { return secret_; }
   StoreStats stats() const override EXCLUDES(size_mu_);
 
@@ -154,6 +161,9 @@ class PgStore : public EngineStore, public ImportTarget {
   Status with_replica_reader(const char* what, const std::function<Status(Connection&)>& fn);
   // After a COMMIT on the writer connection: remembers where it is in the log (read_url only).
   void note_commit_position(Connection& writer);
+  // Whether `after` is past every log position the primary has reached (asked, on a reader,
+  // only when it is past those this process has seen): true too when that cannot be asked.
+  bool beyond_primary(uint64_t after);
 
   PgOptions options_;
   std::atomic<long long> range_lookups_{0};  // listing_range_lookups()
@@ -165,7 +175,17 @@ class PgStore : public EngineStore, public ImportTarget {
   FifoPool<Connection> readers_;          // at most options_.max_readers, first come first served
   FifoPool<Connection> replica_readers_;  // to options_.read_url, as many at most
   std::atomic<uint64_t> commit_position_{0};
+  std::atomic<bool> position_unknown_{false};  // the last commit's position was not read
+  std::atomic<uint64_t> primary_position_{0};  // the primary's position, when last asked
+  // The furthest a replica was seen to have replayed, and until when (steady_clock ticks) a
+  // read past it goes to the primary without waiting: a replica that lags does not hold every
+  // read for kReplicaWaitMs.
+  std::atomic<uint64_t> replica_replayed_{0};
+  std::atomic<std::chrono::steady_clock::rep> replica_behind_until_{0};
+  // Until when (steady_clock ticks) reads skip the replicas: a connection to them failed.
+  std::atomic<std::chrono::steady_clock::rep> replica_down_until_{0};
   std::atomic<long long> replica_fallbacks_{0};
+  std::atomic<long long> commit_positions_read_{0};
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
   // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.

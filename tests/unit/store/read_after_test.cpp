@@ -41,5 +41,24 @@ TEST(ReplicaReadScope, HoldsThePositionForThisThreadOnlyWhileItLives) {
   EXPECT_EQ(ReplicaReadScope::after(), 0u);
 }
 
+TEST(ReplicaReadScope, StaysOnThePrimaryForTheRestOfTheScopeOnly) {
+  ReplicaReadScope::stay_on_primary();  // outside any scope: nothing
+  EXPECT_FALSE(ReplicaReadScope::on_primary());
+  {
+    ReplicaReadScope outer(5);
+    EXPECT_FALSE(ReplicaReadScope::on_primary());
+    ReplicaReadScope::stay_on_primary();
+    EXPECT_TRUE(ReplicaReadScope::on_primary());
+    {
+      ReplicaReadScope inner(0);
+      EXPECT_FALSE(ReplicaReadScope::on_primary());
+    }
+    EXPECT_TRUE(ReplicaReadScope::on_primary());
+  }
+  EXPECT_FALSE(ReplicaReadScope::on_primary());
+  ReplicaReadScope next(5);
+  EXPECT_FALSE(ReplicaReadScope::on_primary());
+}
+
 }  // namespace
 }  // namespace tdapi

@@ -255,6 +255,85 @@ TEST_F(PgStoreTest, AListingOfAScatteredWideRangeWalksTheClinic) {
   EXPECT_LE(store->listing_range_lookups() - before, 2);
 }
 
+// A listing's page that failed on a read replica after its range lookup had begun is read again
+// on the primary from where the page started (the lookup had moved its parameters on: the
+// second try skipped rows, or read a page length that was gone). The "replica" is this database
+// through a role whose search_path finds a `+` for bigint that fails: the walk works there, the
+// range lookup (seq + 0) does not.
+TEST_F(PgStoreTest, AListingPageReadAgainOnThePrimaryStartsWhereThePageStarted) {
+  ASSERT_TRUE(open());  // the schema
+  ASSERT_EQ(sql("INSERT INTO tests (test_id, patient_id, clinic_id, test_type, result, created_at,"
+                " doc, status, version, updated_at)"
+                " SELECT 't' || i, 'p', 'big', 'blood', 'r', ts, '{\"test_id\":\"t' || i || '\"}',"
+                " 'final', 1, ts"
+                " FROM generate_series(1, 3000) i,"
+                " LATERAL (SELECT to_char(timestamp '2026-01-01' + i * interval '40 seconds',"
+                " 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS ts) t"),
+            "");
+  ASSERT_EQ(sql("VACUUM ANALYZE tests"), "");
+  ASSERT_EQ(sql("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname ="
+                " 'tdapi_failing_reader') THEN CREATE ROLE tdapi_failing_reader LOGIN; END IF;"
+                " END$$"),
+            "");
+  ASSERT_EQ(sql("CREATE SCHEMA failing;"
+                " CREATE FUNCTION failing.plus(bigint, integer) RETURNS bigint LANGUAGE plpgsql"
+                " AS 'BEGIN RAISE EXCEPTION ''not on this replica''; END';"
+                " CREATE OPERATOR failing.+ (LEFTARG = bigint, RIGHTARG = integer,"
+                " FUNCTION = failing.plus);"
+                " GRANT USAGE ON SCHEMA failing TO tdapi_failing_reader;"
+                " GRANT SELECT ON ALL TABLES IN SCHEMA public TO tdapi_failing_reader;"
+                " ALTER ROLE tdapi_failing_reader IN DATABASE \"" +
+                db_ + "\" SET search_path = failing, pg_catalog, public"),
+            "");
+  PgOptions o;
+  o.read_url = "postgresql://tdapi_failing_reader@/" + db_ + "?host=" + pg_host();
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  ListQuery q;
+  q.clinic_id = "big";
+  q.created_from = "2026-01-02T00:00:00.000Z";  // a block at the clinic's end: looked up
+  const std::vector<std::string> want = column(
+      "SELECT test_id FROM tests WHERE created_at >= '2026-01-02T00:00:00.000Z' ORDER BY seq");
+  ASSERT_GT(want.size(), 500u);
+  std::vector<std::string> got;
+  {
+    ReplicaReadScope replicas(0);
+    got = list_ids(*store, q);
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_GT(store->replica_fallbacks(), 0);
+  EXPECT_GT(store->listing_range_lookups(), 0);
+  store.reset();
+  sql("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM tdapi_failing_reader;"
+      " DROP SCHEMA failing CASCADE;"
+      " ALTER ROLE tdapi_failing_reader IN DATABASE \"" +
+      db_ + "\" RESET search_path");
+}
+
+// With read replicas, a write's commit is followed by a query for its log position (for its
+// answer's X-Commit-Position); a read's audit entry alone, committed without waiting for the disk,
+// is in no answer: its commit costs the writer no second round trip.
+TEST_F(PgStoreTest, AReadsAuditEntryAloneDoesNotAskForTheCommitPosition) {
+  PgOptions o;
+  o.read_url = url();
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  std::vector<TestRecord> batch = {make_record("pos-1")};
+  ASSERT_TRUE(store->insert_all(batch).status.ok());
+  const long long after_write = store->commit_positions_read();
+  EXPECT_GE(after_write, 1);
+  const uint64_t position = store->commit_position();
+  EXPECT_NE(position, 0u);
+  for (int i = 0; i < 3; ++i) {
+    AuditEntry read;
+    read.action = "get";
+    read.outcome = 200;
+    ASSERT_TRUE(store->append_audit(read, AuditDurability::kCrashSafe).ok());
+  }
+  EXPECT_EQ(store->commit_positions_read(), after_write);
+  EXPECT_EQ(store->commit_position(), position);
+}
+
 // A schema-2 database (before versions) is upgraded in place: every document rewritten by text
 // (its escapes kept as they were), every test its own version 1 in seq order, written by
 // "unknown"; the feed numbers new changes after them.
