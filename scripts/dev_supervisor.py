@@ -596,7 +596,8 @@ def main(argv):
     if len(argv) == 3 and argv[1] == "put":
         return put_stdin(argv[2])
     if len(argv) == 3 and argv[1] in ("append", "redact"):
-        copy_lines(argv[2], redact if argv[1] == "redact" else lambda line: line)
+        copy_lines(argv[2], (lambda line: redact(line) + b"\n") if argv[1] == "redact"
+                   else lambda line: line)
         return 0
     if len(argv) != 2 or argv[1] != "serve":
         print(__doc__, file=sys.stderr)

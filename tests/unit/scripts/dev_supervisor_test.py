@@ -109,6 +109,13 @@ class Files(unittest.TestCase):
             self.assertEqual(f.read(), "one\ntwo\n")
         self.assertEqual(sup.tail(path, 1), b"two\n")
 
+    def test_the_redact_helper_keeps_one_error_line_a_line(self):
+        path = os.path.join(self.dir, "nginx-error.log")
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "dev_supervisor.py"), "redact",
+                        path], input=b"one?patient_id=P1 x\ntwo\n", check=True, timeout=30)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"one?[redacted] x\ntwo\n")
+
     def test_as_the_owner_files_are_the_owners(self):
         # Started as root, what the supervisor writes in DATA_DIR is the service user's (here
         # nobody's); as anyone else, its own.
