@@ -15,6 +15,10 @@
 #       COMMIT with synchronous_commit on waits for it
 #   scripts/pg-test-server.sh standby-stop DIR   stops the standby (immediate: as if it crashed)
 #   scripts/pg-test-server.sh standby-start DIR  starts it again; it catches up with the primary
+#   scripts/pg-test-server.sh standby-promote DIR  promotes it (pg_ctl promote): it becomes a
+#       primary on a new timeline
+#   scripts/pg-test-server.sh primary-start DIR  starts DIR's own cluster again as it is (after it
+#       crashed or was killed; a promoted standby does not stop it: split brain)
 #
 # Clients connect as the superuser role tdapi, without a password (local trust), e.g.
 #   psql -h DIR -U tdapi -d postgres     or     postgresql://tdapi@/NAME?host=DIR
@@ -26,7 +30,7 @@
 set -euo pipefail
 
 usage() {
-  echo "usage: $0 start|stop|restart|status|pooler-start|pooler-stop|sync-start|standby-stop|standby-start DIR" >&2
+  echo "usage: $0 start|stop|restart|status|pooler-start|pooler-stop|sync-start|standby-stop|standby-start|standby-promote|primary-start DIR" >&2
   exit 2
 }
 [ $# = 2 ] || usage
@@ -257,6 +261,14 @@ case $cmd in
     need_binaries
     if pg_ctl status >/dev/null 2>&1; then echo "pg-test-server: running in $dir"
     else echo "pg-test-server: not running in $dir"; exit 3; fi ;;
+  primary-start)  # the cluster in DIR started again as it is (after a crash or a kill)
+    need_binaries
+    [ -f "$data/PG_VERSION" ] || fail "no server in $dir; use start"
+    pg_ctl start -w -t 30 -l "$log" >/dev/null 2>&1 || fail "the server in $dir did not start"
+    wait_ready ;;
+  standby-promote)
+    need_binaries
+    standby_ctl promote -w -t 60 >/dev/null 2>&1 || fail "the standby in $standby_dir was not promoted" ;;
   stop) remove_dir ;;
   pooler-start) need_binaries; pooler_start ;;
   pooler-stop) pooler_stop ;;

@@ -591,6 +591,7 @@ bool options_from_environment(const Environment& env, unsigned cores, bool as_ro
   out.threads = default_thread_count(cores);
   std::string data_dir = value_of(env, "DATA_DIR");
   if (data_dir.empty()) data_dir = "./var";
+  out.data_dir = data_dir;
   out.socket_path = value_of(env, "SOCKET");
   if (out.socket_path.empty()) {
     std::string runtime = value_of(env, "RUNTIME_DIRECTORY");

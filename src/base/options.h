@@ -28,12 +28,13 @@ long long required_open_files(int threads, int feed_max_waiting = 0);
 
 struct AppOptions {
   std::string socket_path;
-  int socket_mode = 0600;             // --socket-mode: 0600, or 0660 for a web server in the group
-  std::string db_path;                // --db: the SQLite database file
-  std::string database_read_url;      // DATABASE_READ_URL: PostgreSQL read replicas (none: "")
-  std::string database_url;           // --database-url: PostgreSQL (libpq URI or keywords) instead
-  bool transaction_pooler = false;    // DATABASE_POOLER=transaction (serve only)
-  int round_trip_timeout_ms = 10000;  // DATABASE_ROUND_TRIP_TIMEOUT_MS (serve only)
+  int socket_mode = 0600;         // --socket-mode: 0600, or 0660 for a web server in the group
+  std::string db_path;            // --db: the SQLite database file
+  std::string database_read_url;  // DATABASE_READ_URL: PostgreSQL read replicas (none: "")
+  std::string data_dir;      // DATA_DIR (serve): the service's own files (PostgreSQL: the fence)
+  std::string database_url;  // --database-url: PostgreSQL (libpq URI or keywords) instead
+  bool transaction_pooler = false;        // DATABASE_POOLER=transaction (serve only)
+  int round_trip_timeout_ms = 10000;      // DATABASE_ROUND_TRIP_TIMEOUT_MS (serve only)
   std::string synchronous_commit = "on";  // DATABASE_SYNCHRONOUS_COMMIT (serve only)
   int threads = 0;
   int busy_timeout_ms = 5000;

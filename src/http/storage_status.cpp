@@ -25,6 +25,8 @@ int http_status_for(StatusCode code) {
       return 503;
     case StatusCode::kOutcomeUnknown:
       return 503;
+    case StatusCode::kFenced:
+      return 503;
     case StatusCode::kInternal:
       return 500;
   }
@@ -54,6 +56,10 @@ const char* client_message_for(StatusCode code) {
     case StatusCode::kOutcomeUnknown:
       return "outcome unknown: the database did not confirm this write in time; it may or may "
              "not be stored: check GET /tests/{id} before retrying";
+    case StatusCode::kFenced:
+      return "storage is unavailable (failover fencing: the database server reached is a former "
+             "primary, or another cluster, than the one this service last wrote to; writes are "
+             "refused there)";
     case StatusCode::kInternal:
       return "internal storage error";
   }

@@ -263,6 +263,10 @@ int main(int argc, char** argv) {
   settings.synchronous_commit = opt.synchronous_commit;
   settings.max_db_pages = opt.max_db_pages;
   settings.read_url = opt.database_read_url;
+  // Beside the data: the nodes of one DATA_DIR share their fence.
+  if (!opt.database_url.empty() && !opt.data_dir.empty()) {
+    settings.timeline_file = opt.data_dir + "/postgresql-timeline";
+  }
   settings.observer = &tdapi::global_metrics();
   std::unique_ptr<tdapi::Store> store;
   const long long watchdog_ms = tdapi::systemd_watchdog_ms();

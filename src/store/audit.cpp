@@ -7,6 +7,7 @@
 namespace tdapi {
 
 const char kAuditGenesis[65] = "0000000000000000000000000000000000000000000000000000000000000000";
+const char kAuditFailoverAction[] = "failover";
 
 namespace {
 
@@ -21,6 +22,19 @@ void write_fields(JsonWriter& w, const AuditEntry& e) {
   w.raw(e.detail.empty() ? std::string_view("{}") : std::string_view(e.detail));
   w.field("outcome", e.outcome);
   w.field("prev_hash", e.prev_hash);
+}
+
+// The seq a failover boundary says it continues from (its detail's previous_seq), or -1.
+long long failover_previous_seq(const AuditEntry& e) {
+  if (e.action != kAuditFailoverAction) return -1;
+  JsonTree detail = parse_json_document(e.detail);
+  const cJSON* previous =
+      detail ? cJSON_GetObjectItemCaseSensitive(detail.get(), "previous_seq") : nullptr;
+  if (!cJSON_IsNumber(previous) || previous->valuedouble < 0 ||
+      previous->valuedouble != static_cast<double>(static_cast<long long>(previous->valuedouble))) {
+    return -1;
+  }
+  return static_cast<long long>(previous->valuedouble);
 }
 
 }  // namespace
@@ -51,14 +65,21 @@ std::string audit_entry_json(const AuditEntry& e) {
 }
 
 bool AuditChainVerifier::feed(const AuditEntry& e, std::string& problem) {
-  if (e.seq != checked_ + 1) {
-    problem = "entry " + std::to_string(e.seq) + ": expected seq " + std::to_string(checked_ + 1) +
-              " (an entry is missing or out of place)";
-    return false;
+  const bool failover = e.action == kAuditFailoverAction;
+  if (e.seq != last_seq_ + 1) {
+    // A failover boundary past the last entry, naming it: the entries between were the lost
+    // primary's.
+    if (!(failover && e.seq > last_seq_ && failover_previous_seq(e) == last_seq_)) {
+      problem =
+          "entry " + std::to_string(e.seq) + ": expected seq " + std::to_string(last_seq_ + 1) +
+          (failover ? " (a failover entry whose previous_seq does not name the entry before it)"
+                    : " (an entry is missing or out of place)");
+      return false;
+    }
   }
   if (e.prev_hash != last_hash_) {
     problem = "entry " + std::to_string(e.seq) + ": prev_hash does not match the hash of entry " +
-              std::to_string(e.seq - 1) +
+              std::to_string(last_seq_) +
               " (one of the two was changed, or an entry was removed or inserted)";
     return false;
   }
@@ -69,7 +90,9 @@ bool AuditChainVerifier::feed(const AuditEntry& e, std::string& problem) {
     return false;
   }
   last_hash_ = e.hash;
+  last_seq_ = e.seq;
   ++checked_;
+  if (failover) ++failovers_;
   return true;
 }
 
@@ -83,11 +106,11 @@ Status verify_audit_trail(const AuditTrail& trail, AuditChainVerifier& verifier,
   });
   if (!s.ok() || !problem.empty()) return s;
   long long rows = 0;
-  s = trail.count_up_to(verifier.checked(), rows);
+  s = trail.count_up_to(verifier.last_seq(), rows);
   if (!s.ok()) return s;
   if (rows != verifier.checked()) {
     problem = "the audit table holds " + std::to_string(rows) + " entries up to seq " +
-              std::to_string(verifier.checked()) + ", the chain " +
+              std::to_string(verifier.last_seq()) + ", the chain " +
               std::to_string(verifier.checked()) + " (an entry outside the chain, e.g. seq 0 or " +
               "below, was not listed)";
   }

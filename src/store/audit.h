@@ -15,7 +15,7 @@
 namespace tdapi {
 
 struct AuditEntry {
-  long long seq = 0;       // position in the chain, from 1, no gaps
+  long long seq = 0;       // position in the chain, from 1, no gaps but at a failover entry
   std::string ts;          // UTC, ms
   std::string request_id;  // nginx's $request_id ("" for command-line access)
   std::string key_id;      // the key that made the request, or "anonymous" (auth off)
@@ -30,6 +30,17 @@ struct AuditEntry {
 // The prev_hash of the first entry.
 extern const char kAuditGenesis[65];
 
+// A failover boundary (PostgreSQL): the entry the first write on a new server timeline (a
+// promoted standby) adds before anything else. Entries the lost primary wrote after its last
+// replicated one are gone, and their seq numbers may be held by copies of the old chain: the
+// boundary's seq is kAuditFailoverGap past the last surviving entry, so that no number names two
+// entries, and its detail says where it continues from: "previous_seq", with "from" and "to"
+// (system_identifier and timeline of the old and the new server) and where the tests' seq and
+// the feed's change_seq continue ("tests_seq_from", "change_seq_from"). It chains on the last
+// surviving entry like any other.
+extern const char kAuditFailoverAction[];
+constexpr long long kAuditFailoverGap = 1LL << 40;
+
 // Fixed-order JSON of every field but hash (detail is embedded as the JSON it holds), in
 // JsonForm::kAuditHash: C1 controls, U+2028 and U+2029 are not escaped here, as they never were.
 std::string audit_canonical(const AuditEntry& entry);
@@ -39,15 +50,20 @@ std::string audit_hash(const AuditEntry& entry);
 
 // Checks entries one at a time, in seq order. feed() returns false at the first entry that
 // breaks the chain (wrong seq, prev_hash not the previous hash, or hash not matching its
-// content), with problem saying which and how.
+// content), with problem saying which and how. The one gap accepted in seq is a failover
+// boundary's (kAuditFailoverAction) whose detail names the entry before it as previous_seq.
 class AuditChainVerifier {
  public:
   bool feed(const AuditEntry& entry, std::string& problem);
-  long long checked() const { return checked_; }
+  long long checked() const { return checked_; }    // entries verified
+  long long last_seq() const { return last_seq_; }  // the seq of the last one (0: none)
+  long long failovers() const { return failovers_; }
   const std::string& last_hash() const { return last_hash_; }
 
  private:
   long long checked_ = 0;
+  long long last_seq_ = 0;
+  long long failovers_ = 0;
   std::string last_hash_ = kAuditGenesis;
 };
 

@@ -37,6 +37,7 @@ PgOptions pg_options(const std::string& url, StoreRole role, const StoreSettings
       o.max_readers = static_cast<size_t>(std::max(4, s.threads / 4));
       o.open_readers_at_start = true;
       o.read_url = s.read_url;
+      o.timeline_file = s.timeline_file;
       break;
     case StoreRole::kAdmin:
     case StoreRole::kMigrationSource:

@@ -28,6 +28,7 @@ struct StoreSettings {
   int round_trip_timeout_ms = 10000;      // PostgreSQL: the deadline of a round trip and a write
   std::string synchronous_commit = "on";  // PostgreSQL: on, remote_write or remote_apply
   std::string read_url;                   // kService, PostgreSQL: read replicas (DATABASE_READ_URL)
+  std::string timeline_file;  // kService, PostgreSQL: the failover fence (store/pg/timeline.h)
 };
 
 // The storage settings of the settings table (base/config.h) the administration commands open

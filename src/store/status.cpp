@@ -25,6 +25,8 @@ const char* Status::name() const {
       return "unavailable";
     case StatusCode::kOutcomeUnknown:
       return "outcome_unknown";
+    case StatusCode::kFenced:
+      return "fenced";
     case StatusCode::kInternal:
       return "internal";
   }

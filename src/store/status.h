@@ -22,6 +22,8 @@ enum class StatusCode {
                     // server restarting or shutting down, too many connections)
   kOutcomeUnknown,  // a write's commit was sent but not confirmed in time (PostgreSQL): it may
                     // or may not be stored; the client must look before retrying
+  kFenced,          // PostgreSQL: the read-write server is a former primary, or another
+                    // cluster, than the one the service last wrote to (failover fencing)
   kInternal,        // anything else; rolled back
 };
 
@@ -42,6 +44,7 @@ class Status {
   static Status OutcomeUnknown(std::string m) {
     return Status(StatusCode::kOutcomeUnknown, std::move(m));
   }
+  static Status Fenced(std::string m) { return Status(StatusCode::kFenced, std::move(m)); }
   static Status Internal(std::string m) { return Status(StatusCode::kInternal, std::move(m)); }
 
   bool ok() const { return code_ == StatusCode::kOk; }

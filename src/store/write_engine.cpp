@@ -22,7 +22,8 @@ const std::string kAnonymous = "anonymous";
 bool breaks_write_path(StatusCode code) {
   return code == StatusCode::kIoError || code == StatusCode::kReadOnly ||
          code == StatusCode::kCorrupt || code == StatusCode::kInternal ||
-         code == StatusCode::kUnavailable || code == StatusCode::kOutcomeUnknown;
+         code == StatusCode::kUnavailable || code == StatusCode::kOutcomeUnknown ||
+         code == StatusCode::kFenced;
 }
 
 // One request's write, waiting in the queue for the writer thread.

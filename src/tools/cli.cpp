@@ -216,15 +216,16 @@ int audit_verify(Store& store, const std::string& expect_head) {
   if (!s.ok()) return fail("cannot read the audit trail: " + s.message());
   if (problem.empty() && !head_seen) {
     problem = "entry " + std::to_string(expect_seq) + ": missing (the chain ends at entry " +
-              std::to_string(v.checked()) + "; entries were removed from its end)";
+              std::to_string(v.last_seq()) + "; entries were removed from its end)";
   }
   std::string out;
   JsonWriter w(out);
   w.begin_object();
   w.field("status", problem.empty() ? "ok" : "broken");
   w.field("verified_entries", v.checked());
+  if (v.failovers() > 0) w.field("failover_boundaries", v.failovers());
   if (problem.empty()) {
-    w.field("head", std::to_string(v.checked()) + ":" + v.last_hash());
+    w.field("head", std::to_string(v.last_seq()) + ":" + v.last_hash());
   } else {
     w.field("problem", problem);
   }

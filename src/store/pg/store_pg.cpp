@@ -161,6 +161,12 @@ constexpr long long kDenseWalk = 16;
 
 constexpr auto kSizeRefresh = std::chrono::seconds(10);
 
+// The health check's columns of the server's history (system identifier; WAL file name, or
+// NULL on a standby).
+#define kHealthFence                                                     \
+  "(SELECT system_identifier FROM pg_control_system())::text, CASE WHEN" \
+  " NOT pg_is_in_recovery() THEN pg_walfile_name(pg_current_wal_lsn()) END"
+
 }  // namespace
 
 // The writer connection's side of the group-commit engine (store/write_engine.h).
@@ -198,12 +204,35 @@ class PgStore::Backend : public WriteBackend {
     }
     if (!status.ok()) return status;
     // The transaction's id, taken now: a COMMIT whose connection drops is settled by asking the
-    // server what became of it (settle).
-    PgResult r = writer->run("write_lock", "SELECT pg_advisory_xact_lock($1), pg_current_xact_id()",
+    // server what became of it (settle). The server's history (system, timeline), for the
+    // fence: asked in every transaction, as a pooler or a multi-host URL may have moved it to
+    // another server since the last one.
+    PgResult r = writer->run("write_lock",
+                             "SELECT pg_advisory_xact_lock($1), pg_current_xact_id(),"
+                             " (SELECT system_identifier FROM pg_control_system())::text,"
+                             " CASE WHEN NOT pg_is_in_recovery()"
+                             " THEN pg_walfile_name(pg_current_wal_lsn()) END",
                              {kWriteLockKey});
     if (!result_ok(r)) return writer->error(r.get(), "take the write lock");
     xid_.assign(value_view(r.get(), 0, 1));
-    return Status::Ok();
+    ServerTimeline server;
+    server.system_identifier.assign(value_view(r.get(), 0, 2));
+    if (PQgetisnull(r.get(), 0, 3)) {
+      return Status::ReadOnly("take the write lock: the server is a standby (in recovery)");
+    }
+    if (!timeline_of_walfile(value_view(r.get(), 0, 3), server.timeline)) {
+      return Status::Internal("take the write lock: no WAL timeline in the server's answer");
+    }
+    txn_server_ = server;
+    if (server == confirmed_) return Status::Ok();
+    Status fence = store_.check_fence(server, /*advance=*/true);
+    if (!fence.ok()) {
+      writer->broken = true;  // the next transaction connects again (the URL may lead elsewhere)
+      return fence;
+    }
+    Status marked = mark_timeline(*writer, server);
+    if (marked.ok()) pending_ = server;
+    return marked;
   }
   Status audit_head(long long& seq, std::string& hash) override {
     Connection& c = *store_.writer_;
@@ -304,6 +333,12 @@ class PgStore::Backend : public WriteBackend {
   // durability goal was not met): otherwise kOutcomeUnknown, unless the connection dropped, and
   // the server, asked on a new one, says what happened (settle).
   Status commit() override {
+    Status s = commit_transaction();
+    if (s.ok() && pending_.known()) confirmed_ = pending_;
+    pending_ = ServerTimeline{};
+    return s;
+  }
+  Status commit_transaction() {
     Connection& c = *store_.writer_;
     const PgOptions& o = store_.options_;
     if (o.test_before_commit) o.test_before_commit(PQbackendPID(c.conn));
@@ -347,6 +382,7 @@ class PgStore::Backend : public WriteBackend {
     return Status::Ok();
   }
   void abort() override {
+    pending_ = ServerTimeline{};
     std::unique_ptr<Connection>& writer = store_.writer_;
     if (!writer) return;
     writer->deadline = {};
@@ -388,13 +424,25 @@ class PgStore::Backend : public WriteBackend {
       return Status::OutcomeUnknown(
           what + "; the server could not be asked what became of it: " + s.message());
     }
+    // Only the server history the transaction ran on can tell: after a failover, the promoted
+    // server may have given the same transaction id to another transaction.
     PgResult r = writer->run("xact_status",
                              "SELECT pg_xact_status($1::xid8),"
-                             " current_setting('synchronous_standby_names') = ''",
+                             " current_setting('synchronous_standby_names') = '',"
+                             " (SELECT system_identifier FROM pg_control_system())::text,"
+                             " CASE WHEN NOT pg_is_in_recovery()"
+                             " THEN pg_walfile_name(pg_current_wal_lsn()) END",
                              {xid_.c_str()});
     if (!result_ok(r) || PQntuples(r.get()) != 1 || PQgetisnull(r.get(), 0, 0)) {
       Status asked = writer->error(r.get(), "pg_xact_status");
       return Status::OutcomeUnknown(what + "; asking what became of it failed: " + asked.message());
+    }
+    ServerTimeline now;
+    now.system_identifier.assign(value_view(r.get(), 0, 2));
+    if (!timeline_of_walfile(value_view(r.get(), 0, 3), now.timeline) || now != txn_server_) {
+      return Status::OutcomeUnknown(
+          what + "; the server reached now is " + (now.known() ? now.text() : "a standby") +
+          ", not the one the transaction ran on (" + txn_server_.text() + "): it cannot say");
     }
     const std::string status(value_view(r.get(), 0, 0));
     const bool no_standby = value_view(r.get(), 0, 1) == "t";
@@ -414,7 +462,89 @@ class PgStore::Backend : public WriteBackend {
                                                          : ""));
   }
 
+  // Under the write lock, in the write transaction: records the server's history in meta
+  // ('timeline'), and when it differs from the one recorded there (a standby was promoted, or
+  // the database was brought to another cluster), marks the failover boundary first: the tests'
+  // seq and the feed's change_seq move kAuditFailoverGap past anything this server has used (the
+  // lost primary may have handed out numbers after the last it replicated: none is handed out
+  // twice, so a cursor or feed token taken there skips nothing here), and a `failover` entry
+  // continues the audit chain from its last surviving entry, kAuditFailoverGap further on.
+  Status mark_timeline(Connection& c, const ServerTimeline& server) {
+    PgResult r = c.run("timeline_read",
+                       "SELECT convert_from(value, 'UTF8') FROM meta WHERE name = 'timeline'", {});
+    if (!result_ok(r)) return c.error(r.get(), "read the recorded timeline");
+    ServerTimeline recorded;
+    const bool known =
+        PQntuples(r.get()) == 1 && parse_timeline_key(value_view(r.get(), 0, 0), recorded);
+    if (known && recorded == server) return Status::Ok();
+    if (known) {
+      const std::string gap = std::to_string(kAuditFailoverGap);
+      r = c.run(
+          "failover_seqs",
+          "SELECT setval(pg_get_serial_sequence('tests', 'seq'), greatest("
+          "  coalesce(pg_sequence_last_value(pg_get_serial_sequence('tests', 'seq')::regclass), 0),"
+          "  coalesce((SELECT max(seq + 0) FROM tests), 0)) + $1::bigint) + 1,"
+          " setval(pg_get_serial_sequence('test_versions', 'change_seq'), greatest("
+          "  coalesce(pg_sequence_last_value(pg_get_serial_sequence('test_versions',"
+          "  'change_seq')::regclass), 0),"
+          "  coalesce((SELECT max(change_seq) FROM test_versions), 0)) + $1::bigint) + 1",
+          {gap.c_str()});
+      if (!result_ok(r)) return c.error(r.get(), "move seq past the failover");
+      const long long tests_from = value_int(r.get(), 0, 0);
+      const long long changes_from = value_int(r.get(), 0, 1);
+      long long head_seq = 0;
+      std::string head_hash;
+      Status s = audit_head(head_seq, head_hash);
+      if (!s.ok()) return s;
+      AuditEntry e;
+      e.seq = head_seq + kAuditFailoverGap;
+      e.ts = utc_timestamp_ms();
+      e.key_id = "testdata-api";
+      e.action = kAuditFailoverAction;
+      std::string detail;
+      JsonWriter w(detail, JsonForm::kAuditHash);
+      w.begin_object();
+      w.field("previous_seq", head_seq);
+      w.key("from");
+      w.begin_object();
+      w.field("system_identifier", recorded.system_identifier);
+      w.field("timeline", recorded.timeline);
+      w.end_object();
+      w.key("to");
+      w.begin_object();
+      w.field("system_identifier", server.system_identifier);
+      w.field("timeline", server.timeline);
+      w.end_object();
+      w.field("tests_seq_from", tests_from);
+      w.field("change_seq_from", changes_from);
+      w.end_object();
+      e.detail = detail;
+      e.prev_hash = head_hash;
+      e.hash = audit_hash(e);
+      s = insert_audit(e);
+      if (!s.ok()) return s;
+      LogFields f;
+      f.reason = "timeline";
+      f.detail = "PostgreSQL's history changed from " + recorded.text() + " to " + server.text() +
+                 ": audit entry " + std::to_string(e.seq) + " marks the failover; tests' seq " +
+                 "continues at " + std::to_string(tests_from) + ", the feed's at " +
+                 std::to_string(changes_from) +
+                 " (writes the old primary acknowledged after its last replicated one are not "
+                 "here)";
+      log_event(LogLevel::kWarn, "failover_boundary", f);
+    }
+    const std::string key = server.key();
+    r = c.run("timeline_write",
+              "INSERT INTO meta (name, value) VALUES ('timeline', convert_to($1, 'UTF8'))"
+              " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+              {key.c_str()});
+    return result_ok(r) ? Status::Ok() : c.error(r.get(), "record the timeline");
+  }
+
   PgStore& store_;
+  ServerTimeline confirmed_;   // the history whose meta record a committed transaction saw
+  ServerTimeline pending_;     // the one this transaction recorded (begin), until its COMMIT
+  ServerTimeline txn_server_;  // the one this transaction runs on (begin), for settle
   std::chrono::steady_clock::time_point deadline_{};
   std::string xid_;      // the group transaction's id (begin), for settle
   bool durable_ = true;  // the transaction's, as begin was told
@@ -508,6 +638,13 @@ Status PgStore::open(const PgOptions& options, std::unique_ptr<PgStore>& out) {
     return Status::Internal("the database's encoding is " +
                             std::string(encoding ? encoding : "unknown") +
                             ", not UTF8: create it with ENCODING 'UTF8'");
+  }
+  if (!options.timeline_file.empty()) {
+    ServerTimeline saved;
+    s = load_fence(options.timeline_file, saved);
+    if (!s.ok()) return s;
+    MutexLock lock(store->fence_mu_);
+    store->fence_ = saved;
   }
   s = store->migrate(*store->writer_);
   if (!s.ok()) return s;
@@ -1075,8 +1212,10 @@ Status PgStore::check_health() {
       }
     }
     Connection& c = *health_conn_;
-    PgResult r =
-        refresh_size ? c.exec("SELECT pg_database_size(current_database())") : c.exec("SELECT 0");
+    // The server's history too: a read-write server the fence refuses makes the service
+    // unhealthy, and says why, before any write is tried.
+    PgResult r = c.exec(refresh_size ? "SELECT pg_database_size(current_database()), " kHealthFence
+                                     : "SELECT 0, " kHealthFence);
     if (!result_ok(r)) {
       status = c.error(r.get(), "health check");
       if (c.healthy()) break;
@@ -1089,10 +1228,46 @@ Status PgStore::check_health() {
       size_read_at_ = std::chrono::steady_clock::now();
     }
     status = Status::Ok();
+    ServerTimeline server;
+    server.system_identifier.assign(value_view(r.get(), 0, 1));
+    if (!PQgetisnull(r.get(), 0, 2) &&
+        timeline_of_walfile(value_view(r.get(), 0, 2), server.timeline)) {
+      status = check_fence(server, /*advance=*/false);
+    }
     break;
   }
   note_failure(status);
   return status;
+}
+
+Status PgStore::check_fence(const ServerTimeline& server, bool advance) {
+  MutexLock lock(fence_mu_);
+  if (server == fence_) return Status::Ok();
+  const std::string& file = options_.timeline_file;
+  if (file.empty()) return Status::Ok();
+  // The file is the fence of every node of this DATA_DIR: another one may have moved it.
+  ServerTimeline saved;
+  Status s = load_fence(file, saved);
+  if (!s.ok()) return Status::Unavailable(s.message() + " (writes wait for it: failover fencing)");
+  if (saved.known()) fence_ = saved;
+  const std::string refusal = fence_refusal(fence_, server);
+  if (!refusal.empty()) {
+    return Status::Fenced(refusal + ". The fence is " + file +
+                          ": if DATABASE_URL now leads to the right server, stop the "
+                          "service, remove that file and start it again");
+  }
+  if (!advance || server == fence_) return Status::Ok();
+  s = save_fence(file, server);
+  if (!s.ok()) return Status::Unavailable(s.message() + " (writes wait for it: failover fencing)");
+  if (fence_.known()) {
+    LogFields f;
+    f.reason = "timeline";
+    f.detail = "the fence moves from " + fence_.text() + " to " + server.text() + " (" + file +
+               "): writes to the older history are refused from now on";
+    log_event(LogLevel::kWarn, "fence_moved", f);
+  }
+  fence_ = server;
+  return Status::Ok();
 }
 
 StoreStats PgStore::stats() const {

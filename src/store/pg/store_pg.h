@@ -17,6 +17,7 @@
 #include "base/fifo_pool.h"
 #include "base/thread_annotations.h"
 #include "base/url.h"
+#include "store/pg/timeline.h"
 #include "store/read_after.h"
 #include "store/store.h"
 #include "store/write_engine.h"
@@ -59,6 +60,11 @@ struct PgOptions {
   // The service: open all max_readers reader connections at open, not on demand (see
   // PgStore::open_readers); the commands (keys, audit, migrate) open them as they need them.
   bool open_readers_at_start = false;
+  // Failover fencing (store/pg/timeline.h): the file that remembers the highest (system,
+  // timeline) this service wrote to, shared by the nodes of one DATA_DIR. Empty: no fence (the
+  // administration commands). Every write transaction, and the health check, compares the
+  // read-write server's history with it.
+  std::string timeline_file;
   // Tests: migrate only up to this schema version (0: all, kSchemaVersion), to test an upgrade
   // from an older schema. Nothing but a migration test opens a store with an older schema.
   int migrate_to = 0;
@@ -161,6 +167,9 @@ class PgStore : public EngineStore, public ImportTarget {
   Status with_replica_reader(const char* what, const std::function<Status(Connection&)>& fn);
   // After a COMMIT on the writer connection: remembers where it is in the log (read_url only).
   void note_commit_position(Connection& writer);
+  // Whether a write may go to `server` (the fence, timeline.h): Ok, or Unavailable saying why
+  // not. advance: a later history than the fence's becomes the fence (saved first).
+  Status check_fence(const ServerTimeline& server, bool advance) EXCLUDES(fence_mu_);
   // Whether `after` is past every log position the primary has reached (asked, on a reader,
   // only when it is past those this process has seen): true too when that cannot be asked.
   bool beyond_primary(uint64_t after);
@@ -186,6 +195,9 @@ class PgStore : public EngineStore, public ImportTarget {
   std::atomic<std::chrono::steady_clock::rep> replica_down_until_{0};
   std::atomic<long long> replica_fallbacks_{0};
   std::atomic<long long> commit_positions_read_{0};
+
+  Mutex fence_mu_;
+  ServerTimeline fence_ GUARDED_BY(fence_mu_);  // as the timeline file last said
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
   // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.

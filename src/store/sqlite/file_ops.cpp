@@ -580,7 +580,7 @@ Status sqlite_check_file(const std::string& path, bool exact_schema, DatabaseFac
   if (!problem.empty()) return Status::Corrupt(path + ": the audit chain is broken: " + problem);
   const std::string head = verifier.checked() == 0
                                ? std::string()
-                               : std::to_string(verifier.checked()) + ":" + verifier.last_hash();
+                               : std::to_string(verifier.last_seq()) + ":" + verifier.last_hash();
   if (verifier.checked() != out.audit_entries || head != out.audit_head) {
     return Status::Corrupt(path + ": the audit chain does not end at its newest entry");
   }

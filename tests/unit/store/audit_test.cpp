@@ -123,5 +123,63 @@ TEST(Audit, RemovedOrReorderedEntriesAreCaught) {
   EXPECT_EQ(verify(swapped).rfind("entry 3:", 0), 0u);
 }
 
+// entries[0..n) then a failover boundary after entry `after` (1-based) and more entries after it,
+// rehashed so that only the seq numbers tell the story.
+std::vector<AuditEntry> chain_with_failover(int n, long long gap, const std::string& action,
+                                            long long previous_seq) {
+  auto entries = chain(n);
+  AuditEntry f;
+  f.seq = entries.back().seq + gap;
+  f.ts = "2026-11-28T10:01:00.000Z";
+  f.key_id = "testdata-api";
+  f.action = action;
+  f.detail =
+      R"({"previous_seq":)" + std::to_string(previous_seq) +
+      R"(,"from":{"system_identifier":"1","timeline":1},)"
+      R"("to":{"system_identifier":"1","timeline":2},"tests_seq_from":9,"change_seq_from":9})";
+  f.prev_hash = entries.back().hash;
+  f.hash = audit_hash(f);
+  entries.push_back(f);
+  AuditEntry next = chain(1)[0];
+  next.seq = f.seq + 1;
+  next.prev_hash = f.hash;
+  next.hash = audit_hash(next);
+  entries.push_back(next);
+  return entries;
+}
+
+TEST(Audit, AFailoverBoundaryMayJumpPastTheLostPrimarysNumbers) {
+  auto entries = chain_with_failover(3, kAuditFailoverGap, kAuditFailoverAction, 3);
+  AuditChainVerifier v;
+  std::string problem;
+  for (const AuditEntry& e : entries) ASSERT_TRUE(v.feed(e, problem)) << problem;
+  EXPECT_EQ(v.checked(), 5);
+  EXPECT_EQ(v.last_seq(), 3 + kAuditFailoverGap + 1);
+  EXPECT_EQ(v.failovers(), 1);
+}
+
+TEST(Audit, OnlyADocumentedFailoverBoundaryMayJump) {
+  // Any other action: a gap is entries missing.
+  EXPECT_EQ(verify(chain_with_failover(3, 5, "create", 3)).rfind("entry 8: expected seq 4", 0), 0u);
+  // A failover entry naming another entry than the one before it.
+  const std::string wrong = verify(chain_with_failover(3, 5, kAuditFailoverAction, 2));
+  EXPECT_EQ(wrong.rfind("entry 8: expected seq 4 (a failover entry", 0), 0u) << wrong;
+  // One whose detail does not say where it continues from.
+  auto bare = chain_with_failover(3, 5, kAuditFailoverAction, 3);
+  bare[3].detail = "{}";
+  bare[3].hash = audit_hash(bare[3]);
+  bare[4].prev_hash = bare[3].hash;
+  bare[4].hash = audit_hash(bare[4]);
+  EXPECT_EQ(verify(bare).rfind("entry 8:", 0), 0u);
+  // Entries removed before a genuine boundary: its previous_seq no longer names the last one.
+  auto cut = chain_with_failover(3, 5, kAuditFailoverAction, 3);
+  cut.erase(cut.begin() + 2);
+  cut[2].prev_hash = cut[1].hash;
+  cut[2].hash = audit_hash(cut[2]);
+  EXPECT_EQ(verify(cut).rfind("entry 8:", 0), 0u);
+  // A boundary backwards.
+  EXPECT_NE(verify(chain_with_failover(3, -1, kAuditFailoverAction, 3)), "");
+}
+
 }  // namespace
 }  // namespace tdapi

@@ -1,0 +1,129 @@
+// timeline.cpp: server histories, the fence rule and the fence file (see timeline.h).
+#include "store/pg/timeline.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+
+#include "base/files.h"
+
+namespace tdapi {
+
+namespace {
+
+bool all_digits(std::string_view s) {
+  if (s.empty() || s.size() > 20) return false;
+  for (char ch : s) {
+    if (ch < '0' || ch > '9') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string ServerTimeline::text() const {
+  return "system " + system_identifier + ", timeline " + std::to_string(timeline);
+}
+
+std::string ServerTimeline::key() const {
+  return system_identifier + ":" + std::to_string(timeline);
+}
+
+bool parse_timeline_key(std::string_view key, ServerTimeline& out) {
+  const size_t colon = key.find(':');
+  if (colon == std::string_view::npos) return false;
+  const std::string_view system = key.substr(0, colon);
+  const std::string_view timeline = key.substr(colon + 1);
+  if (!all_digits(system) || !all_digits(timeline) || timeline.size() > 10) return false;
+  out.system_identifier.assign(system);
+  out.timeline = std::stoll(std::string(timeline));
+  return out.timeline > 0;
+}
+
+bool timeline_of_walfile(std::string_view name, long long& timeline) {
+  if (name.size() != 24) return false;
+  long long value = 0;
+  for (size_t i = 0; i < 24; ++i) {
+    const char ch = name[i];
+    int digit = -1;
+    if (ch >= '0' && ch <= '9') digit = ch - '0';
+    if (ch >= 'A' && ch <= 'F') digit = ch - 'A' + 10;
+    if (digit < 0) return false;
+    if (i < 8) value = value * 16 + digit;
+  }
+  timeline = value;
+  return value > 0;
+}
+
+std::string fence_refusal(const ServerTimeline& fence, const ServerTimeline& server) {
+  if (!fence.known()) return "";
+  if (server.system_identifier != fence.system_identifier) {
+    return "the read-write server is PostgreSQL " + server.text() +
+           ", another cluster than the one this service last wrote to (" + fence.text() +
+           "): writes are refused (failover fencing)";
+  }
+  if (server.timeline < fence.timeline) {
+    return "the read-write server is on timeline " + std::to_string(server.timeline) +
+           " of system " + server.system_identifier + ", older than timeline " +
+           std::to_string(fence.timeline) +
+           " this service last wrote to: a former primary, left behind by a failover; writes "
+           "are refused (failover fencing)";
+  }
+  return "";
+}
+
+Status load_fence(const std::string& path, ServerTimeline& out) {
+  out = ServerTimeline{};
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return Status::Ok();
+    return Status::IoError("cannot read the PostgreSQL timeline file " + path + ": " +
+                           errno_text());
+  }
+  char buf[128];
+  ssize_t n = ::read(fd, buf, sizeof buf);
+  ::close(fd);
+  if (n < 0) {
+    return Status::IoError("cannot read the PostgreSQL timeline file " + path + ": " +
+                           errno_text());
+  }
+  std::string_view text(buf, static_cast<size_t>(n));
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+  if (!parse_timeline_key(text, out)) {
+    out = ServerTimeline{};
+    return Status::Corrupt("the PostgreSQL timeline file " + path +
+                           " does not hold SYSTEM:TIMELINE; remove it to start a new fence");
+  }
+  return Status::Ok();
+}
+
+Status save_fence(const std::string& path, const ServerTimeline& fence) {
+  std::string tmp;
+  const int fd = make_temp_beside(path, "new", tmp);
+  auto fail = [&](const std::string& what) {
+    const std::string why = errno_text();
+    if (fd >= 0) ::close(fd);
+    if (!tmp.empty()) ::unlink(tmp.c_str());
+    return Status::IoError("cannot " + what + " the PostgreSQL timeline file " + path + ": " + why);
+  };
+  if (fd < 0) return fail("create");
+  const std::string line = fence.key() + "\n";
+  if (::fchmod(fd, 0644) != 0) return fail("write");
+  if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    if (errno == 0) errno = ENOSPC;
+    return fail("write");
+  }
+  if (::fsync(fd) != 0) return fail("fsync");
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("rename");
+  tmp.clear();
+  ::close(fd);
+  if (!fsync_dir(dir_of(path))) {
+    return Status::IoError("cannot fsync the directory of " + path + ": " + errno_text());
+  }
+  return Status::Ok();
+}
+
+}  // namespace tdapi

@@ -1,0 +1,91 @@
+// timeline_test.cpp: server histories, the fence rule and the fence file (store/pg/timeline.h).
+#include "store/pg/timeline.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "temp_dir.h"
+
+namespace tdapi {
+namespace {
+
+ServerTimeline at(const char* system, long long timeline) {
+  ServerTimeline t;
+  t.system_identifier = system;
+  t.timeline = timeline;
+  return t;
+}
+
+TEST(Timeline, WalFileNamesCarryTheTimeline) {
+  long long tl = 0;
+  ASSERT_TRUE(timeline_of_walfile("000000010000000000000001", tl));
+  EXPECT_EQ(tl, 1);
+  ASSERT_TRUE(timeline_of_walfile("0000001A00000003000000FF", tl));
+  EXPECT_EQ(tl, 26);
+  EXPECT_FALSE(timeline_of_walfile("", tl));
+  EXPECT_FALSE(timeline_of_walfile("00000001000000000000001", tl));    // 23
+  EXPECT_FALSE(timeline_of_walfile("00000001000000000000000g", tl));   // not hex
+  EXPECT_FALSE(timeline_of_walfile("000000000000000000000001", tl));   // timeline 0
+  EXPECT_FALSE(timeline_of_walfile("0000000100000000000000010", tl));  // 25
+}
+
+TEST(Timeline, KeysRoundTrip) {
+  ServerTimeline t;
+  ASSERT_TRUE(parse_timeline_key(at("7716566631266182715", 3).key(), t));
+  EXPECT_EQ(t, at("7716566631266182715", 3));
+  for (const char* bad : {"", ":", "1:", ":1", "1:0", "x:1", "1:1x", "1:-1", "1:99999999999"}) {
+    EXPECT_FALSE(parse_timeline_key(bad, t)) << bad;
+  }
+}
+
+TEST(Timeline, TheFenceRefusesOlderTimelinesAndOtherSystems) {
+  const ServerTimeline fence = at("42", 2);
+  EXPECT_EQ(fence_refusal(ServerTimeline{}, at("42", 1)), "");  // no fence yet
+  EXPECT_EQ(fence_refusal(fence, at("42", 2)), "");
+  EXPECT_EQ(fence_refusal(fence, at("42", 3)), "");  // a later promotion
+  const std::string older = fence_refusal(fence, at("42", 1));
+  EXPECT_NE(older.find("older than timeline 2"), std::string::npos) << older;
+  EXPECT_NE(older.find("failover fencing"), std::string::npos) << older;
+  const std::string other = fence_refusal(fence, at("43", 5));
+  EXPECT_NE(other.find("another cluster"), std::string::npos) << other;
+}
+
+TEST(Timeline, TheFenceFileKeepsTheLastSavedHistory) {
+  TempDir dir;
+  const std::string path = dir.path() + "/postgresql-timeline";
+  ServerTimeline t = at("1", 1);
+  ASSERT_TRUE(load_fence(path, t).ok());
+  EXPECT_FALSE(t.known());  // no file: no fence
+  ASSERT_TRUE(save_fence(path, at("99", 4)).ok());
+  ASSERT_TRUE(load_fence(path, t).ok());
+  EXPECT_EQ(t, at("99", 4));
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0644u);
+
+  std::ofstream(path) << "not a fence\n";
+  EXPECT_EQ(load_fence(path, t).code(), StatusCode::kCorrupt);
+  EXPECT_FALSE(t.known());
+}
+
+TEST(Timeline, TheFenceFileIsNotReadThroughALink) {
+  TempDir dir;
+  const std::string target = dir.path() + "/elsewhere";
+  ASSERT_TRUE(save_fence(target, at("5", 1)).ok());
+  const std::string path = dir.path() + "/postgresql-timeline";
+  ASSERT_EQ(::symlink(target.c_str(), path.c_str()), 0);
+  ServerTimeline t;
+  EXPECT_EQ(load_fence(path, t).code(), StatusCode::kIoError);
+  // Saving replaces the link itself, and the file it named stays as it was.
+  ASSERT_TRUE(save_fence(path, at("5", 2)).ok());
+  ASSERT_TRUE(load_fence(target, t).ok());
+  EXPECT_EQ(t, at("5", 1));
+  ASSERT_TRUE(load_fence(path, t).ok());
+  EXPECT_EQ(t, at("5", 2));
+}
+
+}  // namespace
+}  // namespace tdapi
