@@ -160,6 +160,8 @@ constexpr long long kFirstPageRows = 16;
 constexpr long long kDenseWalk = 16;
 
 constexpr auto kSizeRefresh = std::chrono::seconds(10);
+// How long connections leave out a host the fence refused (then it is tried, and refused, again).
+constexpr auto kFencedHostSkip = std::chrono::seconds(60);
 
 // The health check's columns of the server's history (system identifier; WAL file name, or
 // NULL on a standby).
@@ -227,7 +229,9 @@ class PgStore::Backend : public WriteBackend {
     if (server == confirmed_) return Status::Ok();
     Status fence = store_.check_fence(server, /*advance=*/true);
     if (!fence.ok()) {
-      writer->broken = true;  // the next transaction connects again (the URL may lead elsewhere)
+      // The next transaction connects again: a multi-host URL may lead to another server.
+      if (fence.code() == StatusCode::kFenced) store_.skip_fenced_host(*writer);
+      writer->broken = true;
       return fence;
     }
     Status marked = mark_timeline(*writer, server);
@@ -555,7 +559,29 @@ PgStore::PgStore(PgOptions options)
       readers_(options_.max_readers),
       replica_readers_(options_.max_readers) {}
 
-Status PgStore::connect(std::unique_ptr<Connection>& out, const std::string& url) const {
+void PgStore::skip_fenced_host(Connection& c) {
+  c.broken = true;
+  if (c.conn == nullptr) return;
+  const char* host = PQhost(c.conn);
+  const char* port = PQport(c.conn);
+  const std::string key = std::string(host ? host : "") + ":" + (port && *port ? port : "5432");
+  MutexLock lock(skip_mu_);
+  fenced_hosts_[key] = std::chrono::steady_clock::now() + kFencedHostSkip;
+}
+
+std::vector<std::string> PgStore::fenced_hosts() const {
+  std::vector<std::string> out;
+  MutexLock lock(skip_mu_);
+  const auto now = std::chrono::steady_clock::now();
+  for (const auto& [key, until] : fenced_hosts_) {
+    if (until > now) out.push_back(key);
+  }
+  return out;
+}
+
+Status PgStore::connect(std::unique_ptr<Connection>& out, const std::string& given) const {
+  // A fenced former primary among DATABASE_URL's hosts is left out while there are others.
+  const std::string url = given == options_.url ? without_hosts(given, fenced_hosts()) : given;
   // Our defaults first: what the URL says wins (only the first dbname is expanded, and later
   // values override earlier ones).
   const std::string timeout = std::to_string(options_.connect_timeout_s);
@@ -577,7 +603,7 @@ Status PgStore::connect(std::unique_ptr<Connection>& out, const std::string& url
   auto conn = std::make_unique<Connection>();
   conn->conn = PQconnectdbParams(keys, values, 1);
   if (!conn->healthy()) {
-    return Status::Unavailable("cannot connect to PostgreSQL at " + redact_url(url) + ": " +
+    return Status::Unavailable("cannot connect to PostgreSQL at " + redact_url(given) + ": " +
                                first_line(conn->conn ? PQerrorMessage(conn->conn) : ""));
   }
   PQsetNoticeReceiver(conn->conn, &Connection::on_notice, conn.get());
@@ -1233,6 +1259,10 @@ Status PgStore::check_health() {
     if (!PQgetisnull(r.get(), 0, 2) &&
         timeline_of_walfile(value_view(r.get(), 0, 2), server.timeline)) {
       status = check_fence(server, /*advance=*/false);
+      if (status.code() == StatusCode::kFenced) {
+        skip_fenced_host(c);
+        health_conn_.reset();
+      }
     }
     break;
   }

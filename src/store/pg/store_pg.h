@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -170,6 +171,10 @@ class PgStore : public EngineStore, public ImportTarget {
   // Whether a write may go to `server` (the fence, timeline.h): Ok, or Unavailable saying why
   // not. advance: a later history than the fence's becomes the fence (saved first).
   Status check_fence(const ServerTimeline& server, bool advance) EXCLUDES(fence_mu_);
+  // The fence refused the server `c` is connected to: connections to options_.url leave its
+  // host out (when the URL names others) for kFencedHostSkip, and `c` is dropped.
+  void skip_fenced_host(Connection& c) EXCLUDES(skip_mu_);
+  std::vector<std::string> fenced_hosts() const EXCLUDES(skip_mu_);
   // Whether `after` is past every log position the primary has reached (asked, on a reader,
   // only when it is past those this process has seen): true too when that cannot be asked.
   bool beyond_primary(uint64_t after);
@@ -198,6 +203,9 @@ class PgStore : public EngineStore, public ImportTarget {
 
   Mutex fence_mu_;
   ServerTimeline fence_ GUARDED_BY(fence_mu_);  // as the timeline file last said
+  mutable Mutex skip_mu_;
+  // "HOST:PORT" of fenced servers, and until when connections leave them out.
+  std::map<std::string, std::chrono::steady_clock::time_point> fenced_hosts_ GUARDED_BY(skip_mu_);
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
   // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.

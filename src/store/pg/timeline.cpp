@@ -2,11 +2,14 @@
 #include "store/pg/timeline.h"
 
 #include <fcntl.h>
+#include <libpq-fe.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "base/files.h"
 
@@ -22,7 +25,87 @@ bool all_digits(std::string_view s) {
   return true;
 }
 
+std::vector<std::string> split_list(const char* value) {
+  std::vector<std::string> out;
+  if (value == nullptr) return out;
+  std::string_view rest(value);
+  for (;;) {
+    const size_t comma = rest.find(',');
+    out.emplace_back(rest.substr(0, comma));
+    if (comma == std::string_view::npos) return out;
+    rest.remove_prefix(comma + 1);
+  }
+}
+
+void append_value(std::string& out, std::string_view keyword, std::string_view value) {
+  if (!out.empty()) out += ' ';
+  out.append(keyword);
+  out += "='";
+  for (char ch : value) {
+    if (ch == '\\' || ch == '\'') out += '\\';
+    out += ch;
+  }
+  out += '\'';
+}
+
 }  // namespace
+
+std::string without_hosts(const std::string& conninfo, const std::vector<std::string>& skip) {
+  if (skip.empty()) return conninfo;
+  char* error = nullptr;
+  PQconninfoOption* options = PQconninfoParse(conninfo.c_str(), &error);
+  if (options == nullptr) {
+    PQfreemem(error);
+    return conninfo;
+  }
+  const char* host = nullptr;
+  const char* port = nullptr;
+  const char* hostaddr = nullptr;
+  for (const PQconninfoOption* o = options; o->keyword; ++o) {
+    if (o->val == nullptr) continue;
+    if (std::strcmp(o->keyword, "host") == 0) host = o->val;
+    if (std::strcmp(o->keyword, "port") == 0) port = o->val;
+    if (std::strcmp(o->keyword, "hostaddr") == 0) hostaddr = o->val;
+  }
+  const std::vector<std::string> hosts = split_list(host);
+  const std::vector<std::string> ports = split_list(port);
+  const std::vector<std::string> addrs = split_list(hostaddr);
+  const size_t n = std::max(hosts.size(), addrs.size());
+  std::vector<size_t> kept;
+  for (size_t i = 0; i < n; ++i) {
+    const std::string name = i < hosts.size() && !hosts[i].empty() ? hosts[i]
+                             : i < addrs.size()                    ? addrs[i]
+                                                                   : "";
+    const std::string p = ports.size() == 1 ? ports[0] : i < ports.size() ? ports[i] : "";
+    const std::string key = name + ":" + (p.empty() ? "5432" : p);
+    if (std::find(skip.begin(), skip.end(), key) == skip.end()) kept.push_back(i);
+  }
+  if (n < 2 || kept.empty() || kept.size() == n) {
+    PQconninfoFree(options);
+    return conninfo;
+  }
+  auto join_kept = [&](const std::vector<std::string>& list) {
+    std::string out;
+    for (size_t i : kept) out += (out.empty() ? "" : ",") + (i < list.size() ? list[i] : "");
+    return out;
+  };
+  std::string out;
+  for (const PQconninfoOption* o = options; o->keyword; ++o) {
+    if (o->val == nullptr) continue;
+    const std::string_view keyword = o->keyword;
+    if (keyword == "host") {
+      append_value(out, keyword, join_kept(hosts));
+    } else if (keyword == "hostaddr") {
+      append_value(out, keyword, join_kept(addrs));
+    } else if (keyword == "port" && ports.size() > 1) {
+      append_value(out, keyword, join_kept(ports));
+    } else {
+      append_value(out, keyword, o->val);
+    }
+  }
+  PQconninfoFree(options);
+  return out;
+}
 
 std::string ServerTimeline::text() const {
   return "system " + system_identifier + ", timeline " + std::to_string(timeline);

@@ -11,6 +11,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "store/status.h"
 
@@ -40,6 +41,12 @@ bool timeline_of_walfile(std::string_view name, long long& timeline);
 // Why a write to `server` must be refused when the service last wrote to `fence`, or "" when it
 // may go (no fence yet, the same history, or a later timeline of the same system).
 std::string fence_refusal(const ServerTimeline& fence, const ServerTimeline& server);
+
+// `conninfo` (a libpq URI or keyword/value string) without the hosts in `skip` ("HOST:PORT",
+// as PQhost and PQport name a connection's), as a keyword/value string: a multi-host URL whose
+// first read-write host is a fenced former primary leads to the others. conninfo itself when
+// it names fewer than two hosts, when none of them is to be skipped, or when all of them are.
+std::string without_hosts(const std::string& conninfo, const std::vector<std::string>& skip);
 
 // The fence file: one line, ServerTimeline::key(). load_fence: a missing file is no fence
 // (out unknown); a file that is not a fence is an error. save_fence writes a temp file beside

@@ -87,5 +87,27 @@ TEST(Timeline, TheFenceFileIsNotReadThroughALink) {
   EXPECT_EQ(t, at("5", 2));
 }
 
+TEST(Timeline, AFencedHostIsLeftOutOfAMultiHostUrl) {
+  const std::string url =
+      "postgresql://tdapi@/db?host=/tmp/a,/tmp/b&target_session_attrs=read-write";
+  EXPECT_EQ(without_hosts(url, {}), url);
+  EXPECT_EQ(without_hosts(url, {"/tmp/c:5432"}), url);                 // not one of its hosts
+  EXPECT_EQ(without_hosts(url, {"/tmp/a:5432", "/tmp/b:5432"}), url);  // all: nothing to gain
+  const std::string left = without_hosts(url, {"/tmp/a:5432"});
+  EXPECT_NE(left.find("host='/tmp/b'"), std::string::npos) << left;
+  EXPECT_EQ(left.find("/tmp/a"), std::string::npos) << left;
+  EXPECT_NE(left.find("target_session_attrs='read-write'"), std::string::npos) << left;
+  EXPECT_NE(left.find("dbname='db'"), std::string::npos) << left;
+  EXPECT_NE(left.find("user='tdapi'"), std::string::npos) << left;
+  // Ports by position, and values quoted for libpq.
+  const std::string tcp = without_hosts(
+      "host=db1,db2,db3 port=5433,5434,5435 password='it\\'s' dbname=x", {"db2:5434"});
+  EXPECT_NE(tcp.find("host='db1,db3'"), std::string::npos) << tcp;
+  EXPECT_NE(tcp.find("port='5433,5435'"), std::string::npos) << tcp;
+  EXPECT_NE(tcp.find(R"(password='it\'s')"), std::string::npos) << tcp;
+  // One host: nothing to leave it for.
+  EXPECT_EQ(without_hosts("host=db1 dbname=x", {"db1:5432"}), "host=db1 dbname=x");
+}
+
 }  // namespace
 }  // namespace tdapi
