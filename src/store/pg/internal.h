@@ -30,6 +30,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <system_error>
+#include <thread>
 #include <unordered_set>
 
 #include "store/pg/store_pg.h"
@@ -126,6 +128,24 @@ struct PgStore::Connection {
     warning.clear();
   }
 
+  // Asks the server to cancel the running statement, without waiting for it: PQcancel blocks
+  // until the server closes the cancel connection, and a stalled server (stopped, or cut off by
+  // the network) does not; the round trip's deadline must not depend on it. The request is sent
+  // from a thread of its own, which ends when the server answers or the socket fails.
+  void send_cancel() {
+    PGcancel* cancel = PQgetCancel(conn);
+    if (cancel == nullptr) return;
+    try {
+      std::thread([cancel] {
+        char why[256];
+        PQcancel(cancel, why, sizeof why);
+        PQfreeCancel(cancel);
+      }).detach();
+    } catch (const std::system_error&) {  // no thread to be had: the grace period decides
+      PQfreeCancel(cancel);
+    }
+  }
+
   // Waits until the next result can be read without blocking (or the connection failed, which
   // PQgetResult then reports): true. Past `until` the statement is cancelled and the server gets
   // kCancelGrace more; false when it did not answer by then (the connection is broken).
@@ -142,11 +162,7 @@ struct PgStore::Connection {
         }
         timed_out = true;
         cancel_sent = true;
-        if (PGcancel* cancel = PQgetCancel(conn)) {
-          char why[256];
-          PQcancel(cancel, why, sizeof why);
-          PQfreeCancel(cancel);
-        }
+        send_cancel();
         until = now + kCancelGrace;
         continue;
       }
