@@ -468,6 +468,7 @@ class Child:
         self.quick = self.restarts = self.starts = 0
         self.helper = None  # the append/redact process its stderr goes through
         self.last_pid = None
+        self.termed = None  # the process a stop signalled
 
     @property
     def pid(self):
@@ -557,16 +558,32 @@ class Supervisor:
                                 process_group=0, stdin=subprocess.PIPE)
 
     def launch_node(self, node):
+        """Starts the node; one that cannot be started (the binary moved away) is tried again
+        after a pause, as a crash is."""
+        if self.stopping:  # no restart during a stop
+            return
         self.owner.try_call(remove, node.sock)
         node.starts += 1
-        node.helper = self.helper("append", self.log)
         env = dict(self.env, TDAPI_NODE=node.name, TDAPI_STARTS=str(node.starts),
                    TDAPI_SUPERVISOR_PID=str(os.getpid()), SOCKET=node.sock)
         env.pop("TDAPI_OWNER", None)
-        node.proc = self.spawn([self.env["APP_BIN"], "serve", "--env-file", "/dev/null",
-                                "--log-file", self.log], pdeathsig=False, env=env,
-                               stderr=node.helper.stdin)
-        node.helper.stdin.close()
+        try:
+            node.helper = self.helper("append", self.log)
+            try:
+                node.proc = self.spawn([self.env["APP_BIN"], "serve", "--env-file", "/dev/null",
+                                        "--log-file", self.log], pdeathsig=False, env=env,
+                                       stderr=node.helper.stdin)
+            finally:
+                node.helper.stdin.close()
+        except OSError as e:
+            node.quick += 1
+            delay = max(1, restart_delay(node.quick))
+            self.log_json("error", "app_start_failed", "%sthe app could not be started (%s: %s); "
+                          "trying again in %d s" % (node.label, self.env["APP_BIN"],
+                                                    e.strerror or e, delay))
+            node.proc, node.state, node.due = None, "backoff", time.monotonic() + delay
+            node.started = time.monotonic()
+            return
         node.started, node.state, node.last_pid = time.monotonic(), "starting", node.pid
         if len(self.nodes) == 1:
             self.put_pid_file("app.pid", [node.pid])
@@ -583,6 +600,8 @@ class Supervisor:
                 pass
 
     def launch_nginx(self):
+        if self.stopping:
+            return
         self.owner.try_call(remove, os.path.join(self.data, "run", "nginx-http.sock"))
         caps = ["--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
         argv = [self.env["NGINX_BIN"], "-p", self.data, "-c", self.env["TDAPI_NGINX_CONF"],
@@ -653,6 +672,7 @@ class Supervisor:
         self.stopping = True
         for n in self.nodes:
             n.signal(signal.SIGTERM)
+            n.termed = n.proc
         self.nginx.signal(signal.SIGQUIT)
 
     def reopen(self):
@@ -704,7 +724,7 @@ class Supervisor:
                 if os.path.exists(n.sock):
                     n.state = "ready"
                     continue
-                rc = n.poll()
+                rc = 1 if n.proc is None else n.poll()  # (None: it could not be started)
                 if rc is None and not self.timed_out(n):
                     continue
                 if rc is None:
@@ -812,6 +832,8 @@ class Supervisor:
             self.sleep(0.05 if busy else 1)
         status = 0
         for n in self.nodes:
+            if n.proc and n.termed is not n.proc:  # started as the stop came: it is told too
+                n.signal(signal.SIGTERM)
             if n.proc:
                 try:
                     n.proc.wait(self.stop_timeout + 5)  # the app bounds its own stop
