@@ -811,7 +811,7 @@ class Supervisor:
                                   (self.forwarder, self.launch_forwarder)):
                 if child.state == "backoff":
                     busy = True
-                    if now >= child.due:
+                    if now >= child.due and not self.stopping:
                         launch()
             for n in self.nodes:
                 if n.state == "backoff":

@@ -274,6 +274,26 @@ class Supervisor(unittest.TestCase):
         self.assertEqual(os.stat(victim).st_mode & 0o777, 0o755)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_a_data_dir_under_a_closed_directory_gets_an_acl_there_and_only_there(self):
+        top = tempfile.mkdtemp(prefix="tdapi-closed-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        closed = os.path.join(top, "closed")  # like /root
+        os.makedirs(os.path.join(closed, "open"))
+        os.chmod(closed, 0o700)
+        os.chmod(os.path.join(closed, "open"), 0o755)
+        d = os.path.join(closed, "open", "data")
+        os.mkdir(d)
+        with Server(data_dir=d) as s:
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+            self.assertIn(f"ACL u:testdata-api:--x) on {closed} so", s.run_output())
+        acl = lambda path: subprocess.run(["getfacl", "-cp", path], capture_output=True, text=True,
+                                          check=True).stdout
+        self.assertIn("user:testdata-api:--x", acl(closed))
+        for path in (top, os.path.join(closed, "open")):
+            self.assertNotIn("testdata-api", acl(path), path)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_file_in_data_dir_with_other_hard_links_is_not_given_to_the_service_user(self):
         victim = root_only_file(self, "untouched\n")
         d = tempfile.mkdtemp(prefix="tdapi-hardlink-")
