@@ -8,13 +8,20 @@ docs/development.md, "make run".
     dev_supervisor.py append FILE   copies stdin to FILE line by line (the app's stderr)
     dev_supervisor.py redact FILE   the same, redacting nginx's error lines (nginx's stderr)
     dev_supervisor.py put FILE      replaces FILE by stdin, whole (never written through a link)
-The helpers act as TDAPI_OWNER (the service user, when run.sh runs as root).
+The helpers act as TDAPI_OWNER (the service user, when run.sh runs as root). Run as root by
+run.sh before anything starts (exit status 78 and a message on a refusal):
+    dev_supervisor.py root-file NAME PATH  PATH to stdout if only root can change it (TLS files)
+    dev_supervisor.py data-dir PATH        DATA_DIR made if missing; its physical path to stdout
+    dev_supervisor.py own-data-dir PATH USER  DATA_DIR (the directory open on fd 9) given to USER
+    dev_supervisor.py temp-dir PATH USER   NGINX_TEMP_DIR made if missing and given to USER
 """
 import json
 import os
+import pwd
 import re
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -111,6 +118,277 @@ def copy_lines(path, transform):
             pass
 
 
+# -- root's paths (run.sh as root, before anything starts) -------------------------------------
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_LINK = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC  # the entry itself, a link or not
+MAX_LINKS, MAX_MADE, MAX_DEPTH = 40, 64, 64
+
+
+class Refused(Exception):
+    """What run.sh (root) will not do, said so that the operator can fix it."""
+
+
+def user_of(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "uid %d" % uid
+
+
+def check_step(dir_st, where, st, here):
+    """strict: only root may change what `here` (its entry: st) names in the directory `where`."""
+    if dir_st.st_uid != 0:
+        raise Refused("%s is %s's, not root's" % (where, user_of(dir_st.st_uid)))
+    if dir_st.st_mode & 0o022:
+        if not dir_st.st_mode & stat.S_ISVTX:
+            raise Refused("%s is writable by others than root (mode %04o)"
+                          % (where, stat.S_IMODE(dir_st.st_mode)))
+        if st.st_uid != 0:  # sticky (like /tmp): what root owns in it only root may move
+            raise Refused("%s is %s's, in %s, which others than root may write (sticky, mode %04o)"
+                          % (here, user_of(st.st_uid), where, stat.S_IMODE(dir_st.st_mode)))
+
+
+def walk(path, strict=False, create=None, last_link_ok=True, final_file=False):
+    """Opens path as root from / one component at a time, each relative to the directory before
+    it and never through a link (openat with O_NOFOLLOW), so a directory on its way swapped for a
+    link while run.sh works cannot redirect it. A link is followed only if root made it; one of
+    another user is refused. strict (what root reads for the service user): each directory passed
+    must be root's and not writable by group or others (a sticky one, like /tmp, only for what
+    root owns in it), each link root's. create: missing directories are made, 0755 on the way and
+    `create` for the last. Returns (fds, physical path): the open directories from / to path's
+    own (with final_file, its parent's then the file's, opened for reading)."""
+    if not path.startswith("/"):
+        path = os.path.join(os.getcwd(), path)
+    todo = [p for p in reversed(path.split("/")) if p not in ("", ".")]
+    fds, real, links, made = [os.open("/", O_DIR)], [], 0, 0
+    try:
+        while todo:
+            name = todo.pop()
+            if name == "..":
+                if real:
+                    real.pop()
+                    os.close(fds.pop())
+                continue
+            where, here, last = "/" + "/".join(real), "/" + "/".join(real + [name]), not todo
+            try:
+                lfd = os.open(name, O_LINK, dir_fd=fds[-1])
+            except FileNotFoundError:
+                if create is None or made >= MAX_MADE:
+                    raise Refused("%s does not exist" % here)
+                made += 1
+                old = os.umask(0o022)
+                try:
+                    os.mkdir(name, create if last else 0o755, dir_fd=fds[-1])
+                except FileExistsError:
+                    pass
+                finally:
+                    os.umask(old)
+                todo.append(name)
+                continue
+            try:
+                st = os.fstat(lfd)
+                if strict:
+                    check_step(os.fstat(fds[-1]), where, st, here)
+                if stat.S_ISLNK(st.st_mode):
+                    if st.st_uid != 0:
+                        raise Refused("%s is a symbolic link that %s made; run.sh (root) will not "
+                                      "follow it: remove it" % (here, user_of(st.st_uid)))
+                    if last and not last_link_ok:
+                        raise Refused("%s is a symbolic link; name the directory itself" % here)
+                    links += 1
+                    if links > MAX_LINKS:
+                        raise Refused("%s: too many symbolic links" % path)
+                    target = os.readlink("", dir_fd=lfd)  # this very link's (O_PATH)
+                    if target.startswith("/"):
+                        while len(fds) > 1:
+                            os.close(fds.pop())
+                        real = []
+                    todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
+                    continue
+                if last and final_file:
+                    if not stat.S_ISREG(st.st_mode):
+                        raise Refused("%s is not a regular file" % here)
+                    if strict and (st.st_uid != 0 or st.st_mode & 0o022):
+                        raise Refused("%s is %s's, mode %04o: it must be root's and not writable by "
+                                      "group or others" % (here, user_of(st.st_uid),
+                                                           stat.S_IMODE(st.st_mode)))
+                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                 dir_fd=fds[-1])
+                    opened = os.fstat(fd)
+                    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                        os.close(fd)
+                        raise Refused("%s changed while it was checked" % here)
+                elif not stat.S_ISDIR(st.st_mode):
+                    raise Refused("%s is not a directory" % here)
+                else:
+                    fd = os.open(".", O_DIR, dir_fd=lfd)  # this very directory
+            finally:
+                os.close(lfd)
+            fds.append(fd)
+            real.append(name)
+        if final_file and len(fds) == 1:
+            raise Refused("%s is not a regular file" % path)
+        return fds, "/" + "/".join(real)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def close_all(fds):
+    for fd in fds:
+        os.close(fd)
+
+
+def root_file(name, path):
+    """TLS_CERT or TLS_KEY, read as root for nginx running as the service user: only from where
+    no one but root can change what the path names (else the service user could have any file
+    root can read copied to it)."""
+    try:
+        fds, _ = walk(path, strict=True, final_file=True)
+    except Refused as e:
+        raise Refused("%s=%s: %s. run.sh (root) copies TLS_CERT and TLS_KEY for the service user "
+                      "only from where only root can change them: the file, each directory on its "
+                      "way and each link root's, no directory writable by group or others (a "
+                      "sticky one, like /tmp, only for what root owns in it); e.g. "
+                      "/etc/testdata-api/tls/" % (name, path, e))
+    try:
+        with os.fdopen(os.dup(fds[-1]), "rb") as f:
+            write_all(1, f.read())
+    finally:
+        close_all(fds)
+
+
+def chown_tree(fd, uid, gid, where, depth=0):
+    """The directory open on fd and all under it given to uid:gid, links excepted (nor followed),
+    each directory entered from the one above it without following a link."""
+    if depth > MAX_DEPTH:
+        raise Refused("%s: directories nested too deep" % where)
+    os.fchown(fd, uid, gid)
+    for name in os.listdir(fd):
+        try:
+            lfd = os.open(name, O_LINK, dir_fd=fd)
+        except FileNotFoundError:
+            continue
+        try:
+            st = os.fstat(lfd)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                sub = os.open(".", O_DIR, dir_fd=lfd)
+                try:
+                    chown_tree(sub, uid, gid, where + "/" + name, depth + 1)
+                finally:
+                    os.close(sub)
+            elif st.st_nlink > 1 and st.st_uid != uid:
+                raise Refused("%s/%s has %d hard links (the same file elsewhere); run.sh (root) "
+                              "will not give it to %s: copy it" % (where, name, st.st_nlink,
+                                                                    user_of(uid)))
+            else:
+                os.chown("/proc/self/fd/%d" % lfd, uid, gid)  # this very file
+        finally:
+            os.close(lfd)
+
+
+def data_dir(path):
+    """DATA_DIR resolved (and made) as root: its physical path, no link but root's followed."""
+    try:
+        fds, real = walk(path, create=0o700)
+    except Refused as e:
+        raise Refused("DATA_DIR=%s: %s (it is on DATA_DIR's way)" % (path, e))
+    close_all(fds)
+    write_all(1, (real + "\n").encode())
+
+
+def can_reach(path, fd):
+    """As the service user: b"w" if it may write and enter path, b"x" if it may enter fd's
+    directory (/proc/self/fd: that very directory), else b""."""
+    if path and os.access(path, os.W_OK | os.X_OK):
+        return b"w"
+    return b"x" if fd is not None and os.access("/proc/self/fd/%d" % fd, os.X_OK) else b""
+
+
+def own_data_dir(path, user):
+    """As root, with run.sh's lock on DATA_DIR (fd 9): DATA_DIR 0700 with run/, logs/ and nginx/,
+    all in it given to user (root's own links there, e.g. logs elsewhere: their targets too), and
+    user given search permission (an ACL) on the directories above it closed to it. Through
+    directory file descriptors only: a directory on its way swapped for a link cannot redirect it."""
+    try:
+        fds, real = walk(path)
+    except Refused as e:
+        raise Refused("DATA_DIR=%s: %s (it is on DATA_DIR's way)" % (path, e))
+    try:
+        held, now = os.fstat(9), os.fstat(fds[-1])
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            raise Refused("DATA_DIR=%s was replaced while run.sh started; start again" % path)
+        os.fchmod(fds[-1], 0o700)
+        for sub in ("run", "logs", "nginx"):
+            try:
+                os.mkdir(sub, 0o700, dir_fd=fds[-1])
+            except FileExistsError:
+                pass
+        if user == "root":
+            return
+        pw = pwd.getpwnam(user)
+        chown_tree(fds[-1], pw.pw_uid, pw.pw_gid, real)
+        for sub in ("run", "logs", "nginx"):
+            lfd = os.open(sub, O_LINK, dir_fd=fds[-1])
+            try:
+                st = os.fstat(lfd)
+                if not stat.S_ISLNK(st.st_mode) or st.st_uid != 0:
+                    continue
+                target = os.path.join(real, os.readlink("", dir_fd=lfd))
+            finally:
+                os.close(lfd)
+            try:
+                tfds, treal = walk(target)
+            except Refused as e:
+                raise Refused("%s/%s leads to %s: %s" % (real, sub, target, e))
+            try:
+                chown_tree(tfds[-1], pw.pw_uid, pw.pw_gid, treal)
+            finally:
+                close_all(tfds)
+        owner = Owner(user)
+        if owner.try_call(can_reach, real, None) == b"w":
+            return
+        parts = real.split("/")[1:]
+        for k in range(len(fds) - 2, -1, -1):  # the directories above it, nearest first
+            where = "/" + "/".join(parts[:k])
+            if owner.try_call(can_reach, None, fds[k]) == b"x":
+                continue
+            try:
+                granted = subprocess.run(["setfacl", "-m", "u:%s:--x" % user,
+                                          "/proc/self/fd/%d" % fds[k]], pass_fds=(fds[k],),
+                                         stderr=subprocess.DEVNULL).returncode == 0
+            except OSError:
+                granted = False
+            if granted:
+                print("run.sh: granted %s search permission (ACL u:%s:--x) on %s so it can reach "
+                      "DATA_DIR" % (user, user, where), file=sys.stderr)
+    finally:
+        close_all(fds)
+
+
+def temp_dir(path, user):
+    """NGINX_TEMP_DIR made if missing (the directories on its way 0755, root's, so that nginx's
+    workers can pass) and given to user, mode 0700, through directory file descriptors."""
+    try:
+        fds, _ = walk(path, create=0o700, last_link_ok=False)
+    except Refused as e:
+        raise Refused("NGINX_TEMP_DIR=%s: %s" % (path, e))
+    try:
+        os.fchmod(fds[-1], 0o700)
+        if user != "root":
+            pw = pwd.getpwnam(user)
+            os.fchown(fds[-1], pw.pw_uid, pw.pw_gid)
+    finally:
+        close_all(fds)
+
+
+ROOT_COMMANDS = {"root-file": (root_file, 2), "data-dir": (data_dir, 1),
+                 "own-data-dir": (own_data_dir, 2), "temp-dir": (temp_dir, 2)}
+
+
 class Owner:
     """Runs functions and commands as the owner of DATA_DIR: the service user when started as
     root (so root never writes or reads through a link the service user planted), else as is."""
@@ -119,8 +397,6 @@ class Owner:
         self.user = user or None
         self.prefix = []
         if self.user:
-            import grp
-            import pwd
             pw = pwd.getpwnam(self.user)
             self.uid, self.gid = pw.pw_uid, pw.pw_gid
             self.prefix = ["setpriv", "--reuid=%d" % self.uid, "--regid=%d" % self.gid,
@@ -192,6 +468,7 @@ class Child:
         self.quick = self.restarts = self.starts = 0
         self.helper = None  # the append/redact process its stderr goes through
         self.last_pid = None
+        self.termed = None  # the process a stop signalled
 
     @property
     def pid(self):
@@ -281,16 +558,32 @@ class Supervisor:
                                 process_group=0, stdin=subprocess.PIPE)
 
     def launch_node(self, node):
+        """Starts the node; one that cannot be started (the binary moved away) is tried again
+        after a pause, as a crash is."""
+        if self.stopping:  # no restart during a stop
+            return
         self.owner.try_call(remove, node.sock)
         node.starts += 1
-        node.helper = self.helper("append", self.log)
         env = dict(self.env, TDAPI_NODE=node.name, TDAPI_STARTS=str(node.starts),
                    TDAPI_SUPERVISOR_PID=str(os.getpid()), SOCKET=node.sock)
         env.pop("TDAPI_OWNER", None)
-        node.proc = self.spawn([self.env["APP_BIN"], "serve", "--env-file", "/dev/null",
-                                "--log-file", self.log], pdeathsig=False, env=env,
-                               stderr=node.helper.stdin)
-        node.helper.stdin.close()
+        try:
+            node.helper = self.helper("append", self.log)
+            try:
+                node.proc = self.spawn([self.env["APP_BIN"], "serve", "--env-file", "/dev/null",
+                                        "--log-file", self.log], pdeathsig=False, env=env,
+                                       stderr=node.helper.stdin)
+            finally:
+                node.helper.stdin.close()
+        except OSError as e:
+            node.quick += 1
+            delay = max(1, restart_delay(node.quick))
+            self.log_json("error", "app_start_failed", "%sthe app could not be started (%s: %s); "
+                          "trying again in %d s" % (node.label, self.env["APP_BIN"],
+                                                    e.strerror or e, delay))
+            node.proc, node.state, node.due = None, "backoff", time.monotonic() + delay
+            node.started = time.monotonic()
+            return
         node.started, node.state, node.last_pid = time.monotonic(), "starting", node.pid
         if len(self.nodes) == 1:
             self.put_pid_file("app.pid", [node.pid])
@@ -307,6 +600,8 @@ class Supervisor:
                 pass
 
     def launch_nginx(self):
+        if self.stopping:
+            return
         self.owner.try_call(remove, os.path.join(self.data, "run", "nginx-http.sock"))
         caps = ["--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service"]
         argv = [self.env["NGINX_BIN"], "-p", self.data, "-c", self.env["TDAPI_NGINX_CONF"],
@@ -377,6 +672,7 @@ class Supervisor:
         self.stopping = True
         for n in self.nodes:
             n.signal(signal.SIGTERM)
+            n.termed = n.proc
         self.nginx.signal(signal.SIGQUIT)
 
     def reopen(self):
@@ -428,7 +724,7 @@ class Supervisor:
                 if os.path.exists(n.sock):
                     n.state = "ready"
                     continue
-                rc = n.poll()
+                rc = 1 if n.proc is None else n.poll()  # (None: it could not be started)
                 if rc is None and not self.timed_out(n):
                     continue
                 if rc is None:
@@ -515,7 +811,7 @@ class Supervisor:
                                   (self.forwarder, self.launch_forwarder)):
                 if child.state == "backoff":
                     busy = True
-                    if now >= child.due:
+                    if now >= child.due and not self.stopping:
                         launch()
             for n in self.nodes:
                 if n.state == "backoff":
@@ -536,6 +832,8 @@ class Supervisor:
             self.sleep(0.05 if busy else 1)
         status = 0
         for n in self.nodes:
+            if n.proc and n.termed is not n.proc:  # started as the stop came: it is told too
+                n.signal(signal.SIGTERM)
             if n.proc:
                 try:
                     n.proc.wait(self.stop_timeout + 5)  # the app bounds its own stop
@@ -591,6 +889,16 @@ def put_stdin(path):
 
 
 def main(argv):
+    command, n = ROOT_COMMANDS.get(argv[1] if len(argv) > 1 else "", (None, 0))
+    if command and len(argv) == 2 + n:
+        try:
+            command(*argv[2:])
+            return 0
+        except Refused as e:
+            print("run.sh: %s" % e, file=sys.stderr)
+        except OSError as e:
+            print("run.sh: %s: %s" % (" ".join(argv[2:]), e), file=sys.stderr)
+        return 78
     if len(argv) == 3 and argv[1] in ("put", "append", "redact"):
         Owner(os.environ.get("TDAPI_OWNER")).drop()  # (started as root: root can read this file)
     if len(argv) == 3 and argv[1] == "put":

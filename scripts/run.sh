@@ -17,9 +17,14 @@ export NGINX_BIN=${NGINX_BIN:-$(command -v nginx || echo /usr/sbin/nginx)}
 refuse() { echo "run.sh: $*" >&2; exit 78; }
 resolved=$("$APP_BIN" config resolve --env-file /dev/null) || exit 78
 while IFS= read -r line; do export "${line?}"; done <<<"$resolved"
+is_root=$([ "$(id -u)" = 0 ] && echo 1 || echo "")
+user=${SERVICE_USER:-testdata-api}  # as root: who runs the service
 if [ -n "${TLS_CERT:-}" ]; then
   [ -r "$TLS_CERT" ] || refuse "TLS_CERT must name a readable PEM certificate (with TLS_KEY)"
   [ -r "$TLS_KEY" ] || refuse "TLS_KEY must name the readable PEM key of TLS_CERT"
+  if [ -n "$is_root" ] && [ "$user" != root ]; then  # copied for the service user: only root's
+    { "$py" "$sup" root-file TLS_CERT "$TLS_CERT" && "$py" "$sup" root-file TLS_KEY "$TLS_KEY"; } >/dev/null || exit 78
+  fi
 fi
 if [ -n "${LOG_FORWARD:-}" ]; then
   export RSYSLOGD_BIN=${RSYSLOGD_BIN:-$(command -v rsyslogd || echo /usr/sbin/rsyslogd)}
@@ -30,34 +35,31 @@ case $DATA_DIR in *[!A-Za-z0-9_./@+,=-]*)
   refuse "DATA_DIR must be a path of letters, digits and _ . / @ + , = - only (nginx.conf takes it as it is)" ;;
 esac
 
-# As root: no link on DATA_DIR's way that someone else made.
-is_root=$([ "$(id -u)" = 0 ] && echo 1 || echo "")
 refuse_link() {  # a link at $1 that another user made
   if [ -L "$1" ] && [ "$(stat -c %u "$1")" != "$(id -u)" ]; then
     refuse "$1 is a symbolic link that $(stat -c %U "$1") made; run.sh (root) will not follow it: remove it${2:-}"
   fi
 }
+# As root, DATA_DIR is made and given to the service user through directory file descriptors,
+# following no link on its way but root's (dev_supervisor.py data-dir, own-data-dir).
 if [ -n "$is_root" ]; then
-  case $DATA_DIR in /*) walk=$DATA_DIR ;; *) walk=$PWD/$DATA_DIR ;; esac
-  prefix=""
-  IFS=/ read -ra parts <<<"$walk"
-  for part in "${parts[@]}"; do
-    [ -z "$part" ] || { prefix=$prefix/$part; refuse_link "$prefix" " (it is on DATA_DIR's way)"; }
-  done
+  DATA_DIR=$("$py" "$sup" data-dir "$DATA_DIR") || exit 78
+else
+  mkdir -p "$DATA_DIR"
+  DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
 fi
-mkdir -p "$DATA_DIR"
-DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
 export DATA_DIR
 # One launcher per DATA_DIR: a lock on the directory, held by the supervisor (fd 9).
 exec 9<"$DATA_DIR"
 flock -n 9 || refuse "another run.sh (or what it started) is serving DATA_DIR=$DATA_DIR; stop it first"
-mkdir -p "$DATA_DIR"/{run,logs,nginx}
-chmod 0700 "$DATA_DIR"
+if [ -z "$is_root" ]; then
+  mkdir -p "$DATA_DIR"/{run,logs,nginx}
+  chmod 0700 "$DATA_DIR"
+fi
 
 # As root: the app, nginx and the forwarder run as SERVICE_USER, who owns DATA_DIR.
 owner=() user_directive=""
 if [ -n "$is_root" ]; then
-  user=${SERVICE_USER:-testdata-api}
   if [ "$user" = root ]; then
     user_directive="user root root;"
   else
@@ -66,29 +68,24 @@ if [ -n "$is_root" ]; then
     group=$(id -gn "$user")
     export TDAPI_OWNER=$user
     owner=(setpriv --reuid="$user" --regid="$group" --clear-groups)
-    PATH=/usr/sbin:/usr/bin:/sbin:/bin find "$DATA_DIR" ! -type l -execdir chown -h "$user:$group" {} +
-    for d in run logs nginx; do  # root's own links (logs elsewhere): their targets too
-      [ ! -L "$DATA_DIR/$d" ] || [ "$(stat -c %u "$DATA_DIR/$d")" != 0 ] ||
-        chown -R -P "$user:$group" "$(readlink -f "$DATA_DIR/$d")"
-    done
-    if ! "${owner[@]}" test -w "$DATA_DIR" -a -x "$DATA_DIR"; then
-      dir=$DATA_DIR
-      while [ "$dir" != / ]; do
-        dir=$(dirname "$dir")
-        "${owner[@]}" test -x "$dir" || ! setfacl -m "u:$user:--x" "$dir" 2>/dev/null ||
-          echo "run.sh: granted $user search permission (ACL u:$user:--x) on $dir so it can reach DATA_DIR" >&2
-      done
-    fi
-    "${owner[@]}" test -w "$DATA_DIR" -a -x "$DATA_DIR" ||
-      refuse "user $user cannot reach $DATA_DIR (a parent directory is closed to it, and no ACL could open it); use a DATA_DIR it can reach, e.g. DATA_DIR=/var/lib/testdata-api"
   fi
+  # DATA_DIR 0700 with run/ logs/ nginx/, all in it (and in root's own links there) the service
+  # user's; an ACL gives it search permission on a closed directory above DATA_DIR
+  "$py" "$sup" own-data-dir "$DATA_DIR" "$user" || exit 78
+  [ "$user" = root ] || "${owner[@]}" test -w "$DATA_DIR" -a -x "$DATA_DIR" ||
+    refuse "user $user cannot reach $DATA_DIR (a parent directory is closed to it, and no ACL could open it); use a DATA_DIR it can reach, e.g. DATA_DIR=/var/lib/testdata-api"
 fi
 nginx_temp_dir=${NGINX_TEMP_DIR:-$DATA_DIR/nginx}
 if [ "$nginx_temp_dir" != "$DATA_DIR/nginx" ]; then
-  [ ! -L "$nginx_temp_dir" ] || refuse "NGINX_TEMP_DIR=$nginx_temp_dir is a symbolic link; name the directory itself"
-  mkdir -p "$nginx_temp_dir"
-  chmod 0700 "$nginx_temp_dir"
-  [ -z "${TDAPI_OWNER:-}" ] || chown -h "$TDAPI_OWNER:$group" "$nginx_temp_dir"
+  if [ -n "$is_root" ]; then  # made (the way 0755) and given to the service user through fds
+    "$py" "$sup" temp-dir "$nginx_temp_dir" "$user" || exit 78
+    [ "$user" = root ] || "${owner[@]}" test -w "$nginx_temp_dir" -a -x "$nginx_temp_dir" ||
+      refuse "user $user cannot reach NGINX_TEMP_DIR=$nginx_temp_dir (a directory on its way is closed to it)"
+  else
+    [ ! -L "$nginx_temp_dir" ] || refuse "NGINX_TEMP_DIR=$nginx_temp_dir is a symbolic link; name the directory itself"
+    mkdir -p "$nginx_temp_dir"
+    chmod 0700 "$nginx_temp_dir"
+  fi
 fi
 for path in "$DATA_DIR"/{run,logs,nginx} "$DATA_DIR"/run/nginx.pid "$DATA_DIR"/logs/{access,app}.log \
   "$nginx_temp_dir"/{client_body,fastcgi,proxy,uwsgi,scgi} "$DATA_DIR"/rsyslog{,/work,/queue}; do
@@ -117,7 +114,8 @@ if [ -n "${TDAPI_OWNER:-}" ]; then
       chgrp "$group" "$dir/.tmp" && chmod 0640 "$dir/.tmp" && mv -f "$dir/.tmp" "$1"
   }
   if [ -n "${TLS_CERT:-}" ]; then
-    { root_file "$TDAPI_CLEANUP_DIR/tls-cert.pem" <"$TLS_CERT" && root_file "$TDAPI_CLEANUP_DIR/tls-key.pem" <"$TLS_KEY"; } ||
+    { "$py" "$sup" root-file TLS_CERT "$TLS_CERT" | root_file "$TDAPI_CLEANUP_DIR/tls-cert.pem" &&
+      "$py" "$sup" root-file TLS_KEY "$TLS_KEY" | root_file "$TDAPI_CLEANUP_DIR/tls-key.pem"; } ||
       refuse "could not copy TLS_CERT and TLS_KEY to $TDAPI_CLEANUP_DIR for nginx"
     tls=(TLS_CERT="$TDAPI_CLEANUP_DIR/tls-cert.pem" TLS_KEY="$TDAPI_CLEANUP_DIR/tls-key.pem")
   fi
@@ -138,7 +136,6 @@ fi
 
 # LOG_FORWARD: rsyslogd's configuration, from the same renderer as the package's drop-in.
 if [ -n "${LOG_FORWARD:-}" ]; then
-  [ -z "${TDAPI_OWNER:-}" ] || [ ! -e "$DATA_DIR/rsyslog" ] || chown -R -P "$TDAPI_OWNER:$group" "$DATA_DIR/rsyslog"
   "${owner[@]}" mkdir -p "$DATA_DIR/rsyslog/work" "$DATA_DIR/rsyslog/queue"
   "$py" "$sup" append "$DATA_DIR/logs/app.log" </dev/null
   export TDAPI_FORWARDER_CONF=$DATA_DIR/rsyslog/rsyslog.conf

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """test_supervisor.py: run.sh against the ways an operator (or a compromised service account)
 can trip it: a second run.sh on the same DATA_DIR, SIGHUP to the supervisor, very few threads,
-a symbolic link planted where nginx (root) writes, a planted link where run.sh writes."""
+a symbolic link planted where nginx (root) writes, a planted link where run.sh writes, a
+directory on the way to DATA_DIR or NGINX_TEMP_DIR swapped for a link."""
 
 import os
 import pwd
@@ -231,6 +232,111 @@ class Supervisor(unittest.TestCase):
         self.assertEqual(rc, 78, out)
         self.assertIn("symbolic link", out)
         self.assertFalse(os.path.exists(victim))
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_a_parent_of_data_dir_swapped_for_a_link_while_run_sh_starts_redirects_nothing(self):
+        # The service user owns a directory on DATA_DIR's way. After run.sh (root) has checked
+        # the way and locked DATA_DIR it swaps that directory for a link of its own to a root
+        # directory: root gave the tree there (chmod, chown) to the service user.
+        service = pwd.getpwnam("testdata-api")
+        top = tempfile.mkdtemp(prefix="tdapi-swap-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        theirs = os.path.join(top, "theirs")
+        q = os.path.join(theirs, "q")
+        os.makedirs(q)
+        for path in (theirs, q):
+            os.chown(path, service.pw_uid, service.pw_gid)
+        victim = os.path.join(top, "victim", "data")
+        os.makedirs(victim)
+        os.chmod(victim, 0o755)
+        with open(os.path.join(victim, "secret"), "w") as f:
+            f.write("root only\n")
+        os.chmod(os.path.join(victim, "secret"), 0o600)
+        # the swap, at the moment run.sh takes its lock (after checking the way)
+        bin_dir = os.path.join(top, "bin")
+        os.mkdir(bin_dir)
+        with open(os.path.join(bin_dir, "flock"), "w") as f:
+            f.write('#!/bin/sh\nmv "$SWAP" "$SWAP.moved" && ln -s "$SWAP_TO" "$SWAP" && '
+                    'chown -h testdata-api "$SWAP" && touch "$SWAP.done"\n'
+                    f'exec {shutil.which("flock")} "$@"\n')
+        os.chmod(os.path.join(bin_dir, "flock"), 0o755)
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=os.path.join(q, "data"),
+                   PORT=str(free_port()), PATH=bin_dir + ":" + os.environ["PATH"], SWAP=q,
+                   SWAP_TO=os.path.dirname(victim))
+        rc, out = run_sh(env)
+        self.assertTrue(os.path.exists(q + ".done"), out)  # swapped while run.sh started
+        self.assertEqual(rc, 78, out)
+        self.assertIn("symbolic link that testdata-api made", out)
+        self.assertEqual(os.listdir(victim), ["secret"])
+        for path in (victim, os.path.join(victim, "secret")):
+            self.assertEqual(os.stat(path).st_uid, 0, path)
+        self.assertEqual(os.stat(victim).st_mode & 0o777, 0o755)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_a_data_dir_under_a_closed_directory_gets_an_acl_there_and_only_there(self):
+        top = tempfile.mkdtemp(prefix="tdapi-closed-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        closed = os.path.join(top, "closed")  # like /root
+        os.makedirs(os.path.join(closed, "open"))
+        os.chmod(closed, 0o700)
+        os.chmod(os.path.join(closed, "open"), 0o755)
+        d = os.path.join(closed, "open", "data")
+        os.mkdir(d)
+        with Server(data_dir=d) as s:
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+            self.assertIn(f"ACL u:testdata-api:--x) on {closed} so", s.run_output())
+        acl = lambda path: subprocess.run(["getfacl", "-cp", path], capture_output=True, text=True,
+                                          check=True).stdout
+        self.assertIn("user:testdata-api:--x", acl(closed))
+        for path in (top, os.path.join(closed, "open")):
+            self.assertNotIn("testdata-api", acl(path), path)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_a_file_in_data_dir_with_other_hard_links_is_not_given_to_the_service_user(self):
+        victim = root_only_file(self, "untouched\n")
+        d = tempfile.mkdtemp(prefix="tdapi-hardlink-")
+        self.addCleanup(shutil.rmtree, d, True)
+        os.link(victim, os.path.join(d, "testdata.db"))  # the same file as a root file elsewhere
+        rc, out = run_sh(dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=d, PORT=str(free_port())))
+        st = os.stat(victim)
+        self.assertEqual((st.st_uid, st.st_mode & 0o777), (0, 0o600))
+        self.assertEqual(rc, 78, out)
+        self.assertIn("testdata.db has 2 hard links", out)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_nginx_temp_dir_is_made_only_where_it_is_named_and_nginx_can_reach_it(self):
+        service = pwd.getpwnam("testdata-api")
+        top = tempfile.mkdtemp(prefix="tdapi-ntemp-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        victim = os.path.join(top, "victim")
+        os.mkdir(victim)
+        theirs = os.path.join(top, "theirs")  # the service user's directory, its link in it
+        os.mkdir(theirs)
+        os.chown(theirs, service.pw_uid, service.pw_gid)
+        os.symlink(victim, os.path.join(theirs, "x"))
+        os.lchown(os.path.join(theirs, "x"), service.pw_uid, service.pw_gid)
+        d = tempfile.mkdtemp(prefix="tdapi-ntemp-data-")
+        self.addCleanup(shutil.rmtree, d, True)
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=d, PORT=str(free_port()),
+                   NGINX_TEMP_DIR=os.path.join(theirs, "x", "tmp"))
+        rc, out = run_sh(env)
+        self.assertEqual(rc, 78, out)
+        self.assertIn("NGINX_TEMP_DIR=", out)
+        self.assertIn("symbolic link that testdata-api made", out)
+        self.assertEqual(os.listdir(victim), [])
+        # directories missing on its way: made root's and 0755, so that nginx's workers (the
+        # service user) pass; the temp dir itself the service user's, 0700
+        temp = os.path.join(top, "made", "a", "tmp")
+        with Server(NGINX_TEMP_DIR=temp) as s:
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+        for path in (os.path.join(top, "made"), os.path.join(top, "made", "a")):
+            st = os.stat(path)
+            self.assertEqual((st.st_uid, st.st_mode & 0o7777), (0, 0o755), path)
+        st = os.stat(temp)
+        self.assertEqual((st.st_uid, st.st_mode & 0o7777), (service.pw_uid, 0o700))
 
     def test_listen_is_one_address_and_port_and_only_loopback_counts_as_loopback(self):
         d = tempfile.mkdtemp(prefix="tdapi-listen-")

@@ -7,6 +7,8 @@ Retry-After; security headers on every answer."""
 import http.client
 import json
 import os
+import pwd
+import shutil
 import ssl
 import subprocess
 import sys
@@ -47,6 +49,16 @@ def run_sh(env, timeout=30):
         out, _ = p.communicate(timeout=30)
         return "served instead of refusing", out
     return p.returncode, out
+
+
+def service_user():
+    """The user run.sh (as root) runs the service as, made as run.sh makes it if missing."""
+    try:
+        return pwd.getpwnam("testdata-api")
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+                        "/nonexistent", "--shell", "/usr/sbin/nologin", "testdata-api"], check=True)
+        return pwd.getpwnam("testdata-api")
 
 
 class Tls(unittest.TestCase):
@@ -112,6 +124,64 @@ class Tls(unittest.TestCase):
         rc, out = run_sh(dict(env, LISTEN="127.0.0.1:" + str(free_port()), TLS_CERT=self.crt))
         self.assertNotEqual(rc, 0)  # a certificate without its key
         self.assertIn("TLS_KEY", out)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_as_root_tls_files_are_copied_only_from_where_only_root_can_change_them(self):
+        # As root run.sh copies TLS_CERT and TLS_KEY where nginx's workers (the service user)
+        # read them: a path the service user can change would have it given any root file.
+        svc = service_user()
+        top = tempfile.mkdtemp(dir=self.tmp.name)
+        os.chmod(top, 0o755)
+        secret = os.path.join(top, "secret")
+        with open(secret, "w") as f:
+            f.write("ROOT-ONLY-SECRET\n")
+        os.chmod(secret, 0o600)
+        theirs = os.path.join(top, "svc-tls")  # a directory of the service user's own
+        os.mkdir(theirs)
+        os.chown(theirs, svc.pw_uid, svc.pw_gid)
+        planted = os.path.join(theirs, "key.pem")  # its link to a root file
+        os.symlink(secret, planted)
+        os.lchown(planted, svc.pw_uid, svc.pw_gid)
+        sticky = os.path.join(top, "sticky")  # like /tmp: its link there, to a root file
+        os.mkdir(sticky)
+        os.chmod(sticky, 0o1777)
+        planted_in_sticky = os.path.join(sticky, "key.pem")
+        os.symlink(secret, planted_in_sticky)
+        os.lchown(planted_in_sticky, svc.pw_uid, svc.pw_gid)
+        open_dir = os.path.join(top, "open")  # writable by anyone, not sticky
+        os.mkdir(open_dir)
+        os.chmod(open_dir, 0o777)
+        in_open = os.path.join(open_dir, "key.pem")
+        shutil.copy(self.key, in_open)
+        writable = os.path.join(top, "writable.pem")  # the key itself writable by others
+        shutil.copy(self.key, writable)
+        os.chmod(writable, 0o666)
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=tempfile.mkdtemp(dir=self.tmp.name),
+                   LISTEN=f"127.0.0.1:{free_port()}", TLS_CERT=self.crt)
+        for key, why in ((planted, f"{theirs} is testdata-api's, not root's"),
+                         (planted_in_sticky, f"{planted_in_sticky} is testdata-api's, in {sticky}"),
+                         (in_open, f"{open_dir} is writable by others than root"),
+                         (writable, "must be root's and not writable by group or others")):
+            rc, out = run_sh(dict(env, TLS_KEY=key))
+            self.assertEqual(rc, 78, (key, out))
+            self.assertIn(f"TLS_KEY={key}: ", out)
+            self.assertIn(why, out)
+            self.assertNotIn("ROOT-ONLY-SECRET", out)
+        # certbot's layout: live/NAME/*.pem are links into ../../archive/NAME/, all root's
+        le = os.path.join(top, "letsencrypt")
+        for d in ("archive/x", "live/x"):
+            os.makedirs(os.path.join(le, d), mode=0o755)
+        for d in (le, le + "/archive", le + "/archive/x", le + "/live", le + "/live/x"):
+            os.chmod(d, 0o755)
+        shutil.copy(self.crt, os.path.join(le, "archive/x/fullchain1.pem"))
+        shutil.copy(self.key, os.path.join(le, "archive/x/privkey1.pem"))
+        os.chmod(os.path.join(le, "archive/x/privkey1.pem"), 0o600)
+        os.symlink("../../archive/x/fullchain1.pem", os.path.join(le, "live/x/fullchain.pem"))
+        os.symlink("../../archive/x/privkey1.pem", os.path.join(le, "live/x/privkey.pem"))
+        port = free_port()
+        with Server(LISTEN=f"127.0.0.1:{port}", TLS_CERT=os.path.join(le, "live/x/fullchain.pem"),
+                    TLS_KEY=os.path.join(le, "live/x/privkey.pem"), TLS_CA=self.ca):
+            self.assertEqual(self.https(port, "GET", "/healthz")[0], 200)
 
     def test_plaintext_behind_a_proxy_with_auth_on_by_default(self):
         port = free_port()

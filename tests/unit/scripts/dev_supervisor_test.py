@@ -200,6 +200,27 @@ class Policy(unittest.TestCase):
         self.assertEqual(results, [None, None, None, None, 1])
         self.assertEqual([e["event"] for e in self.events()][-5:], ["nginx_restarted"] * 4 + ["nginx_exited"])
 
+    def test_a_node_started_as_a_stop_comes_is_sent_sigterm_too(self):
+        # A SIGTERM to the supervisor arriving while it restarts a node: the new node is told
+        # to stop too, not left to the SIGKILL after the stop timeout.
+        app = os.path.join(self.dir, "app")
+        with open(app, "w") as f:
+            f.write(FAKE_APP)
+        os.chmod(app, 0o755)
+        os.makedirs(os.path.join(self.dir, "run"))
+        s = sup.Supervisor({"DATA_DIR": self.dir, "APP_BIN": app, "STOP_TIMEOUT_MS": "100"})
+        node = s.nodes[0]
+        node.state, node.due = "backoff", 0
+        real_helper = s.helper
+
+        def helper(*args):  # the stop comes as the restart begins
+            s.stop()
+            return real_helper(*args)
+        s.helper = helper
+        status = s.supervise()
+        self.assertTrue(s.stopping)
+        self.assertIn(status, (0, 143), "the restarted node was not sent SIGTERM (137: SIGKILL)")
+
 
 FAKE_APP = """#!/usr/bin/python3
 # The app's part: exits FAKE_EXIT at once if set, else listens on SOCKET until SIGTERM.
@@ -291,6 +312,32 @@ class Processes(unittest.TestCase):
         self.assertEqual(p.wait(30), 0, self.output())
         for pid in now:
             self.assertTrue(self.wait_for(lambda: not os.path.exists("/proc/%d" % pid), 10), pid)
+
+    def test_an_app_that_cannot_be_started_again_is_retried_and_the_supervisor_stays(self):
+        p = self.start()
+        self.assertTrue(self.wait_for(lambda: self.pid("app.pid") and self.pid("nginx.pid")))
+        app, binary = self.pid("app.pid"), self.env["APP_BIN"]
+        os.rename(binary, binary + ".moved")  # the binary moved away (an upgrade), then a crash
+        os.kill(app, signal.SIGKILL)
+
+        def events():
+            try:
+                with open(os.path.join(self.data, "logs", "app.log")) as f:
+                    return [json.loads(line) for line in f if line.startswith("{")]
+            except FileNotFoundError:  # (its writer not yet started)
+                return []
+        self.assertTrue(self.wait_for(lambda: [e for e in events()
+                                               if e["event"] == "app_start_failed"]), self.output())
+        failed = [e for e in events() if e["event"] == "app_start_failed"][0]
+        self.assertEqual(failed["level"], "error")
+        self.assertIn("the app could not be started (%s: " % binary, failed["detail"])
+        self.assertIsNone(p.poll(), self.output())  # the supervisor (and nginx) still there
+        os.rename(binary + ".moved", binary)  # back: the next try starts it
+        self.assertTrue(self.wait_for(lambda: self.pid("app.pid") not in (None, app), 30))
+        self.assertTrue(self.wait_for(lambda: os.path.exists(os.path.join(self.data, "run",
+                                                                          "app.sock"))))
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(p.wait(30), 0, self.output())
 
     def test_a_start_up_failure_is_not_restarted_and_says_why(self):
         p = self.start(FAKE_EXIT="78")
