@@ -74,7 +74,8 @@ class Posters:
 @unittest.skipUnless(has_standby(), REASON)
 class SynchronousStandby(unittest.TestCase):
     def test_the_standby_gone_under_load_every_write_is_answered_within_its_deadline(self):
-        with Server(DATABASE_ROUND_TRIP_TIMEOUT_MS=str(DEADLINE_MS)) as s:
+        # Two app nodes: the one holding the write lock and the one waiting for it both answer.
+        with Server(DATABASE_ROUND_TRIP_TIMEOUT_MS=str(DEADLINE_MS), APP_NODES="2") as s:
             for i in range(5):
                 self.assertEqual(s.request("POST", "/tests", record(f"warm-{i}", clinic="sync")).status,
                                  201)
