@@ -277,8 +277,12 @@ int main(int argc, char** argv) {
   tdapi::Status s = tdapi::open_store(target, tdapi::StoreRole::kService, settings, store);
   // A database server that is starting, restarting or failing over is waited for (a minute, a
   // stop signal ends the wait), then the app exits 1: the supervisor starts it again, so the
-  // service comes back with the database. Anything else is a start-up failure (78).
-  for (int waited = 0; s.code() == tdapi::StatusCode::kUnavailable; ++waited) {
+  // service comes back with the database; so is a server the failover fence refuses (a former
+  // primary: the cluster's primary may come back at its address). Anything else is a start-up
+  // failure (78).
+  for (int waited = 0;
+       s.code() == tdapi::StatusCode::kUnavailable || s.code() == tdapi::StatusCode::kFenced;
+       ++waited) {
     if (waited == 60) {
       tdapi::LogFields f;
       f.reason = s.name();

@@ -559,14 +559,25 @@ PgStore::PgStore(PgOptions options)
       readers_(options_.max_readers),
       replica_readers_(options_.max_readers) {}
 
-void PgStore::skip_fenced_host(Connection& c) {
+void PgStore::skip_fenced_host(Connection& c) const {
   c.broken = true;
   if (c.conn == nullptr) return;
   const char* host = PQhost(c.conn);
   const char* port = PQport(c.conn);
   const std::string key = std::string(host ? host : "") + ":" + (port && *port ? port : "5432");
-  MutexLock lock(skip_mu_);
-  fenced_hosts_[key] = std::chrono::steady_clock::now() + kFencedHostSkip;
+  {
+    MutexLock lock(skip_mu_);
+    fenced_hosts_[key] = std::chrono::steady_clock::now() + kFencedHostSkip;
+  }
+  LogFields f;
+  f.reason = "fenced";
+  f.detail =
+      "the PostgreSQL server at " + key +
+      " is refused by the fence (a former primary, or another cluster): new connections "
+      "leave it out for " +
+      std::to_string(std::chrono::duration_cast<std::chrono::seconds>(kFencedHostSkip).count()) +
+      " s while DATABASE_URL names other hosts";
+  log_event(LogLevel::kWarn, "fenced_host", f);
 }
 
 std::vector<std::string> PgStore::fenced_hosts() const {
@@ -623,12 +634,28 @@ Status PgStore::connect(std::unique_ptr<Connection>& out, const std::string& giv
     conn->statement_timeout_ms = statement_timeout;
     conn->lock_timeout_ms = lock_timeout;
   } else {
+    // With a fence, the server's history too: a connection to a fenced former primary would
+    // read what it holds, without the writes made since the failover (reads are fenced too).
+    const bool fence = !options_.timeline_file.empty() && given == options_.url;
     const std::string setup = "SET synchronous_commit = " + options_.synchronous_commit +
                               "; SET statement_timeout = " + statement_timeout +
                               "; SET lock_timeout = " + lock_timeout +
-                              "; SET idle_in_transaction_session_timeout = 60000;";
+                              "; SET idle_in_transaction_session_timeout = 60000;" +
+                              (fence ? " SELECT " kHealthFence : "");
     PgResult r = conn->exec(setup.c_str());
     if (!result_ok(r)) return conn->error(r.get(), "configure the connection");
+    ServerTimeline server;
+    if (fence && PQntuples(r.get()) == 1 && !PQgetisnull(r.get(), 0, 1) &&
+        timeline_of_walfile(value_view(r.get(), 0, 1), server.timeline)) {
+      server.system_identifier.assign(value_view(r.get(), 0, 0));
+      Status fenced = check_fence(server, /*advance=*/false);
+      if (fenced.code() == StatusCode::kFenced) {
+        skip_fenced_host(*conn);
+        // Once more, when the URL names other hosts to go to.
+        if (without_hosts(given, fenced_hosts()) != url) return connect(out, given);
+        return fenced;
+      }
+    }
   }
   out = std::move(conn);
   return Status::Ok();
@@ -1270,7 +1297,7 @@ Status PgStore::check_health() {
   return status;
 }
 
-Status PgStore::check_fence(const ServerTimeline& server, bool advance) {
+Status PgStore::check_fence(const ServerTimeline& server, bool advance) const {
   MutexLock lock(fence_mu_);
   if (server == fence_) return Status::Ok();
   const std::string& file = options_.timeline_file;

@@ -170,10 +170,10 @@ class PgStore : public EngineStore, public ImportTarget {
   void note_commit_position(Connection& writer);
   // Whether a write may go to `server` (the fence, timeline.h): Ok, or Unavailable saying why
   // not. advance: a later history than the fence's becomes the fence (saved first).
-  Status check_fence(const ServerTimeline& server, bool advance) EXCLUDES(fence_mu_);
+  Status check_fence(const ServerTimeline& server, bool advance) const EXCLUDES(fence_mu_);
   // The fence refused the server `c` is connected to: connections to options_.url leave its
   // host out (when the URL names others) for kFencedHostSkip, and `c` is dropped.
-  void skip_fenced_host(Connection& c) EXCLUDES(skip_mu_);
+  void skip_fenced_host(Connection& c) const EXCLUDES(skip_mu_);
   std::vector<std::string> fenced_hosts() const EXCLUDES(skip_mu_);
   // Whether `after` is past every log position the primary has reached (asked, on a reader,
   // only when it is past those this process has seen): true too when that cannot be asked.
@@ -201,11 +201,12 @@ class PgStore : public EngineStore, public ImportTarget {
   std::atomic<long long> replica_fallbacks_{0};
   std::atomic<long long> commit_positions_read_{0};
 
-  Mutex fence_mu_;
-  ServerTimeline fence_ GUARDED_BY(fence_mu_);  // as the timeline file last said
+  mutable Mutex fence_mu_;
+  mutable ServerTimeline fence_ GUARDED_BY(fence_mu_);  // as the timeline file last said
   mutable Mutex skip_mu_;
   // "HOST:PORT" of fenced servers, and until when connections leave them out.
-  std::map<std::string, std::chrono::steady_clock::time_point> fenced_hosts_ GUARDED_BY(skip_mu_);
+  mutable std::map<std::string, std::chrono::steady_clock::time_point> fenced_hosts_
+      GUARDED_BY(skip_mu_);
 
   // check_health's own connection (opened by the first check, reopened when lost): the check
   // never waits for a reader, so listings holding every reader cannot make GET /healthz fail.
