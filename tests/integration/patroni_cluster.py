@@ -271,8 +271,13 @@ class PatroniCluster:
         return "\n".join(parts)
 
     def stop(self):
+        """Stops every node, then etcd, each whatever the others did; removes the temp dir."""
+        errors = []
         for n in self.nodes:
-            n.stop()
+            try:
+                n.stop()
+            except Exception as e:  # noqa: BLE001 -- the rest must still stop
+                errors.append(f"{n.name}: {e!r}")
         if self.etcd and self.etcd.poll() is None:
             self.etcd.send_signal(signal.SIGTERM)
             try:
@@ -282,6 +287,8 @@ class PatroniCluster:
                 self.etcd.wait(10)
         if not os.environ.get("KEEP_DATA"):
             shutil.rmtree(self.dir, ignore_errors=True)
+        if errors:
+            raise RuntimeError("stopping the Patroni cluster: " + "; ".join(errors))
 
     def __enter__(self):
         return self.start()
@@ -322,14 +329,19 @@ class PatroniCluster:
             raise RuntimeError(f"psql on {node.name}: {sql}: {p.stderr.strip()}")
         return p.stdout.strip()
 
-    def walreceiver_pid(self, node):
-        pid = self.psql(node, "SELECT pid FROM pg_stat_wal_receiver")
+    def walsender_pid(self, node):
+        """The PID of NODE's walsender streaming to a replica (the first), or None."""
+        pid = self.psql(node, "SELECT pid FROM pg_stat_replication ORDER BY pid LIMIT 1")
         return int(pid) if pid else None
+
+    def timeline(self, node):
+        """NODE's timeline, as its Patroni reports it."""
+        return node.api("/patroni")[1].get("timeline")
 
     def kill_node(self, node):
         """The node dies: its PostgreSQL stalls (SIGSTOP, so nothing more leaves it), its Patroni
         is SIGKILLed (the leader key is not released: it expires after ttl), then its PostgreSQL
-        processes are SIGKILLed. Nothing restarts it."""
+        processes are SIGKILLed. Nothing restarts it. Returns when it stalled (time.monotonic())."""
         node.dead = True
         pids = node.postgres_pids()
         for pid in pids:
@@ -337,6 +349,7 @@ class PatroniCluster:
                 os.kill(pid, signal.SIGSTOP)
             except ProcessLookupError:
                 pass
+        stalled = time.monotonic()
         node.proc.kill()
         node.proc.wait(10)
         for pid in pids + node.postgres_pids():
@@ -344,3 +357,4 @@ class PatroniCluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        return stalled
