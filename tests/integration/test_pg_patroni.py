@@ -128,6 +128,11 @@ class FailoverDrill(unittest.TestCase):
         print(f"\n  {mode}: {len(answers)} POSTs, {statuses}; acknowledged {len(acked)}, "
               f"of which while replication stalled {acked_in_stall}; ACKNOWLEDGED AND LOST "
               f"{len(lost)}; outcome unknown {unknown}", file=sys.stderr)
+        reasons = {}
+        for a in failed:
+            reason = a[4].split(":")[0][:60]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        print(f"  {mode}: the failed writes' answers: {reasons}", file=sys.stderr)
         print(f"  {mode}: kill -> new leader {t_promoted - t_kill:.1f} s (ttl {TTL} s), "
               f"kill -> first 201 {resumed - t_kill:.1f} s, writes failing for "
               f"{'—' if outage is None else f'{outage:.1f} s'} (first failed request sent at "
