@@ -189,6 +189,9 @@ class PatroniCluster:
                  maximum_lag_on_failover=1048576):
         # Patroni's rule: loop_wait + 2 * retry_timeout <= ttl.
         assert loop_wait + 2 * retry_timeout <= ttl
+        for tool, package in ((PATRONI, "patroni"), (ETCD, "etcd-server")):
+            if not os.access(tool, os.X_OK):
+                raise RuntimeError(f"no {tool}: run 'make deps' (Debian package {package})")
         self.ttl, self.loop_wait, self.retry_timeout = ttl, loop_wait, retry_timeout
         self.synchronous_mode = synchronous_mode
         self.maximum_lag_on_failover = maximum_lag_on_failover

@@ -134,7 +134,8 @@ class FailoverDrill(unittest.TestCase):
             reasons[reason] = reasons.get(reason, 0) + 1
         print(f"  {mode}: the failed writes' answers: {reasons}", file=sys.stderr)
         print(f"  {mode}: kill -> new leader {t_promoted - t_kill:.1f} s (ttl {TTL} s), "
-              f"kill -> first 201 {resumed - t_kill:.1f} s, writes failing for "
+              f"kill -> first 201 {'—' if resumed is None else f'{resumed - t_kill:.1f} s'}, "
+              f"writes failing for "
               f"{'—' if outage is None else f'{outage:.1f} s'} (first failed request sent at "
               f"{'—' if first_failed is None else f'{first_failed - t_kill:+.1f} s'} from the kill); "
               f"new leader on timeline {timeline}", file=sys.stderr)
@@ -144,6 +145,7 @@ class FailoverDrill(unittest.TestCase):
         self.assertGreater(len(failed), 0, "the drill caused no failed write: it measured nothing")
         # The outage ended: 201s for writes sent after the kill, stored on the new leader.
         self.assertIsNotNone(resumed)
+        self.assertGreater(timeline, 1, "the promoted server is on the old timeline")
         after_kill = [a[0] for a in acked if a[2] >= t_kill]
         self.assertEqual([t for t in after_kill if t not in stored], [])
         return lost, acked_in_stall
