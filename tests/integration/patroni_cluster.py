@@ -307,6 +307,10 @@ class PatroniCluster:
         return (f"postgresql://{PG_USER}@{hosts}/{database}"
                 f"?target_session_attrs=read-write&connect_timeout=2")
 
+    def node_url(self, node, database):
+        """A libpq URL of NODE alone."""
+        return f"postgresql://{PG_USER}@127.0.0.1:{node.pg_port}/{database}"
+
     def leader(self):
         """The node whose REST API says it is the primary, or None."""
         for n in self.nodes:

@@ -10,17 +10,21 @@ it), and Patroni promotes the replica once the leader key expires (ttl). It coun
 (201) writes missing on the new leader and how long writes failed, once with asynchronous
 replication and once with Patroni's synchronous_mode (DATABASE_SYNCHRONOUS_COMMIT on, the
 default). Synchronous: no acknowledged write is lost. Both: every answer during the outage is a
-503 (never a 500 or a 504), and writes resume on the new leader. The numbers are printed."""
+503 (never a 500 or a 504), writes resume on the new leader, a listing cursor taken before the
+failover (asynchronous: from the leader's rows the replica never got) lists every later row once,
+and `audit verify` passes with one failover boundary. The numbers are printed."""
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Server, wait_for  # noqa: E402
+from harness import APP_BIN, Server, wait_for  # noqa: E402
 from patroni_cluster import PatroniCluster  # noqa: E402
 
 DATABASE = "drill"
@@ -91,12 +95,18 @@ class FailoverDrill(unittest.TestCase):
                 # Replication stalls: the leader's walsender stops (SIGSTOP), so no more WAL
                 # leaves the leader while it goes on committing (asynchronous) or waiting for the
                 # standby's confirmation (synchronous).
+                sync_cursor = self.cursor_near_end(s) if synchronous else None
                 walsender = cluster.walsender_pid(old)
                 self.assertIsNotNone(walsender, "the leader has no walsender: the replica does not stream")
                 t_stall = time.monotonic()
                 os.kill(walsender, signal.SIGSTOP)
                 try:
-                    time.sleep(STALL_S)
+                    time.sleep(STALL_S / 2)
+                    # A reader's cursor near the end of the clinic, taken from the leader while it
+                    # holds writes the replica has not received (asynchronous; synchronous: its
+                    # reads' audit entries wait for the standby, so the cursor is taken before).
+                    cursor = None if synchronous else self.cursor_near_end(s)
+                    time.sleep(max(0.0, t_stall + STALL_S - time.monotonic()))
                     t_kill = cluster.kill_node(old)
                 except BaseException:
                     os.kill(walsender, signal.SIGCONT)
@@ -108,10 +118,15 @@ class FailoverDrill(unittest.TestCase):
                 self.assertTrue(wait_for(lambda: load.count(201, after=t_kill) >= 50, timeout=60),
                                 f"writes did not resume after the failover: {load.answers[-5:]}")
                 time.sleep(1)
+                load.__exit__(None, None, None)  # the load ends here
+                # The cursor taken before the failover walks on over the promoted server's rows.
+                walked = self.walk(s, cursor or sync_cursor)
             answers = sorted(load.answers, key=lambda a: a[2])
             timeline = cluster.timeline(new)
             stored = set(cluster.psql(new, f"SELECT test_id FROM tests WHERE clinic_id = '{CLINIC}'",
                                       DATABASE).split())
+            verify = subprocess.run([APP_BIN, "audit", "verify", "--db", cluster.node_url(new, DATABASE)],
+                                    capture_output=True, text=True, timeout=120)
 
         acked = [a for a in answers if a[1] == 201]
         lost = sorted(a[0] for a in acked if a[0] not in stored)
@@ -148,7 +163,36 @@ class FailoverDrill(unittest.TestCase):
         self.assertGreater(timeline, 1, "the promoted server is on the old timeline")
         after_kill = [a[0] for a in acked if a[2] >= t_kill]
         self.assertEqual([t for t in after_kill if t not in stored], [])
+        # A cursor from before the failover lists each row once and misses none written after it
+        # (seq moved past what the lost primary handed out), and the audit chain continues
+        # through one failover boundary.
+        self.assertEqual(len(walked), len(set(walked)), "a row was listed twice")
+        self.assertEqual([t for t in after_kill if t not in set(walked)], [])
+        self.assertEqual(verify.returncode, 0, verify.stdout + verify.stderr)
+        self.assertEqual(json.loads(verify.stdout).get("failover_boundaries"), 1, verify.stdout)
         return lost, acked_in_stall
+
+    def cursor_near_end(self, s):
+        """A listing cursor one row before the clinic's newest."""
+        r = s.request("GET", f"/tests?clinic_id={CLINIC}")
+        self.assertEqual(r.status, 200, r.body)
+        count = len(r.json()["tests"])
+        r = s.request("GET", f"/tests?clinic_id={CLINIC}&limit={max(1, min(1000, count - 1))}")
+        self.assertEqual(r.status, 200, r.body)
+        self.assertIsNotNone(r.json()["next_cursor"])
+        return r.json()["next_cursor"]
+
+    def walk(self, s, cursor):
+        """Every id of the clinic from cursor on, in listing order."""
+        ids = []
+        for _ in range(1000):  # bounded: far more pages than the drill writes
+            r = s.request("GET", f"/tests?clinic_id={CLINIC}&limit=1000&cursor={cursor}")
+            self.assertEqual(r.status, 200, r.body)
+            ids += [t["test_id"] for t in r.json()["tests"]]
+            cursor = r.json()["next_cursor"]
+            if not cursor:
+                return ids
+        self.fail("the walk did not end")
 
     def test_synchronous_mode_loses_no_acknowledged_write(self):
         lost, acked_in_stall = self.drill(synchronous=True)
