@@ -38,6 +38,14 @@ PG = os.environ.get("BENCH_PG", "1") != "0"
 PROFILE = os.environ.get("BENCH_PROFILE", "0") != "0"
 IDLE = int(os.environ.get("BENCH_IDLE_CONNS", "1000"))
 PG_DIR = f"/tmp/tdapi-bench-pg-{os.getpid()}"
+# The PostgreSQL rows with a synchronous standby (pg-test-server.sh sync-start: a primary of its
+# own and a standby by pg_basebackup -R) and through PgBouncer (pooler-start, transaction mode);
+# BENCH_PG_REPLICATION=0 leaves both out.
+PG_SYNC_DIR = f"/tmp/tdapi-bench-pgsync-{os.getpid()}"
+PG_REPLICATION = os.environ.get("BENCH_PG_REPLICATION", "1") != "0"
+# BENCH_ONLY: a regular expression; only the cases whose name it matches run (and the ceilings
+# they are set against), e.g. BENCH_ONLY='PostgreSQL, 1 node: POST|sync standby|PgBouncer'.
+ONLY = re.compile(os.environ["BENCH_ONLY"]) if os.environ.get("BENCH_ONLY") else None
 # The revision measured beside this one ("before" columns): built once (RelWithDebInfo, no
 # tests) into BENCH_BEFORE_CACHE/<commit>, started with its own scripts/run.sh and nginx.conf;
 # every SQLite case runs against both in each round. BENCH_BEFORE=none leaves it out.
@@ -57,6 +65,10 @@ FEED_100_1 = "GET /changes, 100 a page, defaults, 1 conn"
 FEED_1000_32 = "GET /changes, 1,000 a page, defaults, 32 conns"
 CEILING_BEFORE_32 = "FastCGI ceiling, the before build's 1,000-test-size body"
 CEILING_BEFORE_1 = "FastCGI ceiling, the before build's 1,000-test-size body, 1 conn"
+# The PostgreSQL rows beside the plain server's: a synchronous standby, the pooler.
+PG_SYNC_ON = "PostgreSQL + sync standby, synchronous_commit on, 1 node"
+PG_SYNC_APPLY = "PostgreSQL + sync standby, synchronous_commit remote_apply, 1 node"
+PGB = "PostgreSQL via PgBouncer (transaction, pool 5), 1 node"
 NEW_ROUTES = {PUT_32, PUT_1, PUT_DEF_32, PUT_DEF_1, FEED_100_32, FEED_100_1, FEED_1000_32}
 
 
@@ -493,6 +505,7 @@ def main():
     sqlite_servers = []  # every SQLite instance, this build's and the before build's
     pg_servers = []
     pg_started = False
+    pg_sync_started = False
     before = None  # (rev, commit, {"off"|"default"|"auth": base URL}, token), when measured
     before_why = "BENCH_BEFORE=none" if BEFORE in ("", "none") else None
     try:
@@ -550,6 +563,35 @@ def main():
                 seed_over_http(pg)
                 pg_urls[nodes] = f"http://127.0.0.1:{pg.port}"
                 log(f"PostgreSQL, {nodes} app node(s) on :{pg.port}")
+        # The same single-node service through PgBouncer in front of the same server, and on a
+        # primary with a synchronous standby (DATABASE_SYNCHRONOUS_COMMIT on and remote_apply).
+        pg_more = {}  # row prefix -> base URL
+        if PG and PG_REPLICATION:
+            script = os.path.join(ROOT, "scripts", "pg-test-server.sh")
+            subprocess.run([script, "pooler-start", PG_DIR], check=True)
+            harness.pg_fresh_database("bench_pgb")
+            pg = Server(data_dir=tempfile.mkdtemp(prefix="tdapi-bench-pgb-"),
+                        APP_BIN=os.path.join(BUILD, "testdata-api"), THREADS=THREADS,
+                        AUTH="off", AUDIT="off", DATABASE_POOLER="transaction",
+                        DATABASE_URL=f"postgresql://{harness.PG_USER}@/bench_pgb?host={PG_DIR}/pgbouncer&port=6432").start()
+            pg_servers.append(pg)
+            seed_over_http(pg, (("bench-10", 10),))
+            pg_more[PGB] = f"http://127.0.0.1:{pg.port}"
+            log(f"{PGB} on :{pg.port}")
+            subprocess.run([script, "sync-start", PG_SYNC_DIR], check=True)
+            pg_sync_started = True
+            for commit, label in (("on", PG_SYNC_ON), ("remote_apply", PG_SYNC_APPLY)):
+                name = f"bench_sync_{commit}"
+                subprocess.run([harness._pg_tool("psql"), "-XqAt", "-v", "ON_ERROR_STOP=1", "-h", PG_SYNC_DIR,
+                                "-U", harness.PG_USER, "-d", "postgres", "-c", f'CREATE DATABASE "{name}"'],
+                               check=True, capture_output=True, timeout=60)
+                pg = Server(data_dir=tempfile.mkdtemp(prefix="tdapi-bench-pgsync-"),
+                            APP_BIN=os.path.join(BUILD, "testdata-api"), THREADS=THREADS,
+                            AUTH="off", AUDIT="off", DATABASE_SYNCHRONOUS_COMMIT=commit,
+                            DATABASE_URL=f"postgresql://{harness.PG_USER}@/{name}?host={PG_SYNC_DIR}").start()
+                pg_servers.append(pg)
+                pg_more[label] = f"http://127.0.0.1:{pg.port}"
+                log(f"{label} on :{pg.port}")
         listing_1000 = len(server.request("GET", "/tests?clinic_id=bench-1000").body)
         log(f"seeding {BIG} rows for the big clinic...")
         seed_direct(db, "bench-1m", BIG)
@@ -664,6 +706,22 @@ def main():
                 (f"{pgn}: {PUT_1}", url + "/tests", 1, put, "PostgreSQL ceiling: the POST's INSERT, 1 client"),
                 (f"{pgn}: GET /changes, 100 a page, 32 conns", url + "/changes?clinic_id=bench-1000&limit=100", 32, None, None),
             ]
+            if nodes == 1 and pg_more:
+                # Beside the plain server's rows, each set against them (the ratio column).
+                plain = f"{pgn}: POST /tests (durable)"
+                for label in (PG_SYNC_ON, PG_SYNC_APPLY, PGB):
+                    more = pg_more[label]
+                    cases += [
+                        (f"{label}: POST /tests (durable), 32 conns", more + "/tests", 32, post, f"{plain}, 32 conns"),
+                        (f"{label}: POST /tests (durable), 1 conn", more + "/tests", 1, post, f"{plain}, 1 conn"),
+                    ]
+                cases.append((f"{PGB}: GET clinic of 10, 32 conns", pg_more[PGB] + "/tests?clinic_id=bench-10", 32,
+                              None, f"{pgn}: GET clinic of 10, 32 conns"))
+        if ONLY:
+            # The selected cases and every case they are set against.
+            keep = {c[0] for c in cases if ONLY.search(c[0])}
+            keep |= {c[4] for c in cases if c[0] in keep and c[4]}
+            cases = [c for c in cases if c[0] in keep]
         results = {c[0]: [] for c in cases}
         # The before build's twin of each SQLite case: the same path on its instance of the
         # same mode, with its own key.
@@ -800,6 +858,15 @@ def main():
                          f"transactions). The POST's is an autocommitted INSERT per client connection, "
                          f"where the app sends its batches through one writer connection under an "
                          f"advisory lock (the lock that lets several app nodes write).")
+        if pg_more:
+            lines.append(f"'sync standby' rows: one app process on another private primary of the same "
+                         f"settings with a synchronous standby on the same machine (scripts/pg-test-server.sh "
+                         f"sync-start: pg_basebackup -R, unix sockets, synchronous_standby_names naming it), "
+                         f"DATABASE_SYNCHRONOUS_COMMIT on (a 201 waits for the standby's flush) or "
+                         f"remote_apply (for its replay). 'PgBouncer' rows: one app process through "
+                         f"PgBouncer (pooler-start: transaction mode, 5 server connections) to the plain "
+                         f"server, DATABASE_POOLER=transaction. Their ratio column is to the plain server's "
+                         f"1-node row.")
         lines.append("")
         b_head = ((" before req/s | before p50 ms | before p99 ms | before app CPU µs/req | after/before |",
                    "---:|---:|---:|---:|---:|") if before else ("", ""))
@@ -887,8 +954,10 @@ def main():
         for pg in pg_servers:
             pg.stop()
             shutil.rmtree(pg.data_dir, ignore_errors=True)
-        if pg_started:
+        if pg_started:  # the server and its pooler
             subprocess.run([os.path.join(ROOT, "scripts", "pg-test-server.sh"), "stop", PG_DIR])
+        if pg_sync_started:  # the primary and its standby
+            subprocess.run([os.path.join(ROOT, "scripts", "pg-test-server.sh"), "stop", PG_SYNC_DIR])
         for s in sqlite_servers:
             s.stop()
             if s.data_dir != data_dir and not os.environ.get("KEEP_DATA"):

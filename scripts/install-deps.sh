@@ -16,6 +16,7 @@ packages=(
   sqlite3 curl jq python3             # tests, smoke test, debugging
   postgresql                          # tests: a private server per build (scripts/pg-test-server.sh)
   pgbouncer                           # tests: the pooler in front of it (pg-test-server.sh pooler-start)
+  patroni etcd-server python3-etcd   # tests: the failover drill (Patroni 3 + etcd managing two servers)
   acl                                 # setfacl: as root, lets the service user reach DATA_DIR
   clang libclang-rt-14-dev            # libFuzzer + sanitizers for the fuzz targets
   nodejs:node npm:npm                 # the OpenAPI linter and newman (npm packages)
@@ -49,9 +50,10 @@ fi
 
 echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
-# Packages such as nginx and postgresql start a system service on install; this project runs its
-# own nginx, and the tests their own PostgreSQL server (as an unprivileged user, on a socket in
-# /tmp). policy-rc.d is Debian's switch for "do not start services now" (only added if absent).
+# Packages such as nginx, postgresql, etcd-server and patroni start a system service on install;
+# this project runs its own nginx, and the tests their own PostgreSQL servers, etcd and Patroni
+# (as an unprivileged user, in /tmp, on loopback). policy-rc.d is Debian's switch for "do not
+# start services now" (only added if absent).
 added_policy=0
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
