@@ -209,14 +209,18 @@ class PgStore::Backend : public WriteBackend {
     // server what became of it (settle). The server's history (system, timeline), for the
     // fence: asked in every transaction, as a pooler or a multi-host URL may have moved it to
     // another server since the last one.
-    PgResult r = writer->run("write_lock",
-                             "SELECT pg_advisory_xact_lock($1), pg_current_xact_id(),"
-                             " (SELECT system_identifier FROM pg_control_system())::text,"
-                             " CASE WHEN NOT pg_is_in_recovery()"
-                             " THEN pg_walfile_name(pg_current_wal_lsn()) END",
-                             {kWriteLockKey});
+    const bool fencing = store_.fencing_.load();
+    txn_server_ = ServerTimeline{};
+    PgResult r =
+        fencing
+            ? writer->run("write_lock_fenced",
+                          "SELECT pg_advisory_xact_lock($1), pg_current_xact_id(), " kHealthFence,
+                          {kWriteLockKey})
+            : writer->run("write_lock", "SELECT pg_advisory_xact_lock($1), pg_current_xact_id()",
+                          {kWriteLockKey});
     if (!result_ok(r)) return writer->error(r.get(), "take the write lock");
     xid_.assign(value_view(r.get(), 0, 1));
+    if (!fencing) return Status::Ok();
     ServerTimeline server;
     server.system_identifier.assign(value_view(r.get(), 0, 2));
     if (PQgetisnull(r.get(), 0, 3)) {
@@ -430,20 +434,24 @@ class PgStore::Backend : public WriteBackend {
     }
     // Only the server history the transaction ran on can tell: after a failover, the promoted
     // server may have given the same transaction id to another transaction.
-    PgResult r = writer->run("xact_status",
-                             "SELECT pg_xact_status($1::xid8),"
-                             " current_setting('synchronous_standby_names') = '',"
-                             " (SELECT system_identifier FROM pg_control_system())::text,"
-                             " CASE WHEN NOT pg_is_in_recovery()"
-                             " THEN pg_walfile_name(pg_current_wal_lsn()) END",
-                             {xid_.c_str()});
+    const bool fencing = txn_server_.known();
+    PgResult r =
+        fencing ? writer->run("xact_status_fenced",
+                              "SELECT pg_xact_status($1::xid8),"
+                              " current_setting('synchronous_standby_names') = '', " kHealthFence,
+                              {xid_.c_str()})
+                : writer->run("xact_status",
+                              "SELECT pg_xact_status($1::xid8),"
+                              " current_setting('synchronous_standby_names') = ''",
+                              {xid_.c_str()});
     if (!result_ok(r) || PQntuples(r.get()) != 1 || PQgetisnull(r.get(), 0, 0)) {
       Status asked = writer->error(r.get(), "pg_xact_status");
       return Status::OutcomeUnknown(what + "; asking what became of it failed: " + asked.message());
     }
     ServerTimeline now;
-    now.system_identifier.assign(value_view(r.get(), 0, 2));
-    if (!timeline_of_walfile(value_view(r.get(), 0, 3), now.timeline) || now != txn_server_) {
+    if (fencing) now.system_identifier.assign(value_view(r.get(), 0, 2));
+    if (fencing &&
+        (!timeline_of_walfile(value_view(r.get(), 0, 3), now.timeline) || now != txn_server_)) {
       return Status::OutcomeUnknown(
           what + "; the server reached now is " + (now.known() ? now.text() : "a standby") +
           ", not the one the transaction ran on (" + txn_server_.text() + "): it cannot say");
@@ -636,7 +644,7 @@ Status PgStore::connect(std::unique_ptr<Connection>& out, const std::string& giv
   } else {
     // With a fence, the server's history too: a connection to a fenced former primary would
     // read what it holds, without the writes made since the failover (reads are fenced too).
-    const bool fence = !options_.timeline_file.empty() && given == options_.url;
+    const bool fence = fencing_.load() && given == options_.url;
     const std::string setup = "SET synchronous_commit = " + options_.synchronous_commit +
                               "; SET statement_timeout = " + statement_timeout +
                               "; SET lock_timeout = " + lock_timeout +
@@ -696,8 +704,12 @@ Status PgStore::open(const PgOptions& options, std::unique_ptr<PgStore>& out) {
     ServerTimeline saved;
     s = load_fence(options.timeline_file, saved);
     if (!s.ok()) return s;
-    MutexLock lock(store->fence_mu_);
-    store->fence_ = saved;
+    {
+      MutexLock lock(store->fence_mu_);
+      store->fence_ = saved;
+    }
+    s = store->start_fencing();
+    if (!s.ok()) return s;
   }
   s = store->migrate(*store->writer_);
   if (!s.ok()) return s;
@@ -1267,8 +1279,11 @@ Status PgStore::check_health() {
     Connection& c = *health_conn_;
     // The server's history too: a read-write server the fence refuses makes the service
     // unhealthy, and says why, before any write is tried.
-    PgResult r = c.exec(refresh_size ? "SELECT pg_database_size(current_database()), " kHealthFence
-                                     : "SELECT 0, " kHealthFence);
+    const bool fencing = fencing_.load();
+    PgResult r = c.exec(
+        !fencing       ? (refresh_size ? "SELECT pg_database_size(current_database())" : "SELECT 0")
+        : refresh_size ? "SELECT pg_database_size(current_database()), " kHealthFence
+                       : "SELECT 0, " kHealthFence);
     if (!result_ok(r)) {
       status = c.error(r.get(), "health check");
       if (c.healthy()) break;
@@ -1282,8 +1297,8 @@ Status PgStore::check_health() {
     }
     status = Status::Ok();
     ServerTimeline server;
-    server.system_identifier.assign(value_view(r.get(), 0, 1));
-    if (!PQgetisnull(r.get(), 0, 2) &&
+    if (fencing) server.system_identifier.assign(value_view(r.get(), 0, 1));
+    if (fencing && !PQgetisnull(r.get(), 0, 2) &&
         timeline_of_walfile(value_view(r.get(), 0, 2), server.timeline)) {
       status = check_fence(server, /*advance=*/false);
       if (status.code() == StatusCode::kFenced) {
@@ -1295,6 +1310,38 @@ Status PgStore::check_health() {
   }
   note_failure(status);
   return status;
+}
+
+Status PgStore::start_fencing() {
+  PgResult r = writer_->exec("SELECT " kHealthFence);
+  if (!result_ok(r)) {
+    const char* state = r ? PQresultErrorField(r.get(), PG_DIAG_SQLSTATE) : nullptr;
+    if (state == nullptr || std::strcmp(state, "42501") != 0) {
+      return writer_->error(r.get(), "read the server's history (failover fencing)");
+    }
+    LogFields f;
+    f.reason = "insufficient_privilege";
+    f.detail =
+        "failover fencing is off: this role may not call pg_control_system() or "
+        "pg_current_wal_lsn() (GRANT EXECUTE on both to it to have writes and reads "
+        "refused at a former primary after a failover)";
+    log_event(LogLevel::kWarn, "fencing_off", f);
+    return Status::Ok();
+  }
+  fencing_ = true;
+  ServerTimeline server;
+  server.system_identifier.assign(value_view(r.get(), 0, 0));
+  if (PQgetisnull(r.get(), 0, 1) ||
+      !timeline_of_walfile(value_view(r.get(), 0, 1), server.timeline)) {
+    return Status::Ok();  // a standby: nothing is written there
+  }
+  Status fenced = check_fence(server, /*advance=*/false);
+  if (fenced.code() != StatusCode::kFenced) return Status::Ok();
+  // The writer reached a fenced former primary: connections leave it out from now on (and
+  // fail, when the URL names no other host).
+  skip_fenced_host(*writer_);
+  writer_.reset();
+  return connect(writer_);
 }
 
 Status PgStore::check_fence(const ServerTimeline& server, bool advance) const {

@@ -171,6 +171,10 @@ class PgStore : public EngineStore, public ImportTarget {
   // Whether a write may go to `server` (the fence, timeline.h): Ok, or Unavailable saying why
   // not. advance: a later history than the fence's becomes the fence (saved first).
   Status check_fence(const ServerTimeline& server, bool advance) const EXCLUDES(fence_mu_);
+  // At open, with a timeline file: whether this role may read the server's history (else
+  // fencing is off, with a warning) and, when the writer reached a fenced server, a connection
+  // elsewhere.
+  Status start_fencing();
   // The fence refused the server `c` is connected to: connections to options_.url leave its
   // host out (when the URL names others) for kFencedHostSkip, and `c` is dropped.
   void skip_fenced_host(Connection& c) const EXCLUDES(skip_mu_);
@@ -201,6 +205,8 @@ class PgStore : public EngineStore, public ImportTarget {
   std::atomic<long long> replica_fallbacks_{0};
   std::atomic<long long> commit_positions_read_{0};
 
+  // Every transaction and new connection reads the server's history (start_fencing).
+  std::atomic<bool> fencing_{false};
   mutable Mutex fence_mu_;
   mutable ServerTimeline fence_ GUARDED_BY(fence_mu_);  // as the timeline file last said
   mutable Mutex skip_mu_;

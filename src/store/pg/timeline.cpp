@@ -194,7 +194,7 @@ Status save_fence(const std::string& path, const ServerTimeline& fence) {
   };
   if (fd < 0) return fail("create");
   const std::string line = fence.key() + "\n";
-  if (::fchmod(fd, 0644) != 0) return fail("write");
+  if (::fchmod(fd, 0600) != 0) return fail("write");
   if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
     if (errno == 0) errno = ENOSPC;
     return fail("write");

@@ -64,7 +64,7 @@ TEST(Timeline, TheFenceFileKeepsTheLastSavedHistory) {
   EXPECT_EQ(t, at("99", 4));
   struct stat st {};
   ASSERT_EQ(::stat(path.c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 0777, 0644u);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
 
   std::ofstream(path) << "not a fence\n";
   EXPECT_EQ(load_fence(path, t).code(), StatusCode::kCorrupt);
