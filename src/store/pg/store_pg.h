@@ -203,6 +203,7 @@ class PgStore : public EngineStore, public ImportTarget {
 
   Mutex fence_mu_;
   ServerTimeline fence_ GUARDED_BY(fence_mu_);  // as the timeline file last said
+  std::string fence_stamp_ GUARDED_BY(fence_mu_);  // fence_file_stamp when it was last read
   mutable Mutex skip_mu_;
   // "HOST:PORT" of fenced servers, and until when connections leave them out.
   std::map<std::string, std::chrono::steady_clock::time_point> fenced_hosts_ GUARDED_BY(skip_mu_);

@@ -209,4 +209,13 @@ Status save_fence(const std::string& path, const ServerTimeline& fence) {
   return Status::Ok();
 }
 
+std::string fence_file_stamp(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return "";
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" +
+         std::to_string(st.st_ctim.tv_sec) + "." + std::to_string(st.st_ctim.tv_nsec) + ":" +
+         std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ":" +
+         std::to_string(st.st_size);
+}
+
 }  // namespace tdapi
