@@ -160,11 +160,19 @@ std::string fence_refusal(const ServerTimeline& fence, const ServerTimeline& ser
 
 Status load_fence(const std::string& path, ServerTimeline& out) {
   out = ServerTimeline{};
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO (or a device) put there must not hold the writer; only a regular file is
+  // a fence.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) return Status::Ok();
     return Status::IoError("cannot read the PostgreSQL timeline file " + path + ": " +
                            errno_text());
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::IoError("cannot read the PostgreSQL timeline file " + path +
+                           ": not a regular file");
   }
   char buf[128];
   ssize_t n = ::read(fd, buf, sizeof buf);
