@@ -230,7 +230,8 @@ class PgStore::Backend : public WriteBackend {
       return Status::Internal("take the write lock: no WAL timeline in the server's answer");
     }
     txn_server_ = server;
-    if (server == confirmed_) return Status::Ok();
+    // In every transaction, also on the history this node wrote to last: another node of this
+    // DATA_DIR may have moved the fence past it since (it wrote to a promoted standby).
     Status fence = store_.check_fence(server, /*advance=*/true);
     if (!fence.ok()) {
       // The next transaction connects again: a multi-host URL may lead to another server.
@@ -238,6 +239,7 @@ class PgStore::Backend : public WriteBackend {
       writer->broken = true;
       return fence;
     }
+    if (server == confirmed_) return Status::Ok();
     Status marked = mark_timeline(*writer, server);
     if (marked.ok()) pending_ = server;
     return marked;
@@ -1346,13 +1348,16 @@ Status PgStore::start_fencing() {
 
 Status PgStore::check_fence(const ServerTimeline& server, bool advance) const {
   MutexLock lock(fence_mu_);
-  if (server == fence_) return Status::Ok();
   const std::string& file = options_.timeline_file;
   if (file.empty()) return Status::Ok();
-  // The file is the fence of every node of this DATA_DIR: another one may have moved it.
+  // The file is the fence of every node of this DATA_DIR: another one may have moved it since
+  // this node last read it. One stat per check; the file is read again when it changed.
+  const std::string stamp = fence_file_stamp(file);
+  if (server == fence_ && stamp == fence_stamp_) return Status::Ok();
   ServerTimeline saved;
   Status s = load_fence(file, saved);
   if (!s.ok()) return Status::Unavailable(s.message() + " (writes wait for it: failover fencing)");
+  fence_stamp_ = stamp;  // taken before the read: a change since makes the next check read again
   if (saved.known()) fence_ = saved;
   const std::string refusal = fence_refusal(fence_, server);
   if (!refusal.empty()) {
@@ -1363,6 +1368,7 @@ Status PgStore::check_fence(const ServerTimeline& server, bool advance) const {
   if (!advance || server == fence_) return Status::Ok();
   s = save_fence(file, server);
   if (!s.ok()) return Status::Unavailable(s.message() + " (writes wait for it: failover fencing)");
+  fence_stamp_ = fence_file_stamp(file);
   if (fence_.known()) {
     LogFields f;
     f.reason = "timeline";

@@ -160,11 +160,19 @@ std::string fence_refusal(const ServerTimeline& fence, const ServerTimeline& ser
 
 Status load_fence(const std::string& path, ServerTimeline& out) {
   out = ServerTimeline{};
-  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO (or a device) put there must not hold the writer; only a regular file is
+  // a fence.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) return Status::Ok();
     return Status::IoError("cannot read the PostgreSQL timeline file " + path + ": " +
                            errno_text());
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Status::IoError("cannot read the PostgreSQL timeline file " + path +
+                           ": not a regular file");
   }
   char buf[128];
   ssize_t n = ::read(fd, buf, sizeof buf);
@@ -207,6 +215,15 @@ Status save_fence(const std::string& path, const ServerTimeline& fence) {
     return Status::IoError("cannot fsync the directory of " + path + ": " + errno_text());
   }
   return Status::Ok();
+}
+
+std::string fence_file_stamp(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return "";
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" +
+         std::to_string(st.st_ctim.tv_sec) + "." + std::to_string(st.st_ctim.tv_nsec) + ":" +
+         std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ":" +
+         std::to_string(st.st_size);
 }
 
 }  // namespace tdapi

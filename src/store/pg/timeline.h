@@ -53,5 +53,8 @@ std::string without_hosts(const std::string& conninfo, const std::vector<std::st
 // it, fsyncs, renames it over the old one and fsyncs the directory (never through a link).
 Status load_fence(const std::string& path, ServerTimeline& out);
 Status save_fence(const std::string& path, const ServerTimeline& fence);
+// What tells one state of the fence file from another without reading it (device, inode, change
+// time, size; "" when it cannot be stat'ed): a node reads the file again when it changed.
+std::string fence_file_stamp(const std::string& path);
 
 }  // namespace tdapi

@@ -26,6 +26,7 @@
 #include "metrics/metrics.h"
 #include "store/audit.h"
 #include "store/pg/internal.h"
+#include "store/pg/timeline.h"
 #include "store/pg/pg_test_util.h"
 #include "store/sqlite/store_sqlite.h"
 #include "store/store_test_util.h"
@@ -313,6 +314,33 @@ TEST_F(PgStoreTest, AListingPageReadAgainOnThePrimaryStartsWhereThePageStarted) 
 // With read replicas, a write's commit is followed by a query for its log position (for its
 // answer's X-Commit-Position); a read's audit entry alone, committed without waiting for the disk,
 // is in no answer: its commit costs the writer no second round trip.
+// The fence file is shared by the nodes of one DATA_DIR: when another node has moved it to a
+// later timeline (it wrote to a promoted standby), a node still connected to (or reconnecting
+// to) the former primary must refuse it from its next write on, though it wrote there before.
+TEST_F(PgStoreTest, AFenceAnotherNodeMovedOnRefusesTheServerThisNodeWroteTo) {
+  TempDir dir;
+  PgOptions o;
+  o.timeline_file = dir.file("postgresql-timeline");
+  auto store = open(o);
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->insert(make_record("before")).status.ok());
+  ServerTimeline fence;
+  ASSERT_TRUE(load_fence(o.timeline_file, fence).ok());
+  ASSERT_TRUE(fence.known());
+  // Another node of this DATA_DIR wrote to the promoted standby (timeline + 1).
+  ServerTimeline promoted = fence;
+  ++promoted.timeline;
+  ASSERT_TRUE(save_fence(o.timeline_file, promoted).ok());
+  WriteOutcome out = store->insert(make_record("split"));
+  EXPECT_EQ(out.status.code(), StatusCode::kFenced) << out.status.message();
+  EXPECT_EQ(store->check_health().code(), StatusCode::kFenced);
+  EXPECT_EQ(column("SELECT count(*) FROM tests WHERE test_id = 'split'"),
+            std::vector<std::string>{"0"});
+  // The fence file still says the later timeline.
+  ASSERT_TRUE(load_fence(o.timeline_file, fence).ok());
+  EXPECT_EQ(fence, promoted);
+}
+
 TEST_F(PgStoreTest, AReadsAuditEntryAloneDoesNotAskForTheCommitPosition) {
   PgOptions o;
   o.read_url = url();

@@ -5,7 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
+#include <chrono>
 #include <fstream>
+#include <future>
 
 #include "temp_dir.h"
 
@@ -107,6 +111,25 @@ TEST(Timeline, AFencedHostIsLeftOutOfAMultiHostUrl) {
   EXPECT_NE(tcp.find(R"(password='it\'s')"), std::string::npos) << tcp;
   // One host: nothing to leave it for.
   EXPECT_EQ(without_hosts("host=db1 dbname=x", {"db1:5432"}), "host=db1 dbname=x");
+}
+
+// A FIFO at the fence's path (or anything but a regular file) is an error at once: reading it
+// must not block the writer (and the health check) until someone writes to it.
+TEST(Timeline, AFenceThatIsAFifoIsRefusedWithoutBlocking) {
+  TempDir dir;
+  const std::string path = dir.file("postgresql-timeline");
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  auto loaded = std::async(std::launch::async, [&] {
+    ServerTimeline t;
+    return load_fence(path, t);
+  });
+  const bool answered = loaded.wait_for(std::chrono::seconds(3)) == std::future_status::ready;
+  EXPECT_TRUE(answered) << "load_fence blocked on a FIFO";
+  if (!answered) {  // let it go: a writer opens the FIFO and closes it (end of file)
+    const int w = ::open(path.c_str(), O_WRONLY);
+    if (w >= 0) ::close(w);
+  }
+  EXPECT_FALSE(loaded.get().ok());
 }
 
 }  // namespace
