@@ -8,6 +8,7 @@ namespace tdapi {
 
 const char kAuditGenesis[65] = "0000000000000000000000000000000000000000000000000000000000000000";
 const char kAuditFailoverAction[] = "failover";
+const char kAuditFailoverKey[] = "testdata-api";
 
 namespace {
 
@@ -30,7 +31,9 @@ long long failover_previous_seq(const AuditEntry& e) {
   JsonTree detail = parse_json_document(e.detail);
   const cJSON* previous =
       detail ? cJSON_GetObjectItemCaseSensitive(detail.get(), "previous_seq") : nullptr;
+  // Whole, and small enough to be exact (and converted without overflow).
   if (!cJSON_IsNumber(previous) || previous->valuedouble < 0 ||
+      previous->valuedouble > 9007199254740992.0 ||
       previous->valuedouble != static_cast<double>(static_cast<long long>(previous->valuedouble))) {
     return -1;
   }
@@ -69,7 +72,9 @@ bool AuditChainVerifier::feed(const AuditEntry& e, std::string& problem) {
   if (e.seq != last_seq_ + 1) {
     // A failover boundary past the last entry, naming it: the entries between were the lost
     // primary's.
-    if (!(failover && e.seq > last_seq_ && failover_previous_seq(e) == last_seq_)) {
+    // Exactly the documented gap, written by the service itself.
+    if (!(failover && e.key_id == kAuditFailoverKey && failover_previous_seq(e) == last_seq_ &&
+          e.seq == last_seq_ + kAuditFailoverGap)) {
       problem =
           "entry " + std::to_string(e.seq) + ": expected seq " + std::to_string(last_seq_ + 1) +
           (failover ? " (a failover entry whose previous_seq does not name the entry before it)"

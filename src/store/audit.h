@@ -39,6 +39,7 @@ extern const char kAuditGenesis[65];
 // the feed's change_seq continue ("tests_seq_from", "change_seq_from"). It chains on the last
 // surviving entry like any other.
 extern const char kAuditFailoverAction[];
+extern const char kAuditFailoverKey[];  // its key_id: the service itself
 constexpr long long kAuditFailoverGap = 1LL << 40;
 
 // Fixed-order JSON of every field but hash (detail is embedded as the JSON it holds), in

@@ -513,7 +513,7 @@ class PgStore::Backend : public WriteBackend {
       AuditEntry e;
       e.seq = head_seq + kAuditFailoverGap;
       e.ts = utc_timestamp_ms();
-      e.key_id = "testdata-api";
+      e.key_id = kAuditFailoverKey;
       e.action = kAuditFailoverAction;
       std::string detail;
       JsonWriter w(detail, JsonForm::kAuditHash);
@@ -1366,17 +1366,22 @@ Status PgStore::check_fence(const ServerTimeline& server, bool advance) const {
                           "service, remove that file and start it again");
   }
   if (!advance || server == fence_) return Status::Ok();
-  s = save_fence(file, server);
+  const ServerTimeline before = fence_;
+  ServerTimeline now;
+  s = advance_fence(file, server, now);
   if (!s.ok()) return Status::Unavailable(s.message() + " (writes wait for it: failover fencing)");
   fence_stamp_ = fence_file_stamp(file);
-  if (fence_.known()) {
+  if (now.known()) fence_ = now;
+  if (now != server) {  // another node moved it further meanwhile
+    return Status::Fenced(fence_refusal(now, server) + ". The fence is " + file);
+  }
+  if (before.known()) {
     LogFields f;
     f.reason = "timeline";
-    f.detail = "the fence moves from " + fence_.text() + " to " + server.text() + " (" + file +
+    f.detail = "the fence moves from " + before.text() + " to " + server.text() + " (" + file +
                "): writes to the older history are refused from now on";
     log_event(LogLevel::kWarn, "fence_moved", f);
   }
-  fence_ = server;
   return Status::Ok();
 }
 

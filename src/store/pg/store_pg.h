@@ -208,7 +208,7 @@ class PgStore : public EngineStore, public ImportTarget {
   // Every transaction and new connection reads the server's history (start_fencing).
   std::atomic<bool> fencing_{false};
   mutable Mutex fence_mu_;
-  mutable ServerTimeline fence_ GUARDED_BY(fence_mu_);  // as the timeline file last said
+  mutable ServerTimeline fence_ GUARDED_BY(fence_mu_);     // as the timeline file last said
   mutable std::string fence_stamp_ GUARDED_BY(fence_mu_);  // fence_file_stamp when last read
   mutable Mutex skip_mu_;
   // "HOST:PORT" of fenced servers, and until when connections leave them out.

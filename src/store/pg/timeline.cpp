@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <libpq-fe.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -224,6 +225,27 @@ std::string fence_file_stamp(const std::string& path) {
          std::to_string(st.st_ctim.tv_sec) + "." + std::to_string(st.st_ctim.tv_nsec) + ":" +
          std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ":" +
          std::to_string(st.st_size);
+}
+
+Status advance_fence(const std::string& path, const ServerTimeline& server, ServerTimeline& now) {
+  const std::string lock_path = path + ".lock";
+  const int lock = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (lock < 0) {
+    return Status::IoError("cannot open the lock " + lock_path + ": " + errno_text());
+  }
+  struct LockHolder {
+    int fd;
+    ~LockHolder() { ::close(fd); }  // closing releases the lock
+  } holder{lock};
+  while (::flock(lock, LOCK_EX) != 0) {
+    if (errno != EINTR) return Status::IoError("cannot lock " + lock_path + ": " + errno_text());
+  }
+  Status s = load_fence(path, now);
+  if (!s.ok()) return s;
+  if (now == server || !fence_refusal(now, server).empty()) return Status::Ok();
+  s = save_fence(path, server);
+  if (s.ok()) now = server;
+  return s;
 }
 
 }  // namespace tdapi

@@ -53,6 +53,12 @@ std::string without_hosts(const std::string& conninfo, const std::vector<std::st
 // it, fsyncs, renames it over the old one and fsyncs the directory (never through a link).
 Status load_fence(const std::string& path, ServerTimeline& out);
 Status save_fence(const std::string& path, const ServerTimeline& fence);
+
+// Moves the fence at `path` to `server`, under an exclusive lock (flock of PATH.lock) shared by
+// the nodes of one DATA_DIR, against the file as it is then: another node may have moved it
+// further since it was read. `now` is the fence afterwards: `server`, or the newer one found
+// (then fence_refusal(now, server) says why not).
+Status advance_fence(const std::string& path, const ServerTimeline& server, ServerTimeline& now);
 // What tells one state of the fence file from another without reading it (device, inode, change
 // time, size; "" when it cannot be stat'ed): a node reads the file again when it changed.
 std::string fence_file_stamp(const std::string& path);

@@ -1,11 +1,10 @@
 // timeline_test.cpp: server histories, the fence rule and the fence file (store/pg/timeline.h).
 #include "store/pg/timeline.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <fcntl.h>
 
 #include <chrono>
 #include <fstream>
@@ -130,6 +129,23 @@ TEST(Timeline, AFenceThatIsAFifoIsRefusedWithoutBlocking) {
     if (w >= 0) ::close(w);
   }
   EXPECT_FALSE(loaded.get().ok());
+}
+
+TEST(Timeline, TheFenceMovesOnlyForwardUnderItsLock) {
+  TempDir dir;
+  const std::string path = dir.path() + "/postgresql-timeline";
+  ServerTimeline now;
+  ASSERT_TRUE(advance_fence(path, at("7", 2), now).ok());  // no fence yet
+  EXPECT_EQ(now, at("7", 2));
+  // Another node moved it to timeline 3 meanwhile: timeline 2 stays refused, the file as it is.
+  ASSERT_TRUE(save_fence(path, at("7", 3)).ok());
+  ASSERT_TRUE(advance_fence(path, at("7", 2), now).ok());
+  EXPECT_EQ(now, at("7", 3));
+  EXPECT_NE(fence_refusal(now, at("7", 2)), "");
+  ASSERT_TRUE(load_fence(path, now).ok());
+  EXPECT_EQ(now, at("7", 3));
+  ASSERT_TRUE(advance_fence(path, at("7", 4), now).ok());
+  EXPECT_EQ(now, at("7", 4));
 }
 
 }  // namespace
