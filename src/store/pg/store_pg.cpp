@@ -704,11 +704,13 @@ Status PgStore::open(const PgOptions& options, std::unique_ptr<PgStore>& out) {
   }
   if (!options.timeline_file.empty()) {
     ServerTimeline saved;
+    const std::string stamp = fence_file_stamp(options.timeline_file);
     s = load_fence(options.timeline_file, saved);
     if (!s.ok()) return s;
     {
       MutexLock lock(store->fence_mu_);
       store->fence_ = saved;
+      store->fence_stamp_ = stamp;
     }
     s = store->start_fencing();
     if (!s.ok()) return s;
@@ -1351,14 +1353,18 @@ Status PgStore::check_fence(const ServerTimeline& server, bool advance) const {
   const std::string& file = options_.timeline_file;
   if (file.empty()) return Status::Ok();
   // The file is the fence of every node of this DATA_DIR: another one may have moved it since
-  // this node last read it. One stat per check; the file is read again when it changed.
+  // this node last read it. One stat per check; the file is read again only when it changed (a
+  // check then needs no descriptor, and none may be left).
+  Status s;
   const std::string stamp = fence_file_stamp(file);
-  if (server == fence_ && stamp == fence_stamp_) return Status::Ok();
-  ServerTimeline saved;
-  Status s = load_fence(file, saved);
-  if (!s.ok()) return Status::Unavailable(s.message() + " (writes wait for it: failover fencing)");
-  fence_stamp_ = stamp;  // taken before the read: a change since makes the next check read again
-  if (saved.known()) fence_ = saved;
+  if (stamp != fence_stamp_) {
+    ServerTimeline saved;
+    s = load_fence(file, saved);
+    if (!s.ok())
+      return Status::Unavailable(s.message() + " (writes wait for it: failover fencing)");
+    fence_stamp_ = stamp;  // taken before the read: a change since makes the next check read again
+    if (saved.known()) fence_ = saved;
+  }
   const std::string refusal = fence_refusal(fence_, server);
   if (!refusal.empty()) {
     return Status::Fenced(refusal + ". The fence is " + file +
