@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A private, throwaway PostgreSQL server for the tests (issue 10): unix socket only, in DIR.
+# A private, throwaway PostgreSQL server for the tests: unix socket only, in DIR.
 #
 #   scripts/pg-test-server.sh start DIR     a fresh cluster in DIR/data, serving on DIR/.s.PGSQL.5432
 #   scripts/pg-test-server.sh restart DIR   a fast restart (in-flight sessions are cut off)
