@@ -356,8 +356,13 @@ def own_data_dir(path, user):
             where = "/" + "/".join(parts[:k])
             if owner.try_call(can_reach, None, fds[k]) == b"x":
                 continue
+            # the mask as it is (the group bits) plus x: setfacl -m alone recalculates it,
+            # which gave a group entry the mask had narrowed (e.g. g:adm:rwx, mask r-x) all of it
+            mask = (os.fstat(fds[k]).st_mode >> 3) & 0o7 | 0o1
+            spec = "u:%s:--x,m::%s" % (user, "".join(c if mask & b else "-" for c, b in
+                                                      (("r", 4), ("w", 2), ("x", 1))))
             try:
-                granted = subprocess.run(["setfacl", "-m", "u:%s:--x" % user,
+                granted = subprocess.run(["setfacl", "-n", "-m", spec,
                                           "/proc/self/fd/%d" % fds[k]], pass_fds=(fds[k],),
                                          stderr=subprocess.DEVNULL).returncode == 0
             except OSError:

@@ -344,6 +344,27 @@ class Supervisor(unittest.TestCase):
             self.assertNotIn("testdata-api", acl(path), path)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_the_acl_on_a_closed_parent_widens_no_other_entry(self):
+        # A closed parent whose ACL mask narrows a group entry (g:adm:rwx, mask r-x: adm may
+        # not write there). setfacl -m recalculated the mask to rwx: adm could write.
+        top = tempfile.mkdtemp(prefix="tdapi-mask-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        closed = os.path.join(top, "closed")
+        os.mkdir(closed)
+        os.chmod(closed, 0o750)
+        subprocess.run(["setfacl", "-m", "g:adm:rwx,m::r-x", closed], check=True)
+        d = os.path.join(closed, "data")
+        os.mkdir(d)
+        with Server(data_dir=d) as s:
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+        acl = subprocess.run(["getfacl", "-cpE", closed], capture_output=True, text=True,
+                             check=True).stdout.split()
+        self.assertIn("user:testdata-api:--x", acl)
+        self.assertIn("mask::r-x", acl)
+        self.assertEqual(os.stat(closed).st_mode & 0o777, 0o750)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_file_in_data_dir_with_other_hard_links_is_not_given_to_the_service_user(self):
         victim = root_only_file(self, "untouched\n")
         d = tempfile.mkdtemp(prefix="tdapi-hardlink-")
