@@ -276,42 +276,53 @@ class Supervisor(unittest.TestCase):
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_data_dir_swapped_for_a_link_to_a_fifo_as_run_sh_locks_it_is_never_opened(self):
         # The service user owns DATA_DIR's parent and keeps exchanging DATA_DIR with its link to
-        # a FIFO (a device would do: opening some has effects). run.sh (root) opened the lock
-        # (fd 9) by path after resolving DATA_DIR: it opened whatever the link named. A writer
-        # opening the FIFO without blocking succeeds only while someone has it open to read.
+        # a root FIFO only root may open (a device would do: opening some has effects). run.sh
+        # (root) opened the lock (fd 9) by path after resolving DATA_DIR: it opened whatever the
+        # link named. A writer opening the FIFO without blocking succeeds only while someone (who
+        # can only be root) has it open to read.
+        import threading
         service = pwd.getpwnam("testdata-api")
         top = tempfile.mkdtemp(prefix="tdapi-fifo-")
         self.addCleanup(shutil.rmtree, top, True)
         os.chmod(top, 0o755)
+        fifo = os.path.join(top, "fifo")
+        os.mkfifo(fifo, 0o600)
         theirs = os.path.join(top, "theirs")
         os.mkdir(theirs)
         os.chown(theirs, service.pw_uid, service.pw_gid)
         racer = (
-            "import ctypes, errno, os, sys, time\n"
+            "import ctypes, os, sys, time\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
             "os.chdir(sys.argv[1])\n"
-            "os.mkdir('data'); os.mkfifo('fifo'); os.symlink(os.path.abspath('fifo'), 'link')\n"
+            "os.mkdir('data'); os.symlink(sys.argv[2], 'link')\n"
             "open('ready', 'w').close()\n"
             "end = time.monotonic() + 60\n"
-            "while time.monotonic() < end and not os.path.exists('stop'):\n"
+            "while time.monotonic() < end and not os.path.exists(sys.argv[3]):\n"
             "    libc.renameat2(-100, b'data', -100, b'link', 2)  # RENAME_EXCHANGE\n"
-            "    try:\n"
-            "        os.close(os.open('fifo', os.O_WRONLY | os.O_NONBLOCK))\n"
-            "        open('opened', 'w').close()\n"
-            "        break\n"
-            "    except OSError as e:\n"
-            "        if e.errno != errno.ENXIO: raise\n"
             "if os.path.islink('data'): libc.renameat2(-100, b'data', -100, b'link', 2)\n")
+        stop = os.path.join(top, "stop")
         swapper = subprocess.Popen(["setpriv", "--reuid=testdata-api", "--regid=testdata-api",
-                                    "--clear-groups", sys.executable, "-c", racer, theirs])
+                                    "--clear-groups", sys.executable, "-c", racer, theirs, fifo,
+                                    stop])
         self.addCleanup(swapper.wait)
-        self.addCleanup(lambda: open(os.path.join(theirs, "stop"), "w").close())
-        wait_for(lambda: os.path.exists(os.path.join(theirs, "ready")), 10)
+        self.addCleanup(lambda: open(stop, "w").close())
+        opened = []
+
+        def watch():
+            while not os.path.exists(stop) and not opened:
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                    opened.append(True)
+                except OSError:
+                    time.sleep(0.001)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        self.addCleanup(watcher.join)
+        self.assertTrue(wait_for(lambda: os.path.exists(os.path.join(theirs, "ready")), 10))
         env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=os.path.join(theirs, "data"),
                    PORT=str(free_port()))
         end, tries = time.monotonic() + 40, 0
-        while (time.monotonic() < end and tries < 60
-               and not os.path.exists(os.path.join(theirs, "opened"))):
+        while time.monotonic() < end and tries < 60 and not opened:
             tries += 1
             p = subprocess.Popen([os.path.join(ROOT, "scripts", "run.sh")], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -320,8 +331,9 @@ class Supervisor(unittest.TestCase):
             except subprocess.TimeoutExpired:  # it serves (the swap missed): stopped
                 p.terminate()
                 p.wait(30)
-        self.assertFalse(os.path.exists(os.path.join(theirs, "opened")),
-                         "run.sh (root) opened the service user's FIFO (try %d)" % tries)
+        open(stop, "w").close()
+        self.assertFalse(opened, "run.sh (root) opened the root FIFO a link of the service user "
+                                 "names (try %d)" % tries)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_data_dir_under_a_closed_directory_gets_an_acl_there_and_only_there(self):
