@@ -389,6 +389,29 @@ class Supervisor(unittest.TestCase):
         self.assertIn("testdata.db has 2 hard links", out)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_a_data_dir_file_of_another_user_is_not_given_to_the_service_user(self):
+        # The owner of a directory above DATA_DIR (a checkout in a developer's home) makes
+        # DATA_DIR with a testdata.db of its own, 0666, and holds it open: given to the service
+        # user, the service's records were readable through that descriptor (chown and chmod
+        # revoke no open file).
+        nobody = pwd.getpwnam("nobody")
+        top = tempfile.mkdtemp(prefix="tdapi-adopt-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        os.chown(top, nobody.pw_uid, nobody.pw_gid)
+        d = os.path.join(top, "data")
+        os.mkdir(d)
+        db = os.path.join(d, "testdata.db")
+        open(db, "w").close()
+        os.chmod(db, 0o666)
+        for path in (d, db):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        rc, out = run_sh(dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=d, PORT=str(free_port())), 15)
+        self.assertEqual(rc, 78, out)
+        self.assertIn("is nobody's", out)
+        self.assertEqual(os.stat(db).st_uid, nobody.pw_uid)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_nginx_temp_dir_is_made_only_where_it_is_named_and_nginx_can_reach_it(self):
         service = pwd.getpwnam("testdata-api")
         top = tempfile.mkdtemp(prefix="tdapi-ntemp-")
