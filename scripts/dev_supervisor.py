@@ -259,11 +259,22 @@ def root_file(name, path):
         close_all(fds)
 
 
+def adopt(st, uid, where):
+    """What root gives the service user must be root's or the service user's already: a file
+    or directory another user made may still be open to them (a descriptor outlives chown and
+    chmod), e.g. the database they created and hold open to read what the service writes."""
+    if st.st_uid not in (0, uid):
+        raise Refused("%s is %s's; run.sh (root) gives the service user only what root or it "
+                      "owns (another user may still have it open): move it out, or start from "
+                      "a DATA_DIR of root's or the service user's" % (where, user_of(st.st_uid)))
+
+
 def chown_tree(fd, uid, gid, where, depth=0):
     """The directory open on fd and all under it given to uid:gid, links excepted (nor followed),
     each directory entered from the one above it without following a link."""
     if depth > MAX_DEPTH:
         raise Refused("%s: directories nested too deep" % where)
+    adopt(os.fstat(fd), uid, where)
     os.fchown(fd, uid, gid)
     for name in os.listdir(fd):
         try:
@@ -274,6 +285,7 @@ def chown_tree(fd, uid, gid, where, depth=0):
             st = os.fstat(lfd)
             if stat.S_ISLNK(st.st_mode):
                 continue
+            adopt(st, uid, where + "/" + name)
             if stat.S_ISDIR(st.st_mode):
                 sub = os.open(".", O_DIR, dir_fd=lfd)
                 try:
@@ -321,6 +333,8 @@ def own_data_dir(path, user):
         held, now = os.fstat(9), os.fstat(fds[-1])
         if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
             raise Refused("DATA_DIR=%s was replaced while run.sh started; start again" % path)
+        if user != "root":  # before root changes anything in it
+            adopt(now, pwd.getpwnam(user).pw_uid, real)
         os.fchmod(fds[-1], 0o700)
         for sub in ("run", "logs", "nginx"):
             try:
@@ -356,8 +370,13 @@ def own_data_dir(path, user):
             where = "/" + "/".join(parts[:k])
             if owner.try_call(can_reach, None, fds[k]) == b"x":
                 continue
+            # the mask as it is (the group bits) plus x: setfacl -m alone recalculates it,
+            # which gave a group entry the mask had narrowed (e.g. g:adm:rwx, mask r-x) all of it
+            mask = (os.fstat(fds[k]).st_mode >> 3) & 0o7 | 0o1
+            spec = "u:%s:--x,m::%s" % (user, "".join(c if mask & b else "-" for c, b in
+                                                      (("r", 4), ("w", 2), ("x", 1))))
             try:
-                granted = subprocess.run(["setfacl", "-m", "u:%s:--x" % user,
+                granted = subprocess.run(["setfacl", "-n", "-m", spec,
                                           "/proc/self/fd/%d" % fds[k]], pass_fds=(fds[k],),
                                          stderr=subprocess.DEVNULL).returncode == 0
             except OSError:

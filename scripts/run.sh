@@ -49,8 +49,11 @@ else
   DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
 fi
 export DATA_DIR
-# One launcher per DATA_DIR: a lock on the directory, held by the supervisor (fd 9).
-exec 9<"$DATA_DIR"
+# One launcher per DATA_DIR: a lock on the directory, held by the supervisor (fd 9). Opened as
+# "$DATA_DIR/.": should DATA_DIR be swapped for a link since it was resolved (its parent someone
+# else's), only a directory is opened, never a FIFO or a device the link names (own-data-dir
+# then refuses a directory other than the one it walks to).
+exec 9<"$DATA_DIR/." || refuse "DATA_DIR=$DATA_DIR is no longer a directory; start again"
 flock -n 9 || refuse "another run.sh (or what it started) is serving DATA_DIR=$DATA_DIR; stop it first"
 if [ -z "$is_root" ]; then
   mkdir -p "$DATA_DIR"/{run,logs,nginx}

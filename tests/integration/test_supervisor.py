@@ -274,6 +274,68 @@ class Supervisor(unittest.TestCase):
         self.assertEqual(os.stat(victim).st_mode & 0o777, 0o755)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_data_dir_swapped_for_a_link_to_a_fifo_as_run_sh_locks_it_is_never_opened(self):
+        # The service user owns DATA_DIR's parent and keeps exchanging DATA_DIR with its link to
+        # a root FIFO only root may open (a device would do: opening some has effects). run.sh
+        # (root) opened the lock (fd 9) by path after resolving DATA_DIR: it opened whatever the
+        # link named. A writer opening the FIFO without blocking succeeds only while someone (who
+        # can only be root) has it open to read.
+        import threading
+        service = pwd.getpwnam("testdata-api")
+        top = tempfile.mkdtemp(prefix="tdapi-fifo-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        fifo = os.path.join(top, "fifo")
+        os.mkfifo(fifo, 0o600)
+        theirs = os.path.join(top, "theirs")
+        os.mkdir(theirs)
+        os.chown(theirs, service.pw_uid, service.pw_gid)
+        racer = (
+            "import ctypes, os, sys, time\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "os.chdir(sys.argv[1])\n"
+            "os.mkdir('data'); os.symlink(sys.argv[2], 'link')\n"
+            "open('ready', 'w').close()\n"
+            "end = time.monotonic() + 60\n"
+            "while time.monotonic() < end and not os.path.exists(sys.argv[3]):\n"
+            "    libc.renameat2(-100, b'data', -100, b'link', 2)  # RENAME_EXCHANGE\n"
+            "if os.path.islink('data'): libc.renameat2(-100, b'data', -100, b'link', 2)\n")
+        stop = os.path.join(top, "stop")
+        swapper = subprocess.Popen(["setpriv", "--reuid=testdata-api", "--regid=testdata-api",
+                                    "--clear-groups", sys.executable, "-c", racer, theirs, fifo,
+                                    stop])
+        self.addCleanup(swapper.wait)
+        self.addCleanup(lambda: open(stop, "w").close())
+        opened = []
+
+        def watch():
+            while not os.path.exists(stop) and not opened:
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                    opened.append(True)
+                except OSError:
+                    time.sleep(0.001)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        self.addCleanup(watcher.join)
+        self.assertTrue(wait_for(lambda: os.path.exists(os.path.join(theirs, "ready")), 10))
+        env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=os.path.join(theirs, "data"),
+                   PORT=str(free_port()))
+        end, tries = time.monotonic() + 40, 0
+        while time.monotonic() < end and tries < 60 and not opened:
+            tries += 1
+            p = subprocess.Popen([os.path.join(ROOT, "scripts", "run.sh")], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:  # it serves (the swap missed): stopped
+                p.terminate()
+                p.wait(30)
+        open(stop, "w").close()
+        self.assertFalse(opened, "run.sh (root) opened the root FIFO a link of the service user "
+                                 "names (try %d)" % tries)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_data_dir_under_a_closed_directory_gets_an_acl_there_and_only_there(self):
         top = tempfile.mkdtemp(prefix="tdapi-closed-")
         self.addCleanup(shutil.rmtree, top, True)
@@ -294,6 +356,27 @@ class Supervisor(unittest.TestCase):
             self.assertNotIn("testdata-api", acl(path), path)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_the_acl_on_a_closed_parent_widens_no_other_entry(self):
+        # A closed parent whose ACL mask narrows a group entry (g:adm:rwx, mask r-x: adm may
+        # not write there). setfacl -m recalculated the mask to rwx: adm could write.
+        top = tempfile.mkdtemp(prefix="tdapi-mask-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        closed = os.path.join(top, "closed")
+        os.mkdir(closed)
+        os.chmod(closed, 0o750)
+        subprocess.run(["setfacl", "-m", "g:adm:rwx,m::r-x", closed], check=True)
+        d = os.path.join(closed, "data")
+        os.mkdir(d)
+        with Server(data_dir=d) as s:
+            self.assertEqual(s.request("GET", "/healthz").status, 200)
+        acl = subprocess.run(["getfacl", "-cpE", closed], capture_output=True, text=True,
+                             check=True).stdout.split()
+        self.assertIn("user:testdata-api:--x", acl)
+        self.assertIn("mask::r-x", acl)
+        self.assertEqual(os.stat(closed).st_mode & 0o777, 0o750)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_file_in_data_dir_with_other_hard_links_is_not_given_to_the_service_user(self):
         victim = root_only_file(self, "untouched\n")
         d = tempfile.mkdtemp(prefix="tdapi-hardlink-")
@@ -304,6 +387,29 @@ class Supervisor(unittest.TestCase):
         self.assertEqual((st.st_uid, st.st_mode & 0o777), (0, 0o600))
         self.assertEqual(rc, 78, out)
         self.assertIn("testdata.db has 2 hard links", out)
+
+    @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
+    def test_a_data_dir_file_of_another_user_is_not_given_to_the_service_user(self):
+        # The owner of a directory above DATA_DIR (a checkout in a developer's home) makes
+        # DATA_DIR with a testdata.db of its own, 0666, and holds it open: given to the service
+        # user, the service's records were readable through that descriptor (chown and chmod
+        # revoke no open file).
+        nobody = pwd.getpwnam("nobody")
+        top = tempfile.mkdtemp(prefix="tdapi-adopt-")
+        self.addCleanup(shutil.rmtree, top, True)
+        os.chmod(top, 0o755)
+        os.chown(top, nobody.pw_uid, nobody.pw_gid)
+        d = os.path.join(top, "data")
+        os.mkdir(d)
+        db = os.path.join(d, "testdata.db")
+        open(db, "w").close()
+        os.chmod(db, 0o666)
+        for path in (d, db):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        rc, out = run_sh(dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=d, PORT=str(free_port())), 15)
+        self.assertEqual(rc, 78, out)
+        self.assertIn("is nobody's", out)
+        self.assertEqual(os.stat(db).st_uid, nobody.pw_uid)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_nginx_temp_dir_is_made_only_where_it_is_named_and_nginx_can_reach_it(self):
