@@ -212,6 +212,11 @@ def walk(path, strict=False, create=None, last_link_ok=True, final_file=False):
                         raise Refused("%s is %s's, mode %04o: it must be root's and not writable by "
                                       "group or others" % (here, user_of(st.st_uid),
                                                            stat.S_IMODE(st.st_mode)))
+                    # Another name of the same file may be one the service user made (a hard
+                    # link to a secret, where protected_hardlinks is off).
+                    if strict and st.st_nlink > 1:
+                        raise Refused("%s has %d names (hard links): it must have one"
+                                      % (here, st.st_nlink))
                     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                                  dir_fd=fds[-1])
                     opened = os.fstat(fd)
@@ -740,7 +745,7 @@ class Supervisor:
                 self.stop_nodes()
                 return 0
             for n in self.nodes:
-                if os.path.exists(n.sock):
+                if os.path.lexists(n.sock):
                     n.state = "ready"
                     continue
                 rc = 1 if n.proc is None else n.poll()  # (None: it could not be started)
@@ -838,7 +843,7 @@ class Supervisor:
                     if now >= n.due:
                         self.launch_node(n)
                 elif n.state == "starting":
-                    if os.path.exists(n.sock):
+                    if os.path.lexists(n.sock):
                         n.state = "ready"
                     elif self.timed_out(n):
                         self.log_json("error", "start_timeout", "%sthe app was not ready within "

@@ -156,12 +156,15 @@ class Tls(unittest.TestCase):
         writable = os.path.join(top, "writable.pem")  # the key itself writable by others
         shutil.copy(self.key, writable)
         os.chmod(writable, 0o666)
+        linked = os.path.join(top, "linked.pem")  # a second name of a root file (a hard link)
+        os.link(secret, linked)
         env = dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=tempfile.mkdtemp(dir=self.tmp.name),
                    LISTEN=f"127.0.0.1:{free_port()}", TLS_CERT=self.crt)
         for key, why in ((planted, f"{theirs} is testdata-api's, not root's"),
                          (planted_in_sticky, f"{planted_in_sticky} is testdata-api's, in {sticky}"),
                          (in_open, f"{open_dir} is writable by others than root"),
-                         (writable, "must be root's and not writable by group or others")):
+                         (writable, "must be root's and not writable by group or others"),
+                         (linked, "has 2 names (hard links)")):
             rc, out = run_sh(dict(env, TLS_KEY=key))
             self.assertEqual(rc, 78, (key, out))
             self.assertIn(f"TLS_KEY={key}: ", out)
