@@ -55,13 +55,15 @@ def app_pg_url(name):
     return pg_url(name)
 
 
-def psql(sql, database="postgres"):
-    """Runs SQL on the test PostgreSQL server (a database name or URL); returns its output."""
+def psql(sql, database="postgres", host=None):
+    """Runs SQL on the test PostgreSQL server (or the one at socket directory `host`) in a
+    database (a name or URL); returns its output."""
+    host = host or PG_HOST
     p = subprocess.run([_pg_tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                        "-h", PG_HOST, "-U", PG_USER, "-d", database, "-c", sql],
+                        "-h", host, "-U", PG_USER, "-d", database, "-c", sql],
                        capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
-        raise RuntimeError(f"psql on {PG_HOST} ({database}): {sql}: {p.stderr.strip()}")
+        raise RuntimeError(f"psql on {host} ({database}): {sql}: {p.stderr.strip()}")
     return p.stdout
 
 

@@ -20,7 +20,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, ROOT, Server, _pg_tool, record, wait_for  # noqa: E402
+import harness  # noqa: E402
+from harness import APP_BIN, ROOT, Server, record, wait_for  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "scripts", "pg-test-server.sh")
 DEADLINE_MS = 2000
@@ -38,12 +39,7 @@ def pg(command, directory):
 
 
 def psql(host, sql, database=CLINIC):
-    p = subprocess.run([_pg_tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                        "-h", host, "-U", "tdapi", "-d", database, "-c", sql],
-                       capture_output=True, text=True, timeout=60)
-    if p.returncode != 0:
-        raise RuntimeError(f"psql on {host}: {sql}: {p.stderr.strip()}")
-    return p.stdout.strip()
+    return harness.psql(sql, database, host=host).strip()
 
 
 def cluster_pids(data_dir):

@@ -17,18 +17,14 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
+import harness  # noqa: E402
 from harness import ROOT, Server, _pg_tool  # noqa: E402
 
 DATABASE = "replica_test"
 
 
 def psql(host, sql, database=DATABASE):
-    p = subprocess.run([_pg_tool("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-                        "-h", host, "-U", "tdapi", "-d", database, "-c", sql],
-                       capture_output=True, text=True, timeout=60)
-    if p.returncode != 0:
-        raise RuntimeError(f"psql on {host}: {sql}: {p.stderr.strip()}")
-    return p.stdout.strip()
+    return harness.psql(sql, database, host=host).strip()
 
 
 def record(test_id):
