@@ -274,13 +274,17 @@ def adopt(st, uid, where):
                       "a DATA_DIR of root's or the service user's" % (where, user_of(st.st_uid)))
 
 
-def chown_tree(fd, uid, gid, where, depth=0):
+def chown_tree(fd, uid, gid, where, depth=0, check_only=False):
     """The directory open on fd and all under it given to uid:gid, links excepted (nor followed),
-    each directory entered from the one above it without following a link."""
+    each directory entered from the one above it without following a link. The whole tree is
+    checked first (check_only), so that a refusal leaves nothing given away."""
+    if depth == 0 and not check_only:
+        chown_tree(fd, uid, gid, where, 0, check_only=True)
     if depth > MAX_DEPTH:
         raise Refused("%s: directories nested too deep" % where)
     adopt(os.fstat(fd), uid, where)
-    os.fchown(fd, uid, gid)
+    if not check_only:
+        os.fchown(fd, uid, gid)
     for name in os.listdir(fd):
         try:
             lfd = os.open(name, O_LINK, dir_fd=fd)
@@ -294,14 +298,14 @@ def chown_tree(fd, uid, gid, where, depth=0):
             if stat.S_ISDIR(st.st_mode):
                 sub = os.open(".", O_DIR, dir_fd=lfd)
                 try:
-                    chown_tree(sub, uid, gid, where + "/" + name, depth + 1)
+                    chown_tree(sub, uid, gid, where + "/" + name, depth + 1, check_only)
                 finally:
                     os.close(sub)
             elif st.st_nlink > 1 and st.st_uid != uid:
                 raise Refused("%s/%s has %d hard links (the same file elsewhere); run.sh (root) "
                               "will not give it to %s: copy it" % (where, name, st.st_nlink,
                                                                     user_of(uid)))
-            else:
+            elif not check_only:
                 os.chown("/proc/self/fd/%d" % lfd, uid, gid)  # this very file
         finally:
             os.close(lfd)

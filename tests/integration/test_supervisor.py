@@ -387,6 +387,8 @@ class Supervisor(unittest.TestCase):
         self.assertEqual((st.st_uid, st.st_mode & 0o777), (0, 0o600))
         self.assertEqual(rc, 78, out)
         self.assertIn("testdata.db has 2 hard links", out)
+        # The refusal came before anything was given away (the tree is checked first).
+        self.assertEqual(os.stat(d).st_uid, 0)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_data_dir_file_of_another_user_is_not_given_to_the_service_user(self):
