@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "base/files.h"
@@ -72,13 +73,16 @@ std::string without_hosts(const std::string& conninfo, const std::vector<std::st
   const std::vector<std::string> ports = split_list(port);
   const std::vector<std::string> addrs = split_list(hostaddr);
   const size_t n = std::max(hosts.size(), addrs.size());
+  // A port the string leaves out is libpq's default, as PQport names it: PGPORT, else 5432.
+  const char* env_port = std::getenv("PGPORT");
+  const std::string default_port = env_port && *env_port ? env_port : "5432";
   std::vector<size_t> kept;
   for (size_t i = 0; i < n; ++i) {
     const std::string name = i < hosts.size() && !hosts[i].empty() ? hosts[i]
                              : i < addrs.size()                    ? addrs[i]
                                                                    : "";
     const std::string p = ports.size() == 1 ? ports[0] : i < ports.size() ? ports[i] : "";
-    const std::string key = name + ":" + (p.empty() ? "5432" : p);
+    const std::string key = name + ":" + (p.empty() ? default_port : p);
     if (std::find(skip.begin(), skip.end(), key) == skip.end()) kept.push_back(i);
   }
   if (n < 2 || kept.empty() || kept.size() == n) {

@@ -108,6 +108,12 @@ TEST(Timeline, AFencedHostIsLeftOutOfAMultiHostUrl) {
   EXPECT_NE(tcp.find("host='db1,db3'"), std::string::npos) << tcp;
   EXPECT_NE(tcp.find("port='5433,5435'"), std::string::npos) << tcp;
   EXPECT_NE(tcp.find(R"(password='it\'s')"), std::string::npos) << tcp;
+  // A port left out is PGPORT's, as PQport names the connection's.
+  ::setenv("PGPORT", "6543", 1);
+  const std::string by_env = without_hosts("host=db1,db2 dbname=x", {"db1:6543"});
+  ::unsetenv("PGPORT");
+  EXPECT_NE(by_env.find("host='db2'"), std::string::npos) << by_env;
+  EXPECT_EQ(without_hosts("host=db1,db2 dbname=x", {"db1:6543"}), "host=db1,db2 dbname=x");
   // One host: nothing to leave it for.
   EXPECT_EQ(without_hosts("host=db1 dbname=x", {"db1:5432"}), "host=db1 dbname=x");
 }
