@@ -31,9 +31,12 @@ if [ -n "${LOG_FORWARD:-}" ]; then
   [ -x "$RSYSLOGD_BIN" ] ||
     refuse "LOG_FORWARD needs rsyslogd (Debian packages rsyslog and rsyslog-relp; run 'make deps')"
 fi
-case $DATA_DIR in *[!A-Za-z0-9_./@+,=-]*)
-  refuse "DATA_DIR must be a path of letters, digits and _ . / @ + , = - only (nginx.conf takes it as it is)" ;;
-esac
+plain_path() {  # as given, and again resolved (a relative one may sit under any directory)
+  case $1 in *[!A-Za-z0-9_./@+,=-]*)
+    refuse "DATA_DIR ($1) must be a path of letters, digits and _ . / @ + , = - only (nginx.conf takes it as it is)" ;;
+  esac
+}
+plain_path "$DATA_DIR"
 
 refuse_link() {  # a link at $1 that another user made
   if [ -L "$1" ] && [ "$(stat -c %u "$1")" != "$(id -u)" ]; then
@@ -48,6 +51,7 @@ else
   mkdir -p "$DATA_DIR"
   DATA_DIR=$(cd "$DATA_DIR" && pwd -P)
 fi
+plain_path "$DATA_DIR"
 export DATA_DIR
 # One launcher per DATA_DIR: a lock on the directory, held by the supervisor (fd 9). Opened as
 # "$DATA_DIR/.": should DATA_DIR be swapped for a link since it was resolved (its parent someone

@@ -18,12 +18,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import APP_BIN, ROOT, Server, free_port, record, wait_for  # noqa: E402
 
 
-def run_sh(env, timeout=30):
+def run_sh(env, timeout=30, cwd=None):
     """Runs scripts/run.sh expecting it to refuse; returns (exit status, output). Should it serve
     instead, it is stopped with SIGTERM (which stops the app and nginx it started) and the test
     fails on its exit status."""
     p = subprocess.Popen([os.path.join(ROOT, "scripts", "run.sh")], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+                         stderr=subprocess.STDOUT, text=True, cwd=cwd)
     try:
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -134,6 +134,18 @@ class Supervisor(unittest.TestCase):
             self.assertFalse(os.path.islink(os.path.join(d, "openapi.yaml")))
         with open(victim) as f:
             self.assertEqual(f.read(), "untouched\n")
+
+    def test_a_relative_data_dir_under_a_path_nginx_cannot_take_is_refused(self):
+        # DATA_DIR=var is plain; the directory it resolves to, under a working directory with a
+        # space, is not: nginx.conf takes the resolved path as it is.
+        top = tempfile.mkdtemp(prefix="tdapi-cwd-")
+        self.addCleanup(shutil.rmtree, top, True)
+        cwd = os.path.join(top, "with space")
+        os.mkdir(cwd)
+        rc, out = run_sh(dict(os.environ, APP_BIN=APP_BIN, DATA_DIR="var", PORT=str(free_port())),
+                         cwd=cwd)
+        self.assertEqual(rc, 78, out)
+        self.assertIn(f"DATA_DIR ({cwd}/var) must be a path of letters", out)
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_nginx_runs_as_the_service_user_so_a_link_at_its_access_log_leads_nowhere(self):
