@@ -407,8 +407,10 @@ def temp_dir(path, user):
     try:
         os.fchmod(fds[-1], 0o700)
         if user != "root":
+            # All of it, as DATA_DIR's tree: nothing in it may be another user's (who could keep
+            # a directory of nginx's temp files open).
             pw = pwd.getpwnam(user)
-            os.fchown(fds[-1], pw.pw_uid, pw.pw_gid)
+            chown_tree(fds[-1], pw.pw_uid, pw.pw_gid, "NGINX_TEMP_DIR=" + path)
     finally:
         close_all(fds)
 

@@ -457,6 +457,15 @@ class Supervisor(unittest.TestCase):
             self.assertEqual((st.st_uid, st.st_mode & 0o7777), (0, 0o755), path)
         st = os.stat(temp)
         self.assertEqual((st.st_uid, st.st_mode & 0o7777), (service.pw_uid, 0o700))
+        # An existing one holding another user's directory (who may keep it open) is refused.
+        nobody = pwd.getpwnam("nobody")
+        held = os.path.join(temp, "client_body")
+        os.makedirs(held, exist_ok=True)
+        os.chown(held, nobody.pw_uid, nobody.pw_gid)
+        rc, out = run_sh(dict(os.environ, APP_BIN=APP_BIN, DATA_DIR=tempfile.mkdtemp(dir=top),
+                              NGINX_TEMP_DIR=temp, PORT=str(free_port())))
+        self.assertEqual(rc, 78, out)
+        self.assertIn(f"NGINX_TEMP_DIR={temp}/client_body is nobody's", out)
 
     def test_listen_is_one_address_and_port_and_only_loopback_counts_as_loopback(self):
         d = tempfile.mkdtemp(prefix="tdapi-listen-")
