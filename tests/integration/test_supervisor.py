@@ -62,6 +62,14 @@ def _ppid(pid):
         return None
 
 
+def searchable_temp_dir(test, prefix):
+    """A temp dir of root's, 0755 (the service user may pass), removed after the test."""
+    top = tempfile.mkdtemp(prefix=prefix)
+    test.addCleanup(shutil.rmtree, top, True)
+    os.chmod(top, 0o755)
+    return top
+
+
 class Supervisor(unittest.TestCase):
     def test_a_second_run_sh_on_the_same_data_dir_is_refused_and_the_first_keeps_serving(self):
         with Server() as s:
@@ -251,9 +259,7 @@ class Supervisor(unittest.TestCase):
         # the way and locked DATA_DIR it swaps that directory for a link of its own to a root
         # directory: root gave the tree there (chmod, chown) to the service user.
         service = pwd.getpwnam("testdata-api")
-        top = tempfile.mkdtemp(prefix="tdapi-swap-")
-        self.addCleanup(shutil.rmtree, top, True)
-        os.chmod(top, 0o755)
+        top = searchable_temp_dir(self, "tdapi-swap-")
         theirs = os.path.join(top, "theirs")
         q = os.path.join(theirs, "q")
         os.makedirs(q)
@@ -294,9 +300,7 @@ class Supervisor(unittest.TestCase):
         # can only be root) has it open to read.
         import threading
         service = pwd.getpwnam("testdata-api")
-        top = tempfile.mkdtemp(prefix="tdapi-fifo-")
-        self.addCleanup(shutil.rmtree, top, True)
-        os.chmod(top, 0o755)
+        top = searchable_temp_dir(self, "tdapi-fifo-")
         fifo = os.path.join(top, "fifo")
         os.mkfifo(fifo, 0o600)
         theirs = os.path.join(top, "theirs")
@@ -349,9 +353,7 @@ class Supervisor(unittest.TestCase):
 
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_a_data_dir_under_a_closed_directory_gets_an_acl_there_and_only_there(self):
-        top = tempfile.mkdtemp(prefix="tdapi-closed-")
-        self.addCleanup(shutil.rmtree, top, True)
-        os.chmod(top, 0o755)
+        top = searchable_temp_dir(self, "tdapi-closed-")
         closed = os.path.join(top, "closed")  # like /root
         os.makedirs(os.path.join(closed, "open"))
         os.chmod(closed, 0o700)
@@ -371,9 +373,7 @@ class Supervisor(unittest.TestCase):
     def test_the_acl_on_a_closed_parent_widens_no_other_entry(self):
         # A closed parent whose ACL mask narrows a group entry (g:adm:rwx, mask r-x: adm may
         # not write there). setfacl -m recalculated the mask to rwx: adm could write.
-        top = tempfile.mkdtemp(prefix="tdapi-mask-")
-        self.addCleanup(shutil.rmtree, top, True)
-        os.chmod(top, 0o755)
+        top = searchable_temp_dir(self, "tdapi-mask-")
         closed = os.path.join(top, "closed")
         os.mkdir(closed)
         os.chmod(closed, 0o750)
@@ -409,9 +409,7 @@ class Supervisor(unittest.TestCase):
         # user, the service's records were readable through that descriptor (chown and chmod
         # revoke no open file).
         nobody = pwd.getpwnam("nobody")
-        top = tempfile.mkdtemp(prefix="tdapi-adopt-")
-        self.addCleanup(shutil.rmtree, top, True)
-        os.chmod(top, 0o755)
+        top = searchable_temp_dir(self, "tdapi-adopt-")
         os.chown(top, nobody.pw_uid, nobody.pw_gid)
         d = os.path.join(top, "data")
         os.mkdir(d)
@@ -428,9 +426,7 @@ class Supervisor(unittest.TestCase):
     @unittest.skipUnless(os.geteuid() == 0, "the boundary is root vs the service user")
     def test_nginx_temp_dir_is_made_only_where_it_is_named_and_nginx_can_reach_it(self):
         service = pwd.getpwnam("testdata-api")
-        top = tempfile.mkdtemp(prefix="tdapi-ntemp-")
-        self.addCleanup(shutil.rmtree, top, True)
-        os.chmod(top, 0o755)
+        top = searchable_temp_dir(self, "tdapi-ntemp-")
         victim = os.path.join(top, "victim")
         os.mkdir(victim)
         theirs = os.path.join(top, "theirs")  # the service user's directory, its link in it
