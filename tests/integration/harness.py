@@ -336,6 +336,18 @@ def copy_database(target, name):
     return copy
 
 
+def terminate(proc, timeout=30):
+    """SIGTERM to a child process (a Popen), SIGKILL if it has not ended within timeout."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def wait_for(predicate, timeout=10.0):
     """Polls predicate until it is true (returns True) or timeout seconds pass (False)."""
     deadline = time.monotonic() + timeout

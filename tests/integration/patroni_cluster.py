@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 
-from harness import free_port
+from harness import free_port, terminate
 
 PG_USER = "tdapi"
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -170,13 +170,7 @@ class Node:
 
     def stop(self):
         """A clean stop: SIGTERM to Patroni (it stops PostgreSQL), then whatever is left."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
         for pid in self.postgres_pids():  # Patroni killed before it stopped its server
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -281,13 +275,7 @@ class PatroniCluster:
                 n.stop()
             except Exception as e:  # noqa: BLE001 -- the rest must still stop
                 errors.append(f"{n.name}: {e!r}")
-        if self.etcd and self.etcd.poll() is None:
-            self.etcd.send_signal(signal.SIGTERM)
-            try:
-                self.etcd.wait(20)
-            except subprocess.TimeoutExpired:
-                self.etcd.kill()
-                self.etcd.wait(10)
+        terminate(self.etcd, 20)
         if not os.environ.get("KEEP_DATA"):
             shutil.rmtree(self.dir, ignore_errors=True)
         if errors:

@@ -23,7 +23,7 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import ROOT, Server, free_port, record, wait_for  # noqa: E402
+from harness import ROOT, Server, free_port, record, terminate, wait_for  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
@@ -72,13 +72,7 @@ class Collector:
             return False
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if self.proc:
             self.out.close()
         self.proc = None
