@@ -156,7 +156,7 @@ const std::vector<Setting> kSettings = {
    "/var/lib/testdata-api (database, backups); socket in /run/testdata-api; logs in the journal "
    "and /var/log/nginx/testdata-api.*", "make run",
    "The database, socket and pid files (run/), logs (logs/), the rendered nginx.conf, nginx's "
-   "temp dirs."},
+   "temp dirs; with PostgreSQL, the failover fence (postgresql-timeline)."},
   {"SOCKET", K::kPath, 0, 0, "",
    "`$RUNTIME_DIRECTORY/app.sock` under systemd, else `$DATA_DIR/run/app.sock`", P::kFixed, "",
    "/run/testdata-api/app.sock (the unit's RuntimeDirectory); node N: app-N.sock", "make run",
