@@ -169,6 +169,18 @@ constexpr auto kFencedHostSkip = std::chrono::seconds(60);
   "(SELECT system_identifier FROM pg_control_system())::text, CASE WHEN" \
   " NOT pg_is_in_recovery() THEN pg_walfile_name(pg_current_wal_lsn()) END"
 
+// The server's history from the kHealthFence columns at `col` and col + 1 of a one-row result:
+// not known() on a standby (no WAL file name) or for an answer that is not one.
+ServerTimeline history_at(const PGresult* r, int col) {
+  ServerTimeline t;
+  if (PQntuples(r) != 1 || PQgetisnull(r, 0, col + 1) ||
+      !timeline_of_walfile(value_view(r, 0, col + 1), t.timeline)) {
+    return ServerTimeline{};
+  }
+  t.system_identifier.assign(value_view(r, 0, col));
+  return t;
+}
+
 }  // namespace
 
 // The writer connection's side of the group-commit engine (store/write_engine.h).
@@ -221,12 +233,11 @@ class PgStore::Backend : public WriteBackend {
     if (!result_ok(r)) return writer->error(r.get(), "take the write lock");
     xid_.assign(value_view(r.get(), 0, 1));
     if (!fencing) return Status::Ok();
-    ServerTimeline server;
-    server.system_identifier.assign(value_view(r.get(), 0, 2));
     if (PQgetisnull(r.get(), 0, 3)) {
       return Status::ReadOnly("take the write lock: the server is a standby (in recovery)");
     }
-    if (!timeline_of_walfile(value_view(r.get(), 0, 3), server.timeline)) {
+    const ServerTimeline server = history_at(r.get(), 2);
+    if (!server.known()) {
       return Status::Internal("take the write lock: no WAL timeline in the server's answer");
     }
     txn_server_ = server;
@@ -450,10 +461,8 @@ class PgStore::Backend : public WriteBackend {
       Status asked = writer->error(r.get(), "pg_xact_status");
       return Status::OutcomeUnknown(what + "; asking what became of it failed: " + asked.message());
     }
-    ServerTimeline now;
-    if (fencing) now.system_identifier.assign(value_view(r.get(), 0, 2));
-    if (fencing &&
-        (!timeline_of_walfile(value_view(r.get(), 0, 3), now.timeline) || now != txn_server_)) {
+    const ServerTimeline now = fencing ? history_at(r.get(), 2) : ServerTimeline{};
+    if (fencing && now != txn_server_) {
       return Status::OutcomeUnknown(
           what + "; the server reached now is " + (now.known() ? now.text() : "a standby") +
           ", not the one the transaction ran on (" + txn_server_.text() + "): it cannot say");
@@ -654,10 +663,8 @@ Status PgStore::connect(std::unique_ptr<Connection>& out, const std::string& giv
                               (fence ? " SELECT " kHealthFence : "");
     PgResult r = conn->exec(setup.c_str());
     if (!result_ok(r)) return conn->error(r.get(), "configure the connection");
-    ServerTimeline server;
-    if (fence && PQntuples(r.get()) == 1 && !PQgetisnull(r.get(), 0, 1) &&
-        timeline_of_walfile(value_view(r.get(), 0, 1), server.timeline)) {
-      server.system_identifier.assign(value_view(r.get(), 0, 0));
+    const ServerTimeline server = fence ? history_at(r.get(), 0) : ServerTimeline{};
+    if (server.known()) {
       Status fenced = check_fence(server, /*advance=*/false);
       if (fenced.code() == StatusCode::kFenced) {
         skip_fenced_host(*conn);
@@ -1300,10 +1307,8 @@ Status PgStore::check_health() {
       size_read_at_ = std::chrono::steady_clock::now();
     }
     status = Status::Ok();
-    ServerTimeline server;
-    if (fencing) server.system_identifier.assign(value_view(r.get(), 0, 1));
-    if (fencing && !PQgetisnull(r.get(), 0, 2) &&
-        timeline_of_walfile(value_view(r.get(), 0, 2), server.timeline)) {
+    const ServerTimeline server = fencing ? history_at(r.get(), 1) : ServerTimeline{};
+    if (server.known()) {
       status = check_fence(server, /*advance=*/false);
       if (status.code() == StatusCode::kFenced) {
         skip_fenced_host(c);
@@ -1333,12 +1338,8 @@ Status PgStore::start_fencing() {
     return Status::Ok();
   }
   fencing_ = true;
-  ServerTimeline server;
-  server.system_identifier.assign(value_view(r.get(), 0, 0));
-  if (PQgetisnull(r.get(), 0, 1) ||
-      !timeline_of_walfile(value_view(r.get(), 0, 1), server.timeline)) {
-    return Status::Ok();  // a standby: nothing is written there
-  }
+  const ServerTimeline server = history_at(r.get(), 0);
+  if (!server.known()) return Status::Ok();  // a standby: nothing is written there
   Status fenced = check_fence(server, /*advance=*/false);
   if (fenced.code() != StatusCode::kFenced) return Status::Ok();
   // The writer reached a fenced former primary: connections leave it out from now on (and

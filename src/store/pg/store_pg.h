@@ -168,8 +168,9 @@ class PgStore : public EngineStore, public ImportTarget {
   Status with_replica_reader(const char* what, const std::function<Status(Connection&)>& fn);
   // After a COMMIT on the writer connection: remembers where it is in the log (read_url only).
   void note_commit_position(Connection& writer);
-  // Whether a write may go to `server` (the fence, timeline.h): Ok, or Unavailable saying why
-  // not. advance: a later history than the fence's becomes the fence (saved first).
+  // Whether a write may go to `server` (the fence, timeline.h): Ok, or Fenced saying why not
+  // (Unavailable when the fence file cannot be read or moved). advance: a later history than the
+  // fence's becomes the fence (saved first).
   Status check_fence(const ServerTimeline& server, bool advance) const EXCLUDES(fence_mu_);
   // At open, with a timeline file: whether this role may read the server's history (else
   // fencing is off, with a warning) and, when the writer reached a fenced server, a connection
