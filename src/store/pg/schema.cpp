@@ -102,6 +102,13 @@ const Migration kMigrations[] = {
      "    'unknown', NULL, doc FROM tests;"
      "SELECT setval(pg_get_serial_sequence('test_versions', 'change_seq'),"
      "  coalesce(max(change_seq), 1), max(change_seq) IS NOT NULL) FROM test_versions;"},
+    // A create writes one date index, not two: tests_by_updated holds only the tests whose
+    // updated_at is not their created_at (those a correction moved on). An updated range is
+    // those of it in the range and the others found through tests_by_created (list_range_sql).
+    {"the updated_at index only of corrected tests",
+     "DROP INDEX tests_by_updated;"
+     "CREATE INDEX tests_by_updated ON tests (clinic_id, updated_at, seq)"
+     "  WHERE updated_at <> created_at;"},
 };
 
 static_assert(sizeof kMigrations / sizeof kMigrations[0] == PgStore::kSchemaVersion,

@@ -143,13 +143,28 @@ std::string list_sql(unsigned mask) {
 }
 // The range's next rows after a seq, found through the range's index: the matching seqs first
 // (ordered by an expression no index has, so that no ordered walk of the clinic is taken), then
-// their documents.
+// their documents. An updated range without a created one has two parts (migration 4): the
+// tests a correction moved on, through tests_by_updated (which holds only those), and the
+// others, whose updated_at is their created_at, through tests_by_created with the same bounds.
 std::string list_range_sql(unsigned mask) {
+  constexpr unsigned kCreated = 0x18, kUpdated = 0x60;  // bits 3-4, 5-6
   const int n = list_param_count(mask);
+  std::string conditions;
+  if ((mask & kUpdated) && !(mask & kCreated)) {
+    const std::string as_updated = list_conditions(mask, kUpdated).substr(5);  // no " AND "
+    std::string as_created = as_updated;
+    for (size_t at = 0; (at = as_created.find("updated_at", at)) != std::string::npos;) {
+      as_created.replace(at, 10, "created_at");
+    }
+    conditions = list_conditions(mask, ~kUpdated) + " AND ((updated_at = created_at AND " +
+                 as_created + ") OR (updated_at <> created_at AND " + as_updated + "))";
+  } else {
+    conditions = list_conditions(mask, ~0u);
+  }
   return "SELECT doc, seq FROM tests WHERE (seq + 0) IN (SELECT seq + 0 FROM tests"
          " WHERE clinic_id = $1" +
-         list_conditions(mask, ~0u) + " AND seq > $" + std::to_string(n - 1) +
-         " ORDER BY seq * 1 LIMIT $" + std::to_string(n) + ") ORDER BY seq + 0";
+         conditions + " AND seq > $" + std::to_string(n - 1) + " ORDER BY seq * 1 LIMIT $" +
+         std::to_string(n) + ") ORDER BY seq + 0";
 }
 
 // A listing reads at most kListPageRows rows (internal.h), aiming at this many bytes, per query,

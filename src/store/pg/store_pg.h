@@ -139,7 +139,7 @@ class PgStore : public EngineStore, public ImportTarget {
   Status max_seqs(long long& tests_seq, long long& audit_seq) override;
 
   // Migrations, oldest first; kSchemaVersion is their count.
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   struct Connection;  // a libpq connection and the statements prepared on it
 

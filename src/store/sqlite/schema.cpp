@@ -125,6 +125,15 @@ const char kLazyFirstVersionSchema[] =
     "DROP INDEX tests_by_status;"
     "CREATE INDEX tests_by_status ON tests (clinic_id, status, seq) WHERE status <> 'final';";
 
+// Version 6: tests_by_updated holds only the tests whose updated_at is not their created_at
+// (those a correction moved on): a create writes one date index, not two. An updated range is
+// the tests of that index in the range, and those whose updated_at is their created_at found
+// through tests_by_created (list_sql): the same rows, none outside the range read from it.
+const char kUpdatedOnlyOfCorrectedSchema[] =
+    "DROP INDEX tests_by_updated;"
+    "CREATE INDEX tests_by_updated ON tests (clinic_id, updated_at, seq)"
+    " WHERE updated_at <> created_at;";
+
 // kMigrations[v - 1] takes the schema from version v to v + 1.
 const char* const kMigrations[] = {
     // 1 -> 2: `seq` was max(rowid)+1, so deleting the newest row would hand its number to the
@@ -139,6 +148,8 @@ const char* const kMigrations[] = {
     kVersionsSchema,
     // 4 -> 5: version 1 in the tests row; the status index only of tests not final.
     kLazyFirstVersionSchema,
+    // 5 -> 6: the updated_at index only of tests a correction moved on.
+    kUpdatedOnlyOfCorrectedSchema,
 };
 static_assert(sizeof kMigrations / sizeof kMigrations[0] == SqliteStore::kSchemaVersion - 1,
               "one migration per schema version");

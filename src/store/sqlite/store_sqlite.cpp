@@ -211,19 +211,39 @@ constexpr int kRangeFilters = kCreatedFrom | kCreatedTo | kUpdatedFrom | kUpdate
 
 // One listing statement per combination of filters. Without a date range: the covering index
 // (clinic_id, seq, doc), or the patient's, type's or status's index, in seq order. With one, its
-// index is named (tests_by_created, else tests_by_updated): only the rows inside the range are
-// read, then sorted by seq (created_at and updated_at are not in seq order: a correction moves
-// updated_at, a clock may step back), rather than walking the clinic's rows in seq order and
-// skipping those outside the range. That sort reads every row of the range after the page's
-// seq, so list_tests takes it only where the range is sparse in seq order (list_walk_sql).
+// index is named: only the rows inside the range are read, then sorted by seq (created_at and
+// updated_at are not in seq order: a correction moves updated_at, a clock may step back), rather
+// than walking the clinic's rows in seq order and skipping those outside the range. That sort
+// reads every row of the range after the page's seq, so list_tests takes it only where the range
+// is sparse in seq order (list_walk_sql).
+// A created range is read from tests_by_created. An updated range has two parts (schema 6):
+// the tests a correction moved on, from tests_by_updated (which holds only those), and the
+// others, whose updated_at is their created_at, from tests_by_created with the same bounds.
 std::string list_sql(int filters) {
   std::string sql = "SELECT doc, seq FROM tests";
   if (filters & (kCreatedFrom | kCreatedTo)) {
-    sql += " INDEXED BY tests_by_created";
+    sql += " INDEXED BY tests_by_created WHERE";
   } else if (filters & (kUpdatedFrom | kUpdatedTo)) {
-    sql += " INDEXED BY tests_by_updated";
+    std::string as_created, as_updated;
+    if (filters & kUpdatedFrom) {
+      as_created += " AND created_at >= ?9";
+      as_updated += " AND updated_at >= ?9";
+    }
+    if (filters & kUpdatedTo) {
+      as_created += " AND created_at < ?10";
+      as_updated += " AND updated_at < ?10";
+    }
+    // NOT INDEXED: the two parts' rows by rowid (SQLite took a walk of the clinic otherwise).
+    sql +=
+        " NOT INDEXED WHERE rowid IN (SELECT rowid FROM tests INDEXED BY tests_by_created WHERE clinic_id = ?1" +
+        as_created +
+        " AND updated_at = created_at AND seq > ?4 UNION ALL SELECT rowid FROM tests INDEXED BY"
+        " tests_by_updated WHERE clinic_id = ?1 AND updated_at <> created_at" +
+        as_updated + " AND seq > ?4) AND";
+  } else {
+    sql += " WHERE";
   }
-  sql += " WHERE clinic_id = ?1";
+  sql += " clinic_id = ?1";
   if (filters & kByPatient) sql += " AND patient_id = ?2";
   if (filters & kByType) sql += " AND test_type = ?3";
   if (filters & kByStatus) sql += " AND status = ?6";
@@ -304,7 +324,8 @@ const BtreeWalk kBtreeWalks[] = {
     {"tests INDEXED BY tests_by_patient", "clinic_id, patient_id, seq, rowid", 4, ""},
     {"tests INDEXED BY tests_by_type", "clinic_id, test_type, seq, rowid", 4, ""},
     {"tests INDEXED BY tests_by_created", "clinic_id, created_at, seq, rowid", 4, ""},
-    {"tests INDEXED BY tests_by_updated", "clinic_id, updated_at, seq, rowid", 4, ""},
+    {"tests INDEXED BY tests_by_updated", "clinic_id, updated_at, seq, rowid", 4, "",
+     "updated_at <> created_at"},
     {"tests INDEXED BY tests_by_status", "clinic_id, status, seq, rowid", 4, "",
      "status <> 'final'"},
     {"test_versions", "change_seq", 1,

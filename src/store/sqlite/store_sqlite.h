@@ -155,8 +155,9 @@ class SqliteStore : public EngineStore {
   // 1: the first release. 2: counters.last_seq, so a seq is never handed out twice.
   // 3: api_keys and the audit trail. 4: versions (status, version, updated_at, test_versions),
   // the change feed and the date-range indexes. 5: a test's version 1 stays in its tests row
-  // until its first correction (schema.cpp, kLazyFirstVersionSchema).
-  static constexpr int kSchemaVersion = 5;
+  // until its first correction (schema.cpp, kLazyFirstVersionSchema). 6: tests_by_updated only
+  // of the tests whose updated_at is not their created_at (kUpdatedOnlyOfCorrectedSchema).
+  static constexpr int kSchemaVersion = 6;
   // WAL size (pages) at which the checkpoint thread is woken; at four times this the writer
   // finishes the checkpoint itself, so the WAL restarts and stays bounded.
   static constexpr int kCheckpointPages = 1000;

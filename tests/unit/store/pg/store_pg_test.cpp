@@ -172,7 +172,9 @@ TEST_F(PgStoreTest, TimeRangesAndStatusAreServedFromTheirIndexes) {
   EXPECT_EQ(plan.find("Rows Removed by Filter"), std::string::npos) << plan;
   EXPECT_EQ(list_ids_paged(*store, q, 37), want);
 
-  // A day of updated_at: its rows are spread over a week of seqs.
+  // A day of updated_at: its rows are spread over a week of seqs. One in seven has updated_at
+  // = created_at (as an uncorrected test does): those are found through tests_by_created,
+  // the others through tests_by_updated, which holds only them.
   q = ListQuery();
   q.clinic_id = "big";
   q.updated_from = "2026-02-10T00:00:00.000Z";
@@ -182,7 +184,12 @@ TEST_F(PgStoreTest, TimeRangesAndStatusAreServedFromTheirIndexes) {
   EXPECT_EQ(list_ids(*store, q), want);
   plan = plan_of("seq * 1", "'big', '2026-02-10T00:00:00.000Z', '2026-02-11T00:00:00.000Z', 0, 16");
   EXPECT_NE(plan.find("tests_by_updated"), std::string::npos) << plan;
+  EXPECT_NE(plan.find("tests_by_created"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("tests_by_clinic"), std::string::npos) << plan;
   EXPECT_EQ(plan.find("Seq Scan"), std::string::npos) << plan;
+  EXPECT_EQ(sql("SELECT count(*) FROM tests WHERE clinic_id = 'big' AND updated_at = created_at"
+                " AND updated_at >= '2026-02-10' AND updated_at < '2026-02-11'") != "0",
+            true);
   EXPECT_EQ(list_ids_paged(*store, q, 100), want);
 
   // Retracted results: 200 of the clinic's 100,000.
