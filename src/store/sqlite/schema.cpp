@@ -128,10 +128,11 @@ const char kLazyFirstVersionSchema[] =
 // Version 6: tests_by_updated holds only the tests whose updated_at is not their created_at
 // (those a correction moved on): a create writes one date index, not two. An updated range is
 // the tests of that index in the range, and those whose updated_at is their created_at found
-// through tests_by_created (list_sql): the same rows, none outside the range read from it.
+// through tests_by_created (list_sql). created_at is in the index so that its WHERE is read
+// from the index, not from each test's row.
 const char kUpdatedOnlyOfCorrectedSchema[] =
-    "DROP INDEX tests_by_updated;"
-    "CREATE INDEX tests_by_updated ON tests (clinic_id, updated_at, seq)"
+    "DROP INDEX IF EXISTS tests_by_updated;"
+    "CREATE INDEX tests_by_updated ON tests (clinic_id, updated_at, seq, created_at)"
     " WHERE updated_at <> created_at;";
 
 // kMigrations[v - 1] takes the schema from version v to v + 1.

@@ -219,6 +219,9 @@ constexpr int kRangeFilters = kCreatedFrom | kCreatedTo | kUpdatedFrom | kUpdate
 // A created range is read from tests_by_created. An updated range has two parts (schema 6):
 // the tests a correction moved on, from tests_by_updated (which holds only those), and the
 // others, whose updated_at is their created_at, from tests_by_created with the same bounds.
+// Each part is read from its index alone; the tests the second part finds with an updated_at
+// outside the range (corrected since) are dropped by the range's own bounds, after the lookup
+// of their row.
 std::string list_sql(int filters) {
   std::string sql = "SELECT doc, seq FROM tests";
   if (filters & (kCreatedFrom | kCreatedTo)) {
@@ -235,10 +238,11 @@ std::string list_sql(int filters) {
     }
     // NOT INDEXED: the two parts' rows by rowid (SQLite took a walk of the clinic otherwise).
     sql +=
-        " NOT INDEXED WHERE rowid IN (SELECT rowid FROM tests INDEXED BY tests_by_created WHERE clinic_id = ?1" +
+        " NOT INDEXED WHERE rowid IN (SELECT rowid FROM tests INDEXED BY tests_by_created"
+        " WHERE clinic_id = ?1" +
         as_created +
-        " AND updated_at = created_at AND seq > ?4 UNION ALL SELECT rowid FROM tests INDEXED BY"
-        " tests_by_updated WHERE clinic_id = ?1 AND updated_at <> created_at" +
+        " AND seq > ?4 UNION ALL SELECT rowid FROM tests INDEXED BY tests_by_updated WHERE"
+        " clinic_id = ?1 AND updated_at <> created_at" +
         as_updated + " AND seq > ?4) AND";
   } else {
     sql += " WHERE";
@@ -324,7 +328,7 @@ const BtreeWalk kBtreeWalks[] = {
     {"tests INDEXED BY tests_by_patient", "clinic_id, patient_id, seq, rowid", 4, ""},
     {"tests INDEXED BY tests_by_type", "clinic_id, test_type, seq, rowid", 4, ""},
     {"tests INDEXED BY tests_by_created", "clinic_id, created_at, seq, rowid", 4, ""},
-    {"tests INDEXED BY tests_by_updated", "clinic_id, updated_at, seq, rowid", 4, "",
+    {"tests INDEXED BY tests_by_updated", "clinic_id, updated_at, seq, created_at, rowid", 5, "",
      "updated_at <> created_at"},
     {"tests INDEXED BY tests_by_status", "clinic_id, status, seq, rowid", 4, "",
      "status <> 'final'"},
