@@ -348,6 +348,20 @@ def terminate(proc, timeout=30):
         proc.wait(10)
 
 
+def stopped(pid):
+    """True once every thread of pid is in the stopped state (SIGSTOP takes effect
+    asynchronously: until then a thread woken by a request can still answer it)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        states = []
+        for t in tasks:
+            with open(f"/proc/{pid}/task/{t}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+    except OSError:
+        return False
+    return all(st in ("T", "t") for st in states)
+
+
 def wait_for(predicate, timeout=10.0):
     """Polls predicate until it is true (returns True) or timeout seconds pass (False)."""
     deadline = time.monotonic() + timeout

@@ -9,21 +9,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Server, record, wait_for  # noqa: E402
-
-
-def stopped(pid):
-    """True once every thread of pid is in the stopped state (SIGSTOP takes effect
-    asynchronously: until then a thread woken by a request can still answer it)."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-        states = []
-        for t in tasks:
-            with open(f"/proc/{pid}/task/{t}/stat") as f:
-                states.append(f.read().rsplit(")", 1)[1].split()[0])
-    except OSError:
-        return False
-    return all(st in ("T", "t") for st in states)
+from harness import Server, record, stopped, wait_for  # noqa: E402
 
 
 class NginxErrors(unittest.TestCase):

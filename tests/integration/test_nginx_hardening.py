@@ -26,7 +26,7 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import APP_BIN, ROOT, Server, database_target, record, wait_for  # noqa: E402
+from harness import APP_BIN, ROOT, Server, database_target, record, stopped, wait_for  # noqa: E402
 
 ATTACKER = "127.0.0.2"
 
@@ -475,6 +475,8 @@ class KeylessBodies(unittest.TestCase):
             app = s.pid_of("app")
             os.kill(app, signal.SIGSTOP)
             try:
+                # (SIGSTOP takes effect asynchronously: a thread still running answered 401 once)
+                self.assertTrue(wait_for(lambda: stopped(app)))
                 status, headers, body = request_from(s.port, "127.0.0.1", "POST", "/tests/batch", [record("kc")],
                                                      headers={"Authorization": "Bearer tdk_" + "1" * 16 + "_" + "2" * 64})
             finally:

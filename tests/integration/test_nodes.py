@@ -29,7 +29,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fcgi_client  # noqa: E402
-from harness import APP_BIN, ROOT, Server, free_port, record, wait_for  # noqa: E402
+from harness import APP_BIN, ROOT, Server, free_port, record, stopped, wait_for  # noqa: E402
 
 NODES = 3
 PG_REASON = ("TEST_PG_HOST is not set: the PostgreSQL part of this suite runs under the "
@@ -330,6 +330,7 @@ class NodesOnPostgres(unittest.TestCase):
             os.kill(hung, signal.SIGSTOP)
             posts = []
             try:
+                self.assertTrue(wait_for(lambda: stopped(hung)))
                 # In turn, one of three POSTs goes to node 3: it times out there (504), and is
                 # not passed on to another node (which would answer 201).
                 for i in range(6):
