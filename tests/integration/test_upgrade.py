@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import APP_BIN, ROOT, Server, record  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
-CURRENT_SCHEMA = 6  # the schema this build creates (SqliteStore::kSchemaVersion)
+CURRENT_SCHEMA = 7  # the schema this build creates (SqliteStore::kSchemaVersion)
 
 
 def fixtures():

@@ -135,6 +135,21 @@ const char kUpdatedOnlyOfCorrectedSchema[] =
     "CREATE INDEX tests_by_updated ON tests (clinic_id, updated_at, seq, created_at)"
     " WHERE updated_at <> created_at;";
 
+// Version 7: no index of created_at in every create. The service takes created_at under the
+// write lock, so it grows with seq: a created range is a range of seq, found in created_marks
+// (the first seq of each created_at, one row per transaction) and walked in the clinic's own
+// index (list_sql). The tests that break that order (a clock stepped back, a created_at that is
+// not this service's own form) are marked created_late and kept in tests_created_late, which
+// holds only those; ranges add them. created_at itself is never changed. The migration marks
+// the rows of an existing file (kRebuildCreatedOrderSql).
+const char kCreatedOrderSchema[] =
+    "ALTER TABLE tests ADD COLUMN created_late INTEGER;"
+    "CREATE TABLE created_marks (created_at TEXT PRIMARY KEY NOT NULL, seq INTEGER NOT NULL)"
+    " STRICT, WITHOUT ROWID;"
+    "DROP INDEX IF EXISTS tests_by_created;"
+    "CREATE INDEX tests_created_late ON tests (clinic_id, created_at, seq)"
+    " WHERE created_late = 1;";
+
 // kMigrations[v - 1] takes the schema from version v to v + 1.
 const char* const kMigrations[] = {
     // 1 -> 2: `seq` was max(rowid)+1, so deleting the newest row would hand its number to the
@@ -151,17 +166,42 @@ const char* const kMigrations[] = {
     kLazyFirstVersionSchema,
     // 5 -> 6: the updated_at index only of tests a correction moved on.
     kUpdatedOnlyOfCorrectedSchema,
+    // 6 -> 7: created ranges as ranges of seq (its rows: kRebuildCreatedOrderSql, below).
+    kCreatedOrderSchema,
 };
 static_assert(sizeof kMigrations / sizeof kMigrations[0] == SqliteStore::kSchemaVersion - 1,
               "one migration per schema version");
 
 }  // namespace
 
+// created_at as this service writes it (utc_timestamp_ms): its text order is time order.
+#define TDAPI_OWN_TIMESTAMP(column)                                   \
+  column                                                              \
+      " GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:" \
+      "[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'"
+// Marks every test whose created_at is below one of a test before it in seq order (or is not
+// in the service's own form) created_late, and writes created_marks from the others: each
+// created_at with the first seq that has it. In seq order the tests not marked have
+// non-decreasing created_at, which is what list_sql's ranges of seq rely on.
+const char kRebuildCreatedOrderSql[] =
+    "UPDATE tests SET created_late = NULL WHERE created_late IS NOT NULL;"
+    "DELETE FROM created_marks;"
+    "UPDATE tests SET created_late = 1 WHERE rowid IN (SELECT r FROM (SELECT rowid AS r,"
+    " created_at, " TDAPI_OWN_TIMESTAMP("created_at") " AS own, max(CASE WHEN "
+    TDAPI_OWN_TIMESTAMP("created_at") " THEN created_at END) OVER (ORDER BY seq ROWS BETWEEN"
+    " UNBOUNDED PRECEDING AND 1 PRECEDING) AS before FROM tests) WHERE NOT own OR created_at <"
+    " before);"
+    "INSERT INTO created_marks (created_at, seq) SELECT created_at, min(seq) FROM tests WHERE"
+    " created_late IS NULL GROUP BY created_at;";
+#undef TDAPI_OWN_TIMESTAMP
+
 Status SqliteStore::migrate_schema(sqlite3* db, int version) {
   const std::string& path = options_.path;
   std::string ddl = "BEGIN IMMEDIATE;";
   if (version == 0) ddl += kSchemaV1;
   for (int v = std::max(version, 1); v < kSchemaVersion; ++v) ddl += kMigrations[v - 1];
+  // A file from before version 7: mark its tests (kCreatedOrderSchema).
+  if (version > 0 && version < 7) ddl += kRebuildCreatedOrderSql;
   ddl += "PRAGMA user_version=" + std::to_string(kSchemaVersion) + "; COMMIT;";
   int rc = sqlite3_exec(db, ddl.c_str(), nullptr, nullptr, nullptr);
   if (rc != SQLITE_OK) {

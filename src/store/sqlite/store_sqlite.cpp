@@ -55,10 +55,11 @@ const char kAuditListSql[] =
   " 'last_change_seq'))) + 1 AS m)"
 // A new test is version 1 (updated_at = created_at), kept in its row (created_by set) until
 // its first correction: no test_versions row (schema.cpp, kLazyFirstVersionSchema).
+// ?10: created_late (1, or NULL), see Backend::insert_record.
 const char kInsertSql[] =
     "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at,"
-    " doc, status, version, updated_at, created_by) SELECT m, m, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
-    " 1, ?6, ?9 FROM " TDAPI_NEXT_CHANGE;
+    " doc, status, version, updated_at, created_by, created_late) SELECT m, m, ?1, ?2, ?3, ?4, ?5,"
+    " ?6, ?7, ?8, 1, ?6, ?9, ?10 FROM " TDAPI_NEXT_CHANGE;
 // A correction's row in test_versions, numbered next.
 const char kInsertVersionSql[] =
     "INSERT INTO test_versions (change_seq, test_id, version, clinic_id, status, changed_at,"
@@ -207,71 +208,97 @@ int list_filters(const ListQuery& q) {
          (q.status && *q.status != TestStatus::kFinal ? kStatusNotFinal : 0);
 }
 
-constexpr int kRangeFilters = kCreatedFrom | kCreatedTo | kUpdatedFrom | kUpdatedTo;
-
 // One listing statement per combination of filters. Without a date range: the covering index
-// (clinic_id, seq, doc), or the patient's, type's or status's index, in seq order. With one, its
-// index is named: only the rows inside the range are read, then sorted by seq (created_at and
-// updated_at are not in seq order: a correction moves updated_at, a clock may step back), rather
-// than walking the clinic's rows in seq order and skipping those outside the range. That sort
-// reads every row of the range after the page's seq, so list_tests takes it only where the range
-// is sparse in seq order (list_walk_sql).
-// A created range is read from tests_by_created. An updated range has two parts (schema 6):
-// the tests a correction moved on, from tests_by_updated (which holds only those), and the
-// others, whose updated_at is their created_at, from tests_by_created with the same bounds.
-// Each part is read from its index alone; the tests the second part finds with an updated_at
-// outside the range (corrected since) are dropped by the range's own bounds, after the lookup
-// of their row.
-std::string list_sql(int filters) {
-  std::string sql = "SELECT doc, seq FROM tests";
-  if (filters & (kCreatedFrom | kCreatedTo)) {
-    sql += " INDEXED BY tests_by_created WHERE";
-  } else if (filters & (kUpdatedFrom | kUpdatedTo)) {
-    std::string as_created, as_updated;
-    if (filters & kUpdatedFrom) {
-      as_created += " AND created_at >= ?9";
-      as_updated += " AND updated_at >= ?9";
-    }
-    if (filters & kUpdatedTo) {
-      as_created += " AND created_at < ?10";
-      as_updated += " AND updated_at < ?10";
-    }
-    // NOT INDEXED: the two parts' rows by rowid (SQLite took a walk of the clinic otherwise).
-    sql +=
-        " NOT INDEXED WHERE rowid IN (SELECT rowid FROM tests INDEXED BY tests_by_created"
-        " WHERE clinic_id = ?1" +
-        as_created +
-        " AND seq > ?4 UNION ALL SELECT rowid FROM tests INDEXED BY tests_by_updated WHERE"
-        " clinic_id = ?1 AND updated_at <> created_at" +
-        as_updated + " AND seq > ?4) AND";
-  } else {
-    sql += " WHERE";
-  }
-  sql += " clinic_id = ?1";
+// (clinic_id, seq, doc), or the patient's, type's or status's index, in seq order.
+//
+// A created range is a range of seq (schema version 7): created_marks gives the first seq of the
+// first created_at at or after each bound, and the tests not marked created_late have created_at
+// non-decreasing in seq, so those in the range are exactly those between the two seqs. That part
+// is walked in seq order in the same index as the listing without a range (each row's created_at
+// checked still, for a late test among them), and merged (UNION ALL ... ORDER BY, which SQLite
+// runs as a merge of the parts, each in seq order) with the late tests in the range outside
+// those seqs, from tests_created_late. A page reads the rows it returns, and the late ones.
+// An updated range has three parts: the tests a correction moved on, from tests_by_updated
+// (which holds only those; sorted by seq, so list_tests walks instead where that part is dense,
+// list_walk_sql), and the others, whose updated_at is their created_at, as a created range with
+// the same bounds.
+namespace {
+
+// The first seq of the first created_at at or after the bound ?param; past every seq if none.
+std::string first_seq_at(int param) {
+  return "coalesce((SELECT seq FROM created_marks WHERE created_at >= ?" + std::to_string(param) +
+         " ORDER BY created_at LIMIT 1), 9223372036854775807)";
+}
+
+// The equality filters, and the status's, as terms of a WHERE.
+std::string filter_terms(int filters) {
+  std::string sql;
   if (filters & kByPatient) sql += " AND patient_id = ?2";
   if (filters & kByType) sql += " AND test_type = ?3";
   if (filters & kByStatus) sql += " AND status = ?6";
   if (filters & kStatusNotFinal) sql += " AND status <> 'final'";
-  if (filters & kCreatedFrom) sql += " AND created_at >= ?7";
-  if (filters & kCreatedTo) sql += " AND created_at < ?8";
-  if (filters & kUpdatedFrom) sql += " AND updated_at >= ?9";
-  if (filters & kUpdatedTo) sql += " AND updated_at < ?10";
-  return sql + " AND seq > ?4 ORDER BY seq LIMIT ?5";
+  return sql;
 }
 
-// A date range's other statement: the clinic's (or the equality filter's) index walked in seq
-// order from the seq after, at most ?5 rows, each with its document when it is in the range and
-// NULL when not. Where the range is dense in seq order (a wide range, or created_at's, which
-// grows with seq), a page costs what its rows cost; list_sql's sort would read every row of the
-// range after the page again for each page.
+// The two parts of a created range with the bounds ?from and ?to (0: none): the seqs between
+// the bounds' marks, and the late tests in the range outside them. `terms`: the other conditions
+// every row must meet. The part of seq has one lower bound (SQLite starts a range of an index
+// at one), the later of the page's seq and the range's.
+std::string created_range_parts(int from, int to, const std::string& terms) {
+  std::string after = "?4", upper, in_range, outside;
+  if (from) {
+    after = "max(?4, " + first_seq_at(from) + " - 1)";
+    in_range += " AND created_at >= ?" + std::to_string(from);
+    outside = "seq < " + first_seq_at(from);
+  }
+  if (to) {
+    upper = " AND seq < " + first_seq_at(to);
+    in_range += " AND created_at < ?" + std::to_string(to);
+    outside += (outside.empty() ? "" : " OR ") + std::string("seq >= ") + first_seq_at(to);
+  }
+  return "SELECT doc, seq FROM tests WHERE clinic_id = ?1" + terms + in_range + " AND seq > " +
+         after + upper +
+         " UNION ALL SELECT doc, seq FROM tests INDEXED BY tests_created_late WHERE"
+         " clinic_id = ?1 AND created_late = 1" +
+         in_range + " AND (" + outside + ")" + terms + " AND seq > ?4";
+}
+
+}  // namespace
+
+std::string list_sql(int filters) {
+  std::string terms = filter_terms(filters);
+  if (filters & (kCreatedFrom | kCreatedTo)) {
+    if (filters & kUpdatedFrom) terms += " AND updated_at >= ?9";
+    if (filters & kUpdatedTo) terms += " AND updated_at < ?10";
+    return created_range_parts(filters & kCreatedFrom ? 7 : 0, filters & kCreatedTo ? 8 : 0,
+                               terms) +
+           " ORDER BY seq LIMIT ?5";
+  }
+  if (filters & (kUpdatedFrom | kUpdatedTo)) {
+    std::string updated;
+    if (filters & kUpdatedFrom) updated += " AND updated_at >= ?9";
+    if (filters & kUpdatedTo) updated += " AND updated_at < ?10";
+    return created_range_parts(filters & kUpdatedFrom ? 9 : 0, filters & kUpdatedTo ? 10 : 0,
+                               " AND updated_at = created_at" + terms) +
+           " UNION ALL SELECT doc, seq FROM tests INDEXED BY tests_by_updated WHERE clinic_id = ?1"
+           " AND updated_at <> created_at" +
+           updated + terms + " AND seq > ?4 ORDER BY seq LIMIT ?5";
+  }
+  return "SELECT doc, seq FROM tests WHERE clinic_id = ?1" + terms +
+         " AND seq > ?4 ORDER BY seq LIMIT ?5";
+}
+
+// An updated range's other statement: the clinic's (or the equality filter's) index walked in
+// seq order from the seq after, at most ?5 rows, each with its document when it is in the range
+// and NULL when not. Where the range is dense in seq order (a wide range), a page costs what its
+// rows cost; list_sql's sort of the corrected tests would read every one of the range after the
+// page again for each page.
 std::string list_walk_sql(int filters) {
   std::string range;
   auto add = [&](const char* condition) {
     if (!range.empty()) range += " AND ";
     range += condition;
   };
-  if (filters & kCreatedFrom) add("created_at >= ?7");
-  if (filters & kCreatedTo) add("created_at < ?8");
   if (filters & kUpdatedFrom) add("updated_at >= ?9");
   if (filters & kUpdatedTo) add("updated_at < ?10");
   std::string sql =
@@ -322,12 +349,14 @@ struct BtreeWalk {
 const BtreeWalk kBtreeWalks[] = {
     {"tests", "rowid", 1,
      ", seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc, status, version,"
-     " updated_at"},
+     " updated_at, created_by, created_late"},
     {"tests INDEXED BY sqlite_autoindex_tests_1", "test_id", 1, ""},
     {"tests INDEXED BY tests_by_clinic", "clinic_id, seq, doc, rowid", 4, ""},
     {"tests INDEXED BY tests_by_patient", "clinic_id, patient_id, seq, rowid", 4, ""},
     {"tests INDEXED BY tests_by_type", "clinic_id, test_type, seq, rowid", 4, ""},
-    {"tests INDEXED BY tests_by_created", "clinic_id, created_at, seq, rowid", 4, ""},
+    {"tests INDEXED BY tests_created_late", "clinic_id, created_at, seq, rowid", 4, "",
+     "created_late = 1"},
+    {"created_marks", "created_at", 1, ", seq"},
     {"tests INDEXED BY tests_by_updated", "clinic_id, updated_at, seq, created_at, rowid", 5, "",
      "updated_at <> created_at"},
     {"tests INDEXED BY tests_by_status", "clinic_id, status, seq, rowid", 4, "",
@@ -387,6 +416,8 @@ class SqliteStore::Backend : public WriteBackend {
       if (rc != SQLITE_OK) return error(rc, "PRAGMA synchronous");
       w.relaxed = relax;
     }
+    newest_mark_loaded_ = false;
+    new_marks_.clear();
     return step(w.begin, "BEGIN IMMEDIATE");
   }
   // Syncs the WAL file, which holds every commit made without a sync (a checkpoint syncs the
@@ -457,10 +488,28 @@ class SqliteStore::Backend : public WriteBackend {
     bind_text(st, 7, doc);
     bind_text(st, 8, test_status_name(r.status));
     bind_text(st, 9, changed_by);
+    // created_at below the newest in created_marks (a clock stepped back): the test is kept in
+    // tests_created_late, which ranges read besides their range of seq (schema.cpp, version 7).
+    if (!newest_mark_loaded_) {
+      Status m = load_newest_mark();
+      if (!m.ok()) {
+        sqlite3_clear_bindings(st);
+        return m;
+      }
+    }
+    const bool late = !own_timestamp(created_at) || created_at < newest_mark_;
+    if (late) sqlite3_bind_int(st, 10, 1);  // else NULL
     int rc = sqlite3_step(st);
     Status s = rc == SQLITE_DONE ? Status::Ok() : error(sqlite3_extended_errcode(db()), "INSERT");
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    if (s.ok() && !late && created_at > newest_mark_) {
+      // The first seq of a created_at, written at COMMIT: a job rolled back to its savepoint
+      // takes its rows back, not the mark (a mark's seq may then be above no row, which a
+      // range of seq does not mind).
+      newest_mark_ = created_at;
+      new_marks_.emplace_back(created_at, sqlite3_last_insert_rowid(db()));
+    }
     if (s.code() == StatusCode::kDuplicate) {
       duplicate = true;
       return Status::Ok();
@@ -548,6 +597,15 @@ class SqliteStore::Backend : public WriteBackend {
     int rc = Connection::run(store_.writer_->bump_seq);
     if (rc == SQLITE_OK) rc = Connection::run(store_.writer_->bump_change_seq);
     if (rc != SQLITE_OK) return error(rc, "UPDATE counters");
+    for (const auto& [created_at, seq] : new_marks_) {
+      sqlite3_stmt* st = store_.writer_->add_mark;
+      bind_text(st, 1, created_at);
+      sqlite3_bind_int64(st, 2, seq);
+      rc = Connection::run(st);
+      sqlite3_clear_bindings(st);
+      if (rc != SQLITE_OK) return error(rc, "INSERT created_marks");
+    }
+    new_marks_.clear();
     Status s = step(store_.writer_->commit, "COMMIT");
     if (s.ok()) store_.read_page_count(*store_.writer_);
     return s;
@@ -567,6 +625,33 @@ class SqliteStore::Backend : public WriteBackend {
   Status step(sqlite3_stmt* stmt, const char* what) {
     int rc = store_.run_step(stmt, what);
     return rc == SQLITE_OK ? Status::Ok() : error(rc, what);
+  }
+  // The highest created_at with a mark, read once per transaction (under the write lock, so
+  // also what another process wrote).
+  Status load_newest_mark() {
+    sqlite3_stmt* st = store_.writer_->newest_mark;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      newest_mark_.assign(column_view(st, 0));
+    } else {
+      newest_mark_.clear();
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+      return error(sqlite3_extended_errcode(db()), "SELECT created_marks");
+    }
+    newest_mark_loaded_ = true;
+    return Status::Ok();
+  }
+  // "YYYY-MM-DDTHH:MM:SS.mmmZ" (utc_timestamp_ms), whose text order is time order.
+  static bool own_timestamp(std::string_view t) {
+    static constexpr std::string_view kForm = "0000-00-00T00:00:00.000Z";
+    if (t.size() != kForm.size()) return false;
+    for (size_t i = 0; i < t.size(); ++i) {
+      const bool digit = t[i] >= '0' && t[i] <= '9';
+      if (kForm[i] == '0' ? !digit : t[i] != kForm[i]) return false;
+    }
+    return true;
   }
   // Inserts a test_versions row (reason null: none); change_seq receives its number.
   Status insert_version(const std::string& test_id, long long version, const std::string& clinic_id,
@@ -598,6 +683,10 @@ class SqliteStore::Backend : public WriteBackend {
   }
 
   SqliteStore& store_;
+  // This transaction's view of created_marks: its newest created_at, and the marks to add.
+  bool newest_mark_loaded_ = false;
+  std::string newest_mark_;
+  std::vector<std::pair<std::string, long long>> new_marks_;
 };
 
 SqliteStore::SqliteStore(SqliteOptions options) : options_(std::move(options)) {}
@@ -819,6 +908,8 @@ Status SqliteStore::prepare_writer(Connection& conn) {
       {"ROLLBACK", &conn.rollback},
       {kBumpSeqSql, &conn.bump_seq},
       {kBumpChangeSeqSql, &conn.bump_change_seq},
+      {"SELECT created_at FROM created_marks ORDER BY created_at DESC LIMIT 1", &conn.newest_mark},
+      {"INSERT OR IGNORE INTO created_marks (created_at, seq) VALUES (?1, ?2)", &conn.add_mark},
       {kAuditInsertSql, &conn.audit_insert},
       {"SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &conn.audit_head},
       {"PRAGMA page_count", &conn.page_count}};
@@ -1054,7 +1145,10 @@ Status SqliteStore::list_tests(const ListQuery& q, const RowFn& on_row,
     return status;
   }
   const int filters = list_filters(q);
-  const bool ranged = (filters & kRangeFilters) != 0;
+  // An updated range without a created one may walk (list_walk_sql); a created range's part
+  // of seq is a walk already.
+  const bool ranged =
+      (filters & (kUpdatedFrom | kUpdatedTo)) != 0 && (filters & (kCreatedFrom | kCreatedTo)) == 0;
   sqlite3_stmt* statements[2] = {nullptr, nullptr};  // list_sql's, and list_walk_sql's
   for (int i = 0; i < (ranged ? 2 : 1); ++i) {
     sqlite3_stmt*& slot = i == 0 ? conn->list[filters] : conn->list_walk[filters];
@@ -1094,7 +1188,7 @@ Status SqliteStore::list_tests(const ListQuery& q, const RowFn& on_row,
   // the last seq. seq only grows, so the order is the same and every test is delivered once,
   // also while others are added. (Rows were first copied into a page buffer and delivered after
   // the reset: +7.5% instructions for a 1,000-test listing, measured with callgrind.)
-  // With a date range, a page walks the clinic in seq order (list_walk_sql) while at least one
+  // With an updated range, a page walks the clinic in seq order (list_walk_sql) while at least one
   // row in kDenseWalk it walks is in the range; where fewer are, the next page is read through
   // the range's index (list_sql), and the walk goes on after it. Either way a page costs at most
   // about kDenseWalk times its rows, or the rows of the range after it where the range is sparse.

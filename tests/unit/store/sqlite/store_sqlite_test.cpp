@@ -406,7 +406,8 @@ TEST(SqliteStore, DateRangesAndStatusAreServedByTheirIndexes) {
          " || ' seconds'); UPDATE tests SET updated_at = CASE WHEN seq % 10 = 0 THEN"
          " strftime('%Y-%m-%dT%H:%M:%fZ', '2026-02-01', ((10000 - seq) / 1000.0) || ' seconds')"
          " ELSE created_at END, version = CASE WHEN seq % 10 = 0 THEN 2 ELSE 1 END,"
-         " status = CASE WHEN seq % 100 = 0 THEN 'amended' ELSE status END");
+         " status = CASE WHEN seq % 100 = 0 THEN 'amended' ELSE status END" +
+             std::string(";") + kRebuildCreatedOrderSql);
   auto ms = [](int n) {  // the created_at of seq n
     char buf[40];
     std::snprintf(buf, sizeof buf, "2026-01-01T00:00:%06.3fZ", n / 1000.0);
@@ -423,57 +424,73 @@ TEST(SqliteStore, DateRangesAndStatusAreServedByTheirIndexes) {
   struct Case {
     const char* name;
     ListQuery q;
-    const char* index;  // the plan's step
-    size_t rows;        // what the listing returns
+    std::vector<const char*> steps;  // the plan's steps that read tests
+    size_t rows;                     // what the listing returns
   };
   std::vector<Case> cases;
-  auto add = [&](const char* name, const char* index, size_t rows, auto set) {
-    Case k{name, {}, index, rows};
+  auto add = [&](const char* name, std::vector<const char*> steps, size_t rows, auto set) {
+    Case k{name, {}, std::move(steps), rows};
     k.q.clinic_id = "c1";
     set(k.q);
     cases.push_back(k);
   };
-  add("created_from", "USING INDEX tests_by_created (clinic_id=? AND created_at>?)", 10,
-      [&](ListQuery& q) { q.created_from = ms(4991); });
-  add("created_to", "USING INDEX tests_by_created (clinic_id=? AND created_at<?)", 10,
-      [&](ListQuery& q) { q.created_to = ms(11); });
+  // A created range: the clinic's index between the seqs of the bounds' created_marks, and the
+  // late tests of the range (none here) from tests_created_late.
+  add("created_from",
+      {"USING INDEX tests_by_clinic (clinic_id=? AND seq>?)",
+       "USING INDEX tests_created_late (clinic_id=? AND created_at>?)"},
+      10, [&](ListQuery& q) { q.created_from = ms(4991); });
+  add("created_to",
+      {"USING INDEX tests_by_clinic (clinic_id=? AND seq>? AND seq<?)",
+       "USING INDEX tests_created_late (clinic_id=? AND created_at<?)"},
+      10, [&](ListQuery& q) { q.created_to = ms(11); });
   add("created range",
-      "USING INDEX tests_by_created (clinic_id=? AND created_at>? AND created_at<?)", 10,
-      [&](ListQuery& q) {
+      {"USING INDEX tests_by_clinic (clinic_id=? AND seq>? AND seq<?)",
+       "USING INDEX tests_created_late (clinic_id=? AND created_at>? AND created_at<?)"},
+      10, [&](ListQuery& q) {
         q.created_from = ms(2500);
         q.created_to = ms(2510);
       });
   // An updated range: the corrected tests through tests_by_updated, the others (updated_at =
-  // created_at) through tests_by_created, each from its index alone (the plan names the part
-  // the rows come from).
-  add("updated_from", "USING COVERING INDEX tests_by_updated (clinic_id=? AND updated_at>?)", 10,
-      [&](ListQuery& q) { q.updated_from = updated(100); });
-  add("updated_to", "USING COVERING INDEX tests_by_created (clinic_id=? AND created_at<?)", 9,
-      [&](ListQuery& q) { q.updated_to = ms(11); });
+  // created_at) as a created range.
+  add("updated_from",
+      {"USING INDEX tests_by_updated (clinic_id=? AND updated_at>?)",
+       "USING INDEX tests_by_clinic (clinic_id=? AND seq>?)"},
+      10, [&](ListQuery& q) { q.updated_from = updated(100); });
+  add("updated_to",
+      {"USING INDEX tests_by_clinic (clinic_id=? AND seq>? AND seq<?)",
+       "USING INDEX tests_by_updated (clinic_id=? AND updated_at<?)"},
+      9, [&](ListQuery& q) { q.updated_to = ms(11); });
   add("updated range",
-      "USING COVERING INDEX tests_by_updated (clinic_id=? AND updated_at>? AND updated_at<?)", 10,
-      [&](ListQuery& q) {
+      {"USING INDEX tests_by_updated (clinic_id=? AND updated_at>? AND updated_at<?)",
+       "USING INDEX tests_by_clinic (clinic_id=? AND seq>? AND seq<?)"},
+      10, [&](ListQuery& q) {
         q.updated_from = updated(2600);
         q.updated_to = updated(2500);
       });
   add("updated range of uncorrected tests",
-      "USING COVERING INDEX tests_by_created (clinic_id=? AND created_at>? AND created_at<?)", 10,
-      [&](ListQuery& q) {
+      {"USING INDEX tests_by_clinic (clinic_id=? AND seq>? AND seq<?)",
+       "USING INDEX tests_created_late (clinic_id=? AND created_at>? AND created_at<?)"},
+      10, [&](ListQuery& q) {
         q.updated_from = ms(2500);
         q.updated_to = ms(2512);
       });
-  add("created range and status", "USING INDEX tests_by_created", 1, [&](ListQuery& q) {
-    q.created_from = ms(2495);
-    q.created_to = ms(2505);
-    q.status = TestStatus::kAmended;
-  });
-  add("both ranges and a patient", "USING INDEX tests_by_created", 1, [&](ListQuery& q) {
-    q.created_from = ms(2500);
-    q.created_to = ms(2510);
-    q.updated_from = ms(2500);
-    q.patient_id = "patient-t2503";
-  });
-  add("status", "USING INDEX tests_by_status (clinic_id=? AND status=? AND seq>?)", 50,
+  add("created range and status",
+      {"USING INDEX tests_by_status (clinic_id=? AND status=? AND seq>? AND seq<?)"}, 1,
+      [&](ListQuery& q) {
+        q.created_from = ms(2495);
+        q.created_to = ms(2505);
+        q.status = TestStatus::kAmended;
+      });
+  add("both ranges and a patient",
+      {"USING INDEX tests_by_patient (clinic_id=? AND patient_id=? AND seq>? AND seq<?)"}, 1,
+      [&](ListQuery& q) {
+        q.created_from = ms(2500);
+        q.created_to = ms(2510);
+        q.updated_from = ms(2500);
+        q.patient_id = "patient-t2503";
+      });
+  add("status", {"USING INDEX tests_by_status (clinic_id=? AND status=? AND seq>?)"}, 50,
       [&](ListQuery& q) { q.status = TestStatus::kAmended; });
 
   sqlite3* db = nullptr;
@@ -482,7 +499,9 @@ TEST(SqliteStore, DateRangesAndStatusAreServedByTheirIndexes) {
     SCOPED_TRACE(k.name);
     const std::string sql = list_tests_sql(k.q);
     const std::string plan = query_plan(path, sql);
-    EXPECT_NE(plan.find(std::string("SEARCH tests ") + k.index), std::string::npos) << plan;
+    for (const char* step : k.steps) {
+      EXPECT_NE(plan.find(std::string("SEARCH tests ") + step), std::string::npos) << plan;
+    }
     EXPECT_EQ(plan.find("SCAN"), std::string::npos) << plan;
     // Run it as the store binds it, counting SQLite's steps.
     sqlite3_stmt* st = nullptr;
@@ -534,7 +553,8 @@ TEST(SqliteStore, AListingOfAWideDateRangeIsNotQuadratic) {
          "UPDATE tests SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', '2026-01-01', (seq / 1000.0)"
          " || ' seconds'), updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', '2026-02-01', ((20000 - seq)"
          " / 1000.0) || ' seconds'), status = CASE WHEN seq % 100 = 0 THEN 'amended' ELSE status"
-         " END");
+         " END" +
+             std::string(";") + kRebuildCreatedOrderSql);
   auto ms = [](int n, const char* day) {
     char buf[40];
     std::snprintf(buf, sizeof buf, "%sT00:00:%06.3fZ", day, n / 1000.0);
@@ -616,15 +636,18 @@ TEST(SqliteStore, AWideDateRangeIsListedOnceInSeqOrderWhateverItsDensity) {
     }
     ASSERT_TRUE(store->insert_all(batch).status.ok());
   }
-  // created_at grows with seq; every fifth row is uncorrected (updated_at = created_at); of the
-  // others, updated_at is inside March for every third row below seq 3000 and every row from
-  // 4000 on, else in February.
+  // created_at grows with seq, but every 13th row's is 2.5 s back (a clock stepped back: a late
+  // test, which ranges find outside their range of seq); every fifth row is uncorrected
+  // (updated_at = created_at); of the others, updated_at is inside March for every third row
+  // below seq 3000 and every row from 4000 on, else in February.
   sql_on(path,
-         "UPDATE tests SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', '2026-01-01', (seq / 1000.0)"
-         " || ' seconds'); UPDATE tests SET updated_at = CASE WHEN seq % 5 = 1 THEN created_at"
+         "UPDATE tests SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', '2026-01-01', ((seq - CASE"
+         " WHEN seq % 13 = 0 THEN 2500 ELSE 0 END) / 1000.0) || ' seconds'); UPDATE tests SET "
+         "updated_at = CASE WHEN seq % 5 = 1 THEN created_at"
          " WHEN (seq < 3000 AND seq % 3 = 0) OR seq >= 4000"
          " THEN strftime('%Y-%m-%dT%H:%M:%fZ', '2026-03-01', (seq / 1000.0) || ' seconds')"
-         " ELSE '2026-02-01T00:00:00.000Z' END, version = CASE WHEN seq % 5 = 1 THEN 1 ELSE 2 END");
+         " ELSE '2026-02-01T00:00:00.000Z' END, version = CASE WHEN seq % 5 = 1 THEN 1 ELSE 2 END" +
+             std::string(";") + kRebuildCreatedOrderSql);
   auto expected = [&](const std::string& where) {
     std::vector<std::string> ids;
     std::string all = sql_on(path,
@@ -657,6 +680,12 @@ TEST(SqliteStore, AWideDateRangeIsListedOnceInSeqOrderWhateverItsDensity) {
        [](ListQuery& q) {
          q.updated_from = "2026-01-01T00:00:02.000Z";
          q.updated_to = "2026-02-01T00:00:00.001Z";
+       }},
+      {"a created range",
+       "created_at >= '2026-01-01T00:00:01.000Z' AND created_at < '2026-01-01T00:00:03.000Z'",
+       [](ListQuery& q) {
+         q.created_from = "2026-01-01T00:00:01.000Z";
+         q.created_to = "2026-01-01T00:00:03.000Z";
        }},
       {"scattered only",
        "updated_at >= '2026-03-01T00:00:00.000Z' AND created_at < "
@@ -695,6 +724,51 @@ TEST(SqliteStore, AWideDateRangeIsListedOnceInSeqOrderWhateverItsDensity) {
   }
 }
 
+// A test created while created_marks holds a later created_at (the clock stepped back) is a late
+// one: no mark, kept in tests_created_late, and found by every range that holds its created_at.
+TEST(SqliteStore, ATestCreatedAfterTheClockSteppedBackIsInItsRanges) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  {
+    auto store = open_store(path);
+    for (const char* id : {"a", "b"}) ASSERT_TRUE(store->insert(make_record(id, "c1")).status.ok());
+  }
+  // b was created while the clock was far ahead.
+  sql_on(path,
+         "UPDATE tests SET created_at = '2999-01-01T00:00:00.000Z', updated_at ="
+         " '2999-01-01T00:00:00.000Z' WHERE test_id = 'b';" +
+             std::string(kRebuildCreatedOrderSql));
+  ASSERT_EQ(sql_on(path, "SELECT count(*) FROM created_marks"), "2");
+  auto store = open_store(path);
+  for (const char* id : {"c", "d"}) ASSERT_TRUE(store->insert(make_record(id, "c1")).status.ok());
+  EXPECT_EQ(sql_on(path, "SELECT group_concat(test_id) FROM tests WHERE created_late = 1"), "c,d");
+  EXPECT_EQ(sql_on(path, "SELECT count(*) FROM created_marks"), "2");
+  auto ids = [&](auto set) {
+    ListQuery q;
+    q.clinic_id = "c1";
+    set(q);
+    return list_ids(*store, q);
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(ids([](ListQuery& q) { q.created_from = "2000-01-01T00:00:00.000Z"; }),
+            (V{"a", "b", "c", "d"}));
+  EXPECT_EQ(ids([](ListQuery& q) {
+              q.created_from = "2000-01-01T00:00:00.000Z";
+              q.created_to = "2998-01-01T00:00:00.000Z";
+            }),
+            (V{"a", "c", "d"}));
+  EXPECT_EQ(ids([](ListQuery& q) { q.created_from = "2999-01-01T00:00:00.000Z"; }), (V{"b"}));
+  EXPECT_EQ(ids([](ListQuery& q) { q.updated_to = "2998-01-01T00:00:00.000Z"; }),
+            (V{"a", "c", "d"}));
+  EXPECT_EQ(ids([](ListQuery& q) { q.updated_from = "2999-01-01T00:00:00.000Z"; }), (V{"b"}));
+  // A page after c: d alone.
+  EXPECT_EQ(ids([&](ListQuery& q) {
+              q.created_to = "2998-01-01T00:00:00.000Z";
+              q.after_seq = std::stoll(sql_on(path, "SELECT seq FROM tests WHERE test_id = 'c'"));
+            }),
+            (V{"d"}));
+}
+
 // The statement migrate pages through every test with: a range of the table's rowids, not a
 // scan and a sort of the whole table per page.
 TEST(SqliteStore, EveryTestIsPagedByARangeOfTheTable) {
@@ -714,7 +788,7 @@ TEST(SqliteStore, IntegrityCheckChunksAreRangesOfTheirBtree) {
   std::string path = dir.file("t.db");
   auto store = open_store(path);
   std::vector<std::string> sqls = integrity_chunk_sql();
-  EXPECT_EQ(sqls.size(), 12u);
+  EXPECT_EQ(sqls.size(), 13u);
   for (const std::string& sql : sqls) {
     std::string plan = query_plan(path, sql);
     EXPECT_EQ(plan.rfind("SEARCH ", 0), 0u) << sql << "\n" << plan;
@@ -767,7 +841,11 @@ TEST(SqliteStore, BackgroundIntegrityCheckReadsEveryEntryOnce) {
       auto store = open_and_check(path, chunk, state);
       ASSERT_TRUE(store);
       EXPECT_EQ(state, StoreStats::Integrity::kOk);
-      EXPECT_EQ(store->integrity_entries(), rows * 6 + rows / 2);
+      // Five entries a test, one a created_marks row (a create's created_at, unless the one
+      // before took the same millisecond), one an audit entry.
+      const int marks = std::stoi(sql_on(path, "SELECT count(*) FROM created_marks"));
+      EXPECT_GE(marks, 1);
+      EXPECT_EQ(store->integrity_entries(), rows * 5 + marks + rows / 2);
       EXPECT_GE(store->stats().integrity_seconds, 0);
       EXPECT_TRUE(store->check_health().ok());
     }
