@@ -268,7 +268,15 @@ def seed_direct(db, clinic, n, batch=50000):
     five fields and created_at, no version fields)."""
     conn = sqlite3.connect(db, timeout=30)
     now = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    versions = "created_by" in {r[1] for r in conn.execute("PRAGMA table_info(tests)")}
+    columns_now = {r[1] for r in conn.execute("PRAGMA table_info(tests)")}
+    versions = "created_by" in columns_now
+    # From schema 7 a created range is a range of seq: the first seq of each created_at is in
+    # created_marks, and a test older than the newest mark is created_late.
+    marked = "created_late" in columns_now
+    late = None
+    if marked:
+        newest = conn.execute("SELECT max(created_at) FROM created_marks").fetchone()[0]
+        late = 1 if newest is not None and now < newest else None
     base = conn.execute("SELECT max(coalesce((SELECT max(rowid) FROM tests), 0),"
                         " coalesce((SELECT max(seq) FROM tests), 0),"
                         + (" coalesce((SELECT max(change_seq) FROM test_versions), 0)," if versions else "") +
@@ -282,11 +290,18 @@ def seed_direct(db, clinic, n, batch=50000):
         text = json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
         seq = base + 1 + i
         out = (seq, seq, rec["test_id"], rec["patient_id"], clinic, "blood", rec["result"], now, text)
+        if marked:
+            return out + ("final", 1, now, "bench", late)
         return out + ("final", 1, now, "bench") if versions else out
 
     columns = ("rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at, doc" +
-               (", status, version, updated_at, created_by" if versions else ""))
-    marks = ",".join("?" * (13 if versions else 9))
+               (", status, version, updated_at, created_by" if versions else "") +
+               (", created_late" if marked else ""))
+    marks = ",".join("?" * (14 if marked else 13 if versions else 9))
+    if marked and late is None and n > 0:
+        with conn:
+            conn.execute("INSERT OR IGNORE INTO created_marks (created_at, seq) VALUES (?, ?)",
+                         (now, base + 1))
     for start in range(0, n, batch):
         with conn:
             conn.executemany(f"INSERT INTO tests ({columns}) VALUES ({marks})",
