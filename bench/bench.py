@@ -267,7 +267,8 @@ def seed_direct(db, clinic, n, batch=50000):
     versions (no created_by column: BENCH_BEFORE) gets the same tests in its own row format (the
     five fields and created_at, no version fields)."""
     conn = sqlite3.connect(db, timeout=30)
-    now = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    stamp = datetime.datetime.utcnow()
+    now = stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
     columns_now = {r[1] for r in conn.execute("PRAGMA table_info(tests)")}
     versions = "created_by" in columns_now
     # From schema 7 a created range is a range of seq: the first seq of each created_at is in

@@ -212,8 +212,8 @@ int main(int argc, char** argv) {
   // An arena gives memory above its top back to the OS past this much free (glibc: 128 KiB).
   // Under a stream of creates the arenas crossed 128 KiB and back about every other request:
   // each time an madvise (a TLB shootdown on every core) and page faults to take the pages
-  // again, about 30 µs of CPU per create at 32 connections (perf). 1 MiB per arena ends that
-  // and holds at most a few MiB more.
+  // again, about 30 µs of CPU per create at 32 connections (perf). 1 MiB ends that; it holds at
+  // most 1 MiB more per arena (glibc makes up to 8 arenas per core).
   mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
 
   tdapi::AppOptions opt;

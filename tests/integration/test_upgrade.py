@@ -70,21 +70,24 @@ class Upgrade(unittest.TestCase):
         shutil.copyfile(fixture, db)
         return data_dir, db
 
-    def check_updated_ranges(self, server, clinic, headers):
-        """updated_from / updated_to on the migrated rows (corrected or not, served from the
-        index of corrected tests and the created index) list what a filter of the whole listing
-        finds, at every bound the clinic's own updated_at values give."""
+    def check_date_ranges(self, server, clinic, headers):
+        """created_* and updated_* on the migrated rows (created ranges as ranges of seq between
+        the marks the migration wrote, with the tests out of order; updated ones also from the
+        index of corrected tests) list what a filter of the whole listing finds, at every bound
+        the clinic's own created_at and updated_at values give."""
         r = server.request("GET", f"/tests?clinic_id={clinic}&limit=1000", headers=headers)
         self.assertEqual(r.status, 200, r)
         tests = r.json()["tests"]
-        for bound in sorted({t["updated_at"] for t in tests}):
-            for name, keep in (("updated_from", lambda t: t["updated_at"] >= bound),
-                               ("updated_to", lambda t: t["updated_at"] < bound)):
-                got = server.request("GET", f"/tests?clinic_id={clinic}&{name}={bound}&limit=1000",
-                                     headers=headers)
-                self.assertEqual(got.status, 200, got)
-                self.assertEqual([t["test_id"] for t in got.json()["tests"]],
-                                 [t["test_id"] for t in tests if keep(t)], (clinic, name, bound))
+        for field in ("created_at", "updated_at"):
+            prefix = field.split("_")[0]
+            for bound in sorted({t[field] for t in tests}):
+                for name, keep in ((prefix + "_from", lambda t: t[field] >= bound),
+                                   (prefix + "_to", lambda t: t[field] < bound)):
+                    got = server.request("GET", f"/tests?clinic_id={clinic}&{name}={bound}&limit=1000",
+                                         headers=headers)
+                    self.assertEqual(got.status, 200, got)
+                    self.assertEqual([t["test_id"] for t in got.json()["tests"]],
+                                     [t["test_id"] for t in tests if keep(t)], (clinic, name, bound))
 
     def test_every_fixture_opens_and_serves_with_its_keys_and_audit_trail(self):
         for fixture, manifest in self.found:
@@ -95,7 +98,7 @@ class Upgrade(unittest.TestCase):
                     reader = {"Authorization": "Bearer " + tokens["reader"]}
                     for clinic, ids in manifest["clinics"].items():
                         self.assertEqual(walk(s, clinic, reader), ids, clinic)
-                        self.check_updated_ranges(s, clinic, reader)
+                        self.check_date_ranges(s, clinic, reader)
                     r = s.request("GET", "/tests/" + manifest["clinics"]["c1"][0], headers=reader)
                     self.assertEqual(r.status, 200)
                     self.assertIn("\n", r.json()["test"]["result"])

@@ -55,6 +55,19 @@ const char kAuditListSql[] =
   " 'last_change_seq'))) + 1 AS m)"
 // A new test is version 1 (updated_at = created_at), kept in its row (created_by set) until
 // its first correction: no test_versions row (schema.cpp, kLazyFirstVersionSchema).
+// The newest mark, and whether it is more than a minute ahead of ?1 (the created_at a
+// transaction takes): Backend::load_newest_mark.
+#define TDAPI_AHEAD_OF_CLOCK "strftime('%Y-%m-%dT%H:%M:%fZ', ?1, '+60 seconds')"
+const char kNewestMarkSql[] = "SELECT created_at, created_at > " TDAPI_AHEAD_OF_CLOCK
+                              " FROM created_marks ORDER BY created_at DESC LIMIT 1";
+// The tests created after the first mark ahead of the clock (every one of them has a created_at
+// at least that far ahead) become late, and those marks go.
+const char kLateFromFutureMarkSql[] =
+    "UPDATE tests SET created_late = 1 WHERE created_late IS NULL AND seq >= (SELECT min(seq)"
+    " FROM created_marks WHERE created_at > " TDAPI_AHEAD_OF_CLOCK ")";
+const char kDropFutureMarksSql[] =
+    "DELETE FROM created_marks WHERE created_at > " TDAPI_AHEAD_OF_CLOCK;
+#undef TDAPI_AHEAD_OF_CLOCK
 // ?10: created_late (1, or NULL), see Backend::insert_record.
 const char kInsertSql[] =
     "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at,"
@@ -215,9 +228,10 @@ int list_filters(const ListQuery& q) {
 // first created_at at or after each bound, and the tests not marked created_late have created_at
 // non-decreasing in seq, so those in the range are exactly those between the two seqs. That part
 // is walked in seq order in the same index as the listing without a range (each row's created_at
-// checked still, for a late test among them), and merged (UNION ALL ... ORDER BY, which SQLite
-// runs as a merge of the parts, each in seq order) with the late tests in the range outside
-// those seqs, from tests_created_late. A page reads the rows it returns, and the late ones.
+// checked still, for a late test among them), with no sort, and merged (UNION ALL ... ORDER BY:
+// SQLite's MERGE) with the late tests in the range outside those seqs, read from
+// tests_created_late and sorted (there are none unless a clock stepped back). A page reads the
+// rows it returns, and the range's late tests.
 // An updated range has three parts: the tests a correction moved on, from tests_by_updated
 // (which holds only those; sorted by seq, so list_tests walks instead where that part is dense,
 // list_walk_sql), and the others, whose updated_at is their created_at, as a created range with
@@ -491,7 +505,7 @@ class SqliteStore::Backend : public WriteBackend {
     // created_at below the newest in created_marks (a clock stepped back): the test is kept in
     // tests_created_late, which ranges read besides their range of seq (schema.cpp, version 7).
     if (!newest_mark_loaded_) {
-      Status m = load_newest_mark();
+      Status m = load_newest_mark(created_at);
       if (!m.ok()) {
         sqlite3_clear_bindings(st);
         return m;
@@ -505,8 +519,8 @@ class SqliteStore::Backend : public WriteBackend {
     sqlite3_clear_bindings(st);
     if (s.ok() && !late && created_at > newest_mark_) {
       // The first seq of a created_at, written at COMMIT: a job rolled back to its savepoint
-      // takes its rows back, not the mark (a mark's seq may then be above no row, which a
-      // range of seq does not mind).
+      // takes its rows back, not the mark (its seq then goes to a later test, or to none; a
+      // range of seq minds neither).
       newest_mark_ = created_at;
       new_marks_.emplace_back(created_at, sqlite3_last_insert_rowid(db()));
     }
@@ -627,18 +641,40 @@ class SqliteStore::Backend : public WriteBackend {
     return rc == SQLITE_OK ? Status::Ok() : error(rc, what);
   }
   // The highest created_at with a mark, read once per transaction (under the write lock, so
-  // also what another process wrote).
-  Status load_newest_mark() {
-    sqlite3_stmt* st = store_.writer_->newest_mark;
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-      newest_mark_.assign(column_view(st, 0));
-    } else {
+  // also what another process wrote). A mark more than a minute ahead of the clock (now: the
+  // transaction's created_at) was written while the clock was ahead: without a repair every
+  // test until the clock caught up would be late (an index entry each, and sorted in every
+  // range). The tests written since are made late once, those marks dropped, and the tests
+  // from now on are in order again.
+  Status load_newest_mark(const std::string& now) {
+    bool ahead = false;
+    for (int pass = 0; pass < 2; ++pass) {
+      sqlite3_stmt* st = store_.writer_->newest_mark;
+      bind_text(st, 1, now);
+      int rc = sqlite3_step(st);
       newest_mark_.clear();
-    }
-    sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-      return error(sqlite3_extended_errcode(db()), "SELECT created_marks");
+      if (rc == SQLITE_ROW) {
+        newest_mark_.assign(column_view(st, 0));
+        ahead = sqlite3_column_int(st, 1) == 1;
+      }
+      sqlite3_reset(st);
+      sqlite3_clear_bindings(st);
+      if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        return error(sqlite3_extended_errcode(db()), "SELECT created_marks");
+      }
+      if (!ahead || pass == 1) break;
+      LogFields f;
+      f.detail = "the newest created_at, " + newest_mark_ +
+                 ", is more than 60 s ahead of the clock (" + now +
+                 "): the tests created since it are kept as out of order";
+      log_event(LogLevel::kWarn, "clock_behind_created_at", f);
+      for (sqlite3_stmt* repair :
+           {store_.writer_->late_from_future_mark, store_.writer_->drop_future_marks}) {
+        bind_text(repair, 1, now);
+        rc = Connection::run(repair);
+        sqlite3_clear_bindings(repair);
+        if (rc != SQLITE_OK) return error(rc, "mark tests created ahead of the clock");
+      }
     }
     newest_mark_loaded_ = true;
     return Status::Ok();
@@ -908,8 +944,10 @@ Status SqliteStore::prepare_writer(Connection& conn) {
       {"ROLLBACK", &conn.rollback},
       {kBumpSeqSql, &conn.bump_seq},
       {kBumpChangeSeqSql, &conn.bump_change_seq},
-      {"SELECT created_at FROM created_marks ORDER BY created_at DESC LIMIT 1", &conn.newest_mark},
-      {"INSERT OR IGNORE INTO created_marks (created_at, seq) VALUES (?1, ?2)", &conn.add_mark},
+      {kNewestMarkSql, &conn.newest_mark},
+      {"INSERT INTO created_marks (created_at, seq) VALUES (?1, ?2)", &conn.add_mark},
+      {kLateFromFutureMarkSql, &conn.late_from_future_mark},
+      {kDropFutureMarksSql, &conn.drop_future_marks},
       {kAuditInsertSql, &conn.audit_insert},
       {"SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &conn.audit_head},
       {"PRAGMA page_count", &conn.page_count}};

@@ -733,11 +733,12 @@ TEST(SqliteStore, ATestCreatedAfterTheClockSteppedBackIsInItsRanges) {
     auto store = open_store(path);
     for (const char* id : {"a", "b"}) ASSERT_TRUE(store->insert(make_record(id, "c1")).status.ok());
   }
-  // b was created while the clock was far ahead.
+  // b was created 30 s ahead of the clock (then the clock stepped back).
   sql_on(path,
-         "UPDATE tests SET created_at = '2999-01-01T00:00:00.000Z', updated_at ="
-         " '2999-01-01T00:00:00.000Z' WHERE test_id = 'b';" +
+         "UPDATE tests SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+30 seconds')"
+         " WHERE test_id = 'b'; UPDATE tests SET updated_at = created_at;" +
              std::string(kRebuildCreatedOrderSql));
+  const std::string b_at = sql_on(path, "SELECT created_at FROM tests WHERE test_id = 'b'");
   ASSERT_EQ(sql_on(path, "SELECT count(*) FROM created_marks"), "2");
   auto store = open_store(path);
   for (const char* id : {"c", "d"}) ASSERT_TRUE(store->insert(make_record(id, "c1")).status.ok());
@@ -752,21 +753,60 @@ TEST(SqliteStore, ATestCreatedAfterTheClockSteppedBackIsInItsRanges) {
   using V = std::vector<std::string>;
   EXPECT_EQ(ids([](ListQuery& q) { q.created_from = "2000-01-01T00:00:00.000Z"; }),
             (V{"a", "b", "c", "d"}));
-  EXPECT_EQ(ids([](ListQuery& q) {
+  EXPECT_EQ(ids([&](ListQuery& q) {
               q.created_from = "2000-01-01T00:00:00.000Z";
-              q.created_to = "2998-01-01T00:00:00.000Z";
+              q.created_to = b_at;
             }),
             (V{"a", "c", "d"}));
-  EXPECT_EQ(ids([](ListQuery& q) { q.created_from = "2999-01-01T00:00:00.000Z"; }), (V{"b"}));
-  EXPECT_EQ(ids([](ListQuery& q) { q.updated_to = "2998-01-01T00:00:00.000Z"; }),
-            (V{"a", "c", "d"}));
-  EXPECT_EQ(ids([](ListQuery& q) { q.updated_from = "2999-01-01T00:00:00.000Z"; }), (V{"b"}));
+  EXPECT_EQ(ids([&](ListQuery& q) { q.created_from = b_at; }), (V{"b"}));
+  EXPECT_EQ(ids([&](ListQuery& q) { q.updated_to = b_at; }), (V{"a", "c", "d"}));
+  EXPECT_EQ(ids([&](ListQuery& q) { q.updated_from = b_at; }), (V{"b"}));
   // A page after c: d alone.
   EXPECT_EQ(ids([&](ListQuery& q) {
-              q.created_to = "2998-01-01T00:00:00.000Z";
+              q.created_to = b_at;
               q.after_seq = std::stoll(sql_on(path, "SELECT seq FROM tests WHERE test_id = 'c'"));
             }),
             (V{"d"}));
+}
+
+// A mark more than a minute ahead of the clock (the clock was far ahead when it was written):
+// the next write makes the tests since it late and drops it, so the tests after are in order
+// again, each without an entry in tests_created_late. The migration does the same.
+TEST(SqliteStore, CreatesAfterTheClockWasFarAheadAreInOrderAgain) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  {
+    auto store = open_store(path);
+    for (const char* id : {"a", "b"}) ASSERT_TRUE(store->insert(make_record(id, "c1")).status.ok());
+  }
+  // b was written with the clock in 2999: its created_at, and the mark the writer left.
+  sql_on(path,
+         "UPDATE tests SET created_at = '2999-01-01T00:00:00.000Z', updated_at ="
+         " '2999-01-01T00:00:00.000Z' WHERE test_id = 'b'; DELETE FROM created_marks WHERE seq ="
+         " (SELECT seq FROM tests WHERE test_id = 'b'); INSERT INTO created_marks SELECT"
+         " created_at, seq FROM tests WHERE test_id = 'b'");
+  auto store = open_store(path);
+  for (const char* id : {"c", "d"}) ASSERT_TRUE(store->insert(make_record(id, "c1")).status.ok());
+  auto ids = [&](auto set) {
+    ListQuery q;
+    q.clinic_id = "c1";
+    set(q);
+    return list_ids(*store, q);
+  };
+  using V = std::vector<std::string>;
+  auto check = [&] {
+    EXPECT_EQ(sql_on(path, "SELECT group_concat(test_id) FROM tests WHERE created_late = 1"), "b");
+    EXPECT_LT(sql_on(path, "SELECT max(created_at) FROM created_marks"), "2999");
+    EXPECT_EQ(ids([](ListQuery& q) { q.created_from = "2000-01-01T00:00:00.000Z"; }),
+              (V{"a", "b", "c", "d"}));
+    EXPECT_EQ(ids([](ListQuery& q) { q.created_to = "2998-01-01T00:00:00.000Z"; }),
+              (V{"a", "c", "d"}));
+    EXPECT_EQ(ids([](ListQuery& q) { q.created_from = "2999-01-01T00:00:00.000Z"; }), (V{"b"}));
+    EXPECT_EQ(ids([](ListQuery& q) { q.updated_from = "2999-01-01T00:00:00.000Z"; }), (V{"b"}));
+  };
+  check();
+  sql_on(path, kRebuildCreatedOrderSql);
+  check();
 }
 
 // The statement migrate pages through every test with: a range of the table's rowids, not a
