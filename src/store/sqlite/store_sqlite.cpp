@@ -430,9 +430,12 @@ class SqliteStore::Backend : public WriteBackend {
       if (rc != SQLITE_OK) return error(rc, "PRAGMA synchronous");
       w.relaxed = relax;
     }
-    newest_mark_loaded_ = false;
     new_marks_.clear();
-    return step(w.begin, "BEGIN IMMEDIATE");
+    Status s = step(w.begin, "BEGIN IMMEDIATE");
+    // Here, not at the first insert: a repair (load_newest_mark) made inside a job's savepoint
+    // would be undone with the job, and the marks would then be out of order.
+    if (s.ok()) s = load_newest_mark(utc_timestamp_ms());
+    return s;
   }
   // Syncs the WAL file, which holds every commit made without a sync (a checkpoint syncs the
   // WAL before it copies it, so what left the WAL is on disk already).
@@ -504,13 +507,6 @@ class SqliteStore::Backend : public WriteBackend {
     bind_text(st, 9, changed_by);
     // created_at below the newest in created_marks (a clock stepped back): the test is kept in
     // tests_created_late, which ranges read besides their range of seq (schema.cpp, version 7).
-    if (!newest_mark_loaded_) {
-      Status m = load_newest_mark(created_at);
-      if (!m.ok()) {
-        sqlite3_clear_bindings(st);
-        return m;
-      }
-    }
     const bool late = !own_timestamp(created_at) || created_at < newest_mark_;
     if (late) sqlite3_bind_int(st, 10, 1);  // else NULL
     int rc = sqlite3_step(st);
@@ -640,9 +636,9 @@ class SqliteStore::Backend : public WriteBackend {
     int rc = store_.run_step(stmt, what);
     return rc == SQLITE_OK ? Status::Ok() : error(rc, what);
   }
-  // The highest created_at with a mark, read once per transaction (under the write lock, so
-  // also what another process wrote). A mark more than a minute ahead of the clock (now: the
-  // transaction's created_at) was written while the clock was ahead: without a repair every
+  // The highest created_at with a mark, read at the start of each transaction (under the write
+  // lock, so also what another process wrote). A mark more than a minute ahead of the clock
+  // (now) was written while the clock was ahead: without a repair every
   // test until the clock caught up would be late (an index entry each, and sorted in every
   // range). The tests written since are made late once, those marks dropped, and the tests
   // from now on are in order again.
@@ -676,7 +672,6 @@ class SqliteStore::Backend : public WriteBackend {
         if (rc != SQLITE_OK) return error(rc, "mark tests created ahead of the clock");
       }
     }
-    newest_mark_loaded_ = true;
     return Status::Ok();
   }
   // "YYYY-MM-DDTHH:MM:SS.mmmZ" (utc_timestamp_ms), whose text order is time order.
@@ -720,7 +715,6 @@ class SqliteStore::Backend : public WriteBackend {
 
   SqliteStore& store_;
   // This transaction's view of created_marks: its newest created_at, and the marks to add.
-  bool newest_mark_loaded_ = false;
   std::string newest_mark_;
   std::vector<std::pair<std::string, long long>> new_marks_;
 };
