@@ -73,7 +73,8 @@ struct SqliteStore::Connection {
   sqlite3_stmt* bump_change_seq = nullptr;
   sqlite3_stmt* newest_mark = nullptr;  // the highest created_at in created_marks
   sqlite3_stmt* add_mark = nullptr;
-  sqlite3_stmt* late_from_future_mark = nullptr;  // with drop_future_marks: load_newest_mark
+  sqlite3_stmt* count_since_future_mark = nullptr;  // these three: load_newest_mark
+  sqlite3_stmt* late_from_future_mark = nullptr;
   sqlite3_stmt* drop_future_marks = nullptr;
   sqlite3_stmt* page_count = nullptr;  // for metrics, after each commit
   // The writer runs at PRAGMA synchronous=NORMAL (commits without a WAL sync) since a begin

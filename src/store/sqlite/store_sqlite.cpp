@@ -55,18 +55,27 @@ const char kAuditListSql[] =
   " 'last_change_seq'))) + 1 AS m)"
 // A new test is version 1 (updated_at = created_at), kept in its row (created_by set) until
 // its first correction: no test_versions row (schema.cpp, kLazyFirstVersionSchema).
-// The newest mark, and whether it is more than a minute ahead of ?1 (the created_at a
-// transaction takes): Backend::load_newest_mark.
+// The newest mark, and whether it is more than a minute ahead of ?1 (the clock at BEGIN):
+// Backend::load_newest_mark.
 #define TDAPI_AHEAD_OF_CLOCK "strftime('%Y-%m-%dT%H:%M:%fZ', ?1, '+60 seconds')"
 const char kNewestMarkSql[] = "SELECT created_at, created_at > " TDAPI_AHEAD_OF_CLOCK
                               " FROM created_marks ORDER BY created_at DESC LIMIT 1";
-// The tests created after the first mark ahead of the clock (every one of them has a created_at
-// at least that far ahead) become late, and those marks go.
+// The tests from the first mark ahead of the clock on (those not late have a created_at at least
+// that far ahead), among the newest kRepairLimit + 1 by rowid (rowid order is seq order: an
+// insert sets rowid = seq, and a reload renumbers in order): a repair is made only when they
+// are all there are.
+#define TDAPI_TESTS_SINCE_FUTURE_MARK                                                          \
+  "(SELECT r FROM (SELECT rowid AS r, seq FROM tests ORDER BY rowid DESC LIMIT 10001)"         \
+  " WHERE seq >= (SELECT min(seq) FROM created_marks WHERE created_at > " TDAPI_AHEAD_OF_CLOCK \
+  "))"
+constexpr int kRepairLimit = 10000;  // the LIMIT above is one more
+const char kCountSinceFutureMarkSql[] = "SELECT count(*) FROM " TDAPI_TESTS_SINCE_FUTURE_MARK;
 const char kLateFromFutureMarkSql[] =
-    "UPDATE tests SET created_late = 1 WHERE created_late IS NULL AND seq >= (SELECT min(seq)"
-    " FROM created_marks WHERE created_at > " TDAPI_AHEAD_OF_CLOCK ")";
+    "UPDATE tests SET created_late = 1 WHERE created_late IS NULL AND rowid "
+    "IN " TDAPI_TESTS_SINCE_FUTURE_MARK;
 const char kDropFutureMarksSql[] =
     "DELETE FROM created_marks WHERE created_at > " TDAPI_AHEAD_OF_CLOCK;
+#undef TDAPI_TESTS_SINCE_FUTURE_MARK
 #undef TDAPI_AHEAD_OF_CLOCK
 // ?10: created_late (1, or NULL), see Backend::insert_record.
 const char kInsertSql[] =
@@ -638,16 +647,18 @@ class SqliteStore::Backend : public WriteBackend {
   }
   // The highest created_at with a mark, read at the start of each transaction (under the write
   // lock, so also what another process wrote). A mark more than a minute ahead of the clock
-  // (now) was written while the clock was ahead: without a repair every
-  // test until the clock caught up would be late (an index entry each, and sorted in every
-  // range). The tests written since are made late once, those marks dropped, and the tests
-  // from now on are in order again.
+  // (now) was written while the clock was ahead, or the clock is behind now. In the first case
+  // every test until the clock caught up would be late (an index entry each, and sorted in
+  // every range), so when at most kRepairLimit tests were written since that mark, they are
+  // made late instead and the marks ahead dropped: the tests from now on are in order again.
+  // More tests than that are taken as the second case (a clock that lost its time, and will be
+  // set right): none is touched, and the tests written meanwhile are the late ones.
   Status load_newest_mark(const std::string& now) {
-    bool ahead = false;
     for (int pass = 0; pass < 2; ++pass) {
       sqlite3_stmt* st = store_.writer_->newest_mark;
       bind_text(st, 1, now);
       int rc = sqlite3_step(st);
+      bool ahead = false;
       newest_mark_.clear();
       if (rc == SQLITE_ROW) {
         newest_mark_.assign(column_view(st, 0));
@@ -659,19 +670,49 @@ class SqliteStore::Backend : public WriteBackend {
         return error(sqlite3_extended_errcode(db()), "SELECT created_marks");
       }
       if (!ahead || pass == 1) break;
+      long long since = 0;
+      Status s = count_since_future_mark(now, since);
+      if (!s.ok()) return s;
       LogFields f;
-      f.detail = "the newest created_at, " + newest_mark_ +
-                 ", is more than 60 s ahead of the clock (" + now +
-                 "): the tests created since it are kept as out of order";
-      log_event(LogLevel::kWarn, "clock_behind_created_at", f);
+      f.count = since;
+      if (since > kRepairLimit) {
+        if (reported_ahead_ != newest_mark_) {  // once per mark, not per transaction
+          reported_ahead_ = newest_mark_;
+          f.detail = "the newest created_at, " + newest_mark_ +
+                     ", is more than 60 s ahead of the"
+                     " clock (" +
+                     now + ") and more than " + std::to_string(kRepairLimit) +
+                     " tests were written since it: tests created now are kept as out of order"
+                     " until the clock passes it";
+          log_event(LogLevel::kWarn, "clock_behind_created_at", f);
+        }
+        break;
+      }
       for (sqlite3_stmt* repair :
            {store_.writer_->late_from_future_mark, store_.writer_->drop_future_marks}) {
         bind_text(repair, 1, now);
         rc = Connection::run(repair);
         sqlite3_clear_bindings(repair);
-        if (rc != SQLITE_OK) return error(rc, "mark tests created ahead of the clock");
+        if (rc != SQLITE_OK) {
+          return error(sqlite3_extended_errcode(db()), "mark tests created ahead of the clock");
+        }
       }
+      f.detail = "the newest created_at, " + newest_mark_ +
+                 ", was more than 60 s ahead of the"
+                 " clock (" +
+                 now + "): the tests created since it are kept as out of order";
+      log_event(LogLevel::kWarn, "clock_behind_created_at", f);
     }
+    return Status::Ok();
+  }
+  Status count_since_future_mark(const std::string& now, long long& since) {
+    sqlite3_stmt* st = store_.writer_->count_since_future_mark;
+    bind_text(st, 1, now);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) since = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_ROW) return error(sqlite3_extended_errcode(db()), "count tests ahead");
     return Status::Ok();
   }
   // "YYYY-MM-DDTHH:MM:SS.mmmZ" (utc_timestamp_ms), whose text order is time order.
@@ -716,6 +757,7 @@ class SqliteStore::Backend : public WriteBackend {
   SqliteStore& store_;
   // This transaction's view of created_marks: its newest created_at, and the marks to add.
   std::string newest_mark_;
+  std::string reported_ahead_;  // the mark ahead of the clock last logged without a repair
   std::vector<std::pair<std::string, long long>> new_marks_;
 };
 
@@ -940,6 +982,7 @@ Status SqliteStore::prepare_writer(Connection& conn) {
       {kBumpChangeSeqSql, &conn.bump_change_seq},
       {kNewestMarkSql, &conn.newest_mark},
       {"INSERT INTO created_marks (created_at, seq) VALUES (?1, ?2)", &conn.add_mark},
+      {kCountSinceFutureMarkSql, &conn.count_since_future_mark},
       {kLateFromFutureMarkSql, &conn.late_from_future_mark},
       {kDropFutureMarksSql, &conn.drop_future_marks},
       {kAuditInsertSql, &conn.audit_insert},

@@ -733,9 +733,10 @@ TEST(SqliteStore, ATestCreatedAfterTheClockSteppedBackIsInItsRanges) {
     auto store = open_store(path);
     for (const char* id : {"a", "b"}) ASSERT_TRUE(store->insert(make_record(id, "c1")).status.ok());
   }
-  // b was created 30 s ahead of the clock (then the clock stepped back).
+  // b was created 50 s ahead of the clock (then the clock stepped back), less than the minute
+  // past which the writer repairs.
   sql_on(path,
-         "UPDATE tests SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+30 seconds')"
+         "UPDATE tests SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+50 seconds')"
          " WHERE test_id = 'b'; UPDATE tests SET updated_at = created_at;" +
              std::string(kRebuildCreatedOrderSql));
   const std::string b_at = sql_on(path, "SELECT created_at FROM tests WHERE test_id = 'b'");
@@ -799,19 +800,58 @@ TEST(SqliteStore, CreatesAfterTheClockWasFarAheadAreInOrderAgain) {
     return list_ids(*store, q);
   };
   using V = std::vector<std::string>;
-  auto check = [&] {
-    EXPECT_EQ(sql_on(path, "SELECT group_concat(test_id) FROM tests WHERE created_late = 1"), "b");
+  auto check = [&](const V& in_order, const char* late) {
+    EXPECT_EQ(sql_on(path,
+                     "SELECT group_concat(test_id) FROM (SELECT test_id FROM tests WHERE"
+                     " created_late = 1 ORDER BY test_id)"),
+              late);
     EXPECT_LT(sql_on(path, "SELECT max(created_at) FROM created_marks"), "2999");
-    EXPECT_EQ(ids([](ListQuery& q) { q.created_from = "2000-01-01T00:00:00.000Z"; }),
-              (V{"a", "b", "c", "d"}));
-    EXPECT_EQ(ids([](ListQuery& q) { q.created_to = "2998-01-01T00:00:00.000Z"; }),
-              (V{"a", "c", "d"}));
+    V all = in_order;
+    all.insert(all.begin() + 1, "b");
+    EXPECT_EQ(ids([](ListQuery& q) { q.created_from = "2000-01-01T00:00:00.000Z"; }), all);
+    EXPECT_EQ(ids([](ListQuery& q) { q.created_to = "2998-01-01T00:00:00.000Z"; }), in_order);
     EXPECT_EQ(ids([](ListQuery& q) { q.created_from = "2999-01-01T00:00:00.000Z"; }), (V{"b"}));
     EXPECT_EQ(ids([](ListQuery& q) { q.updated_from = "2999-01-01T00:00:00.000Z"; }), (V{"b"}));
   };
-  check();
+  check({"a", "c", "d"}, "b");
+  // Marked again from the rows (as a migration does), b is in order and its mark ahead again,
+  // c and d late after it: the next write makes b late the same way.
   sql_on(path, kRebuildCreatedOrderSql);
-  check();
+  EXPECT_EQ(sql_on(path, "SELECT max(created_at) FROM created_marks"), "2999-01-01T00:00:00.000Z");
+  ASSERT_TRUE(store->insert(make_record("e", "c1")).status.ok());
+  check({"a", "c", "d", "e"}, "b,c,d");
+}
+
+// More tests written since a mark ahead of the clock than a repair takes on (the clock is behind
+// now, say it lost its time): none of them is touched, and the tests written now are the late
+// ones, still in every range that holds them.
+TEST(SqliteStore, TestsWrittenWhileTheClockIsBehindAreTheLateOnes) {
+  TempDir dir;
+  std::string path = dir.file("t.db");
+  constexpr int kAhead = 10001;
+  {
+    auto store = open_store(path);
+    std::vector<TestRecord> batch;
+    for (int i = 0; i < kAhead; ++i) batch.push_back(make_record("f" + std::to_string(i), "c1"));
+    ASSERT_TRUE(store->insert_all(batch).status.ok());
+  }
+  // The batch was written in 2999 (by the clock then), and left its mark.
+  sql_on(path,
+         "UPDATE tests SET created_at = '2999-01-01T00:00:00.000Z', updated_at ="
+         " '2999-01-01T00:00:00.000Z'; DELETE FROM created_marks; INSERT INTO created_marks"
+         " SELECT created_at, min(seq) FROM tests");
+  auto store = open_store(path);
+  ASSERT_TRUE(store->insert(make_record("now", "c1")).status.ok());
+  EXPECT_EQ(sql_on(path, "SELECT group_concat(test_id) FROM tests WHERE created_late = 1"), "now");
+  EXPECT_EQ(sql_on(path, "SELECT group_concat(created_at) FROM created_marks"),
+            "2999-01-01T00:00:00.000Z");
+  ListQuery q;
+  q.clinic_id = "c1";
+  q.created_to = "2998-01-01T00:00:00.000Z";
+  EXPECT_EQ(list_ids(*store, q), (std::vector<std::string>{"now"}));
+  q.created_to.reset();
+  q.created_from = "2999-01-01T00:00:00.000Z";
+  EXPECT_EQ(list_ids(*store, q).size(), static_cast<size_t>(kAhead));
 }
 
 // The statement migrate pages through every test with: a range of the table's rowids, not a
