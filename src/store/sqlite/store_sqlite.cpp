@@ -53,8 +53,6 @@ const char kAuditListSql[] =
   " coalesce((SELECT max(change_seq) FROM test_versions), 0),"                \
   " (SELECT coalesce(max(value), 0) FROM counters WHERE name IN ('last_seq'," \
   " 'last_change_seq'))) + 1 AS m)"
-// A new test is version 1 (updated_at = created_at), kept in its row (created_by set) until
-// its first correction: no test_versions row (schema.cpp, kLazyFirstVersionSchema).
 // The newest mark, and whether it is more than a minute ahead of ?1 (the clock at BEGIN):
 // Backend::load_newest_mark.
 #define TDAPI_AHEAD_OF_CLOCK "strftime('%Y-%m-%dT%H:%M:%fZ', ?1, '+60 seconds')"
@@ -77,6 +75,8 @@ const char kDropFutureMarksSql[] =
     "DELETE FROM created_marks WHERE created_at > " TDAPI_AHEAD_OF_CLOCK;
 #undef TDAPI_TESTS_SINCE_FUTURE_MARK
 #undef TDAPI_AHEAD_OF_CLOCK
+// A new test is version 1 (updated_at = created_at), kept in its row (created_by set) until
+// its first correction: no test_versions row (schema.cpp, kLazyFirstVersionSchema).
 // ?10: created_late (1, or NULL), see Backend::insert_record.
 const char kInsertSql[] =
     "INSERT INTO tests (rowid, seq, test_id, patient_id, clinic_id, test_type, result, created_at,"
