@@ -970,7 +970,10 @@ def main():
                      f"{sum(x['jobs'] for x in batches):,} writes, mean batch {mean:.1f}, largest "
                      f"{max((x['max'] for x in batches), default=0)}, rollbacks "
                      f"{sum(x['rollbacks'] for x in batches)}.")
-        write_results("latest.md", "make bench: latest results", "\n".join(lines))
+        # A run of some cases (BENCH_ONLY) keeps the last full run's file.
+        write_results("latest-only.md" if ONLY else "latest.md",
+                      "make bench: latest results" + (" (BENCH_ONLY)" if ONLY else ""),
+                      "\n".join(lines))
     finally:
         for pg in pg_servers:
             pg.stop()
